@@ -1,0 +1,18 @@
+//! Compiles the gateway API and the example contracts in `proto/`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    taskwire_build::configure()
+        .own_messages(true)
+        .grpc_package("taskwire.v1")
+        .client(false)
+        .compile(
+            &[
+                "proto/taskwire/v1/options.proto",
+                "proto/taskwire/v1/tasks.proto",
+                "proto/examples/magic/v1/magic.proto",
+                "proto/examples/chaos/v1/chaos.proto",
+            ],
+            &["proto"],
+        )?;
+    Ok(())
+}

@@ -1,0 +1,472 @@
+//! Code generation for taskwire task contracts.
+//!
+//! A task contract is a protobuf service: each rpc is a task, its input message the arguments and
+//! its output message the result. From the `.proto` files this crate generates, in `OUT_DIR`:
+//!
+//! - the prost messages;
+//! - a worker trait per service (`trait Magic { async fn add(&self, ctx, args) -> Result<..> }`)
+//!   and a `MagicServer` that a `taskwire_worker::Worker` serves;
+//! - a typed producer stub per service (`MagicClient`) built on `taskwire_client`;
+//! - `FILE_DESCRIPTOR_SET`: the compiled descriptors with their custom options, which workers
+//!   publish to the registry so the gateway can validate payloads.
+//!
+//! No system `protoc` is needed: `protox` compiles the files. `taskwire/v1/options.proto` is
+//! built in, so a contract can `import "taskwire/v1/options.proto"` without copying it.
+//!
+//! A project's whole `build.rs`:
+//!
+//! ```no_run
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     taskwire_build::compile_protos(&["proto/greeter/v1/greeter.proto"], &["proto"])?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! and in its `lib.rs`: `pub mod greeter { taskwire::include_tasks!("greeter.v1"); }`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use prost_build::{Method, Service, ServiceGenerator};
+use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver};
+
+/// File name, inside `OUT_DIR`, of the encoded `FileDescriptorSet`.
+pub const DESCRIPTOR_SET_FILE: &str = "taskwire_descriptor_set.bin";
+
+/// The proto files that taskwire itself defines, importable from any contract.
+const BUILTIN_PROTOS: &[(&str, &str)] = &[
+    (
+        "taskwire/v1/options.proto",
+        include_str!("../proto/taskwire/v1/options.proto"),
+    ),
+    (
+        "taskwire/v1/tasks.proto",
+        include_str!("../proto/taskwire/v1/tasks.proto"),
+    ),
+];
+
+/// What went wrong while generating code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A proto file did not parse or check.
+    #[error("could not compile protos: {0}")]
+    Compile(#[from] protox::Error),
+    /// A task name cannot be used as a NATS subject token.
+    #[error("task `{task}` cannot be used: {reason}")]
+    InvalidTaskName { task: String, reason: String },
+    /// A streaming rpc: tasks take one message and give one.
+    #[error("task `{task}` is a streaming rpc; a task takes one message and returns one")]
+    Streaming { task: String },
+    /// Writing the generated code failed.
+    #[error("could not write generated code: {0}")]
+    Io(#[from] std::io::Error),
+    /// `OUT_DIR` is not set and no output directory was given.
+    #[error("OUT_DIR is not set: call this from a build script or set an output directory")]
+    NoOutDir,
+}
+
+/// Compiles task contracts with the default settings: messages, worker traits and producer stubs.
+pub fn compile_protos(
+    protos: &[impl AsRef<Path>],
+    includes: &[impl AsRef<Path>],
+) -> Result<(), Error> {
+    configure().compile(protos, includes)
+}
+
+/// A code generator with every option at its default.
+pub fn configure() -> Builder {
+    Builder {
+        worker: true,
+        client: true,
+        messages: false,
+        extern_paths: Vec::new(),
+        grpc_packages: Vec::new(),
+        out_dir: None,
+    }
+}
+
+/// Settings for one code generation run.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    worker: bool,
+    client: bool,
+    messages: bool,
+    extern_paths: Vec<(String, String)>,
+    grpc_packages: Vec<String>,
+    out_dir: Option<PathBuf>,
+}
+
+impl Builder {
+    /// Generate worker traits and `*Server` adapters (needs the `taskwire` crate).
+    pub fn worker(mut self, enable: bool) -> Self {
+        self.worker = enable;
+        self
+    }
+
+    /// Generate typed producer stubs `*Client` (needs the `taskwire-client` crate).
+    pub fn client(mut self, enable: bool) -> Self {
+        self.client = enable;
+        self
+    }
+
+    /// Use messages of the proto package `proto_path` (e.g. `.examples`) from an existing Rust
+    /// module (e.g. `::taskwire::examples`) instead of generating them.
+    pub fn extern_path(mut self, proto_path: impl Into<String>, rust_path: impl Into<String>) -> Self {
+        self.extern_paths.push((proto_path.into(), rust_path.into()));
+        self
+    }
+
+    /// Write into this directory instead of `OUT_DIR`.
+    pub fn out_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.out_dir = Some(dir.into());
+        self
+    }
+
+    /// Generate plain tonic clients and servers for the services of this package instead of task
+    /// code. The `taskwire` crate uses it for its own gateway API.
+    #[doc(hidden)]
+    pub fn grpc_package(mut self, package: impl Into<String>) -> Self {
+        self.grpc_packages.push(package.into());
+        self
+    }
+
+    /// Generate the `taskwire.v1` messages here instead of using them from the `taskwire` crate.
+    #[doc(hidden)]
+    pub fn own_messages(mut self, enable: bool) -> Self {
+        self.messages = enable;
+        self
+    }
+
+    /// Compiles `protos`, looked up in `includes` (and taskwire's built-in protos).
+    pub fn compile(
+        self,
+        protos: &[impl AsRef<Path>],
+        includes: &[impl AsRef<Path>],
+    ) -> Result<(), Error> {
+        let out_dir = match &self.out_dir {
+            Some(dir) => dir.clone(),
+            None => PathBuf::from(std::env::var_os("OUT_DIR").ok_or(Error::NoOutDir)?),
+        };
+        let mut resolver = ChainFileResolver::new();
+        for include in includes {
+            resolver.add(IncludeFileResolver::new(include.as_ref().to_owned()));
+        }
+        resolver.add(BuiltinResolver);
+        resolver.add(GoogleFileResolver::new());
+        let mut compiler = protox::Compiler::with_file_resolver(resolver);
+        compiler.include_imports(true).include_source_info(true);
+        compiler.open_files(protos)?;
+
+        for proto in protos {
+            println!("cargo:rerun-if-changed={}", proto.as_ref().display());
+        }
+        for include in includes {
+            println!("cargo:rerun-if-changed={}", include.as_ref().display());
+        }
+
+        let fds = compiler.file_descriptor_set();
+        for file in &fds.file {
+            for service in &file.service {
+                if self.grpc_packages.iter().any(|p| Some(p.as_str()) == file.package.as_deref()) {
+                    continue;
+                }
+                for method in &service.method {
+                    let task = format!(
+                        "{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    );
+                    check_task_name(&task)?;
+                    if method.client_streaming() || method.server_streaming() {
+                        return Err(Error::Streaming { task });
+                    }
+                }
+            }
+        }
+
+        // Custom options (the task options) survive only in the encoded form.
+        compiler.include_source_info(false);
+        std::fs::create_dir_all(&out_dir)?;
+        std::fs::write(
+            out_dir.join(DESCRIPTOR_SET_FILE),
+            compiler.encode_file_descriptor_set(),
+        )?;
+
+        let mut config = prost_build::Config::new();
+        config.out_dir(&out_dir);
+        if !self.messages {
+            // Contracts import taskwire's protos; their messages live in the `taskwire` crate.
+            config.extern_path(".taskwire.v1", "::taskwire::v1");
+        }
+        for (proto, rust) in &self.extern_paths {
+            config.extern_path(proto, rust);
+        }
+        let tonic = tonic_prost_build::configure()
+            .build_client(true)
+            .build_server(true)
+            .service_generator();
+        config.service_generator(Box::new(Generator {
+            worker: self.worker,
+            client: self.client,
+            grpc_packages: self.grpc_packages.clone(),
+            tonic,
+        }));
+        config.compile_fds(fds)?;
+        Ok(())
+    }
+}
+
+/// Serves taskwire's own protos to imports.
+struct BuiltinResolver;
+
+impl FileResolver for BuiltinResolver {
+    fn open_file(&self, name: &str) -> Result<File, protox::Error> {
+        match BUILTIN_PROTOS.iter().find(|(n, _)| *n == name) {
+            Some((name, source)) => File::from_source(name, source),
+            None => Err(protox::Error::file_not_found(name)),
+        }
+    }
+}
+
+/// Checks that a task name maps cleanly onto a NATS subject (`pkg.Service/Method` →
+/// `pkg.Service.Method`). The same rule holds at run time in `taskwire::task::Name`.
+fn check_task_name(task: &str) -> Result<(), Error> {
+    let invalid = |reason: &str| Error::InvalidTaskName {
+        task: task.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (service, method) = task
+        .split_once('/')
+        .ok_or_else(|| invalid("expected `package.Service/Method`"))?;
+    if task.len() > 200 {
+        return Err(invalid("longer than 200 characters"));
+    }
+    if !service.contains('.') {
+        return Err(invalid(
+            "the service has no package; declare `package name.v1;` in the proto file",
+        ));
+    }
+    for token in service.split('.').chain([method]) {
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(invalid(
+                "every part must be letters, digits or `_` to become a subject token",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Generates task code for contract services and tonic code for the gRPC API packages.
+struct Generator {
+    worker: bool,
+    client: bool,
+    grpc_packages: Vec<String>,
+    tonic: Box<dyn ServiceGenerator>,
+}
+
+impl ServiceGenerator for Generator {
+    fn generate(&mut self, service: Service, buf: &mut String) {
+        if self.grpc_packages.contains(&service.package) {
+            self.tonic.generate(service, buf);
+            return;
+        }
+        if self.worker {
+            generate_worker(&service, buf);
+        }
+        if self.client {
+            generate_client(&service, buf);
+        }
+    }
+
+    fn finalize(&mut self, buf: &mut String) {
+        self.tonic.finalize(buf);
+    }
+
+    fn finalize_package(&mut self, package: &str, buf: &mut String) {
+        if self.grpc_packages.iter().any(|p| p == package) {
+            self.tonic.finalize_package(package, buf);
+            return;
+        }
+        if self.worker {
+            let _ = writeln!(
+                buf,
+                "/// Encoded `FileDescriptorSet` of the contracts compiled with this package, custom options included.\n\
+                 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{DESCRIPTOR_SET_FILE}\"));"
+            );
+        }
+    }
+}
+
+fn task_name(service: &Service, method: &Method) -> String {
+    format!(
+        "{}.{}/{}",
+        service.package, service.proto_name, method.proto_name
+    )
+}
+
+fn doc_lines(comments: &prost_build::Comments, indent: &str, buf: &mut String) {
+    for line in comments.leading.iter().flat_map(|c| c.lines()) {
+        let _ = writeln!(buf, "{indent}///{}", if line.is_empty() { String::new() } else { format!(" {}", line.trim_end()) });
+    }
+}
+
+fn generate_worker(service: &Service, buf: &mut String) {
+    let name = &service.name;
+    let full = format!("{}.{}", service.package, service.proto_name);
+    doc_lines(&service.comments, "", buf);
+    let _ = writeln!(
+        buf,
+        "/// Worker side of `{full}`: implement it and serve it with [`{name}Server`].\n\
+         pub trait {name}: ::core::marker::Send + ::core::marker::Sync + 'static {{"
+    );
+    for method in &service.methods {
+        doc_lines(&method.comments, "    ", buf);
+        let _ = writeln!(
+            buf,
+            "    /// Runs the task `{task}`.\n    fn {m}(&self, ctx: ::taskwire::TaskContext, args: {input}) -> impl ::core::future::Future<Output = ::core::result::Result<{output}, ::taskwire::TaskError>> + ::core::marker::Send;",
+            task = task_name(service, method),
+            m = method.name,
+            input = method.input_type,
+            output = method.output_type,
+        );
+    }
+    let _ = writeln!(buf, "}}");
+
+    let _ = writeln!(
+        buf,
+        "/// Serves a [`{name}`] implementation on a taskwire worker.\n\
+         #[derive(Debug)]\n\
+         pub struct {name}Server<T> {{\n    inner: ::std::sync::Arc<T>,\n}}\n\
+         impl<T> ::core::clone::Clone for {name}Server<T> {{\n    fn clone(&self) -> Self {{\n        Self {{ inner: ::std::sync::Arc::clone(&self.inner) }}\n    }}\n}}\n\
+         impl<T: {name}> {name}Server<T> {{\n    /// Wraps the implementation.\n    pub fn new(inner: T) -> Self {{\n        Self {{ inner: ::std::sync::Arc::new(inner) }}\n    }}\n    /// Wraps an implementation that is shared already.\n    pub fn from_arc(inner: ::std::sync::Arc<T>) -> Self {{\n        Self {{ inner }}\n    }}\n}}"
+    );
+    let _ = writeln!(
+        buf,
+        "impl<T: {name}> ::taskwire::service::Service for {name}Server<T> {{\n    fn name(&self) -> &'static str {{\n        \"{full}\"\n    }}\n    fn tasks(&self) -> &'static [::taskwire::service::TaskDef] {{\n        &["
+    );
+    for method in &service.methods {
+        let _ = writeln!(
+            buf,
+            "            ::taskwire::service::TaskDef {{ name: \"{task}\", input_type: \"{input}\", output_type: \"{output}\" }},",
+            task = task_name(service, method),
+            input = method.input_proto_type.trim_start_matches('.'),
+            output = method.output_proto_type.trim_start_matches('.'),
+        );
+    }
+    let _ = writeln!(
+        buf,
+        "        ]\n    }}\n    fn file_descriptor_set(&self) -> &'static [u8] {{\n        FILE_DESCRIPTOR_SET\n    }}\n    fn call(&self, task: &str, ctx: ::taskwire::TaskContext, args: ::taskwire::bytes::Bytes) -> ::taskwire::service::BoxFuture<::core::result::Result<::std::vec::Vec<u8>, ::taskwire::TaskError>> {{\n        let inner = ::std::sync::Arc::clone(&self.inner);\n        match task {{"
+    );
+    for method in &service.methods {
+        let _ = writeln!(
+            buf,
+            "            \"{task}\" => ::std::boxed::Box::pin(async move {{\n                let args = <{input} as ::taskwire::prost::Message>::decode(args)\n                    .map_err(|e| ::taskwire::TaskError::undecodable(\"{input_proto}\", e))?;\n                let output = inner.{m}(ctx, args).await?;\n                ::core::result::Result::Ok(::taskwire::prost::Message::encode_to_vec(&output))\n            }}),",
+            task = task_name(service, method),
+            input = method.input_type,
+            input_proto = method.input_proto_type.trim_start_matches('.'),
+            m = method.name,
+        );
+    }
+    let _ = writeln!(
+        buf,
+        "            other => ::std::boxed::Box::pin(::core::future::ready(::core::result::Result::Err(::taskwire::TaskError::unknown_task(\"{full}\", other)))),\n        }}\n    }}\n}}"
+    );
+}
+
+fn generate_client(service: &Service, buf: &mut String) {
+    let name = &service.name;
+    let full = format!("{}.{}", service.package, service.proto_name);
+    let _ = writeln!(
+        buf,
+        "/// Producer side of `{full}`: submits its tasks through a taskwire gateway.\n\
+         #[derive(Debug, Clone)]\n\
+         pub struct {name}Client {{\n    inner: ::taskwire_client::Client,\n}}\n\
+         impl {name}Client {{\n\
+         \x20   /// Connects to the gateway at `endpoint` (e.g. `http://127.0.0.1:50051`).\n\
+         \x20   pub async fn connect(endpoint: impl ::core::convert::Into<::std::string::String>) -> ::core::result::Result<Self, ::taskwire_client::Error> {{\n        ::core::result::Result::Ok(Self::new(::taskwire_client::Client::connect(endpoint).await?))\n    }}\n\
+         \x20   /// Uses a client that is connected already.\n\
+         \x20   pub fn new(client: ::taskwire_client::Client) -> Self {{\n        Self {{ inner: client }}\n    }}\n\
+         \x20   /// The untyped client underneath.\n\
+         \x20   pub fn client(&self) -> &::taskwire_client::Client {{\n        &self.inner\n    }}"
+    );
+    for method in &service.methods {
+        let task = task_name(service, method);
+        doc_lines(&method.comments, "    ", buf);
+        let _ = writeln!(
+            buf,
+            "    /// Submits `{task}` and returns a handle to its result.\n    pub async fn {m}(&self, args: {input}) -> ::core::result::Result<::taskwire_client::TaskHandle<{output}>, ::taskwire_client::Error> {{\n        self.inner.submit(\"{task}\", &args, ::taskwire_client::SubmitOptions::default()).await\n    }}\n\
+             \x20   /// Submits `{task}` with options such as an idempotency key.\n    pub async fn {m}_with(&self, args: {input}, options: ::taskwire_client::SubmitOptions) -> ::core::result::Result<::taskwire_client::TaskHandle<{output}>, ::taskwire_client::Error> {{\n        self.inner.submit(\"{task}\", &args, options).await\n    }}",
+            m = method.name,
+            input = method.input_type,
+            output = method.output_type,
+        );
+    }
+    let _ = writeln!(buf, "}}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_names_map_to_subject_tokens() {
+        assert!(check_task_name("examples.magic.v1.Magic/Add").is_ok());
+        assert!(check_task_name("Magic/Add").is_err());
+        assert!(check_task_name("examples.magic.v1.Magic").is_err());
+        assert!(check_task_name("a.b-c.Magic/Add").is_err());
+        assert!(check_task_name(&format!("a.{}/Add", "x".repeat(200))).is_err());
+    }
+
+    #[test]
+    fn generates_worker_and_client_code() {
+        let dir = tempdir();
+        let proto_dir = dir.join("proto/demo/v1");
+        std::fs::create_dir_all(&proto_dir).expect("mkdir");
+        std::fs::write(
+            proto_dir.join("demo.proto"),
+            "syntax = \"proto3\";\npackage demo.v1;\nimport \"taskwire/v1/options.proto\";\n\
+             service Demo { rpc Echo(Msg) returns (Msg) { option (taskwire.v1.task) = { max_attempts: 2 }; } }\n\
+             message Msg { string text = 1; }\n",
+        )
+        .expect("write proto");
+        configure()
+            .out_dir(dir.join("out"))
+            .compile(&[proto_dir.join("demo.proto")], &[dir.join("proto")])
+            .expect("compile");
+        let code = std::fs::read_to_string(dir.join("out/demo.v1.rs")).expect("generated file");
+        assert!(code.contains("pub trait Demo"), "{code}");
+        assert!(code.contains("pub struct DemoServer"), "{code}");
+        assert!(code.contains("pub struct DemoClient"), "{code}");
+        assert!(code.contains("\"demo.v1.Demo/Echo\""), "{code}");
+        assert!(dir.join("out").join(DESCRIPTOR_SET_FILE).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn refuses_streaming_tasks() {
+        let dir = tempdir();
+        std::fs::create_dir_all(dir.join("proto")).expect("mkdir");
+        std::fs::write(
+            dir.join("proto/s.proto"),
+            "syntax = \"proto3\";\npackage s.v1;\nservice S { rpc Many(M) returns (stream M); }\nmessage M {}\n",
+        )
+        .expect("write proto");
+        let err = configure()
+            .out_dir(dir.join("out"))
+            .compile(&[dir.join("proto/s.proto")], &[dir.join("proto")])
+            .expect_err("streaming rpc must be refused");
+        assert!(matches!(err, Error::Streaming { .. }), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "taskwire-build-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+}

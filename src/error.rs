@@ -1,0 +1,77 @@
+use std::fmt;
+
+/// Whether trying a failed task again could help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A passing condition (a timeout, a busy dependency): the task is tried again while it has
+    /// attempts left.
+    Retryable,
+    /// The task can never succeed with these arguments: it fails at once.
+    Permanent,
+}
+
+/// How a task fails. Return it from a task; the worker turns it into a retry or a failed result.
+///
+/// ```
+/// use taskwire::TaskError;
+/// let err = TaskError::retryable("database is busy");
+/// assert!(err.is_retryable());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl TaskError {
+    /// A failure that may pass: the task is tried again while it has attempts left.
+    pub fn retryable(message: impl fmt::Display) -> Self {
+        Self {
+            kind: ErrorKind::Retryable,
+            message: message.to_string(),
+        }
+    }
+
+    /// A failure that will not pass: the task fails at once.
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        Self {
+            kind: ErrorKind::Permanent,
+            message: message.to_string(),
+        }
+    }
+
+    /// The arguments did not decode as the task's input message.
+    pub fn undecodable(input_type: &str, err: prost::DecodeError) -> Self {
+        Self::permanent(format!(
+            "the arguments do not decode as {input_type}: {err}"
+        ))
+    }
+
+    /// A service was asked to run a task it does not have.
+    pub fn unknown_task(service: &str, task: &str) -> Self {
+        Self::permanent(format!("service {service} has no task {task}"))
+    }
+
+    /// Whether the task is tried again.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Shorthand for `kind() == ErrorKind::Retryable`.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == ErrorKind::Retryable
+    }
+
+    /// What went wrong, as the task said it.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TaskError {}

@@ -1,0 +1,90 @@
+//! Task contracts for taskwire, the distributed task queue whose task interfaces are protobuf
+//! services.
+//!
+//! This crate is what producers and workers share:
+//!
+//! - the generated code of `proto/`: the gateway API ([`v1`]) and the example contracts
+//!   ([`examples`]), each service with its worker trait and `*Server` adapter;
+//! - [`task`]: task names, ids, options and the mapping of a task onto NATS subjects;
+//! - [`TaskContext`] and [`TaskError`]: what a task receives and how it fails;
+//! - [`service::Service`]: the interface the worker runtime drives;
+//! - with the `broker` feature, [`broker`]: the JetStream layout (streams, consumers, registry,
+//!   headers) that the gateway and the workers agree on.
+//!
+//! A worker implements the generated trait:
+//!
+//! ```
+//! use taskwire::examples::magic::v1::{AddArgs, AddResult, Magic, MagicServer};
+//! use taskwire::{TaskContext, TaskError};
+//!
+//! struct MyMagic;
+//!
+//! impl Magic for MyMagic {
+//!     async fn add(&self, _ctx: TaskContext, args: AddArgs) -> Result<AddResult, TaskError> {
+//!         Ok(AddResult { sum: args.arg1 + args.arg2 + args.arg3 })
+//!     }
+//! }
+//!
+//! let server = MagicServer::new(MyMagic);
+//! # let _ = server;
+//! ```
+//!
+//! Other projects generate the same code from their own protos with `taskwire-build` and include
+//! it with [`include_tasks!`].
+
+extern crate self as taskwire;
+
+#[cfg(feature = "broker")]
+pub mod broker;
+mod context;
+mod error;
+pub mod service;
+pub mod task;
+
+pub use context::TaskContext;
+pub use error::{ErrorKind, TaskError};
+
+// Generated code refers to these through `::taskwire::`.
+pub use bytes;
+pub use prost;
+
+/// Includes the code that `taskwire-build` generated for a proto package.
+///
+/// ```ignore
+/// pub mod greeter {
+///     taskwire::include_tasks!("greeter.v1");
+/// }
+/// ```
+#[macro_export]
+macro_rules! include_tasks {
+    ($package:literal) => {
+        include!(concat!(env!("OUT_DIR"), "/", $package, ".rs"));
+    };
+}
+
+/// The gateway API (`taskwire.v1`): tonic clients and servers, messages and task options.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    include_tasks!("taskwire.v1");
+}
+
+/// Example task contracts from `proto/examples`.
+pub mod examples {
+    /// `examples.magic.v1`: the `Magic.Add` task.
+    pub mod magic {
+        #[allow(clippy::all, missing_docs)]
+        pub mod v1 {
+            include_tasks!("examples.magic.v1");
+        }
+    }
+    /// `examples.chaos.v1`: slow, panicking and failing tasks for fault drills.
+    pub mod chaos {
+        #[allow(clippy::all, missing_docs)]
+        pub mod v1 {
+            include_tasks!("examples.chaos.v1");
+        }
+    }
+}
+
+/// The encoded `FileDescriptorSet` of everything in `proto/`, custom options included.
+pub const FILE_DESCRIPTOR_SET: &[u8] = examples::magic::v1::FILE_DESCRIPTOR_SET;

@@ -1,0 +1,371 @@
+//! Task names, ids, options and the descriptors that describe a task type.
+//!
+//! A task is named after its rpc: `examples.magic.v1.Magic/Add`. On NATS the name becomes one
+//! subject suffix, `examples.magic.v1.Magic.Add`, and one consumer name,
+//! `examples-magic-v1-Magic-Add` (proto identifiers have no `-`, so the mapping is one to one).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost_reflect::{DescriptorPool, MessageDescriptor, Value};
+
+use crate::v1;
+
+/// Why a task name, id or option was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("invalid task name `{name}`: {reason}")]
+    Name { name: String, reason: &'static str },
+    #[error("invalid task id `{id}`: {reason}")]
+    Id { id: String, reason: &'static str },
+    #[error("invalid option `{option}` of task {task}: {reason}")]
+    Option {
+        task: String,
+        option: &'static str,
+        reason: String,
+    },
+    #[error("invalid descriptor set: {0}")]
+    Descriptors(String),
+}
+
+/// A task's full name: `package.Service/Method`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    /// Checks that `name` is `package.Service/Method` with parts that are valid subject tokens.
+    pub fn parse(name: &str) -> Result<Self, Error> {
+        let invalid = |reason| Error::Name {
+            name: name.to_owned(),
+            reason,
+        };
+        if name.len() > 200 {
+            return Err(invalid("longer than 200 characters"));
+        }
+        let (service, method) = name
+            .split_once('/')
+            .ok_or_else(|| invalid("expected `package.Service/Method`, e.g. `examples.magic.v1.Magic/Add`"))?;
+        if !service.contains('.') {
+            return Err(invalid("expected `package.Service/Method`, e.g. `examples.magic.v1.Magic/Add`"));
+        }
+        for token in service.split('.').chain([method]) {
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(invalid("each part must be letters, digits or `_`"));
+            }
+        }
+        Ok(Self(name.into()))
+    }
+
+    /// The name as written: `examples.magic.v1.Magic/Add`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The service part: `examples.magic.v1.Magic`.
+    pub fn service(&self) -> &str {
+        self.0.split_once('/').map_or(&self.0, |(s, _)| s)
+    }
+
+    /// The method part: `Add`.
+    pub fn method(&self) -> &str {
+        self.0.split_once('/').map_or("", |(_, m)| m)
+    }
+
+    /// The subject suffix: `examples.magic.v1.Magic.Add`.
+    pub fn token(&self) -> String {
+        self.0.replace('/', ".")
+    }
+
+    /// The durable consumer name: `examples-magic-v1-Magic-Add`.
+    pub fn consumer(&self) -> String {
+        self.0.replace(['.', '/'], "-")
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A task id: 1 to 64 letters, digits, `-` or `_`, so that it is one subject token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(Arc<str>);
+
+impl Id {
+    /// A new, time-ordered id.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().simple().to_string().into())
+    }
+
+    /// The id of the task submitted as `task` with this idempotency key: the same key always
+    /// gives the same id.
+    pub fn from_idempotency_key(task: &Name, key: &str) -> Self {
+        let name = format!("{}\0{}", task.as_str(), key);
+        Self(
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes())
+                .simple()
+                .to_string()
+                .into(),
+        )
+    }
+
+    /// Checks an id that came from outside.
+    pub fn parse(id: &str) -> Result<Self, Error> {
+        let invalid = |reason| Error::Id {
+            id: id.chars().take(80).collect(),
+            reason,
+        };
+        if id.is_empty() {
+            return Err(invalid("it is empty"));
+        }
+        if id.len() > 64 {
+            return Err(invalid("longer than 64 characters"));
+        }
+        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(invalid("only letters, digits, `-` and `_` are allowed"));
+        }
+        Ok(Self(id.into()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The default number of attempts of a task that declares none.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// A task's options, checked and with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Attempts in all, at least 1.
+    pub max_attempts: u32,
+    /// Time limit of one attempt.
+    pub timeout: Option<Duration>,
+    /// First retry delay.
+    pub backoff_initial: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Tasks of this type one worker runs at once, if the task says.
+    pub concurrency: Option<u32>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            timeout: None,
+            backoff_initial: DEFAULT_BACKOFF_INITIAL,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            concurrency: None,
+        }
+    }
+}
+
+impl Options {
+    /// Checks the options as declared in a proto.
+    pub fn from_proto(task: &Name, options: &v1::TaskOptions) -> Result<Self, Error> {
+        let duration = |option: &'static str, text: &str| -> Result<Option<Duration>, Error> {
+            if text.is_empty() {
+                return Ok(None);
+            }
+            humantime::parse_duration(text)
+                .map(Some)
+                .map_err(|e| Error::Option {
+                    task: task.to_string(),
+                    option,
+                    reason: format!("`{text}` is not a duration like \"10s\" or \"5m\": {e}"),
+                })
+        };
+        let defaults = Self::default();
+        Ok(Self {
+            max_attempts: match options.max_attempts {
+                0 => defaults.max_attempts,
+                n => n,
+            },
+            timeout: duration("timeout", &options.timeout)?,
+            backoff_initial: duration("backoff_initial", &options.backoff_initial)?
+                .unwrap_or(defaults.backoff_initial),
+            backoff_max: duration("backoff_max", &options.backoff_max)?
+                .unwrap_or(defaults.backoff_max),
+            concurrency: (options.concurrency > 0).then_some(options.concurrency),
+        })
+    }
+
+    /// The delay before attempt `attempt + 1` after attempt `attempt` failed: doubling from
+    /// `backoff_initial`, at most `backoff_max`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+        self.backoff_initial
+            .saturating_mul(factor)
+            .min(self.backoff_max)
+    }
+}
+
+/// A task type as found in a descriptor set: name, messages and declared options.
+#[derive(Debug, Clone)]
+pub struct TaskType {
+    /// The task's name.
+    pub name: Name,
+    /// Its input message.
+    pub input: MessageDescriptor,
+    /// Its output message.
+    pub output: MessageDescriptor,
+    /// Its options as declared.
+    pub declared: v1::TaskOptions,
+    /// Its options, checked.
+    pub options: Options,
+}
+
+impl TaskType {
+    /// Every task of every service in an encoded `FileDescriptorSet`, the gateway API's own
+    /// services excepted.
+    pub fn all_in(file_descriptor_set: &[u8]) -> Result<Vec<TaskType>, Error> {
+        let pool = DescriptorPool::decode(file_descriptor_set)
+            .map_err(|e| Error::Descriptors(e.to_string()))?;
+        let extension = pool.get_extension_by_name("taskwire.v1.task");
+        let mut tasks = Vec::new();
+        for service in pool.services() {
+            if service.package_name() == "taskwire.v1" {
+                continue;
+            }
+            for method in service.methods() {
+                let name = Name::parse(&format!("{}/{}", service.full_name(), method.name()))?;
+                let declared = match &extension {
+                    Some(ext) if method.options().has_extension(ext) => {
+                        match method.options().get_extension(ext).as_ref() {
+                            Value::Message(m) => m
+                                .transcode_to::<v1::TaskOptions>()
+                                .map_err(|e| Error::Descriptors(e.to_string()))?,
+                            _ => v1::TaskOptions::default(),
+                        }
+                    }
+                    _ => v1::TaskOptions::default(),
+                };
+                let options = Options::from_proto(&name, &declared)?;
+                tasks.push(TaskType {
+                    name,
+                    input: method.input(),
+                    output: method.output(),
+                    declared,
+                    options,
+                });
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// The registry entry that tells the gateway about this task type.
+    pub fn registry_entry(&self, file_descriptor_set: &[u8]) -> v1::TaskType {
+        v1::TaskType {
+            name: self.name.to_string(),
+            input_type: self.input.full_name().to_owned(),
+            output_type: self.output.full_name().to_owned(),
+            file_descriptor_set: file_descriptor_set.to_vec(),
+            options: Some(self.declared.clone()),
+        }
+    }
+
+    /// Reads a registry entry back.
+    pub fn from_registry_entry(entry: &v1::TaskType) -> Result<TaskType, Error> {
+        Self::all_in(&entry.file_descriptor_set)?
+            .into_iter()
+            .find(|t| t.name.as_str() == entry.name)
+            .ok_or_else(|| {
+                Error::Descriptors(format!(
+                    "the registry entry for {} does not describe that task",
+                    entry.name
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_subjects_and_consumers() {
+        let name = Name::parse("examples.magic.v1.Magic/Add").expect("valid");
+        assert_eq!(name.token(), "examples.magic.v1.Magic.Add");
+        assert_eq!(name.consumer(), "examples-magic-v1-Magic-Add");
+        assert_eq!(name.service(), "examples.magic.v1.Magic");
+        assert_eq!(name.method(), "Add");
+        for bad in ["", "Magic/Add", "examples.magic.v1.Magic", "a.b.C/D.E", "a.*.C/D", "a..C/D"] {
+            assert!(Name::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_are_single_tokens() {
+        assert!(Id::parse(Id::generate().as_str()).is_ok());
+        for bad in ["", "a.b", "a*", ">", "a b", &"x".repeat(65)] {
+            assert!(Id::parse(bad).is_err(), "{bad}");
+        }
+        let name = Name::parse("a.b.C/D").expect("valid");
+        assert_eq!(
+            Id::from_idempotency_key(&name, "k1"),
+            Id::from_idempotency_key(&name, "k1")
+        );
+        assert_ne!(
+            Id::from_idempotency_key(&name, "k1"),
+            Id::from_idempotency_key(&name, "k2")
+        );
+    }
+
+    #[test]
+    fn options_are_read_from_the_proto() {
+        let tasks = TaskType::all_in(crate::FILE_DESCRIPTOR_SET).expect("descriptors");
+        let add = tasks
+            .iter()
+            .find(|t| t.name.as_str() == "examples.magic.v1.Magic/Add")
+            .expect("Magic/Add");
+        assert_eq!(add.options.max_attempts, 3);
+        assert_eq!(add.options.timeout, Some(Duration::from_secs(10)));
+        assert_eq!(add.input.full_name(), "examples.magic.v1.AddArgs");
+        let panic = tasks
+            .iter()
+            .find(|t| t.name.as_str() == "examples.chaos.v1.Chaos/Panic")
+            .expect("Chaos/Panic");
+        assert_eq!(panic.options, Options::default());
+        assert!(!tasks.iter().any(|t| t.name.service() == "taskwire.v1.Tasks"));
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        let name = Name::parse("a.b.C/D").expect("valid");
+        let err = Options::from_proto(
+            &name,
+            &v1::TaskOptions {
+                timeout: "ten seconds".into(),
+                ..Default::default()
+            },
+        )
+        .expect_err("bad duration");
+        assert!(err.to_string().contains("timeout"), "{err}");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_limit() {
+        let options = Options {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(350),
+            ..Options::default()
+        };
+        assert_eq!(options.backoff(1), Duration::from_millis(100));
+        assert_eq!(options.backoff(2), Duration::from_millis(200));
+        assert_eq!(options.backoff(3), Duration::from_millis(350));
+        assert_eq!(options.backoff(90), Duration::from_millis(350));
+    }
+}
