@@ -1,0 +1,406 @@
+//! The JetStream layout that the gateway and the workers agree on: streams, consumers, the
+//! registry, subjects, headers and the shape of task, event and result messages.
+//!
+//! | what | where |
+//! | --- | --- |
+//! | tasks | stream `TASKWIRE_TASKS`, `taskwire.tasks.<task>`, work queue, one durable pull consumer per task |
+//! | results | stream `TASKWIRE_RESULTS`, `taskwire.results.<id>`, one message per subject, kept for the result TTL |
+//! | state changes | stream `TASKWIRE_EVENTS`, `taskwire.events.<task>.<id>` |
+//! | task types | KV bucket `TASKWIRE_REGISTRY`, key `<task>`, value a `taskwire.v1.TaskType` |
+//!
+//! Every name, header and setting is defined here once; nothing else builds a subject or a
+//! header set.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::Bytes;
+use prost::Message as _;
+
+use crate::task::{Id, Name};
+use crate::v1;
+
+/// Stream of queued tasks.
+pub const TASKS_STREAM: &str = "TASKWIRE_TASKS";
+/// Stream of task results.
+pub const RESULTS_STREAM: &str = "TASKWIRE_RESULTS";
+/// Stream of task state changes.
+pub const EVENTS_STREAM: &str = "TASKWIRE_EVENTS";
+/// KV bucket of task types, written by workers at start.
+pub const REGISTRY_BUCKET: &str = "TASKWIRE_REGISTRY";
+
+/// Subjects of the layout.
+pub mod subject {
+    use crate::task::{Id, Name};
+
+    /// Every task subject.
+    pub const TASKS: &str = "taskwire.tasks.>";
+    /// Every result subject.
+    pub const RESULTS: &str = "taskwire.results.*";
+    /// Every event subject.
+    pub const EVENTS: &str = "taskwire.events.>";
+
+    /// Where tasks of this type queue: `taskwire.tasks.examples.magic.v1.Magic.Add`.
+    pub fn task(name: &Name) -> String {
+        format!("taskwire.tasks.{}", name.token())
+    }
+
+    /// Where the result of a task is stored.
+    pub fn result(id: &Id) -> String {
+        format!("taskwire.results.{id}")
+    }
+
+    /// Where the state changes of a task are stored.
+    pub fn event(name: &Name, id: &Id) -> String {
+        format!("taskwire.events.{}.{id}", name.token())
+    }
+
+    /// Matches the state changes of one task whatever its type.
+    pub fn events_of(id: &Id) -> String {
+        format!("taskwire.events.*.{id}")
+    }
+}
+
+/// Header names of the layout.
+pub mod header {
+    /// The task id.
+    pub const TASK_ID: &str = "Taskwire-Task-Id";
+    /// The full task name.
+    pub const TASK: &str = "Taskwire-Task";
+    /// Attempts allowed for this task when the submitter overrode the declared option.
+    pub const MAX_ATTEMPTS: &str = "Taskwire-Max-Attempts";
+    /// When the task was submitted, in microseconds since the Unix epoch.
+    pub const SUBMITTED_AT: &str = "Taskwire-Submitted-At";
+    /// State of an event or result: `queued`, `running`, `retrying`, `succeeded`, `failed`, `cancelled`.
+    pub const STATE: &str = "Taskwire-State";
+    /// The attempt an event or result belongs to.
+    pub const ATTEMPT: &str = "Taskwire-Attempt";
+    /// JetStream's de-duplication id.
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// JetStream's optimistic concurrency check on the subject's last sequence.
+    pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+}
+
+/// Settings of the streams and buckets, the same for every process that creates them.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Replicas of every stream: 1 on one server, 3 in a cluster.
+    pub replicas: usize,
+    /// How long results and events are kept.
+    pub result_ttl: Duration,
+    /// Window in which a repeated `Nats-Msg-Id` (an idempotency key) is recognised.
+    pub duplicate_window: Duration,
+    /// Largest task message the tasks stream accepts, in bytes.
+    pub max_message_bytes: i32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            result_ttl: Duration::from_secs(24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Why the broker could not be set up or used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not create stream {stream}: {source}")]
+    Stream {
+        stream: &'static str,
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("could not open the task registry: {0}")]
+    Registry(String),
+    #[error("could not create the consumer of {task}: {reason}")]
+    Consumer { task: String, reason: String },
+}
+
+impl Settings {
+    fn tasks_stream(&self) -> stream::Config {
+        stream::Config {
+            name: TASKS_STREAM.into(),
+            description: Some("taskwire: queued tasks, one subject per task type".into()),
+            subjects: vec![subject::TASKS.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            duplicate_window: self.duplicate_window,
+            max_message_size: self.max_message_bytes,
+            allow_message_schedules: true,
+            allow_message_ttl: true,
+            ..Default::default()
+        }
+    }
+
+    fn results_stream(&self) -> stream::Config {
+        stream::Config {
+            name: RESULTS_STREAM.into(),
+            description: Some("taskwire: one result per task id".into()),
+            subjects: vec![subject::RESULTS.into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            max_messages_per_subject: 1,
+            max_age: self.result_ttl,
+            duplicate_window: self.duplicate_window,
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+
+    fn events_stream(&self) -> stream::Config {
+        stream::Config {
+            name: EVENTS_STREAM.into(),
+            description: Some("taskwire: task state changes".into()),
+            subjects: vec![subject::EVENTS.into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            max_messages_per_subject: 32,
+            max_age: self.result_ttl,
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+
+    fn registry_bucket(&self) -> kv::Config {
+        kv::Config {
+            bucket: REGISTRY_BUCKET.into(),
+            description: "taskwire: task types published by workers".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+}
+
+/// Handles on the streams and buckets, created if missing.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    /// The JetStream context everything goes through.
+    pub jetstream: jetstream::Context,
+    /// `TASKWIRE_TASKS`.
+    pub tasks: stream::Stream,
+    /// `TASKWIRE_RESULTS`.
+    pub results: stream::Stream,
+    /// `TASKWIRE_EVENTS`.
+    pub events: stream::Stream,
+    /// `TASKWIRE_REGISTRY`.
+    pub registry: kv::Store,
+}
+
+impl Broker {
+    /// Opens the streams and buckets, creating those that do not exist. Existing ones are used as
+    /// they are, so processes may start in any order.
+    pub async fn open(jetstream: jetstream::Context, settings: &Settings) -> Result<Self, Error> {
+        let tasks = ensure_stream(&jetstream, settings.tasks_stream()).await?;
+        let results = ensure_stream(&jetstream, settings.results_stream()).await?;
+        let events = ensure_stream(&jetstream, settings.events_stream()).await?;
+        let registry = match jetstream.get_key_value(REGISTRY_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => match jetstream.create_key_value(settings.registry_bucket()).await {
+                Ok(store) => store,
+                // Another process created it in between.
+                Err(create) => jetstream
+                    .get_key_value(REGISTRY_BUCKET)
+                    .await
+                    .map_err(|_| Error::Registry(create.to_string()))?,
+            },
+        };
+        Ok(Self {
+            jetstream,
+            tasks,
+            results,
+            events,
+            registry,
+        })
+    }
+
+    /// The durable pull consumer of a task type, created if missing. All workers of the type
+    /// share it; `max_ack_pending` bounds the type's tasks in flight across all of them.
+    pub async fn task_consumer(
+        &self,
+        name: &Name,
+        ack_wait: Duration,
+        max_ack_pending: i64,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>, Error> {
+        let config = consumer::pull::Config {
+            durable_name: Some(name.consumer()),
+            description: Some(format!("taskwire: tasks of {name}")),
+            filter_subject: subject::task(name),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait,
+            max_deliver: -1,
+            max_ack_pending,
+            ..Default::default()
+        };
+        let err = |e: &dyn std::fmt::Display| Error::Consumer {
+            task: name.to_string(),
+            reason: e.to_string(),
+        };
+        match self.tasks.get_or_create_consumer(&name.consumer(), config).await {
+            Ok(c) => Ok(c),
+            Err(first) => self
+                .tasks
+                .get_consumer(&name.consumer())
+                .await
+                .map_err(|_| err(&first)),
+        }
+    }
+
+    /// Writes a task type into the registry.
+    pub async fn register(&self, entry: &v1::TaskType) -> Result<(), Error> {
+        let name = Name::parse(&entry.name).map_err(|e| Error::Registry(e.to_string()))?;
+        self.registry
+            .put(name.token(), entry.encode_to_vec().into())
+            .await
+            .map_err(|e| Error::Registry(e.to_string()))?;
+        Ok(())
+    }
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, Error> {
+    let name: &'static str = match config.name.as_str() {
+        TASKS_STREAM => TASKS_STREAM,
+        RESULTS_STREAM => RESULTS_STREAM,
+        _ => EVENTS_STREAM,
+    };
+    match js.get_or_create_stream(config).await {
+        Ok(stream) => Ok(stream),
+        // Another process created it between our look-up and our create.
+        Err(source) => js
+            .get_stream(name)
+            .await
+            .map_err(|_| Error::Stream { stream: name, source }),
+    }
+}
+
+/// The text of a state in headers.
+pub fn state_name(state: v1::TaskState) -> &'static str {
+    match state {
+        v1::TaskState::Unspecified => "unspecified",
+        v1::TaskState::Queued => "queued",
+        v1::TaskState::Running => "running",
+        v1::TaskState::Retrying => "retrying",
+        v1::TaskState::Succeeded => "succeeded",
+        v1::TaskState::Failed => "failed",
+        v1::TaskState::Cancelled => "cancelled",
+    }
+}
+
+/// Reads a state written by [`state_name`].
+pub fn parse_state(text: &str) -> v1::TaskState {
+    match text {
+        "queued" => v1::TaskState::Queued,
+        "running" => v1::TaskState::Running,
+        "retrying" => v1::TaskState::Retrying,
+        "succeeded" => v1::TaskState::Succeeded,
+        "failed" => v1::TaskState::Failed,
+        "cancelled" => v1::TaskState::Cancelled,
+        _ => v1::TaskState::Unspecified,
+    }
+}
+
+/// Microseconds since the Unix epoch, as in [`header::SUBMITTED_AT`].
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}
+
+/// The headers of a task message.
+pub fn task_headers(
+    name: &Name,
+    id: &Id,
+    idempotency_key: Option<&str>,
+    max_attempts: Option<u32>,
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::TASK_ID, id.as_str());
+    headers.insert(header::TASK, name.as_str());
+    headers.insert(header::MSG_ID, idempotency_key.unwrap_or(id.as_str()));
+    headers.insert(header::SUBMITTED_AT, now_micros().to_string().as_str());
+    if let Some(n) = max_attempts {
+        headers.insert(header::MAX_ATTEMPTS, n.to_string().as_str());
+    }
+    headers
+}
+
+/// The headers of a state change event.
+pub fn event_headers(name: &Name, id: &Id, state: v1::TaskState, attempt: u32) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::TASK_ID, id.as_str());
+    headers.insert(header::TASK, name.as_str());
+    headers.insert(header::STATE, state_name(state));
+    headers.insert(header::ATTEMPT, attempt.to_string().as_str());
+    headers
+}
+
+/// The headers of a result: stored only if the task has no result yet, whoever publishes it and
+/// however often.
+pub fn result_headers(name: &Name, id: &Id, state: v1::TaskState, attempt: u32) -> HeaderMap {
+    let mut headers = event_headers(name, id, state, attempt);
+    headers.insert(header::MSG_ID, format!("{id}.result").as_str());
+    headers.insert(header::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+    headers
+}
+
+/// The body of a failed result or a retry event.
+pub fn failure_body(message: &str, retryable: bool) -> Bytes {
+    v1::TaskFailure {
+        message: message.to_owned(),
+        retryable,
+    }
+    .encode_to_vec()
+    .into()
+}
+
+/// A task's state as an event or result message tells it.
+pub fn task_info(
+    id: &Id,
+    headers: &HeaderMap,
+    payload: &[u8],
+    time: Option<SystemTime>,
+) -> v1::TaskInfo {
+    let state = headers
+        .get(header::STATE)
+        .map(|v| parse_state(v.as_str()))
+        .unwrap_or_default();
+    let mut info = v1::TaskInfo {
+        task_id: id.to_string(),
+        task: headers
+            .get(header::TASK)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default(),
+        state: state as i32,
+        attempt: headers
+            .get(header::ATTEMPT)
+            .and_then(|v| v.as_str().parse().ok())
+            .unwrap_or_default(),
+        updated_at: time.map(prost_types::Timestamp::from),
+        ..Default::default()
+    };
+    match state {
+        v1::TaskState::Succeeded => info.result = payload.to_vec(),
+        v1::TaskState::Failed | v1::TaskState::Retrying | v1::TaskState::Cancelled => {
+            info.error = v1::TaskFailure::decode(payload).ok();
+        }
+        _ => {}
+    }
+    info
+}
+
+/// Whether a publish failed because the subject already had a message (a result exists).
+pub fn is_wrong_last_sequence(err: &jetstream::context::PublishError) -> bool {
+    err.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
+}

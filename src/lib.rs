@@ -88,3 +88,16 @@ pub mod examples {
 
 /// The encoded `FileDescriptorSet` of everything in `proto/`, custom options included.
 pub const FILE_DESCRIPTOR_SET: &[u8] = examples::magic::v1::FILE_DESCRIPTOR_SET;
+
+/// Completes on the first SIGINT or SIGTERM: the one shutdown trigger of every taskwire process.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,1 +1,175 @@
-//! placeholder
+//! The taskwire gateway: a stateless gRPC server in front of NATS JetStream.
+//!
+//! Producers call `taskwire.v1.Tasks`. The gateway looks the task up in the registry that workers
+//! publish, checks the arguments against the task's input message (protobuf bytes or JSON), and
+//! stores the task on `taskwire.tasks.<task>`; `Submit` answers only after JetStream's PubAck.
+//! `Get` and `Wait` read the result and event streams; `Wait` waits on the server, on the
+//! result subject itself. Any number of gateways can run side by side.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), taskwire_gateway::Error> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let config = taskwire_gateway::Config::new("nats://127.0.0.1:4222");
+//! taskwire_gateway::serve(listener, config, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+mod error;
+pub mod payload;
+mod registry;
+mod tasks;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use taskwire::broker::{self, Broker};
+use taskwire::task::TaskType;
+use taskwire::v1::admin_server::AdminServer;
+use taskwire::v1::tasks_server::TasksServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+pub use error::Error;
+pub use registry::Registry;
+
+/// Environment variables the gateway reads, each also a flag of `taskwire-gateway`.
+pub mod env {
+    /// NATS server URL(s), comma separated.
+    pub const NATS_URL: &str = "TASKWIRE_NATS_URL";
+    /// Address the gRPC server listens on.
+    pub const GATEWAY_ADDR: &str = "TASKWIRE_GATEWAY_ADDR";
+    /// Largest task arguments accepted, in bytes.
+    pub const MAX_PAYLOAD: &str = "TASKWIRE_MAX_PAYLOAD";
+    /// How long results are kept, as a duration (`24h`).
+    pub const RESULT_TTL: &str = "TASKWIRE_RESULT_TTL";
+    /// Stream replicas: 1 on one server, 3 in a cluster.
+    pub const REPLICAS: &str = "TASKWIRE_REPLICAS";
+    /// Descriptor set files (`protoc -o` / `buf build -o`) of task types to know without a worker.
+    pub const DESCRIPTOR_SETS: &str = "TASKWIRE_DESCRIPTOR_SETS";
+    /// Log filter, e.g. `info` or `taskwire_gateway=debug`.
+    pub const LOG: &str = "TASKWIRE_LOG";
+}
+
+/// Default largest task arguments: what fits in one NATS message with its headers.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1_000_000;
+/// Longest server-side `Wait`.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// NATS server URL(s), comma separated.
+    pub nats_url: String,
+    /// Largest task arguments accepted, in bytes.
+    pub max_payload: usize,
+    /// Streams and buckets, as created when missing.
+    pub broker: broker::Settings,
+    /// Encoded descriptor sets whose tasks are known from the start.
+    pub descriptor_sets: Vec<Vec<u8>>,
+}
+
+impl Config {
+    /// Defaults for everything but the NATS URL.
+    pub fn new(nats_url: impl Into<String>) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            broker: broker::Settings::default(),
+            descriptor_sets: Vec::new(),
+        }
+    }
+}
+
+/// Shared state of the gRPC services.
+#[derive(Debug)]
+pub(crate) struct Gateway {
+    client: async_nats::Client,
+    broker: Broker,
+    registry: Arc<Registry>,
+    max_payload: usize,
+}
+
+/// Connects to NATS, opens the streams and the registry, and serves gRPC on `listener` until
+/// `shutdown` completes; then stops accepting calls and lets those in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let mut fixed = Vec::new();
+    for set in &config.descriptor_sets {
+        fixed.extend(
+            TaskType::all_in(set)
+                .map_err(|e| Error::Startup(format!("bad descriptor set: {e}")))?,
+        );
+    }
+    let client = async_nats::ConnectOptions::new()
+        .name("taskwire-gateway")
+        .connection_timeout(Duration::from_secs(5))
+        .connect(config.nats_url.as_str())
+        .await
+        .map_err(|e| {
+            Error::BrokerDown(format!(
+                "cannot connect to {}: {e}; start nats-server or set {}",
+                config.nats_url,
+                env::NATS_URL
+            ))
+        })?;
+    let jetstream = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build(client.clone());
+    let broker = Broker::open(jetstream, &config.broker)
+        .await
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    let stop = CancellationToken::new();
+    let _stop_registry = stop.clone().drop_guard();
+    let registry = Registry::start(broker.registry.clone(), fixed, stop.clone()).await?;
+    let gateway = Arc::new(Gateway {
+        client,
+        broker,
+        registry,
+        max_payload: config.max_payload,
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<TasksServer<tasks::TasksService>>()
+        .await;
+    health
+        .set_serving::<AdminServer<tasks::TasksService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(taskwire::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(taskwire::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
+
+    let service = tasks::TasksService::new(gateway);
+    let max_message = config.max_payload.saturating_mul(4).max(4 * 1024 * 1024);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tracing::info!("gateway serving");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(TasksServer::new(service.clone()).max_decoding_message_size(max_message))
+        .add_service(AdminServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| Error::Startup(format!("gRPC server: {e}")))?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        Error::Startup(format!("I/O: {err}"))
+    }
+}

@@ -1,1 +1,160 @@
-//! placeholder
+//! The taskwire worker runtime: serves generated task services from NATS JetStream.
+//!
+//! For each task it serves, a worker pulls from the task's durable consumer (shared by every
+//! worker of that task, so adding workers adds capacity), runs up to `concurrency` tasks at once,
+//! and for each one: publishes a `running` event, runs the task with its time limit while sending
+//! in-progress acks, publishes the result (stored at most once per task id) and waits for its
+//! PubAck, and only then acks the task. A retryable failure with attempts left is NAKed with the
+//! task's backoff, so the broker redelivers it later; a panic becomes a failed result.
+//!
+//! ```no_run
+//! use taskwire::examples::magic::v1::{AddArgs, AddResult, Magic, MagicServer};
+//! use taskwire::{TaskContext, TaskError};
+//! use taskwire_worker::Worker;
+//!
+//! struct MyMagic;
+//!
+//! impl Magic for MyMagic {
+//!     async fn add(&self, _ctx: TaskContext, args: AddArgs) -> Result<AddResult, TaskError> {
+//!         Ok(AddResult { sum: args.arg1 + args.arg2 + args.arg3 })
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), taskwire_worker::Error> {
+//! Worker::builder()
+//!     .nats("nats://127.0.0.1:4222")
+//!     .serve(MagicServer::new(MyMagic))
+//!     .run(taskwire::shutdown_signal())
+//!     .await
+//! # }
+//! ```
+//!
+//! On shutdown the worker stops pulling, lets running tasks finish for up to the grace period,
+//! then releases (NAKs) whatever is still running so another worker picks it up at once.
+
+mod run;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use taskwire::broker;
+use taskwire::service::Service;
+
+/// Environment variables a worker process reads.
+pub mod env {
+    /// NATS server URL(s), comma separated.
+    pub const NATS_URL: &str = "TASKWIRE_NATS_URL";
+    /// Tasks of one type a worker runs at once.
+    pub const CONCURRENCY: &str = "TASKWIRE_CONCURRENCY";
+    /// How long the broker waits for an ack before redelivering (used when the consumer is created).
+    pub const ACK_WAIT: &str = "TASKWIRE_ACK_WAIT";
+    /// How long running tasks may finish after SIGTERM.
+    pub const GRACE: &str = "TASKWIRE_GRACE";
+    /// Log filter.
+    pub const LOG: &str = "TASKWIRE_LOG";
+}
+
+/// Why a worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the worker serves no task: add a service with .serve(...)")]
+    NoServices,
+    #[error("cannot connect to NATS at {url}: {reason}; start nats-server or set TASKWIRE_NATS_URL")]
+    Connect { url: String, reason: String },
+    #[error("{0}")]
+    Broker(#[from] broker::Error),
+    #[error("service {service}: {reason}")]
+    Descriptors { service: String, reason: String },
+    #[error("cannot pull tasks of {task}: {reason}")]
+    Pull { task: String, reason: String },
+}
+
+/// Entry point: `Worker::builder()`.
+#[derive(Debug)]
+pub struct Worker;
+
+impl Worker {
+    /// A builder with the defaults: NATS on localhost, concurrency 100, ack wait 30 s, grace 30 s.
+    pub fn builder() -> Builder {
+        Builder {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            services: Vec::new(),
+            concurrency: 100,
+            ack_wait: Duration::from_secs(30),
+            grace: Duration::from_secs(30),
+            broker: broker::Settings::default(),
+        }
+    }
+}
+
+/// Worker settings and the services it serves.
+pub struct Builder {
+    nats_url: String,
+    services: Vec<Arc<dyn Service>>,
+    concurrency: usize,
+    ack_wait: Duration,
+    grace: Duration,
+    broker: broker::Settings,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("nats_url", &self.nats_url)
+            .field(
+                "services",
+                &self.services.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            )
+            .field("concurrency", &self.concurrency)
+            .field("ack_wait", &self.ack_wait)
+            .field("grace", &self.grace)
+            .finish()
+    }
+}
+
+impl Builder {
+    /// NATS server URL(s), comma separated.
+    pub fn nats(mut self, url: impl Into<String>) -> Self {
+        self.nats_url = url.into();
+        self
+    }
+
+    /// Serves every task of a generated service (`MagicServer::new(MyMagic)`).
+    pub fn serve(mut self, service: impl Service) -> Self {
+        self.services.push(Arc::new(service));
+        self
+    }
+
+    /// Tasks of one type this worker runs at once, unless the task's `concurrency` option says
+    /// otherwise.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How long the broker waits for an ack before it gives a task to another worker. Applies
+    /// when the task's consumer is created. In-progress acks keep long tasks from redelivery.
+    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait.max(Duration::from_millis(100));
+        self
+    }
+
+    /// How long running tasks may finish after shutdown begins.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Stream settings used if this worker is the first to create them.
+    pub fn broker_settings(mut self, settings: broker::Settings) -> Self {
+        self.broker = settings;
+        self
+    }
+
+    /// Registers the task types, then serves them until `shutdown` completes, drains, and
+    /// returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        run::run(self, shutdown).await
+    }
+}

@@ -1,0 +1,67 @@
+//! Everything a gateway call can fail with, and its mapping to gRPC status codes: the one place
+//! where a failure becomes a `tonic::Status`.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use crate::payload::PayloadError;
+
+/// A failed gateway call. Every message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown task `{0}`: no worker has registered it; start a worker that serves it, or give the gateway its descriptor set (TASKWIRE_DESCRIPTOR_SETS)")]
+    UnknownTask(String),
+    #[error("{0}")]
+    InvalidName(taskwire::task::Error),
+    #[error("{0}")]
+    InvalidId(taskwire::task::Error),
+    #[error("{0}")]
+    Payload(#[from] PayloadError),
+    #[error("the task arguments are missing: set args_proto (protobuf bytes) or args_json")]
+    MissingArgs,
+    #[error("NATS is unreachable ({0}); the task was not stored, try again when the broker is back")]
+    BrokerDown(String),
+    #[error("the broker refused the request: {0}")]
+    Broker(String),
+    #[error("the broker refused the task: {0}; the queue is full, try again later or raise the stream limits")]
+    QueueFull(String),
+    #[error("no task with id {0}: it never existed or its record expired (results are kept for TASKWIRE_RESULT_TTL)")]
+    NotFound(String),
+    #[error("task {id} has finished already ({state}); only a task that has not finished can be cancelled")]
+    Finished { id: String, state: &'static str },
+    #[error("task {id} has no result after {waited:?}; it is still {state}, wait again or check `taskwire get {id}`")]
+    StillRunning {
+        id: String,
+        state: &'static str,
+        waited: Duration,
+    },
+    #[error("the result of task {0} does not decode as its output type: {1}")]
+    BadResult(String, String),
+    #[error("the gateway could not start: {0}")]
+    Startup(String),
+}
+
+impl Error {
+    /// The gRPC status code of this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::UnknownTask(_) | Error::NotFound(_) => Code::NotFound,
+            Error::InvalidName(_)
+            | Error::InvalidId(_)
+            | Error::Payload(_)
+            | Error::MissingArgs => Code::InvalidArgument,
+            Error::BrokerDown(_) => Code::Unavailable,
+            Error::Broker(_) | Error::BadResult(..) | Error::Startup(_) => Code::Internal,
+            Error::QueueFull(_) => Code::ResourceExhausted,
+            Error::Finished { .. } => Code::FailedPrecondition,
+            Error::StillRunning { .. } => Code::DeadlineExceeded,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        Status::new(err.code(), err.to_string())
+    }
+}

@@ -1,0 +1,345 @@
+//! `taskwire.v1.Tasks` and `taskwire.v1.Admin`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use prost_reflect::{DynamicMessage, SerializeOptions};
+use taskwire::broker::{self, subject};
+use taskwire::task::{Id, Name};
+use taskwire::v1::{self, TaskState};
+use tonic::{Request, Response, Status};
+
+use crate::{Error, Gateway, MAX_WAIT, payload};
+
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub(crate) struct TasksService {
+    gateway: Arc<Gateway>,
+}
+
+impl TasksService {
+    pub(crate) fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+}
+
+impl Gateway {
+    /// Answers UNAVAILABLE at once while NATS is down, rather than queueing the call behind a
+    /// reconnect.
+    fn check_connected(&self) -> Result<(), Error> {
+        match self.client.connection_state() {
+            State::Connected => Ok(()),
+            state => Err(Error::BrokerDown(format!("connection is {state}"))),
+        }
+    }
+
+    async fn submit(&self, req: v1::SubmitRequest) -> Result<v1::SubmitResponse, Error> {
+        let name = Name::parse(&req.task).map_err(Error::InvalidName)?;
+        let task_type = self.registry.get(&name).await?;
+        let args = match req.args {
+            Some(v1::submit_request::Args::ArgsProto(bytes)) => {
+                payload::from_proto(&task_type.input, Bytes::from(bytes), self.max_payload)?
+            }
+            Some(v1::submit_request::Args::ArgsJson(json)) => {
+                payload::from_json(&task_type.input, &json, self.max_payload)?
+            }
+            None => return Err(Error::MissingArgs),
+        };
+        let options = req.options.unwrap_or_default();
+        let key = (!options.idempotency_key.is_empty()).then_some(options.idempotency_key.as_str());
+        let id = match key {
+            Some(key) => Id::from_idempotency_key(&name, key),
+            None => Id::generate(),
+        };
+        let max_attempts = (options.max_attempts > 0).then_some(options.max_attempts);
+        self.check_connected()?;
+
+        // The queued event goes first on the same connection, so that it is stored before any
+        // event of the worker that runs the task.
+        self.client
+            .publish_with_headers(
+                subject::event(&name, &id),
+                broker::event_headers(&name, &id, TaskState::Queued, 0),
+                Bytes::new(),
+            )
+            .await
+            .map_err(|e| Error::BrokerDown(e.to_string()))?;
+        let ack = self
+            .broker
+            .jetstream
+            .publish_with_headers(
+                subject::task(&name),
+                broker::task_headers(&name, &id, key, max_attempts),
+                args,
+            )
+            .await
+            .map_err(publish_error)?
+            .await
+            .map_err(publish_error)?;
+        Ok(v1::SubmitResponse {
+            task_id: id.to_string(),
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// The stored result of a task, if it has one.
+    async fn result(&self, id: &Id) -> Result<Option<v1::TaskInfo>, Error> {
+        match self
+            .broker
+            .results
+            .direct_get_last_for_subject(subject::result(id))
+            .await
+        {
+            Ok(msg) => Ok(Some(broker::task_info(
+                id,
+                &msg.headers,
+                &msg.payload,
+                Some(msg.time.into()),
+            ))),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.broker_error(e)),
+        }
+    }
+
+    /// The last state change of a task, if any.
+    async fn last_event(&self, id: &Id) -> Result<Option<v1::TaskInfo>, Error> {
+        match self
+            .broker
+            .events
+            .direct_get_last_for_subject(subject::events_of(id))
+            .await
+        {
+            Ok(msg) => Ok(Some(broker::task_info(
+                id,
+                &msg.headers,
+                &msg.payload,
+                Some(msg.time.into()),
+            ))),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.broker_error(e)),
+        }
+    }
+
+    fn broker_error(&self, err: impl std::fmt::Display) -> Error {
+        match self.check_connected() {
+            Err(down) => down,
+            Ok(()) => Error::Broker(err.to_string()),
+        }
+    }
+
+    async fn state(&self, id: &Id) -> Result<v1::TaskInfo, Error> {
+        if let Some(info) = self.result(id).await? {
+            return Ok(info);
+        }
+        self.last_event(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    async fn wait(&self, id: &Id, timeout: Duration) -> Result<v1::TaskInfo, Error> {
+        self.check_connected()?;
+        // Subscribe before looking, so a result stored in between is not missed.
+        let mut results = self
+            .client
+            .subscribe(subject::result(id))
+            .await
+            .map_err(|e| Error::BrokerDown(e.to_string()))?;
+        if let Some(info) = self.result(id).await? {
+            return Ok(info);
+        }
+        let pending = self
+            .last_event(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        match tokio::time::timeout(timeout, results.next()).await {
+            Ok(Some(msg)) => Ok(broker::task_info(
+                id,
+                &msg.headers.unwrap_or_default(),
+                &msg.payload,
+                Some(std::time::SystemTime::now()),
+            )),
+            Ok(None) => Err(Error::BrokerDown("the subscription closed".into())),
+            Err(_) => Err(Error::StillRunning {
+                id: id.to_string(),
+                state: broker::state_name(pending.state()),
+                waited: timeout,
+            }),
+        }
+    }
+
+    async fn cancel(&self, id: &Id) -> Result<v1::TaskInfo, Error> {
+        self.check_connected()?;
+        if let Some(info) = self.result(id).await? {
+            return Err(Error::Finished {
+                id: id.to_string(),
+                state: broker::state_name(info.state()),
+            });
+        }
+        let last = self
+            .last_event(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let name = Name::parse(&last.task).map_err(Error::InvalidName)?;
+        // The cancelled result takes the task's one result slot; a worker that finishes the
+        // task later finds the slot taken and drops its own.
+        let published = self
+            .broker
+            .jetstream
+            .publish_with_headers(
+                subject::result(id),
+                broker::result_headers(&name, id, TaskState::Cancelled, last.attempt),
+                broker::failure_body("cancelled on request", false),
+            )
+            .await
+            .map_err(publish_error)?
+            .await;
+        match published {
+            Ok(_) => {}
+            Err(e) if broker::is_wrong_last_sequence(&e) => {
+                let state = match self.result(id).await? {
+                    Some(info) => broker::state_name(info.state()),
+                    None => "finished",
+                };
+                return Err(Error::Finished {
+                    id: id.to_string(),
+                    state,
+                });
+            }
+            Err(e) => return Err(publish_error(e)),
+        }
+        self.result(id)
+            .await?
+            .ok_or_else(|| Error::Broker("the cancelled result was not stored".into()))
+    }
+
+    /// Renders the result as JSON when asked, with 64-bit integers as numbers.
+    async fn with_json(&self, mut info: v1::TaskInfo, include: bool) -> Result<v1::TaskInfo, Error> {
+        if !include || info.state() != TaskState::Succeeded {
+            return Ok(info);
+        }
+        let Ok(name) = Name::parse(&info.task) else {
+            return Ok(info);
+        };
+        let Ok(task_type) = self.registry.get(&name).await else {
+            return Ok(info);
+        };
+        let message = DynamicMessage::decode(task_type.output.clone(), info.result.as_slice())
+            .map_err(|e| Error::BadResult(info.task_id.clone(), e.to_string()))?;
+        let options = SerializeOptions::new()
+            .stringify_64_bit_integers(false)
+            .skip_default_fields(false);
+        let mut out = serde_json::Serializer::new(Vec::new());
+        message
+            .serialize_with_options(&mut out, &options)
+            .map_err(|e| Error::BadResult(info.task_id.clone(), e.to_string()))?;
+        info.result_json = String::from_utf8_lossy(&out.into_inner()).into_owned();
+        Ok(info)
+    }
+}
+
+fn publish_error(err: async_nats::jetstream::context::PublishError) -> Error {
+    match err.kind() {
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+            Error::BrokerDown(err.to_string())
+        }
+        PublishErrorKind::StreamNotFound => Error::Broker(format!(
+            "{err}: the tasks stream is missing; restart the gateway to recreate it"
+        )),
+        PublishErrorKind::MaxPayloadExceeded => Error::Broker(err.to_string()),
+        _ => {
+            let text = err.to_string();
+            if text.contains("maximum") || text.contains("limit") || text.contains("resources") {
+                Error::QueueFull(text)
+            } else {
+                Error::Broker(text)
+            }
+        }
+    }
+}
+
+fn parse_id(id: &str) -> Result<Id, Error> {
+    Id::parse(id).map_err(Error::InvalidId)
+}
+
+#[tonic::async_trait]
+impl v1::tasks_server::Tasks for TasksService {
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitRequest>,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        let req = request.into_inner();
+        let task = req.task.clone();
+        match self.gateway.submit(req).await {
+            Ok(resp) => {
+                tracing::debug!(task, task_id = resp.task_id, "submitted");
+                Ok(Response::new(resp))
+            }
+            Err(e) => {
+                tracing::debug!(task, error = %e, "submit refused");
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn get(
+        &self,
+        request: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::TaskInfo>, Status> {
+        let req = request.into_inner();
+        let id = parse_id(&req.task_id)?;
+        let info = self.gateway.state(&id).await?;
+        Ok(Response::new(self.gateway.with_json(info, req.include_json).await?))
+    }
+
+    async fn wait(
+        &self,
+        request: Request<v1::WaitRequest>,
+    ) -> Result<Response<v1::TaskInfo>, Status> {
+        let req = request.into_inner();
+        let id = parse_id(&req.task_id)?;
+        let timeout = req
+            .timeout
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or(DEFAULT_WAIT)
+            .min(MAX_WAIT);
+        let info = self.gateway.wait(&id, timeout).await?;
+        Ok(Response::new(self.gateway.with_json(info, req.include_json).await?))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<v1::CancelRequest>,
+    ) -> Result<Response<v1::TaskInfo>, Status> {
+        let id = parse_id(&request.into_inner().task_id)?;
+        Ok(Response::new(self.gateway.cancel(&id).await?))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::admin_server::Admin for TasksService {
+    async fn list_task_types(
+        &self,
+        _request: Request<v1::ListTaskTypesRequest>,
+    ) -> Result<Response<v1::ListTaskTypesResponse>, Status> {
+        let task_types = self
+            .gateway
+            .registry
+            .list()
+            .iter()
+            .map(|t| v1::TaskType {
+                name: t.name.to_string(),
+                input_type: t.input.full_name().to_owned(),
+                output_type: t.output.full_name().to_owned(),
+                file_descriptor_set: Vec::new(),
+                options: Some(t.declared.clone()),
+            })
+            .collect();
+        Ok(Response::new(v1::ListTaskTypesResponse { task_types }))
+    }
+}

@@ -1,0 +1,407 @@
+//! The pull loops and the life of one task on a worker.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use futures::{FutureExt as _, StreamExt as _};
+use taskwire::broker::{self, Broker, header, subject};
+use taskwire::service::Service;
+use taskwire::task::{Id, Name, TaskType};
+use taskwire::v1::TaskState;
+use taskwire::{TaskContext, TaskError};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{Builder, Error};
+
+/// After a task's time limit, how long it has to notice its cancellation before it is abandoned.
+const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
+
+/// One served task type and everything its pull loop and handlers share.
+struct Served {
+    task: TaskType,
+    service: Arc<dyn Service>,
+    client: async_nats::Client,
+    broker: Broker,
+    heartbeat: Duration,
+    /// Fires when the grace period is over: running tasks are released.
+    force: CancellationToken,
+}
+
+pub(crate) async fn run(
+    builder: Builder,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    if builder.services.is_empty() {
+        return Err(Error::NoServices);
+    }
+    let mut served_types = Vec::new();
+    for service in &builder.services {
+        let types = TaskType::all_in(service.file_descriptor_set()).map_err(|e| {
+            Error::Descriptors {
+                service: service.name().into(),
+                reason: e.to_string(),
+            }
+        })?;
+        for def in service.tasks() {
+            let task = types
+                .iter()
+                .find(|t| t.name.as_str() == def.name)
+                .cloned()
+                .ok_or_else(|| Error::Descriptors {
+                    service: service.name().into(),
+                    reason: format!("its descriptor set does not describe {}", def.name),
+                })?;
+            served_types.push((task, Arc::clone(service)));
+        }
+    }
+
+    let client = async_nats::ConnectOptions::new()
+        .name("taskwire-worker")
+        .connection_timeout(Duration::from_secs(5))
+        .connect(builder.nats_url.as_str())
+        .await
+        .map_err(|e| Error::Connect {
+            url: builder.nats_url.clone(),
+            reason: e.to_string(),
+        })?;
+    let jetstream = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build(client.clone());
+    let broker = Broker::open(jetstream, &builder.broker).await?;
+
+    let stop = CancellationToken::new();
+    let force = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut loops = Vec::new();
+    for (task, service) in served_types {
+        let consumer = broker
+            .task_consumer(&task.name, builder.ack_wait, 10_000)
+            .await?;
+        let entry = task.registry_entry(service.file_descriptor_set());
+        broker.register(&entry).await?;
+        let concurrency = task
+            .options
+            .concurrency
+            .map_or(builder.concurrency, |n| n as usize);
+        tracing::info!(task = %task.name, concurrency, "serving");
+        let served = Arc::new(Served {
+            task,
+            service,
+            client: client.clone(),
+            broker: broker.clone(),
+            heartbeat: builder.ack_wait / 3,
+            force: force.clone(),
+        });
+        loops.push(tokio::spawn(pull_loop(
+            served,
+            consumer,
+            concurrency,
+            stop.clone(),
+            tracker.clone(),
+        )));
+    }
+
+    shutdown.await;
+    tracing::info!(grace = ?builder.grace, "draining");
+    stop.cancel();
+    for pull in loops {
+        let _ = pull.await;
+    }
+    tracker.close();
+    if tokio::time::timeout(builder.grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            running = tracker.len(),
+            "grace period over; releasing running tasks"
+        );
+        force.cancel();
+        tracker.wait().await;
+    }
+    // Acks and NAKs are plain publishes: make sure they left before the process does.
+    let _ = client.flush().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn pull_loop(
+    served: Arc<Served>,
+    consumer: jetstream::consumer::PullConsumer,
+    concurrency: usize,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    'reconnect: loop {
+        let stream = consumer
+            .stream()
+            .max_messages_per_batch(concurrency.min(1000))
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let mut messages = match stream {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!(task = %served.task.name, error = %e, "cannot pull; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue 'reconnect,
+                }
+            }
+        };
+        loop {
+            let slot = tokio::select! {
+                () = stop.cancelled() => break 'reconnect,
+                slot = Arc::clone(&slots).acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                },
+            };
+            let next = tokio::select! {
+                () = stop.cancelled() => break 'reconnect,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let served = Arc::clone(&served);
+                    tracker.spawn(async move {
+                        handle(&served, message).await;
+                        drop(slot);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(task = %served.task.name, error = %e, "pull interrupted");
+                }
+                None => continue 'reconnect,
+            }
+        }
+    }
+}
+
+/// What became of one attempt.
+enum Outcome {
+    Done(Result<Vec<u8>, TaskError>),
+    Panicked(String),
+    TimedOut(Duration),
+    Released,
+}
+
+async fn handle(served: &Served, message: jetstream::Message) {
+    let name = &served.task.name;
+    let Some(id) = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(header::TASK_ID))
+        .and_then(|v| Id::parse(v.as_str()).ok())
+    else {
+        // Not a taskwire task: it can never run, so it must not block the queue.
+        tracing::error!(task = %name, subject = %message.subject, "message without a valid task id; terminating it");
+        let _ = message.ack_with(AckKind::Term).await;
+        return;
+    };
+    let attempt = message
+        .info()
+        .map(|i| i.delivered.max(1) as u32)
+        .unwrap_or(1);
+    let max_attempts = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(header::MAX_ATTEMPTS))
+        .and_then(|v| v.as_str().parse::<u32>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(served.task.options.max_attempts);
+
+    // A redelivery may follow a crash after the result was stored: never run a task twice
+    // when its result is known.
+    if attempt > 1 && has_result(served, &id).await {
+        let _ = message.ack().await;
+        return;
+    }
+
+    let _ = served
+        .client
+        .publish_with_headers(
+            subject::event(name, &id),
+            broker::event_headers(name, &id, TaskState::Running, attempt),
+            Bytes::new(),
+        )
+        .await;
+
+    let token = CancellationToken::new();
+    let deadline = served.task.options.timeout.map(|t| Instant::now() + t);
+    let ctx = TaskContext::new(id.clone(), name.clone(), attempt, max_attempts)
+        .with_deadline(deadline)
+        .with_cancellation(token.clone());
+    let outcome = run_attempt(served, &message, ctx, token).await;
+
+    match outcome {
+        Outcome::Done(Ok(output)) => {
+            finish(served, message, &id, attempt, TaskState::Succeeded, output.into()).await;
+        }
+        Outcome::Done(Err(err)) => {
+            failed(served, message, &id, attempt, max_attempts, err).await;
+        }
+        Outcome::TimedOut(limit) => {
+            let err = TaskError::retryable(format!("timed out after {limit:?}"));
+            failed(served, message, &id, attempt, max_attempts, err).await;
+        }
+        Outcome::Panicked(text) => {
+            tracing::error!(task = %name, task_id = %id, attempt, panic = %text, "task panicked");
+            let body = broker::failure_body(&format!("task panicked: {text}"), false);
+            finish(served, message, &id, attempt, TaskState::Failed, body).await;
+        }
+        Outcome::Released => {
+            tracing::info!(task = %name, task_id = %id, "released for another worker");
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+        }
+    }
+}
+
+async fn run_attempt(
+    served: &Served,
+    message: &jetstream::Message,
+    ctx: TaskContext,
+    token: CancellationToken,
+) -> Outcome {
+    let limit = served.task.options.timeout;
+    let deadline = ctx.deadline();
+    let call = served
+        .service
+        .call(served.task.name.as_str(), ctx, message.payload.clone());
+    let mut call = std::pin::pin!(AssertUnwindSafe(call).catch_unwind());
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + served.heartbeat,
+        served.heartbeat,
+    );
+    let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    let mut abandon_at = tokio::time::Instant::from_std(deadline.unwrap_or(far));
+    let mut timed_out = false;
+    loop {
+        tokio::select! {
+            result = &mut call => {
+                return match result {
+                    Ok(done) if timed_out && done.is_err() => Outcome::TimedOut(limit.unwrap_or_default()),
+                    Ok(done) => Outcome::Done(done),
+                    Err(panic) => Outcome::Panicked(panic_text(&panic)),
+                };
+            }
+            _ = heartbeat.tick() => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+            () = tokio::time::sleep_until(abandon_at) => {
+                if timed_out {
+                    return Outcome::TimedOut(limit.unwrap_or_default());
+                }
+                // Tell the task to stop, and give it a moment to do so.
+                timed_out = true;
+                token.cancel();
+                abandon_at = tokio::time::Instant::now() + TIMEOUT_GRACE;
+            }
+            () = served.force.cancelled() => {
+                token.cancel();
+                return Outcome::Released;
+            }
+        }
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+async fn has_result(served: &Served, id: &Id) -> bool {
+    served
+        .broker
+        .results
+        .direct_get_last_for_subject(subject::result(id))
+        .await
+        .is_ok()
+}
+
+async fn failed(
+    served: &Served,
+    message: jetstream::Message,
+    id: &Id,
+    attempt: u32,
+    max_attempts: u32,
+    err: TaskError,
+) {
+    let name = &served.task.name;
+    if err.is_retryable() && attempt < max_attempts {
+        let delay = served.task.options.backoff(attempt);
+        tracing::info!(task = %name, task_id = %id, attempt, ?delay, error = %err, "retrying");
+        let _ = served
+            .client
+            .publish_with_headers(
+                subject::event(name, id),
+                broker::event_headers(name, id, TaskState::Retrying, attempt),
+                broker::failure_body(err.message(), true),
+            )
+            .await;
+        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+        return;
+    }
+    tracing::info!(task = %name, task_id = %id, attempt, error = %err, "failed");
+    let body = broker::failure_body(err.message(), err.is_retryable());
+    finish(served, message, id, attempt, TaskState::Failed, body).await;
+}
+
+/// Stores the result, then acks the task. Until the result is stored the task is not acked, so
+/// a worker that dies in between leaves it to be redelivered.
+async fn finish(
+    served: &Served,
+    message: jetstream::Message,
+    id: &Id,
+    attempt: u32,
+    state: TaskState,
+    body: Bytes,
+) {
+    let name: &Name = &served.task.name;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let published = match served
+            .broker
+            .jetstream
+            .publish_with_headers(
+                subject::result(id),
+                broker::result_headers(name, id, state, attempt),
+                body.clone(),
+            )
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match published {
+            Ok(_) => break,
+            // The task already has a result (cancelled, or stored by an earlier delivery).
+            Err(e) if broker::is_wrong_last_sequence(&e) => break,
+            Err(e) => {
+                if served.force.is_cancelled() {
+                    tracing::warn!(task = %name, task_id = %id, error = %e, "result not stored before exit; the task will be redelivered");
+                    return;
+                }
+                tracing::warn!(task = %name, task_id = %id, error = %e, "storing the result failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    if let Err(e) = message.ack().await {
+        tracing::warn!(task = %name, task_id = %id, error = %e, "ack failed; a redelivery will find the stored result");
+    }
+}
