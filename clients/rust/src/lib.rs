@@ -1,1 +1,339 @@
-//! placeholder
+//! The typed Rust producer client of taskwire.
+//!
+//! Generated stubs (`MagicClient`) submit tasks through the gateway and return a
+//! [`TaskHandle`] typed by the task's output message: Celery's `delay(...).get()`, checked by
+//! the compiler.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use taskwire::examples::magic::v1::AddArgs;
+//! use taskwire_client::examples::magic::v1::MagicClient;
+//!
+//! # async fn run() -> Result<(), taskwire_client::Error> {
+//! let magic = MagicClient::connect("http://127.0.0.1:50051").await?;
+//! let handle = magic.add(AddArgs { arg1: 1, arg2: 2, arg3: 3 }).await?;
+//! let result = handle.get(Duration::from_secs(5)).await?;
+//! assert_eq!(result.sum, 6);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Projects generate stubs for their own contracts with `taskwire-build`; [`Client`] also
+//! submits any task by name.
+
+extern crate self as taskwire_client;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use taskwire::v1::admin_client::AdminClient;
+use taskwire::v1::tasks_client::TasksClient;
+use taskwire::v1::{self, TaskState};
+use tonic::transport::{Channel, Endpoint};
+
+pub use taskwire::v1::{TaskInfo, TaskType};
+
+/// Producer stubs of the example contracts.
+pub mod examples {
+    /// `examples.magic.v1`.
+    pub mod magic {
+        #[allow(clippy::all, missing_docs)]
+        pub mod v1 {
+            taskwire::include_tasks!("examples.magic.v1");
+        }
+    }
+    /// `examples.chaos.v1`.
+    pub mod chaos {
+        #[allow(clippy::all, missing_docs)]
+        pub mod v1 {
+            taskwire::include_tasks!("examples.chaos.v1");
+        }
+    }
+}
+
+/// What a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The gateway could not be reached.
+    #[error("cannot reach the gateway at {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
+    /// The gateway refused the call; the status says why and what to fix.
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Status(#[from] tonic::Status),
+    /// The task ran and failed.
+    #[error("task {id} failed: {message}")]
+    TaskFailed {
+        id: String,
+        message: String,
+        retryable: bool,
+    },
+    /// The task was cancelled.
+    #[error("task {id} was cancelled")]
+    Cancelled { id: String },
+    /// The result does not decode as the task's output type.
+    #[error("the result of task {id} does not decode: {source}")]
+    Decode {
+        id: String,
+        source: prost::DecodeError,
+    },
+}
+
+impl Error {
+    /// The gRPC status code, when the gateway refused the call.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Error::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::NotFound => "not found",
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::DeadlineExceeded => "deadline exceeded",
+        tonic::Code::FailedPrecondition => "failed precondition",
+        tonic::Code::ResourceExhausted => "resource exhausted",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        _ => "error",
+    }
+}
+
+/// Options of one submission.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    /// The same key within the duplicate window gives the same task, stored once.
+    pub idempotency_key: Option<String>,
+    /// Overrides the task's declared `max_attempts`.
+    pub max_attempts: Option<u32>,
+}
+
+impl SubmitOptions {
+    /// Sets the idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets the attempts.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n);
+        self
+    }
+
+    fn into_proto(self) -> v1::SubmitOptions {
+        v1::SubmitOptions {
+            idempotency_key: self.idempotency_key.unwrap_or_default(),
+            max_attempts: self.max_attempts.unwrap_or_default(),
+        }
+    }
+}
+
+/// The untyped client: one HTTP/2 connection to a gateway, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    tasks: TasksClient<Channel>,
+    admin: AdminClient<Channel>,
+}
+
+impl Client {
+    /// Connects to the gateway at `endpoint`, e.g. `http://127.0.0.1:50051`.
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Self, Error> {
+        let endpoint = endpoint.into();
+        let connect_err = |source| Error::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let channel = Endpoint::from_shared(endpoint.clone())
+            .map_err(connect_err)?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(connect_err)?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// Uses a channel configured elsewhere (TLS, interceptors, load balancing).
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
+            tasks: TasksClient::new(channel.clone()),
+            admin: AdminClient::new(channel),
+        }
+    }
+
+    /// Submits `task` with typed arguments and returns a handle typed by its output.
+    pub async fn submit<O: prost::Message + Default>(
+        &self,
+        task: &str,
+        args: &impl prost::Message,
+        options: SubmitOptions,
+    ) -> Result<TaskHandle<O>, Error> {
+        let id = self
+            .submit_raw(
+                task,
+                v1::submit_request::Args::ArgsProto(args.encode_to_vec()),
+                options,
+            )
+            .await?
+            .task_id;
+        Ok(TaskHandle {
+            client: self.clone(),
+            id,
+            output: PhantomData,
+        })
+    }
+
+    /// Submits `task` with arguments as proto3 JSON; returns the gateway's answer.
+    pub async fn submit_json(
+        &self,
+        task: &str,
+        json: &str,
+        options: SubmitOptions,
+    ) -> Result<v1::SubmitResponse, Error> {
+        self.submit_raw(
+            task,
+            v1::submit_request::Args::ArgsJson(json.to_owned()),
+            options,
+        )
+        .await
+    }
+
+    async fn submit_raw(
+        &self,
+        task: &str,
+        args: v1::submit_request::Args,
+        options: SubmitOptions,
+    ) -> Result<v1::SubmitResponse, Error> {
+        let request = v1::SubmitRequest {
+            task: task.to_owned(),
+            args: Some(args),
+            options: Some(options.into_proto()),
+        };
+        Ok(self.tasks.clone().submit(request).await?.into_inner())
+    }
+
+    /// The current state of a task (and its result as JSON when `json`).
+    pub async fn get(&self, id: &str, json: bool) -> Result<TaskInfo, Error> {
+        let request = v1::GetRequest {
+            task_id: id.to_owned(),
+            include_json: json,
+        };
+        Ok(self.tasks.clone().get(request).await?.into_inner())
+    }
+
+    /// Waits on the gateway until the task has a result, at most `timeout`.
+    pub async fn wait(&self, id: &str, timeout: Duration, json: bool) -> Result<TaskInfo, Error> {
+        let request = v1::WaitRequest {
+            task_id: id.to_owned(),
+            timeout: prost_types::Duration::try_from(timeout).ok(),
+            include_json: json,
+        };
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(timeout + Duration::from_secs(5));
+        Ok(self.tasks.clone().wait(request).await?.into_inner())
+    }
+
+    /// Cancels a task that has not finished.
+    pub async fn cancel(&self, id: &str) -> Result<TaskInfo, Error> {
+        let request = v1::CancelRequest {
+            task_id: id.to_owned(),
+        };
+        Ok(self.tasks.clone().cancel(request).await?.into_inner())
+    }
+
+    /// The task types the gateway knows.
+    pub async fn task_types(&self) -> Result<Vec<TaskType>, Error> {
+        Ok(self
+            .admin
+            .clone()
+            .list_task_types(v1::ListTaskTypesRequest {})
+            .await?
+            .into_inner()
+            .task_types)
+    }
+}
+
+/// A submitted task whose result decodes as `O`.
+pub struct TaskHandle<O> {
+    client: Client,
+    id: String,
+    output: PhantomData<fn() -> O>,
+}
+
+impl<O> fmt::Debug for TaskHandle<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle").field("id", &self.id).finish()
+    }
+}
+
+impl<O> Clone for TaskHandle<O> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            id: self.id.clone(),
+            output: PhantomData,
+        }
+    }
+}
+
+impl<O: prost::Message + Default> TaskHandle<O> {
+    /// A handle on a task submitted earlier.
+    pub fn from_id(client: Client, id: impl Into<String>) -> Self {
+        Self {
+            client,
+            id: id.into(),
+            output: PhantomData,
+        }
+    }
+
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The task's current state.
+    pub async fn state(&self) -> Result<TaskState, Error> {
+        Ok(self.client.get(&self.id, false).await?.state())
+    }
+
+    /// Everything the gateway knows about the task now.
+    pub async fn info(&self) -> Result<TaskInfo, Error> {
+        self.client.get(&self.id, false).await
+    }
+
+    /// Waits up to `timeout` for the result. A failed or cancelled task is an error; a task
+    /// still running after `timeout` is a `DEADLINE_EXCEEDED` status.
+    pub async fn get(&self, timeout: Duration) -> Result<O, Error> {
+        let info = self.client.wait(&self.id, timeout, false).await?;
+        match info.state() {
+            TaskState::Succeeded => O::decode(info.result.as_slice()).map_err(|source| Error::Decode {
+                id: self.id.clone(),
+                source,
+            }),
+            TaskState::Cancelled => Err(Error::Cancelled {
+                id: self.id.clone(),
+            }),
+            _ => {
+                let failure = info.error.unwrap_or_default();
+                Err(Error::TaskFailed {
+                    id: self.id.clone(),
+                    message: failure.message,
+                    retryable: failure.retryable,
+                })
+            }
+        }
+    }
+
+    /// Cancels the task if it has not finished.
+    pub async fn cancel(&self) -> Result<(), Error> {
+        self.client.cancel(&self.id).await.map(|_| ())
+    }
+}
