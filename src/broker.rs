@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | tasks | stream `TASKWIRE_TASKS`, `taskwire.tasks.<task>`, work queue, one durable pull consumer per task |
 //! | results | stream `TASKWIRE_RESULTS`, `taskwire.results.<id>`, one message per subject, kept for the result TTL |
-//! | state changes | stream `TASKWIRE_EVENTS`, `taskwire.events.<task>.<id>` |
+//! | state changes | stream `TASKWIRE_EVENTS`, `taskwire.events.<id>.<task>` |
 //! | task types | KV bucket `TASKWIRE_REGISTRY`, key `<task>`, value a `taskwire.v1.TaskType` |
 //!
 //! Every name, header and setting is defined here once; nothing else builds a subject or a
@@ -51,14 +51,22 @@ pub mod subject {
         format!("taskwire.results.{id}")
     }
 
-    /// Where the state changes of a task are stored.
+    /// Where the state changes of a task are stored. The id comes first: a task token has a
+    /// varying number of parts, so only this order lets one filter find a task's events by id
+    /// (`taskwire.events.<id>.>`) and another all events of a type
+    /// (`taskwire.events.*.examples.magic.v1.Magic.Add`).
     pub fn event(name: &Name, id: &Id) -> String {
-        format!("taskwire.events.{}.{id}", name.token())
+        format!("taskwire.events.{id}.{}", name.token())
     }
 
     /// Matches the state changes of one task whatever its type.
     pub fn events_of(id: &Id) -> String {
-        format!("taskwire.events.*.{id}")
+        format!("taskwire.events.{id}.>")
+    }
+
+    /// Matches the state changes of every task of one type.
+    pub fn events_of_type(name: &Name) -> String {
+        format!("taskwire.events.*.{}", name.token())
     }
 }
 
@@ -398,6 +406,44 @@ pub fn task_info(
         _ => {}
     }
     info
+}
+
+/// A message read back from a stream by [`last_message`].
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// Its headers, the stream's own included.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub payload: Bytes,
+    /// When the stream stored it.
+    pub time: Option<SystemTime>,
+}
+
+/// The last message of `stream` whose subject matches `filter`, which may hold wildcards; `None`
+/// when there is none. A direct get, so any replica answers.
+pub async fn last_message(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+) -> Result<Option<StoredMessage>, async_nats::RequestError> {
+    let request = format!(r#"{{"last_by_subj":"{filter}"}}"#);
+    let response = client
+        .request(format!("$JS.API.DIRECT.GET.{stream}"), request.into())
+        .await?;
+    if response.status.is_some_and(|s| s != async_nats::StatusCode::OK) {
+        // 404: no such message; 408 and others: treated the same by callers that only ask
+        // whether something is there.
+        return Ok(None);
+    }
+    let headers = response.headers.unwrap_or_default();
+    let time = headers
+        .get("Nats-Time-Stamp")
+        .and_then(|t| humantime::parse_rfc3339_weak(t.as_str()).ok());
+    Ok(Some(StoredMessage {
+        headers,
+        payload: response.payload,
+        time,
+    }))
 }
 
 /// Whether a publish failed because the subject already had a message (a result exists).

@@ -1,1 +1,25 @@
-fn main(){}
+//! `taskwire`: the command line. Parses arguments and hands over to the library; every failure
+//! is printed as one line and exits non-zero.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TASKWIRE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = taskwire_cli::Cli::parse();
+    match taskwire_cli::run(cli).await {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("taskwire: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -63,7 +63,7 @@ pub enum Error {
     },
     /// The gateway refused the call; the status says why and what to fix.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
-    Status(#[from] tonic::Status),
+    Status(tonic::Status),
     /// The task ran and failed.
     #[error("task {id} failed: {message}")]
     TaskFailed {
@@ -80,6 +80,12 @@ pub enum Error {
         id: String,
         source: prost::DecodeError,
     },
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        Error::Status(status)
+    }
 }
 
 impl Error {

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::DirectGetErrorKind;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use prost_reflect::{DynamicMessage, SerializeOptions};
@@ -61,16 +60,19 @@ impl Gateway {
         self.check_connected()?;
 
         // The queued event goes first on the same connection, so that it is stored before any
-        // event of the worker that runs the task.
-        self.client
+        // event of the worker that runs the task; both acks are awaited together, so when Submit
+        // answers, Get and Wait find the task.
+        let queued = self
+            .broker
+            .jetstream
             .publish_with_headers(
                 subject::event(&name, &id),
                 broker::event_headers(&name, &id, TaskState::Queued, 0),
                 Bytes::new(),
             )
             .await
-            .map_err(|e| Error::BrokerDown(e.to_string()))?;
-        let ack = self
+            .map_err(publish_error)?;
+        let stored = self
             .broker
             .jetstream
             .publish_with_headers(
@@ -79,9 +81,10 @@ impl Gateway {
                 args,
             )
             .await
-            .map_err(publish_error)?
-            .await
             .map_err(publish_error)?;
+        let (queued, stored) = tokio::join!(queued.into_future(), stored.into_future());
+        let ack = stored.map_err(publish_error)?;
+        queued.map_err(publish_error)?;
         Ok(v1::SubmitResponse {
             task_id: id.to_string(),
             duplicate: ack.duplicate,
@@ -90,38 +93,24 @@ impl Gateway {
 
     /// The stored result of a task, if it has one.
     async fn result(&self, id: &Id) -> Result<Option<v1::TaskInfo>, Error> {
-        match self
-            .broker
-            .results
-            .direct_get_last_for_subject(subject::result(id))
+        self.lookup(broker::RESULTS_STREAM, &subject::result(id), id)
             .await
-        {
-            Ok(msg) => Ok(Some(broker::task_info(
-                id,
-                &msg.headers,
-                &msg.payload,
-                Some(msg.time.into()),
-            ))),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.broker_error(e)),
-        }
     }
 
     /// The last state change of a task, if any.
     async fn last_event(&self, id: &Id) -> Result<Option<v1::TaskInfo>, Error> {
-        match self
-            .broker
-            .events
-            .direct_get_last_for_subject(subject::events_of(id))
+        self.lookup(broker::EVENTS_STREAM, &subject::events_of(id), id)
             .await
-        {
-            Ok(msg) => Ok(Some(broker::task_info(
-                id,
-                &msg.headers,
-                &msg.payload,
-                Some(msg.time.into()),
-            ))),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+    }
+
+    async fn lookup(
+        &self,
+        stream: &str,
+        filter: &str,
+        id: &Id,
+    ) -> Result<Option<v1::TaskInfo>, Error> {
+        match broker::last_message(&self.client, stream, filter).await {
+            Ok(found) => Ok(found.map(|m| broker::task_info(id, &m.headers, &m.payload, m.time))),
             Err(e) => Err(self.broker_error(e)),
         }
     }
@@ -157,19 +146,36 @@ impl Gateway {
             .last_event(id)
             .await?
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
-        match tokio::time::timeout(timeout, results.next()).await {
-            Ok(Some(msg)) => Ok(broker::task_info(
-                id,
-                &msg.headers.unwrap_or_default(),
-                &msg.payload,
-                Some(std::time::SystemTime::now()),
-            )),
-            Ok(None) => Err(Error::BrokerDown("the subscription closed".into())),
-            Err(_) => Err(Error::StillRunning {
-                id: id.to_string(),
-                state: broker::state_name(pending.state()),
-                waited: timeout,
-            }),
+        // A result published just before our subscription can still be on its way into the
+        // stream when we first looked: look again now and then while waiting.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut recheck = Duration::from_millis(20);
+        loop {
+            let until = (tokio::time::Instant::now() + recheck).min(deadline);
+            match tokio::time::timeout_at(until, results.next()).await {
+                Ok(Some(msg)) => {
+                    return Ok(broker::task_info(
+                        id,
+                        &msg.headers.unwrap_or_default(),
+                        &msg.payload,
+                        Some(std::time::SystemTime::now()),
+                    ));
+                }
+                Ok(None) => return Err(Error::BrokerDown("the subscription closed".into())),
+                Err(_) => {
+                    if let Some(info) = self.result(id).await? {
+                        return Ok(info);
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::StillRunning {
+                            id: id.to_string(),
+                            state: broker::state_name(pending.state()),
+                            waited: timeout,
+                        });
+                    }
+                    recheck = (recheck * 2).min(Duration::from_secs(1));
+                }
+            }
         }
     }
 

