@@ -195,6 +195,9 @@ impl Builder {
 
         let mut config = prost_build::Config::new();
         config.out_dir(&out_dir);
+        // Generated messages use prost through the `taskwire` crate, so a project needs no
+        // prost dependency of its own.
+        config.prost_path("::taskwire::prost");
         if !self.messages {
             // Contracts import taskwire's protos; their messages live in the `taskwire` crate.
             config.extern_path(".taskwire.v1", "::taskwire::v1");

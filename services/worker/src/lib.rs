@@ -84,6 +84,7 @@ impl Worker {
             ack_wait: Duration::from_secs(30),
             grace: Duration::from_secs(30),
             broker: broker::Settings::default(),
+            ready: None,
         }
     }
 }
@@ -96,6 +97,7 @@ pub struct Builder {
     ack_wait: Duration,
     grace: Duration,
     broker: broker::Settings,
+    ready: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -149,6 +151,12 @@ impl Builder {
     /// Stream settings used if this worker is the first to create them.
     pub fn broker_settings(mut self, settings: broker::Settings) -> Self {
         self.broker = settings;
+        self
+    }
+
+    /// Calls `f` once the worker has registered its tasks and is about to pull.
+    pub fn on_ready(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+        self.ready = Some(Box::new(f));
         self
     }
 

@@ -37,6 +37,7 @@ pub(crate) async fn run(
     builder: Builder,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    let mut builder = builder;
     if builder.services.is_empty() {
         return Err(Error::NoServices);
     }
@@ -109,6 +110,9 @@ pub(crate) async fn run(
         )));
     }
 
+    if let Some(ready) = builder.ready.take() {
+        ready();
+    }
     shutdown.await;
     tracing::info!(grace = ?builder.grace, "draining");
     stop.cancel();

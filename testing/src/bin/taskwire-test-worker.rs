@@ -1,0 +1,30 @@
+//! A worker process for fault tests: serves the magic and chaos example services.
+//! Reads TASKWIRE_NATS_URL, TASKWIRE_ACK_WAIT and TASKWIRE_GRACE.
+
+use std::time::Duration;
+
+fn duration(var: &str, default: Duration) -> Duration {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TASKWIRE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let nats = std::env::var("TASKWIRE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    taskwire_worker::Worker::builder()
+        .nats(nats)
+        .ack_wait(duration("TASKWIRE_ACK_WAIT", Duration::from_secs(30)))
+        .grace(duration("TASKWIRE_GRACE", Duration::from_secs(30)))
+        .serve(taskwire_testing::tasks::magic())
+        .serve(taskwire_testing::tasks::chaos())
+        .run(taskwire::shutdown_signal())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! Implementations of the example contracts for workers under test.
+
+use std::time::Duration;
+
+use taskwire::examples::chaos::v1::{
+    Chaos, ChaosServer, FlakyArgs, FlakyResult, PanicArgs, PanicResult, SleepArgs, SleepResult,
+};
+use taskwire::examples::magic::v1::{AddArgs, AddResult, Magic, MagicServer};
+use taskwire::{TaskContext, TaskError};
+
+/// `Magic.Add`: the sum of three numbers.
+#[derive(Debug, Default)]
+pub struct MagicTasks;
+
+impl Magic for MagicTasks {
+    async fn add(&self, _ctx: TaskContext, args: AddArgs) -> Result<AddResult, TaskError> {
+        Ok(AddResult {
+            sum: args.arg1 + args.arg2 + args.arg3,
+        })
+    }
+}
+
+/// `Chaos`: slow, panicking and failing on purpose.
+#[derive(Debug, Default)]
+pub struct ChaosTasks;
+
+impl Chaos for ChaosTasks {
+    async fn sleep(&self, ctx: TaskContext, args: SleepArgs) -> Result<SleepResult, TaskError> {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(args.millis)) => Ok(SleepResult {
+                label: args.label,
+                attempt: ctx.attempt(),
+            }),
+            () = ctx.cancelled() => Err(TaskError::retryable("stopped while sleeping")),
+        }
+    }
+
+    async fn panic(&self, _ctx: TaskContext, args: PanicArgs) -> Result<PanicResult, TaskError> {
+        panic!("{}", args.message);
+    }
+
+    async fn flaky(&self, ctx: TaskContext, args: FlakyArgs) -> Result<FlakyResult, TaskError> {
+        if args.permanent {
+            return Err(TaskError::permanent("flaky: failed for good"));
+        }
+        if args.succeed_on_attempt != 0 && ctx.attempt() >= args.succeed_on_attempt {
+            return Ok(FlakyResult {
+                attempt: ctx.attempt(),
+            });
+        }
+        Err(TaskError::retryable(format!(
+            "flaky: attempt {} failed",
+            ctx.attempt()
+        )))
+    }
+}
+
+/// The magic service, ready to serve.
+pub fn magic() -> MagicServer<MagicTasks> {
+    MagicServer::new(MagicTasks)
+}
+
+/// The chaos service, ready to serve.
+pub fn chaos() -> ChaosServer<ChaosTasks> {
+    ChaosServer::new(ChaosTasks)
+}
