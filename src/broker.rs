@@ -252,7 +252,11 @@ impl Broker {
             task: name.to_string(),
             reason: e.to_string(),
         };
-        match self.tasks.get_or_create_consumer(&name.consumer(), config).await {
+        match self
+            .tasks
+            .get_or_create_consumer(&name.consumer(), config)
+            .await
+        {
             Ok(c) => Ok(c),
             Err(first) => self
                 .tasks
@@ -285,10 +289,10 @@ async fn ensure_stream(
     match js.get_or_create_stream(config).await {
         Ok(stream) => Ok(stream),
         // Another process created it between our look-up and our create.
-        Err(source) => js
-            .get_stream(name)
-            .await
-            .map_err(|_| Error::Stream { stream: name, source }),
+        Err(source) => js.get_stream(name).await.map_err(|_| Error::Stream {
+            stream: name,
+            source,
+        }),
     }
 }
 
@@ -430,7 +434,10 @@ pub async fn last_message(
     let response = client
         .request(format!("$JS.API.DIRECT.GET.{stream}"), request.into())
         .await?;
-    if response.status.is_some_and(|s| s != async_nats::StatusCode::OK) {
+    if response
+        .status
+        .is_some_and(|s| s != async_nats::StatusCode::OK)
+    {
         // 404: no such message; 408 and others: treated the same by callers that only ask
         // whether something is there.
         return Ok(None);

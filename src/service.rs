@@ -30,6 +30,10 @@ pub trait Service: Send + Sync + 'static {
     /// Encoded `FileDescriptorSet` with the service, its messages and their options.
     fn file_descriptor_set(&self) -> &'static [u8];
     /// Runs `task` on protobuf-encoded arguments and returns the encoded output.
-    fn call(&self, task: &str, ctx: TaskContext, args: Bytes)
-    -> BoxFuture<Result<Vec<u8>, TaskError>>;
+    fn call(
+        &self,
+        task: &str,
+        ctx: TaskContext,
+        args: Bytes,
+    ) -> BoxFuture<Result<Vec<u8>, TaskError>>;
 }

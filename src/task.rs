@@ -43,14 +43,20 @@ impl Name {
         if name.len() > 200 {
             return Err(invalid("longer than 200 characters"));
         }
-        let (service, method) = name
-            .split_once('/')
-            .ok_or_else(|| invalid("expected `package.Service/Method`, e.g. `examples.magic.v1.Magic/Add`"))?;
+        let (service, method) = name.split_once('/').ok_or_else(|| {
+            invalid("expected `package.Service/Method`, e.g. `examples.magic.v1.Magic/Add`")
+        })?;
         if !service.contains('.') {
-            return Err(invalid("expected `package.Service/Method`, e.g. `examples.magic.v1.Magic/Add`"));
+            return Err(invalid(
+                "expected `package.Service/Method`, e.g. `examples.magic.v1.Magic/Add`",
+            ));
         }
         for token in service.split('.').chain([method]) {
-            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            if token.is_empty()
+                || !token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
                 return Err(invalid("each part must be letters, digits or `_`"));
             }
         }
@@ -123,7 +129,10 @@ impl Id {
         if id.len() > 64 {
             return Err(invalid("longer than 64 characters"));
         }
-        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(invalid("only letters, digits, `-` and `_` are allowed"));
         }
         Ok(Self(id.into()))
@@ -302,7 +311,14 @@ mod tests {
         assert_eq!(name.consumer(), "examples-magic-v1-Magic-Add");
         assert_eq!(name.service(), "examples.magic.v1.Magic");
         assert_eq!(name.method(), "Add");
-        for bad in ["", "Magic/Add", "examples.magic.v1.Magic", "a.b.C/D.E", "a.*.C/D", "a..C/D"] {
+        for bad in [
+            "",
+            "Magic/Add",
+            "examples.magic.v1.Magic",
+            "a.b.C/D.E",
+            "a.*.C/D",
+            "a..C/D",
+        ] {
             assert!(Name::parse(bad).is_err(), "{bad}");
         }
     }
@@ -339,7 +355,11 @@ mod tests {
             .find(|t| t.name.as_str() == "examples.chaos.v1.Chaos/Panic")
             .expect("Chaos/Panic");
         assert_eq!(panic.options, Options::default());
-        assert!(!tasks.iter().any(|t| t.name.service() == "taskwire.v1.Tasks"));
+        assert!(
+            !tasks
+                .iter()
+                .any(|t| t.name.service() == "taskwire.v1.Tasks")
+        );
     }
 
     #[test]

@@ -28,7 +28,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use prost_build::{Method, Service, ServiceGenerator};
-use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver};
+use protox::file::{
+    ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
+};
 
 /// File name, inside `OUT_DIR`, of the encoded `FileDescriptorSet`.
 pub const DESCRIPTOR_SET_FILE: &str = "taskwire_descriptor_set.bin";
@@ -111,8 +113,13 @@ impl Builder {
 
     /// Use messages of the proto package `proto_path` (e.g. `.examples`) from an existing Rust
     /// module (e.g. `::taskwire::examples`) instead of generating them.
-    pub fn extern_path(mut self, proto_path: impl Into<String>, rust_path: impl Into<String>) -> Self {
-        self.extern_paths.push((proto_path.into(), rust_path.into()));
+    pub fn extern_path(
+        mut self,
+        proto_path: impl Into<String>,
+        rust_path: impl Into<String>,
+    ) -> Self {
+        self.extern_paths
+            .push((proto_path.into(), rust_path.into()));
         self
     }
 
@@ -167,16 +174,15 @@ impl Builder {
         let fds = compiler.file_descriptor_set();
         for file in &fds.file {
             for service in &file.service {
-                if self.grpc_packages.iter().any(|p| Some(p.as_str()) == file.package.as_deref()) {
+                if self
+                    .grpc_packages
+                    .iter()
+                    .any(|p| Some(p.as_str()) == file.package.as_deref())
+                {
                     continue;
                 }
                 for method in &service.method {
-                    let task = format!(
-                        "{}.{}/{}",
-                        file.package(),
-                        service.name(),
-                        method.name()
-                    );
+                    let task = format!("{}.{}/{}", file.package(), service.name(), method.name());
                     check_task_name(&task)?;
                     if method.client_streaming() || method.server_streaming() {
                         return Err(Error::Streaming { task });
@@ -251,7 +257,11 @@ fn check_task_name(task: &str) -> Result<(), Error> {
         ));
     }
     for token in service.split('.').chain([method]) {
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        if token.is_empty()
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
             return Err(invalid(
                 "every part must be letters, digits or `_` to become a subject token",
             ));
@@ -310,7 +320,15 @@ fn task_name(service: &Service, method: &Method) -> String {
 
 fn doc_lines(comments: &prost_build::Comments, indent: &str, buf: &mut String) {
     for line in comments.leading.iter().flat_map(|c| c.lines()) {
-        let _ = writeln!(buf, "{indent}///{}", if line.is_empty() { String::new() } else { format!(" {}", line.trim_end()) });
+        let _ = writeln!(
+            buf,
+            "{indent}///{}",
+            if line.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", line.trim_end())
+            }
+        );
     }
 }
 

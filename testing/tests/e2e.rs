@@ -4,7 +4,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use prost::Message as _;
-use taskwire::examples::chaos::v1::{FlakyArgs, FlakyResult, PanicArgs, PanicResult, SleepArgs, SleepResult};
+use taskwire::examples::chaos::v1::{
+    FlakyArgs, FlakyResult, PanicArgs, PanicResult, SleepArgs, SleepResult,
+};
 use taskwire::examples::magic::v1::{AddArgs, AddResult};
 use taskwire::v1::tasks_client::TasksClient;
 use taskwire::v1::{self, TaskState};
@@ -21,7 +23,9 @@ const WAIT: Duration = Duration::from_secs(20);
 /// A gateway that knows every example task from the start, without a worker.
 async fn gateway_knowing_examples(nats: &NatsServer) -> anyhow::Result<Gateway> {
     let mut config = taskwire_gateway::Config::new(nats.url());
-    config.descriptor_sets.push(taskwire::FILE_DESCRIPTOR_SET.to_vec());
+    config
+        .descriptor_sets
+        .push(taskwire::FILE_DESCRIPTOR_SET.to_vec());
     Gateway::start_with(config).await
 }
 
@@ -66,7 +70,9 @@ async fn magic_add_through_grpc_gives_6() -> anyhow::Result<()> {
     let by_json = grpc
         .submit(v1::SubmitRequest {
             task: ADD.into(),
-            args: Some(v1::submit_request::Args::ArgsJson(r#"{"arg1":1,"arg2":2,"arg3":3}"#.into())),
+            args: Some(v1::submit_request::Args::ArgsJson(
+                r#"{"arg1":1,"arg2":2,"arg3":3}"#.into(),
+            )),
             options: None,
         })
         .await?
@@ -75,7 +81,12 @@ async fn magic_add_through_grpc_gives_6() -> anyhow::Result<()> {
         .submit(v1::SubmitRequest {
             task: ADD.into(),
             args: Some(v1::submit_request::Args::ArgsProto(
-                AddArgs { arg1: 10, arg2: 20, arg3: 30 }.encode_to_vec(),
+                AddArgs {
+                    arg1: 10,
+                    arg2: 20,
+                    arg3: 30,
+                }
+                .encode_to_vec(),
             )),
             options: None,
         })
@@ -99,7 +110,10 @@ async fn magic_add_through_grpc_gives_6() -> anyhow::Result<()> {
         assert_eq!(info.task, ADD);
     }
     let got = grpc
-        .get(v1::GetRequest { task_id: by_json.task_id.clone(), include_json: false })
+        .get(v1::GetRequest {
+            task_id: by_json.task_id.clone(),
+            include_json: false,
+        })
         .await?
         .into_inner();
     assert_eq!(got.state(), TaskState::Succeeded);
@@ -118,7 +132,13 @@ async fn typed_rust_client_gets_the_typed_result() -> anyhow::Result<()> {
     let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::magic())).await?;
 
     let magic = MagicClient::connect(gateway.url()).await?;
-    let handle = magic.add(AddArgs { arg1: 1, arg2: 2, arg3: 3 }).await?;
+    let handle = magic
+        .add(AddArgs {
+            arg1: 1,
+            arg2: 2,
+            arg3: 3,
+        })
+        .await?;
     assert!(!handle.id().is_empty());
     assert_eq!(handle.get(WAIT).await?, AddResult { sum: 6 });
     assert_eq!(handle.state().await?, TaskState::Succeeded);
@@ -144,7 +164,12 @@ async fn a_new_task_type_needs_no_gateway_restart() -> anyhow::Result<()> {
         .task_id;
     let info = client.wait(&id, WAIT, true).await?;
     assert_eq!(info.result_json, r#"{"sum":42}"#);
-    let names: Vec<String> = client.task_types().await?.into_iter().map(|t| t.name).collect();
+    let names: Vec<String> = client
+        .task_types()
+        .await?
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
     assert_eq!(names, vec![ADD.to_owned()]);
     Ok(())
 }
@@ -158,36 +183,92 @@ async fn bad_input_gets_a_status_and_nothing_is_published() -> anyhow::Result<()
     let events_before = stream_messages(&nats, "TASKWIRE_EVENTS").await?;
 
     let cases: Vec<(&str, v1::submit_request::Args, Code, &str)> = vec![
-        ("examples.magic.v1.Magic/Nope", json("{}"), Code::NotFound, "unknown task"),
-        ("not a task", json("{}"), Code::InvalidArgument, "package.Service/Method"),
-        (ADD, json(r#"{"arg1":1,"arg4":2}"#), Code::InvalidArgument, "`arg4`"),
-        (ADD, json(r#"{"arg1":"one"}"#), Code::InvalidArgument, "`arg1`"),
+        (
+            "examples.magic.v1.Magic/Nope",
+            json("{}"),
+            Code::NotFound,
+            "unknown task",
+        ),
+        (
+            "not a task",
+            json("{}"),
+            Code::InvalidArgument,
+            "package.Service/Method",
+        ),
+        (
+            ADD,
+            json(r#"{"arg1":1,"arg4":2}"#),
+            Code::InvalidArgument,
+            "`arg4`",
+        ),
+        (
+            ADD,
+            json(r#"{"arg1":"one"}"#),
+            Code::InvalidArgument,
+            "`arg1`",
+        ),
         (ADD, json(r#"{"arg1":1"#), Code::InvalidArgument, "not JSON"),
-        (ADD, proto(vec![0x08]), Code::InvalidArgument, "do not decode"),
-        (ADD, proto(vec![0x48, 0x01]), Code::InvalidArgument, "field number 9"),
-        (ADD, proto(vec![0x0a; 1_000_001]), Code::InvalidArgument, "the limit is 1000000 bytes"),
+        (
+            ADD,
+            proto(vec![0x08]),
+            Code::InvalidArgument,
+            "do not decode",
+        ),
+        (
+            ADD,
+            proto(vec![0x48, 0x01]),
+            Code::InvalidArgument,
+            "field number 9",
+        ),
+        (
+            ADD,
+            proto(vec![0x0a; 1_000_001]),
+            Code::InvalidArgument,
+            "the limit is 1000000 bytes",
+        ),
     ];
     let mut grpc = TasksClient::connect(gateway.url()).await?;
     for (task, args, code, says) in cases {
         let status = grpc
-            .submit(v1::SubmitRequest { task: task.into(), args: Some(args), options: None })
+            .submit(v1::SubmitRequest {
+                task: task.into(),
+                args: Some(args),
+                options: None,
+            })
             .await
             .expect_err("bad input must be refused");
         assert_eq!(status.code(), code, "{task}: {status:?}");
-        assert!(status.message().contains(says), "{task}: {:?} should say {says:?}", status.message());
+        assert!(
+            status.message().contains(says),
+            "{task}: {:?} should say {says:?}",
+            status.message()
+        );
     }
     let missing = grpc
-        .submit(v1::SubmitRequest { task: ADD.into(), args: None, options: None })
+        .submit(v1::SubmitRequest {
+            task: ADD.into(),
+            args: None,
+            options: None,
+        })
         .await
         .expect_err("missing args");
     assert_eq!(missing.code(), Code::InvalidArgument);
     let bad_id = client.get("a.b", false).await.expect_err("bad id");
     assert_eq!(bad_id.code(), Some(Code::InvalidArgument));
-    let unknown_id = client.get("nosuchtask", false).await.expect_err("unknown id");
+    let unknown_id = client
+        .get("nosuchtask", false)
+        .await
+        .expect_err("unknown id");
     assert_eq!(unknown_id.code(), Some(Code::NotFound));
 
-    assert_eq!(stream_messages(&nats, "TASKWIRE_TASKS").await?, tasks_before);
-    assert_eq!(stream_messages(&nats, "TASKWIRE_EVENTS").await?, events_before);
+    assert_eq!(
+        stream_messages(&nats, "TASKWIRE_TASKS").await?,
+        tasks_before
+    );
+    assert_eq!(
+        stream_messages(&nats, "TASKWIRE_EVENTS").await?,
+        events_before
+    );
 
     nats.stop().await;
     let down = client
@@ -211,13 +292,18 @@ fn proto(bytes: Vec<u8>) -> v1::submit_request::Args {
 async fn a_panic_fails_the_task_and_the_worker_goes_on() -> anyhow::Result<()> {
     let nats = NatsServer::start_temporary().await?;
     let gateway = Gateway::start(&nats.url()).await?;
-    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::magic()).serve(tasks::chaos())).await?;
+    let _worker = Worker::start(&nats.url(), |w| {
+        w.serve(tasks::magic()).serve(tasks::chaos())
+    })
+    .await?;
     let client = Client::connect(gateway.url()).await?;
 
     let handle = client
         .submit::<PanicResult>(
             "examples.chaos.v1.Chaos/Panic",
-            &PanicArgs { message: "boom at the bottom".into() },
+            &PanicArgs {
+                message: "boom at the bottom".into(),
+            },
             SubmitOptions::default(),
         )
         .await?;
@@ -231,7 +317,19 @@ async fn a_panic_fails_the_task_and_the_worker_goes_on() -> anyhow::Result<()> {
     assert_eq!(info.attempt, 1, "a panic is not retried");
 
     let magic = MagicClient::new(client);
-    assert_eq!(magic.add(AddArgs { arg1: 1, arg2: 2, arg3: 3 }).await?.get(WAIT).await?.sum, 6);
+    assert_eq!(
+        magic
+            .add(AddArgs {
+                arg1: 1,
+                arg2: 2,
+                arg3: 3
+            })
+            .await?
+            .get(WAIT)
+            .await?
+            .sum,
+        6
+    );
     Ok(())
 }
 
@@ -243,26 +341,65 @@ async fn retryable_errors_retry_up_to_max_attempts() -> anyhow::Result<()> {
     let chaos = ChaosClient::connect(gateway.url()).await?;
 
     // Flaky declares max_attempts: 3 and a 100ms backoff in its proto.
-    let second = chaos.flaky(FlakyArgs { succeed_on_attempt: 2, permanent: false }).await?;
+    let second = chaos
+        .flaky(FlakyArgs {
+            succeed_on_attempt: 2,
+            permanent: false,
+        })
+        .await?;
     assert_eq!(second.get(WAIT).await?, FlakyResult { attempt: 2 });
 
-    let never = chaos.flaky(FlakyArgs { succeed_on_attempt: 0, permanent: false }).await?;
+    let never = chaos
+        .flaky(FlakyArgs {
+            succeed_on_attempt: 0,
+            permanent: false,
+        })
+        .await?;
     let err = never.get(WAIT).await.expect_err("runs out of attempts");
-    assert!(matches!(&err, taskwire_client::Error::TaskFailed { retryable: true, .. }), "{err}");
+    assert!(
+        matches!(
+            &err,
+            taskwire_client::Error::TaskFailed {
+                retryable: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(never.info().await?.attempt, 3);
 
-    let permanent = chaos.flaky(FlakyArgs { succeed_on_attempt: 2, permanent: true }).await?;
+    let permanent = chaos
+        .flaky(FlakyArgs {
+            succeed_on_attempt: 2,
+            permanent: true,
+        })
+        .await?;
     let err = permanent.get(WAIT).await.expect_err("fails at once");
-    assert!(matches!(&err, taskwire_client::Error::TaskFailed { retryable: false, .. }), "{err}");
+    assert!(
+        matches!(
+            &err,
+            taskwire_client::Error::TaskFailed {
+                retryable: false,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(permanent.info().await?.attempt, 1);
 
     let one_attempt = chaos
         .flaky_with(
-            FlakyArgs { succeed_on_attempt: 2, permanent: false },
+            FlakyArgs {
+                succeed_on_attempt: 2,
+                permanent: false,
+            },
             SubmitOptions::default().max_attempts(1),
         )
         .await?;
-    one_attempt.get(WAIT).await.expect_err("the submit option allows one attempt");
+    one_attempt
+        .get(WAIT)
+        .await
+        .expect_err("the submit option allows one attempt");
     assert_eq!(one_attempt.info().await?.attempt, 1);
     Ok(())
 }
@@ -273,7 +410,9 @@ async fn an_idempotency_key_stores_one_task() -> anyhow::Result<()> {
     let gateway = gateway_knowing_examples(&nats).await?;
     let client = Client::connect(gateway.url()).await?;
     let options = SubmitOptions::default().idempotency_key("order-42");
-    let first = client.submit_json(ADD, r#"{"arg1":1}"#, options.clone()).await?;
+    let first = client
+        .submit_json(ADD, r#"{"arg1":1}"#, options.clone())
+        .await?;
     let again = client.submit_json(ADD, r#"{"arg1":1}"#, options).await?;
     assert_eq!(first.task_id, again.task_id);
     assert!(!first.duplicate);
@@ -287,13 +426,22 @@ async fn cancel_a_queued_task() -> anyhow::Result<()> {
     let nats = NatsServer::start_temporary().await?;
     let gateway = gateway_knowing_examples(&nats).await?;
     let chaos = ChaosClient::connect(gateway.url()).await?;
-    let handle = chaos.sleep(SleepArgs { millis: 10, label: "never".into() }).await?;
+    let handle = chaos
+        .sleep(SleepArgs {
+            millis: 10,
+            label: "never".into(),
+        })
+        .await?;
     assert_eq!(handle.state().await?, TaskState::Queued);
     handle.cancel().await?;
     assert_eq!(handle.state().await?, TaskState::Cancelled);
     let again = handle.cancel().await.expect_err("cancelling twice");
     assert_eq!(again.code(), Some(Code::FailedPrecondition), "{again}");
-    let unknown = chaos.client().cancel("nosuchtask").await.expect_err("unknown id");
+    let unknown = chaos
+        .client()
+        .cancel("nosuchtask")
+        .await
+        .expect_err("unknown id");
     assert_eq!(unknown.code(), Some(Code::NotFound));
 
     // A worker that comes later takes the task off the queue but cannot replace the outcome.
@@ -302,8 +450,19 @@ async fn cancel_a_queued_task() -> anyhow::Result<()> {
         stream_messages(&nats, "TASKWIRE_TASKS").await.ok() == Some(0)
     })
     .await?;
-    assert!(matches!(handle.get(WAIT).await, Err(taskwire_client::Error::Cancelled { .. })));
-    assert_eq!(subject_messages(&nats, "TASKWIRE_RESULTS", &format!("taskwire.results.{}", handle.id())).await?, 1);
+    assert!(matches!(
+        handle.get(WAIT).await,
+        Err(taskwire_client::Error::Cancelled { .. })
+    ));
+    assert_eq!(
+        subject_messages(
+            &nats,
+            "TASKWIRE_RESULTS",
+            &format!("taskwire.results.{}", handle.id())
+        )
+        .await?,
+        1
+    );
     Ok(())
 }
 
@@ -321,19 +480,39 @@ async fn cli_submits_gets_and_lists() -> anyhow::Result<()> {
         command
     };
 
-    let out = cli(&["submit", ADD, r#"{"arg1":1,"arg2":2,"arg3":3}"#, "--wait"]).output().await?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&["submit", ADD, r#"{"arg1":1,"arg2":2,"arg3":3}"#, "--wait"])
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(result, serde_json::json!({ "sum": 6 }));
 
-    let out = cli(&["submit", ADD, r#"{"arg1":2,"arg2":2,"arg3":3}"#]).output().await?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&["submit", ADD, r#"{"arg1":2,"arg2":2,"arg3":3}"#])
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = String::from_utf8(out.stdout)?.trim().to_owned();
     assert_eq!(id.len(), 32, "{id}");
     let out = cli(&["wait", &id]).output().await?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = cli(&["get", &id]).output().await?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(info["state"], "succeeded");
     assert_eq!(info["result"]["sum"], 7);
@@ -342,16 +521,29 @@ async fn cli_submits_gets_and_lists() -> anyhow::Result<()> {
     let out = cli(&["tasks"]).output().await?;
     let listing = String::from_utf8(out.stdout)?;
     assert!(
-        listing.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
-            == [ADD, "examples.magic.v1.AddArgs", "examples.magic.v1.AddResult"]),
+        listing
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [
+                    ADD,
+                    "examples.magic.v1.AddArgs",
+                    "examples.magic.v1.AddResult"
+                ]),
         "{listing}"
     );
 
     let out = cli(&["submit", ADD, r#"{"arg9":1}"#]).output().await?;
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr)?;
-    assert_eq!(stderr.trim().lines().count(), 1, "one readable line: {stderr}");
-    assert!(stderr.contains("invalid argument") && stderr.contains("`arg9`"), "{stderr}");
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "one readable line: {stderr}"
+    );
+    assert!(
+        stderr.contains("invalid argument") && stderr.contains("`arg9`"),
+        "{stderr}"
+    );
     Ok(())
 }
 
@@ -375,7 +567,12 @@ async fn a_task_of_a_killed_worker_is_redelivered_and_has_one_result() -> anyhow
     let chaos = ChaosClient::new(client.clone());
 
     let mut first = worker_process(&nats, "2s")?;
-    let handle = chaos.sleep(SleepArgs { millis: 1500, label: "survivor".into() }).await?;
+    let handle = chaos
+        .sleep(SleepArgs {
+            millis: 1500,
+            label: "survivor".into(),
+        })
+        .await?;
     eventually("the first worker runs the task", WAIT, || async {
         state_of(&client, handle.id()).await == TaskState::Running
     })
@@ -388,7 +585,12 @@ async fn a_task_of_a_killed_worker_is_redelivered_and_has_one_result() -> anyhow
     assert_eq!(result.label, "survivor");
     assert_eq!(result.attempt, 2, "the second delivery finished it");
     assert_eq!(
-        subject_messages(&nats, "TASKWIRE_RESULTS", &format!("taskwire.results.{}", handle.id())).await?,
+        subject_messages(
+            &nats,
+            "TASKWIRE_RESULTS",
+            &format!("taskwire.results.{}", handle.id())
+        )
+        .await?,
         1
     );
     assert_eq!(stream_messages(&nats, "TASKWIRE_RESULTS").await?, 1);
@@ -407,7 +609,12 @@ async fn sigterm_lets_the_running_task_finish() -> anyhow::Result<()> {
     let chaos = ChaosClient::new(client.clone());
 
     let mut worker = worker_process(&nats, "30s")?;
-    let handle = chaos.sleep(SleepArgs { millis: 1000, label: "drained".into() }).await?;
+    let handle = chaos
+        .sleep(SleepArgs {
+            millis: 1000,
+            label: "drained".into(),
+        })
+        .await?;
     eventually("the worker runs the task", WAIT, || async {
         state_of(&client, handle.id()).await == TaskState::Running
     })
@@ -417,9 +624,16 @@ async fn sigterm_lets_the_running_task_finish() -> anyhow::Result<()> {
         nix::sys::signal::Signal::SIGTERM,
     )?;
     let status = tokio::time::timeout(WAIT, worker.wait()).await??;
-    assert!(status.success(), "the worker exits 0 after draining: {status}");
+    assert!(
+        status.success(),
+        "the worker exits 0 after draining: {status}"
+    );
     let info = client.get(handle.id(), false).await?;
-    assert_eq!(info.state(), TaskState::Succeeded, "finished before exit: {info:?}");
+    assert_eq!(
+        info.state(),
+        TaskState::Succeeded,
+        "finished before exit: {info:?}"
+    );
     assert_eq!(SleepResult::decode(info.result.as_slice())?.attempt, 1);
     Ok(())
 }
@@ -432,13 +646,27 @@ async fn results_and_queued_tasks_survive_a_broker_restart() -> anyhow::Result<(
     let magic = MagicClient::new(client.clone());
 
     let worker = Worker::start(&nats.url(), |w| w.serve(tasks::magic())).await?;
-    let done = magic.add(AddArgs { arg1: 1, arg2: 2, arg3: 3 }).await?;
+    let done = magic
+        .add(AddArgs {
+            arg1: 1,
+            arg2: 2,
+            arg3: 3,
+        })
+        .await?;
     assert_eq!(done.get(WAIT).await?.sum, 6);
     worker.stop().await?;
 
     let mut queued = Vec::new();
     for i in 0..5 {
-        queued.push(magic.add(AddArgs { arg1: i, arg2: 0, arg3: 0 }).await?);
+        queued.push(
+            magic
+                .add(AddArgs {
+                    arg1: i,
+                    arg2: 0,
+                    arg3: 0,
+                })
+                .await?,
+        );
     }
     assert_eq!(stream_messages(&nats, "TASKWIRE_TASKS").await?, 5);
 
@@ -448,7 +676,11 @@ async fn results_and_queued_tasks_survive_a_broker_restart() -> anyhow::Result<(
     })
     .await?;
     assert_eq!(done.get(WAIT).await?.sum, 6, "the result survived");
-    assert_eq!(stream_messages(&nats, "TASKWIRE_TASKS").await?, 5, "the queue survived");
+    assert_eq!(
+        stream_messages(&nats, "TASKWIRE_TASKS").await?,
+        5,
+        "the queue survived"
+    );
 
     let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::magic())).await?;
     for (i, handle) in queued.iter().enumerate() {
@@ -467,7 +699,14 @@ async fn a_project_outside_the_workspace_runs_end_to_end() -> anyhow::Result<()>
         .stdin(Stdio::null())
         .output()
         .await?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8(out.stdout)?.trim(), "Hello, taskwire! (attempt 1)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout)?.trim(),
+        "Hello, taskwire! (attempt 1)"
+    );
     Ok(())
 }

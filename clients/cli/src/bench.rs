@@ -108,8 +108,18 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         let counts = Arc::clone(&result_counts);
         tokio::spawn(async move {
             while let Some(msg) = results_sub.next().await {
-                let id = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_owned();
-                *counts.lock().unwrap_or_else(|e| e.into_inner()).entry(id).or_default() += 1;
+                let id = msg
+                    .subject
+                    .as_str()
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                *counts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(id)
+                    .or_default() += 1;
             }
         })
     };
@@ -117,7 +127,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let client = Client::connect(gateway_url.clone()).await?;
     progress("warming up");
     load(&client, options.concurrency.min(64), 500).await;
-    result_counts.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    result_counts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
 
     progress(&format!(
         "{} tasks, {} in flight",
@@ -146,7 +159,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         let counts = result_counts.lock().unwrap_or_else(|e| e.into_inner());
         let ids: Vec<&String> = samples.iter().filter_map(|s| s.id.as_ref()).collect();
         let lost = samples.iter().filter(|s| !s.ok).count()
-            + ids.iter().filter(|id| !counts.contains_key(id.as_str())).count();
+            + ids
+                .iter()
+                .filter(|id| !counts.contains_key(id.as_str()))
+                .count();
         let duplicated = counts.values().filter(|n| **n > 1).count();
         (lost, duplicated)
     };
@@ -158,7 +174,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     progress("bare async-nats flow on the same server");
     let raw = raw_jetstream(&nats_url, options.concurrency, options.tasks).await?;
 
-    let mut submit: Vec<f64> = samples.iter().filter(|s| s.ok).map(|s| s.submit_ms).collect();
+    let mut submit: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.ok)
+        .map(|s| s.submit_ms)
+        .collect();
     let mut e2e: Vec<f64> = samples.iter().filter(|s| s.ok).map(|s| s.e2e_ms).collect();
     submit.sort_by(f64::total_cmp);
     e2e.sort_by(f64::total_cmp);
@@ -225,7 +245,12 @@ async fn load(client: &Client, concurrency: usize, tasks: usize) -> Vec<Sample> 
                     .await;
                 let submit_ms = t0.elapsed().as_secs_f64() * 1000.0;
                 let Ok(handle) = submitted else {
-                    samples.push(Sample { id: None, ok: false, submit_ms, e2e_ms: 0.0 });
+                    samples.push(Sample {
+                        id: None,
+                        ok: false,
+                        submit_ms,
+                        e2e_ms: 0.0,
+                    });
                     continue;
                 };
                 let ok = matches!(
@@ -303,7 +328,10 @@ async fn raw_jetstream(url: &str, concurrency: usize, tasks: usize) -> anyhow::R
                 let n = message.payload.len();
                 let id = String::from_utf8_lossy(&message.payload).into_owned();
                 if let Ok(ack) = js
-                    .publish(format!("bench.raw.results.{id}"), Bytes::from(vec![b'6'; n.min(8)]))
+                    .publish(
+                        format!("bench.raw.results.{id}"),
+                        Bytes::from(vec![b'6'; n.min(8)]),
+                    )
                     .await
                 {
                     let _ = ack.await;
@@ -321,8 +349,18 @@ async fn raw_jetstream(url: &str, concurrency: usize, tasks: usize) -> anyhow::R
         let waiters = Arc::clone(&waiters);
         tokio::spawn(async move {
             while let Some(msg) = results.next().await {
-                let id = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_owned();
-                if let Some(tx) = waiters.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+                let id = msg
+                    .subject
+                    .as_str()
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Some(tx) = waiters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id)
+                {
                     let _ = tx.send(());
                 }
             }
@@ -343,7 +381,10 @@ async fn raw_jetstream(url: &str, concurrency: usize, tasks: usize) -> anyhow::R
                 }
                 let id = format!("t{i}");
                 let (tx, rx) = oneshot::channel();
-                waiters.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), tx);
+                waiters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone(), tx);
                 if let Ok(ack) = js.publish("bench.raw.tasks", Bytes::from(id.clone())).await {
                     let _ = ack.await;
                 }

@@ -26,7 +26,11 @@ pub mod env {
 
 /// The command line.
 #[derive(Debug, Parser)]
-#[command(name = "taskwire", version, about = "Submit, follow and run taskwire tasks")]
+#[command(
+    name = "taskwire",
+    version,
+    about = "Submit, follow and run taskwire tasks"
+)]
 pub struct Cli {
     /// Gateway URL.
     #[arg(long, global = true, env = env::GATEWAY_URL, default_value = "http://127.0.0.1:50051")]
@@ -189,7 +193,8 @@ pub fn info_json(info: &TaskInfo) -> serde_json::Value {
         out["result"] = result;
     }
     if let Some(error) = &info.error {
-        out["error"] = serde_json::json!({ "message": error.message, "retryable": error.retryable });
+        out["error"] =
+            serde_json::json!({ "message": error.message, "retryable": error.retryable });
     }
     out
 }

@@ -71,7 +71,12 @@ fn check_nats_server(path: &Path) -> Result<(), Error> {
         .output()
         .map_err(|e| Error::NatsNotFound(format!("{}: {e}; {HOW_TO_GET_NATS}", path.display())))?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let version = text.trim().rsplit('v').next().unwrap_or_default().to_owned();
+    let version = text
+        .trim()
+        .rsplit('v')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if found < MIN_NATS_SERVER {
@@ -137,7 +142,10 @@ impl NatsServer {
             .kill_on_drop(true);
         match &self.log {
             Some(log) => {
-                let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)?;
                 command.stderr(file);
             }
             None => {

@@ -320,10 +320,12 @@ impl<O: prost::Message + Default> TaskHandle<O> {
     pub async fn get(&self, timeout: Duration) -> Result<O, Error> {
         let info = self.client.wait(&self.id, timeout, false).await?;
         match info.state() {
-            TaskState::Succeeded => O::decode(info.result.as_slice()).map_err(|source| Error::Decode {
-                id: self.id.clone(),
-                source,
-            }),
+            TaskState::Succeeded => {
+                O::decode(info.result.as_slice()).map_err(|source| Error::Decode {
+                    id: self.id.clone(),
+                    source,
+                })
+            }
             TaskState::Cancelled => Err(Error::Cancelled {
                 id: self.id.clone(),
             }),

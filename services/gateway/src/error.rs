@@ -10,7 +10,9 @@ use crate::payload::PayloadError;
 /// A failed gateway call. Every message says what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unknown task `{0}`: no worker has registered it; start a worker that serves it, or give the gateway its descriptor set (TASKWIRE_DESCRIPTOR_SETS)")]
+    #[error(
+        "unknown task `{0}`: no worker has registered it; start a worker that serves it, or give the gateway its descriptor set (TASKWIRE_DESCRIPTOR_SETS)"
+    )]
     UnknownTask(String),
     #[error("{0}")]
     InvalidName(taskwire::task::Error),
@@ -20,17 +22,27 @@ pub enum Error {
     Payload(#[from] PayloadError),
     #[error("the task arguments are missing: set args_proto (protobuf bytes) or args_json")]
     MissingArgs,
-    #[error("NATS is unreachable ({0}); the task was not stored, try again when the broker is back")]
+    #[error(
+        "NATS is unreachable ({0}); the task was not stored, try again when the broker is back"
+    )]
     BrokerDown(String),
     #[error("the broker refused the request: {0}")]
     Broker(String),
-    #[error("the broker refused the task: {0}; the queue is full, try again later or raise the stream limits")]
+    #[error(
+        "the broker refused the task: {0}; the queue is full, try again later or raise the stream limits"
+    )]
     QueueFull(String),
-    #[error("no task with id {0}: it never existed or its record expired (results are kept for TASKWIRE_RESULT_TTL)")]
+    #[error(
+        "no task with id {0}: it never existed or its record expired (results are kept for TASKWIRE_RESULT_TTL)"
+    )]
     NotFound(String),
-    #[error("task {id} has finished already ({state}); only a task that has not finished can be cancelled")]
+    #[error(
+        "task {id} has finished already ({state}); only a task that has not finished can be cancelled"
+    )]
     Finished { id: String, state: &'static str },
-    #[error("task {id} has no result after {waited:?}; it is still {state}, wait again or check `taskwire get {id}`")]
+    #[error(
+        "task {id} has no result after {waited:?}; it is still {state}, wait again or check `taskwire get {id}`"
+    )]
     StillRunning {
         id: String,
         state: &'static str,

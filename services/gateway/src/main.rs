@@ -9,7 +9,11 @@ use clap::Parser;
 use taskwire_gateway::{Config, env};
 
 #[derive(Debug, Parser)]
-#[command(name = "taskwire-gateway", version, about = "The taskwire gRPC gateway")]
+#[command(
+    name = "taskwire-gateway",
+    version,
+    about = "The taskwire gRPC gateway"
+)]
 struct Args {
     /// NATS server URL(s), comma separated.
     #[arg(long, env = env::NATS_URL, default_value = "nats://127.0.0.1:4222")]
@@ -39,8 +43,7 @@ fn humantime_duration(text: &str) -> Result<std::time::Duration, String> {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env(env::LOG)
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
@@ -59,9 +62,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.broker.result_ttl = args.result_ttl;
     config.broker.replicas = args.replicas;
     for path in &args.descriptor_sets {
-        let bytes = std::fs::read(path).map_err(|e| {
-            anyhow::anyhow!("cannot read descriptor set {}: {e}", path.display())
-        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read descriptor set {}: {e}", path.display()))?;
         config.descriptor_sets.push(bytes);
     }
     let listener = tokio::net::TcpListener::bind(args.addr)

@@ -143,7 +143,8 @@ mod tests {
 
     #[test]
     fn json_becomes_protobuf() {
-        let bytes = from_json(&add_args(), r#"{"arg1":1,"arg2":"2","arg3":3}"#, 1000).expect("valid");
+        let bytes =
+            from_json(&add_args(), r#"{"arg1":1,"arg2":"2","arg3":3}"#, 1000).expect("valid");
         let args = taskwire::examples::magic::v1::AddArgs::decode(bytes).expect("decodes");
         assert_eq!((args.arg1, args.arg2, args.arg3), (1, 2, 3));
     }
@@ -151,10 +152,16 @@ mod tests {
     #[test]
     fn unknown_and_mistyped_fields_are_named() {
         let err = from_json(&add_args(), r#"{"arg1":1,"arg4":2}"#, 1000).expect_err("unknown");
-        assert!(matches!(&err, PayloadError::UnknownField { field, .. } if field == "arg4"), "{err}");
+        assert!(
+            matches!(&err, PayloadError::UnknownField { field, .. } if field == "arg4"),
+            "{err}"
+        );
         assert!(err.to_string().contains("arg1, arg2, arg3"), "{err}");
         let err = from_json(&add_args(), r#"{"arg1":1,"arg2":"two"}"#, 1000).expect_err("mistyped");
-        assert!(matches!(&err, PayloadError::BadField { field, .. } if field == "arg2"), "{err}");
+        assert!(
+            matches!(&err, PayloadError::BadField { field, .. } if field == "arg2"),
+            "{err}"
+        );
         let err = from_json(&add_args(), r#"[1,2]"#, 1000).expect_err("not an object");
         assert!(matches!(err, PayloadError::NotObject(_)), "{err}");
         let err = from_json(&add_args(), r#"{"arg1":"#, 1000).expect_err("not json");
@@ -163,12 +170,20 @@ mod tests {
 
     #[test]
     fn bad_protobuf_is_refused() {
-        let err = from_proto(&add_args(), Bytes::from_static(&[0x08]), 1000).expect_err("truncated");
+        let err =
+            from_proto(&add_args(), Bytes::from_static(&[0x08]), 1000).expect_err("truncated");
         assert!(matches!(err, PayloadError::Undecodable { .. }), "{err}");
         // Field 9, varint 1: not a field of AddArgs.
-        let err = from_proto(&add_args(), Bytes::from_static(&[0x48, 0x01]), 1000).expect_err("unknown");
-        assert!(matches!(err, PayloadError::UnknownFieldNumber { number: 9, .. }), "{err}");
+        let err =
+            from_proto(&add_args(), Bytes::from_static(&[0x48, 0x01]), 1000).expect_err("unknown");
+        assert!(
+            matches!(err, PayloadError::UnknownFieldNumber { number: 9, .. }),
+            "{err}"
+        );
         let err = from_proto(&add_args(), Bytes::from(vec![0u8; 2000]), 1000).expect_err("large");
-        assert!(matches!(err, PayloadError::TooLarge { limit: 1000, .. }), "{err}");
+        assert!(
+            matches!(err, PayloadError::TooLarge { limit: 1000, .. }),
+            "{err}"
+        );
     }
 }

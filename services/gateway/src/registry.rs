@@ -60,7 +60,9 @@ impl Registry {
                     () = shutdown.cancelled() => return,
                     entry = watch.next() => entry,
                 };
-                let Some(registry) = weak.upgrade() else { return };
+                let Some(registry) = weak.upgrade() else {
+                    return;
+                };
                 match entry {
                     Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
                         registry.apply(&entry.value);

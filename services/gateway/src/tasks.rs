@@ -225,7 +225,11 @@ impl Gateway {
     }
 
     /// Renders the result as JSON when asked, with 64-bit integers as numbers.
-    async fn with_json(&self, mut info: v1::TaskInfo, include: bool) -> Result<v1::TaskInfo, Error> {
+    async fn with_json(
+        &self,
+        mut info: v1::TaskInfo,
+        include: bool,
+    ) -> Result<v1::TaskInfo, Error> {
         if !include || info.state() != TaskState::Succeeded {
             return Ok(info);
         }
@@ -300,7 +304,9 @@ impl v1::tasks_server::Tasks for TasksService {
         let req = request.into_inner();
         let id = parse_id(&req.task_id)?;
         let info = self.gateway.state(&id).await?;
-        Ok(Response::new(self.gateway.with_json(info, req.include_json).await?))
+        Ok(Response::new(
+            self.gateway.with_json(info, req.include_json).await?,
+        ))
     }
 
     async fn wait(
@@ -315,7 +321,9 @@ impl v1::tasks_server::Tasks for TasksService {
             .unwrap_or(DEFAULT_WAIT)
             .min(MAX_WAIT);
         let info = self.gateway.wait(&id, timeout).await?;
-        Ok(Response::new(self.gateway.with_json(info, req.include_json).await?))
+        Ok(Response::new(
+            self.gateway.with_json(info, req.include_json).await?,
+        ))
     }
 
     async fn cancel(

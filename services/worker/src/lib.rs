@@ -60,7 +60,9 @@ pub mod env {
 pub enum Error {
     #[error("the worker serves no task: add a service with .serve(...)")]
     NoServices,
-    #[error("cannot connect to NATS at {url}: {reason}; start nats-server or set TASKWIRE_NATS_URL")]
+    #[error(
+        "cannot connect to NATS at {url}: {reason}; start nats-server or set TASKWIRE_NATS_URL"
+    )]
     Connect { url: String, reason: String },
     #[error("{0}")]
     Broker(#[from] broker::Error),

@@ -43,12 +43,11 @@ pub(crate) async fn run(
     }
     let mut served_types = Vec::new();
     for service in &builder.services {
-        let types = TaskType::all_in(service.file_descriptor_set()).map_err(|e| {
-            Error::Descriptors {
+        let types =
+            TaskType::all_in(service.file_descriptor_set()).map_err(|e| Error::Descriptors {
                 service: service.name().into(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         for def in service.tasks() {
             let task = types
                 .iter()
@@ -250,7 +249,15 @@ async fn handle(served: &Served, message: jetstream::Message) {
 
     match outcome {
         Outcome::Done(Ok(output)) => {
-            finish(served, message, &id, attempt, TaskState::Succeeded, output.into()).await;
+            finish(
+                served,
+                message,
+                &id,
+                attempt,
+                TaskState::Succeeded,
+                output.into(),
+            )
+            .await;
         }
         Outcome::Done(Err(err)) => {
             failed(served, message, &id, attempt, max_attempts, err).await;

@@ -24,7 +24,11 @@ impl Magic for MyMagic {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "taskwire-magic-worker", version, about = "Example taskwire worker serving examples.magic.v1.Magic")]
+#[command(
+    name = "taskwire-magic-worker",
+    version,
+    about = "Example taskwire worker serving examples.magic.v1.Magic"
+)]
 struct Args {
     /// NATS server URL(s), comma separated.
     #[arg(long, env = env::NATS_URL, default_value = "nats://127.0.0.1:4222")]
