@@ -417,7 +417,8 @@ fn generate_client(service: &Service, buf: &mut String) {
         let _ = writeln!(
             buf,
             "    /// Submits `{task}` and returns a handle to its result.\n    pub async fn {m}(&self, args: {input}) -> ::core::result::Result<::taskwire_client::TaskHandle<{output}>, ::taskwire_client::Error> {{\n        self.inner.submit(\"{task}\", &args, ::taskwire_client::SubmitOptions::default()).await\n    }}\n\
-             \x20   /// Submits `{task}` with options such as an idempotency key.\n    pub async fn {m}_with(&self, args: {input}, options: ::taskwire_client::SubmitOptions) -> ::core::result::Result<::taskwire_client::TaskHandle<{output}>, ::taskwire_client::Error> {{\n        self.inner.submit(\"{task}\", &args, options).await\n    }}",
+             \x20   /// Submits `{task}` with options such as an idempotency key.\n    pub async fn {m}_with(&self, args: {input}, options: ::taskwire_client::SubmitOptions) -> ::core::result::Result<::taskwire_client::TaskHandle<{output}>, ::taskwire_client::Error> {{\n        self.inner.submit(\"{task}\", &args, options).await\n    }}\n\
+             \x20   /// Submits `{task}` and waits up to `timeout` for its result, in one call.\n    pub async fn {m}_and_wait(&self, args: {input}, timeout: ::std::time::Duration) -> ::core::result::Result<{output}, ::taskwire_client::Error> {{\n        self.inner.run(\"{task}\", &args, ::taskwire_client::SubmitOptions::default(), timeout).await\n    }}",
             m = method.name,
             input = method.input_type,
             output = method.output_type,

@@ -142,6 +142,37 @@ async fn typed_rust_client_gets_the_typed_result() -> anyhow::Result<()> {
     assert!(!handle.id().is_empty());
     assert_eq!(handle.get(WAIT).await?, AddResult { sum: 6 });
     assert_eq!(handle.state().await?, TaskState::Succeeded);
+
+    // Submit and wait in one call; with an idempotency key whose task has finished, the call
+    // answers with that task's result at once.
+    assert_eq!(
+        magic
+            .add_and_wait(
+                AddArgs {
+                    arg1: 2,
+                    arg2: 2,
+                    arg3: 3
+                },
+                WAIT
+            )
+            .await?
+            .sum,
+        7
+    );
+    let keyed = || {
+        magic.client().run::<AddResult>(
+            ADD,
+            &AddArgs {
+                arg1: 5,
+                arg2: 5,
+                arg3: 5,
+            },
+            SubmitOptions::default().idempotency_key("same"),
+            WAIT,
+        )
+    };
+    assert_eq!(keyed().await?.sum, 15);
+    assert_eq!(keyed().await?.sum, 15);
     Ok(())
 }
 

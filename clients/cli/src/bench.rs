@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures::StreamExt as _;
+use prost::Message as _;
 use taskwire::examples::magic::v1::{AddArgs, AddResult};
 use taskwire_client::Client;
 use tokio::sync::{Semaphore, oneshot};
@@ -144,10 +145,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut roundtrips = Vec::with_capacity(options.roundtrips);
     for i in 0..options.roundtrips {
         let t0 = Instant::now();
-        let handle = client
-            .submit::<AddResult>(TASK, &args(i), Default::default())
+        let result: AddResult = client
+            .run(TASK, &args(i), Default::default(), Duration::from_secs(10))
             .await?;
-        handle.get(Duration::from_secs(10)).await?;
+        anyhow::ensure!(result.sum == i as i64 + 5, "wrong sum {}", result.sum);
         roundtrips.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
     roundtrips.sort_by(f64::total_cmp);
@@ -241,24 +242,27 @@ async fn load(client: &Client, concurrency: usize, tasks: usize) -> Vec<Sample> 
                 }
                 let t0 = Instant::now();
                 let submitted = client
-                    .submit::<AddResult>(TASK, &args(i), Default::default())
+                    .submit_and_wait(
+                        TASK,
+                        taskwire::v1::submit_request::Args::ArgsProto(args(i).encode_to_vec()),
+                        Default::default(),
+                        Duration::from_secs(60),
+                        false,
+                    )
                     .await;
                 let submit_ms = t0.elapsed().as_secs_f64() * 1000.0;
-                let Ok(handle) = submitted else {
-                    samples.push(Sample {
-                        id: None,
-                        ok: false,
-                        submit_ms,
-                        e2e_ms: 0.0,
-                    });
+                let Ok(pending) = submitted else {
+                    samples.push(Sample { id: None, ok: false, submit_ms, e2e_ms: 0.0 });
                     continue;
                 };
+                let id = pending.id().to_owned();
                 let ok = matches!(
-                    handle.get(Duration::from_secs(60)).await,
-                    Ok(r) if r.sum == i as i64 + 5
+                    pending.finish().await,
+                    Ok(info) if info.state() == taskwire::v1::TaskState::Succeeded
+                        && AddResult::decode(info.result.as_slice()).is_ok_and(|r| r.sum == i as i64 + 5)
                 );
                 samples.push(Sample {
-                    id: Some(handle.id().to_owned()),
+                    id: Some(id),
                     ok,
                     submit_ms,
                     e2e_ms: t0.elapsed().as_secs_f64() * 1000.0,

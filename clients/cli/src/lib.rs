@@ -107,13 +107,21 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 idempotency_key: key,
                 max_attempts,
             };
-            let submitted = client.submit_json(&task, &args, options).await?;
             if !wait {
+                let submitted = client.submit_json(&task, &args, options).await?;
                 println!("{}", submitted.task_id);
                 return Ok(0);
             }
-            let info = client.wait(&submitted.task_id, timeout, true).await?;
-            print_result(&info)
+            let pending = client
+                .submit_and_wait(
+                    &task,
+                    taskwire::v1::submit_request::Args::ArgsJson(args),
+                    options,
+                    timeout,
+                    true,
+                )
+                .await?;
+            print_result(&pending.finish().await?)
         }
         Command::Get { id } => {
             let client = Client::connect(cli.gateway).await?;

@@ -226,6 +226,61 @@ impl Client {
         Ok(self.tasks.clone().submit(request).await?.into_inner())
     }
 
+    /// Submits `task` and follows it in one call: returns once the task is stored, with a
+    /// [`Pending`] that yields its final state. Cheaper than `submit` then `wait`.
+    pub async fn submit_and_wait(
+        &self,
+        task: &str,
+        args: v1::submit_request::Args,
+        options: SubmitOptions,
+        timeout: Duration,
+        json: bool,
+    ) -> Result<Pending, Error> {
+        let request = v1::SubmitAndWaitRequest {
+            submit: Some(v1::SubmitRequest {
+                task: task.to_owned(),
+                args: Some(args),
+                options: Some(options.into_proto()),
+            }),
+            timeout: prost_types::Duration::try_from(timeout).ok(),
+            include_json: json,
+        };
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(timeout + Duration::from_secs(5));
+        let mut stream = self
+            .tasks
+            .clone()
+            .submit_and_wait(request)
+            .await?
+            .into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::internal("the gateway closed the stream early"))?;
+        Ok(Pending { first, stream })
+    }
+
+    /// Submits `task` with typed arguments and waits up to `timeout` for its typed result, in
+    /// one call: Celery's `delay(...).get()`.
+    pub async fn run<O: prost::Message + Default>(
+        &self,
+        task: &str,
+        args: &impl prost::Message,
+        options: SubmitOptions,
+        timeout: Duration,
+    ) -> Result<O, Error> {
+        let pending = self
+            .submit_and_wait(
+                task,
+                v1::submit_request::Args::ArgsProto(args.encode_to_vec()),
+                options,
+                timeout,
+                false,
+            )
+            .await?;
+        outcome(pending.finish().await?)
+    }
+
     /// The current state of a task (and its result as JSON when `json`).
     pub async fn get(&self, id: &str, json: bool) -> Result<TaskInfo, Error> {
         let request = v1::GetRequest {
@@ -264,6 +319,62 @@ impl Client {
             .await?
             .into_inner()
             .task_types)
+    }
+}
+
+/// A task submitted with [`Client::submit_and_wait`]: stored, its final state on the way.
+#[derive(Debug)]
+pub struct Pending {
+    first: TaskInfo,
+    stream: tonic::Streaming<TaskInfo>,
+}
+
+impl Pending {
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.first.task_id
+    }
+
+    /// The state when the task was stored (queued, or final for a repeated idempotency key).
+    pub fn first(&self) -> &TaskInfo {
+        &self.first
+    }
+
+    /// Waits for the final state; a task still running at the timeout is a `DEADLINE_EXCEEDED`
+    /// status.
+    pub async fn finish(mut self) -> Result<TaskInfo, Error> {
+        let last = if self.first.state() == TaskState::Queued {
+            self.stream.message().await?.ok_or_else(|| {
+                Error::Status(tonic::Status::internal(
+                    "the gateway closed the stream early",
+                ))
+            })?
+        } else {
+            self.first
+        };
+        // Read to the end of the stream (its trailers), so that it closes cleanly instead of
+        // being reset.
+        while self.stream.message().await?.is_some() {}
+        Ok(last)
+    }
+}
+
+/// The typed outcome of a finished task.
+fn outcome<O: prost::Message + Default>(info: TaskInfo) -> Result<O, Error> {
+    let id = info.task_id.clone();
+    match info.state() {
+        TaskState::Succeeded => {
+            O::decode(info.result.as_slice()).map_err(|source| Error::Decode { id, source })
+        }
+        TaskState::Cancelled => Err(Error::Cancelled { id }),
+        _ => {
+            let failure = info.error.unwrap_or_default();
+            Err(Error::TaskFailed {
+                id,
+                message: failure.message,
+                retryable: failure.retryable,
+            })
+        }
     }
 }
 
@@ -318,26 +429,7 @@ impl<O: prost::Message + Default> TaskHandle<O> {
     /// Waits up to `timeout` for the result. A failed or cancelled task is an error; a task
     /// still running after `timeout` is a `DEADLINE_EXCEEDED` status.
     pub async fn get(&self, timeout: Duration) -> Result<O, Error> {
-        let info = self.client.wait(&self.id, timeout, false).await?;
-        match info.state() {
-            TaskState::Succeeded => {
-                O::decode(info.result.as_slice()).map_err(|source| Error::Decode {
-                    id: self.id.clone(),
-                    source,
-                })
-            }
-            TaskState::Cancelled => Err(Error::Cancelled {
-                id: self.id.clone(),
-            }),
-            _ => {
-                let failure = info.error.unwrap_or_default();
-                Err(Error::TaskFailed {
-                    id: self.id.clone(),
-                    message: failure.message,
-                    retryable: failure.retryable,
-                })
-            }
-        }
+        outcome(self.client.wait(&self.id, timeout, false).await?)
     }
 
     /// Cancels the task if it has not finished.

@@ -17,6 +17,15 @@ use crate::{Error, Gateway, MAX_WAIT, payload};
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
+/// A checked submission, ready to publish.
+struct Prepared {
+    name: Name,
+    id: Id,
+    args: Bytes,
+    key: Option<String>,
+    max_attempts: Option<u32>,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct TasksService {
     gateway: Arc<Gateway>,
@@ -38,7 +47,8 @@ impl Gateway {
         }
     }
 
-    async fn submit(&self, req: v1::SubmitRequest) -> Result<v1::SubmitResponse, Error> {
+    /// Checks a submission: the task exists, the arguments fit its input message.
+    async fn prepare(&self, req: v1::SubmitRequest) -> Result<Prepared, Error> {
         let name = Name::parse(&req.task).map_err(Error::InvalidName)?;
         let task_type = self.registry.get(&name).await?;
         let args = match req.args {
@@ -51,14 +61,31 @@ impl Gateway {
             None => return Err(Error::MissingArgs),
         };
         let options = req.options.unwrap_or_default();
-        let key = (!options.idempotency_key.is_empty()).then_some(options.idempotency_key.as_str());
-        let id = match key {
+        let key = (!options.idempotency_key.is_empty()).then_some(options.idempotency_key);
+        let id = match &key {
             Some(key) => Id::from_idempotency_key(&name, key),
             None => Id::generate(),
         };
         let max_attempts = (options.max_attempts > 0).then_some(options.max_attempts);
         self.check_connected()?;
+        Ok(Prepared {
+            name,
+            id,
+            args,
+            key,
+            max_attempts,
+        })
+    }
 
+    /// Stores the task; returns once JetStream has acknowledged it.
+    async fn publish(&self, task: Prepared) -> Result<v1::SubmitResponse, Error> {
+        let Prepared {
+            name,
+            id,
+            args,
+            key,
+            max_attempts,
+        } = task;
         // The queued event goes first on the same connection, so that it is stored before any
         // event of the worker that runs the task; both acks are awaited together, so when Submit
         // answers, Get and Wait find the task.
@@ -77,7 +104,7 @@ impl Gateway {
             .jetstream
             .publish_with_headers(
                 subject::task(&name),
-                broker::task_headers(&name, &id, key, max_attempts),
+                broker::task_headers(&name, &id, key.as_deref(), max_attempts),
                 args,
             )
             .await
@@ -89,6 +116,40 @@ impl Gateway {
             task_id: id.to_string(),
             duplicate: ack.duplicate,
         })
+    }
+
+    async fn submit(&self, req: v1::SubmitRequest) -> Result<v1::SubmitResponse, Error> {
+        let task = self.prepare(req).await?;
+        self.publish(task).await
+    }
+
+    /// Submits and subscribes to the result before the task is stored, so no result can slip
+    /// by: returns the queued state and the subscription to wait on.
+    async fn submit_subscribed(
+        &self,
+        req: v1::SubmitRequest,
+    ) -> Result<(v1::TaskInfo, async_nats::Subscriber), Error> {
+        let task = self.prepare(req).await?;
+        let (id, name) = (task.id.clone(), task.name.clone());
+        let results = self
+            .client
+            .subscribe(subject::result(&id))
+            .await
+            .map_err(|e| Error::BrokerDown(e.to_string()))?;
+        let response = self.publish(task).await?;
+        let queued = v1::TaskInfo {
+            task_id: id.to_string(),
+            task: name.to_string(),
+            state: TaskState::Queued as i32,
+            ..Default::default()
+        };
+        if response.duplicate
+            && let Some(info) = self.result(&id).await?
+        {
+            // The same idempotency key was used before and that task has finished.
+            return Ok((info, results));
+        }
+        Ok((queued, results))
     }
 
     /// The stored result of a task, if it has one.
@@ -134,7 +195,7 @@ impl Gateway {
     async fn wait(&self, id: &Id, timeout: Duration) -> Result<v1::TaskInfo, Error> {
         self.check_connected()?;
         // Subscribe before looking, so a result stored in between is not missed.
-        let mut results = self
+        let results = self
             .client
             .subscribe(subject::result(id))
             .await
@@ -142,14 +203,22 @@ impl Gateway {
         if let Some(info) = self.result(id).await? {
             return Ok(info);
         }
-        let pending = self
-            .last_event(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
         // A result published just before our subscription can still be on its way into the
-        // stream when we first looked: look again now and then while waiting.
+        // stream when we looked: look again soon.
+        self.wait_on(results, id, timeout, Duration::from_millis(20))
+            .await
+    }
+
+    /// Waits for the result on a subscription to its subject, looking at the stream now and
+    /// then (first after `recheck`) in case a message was missed.
+    async fn wait_on(
+        &self,
+        mut results: async_nats::Subscriber,
+        id: &Id,
+        timeout: Duration,
+        mut recheck: Duration,
+    ) -> Result<v1::TaskInfo, Error> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut recheck = Duration::from_millis(20);
         loop {
             let until = (tokio::time::Instant::now() + recheck).min(deadline);
             match tokio::time::timeout_at(until, results.next()).await {
@@ -166,6 +235,12 @@ impl Gateway {
                     if let Some(info) = self.result(id).await? {
                         return Ok(info);
                     }
+                    // Most waits end before the first look again; only a task that takes longer
+                    // pays for checking that it exists at all.
+                    let pending = self
+                        .last_event(id)
+                        .await?
+                        .ok_or_else(|| Error::NotFound(id.to_string()))?;
                     if tokio::time::Instant::now() >= deadline {
                         return Err(Error::StillRunning {
                             id: id.to_string(),
@@ -277,6 +352,16 @@ fn parse_id(id: &str) -> Result<Id, Error> {
     Id::parse(id).map_err(Error::InvalidId)
 }
 
+fn wait_timeout(timeout: Option<prost_types::Duration>) -> Duration {
+    timeout
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or(DEFAULT_WAIT)
+        .min(MAX_WAIT)
+}
+
+type TaskInfoStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::TaskInfo, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl v1::tasks_server::Tasks for TasksService {
     async fn submit(
@@ -297,6 +382,37 @@ impl v1::tasks_server::Tasks for TasksService {
         }
     }
 
+    type SubmitAndWaitStream = TaskInfoStream;
+
+    async fn submit_and_wait(
+        &self,
+        request: Request<v1::SubmitAndWaitRequest>,
+    ) -> Result<Response<Self::SubmitAndWaitStream>, Status> {
+        let req = request.into_inner();
+        let timeout = wait_timeout(req.timeout);
+        let json = req.include_json;
+        let gateway = Arc::clone(&self.gateway);
+        let (first, results) = gateway
+            .submit_subscribed(req.submit.unwrap_or_default())
+            .await?;
+        let first = gateway.with_json(first, json).await?;
+        if first.state() != TaskState::Queued {
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(first)]))));
+        }
+        let id = parse_id(&first.task_id)?;
+        let last = futures::stream::once(async move {
+            // Subscribed before the task was stored: nothing can have been missed, so the
+            // stream is only looked at again for long tasks.
+            let info = gateway
+                .wait_on(results, &id, timeout, Duration::from_secs(1))
+                .await?;
+            Ok(gateway.with_json(info, json).await?)
+        });
+        Ok(Response::new(Box::pin(
+            futures::stream::iter([Ok(first)]).chain(last),
+        )))
+    }
+
     async fn get(
         &self,
         request: Request<v1::GetRequest>,
@@ -315,11 +431,7 @@ impl v1::tasks_server::Tasks for TasksService {
     ) -> Result<Response<v1::TaskInfo>, Status> {
         let req = request.into_inner();
         let id = parse_id(&req.task_id)?;
-        let timeout = req
-            .timeout
-            .and_then(|d| Duration::try_from(d).ok())
-            .unwrap_or(DEFAULT_WAIT)
-            .min(MAX_WAIT);
+        let timeout = wait_timeout(req.timeout);
         let info = self.gateway.wait(&id, timeout).await?;
         Ok(Response::new(
             self.gateway.with_json(info, req.include_json).await?,

@@ -19,6 +19,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::{Builder, Error};
 
+/// A task still running after this long gets a `running` event. Shorter tasks go from queued
+/// straight to their result, which spares the broker a stored message per task.
+const RUNNING_EVENT_AFTER: Duration = Duration::from_millis(25);
+
 /// After a task's time limit, how long it has to notice its cancellation before it is abandoned.
 const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
 
@@ -231,15 +235,6 @@ async fn handle(served: &Served, message: jetstream::Message) {
         return;
     }
 
-    let _ = served
-        .client
-        .publish_with_headers(
-            subject::event(name, &id),
-            broker::event_headers(name, &id, TaskState::Running, attempt),
-            Bytes::new(),
-        )
-        .await;
-
     let token = CancellationToken::new();
     let deadline = served.task.options.timeout.map(|t| Instant::now() + t);
     let ctx = TaskContext::new(id.clone(), name.clone(), attempt, max_attempts)
@@ -286,6 +281,7 @@ async fn run_attempt(
 ) -> Outcome {
     let limit = served.task.options.timeout;
     let deadline = ctx.deadline();
+    let (ctx_id, attempt) = (ctx.id().clone(), ctx.attempt());
     let call = served
         .service
         .call(served.task.name.as_str(), ctx, message.payload.clone());
@@ -297,8 +293,22 @@ async fn run_attempt(
     let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
     let mut abandon_at = tokio::time::Instant::from_std(deadline.unwrap_or(far));
     let mut timed_out = false;
+    let mut running_event = std::pin::pin!(tokio::time::sleep(RUNNING_EVENT_AFTER));
+    let mut running_reported = false;
     loop {
         tokio::select! {
+            () = &mut running_event, if !running_reported => {
+                running_reported = true;
+                let (name, id) = (&served.task.name, ctx_id.clone());
+                let _ = served
+                    .client
+                    .publish_with_headers(
+                        subject::event(name, &id),
+                        broker::event_headers(name, &id, TaskState::Running, attempt),
+                        Bytes::new(),
+                    )
+                    .await;
+            }
             result = &mut call => {
                 return match result {
                     Ok(done) if timed_out && done.is_err() => Outcome::TimedOut(limit.unwrap_or_default()),
