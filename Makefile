@@ -44,8 +44,7 @@ clippy:
 
 fixture: ## Build the project outside the workspace that uses taskwire by path
 	cp Cargo.lock $(FIXTURE)/Cargo.lock
-	$(CARGO) build --manifest-path $(FIXTURE)/Cargo.toml --target-dir target --locked 2>/dev/null || \
-		$(CARGO) build --manifest-path $(FIXTURE)/Cargo.toml --target-dir target
+	$(CARGO) build --manifest-path $(FIXTURE)/Cargo.toml --target-dir target
 
 bench: tools ## Measure throughput and latency (release build), printing JSON
 	$(CARGO) build --release --workspace --bins

@@ -82,12 +82,21 @@ pub mod header {
     pub const SUBMITTED_AT: &str = "Taskwire-Submitted-At";
     /// State of an event or result: `queued`, `running`, `retrying`, `succeeded`, `failed`, `cancelled`.
     pub const STATE: &str = "Taskwire-State";
-    /// The attempt an event or result belongs to.
+    /// On a task: the number of its first delivery (1, or more for a task put back in line);
+    /// on an event or result: the attempt it belongs to.
     pub const ATTEMPT: &str = "Taskwire-Attempt";
     /// JetStream's de-duplication id.
     pub const MSG_ID: &str = "Nats-Msg-Id";
     /// JetStream's optimistic concurrency check on the subject's last sequence.
     pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+}
+
+/// Environment variables of the stream settings, read by every process that may create them.
+pub mod env {
+    /// How long results and events are kept, as a duration (`24h`).
+    pub const RESULT_TTL: &str = "TASKWIRE_RESULT_TTL";
+    /// Stream replicas: 1 on one server, 3 in a cluster.
+    pub const REPLICAS: &str = "TASKWIRE_REPLICAS";
 }
 
 /// Settings of the streams and buckets, the same for every process that creates them.
@@ -129,6 +138,31 @@ pub enum Error {
 }
 
 impl Settings {
+    /// The defaults, overridden by `TASKWIRE_RESULT_TTL` and `TASKWIRE_REPLICAS`.
+    pub fn from_env() -> Result<Self, String> {
+        let mut settings = Self::default();
+        if let Ok(text) = std::env::var(env::RESULT_TTL) {
+            settings.result_ttl = humantime::parse_duration(&text).map_err(|e| {
+                format!(
+                    "{}={text:?} is not a duration such as 24h: {e}",
+                    env::RESULT_TTL
+                )
+            })?;
+        }
+        if let Ok(text) = std::env::var(env::REPLICAS) {
+            settings.replicas = match text.parse::<usize>() {
+                Ok(n @ 1..=5) => n,
+                _ => {
+                    return Err(format!(
+                        "{}={text:?} must be a number of replicas from 1 to 5",
+                        env::REPLICAS
+                    ));
+                }
+            };
+        }
+        Ok(settings)
+    }
+
     fn tasks_stream(&self) -> stream::Config {
         stream::Config {
             name: TASKS_STREAM.into(),
@@ -342,6 +376,7 @@ pub fn task_headers(
     headers.insert(header::TASK, name.as_str());
     headers.insert(header::MSG_ID, idempotency_key.unwrap_or(id.as_str()));
     headers.insert(header::SUBMITTED_AT, now_micros().to_string().as_str());
+    headers.insert(header::ATTEMPT, "1");
     if let Some(n) = max_attempts {
         headers.insert(header::MAX_ATTEMPTS, n.to_string().as_str());
     }

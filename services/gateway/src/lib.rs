@@ -42,10 +42,7 @@ pub mod env {
     pub const GATEWAY_ADDR: &str = "TASKWIRE_GATEWAY_ADDR";
     /// Largest task arguments accepted, in bytes.
     pub const MAX_PAYLOAD: &str = "TASKWIRE_MAX_PAYLOAD";
-    /// How long results are kept, as a duration (`24h`).
-    pub const RESULT_TTL: &str = "TASKWIRE_RESULT_TTL";
-    /// Stream replicas: 1 on one server, 3 in a cluster.
-    pub const REPLICAS: &str = "TASKWIRE_REPLICAS";
+    pub use taskwire::broker::env::{REPLICAS, RESULT_TTL};
     /// Descriptor set files (`protoc -o` / `buf build -o`) of task types to know without a worker.
     pub const DESCRIPTOR_SETS: &str = "TASKWIRE_DESCRIPTOR_SETS";
     /// Log filter, e.g. `info` or `taskwire_gateway=debug`.

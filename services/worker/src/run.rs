@@ -216,10 +216,19 @@ async fn handle(served: &Served, message: jetstream::Message) {
         let _ = message.ack_with(AckKind::Term).await;
         return;
     };
-    let attempt = message
+    // The attempt is the header's first attempt plus the broker's redeliveries.
+    let first_attempt = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(header::ATTEMPT))
+        .and_then(|v| v.as_str().parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let deliveries = message
         .info()
         .map(|i| i.delivered.max(1) as u32)
         .unwrap_or(1);
+    let attempt = first_attempt.saturating_add(deliveries - 1);
     let max_attempts = message
         .headers
         .as_ref()

@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
         std::env::var("TASKWIRE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     taskwire_worker::Worker::builder()
         .nats(nats)
+        .broker_settings(taskwire::broker::Settings::from_env().map_err(anyhow::Error::msg)?)
         .ack_wait(duration("TASKWIRE_ACK_WAIT", Duration::from_secs(30)))
         .grace(duration("TASKWIRE_GRACE", Duration::from_secs(30)))
         .serve(taskwire_testing::tasks::magic())

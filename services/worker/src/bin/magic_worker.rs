@@ -55,7 +55,15 @@ async fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    let settings = match taskwire::broker::Settings::from_env() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("taskwire-magic-worker: {e}");
+            return ExitCode::from(64);
+        }
+    };
     let worker = Worker::builder()
+        .broker_settings(settings)
         .nats(args.nats_url)
         .concurrency(args.concurrency)
         .ack_wait(args.ack_wait)
