@@ -40,6 +40,8 @@ mod context;
 mod error;
 pub mod service;
 pub mod task;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 
 pub use context::TaskContext;
 pub use error::{ErrorKind, TaskError};

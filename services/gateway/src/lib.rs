@@ -45,8 +45,6 @@ pub mod env {
     pub use taskwire::broker::env::{REPLICAS, RESULT_TTL};
     /// Descriptor set files (`protoc -o` / `buf build -o`) of task types to know without a worker.
     pub const DESCRIPTOR_SETS: &str = "TASKWIRE_DESCRIPTOR_SETS";
-    /// Log filter, e.g. `info` or `taskwire_gateway=debug`.
-    pub const LOG: &str = "TASKWIRE_LOG";
 }
 
 /// Default largest task arguments: what fits in one NATS message with its headers.

@@ -44,11 +44,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    taskwire::telemetry::init("info");
     let args = Args::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,

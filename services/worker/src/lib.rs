@@ -51,8 +51,6 @@ pub mod env {
     pub const ACK_WAIT: &str = "TASKWIRE_ACK_WAIT";
     /// How long running tasks may finish after SIGTERM.
     pub const GRACE: &str = "TASKWIRE_GRACE";
-    /// Log filter.
-    pub const LOG: &str = "TASKWIRE_LOG";
 }
 
 /// Why a worker could not run.

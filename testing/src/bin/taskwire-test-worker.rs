@@ -12,12 +12,7 @@ fn duration(var: &str, default: Duration) -> Duration {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TASKWIRE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    taskwire::telemetry::init("info");
     let nats =
         std::env::var("TASKWIRE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     taskwire_worker::Worker::builder()
