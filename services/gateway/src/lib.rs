@@ -18,6 +18,7 @@ mod error;
 pub mod payload;
 mod registry;
 mod tasks;
+mod waiters;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -83,6 +84,7 @@ pub(crate) struct Gateway {
     client: async_nats::Client,
     broker: Broker,
     registry: Arc<Registry>,
+    waiters: Arc<waiters::Waiters>,
     max_payload: usize,
 }
 
@@ -121,10 +123,12 @@ pub async fn serve(
     let stop = CancellationToken::new();
     let _stop_registry = stop.clone().drop_guard();
     let registry = Registry::start(broker.registry.clone(), fixed, stop.clone()).await?;
+    let waiters = waiters::Waiters::start(&client, stop.clone()).await?;
     let gateway = Arc::new(Gateway {
         client,
         broker,
         registry,
+        waiters,
         max_payload: config.max_payload,
     });
 

@@ -13,6 +13,7 @@ use taskwire::task::{Id, Name};
 use taskwire::v1::{self, TaskState};
 use tonic::{Request, Response, Status};
 
+use crate::waiters::Waiting;
 use crate::{Error, Gateway, MAX_WAIT, payload};
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
@@ -128,14 +129,10 @@ impl Gateway {
     async fn submit_subscribed(
         &self,
         req: v1::SubmitRequest,
-    ) -> Result<(v1::TaskInfo, async_nats::Subscriber), Error> {
+    ) -> Result<(v1::TaskInfo, Waiting), Error> {
         let task = self.prepare(req).await?;
         let (id, name) = (task.id.clone(), task.name.clone());
-        let results = self
-            .client
-            .subscribe(subject::result(&id))
-            .await
-            .map_err(|e| Error::BrokerDown(e.to_string()))?;
+        let results = self.waiters.register(&id);
         let response = self.publish(task).await?;
         let queued = v1::TaskInfo {
             task_id: id.to_string(),
@@ -194,12 +191,8 @@ impl Gateway {
 
     async fn wait(&self, id: &Id, timeout: Duration) -> Result<v1::TaskInfo, Error> {
         self.check_connected()?;
-        // Subscribe before looking, so a result stored in between is not missed.
-        let results = self
-            .client
-            .subscribe(subject::result(id))
-            .await
-            .map_err(|e| Error::BrokerDown(e.to_string()))?;
+        // Register before looking, so a result stored in between is not missed.
+        let results = self.waiters.register(id);
         if let Some(info) = self.result(id).await? {
             return Ok(info);
         }
@@ -213,7 +206,7 @@ impl Gateway {
     /// then (first after `recheck`) in case a message was missed.
     async fn wait_on(
         &self,
-        mut results: async_nats::Subscriber,
+        mut results: Waiting,
         id: &Id,
         timeout: Duration,
         mut recheck: Duration,
@@ -230,7 +223,7 @@ impl Gateway {
                         Some(std::time::SystemTime::now()),
                     ));
                 }
-                Ok(None) => return Err(Error::BrokerDown("the subscription closed".into())),
+                Ok(None) => return Err(Error::BrokerDown("the result subscription ended".into())),
                 Err(_) => {
                     if let Some(info) = self.result(id).await? {
                         return Ok(info);
