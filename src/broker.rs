@@ -6,6 +6,7 @@
 //! | tasks | stream `TASKWIRE_TASKS`, `taskwire.tasks.<task>`, work queue, one durable pull consumer per task |
 //! | results | stream `TASKWIRE_RESULTS`, `taskwire.results.<id>`, one message per subject, kept for the result TTL |
 //! | state changes | stream `TASKWIRE_EVENTS`, `taskwire.events.<id>.<task>` |
+//! | dead letters | stream `TASKWIRE_DEAD`, `taskwire.dead.<id>.<task>`: the task as submitted, with the reason and last error |
 //! | task types | KV bucket `TASKWIRE_REGISTRY`, key `<task>`, value a `taskwire.v1.TaskType` |
 //!
 //! Every name, header and setting is defined here once; nothing else builds a subject or a
@@ -27,6 +28,8 @@ pub const TASKS_STREAM: &str = "TASKWIRE_TASKS";
 pub const RESULTS_STREAM: &str = "TASKWIRE_RESULTS";
 /// Stream of task state changes.
 pub const EVENTS_STREAM: &str = "TASKWIRE_EVENTS";
+/// Stream of dead letters: tasks that failed for good, kept for inspection and replay.
+pub const DEAD_STREAM: &str = "TASKWIRE_DEAD";
 /// KV bucket of task types, written by workers at start.
 pub const REGISTRY_BUCKET: &str = "TASKWIRE_REGISTRY";
 
@@ -40,6 +43,8 @@ pub mod subject {
     pub const RESULTS: &str = "taskwire.results.*";
     /// Every event subject.
     pub const EVENTS: &str = "taskwire.events.>";
+    /// Every dead letter subject.
+    pub const DEAD: &str = "taskwire.dead.>";
 
     /// Where tasks of this type queue: `taskwire.tasks.examples.magic.v1.Magic.Add`.
     pub fn task(name: &Name) -> String {
@@ -64,6 +69,21 @@ pub mod subject {
         format!("taskwire.events.{id}.>")
     }
 
+    /// Where a task that failed for good is kept (id first, as for events).
+    pub fn dead(name: &Name, id: &Id) -> String {
+        format!("taskwire.dead.{id}.{}", name.token())
+    }
+
+    /// Matches the dead letter of one task.
+    pub fn dead_of(id: &Id) -> String {
+        format!("taskwire.dead.{id}.>")
+    }
+
+    /// Matches the dead letters of one task type.
+    pub fn dead_of_type(name: &Name) -> String {
+        format!("taskwire.dead.*.{}", name.token())
+    }
+
     /// Matches the state changes of every task of one type.
     pub fn events_of_type(name: &Name) -> String {
         format!("taskwire.events.*.{}", name.token())
@@ -85,6 +105,12 @@ pub mod header {
     /// On a task: the number of its first delivery (1, or more for a task put back in line);
     /// on an event or result: the attempt it belongs to.
     pub const ATTEMPT: &str = "Taskwire-Attempt";
+    /// How many times a dead task was put back in line.
+    pub const REPLAY: &str = "Taskwire-Replay";
+    /// Why a task is a dead letter: `exhausted`, `permanent`, `panic`, `timeout` or `poison`.
+    pub const DEAD_REASON: &str = "Taskwire-Dead-Reason";
+    /// The last error of a dead letter, on one line.
+    pub const ERROR: &str = "Taskwire-Error";
     /// JetStream's de-duplication id.
     pub const MSG_ID: &str = "Nats-Msg-Id";
     /// JetStream's optimistic concurrency check on the subject's last sequence.
@@ -106,6 +132,8 @@ pub struct Settings {
     pub replicas: usize,
     /// How long results and events are kept.
     pub result_ttl: Duration,
+    /// How long dead letters are kept.
+    pub dead_ttl: Duration,
     /// Window in which a repeated `Nats-Msg-Id` (an idempotency key) is recognised.
     pub duplicate_window: Duration,
     /// Largest task message the tasks stream accepts, in bytes.
@@ -117,6 +145,7 @@ impl Default for Settings {
         Self {
             replicas: 1,
             result_ttl: Duration::from_secs(24 * 3600),
+            dead_ttl: Duration::from_secs(7 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
             max_message_bytes: 1024 * 1024,
         }
@@ -210,6 +239,21 @@ impl Settings {
         }
     }
 
+    fn dead_stream(&self) -> stream::Config {
+        stream::Config {
+            name: DEAD_STREAM.into(),
+            description: Some("taskwire: tasks that failed for good, replayable".into()),
+            subjects: vec![subject::DEAD.into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            max_age: self.dead_ttl,
+            duplicate_window: self.duplicate_window,
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+
     fn registry_bucket(&self) -> kv::Config {
         kv::Config {
             bucket: REGISTRY_BUCKET.into(),
@@ -233,6 +277,8 @@ pub struct Broker {
     pub results: stream::Stream,
     /// `TASKWIRE_EVENTS`.
     pub events: stream::Stream,
+    /// `TASKWIRE_DEAD`.
+    pub dead: stream::Stream,
     /// `TASKWIRE_REGISTRY`.
     pub registry: kv::Store,
 }
@@ -244,6 +290,7 @@ impl Broker {
         let tasks = ensure_stream(&jetstream, settings.tasks_stream()).await?;
         let results = ensure_stream(&jetstream, settings.results_stream()).await?;
         let events = ensure_stream(&jetstream, settings.events_stream()).await?;
+        let dead = ensure_stream(&jetstream, settings.dead_stream()).await?;
         let registry = match jetstream.get_key_value(REGISTRY_BUCKET).await {
             Ok(store) => store,
             Err(_) => match jetstream.create_key_value(settings.registry_bucket()).await {
@@ -260,6 +307,7 @@ impl Broker {
             tasks,
             results,
             events,
+            dead,
             registry,
         })
     }
@@ -318,6 +366,7 @@ async fn ensure_stream(
     let name: &'static str = match config.name.as_str() {
         TASKS_STREAM => TASKS_STREAM,
         RESULTS_STREAM => RESULTS_STREAM,
+        DEAD_STREAM => DEAD_STREAM,
         _ => EVENTS_STREAM,
     };
     match js.get_or_create_stream(config).await {
@@ -394,10 +443,17 @@ pub fn event_headers(name: &Name, id: &Id, state: v1::TaskState, attempt: u32) -
 }
 
 /// The headers of a result: stored only if the task has no result yet, whoever publishes it and
-/// however often.
-pub fn result_headers(name: &Name, id: &Id, state: v1::TaskState, attempt: u32) -> HeaderMap {
+/// however often. `series` tells apart the results of a task's replays (its `Taskwire-Replay`),
+/// whose de-duplication ids must differ.
+pub fn result_headers(
+    name: &Name,
+    id: &Id,
+    state: v1::TaskState,
+    attempt: u32,
+    series: &str,
+) -> HeaderMap {
     let mut headers = event_headers(name, id, state, attempt);
-    headers.insert(header::MSG_ID, format!("{id}.result").as_str());
+    headers.insert(header::MSG_ID, format!("{id}.result.{series}").as_str());
     headers.insert(header::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
     headers
 }
@@ -456,6 +512,8 @@ pub struct StoredMessage {
     pub payload: Bytes,
     /// When the stream stored it.
     pub time: Option<SystemTime>,
+    /// Its sequence in the stream.
+    pub sequence: u64,
 }
 
 /// The last message of `stream` whose subject matches `filter`, which may hold wildcards; `None`
@@ -465,7 +523,29 @@ pub async fn last_message(
     stream: &str,
     filter: &str,
 ) -> Result<Option<StoredMessage>, async_nats::RequestError> {
-    let request = format!(r#"{{"last_by_subj":"{filter}"}}"#);
+    direct_get(client, stream, format!(r#"{{"last_by_subj":"{filter}"}}"#)).await
+}
+
+/// The first message of `stream` at or after sequence `from` whose subject matches `filter`.
+pub async fn next_message(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+    from: u64,
+) -> Result<Option<StoredMessage>, async_nats::RequestError> {
+    direct_get(
+        client,
+        stream,
+        format!(r#"{{"seq":{from},"next_by_subj":"{filter}"}}"#),
+    )
+    .await
+}
+
+async fn direct_get(
+    client: &async_nats::Client,
+    stream: &str,
+    request: String,
+) -> Result<Option<StoredMessage>, async_nats::RequestError> {
     let response = client
         .request(format!("$JS.API.DIRECT.GET.{stream}"), request.into())
         .await?;
@@ -473,19 +553,72 @@ pub async fn last_message(
         .status
         .is_some_and(|s| s != async_nats::StatusCode::OK)
     {
-        // 404: no such message; 408 and others: treated the same by callers that only ask
-        // whether something is there.
+        // 404: no such message.
         return Ok(None);
     }
     let headers = response.headers.unwrap_or_default();
     let time = headers
         .get("Nats-Time-Stamp")
         .and_then(|t| humantime::parse_rfc3339_weak(t.as_str()).ok());
+    let sequence = headers
+        .get("Nats-Sequence")
+        .and_then(|s| s.as_str().parse().ok())
+        .unwrap_or_default();
     Ok(Some(StoredMessage {
         headers,
         payload: response.payload,
         time,
+        sequence,
     }))
+}
+
+/// The headers of a dead letter: the task's own, plus why it died. Stored once per task and
+/// replay, however often the worker tries.
+pub fn dead_headers(
+    task: Option<&HeaderMap>,
+    name: &Name,
+    id: &Id,
+    attempt: u32,
+    reason: &str,
+    error: &str,
+) -> HeaderMap {
+    let mut headers = task.cloned().unwrap_or_default();
+    let replay = headers
+        .get(header::REPLAY)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_else(|| "0".to_owned());
+    headers.insert(header::TASK_ID, id.as_str());
+    headers.insert(header::TASK, name.as_str());
+    headers.insert(header::ATTEMPT, attempt.to_string().as_str());
+    headers.insert(header::DEAD_REASON, reason);
+    let one_line: String = error
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(1000)
+        .collect();
+    headers.insert(header::ERROR, one_line.as_str());
+    headers.insert(header::MSG_ID, format!("{id}.dead.{replay}").as_str());
+    headers
+}
+
+/// The headers of a dead task put back in line: a new series of attempts under the same id.
+pub fn replay_headers(dead: &HeaderMap, name: &Name, id: &Id) -> HeaderMap {
+    let replay = dead
+        .get(header::REPLAY)
+        .and_then(|v| v.as_str().parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    let mut headers = HeaderMap::new();
+    headers.insert(header::TASK_ID, id.as_str());
+    headers.insert(header::TASK, name.as_str());
+    headers.insert(header::ATTEMPT, "1");
+    headers.insert(header::REPLAY, replay.to_string().as_str());
+    headers.insert(header::MSG_ID, format!("{id}.replay.{replay}").as_str());
+    headers.insert(header::SUBMITTED_AT, now_micros().to_string().as_str());
+    if let Some(max) = dead.get(header::MAX_ATTEMPTS) {
+        headers.insert(header::MAX_ATTEMPTS, max.as_str());
+    }
+    headers
 }
 
 /// Whether a publish failed because the subject already had a message (a result exists).

@@ -21,6 +21,7 @@ pub enum ErrorKind {
 pub struct TaskError {
     kind: ErrorKind,
     message: String,
+    poison: bool,
 }
 
 impl TaskError {
@@ -29,6 +30,7 @@ impl TaskError {
         Self {
             kind: ErrorKind::Retryable,
             message: message.to_string(),
+            poison: false,
         }
     }
 
@@ -37,14 +39,18 @@ impl TaskError {
         Self {
             kind: ErrorKind::Permanent,
             message: message.to_string(),
+            poison: false,
         }
     }
 
     /// The arguments did not decode as the task's input message.
     pub fn undecodable(input_type: &str, err: prost::DecodeError) -> Self {
-        Self::permanent(format!(
-            "the arguments do not decode as {input_type}: {err}"
-        ))
+        Self {
+            poison: true,
+            ..Self::permanent(format!(
+                "the arguments do not decode as {input_type}: {err}"
+            ))
+        }
     }
 
     /// A service was asked to run a task it does not have.
@@ -60,6 +66,12 @@ impl TaskError {
     /// Shorthand for `kind() == ErrorKind::Retryable`.
     pub fn is_retryable(&self) -> bool {
         self.kind == ErrorKind::Retryable
+    }
+
+    /// Whether the task's message itself is broken (its arguments do not decode): such a task
+    /// can never run, whoever tries.
+    pub fn is_poison(&self) -> bool {
+        self.poison
     }
 
     /// What went wrong, as the task said it.

@@ -1,5 +1,7 @@
 //! Implementations of the example contracts for workers under test.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use taskwire::examples::chaos::v1::{
@@ -22,7 +24,9 @@ impl Magic for MagicTasks {
 
 /// `Chaos`: slow, panicking and failing on purpose.
 #[derive(Debug, Default)]
-pub struct ChaosTasks;
+pub struct ChaosTasks {
+    runs: Mutex<HashMap<String, u32>>,
+}
 
 impl Chaos for ChaosTasks {
     async fn sleep(&self, ctx: TaskContext, args: SleepArgs) -> Result<SleepResult, TaskError> {
@@ -43,7 +47,15 @@ impl Chaos for ChaosTasks {
         if args.permanent {
             return Err(TaskError::permanent("flaky: failed for good"));
         }
-        if args.succeed_on_attempt != 0 && ctx.attempt() >= args.succeed_on_attempt {
+        let run = if args.key.is_empty() {
+            ctx.attempt()
+        } else {
+            let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+            let n = runs.entry(args.key.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        if args.succeed_on_attempt != 0 && run >= args.succeed_on_attempt {
             return Ok(FlakyResult {
                 attempt: ctx.attempt(),
             });
@@ -62,5 +74,5 @@ pub fn magic() -> MagicServer<MagicTasks> {
 
 /// The chaos service, ready to serve.
 pub fn chaos() -> ChaosServer<ChaosTasks> {
-    ChaosServer::new(ChaosTasks)
+    ChaosServer::new(ChaosTasks::default())
 }

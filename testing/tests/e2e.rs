@@ -376,6 +376,7 @@ async fn retryable_errors_retry_up_to_max_attempts() -> anyhow::Result<()> {
         .flaky(FlakyArgs {
             succeed_on_attempt: 2,
             permanent: false,
+            ..Default::default()
         })
         .await?;
     assert_eq!(second.get(WAIT).await?, FlakyResult { attempt: 2 });
@@ -384,6 +385,7 @@ async fn retryable_errors_retry_up_to_max_attempts() -> anyhow::Result<()> {
         .flaky(FlakyArgs {
             succeed_on_attempt: 0,
             permanent: false,
+            ..Default::default()
         })
         .await?;
     let err = never.get(WAIT).await.expect_err("runs out of attempts");
@@ -403,6 +405,7 @@ async fn retryable_errors_retry_up_to_max_attempts() -> anyhow::Result<()> {
         .flaky(FlakyArgs {
             succeed_on_attempt: 2,
             permanent: true,
+            ..Default::default()
         })
         .await?;
     let err = permanent.get(WAIT).await.expect_err("fails at once");
@@ -423,6 +426,7 @@ async fn retryable_errors_retry_up_to_max_attempts() -> anyhow::Result<()> {
             FlakyArgs {
                 succeed_on_attempt: 2,
                 permanent: false,
+                ..Default::default()
             },
             SubmitOptions::default().max_attempts(1),
         )

@@ -310,6 +310,56 @@ impl Client {
         Ok(self.tasks.clone().cancel(request).await?.into_inner())
     }
 
+    /// Dead letters, oldest first; `task` empty means every task type.
+    pub async fn dead_letters(&self, task: &str, limit: u32) -> Result<Vec<v1::DeadLetter>, Error> {
+        let request = v1::ListDeadLettersRequest {
+            task: task.to_owned(),
+            limit,
+        };
+        Ok(self
+            .admin
+            .clone()
+            .list_dead_letters(request)
+            .await?
+            .into_inner()
+            .dead_letters)
+    }
+
+    /// Puts dead tasks back in line: these ids, or with `all` every dead task of `task`.
+    pub async fn replay_dead_letters(
+        &self,
+        task_ids: Vec<String>,
+        task: &str,
+        all: bool,
+    ) -> Result<Vec<String>, Error> {
+        let request = v1::ReplayDeadLettersRequest {
+            task_ids,
+            task: task.to_owned(),
+            all,
+        };
+        Ok(self
+            .admin
+            .clone()
+            .replay_dead_letters(request)
+            .await?
+            .into_inner()
+            .task_ids)
+    }
+
+    /// Deletes dead letters; `task` empty means all. Returns how many.
+    pub async fn purge_dead_letters(&self, task: &str) -> Result<u64, Error> {
+        let request = v1::PurgeDeadLettersRequest {
+            task: task.to_owned(),
+        };
+        Ok(self
+            .admin
+            .clone()
+            .purge_dead_letters(request)
+            .await?
+            .into_inner()
+            .purged)
+    }
+
     /// The task types the gateway knows.
     pub async fn task_types(&self) -> Result<Vec<TaskType>, Error> {
         Ok(self

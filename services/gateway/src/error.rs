@@ -50,6 +50,10 @@ pub enum Error {
     },
     #[error("the result of task {0} does not decode as its output type: {1}")]
     BadResult(String, String),
+    #[error("no dead letter for task {0}: it did not fail for good, was replayed, or was purged")]
+    NoDeadLetter(String),
+    #[error("{0}")]
+    BadRequest(String),
     #[error("the gateway could not start: {0}")]
     Startup(String),
 }
@@ -58,11 +62,12 @@ impl Error {
     /// The gRPC status code of this error.
     pub fn code(&self) -> Code {
         match self {
-            Error::UnknownTask(_) | Error::NotFound(_) => Code::NotFound,
+            Error::UnknownTask(_) | Error::NotFound(_) | Error::NoDeadLetter(_) => Code::NotFound,
             Error::InvalidName(_)
             | Error::InvalidId(_)
             | Error::Payload(_)
-            | Error::MissingArgs => Code::InvalidArgument,
+            | Error::MissingArgs
+            | Error::BadRequest(_) => Code::InvalidArgument,
             Error::BrokerDown(_) => Code::Unavailable,
             Error::Broker(_) | Error::BadResult(..) | Error::Startup(_) => Code::Internal,
             Error::QueueFull(_) => Code::ResourceExhausted,

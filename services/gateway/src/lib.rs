@@ -14,6 +14,7 @@
 //! # }
 //! ```
 
+mod dead;
 mod error;
 pub mod payload;
 mod registry;

@@ -41,7 +41,7 @@ impl TasksService {
 impl Gateway {
     /// Answers UNAVAILABLE at once while NATS is down, rather than queueing the call behind a
     /// reconnect.
-    fn check_connected(&self) -> Result<(), Error> {
+    pub(crate) fn check_connected(&self) -> Result<(), Error> {
         match self.client.connection_state() {
             State::Connected => Ok(()),
             state => Err(Error::BrokerDown(format!("connection is {state}"))),
@@ -87,15 +87,36 @@ impl Gateway {
             key,
             max_attempts,
         } = task;
-        // The queued event goes first on the same connection, so that it is stored before any
-        // event of the worker that runs the task; both acks are awaited together, so when Submit
-        // answers, Get and Wait find the task.
+        let ack = self
+            .store_task(
+                &name,
+                &id,
+                broker::task_headers(&name, &id, key.as_deref(), max_attempts),
+                args,
+            )
+            .await?;
+        Ok(v1::SubmitResponse {
+            task_id: id.to_string(),
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Stores a task and its queued event. The event goes first on the same connection, so that
+    /// it is stored before any event of the worker that runs the task; both acks are awaited
+    /// together, so when this returns, Get and Wait find the task.
+    pub(crate) async fn store_task(
+        &self,
+        name: &Name,
+        id: &Id,
+        headers: async_nats::HeaderMap,
+        args: Bytes,
+    ) -> Result<async_nats::jetstream::publish::PublishAck, Error> {
         let queued = self
             .broker
             .jetstream
             .publish_with_headers(
-                subject::event(&name, &id),
-                broker::event_headers(&name, &id, TaskState::Queued, 0),
+                subject::event(name, id),
+                broker::event_headers(name, id, TaskState::Queued, 0),
                 Bytes::new(),
             )
             .await
@@ -103,20 +124,13 @@ impl Gateway {
         let stored = self
             .broker
             .jetstream
-            .publish_with_headers(
-                subject::task(&name),
-                broker::task_headers(&name, &id, key.as_deref(), max_attempts),
-                args,
-            )
+            .publish_with_headers(subject::task(name), headers, args)
             .await
             .map_err(publish_error)?;
         let (queued, stored) = tokio::join!(queued.into_future(), stored.into_future());
         let ack = stored.map_err(publish_error)?;
         queued.map_err(publish_error)?;
-        Ok(v1::SubmitResponse {
-            task_id: id.to_string(),
-            duplicate: ack.duplicate,
-        })
+        Ok(ack)
     }
 
     async fn submit(&self, req: v1::SubmitRequest) -> Result<v1::SubmitResponse, Error> {
@@ -161,7 +175,7 @@ impl Gateway {
             .await
     }
 
-    async fn lookup(
+    pub(crate) async fn lookup(
         &self,
         stream: &str,
         filter: &str,
@@ -173,7 +187,7 @@ impl Gateway {
         }
     }
 
-    fn broker_error(&self, err: impl std::fmt::Display) -> Error {
+    pub(crate) fn broker_error(&self, err: impl std::fmt::Display) -> Error {
         match self.check_connected() {
             Err(down) => down,
             Ok(()) => Error::Broker(err.to_string()),
@@ -267,7 +281,13 @@ impl Gateway {
             .jetstream
             .publish_with_headers(
                 subject::result(id),
-                broker::result_headers(&name, id, TaskState::Cancelled, last.attempt),
+                broker::result_headers(
+                    &name,
+                    id,
+                    TaskState::Cancelled,
+                    last.attempt,
+                    &format!("cancel.{}", broker::now_micros()),
+                ),
                 broker::failure_body("cancelled on request", false),
             )
             .await
@@ -321,7 +341,7 @@ impl Gateway {
     }
 }
 
-fn publish_error(err: async_nats::jetstream::context::PublishError) -> Error {
+pub(crate) fn publish_error(err: async_nats::jetstream::context::PublishError) -> Error {
     match err.kind() {
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
             Error::BrokerDown(err.to_string())
@@ -442,6 +462,31 @@ impl v1::tasks_server::Tasks for TasksService {
 
 #[tonic::async_trait]
 impl v1::admin_server::Admin for TasksService {
+    async fn list_dead_letters(
+        &self,
+        request: Request<v1::ListDeadLettersRequest>,
+    ) -> Result<Response<v1::ListDeadLettersResponse>, Status> {
+        let req = request.into_inner();
+        let dead_letters = self.gateway.list_dead(&req.task, req.limit).await?;
+        Ok(Response::new(v1::ListDeadLettersResponse { dead_letters }))
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        request: Request<v1::ReplayDeadLettersRequest>,
+    ) -> Result<Response<v1::ReplayDeadLettersResponse>, Status> {
+        let task_ids = self.gateway.replay_dead(request.into_inner()).await?;
+        Ok(Response::new(v1::ReplayDeadLettersResponse { task_ids }))
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        request: Request<v1::PurgeDeadLettersRequest>,
+    ) -> Result<Response<v1::PurgeDeadLettersResponse>, Status> {
+        let purged = self.gateway.purge_dead(&request.into_inner().task).await?;
+        Ok(Response::new(v1::PurgeDeadLettersResponse { purged }))
+    }
+
     async fn list_task_types(
         &self,
         _request: Request<v1::ListTaskTypesRequest>,

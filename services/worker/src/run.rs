@@ -211,9 +211,26 @@ async fn handle(served: &Served, message: jetstream::Message) {
         .and_then(|h| h.get(header::TASK_ID))
         .and_then(|v| Id::parse(v.as_str()).ok())
     else {
-        // Not a taskwire task: it can never run, so it must not block the queue.
-        tracing::error!(task = %name, subject = %message.subject, "message without a valid task id; terminating it");
-        let _ = message.ack_with(AckKind::Term).await;
+        // Not a taskwire task: it can never run, so it must not block the queue. It is kept as
+        // a dead letter under an id made from its place in the stream.
+        let sequence = message
+            .info()
+            .map(|i| i.stream_sequence)
+            .unwrap_or_default();
+        let id = Id::parse(&format!("poison-{sequence}")).unwrap_or_else(|_| Id::generate());
+        tracing::error!(task = %name, subject = %message.subject, dead_letter = %id, "message without a valid task id; moving it to the dead letters");
+        let stored = store_dead(
+            served,
+            &message,
+            &id,
+            1,
+            "poison",
+            "the message has no valid Taskwire-Task-Id header",
+        )
+        .await;
+        if stored {
+            let _ = message.ack_with(AckKind::Term).await;
+        }
         return;
     };
     // The attempt is the header's first attempt plus the broker's redeliveries.
@@ -272,8 +289,11 @@ async fn handle(served: &Served, message: jetstream::Message) {
         }
         Outcome::Panicked(text) => {
             tracing::error!(task = %name, task_id = %id, attempt, panic = %text, "task panicked");
-            let body = broker::failure_body(&format!("task panicked: {text}"), false);
-            finish(served, message, &id, attempt, TaskState::Failed, body).await;
+            let error = format!("task panicked: {text}");
+            if store_dead(served, &message, &id, attempt, "panic", &error).await {
+                let body = broker::failure_body(&error, false);
+                finish(served, message, &id, attempt, TaskState::Failed, body).await;
+            }
         }
         Outcome::Released => {
             tracing::info!(task = %name, task_id = %id, "released for another worker");
@@ -386,8 +406,69 @@ async fn failed(
         return;
     }
     tracing::info!(task = %name, task_id = %id, attempt, error = %err, "failed");
-    let body = broker::failure_body(err.message(), err.is_retryable());
-    finish(served, message, id, attempt, TaskState::Failed, body).await;
+    let reason = if err.is_poison() {
+        "poison"
+    } else if err.is_retryable() {
+        "exhausted"
+    } else {
+        "permanent"
+    };
+    if store_dead(served, &message, id, attempt, reason, err.message()).await {
+        let body = broker::failure_body(err.message(), err.is_retryable());
+        finish(served, message, id, attempt, TaskState::Failed, body).await;
+    }
+}
+
+/// Which series of attempts a task message belongs to: 0, or the replay count.
+fn series(message: &jetstream::Message) -> String {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(header::REPLAY))
+        .map_or_else(|| "0".to_owned(), |v| v.as_str().to_owned())
+}
+
+/// Keeps a task that failed for good as a dead letter, before its failed result is stored, so
+/// that every failed task can be found and replayed. False when it could not be stored before
+/// the worker had to stop; the task is then left to be redelivered.
+async fn store_dead(
+    served: &Served,
+    message: &jetstream::Message,
+    id: &Id,
+    attempt: u32,
+    reason: &str,
+    error: &str,
+) -> bool {
+    let name = &served.task.name;
+    let headers = broker::dead_headers(message.headers.as_ref(), name, id, attempt, reason, error);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let published = match served
+            .broker
+            .jetstream
+            .publish_with_headers(
+                subject::dead(name, id),
+                headers.clone(),
+                message.payload.clone(),
+            )
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match published {
+            Ok(_) => return true,
+            Err(e) => {
+                if served.force.is_cancelled() {
+                    tracing::warn!(task = %name, task_id = %id, error = %e, "dead letter not stored before exit; the task will be redelivered");
+                    return false;
+                }
+                tracing::warn!(task = %name, task_id = %id, error = %e, "storing the dead letter failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// Stores the result, then acks the task. Until the result is stored the task is not acked, so
@@ -408,7 +489,7 @@ async fn finish(
             .jetstream
             .publish_with_headers(
                 subject::result(id),
-                broker::result_headers(name, id, state, attempt),
+                broker::result_headers(name, id, state, attempt, &series(&message)),
                 body.clone(),
             )
             .await

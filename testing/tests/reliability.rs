@@ -1,0 +1,186 @@
+//! Dead letters and poison messages, against a real nats-server and real workers.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use taskwire::examples::chaos::v1::{FlakyArgs, FlakyResult, PanicArgs};
+use taskwire::examples::magic::v1::AddArgs;
+use taskwire::v1::TaskState;
+use taskwire_client::examples::chaos::v1::ChaosClient;
+use taskwire_client::examples::magic::v1::MagicClient;
+use taskwire_client::{Client, SubmitOptions};
+use taskwire_testing::{Gateway, NatsServer, Worker, bin, eventually, tasks};
+use tonic::Code;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn tasks_that_fail_for_good_become_dead_letters_and_replay() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::chaos())).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let chaos = ChaosClient::new(client.clone());
+
+    // One run allowed, and the first run of key "k" fails: dead, reason exhausted.
+    let exhausted = chaos
+        .flaky_with(
+            FlakyArgs {
+                succeed_on_attempt: 2,
+                key: "k".into(),
+                ..Default::default()
+            },
+            SubmitOptions::default().max_attempts(1),
+        )
+        .await?;
+    exhausted.get(WAIT).await.expect_err("fails");
+    let permanent = chaos
+        .flaky(FlakyArgs {
+            permanent: true,
+            ..Default::default()
+        })
+        .await?;
+    permanent.get(WAIT).await.expect_err("fails");
+    let panicked = chaos
+        .panic(PanicArgs {
+            message: "kaput".into(),
+        })
+        .await?;
+    panicked.get(WAIT).await.expect_err("fails");
+
+    let dead = client.dead_letters("", 0).await?;
+    let reasons: Vec<(&str, &str)> = dead
+        .iter()
+        .map(|d| (d.task_id.as_str(), d.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (exhausted.id(), "exhausted"),
+            (permanent.id(), "permanent"),
+            (panicked.id(), "panic"),
+        ]
+    );
+    assert!(dead[2].error.contains("kaput"), "{:?}", dead[2]);
+    assert_eq!(
+        client
+            .dead_letters("examples.chaos.v1.Chaos/Panic", 0)
+            .await?
+            .len(),
+        1
+    );
+
+    // The command line lists the same, one JSON object a line.
+    let out = tokio::process::Command::new(bin("taskwire")?)
+        .args(["dead", "list", "examples.chaos.v1.Chaos/Flaky"])
+        .env("TASKWIRE_GATEWAY_URL", gateway.url())
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["id"], exhausted.id());
+
+    // Replay: same id, new series of attempts; the second run of "k" succeeds.
+    let replayed = client
+        .replay_dead_letters(vec![exhausted.id().to_owned()], "", false)
+        .await?;
+    assert_eq!(replayed, [exhausted.id()]);
+    assert_eq!(exhausted.get(WAIT).await?, FlakyResult { attempt: 1 });
+    assert_eq!(exhausted.state().await?, TaskState::Succeeded);
+    assert_eq!(client.dead_letters("", 0).await?.len(), 2);
+    let again = client
+        .replay_dead_letters(vec![exhausted.id().to_owned()], "", false)
+        .await
+        .expect_err("no longer dead");
+    assert_eq!(again.code(), Some(Code::NotFound));
+    let neither = client
+        .replay_dead_letters(vec![], "", false)
+        .await
+        .expect_err("nothing named");
+    assert_eq!(neither.code(), Some(Code::InvalidArgument));
+
+    assert_eq!(
+        client
+            .purge_dead_letters("examples.chaos.v1.Chaos/Panic")
+            .await?,
+        1
+    );
+    assert_eq!(client.purge_dead_letters("").await?, 1);
+    assert!(client.dead_letters("", 0).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn poison_messages_go_to_dead_letters_and_the_worker_goes_on() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::magic())).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let subject = "taskwire.tasks.examples.magic.v1.Magic.Add";
+
+    // No task id at all.
+    js.publish(subject, Bytes::from_static(b"not a task"))
+        .await?
+        .await?;
+    // A task id, but arguments that are not an AddArgs.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Taskwire-Task-Id", "poisoned1");
+    headers.insert("Taskwire-Task", "examples.magic.v1.Magic/Add");
+    js.publish_with_headers(subject, headers, Bytes::from_static(&[0x08]))
+        .await?
+        .await?;
+
+    eventually("both are dead letters", WAIT, || async {
+        client
+            .dead_letters("", 0)
+            .await
+            .map(|d| d.len())
+            .unwrap_or(0)
+            == 2
+    })
+    .await?;
+    let dead = client.dead_letters("", 0).await?;
+    assert!(dead.iter().all(|d| d.reason == "poison"), "{dead:?}");
+    assert!(dead[0].task_id.starts_with("poison-"), "{dead:?}");
+    assert_eq!(dead[1].task_id, "poisoned1");
+    assert_eq!(
+        client.get("poisoned1", false).await?.state(),
+        TaskState::Failed
+    );
+
+    let magic = MagicClient::new(client);
+    assert_eq!(
+        magic
+            .add_and_wait(
+                AddArgs {
+                    arg1: 1,
+                    arg2: 2,
+                    arg3: 3
+                },
+                WAIT
+            )
+            .await?
+            .sum,
+        6
+    );
+    let tasks = js
+        .get_stream("TASKWIRE_TASKS")
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    assert_eq!(tasks, 0, "nothing is left stuck in the work queue");
+    Ok(())
+}
