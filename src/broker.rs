@@ -98,6 +98,12 @@ pub mod header {
     pub const TASK: &str = "Taskwire-Task";
     /// Attempts allowed for this task when the submitter overrode the declared option.
     pub const MAX_ATTEMPTS: &str = "Taskwire-Max-Attempts";
+    /// Time limit of one attempt in milliseconds, when the submitter overrode it.
+    pub const TIMEOUT_MS: &str = "Taskwire-Timeout-Ms";
+    /// First retry delay in milliseconds, when the submitter overrode it.
+    pub const BACKOFF_INITIAL_MS: &str = "Taskwire-Backoff-Initial-Ms";
+    /// Longest retry delay in milliseconds, when the submitter overrode it.
+    pub const BACKOFF_MAX_MS: &str = "Taskwire-Backoff-Max-Ms";
     /// When the task was submitted, in microseconds since the Unix epoch.
     pub const SUBMITTED_AT: &str = "Taskwire-Submitted-At";
     /// State of an event or result: `queued`, `running`, `retrying`, `succeeded`, `failed`, `cancelled`.
@@ -413,12 +419,67 @@ pub fn now_micros() -> u64 {
         .unwrap_or_default()
 }
 
+/// What a submitter changed of a task's declared options, carried in the task's headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Attempts in all.
+    pub max_attempts: Option<u32>,
+    /// Time limit of one attempt.
+    pub timeout: Option<Duration>,
+    /// First retry delay.
+    pub backoff_initial: Option<Duration>,
+    /// Longest retry delay.
+    pub backoff_max: Option<Duration>,
+}
+
+impl Overrides {
+    fn write(&self, headers: &mut HeaderMap) {
+        if let Some(n) = self.max_attempts {
+            headers.insert(header::MAX_ATTEMPTS, n.to_string().as_str());
+        }
+        for (name, value) in [
+            (header::TIMEOUT_MS, self.timeout),
+            (header::BACKOFF_INITIAL_MS, self.backoff_initial),
+            (header::BACKOFF_MAX_MS, self.backoff_max),
+        ] {
+            if let Some(d) = value {
+                headers.insert(name, d.as_millis().to_string().as_str());
+            }
+        }
+    }
+
+    /// Reads the overrides of a task message.
+    pub fn read(headers: Option<&HeaderMap>) -> Self {
+        let number = |name: &str| -> Option<u64> { headers?.get(name)?.as_str().parse().ok() };
+        let millis = |name: &str| number(name).map(Duration::from_millis);
+        Self {
+            max_attempts: number(header::MAX_ATTEMPTS)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0),
+            timeout: millis(header::TIMEOUT_MS),
+            backoff_initial: millis(header::BACKOFF_INITIAL_MS),
+            backoff_max: millis(header::BACKOFF_MAX_MS),
+        }
+    }
+
+    /// The declared options with these overrides applied.
+    pub fn apply(&self, declared: &crate::task::Options) -> crate::task::Options {
+        crate::task::Options {
+            max_attempts: self.max_attempts.unwrap_or(declared.max_attempts),
+            timeout: self.timeout.or(declared.timeout),
+            backoff_initial: self.backoff_initial.unwrap_or(declared.backoff_initial),
+            backoff_max: self.backoff_max.unwrap_or(declared.backoff_max),
+            concurrency: declared.concurrency,
+        }
+    }
+}
+
 /// The headers of a task message.
 pub fn task_headers(
     name: &Name,
     id: &Id,
     idempotency_key: Option<&str>,
-    max_attempts: Option<u32>,
+    overrides: &Overrides,
 ) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(header::TASK_ID, id.as_str());
@@ -426,9 +487,7 @@ pub fn task_headers(
     headers.insert(header::MSG_ID, idempotency_key.unwrap_or(id.as_str()));
     headers.insert(header::SUBMITTED_AT, now_micros().to_string().as_str());
     headers.insert(header::ATTEMPT, "1");
-    if let Some(n) = max_attempts {
-        headers.insert(header::MAX_ATTEMPTS, n.to_string().as_str());
-    }
+    overrides.write(&mut headers);
     headers
 }
 
@@ -615,9 +674,7 @@ pub fn replay_headers(dead: &HeaderMap, name: &Name, id: &Id) -> HeaderMap {
     headers.insert(header::REPLAY, replay.to_string().as_str());
     headers.insert(header::MSG_ID, format!("{id}.replay.{replay}").as_str());
     headers.insert(header::SUBMITTED_AT, now_micros().to_string().as_str());
-    if let Some(max) = dead.get(header::MAX_ATTEMPTS) {
-        headers.insert(header::MAX_ATTEMPTS, max.as_str());
-    }
+    Overrides::read(Some(dead)).write(&mut headers);
     headers
 }
 

@@ -263,6 +263,17 @@ impl TaskType {
                     _ => v1::TaskOptions::default(),
                 };
                 let options = Options::from_proto(&name, &declared)?;
+                let key_field = &declared.idempotency_key_field;
+                if !key_field.is_empty() && method.input().get_field_by_name(key_field).is_none() {
+                    return Err(Error::Option {
+                        task: name.to_string(),
+                        option: "idempotency_key_field",
+                        reason: format!(
+                            "{} has no field `{key_field}`",
+                            method.input().full_name()
+                        ),
+                    });
+                }
                 tasks.push(TaskType {
                     name,
                     input: method.input(),

@@ -5,7 +5,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use taskwire::examples::chaos::v1::{
-    Chaos, ChaosServer, FlakyArgs, FlakyResult, PanicArgs, PanicResult, SleepArgs, SleepResult,
+    Chaos, ChaosServer, ChargeArgs, ChargeResult, FlakyArgs, FlakyResult, PanicArgs, PanicResult,
+    SleepArgs, SleepResult,
 };
 use taskwire::examples::magic::v1::{AddArgs, AddResult, Magic, MagicServer};
 use taskwire::{TaskContext, TaskError};
@@ -41,6 +42,12 @@ impl Chaos for ChaosTasks {
 
     async fn panic(&self, _ctx: TaskContext, args: PanicArgs) -> Result<PanicResult, TaskError> {
         panic!("{}", args.message);
+    }
+
+    async fn charge(&self, _ctx: TaskContext, args: ChargeArgs) -> Result<ChargeResult, TaskError> {
+        Ok(ChargeResult {
+            order_id: args.order_id,
+        })
     }
 
     async fn flaky(&self, ctx: TaskContext, args: FlakyArgs) -> Result<FlakyResult, TaskError> {

@@ -275,6 +275,77 @@ async fn bad_input_gets_a_status_and_nothing_is_published() -> anyhow::Result<()
             status.message()
         );
     }
+    let bad_options: Vec<(v1::SubmitOptions, &str)> = vec![
+        (
+            v1::SubmitOptions {
+                max_attempts: 1000,
+                ..Default::default()
+            },
+            "max_attempts is 1000",
+        ),
+        (
+            v1::SubmitOptions {
+                timeout: Some(prost_types::Duration {
+                    seconds: -5,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            "timeout is negative",
+        ),
+        (
+            v1::SubmitOptions {
+                timeout: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            "timeout is zero",
+        ),
+        (
+            v1::SubmitOptions {
+                backoff_max: Some(prost_types::Duration {
+                    seconds: 90_000,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            "backoff_max is longer than 24h",
+        ),
+        (
+            v1::SubmitOptions {
+                idempotency_key: "k".repeat(300),
+                ..Default::default()
+            },
+            "the limit is 256",
+        ),
+    ];
+    for (options, says) in bad_options {
+        let status = grpc
+            .submit(v1::SubmitRequest {
+                task: ADD.into(),
+                args: Some(json("{}")),
+                options: Some(options),
+            })
+            .await
+            .expect_err("bad options must be refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains(says),
+            "{:?} should say {says:?}",
+            status.message()
+        );
+    }
+    for unknown in [
+        client
+            .wait("nosuchtask", Duration::from_secs(1), false)
+            .await
+            .expect_err("unknown"),
+        client.cancel("nosuchtask").await.expect_err("unknown"),
+    ] {
+        assert_eq!(unknown.code(), Some(Code::NotFound), "{unknown}");
+    }
     let missing = grpc
         .submit(v1::SubmitRequest {
             task: ADD.into(),

@@ -4,7 +4,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use taskwire::examples::chaos::v1::{FlakyArgs, FlakyResult, PanicArgs};
+use taskwire::examples::chaos::v1::{FlakyArgs, FlakyResult, PanicArgs, SleepArgs};
 use taskwire::examples::magic::v1::AddArgs;
 use taskwire::v1::TaskState;
 use taskwire_client::examples::chaos::v1::ChaosClient;
@@ -182,5 +182,101 @@ async fn poison_messages_go_to_dead_letters_and_the_worker_goes_on() -> anyhow::
         .state
         .messages;
     assert_eq!(tasks, 0, "nothing is left stuck in the work queue");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_time_limit_stops_a_hung_task_and_counts_as_a_retryable_failure() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::chaos())).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let chaos = ChaosClient::new(client.clone());
+    let options = SubmitOptions::default()
+        .timeout(Duration::from_millis(200))
+        .max_attempts(2)
+        .backoff(Duration::from_millis(50), Duration::from_millis(50));
+    let hung = chaos
+        .sleep_with(
+            SleepArgs {
+                millis: 60_000,
+                label: "hung".into(),
+            },
+            options,
+        )
+        .await?;
+    let err = hung.get(WAIT).await.expect_err("stopped at the time limit");
+    assert!(
+        matches!(&err, taskwire_client::Error::TaskFailed { message, retryable: true, .. } if message.contains("timed out")),
+        "{err}"
+    );
+    assert_eq!(
+        hung.info().await?.attempt,
+        2,
+        "the timeout was retried once"
+    );
+    let dead = client.dead_letters("", 0).await?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "timeout");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_task_five_times_longer_than_the_ack_wait_runs_once() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _worker = Worker::start(&nats.url(), |w| {
+        w.serve(tasks::chaos()).ack_wait(Duration::from_millis(600))
+    })
+    .await?;
+    let chaos = ChaosClient::connect(gateway.url()).await?;
+    let long = chaos
+        .sleep(SleepArgs {
+            millis: 3000,
+            label: "long".into(),
+        })
+        .await?;
+    let result = long.get(WAIT).await?;
+    assert_eq!(
+        result.attempt, 1,
+        "in-progress acks kept it from redelivery"
+    );
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let mut stream = js.get_stream("TASKWIRE_TASKS").await?;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .get_consumer("examples-chaos-v1-Chaos-Sleep")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let info = consumer.info().await?;
+    assert_eq!(info.config.ack_wait, Duration::from_millis(600));
+    assert_eq!(info.num_redelivered, 0);
+    assert_eq!(stream.info().await?.state.messages, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_args_field_can_be_the_idempotency_key() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::chaos())).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let charge = |order: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .submit_json(
+                    "examples.chaos.v1.Chaos/Charge",
+                    &format!(r#"{{"orderId":"{order}","cents":100}}"#),
+                    SubmitOptions::default(),
+                )
+                .await
+        }
+    };
+    let first = charge("A-1").await?;
+    let again = charge("A-1").await?;
+    let other = charge("B-2").await?;
+    assert_eq!(first.task_id, again.task_id);
+    assert!(again.duplicate);
+    assert_ne!(first.task_id, other.task_id);
     Ok(())
 }

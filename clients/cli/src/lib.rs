@@ -61,6 +61,9 @@ pub enum Command {
         /// Attempts in all, overriding the task's option.
         #[arg(long)]
         max_attempts: Option<u32>,
+        /// Time limit of one attempt, overriding the task's option (e.g. 30s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        time_limit: Option<Duration>,
     },
     /// Print a task's state and result as JSON.
     Get {
@@ -130,11 +133,14 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             timeout,
             key,
             max_attempts,
+            time_limit,
         } => {
             let client = Client::connect(cli.gateway).await?;
             let options = SubmitOptions {
                 idempotency_key: key,
                 max_attempts,
+                timeout: time_limit,
+                ..SubmitOptions::default()
             };
             if !wait {
                 let submitted = client.submit_json(&task, &args, options).await?;

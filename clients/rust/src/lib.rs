@@ -119,6 +119,12 @@ pub struct SubmitOptions {
     pub idempotency_key: Option<String>,
     /// Overrides the task's declared `max_attempts`.
     pub max_attempts: Option<u32>,
+    /// Overrides the task's declared time limit of one attempt.
+    pub timeout: Option<Duration>,
+    /// Overrides the task's declared first retry delay.
+    pub backoff_initial: Option<Duration>,
+    /// Overrides the task's declared longest retry delay.
+    pub backoff_max: Option<Duration>,
 }
 
 impl SubmitOptions {
@@ -134,10 +140,28 @@ impl SubmitOptions {
         self
     }
 
+    /// Sets the time limit of one attempt.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the retry delays: `initial`, doubling up to `max`.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff_initial = Some(initial);
+        self.backoff_max = Some(max);
+        self
+    }
+
     fn into_proto(self) -> v1::SubmitOptions {
+        let duration =
+            |d: Option<Duration>| d.and_then(|d| prost_types::Duration::try_from(d).ok());
         v1::SubmitOptions {
             idempotency_key: self.idempotency_key.unwrap_or_default(),
             max_attempts: self.max_attempts.unwrap_or_default(),
+            timeout: duration(self.timeout),
+            backoff_initial: duration(self.backoff_initial),
+            backoff_max: duration(self.backoff_max),
         }
     }
 }

@@ -36,7 +36,7 @@ pub fn from_proto(
     input: &MessageDescriptor,
     args: Bytes,
     limit: usize,
-) -> Result<Bytes, PayloadError> {
+) -> Result<(Bytes, DynamicMessage), PayloadError> {
     if args.len() > limit {
         return Err(PayloadError::TooLarge {
             size: args.len(),
@@ -55,7 +55,7 @@ pub fn from_proto(
             number: field.number(),
         });
     }
-    Ok(args)
+    Ok((args, message))
 }
 
 /// Parses proto3 JSON arguments and encodes them as protobuf. Unknown and mistyped fields are
@@ -64,7 +64,7 @@ pub fn from_json(
     input: &MessageDescriptor,
     json: &str,
     limit: usize,
-) -> Result<Bytes, PayloadError> {
+) -> Result<(Bytes, DynamicMessage), PayloadError> {
     if json.len() > limit.saturating_mul(4) {
         return Err(PayloadError::TooLarge {
             size: json.len(),
@@ -86,7 +86,7 @@ pub fn from_json(
             limit,
         });
     }
-    Ok(encoded.into())
+    Ok((encoded.into(), message))
 }
 
 /// Finds the field a JSON document went wrong in, by trying its fields one at a time.

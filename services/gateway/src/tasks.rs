@@ -24,7 +24,64 @@ struct Prepared {
     id: Id,
     args: Bytes,
     key: Option<String>,
-    max_attempts: Option<u32>,
+    overrides: broker::Overrides,
+}
+
+/// Longest idempotency key accepted, in bytes.
+const MAX_KEY_LEN: usize = 256;
+/// Most attempts a submitter may ask for.
+const MAX_ATTEMPTS: u32 = 100;
+/// Longest time limit or retry delay a submitter may ask for.
+const MAX_OVERRIDE: Duration = Duration::from_secs(24 * 3600);
+
+/// The submitter's changes to the task's options, checked.
+fn overrides(options: &v1::SubmitOptions) -> Result<broker::Overrides, Error> {
+    if options.max_attempts > MAX_ATTEMPTS {
+        return Err(Error::BadRequest(format!(
+            "max_attempts is {}; it must be 1 to {MAX_ATTEMPTS} (0 keeps the task's own)",
+            options.max_attempts
+        )));
+    }
+    let duration =
+        |what: &str, value: &Option<prost_types::Duration>| -> Result<Option<Duration>, Error> {
+            let Some(value) = value else { return Ok(None) };
+            let bad = |why: &str| {
+                Error::BadRequest(format!(
+                    "{what} {why}; give a positive duration of at most 24h"
+                ))
+            };
+            let d = Duration::try_from(*value).map_err(|_| bad("is negative"))?;
+            if d.is_zero() {
+                return Err(bad("is zero"));
+            }
+            if d > MAX_OVERRIDE {
+                return Err(bad("is longer than 24h"));
+            }
+            Ok(Some(d))
+        };
+    Ok(broker::Overrides {
+        max_attempts: (options.max_attempts > 0).then_some(options.max_attempts),
+        timeout: duration("timeout", &options.timeout)?,
+        backoff_initial: duration("backoff_initial", &options.backoff_initial)?,
+        backoff_max: duration("backoff_max", &options.backoff_max)?,
+    })
+}
+
+/// The idempotency key a task option takes from a field of the arguments.
+fn key_from_field(field: &str, message: &prost_reflect::DynamicMessage) -> Option<String> {
+    if field.is_empty() {
+        return None;
+    }
+    let value = message.get_field_by_name(field)?;
+    let key = match value.as_ref() {
+        prost_reflect::Value::String(s) => s.clone(),
+        prost_reflect::Value::I32(n) => n.to_string(),
+        prost_reflect::Value::I64(n) => n.to_string(),
+        prost_reflect::Value::U32(n) => n.to_string(),
+        prost_reflect::Value::U64(n) => n.to_string(),
+        other => format!("{other:?}"),
+    };
+    (!key.is_empty()).then_some(key)
 }
 
 #[derive(Debug, Clone)]
@@ -52,7 +109,7 @@ impl Gateway {
     async fn prepare(&self, req: v1::SubmitRequest) -> Result<Prepared, Error> {
         let name = Name::parse(&req.task).map_err(Error::InvalidName)?;
         let task_type = self.registry.get(&name).await?;
-        let args = match req.args {
+        let (args, message) = match req.args {
             Some(v1::submit_request::Args::ArgsProto(bytes)) => {
                 payload::from_proto(&task_type.input, Bytes::from(bytes), self.max_payload)?
             }
@@ -62,19 +119,31 @@ impl Gateway {
             None => return Err(Error::MissingArgs),
         };
         let options = req.options.unwrap_or_default();
-        let key = (!options.idempotency_key.is_empty()).then_some(options.idempotency_key);
+        let key = if !options.idempotency_key.is_empty() {
+            Some(options.idempotency_key.clone())
+        } else {
+            key_from_field(&task_type.declared.idempotency_key_field, &message)
+        };
+        if let Some(key) = &key
+            && key.len() > MAX_KEY_LEN
+        {
+            return Err(Error::BadRequest(format!(
+                "the idempotency key is {} bytes; the limit is {MAX_KEY_LEN}",
+                key.len()
+            )));
+        }
         let id = match &key {
             Some(key) => Id::from_idempotency_key(&name, key),
             None => Id::generate(),
         };
-        let max_attempts = (options.max_attempts > 0).then_some(options.max_attempts);
+        let overrides = overrides(&options)?;
         self.check_connected()?;
         Ok(Prepared {
             name,
             id,
             args,
             key,
-            max_attempts,
+            overrides,
         })
     }
 
@@ -85,13 +154,13 @@ impl Gateway {
             id,
             args,
             key,
-            max_attempts,
+            overrides,
         } = task;
         let ack = self
             .store_task(
                 &name,
                 &id,
-                broker::task_headers(&name, &id, key.as_deref(), max_attempts),
+                broker::task_headers(&name, &id, key.as_deref(), &overrides),
                 args,
             )
             .await?;

@@ -246,13 +246,9 @@ async fn handle(served: &Served, message: jetstream::Message) {
         .map(|i| i.delivered.max(1) as u32)
         .unwrap_or(1);
     let attempt = first_attempt.saturating_add(deliveries - 1);
-    let max_attempts = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(header::MAX_ATTEMPTS))
-        .and_then(|v| v.as_str().parse::<u32>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(served.task.options.max_attempts);
+    // The task's declared options, as its submitter changed them.
+    let options = broker::Overrides::read(message.headers.as_ref()).apply(&served.task.options);
+    let max_attempts = options.max_attempts;
 
     // A redelivery may follow a crash after the result was stored: never run a task twice
     // when its result is known.
@@ -262,11 +258,11 @@ async fn handle(served: &Served, message: jetstream::Message) {
     }
 
     let token = CancellationToken::new();
-    let deadline = served.task.options.timeout.map(|t| Instant::now() + t);
+    let deadline = options.timeout.map(|t| Instant::now() + t);
     let ctx = TaskContext::new(id.clone(), name.clone(), attempt, max_attempts)
         .with_deadline(deadline)
         .with_cancellation(token.clone());
-    let outcome = run_attempt(served, &message, ctx, token).await;
+    let outcome = run_attempt(served, &message, ctx, token, options.timeout).await;
 
     match outcome {
         Outcome::Done(Ok(output)) => {
@@ -281,11 +277,11 @@ async fn handle(served: &Served, message: jetstream::Message) {
             .await;
         }
         Outcome::Done(Err(err)) => {
-            failed(served, message, &id, attempt, max_attempts, err).await;
+            failed(served, message, &id, attempt, &options, err, false).await;
         }
         Outcome::TimedOut(limit) => {
             let err = TaskError::retryable(format!("timed out after {limit:?}"));
-            failed(served, message, &id, attempt, max_attempts, err).await;
+            failed(served, message, &id, attempt, &options, err, true).await;
         }
         Outcome::Panicked(text) => {
             tracing::error!(task = %name, task_id = %id, attempt, panic = %text, "task panicked");
@@ -307,8 +303,8 @@ async fn run_attempt(
     message: &jetstream::Message,
     ctx: TaskContext,
     token: CancellationToken,
+    limit: Option<Duration>,
 ) -> Outcome {
-    let limit = served.task.options.timeout;
     let deadline = ctx.deadline();
     let (ctx_id, attempt) = (ctx.id().clone(), ctx.attempt());
     let call = served
@@ -387,12 +383,13 @@ async fn failed(
     message: jetstream::Message,
     id: &Id,
     attempt: u32,
-    max_attempts: u32,
+    options: &taskwire::task::Options,
     err: TaskError,
+    timed_out: bool,
 ) {
     let name = &served.task.name;
-    if err.is_retryable() && attempt < max_attempts {
-        let delay = served.task.options.backoff(attempt);
+    if err.is_retryable() && attempt < options.max_attempts {
+        let delay = options.backoff(attempt);
         tracing::info!(task = %name, task_id = %id, attempt, ?delay, error = %err, "retrying");
         let _ = served
             .client
@@ -408,6 +405,8 @@ async fn failed(
     tracing::info!(task = %name, task_id = %id, attempt, error = %err, "failed");
     let reason = if err.is_poison() {
         "poison"
+    } else if timed_out {
+        "timeout"
     } else if err.is_retryable() {
         "exhausted"
     } else {
