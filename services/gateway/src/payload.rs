@@ -143,7 +143,7 @@ mod tests {
 
     #[test]
     fn json_becomes_protobuf() {
-        let bytes =
+        let (bytes, _) =
             from_json(&add_args(), r#"{"arg1":1,"arg2":"2","arg3":3}"#, 1000).expect("valid");
         let args = taskwire::examples::magic::v1::AddArgs::decode(bytes).expect("decodes");
         assert_eq!((args.arg1, args.arg2, args.arg3), (1, 2, 3));
