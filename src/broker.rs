@@ -129,6 +129,8 @@ pub mod env {
     pub const RESULT_TTL: &str = "TASKWIRE_RESULT_TTL";
     /// Stream replicas: 1 on one server, 3 in a cluster.
     pub const REPLICAS: &str = "TASKWIRE_REPLICAS";
+    /// Most tasks queued per task type; a full queue refuses new tasks.
+    pub const MAX_QUEUED: &str = "TASKWIRE_MAX_QUEUED";
 }
 
 /// Settings of the streams and buckets, the same for every process that creates them.
@@ -144,6 +146,9 @@ pub struct Settings {
     pub duplicate_window: Duration,
     /// Largest task message the tasks stream accepts, in bytes.
     pub max_message_bytes: i32,
+    /// Most tasks queued per task type (-1: no limit). Beyond it Submit answers
+    /// RESOURCE_EXHAUSTED and stores nothing.
+    pub max_queued: i64,
 }
 
 impl Default for Settings {
@@ -154,6 +159,7 @@ impl Default for Settings {
             dead_ttl: Duration::from_secs(7 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
             max_message_bytes: 1024 * 1024,
+            max_queued: -1,
         }
     }
 }
@@ -195,6 +201,17 @@ impl Settings {
                 }
             };
         }
+        if let Ok(text) = std::env::var(env::MAX_QUEUED) {
+            settings.max_queued = match text.parse::<i64>() {
+                Ok(n) if n > 0 || n == -1 => n,
+                _ => {
+                    return Err(format!(
+                        "{}={text:?} must be a positive number of tasks, or -1 for no limit",
+                        env::MAX_QUEUED
+                    ));
+                }
+            };
+        }
         Ok(settings)
     }
 
@@ -208,7 +225,16 @@ impl Settings {
             num_replicas: self.replicas,
             duplicate_window: self.duplicate_window,
             max_message_size: self.max_message_bytes,
-            allow_message_schedules: true,
+            max_messages_per_subject: self.max_queued,
+            discard: if self.max_queued > 0 {
+                stream::DiscardPolicy::New
+            } else {
+                stream::DiscardPolicy::Old
+            },
+            discard_new_per_subject: self.max_queued > 0,
+            // nats-server refuses message schedules on a stream that discards new messages:
+            // a queue limit and server-side schedules exclude each other on this stream.
+            allow_message_schedules: self.max_queued <= 0,
             allow_message_ttl: true,
             ..Default::default()
         }

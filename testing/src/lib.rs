@@ -52,7 +52,7 @@ impl Gateway {
         let handle = tokio::spawn(async move {
             taskwire_gateway::serve(listener, config, async move { signal.cancelled().await }).await
         });
-        let gateway = Self {
+        let mut gateway = Self {
             url,
             stop,
             handle: Some(handle),
@@ -61,9 +61,13 @@ impl Gateway {
         Ok(gateway)
     }
 
-    async fn wait_ready(&self) -> anyhow::Result<()> {
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let start = Instant::now();
         loop {
+            if let Some(handle) = self.handle.take_if(|h| h.is_finished()) {
+                handle.await??;
+                anyhow::bail!("the gateway stopped before it served");
+            }
             if let Ok(client) = taskwire_client::Client::connect(self.url.clone()).await
                 && client.task_types().await.is_ok()
             {

@@ -280,3 +280,61 @@ async fn an_args_field_can_be_the_idempotency_key() -> anyhow::Result<()> {
     assert_ne!(first.task_id, other.task_id);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_full_queue_refuses_tasks_and_keeps_nothing_of_them() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let mut config = taskwire_gateway::Config::new(nats.url());
+    config
+        .descriptor_sets
+        .push(taskwire::FILE_DESCRIPTOR_SET.to_vec());
+    config.broker.max_queued = 3;
+    let gateway = Gateway::start_with(config).await?;
+    let magic = MagicClient::connect(gateway.url()).await?;
+    let mut accepted = Vec::new();
+    for i in 0..3 {
+        accepted.push(
+            magic
+                .add(AddArgs {
+                    arg1: i,
+                    arg2: 0,
+                    arg3: 0,
+                })
+                .await?,
+        );
+    }
+    let full = magic
+        .add(AddArgs {
+            arg1: 9,
+            arg2: 0,
+            arg3: 0,
+        })
+        .await
+        .expect_err("the queue is full");
+    assert_eq!(full.code(), Some(Code::ResourceExhausted), "{full}");
+    assert!(full.to_string().contains("queue is full"), "{full}");
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let count = |name: &'static str| {
+        let js = js.clone();
+        async move {
+            js.get_stream(name)
+                .await?
+                .info()
+                .await
+                .map(|i| i.state.messages)
+                .map_err(anyhow::Error::from)
+        }
+    };
+    assert_eq!(count("TASKWIRE_TASKS").await?, 3);
+    assert_eq!(
+        count("TASKWIRE_EVENTS").await?,
+        3,
+        "no queued event of the refused task"
+    );
+
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::magic())).await?;
+    for (i, handle) in accepted.iter().enumerate() {
+        assert_eq!(handle.get(WAIT).await?.sum, i as i64);
+    }
+    Ok(())
+}

@@ -58,6 +58,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = Config::new(args.nats_url);
     config.max_payload = args.max_payload;
+    config.broker = taskwire::broker::Settings::from_env().map_err(anyhow::Error::msg)?;
     config.broker.result_ttl = args.result_ttl;
     config.broker.replicas = args.replicas;
     for path in &args.descriptor_sets {

@@ -197,7 +197,17 @@ impl Gateway {
             .await
             .map_err(publish_error)?;
         let (queued, stored) = tokio::join!(queued.into_future(), stored.into_future());
-        let ack = stored.map_err(publish_error)?;
+        let ack = match stored {
+            Ok(ack) => ack,
+            Err(e) => {
+                // The task was refused (a full queue, say): take its queued event back, so that
+                // nothing of it remains.
+                if let Ok(event) = queued {
+                    let _ = self.broker.events.delete_message(event.sequence).await;
+                }
+                return Err(publish_error(e));
+            }
+        };
         queued.map_err(publish_error)?;
         Ok(ack)
     }
