@@ -11,7 +11,7 @@ NATS_SERVER_VERSION ?= 2.15.1
 export TASKWIRE_NATS_SERVER := $(NATS_SERVER)
 FIXTURE := testing/fixtures/external
 
-.PHONY: help dev test tools build lint fmt clippy unit fixture bench clean
+.PHONY: help dev test tools build lint fmt clippy fixture bench chaos clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ fixture: ## Build the project outside the workspace that uses taskwire by path
 bench: tools ## Measure throughput and latency (release build), printing JSON
 	$(CARGO) build --release --workspace --bins
 	./target/release/taskwire bench --tasks 20000 --concurrency 256 --json
+
+chaos: tools build ## Fault drills at full size (10,000 tasks each), one JSON line per drill
+	./target/debug/taskwire-chaos --tasks $${CHAOS_TASKS:-10000}
 
 clean: ## Remove build output, tools and dev data
 	$(CARGO) clean

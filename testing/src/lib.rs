@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use taskwire_cli::stack::{NatsServer, free_port, terminate};
 
+pub mod chaos;
 pub mod tasks;
 
 /// A gateway serving in this process on a free port.

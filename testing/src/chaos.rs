@@ -1,0 +1,458 @@
+//! Fault drills: real processes, real signals, real restarts, and a count of what became of every
+//! accepted task. `taskwire-chaos` runs them at full size (`make chaos`); the test suite runs
+//! them small.
+//!
+//! A task counts as lost when its Submit was acknowledged but it has neither a result nor a dead
+//! letter when the drill ends. Duplicate results are counted from the results stream: a second
+//! stored result for a task would replace the first, leaving a gap in the stream's sequences.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use taskwire::broker::{self, subject};
+use taskwire::examples::chaos::v1::{SleepArgs, SleepResult};
+use taskwire::task::Id;
+use taskwire::v1::TaskState;
+use taskwire_client::{Client, SubmitOptions};
+use tokio::process::{Child, Command};
+
+use crate::{Gateway, NatsServer, bin};
+
+const SLEEP: &str = "examples.chaos.v1.Chaos/Sleep";
+
+/// What became of the tasks of one drill.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// The drill's name.
+    pub scenario: &'static str,
+    /// Tasks whose Submit was acknowledged.
+    pub submitted: usize,
+    /// Of those, tasks that succeeded.
+    pub succeeded: usize,
+    /// Of those, tasks that failed (with a dead letter).
+    pub failed: usize,
+    /// Of those, tasks with neither a result nor a dead letter.
+    pub lost: usize,
+    /// Results stored more than once.
+    pub duplicate_results: u64,
+    /// Submits refused (for the full-queue drill).
+    pub refused: usize,
+    /// How long the drill took.
+    pub seconds: f64,
+}
+
+/// Every drill, by name.
+pub const SCENARIOS: &[&str] = &[
+    "worker_sigkill",
+    "long_task",
+    "nats_restart",
+    "gateway_sigkill",
+    "poison",
+    "worker_sigterm",
+    "stream_full",
+];
+
+/// Runs one drill with `tasks` tasks.
+pub async fn run(scenario: &str, tasks: usize) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut report = match scenario {
+        "worker_sigkill" => worker_sigkill(tasks).await?,
+        "long_task" => long_task(tasks).await?,
+        "nats_restart" => nats_restart(tasks).await?,
+        "gateway_sigkill" => gateway_sigkill(tasks).await?,
+        "poison" => poison(tasks).await?,
+        "worker_sigterm" => worker_sigterm(tasks).await?,
+        "stream_full" => stream_full(tasks).await?,
+        other => anyhow::bail!("no drill named {other}; the drills are {SCENARIOS:?}"),
+    };
+    report.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    Ok(report)
+}
+
+/// A test worker process (magic and chaos services).
+fn worker(nats: &str, ack_wait: &str, concurrency: usize) -> anyhow::Result<Child> {
+    Ok(Command::new(bin("taskwire-test-worker")?)
+        .env("TASKWIRE_NATS_URL", nats)
+        .env("TASKWIRE_ACK_WAIT", ack_wait)
+        .env("TASKWIRE_GRACE", "30s")
+        .env("TASKWIRE_CONCURRENCY", concurrency.to_string())
+        .env("TASKWIRE_LOG", "error")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+fn signal(child: &Child, signal: nix::sys::signal::Signal) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+    }
+}
+
+/// Submits `n` Sleep tasks, each with its own idempotency key, retrying a submit that failed
+/// for a passing reason with the same key (so a retry never makes a second task). Returns the
+/// ids of the accepted tasks and how many were refused for good (a full queue).
+async fn submit(
+    client: &Client,
+    n: usize,
+    millis: u64,
+    in_flight: usize,
+) -> anyhow::Result<(Vec<String>, usize)> {
+    submit_counted(client, n, millis, in_flight, &Arc::default()).await
+}
+
+async fn submit_counted(
+    client: &Client,
+    n: usize,
+    millis: u64,
+    in_flight: usize,
+    accepted: &Arc<AtomicUsize>,
+) -> anyhow::Result<(Vec<String>, usize)> {
+    let run = format!("{:x}", broker::now_micros());
+    let mut pending = futures::stream::iter(0..n)
+        .map(|i| {
+            let client = client.clone();
+            let key = format!("{run}-{i}");
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let args = SleepArgs {
+                    millis,
+                    label: i.to_string(),
+                };
+                loop {
+                    let options = SubmitOptions::default().idempotency_key(key.clone());
+                    match client.submit::<SleepResult>(SLEEP, &args, options).await {
+                        Ok(handle) => return Some(Ok(handle.id().to_owned())),
+                        Err(e) if e.code() == Some(tonic::Code::ResourceExhausted) => {
+                            return Some(Err(()));
+                        }
+                        Err(_) if Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(_) => return None,
+                    }
+                }
+            }
+        })
+        .buffer_unordered(in_flight.max(1));
+    let (mut ids, mut refused) = (Vec::new(), 0);
+    while let Some(outcome) = pending.next().await {
+        match outcome {
+            Some(Ok(id)) => {
+                ids.push(id);
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Err(())) => refused += 1,
+            None => {}
+        }
+    }
+    Ok((ids, refused))
+}
+
+/// Tasks being submitted in the background, so that faults strike mid-load.
+struct Load {
+    accepted: Arc<AtomicUsize>,
+    handle: tokio::task::JoinHandle<anyhow::Result<(Vec<String>, usize)>>,
+}
+
+impl Load {
+    fn start(client: &Client, n: usize, millis: u64) -> Self {
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let handle = tokio::spawn({
+            let (client, accepted) = (client.clone(), Arc::clone(&accepted));
+            async move { submit_counted(&client, n, millis, 64, &accepted).await }
+        });
+        Self { accepted, handle }
+    }
+
+    /// Waits until `k` tasks were accepted (or the load ended).
+    async fn reached(&self, k: usize) {
+        while self.accepted.load(Ordering::Relaxed) < k && !self.handle.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn finish(self) -> anyhow::Result<(Vec<String>, usize)> {
+        self.handle.await?
+    }
+}
+
+/// Waits until every accepted task has a result or a dead letter (or `limit` passes), then
+/// counts.
+async fn settle(
+    scenario: &'static str,
+    nats: &str,
+    ids: &[String],
+    refused: usize,
+    limit: Duration,
+) -> anyhow::Result<Report> {
+    let client = async_nats::connect(nats).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = Instant::now() + limit;
+    loop {
+        let results = js
+            .get_stream(broker::RESULTS_STREAM)
+            .await?
+            .get_info()
+            .await?
+            .state
+            .messages;
+        if results as usize >= ids.len() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut report = Report {
+        scenario,
+        submitted: ids.len(),
+        succeeded: 0,
+        failed: 0,
+        lost: 0,
+        duplicate_results: 0,
+        refused,
+        seconds: 0.0,
+    };
+    for id in ids {
+        let id = Id::parse(id)?;
+        let result =
+            broker::last_message(&client, broker::RESULTS_STREAM, &subject::result(&id)).await?;
+        let state = result.map(|m| broker::task_info(&id, &m.headers, &m.payload, m.time).state());
+        match state {
+            Some(TaskState::Succeeded) => report.succeeded += 1,
+            Some(_) => report.failed += 1,
+            None => {
+                let dead =
+                    broker::last_message(&client, broker::DEAD_STREAM, &subject::dead_of(&id))
+                        .await?;
+                if dead.is_some() {
+                    report.failed += 1;
+                } else {
+                    report.lost += 1;
+                }
+            }
+        }
+    }
+    let state = js
+        .get_stream(broker::RESULTS_STREAM)
+        .await?
+        .get_info()
+        .await?
+        .state;
+    if state.last_sequence > 0 {
+        report.duplicate_results =
+            (state.last_sequence - state.first_sequence + 1).saturating_sub(state.messages);
+    }
+    Ok(report)
+}
+
+/// Three workers; one of them is killed with SIGKILL and started again, three times, while the
+/// tasks run.
+async fn worker_sigkill(n: usize) -> anyhow::Result<Report> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let mut workers = vec![
+        worker(&nats.url(), "1s", 50)?,
+        worker(&nats.url(), "1s", 50)?,
+        worker(&nats.url(), "1s", 50)?,
+    ];
+    let client = Client::connect(gateway.url()).await?;
+    let load = Load::start(&client, n, 20);
+    for round in 0..3 {
+        load.reached(n * (round + 1) / 4).await;
+        let victim = &mut workers[round % 3];
+        signal(victim, nix::sys::signal::Signal::SIGKILL);
+        let _ = victim.wait().await;
+        *victim = worker(&nats.url(), "1s", 50)?;
+    }
+    let (ids, refused) = load.finish().await?;
+    settle(
+        "worker_sigkill",
+        &nats.url(),
+        &ids,
+        refused,
+        Duration::from_secs(120),
+    )
+    .await
+}
+
+/// Tasks five times longer than the ack wait on live workers: each runs once.
+async fn long_task(n: usize) -> anyhow::Result<Report> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let n = n.min(200);
+    let _worker = worker(&nats.url(), "1s", n)?;
+    let client = Client::connect(gateway.url()).await?;
+    let (ids, refused) = submit(&client, n, 5000, 64).await?;
+    let report = settle(
+        "long_task",
+        &nats.url(),
+        &ids,
+        refused,
+        Duration::from_secs(120),
+    )
+    .await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(broker::TASKS_STREAM)
+        .await?
+        .get_consumer("examples-chaos-v1-Chaos-Sleep")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let redelivered = consumer.info().await?.num_redelivered;
+    anyhow::ensure!(
+        redelivered == 0,
+        "{redelivered} long tasks were redelivered to another run"
+    );
+    Ok(report)
+}
+
+/// nats-server killed with SIGKILL under load and started again on the same store.
+async fn nats_restart(n: usize) -> anyhow::Result<Report> {
+    let mut nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _workers = [
+        worker(&nats.url(), "2s", 50)?,
+        worker(&nats.url(), "2s", 50)?,
+    ];
+    let client = Client::connect(gateway.url()).await?;
+    let load = Load::start(&client, n, 10);
+    load.reached(n / 3).await;
+    nats.kill().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.restart().await?;
+    let (ids, refused) = load.finish().await?;
+    settle(
+        "nats_restart",
+        &nats.url(),
+        &ids,
+        refused,
+        Duration::from_secs(120),
+    )
+    .await
+}
+
+/// The gateway process killed with SIGKILL while submits are in flight, then started again;
+/// clients retry with their idempotency keys.
+async fn gateway_sigkill(n: usize) -> anyhow::Result<Report> {
+    let nats = NatsServer::start_temporary().await?;
+    let addr = crate::free_port()?;
+    let gateway = |nats: &str| -> anyhow::Result<Child> {
+        Ok(Command::new(bin("taskwire-gateway")?)
+            .env("TASKWIRE_NATS_URL", nats)
+            .env("TASKWIRE_GATEWAY_ADDR", format!("127.0.0.1:{addr}"))
+            .env("TASKWIRE_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?)
+    };
+    let url = format!("http://127.0.0.1:{addr}");
+    let mut process = gateway(&nats.url())?;
+    let _workers = [
+        worker(&nats.url(), "2s", 50)?,
+        worker(&nats.url(), "2s", 50)?,
+    ];
+    taskwire_cli::stack::wait_for_task(&url, SLEEP, Duration::from_secs(30)).await?;
+    let client = Client::connect(url.clone()).await?;
+    let load = Load::start(&client, n, 10);
+    load.reached(n / 3).await;
+    signal(&process, nix::sys::signal::Signal::SIGKILL);
+    let _ = process.wait().await;
+    process = gateway(&nats.url())?;
+    let (ids, refused) = load.finish().await?;
+    let report = settle(
+        "gateway_sigkill",
+        &nats.url(),
+        &ids,
+        refused,
+        Duration::from_secs(120),
+    )
+    .await;
+    drop(process);
+    report
+}
+
+/// Messages that are not tasks, published straight to a task subject among real tasks: they
+/// become dead letters and the worker goes on.
+async fn poison(n: usize) -> anyhow::Result<Report> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _worker = worker(&nats.url(), "2s", 50)?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let poison = (n / 10).max(1);
+    for i in 0..poison {
+        js.publish(
+            "taskwire.tasks.examples.chaos.v1.Chaos.Sleep",
+            format!("poison {i}").into(),
+        )
+        .await?
+        .await?;
+    }
+    let client = Client::connect(gateway.url()).await?;
+    let (ids, refused) = submit(&client, n, 1, 64).await?;
+    let report = settle(
+        "poison",
+        &nats.url(),
+        &ids,
+        refused,
+        Duration::from_secs(120),
+    )
+    .await?;
+    let dead = client.dead_letters("", 1000).await?;
+    anyhow::ensure!(
+        dead.iter().filter(|d| d.reason == "poison").count() == poison.min(1000),
+        "not every poison message became a dead letter"
+    );
+    Ok(report)
+}
+
+/// SIGTERM to a worker with tasks in flight: they finish, or go to the other worker.
+async fn worker_sigterm(n: usize) -> anyhow::Result<Report> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let mut first = worker(&nats.url(), "30s", 50)?;
+    let _second = worker(&nats.url(), "30s", 50)?;
+    let client = Client::connect(gateway.url()).await?;
+    let load = Load::start(&client, n, 50);
+    load.reached(n / 3).await;
+    signal(&first, nix::sys::signal::Signal::SIGTERM);
+    let status = first.wait().await?;
+    anyhow::ensure!(
+        status.success(),
+        "the worker did not exit cleanly: {status}"
+    );
+    let (ids, refused) = load.finish().await?;
+    settle(
+        "worker_sigterm",
+        &nats.url(),
+        &ids,
+        refused,
+        Duration::from_secs(120),
+    )
+    .await
+}
+
+/// A queue limit: submits beyond it are refused, every accepted task completes.
+async fn stream_full(n: usize) -> anyhow::Result<Report> {
+    let nats = NatsServer::start_temporary().await?;
+    let mut config = taskwire_gateway::Config::new(nats.url());
+    config
+        .descriptor_sets
+        .push(taskwire::FILE_DESCRIPTOR_SET.to_vec());
+    config.broker.max_queued = (n / 2).max(1) as i64;
+    let gateway = Gateway::start_with(config).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let (ids, refused) = submit(&client, n, 1, 64).await?;
+    anyhow::ensure!(refused > 0, "no submit was refused by a full queue");
+    let _worker = worker(&nats.url(), "2s", 50)?;
+    settle(
+        "stream_full",
+        &nats.url(),
+        &ids,
+        refused,
+        Duration::from_secs(120),
+    )
+    .await
+}

@@ -1,0 +1,52 @@
+//! The fault drills, small: nothing accepted is lost and no task has two results.
+
+use taskwire_testing::chaos;
+
+async fn drill(scenario: &str, tasks: usize) -> anyhow::Result<()> {
+    let report = chaos::run(scenario, tasks).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    assert!(report.submitted > 0, "{report:?}");
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(report.duplicate_results, 0, "{report:?}");
+    assert_eq!(
+        report.succeeded + report.failed,
+        report.submitted,
+        "{report:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn worker_sigkill() -> anyhow::Result<()> {
+    drill("worker_sigkill", 300).await
+}
+
+#[tokio::test]
+async fn long_task() -> anyhow::Result<()> {
+    drill("long_task", 20).await
+}
+
+#[tokio::test]
+async fn nats_restart() -> anyhow::Result<()> {
+    drill("nats_restart", 300).await
+}
+
+#[tokio::test]
+async fn gateway_sigkill() -> anyhow::Result<()> {
+    drill("gateway_sigkill", 300).await
+}
+
+#[tokio::test]
+async fn poison() -> anyhow::Result<()> {
+    drill("poison", 200).await
+}
+
+#[tokio::test]
+async fn worker_sigterm() -> anyhow::Result<()> {
+    drill("worker_sigterm", 300).await
+}
+
+#[tokio::test]
+async fn stream_full() -> anyhow::Result<()> {
+    drill("stream_full", 100).await
+}
