@@ -252,7 +252,7 @@ async fn settle(
 async fn worker_sigkill(n: usize) -> anyhow::Result<Report> {
     let nats = NatsServer::start_temporary().await?;
     let gateway = Gateway::start(&nats.url()).await?;
-    let mut workers = vec![
+    let mut workers = [
         worker(&nats.url(), "1s", 50)?,
         worker(&nats.url(), "1s", 50)?,
         worker(&nats.url(), "1s", 50)?,
