@@ -168,14 +168,20 @@ async fn pull_loop(
         };
         loop {
             let slot = tokio::select! {
-                () = stop.cancelled() => break 'reconnect,
+                () = stop.cancelled() => {
+                    release_prefetched(&served, &mut messages).await;
+                    break 'reconnect;
+                }
                 slot = Arc::clone(&slots).acquire_owned() => match slot {
                     Ok(slot) => slot,
                     Err(_) => return,
                 },
             };
             let next = tokio::select! {
-                () = stop.cancelled() => break 'reconnect,
+                () = stop.cancelled() => {
+                    release_prefetched(&served, &mut messages).await;
+                    break 'reconnect;
+                }
                 next = messages.next() => next,
             };
             match next {
@@ -192,6 +198,22 @@ async fn pull_loop(
                 None => continue 'reconnect,
             }
         }
+    }
+}
+
+/// On shutdown, hands back the tasks that were fetched but not started: NAKed, another worker
+/// gets them at once instead of after the ack wait. Stops when nothing more arrives for a
+/// moment.
+async fn release_prefetched(served: &Served, messages: &mut jetstream::consumer::pull::Stream) {
+    let mut released = 0;
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_millis(100), messages.next()).await
+    {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+        released += 1;
+    }
+    if released > 0 {
+        tracing::info!(task = %served.task.name, released, "released fetched tasks that had not started");
     }
 }
 
