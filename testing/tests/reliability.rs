@@ -338,3 +338,51 @@ async fn a_full_queue_refuses_tasks_and_keeps_nothing_of_them() -> anyhow::Resul
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_second_signal_releases_running_tasks_to_other_workers() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let mut config = taskwire_gateway::Config::new(nats.url());
+    config
+        .descriptor_sets
+        .push(taskwire::FILE_DESCRIPTOR_SET.to_vec());
+    let gateway = Gateway::start_with(config).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let chaos = ChaosClient::new(client.clone());
+    let mut worker = tokio::process::Command::new(bin("taskwire-test-worker")?)
+        .env("TASKWIRE_NATS_URL", nats.url())
+        .env("TASKWIRE_ACK_WAIT", "60s")
+        .env("TASKWIRE_GRACE", "60s")
+        .env("TASKWIRE_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let slow = chaos
+        .sleep(SleepArgs {
+            millis: 2_000,
+            label: "handed over".into(),
+        })
+        .await?;
+    eventually("the worker runs the task", WAIT, || async {
+        client.get(slow.id(), false).await.map(|i| i.state()).ok() == Some(TaskState::Running)
+    })
+    .await?;
+    let pid = nix::unistd::Pid::from_raw(worker.id().expect("running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    // The first signal starts a drain of up to 60s; the second ends it now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    let status = tokio::time::timeout(WAIT, worker.wait()).await??;
+    assert!(status.success(), "{status}");
+    assert_ne!(
+        slow.state().await?,
+        TaskState::Succeeded,
+        "it was released, not finished"
+    );
+
+    // Released with a NAK: another worker gets it without waiting out the 60s ack wait.
+    let _other = Worker::start(&nats.url(), |w| w.serve(tasks::chaos())).await?;
+    let result = slow.get(WAIT).await?;
+    assert_eq!(result.attempt, 2);
+    Ok(())
+}

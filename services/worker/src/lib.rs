@@ -85,6 +85,7 @@ impl Worker {
             grace: Duration::from_secs(30),
             broker: broker::Settings::default(),
             ready: None,
+            signal_forces: false,
         }
     }
 }
@@ -98,6 +99,7 @@ pub struct Builder {
     grace: Duration,
     broker: broker::Settings,
     ready: Option<Box<dyn FnOnce() + Send>>,
+    signal_forces: bool,
 }
 
 impl std::fmt::Debug for Builder {
@@ -151,6 +153,13 @@ impl Builder {
     /// Stream settings used if this worker is the first to create them.
     pub fn broker_settings(mut self, settings: broker::Settings) -> Self {
         self.broker = settings;
+        self
+    }
+
+    /// Lets a SIGINT or SIGTERM during the drain end it at once: running tasks are released to
+    /// other workers. For worker processes; off by default.
+    pub fn second_signal_forces(mut self, enable: bool) -> Self {
+        self.signal_forces = enable;
         self
     }
 

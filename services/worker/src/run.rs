@@ -123,13 +123,21 @@ pub(crate) async fn run(
         let _ = pull.await;
     }
     tracker.close();
-    if tokio::time::timeout(builder.grace, tracker.wait())
-        .await
-        .is_err()
-    {
+    let second_signal = async {
+        if builder.signal_forces {
+            taskwire::shutdown_signal().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let drained = tokio::select! {
+        drained = tokio::time::timeout(builder.grace, tracker.wait()) => drained.is_ok(),
+        () = second_signal => false,
+    };
+    if !drained {
         tracing::warn!(
             running = tracker.len(),
-            "grace period over; releasing running tasks"
+            "releasing running tasks to other workers"
         );
         force.cancel();
         tracker.wait().await;

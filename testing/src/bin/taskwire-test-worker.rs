@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
         .nats(nats)
         .broker_settings(taskwire::broker::Settings::from_env().map_err(anyhow::Error::msg)?)
         .ack_wait(duration("TASKWIRE_ACK_WAIT", Duration::from_secs(30)))
+        .second_signal_forces(true)
         .grace(duration("TASKWIRE_GRACE", Duration::from_secs(30)))
         .serve(taskwire_testing::tasks::magic())
         .serve(taskwire_testing::tasks::chaos())

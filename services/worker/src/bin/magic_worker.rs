@@ -63,6 +63,7 @@ async fn main() -> ExitCode {
         .nats(args.nats_url)
         .concurrency(args.concurrency)
         .ack_wait(args.ack_wait)
+        .second_signal_forces(true)
         .grace(args.grace)
         .serve(MagicServer::new(MyMagic));
     match worker.run(taskwire::shutdown_signal()).await {
