@@ -381,13 +381,22 @@ impl Broker {
     }
 
     /// Writes a task type into the registry.
+    /// Retries for a while: in a cluster, a bucket just created may still be electing its leader.
     pub async fn register(&self, entry: &v1::TaskType) -> Result<(), Error> {
         let name = Name::parse(&entry.name).map_err(|e| Error::Registry(e.to_string()))?;
-        self.registry
-            .put(name.token(), entry.encode_to_vec().into())
-            .await
-            .map_err(|e| Error::Registry(e.to_string()))?;
-        Ok(())
+        let value: Bytes = entry.encode_to_vec().into();
+        let mut delay = Duration::from_millis(50);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.registry.put(name.token(), value.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(Error::Registry(e.to_string())),
+            }
+        }
     }
 }
 
@@ -409,6 +418,15 @@ async fn ensure_stream(
             source,
         }),
     }
+}
+
+/// The servers of a NATS URL setting: one URL, or several separated by commas.
+pub fn servers(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The text of a state in headers.

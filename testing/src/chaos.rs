@@ -53,6 +53,7 @@ pub const SCENARIOS: &[&str] = &[
     "poison",
     "worker_sigterm",
     "stream_full",
+    "cluster_leader_kill",
 ];
 
 /// Runs one drill with `tasks` tasks.
@@ -66,6 +67,7 @@ pub async fn run(scenario: &str, tasks: usize) -> anyhow::Result<Report> {
         "poison" => poison(tasks).await?,
         "worker_sigterm" => worker_sigterm(tasks).await?,
         "stream_full" => stream_full(tasks).await?,
+        "cluster_leader_kill" => cluster_leader_kill(tasks).await?,
         other => anyhow::bail!("no drill named {other}; the drills are {SCENARIOS:?}"),
     };
     report.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
@@ -74,7 +76,17 @@ pub async fn run(scenario: &str, tasks: usize) -> anyhow::Result<Report> {
 
 /// A test worker process (magic and chaos services).
 fn worker(nats: &str, ack_wait: &str, concurrency: usize) -> anyhow::Result<Child> {
+    worker_with(nats, ack_wait, concurrency, 1)
+}
+
+fn worker_with(
+    nats: &str,
+    ack_wait: &str,
+    concurrency: usize,
+    replicas: usize,
+) -> anyhow::Result<Child> {
     Ok(Command::new(bin("taskwire-test-worker")?)
+        .env("TASKWIRE_REPLICAS", replicas.to_string())
         .env("TASKWIRE_NATS_URL", nats)
         .env("TASKWIRE_ACK_WAIT", ack_wait)
         .env("TASKWIRE_GRACE", "30s")
@@ -188,7 +200,7 @@ async fn settle(
     refused: usize,
     limit: Duration,
 ) -> anyhow::Result<Report> {
-    let client = async_nats::connect(nats).await?;
+    let client = async_nats::connect(broker::servers(nats)).await?;
     let js = async_nats::jetstream::new(client.clone());
     let deadline = Instant::now() + limit;
     loop {
@@ -450,6 +462,48 @@ async fn stream_full(n: usize) -> anyhow::Result<Report> {
     settle(
         "stream_full",
         &nats.url(),
+        &ids,
+        refused,
+        Duration::from_secs(120),
+    )
+    .await
+}
+
+/// A three-node cluster with every stream at three replicas: the tasks stream's leader is killed
+/// with SIGKILL under load, then brought back.
+async fn cluster_leader_kill(n: usize) -> anyhow::Result<Report> {
+    let mut cluster = crate::NatsCluster::start_temporary(3).await?;
+    let urls = cluster.urls();
+    let mut config = taskwire_gateway::Config::new(urls.clone());
+    config.broker.replicas = 3;
+    let gateway = Gateway::start_with(config).await?;
+    let _workers = [
+        worker_with(&urls, "2s", 50, 3)?,
+        worker_with(&urls, "2s", 50, 3)?,
+    ];
+    taskwire_cli::stack::wait_for_task(&gateway.url(), SLEEP, Duration::from_secs(30)).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let load = Load::start(&client, n, 10);
+    load.reached(n / 3).await;
+    let js = async_nats::jetstream::new(async_nats::connect(broker::servers(&urls)).await?);
+    let leader = js
+        .get_stream(broker::TASKS_STREAM)
+        .await?
+        .get_info()
+        .await?
+        .cluster
+        .and_then(|c| c.leader)
+        .ok_or_else(|| anyhow::anyhow!("the tasks stream has no leader"))?;
+    let node = cluster
+        .server_mut(&leader)
+        .ok_or_else(|| anyhow::anyhow!("no server named {leader}"))?;
+    node.kill().await;
+    load.reached(2 * n / 3).await;
+    node.restart().await?;
+    let (ids, refused) = load.finish().await?;
+    settle(
+        "cluster_leader_kill",
+        &urls,
         &ids,
         refused,
         Duration::from_secs(120),

@@ -25,7 +25,7 @@ use taskwire_gateway::Config;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use taskwire_cli::stack::{NatsServer, free_port, terminate};
+pub use taskwire_cli::stack::{NatsCluster, NatsServer, free_port, terminate};
 
 pub mod chaos;
 pub mod tasks;

@@ -50,3 +50,8 @@ async fn worker_sigterm() -> anyhow::Result<()> {
 async fn stream_full() -> anyhow::Result<()> {
     drill("stream_full", 100).await
 }
+
+#[tokio::test]
+async fn cluster_leader_kill() -> anyhow::Result<()> {
+    drill("cluster_leader_kill", 300).await
+}

@@ -100,6 +100,7 @@ pub struct NatsServer {
     port: u16,
     store: PathBuf,
     log: Option<PathBuf>,
+    args: Vec<String>,
     child: Option<Child>,
     _temp: Option<tempfile::TempDir>,
 }
@@ -122,6 +123,7 @@ impl NatsServer {
             port,
             store: store.to_owned(),
             log: log.map(Path::to_owned),
+            args: Vec::new(),
             child: None,
             _temp: None,
         };
@@ -130,6 +132,11 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) -> Result<(), Error> {
+        self.spawn_process()?;
+        self.wait_ready().await
+    }
+
+    fn spawn_process(&mut self) -> Result<(), Error> {
         std::fs::create_dir_all(&self.store)?;
         let mut command = Command::new(&self.binary);
         command
@@ -137,6 +144,7 @@ impl NatsServer {
             .arg(self.port.to_string())
             .arg("-sd")
             .arg(&self.store)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);
@@ -157,7 +165,7 @@ impl NatsServer {
             reason: e.to_string(),
         })?;
         self.child = Some(child);
-        self.wait_ready().await
+        Ok(())
     }
 
     async fn wait_ready(&mut self) -> Result<(), Error> {
@@ -225,6 +233,78 @@ impl NatsServer {
     pub async fn restart(&mut self) -> Result<(), Error> {
         self.stop().await;
         self.spawn().await
+    }
+}
+
+/// Three (or more) nats-servers clustered with JetStream on free loopback ports, each with a
+/// temporary store; stream replicas up to their number work. Killed when dropped.
+#[derive(Debug)]
+pub struct NatsCluster {
+    servers: Vec<NatsServer>,
+    _temp: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `size` clustered servers named `n1`, `n2`, ... and waits until JetStream answers
+    /// on each.
+    pub async fn start_temporary(size: usize) -> Result<Self, Error> {
+        let temp = tempfile::tempdir()?;
+        let binary = locate_nats_server()?;
+        let ports: Vec<(u16, u16)> = (0..size)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<_, Error>>()?;
+        let routes = ports
+            .iter()
+            .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers = Vec::new();
+        for (i, (port, route)) in ports.iter().enumerate() {
+            let mut server = NatsServer {
+                binary: binary.clone(),
+                port: *port,
+                store: temp.path().join(format!("n{}", i + 1)),
+                log: Some(temp.path().join(format!("n{}.log", i + 1))),
+                args: vec![
+                    "--name".into(),
+                    format!("n{}", i + 1),
+                    "--cluster_name".into(),
+                    "taskwire".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{route}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ],
+                child: None,
+                _temp: None,
+            };
+            std::fs::create_dir_all(&server.store)?;
+            server.spawn_process()?;
+            servers.push(server);
+        }
+        // JetStream answers once the servers have found each other and chosen a leader.
+        for server in &mut servers {
+            server.wait_ready().await?;
+        }
+        Ok(Self {
+            servers,
+            _temp: temp,
+        })
+    }
+
+    /// Every server's URL, comma separated, as clients take them.
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The server named `name` (`n1`, ...).
+    pub fn server_mut(&mut self, name: &str) -> Option<&mut NatsServer> {
+        let index: usize = name.strip_prefix('n')?.parse().ok()?;
+        self.servers.get_mut(index.checked_sub(1)?)
     }
 }
 

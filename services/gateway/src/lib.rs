@@ -106,7 +106,7 @@ pub async fn serve(
     let client = async_nats::ConnectOptions::new()
         .name("taskwire-gateway")
         .connection_timeout(Duration::from_secs(5))
-        .connect(config.nats_url.as_str())
+        .connect(broker::servers(&config.nats_url))
         .await
         .map_err(|e| {
             Error::BrokerDown(format!(

@@ -425,8 +425,9 @@ pub(crate) fn publish_error(err: async_nats::jetstream::context::PublishError) -
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
             Error::BrokerDown(err.to_string())
         }
-        PublishErrorKind::StreamNotFound => Error::Broker(format!(
-            "{err}: the tasks stream is missing; restart the gateway to recreate it"
+        // No stream answered: in a cluster, a leader election; else a deleted stream.
+        PublishErrorKind::StreamNotFound => Error::BrokerDown(format!(
+            "{err} (a stream leader election, or a deleted stream that a gateway restart recreates)"
         )),
         PublishErrorKind::MaxPayloadExceeded => Error::Broker(err.to_string()),
         _ => {

@@ -68,7 +68,7 @@ pub(crate) async fn run(
     let client = async_nats::ConnectOptions::new()
         .name("taskwire-worker")
         .connection_timeout(Duration::from_secs(5))
-        .connect(builder.nats_url.as_str())
+        .connect(broker::servers(&builder.nats_url))
         .await
         .map_err(|e| Error::Connect {
             url: builder.nats_url.clone(),
