@@ -3,8 +3,9 @@
 //! them small.
 //!
 //! A task counts as lost when its Submit was acknowledged but it has neither a result nor a dead
-//! letter when the drill ends. Duplicate results are counted from the results stream: a second
-//! stored result for a task would replace the first, leaving a gap in the stream's sequences.
+//! letter when the drill ends. Duplicate results are counted from the log the test workers keep
+//! of every result they stored, and the results stream must hold exactly one message per task
+//! with a result.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -36,8 +37,13 @@ pub struct Report {
     pub failed: usize,
     /// Of those, tasks with neither a result nor a dead letter.
     pub lost: usize,
-    /// Results stored more than once.
+    /// Tasks whose result was stored more than once, by the workers' log (a worker logs a result
+    /// once its PubAck confirms it was stored).
     pub duplicate_results: u64,
+    /// Messages in the results stream: one per task that has a result.
+    pub results_in_stream: u64,
+    /// Tasks the workers' log says they stored a result for.
+    pub logged_results: usize,
     /// Submits refused (for the full-queue drill).
     pub refused: usize,
     /// How long the drill took.
@@ -79,6 +85,16 @@ fn worker(nats: &str, ack_wait: &str, concurrency: usize) -> anyhow::Result<Chil
     worker_with(nats, ack_wait, concurrency, 1)
 }
 
+/// Where the workers of the drill on `nats` log the results they store.
+fn execution_log(nats: &str) -> std::path::PathBuf {
+    let name: String = nats
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(80)
+        .collect();
+    std::env::temp_dir().join(format!("taskwire-drill-{}-{name}.log", std::process::id()))
+}
+
 fn worker_with(
     nats: &str,
     ack_wait: &str,
@@ -86,6 +102,7 @@ fn worker_with(
     replicas: usize,
 ) -> anyhow::Result<Child> {
     Ok(Command::new(bin("taskwire-test-worker")?)
+        .env("TASKWIRE_EXECUTION_LOG", execution_log(nats))
         .env("TASKWIRE_REPLICAS", replicas.to_string())
         .env("TASKWIRE_NATS_URL", nats)
         .env("TASKWIRE_ACK_WAIT", ack_wait)
@@ -223,6 +240,8 @@ async fn settle(
         failed: 0,
         lost: 0,
         duplicate_results: 0,
+        results_in_stream: 0,
+        logged_results: 0,
         refused,
         seconds: 0.0,
     };
@@ -252,10 +271,28 @@ async fn settle(
         .get_info()
         .await?
         .state;
-    if state.last_sequence > 0 {
-        report.duplicate_results =
-            (state.last_sequence - state.first_sequence + 1).saturating_sub(state.messages);
+    report.results_in_stream = state.messages;
+    // The workers' own account: a task id logged twice was given two results. A worker logs
+    // right after the result's PubAck, so give the last lines a moment to arrive.
+    let log = execution_log(nats);
+    let stored = report.succeeded + report.failed;
+    let mut logged = String::new();
+    let log_deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < log_deadline {
+        logged = std::fs::read_to_string(&log).unwrap_or_default();
+        if logged.lines().count() >= stored {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = std::fs::remove_file(&log);
+    let mut counts = std::collections::HashMap::<&str, u64>::new();
+    for id in logged.lines().filter(|l| !l.is_empty()) {
+        *counts.entry(id).or_default() += 1;
+    }
+    let logged_twice = counts.values().filter(|n| **n > 1).count() as u64;
+    report.duplicate_results = logged_twice;
+    report.logged_results = counts.len();
     Ok(report)
 }
 
@@ -289,14 +326,13 @@ async fn worker_sigkill(n: usize) -> anyhow::Result<Report> {
     .await
 }
 
-/// Tasks five times longer than the ack wait on live workers: each runs once.
+/// Tasks five times longer than the ack wait (10 s against 2 s) on a live worker: each runs once.
 async fn long_task(n: usize) -> anyhow::Result<Report> {
     let nats = NatsServer::start_temporary().await?;
     let gateway = Gateway::start(&nats.url()).await?;
-    let n = n.min(200);
-    let _worker = worker(&nats.url(), "1s", n)?;
+    let _worker = worker(&nats.url(), "2s", n.min(2000))?;
     let client = Client::connect(gateway.url()).await?;
-    let (ids, refused) = submit(&client, n, 5000, 64).await?;
+    let (ids, refused) = submit(&client, n, 10_000, 256).await?;
     let report = settle(
         "long_task",
         &nats.url(),

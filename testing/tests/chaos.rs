@@ -13,6 +13,11 @@ async fn drill(scenario: &str, tasks: usize) -> anyhow::Result<()> {
         report.submitted,
         "{report:?}"
     );
+    // One stored result per task, whatever the workers went through.
+    assert_eq!(
+        report.results_in_stream as usize, report.submitted,
+        "{report:?}"
+    );
     Ok(())
 }
 

@@ -70,6 +70,9 @@ pub enum Error {
     Pull { task: String, reason: String },
 }
 
+/// Called with a task's id and final state each time this worker stores a result.
+pub type ResultHook = Arc<dyn Fn(&taskwire::task::Id, taskwire::v1::TaskState) + Send + Sync>;
+
 /// Entry point: `Worker::builder()`.
 #[derive(Debug)]
 pub struct Worker;
@@ -85,6 +88,7 @@ impl Worker {
             grace: Duration::from_secs(30),
             broker: broker::Settings::default(),
             ready: None,
+            on_result: None,
             signal_forces: false,
         }
     }
@@ -99,6 +103,7 @@ pub struct Builder {
     grace: Duration,
     broker: broker::Settings,
     ready: Option<Box<dyn FnOnce() + Send>>,
+    on_result: Option<ResultHook>,
     signal_forces: bool,
 }
 
@@ -160,6 +165,16 @@ impl Builder {
     /// other workers. For worker processes; off by default.
     pub fn second_signal_forces(mut self, enable: bool) -> Self {
         self.signal_forces = enable;
+        self
+    }
+
+    /// Calls `f` each time this worker stores a result (not when the task had one already):
+    /// an audit trail of the results a worker produced.
+    pub fn on_result(
+        mut self,
+        f: impl Fn(&taskwire::task::Id, taskwire::v1::TaskState) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_result = Some(Arc::new(f));
         self
     }
 

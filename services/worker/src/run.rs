@@ -35,6 +35,7 @@ struct Served {
     heartbeat: Duration,
     /// Fires when the grace period is over: running tasks are released.
     force: CancellationToken,
+    on_result: Option<crate::ResultHook>,
 }
 
 pub(crate) async fn run(
@@ -103,6 +104,7 @@ pub(crate) async fn run(
             broker: broker.clone(),
             heartbeat: (ack_wait / 3).max(Duration::from_millis(50)),
             force: force.clone(),
+            on_result: builder.on_result.clone(),
         });
         loops.push(tokio::spawn(pull_loop(
             served,
@@ -527,7 +529,12 @@ async fn finish(
             Err(e) => Err(e),
         };
         match published {
-            Ok(_) => break,
+            Ok(_) => {
+                if let Some(hook) = &served.on_result {
+                    hook(id, state);
+                }
+                break;
+            }
             // The task already has a result (cancelled, or stored by an earlier delivery).
             Err(e) if broker::is_wrong_last_sequence(&e) => break,
             Err(e) => {

@@ -15,7 +15,26 @@ async fn main() -> anyhow::Result<()> {
     taskwire::telemetry::init("info");
     let nats =
         std::env::var("TASKWIRE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    // With TASKWIRE_EXECUTION_LOG set, every result this worker stores is appended there, one
+    // task id a line: fault drills count results from it as well as from the results stream.
+    let log = match std::env::var_os("TASKWIRE_EXECUTION_LOG") {
+        Some(path) => Some(std::sync::Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        )),
+        None => None,
+    };
     taskwire_worker::Worker::builder()
+        .on_result(move |id, _state| {
+            if let Some(log) = &log {
+                use std::io::Write as _;
+                let mut file = log.lock().unwrap_or_else(|e| e.into_inner());
+                // One write per line: several workers append to the same file.
+                let _ = file.write_all(format!("{id}\n").as_bytes());
+            }
+        })
         .nats(nats)
         .broker_settings(taskwire::broker::Settings::from_env().map_err(anyhow::Error::msg)?)
         .ack_wait(duration("TASKWIRE_ACK_WAIT", Duration::from_secs(30)))
