@@ -150,6 +150,8 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// Pulls only as many tasks as there are free slots, so that no task waits in this worker
+/// unstarted while its ack wait runs out (and another worker gets it too).
 async fn pull_loop(
     served: Arc<Served>,
     consumer: jetstream::consumer::PullConsumer,
@@ -158,44 +160,56 @@ async fn pull_loop(
     tracker: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(concurrency));
-    'reconnect: loop {
-        let stream = consumer
-            .stream()
-            .max_messages_per_batch(concurrency.min(1000))
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => return,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
+        // Every slot free now goes into one request.
+        let mut reserved = first;
+        let more = slots.available_permits().min(MAX_BATCH - 1);
+        if more > 0
+            && let Ok(extra) = Arc::clone(&slots).try_acquire_many_owned(more as u32)
+        {
+            reserved.merge(extra);
+        }
+        let wanted = reserved.num_permits();
+        let batch = consumer
+            .batch()
+            .max_messages(wanted)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await;
-        let mut messages = match stream {
+        let mut messages = match batch {
             Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!(task = %served.task.name, error = %e, "cannot pull; retrying");
+                drop(reserved);
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue 'reconnect,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
         };
         loop {
-            let slot = tokio::select! {
-                () = stop.cancelled() => {
-                    release_prefetched(&served, &mut messages).await;
-                    break 'reconnect;
-                }
-                slot = Arc::clone(&slots).acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => return,
-                },
-            };
             let next = tokio::select! {
                 () = stop.cancelled() => {
                     release_prefetched(&served, &mut messages).await;
-                    break 'reconnect;
+                    return;
                 }
                 next = messages.next() => next,
             };
             match next {
                 Some(Ok(message)) => {
+                    let Some(slot) = reserved.split(1) else {
+                        // More than asked for: hand it back.
+                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                        continue;
+                    };
                     let served = Arc::clone(&served);
                     tracker.spawn(async move {
                         handle(&served, message).await;
@@ -204,17 +218,26 @@ async fn pull_loop(
                 }
                 Some(Err(e)) => {
                     tracing::debug!(task = %served.task.name, error = %e, "pull interrupted");
+                    break;
                 }
-                None => continue 'reconnect,
+                // The request is complete or expired; unused slots return to the pool.
+                None => break,
             }
         }
     }
 }
 
+/// Most tasks asked for in one pull request.
+const MAX_BATCH: usize = 1000;
+/// How long one pull request waits for tasks.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// Heartbeat of a waiting pull request, to notice a lost connection.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(3);
+
 /// On shutdown, hands back the tasks that were fetched but not started: NAKed, another worker
 /// gets them at once instead of after the ack wait. Stops when nothing more arrives for a
 /// moment.
-async fn release_prefetched(served: &Served, messages: &mut jetstream::consumer::pull::Stream) {
+async fn release_prefetched(served: &Served, messages: &mut jetstream::consumer::pull::Batch) {
     let mut released = 0;
     while let Ok(Some(Ok(message))) =
         tokio::time::timeout(Duration::from_millis(100), messages.next()).await
@@ -529,8 +552,11 @@ async fn finish(
             Err(e) => Err(e),
         };
         match published {
-            Ok(_) => {
-                if let Some(hook) = &served.on_result {
+            Ok(ack) => {
+                // A duplicate ack means an earlier publish of this result was stored already.
+                if !ack.duplicate
+                    && let Some(hook) = &served.on_result
+                {
                     hook(id, state);
                 }
                 break;
