@@ -26,7 +26,12 @@ async fn main() -> anyhow::Result<()> {
         )),
         None => None,
     };
+    let concurrency = std::env::var("TASKWIRE_CONCURRENCY")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
     taskwire_worker::Worker::builder()
+        .concurrency(concurrency)
         .on_result(move |id, _state| {
             if let Some(log) = &log {
                 use std::io::Write as _;
