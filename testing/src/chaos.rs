@@ -208,6 +208,30 @@ impl Load {
     }
 }
 
+/// Retries a broker query for up to 60 s: in a cluster, answers stop for a while when a leader
+/// is elected again, and a loaded machine answers slowly.
+async fn patiently<T, F, Fut>(mut query: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match query().await {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+async fn stream_state(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> anyhow::Result<async_nats::jetstream::stream::Info> {
+    patiently(|| async { Ok(js.get_stream(stream).await?.get_info().await?) }).await
+}
+
 /// Waits until every accepted task has a result or a dead letter (or `limit` passes), then
 /// counts.
 async fn settle(
@@ -221,10 +245,7 @@ async fn settle(
     let js = async_nats::jetstream::new(client.clone());
     let deadline = Instant::now() + limit;
     loop {
-        let results = js
-            .get_stream(broker::RESULTS_STREAM)
-            .await?
-            .get_info()
+        let results = stream_state(&js, broker::RESULTS_STREAM)
             .await?
             .state
             .messages;
@@ -247,30 +268,48 @@ async fn settle(
     };
     for id in ids {
         let id = Id::parse(id)?;
-        let result =
-            broker::last_message(&client, broker::RESULTS_STREAM, &subject::result(&id)).await?;
+        let result = patiently(|| async {
+            Ok(
+                broker::last_message(&client, broker::RESULTS_STREAM, &subject::result(&id))
+                    .await?,
+            )
+        })
+        .await?;
         let state = result.map(|m| broker::task_info(&id, &m.headers, &m.payload, m.time).state());
         match state {
             Some(TaskState::Succeeded) => report.succeeded += 1,
             Some(_) => report.failed += 1,
             None => {
-                let dead =
-                    broker::last_message(&client, broker::DEAD_STREAM, &subject::dead_of(&id))
-                        .await?;
+                let dead = patiently(|| async {
+                    Ok(
+                        broker::last_message(&client, broker::DEAD_STREAM, &subject::dead_of(&id))
+                            .await?,
+                    )
+                })
+                .await?;
                 if dead.is_some() {
                     report.failed += 1;
                 } else {
                     report.lost += 1;
+                    if report.lost <= 3 {
+                        // What the broker last heard of it, to tell a task never delivered
+                        // from one stuck in a worker.
+                        let event = broker::last_message(
+                            &client,
+                            broker::EVENTS_STREAM,
+                            &subject::events_of(&id),
+                        )
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|e| broker::task_info(&id, &e.headers, &e.payload, e.time));
+                        eprintln!("{scenario}: task {id} lost; its last event: {event:?}");
+                    }
                 }
             }
         }
     }
-    let state = js
-        .get_stream(broker::RESULTS_STREAM)
-        .await?
-        .get_info()
-        .await?
-        .state;
+    let state = stream_state(&js, broker::RESULTS_STREAM).await?.state;
     report.results_in_stream = state.messages;
     // The workers' own account: a task id logged twice was given two results. A worker logs
     // right after the result's PubAck, so give the last lines a moment to arrive.
@@ -342,13 +381,16 @@ async fn long_task(n: usize) -> anyhow::Result<Report> {
     )
     .await?;
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(broker::TASKS_STREAM)
-        .await?
-        .get_consumer("examples-chaos-v1-Chaos-Sleep")
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let redelivered = consumer.info().await?.num_redelivered;
+    let redelivered = patiently(|| async {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+            .get_stream(broker::TASKS_STREAM)
+            .await?
+            .get_consumer("examples-chaos-v1-Chaos-Sleep")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(consumer.info().await?.num_redelivered)
+    })
+    .await?;
     anyhow::ensure!(
         redelivered == 0,
         "{redelivered} long tasks were redelivered to another run"
@@ -522,14 +564,14 @@ async fn cluster_leader_kill(n: usize) -> anyhow::Result<Report> {
     let load = Load::start(&client, n, 10);
     load.reached(n / 3).await;
     let js = async_nats::jetstream::new(async_nats::connect(broker::servers(&urls)).await?);
-    let leader = js
-        .get_stream(broker::TASKS_STREAM)
-        .await?
-        .get_info()
-        .await?
-        .cluster
-        .and_then(|c| c.leader)
-        .ok_or_else(|| anyhow::anyhow!("the tasks stream has no leader"))?;
+    let leader = patiently(|| async {
+        stream_state(&js, broker::TASKS_STREAM)
+            .await?
+            .cluster
+            .and_then(|c| c.leader)
+            .ok_or_else(|| anyhow::anyhow!("the tasks stream has no leader"))
+    })
+    .await?;
     let node = cluster
         .server_mut(&leader)
         .ok_or_else(|| anyhow::anyhow!("no server named {leader}"))?;

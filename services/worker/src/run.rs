@@ -444,7 +444,7 @@ async fn failed(
 ) {
     let name = &served.task.name;
     if err.is_retryable() && attempt < options.max_attempts {
-        let delay = options.backoff(attempt);
+        let delay = jitter(options.backoff(attempt));
         tracing::info!(task = %name, task_id = %id, attempt, ?delay, error = %err, "retrying");
         let _ = served
             .client
@@ -482,6 +482,17 @@ fn series(message: &jetstream::Message) -> String {
         .map_or_else(|| "0".to_owned(), |v| v.as_str().to_owned())
 }
 
+/// Spreads retries of tasks that failed together: the delay, give or take a fifth.
+fn jitter(delay: Duration) -> Duration {
+    // The clock's nanoseconds are random enough to spread retries; no generator needed.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let factor = 0.8 + f64::from(nanos % 1000) / 2500.0;
+    delay.mul_f64(factor)
+}
+
 /// Keeps a task that failed for good as a dead letter, before its failed result is stored, so
 /// that every failed task can be found and replayed. False when it could not be stored before
 /// the worker had to stop; the task is then left to be redelivered.
@@ -495,29 +506,63 @@ async fn store_dead(
 ) -> bool {
     let name = &served.task.name;
     let headers = broker::dead_headers(message.headers.as_ref(), name, id, attempt, reason, error);
+    let stored = store(
+        served,
+        id,
+        "dead letter",
+        subject::dead(name, id),
+        headers,
+        message.payload.clone(),
+    )
+    .await;
+    !matches!(stored, Stored::GaveUp)
+}
+
+/// What became of a message the worker had to store.
+enum Stored {
+    /// Stored now; `duplicate` when an earlier publish of it had been stored already.
+    Yes { duplicate: bool },
+    /// The subject had its one message already (a result stored before).
+    Taken,
+    /// Not stored before the worker had to stop.
+    GaveUp,
+}
+
+/// Publishes until JetStream has stored the message (retrying through broker outages), the
+/// subject turns out to be taken, or the worker is forced to stop.
+async fn store(
+    served: &Served,
+    id: &Id,
+    what: &'static str,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    body: Bytes,
+) -> Stored {
+    let name = &served.task.name;
     let mut delay = Duration::from_millis(100);
     loop {
         let published = match served
             .broker
             .jetstream
-            .publish_with_headers(
-                subject::dead(name, id),
-                headers.clone(),
-                message.payload.clone(),
-            )
+            .publish_with_headers(subject.clone(), headers.clone(), body.clone())
             .await
         {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
         match published {
-            Ok(_) => return true,
+            Ok(ack) => {
+                return Stored::Yes {
+                    duplicate: ack.duplicate,
+                };
+            }
+            Err(e) if broker::is_wrong_last_sequence(&e) => return Stored::Taken,
             Err(e) => {
                 if served.force.is_cancelled() {
-                    tracing::warn!(task = %name, task_id = %id, error = %e, "dead letter not stored before exit; the task will be redelivered");
-                    return false;
+                    tracing::warn!(task = %name, task_id = %id, error = %e, "{what} not stored before exit; the task will be redelivered");
+                    return Stored::GaveUp;
                 }
-                tracing::warn!(task = %name, task_id = %id, error = %e, "storing the dead letter failed; retrying");
+                tracing::warn!(task = %name, task_id = %id, error = %e, "storing the {what} failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -536,45 +581,35 @@ async fn finish(
     body: Bytes,
 ) {
     let name: &Name = &served.task.name;
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let published = match served
-            .broker
-            .jetstream
-            .publish_with_headers(
-                subject::result(id),
-                broker::result_headers(name, id, state, attempt, &series(&message)),
-                body.clone(),
-            )
-            .await
-        {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
-        match published {
-            Ok(ack) => {
-                // A duplicate ack means an earlier publish of this result was stored already.
-                if !ack.duplicate
-                    && let Some(hook) = &served.on_result
-                {
-                    hook(id, state);
-                }
-                break;
-            }
-            // The task already has a result (cancelled, or stored by an earlier delivery).
-            Err(e) if broker::is_wrong_last_sequence(&e) => break,
-            Err(e) => {
-                if served.force.is_cancelled() {
-                    tracing::warn!(task = %name, task_id = %id, error = %e, "result not stored before exit; the task will be redelivered");
-                    return;
-                }
-                tracing::warn!(task = %name, task_id = %id, error = %e, "storing the result failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+    let headers = broker::result_headers(name, id, state, attempt, &series(&message));
+    match store(served, id, "result", subject::result(id), headers, body).await {
+        Stored::Yes { duplicate: false } => {
+            if let Some(hook) = &served.on_result {
+                hook(id, state);
             }
         }
+        // Stored by an earlier publish, or the task had a result already (cancelled, or
+        // stored by an earlier delivery).
+        Stored::Yes { duplicate: true } | Stored::Taken => {}
+        Stored::GaveUp => return,
     }
     if let Err(e) = message.ack().await {
         tracing::warn!(task = %name, task_id = %id, error = %e, "ack failed; a redelivery will find the stored result");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_a_fifth() {
+        for _ in 0..1000 {
+            let d = jitter(Duration::from_secs(10));
+            assert!(
+                d >= Duration::from_secs(8) && d <= Duration::from_secs(12),
+                "{d:?}"
+            );
+        }
     }
 }
