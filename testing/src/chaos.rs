@@ -225,6 +225,25 @@ where
     }
 }
 
+/// The last message on `subject`, read from the stream's leader.
+async fn leader_read(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    subject: String,
+) -> anyhow::Result<Option<async_nats::jetstream::message::StreamMessage>> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    match js
+        .get_stream(stream)
+        .await?
+        .get_last_raw_message_by_subject(&subject)
+        .await
+    {
+        Ok(message) => Ok(Some(message)),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn stream_state(
     js: &async_nats::jetstream::Context,
     stream: &str,
@@ -280,13 +299,9 @@ async fn settle(
             Some(TaskState::Succeeded) => report.succeeded += 1,
             Some(_) => report.failed += 1,
             None => {
-                let dead = patiently(|| async {
-                    Ok(
-                        broker::last_message(&client, broker::DEAD_STREAM, &subject::dead_of(&id))
-                            .await?,
-                    )
-                })
-                .await?;
+                let dead =
+                    patiently(|| leader_read(&js, broker::DEAD_STREAM, subject::dead_of(&id)))
+                        .await?;
                 if dead.is_some() {
                     report.failed += 1;
                 } else {
