@@ -109,13 +109,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         let counts = Arc::clone(&result_counts);
         tokio::spawn(async move {
             while let Some(msg) = results_sub.next().await {
-                let id = msg
-                    .subject
-                    .as_str()
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
+                let id = last_token(&msg.subject);
                 *counts
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -208,6 +202,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         server.stop().await;
     }
     Ok(())
+}
+
+/// The task id at the end of a result subject.
+fn last_token(subject: &async_nats::Subject) -> String {
+    subject
+        .as_str()
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn args(i: usize) -> AddArgs {
@@ -353,13 +357,7 @@ async fn raw_jetstream(url: &str, concurrency: usize, tasks: usize) -> anyhow::R
         let waiters = Arc::clone(&waiters);
         tokio::spawn(async move {
             while let Some(msg) = results.next().await {
-                let id = msg
-                    .subject
-                    .as_str()
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
+                let id = last_token(&msg.subject);
                 if let Some(tx) = waiters
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
