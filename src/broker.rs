@@ -83,11 +83,6 @@ pub mod subject {
     pub fn dead_of_type(name: &Name) -> String {
         format!("taskwire.dead.*.{}", name.token())
     }
-
-    /// Matches the state changes of every task of one type.
-    pub fn events_of_type(name: &Name) -> String {
-        format!("taskwire.events.*.{}", name.token())
-    }
 }
 
 /// Header names of the layout.

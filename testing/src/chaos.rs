@@ -101,17 +101,19 @@ fn worker_with(
     concurrency: usize,
     replicas: usize,
 ) -> anyhow::Result<Child> {
-    Ok(Command::new(bin("taskwire-test-worker")?)
-        .env("TASKWIRE_EXECUTION_LOG", execution_log(nats))
-        .env("TASKWIRE_REPLICAS", replicas.to_string())
-        .env("TASKWIRE_NATS_URL", nats)
-        .env("TASKWIRE_ACK_WAIT", ack_wait)
-        .env("TASKWIRE_GRACE", "30s")
-        .env("TASKWIRE_CONCURRENCY", concurrency.to_string())
-        .env("TASKWIRE_LOG", "error")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?)
+    let log = execution_log(nats).display().to_string();
+    let (replicas, concurrency) = (replicas.to_string(), concurrency.to_string());
+    crate::worker_process(
+        nats,
+        &[
+            ("TASKWIRE_EXECUTION_LOG", &log),
+            ("TASKWIRE_REPLICAS", &replicas),
+            ("TASKWIRE_ACK_WAIT", ack_wait),
+            ("TASKWIRE_GRACE", "30s"),
+            ("TASKWIRE_CONCURRENCY", &concurrency),
+            ("TASKWIRE_LOG", "error"),
+        ],
+    )
 }
 
 fn signal(child: &Child, signal: nix::sys::signal::Signal) {
@@ -542,10 +544,7 @@ async fn worker_sigterm(n: usize) -> anyhow::Result<Report> {
 /// A queue limit: submits beyond it are refused, every accepted task completes.
 async fn stream_full(n: usize) -> anyhow::Result<Report> {
     let nats = NatsServer::start_temporary().await?;
-    let mut config = taskwire_gateway::Config::new(nats.url());
-    config
-        .descriptor_sets
-        .push(taskwire::FILE_DESCRIPTOR_SET.to_vec());
+    let mut config = crate::examples_config(&nats.url());
     config.broker.max_queued = (n / 2).max(1) as i64;
     let gateway = Gateway::start_with(config).await?;
     let client = Client::connect(gateway.url()).await?;

@@ -166,6 +166,30 @@ impl Drop for Worker {
     }
 }
 
+/// Gateway settings that know every example task from the start, without a worker.
+pub fn examples_config(nats_url: &str) -> Config {
+    let mut config = Config::new(nats_url);
+    config
+        .descriptor_sets
+        .push(taskwire::FILE_DESCRIPTOR_SET.to_vec());
+    config
+}
+
+/// The test worker (magic and chaos services) as a real process, killed when dropped. `env`
+/// adds to or overrides `TASKWIRE_NATS_URL` and a quiet log.
+pub fn worker_process(
+    nats_url: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<tokio::process::Child> {
+    Ok(tokio::process::Command::new(bin("taskwire-test-worker")?)
+        .env("TASKWIRE_NATS_URL", nats_url)
+        .env("TASKWIRE_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
 /// A binary of this workspace, built next to the test binary (`make test` builds them all).
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(taskwire_cli::stack::sibling_binary(name)?)

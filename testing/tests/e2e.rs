@@ -22,11 +22,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// A gateway that knows every example task from the start, without a worker.
 async fn gateway_knowing_examples(nats: &NatsServer) -> anyhow::Result<Gateway> {
-    let mut config = taskwire_gateway::Config::new(nats.url());
-    config
-        .descriptor_sets
-        .push(taskwire::FILE_DESCRIPTOR_SET.to_vec());
-    Gateway::start_with(config).await
+    Gateway::start_with(taskwire_testing::examples_config(&nats.url())).await
 }
 
 /// Messages stored in a stream now.
@@ -655,14 +651,10 @@ async fn cli_submits_gets_and_lists() -> anyhow::Result<()> {
 
 /// Starts the test worker binary as a real process.
 fn worker_process(nats: &NatsServer, ack_wait: &str) -> anyhow::Result<tokio::process::Child> {
-    Ok(Command::new(bin("taskwire-test-worker")?)
-        .env("TASKWIRE_NATS_URL", nats.url())
-        .env("TASKWIRE_ACK_WAIT", ack_wait)
-        .env("TASKWIRE_GRACE", "20s")
-        .env("TASKWIRE_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?)
+    taskwire_testing::worker_process(
+        &nats.url(),
+        &[("TASKWIRE_ACK_WAIT", ack_wait), ("TASKWIRE_GRACE", "20s")],
+    )
 }
 
 #[tokio::test]

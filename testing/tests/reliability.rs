@@ -284,10 +284,7 @@ async fn an_args_field_can_be_the_idempotency_key() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_full_queue_refuses_tasks_and_keeps_nothing_of_them() -> anyhow::Result<()> {
     let nats = NatsServer::start_temporary().await?;
-    let mut config = taskwire_gateway::Config::new(nats.url());
-    config
-        .descriptor_sets
-        .push(taskwire::FILE_DESCRIPTOR_SET.to_vec());
+    let mut config = taskwire_testing::examples_config(&nats.url());
     config.broker.max_queued = 3;
     let gateway = Gateway::start_with(config).await?;
     let magic = MagicClient::connect(gateway.url()).await?;
@@ -342,21 +339,14 @@ async fn a_full_queue_refuses_tasks_and_keeps_nothing_of_them() -> anyhow::Resul
 #[tokio::test]
 async fn a_second_signal_releases_running_tasks_to_other_workers() -> anyhow::Result<()> {
     let nats = NatsServer::start_temporary().await?;
-    let mut config = taskwire_gateway::Config::new(nats.url());
-    config
-        .descriptor_sets
-        .push(taskwire::FILE_DESCRIPTOR_SET.to_vec());
+    let config = taskwire_testing::examples_config(&nats.url());
     let gateway = Gateway::start_with(config).await?;
     let client = Client::connect(gateway.url()).await?;
     let chaos = ChaosClient::new(client.clone());
-    let mut worker = tokio::process::Command::new(bin("taskwire-test-worker")?)
-        .env("TASKWIRE_NATS_URL", nats.url())
-        .env("TASKWIRE_ACK_WAIT", "60s")
-        .env("TASKWIRE_GRACE", "60s")
-        .env("TASKWIRE_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut worker = taskwire_testing::worker_process(
+        &nats.url(),
+        &[("TASKWIRE_ACK_WAIT", "60s"), ("TASKWIRE_GRACE", "60s")],
+    )?;
     let slow = chaos
         .sleep(SleepArgs {
             millis: 2_000,
