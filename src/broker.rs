@@ -3,7 +3,9 @@
 //!
 //! | what | where |
 //! | --- | --- |
-//! | tasks | stream `TASKWIRE_TASKS`, `taskwire.tasks.<task>`, work queue, one durable pull consumer per task |
+//! | tasks | stream `TASKWIRE_TASKS`, `taskwire.tasks.<task>` (normal priority), `taskwire.tasks-high.<task>`, `taskwire.tasks-low.<task>`, work queue, one durable pull consumer per task and priority |
+//! | delayed tasks | stream `TASKWIRE_TASKS`, `taskwire.delayed.<id>`: a message schedule (`@at`) that the server turns into the task at its time |
+//! | cancellations | KV bucket `TASKWIRE_CANCELLED`, key `<id>`, kept for the result TTL; workers watch it |
 //! | results | stream `TASKWIRE_RESULTS`, `taskwire.results.<id>`, one message per subject, kept for the result TTL |
 //! | state changes | stream `TASKWIRE_EVENTS`, `taskwire.events.<id>.<task>` |
 //! | dead letters | stream `TASKWIRE_DEAD`, `taskwire.dead.<id>.<task>`: the task as submitted, with the reason and last error |
@@ -32,13 +34,27 @@ pub const EVENTS_STREAM: &str = "TASKWIRE_EVENTS";
 pub const DEAD_STREAM: &str = "TASKWIRE_DEAD";
 /// KV bucket of task types, written by workers at start.
 pub const REGISTRY_BUCKET: &str = "TASKWIRE_REGISTRY";
+/// KV bucket of cancelled task ids, watched by every worker.
+pub const CANCELLED_BUCKET: &str = "TASKWIRE_CANCELLED";
+
+/// The priority levels, highest first.
+pub const PRIORITIES: [v1::Priority; 3] =
+    [v1::Priority::High, v1::Priority::Normal, v1::Priority::Low];
 
 /// Subjects of the layout.
 pub mod subject {
     use crate::task::{Id, Name};
 
-    /// Every task subject.
+    use crate::v1::Priority;
+
+    /// Every task subject of normal priority.
     pub const TASKS: &str = "taskwire.tasks.>";
+    /// Every task subject of high priority.
+    pub const TASKS_HIGH: &str = "taskwire.tasks-high.>";
+    /// Every task subject of low priority.
+    pub const TASKS_LOW: &str = "taskwire.tasks-low.>";
+    /// Every delayed task (a message schedule).
+    pub const DELAYED: &str = "taskwire.delayed.>";
     /// Every result subject.
     pub const RESULTS: &str = "taskwire.results.*";
     /// Every event subject.
@@ -46,9 +62,24 @@ pub mod subject {
     /// Every dead letter subject.
     pub const DEAD: &str = "taskwire.dead.>";
 
-    /// Where tasks of this type queue: `taskwire.tasks.examples.magic.v1.Magic.Add`.
+    /// Where tasks of this type queue at normal priority:
+    /// `taskwire.tasks.examples.magic.v1.Magic.Add`.
     pub fn task(name: &Name) -> String {
         format!("taskwire.tasks.{}", name.token())
+    }
+
+    /// Where tasks of this type queue at a priority.
+    pub fn task_at(name: &Name, priority: Priority) -> String {
+        match priority {
+            Priority::High => format!("taskwire.tasks-high.{}", name.token()),
+            Priority::Low => format!("taskwire.tasks-low.{}", name.token()),
+            Priority::Normal | Priority::Unspecified => task(name),
+        }
+    }
+
+    /// Where the broker holds a delayed task until its time.
+    pub fn delayed(id: &Id) -> String {
+        format!("taskwire.delayed.{id}")
     }
 
     /// Where the result of a task is stored.
@@ -112,8 +143,26 @@ pub mod header {
     pub const DEAD_REASON: &str = "Taskwire-Dead-Reason";
     /// The last error of a dead letter, on one line.
     pub const ERROR: &str = "Taskwire-Error";
+    /// On a task: the time after which it is not started, in microseconds since the Unix epoch.
+    pub const EXPIRES_AT: &str = "Taskwire-Expires-At";
+    /// On a task of high or low priority: `high` or `low`, so that a replay keeps it.
+    pub const PRIORITY: &str = "Taskwire-Priority";
+    /// On a scheduled event: when the task becomes due, in microseconds since the Unix epoch.
+    pub const NOT_BEFORE: &str = "Taskwire-Not-Before";
+    /// On a task: how long its result is kept, in milliseconds, when the submitter said.
+    pub const RESULT_TTL_MS: &str = "Taskwire-Result-Ttl-Ms";
+    /// On an event: the body is a `taskwire.v1.TaskProgress`.
+    pub const PROGRESS: &str = "Taskwire-Progress";
     /// JetStream's de-duplication id.
     pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// A message schedule: `@at <RFC 3339 time>`, `@every <duration>` or a cron expression.
+    pub const SCHEDULE: &str = "Nats-Schedule";
+    /// Where a message schedule publishes.
+    pub const SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
+    /// How long the stream keeps this message, in seconds.
+    pub const TTL: &str = "Nats-TTL";
+    /// Set on the marker the stream leaves when a message's time ran out.
+    pub const MARKER_REASON: &str = "Nats-Marker-Reason";
     /// JetStream's optimistic concurrency check on the subject's last sequence.
     pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 }
@@ -162,10 +211,10 @@ impl Default for Settings {
 /// Why the broker could not be set up or used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("could not create stream {stream}: {source}")]
+    #[error("could not create stream {stream}: {reason}")]
     Stream {
         stream: &'static str,
-        source: jetstream::context::CreateStreamError,
+        reason: String,
     },
     #[error("could not open the task registry: {0}")]
     Registry(String),
@@ -213,8 +262,15 @@ impl Settings {
     fn tasks_stream(&self) -> stream::Config {
         stream::Config {
             name: TASKS_STREAM.into(),
-            description: Some("taskwire: queued tasks, one subject per task type".into()),
-            subjects: vec![subject::TASKS.into()],
+            description: Some(
+                "taskwire: queued tasks, one subject per task type and priority".into(),
+            ),
+            subjects: vec![
+                subject::TASKS.into(),
+                subject::TASKS_HIGH.into(),
+                subject::TASKS_LOW.into(),
+                subject::DELAYED.into(),
+            ],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             num_replicas: self.replicas,
@@ -247,6 +303,10 @@ impl Settings {
             max_age: self.result_ttl,
             duplicate_window: self.duplicate_window,
             allow_direct: true,
+            // Results may be kept for less than the stream's age (a task's result_ttl); when one
+            // runs out, a marker says so for as long as the task's events are kept.
+            allow_message_ttl: true,
+            subject_delete_marker_ttl: Some(self.result_ttl),
             ..Default::default()
         }
     }
@@ -281,6 +341,18 @@ impl Settings {
         }
     }
 
+    fn cancelled_bucket(&self) -> kv::Config {
+        kv::Config {
+            bucket: CANCELLED_BUCKET.into(),
+            description: "taskwire: cancelled task ids".into(),
+            history: 1,
+            max_age: self.result_ttl,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
     fn registry_bucket(&self) -> kv::Config {
         kv::Config {
             bucket: REGISTRY_BUCKET.into(),
@@ -308,6 +380,12 @@ pub struct Broker {
     pub dead: stream::Stream,
     /// `TASKWIRE_REGISTRY`.
     pub registry: kv::Store,
+    /// `TASKWIRE_CANCELLED`.
+    pub cancelled: kv::Store,
+    /// How long results are kept at most.
+    pub result_ttl: Duration,
+    /// Whether the tasks stream takes message schedules (it does unless a queue limit is set).
+    pub schedules: bool,
 }
 
 impl Broker {
@@ -318,17 +396,9 @@ impl Broker {
         let results = ensure_stream(&jetstream, settings.results_stream()).await?;
         let events = ensure_stream(&jetstream, settings.events_stream()).await?;
         let dead = ensure_stream(&jetstream, settings.dead_stream()).await?;
-        let registry = match jetstream.get_key_value(REGISTRY_BUCKET).await {
-            Ok(store) => store,
-            Err(_) => match jetstream.create_key_value(settings.registry_bucket()).await {
-                Ok(store) => store,
-                // Another process created it in between.
-                Err(create) => jetstream
-                    .get_key_value(REGISTRY_BUCKET)
-                    .await
-                    .map_err(|_| Error::Registry(create.to_string()))?,
-            },
-        };
+        let registry = ensure_bucket(&jetstream, settings.registry_bucket()).await?;
+        let cancelled = ensure_bucket(&jetstream, settings.cancelled_bucket()).await?;
+        let schedules = tasks.cached_info().config.allow_message_schedules;
         Ok(Self {
             jetstream,
             tasks,
@@ -336,21 +406,29 @@ impl Broker {
             events,
             dead,
             registry,
+            cancelled,
+            result_ttl: settings.result_ttl,
+            schedules,
         })
     }
 
-    /// The durable pull consumer of a task type, created if missing. All workers of the type
-    /// share it; `max_ack_pending` bounds the type's tasks in flight across all of them.
+    /// The durable pull consumer of a task type at a priority, created if missing. All workers
+    /// of the type share it; `max_ack_pending` bounds the tasks in flight across all of them.
     pub async fn task_consumer(
         &self,
         name: &Name,
+        priority: v1::Priority,
         ack_wait: Duration,
         max_ack_pending: i64,
     ) -> Result<consumer::Consumer<consumer::pull::Config>, Error> {
+        let durable = consumer_name(name, priority);
         let config = consumer::pull::Config {
-            durable_name: Some(name.consumer()),
-            description: Some(format!("taskwire: tasks of {name}")),
-            filter_subject: subject::task(name),
+            durable_name: Some(durable.clone()),
+            description: Some(format!(
+                "taskwire: tasks of {name}, {} priority",
+                priority_name(priority)
+            )),
+            filter_subject: subject::task_at(name, priority),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait,
             max_deliver: -1,
@@ -361,15 +439,11 @@ impl Broker {
             task: name.to_string(),
             reason: e.to_string(),
         };
-        match self
-            .tasks
-            .get_or_create_consumer(&name.consumer(), config)
-            .await
-        {
+        match self.tasks.get_or_create_consumer(&durable, config).await {
             Ok(c) => Ok(c),
             Err(first) => self
                 .tasks
-                .get_consumer(&name.consumer())
+                .get_consumer(&durable)
                 .await
                 .map_err(|_| err(&first)),
         }
@@ -395,6 +469,24 @@ impl Broker {
     }
 }
 
+/// The name of the durable consumer of a task type at a priority.
+pub fn consumer_name(name: &Name, priority: v1::Priority) -> String {
+    match priority {
+        v1::Priority::High => format!("{}-high", name.consumer()),
+        v1::Priority::Low => format!("{}-low", name.consumer()),
+        v1::Priority::Normal | v1::Priority::Unspecified => name.consumer(),
+    }
+}
+
+/// The text of a priority: `high`, `normal` or `low`.
+pub fn priority_name(priority: v1::Priority) -> &'static str {
+    match priority {
+        v1::Priority::High => "high",
+        v1::Priority::Low => "low",
+        v1::Priority::Normal | v1::Priority::Unspecified => "normal",
+    }
+}
+
 async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
@@ -405,13 +497,55 @@ async fn ensure_stream(
         DEAD_STREAM => DEAD_STREAM,
         _ => EVENTS_STREAM,
     };
-    match js.get_or_create_stream(config).await {
-        Ok(stream) => Ok(stream),
+    let mut stream = match js.get_or_create_stream(config.clone()).await {
+        Ok(stream) => stream,
         // Another process created it between our look-up and our create.
         Err(source) => js.get_stream(name).await.map_err(|_| Error::Stream {
             stream: name,
-            source,
-        }),
+            reason: source.to_string(),
+        })?,
+    };
+    // A stream made by an earlier version may lack subjects or features this one uses: add
+    // them, keeping every other setting as it is.
+    let existing = stream.cached_info().config.clone();
+    let missing: Vec<String> = config
+        .subjects
+        .iter()
+        .filter(|s| !existing.subjects.contains(s))
+        .cloned()
+        .collect();
+    let wants_ttl = config.allow_message_ttl && !existing.allow_message_ttl;
+    let wants_markers =
+        config.subject_delete_marker_ttl.is_some() && existing.subject_delete_marker_ttl.is_none();
+    if !missing.is_empty() || wants_ttl || wants_markers {
+        let mut updated = existing;
+        updated.subjects.extend(missing);
+        updated.allow_message_ttl |= config.allow_message_ttl;
+        if wants_markers {
+            updated.subject_delete_marker_ttl = config.subject_delete_marker_ttl;
+        }
+        let reason = |e: &dyn std::fmt::Display| Error::Stream {
+            stream: name,
+            reason: format!("updating it to this version's layout: {e}"),
+        };
+        js.update_stream(updated).await.map_err(|e| reason(&e))?;
+        stream = js.get_stream(name).await.map_err(|e| reason(&e))?;
+    }
+    Ok(stream)
+}
+
+async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, Error> {
+    let bucket = config.bucket.clone();
+    match js.get_key_value(&bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) => match js.create_key_value(config).await {
+            Ok(store) => Ok(store),
+            // Another process created it in between.
+            Err(create) => js
+                .get_key_value(&bucket)
+                .await
+                .map_err(|_| Error::Registry(format!("bucket {bucket}: {create}"))),
+        },
     }
 }
 
@@ -434,6 +568,8 @@ pub fn state_name(state: v1::TaskState) -> &'static str {
         v1::TaskState::Succeeded => "succeeded",
         v1::TaskState::Failed => "failed",
         v1::TaskState::Cancelled => "cancelled",
+        v1::TaskState::Scheduled => "scheduled",
+        v1::TaskState::Expired => "expired",
     }
 }
 
@@ -446,6 +582,8 @@ pub fn parse_state(text: &str) -> v1::TaskState {
         "succeeded" => v1::TaskState::Succeeded,
         "failed" => v1::TaskState::Failed,
         "cancelled" => v1::TaskState::Cancelled,
+        "scheduled" => v1::TaskState::Scheduled,
+        "expired" => v1::TaskState::Expired,
         _ => v1::TaskState::Unspecified,
     }
 }
@@ -469,6 +607,8 @@ pub struct Overrides {
     pub backoff_initial: Option<Duration>,
     /// Longest retry delay.
     pub backoff_max: Option<Duration>,
+    /// How long the result is kept.
+    pub result_ttl: Option<Duration>,
 }
 
 impl Overrides {
@@ -480,6 +620,7 @@ impl Overrides {
             (header::TIMEOUT_MS, self.timeout),
             (header::BACKOFF_INITIAL_MS, self.backoff_initial),
             (header::BACKOFF_MAX_MS, self.backoff_max),
+            (header::RESULT_TTL_MS, self.result_ttl),
         ] {
             if let Some(d) = value {
                 headers.insert(name, d.as_millis().to_string().as_str());
@@ -498,6 +639,7 @@ impl Overrides {
             timeout: millis(header::TIMEOUT_MS),
             backoff_initial: millis(header::BACKOFF_INITIAL_MS),
             backoff_max: millis(header::BACKOFF_MAX_MS),
+            result_ttl: millis(header::RESULT_TTL_MS),
         }
     }
 
@@ -509,16 +651,18 @@ impl Overrides {
             backoff_initial: self.backoff_initial.unwrap_or(declared.backoff_initial),
             backoff_max: self.backoff_max.unwrap_or(declared.backoff_max),
             concurrency: declared.concurrency,
+            result_ttl: self.result_ttl.or(declared.result_ttl),
         }
     }
 }
 
-/// The headers of a task message.
+/// The headers of a task message. `expires_at` is in microseconds since the Unix epoch.
 pub fn task_headers(
     name: &Name,
     id: &Id,
     idempotency_key: Option<&str>,
     overrides: &Overrides,
+    expires_at: Option<u64>,
 ) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(header::TASK_ID, id.as_str());
@@ -526,8 +670,34 @@ pub fn task_headers(
     headers.insert(header::MSG_ID, idempotency_key.unwrap_or(id.as_str()));
     headers.insert(header::SUBMITTED_AT, now_micros().to_string().as_str());
     headers.insert(header::ATTEMPT, "1");
+    if let Some(at) = expires_at {
+        headers.insert(header::EXPIRES_AT, at.to_string().as_str());
+    }
     overrides.write(&mut headers);
     headers
+}
+
+/// The expiry time of a task message, in microseconds since the Unix epoch.
+pub fn expires_at(headers: Option<&HeaderMap>) -> Option<u64> {
+    headers?.get(header::EXPIRES_AT)?.as_str().parse().ok()
+}
+
+/// Turns task headers into those of a message schedule that publishes the task to `target`
+/// at `at` (rounded up to the next whole second: the server's granularity).
+pub fn delayed_headers(mut task: HeaderMap, target: &str, at: SystemTime) -> HeaderMap {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let whole = if since.subsec_nanos() > 0 {
+        since.as_secs() + 1
+    } else {
+        since.as_secs()
+    };
+    let at = UNIX_EPOCH + Duration::from_secs(whole);
+    task.insert(
+        header::SCHEDULE,
+        format!("@at {}", humantime::format_rfc3339_seconds(at)).as_str(),
+    );
+    task.insert(header::SCHEDULE_TARGET, target);
+    task
 }
 
 /// The headers of a state change event.
@@ -549,11 +719,26 @@ pub fn result_headers(
     state: v1::TaskState,
     attempt: u32,
     series: &str,
+    ttl: Option<Duration>,
 ) -> HeaderMap {
     let mut headers = event_headers(name, id, state, attempt);
     headers.insert(header::MSG_ID, format!("{id}.result.{series}").as_str());
     headers.insert(header::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+    if let Some(ttl) = ttl {
+        let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        headers.insert(header::TTL, seconds.max(1).to_string().as_str());
+    }
     headers
+}
+
+/// Whether a stored message is the marker a result leaves when its time ran out.
+pub fn is_expiry_marker(headers: &HeaderMap) -> bool {
+    headers.get(header::MARKER_REASON).is_some()
+}
+
+/// The body of a progress event.
+pub fn progress_body(progress: &v1::TaskProgress) -> Bytes {
+    progress.encode_to_vec().into()
 }
 
 /// The body of a failed result or a retry event.
@@ -573,10 +758,26 @@ pub fn task_info(
     payload: &[u8],
     time: Option<SystemTime>,
 ) -> v1::TaskInfo {
-    let state = headers
+    let mut state = headers
         .get(header::STATE)
         .map(|v| parse_state(v.as_str()))
         .unwrap_or_default();
+    let micros_header = |name: &str| -> Option<SystemTime> {
+        let micros: u64 = headers.get(name)?.as_str().parse().ok()?;
+        Some(UNIX_EPOCH + Duration::from_micros(micros))
+    };
+    let not_before = micros_header(header::NOT_BEFORE);
+    let now = SystemTime::now();
+    // The broker released a scheduled task at its time: it is queued now.
+    if state == v1::TaskState::Scheduled && not_before.is_some_and(|t| t <= now) {
+        state = v1::TaskState::Queued;
+    }
+    // A task still waiting past its expiry never runs: whoever takes it next ends it as expired.
+    if matches!(state, v1::TaskState::Queued | v1::TaskState::Scheduled)
+        && micros_header(header::EXPIRES_AT).is_some_and(|t| t <= now)
+    {
+        state = v1::TaskState::Expired;
+    }
     let mut info = v1::TaskInfo {
         task_id: id.to_string(),
         task: headers
@@ -589,12 +790,19 @@ pub fn task_info(
             .and_then(|v| v.as_str().parse().ok())
             .unwrap_or_default(),
         updated_at: time.map(prost_types::Timestamp::from),
+        not_before: not_before.map(prost_types::Timestamp::from),
         ..Default::default()
     };
     match state {
         v1::TaskState::Succeeded => info.result = payload.to_vec(),
-        v1::TaskState::Failed | v1::TaskState::Retrying | v1::TaskState::Cancelled => {
+        v1::TaskState::Failed
+        | v1::TaskState::Retrying
+        | v1::TaskState::Cancelled
+        | v1::TaskState::Expired => {
             info.error = v1::TaskFailure::decode(payload).ok();
+        }
+        v1::TaskState::Running if headers.get(header::PROGRESS).is_some() => {
+            info.progress = v1::TaskProgress::decode(payload).ok();
         }
         _ => {}
     }
@@ -713,8 +921,20 @@ pub fn replay_headers(dead: &HeaderMap, name: &Name, id: &Id) -> HeaderMap {
     headers.insert(header::REPLAY, replay.to_string().as_str());
     headers.insert(header::MSG_ID, format!("{id}.replay.{replay}").as_str());
     headers.insert(header::SUBMITTED_AT, now_micros().to_string().as_str());
+    if let Some(priority) = dead.get(header::PRIORITY) {
+        headers.insert(header::PRIORITY, priority.as_str());
+    }
     Overrides::read(Some(dead)).write(&mut headers);
     headers
+}
+
+/// The priority a task message names in its headers (normal when it names none).
+pub fn priority_of(headers: &HeaderMap) -> v1::Priority {
+    match headers.get(header::PRIORITY).map(|v| v.as_str()) {
+        Some("high") => v1::Priority::High,
+        Some("low") => v1::Priority::Low,
+        _ => v1::Priority::Normal,
+    }
 }
 
 /// Whether a publish failed because the subject already had a message (a result exists).

@@ -1,11 +1,17 @@
+use std::fmt;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use crate::task;
+use crate::{task, v1};
 
-/// What a running task knows about itself: its id, its attempt, and whether it should stop.
-#[derive(Debug, Clone)]
+/// Where a task's progress reports go: the worker runtime publishes them as events.
+pub type ProgressSink = Arc<dyn Fn(v1::TaskProgress) + Send + Sync>;
+
+/// What a running task knows about itself: its id, its attempt, and whether it should stop;
+/// and how it tells the world how far it got.
+#[derive(Clone)]
 pub struct TaskContext {
     id: task::Id,
     name: task::Name,
@@ -13,6 +19,20 @@ pub struct TaskContext {
     max_attempts: u32,
     deadline: Option<Instant>,
     cancel: CancellationToken,
+    progress: Option<ProgressSink>,
+}
+
+impl fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("attempt", &self.attempt)
+            .field("max_attempts", &self.max_attempts)
+            .field("deadline", &self.deadline)
+            .field("cancelled", &self.cancel.is_cancelled())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TaskContext {
@@ -26,6 +46,44 @@ impl TaskContext {
             max_attempts,
             deadline: None,
             cancel: CancellationToken::new(),
+            progress: None,
+        }
+    }
+
+    /// Sends progress reports here.
+    pub fn with_progress_sink(mut self, sink: ProgressSink) -> Self {
+        self.progress = Some(sink);
+        self
+    }
+
+    /// Reports how far the task got: `percent` from 0 to 100 and a short message. Watchers
+    /// (`Tasks.Watch`, `taskwire watch`) see it at once, and Get shows the last one.
+    pub fn progress(&self, percent: f32, message: impl Into<String>) {
+        self.report(v1::TaskProgress {
+            percent: percent.clamp(0.0, 100.0),
+            message: message.into(),
+            ..Default::default()
+        });
+    }
+
+    /// Reports progress with a typed message of the task's own (say, rows done and rows left).
+    pub fn progress_details<M: prost::Message + prost::Name>(
+        &self,
+        percent: f32,
+        message: impl Into<String>,
+        details: &M,
+    ) {
+        self.report(v1::TaskProgress {
+            percent: percent.clamp(0.0, 100.0),
+            message: message.into(),
+            details: details.encode_to_vec(),
+            details_type: M::full_name(),
+        });
+    }
+
+    fn report(&self, progress: v1::TaskProgress) {
+        if let Some(sink) = &self.progress {
+            sink(progress);
         }
     }
 

@@ -43,7 +43,7 @@ pub mod task;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 
-pub use context::TaskContext;
+pub use context::{ProgressSink, TaskContext};
 pub use error::{ErrorKind, TaskError};
 
 // Generated code refers to these through `::taskwire::`.

@@ -168,6 +168,8 @@ pub struct Options {
     pub backoff_max: Duration,
     /// Tasks of this type one worker runs at once, if the task says.
     pub concurrency: Option<u32>,
+    /// How long a result is kept, if the task says; else the broker's result TTL.
+    pub result_ttl: Option<Duration>,
 }
 
 impl Default for Options {
@@ -178,6 +180,7 @@ impl Default for Options {
             backoff_initial: DEFAULT_BACKOFF_INITIAL,
             backoff_max: DEFAULT_BACKOFF_MAX,
             concurrency: None,
+            result_ttl: None,
         }
     }
 }
@@ -209,6 +212,7 @@ impl Options {
             backoff_max: duration("backoff_max", &options.backoff_max)?
                 .unwrap_or(defaults.backoff_max),
             concurrency: (options.concurrency > 0).then_some(options.concurrency),
+            result_ttl: duration("result_ttl", &options.result_ttl)?,
         })
     }
 

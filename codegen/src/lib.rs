@@ -204,6 +204,9 @@ impl Builder {
         // Generated messages use prost through the `taskwire` crate, so a project needs no
         // prost dependency of its own.
         config.prost_path("::taskwire::prost");
+        // Messages know their full proto name (`prost::Name`): progress details and JSON
+        // payloads name their type.
+        config.enable_type_names();
         if !self.messages {
             // Contracts import taskwire's protos; their messages live in the `taskwire` crate.
             config.extern_path(".taskwire.v1", "::taskwire::v1");

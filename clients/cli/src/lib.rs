@@ -4,6 +4,9 @@
 //! ```text
 //! taskwire dev
 //! taskwire submit examples.magic.v1.Magic/Add '{"arg1":1,"arg2":2,"arg3":3}' --wait
+//! taskwire submit examples.magic.v1.Magic/Add '{"arg1":1}' --in 30s --priority high
+//! taskwire watch 0193f1c2...
+//! taskwire submit-many tasks.jsonl
 //! taskwire get 0193f1c2...
 //! taskwire tasks
 //! ```
@@ -12,10 +15,11 @@ pub mod bench;
 pub mod dev;
 pub mod stack;
 
-use std::time::Duration;
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::time::{Duration, SystemTime};
 
-use clap::{Parser, Subcommand};
-use taskwire::v1::{TaskInfo, TaskState};
+use clap::{Parser, Subcommand, ValueEnum};
+use taskwire::v1::{self, TaskInfo, TaskState};
 use taskwire_client::{Client, SubmitOptions};
 
 /// Environment variables of the command.
@@ -64,6 +68,20 @@ pub enum Command {
         /// Time limit of one attempt, overriding the task's option (e.g. 30s).
         #[arg(long, value_parser = humantime::parse_duration)]
         time_limit: Option<Duration>,
+        #[command(flatten)]
+        when: When,
+    },
+    /// Submit the tasks of a JSON lines file (or - for standard input) in one call. Each line:
+    /// {"task": "pkg.Service/Method", "args": {...}, "key": "...", "priority": "high",
+    /// "countdown": "30s", "ttl": "1h", "max_attempts": 3}. Prints one id (or error) per line.
+    SubmitMany {
+        /// The file.
+        file: String,
+    },
+    /// Follow a task's state and progress live until it ends; prints its result.
+    Watch {
+        /// Task id.
+        id: String,
     },
     /// Print a task's state and result as JSON.
     Get {
@@ -92,6 +110,61 @@ pub enum Command {
     Dev(dev::Options),
     /// Push tasks through a local system and print throughput and latency as JSON.
     Bench(bench::Options),
+}
+
+/// When a task may run: delay, priority, expiry.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct When {
+    /// Run no earlier than this long from now (e.g. 30s, 5m).
+    #[arg(long = "in", value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "at")]
+    pub countdown: Option<Duration>,
+    /// Run no earlier than this time (RFC 3339, e.g. 2026-12-01T09:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = humantime::parse_rfc3339_weak)]
+    pub at: Option<SystemTime>,
+    /// Which tasks start first when there is a backlog.
+    #[arg(long, value_enum)]
+    pub priority: Option<Priority>,
+    /// Never start the task later than this long after it is due; it expires instead.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "expires_at")]
+    pub ttl: Option<Duration>,
+    /// Never start the task after this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = humantime::parse_rfc3339_weak)]
+    pub expires_at: Option<SystemTime>,
+    /// Keep the result this long (at most the broker's result TTL).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub result_ttl: Option<Duration>,
+}
+
+/// A priority level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Priority {
+    High,
+    Normal,
+    Low,
+}
+
+impl Priority {
+    fn proto(self) -> v1::Priority {
+        match self {
+            Priority::High => v1::Priority::High,
+            Priority::Normal => v1::Priority::Normal,
+            Priority::Low => v1::Priority::Low,
+        }
+    }
+}
+
+impl When {
+    fn apply(self, options: SubmitOptions) -> SubmitOptions {
+        SubmitOptions {
+            countdown: self.countdown,
+            not_before: self.at,
+            priority: self.priority.map(Priority::proto),
+            ttl: self.ttl,
+            expires_at: self.expires_at,
+            result_ttl: self.result_ttl,
+            ..options
+        }
+    }
 }
 
 /// `taskwire dead ...`.
@@ -134,14 +207,15 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             key,
             max_attempts,
             time_limit,
+            when,
         } => {
             let client = Client::connect(cli.gateway).await?;
-            let options = SubmitOptions {
+            let options = when.apply(SubmitOptions {
                 idempotency_key: key,
                 max_attempts,
                 timeout: time_limit,
                 ..SubmitOptions::default()
-            };
+            });
             if !wait {
                 let submitted = client.submit_json(&task, &args, options).await?;
                 println!("{}", submitted.task_id);
@@ -157,6 +231,29 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
                 )
                 .await?;
             print_result(&pending.finish().await?)
+        }
+        Command::SubmitMany { file } => {
+            let requests = read_jsonl(&file)?;
+            let client = Client::connect(cli.gateway).await?;
+            let count = requests.len();
+            let response = client.submit_many(requests).await?;
+            let mut out = std::io::stdout().lock();
+            for (line, result) in response.results.iter().enumerate() {
+                if result.task_id.is_empty() {
+                    writeln!(out, "error line {}: {}", line + 1, result.error)?;
+                } else {
+                    writeln!(out, "{}", result.task_id)?;
+                }
+            }
+            eprintln!(
+                "submitted {} of {count} task(s), {} refused",
+                response.submitted, response.refused
+            );
+            Ok(if response.refused > 0 { 1 } else { 0 })
+        }
+        Command::Watch { id } => {
+            let client = Client::connect(cli.gateway).await?;
+            watch(&client, &id).await
         }
         Command::Get { id } => {
             let client = Client::connect(cli.gateway).await?;
@@ -235,6 +332,146 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
     }
 }
 
+/// One line of a `submit-many` file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    task: String,
+    #[serde(default)]
+    args: Option<serde_json::Value>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default)]
+    countdown: Option<String>,
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+}
+
+/// Reads and checks a whole `submit-many` file before anything is sent: a bad line stops it
+/// with the line's number, and nothing is submitted.
+fn read_jsonl(file: &str) -> Result<Vec<v1::SubmitRequest>, Error> {
+    let reader: Box<dyn std::io::BufRead> = if file == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f =
+            std::fs::File::open(file).map_err(|e| anyhow::anyhow!("cannot open {file}: {e}"))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let mut requests = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at =
+            |what: String| anyhow::anyhow!("{file} line {}: {what}; nothing was submitted", n + 1);
+        let parsed: Line = serde_json::from_str(&line).map_err(|e| {
+            at(format!(
+                "{e} (expected {{\"task\": \"pkg.Service/Method\", \"args\": {{...}}}})"
+            ))
+        })?;
+        let duration = |what: &str, text: &Option<String>| -> Result<Option<Duration>, Error> {
+            text.as_deref()
+                .map(|t| {
+                    humantime::parse_duration(t)
+                        .map_err(|e| at(format!("{what} {t:?} is not a duration such as 30s: {e}")))
+                })
+                .transpose()
+        };
+        let priority = match parsed.priority.as_deref() {
+            None => None,
+            Some(text) => Some(
+                Priority::from_str(text, true)
+                    .map_err(|_| at(format!("priority {text:?} is not high, normal or low")))?
+                    .proto(),
+            ),
+        };
+        let options = SubmitOptions {
+            idempotency_key: parsed.key,
+            max_attempts: parsed.max_attempts,
+            countdown: duration("countdown", &parsed.countdown)?,
+            ttl: duration("ttl", &parsed.ttl)?,
+            priority,
+            ..SubmitOptions::default()
+        };
+        let args = parsed
+            .args
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+        requests.push(taskwire_client::request_json(
+            &parsed.task,
+            &args.to_string(),
+            options,
+        ));
+    }
+    if requests.is_empty() {
+        anyhow::bail!("{file} holds no task: write one JSON object per line");
+    }
+    Ok(requests)
+}
+
+/// Follows a task until it ends, drawing its progress; returns the exit code.
+async fn watch(client: &Client, id: &str) -> Result<i32, Error> {
+    let mut changes = client.watch(id, true).await?;
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = String::new();
+    let mut last = None;
+    while let Some(info) = changes.next().await? {
+        let line = match &info.progress {
+            Some(p) if info.state() == TaskState::Running => {
+                format!(
+                    "running   {} {:5.1}%  {}",
+                    progress_bar(p.percent),
+                    p.percent,
+                    p.message
+                )
+            }
+            _ => {
+                let mut text = format!(
+                    "{:9} attempt {}",
+                    taskwire::broker::state_name(info.state()),
+                    info.attempt
+                );
+                if let Some(t) = &info.not_before
+                    && info.state() == TaskState::Scheduled
+                {
+                    text.push_str(&format!(", due {t}"));
+                }
+                text
+            }
+        };
+        if line != last_line {
+            if tty && last_line.starts_with("running   [") {
+                eprint!("\r\x1b[2K");
+            } else if tty && !last_line.is_empty() {
+                eprintln!();
+            }
+            if tty {
+                eprint!("{line}");
+            } else {
+                eprintln!("{line}");
+            }
+            last_line = line;
+        }
+        last = Some(info);
+    }
+    if tty {
+        eprintln!();
+    }
+    match last {
+        Some(info) if taskwire_client::is_final(info.state()) => print_result(&info),
+        _ => anyhow::bail!("the gateway ended the watch of {id} before the task ended"),
+    }
+}
+
+fn progress_bar(percent: f32) -> String {
+    let filled = ((percent.clamp(0.0, 100.0) / 100.0) * 30.0).round() as usize;
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(30 - filled))
+}
+
 /// Prints a finished task's result JSON; a failed or cancelled task is reported on stderr and
 /// exits 1.
 fn print_result(info: &TaskInfo) -> Result<i32, Error> {
@@ -279,6 +516,13 @@ pub fn info_json(info: &TaskInfo) -> serde_json::Value {
     if let Some(error) = &info.error {
         out["error"] =
             serde_json::json!({ "message": error.message, "retryable": error.retryable });
+    }
+    if let Some(progress) = &info.progress {
+        out["progress"] =
+            serde_json::json!({ "percent": progress.percent, "message": progress.message });
+    }
+    if let Some(time) = &info.not_before {
+        out["not_before"] = serde_json::Value::String(time.to_string());
     }
     out
 }

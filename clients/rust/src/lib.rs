@@ -25,7 +25,7 @@ extern crate self as taskwire_client;
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use taskwire::v1::admin_client::AdminClient;
 use taskwire::v1::tasks_client::TasksClient;
@@ -74,6 +74,8 @@ pub enum Error {
     /// The task was cancelled.
     #[error("task {id} was cancelled")]
     Cancelled { id: String },
+    #[error("task {id} expired: it was not started before its expiry time")]
+    Expired { id: String },
     /// The result does not decode as the task's output type.
     #[error("the result of task {id} does not decode: {source}")]
     Decode {
@@ -125,6 +127,18 @@ pub struct SubmitOptions {
     pub backoff_initial: Option<Duration>,
     /// Overrides the task's declared longest retry delay.
     pub backoff_max: Option<Duration>,
+    /// Run no earlier than this time.
+    pub not_before: Option<SystemTime>,
+    /// Run no earlier than this long after submit.
+    pub countdown: Option<Duration>,
+    /// Which tasks start first when there is a backlog.
+    pub priority: Option<v1::Priority>,
+    /// Never start after this time.
+    pub expires_at: Option<SystemTime>,
+    /// Never start later than this long after submit (or after `not_before`).
+    pub ttl: Option<Duration>,
+    /// How long the result is kept.
+    pub result_ttl: Option<Duration>,
 }
 
 impl SubmitOptions {
@@ -153,7 +167,44 @@ impl SubmitOptions {
         self
     }
 
-    fn into_proto(self) -> v1::SubmitOptions {
+    /// Runs the task no earlier than `at`.
+    pub fn not_before(mut self, at: SystemTime) -> Self {
+        self.not_before = Some(at);
+        self
+    }
+
+    /// Runs the task no earlier than `delay` from now (Celery's countdown).
+    pub fn countdown(mut self, delay: Duration) -> Self {
+        self.countdown = Some(delay);
+        self
+    }
+
+    /// Sets the priority.
+    pub fn priority(mut self, priority: v1::Priority) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// The task is never started after `at`; it ends as expired instead.
+    pub fn expires_at(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// The task is never started later than `ttl` after it is due; it ends as expired instead.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Keeps the result this long.
+    pub fn result_ttl(mut self, ttl: Duration) -> Self {
+        self.result_ttl = Some(ttl);
+        self
+    }
+
+    /// The options as the gateway API spells them.
+    pub fn into_proto(self) -> v1::SubmitOptions {
         let duration =
             |d: Option<Duration>| d.and_then(|d| prost_types::Duration::try_from(d).ok());
         v1::SubmitOptions {
@@ -162,6 +213,12 @@ impl SubmitOptions {
             timeout: duration(self.timeout),
             backoff_initial: duration(self.backoff_initial),
             backoff_max: duration(self.backoff_max),
+            not_before: self.not_before.map(prost_types::Timestamp::from),
+            countdown: duration(self.countdown),
+            priority: self.priority.unwrap_or_default() as i32,
+            expires_at: self.expires_at.map(prost_types::Timestamp::from),
+            ttl: duration(self.ttl),
+            result_ttl: duration(self.result_ttl),
         }
     }
 }
@@ -326,6 +383,28 @@ impl Client {
         Ok(self.tasks.clone().wait(request).await?.into_inner())
     }
 
+    /// Stores many tasks in one call, with batched publishes; the answer has one result per
+    /// request, in order (an id, or why that one was refused). Build requests with
+    /// [`request`] or [`request_json`].
+    pub async fn submit_many(
+        &self,
+        requests: impl IntoIterator<Item = v1::SubmitRequest, IntoIter: Send + 'static>,
+    ) -> Result<v1::SubmitManyResponse, Error> {
+        let stream = futures::stream::iter(requests);
+        Ok(self.tasks.clone().submit_many(stream).await?.into_inner())
+    }
+
+    /// Follows a task: its current state first, then every change until its final state.
+    pub async fn watch(&self, id: &str, json: bool) -> Result<Watch, Error> {
+        let request = v1::WatchRequest {
+            task_id: id.to_owned(),
+            include_json: json,
+        };
+        Ok(Watch {
+            stream: self.tasks.clone().watch(request).await?.into_inner(),
+        })
+    }
+
     /// Cancels a task that has not finished.
     pub async fn cancel(&self, id: &str) -> Result<TaskInfo, Error> {
         let request = v1::CancelRequest {
@@ -396,6 +475,49 @@ impl Client {
     }
 }
 
+/// A submission of typed arguments, for [`Client::submit_many`].
+pub fn request(
+    task: &str,
+    args: &impl prost::Message,
+    options: SubmitOptions,
+) -> v1::SubmitRequest {
+    v1::SubmitRequest {
+        task: task.to_owned(),
+        args: Some(v1::submit_request::Args::ArgsProto(args.encode_to_vec())),
+        options: Some(options.into_proto()),
+    }
+}
+
+/// A submission of arguments as proto3 JSON, for [`Client::submit_many`].
+pub fn request_json(task: &str, json: &str, options: SubmitOptions) -> v1::SubmitRequest {
+    v1::SubmitRequest {
+        task: task.to_owned(),
+        args: Some(v1::submit_request::Args::ArgsJson(json.to_owned())),
+        options: Some(options.into_proto()),
+    }
+}
+
+/// Whether a state is final: the task will not change any more.
+pub fn is_final(state: TaskState) -> bool {
+    matches!(
+        state,
+        TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled | TaskState::Expired
+    )
+}
+
+/// The changes of a task, from [`Client::watch`] or [`TaskHandle::watch`].
+#[derive(Debug)]
+pub struct Watch {
+    stream: tonic::Streaming<TaskInfo>,
+}
+
+impl Watch {
+    /// The next state or progress report; `None` after the final state.
+    pub async fn next(&mut self) -> Result<Option<TaskInfo>, Error> {
+        Ok(self.stream.message().await?)
+    }
+}
+
 /// A task submitted with [`Client::submit_and_wait`]: stored, its final state on the way.
 #[derive(Debug)]
 pub struct Pending {
@@ -417,7 +539,7 @@ impl Pending {
     /// Waits for the final state; a task still running at the timeout is a `DEADLINE_EXCEEDED`
     /// status.
     pub async fn finish(mut self) -> Result<TaskInfo, Error> {
-        let last = if self.first.state() == TaskState::Queued {
+        let last = if !is_final(self.first.state()) {
             self.stream.message().await?.ok_or_else(|| {
                 Error::Status(tonic::Status::internal(
                     "the gateway closed the stream early",
@@ -441,6 +563,7 @@ fn outcome<O: prost::Message + Default>(info: TaskInfo) -> Result<O, Error> {
             O::decode(info.result.as_slice()).map_err(|source| Error::Decode { id, source })
         }
         TaskState::Cancelled => Err(Error::Cancelled { id }),
+        TaskState::Expired => Err(Error::Expired { id }),
         _ => {
             let failure = info.error.unwrap_or_default();
             Err(Error::TaskFailed {
@@ -509,5 +632,10 @@ impl<O: prost::Message + Default> TaskHandle<O> {
     /// Cancels the task if it has not finished.
     pub async fn cancel(&self) -> Result<(), Error> {
         self.client.cancel(&self.id).await.map(|_| ())
+    }
+
+    /// Follows the task's state and progress until it ends.
+    pub async fn watch(&self) -> Result<Watch, Error> {
+        self.client.watch(&self.id, false).await
     }
 }

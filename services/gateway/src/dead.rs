@@ -100,11 +100,16 @@ impl Gateway {
                 .filter(subject::result(&id))
                 .await
                 .map_err(|e| self.broker_error(e))?;
+            let placement = crate::tasks::Placement {
+                priority: broker::priority_of(&dead.headers),
+                ..Default::default()
+            };
             self.store_task(
                 &name,
                 &id,
                 broker::replay_headers(&dead.headers, &name, &id),
                 dead.payload.clone(),
+                &placement,
             )
             .await?;
             self.broker

@@ -37,6 +37,14 @@ pub enum Error {
     )]
     NotFound(String),
     #[error(
+        "the result of task {0} expired: results are kept for the task's result_ttl, at most TASKWIRE_RESULT_TTL"
+    )]
+    Expired(String),
+    #[error(
+        "delayed tasks need message schedules, which the tasks stream has off because a queue limit (TASKWIRE_MAX_QUEUED) is set; drop not_before/countdown or the limit"
+    )]
+    NoSchedules,
+    #[error(
         "task {id} has finished already ({state}); only a task that has not finished can be cancelled"
     )]
     Finished { id: String, state: &'static str },
@@ -62,7 +70,10 @@ impl Error {
     /// The gRPC status code of this error.
     pub fn code(&self) -> Code {
         match self {
-            Error::UnknownTask(_) | Error::NotFound(_) | Error::NoDeadLetter(_) => Code::NotFound,
+            Error::UnknownTask(_)
+            | Error::NotFound(_)
+            | Error::NoDeadLetter(_)
+            | Error::Expired(_) => Code::NotFound,
             Error::InvalidName(_)
             | Error::InvalidId(_)
             | Error::Payload(_)
@@ -71,7 +82,7 @@ impl Error {
             Error::BrokerDown(_) => Code::Unavailable,
             Error::Broker(_) | Error::BadResult(..) | Error::Startup(_) => Code::Internal,
             Error::QueueFull(_) => Code::ResourceExhausted,
-            Error::Finished { .. } => Code::FailedPrecondition,
+            Error::Finished { .. } | Error::NoSchedules => Code::FailedPrecondition,
             Error::StillRunning { .. } => Code::DeadlineExceeded,
         }
     }

@@ -1,9 +1,10 @@
 //! `taskwire.v1.Tasks` and `taskwire.v1.Admin`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::connection::State;
+use async_nats::jetstream::consumer;
 use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -19,12 +20,124 @@ use crate::{Error, Gateway, MAX_WAIT, payload};
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
 /// A checked submission, ready to publish.
-struct Prepared {
+pub(crate) struct Prepared {
     name: Name,
     id: Id,
     args: Bytes,
     key: Option<String>,
     overrides: broker::Overrides,
+    placement: Placement,
+}
+
+/// Where and when a task waits for a worker.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Placement {
+    pub(crate) priority: v1::Priority,
+    /// Held by the broker until then.
+    pub(crate) not_before: Option<SystemTime>,
+    /// Not started after then, in microseconds since the Unix epoch.
+    pub(crate) expires_at: Option<u64>,
+}
+
+/// Furthest ahead a task may be delayed.
+const MAX_DELAY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How far in the past a not_before time may be (clock skew between machines); it then runs at
+/// once.
+const PAST_TOLERANCE: Duration = Duration::from_secs(60);
+
+fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}
+
+/// Checks when, at which priority and until when the task may run.
+fn placement(options: &v1::SubmitOptions, now: SystemTime) -> Result<Placement, Error> {
+    let bad = |text: String| Error::BadRequest(text);
+    let priority = v1::Priority::try_from(options.priority).map_err(|_| {
+        bad(format!(
+            "priority {} is not a priority; use 1 (high), 2 (normal) or 3 (low), or leave it unset for normal",
+            options.priority
+        ))
+    })?;
+    let time = |what: &str, ts: &prost_types::Timestamp| -> Result<SystemTime, Error> {
+        SystemTime::try_from(*ts).map_err(|_| bad(format!("{what} is not a valid time: {ts:?}")))
+    };
+    let duration = |what: &str, d: &prost_types::Duration| -> Result<Duration, Error> {
+        let d = Duration::try_from(*d).map_err(|_| {
+            bad(format!(
+                "{what} is negative; give a positive duration of at most 30 days"
+            ))
+        })?;
+        if d > MAX_DELAY {
+            return Err(bad(format!(
+                "{what} is {}; the most is 30 days",
+                humantime::format_duration(d)
+            )));
+        }
+        Ok(d)
+    };
+    let not_before = match (&options.not_before, &options.countdown) {
+        (Some(_), Some(_)) => {
+            return Err(bad("give not_before or countdown, not both".into()));
+        }
+        (Some(ts), None) => {
+            let at = time("not_before", ts)?;
+            if at + PAST_TOLERANCE < now {
+                return Err(bad(format!(
+                    "not_before is {} in the past; give a time from now on (a minute of clock skew is tolerated)",
+                    humantime::format_duration(Duration::from_secs(
+                        now.duration_since(at).unwrap_or_default().as_secs()
+                    ))
+                )));
+            }
+            if at > now + MAX_DELAY {
+                return Err(bad("not_before is more than 30 days ahead".into()));
+            }
+            (at > now).then_some(at)
+        }
+        (None, Some(d)) => {
+            let d = duration("countdown", d)?;
+            (!d.is_zero()).then(|| now + d)
+        }
+        (None, None) => None,
+    };
+    let start = not_before.unwrap_or(now);
+    let expires_at = match (&options.expires_at, &options.ttl) {
+        (Some(_), Some(_)) => return Err(bad("give expires_at or ttl, not both".into())),
+        (Some(ts), None) => {
+            let at = time("expires_at", ts)?;
+            if at <= now {
+                return Err(bad(
+                    "expires_at is in the past; the task could never run".into()
+                ));
+            }
+            if at <= start {
+                return Err(bad(
+                    "expires_at is before the task's not_before time; the task could never run"
+                        .into(),
+                ));
+            }
+            Some(at)
+        }
+        (None, Some(d)) => {
+            let d = duration("ttl", d)?;
+            if d.is_zero() {
+                return Err(bad("ttl is zero; give a positive duration".into()));
+            }
+            Some(start + d)
+        }
+        (None, None) => None,
+    };
+    Ok(Placement {
+        priority: if priority == v1::Priority::Unspecified {
+            v1::Priority::Normal
+        } else {
+            priority
+        },
+        not_before,
+        expires_at: expires_at.map(micros),
+    })
 }
 
 /// Longest idempotency key accepted, in bytes.
@@ -34,8 +147,12 @@ const MAX_ATTEMPTS: u32 = 100;
 /// Longest time limit or retry delay a submitter may ask for.
 const MAX_OVERRIDE: Duration = Duration::from_secs(24 * 3600);
 
-/// The submitter's changes to the task's options, checked.
-fn overrides(options: &v1::SubmitOptions) -> Result<broker::Overrides, Error> {
+/// The submitter's changes to the task's options, checked. Results are kept at most
+/// `max_result_ttl`.
+fn overrides(
+    options: &v1::SubmitOptions,
+    max_result_ttl: Duration,
+) -> Result<broker::Overrides, Error> {
     if options.max_attempts > MAX_ATTEMPTS {
         return Err(Error::BadRequest(format!(
             "max_attempts is {}; it must be 1 to {MAX_ATTEMPTS} (0 keeps the task's own)",
@@ -59,11 +176,34 @@ fn overrides(options: &v1::SubmitOptions) -> Result<broker::Overrides, Error> {
             }
             Ok(Some(d))
         };
+    let result_ttl = match &options.result_ttl {
+        None => None,
+        Some(value) => {
+            let bad = |why: String| {
+                Error::BadRequest(format!(
+                    "result_ttl {why}; give a positive duration of at most {} (TASKWIRE_RESULT_TTL)",
+                    humantime::format_duration(max_result_ttl)
+                ))
+            };
+            let d = Duration::try_from(*value).map_err(|_| bad("is negative".into()))?;
+            if d < Duration::from_secs(1) {
+                return Err(bad("is less than a second".into()));
+            }
+            if d > max_result_ttl {
+                return Err(bad(format!(
+                    "is {}, longer than the broker keeps results",
+                    humantime::format_duration(d)
+                )));
+            }
+            Some(d)
+        }
+    };
     Ok(broker::Overrides {
         max_attempts: (options.max_attempts > 0).then_some(options.max_attempts),
         timeout: duration("timeout", &options.timeout)?,
         backoff_initial: duration("backoff_initial", &options.backoff_initial)?,
         backoff_max: duration("backoff_max", &options.backoff_max)?,
+        result_ttl,
     })
 }
 
@@ -105,8 +245,9 @@ impl Gateway {
         }
     }
 
-    /// Checks a submission: the task exists, the arguments fit its input message.
-    async fn prepare(&self, req: v1::SubmitRequest) -> Result<Prepared, Error> {
+    /// Checks a submission: the task exists, the arguments fit its input message, the options
+    /// are sound.
+    pub(crate) async fn prepare(&self, req: v1::SubmitRequest) -> Result<Prepared, Error> {
         let name = Name::parse(&req.task).map_err(Error::InvalidName)?;
         let task_type = self.registry.get(&name).await?;
         let (args, message) = match req.args {
@@ -136,7 +277,11 @@ impl Gateway {
             Some(key) => Id::from_idempotency_key(&name, key),
             None => Id::generate(),
         };
-        let overrides = overrides(&options)?;
+        let overrides = overrides(&options, self.broker.result_ttl)?;
+        let placement = placement(&options, SystemTime::now())?;
+        if placement.not_before.is_some() && !self.broker.schedules {
+            return Err(Error::NoSchedules);
+        }
         self.check_connected()?;
         Ok(Prepared {
             name,
@@ -144,58 +289,110 @@ impl Gateway {
             args,
             key,
             overrides,
+            placement,
         })
     }
 
     /// Stores the task; returns once JetStream has acknowledged it.
     async fn publish(&self, task: Prepared) -> Result<v1::SubmitResponse, Error> {
+        let sending = self.send(task).await?;
+        self.confirm(sending).await
+    }
+
+    /// Sends a checked task to the broker without waiting for its acks: [`Self::confirm`]
+    /// waits. Many sends in a row travel as one batch.
+    pub(crate) async fn send(&self, task: Prepared) -> Result<Sending, Error> {
         let Prepared {
             name,
             id,
             args,
             key,
             overrides,
+            placement,
         } = task;
-        let ack = self
-            .store_task(
-                &name,
-                &id,
-                broker::task_headers(&name, &id, key.as_deref(), &overrides),
-                args,
-            )
+        let headers =
+            broker::task_headers(&name, &id, key.as_deref(), &overrides, placement.expires_at);
+        let acks = self
+            .send_task(&name, &id, headers, args, &placement)
             .await?;
+        Ok(Sending { id, acks })
+    }
+
+    /// Waits until the broker has stored a task sent by [`Self::send`].
+    pub(crate) async fn confirm(&self, sending: Sending) -> Result<v1::SubmitResponse, Error> {
+        let ack = self.confirm_task(sending.acks).await?;
         Ok(v1::SubmitResponse {
-            task_id: id.to_string(),
+            task_id: sending.id.to_string(),
             duplicate: ack.duplicate,
         })
     }
 
-    /// Stores a task and its queued event. The event goes first on the same connection, so that
-    /// it is stored before any event of the worker that runs the task; both acks are awaited
-    /// together, so when this returns, Get and Wait find the task.
+    /// Stores a task and its queued (or scheduled) event; returns once both are stored.
     pub(crate) async fn store_task(
         &self,
         name: &Name,
         id: &Id,
         headers: async_nats::HeaderMap,
         args: Bytes,
+        placement: &Placement,
     ) -> Result<async_nats::jetstream::publish::PublishAck, Error> {
+        let acks = self.send_task(name, id, headers, args, placement).await?;
+        self.confirm_task(acks).await
+    }
+
+    /// Sends a task and its first event. The event goes first on the same connection, so that
+    /// it is stored before any event of the worker that runs the task; both acks are awaited
+    /// together by [`Self::confirm_task`], so when that returns, Get and Wait find the task.
+    async fn send_task(
+        &self,
+        name: &Name,
+        id: &Id,
+        mut headers: async_nats::HeaderMap,
+        args: Bytes,
+        placement: &Placement,
+    ) -> Result<TaskAcks, Error> {
+        let (state, subject) = match placement.not_before {
+            Some(_) => (TaskState::Scheduled, subject::delayed(id)),
+            None => (
+                TaskState::Queued,
+                subject::task_at(name, placement.priority),
+            ),
+        };
+        let mut event = broker::event_headers(name, id, state, 0);
+        if let Some(at) = placement.not_before {
+            event.insert(broker::header::NOT_BEFORE, micros(at).to_string().as_str());
+            headers =
+                broker::delayed_headers(headers, &subject::task_at(name, placement.priority), at);
+        }
+        if let Some(at) = placement.expires_at {
+            event.insert(broker::header::EXPIRES_AT, at.to_string().as_str());
+        }
+        if placement.priority != v1::Priority::Normal {
+            headers.insert(
+                broker::header::PRIORITY,
+                broker::priority_name(placement.priority),
+            );
+        }
         let queued = self
             .broker
             .jetstream
-            .publish_with_headers(
-                subject::event(name, id),
-                broker::event_headers(name, id, TaskState::Queued, 0),
-                Bytes::new(),
-            )
+            .publish_with_headers(subject::event(name, id), event, Bytes::new())
             .await
             .map_err(publish_error)?;
         let stored = self
             .broker
             .jetstream
-            .publish_with_headers(subject::task(name), headers, args)
+            .publish_with_headers(subject, headers, args)
             .await
             .map_err(publish_error)?;
+        Ok(TaskAcks { queued, stored })
+    }
+
+    async fn confirm_task(
+        &self,
+        acks: TaskAcks,
+    ) -> Result<async_nats::jetstream::publish::PublishAck, Error> {
+        let TaskAcks { queued, stored } = acks;
         let (queued, stored) = tokio::join!(queued.into_future(), stored.into_future());
         let ack = match stored {
             Ok(ack) => ack,
@@ -212,6 +409,66 @@ impl Gateway {
         Ok(ack)
     }
 
+    /// Stores many tasks: sends them in windows and waits for each window's acks together.
+    async fn submit_many(
+        &self,
+        mut requests: tonic::Streaming<v1::SubmitRequest>,
+    ) -> Result<v1::SubmitManyResponse, Error> {
+        /// Tasks sent before their acks are awaited.
+        const WINDOW: usize = 512;
+        let mut response = v1::SubmitManyResponse::default();
+        let mut window: Vec<(usize, Sending)> = Vec::with_capacity(WINDOW);
+        let refuse = |response: &mut v1::SubmitManyResponse, index: usize, err: Error| {
+            response.results[index] = v1::SubmitManyResult {
+                code: err.code() as i32,
+                error: err.to_string(),
+                ..Default::default()
+            };
+            response.refused += 1;
+        };
+        loop {
+            let next = requests
+                .message()
+                .await
+                .map_err(|e| Error::BadRequest(format!("the request stream broke: {e}")))?;
+            let done = next.is_none();
+            if let Some(req) = next {
+                let index = response.results.len();
+                response.results.push(v1::SubmitManyResult::default());
+                match self.prepare(req).await {
+                    Ok(task) => match self.send(task).await {
+                        Ok(sending) => window.push((index, sending)),
+                        Err(e) => refuse(&mut response, index, e),
+                    },
+                    Err(e) => refuse(&mut response, index, e),
+                }
+            }
+            if window.len() >= WINDOW || (done && !window.is_empty()) {
+                let confirmed =
+                    futures::future::join_all(window.drain(..).map(
+                        |(index, sending)| async move { (index, self.confirm(sending).await) },
+                    ))
+                    .await;
+                for (index, outcome) in confirmed {
+                    match outcome {
+                        Ok(stored) => {
+                            response.results[index] = v1::SubmitManyResult {
+                                task_id: stored.task_id,
+                                duplicate: stored.duplicate,
+                                ..Default::default()
+                            };
+                            response.submitted += 1;
+                        }
+                        Err(e) => refuse(&mut response, index, e),
+                    }
+                }
+            }
+            if done {
+                return Ok(response);
+            }
+        }
+    }
+
     async fn submit(&self, req: v1::SubmitRequest) -> Result<v1::SubmitResponse, Error> {
         let task = self.prepare(req).await?;
         self.publish(task).await
@@ -225,12 +482,17 @@ impl Gateway {
     ) -> Result<(v1::TaskInfo, Waiting), Error> {
         let task = self.prepare(req).await?;
         let (id, name) = (task.id.clone(), task.name.clone());
+        let state = if task.placement.not_before.is_some() {
+            TaskState::Scheduled
+        } else {
+            TaskState::Queued
+        };
         let results = self.waiters.register(&id);
         let response = self.publish(task).await?;
         let queued = v1::TaskInfo {
             task_id: id.to_string(),
             task: name.to_string(),
-            state: TaskState::Queued as i32,
+            state: state as i32,
             ..Default::default()
         };
         if response.duplicate
@@ -242,10 +504,16 @@ impl Gateway {
         Ok((queued, results))
     }
 
-    /// The stored result of a task, if it has one.
+    /// The stored result of a task, if it has one; EXPIRED when it had one that ran out.
     async fn result(&self, id: &Id) -> Result<Option<v1::TaskInfo>, Error> {
-        self.lookup(broker::RESULTS_STREAM, &subject::result(id), id)
-            .await
+        match broker::last_message(&self.client, broker::RESULTS_STREAM, &subject::result(id)).await
+        {
+            Ok(Some(m)) if broker::is_expiry_marker(&m.headers) => {
+                Err(Error::Expired(id.to_string()))
+            }
+            Ok(found) => Ok(found.map(|m| broker::task_info(id, &m.headers, &m.payload, m.time))),
+            Err(e) => Err(self.broker_error(e)),
+        }
     }
 
     /// The last state change of a task, if any.
@@ -340,6 +608,86 @@ impl Gateway {
         }
     }
 
+    /// The task's current state, then each change (running, progress, retrying) until the final
+    /// state, which ends the stream. A watcher that joins late starts from the last change.
+    async fn watch(self: Arc<Self>, id: Id, json: bool) -> Result<TaskInfoStream, Error> {
+        self.check_connected()?;
+        // Register before looking, so a result stored in between is not missed.
+        let mut results = self.waiters.register(&id);
+        if let Some(info) = self.result(&id).await? {
+            let info = self.with_json(info, json).await?;
+            return Ok(Box::pin(futures::stream::iter([Ok(info)])));
+        }
+        if self.last_event(&id).await?.is_none() {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        let consumer = self
+            .broker
+            .events
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject::events_of(&id),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.broker_error(e))?;
+        let mut events = consumer
+            .messages()
+            .await
+            .map_err(|e| self.broker_error(e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(32);
+        tokio::spawn(async move {
+            let mut recheck = tokio::time::interval(Duration::from_secs(1));
+            recheck.reset();
+            loop {
+                let last = tokio::select! {
+                    () = tx.closed() => return,
+                    event = events.next() => match event {
+                        Some(Ok(m)) => {
+                            let info = broker::task_info(
+                                &id,
+                                &m.headers.clone().unwrap_or_default(),
+                                &m.payload,
+                                Some(SystemTime::now()),
+                            );
+                            if tx.send(Ok(info)).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(task_id = %id, error = %e, "watch interrupted; resuming");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                        None => return,
+                    },
+                    result = results.next() => match result {
+                        Some(m) => Ok(broker::task_info(
+                            &id,
+                            &m.headers.unwrap_or_default(),
+                            &m.payload,
+                            Some(SystemTime::now()),
+                        )),
+                        None => Err(Error::BrokerDown("the result subscription ended".into())),
+                    },
+                    _ = recheck.tick() => match self.result(&id).await {
+                        Ok(Some(info)) => Ok(info),
+                        Ok(None) => continue,
+                        Err(e) => Err(e),
+                    },
+                };
+                let last = match last {
+                    Ok(info) => self.with_json(info, json).await.map_err(Status::from),
+                    Err(e) => Err(e.into()),
+                };
+                let _ = tx.send(last).await;
+                return;
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     async fn cancel(&self, id: &Id) -> Result<v1::TaskInfo, Error> {
         self.check_connected()?;
         if let Some(info) = self.result(id).await? {
@@ -353,8 +701,15 @@ impl Gateway {
             .await?
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
         let name = Name::parse(&last.task).map_err(Error::InvalidName)?;
-        // The cancelled result takes the task's one result slot; a worker that finishes the
-        // task later finds the slot taken and drops its own.
+        // First the durable mark that workers watch: a queued task is then never started, a
+        // running one is told to stop, across restarts and redeliveries.
+        self.broker
+            .cancelled
+            .put(id.as_str(), Bytes::from_static(b"cancelled on request"))
+            .await
+            .map_err(|e| self.broker_error(e))?;
+        // Then the cancelled result takes the task's one result slot; a worker that finishes
+        // the task later finds the slot taken and drops its own.
         let published = self
             .broker
             .jetstream
@@ -366,6 +721,7 @@ impl Gateway {
                     TaskState::Cancelled,
                     last.attempt,
                     &format!("cancel.{}", broker::now_micros()),
+                    None,
                 ),
                 broker::failure_body("cancelled on request", false),
             )
@@ -375,6 +731,8 @@ impl Gateway {
         match published {
             Ok(_) => {}
             Err(e) if broker::is_wrong_last_sequence(&e) => {
+                // Finished first: the mark is not needed.
+                let _ = self.broker.cancelled.delete(id.as_str()).await;
                 let state = match self.result(id).await? {
                     Some(info) => broker::state_name(info.state()),
                     None => "finished",
@@ -475,6 +833,33 @@ impl v1::tasks_server::Tasks for TasksService {
         }
     }
 
+    async fn submit_many(
+        &self,
+        request: Request<tonic::Streaming<v1::SubmitRequest>>,
+    ) -> Result<Response<v1::SubmitManyResponse>, Status> {
+        let response = self.gateway.submit_many(request.into_inner()).await?;
+        tracing::debug!(
+            submitted = response.submitted,
+            refused = response.refused,
+            "submitted many"
+        );
+        Ok(Response::new(response))
+    }
+
+    type WatchStream = TaskInfoStream;
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        let id = parse_id(&req.task_id)?;
+        let stream = Arc::clone(&self.gateway)
+            .watch(id, req.include_json)
+            .await?;
+        Ok(Response::new(stream))
+    }
+
     type SubmitAndWaitStream = TaskInfoStream;
 
     async fn submit_and_wait(
@@ -489,7 +874,7 @@ impl v1::tasks_server::Tasks for TasksService {
             .submit_subscribed(req.submit.unwrap_or_default())
             .await?;
         let first = gateway.with_json(first, json).await?;
-        if first.state() != TaskState::Queued {
+        if !matches!(first.state(), TaskState::Queued | TaskState::Scheduled) {
             return Ok(Response::new(Box::pin(futures::stream::iter([Ok(first)]))));
         }
         let id = parse_id(&first.task_id)?;
@@ -586,4 +971,15 @@ impl v1::admin_server::Admin for TasksService {
             .collect();
         Ok(Response::new(v1::ListTaskTypesResponse { task_types }))
     }
+}
+
+/// A task sent to the broker whose acks are still on their way.
+pub(crate) struct Sending {
+    id: Id,
+    acks: TaskAcks,
+}
+
+struct TaskAcks {
+    queued: async_nats::jetstream::context::PublishAckFuture,
+    stored: async_nats::jetstream::context::PublishAckFuture,
 }

@@ -32,6 +32,7 @@
 //! On shutdown the worker stops pulling, lets running tasks finish for up to the grace period,
 //! then releases (NAKs) whatever is still running so another worker picks it up at once.
 
+mod cancels;
 mod run;
 
 use std::future::Future;
@@ -66,6 +67,8 @@ pub enum Error {
     Broker(#[from] broker::Error),
     #[error("service {service}: {reason}")]
     Descriptors { service: String, reason: String },
+    #[error("cannot watch the cancellations bucket: {0}")]
+    Cancellations(String),
     #[error("cannot pull tasks of {task}: {reason}")]
     Pull { task: String, reason: String },
 }

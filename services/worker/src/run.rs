@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cancels::Cancels;
 use crate::{Builder, Error};
 
 /// A task still running after this long gets a `running` event. Shorter tasks go from queued
@@ -36,6 +37,7 @@ struct Served {
     /// Fires when the grace period is over: running tasks are released.
     force: CancellationToken,
     on_result: Option<crate::ResultHook>,
+    cancels: Arc<Cancels>,
 }
 
 pub(crate) async fn run(
@@ -83,13 +85,19 @@ pub(crate) async fn run(
     let stop = CancellationToken::new();
     let force = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let cancels = Cancels::start(broker.cancelled.clone(), broker.result_ttl, stop.clone()).await?;
     let mut loops = Vec::new();
     for (task, service) in served_types {
-        let consumer = broker
-            .task_consumer(&task.name, builder.ack_wait, 10_000)
-            .await?;
+        let mut consumers = Vec::new();
+        for priority in broker::PRIORITIES {
+            consumers.push(
+                broker
+                    .task_consumer(&task.name, priority, builder.ack_wait, 10_000)
+                    .await?,
+            );
+        }
         // In-progress acks follow the consumer's ack wait, which the first worker set.
-        let ack_wait = consumer.cached_info().config.ack_wait;
+        let ack_wait = consumers[NORMAL].cached_info().config.ack_wait;
         let entry = task.registry_entry(service.file_descriptor_set());
         broker.register(&entry).await?;
         let concurrency = task
@@ -105,10 +113,11 @@ pub(crate) async fn run(
             heartbeat: (ack_wait / 3).max(Duration::from_millis(50)),
             force: force.clone(),
             on_result: builder.on_result.clone(),
+            cancels: Arc::clone(&cancels),
         });
         loops.push(tokio::spawn(pull_loop(
             served,
-            consumer,
+            consumers,
             concurrency,
             stop.clone(),
             tracker.clone(),
@@ -150,16 +159,34 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// Index of the normal priority level in [`broker::PRIORITIES`] (high, normal, low).
+const NORMAL: usize = 1;
+/// One pull round in this many looks at the lowest level first, so that a steady flow of
+/// higher priority work never starves low priority tasks.
+const LOW_FIRST_EVERY: u64 = 8;
+/// After finding a high or low level empty, how long it is not looked at again (the normal
+/// level is always looked at). This bounds how late a worker busy with normal work notices a
+/// new backlog at another level.
+const QUIET: Duration = Duration::from_millis(200);
+/// How long an idle worker waits on the normal level before it looks at the others again.
+const IDLE_PULL: Duration = Duration::from_secs(1);
+/// Most tasks asked for in one pull request.
+const MAX_BATCH: usize = 1000;
+
 /// Pulls only as many tasks as there are free slots, so that no task waits in this worker
-/// unstarted while its ack wait runs out (and another worker gets it too).
+/// unstarted while its ack wait runs out (and another worker gets it too). Each round takes what
+/// is waiting at the high level first, then normal, then low (one round in eight starts at low);
+/// when nothing waits anywhere it waits on the normal level for a second.
 async fn pull_loop(
     served: Arc<Served>,
-    consumer: jetstream::consumer::PullConsumer,
+    consumers: Vec<jetstream::consumer::PullConsumer>,
     concurrency: usize,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(concurrency));
+    let mut quiet_until = [Instant::now(); 3];
+    let mut round: u64 = 0;
     loop {
         let first = tokio::select! {
             () = stop.cancelled() => return,
@@ -168,7 +195,7 @@ async fn pull_loop(
                 Err(_) => return,
             },
         };
-        // Every slot free now goes into one request.
+        // Every slot free now goes into this round.
         let mut reserved = first;
         let more = slots.available_permits().min(MAX_BATCH - 1);
         if more > 0
@@ -176,12 +203,68 @@ async fn pull_loop(
         {
             reserved.merge(extra);
         }
-        let wanted = reserved.num_permits();
-        let batch = consumer
+        round += 1;
+        let order = if round % LOW_FIRST_EVERY == 0 {
+            [2, 1, 0]
+        } else {
+            [0, 1, 2]
+        };
+        let mut started = 0;
+        let mut failed = false;
+        for level in order {
+            if reserved.num_permits() == 0 {
+                break;
+            }
+            if level != NORMAL && Instant::now() < quiet_until[level] {
+                continue;
+            }
+            let fetched = consumers[level]
+                .fetch()
+                .max_messages(reserved.num_permits())
+                .messages()
+                .await;
+            let mut messages = match fetched {
+                Ok(messages) => messages,
+                Err(e) => {
+                    tracing::warn!(task = %served.task.name, error = %e, "cannot pull; retrying");
+                    failed = true;
+                    break;
+                }
+            };
+            let mut got = 0;
+            while let Some(next) = messages.next().await {
+                match next {
+                    Ok(message) => {
+                        got += 1;
+                        start(&served, &tracker, &mut reserved, message).await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(task = %served.task.name, error = %e, "pull interrupted");
+                        break;
+                    }
+                }
+            }
+            if got == 0 && level != NORMAL {
+                quiet_until[level] = Instant::now() + QUIET;
+            }
+            started += got;
+        }
+        if failed {
+            drop(reserved);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            }
+        }
+        if started > 0 {
+            // Unused slots return to the pool; the next round looks again at once.
+            continue;
+        }
+        // Nothing waits anywhere: wait on the normal level, where most tasks arrive.
+        let batch = consumers[NORMAL]
             .batch()
-            .max_messages(wanted)
-            .expires(PULL_EXPIRES)
-            .heartbeat(PULL_HEARTBEAT)
+            .max_messages(reserved.num_permits())
+            .expires(IDLE_PULL)
             .messages()
             .await;
         let mut messages = match batch {
@@ -204,18 +287,7 @@ async fn pull_loop(
                 next = messages.next() => next,
             };
             match next {
-                Some(Ok(message)) => {
-                    let Some(slot) = reserved.split(1) else {
-                        // More than asked for: hand it back.
-                        let _ = message.ack_with(AckKind::Nak(None)).await;
-                        continue;
-                    };
-                    let served = Arc::clone(&served);
-                    tracker.spawn(async move {
-                        handle(&served, message).await;
-                        drop(slot);
-                    });
-                }
+                Some(Ok(message)) => start(&served, &tracker, &mut reserved, message).await,
                 Some(Err(e)) => {
                     tracing::debug!(task = %served.task.name, error = %e, "pull interrupted");
                     break;
@@ -227,12 +299,24 @@ async fn pull_loop(
     }
 }
 
-/// Most tasks asked for in one pull request.
-const MAX_BATCH: usize = 1000;
-/// How long one pull request waits for tasks.
-const PULL_EXPIRES: Duration = Duration::from_secs(10);
-/// Heartbeat of a waiting pull request, to notice a lost connection.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(3);
+/// Starts a pulled task in one of the reserved slots.
+async fn start(
+    served: &Arc<Served>,
+    tracker: &TaskTracker,
+    reserved: &mut tokio::sync::OwnedSemaphorePermit,
+    message: jetstream::Message,
+) {
+    let Some(slot) = reserved.split(1) else {
+        // More than asked for: hand it back.
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+        return;
+    };
+    let served = Arc::clone(served);
+    tracker.spawn(async move {
+        handle(&served, message).await;
+        drop(slot);
+    });
+}
 
 /// On shutdown, hands back the tasks that were fetched but not started: NAKed, another worker
 /// gets them at once instead of after the ack wait. Stops when nothing more arrives for a
@@ -255,6 +339,8 @@ enum Outcome {
     Done(Result<Vec<u8>, TaskError>),
     Panicked(String),
     TimedOut(Duration),
+    /// Cancelled on request and abandoned after the grace period.
+    Cancelled,
     Released,
 }
 
@@ -312,12 +398,64 @@ async fn handle(served: &Served, message: jetstream::Message) {
         return;
     }
 
+    let ttl = options.result_ttl;
+    // Cancelled before it started: it never runs.
+    if served.cancels.is_cancelled(&id) {
+        tracing::info!(task = %name, task_id = %id, "cancelled before it started");
+        let body = broker::failure_body("cancelled on request", false);
+        finish(
+            served,
+            message,
+            &id,
+            attempt,
+            TaskState::Cancelled,
+            body,
+            ttl,
+        )
+        .await;
+        return;
+    }
+    // Not started in time: it never runs.
+    if let Some(at) = broker::expires_at(message.headers.as_ref())
+        && broker::now_micros() > at
+    {
+        tracing::info!(task = %name, task_id = %id, "expired before it started");
+        let body = broker::failure_body("not started before its expiry time", false);
+        finish(served, message, &id, attempt, TaskState::Expired, body, ttl).await;
+        return;
+    }
+
+    let tracked = served.cancels.track(&id);
     let token = CancellationToken::new();
     let deadline = options.timeout.map(|t| Instant::now() + t);
     let ctx = TaskContext::new(id.clone(), name.clone(), attempt, max_attempts)
         .with_deadline(deadline)
-        .with_cancellation(token.clone());
-    let outcome = run_attempt(served, &message, ctx, token, options.timeout).await;
+        .with_cancellation(token.clone())
+        .with_progress_sink(progress_sink(served, &id, attempt));
+    let outcome = run_attempt(
+        served,
+        &message,
+        ctx,
+        token,
+        options.timeout,
+        &tracked.token,
+    )
+    .await;
+    if tracked.token.is_cancelled() && !matches!(outcome, Outcome::Released) {
+        tracing::info!(task = %name, task_id = %id, "stopped on cancel");
+        let body = broker::failure_body("cancelled on request", false);
+        finish(
+            served,
+            message,
+            &id,
+            attempt,
+            TaskState::Cancelled,
+            body,
+            ttl,
+        )
+        .await;
+        return;
+    }
 
     match outcome {
         Outcome::Done(Ok(output)) => {
@@ -328,6 +466,7 @@ async fn handle(served: &Served, message: jetstream::Message) {
                 attempt,
                 TaskState::Succeeded,
                 output.into(),
+                ttl,
             )
             .await;
         }
@@ -343,14 +482,38 @@ async fn handle(served: &Served, message: jetstream::Message) {
             let error = format!("task panicked: {text}");
             if store_dead(served, &message, &id, attempt, "panic", &error).await {
                 let body = broker::failure_body(&error, false);
-                finish(served, message, &id, attempt, TaskState::Failed, body).await;
+                finish(served, message, &id, attempt, TaskState::Failed, body, ttl).await;
             }
         }
-        Outcome::Released => {
+        Outcome::Cancelled | Outcome::Released => {
             tracing::info!(task = %name, task_id = %id, "released for another worker");
             let _ = message.ack_with(AckKind::Nak(None)).await;
         }
     }
+}
+
+/// Publishes a running task's progress reports as events, in the order it made them.
+fn progress_sink(served: &Served, id: &Id, attempt: u32) -> taskwire::ProgressSink {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<taskwire::v1::TaskProgress>();
+    let client = served.client.clone();
+    let name = served.task.name.clone();
+    let id = id.clone();
+    tokio::spawn(async move {
+        while let Some(progress) = rx.recv().await {
+            let mut headers = broker::event_headers(&name, &id, TaskState::Running, attempt);
+            headers.insert(header::PROGRESS, "1");
+            let _ = client
+                .publish_with_headers(
+                    subject::event(&name, &id),
+                    headers,
+                    broker::progress_body(&progress),
+                )
+                .await;
+        }
+    });
+    Arc::new(move |progress| {
+        let _ = tx.send(progress);
+    })
 }
 
 async fn run_attempt(
@@ -359,6 +522,7 @@ async fn run_attempt(
     ctx: TaskContext,
     token: CancellationToken,
     limit: Option<Duration>,
+    cancelled: &CancellationToken,
 ) -> Outcome {
     let deadline = ctx.deadline();
     let (ctx_id, attempt) = (ctx.id().clone(), ctx.attempt());
@@ -373,6 +537,7 @@ async fn run_attempt(
     let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
     let mut abandon_at = tokio::time::Instant::from_std(deadline.unwrap_or(far));
     let mut timed_out = false;
+    let mut cancel_seen = false;
     let mut running_event = std::pin::pin!(tokio::time::sleep(RUNNING_EVENT_AFTER));
     let mut running_reported = false;
     loop {
@@ -399,7 +564,16 @@ async fn run_attempt(
             _ = heartbeat.tick() => {
                 let _ = message.ack_with(AckKind::Progress).await;
             }
+            () = cancelled.cancelled(), if !cancel_seen => {
+                // Cancelled on request: tell the task to stop, and give it a moment to do so.
+                cancel_seen = true;
+                token.cancel();
+                abandon_at = abandon_at.min(tokio::time::Instant::now() + TIMEOUT_GRACE);
+            }
             () = tokio::time::sleep_until(abandon_at) => {
+                if cancel_seen {
+                    return Outcome::Cancelled;
+                }
                 if timed_out {
                     return Outcome::TimedOut(limit.unwrap_or_default());
                 }
@@ -469,7 +643,16 @@ async fn failed(
     };
     if store_dead(served, &message, id, attempt, reason, err.message()).await {
         let body = broker::failure_body(err.message(), err.is_retryable());
-        finish(served, message, id, attempt, TaskState::Failed, body).await;
+        finish(
+            served,
+            message,
+            id,
+            attempt,
+            TaskState::Failed,
+            body,
+            options.result_ttl,
+        )
+        .await;
     }
 }
 
@@ -579,9 +762,10 @@ async fn finish(
     attempt: u32,
     state: TaskState,
     body: Bytes,
+    ttl: Option<Duration>,
 ) {
     let name: &Name = &served.task.name;
-    let headers = broker::result_headers(name, id, state, attempt, &series(&message));
+    let headers = broker::result_headers(name, id, state, attempt, &series(&message), ttl);
     match store(served, id, "result", subject::result(id), headers, body).await {
         Stored::Yes { duplicate: false } => {
             if let Some(hook) = &served.on_result {
