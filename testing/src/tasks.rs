@@ -2,12 +2,47 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use taskwire::examples::chaos::v1::{
     Chaos, ChaosServer, ChargeArgs, ChargeResult, FlakyArgs, FlakyResult, PanicArgs, PanicResult,
-    SleepArgs, SleepResult,
+    SleepArgs, SleepResult, StepsArgs, StepsDone, StepsResult,
 };
+
+/// What the chaos tasks of this process did, by label, for tests that run a worker in process.
+static JOURNAL: Mutex<Vec<(String, &'static str, SystemTime)>> = Mutex::new(Vec::new());
+
+fn note(label: &str, what: &'static str) {
+    if !label.is_empty() {
+        JOURNAL.lock().unwrap_or_else(|e| e.into_inner()).push((
+            label.to_owned(),
+            what,
+            SystemTime::now(),
+        ));
+    }
+}
+
+/// When the task labelled `label` first did `what`.
+pub fn journal_time(label: &str, what: &str) -> Option<SystemTime> {
+    JOURNAL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(l, w, _)| l == label && *w == what)
+        .map(|(_, _, t)| *t)
+}
+
+/// The labels of the Sleep and Steps tasks of this process that did `what` (`started`,
+/// `finished`, `cancelled`: saw its cancellation token fire), in order.
+pub fn journal(what: &str) -> Vec<String> {
+    JOURNAL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(_, w, _)| *w == what)
+        .map(|(label, _, _)| label.clone())
+        .collect()
+}
 use taskwire::examples::magic::v1::{AddArgs, AddResult, Magic, MagicServer};
 use taskwire::{TaskContext, TaskError};
 
@@ -31,13 +66,46 @@ pub struct ChaosTasks {
 
 impl Chaos for ChaosTasks {
     async fn sleep(&self, ctx: TaskContext, args: SleepArgs) -> Result<SleepResult, TaskError> {
+        note(&args.label, "started");
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(args.millis)) => Ok(SleepResult {
-                label: args.label,
-                attempt: ctx.attempt(),
-            }),
-            () = ctx.cancelled() => Err(TaskError::retryable("stopped while sleeping")),
+            () = tokio::time::sleep(Duration::from_millis(args.millis)) => {
+                note(&args.label, "finished");
+                Ok(SleepResult {
+                    label: args.label,
+                    attempt: ctx.attempt(),
+                })
+            }
+            () = ctx.cancelled() => {
+                note(&args.label, "cancelled");
+                Err(TaskError::retryable("stopped while sleeping"))
+            }
         }
+    }
+
+    async fn steps(&self, ctx: TaskContext, args: StepsArgs) -> Result<StepsResult, TaskError> {
+        note(&args.label, "started");
+        for done in 1..=args.steps {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(args.step_millis)) => {}
+                () = ctx.cancelled() => {
+                    note(&args.label, "cancelled");
+                    return Err(TaskError::retryable("stopped between steps"));
+                }
+            }
+            ctx.progress_details(
+                done as f32 * 100.0 / args.steps as f32,
+                format!("step {done} of {}", args.steps),
+                &StepsDone {
+                    done,
+                    left: args.steps - done,
+                },
+            );
+        }
+        note(&args.label, "finished");
+        Ok(StepsResult {
+            label: args.label,
+            steps: args.steps,
+        })
     }
 
     async fn panic(&self, _ctx: TaskContext, args: PanicArgs) -> Result<PanicResult, TaskError> {

@@ -639,11 +639,13 @@ impl Gateway {
         tokio::spawn(async move {
             let mut recheck = tokio::time::interval(Duration::from_secs(1));
             recheck.reset();
+            let mut delivered = 0;
             loop {
                 let last = tokio::select! {
                     () = tx.closed() => return,
                     event = events.next() => match event {
                         Some(Ok(m)) => {
+                            delivered = m.info().map_or(delivered, |i| i.stream_sequence);
                             let info = broker::task_info(
                                 &id,
                                 &m.headers.clone().unwrap_or_default(),
@@ -677,6 +679,33 @@ impl Gateway {
                         Err(e) => Err(e),
                     },
                 };
+                // Changes stored before the end go out before it.
+                let newest = broker::last_message(
+                    &self.client,
+                    broker::EVENTS_STREAM,
+                    &subject::events_of(&id),
+                )
+                .await
+                .ok()
+                .flatten()
+                .map_or(0, |m| m.sequence);
+                while delivered < newest {
+                    let Ok(Some(Ok(m))) =
+                        tokio::time::timeout(Duration::from_secs(1), events.next()).await
+                    else {
+                        break;
+                    };
+                    delivered = m.info().map_or(newest, |i| i.stream_sequence);
+                    let info = broker::task_info(
+                        &id,
+                        &m.headers.clone().unwrap_or_default(),
+                        &m.payload,
+                        Some(SystemTime::now()),
+                    );
+                    if tx.send(Ok(info)).await.is_err() {
+                        return;
+                    }
+                }
                 let last = match last {
                     Ok(info) => self.with_json(info, json).await.map_err(Status::from),
                     Err(e) => Err(e.into()),
@@ -731,15 +760,18 @@ impl Gateway {
         match published {
             Ok(_) => {}
             Err(e) if broker::is_wrong_last_sequence(&e) => {
+                let stored = self.result(id).await?;
+                // A worker saw the mark first and stored the cancelled result itself.
+                if let Some(info) = stored.as_ref()
+                    && info.state() == TaskState::Cancelled
+                {
+                    return Ok(info.clone());
+                }
                 // Finished first: the mark is not needed.
                 let _ = self.broker.cancelled.delete(id.as_str()).await;
-                let state = match self.result(id).await? {
-                    Some(info) => broker::state_name(info.state()),
-                    None => "finished",
-                };
                 return Err(Error::Finished {
                     id: id.to_string(),
-                    state,
+                    state: stored.map_or("finished", |info| broker::state_name(info.state())),
                 });
             }
             Err(e) => return Err(publish_error(e)),

@@ -428,10 +428,11 @@ async fn handle(served: &Served, message: jetstream::Message) {
     let tracked = served.cancels.track(&id);
     let token = CancellationToken::new();
     let deadline = options.timeout.map(|t| Instant::now() + t);
+    let (sink, progress_sent) = progress_sink(served, &id, attempt);
     let ctx = TaskContext::new(id.clone(), name.clone(), attempt, max_attempts)
         .with_deadline(deadline)
         .with_cancellation(token.clone())
-        .with_progress_sink(progress_sink(served, &id, attempt));
+        .with_progress_sink(sink);
     let outcome = run_attempt(
         served,
         &message,
@@ -441,6 +442,9 @@ async fn handle(served: &Served, message: jetstream::Message) {
         &tracked.token,
     )
     .await;
+    // Progress reports go out before the result, so that watchers see them in order (unless
+    // the task kept its context alive past its end).
+    let _ = tokio::time::timeout(Duration::from_secs(1), progress_sent).await;
     if tracked.token.is_cancelled() && !matches!(outcome, Outcome::Released) {
         tracing::info!(task = %name, task_id = %id, "stopped on cancel");
         let body = broker::failure_body("cancelled on request", false);
@@ -492,13 +496,18 @@ async fn handle(served: &Served, message: jetstream::Message) {
     }
 }
 
-/// Publishes a running task's progress reports as events, in the order it made them.
-fn progress_sink(served: &Served, id: &Id, attempt: u32) -> taskwire::ProgressSink {
+/// Publishes a running task's progress reports as events, in the order it made them. The
+/// handle completes when the task's context is gone and every report was sent.
+fn progress_sink(
+    served: &Served,
+    id: &Id,
+    attempt: u32,
+) -> (taskwire::ProgressSink, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<taskwire::v1::TaskProgress>();
     let client = served.client.clone();
     let name = served.task.name.clone();
     let id = id.clone();
-    tokio::spawn(async move {
+    let sent = tokio::spawn(async move {
         while let Some(progress) = rx.recv().await {
             let mut headers = broker::event_headers(&name, &id, TaskState::Running, attempt);
             headers.insert(header::PROGRESS, "1");
@@ -511,9 +520,10 @@ fn progress_sink(served: &Served, id: &Id, attempt: u32) -> taskwire::ProgressSi
                 .await;
         }
     });
-    Arc::new(move |progress| {
+    let sink: taskwire::ProgressSink = Arc::new(move |progress| {
         let _ = tx.send(progress);
-    })
+    });
+    (sink, sent)
 }
 
 async fn run_attempt(
