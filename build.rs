@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/taskwire/v1/options.proto",
                 "proto/taskwire/v1/tasks.proto",
+                "proto/taskwire/v1/schedules.proto",
                 "proto/examples/magic/v1/magic.proto",
                 "proto/examples/chaos/v1/chaos.proto",
             ],

@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | tasks | stream `TASKWIRE_TASKS`, `taskwire.tasks.<task>` (normal priority), `taskwire.tasks-high.<task>`, `taskwire.tasks-low.<task>`, work queue, one durable pull consumer per task and priority |
 //! | delayed tasks | stream `TASKWIRE_TASKS`, `taskwire.delayed.<id>`: a message schedule (`@at`) that the server turns into the task at its time |
+//! | schedules | stream `TASKWIRE_TASKS`, `taskwire.schedules.<name>`: a message schedule (cron or `@every`) that the server turns into a task on every tick; its definition in KV bucket `TASKWIRE_SCHEDULES` |
 //! | cancellations | KV bucket `TASKWIRE_CANCELLED`, key `<id>`, kept for the result TTL; workers watch it |
 //! | results | stream `TASKWIRE_RESULTS`, `taskwire.results.<id>`, one message per subject, kept for the result TTL |
 //! | state changes | stream `TASKWIRE_EVENTS`, `taskwire.events.<id>.<task>` |
@@ -36,6 +37,8 @@ pub const DEAD_STREAM: &str = "TASKWIRE_DEAD";
 pub const REGISTRY_BUCKET: &str = "TASKWIRE_REGISTRY";
 /// KV bucket of cancelled task ids, watched by every worker.
 pub const CANCELLED_BUCKET: &str = "TASKWIRE_CANCELLED";
+/// KV bucket of schedule definitions, by name.
+pub const SCHEDULES_BUCKET: &str = "TASKWIRE_SCHEDULES";
 
 /// The priority levels, highest first.
 pub const PRIORITIES: [v1::Priority; 3] =
@@ -55,6 +58,8 @@ pub mod subject {
     pub const TASKS_LOW: &str = "taskwire.tasks-low.>";
     /// Every delayed task (a message schedule).
     pub const DELAYED: &str = "taskwire.delayed.>";
+    /// Every schedule (a repeating message schedule).
+    pub const SCHEDULES: &str = "taskwire.schedules.>";
     /// Every result subject.
     pub const RESULTS: &str = "taskwire.results.*";
     /// Every event subject.
@@ -75,6 +80,11 @@ pub mod subject {
             Priority::Low => format!("taskwire.tasks-low.{}", name.token()),
             Priority::Normal | Priority::Unspecified => task(name),
         }
+    }
+
+    /// Where the broker keeps a schedule.
+    pub fn schedule(name: &str) -> String {
+        format!("taskwire.schedules.{name}")
     }
 
     /// Where the broker holds a delayed task until its time.
@@ -145,6 +155,9 @@ pub mod header {
     pub const ERROR: &str = "Taskwire-Error";
     /// On a task: the time after which it is not started, in microseconds since the Unix epoch.
     pub const EXPIRES_AT: &str = "Taskwire-Expires-At";
+    /// On a task a schedule submitted: the schedule's name. Such a task has no id header; its
+    /// id is made from the schedule and its place in the stream.
+    pub const SCHEDULE_NAME: &str = "Taskwire-Schedule";
     /// On a task of high or low priority: `high` or `low`, so that a replay keeps it.
     pub const PRIORITY: &str = "Taskwire-Priority";
     /// On a scheduled event: when the task becomes due, in microseconds since the Unix epoch.
@@ -270,6 +283,7 @@ impl Settings {
                 subject::TASKS_HIGH.into(),
                 subject::TASKS_LOW.into(),
                 subject::DELAYED.into(),
+                subject::SCHEDULES.into(),
             ],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
@@ -353,6 +367,17 @@ impl Settings {
         }
     }
 
+    fn schedules_bucket(&self) -> kv::Config {
+        kv::Config {
+            bucket: SCHEDULES_BUCKET.into(),
+            description: "taskwire: schedule definitions".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
     fn registry_bucket(&self) -> kv::Config {
         kv::Config {
             bucket: REGISTRY_BUCKET.into(),
@@ -382,10 +407,12 @@ pub struct Broker {
     pub registry: kv::Store,
     /// `TASKWIRE_CANCELLED`.
     pub cancelled: kv::Store,
+    /// `TASKWIRE_SCHEDULES`.
+    pub schedules: kv::Store,
     /// How long results are kept at most.
     pub result_ttl: Duration,
     /// Whether the tasks stream takes message schedules (it does unless a queue limit is set).
-    pub schedules: bool,
+    pub message_schedules: bool,
 }
 
 impl Broker {
@@ -398,7 +425,8 @@ impl Broker {
         let dead = ensure_stream(&jetstream, settings.dead_stream()).await?;
         let registry = ensure_bucket(&jetstream, settings.registry_bucket()).await?;
         let cancelled = ensure_bucket(&jetstream, settings.cancelled_bucket()).await?;
-        let schedules = tasks.cached_info().config.allow_message_schedules;
+        let schedules = ensure_bucket(&jetstream, settings.schedules_bucket()).await?;
+        let message_schedules = tasks.cached_info().config.allow_message_schedules;
         Ok(Self {
             jetstream,
             tasks,
@@ -407,8 +435,9 @@ impl Broker {
             dead,
             registry,
             cancelled,
-            result_ttl: settings.result_ttl,
             schedules,
+            result_ttl: settings.result_ttl,
+            message_schedules,
         })
     }
 
@@ -675,6 +704,37 @@ pub fn task_headers(
     }
     overrides.write(&mut headers);
     headers
+}
+
+/// The headers of a schedule: those of the tasks it submits (without an id: each tick's task
+/// gets its own), with the schedule `spec` and its target.
+pub fn schedule_headers(
+    name: &Name,
+    schedule: &str,
+    spec: &str,
+    priority: v1::Priority,
+    overrides: &Overrides,
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::TASK, name.as_str());
+    headers.insert(header::SCHEDULE_NAME, schedule);
+    headers.insert(header::ATTEMPT, "1");
+    if priority != v1::Priority::Normal && priority != v1::Priority::Unspecified {
+        headers.insert(header::PRIORITY, priority_name(priority));
+    }
+    overrides.write(&mut headers);
+    headers.insert(header::SCHEDULE, spec);
+    headers.insert(
+        header::SCHEDULE_TARGET,
+        subject::task_at(name, priority).as_str(),
+    );
+    headers
+}
+
+/// The id of the task a schedule submitted, from the schedule's name and the task's sequence in
+/// the tasks stream: the same on every redelivery, different on every tick.
+pub fn scheduled_task_id(name: &Name, schedule: &str, sequence: u64) -> Id {
+    Id::from_idempotency_key(name, &format!("schedule\0{schedule}\0{sequence}"))
 }
 
 /// The expiry time of a task message, in microseconds since the Unix epoch.

@@ -45,6 +45,10 @@ const BUILTIN_PROTOS: &[(&str, &str)] = &[
         "taskwire/v1/tasks.proto",
         include_str!("../proto/taskwire/v1/tasks.proto"),
     ),
+    (
+        "taskwire/v1/schedules.proto",
+        include_str!("../proto/taskwire/v1/schedules.proto"),
+    ),
 ];
 
 /// What went wrong while generating code.

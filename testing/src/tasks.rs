@@ -22,6 +22,16 @@ fn note(label: &str, what: &'static str) {
     }
 }
 
+/// How many times tasks labelled `label` did `what`.
+pub fn journal_count(label: &str, what: &str) -> usize {
+    JOURNAL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(l, w, _)| l == label && *w == what)
+        .count()
+}
+
 /// When the task labelled `label` first did `what`.
 pub fn journal_time(label: &str, what: &str) -> Option<SystemTime> {
     JOURNAL

@@ -60,6 +60,10 @@ pub enum Error {
     BadResult(String, String),
     #[error("no dead letter for task {0}: it did not fail for good, was replayed, or was purged")]
     NoDeadLetter(String),
+    #[error("a schedule named {0} exists already; delete it first or choose another name")]
+    ScheduleExists(String),
+    #[error("no schedule named {0}; `taskwire schedule list` shows those that exist")]
+    NoSchedule(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("the gateway could not start: {0}")]
@@ -73,7 +77,9 @@ impl Error {
             Error::UnknownTask(_)
             | Error::NotFound(_)
             | Error::NoDeadLetter(_)
-            | Error::Expired(_) => Code::NotFound,
+            | Error::Expired(_)
+            | Error::NoSchedule(_) => Code::NotFound,
+            Error::ScheduleExists(_) => Code::AlreadyExists,
             Error::InvalidName(_)
             | Error::InvalidId(_)
             | Error::Payload(_)

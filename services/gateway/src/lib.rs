@@ -18,6 +18,7 @@ mod dead;
 mod error;
 pub mod payload;
 mod registry;
+mod schedules;
 mod tasks;
 mod waiters;
 
@@ -28,6 +29,7 @@ use std::time::Duration;
 use taskwire::broker::{self, Broker};
 use taskwire::task::TaskType;
 use taskwire::v1::admin_server::AdminServer;
+use taskwire::v1::schedules_server::SchedulesServer;
 use taskwire::v1::tasks_server::TasksServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -140,6 +142,9 @@ pub async fn serve(
     health
         .set_serving::<AdminServer<tasks::TasksService>>()
         .await;
+    health
+        .set_serving::<SchedulesServer<schedules::SchedulesService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(taskwire::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -151,6 +156,7 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
 
+    let schedules = schedules::SchedulesService::new(Arc::clone(&gateway));
     let service = tasks::TasksService::new(gateway);
     let max_message = config.max_payload.saturating_mul(4).max(4 * 1024 * 1024);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -161,6 +167,7 @@ pub async fn serve(
         .add_service(reflection_alpha)
         .add_service(TasksServer::new(service.clone()).max_decoding_message_size(max_message))
         .add_service(AdminServer::new(service))
+        .add_service(SchedulesServer::new(schedules))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| Error::Startup(format!("gRPC server: {e}")))?;

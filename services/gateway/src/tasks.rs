@@ -149,7 +149,7 @@ const MAX_OVERRIDE: Duration = Duration::from_secs(24 * 3600);
 
 /// The submitter's changes to the task's options, checked. Results are kept at most
 /// `max_result_ttl`.
-fn overrides(
+pub(crate) fn overrides(
     options: &v1::SubmitOptions,
     max_result_ttl: Duration,
 ) -> Result<broker::Overrides, Error> {
@@ -279,7 +279,7 @@ impl Gateway {
         };
         let overrides = overrides(&options, self.broker.result_ttl)?;
         let placement = placement(&options, SystemTime::now())?;
-        if placement.not_before.is_some() && !self.broker.schedules {
+        if placement.not_before.is_some() && !self.broker.message_schedules {
             return Err(Error::NoSchedules);
         }
         self.check_connected()?;

@@ -346,12 +346,7 @@ enum Outcome {
 
 async fn handle(served: &Served, message: jetstream::Message) {
     let name = &served.task.name;
-    let Some(id) = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(header::TASK_ID))
-        .and_then(|v| Id::parse(v.as_str()).ok())
-    else {
+    let Some(id) = task_id(name, &message) else {
         // Not a taskwire task: it can never run, so it must not block the queue. It is kept as
         // a dead letter under an id made from its place in the stream.
         let sequence = message
@@ -494,6 +489,18 @@ async fn handle(served: &Served, message: jetstream::Message) {
             let _ = message.ack_with(AckKind::Nak(None)).await;
         }
     }
+}
+
+/// The id of a task message: its id header, or for a task a schedule submitted, one made from
+/// the schedule and the message's place in the stream.
+fn task_id(name: &Name, message: &jetstream::Message) -> Option<Id> {
+    let headers = message.headers.as_ref()?;
+    if let Some(id) = headers.get(header::TASK_ID) {
+        return Id::parse(id.as_str()).ok();
+    }
+    let schedule = headers.get(header::SCHEDULE_NAME)?;
+    let sequence = message.info().ok()?.stream_sequence;
+    Some(broker::scheduled_task_id(name, schedule.as_str(), sequence))
 }
 
 /// Publishes a running task's progress reports as events, in the order it made them. The

@@ -1,0 +1,362 @@
+//! `taskwire.v1.Schedules`: cron and interval schedules kept by the broker.
+//!
+//! A schedule is two things: its definition in the `TASKWIRE_SCHEDULES` bucket (what List and
+//! Get read, and what Resume brings back), and while it is active, one message schedule on
+//! `taskwire.schedules.<name>` in the tasks stream, which the server turns into a task on every
+//! tick. No gateway takes part in firing, so a tick fires once however many gateways run, and a
+//! restart of any process changes nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use prost::Message as _;
+use taskwire::broker::{self, subject};
+use taskwire::task::Name;
+use taskwire::v1;
+use tonic::{Request, Response, Status};
+
+use crate::tasks::{overrides, publish_error};
+use crate::{Error, Gateway, payload};
+
+/// The longest schedule name.
+const MAX_NAME: usize = 64;
+
+fn check_name(name: &str) -> Result<(), Error> {
+    if name.is_empty()
+        || name.len() > MAX_NAME
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(Error::BadRequest(format!(
+            "schedule name {name:?} must be 1 to {MAX_NAME} letters, digits, `-` or `_`"
+        )));
+    }
+    Ok(())
+}
+
+/// The `Nats-Schedule` value of a schedule's timing.
+fn spec(when: Option<&v1::schedule::When>) -> Result<String, Error> {
+    match when {
+        None => Err(Error::BadRequest(
+            "the schedule has no timing: set cron (e.g. \"0 * * * *\") or every (e.g. 60s)".into(),
+        )),
+        Some(v1::schedule::When::Every(every)) => {
+            let d = Duration::try_from(*every).map_err(|_| {
+                Error::BadRequest("every is negative; give an interval of at least 1s".into())
+            })?;
+            if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
+                return Err(Error::BadRequest(format!(
+                    "every is {}; give whole seconds, at least 1s",
+                    humantime::format_duration(d)
+                )));
+            }
+            Ok(format!("@every {}s", d.as_secs()))
+        }
+        Some(v1::schedule::When::Cron(cron)) => {
+            let cron = cron.trim();
+            let predefined = [
+                "@yearly",
+                "@annually",
+                "@monthly",
+                "@weekly",
+                "@daily",
+                "@midnight",
+                "@hourly",
+            ];
+            if cron.starts_with('@') {
+                if predefined.contains(&cron) {
+                    return Ok(cron.to_owned());
+                }
+                return Err(Error::BadRequest(format!(
+                    "cron {cron:?} is not one of {}",
+                    predefined.join(", ")
+                )));
+            }
+            let fields: Vec<&str> = cron.split_whitespace().collect();
+            match fields.len() {
+                // Minute first: the broker's cron counts seconds too.
+                5 => Ok(format!("0 {}", fields.join(" "))),
+                6 => Ok(fields.join(" ")),
+                n => Err(Error::BadRequest(format!(
+                    "cron {cron:?} has {n} fields; give five (minute hour day-of-month month day-of-week) or six (seconds first)"
+                ))),
+            }
+        }
+    }
+}
+
+impl Gateway {
+    async fn create_schedule(&self, schedule: v1::Schedule) -> Result<v1::Schedule, Error> {
+        check_name(&schedule.name)?;
+        let name = Name::parse(&schedule.task).map_err(Error::InvalidName)?;
+        let task_type = self.registry.get(&name).await?;
+        match &schedule.args {
+            Some(v1::schedule::Args::ArgsProto(bytes)) => {
+                payload::from_proto(
+                    &task_type.input,
+                    Bytes::from(bytes.clone()),
+                    self.max_payload,
+                )?;
+            }
+            Some(v1::schedule::Args::ArgsJson(json)) => {
+                payload::from_json(&task_type.input, json, self.max_payload)?;
+            }
+            None => return Err(Error::MissingArgs),
+        }
+        let spec = spec(schedule.when.as_ref())?;
+        let options = schedule.options.clone().unwrap_or_default();
+        for (set, field) in [
+            (!options.idempotency_key.is_empty(), "idempotency_key"),
+            (options.not_before.is_some(), "not_before"),
+            (options.countdown.is_some(), "countdown"),
+            (options.expires_at.is_some(), "expires_at"),
+            (options.ttl.is_some(), "ttl"),
+        ] {
+            if set {
+                return Err(Error::BadRequest(format!(
+                    "{field} does not apply to a schedule's tasks; leave it unset"
+                )));
+            }
+        }
+        overrides(&options, self.broker.result_ttl)?;
+        v1::Priority::try_from(options.priority).map_err(|_| {
+            Error::BadRequest(format!(
+                "priority {} is not a priority; use 1 (high), 2 (normal) or 3 (low)",
+                options.priority
+            ))
+        })?;
+        if !self.broker.message_schedules {
+            return Err(Error::NoSchedules);
+        }
+        self.check_connected()?;
+
+        let mut stored = schedule.clone();
+        stored.paused = false;
+        stored.created_at = Some(SystemTime::now().into());
+        match self
+            .broker
+            .schedules
+            .create(&stored.name, stored.encode_to_vec().into())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+                return Err(Error::ScheduleExists(stored.name));
+            }
+            Err(e) => return Err(self.broker_error(e)),
+        }
+        if let Err(e) = self.start_schedule(&stored, &spec).await {
+            // Nothing half made: the definition goes again.
+            let _ = self.broker.schedules.purge(&stored.name).await;
+            return Err(e);
+        }
+        tracing::info!(
+            schedule = stored.name,
+            task = stored.task,
+            spec,
+            "schedule created"
+        );
+        Ok(stored)
+    }
+
+    /// Puts the schedule's message schedule in the tasks stream.
+    async fn start_schedule(&self, schedule: &v1::Schedule, spec: &str) -> Result<(), Error> {
+        let name = Name::parse(&schedule.task).map_err(Error::InvalidName)?;
+        let task_type = self.registry.get(&name).await?;
+        let args = match &schedule.args {
+            Some(v1::schedule::Args::ArgsProto(bytes)) => {
+                payload::from_proto(
+                    &task_type.input,
+                    Bytes::from(bytes.clone()),
+                    self.max_payload,
+                )?
+                .0
+            }
+            Some(v1::schedule::Args::ArgsJson(json)) => {
+                payload::from_json(&task_type.input, json, self.max_payload)?.0
+            }
+            None => return Err(Error::MissingArgs),
+        };
+        let options = schedule.options.clone().unwrap_or_default();
+        let priority = v1::Priority::try_from(options.priority).unwrap_or_default();
+        let headers = broker::schedule_headers(
+            &name,
+            &schedule.name,
+            spec,
+            priority,
+            &overrides(&options, self.broker.result_ttl)?,
+        );
+        let published = self
+            .broker
+            .jetstream
+            .publish_with_headers(subject::schedule(&schedule.name), headers, args)
+            .await
+            .map_err(publish_error)?
+            .await;
+        match published {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().to_lowercase().contains("schedule") => Err(Error::BadRequest(
+                format!("the broker refused the schedule {spec:?}: {e}; check the cron expression"),
+            )),
+            Err(e) => Err(publish_error(e)),
+        }
+    }
+
+    /// Removes the schedule's message schedule from the tasks stream.
+    async fn stop_schedule(&self, name: &str) -> Result<(), Error> {
+        self.broker
+            .tasks
+            .purge()
+            .filter(subject::schedule(name))
+            .await
+            .map_err(|e| self.broker_error(e))?;
+        Ok(())
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<(v1::Schedule, u64), Error> {
+        check_name(name)?;
+        self.check_connected()?;
+        let entry = self
+            .broker
+            .schedules
+            .entry(name)
+            .await
+            .map_err(|e| self.broker_error(e))?
+            .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
+            .ok_or_else(|| Error::NoSchedule(name.to_owned()))?;
+        let schedule = v1::Schedule::decode(entry.value)
+            .map_err(|e| Error::Broker(format!("schedule {name} does not decode: {e}")))?;
+        Ok((schedule, entry.revision))
+    }
+
+    async fn set_paused(&self, name: &str, paused: bool) -> Result<v1::Schedule, Error> {
+        let (mut schedule, revision) = self.get_schedule(name).await?;
+        if schedule.paused == paused {
+            return Ok(schedule);
+        }
+        if paused {
+            self.stop_schedule(name).await?;
+        } else {
+            self.start_schedule(&schedule, &spec(schedule.when.as_ref())?)
+                .await?;
+        }
+        schedule.paused = paused;
+        self.broker
+            .schedules
+            .update(name, schedule.encode_to_vec().into(), revision)
+            .await
+            .map_err(|e| self.broker_error(e))?;
+        tracing::info!(schedule = name, paused, "schedule changed");
+        Ok(schedule)
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<(), Error> {
+        self.get_schedule(name).await?;
+        self.stop_schedule(name).await?;
+        self.broker
+            .schedules
+            .purge(name)
+            .await
+            .map_err(|e| self.broker_error(e))?;
+        tracing::info!(schedule = name, "schedule deleted");
+        Ok(())
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<v1::Schedule>, Error> {
+        self.check_connected()?;
+        let mut names = Vec::new();
+        let mut keys = self
+            .broker
+            .schedules
+            .keys()
+            .await
+            .map_err(|e| self.broker_error(e))?;
+        while let Some(key) = keys.next().await {
+            names.push(key.map_err(|e| self.broker_error(e))?);
+        }
+        names.sort();
+        let mut schedules = Vec::with_capacity(names.len());
+        for name in names {
+            match self.get_schedule(&name).await {
+                Ok((schedule, _)) => schedules.push(schedule),
+                // Deleted in between.
+                Err(Error::NoSchedule(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(schedules)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct SchedulesService {
+    gateway: Arc<Gateway>,
+}
+
+impl SchedulesService {
+    pub(crate) fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+}
+
+#[tonic::async_trait]
+impl v1::schedules_server::Schedules for SchedulesService {
+    async fn create(
+        &self,
+        request: Request<v1::CreateScheduleRequest>,
+    ) -> Result<Response<v1::Schedule>, Status> {
+        let schedule = request
+            .into_inner()
+            .schedule
+            .ok_or_else(|| Error::BadRequest("the request has no schedule".into()))?;
+        Ok(Response::new(self.gateway.create_schedule(schedule).await?))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<v1::ListSchedulesRequest>,
+    ) -> Result<Response<v1::ListSchedulesResponse>, Status> {
+        let schedules = self.gateway.list_schedules().await?;
+        Ok(Response::new(v1::ListSchedulesResponse { schedules }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<v1::GetScheduleRequest>,
+    ) -> Result<Response<v1::Schedule>, Status> {
+        let (schedule, _) = self
+            .gateway
+            .get_schedule(&request.into_inner().name)
+            .await?;
+        Ok(Response::new(schedule))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<v1::DeleteScheduleRequest>,
+    ) -> Result<Response<v1::DeleteScheduleResponse>, Status> {
+        self.gateway
+            .delete_schedule(&request.into_inner().name)
+            .await?;
+        Ok(Response::new(v1::DeleteScheduleResponse {}))
+    }
+
+    async fn pause(
+        &self,
+        request: Request<v1::PauseScheduleRequest>,
+    ) -> Result<Response<v1::Schedule>, Status> {
+        let name = request.into_inner().name;
+        Ok(Response::new(self.gateway.set_paused(&name, true).await?))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<v1::ResumeScheduleRequest>,
+    ) -> Result<Response<v1::Schedule>, Status> {
+        let name = request.into_inner().name;
+        Ok(Response::new(self.gateway.set_paused(&name, false).await?))
+    }
+}
