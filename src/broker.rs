@@ -39,6 +39,16 @@ pub const REGISTRY_BUCKET: &str = "TASKWIRE_REGISTRY";
 pub const CANCELLED_BUCKET: &str = "TASKWIRE_CANCELLED";
 /// KV bucket of schedule definitions, by name.
 pub const SCHEDULES_BUCKET: &str = "TASKWIRE_SCHEDULES";
+/// KV bucket of task limits set through the Admin API, by task token.
+pub const LIMITS_BUCKET: &str = "TASKWIRE_LIMITS";
+/// KV bucket of the slots of tasks with a concurrency limit: `<task token>.<n>`, held by the
+/// worker running a task and refreshed while it runs; a dead worker's slot runs out.
+pub const SLOTS_BUCKET: &str = "TASKWIRE_SLOTS";
+/// KV bucket of the starts counted per window for tasks with a rate limit:
+/// `<task token>.<window>`.
+pub const RATES_BUCKET: &str = "TASKWIRE_RATES";
+/// How long a concurrency slot lasts without a refresh.
+pub const SLOT_LEASE: Duration = Duration::from_secs(20);
 
 /// The priority levels, highest first.
 pub const PRIORITIES: [v1::Priority; 3] =
@@ -378,6 +388,35 @@ impl Settings {
         }
     }
 
+    fn limits_buckets(&self) -> [kv::Config; 3] {
+        let bucket = |name: &str, description: &str, max_age: Duration| kv::Config {
+            bucket: name.into(),
+            description: description.into(),
+            history: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        [
+            bucket(
+                LIMITS_BUCKET,
+                "taskwire: task limits set through the Admin API",
+                Duration::ZERO,
+            ),
+            bucket(
+                SLOTS_BUCKET,
+                "taskwire: concurrency slots held by running tasks",
+                SLOT_LEASE,
+            ),
+            bucket(
+                RATES_BUCKET,
+                "taskwire: task starts counted per rate window",
+                Duration::from_secs(2 * 3600),
+            ),
+        ]
+    }
+
     fn registry_bucket(&self) -> kv::Config {
         kv::Config {
             bucket: REGISTRY_BUCKET.into(),
@@ -409,6 +448,12 @@ pub struct Broker {
     pub cancelled: kv::Store,
     /// `TASKWIRE_SCHEDULES`.
     pub schedules: kv::Store,
+    /// `TASKWIRE_LIMITS`.
+    pub limits: kv::Store,
+    /// `TASKWIRE_SLOTS`.
+    pub slots: kv::Store,
+    /// `TASKWIRE_RATES`.
+    pub rates: kv::Store,
     /// How long results are kept at most.
     pub result_ttl: Duration,
     /// Whether the tasks stream takes message schedules (it does unless a queue limit is set).
@@ -426,6 +471,10 @@ impl Broker {
         let registry = ensure_bucket(&jetstream, settings.registry_bucket()).await?;
         let cancelled = ensure_bucket(&jetstream, settings.cancelled_bucket()).await?;
         let schedules = ensure_bucket(&jetstream, settings.schedules_bucket()).await?;
+        let [limits, slots, rates] = settings.limits_buckets();
+        let limits = ensure_bucket(&jetstream, limits).await?;
+        let slots = ensure_bucket(&jetstream, slots).await?;
+        let rates = ensure_bucket(&jetstream, rates).await?;
         let message_schedules = tasks.cached_info().config.allow_message_schedules;
         Ok(Self {
             jetstream,
@@ -436,6 +485,9 @@ impl Broker {
             registry,
             cancelled,
             schedules,
+            limits,
+            slots,
+            rates,
             result_ttl: settings.result_ttl,
             message_schedules,
         })
@@ -681,6 +733,8 @@ impl Overrides {
             backoff_max: self.backoff_max.unwrap_or(declared.backoff_max),
             concurrency: declared.concurrency,
             result_ttl: self.result_ttl.or(declared.result_ttl),
+            max_concurrency: declared.max_concurrency,
+            rate_limit: declared.rate_limit,
         }
     }
 }

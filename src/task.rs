@@ -170,6 +170,63 @@ pub struct Options {
     pub concurrency: Option<u32>,
     /// How long a result is kept, if the task says; else the broker's result TTL.
     pub result_ttl: Option<Duration>,
+    /// Most of these tasks running at once across all workers.
+    pub max_concurrency: Option<u32>,
+    /// Most of these tasks started per period across all workers.
+    pub rate_limit: Option<Rate>,
+}
+
+/// A rate limit: at most `count` starts per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Starts allowed per period.
+    pub count: u32,
+    /// The period.
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Reads `10/s`, `600/m` or `5/h`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("`{text}` is not a rate such as \"10/s\", \"600/m\" or \"5/h\"");
+        let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        if count == 0 {
+            return Err(format!(
+                "`{text}` allows nothing; give at least 1 per period"
+            ));
+        }
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        Ok(Self { count, per })
+    }
+
+    /// The counting window and the starts allowed in each: one second when the rate allows at
+    /// least one start a second, else the time one start takes.
+    pub fn window(&self) -> (Duration, u32) {
+        let per_ms = self.per.as_millis().max(1) as u64;
+        let window_ms = (per_ms / u64::from(self.count)).max(1000);
+        let allowed = (u64::from(self.count) * window_ms).div_ceil(per_ms).max(1);
+        (
+            Duration::from_millis(window_ms),
+            u32::try_from(allowed).unwrap_or(u32::MAX),
+        )
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
 }
 
 impl Default for Options {
@@ -181,6 +238,8 @@ impl Default for Options {
             backoff_max: DEFAULT_BACKOFF_MAX,
             concurrency: None,
             result_ttl: None,
+            max_concurrency: None,
+            rate_limit: None,
         }
     }
 }
@@ -213,6 +272,18 @@ impl Options {
                 .unwrap_or(defaults.backoff_max),
             concurrency: (options.concurrency > 0).then_some(options.concurrency),
             result_ttl: duration("result_ttl", &options.result_ttl)?,
+            max_concurrency: (options.max_concurrency > 0).then_some(options.max_concurrency),
+            rate_limit: if options.rate_limit.is_empty() {
+                None
+            } else {
+                Some(
+                    Rate::parse(&options.rate_limit).map_err(|reason| Error::Option {
+                        task: task.to_string(),
+                        option: "rate_limit",
+                        reason,
+                    })?,
+                )
+            },
         })
     }
 
@@ -389,6 +460,20 @@ mod tests {
         )
         .expect_err("bad duration");
         assert!(err.to_string().contains("timeout"), "{err}");
+    }
+
+    #[test]
+    fn rates_parse_into_windows() {
+        let r = Rate::parse("10/s").expect("valid");
+        assert_eq!(r.window(), (Duration::from_secs(1), 10));
+        let r = Rate::parse("600/m").expect("valid");
+        assert_eq!(r.window(), (Duration::from_secs(1), 10));
+        let r = Rate::parse("2/m").expect("valid");
+        assert_eq!(r.window(), (Duration::from_secs(30), 1));
+        assert_eq!(r.to_string(), "2/m");
+        for bad in ["", "10", "ten/s", "0/s", "10/d"] {
+            assert!(Rate::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

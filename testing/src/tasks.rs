@@ -32,6 +32,36 @@ pub fn journal_count(label: &str, what: &str) -> usize {
         .count()
 }
 
+/// The most tasks whose label starts with `prefix` that were running at the same moment.
+pub fn max_overlap(prefix: &str) -> usize {
+    let mut changes: Vec<(SystemTime, i64)> = JOURNAL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(l, _, _)| l.starts_with(prefix))
+        .map(|(_, w, t)| (*t, if *w == "started" { 1 } else { -1 }))
+        .collect();
+    // An end and a start at the same instant: the end first.
+    changes.sort();
+    let (mut running, mut most) = (0i64, 0i64);
+    for (_, change) in changes {
+        running += change;
+        most = most.max(running);
+    }
+    most as usize
+}
+
+/// When tasks whose label starts with `prefix` started.
+pub fn start_times(prefix: &str) -> Vec<SystemTime> {
+    JOURNAL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(l, w, _)| l.starts_with(prefix) && *w == "started")
+        .map(|(_, _, t)| *t)
+        .collect()
+}
+
 /// When the task labelled `label` first did `what`.
 pub fn journal_time(label: &str, what: &str) -> Option<SystemTime> {
     JOURNAL
@@ -90,6 +120,14 @@ impl Chaos for ChaosTasks {
                 Err(TaskError::retryable("stopped while sleeping"))
             }
         }
+    }
+
+    async fn limited(&self, ctx: TaskContext, args: SleepArgs) -> Result<SleepResult, TaskError> {
+        self.sleep(ctx, args).await
+    }
+
+    async fn paced(&self, ctx: TaskContext, args: SleepArgs) -> Result<SleepResult, TaskError> {
+        self.sleep(ctx, args).await
     }
 
     async fn steps(&self, ctx: TaskContext, args: StepsArgs) -> Result<StepsResult, TaskError> {

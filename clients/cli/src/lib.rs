@@ -107,6 +107,20 @@ pub enum Command {
     /// delete.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// Show a task type's cluster-wide limits, or set them (overriding its proto options).
+    Limits {
+        /// Full task name.
+        task: String,
+        /// Most tasks running at once across all workers (0: no limit).
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Most tasks started per period across all workers: 10/s, 600/m, 5/h ("" : no limit).
+        #[arg(long)]
+        rate: Option<String>,
+        /// Drop the override: the declared limits apply again.
+        #[arg(long, conflicts_with_all = ["concurrency", "rate"])]
+        clear: bool,
+    },
     /// Tasks that failed for good: list, replay, purge.
     #[command(subcommand)]
     Dead(DeadCommand),
@@ -350,6 +364,35 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             for t in types {
                 println!("{:width$}  {:30}  {}", t.name, t.input_type, t.output_type);
             }
+            Ok(0)
+        }
+        Command::Limits {
+            task,
+            concurrency,
+            rate,
+            clear,
+        } => {
+            let client = Client::connect(cli.gateway).await?;
+            let response = if clear {
+                client.set_task_limits(&task, None).await?
+            } else if concurrency.is_some() || rate.is_some() {
+                let current = client.task_limits(&task).await?.limits.unwrap_or_default();
+                let limits = v1::TaskLimits {
+                    max_concurrency: concurrency.unwrap_or(current.max_concurrency),
+                    rate_limit: rate.unwrap_or(current.rate_limit),
+                };
+                client.set_task_limits(&task, Some(limits)).await?
+            } else {
+                client.task_limits(&task).await?
+            };
+            let limits = response.limits.unwrap_or_default();
+            let out = serde_json::json!({
+                "task": response.task,
+                "max_concurrency": limits.max_concurrency,
+                "rate_limit": limits.rate_limit,
+                "overridden": response.overridden,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(0)
         }
         Command::Schedule(command) => {

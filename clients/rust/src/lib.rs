@@ -519,6 +519,38 @@ impl Client {
             .purged)
     }
 
+    /// The cluster-wide limits in force for a task type.
+    pub async fn task_limits(&self, task: &str) -> Result<v1::TaskLimitsResponse, Error> {
+        let request = v1::GetTaskLimitsRequest {
+            task: task.to_owned(),
+        };
+        Ok(self
+            .admin
+            .clone()
+            .get_task_limits(request)
+            .await?
+            .into_inner())
+    }
+
+    /// Overrides a task type's declared limits; `None` drops the override.
+    pub async fn set_task_limits(
+        &self,
+        task: &str,
+        limits: Option<v1::TaskLimits>,
+    ) -> Result<v1::TaskLimitsResponse, Error> {
+        let request = v1::SetTaskLimitsRequest {
+            task: task.to_owned(),
+            clear: limits.is_none(),
+            limits,
+        };
+        Ok(self
+            .admin
+            .clone()
+            .set_task_limits(request)
+            .await?
+            .into_inner())
+    }
+
     /// The task types the gateway knows.
     pub async fn task_types(&self) -> Result<Vec<TaskType>, Error> {
         Ok(self

@@ -810,6 +810,31 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The limits in force for a task type: the Admin override, else the declared ones.
+    async fn task_limits(&self, name: &Name) -> Result<v1::TaskLimitsResponse, Error> {
+        let task_type = self.registry.get(name).await?;
+        self.check_connected()?;
+        let overridden = self
+            .broker
+            .limits
+            .entry(name.token())
+            .await
+            .map_err(|e| self.broker_error(e))?
+            .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
+            .and_then(|e| <v1::TaskLimits as prost::Message>::decode(e.value).ok());
+        let declared = v1::TaskLimits {
+            max_concurrency: task_type.declared.max_concurrency,
+            rate_limit: task_type.declared.rate_limit.clone(),
+        };
+        Ok(v1::TaskLimitsResponse {
+            task: name.to_string(),
+            overridden: overridden.is_some(),
+            limits: Some(overridden.unwrap_or(declared)),
+        })
+    }
+}
+
 pub(crate) fn publish_error(err: async_nats::jetstream::context::PublishError) -> Error {
     match err.kind() {
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
@@ -982,6 +1007,47 @@ impl v1::admin_server::Admin for TasksService {
     ) -> Result<Response<v1::PurgeDeadLettersResponse>, Status> {
         let purged = self.gateway.purge_dead(&request.into_inner().task).await?;
         Ok(Response::new(v1::PurgeDeadLettersResponse { purged }))
+    }
+
+    async fn get_task_limits(
+        &self,
+        request: Request<v1::GetTaskLimitsRequest>,
+    ) -> Result<Response<v1::TaskLimitsResponse>, Status> {
+        let name = Name::parse(&request.into_inner().task).map_err(Error::InvalidName)?;
+        Ok(Response::new(self.gateway.task_limits(&name).await?))
+    }
+
+    async fn set_task_limits(
+        &self,
+        request: Request<v1::SetTaskLimitsRequest>,
+    ) -> Result<Response<v1::TaskLimitsResponse>, Status> {
+        let req = request.into_inner();
+        let name = Name::parse(&req.task).map_err(Error::InvalidName)?;
+        let gateway = &self.gateway;
+        gateway.registry.get(&name).await?;
+        gateway.check_connected()?;
+        if req.clear {
+            gateway
+                .broker
+                .limits
+                .purge(name.token())
+                .await
+                .map_err(|e| gateway.broker_error(e))?;
+        } else {
+            let limits = req.limits.unwrap_or_default();
+            if !limits.rate_limit.is_empty() {
+                taskwire::task::Rate::parse(&limits.rate_limit)
+                    .map_err(|e| Error::BadRequest(format!("rate_limit: {e}")))?;
+            }
+            gateway
+                .broker
+                .limits
+                .put(name.token(), prost::Message::encode_to_vec(&limits).into())
+                .await
+                .map_err(|e| gateway.broker_error(e))?;
+        }
+        tracing::info!(task = %name, clear = req.clear, "task limits set");
+        Ok(Response::new(gateway.task_limits(&name).await?))
     }
 
     async fn list_task_types(

@@ -33,6 +33,7 @@
 //! then releases (NAKs) whatever is still running so another worker picks it up at once.
 
 mod cancels;
+mod limits;
 mod run;
 
 use std::future::Future;
@@ -67,6 +68,8 @@ pub enum Error {
     Broker(#[from] broker::Error),
     #[error("service {service}: {reason}")]
     Descriptors { service: String, reason: String },
+    #[error("cannot read the task limits: {0}")]
+    Limits(String),
     #[error("cannot watch the cancellations bucket: {0}")]
     Cancellations(String),
     #[error("cannot pull tasks of {task}: {reason}")]

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cancels::Cancels;
+use crate::limits::{Grant, Limits, Slot};
 use crate::{Builder, Error};
 
 /// A task still running after this long gets a `running` event. Shorter tasks go from queued
@@ -38,6 +39,7 @@ struct Served {
     force: CancellationToken,
     on_result: Option<crate::ResultHook>,
     cancels: Arc<Cancels>,
+    limits: Arc<Limits>,
 }
 
 pub(crate) async fn run(
@@ -86,6 +88,7 @@ pub(crate) async fn run(
     let force = CancellationToken::new();
     let tracker = TaskTracker::new();
     let cancels = Cancels::start(broker.cancelled.clone(), broker.result_ttl, stop.clone()).await?;
+    let limits = Limits::start(broker.clone(), stop.clone()).await?;
     let mut loops = Vec::new();
     for (task, service) in served_types {
         let mut consumers = Vec::new();
@@ -114,6 +117,7 @@ pub(crate) async fn run(
             force: force.clone(),
             on_result: builder.on_result.clone(),
             cancels: Arc::clone(&cancels),
+            limits: Arc::clone(&limits),
         });
         loops.push(tokio::spawn(pull_loop(
             served,
@@ -203,6 +207,19 @@ async fn pull_loop(
         {
             reserved.merge(extra);
         }
+        // Cluster-wide limits: take slots and starts for as many as may run.
+        let Some(mut grant) = served
+            .limits
+            .acquire(&served.task, reserved.num_permits(), &stop)
+            .await
+        else {
+            return;
+        };
+        if grant.allowed() < reserved.num_permits()
+            && let Some(keep) = reserved.split(grant.allowed())
+        {
+            reserved = keep;
+        }
         round += 1;
         let order = if round % LOW_FIRST_EVERY == 0 {
             [2, 1, 0]
@@ -236,7 +253,7 @@ async fn pull_loop(
                 match next {
                     Ok(message) => {
                         got += 1;
-                        start(&served, &tracker, &mut reserved, message).await;
+                        start(&served, &tracker, &mut reserved, &mut grant, message).await;
                     }
                     Err(e) => {
                         tracing::debug!(task = %served.task.name, error = %e, "pull interrupted");
@@ -287,7 +304,9 @@ async fn pull_loop(
                 next = messages.next() => next,
             };
             match next {
-                Some(Ok(message)) => start(&served, &tracker, &mut reserved, message).await,
+                Some(Ok(message)) => {
+                    start(&served, &tracker, &mut reserved, &mut grant, message).await;
+                }
                 Some(Err(e)) => {
                     tracing::debug!(task = %served.task.name, error = %e, "pull interrupted");
                     break;
@@ -304,6 +323,7 @@ async fn start(
     served: &Arc<Served>,
     tracker: &TaskTracker,
     reserved: &mut tokio::sync::OwnedSemaphorePermit,
+    grant: &mut Grant,
     message: jetstream::Message,
 ) {
     let Some(slot) = reserved.split(1) else {
@@ -311,9 +331,12 @@ async fn start(
         let _ = message.ack_with(AckKind::Nak(None)).await;
         return;
     };
+    // Held until the task is done, like the local slot.
+    let cluster_slot: Option<Slot> = grant.take();
     let served = Arc::clone(served);
     tracker.spawn(async move {
         handle(&served, message).await;
+        drop(cluster_slot);
         drop(slot);
     });
 }

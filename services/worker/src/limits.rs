@@ -1,0 +1,387 @@
+//! Cluster-wide limits of a task type: how many run at once across all workers, and how many
+//! start per period.
+//!
+//! A concurrency limit of N is N slot keys in the `TASKWIRE_SLOTS` bucket (`<task>.0` to
+//! `<task>.N-1`): a worker takes a free slot before it pulls a task, holds it while the task runs
+//! (refreshing it), and deletes it after. The bucket forgets a slot that is not refreshed, so a
+//! dead worker's slots come free by themselves. A rate limit counts starts per window in the
+//! `TASKWIRE_RATES` bucket with compare-and-set updates. Limits declared in a task's proto can be
+//! overridden through the Admin API (`TASKWIRE_LIMITS`), which every worker watches.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use prost::Message as _;
+use taskwire::broker::{self, Broker};
+use taskwire::task::{Rate, TaskType};
+use taskwire::v1;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+
+/// How often a held slot is refreshed: well within its lease.
+const REFRESH: Duration = Duration::from_secs(5);
+/// How long a worker waits before looking for a free slot again.
+const SLOT_RETRY: Duration = Duration::from_millis(100);
+
+/// The limits this worker follows, and the buckets that enforce them.
+pub(crate) struct Limits {
+    /// Overrides set through the Admin API, by task token.
+    overrides: Mutex<HashMap<String, v1::TaskLimits>>,
+    broker: Broker,
+    /// Written into the slots this worker holds.
+    owner: Bytes,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits").finish_non_exhaustive()
+    }
+}
+
+impl Limits {
+    /// Reads the overrides, then follows changes until `stop`.
+    pub(crate) async fn start(broker: Broker, stop: CancellationToken) -> Result<Arc<Self>, Error> {
+        let limits = Arc::new(Self {
+            overrides: Mutex::new(HashMap::new()),
+            owner: Bytes::from(uuid::Uuid::now_v7().to_string()),
+            broker,
+        });
+        let failed = |e: &dyn std::fmt::Display| Error::Limits(e.to_string());
+        let store = limits.broker.limits.clone();
+        let mut watch = store.watch_all().await.map_err(|e| failed(&e))?;
+        let mut keys = store.keys().await.map_err(|e| failed(&e))?;
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| failed(&e))?;
+            if let Some(entry) = store.entry(&key).await.map_err(|e| failed(&e))? {
+                limits.apply(&entry);
+            }
+        }
+        let weak = Arc::downgrade(&limits);
+        tokio::spawn(async move {
+            loop {
+                let entry = tokio::select! {
+                    () = stop.cancelled() => return,
+                    entry = watch.next() => entry,
+                };
+                let Some(limits) = weak.upgrade() else {
+                    return;
+                };
+                match entry {
+                    Some(Ok(entry)) => limits.apply(&entry),
+                    Some(Err(e)) => tracing::debug!(error = %e, "limits watch interrupted"),
+                    None => match store.watch_all().await {
+                        Ok(w) => watch = w,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot watch task limits; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    },
+                }
+            }
+        });
+        Ok(limits)
+    }
+
+    fn apply(&self, entry: &kv::Entry) {
+        let mut overrides = self.overrides.lock().unwrap_or_else(|e| e.into_inner());
+        match entry.operation {
+            kv::Operation::Put => {
+                if let Ok(limits) = v1::TaskLimits::decode(entry.value.clone()) {
+                    tracing::info!(task = entry.key, ?limits, "task limits changed");
+                    overrides.insert(entry.key.clone(), limits);
+                }
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                overrides.remove(&entry.key);
+            }
+        }
+    }
+
+    /// The limits in force for a task type: the override, else the declared ones.
+    fn effective(&self, task: &TaskType) -> (Option<u32>, Option<Rate>) {
+        let overrides = self.overrides.lock().unwrap_or_else(|e| e.into_inner());
+        match overrides.get(&task.name.token()) {
+            Some(set) => (
+                (set.max_concurrency > 0).then_some(set.max_concurrency),
+                Rate::parse(&set.rate_limit).ok(),
+            ),
+            None => (task.options.max_concurrency, task.options.rate_limit),
+        }
+    }
+
+    /// Waits until at least one of `want` tasks may start, and takes what the limits allow.
+    /// `None` when `stop` fires first.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        task: &TaskType,
+        want: usize,
+        stop: &CancellationToken,
+    ) -> Option<Grant> {
+        loop {
+            let (concurrency, rate) = self.effective(task);
+            if concurrency.is_none() && rate.is_none() {
+                return Some(Grant::unlimited(want));
+            }
+            let mut allowed = want;
+            let mut slots = Vec::new();
+            let mut wait = SLOT_RETRY;
+            if let Some(limit) = concurrency {
+                slots = self.take_slots(task, limit, allowed).await;
+                allowed = slots.len();
+            }
+            let mut tokens = None;
+            if allowed > 0
+                && let Some(rate) = rate
+            {
+                match self.take_tokens(task, rate, allowed).await {
+                    Ok(taken) => {
+                        allowed = taken.taken as usize;
+                        slots.truncate(allowed);
+                        tokens = Some(taken);
+                    }
+                    Err(next_window) => {
+                        allowed = 0;
+                        wait = next_window;
+                    }
+                }
+            }
+            if allowed > 0 {
+                return Some(Grant {
+                    allowed,
+                    slots,
+                    tokens,
+                    used: 0,
+                    limits: Some(Arc::clone(self)),
+                });
+            }
+            drop(slots);
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Takes up to `want` free slots of the `limit` the task type has.
+    async fn take_slots(self: &Arc<Self>, task: &TaskType, limit: u32, want: usize) -> Vec<Slot> {
+        let token = task.name.token();
+        let start = u32::try_from(broker::now_micros() % u64::from(limit)).unwrap_or(0);
+        let mut slots = Vec::new();
+        for n in 0..limit {
+            if slots.len() >= want {
+                break;
+            }
+            let key = format!("{token}.{}", (start + n) % limit);
+            match self.broker.slots.create(&key, self.owner.clone()).await {
+                Ok(revision) => slots.push(Slot::hold(Arc::clone(self), key, revision)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    tracing::warn!(task = %task.name, error = %e, "cannot take a concurrency slot");
+                    break;
+                }
+            }
+        }
+        slots
+    }
+
+    /// Counts up to `want` starts in the current window of `rate`. `Err` with the time to the
+    /// next window when this one is used up.
+    async fn take_tokens(
+        &self,
+        task: &TaskType,
+        rate: Rate,
+        want: usize,
+    ) -> Result<Tokens, Duration> {
+        let (window, allowed) = rate.window();
+        let window_ms = window.as_millis().max(1) as u64;
+        for _ in 0..20 {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default();
+            let index = now_ms / window_ms;
+            let until_next = Duration::from_millis((index + 1) * window_ms - now_ms);
+            let key = format!("{}.{index}", task.name.token());
+            let entry = match self.broker.rates.entry(&key).await {
+                Ok(entry) => entry.filter(|e| e.operation == kv::Operation::Put),
+                Err(e) => {
+                    tracing::warn!(task = %task.name, error = %e, "cannot read the rate window");
+                    return Err(Duration::from_millis(200));
+                }
+            };
+            let counted = entry
+                .as_ref()
+                .and_then(|e| std::str::from_utf8(&e.value).ok()?.parse::<u32>().ok())
+                .unwrap_or(0);
+            if counted >= allowed {
+                return Err(until_next);
+            }
+            let taken = (allowed - counted).min(u32::try_from(want).unwrap_or(u32::MAX));
+            let value = Bytes::from((counted + taken).to_string());
+            let stored = match &entry {
+                Some(e) => self
+                    .broker
+                    .rates
+                    .update(&key, value, e.revision)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => self
+                    .broker
+                    .rates
+                    .create(&key, value)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match stored {
+                Ok(_) => {
+                    return Ok(Tokens {
+                        key,
+                        taken,
+                        store: self.broker.rates.clone(),
+                    });
+                }
+                // Another worker counted in between: read again.
+                Err(_) => continue,
+            }
+        }
+        Err(Duration::from_millis(50))
+    }
+}
+
+/// Leave to start some tasks: what the limits allowed in one pull round.
+pub(crate) struct Grant {
+    allowed: usize,
+    slots: Vec<Slot>,
+    tokens: Option<Tokens>,
+    used: usize,
+    limits: Option<Arc<Limits>>,
+}
+
+impl Grant {
+    fn unlimited(want: usize) -> Self {
+        Self {
+            allowed: want,
+            slots: Vec::new(),
+            tokens: None,
+            used: 0,
+            limits: None,
+        }
+    }
+
+    /// How many tasks may start.
+    pub(crate) fn allowed(&self) -> usize {
+        self.allowed
+    }
+
+    /// Uses one start; the slot (when the type has a concurrency limit) must be held until the
+    /// task ends.
+    pub(crate) fn take(&mut self) -> Option<Slot> {
+        self.used += 1;
+        self.slots.pop()
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        // Unused slots are dropped (freed) with the grant; unused starts are given back.
+        let Some(tokens) = self.tokens.take() else {
+            return;
+        };
+        let unused = (tokens.taken as usize).saturating_sub(self.used);
+        if unused == 0 || self.limits.is_none() {
+            return;
+        }
+        tokio::spawn(async move { tokens.give_back(unused as u32).await });
+    }
+}
+
+/// Starts counted in a rate window.
+struct Tokens {
+    key: String,
+    taken: u32,
+    store: kv::Store,
+}
+
+impl Tokens {
+    async fn give_back(self, unused: u32) {
+        for _ in 0..5 {
+            let Ok(Some(entry)) = self.store.entry(&self.key).await else {
+                return;
+            };
+            let counted = std::str::from_utf8(&entry.value)
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0);
+            let value = Bytes::from(counted.saturating_sub(unused).to_string());
+            if self
+                .store
+                .update(&self.key, value, entry.revision)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// A concurrency slot this worker holds; refreshed while held, freed when dropped.
+pub(crate) struct Slot {
+    key: String,
+    revision: Arc<Mutex<u64>>,
+    refresher: tokio::task::JoinHandle<()>,
+    limits: Arc<Limits>,
+}
+
+impl Slot {
+    fn hold(limits: Arc<Limits>, key: String, revision: u64) -> Self {
+        let revision = Arc::new(Mutex::new(revision));
+        let refresher = {
+            let (limits, key, revision) = (Arc::clone(&limits), key.clone(), Arc::clone(&revision));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(REFRESH).await;
+                    let current = *revision.lock().unwrap_or_else(|e| e.into_inner());
+                    match limits
+                        .broker
+                        .slots
+                        .update(&key, limits.owner.clone(), current)
+                        .await
+                    {
+                        Ok(next) => *revision.lock().unwrap_or_else(|e| e.into_inner()) = next,
+                        Err(e) => {
+                            tracing::warn!(slot = key, error = %e, "cannot refresh a concurrency slot")
+                        }
+                    }
+                }
+            })
+        };
+        Self {
+            key,
+            revision,
+            refresher,
+            limits,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.refresher.abort();
+        let (limits, key) = (Arc::clone(&self.limits), std::mem::take(&mut self.key));
+        let revision = *self.revision.lock().unwrap_or_else(|e| e.into_inner());
+        tokio::spawn(async move {
+            // Only if it is still ours: a slot whose lease ran out may be someone else's now.
+            let _ = limits
+                .broker
+                .slots
+                .delete_expect_revision(&key, Some(revision))
+                .await;
+        });
+    }
+}
