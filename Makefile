@@ -48,7 +48,7 @@ fixture: ## Build the project outside the workspace that uses taskwire by path
 
 bench: tools ## Measure throughput and latency (release build), printing JSON
 	$(CARGO) build --release --workspace --bins
-	./target/release/taskwire bench --tasks 20000 --concurrency 256 --json
+	./target/release/taskwire bench --tasks 20000 --concurrency 256 --submit-many 100000 --json
 
 chaos: tools build ## Fault drills at full size (10,000 tasks each), one JSON line per drill
 	./target/debug/taskwire-chaos --tasks $${CHAOS_TASKS:-10000}

@@ -92,14 +92,23 @@ pub mod examples {
 pub const FILE_DESCRIPTOR_SET: &[u8] = examples::magic::v1::FILE_DESCRIPTOR_SET;
 
 /// Completes on the first SIGINT or SIGTERM: the one shutdown trigger of every taskwire process.
-pub async fn shutdown_signal() {
+/// The signals are caught from the moment this is called (inside a Tokio runtime), not from its
+/// first poll, so a signal that comes while the process is still starting is not fatal.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        match (term, int) {
+            (Some(mut term), Some(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 }

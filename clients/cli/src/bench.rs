@@ -35,6 +35,12 @@ pub struct Options {
     /// Sequential round trips measured one task at a time.
     #[arg(long, default_value_t = 300)]
     pub roundtrips: usize,
+    /// Then store this many tasks with SubmitMany (0: skip) and time it.
+    #[arg(long, default_value_t = 0)]
+    pub submit_many: usize,
+    /// Tasks per SubmitMany call.
+    #[arg(long, default_value_t = 10_000)]
+    pub submit_many_batch: usize,
     /// Use this nats-server instead of starting one.
     #[arg(long)]
     pub nats_url: Option<String>,
@@ -147,6 +153,54 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     roundtrips.sort_by(f64::total_cmp);
 
+    let bulk = if options.submit_many > 0 {
+        progress(&format!(
+            "SubmitMany: {} tasks, {} a call",
+            options.submit_many, options.submit_many_batch
+        ));
+        let before = result_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        let started = Instant::now();
+        let mut stored = 0usize;
+        let mut offset = 0;
+        while offset < options.submit_many {
+            let n = options
+                .submit_many_batch
+                .min(options.submit_many - offset)
+                .max(1);
+            let requests: Vec<_> = (offset..offset + n)
+                .map(|i| taskwire_client::request(TASK, &args(i), Default::default()))
+                .collect();
+            let response = client.submit_many(requests).await?;
+            anyhow::ensure!(
+                response.refused == 0,
+                "SubmitMany refused {} tasks: {:?}",
+                response.refused,
+                response.results.iter().find(|r| r.task_id.is_empty())
+            );
+            stored += response.submitted as usize;
+            offset += n;
+        }
+        let submit_seconds = started.elapsed().as_secs_f64();
+        // Then until the worker has stored a result for each.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while result_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            < before + stored
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let done_seconds = started.elapsed().as_secs_f64();
+        Some((stored, submit_seconds, done_seconds))
+    } else {
+        None
+    };
+
     // Let stray duplicates arrive before counting.
     tokio::time::sleep(Duration::from_millis(300)).await;
     counter.abort();
@@ -197,6 +251,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         "ratio_to_raw": round(tasks_per_sec / raw, 3),
         "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
     });
+    let mut report = report;
+    if let Some((stored, submit_seconds, done_seconds)) = bulk {
+        report["submit_many_tasks"] = stored.into();
+        report["submit_many_batch"] = options.submit_many_batch.into();
+        report["submit_many_tasks_per_sec"] = round(stored as f64 / submit_seconds, 1).into();
+        report["submit_many_completed_per_sec"] = round(stored as f64 / done_seconds, 1).into();
+    }
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(mut server) = own_nats {
         server.stop().await;

@@ -70,8 +70,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.addr))?;
     println!("taskwire-gateway listening on {}", listener.local_addr()?);
-    taskwire_gateway::serve(listener, config, async {
-        taskwire::shutdown_signal().await;
+    let signal = taskwire::shutdown_signal();
+    taskwire_gateway::serve(listener, config, async move {
+        signal.await;
         tracing::info!("shutting down");
     })
     .await?;

@@ -132,6 +132,8 @@ pub(crate) async fn run(
         ready();
     }
     shutdown.await;
+    // Caught from now on: a second signal ends the drain.
+    let second_signal = builder.signal_forces.then(taskwire::shutdown_signal);
     tracing::info!(grace = ?builder.grace, "draining");
     stop.cancel();
     for pull in loops {
@@ -139,10 +141,9 @@ pub(crate) async fn run(
     }
     tracker.close();
     let second_signal = async {
-        if builder.signal_forces {
-            taskwire::shutdown_signal().await;
-        } else {
-            std::future::pending::<()>().await;
+        match second_signal {
+            Some(signal) => signal.await,
+            None => std::future::pending::<()>().await,
         }
     };
     let drained = tokio::select! {
@@ -168,11 +169,12 @@ const NORMAL: usize = 1;
 /// One pull round in this many looks at the lowest level first, so that a steady flow of
 /// higher priority work never starves low priority tasks.
 const LOW_FIRST_EVERY: u64 = 8;
-/// After finding a high or low level empty, how long it is not looked at again (the normal
-/// level is always looked at). This bounds how late a worker busy with normal work notices a
-/// new backlog at another level.
+/// After finding a high or low level empty while busy, how long it is not looked at again (the
+/// normal level is always looked at). This bounds how late a worker busy with normal work
+/// notices a new backlog at another level.
 const QUIET: Duration = Duration::from_millis(200);
-/// How long an idle worker waits on the normal level before it looks at the others again.
+/// The same for a worker that found nothing anywhere: it waits on the normal level this long
+/// before it looks at the others again.
 const IDLE_PULL: Duration = Duration::from_secs(1);
 /// Most tasks asked for in one pull request.
 const MAX_BATCH: usize = 1000;
@@ -226,14 +228,22 @@ async fn pull_loop(
         } else {
             [0, 1, 2]
         };
+        let now = Instant::now();
+        let quiet_at_start = quiet_until;
+        let due = |level: usize| level == NORMAL || now >= quiet_at_start[level];
         let mut started = 0;
         let mut failed = false;
-        for level in order {
+        for (position, &level) in order.iter().enumerate() {
             if reserved.num_permits() == 0 {
                 break;
             }
-            if level != NORMAL && Instant::now() < quiet_until[level] {
+            if !due(level) {
                 continue;
+            }
+            // Nothing started yet and no other level to look at after this one: the waiting
+            // pull below serves the normal level in one request.
+            if level == NORMAL && started == 0 && !order[position + 1..].iter().any(|l| due(*l)) {
+                break;
             }
             let fetched = consumers[level]
                 .fetch()
@@ -262,7 +272,9 @@ async fn pull_loop(
                 }
             }
             if got == 0 && level != NORMAL {
-                quiet_until[level] = Instant::now() + QUIET;
+                // An idle worker looks less often than a busy one.
+                let quiet = if started == 0 { IDLE_PULL } else { QUIET };
+                quiet_until[level] = Instant::now() + quiet;
             }
             started += got;
         }
@@ -277,11 +289,16 @@ async fn pull_loop(
             // Unused slots return to the pool; the next round looks again at once.
             continue;
         }
-        // Nothing waits anywhere: wait on the normal level, where most tasks arrive.
+        // Nothing waits at the other levels: wait on the normal level, where most tasks arrive,
+        // until it is time to look at the others again.
+        let next_look = quiet_until[0].min(quiet_until[2]);
+        let expires = next_look
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(50), IDLE_PULL);
         let batch = consumers[NORMAL]
             .batch()
             .max_messages(reserved.num_permits())
-            .expires(IDLE_PULL)
+            .expires(expires)
             .messages()
             .await;
         let mut messages = match batch {
@@ -446,11 +463,11 @@ async fn handle(served: &Served, message: jetstream::Message) {
     let tracked = served.cancels.track(&id);
     let token = CancellationToken::new();
     let deadline = options.timeout.map(|t| Instant::now() + t);
-    let (sink, progress_sent) = progress_sink(served, &id, attempt);
+    let progress = Progress::new(served, &id, attempt);
     let ctx = TaskContext::new(id.clone(), name.clone(), attempt, max_attempts)
         .with_deadline(deadline)
         .with_cancellation(token.clone())
-        .with_progress_sink(sink);
+        .with_progress_sink(progress.sink());
     let outcome = run_attempt(
         served,
         &message,
@@ -462,7 +479,7 @@ async fn handle(served: &Served, message: jetstream::Message) {
     .await;
     // Progress reports go out before the result, so that watchers see them in order (unless
     // the task kept its context alive past its end).
-    let _ = tokio::time::timeout(Duration::from_secs(1), progress_sent).await;
+    progress.flush().await;
     if tracked.token.is_cancelled() && !matches!(outcome, Outcome::Released) {
         tracing::info!(task = %name, task_id = %id, "stopped on cancel");
         let body = broker::failure_body("cancelled on request", false);
@@ -526,34 +543,79 @@ fn task_id(name: &Name, message: &jetstream::Message) -> Option<Id> {
     Some(broker::scheduled_task_id(name, schedule.as_str(), sequence))
 }
 
-/// Publishes a running task's progress reports as events, in the order it made them. The
-/// handle completes when the task's context is gone and every report was sent.
-fn progress_sink(
-    served: &Served,
-    id: &Id,
+/// Publishes a running task's progress reports as events, in the order it made them. Most
+/// tasks report nothing, so the publisher starts with the first report.
+struct Progress {
+    client: async_nats::Client,
+    name: Name,
+    id: Id,
     attempt: u32,
-) -> (taskwire::ProgressSink, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<taskwire::v1::TaskProgress>();
-    let client = served.client.clone();
-    let name = served.task.name.clone();
-    let id = id.clone();
-    let sent = tokio::spawn(async move {
-        while let Some(progress) = rx.recv().await {
-            let mut headers = broker::event_headers(&name, &id, TaskState::Running, attempt);
-            headers.insert(header::PROGRESS, "1");
-            let _ = client
-                .publish_with_headers(
-                    subject::event(&name, &id),
-                    headers,
-                    broker::progress_body(&progress),
-                )
-                .await;
+    publisher: std::sync::Mutex<Option<ProgressPublisher>>,
+}
+
+struct ProgressPublisher {
+    tx: tokio::sync::mpsc::UnboundedSender<taskwire::v1::TaskProgress>,
+    sent: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    fn new(served: &Served, id: &Id, attempt: u32) -> Arc<Self> {
+        Arc::new(Self {
+            client: served.client.clone(),
+            name: served.task.name.clone(),
+            id: id.clone(),
+            attempt,
+            publisher: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn sink(self: &Arc<Self>) -> taskwire::ProgressSink {
+        let progress = Arc::clone(self);
+        Arc::new(move |report| progress.report(report))
+    }
+
+    fn report(&self, report: taskwire::v1::TaskProgress) {
+        let mut publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
+        let publisher = publisher.get_or_insert_with(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<taskwire::v1::TaskProgress>();
+            let (client, name, id, attempt) = (
+                self.client.clone(),
+                self.name.clone(),
+                self.id.clone(),
+                self.attempt,
+            );
+            let sent = tokio::spawn(async move {
+                while let Some(progress) = rx.recv().await {
+                    let mut headers =
+                        broker::event_headers(&name, &id, TaskState::Running, attempt);
+                    headers.insert(header::PROGRESS, "1");
+                    let _ = client
+                        .publish_with_headers(
+                            subject::event(&name, &id),
+                            headers,
+                            broker::progress_body(&progress),
+                        )
+                        .await;
+                }
+            });
+            ProgressPublisher { tx, sent }
+        });
+        let _ = publisher.tx.send(report);
+    }
+
+    /// Waits (a little) until every report so far is published, so that watchers see them
+    /// before the result.
+    async fn flush(&self) {
+        let publisher = self
+            .publisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(ProgressPublisher { tx, sent }) = publisher {
+            drop(tx);
+            let _ = tokio::time::timeout(Duration::from_secs(1), sent).await;
         }
-    });
-    let sink: taskwire::ProgressSink = Arc::new(move |progress| {
-        let _ = tx.send(progress);
-    });
-    (sink, sent)
+    }
 }
 
 async fn run_attempt(
