@@ -223,7 +223,7 @@ async fn pull_loop(
             reserved = keep;
         }
         round += 1;
-        let order = if round % LOW_FIRST_EVERY == 0 {
+        let order = if round.is_multiple_of(LOW_FIRST_EVERY) {
             [2, 1, 0]
         } else {
             [0, 1, 2]
