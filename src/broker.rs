@@ -47,6 +47,10 @@ pub const SLOTS_BUCKET: &str = "TASKWIRE_SLOTS";
 /// KV bucket of the starts counted per window for tasks with a rate limit:
 /// `<task token>.<window>`.
 pub const RATES_BUCKET: &str = "TASKWIRE_RATES";
+/// KV bucket of worker heartbeats: key the worker id, value a `taskwire.v1.WorkerInfo`.
+pub const WORKERS_BUCKET: &str = "TASKWIRE_WORKERS";
+/// How long a worker stays listed without a heartbeat.
+pub const WORKER_TTL: Duration = Duration::from_secs(15);
 /// How long a concurrency slot lasts without a refresh.
 pub const SLOT_LEASE: Duration = Duration::from_secs(20);
 
@@ -388,7 +392,7 @@ impl Settings {
         }
     }
 
-    fn limits_buckets(&self) -> [kv::Config; 3] {
+    fn limits_buckets(&self) -> [kv::Config; 4] {
         let bucket = |name: &str, description: &str, max_age: Duration| kv::Config {
             bucket: name.into(),
             description: description.into(),
@@ -413,6 +417,11 @@ impl Settings {
                 RATES_BUCKET,
                 "taskwire: task starts counted per rate window",
                 Duration::from_secs(2 * 3600),
+            ),
+            bucket(
+                WORKERS_BUCKET,
+                "taskwire: heartbeats of live workers",
+                WORKER_TTL,
             ),
         ]
     }
@@ -454,6 +463,8 @@ pub struct Broker {
     pub slots: kv::Store,
     /// `TASKWIRE_RATES`.
     pub rates: kv::Store,
+    /// `TASKWIRE_WORKERS`.
+    pub workers: kv::Store,
     /// How long results are kept at most.
     pub result_ttl: Duration,
     /// Whether the tasks stream takes message schedules (it does unless a queue limit is set).
@@ -471,7 +482,8 @@ impl Broker {
         let registry = ensure_bucket(&jetstream, settings.registry_bucket()).await?;
         let cancelled = ensure_bucket(&jetstream, settings.cancelled_bucket()).await?;
         let schedules = ensure_bucket(&jetstream, settings.schedules_bucket()).await?;
-        let [limits, slots, rates] = settings.limits_buckets();
+        let [limits, slots, rates, workers] = settings.limits_buckets();
+        let workers = ensure_bucket(&jetstream, workers).await?;
         let limits = ensure_bucket(&jetstream, limits).await?;
         let slots = ensure_bucket(&jetstream, slots).await?;
         let rates = ensure_bucket(&jetstream, rates).await?;
@@ -488,6 +500,7 @@ impl Broker {
             limits,
             slots,
             rates,
+            workers,
             result_ttl: settings.result_ttl,
             message_schedules,
         })

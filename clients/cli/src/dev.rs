@@ -18,11 +18,18 @@ pub struct Options {
     /// gRPC address of the gateway.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub gateway_addr: SocketAddr,
+    /// HTTP address of the gateway's /metrics.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub gateway_http_addr: SocketAddr,
+    /// HTTP address of the worker's /metrics.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub worker_metrics_addr: SocketAddr,
 }
 
 /// Starts nats-server, the gateway and the example worker; stops them all on SIGINT/SIGTERM or
 /// when one of them exits.
 pub async fn run(options: Options) -> anyhow::Result<()> {
+    let signal = taskwire::shutdown_signal();
     let store = options.data_dir.join("nats");
     let log = options.data_dir.join("nats.log");
     let mut nats = NatsServer::start(options.nats_port, &store, Some(&log)).await?;
@@ -35,16 +42,26 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             options.gateway_addr.to_string(),
         ),
     ];
+    let mut gateway_env = env.clone();
+    gateway_env.push((
+        "TASKWIRE_HTTP_ADDR".to_owned(),
+        options.gateway_http_addr.to_string(),
+    ));
+    let mut worker_env = env;
+    worker_env.push((
+        "TASKWIRE_METRICS_ADDR".to_owned(),
+        options.worker_metrics_addr.to_string(),
+    ));
     let mut gateway = stack::spawn(&ProcessSpec {
         binary: "taskwire-gateway".into(),
         args: Vec::new(),
-        env: env.clone(),
+        env: gateway_env,
         inherit_output: true,
     })?;
     let mut worker = stack::spawn(&ProcessSpec {
         binary: "taskwire-magic-worker".into(),
         args: Vec::new(),
-        env,
+        env: worker_env,
         inherit_output: true,
     })?;
     let ready = stack::wait_for_task(
@@ -60,12 +77,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         return Err(e.into());
     }
     println!(
-        "\ntaskwire dev is up\n  nats      {nats_url}  (store {}, log {})\n  gateway   {gateway_url}  (gRPC: taskwire.v1.Tasks, taskwire.v1.Admin, health, reflection)\n  worker    taskwire-magic-worker serving examples.magic.v1.Magic/Add\n\ntry:  taskwire submit examples.magic.v1.Magic/Add '{{\"arg1\":1,\"arg2\":2,\"arg3\":3}}' --wait\nCtrl-C stops everything.\n",
+        "\ntaskwire dev is up\n  nats      {nats_url}  (store {}, log {})\n  gateway   {gateway_url}  (gRPC: taskwire.v1.Tasks, Schedules, Admin, health, reflection)\n            http://{}/metrics\n  worker    taskwire-magic-worker serving examples.magic.v1.Magic/Add\n            http://{}/metrics\n\ntry:  taskwire submit examples.magic.v1.Magic/Add '{{\"arg1\":1,\"arg2\":2,\"arg3\":3}}' --wait\n      taskwire inspect queues\nCtrl-C stops everything.\n",
         store.display(),
-        log.display()
+        log.display(),
+        options.gateway_http_addr,
+        options.worker_metrics_addr,
     );
     let reason = tokio::select! {
-        () = taskwire::shutdown_signal() => "signal".to_owned(),
+        () = signal => "signal".to_owned(),
         status = gateway.wait() => format!("the gateway exited ({})", status.map(|s| s.to_string()).unwrap_or_default()),
         status = worker.wait() => format!("the worker exited ({})", status.map(|s| s.to_string()).unwrap_or_default()),
     };

@@ -551,6 +551,41 @@ impl Client {
             .into_inner())
     }
 
+    /// The workers alive now.
+    pub async fn workers(&self) -> Result<Vec<v1::WorkerInfo>, Error> {
+        Ok(self
+            .admin
+            .clone()
+            .list_workers(v1::ListWorkersRequest {})
+            .await?
+            .into_inner()
+            .workers)
+    }
+
+    /// Every task type's queues, per priority.
+    pub async fn queues(&self) -> Result<Vec<v1::QueueInfo>, Error> {
+        Ok(self
+            .admin
+            .clone()
+            .list_queues(v1::ListQueuesRequest {})
+            .await?
+            .into_inner()
+            .queues)
+    }
+
+    /// A task's state changes, oldest first, and its result.
+    pub async fn task_history(&self, id: &str) -> Result<v1::GetTaskHistoryResponse, Error> {
+        let request = v1::GetTaskHistoryRequest {
+            task_id: id.to_owned(),
+        };
+        Ok(self
+            .admin
+            .clone()
+            .get_task_history(request)
+            .await?
+            .into_inner())
+    }
+
     /// The task types the gateway knows.
     pub async fn task_types(&self) -> Result<Vec<TaskType>, Error> {
         Ok(self

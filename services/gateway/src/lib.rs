@@ -16,6 +16,8 @@
 
 mod dead;
 mod error;
+mod inspect;
+mod measure;
 pub mod payload;
 mod registry;
 mod schedules;
@@ -49,6 +51,8 @@ pub mod env {
     pub use taskwire::broker::env::{REPLICAS, RESULT_TTL};
     /// Descriptor set files (`protoc -o` / `buf build -o`) of task types to know without a worker.
     pub const DESCRIPTOR_SETS: &str = "TASKWIRE_DESCRIPTOR_SETS";
+    /// Address of the HTTP server with `/metrics`, e.g. `127.0.0.1:9090`.
+    pub const HTTP_ADDR: &str = "TASKWIRE_HTTP_ADDR";
 }
 
 /// Default largest task arguments: what fits in one NATS message with its headers.
@@ -67,6 +71,8 @@ pub struct Config {
     pub broker: broker::Settings,
     /// Encoded descriptor sets whose tasks are known from the start.
     pub descriptor_sets: Vec<Vec<u8>>,
+    /// Where to serve Prometheus metrics (`/metrics`) over HTTP; none when unset.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -77,6 +83,7 @@ impl Config {
             max_payload: DEFAULT_MAX_PAYLOAD,
             broker: broker::Settings::default(),
             descriptor_sets: Vec::new(),
+            http_addr: None,
         }
     }
 }
@@ -89,6 +96,7 @@ pub(crate) struct Gateway {
     registry: Arc<Registry>,
     waiters: Arc<waiters::Waiters>,
     max_payload: usize,
+    metrics: inspect::Metrics,
 }
 
 /// Connects to NATS, opens the streams and the registry, and serves gRPC on `listener` until
@@ -133,6 +141,7 @@ pub async fn serve(
         registry,
         waiters,
         max_payload: config.max_payload,
+        metrics: inspect::Metrics::new(),
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -156,12 +165,23 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
 
+    if let Some(addr) = config.http_addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Startup(format!("cannot listen on {addr} for HTTP: {e}")))?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics on /metrics");
+        inspect::serve_http(listener, Arc::clone(&gateway), stop.clone());
+    }
+    let measured = Arc::clone(&gateway);
     let schedules = schedules::SchedulesService::new(Arc::clone(&gateway));
     let service = tasks::TasksService::new(gateway);
     let max_message = config.max_payload.saturating_mul(4).max(4 * 1024 * 1024);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!("gateway serving");
     tonic::transport::Server::builder()
+        .layer(tower::layer::layer_fn(move |inner| {
+            measure::Measure::new(inner, Arc::clone(&measured))
+        }))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -33,6 +33,9 @@ struct Args {
     /// Descriptor set files of task types to know without a worker, comma separated.
     #[arg(long, env = env::DESCRIPTOR_SETS, value_delimiter = ',')]
     descriptor_sets: Vec<PathBuf>,
+    /// Address of the HTTP server with /metrics (e.g. 0.0.0.0:9090); "off" for none.
+    #[arg(long, env = env::HTTP_ADDR, default_value = "off")]
+    http_addr: String,
 }
 
 fn humantime_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -61,6 +64,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.broker = taskwire::broker::Settings::from_env().map_err(anyhow::Error::msg)?;
     config.broker.result_ttl = args.result_ttl;
     config.broker.replicas = args.replicas;
+    config.http_addr = match args.http_addr.as_str() {
+        "off" | "" => None,
+        text => Some(text.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "{}={text:?} is not an address such as 127.0.0.1:9090: {e}",
+                env::HTTP_ADDR
+            )
+        })?),
+    };
     for path in &args.descriptor_sets {
         let bytes = std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("cannot read descriptor set {}: {e}", path.display()))?;

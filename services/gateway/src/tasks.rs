@@ -315,12 +315,15 @@ impl Gateway {
         let acks = self
             .send_task(&name, &id, headers, args, &placement)
             .await?;
-        Ok(Sending { id, acks })
+        Ok(Sending { id, name, acks })
     }
 
     /// Waits until the broker has stored a task sent by [`Self::send`].
     pub(crate) async fn confirm(&self, sending: Sending) -> Result<v1::SubmitResponse, Error> {
         let ack = self.confirm_task(sending.acks).await?;
+        if !ack.duplicate {
+            self.metrics.submitted(sending.name.as_str(), 1);
+        }
         Ok(v1::SubmitResponse {
             task_id: sending.id.to_string(),
             duplicate: ack.duplicate,
@@ -505,7 +508,7 @@ impl Gateway {
     }
 
     /// The stored result of a task, if it has one; EXPIRED when it had one that ran out.
-    async fn result(&self, id: &Id) -> Result<Option<v1::TaskInfo>, Error> {
+    pub(crate) async fn result(&self, id: &Id) -> Result<Option<v1::TaskInfo>, Error> {
         match broker::last_message(&self.client, broker::RESULTS_STREAM, &subject::result(id)).await
         {
             Ok(Some(m)) if broker::is_expiry_marker(&m.headers) => {
@@ -1050,6 +1053,30 @@ impl v1::admin_server::Admin for TasksService {
         Ok(Response::new(gateway.task_limits(&name).await?))
     }
 
+    async fn list_workers(
+        &self,
+        _request: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        let workers = self.gateway.workers().await?;
+        Ok(Response::new(v1::ListWorkersResponse { workers }))
+    }
+
+    async fn list_queues(
+        &self,
+        _request: Request<v1::ListQueuesRequest>,
+    ) -> Result<Response<v1::ListQueuesResponse>, Status> {
+        let queues = self.gateway.queues().await?;
+        Ok(Response::new(v1::ListQueuesResponse { queues }))
+    }
+
+    async fn get_task_history(
+        &self,
+        request: Request<v1::GetTaskHistoryRequest>,
+    ) -> Result<Response<v1::GetTaskHistoryResponse>, Status> {
+        let id = parse_id(&request.into_inner().task_id)?;
+        Ok(Response::new(self.gateway.history(&id).await?))
+    }
+
     async fn list_task_types(
         &self,
         _request: Request<v1::ListTaskTypesRequest>,
@@ -1074,6 +1101,7 @@ impl v1::admin_server::Admin for TasksService {
 /// A task sent to the broker whose acks are still on their way.
 pub(crate) struct Sending {
     id: Id,
+    name: Name,
     acks: TaskAcks,
 }
 

@@ -34,6 +34,7 @@
 
 mod cancels;
 mod limits;
+mod metrics;
 mod run;
 
 use std::future::Future;
@@ -53,6 +54,8 @@ pub mod env {
     pub const ACK_WAIT: &str = "TASKWIRE_ACK_WAIT";
     /// How long running tasks may finish after SIGTERM.
     pub const GRACE: &str = "TASKWIRE_GRACE";
+    /// Address of the Prometheus `/metrics` endpoint, e.g. `0.0.0.0:9464`.
+    pub const METRICS_ADDR: &str = "TASKWIRE_METRICS_ADDR";
 }
 
 /// Why a worker could not run.
@@ -68,6 +71,8 @@ pub enum Error {
     Broker(#[from] broker::Error),
     #[error("service {service}: {reason}")]
     Descriptors { service: String, reason: String },
+    #[error("metrics: {0}")]
+    Metrics(String),
     #[error("cannot read the task limits: {0}")]
     Limits(String),
     #[error("cannot watch the cancellations bucket: {0}")]
@@ -96,6 +101,7 @@ impl Worker {
             ready: None,
             on_result: None,
             signal_forces: false,
+            metrics_addr: None,
         }
     }
 }
@@ -111,6 +117,7 @@ pub struct Builder {
     ready: Option<Box<dyn FnOnce() + Send>>,
     on_result: Option<ResultHook>,
     signal_forces: bool,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -158,6 +165,12 @@ impl Builder {
     /// How long running tasks may finish after shutdown begins.
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self
+    }
+
+    /// Serves Prometheus metrics on `http://<addr>/metrics`.
+    pub fn metrics_addr(mut self, addr: Option<std::net::SocketAddr>) -> Self {
+        self.metrics_addr = addr;
         self
     }
 

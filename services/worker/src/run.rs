@@ -16,9 +16,11 @@ use taskwire::{TaskContext, TaskError};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::cancels::Cancels;
 use crate::limits::{Grant, Limits, Slot};
+use crate::metrics::{self, Metrics};
 use crate::{Builder, Error};
 
 /// A task still running after this long gets a `running` event. Shorter tasks go from queued
@@ -40,6 +42,7 @@ struct Served {
     on_result: Option<crate::ResultHook>,
     cancels: Arc<Cancels>,
     limits: Arc<Limits>,
+    metrics: Arc<Metrics>,
 }
 
 pub(crate) async fn run(
@@ -89,6 +92,15 @@ pub(crate) async fn run(
     let tracker = TaskTracker::new();
     let cancels = Cancels::start(broker.cancelled.clone(), broker.result_ttl, stop.clone()).await?;
     let limits = Limits::start(broker.clone(), stop.clone()).await?;
+    let metrics = Metrics::new();
+    // Ends with the worker, after the drain.
+    let done = CancellationToken::new();
+    if let Some(addr) = builder.metrics_addr {
+        let listener = metrics::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics on /metrics");
+        metrics::serve(listener, Arc::clone(&metrics), done.clone());
+    }
+    let mut served_names = Vec::new();
     let mut loops = Vec::new();
     for (task, service) in served_types {
         let mut consumers = Vec::new();
@@ -118,7 +130,9 @@ pub(crate) async fn run(
             on_result: builder.on_result.clone(),
             cancels: Arc::clone(&cancels),
             limits: Arc::clone(&limits),
+            metrics: Arc::clone(&metrics),
         });
+        served_names.push(served.task.name.to_string());
         loops.push(tokio::spawn(pull_loop(
             served,
             consumers,
@@ -128,6 +142,12 @@ pub(crate) async fn run(
         )));
     }
 
+    let heartbeat = metrics::heartbeat(
+        broker.clone(),
+        Arc::clone(&metrics),
+        served_names,
+        done.clone(),
+    );
     if let Some(ready) = builder.ready.take() {
         ready();
     }
@@ -158,6 +178,8 @@ pub(crate) async fn run(
         force.cancel();
         tracker.wait().await;
     }
+    done.cancel();
+    let _ = heartbeat.await;
     // Acks and NAKs are plain publishes: make sure they left before the process does.
     let _ = client.flush().await;
     tracing::info!("worker stopped");
@@ -352,7 +374,13 @@ async fn start(
     let cluster_slot: Option<Slot> = grant.take();
     let served = Arc::clone(served);
     tracker.spawn(async move {
-        handle(&served, message).await;
+        let span = tracing::info_span!(
+            "task",
+            task = %served.task.name,
+            task_id = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+        );
+        handle(&served, message).instrument(span).await;
         drop(cluster_slot);
         drop(slot);
     });
@@ -422,6 +450,9 @@ async fn handle(served: &Served, message: jetstream::Message) {
         .map(|i| i.delivered.max(1) as u32)
         .unwrap_or(1);
     let attempt = first_attempt.saturating_add(deliveries - 1);
+    let span = tracing::Span::current();
+    span.record("task_id", tracing::field::display(&id));
+    span.record("attempt", attempt);
     // The task's declared options, as its submitter changed them.
     let options = broker::Overrides::read(message.headers.as_ref()).apply(&served.task.options);
     let max_attempts = options.max_attempts;
@@ -468,6 +499,7 @@ async fn handle(served: &Served, message: jetstream::Message) {
         .with_deadline(deadline)
         .with_cancellation(token.clone())
         .with_progress_sink(progress.sink());
+    let running = served.metrics.start(name.as_str());
     let outcome = run_attempt(
         served,
         &message,
@@ -479,6 +511,7 @@ async fn handle(served: &Served, message: jetstream::Message) {
     .await;
     // Progress reports go out before the result, so that watchers see them in order (unless
     // the task kept its context alive past its end).
+    drop(running);
     progress.flush().await;
     if tracked.token.is_cancelled() && !matches!(outcome, Outcome::Released) {
         tracing::info!(task = %name, task_id = %id, "stopped on cancel");
@@ -722,6 +755,7 @@ async fn failed(
     if err.is_retryable() && attempt < options.max_attempts {
         let delay = jitter(options.backoff(attempt));
         tracing::info!(task = %name, task_id = %id, attempt, ?delay, error = %err, "retrying");
+        served.metrics.retried(name.as_str());
         let _ = served
             .client
             .publish_with_headers(
@@ -800,6 +834,9 @@ async fn store_dead(
         message.payload.clone(),
     )
     .await;
+    if let Stored::Yes { duplicate: false } = stored {
+        served.metrics.dead_lettered(name.as_str(), reason);
+    }
     !matches!(stored, Stored::GaveUp)
 }
 
@@ -870,6 +907,7 @@ async fn finish(
     let headers = broker::result_headers(name, id, state, attempt, &series(&message), ttl);
     match store(served, id, "result", subject::result(id), headers, body).await {
         Stored::Yes { duplicate: false } => {
+            served.metrics.completed(name.as_str(), state);
             if let Some(hook) = &served.on_result {
                 hook(id, state);
             }

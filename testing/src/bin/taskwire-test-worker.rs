@@ -45,6 +45,12 @@ async fn main() -> anyhow::Result<()> {
         .ack_wait(duration("TASKWIRE_ACK_WAIT", Duration::from_secs(30)))
         .second_signal_forces(true)
         .grace(duration("TASKWIRE_GRACE", Duration::from_secs(30)))
+        .metrics_addr(
+            std::env::var("TASKWIRE_METRICS_ADDR")
+                .ok()
+                .map(|a| a.parse())
+                .transpose()?,
+        )
         .serve(taskwire_testing::tasks::magic())
         .serve(taskwire_testing::tasks::chaos())
         .run(taskwire::shutdown_signal())

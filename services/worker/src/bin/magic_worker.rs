@@ -42,6 +42,9 @@ struct Args {
     /// How long running tasks may finish after SIGTERM.
     #[arg(long, env = env::GRACE, default_value = "30s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, env = env::METRICS_ADDR)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[global_allocator]
@@ -65,6 +68,7 @@ async fn main() -> ExitCode {
         .ack_wait(args.ack_wait)
         .second_signal_forces(true)
         .grace(args.grace)
+        .metrics_addr(args.metrics_addr)
         .serve(MagicServer::new(MyMagic));
     match worker.run(taskwire::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,264 @@
+//! What a worker counts: Prometheus metrics on `/metrics` (when it has an HTTP address), and
+//! the heartbeat it writes to the `TASKWIRE_WORKERS` bucket so that `taskwire inspect workers`
+//! and the gateway's `taskwire_workers_alive` see it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use taskwire::broker::{self, Broker};
+use taskwire::v1;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabel {
+    task: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    task: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    task: String,
+    reason: String,
+}
+
+/// The worker's counters.
+pub(crate) struct Metrics {
+    registry: Registry,
+    started: Family<TaskLabel, Counter>,
+    completed: Family<StateLabels, Counter>,
+    retried: Family<TaskLabel, Counter>,
+    dead: Family<ReasonLabels, Counter>,
+    running: Family<TaskLabel, Gauge>,
+    run_seconds: Family<TaskLabel, Histogram>,
+    running_total: AtomicU64,
+    succeeded_total: AtomicU64,
+    failed_total: AtomicU64,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("taskwire");
+        let started = Family::<TaskLabel, Counter>::default();
+        let completed = Family::<StateLabels, Counter>::default();
+        let retried = Family::<TaskLabel, Counter>::default();
+        let dead = Family::<ReasonLabels, Counter>::default();
+        let running = Family::<TaskLabel, Gauge>::default();
+        let run_seconds = Family::<TaskLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 4.0, 10))
+        });
+        registry.register(
+            "tasks_started",
+            "Task attempts started by this worker",
+            started.clone(),
+        );
+        registry.register(
+            "tasks_completed",
+            "Tasks this worker brought to a final state, by state",
+            completed.clone(),
+        );
+        registry.register(
+            "tasks_retried",
+            "Attempts that failed and were put back for a retry",
+            retried.clone(),
+        );
+        registry.register(
+            "tasks_dead_lettered",
+            "Tasks moved to the dead letters, by reason",
+            dead.clone(),
+        );
+        registry.register(
+            "tasks_running",
+            "Tasks running in this worker now",
+            running.clone(),
+        );
+        registry.register(
+            "task_run_seconds",
+            "How long attempts ran",
+            run_seconds.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            started,
+            completed,
+            retried,
+            dead,
+            running,
+            run_seconds,
+            running_total: AtomicU64::new(0),
+            succeeded_total: AtomicU64::new(0),
+            failed_total: AtomicU64::new(0),
+        })
+    }
+
+    fn task(task: &str) -> TaskLabel {
+        TaskLabel {
+            task: task.to_owned(),
+        }
+    }
+
+    /// An attempt starts; the returned guard marks its end.
+    pub(crate) fn start(self: &Arc<Self>, task: &str) -> Running {
+        self.started.get_or_create(&Self::task(task)).inc();
+        self.running.get_or_create(&Self::task(task)).inc();
+        self.running_total.fetch_add(1, Ordering::Relaxed);
+        Running {
+            metrics: Arc::clone(self),
+            task: task.to_owned(),
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// A task reached its final state here.
+    pub(crate) fn completed(&self, task: &str, state: v1::TaskState) {
+        self.completed
+            .get_or_create(&StateLabels {
+                task: task.to_owned(),
+                state: broker::state_name(state).to_owned(),
+            })
+            .inc();
+        let total = if state == v1::TaskState::Succeeded {
+            &self.succeeded_total
+        } else {
+            &self.failed_total
+        };
+        total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn retried(&self, task: &str) {
+        self.retried.get_or_create(&Self::task(task)).inc();
+    }
+
+    pub(crate) fn dead_lettered(&self, task: &str, reason: &str) {
+        self.dead
+            .get_or_create(&ReasonLabels {
+                task: task.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// A running attempt, counted until dropped.
+pub(crate) struct Running {
+    metrics: Arc<Metrics>,
+    task: String,
+    since: std::time::Instant,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let label = Metrics::task(&self.task);
+        self.metrics.running.get_or_create(&label).dec();
+        self.metrics
+            .run_seconds
+            .get_or_create(&label)
+            .observe(self.since.elapsed().as_secs_f64());
+        self.metrics.running_total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `/metrics` on `listener` until `stop`.
+pub(crate) fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    });
+}
+
+/// Binds the metrics address, with an error that says which.
+pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, crate::Error> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| crate::Error::Metrics(format!("cannot listen on {addr}: {e}")))
+}
+
+/// Writes this worker's heartbeat every few seconds until `stop`, then removes it.
+pub(crate) fn heartbeat(
+    broker: Broker,
+    metrics: Arc<Metrics>,
+    tasks: Vec<String>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let started_at = SystemTime::now();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    tokio::spawn(async move {
+        let every = broker::WORKER_TTL / 3;
+        loop {
+            let info = v1::WorkerInfo {
+                id: id.clone(),
+                host: host.clone(),
+                pid: std::process::id(),
+                tasks: tasks.clone(),
+                running: metrics.running_total.load(Ordering::Relaxed),
+                succeeded: metrics.succeeded_total.load(Ordering::Relaxed),
+                failed: metrics.failed_total.load(Ordering::Relaxed),
+                started_at: Some(started_at.into()),
+                heartbeat_at: Some(SystemTime::now().into()),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            };
+            if let Err(e) = broker
+                .workers
+                .put(&id, prost::Message::encode_to_vec(&info).into())
+                .await
+            {
+                tracing::debug!(error = %e, "heartbeat not written");
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), broker.workers.purge(&id)).await;
+    })
+}

@@ -1,0 +1,314 @@
+//! Metrics, heartbeats and `taskwire inspect`, after a known workload on a real gateway and a
+//! real worker process.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use taskwire::examples::chaos::v1::{FlakyArgs, SleepArgs};
+use taskwire::examples::magic::v1::AddArgs;
+use taskwire_client::Client;
+use taskwire_client::examples::chaos::v1::ChaosClient;
+use taskwire_client::examples::magic::v1::MagicClient;
+use taskwire_testing::{Gateway, NatsServer, bin, eventually, examples_config, worker_process};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const WAIT: Duration = Duration::from_secs(20);
+const ADD: &str = "examples.magic.v1.Magic/Add";
+const FLAKY: &str = "examples.chaos.v1.Chaos/Flaky";
+
+/// `GET /metrics`, parsed into `name{labels}` → value.
+async fn scrape(addr: SocketAddr) -> anyhow::Result<HashMap<String, f64>> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("not an HTTP response: {response}"))?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    let mut samples = HashMap::new();
+    for line in body.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (name, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| anyhow::anyhow!("bad sample line {line:?}"))?;
+        samples.insert(name.to_owned(), value.parse::<f64>()?);
+    }
+    anyhow::ensure!(body.trim_end().ends_with("# EOF"), "no # EOF: {body}");
+    Ok(samples)
+}
+
+fn sample(samples: &HashMap<String, f64>, name: &str) -> f64 {
+    samples.get(name).copied().unwrap_or_else(|| {
+        let mut names: Vec<&String> = samples.keys().collect();
+        names.sort();
+        panic!("no sample {name}; have {names:#?}")
+    })
+}
+
+#[tokio::test]
+async fn metrics_count_a_known_workload_and_inspect_shows_it() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway_http = taskwire_cli::stack::free_addr()?;
+    let mut config = examples_config(&nats.url());
+    config.http_addr = Some(gateway_http);
+    let gateway = Gateway::start_with(config).await?;
+    let client = Client::connect(gateway.url()).await?;
+
+    // A backlog before any worker: inspect counts it from the subject.
+    let chaos = ChaosClient::new(client.clone());
+    for i in 0..3 {
+        chaos
+            .sleep(SleepArgs {
+                millis: 1,
+                label: format!("waiting-{i}"),
+            })
+            .await?;
+    }
+    let out = tokio::process::Command::new(bin("taskwire")?)
+        .args(["inspect", "queues", "--json"])
+        .env("TASKWIRE_GATEWAY_URL", gateway.url())
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let sleep = lines
+        .iter()
+        .find(|l| l["task"] == "examples.chaos.v1.Chaos/Sleep" && l["priority"] == "normal")
+        .expect("the Sleep queue");
+    assert_eq!(sleep["queued"], 3, "{sleep}");
+    assert!(
+        sleep["oldest_waiting_seconds"].as_f64().unwrap_or(0.0) > 0.0,
+        "{sleep}"
+    );
+
+    // The worker process, with its metrics endpoint.
+    let worker_http = taskwire_cli::stack::free_addr()?;
+    let mut worker = worker_process(
+        &nats.url(),
+        &[("TASKWIRE_METRICS_ADDR", &worker_http.to_string())],
+    )?;
+    eventually("the worker's heartbeat", WAIT, || async {
+        client.workers().await.is_ok_and(|w| w.len() == 1)
+    })
+    .await?;
+
+    let magic = MagicClient::new(client.clone());
+    for i in 0..5 {
+        magic
+            .add_and_wait(
+                AddArgs {
+                    arg1: i,
+                    arg2: 0,
+                    arg3: 0,
+                },
+                WAIT,
+            )
+            .await?;
+    }
+    for _ in 0..2 {
+        let failing = chaos
+            .flaky(FlakyArgs {
+                permanent: true,
+                ..Default::default()
+            })
+            .await?;
+        failing.get(WAIT).await.expect_err("fails for good");
+    }
+    let retried = chaos
+        .flaky(FlakyArgs {
+            succeed_on_attempt: 2,
+            ..Default::default()
+        })
+        .await?;
+    retried.get(WAIT).await?;
+
+    let worker_metrics = scrape(worker_http).await?;
+    let completed = |task: &str, state: &str| {
+        sample(
+            &worker_metrics,
+            &format!(r#"taskwire_tasks_completed_total{{task="{task}",state="{state}"}}"#),
+        )
+    };
+    assert_eq!(completed(ADD, "succeeded"), 5.0);
+    assert_eq!(completed(FLAKY, "failed"), 2.0);
+    assert_eq!(completed(FLAKY, "succeeded"), 1.0);
+    assert_eq!(
+        sample(
+            &worker_metrics,
+            &format!(r#"taskwire_tasks_retried_total{{task="{FLAKY}"}}"#)
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &worker_metrics,
+            &format!(r#"taskwire_tasks_dead_lettered_total{{task="{FLAKY}",reason="permanent"}}"#)
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &worker_metrics,
+            &format!(r#"taskwire_task_run_seconds_count{{task="{ADD}"}}"#)
+        ),
+        5.0
+    );
+
+    let gateway_metrics = scrape(gateway_http).await?;
+    assert_eq!(
+        sample(
+            &gateway_metrics,
+            &format!(r#"taskwire_tasks_submitted_total{{task="{ADD}"}}"#)
+        ),
+        5.0
+    );
+    assert_eq!(
+        sample(
+            &gateway_metrics,
+            &format!(r#"taskwire_tasks_submitted_total{{task="{FLAKY}"}}"#)
+        ),
+        3.0
+    );
+    assert!(
+        sample(
+            &gateway_metrics,
+            r#"taskwire_gateway_requests_total{method="/taskwire.v1.Tasks/Submit",code="Ok"}"#
+        ) >= 6.0
+    );
+    assert_eq!(
+        sample(
+            &gateway_metrics,
+            &format!(r#"taskwire_dead_letters{{task="{FLAKY}"}}"#)
+        ),
+        2.0
+    );
+    assert_eq!(sample(&gateway_metrics, "taskwire_workers_alive"), 1.0);
+    assert_eq!(
+        sample(
+            &gateway_metrics,
+            &format!(r#"taskwire_queue_depth{{task="{ADD}",priority="normal"}}"#)
+        ),
+        0.0
+    );
+
+    // inspect workers (after the next heartbeat) and inspect task.
+    eventually("a heartbeat with the counts", WAIT, || async {
+        client
+            .workers()
+            .await
+            .is_ok_and(|w| w.len() == 1 && w[0].succeeded >= 9 && w[0].failed == 2)
+    })
+    .await?;
+    let out = tokio::process::Command::new(bin("taskwire")?)
+        .args(["inspect", "workers", "--json"])
+        .env("TASKWIRE_GATEWAY_URL", gateway.url())
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    assert!(out.status.success(), "{out:?}");
+    let worker_line: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out.stdout)?.trim())?;
+    assert_eq!(worker_line["pid"], worker.id().expect("running"));
+    assert!(
+        worker_line["succeeded"].as_u64().unwrap_or(0) >= 9,
+        "{worker_line}"
+    );
+    assert_eq!(worker_line["failed"], 2, "{worker_line}");
+
+    let out = tokio::process::Command::new(bin("taskwire")?)
+        .args(["inspect", "task", retried.id(), "--json"])
+        .env("TASKWIRE_GATEWAY_URL", gateway.url())
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    assert!(out.status.success(), "{out:?}");
+    let task: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(task["state"], "succeeded");
+    assert_eq!(task["attempt"], 2);
+    let states: Vec<&str> = task["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["state"].as_str())
+        .collect();
+    assert_eq!(states.first(), Some(&"queued"), "{task}");
+    assert!(states.contains(&"retrying"), "{task}");
+
+    // A worker that stops leaves the list at once.
+    let pid = nix::unistd::Pid::from_raw(worker.id().expect("running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    worker.wait().await?;
+    eventually("the worker to leave the list", WAIT, || async {
+        client.workers().await.is_ok_and(|w| w.is_empty())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_task_of_each_line() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let mut worker = tokio::process::Command::new(bin("taskwire-test-worker")?)
+        .env("TASKWIRE_NATS_URL", nats.url())
+        .env("TASKWIRE_LOG", "info")
+        .env("TASKWIRE_LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    eventually("the worker to register", WAIT, || async {
+        client
+            .task_types()
+            .await
+            .is_ok_and(|t| t.iter().any(|t| t.name == FLAKY))
+    })
+    .await?;
+    let chaos = ChaosClient::new(client.clone());
+    let task = chaos
+        .flaky(FlakyArgs {
+            succeed_on_attempt: 2,
+            ..Default::default()
+        })
+        .await?;
+    task.get(WAIT).await?;
+    let pid = nix::unistd::Pid::from_raw(worker.id().expect("running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    let mut stderr = String::new();
+    worker
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr)
+        .await?;
+    worker.wait().await?;
+
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{e}: {l}")))
+        .collect::<anyhow::Result<_>>()?;
+    let retrying = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "retrying")
+        .ok_or_else(|| anyhow::anyhow!("no retrying line in {stderr}"))?;
+    assert_eq!(retrying["level"], "INFO");
+    assert_eq!(retrying["span"]["task"], FLAKY, "{retrying}");
+    assert_eq!(retrying["span"]["task_id"], task.id(), "{retrying}");
+    assert_eq!(retrying["span"]["attempt"], 1, "{retrying}");
+    Ok(())
+}
