@@ -38,6 +38,7 @@ extern crate self as taskwire;
 pub mod broker;
 mod context;
 mod error;
+pub mod propagation;
 pub mod service;
 pub mod task;
 #[cfg(feature = "telemetry")]

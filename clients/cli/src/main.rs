@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    taskwire::telemetry::init("warn");
+    let _telemetry = taskwire::telemetry::init("warn", "taskwire-cli");
     let cli = taskwire_cli::Cli::parse();
     match taskwire_cli::run(cli).await {
         Ok(code) => ExitCode::from(code as u8),

@@ -27,6 +27,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::{Duration, SystemTime};
 
+use tracing::Instrument as _;
+
 use taskwire::v1::admin_client::AdminClient;
 use taskwire::v1::schedules_client::SchedulesClient;
 use taskwire::v1::tasks_client::TasksClient;
@@ -307,7 +309,15 @@ impl Client {
             args: Some(args),
             options: Some(options.into_proto()),
         };
-        Ok(self.tasks.clone().submit(request).await?.into_inner())
+        let span = submit_span(task, "Submit");
+        async {
+            let mut request = tonic::Request::new(request);
+            taskwire::propagation::inject_metadata(request.metadata_mut());
+            let response = self.tasks.clone().submit(request).await;
+            Ok(traced(response)?.into_inner())
+        }
+        .instrument(span)
+        .await
     }
 
     /// Submits `task` and follows it in one call: returns once the task is stored, with a
@@ -329,19 +339,21 @@ impl Client {
             timeout: prost_types::Duration::try_from(timeout).ok(),
             include_json: json,
         };
-        let mut request = tonic::Request::new(request);
-        request.set_timeout(timeout + Duration::from_secs(5));
-        let mut stream = self
-            .tasks
-            .clone()
-            .submit_and_wait(request)
-            .await?
-            .into_inner();
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| tonic::Status::internal("the gateway closed the stream early"))?;
-        Ok(Pending { first, stream })
+        let span = submit_span(task, "SubmitAndWait");
+        async {
+            let mut request = tonic::Request::new(request);
+            request.set_timeout(timeout + Duration::from_secs(5));
+            taskwire::propagation::inject_metadata(request.metadata_mut());
+            let response = self.tasks.clone().submit_and_wait(request).await;
+            let mut stream = traced(response)?.into_inner();
+            let first = stream
+                .message()
+                .await?
+                .ok_or_else(|| tonic::Status::internal("the gateway closed the stream early"))?;
+            Ok(Pending { first, stream })
+        }
+        .instrument(span)
+        .await
     }
 
     /// Submits `task` with typed arguments and waits up to `timeout` for its typed result, in
@@ -596,6 +608,31 @@ impl Client {
             .into_inner()
             .task_types)
     }
+}
+
+/// The producer's span of a submission: the root of the task's trace when the caller has none.
+fn submit_span(task: &str, method: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "submit",
+        otel.name = %format!("submit {task}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = "taskwire.v1.Tasks",
+        rpc.method = method,
+        taskwire.task.name = %task,
+    )
+}
+
+/// Marks the current span as failed when the call failed.
+fn traced<T>(response: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
+    if let Err(status) = &response {
+        let span = tracing::Span::current();
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_message", status.message());
+    }
+    response
 }
 
 /// A submission of typed arguments, for [`Client::submit_many`].

@@ -47,7 +47,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    taskwire::telemetry::init("info");
+    let _telemetry = taskwire::telemetry::init("info", "taskwire-gateway");
     let args = Args::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,11 +1,14 @@
-//! A tower layer that counts every gRPC call by method and status code, and times it (to its
-//! response headers: for a streaming call, until the stream starts).
+//! A tower layer that counts every gRPC call by method and status code, times it (to its
+//! response headers: for a streaming call, until the stream starts), and runs it in a server
+//! span that continues the caller's trace (W3C `traceparent` in the metadata).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures::future::BoxFuture;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::Gateway;
 
@@ -46,24 +49,61 @@ where
         let method = request.uri().path().to_owned();
         let started = Instant::now();
         let gateway = Arc::clone(&self.gateway);
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let response = call.await;
-            if let Ok(response) = &response
-                && (method.starts_with("/taskwire.") || method.starts_with("/grpc.health"))
-            {
-                // An error comes as a trailers-only response with the status in its headers;
-                // a success has its status in the trailers.
-                let code = response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .map_or_else(|| "Ok".to_owned(), code_name);
-                gateway
-                    .metrics
-                    .request(&method, &code, started.elapsed().as_secs_f64());
+        let (service, rpc) = method
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or(("", ""));
+        let span = tracing::info_span!(
+            "grpc",
+            otel.name = %method.trim_start_matches('/'),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            otel.status_message = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %rpc,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let parent = taskwire::propagation::extract_http(request.headers());
+        if taskwire::propagation::is_valid(&parent) {
+            let _ = span.set_parent(parent);
+        }
+        let call = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        let record = span.clone();
+        Box::pin(
+            async move {
+                let response = call.await;
+                if let Ok(response) = &response
+                    && (method.starts_with("/taskwire.") || method.starts_with("/grpc.health"))
+                {
+                    // An error comes as a trailers-only response with the status in its headers;
+                    // a success has its status in the trailers.
+                    let code = response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .map_or_else(|| "Ok".to_owned(), code_name);
+                    let number = response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .unwrap_or(0);
+                    record.record("rpc.grpc.status_code", number);
+                    if number != 0 {
+                        record.record("otel.status_code", "ERROR");
+                        record.record("otel.status_message", code.as_str());
+                    }
+                    gateway
+                        .metrics
+                        .request(&method, &code, started.elapsed().as_secs_f64());
+                }
+                response
             }
-            response
-        })
+            .instrument(span),
+        )
     }
 }

@@ -13,6 +13,7 @@ use taskwire::broker::{self, subject};
 use taskwire::task::{Id, Name};
 use taskwire::v1::{self, TaskState};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::waiters::Waiting;
 use crate::{Error, Gateway, MAX_WAIT, payload};
@@ -376,19 +377,37 @@ impl Gateway {
                 broker::priority_name(placement.priority),
             );
         }
-        let queued = self
-            .broker
-            .jetstream
-            .publish_with_headers(subject::event(name, id), event, Bytes::new())
-            .await
-            .map_err(publish_error)?;
-        let stored = self
-            .broker
-            .jetstream
-            .publish_with_headers(subject, headers, args)
-            .await
-            .map_err(publish_error)?;
-        Ok(TaskAcks { queued, stored })
+        let destination = subject::task_at(name, placement.priority);
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format!("publish {destination}"),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.destination.name = %destination,
+            messaging.operation.type = "publish",
+            messaging.operation.name = "publish",
+            messaging.message.id = %id,
+            taskwire.task.name = %name,
+        );
+        async {
+            // The worker's span continues from this one.
+            taskwire::propagation::inject_nats(&mut headers);
+            let queued = self
+                .broker
+                .jetstream
+                .publish_with_headers(subject::event(name, id), event, Bytes::new())
+                .await
+                .map_err(publish_error)?;
+            let stored = self
+                .broker
+                .jetstream
+                .publish_with_headers(subject, headers, args)
+                .await
+                .map_err(publish_error)?;
+            Ok(TaskAcks { queued, stored })
+        }
+        .instrument(span)
+        .await
     }
 
     async fn confirm_task(

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::cancels::Cancels;
 use crate::limits::{Grant, Limits, Slot};
@@ -198,6 +199,51 @@ const QUIET: Duration = Duration::from_millis(200);
 /// The same for a worker that found nothing anywhere: it waits on the normal level this long
 /// before it looks at the others again.
 const IDLE_PULL: Duration = Duration::from_secs(1);
+/// The span of one attempt: a consumer span that continues the producer's trace (its
+/// `traceparent` travels in the task's headers), linked to it as well when it is a retry.
+fn process_span(served: &Served, message: &jetstream::Message) -> tracing::Span {
+    let span = tracing::info_span!(
+        "task",
+        otel.name = %format!("process {}", served.task.name),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+        messaging.system = "nats",
+        messaging.destination.name = %message.subject,
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.message.id = tracing::field::Empty,
+        taskwire.task.name = %served.task.name,
+        taskwire.task.attempt = tracing::field::Empty,
+        task = %served.task.name,
+        task_id = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+    );
+    let parent = taskwire::propagation::extract_nats(message.headers.as_ref());
+    if taskwire::propagation::is_valid(&parent) {
+        use opentelemetry::trace::TraceContextExt as _;
+        let producer = parent.span().span_context().clone();
+        let _ = span.set_parent(parent);
+        let redelivered = message.info().is_ok_and(|i| i.delivered > 1)
+            || message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(header::ATTEMPT))
+                .is_some_and(|a| a.as_str() != "1");
+        if redelivered {
+            span.add_link(producer);
+        }
+    }
+    span
+}
+
+/// Marks the current attempt's span as failed.
+fn span_error(message: &str) {
+    let span = tracing::Span::current();
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_message", message);
+}
+
 /// Most tasks asked for in one pull request.
 const MAX_BATCH: usize = 1000;
 
@@ -374,12 +420,7 @@ async fn start(
     let cluster_slot: Option<Slot> = grant.take();
     let served = Arc::clone(served);
     tracker.spawn(async move {
-        let span = tracing::info_span!(
-            "task",
-            task = %served.task.name,
-            task_id = tracing::field::Empty,
-            attempt = tracing::field::Empty,
-        );
+        let span = process_span(&served, &message);
         handle(&served, message).instrument(span).await;
         drop(cluster_slot);
         drop(slot);
@@ -453,6 +494,8 @@ async fn handle(served: &Served, message: jetstream::Message) {
     let span = tracing::Span::current();
     span.record("task_id", tracing::field::display(&id));
     span.record("attempt", attempt);
+    span.record("messaging.message.id", tracing::field::display(&id));
+    span.record("taskwire.task.attempt", attempt);
     // The task's declared options, as its submitter changed them.
     let options = broker::Overrides::read(message.headers.as_ref()).apply(&served.task.options);
     let max_attempts = options.max_attempts;
@@ -551,6 +594,7 @@ async fn handle(served: &Served, message: jetstream::Message) {
         }
         Outcome::Panicked(text) => {
             tracing::error!(task = %name, task_id = %id, attempt, panic = %text, "task panicked");
+            span_error(&text);
             let error = format!("task panicked: {text}");
             if store_dead(served, &message, &id, attempt, "panic", &error).await {
                 let body = broker::failure_body(&error, false);
@@ -752,6 +796,7 @@ async fn failed(
     timed_out: bool,
 ) {
     let name = &served.task.name;
+    span_error(err.message());
     if err.is_retryable() && attempt < options.max_attempts {
         let delay = jitter(options.backoff(attempt));
         tracing::info!(task = %name, task_id = %id, attempt, ?delay, error = %err, "retrying");
@@ -905,7 +950,23 @@ async fn finish(
 ) {
     let name: &Name = &served.task.name;
     let headers = broker::result_headers(name, id, state, attempt, &series(&message), ttl);
-    match store(served, id, "result", subject::result(id), headers, body).await {
+    let destination = subject::result(id);
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = "publish taskwire.results",
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.destination.name = %destination,
+        messaging.operation.type = "publish",
+        messaging.operation.name = "publish",
+        messaging.message.id = %id,
+        taskwire.task.name = %name,
+        taskwire.task.state = broker::state_name(state),
+    );
+    let stored = store(served, id, "result", destination, headers, body)
+        .instrument(span)
+        .await;
+    match stored {
         Stored::Yes { duplicate: false } => {
             served.metrics.completed(name.as_str(), state);
             if let Some(hook) = &served.on_result {

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    taskwire::telemetry::init("error");
+    let _telemetry = taskwire::telemetry::init("error", "taskwire-chaos");
     let mut tasks = 10_000;
     let mut only = Vec::new();
     let mut args = std::env::args().skip(1);

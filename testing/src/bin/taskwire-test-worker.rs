@@ -12,7 +12,7 @@ fn duration(var: &str, default: Duration) -> Duration {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    taskwire::telemetry::init("info");
+    let _telemetry = taskwire::telemetry::init("info", "taskwire-worker");
     let nats =
         std::env::var("TASKWIRE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     // With TASKWIRE_EXECUTION_LOG set, every result this worker stores is appended there, one

@@ -52,7 +52,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    taskwire::telemetry::init("info");
+    let _telemetry = taskwire::telemetry::init("info", "taskwire-worker");
     let args = Args::parse();
     let settings = match taskwire::broker::Settings::from_env() {
         Ok(settings) => settings,
