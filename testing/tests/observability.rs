@@ -205,6 +205,31 @@ async fn metrics_count_a_known_workload_and_inspect_shows_it() -> anyhow::Result
         0.0
     );
 
+    // Every query of the Grafana dashboard names a metric exported here.
+    let exported: std::collections::HashSet<String> = worker_metrics
+        .keys()
+        .chain(gateway_metrics.keys())
+        .map(|k| k.split('{').next().unwrap_or(k).to_owned())
+        .collect();
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/taskwire.json"),
+    )?)?;
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8);
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("a query");
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("taskwire_"))
+                .collect();
+            assert!(!names.is_empty(), "{expr}");
+            for name in names {
+                assert!(exported.contains(name), "{name} in {expr} is not exported");
+            }
+        }
+    }
+
     // inspect workers (after the next heartbeat) and inspect task.
     eventually("a heartbeat with the counts", WAIT, || async {
         client
