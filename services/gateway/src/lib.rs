@@ -14,6 +14,7 @@
 //! # }
 //! ```
 
+mod dashboard;
 mod dead;
 mod error;
 mod inspect;
@@ -51,8 +52,10 @@ pub mod env {
     pub use taskwire::broker::env::{REPLICAS, RESULT_TTL};
     /// Descriptor set files (`protoc -o` / `buf build -o`) of task types to know without a worker.
     pub const DESCRIPTOR_SETS: &str = "TASKWIRE_DESCRIPTOR_SETS";
-    /// Address of the HTTP server with `/metrics`, e.g. `127.0.0.1:9090`.
+    /// Address of the HTTP server with the dashboard and `/metrics`, e.g. `127.0.0.1:9090`.
     pub const HTTP_ADDR: &str = "TASKWIRE_HTTP_ADDR";
+    /// Link from a task in the dashboard to its trace: a URL with `{trace_id}` in it.
+    pub const TRACE_URL_TEMPLATE: &str = "TASKWIRE_TRACE_URL_TEMPLATE";
 }
 
 /// Default largest task arguments: what fits in one NATS message with its headers.

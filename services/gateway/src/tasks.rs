@@ -390,12 +390,14 @@ impl Gateway {
             taskwire.task.name = %name,
         );
         async {
-            // The worker's span continues from this one.
+            // The worker's span continues from this one; the dashboard links to the trace.
             taskwire::propagation::inject_nats(&mut headers);
+            taskwire::propagation::inject_nats(&mut event);
+            // The first event keeps the arguments, for the dashboard.
             let queued = self
                 .broker
                 .jetstream
-                .publish_with_headers(subject::event(name, id), event, Bytes::new())
+                .publish_with_headers(subject::event(name, id), event, args.clone())
                 .await
                 .map_err(publish_error)?;
             let stored = self

@@ -1,0 +1,265 @@
+//! The web dashboard on the gateway's HTTP port: queues, workers, recent tasks, dead letters
+//! with a replay button, and a task's detail; the page polls a small JSON API, so it updates
+//! without reloading. Everything is embedded in the binary.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use prost_reflect::{DynamicMessage, SerializeOptions};
+use taskwire::broker::{self, header, subject};
+use taskwire::task::{Id, Name};
+use taskwire::v1;
+
+use crate::{Error, Gateway};
+
+/// How many recent tasks the overview shows.
+const RECENT: usize = 20;
+/// How far back in the events stream the overview looks for them.
+const LOOK_BACK: u64 = 200;
+
+const PAGE: &str = include_str!("dashboard.html");
+
+/// The routes of the dashboard.
+pub(crate) fn routes(gateway: Arc<Gateway>) -> axum::Router {
+    axum::Router::new()
+        .route("/", axum::routing::get(|| async { Html(PAGE) }))
+        .route("/tasks/{id}", axum::routing::get(|| async { Html(PAGE) }))
+        .route("/api/overview", axum::routing::get(overview))
+        .route("/api/tasks/{id}", axum::routing::get(task))
+        .route("/api/dead/{id}/replay", axum::routing::post(replay))
+        .with_state(gateway)
+}
+
+fn failure(err: Error) -> Response {
+    let status = match err.code() {
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": err.to_string() })),
+    )
+        .into_response()
+}
+
+fn time(t: &Option<prost_types::Timestamp>) -> serde_json::Value {
+    t.as_ref()
+        .map_or(serde_json::Value::Null, |t| t.to_string().into())
+}
+
+fn seconds(d: &Option<prost_types::Duration>) -> f64 {
+    d.as_ref()
+        .map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+}
+
+async fn overview(State(gateway): State<Arc<Gateway>>) -> Response {
+    match gateway.overview().await {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+async fn task(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+    let id = match Id::parse(&id) {
+        Ok(id) => id,
+        Err(e) => return failure(Error::InvalidId(e)),
+    };
+    match gateway.task_detail(&id).await {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+async fn replay(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+    let request = v1::ReplayDeadLettersRequest {
+        task_ids: vec![id],
+        ..Default::default()
+    };
+    match gateway.replay_dead(request).await {
+        Ok(ids) => axum::Json(serde_json::json!({ "replayed": ids })).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+impl Gateway {
+    async fn overview(&self) -> Result<serde_json::Value, Error> {
+        let queues: Vec<serde_json::Value> = self
+            .queues()
+            .await?
+            .iter()
+            .map(|q| {
+                serde_json::json!({
+                    "task": q.task, "priority": q.priority, "queued": q.queued,
+                    "in_flight": q.in_flight, "redelivered": q.redelivered,
+                    "dead_letters": q.dead_letters,
+                    "oldest_waiting_seconds": seconds(&q.oldest_waiting),
+                })
+            })
+            .collect();
+        let workers: Vec<serde_json::Value> = self
+            .workers()
+            .await?
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "id": w.id, "host": w.host, "pid": w.pid, "tasks": w.tasks,
+                    "running": w.running, "succeeded": w.succeeded, "failed": w.failed,
+                    "heartbeat_at": time(&w.heartbeat_at),
+                })
+            })
+            .collect();
+        let dead: Vec<serde_json::Value> = self
+            .list_dead("", 100)
+            .await?
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "id": d.task_id, "task": d.task, "reason": d.reason, "error": d.error,
+                    "attempt": d.attempt, "dead_at": time(&d.dead_at),
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "queues": queues,
+            "workers": workers,
+            "recent": self.recent().await?,
+            "dead_letters": dead,
+        }))
+    }
+
+    /// The tasks with the latest state changes, newest first, with their current state.
+    async fn recent(&self) -> Result<Vec<serde_json::Value>, Error> {
+        let mut events = self.broker.events.clone();
+        let last = events
+            .info()
+            .await
+            .map_err(|e| self.broker_error(e))?
+            .state
+            .last_sequence;
+        let mut seen = std::collections::HashSet::new();
+        let mut recent = Vec::new();
+        let mut sequence = last;
+        while sequence > 0 && last - sequence < LOOK_BACK && recent.len() < RECENT {
+            let found = broker::next_message(
+                &self.client,
+                broker::EVENTS_STREAM,
+                subject::EVENTS,
+                sequence,
+            )
+            .await
+            .map_err(|e| self.broker_error(e))?;
+            sequence -= 1;
+            let Some(message) = found else { continue };
+            let Some(id) = message
+                .headers
+                .get(header::TASK_ID)
+                .and_then(|v| Id::parse(v.as_str()).ok())
+            else {
+                continue;
+            };
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let info = match self.result(&id).await {
+                Ok(Some(result)) => result,
+                Ok(None) => {
+                    broker::task_info(&id, &message.headers, &message.payload, message.time)
+                }
+                Err(_) => continue,
+            };
+            recent.push(serde_json::json!({
+                "id": info.task_id,
+                "task": info.task,
+                "state": broker::state_name(info.state()),
+                "attempt": info.attempt,
+                "updated_at": time(&info.updated_at),
+            }));
+        }
+        Ok(recent)
+    }
+
+    async fn task_detail(&self, id: &Id) -> Result<serde_json::Value, Error> {
+        let history = self.history(id).await?;
+        let current = history
+            .result
+            .clone()
+            .or_else(|| history.events.last().cloned())
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let name = Name::parse(&current.task).map_err(Error::InvalidName)?;
+        let task_type = self.registry.get(&name).await.ok();
+        // The queued event holds the arguments and the submission's trace context.
+        let first = broker::next_message(
+            &self.client,
+            broker::EVENTS_STREAM,
+            &subject::events_of(id),
+            0,
+        )
+        .await
+        .map_err(|e| self.broker_error(e))?;
+        let render = |descriptor: &prost_reflect::MessageDescriptor, bytes: &[u8]| {
+            DynamicMessage::decode(descriptor.clone(), bytes)
+                .ok()
+                .and_then(|m| {
+                    let mut out = serde_json::Serializer::new(Vec::new());
+                    let options = SerializeOptions::new()
+                        .stringify_64_bit_integers(false)
+                        .skip_default_fields(false);
+                    m.serialize_with_options(&mut out, &options).ok()?;
+                    serde_json::from_slice::<serde_json::Value>(&out.into_inner()).ok()
+                })
+                .unwrap_or(serde_json::Value::Null)
+        };
+        let args = match (&first, &task_type) {
+            (Some(m), Some(t)) if !m.payload.is_empty() => render(&t.input, &m.payload),
+            _ => serde_json::Value::Null,
+        };
+        let result = match (&history.result, &task_type) {
+            (Some(r), Some(t)) if r.state() == v1::TaskState::Succeeded => {
+                render(&t.output, &r.result)
+            }
+            _ => serde_json::Value::Null,
+        };
+        let trace_id = first
+            .as_ref()
+            .and_then(|m| m.headers.get("traceparent"))
+            .and_then(|v| v.as_str().split('-').nth(1).map(str::to_owned));
+        let trace_url = match (&trace_id, std::env::var(crate::env::TRACE_URL_TEMPLATE)) {
+            (Some(trace), Ok(template)) if !template.is_empty() => {
+                Some(template.replace("{trace_id}", trace))
+            }
+            _ => None,
+        };
+        let events: Vec<serde_json::Value> = history
+            .events
+            .iter()
+            .chain(history.result.iter())
+            .map(|e| {
+                serde_json::json!({
+                    "state": broker::state_name(e.state()),
+                    "attempt": e.attempt,
+                    "at": time(&e.updated_at),
+                    "error": e.error.as_ref().map(|f| f.message.clone()),
+                    "progress": e.progress.as_ref().map(|p| serde_json::json!({"percent": p.percent, "message": p.message})),
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "id": id.as_str(),
+            "task": current.task,
+            "state": broker::state_name(current.state()),
+            "attempt": current.attempt,
+            "error": current.error.as_ref().map(|f| f.message.clone()),
+            "args": args,
+            "result": result,
+            "events": events,
+            "trace_id": trace_id,
+            "trace_url": trace_url,
+            "at": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,61 @@
+"""Drives the gateway's dashboard in headless Chromium: the queue counts shown, a task's
+detail, and the replay button of a dead letter. Screenshots go to the directory given.
+
+Usage: dashboard.py URL TASK_ID DEAD_ID SCREENSHOT_DIR
+"""
+
+import os
+import sys
+
+from playwright.sync_api import expect, sync_playwright
+
+
+def main() -> int:
+    url, task_id, dead_id, shots = sys.argv[1:5]
+    os.makedirs(shots, exist_ok=True)
+    chromium = os.environ.get("TASKWIRE_CHROMIUM", "/usr/bin/chromium")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        expect.set_options(timeout=15_000)
+
+        # The overview: four Add tasks wait, and the counts are on the page.
+        page.goto(url)
+        row = page.locator("#queues tbody tr", has_text="examples.magic.v1.Magic/Add")
+        expect(row.locator(".queued")).to_have_text("4")
+        expect(page.locator("#workers")).to_contain_text("no worker is alive")
+        page.screenshot(path=os.path.join(shots, "overview.png"), full_page=True)
+
+        # A task's detail, opened from the recent tasks.
+        page.locator(f'#recent a[href="/tasks/{task_id}"]').click()
+        expect(page.locator("#task-state")).to_have_text("succeeded")
+        expect(page.locator("#task-args")).to_contain_text('"arg1"')
+        expect(page.locator("#task-result")).to_contain_text('"sum"')
+        expect(page.locator("#history")).to_contain_text("queued")
+        page.screenshot(path=os.path.join(shots, "task.png"), full_page=True)
+
+        # Replay a dead letter: it leaves the list.
+        page.goto(url)
+        dead = page.locator("#dead tbody tr", has_text=dead_id)
+        expect(dead).to_have_count(1)
+        dead.locator("button.replay").click()
+        expect(page.locator("#dead tbody tr", has_text=dead_id)).to_have_count(0)
+        page.screenshot(path=os.path.join(shots, "replayed.png"), full_page=True)
+        browser.close()
+    print("dashboard checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

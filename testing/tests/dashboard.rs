@@ -1,0 +1,103 @@
+//! The web dashboard in a real headless Chromium (driven by Playwright for Python): queue counts
+//! after a known workload, a task's detail, and replaying a dead letter.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use taskwire::examples::chaos::v1::FlakyArgs;
+use taskwire::examples::magic::v1::AddArgs;
+use taskwire::v1::TaskState;
+use taskwire_client::Client;
+use taskwire_client::examples::chaos::v1::ChaosClient;
+use taskwire_client::examples::magic::v1::MagicClient;
+use taskwire_testing::{Gateway, NatsServer, Worker, examples_config, tasks};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_queues_a_task_and_replays_a_dead_letter() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let http = taskwire_cli::stack::free_addr()?;
+    let mut config = examples_config(&nats.url());
+    config.http_addr = Some(http);
+    let gateway = Gateway::start_with(config).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let magic = MagicClient::new(client.clone());
+    let chaos = ChaosClient::new(client.clone());
+
+    // Some tasks run, two fail for good; then the worker stops and four wait.
+    let worker = Worker::start(&nats.url(), |w| {
+        w.serve(tasks::magic()).serve(tasks::chaos())
+    })
+    .await?;
+    let mut done = Vec::new();
+    for i in 0..3 {
+        let handle = magic
+            .add(AddArgs {
+                arg1: i,
+                arg2: 1,
+                arg3: 1,
+            })
+            .await?;
+        handle.get(WAIT).await?;
+        done.push(handle);
+    }
+    let mut dead = Vec::new();
+    for _ in 0..2 {
+        let handle = chaos
+            .flaky(FlakyArgs {
+                permanent: true,
+                ..Default::default()
+            })
+            .await?;
+        handle.get(WAIT).await.expect_err("fails for good");
+        dead.push(handle);
+    }
+    worker.stop().await?;
+    for i in 0..4 {
+        magic
+            .add(AddArgs {
+                arg1: 100 + i,
+                ..Default::default()
+            })
+            .await?;
+    }
+
+    let python = std::env::var("TASKWIRE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace().join(".tools/venv/bin/python"));
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    let out = tokio::process::Command::new(&python)
+        .arg(workspace().join("testing/browser/dashboard.py"))
+        .arg(format!("http://{http}/"))
+        .arg(done[1].id())
+        .arg(dead[0].id())
+        .arg(&shots)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot run {} (make tools installs Playwright and Chromium): {e}",
+                python.display()
+            )
+        })?;
+    assert!(
+        out.status.success(),
+        "browser checks failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("screenshots in {}", shots.display());
+
+    // The replay went through the gateway: one dead letter left, the replayed task waits.
+    let left = client.dead_letters("", 0).await?;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].task_id, dead[1].id());
+    assert_eq!(dead[0].state().await?, TaskState::Queued);
+    Ok(())
+}
