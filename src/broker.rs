@@ -918,6 +918,7 @@ pub fn task_info(
             .unwrap_or_default(),
         updated_at: time.map(prost_types::Timestamp::from),
         not_before: not_before.map(prost_types::Timestamp::from),
+        trace_id: trace_id(headers).unwrap_or_default(),
         ..Default::default()
     };
     match state {
@@ -934,6 +935,14 @@ pub fn task_info(
         _ => {}
     }
     info
+}
+
+/// The trace id in a message's W3C `traceparent` header.
+pub fn trace_id(headers: &HeaderMap) -> Option<String> {
+    let parent = headers.get("traceparent")?;
+    let id = parent.as_str().split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id != "0".repeat(32))
+        .then(|| id.to_owned())
 }
 
 /// A message read back from a stream by [`last_message`].

@@ -9,9 +9,25 @@ use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-/// The trace context of the current span, if it has one.
+tokio::task_local! {
+    /// The trace context a request came with, for processes that pass traces on without
+    /// recording spans of their own.
+    static INCOMING: Context;
+}
+
+/// Runs `future` with `cx` as the context that [`current`] falls back to.
+pub async fn with_incoming<F: std::future::Future>(cx: Context, future: F) -> F::Output {
+    INCOMING.scope(cx, future).await
+}
+
+/// The trace context of the current span; without one (no trace export in this process), the
+/// context the current request came with, so that a trace still passes through.
 pub fn current() -> Context {
-    tracing::Span::current().context()
+    let cx = tracing::Span::current().context();
+    if is_valid(&cx) {
+        return cx;
+    }
+    INCOMING.try_with(Clone::clone).unwrap_or(cx)
 }
 
 /// Whether a context carries a span (is worth propagating).

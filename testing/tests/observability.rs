@@ -136,6 +136,15 @@ async fn metrics_count_a_known_workload_and_inspect_shows_it() -> anyhow::Result
         .await?;
     retried.get(WAIT).await?;
 
+    // A worker counts a result right after storing it, so the client may see it first.
+    let flaky_done =
+        format!(r#"taskwire_tasks_completed_total{{task="{FLAKY}",state="succeeded"}}"#);
+    eventually("the worker to count the last result", WAIT, || async {
+        scrape(worker_http)
+            .await
+            .is_ok_and(|m| m.get(&flaky_done) == Some(&1.0))
+    })
+    .await?;
     let worker_metrics = scrape(worker_http).await?;
     let completed = |task: &str, state: &str| {
         sample(
@@ -304,14 +313,24 @@ async fn json_logs_carry_the_task_of_each_line() -> anyhow::Result<()> {
             .is_ok_and(|t| t.iter().any(|t| t.name == FLAKY))
     })
     .await?;
-    let chaos = ChaosClient::new(client.clone());
-    let task = chaos
-        .flaky(FlakyArgs {
-            succeed_on_attempt: 2,
-            ..Default::default()
-        })
-        .await?;
-    task.get(WAIT).await?;
+    // Submitted with a W3C trace context, as any traced producer sends it.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut tasks = taskwire::v1::tasks_client::TasksClient::connect(gateway.url()).await?;
+    let mut request = tonic::Request::new(taskwire::v1::SubmitRequest {
+        task: FLAKY.into(),
+        args: Some(taskwire::v1::submit_request::Args::ArgsJson(
+            r#"{"succeedOnAttempt":2}"#.into(),
+        )),
+        options: None,
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace}-00f067aa0ba902b7-01").parse()?,
+    );
+    let id = tasks.submit(request).await?.into_inner().task_id;
+    let done = client.wait(&id, WAIT, false).await?;
+    assert_eq!(done.state(), taskwire::v1::TaskState::Succeeded);
+    assert_eq!(done.trace_id, trace, "the result names the trace");
     let pid = nix::unistd::Pid::from_raw(worker.id().expect("running") as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
     let mut stderr = String::new();
@@ -333,7 +352,8 @@ async fn json_logs_carry_the_task_of_each_line() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no retrying line in {stderr}"))?;
     assert_eq!(retrying["level"], "INFO");
     assert_eq!(retrying["span"]["task"], FLAKY, "{retrying}");
-    assert_eq!(retrying["span"]["task_id"], task.id(), "{retrying}");
+    assert_eq!(retrying["span"]["task_id"], id.as_str(), "{retrying}");
     assert_eq!(retrying["span"]["attempt"], 1, "{retrying}");
+    assert_eq!(retrying["span"]["trace_id"], trace, "{retrying}");
     Ok(())
 }

@@ -232,6 +232,7 @@ async fn inspect(client: &Client, command: InspectCommand) -> Result<i32, Error>
                         "task": q.task, "priority": q.priority, "queued": q.queued,
                         "in_flight": q.in_flight, "redelivered": q.redelivered,
                         "waiting_pulls": q.waiting_pulls, "dead_letters": q.dead_letters,
+                        "workers": q.workers,
                         "oldest_waiting_seconds": seconds(&q.oldest_waiting),
                     });
                     println!("{line}");
@@ -266,7 +267,7 @@ async fn inspect(client: &Client, command: InspectCommand) -> Result<i32, Error>
                     } else {
                         String::new()
                     },
-                    q.waiting_pulls,
+                    q.workers,
                     if oldest > 0.0 {
                         format!("{oldest:.1}s")
                     } else {
@@ -320,6 +321,12 @@ async fn inspect(client: &Client, command: InspectCommand) -> Result<i32, Error>
             if json {
                 let mut out = info_json(&info);
                 out["events"] = serde_json::Value::Array(events);
+                if let Some(traced) = std::iter::once(&info)
+                    .chain(history.events.iter())
+                    .find(|i| !i.trace_id.is_empty())
+                {
+                    out["trace_id"] = traced.trace_id.clone().into();
+                }
                 println!("{}", serde_json::to_string_pretty(&out)?);
                 return Ok(0);
             }
@@ -327,6 +334,14 @@ async fn inspect(client: &Client, command: InspectCommand) -> Result<i32, Error>
             println!("type      {}", info.task);
             println!("state     {}", taskwire::broker::state_name(info.state()));
             println!("attempt   {}", info.attempt);
+            let trace = std::iter::once(&info)
+                .chain(history.events.iter())
+                .chain(history.result.iter())
+                .find(|i| !i.trace_id.is_empty())
+                .map(|i| i.trace_id.clone());
+            if let Some(trace) = &trace {
+                println!("trace     {trace}");
+            }
             for event in &history.events {
                 let mut line = format!(
                     "  {:24}  {:9}  attempt {}",

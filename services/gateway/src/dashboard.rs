@@ -96,7 +96,7 @@ impl Gateway {
                 serde_json::json!({
                     "task": q.task, "priority": q.priority, "queued": q.queued,
                     "in_flight": q.in_flight, "redelivered": q.redelivered,
-                    "dead_letters": q.dead_letters,
+                    "dead_letters": q.dead_letters, "workers": q.workers,
                     "oldest_waiting_seconds": seconds(&q.oldest_waiting),
                 })
             })
@@ -226,8 +226,8 @@ impl Gateway {
         };
         let trace_id = first
             .as_ref()
-            .and_then(|m| m.headers.get("traceparent"))
-            .and_then(|v| v.as_str().split('-').nth(1).map(str::to_owned));
+            .and_then(|m| broker::trace_id(&m.headers))
+            .or_else(|| Some(current.trace_id.clone()).filter(|t| !t.is_empty()));
         let trace_url = match (&trace_id, std::env::var(crate::env::TRACE_URL_TEMPLATE)) {
             (Some(trace), Ok(template)) if !template.is_empty() => {
                 Some(template.replace("{trace_id}", trace))

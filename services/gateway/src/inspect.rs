@@ -204,7 +204,12 @@ impl Gateway {
     pub(crate) async fn queues(&self) -> Result<Vec<v1::QueueInfo>, Error> {
         self.check_connected()?;
         let mut queues = Vec::new();
+        let workers = self.workers().await.unwrap_or_default();
         for task in self.registry.list() {
+            let serving = workers
+                .iter()
+                .filter(|w| w.tasks.iter().any(|t| t == task.name.as_str()))
+                .count() as u64;
             let mut dead = 0u64;
             let mut subjects = self
                 .broker
@@ -220,6 +225,7 @@ impl Gateway {
                 let mut queue = v1::QueueInfo {
                     task: task.name.to_string(),
                     priority: broker::priority_name(priority).to_owned(),
+                    workers: serving,
                     ..Default::default()
                 };
                 match self.broker.tasks.consumer_info(&name).await {

@@ -66,44 +66,46 @@ where
         );
         let parent = taskwire::propagation::extract_http(request.headers());
         if taskwire::propagation::is_valid(&parent) {
-            let _ = span.set_parent(parent);
+            let _ = span.set_parent(parent.clone());
         }
         let call = {
             let _entered = span.enter();
             self.inner.call(request)
         };
         let record = span.clone();
-        Box::pin(
-            async move {
-                let response = call.await;
-                if let Ok(response) = &response
-                    && (method.starts_with("/taskwire.") || method.starts_with("/grpc.health"))
-                {
-                    // An error comes as a trailers-only response with the status in its headers;
-                    // a success has its status in the trailers.
-                    let code = response
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .map_or_else(|| "Ok".to_owned(), code_name);
-                    let number = response
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<i64>().ok())
-                        .unwrap_or(0);
-                    record.record("rpc.grpc.status_code", number);
-                    if number != 0 {
-                        record.record("otel.status_code", "ERROR");
-                        record.record("otel.status_message", code.as_str());
-                    }
-                    gateway
-                        .metrics
-                        .request(&method, &code, started.elapsed().as_secs_f64());
+        let call = async move {
+            let response = call.await;
+            if let Ok(response) = &response
+                && (method.starts_with("/taskwire.") || method.starts_with("/grpc.health"))
+            {
+                // An error comes as a trailers-only response with the status in its headers;
+                // a success has its status in the trailers.
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map_or_else(|| "Ok".to_owned(), code_name);
+                let number = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0);
+                record.record("rpc.grpc.status_code", number);
+                if number != 0 {
+                    record.record("otel.status_code", "ERROR");
+                    record.record("otel.status_message", code.as_str());
                 }
-                response
+                gateway
+                    .metrics
+                    .request(&method, &code, started.elapsed().as_secs_f64());
             }
-            .instrument(span),
-        )
+            response
+        };
+        // Also kept for a process that records no spans, so that the trace passes through.
+        Box::pin(taskwire::propagation::with_incoming(
+            parent,
+            call.instrument(span),
+        ))
     }
 }

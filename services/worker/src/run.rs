@@ -218,6 +218,7 @@ fn process_span(served: &Served, message: &jetstream::Message) -> tracing::Span 
         task = %served.task.name,
         task_id = tracing::field::Empty,
         attempt = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     let parent = taskwire::propagation::extract_nats(message.headers.as_ref());
     if taskwire::propagation::is_valid(&parent) {
@@ -231,7 +232,15 @@ fn process_span(served: &Served, message: &jetstream::Message) -> tracing::Span 
                 .and_then(|h| h.get(header::ATTEMPT))
                 .is_some_and(|a| a.as_str() != "1");
         if redelivered {
-            span.add_link(producer);
+            span.add_link(producer.clone());
+        }
+        span.record("trace_id", tracing::field::display(producer.trace_id()));
+    } else {
+        use opentelemetry::trace::TraceContextExt as _;
+        let own = span.context();
+        let own = own.span().span_context().clone();
+        if own.is_valid() {
+            span.record("trace_id", tracing::field::display(own.trace_id()));
         }
     }
     span
@@ -963,9 +972,20 @@ async fn finish(
         taskwire.task.name = %name,
         taskwire.task.state = broker::state_name(state),
     );
-    let stored = store(served, id, "result", destination, headers, body)
-        .instrument(span)
-        .await;
+    let stored = async {
+        let mut headers = headers;
+        // The result names the trace, for `taskwire inspect task` and the dashboard: this
+        // span's, or without trace export here, the producer's.
+        taskwire::propagation::inject_nats(&mut headers);
+        if headers.get("traceparent").is_none()
+            && let Some(parent) = message.headers.as_ref().and_then(|h| h.get("traceparent"))
+        {
+            headers.insert("traceparent", parent.as_str());
+        }
+        store(served, id, "result", destination, headers, body).await
+    }
+    .instrument(span)
+    .await;
     match stored {
         Stored::Yes { duplicate: false } => {
             served.metrics.completed(name.as_str(), state);
