@@ -34,6 +34,7 @@ def main() -> int:
         page.goto(url)
         row = page.locator("#queues tbody tr", has_text="examples.magic.v1.Magic/Add")
         expect(row.locator(".queued")).to_have_text("4")
+        expect(page.locator("#queues thead")).to_contain_text("Started /s")
         expect(page.locator("#workers")).to_contain_text("no worker is alive")
         page.screenshot(path=os.path.join(shots, "overview.png"), full_page=True)
 

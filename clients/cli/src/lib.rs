@@ -232,7 +232,7 @@ async fn inspect(client: &Client, command: InspectCommand) -> Result<i32, Error>
                         "task": q.task, "priority": q.priority, "queued": q.queued,
                         "in_flight": q.in_flight, "redelivered": q.redelivered,
                         "waiting_pulls": q.waiting_pulls, "dead_letters": q.dead_letters,
-                        "workers": q.workers,
+                        "workers": q.workers, "delivered_total": q.delivered_total,
                         "oldest_waiting_seconds": seconds(&q.oldest_waiting),
                     });
                     println!("{line}");

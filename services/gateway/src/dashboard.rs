@@ -97,6 +97,7 @@ impl Gateway {
                     "task": q.task, "priority": q.priority, "queued": q.queued,
                     "in_flight": q.in_flight, "redelivered": q.redelivered,
                     "dead_letters": q.dead_letters, "workers": q.workers,
+                    "delivered_total": q.delivered_total,
                     "oldest_waiting_seconds": seconds(&q.oldest_waiting),
                 })
             })

@@ -234,6 +234,7 @@ impl Gateway {
                         queue.in_flight = info.num_ack_pending as u64;
                         queue.redelivered = info.num_redelivered as u64;
                         queue.waiting_pulls = info.num_waiting as u64;
+                        queue.delivered_total = info.delivered.consumer_sequence;
                     }
                     // No worker has served it yet: count what waits on its subject.
                     Err(_) => {
