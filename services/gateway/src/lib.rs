@@ -16,6 +16,7 @@
 
 mod dashboard;
 mod dead;
+pub mod direct;
 mod error;
 mod inspect;
 mod measure;
@@ -181,16 +182,24 @@ pub async fn serve(
     let max_message = config.max_payload.saturating_mul(4).max(4 * 1024 * 1024);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!("gateway serving");
-    tonic::transport::Server::builder()
-        .layer(tower::layer::layer_fn(move |inner| {
-            measure::Measure::new(inner, Arc::clone(&measured))
-        }))
-        .add_service(health_service)
+    // Paths no built-in service has go to the registered tasks themselves.
+    let direct = Arc::clone(&measured);
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(TasksServer::new(service.clone()).max_decoding_message_size(max_message))
         .add_service(AdminServer::new(service))
         .add_service(SchedulesServer::new(schedules))
+        .into_axum_router()
+        .fallback(move |request: axum::extract::Request| {
+            let gateway = Arc::clone(&direct);
+            async move { direct::call(gateway, request).await }
+        });
+    tonic::transport::Server::builder()
+        .layer(tower::layer::layer_fn(move |inner| {
+            measure::Measure::new(inner, Arc::clone(&measured))
+        }))
+        .add_routes(tonic::service::Routes::from(routes))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| Error::Startup(format!("gRPC server: {e}")))?;

@@ -493,7 +493,22 @@ impl Gateway {
         }
     }
 
-    async fn submit(&self, req: v1::SubmitRequest) -> Result<v1::SubmitResponse, Error> {
+    /// Submits and waits up to `timeout` for the final state.
+    pub(crate) async fn submit_and_finish(
+        &self,
+        req: v1::SubmitRequest,
+        timeout: Duration,
+    ) -> Result<v1::TaskInfo, Error> {
+        let (first, results) = self.submit_subscribed(req).await?;
+        if !matches!(first.state(), TaskState::Queued | TaskState::Scheduled) {
+            return Ok(first);
+        }
+        let id = parse_id(&first.task_id)?;
+        self.wait_on(results, &id, timeout, Duration::from_secs(1))
+            .await
+    }
+
+    pub(crate) async fn submit(&self, req: v1::SubmitRequest) -> Result<v1::SubmitResponse, Error> {
         let task = self.prepare(req).await?;
         self.publish(task).await
     }
