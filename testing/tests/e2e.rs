@@ -806,5 +806,56 @@ async fn a_project_outside_the_workspace_runs_end_to_end() -> anyhow::Result<()>
         String::from_utf8(out.stdout)?.trim(),
         "Hello, taskwire! (attempt 1)"
     );
+
+    // Its worker registered greeter.v1.Greeter: server reflection lists it with the gateway's
+    // own services, in both protocol versions, without a gateway restart.
+    use tonic_reflection::pb::{v1, v1alpha};
+    let channel = tonic::transport::Endpoint::from_shared(gateway.url())?
+        .connect()
+        .await?;
+    let mut reflection = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await?
+        .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answers.message().await?.and_then(|a| a.message_response)
+    else {
+        anyhow::bail!("no list of services");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for name in [
+        "greeter.v1.Greeter",
+        "taskwire.v1.Tasks",
+        "examples.magic.v1.Magic",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+    }
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "greeter.v1.Greeter".into(),
+            ),
+        ),
+    };
+    let mut answers = alpha
+        .server_reflection_info(futures::stream::iter([request]))
+        .await?
+        .into_inner();
+    assert!(
+        matches!(
+            answers.message().await?.and_then(|a| a.message_response),
+            Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
+        ),
+        "the greeter's file is served"
+    );
     Ok(())
 }

@@ -21,6 +21,7 @@ mod error;
 mod inspect;
 mod measure;
 pub mod payload;
+mod reflection;
 mod registry;
 mod schedules;
 mod tasks;
@@ -158,16 +159,6 @@ pub async fn serve(
     health
         .set_serving::<SchedulesServer<schedules::SchedulesService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(taskwire::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(taskwire::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
 
     if let Some(addr) = config.http_addr {
         let listener = TcpListener::bind(addr)
@@ -185,8 +176,12 @@ pub async fn serve(
     // Paths no built-in service has go to the registered tasks themselves.
     let direct = Arc::clone(&measured);
     let routes = tonic::service::Routes::new(health_service)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
+        .add_service(reflection::Reflection::<reflection::V1>::new(Arc::clone(
+            &measured,
+        )))
+        .add_service(reflection::Reflection::<reflection::V1Alpha>::new(
+            Arc::clone(&measured),
+        ))
         .add_service(TasksServer::new(service.clone()).max_decoding_message_size(max_message))
         .add_service(AdminServer::new(service))
         .add_service(SchedulesServer::new(schedules))
