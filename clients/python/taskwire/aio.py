@@ -1,0 +1,77 @@
+"""The asyncio client: the same calls as `taskwire.Client`, awaited."""
+
+from typing import Any, AsyncIterator, Optional
+
+import grpc
+from google.protobuf import message as _message
+
+from taskwire.client import Error, _seconds, outcome
+from taskwire.options import submit_options
+from taskwire.v1 import tasks_pb2, tasks_pb2_grpc
+
+
+async def _call(call):
+    try:
+        return await call
+    except grpc.RpcError as err:
+        raise Error.from_rpc(err) from None
+
+
+class Client:
+    """One asyncio channel to a gateway."""
+
+    def __init__(self, target: str = "127.0.0.1:50051"):
+        self.channel = grpc.aio.insecure_channel(target)
+        self.tasks = tasks_pb2_grpc.TasksStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def submit(self, task: str, args: _message.Message, output: Optional[type] = None, **options) -> "TaskHandle":
+        request = tasks_pb2.SubmitRequest(
+            task=task, args_proto=args.SerializeToString(), options=submit_options(**options)
+        )
+        response = await _call(self.tasks.Submit(request))
+        return TaskHandle(self, response.task_id, output)
+
+    async def get(self, task_id: str) -> tasks_pb2.TaskInfo:
+        return await _call(self.tasks.Get(tasks_pb2.GetRequest(task_id=task_id)))
+
+    async def wait(self, task_id: str, timeout: float = 30.0) -> tasks_pb2.TaskInfo:
+        request = tasks_pb2.WaitRequest(task_id=task_id, timeout=_seconds(timeout))
+        return await _call(self.tasks.Wait(request, timeout=timeout + 5))
+
+    async def cancel(self, task_id: str) -> tasks_pb2.TaskInfo:
+        return await _call(self.tasks.Cancel(tasks_pb2.CancelRequest(task_id=task_id)))
+
+    async def watch(self, task_id: str) -> AsyncIterator[tasks_pb2.TaskInfo]:
+        try:
+            async for info in self.tasks.Watch(tasks_pb2.WatchRequest(task_id=task_id)):
+                yield info
+        except grpc.RpcError as err:
+            raise Error.from_rpc(err) from None
+
+
+class TaskHandle:
+    """A submitted task, followed with asyncio."""
+
+    def __init__(self, client: Client, task_id: str, output: Optional[type] = None):
+        self.client = client
+        self.id = task_id
+        self.output = output
+
+    async def state(self) -> str:
+        info = await self.client.get(self.id)
+        return tasks_pb2.TaskState.Name(info.state).removeprefix("TASK_STATE_").lower()
+
+    async def get(self, timeout: float = 30.0) -> Any:
+        return outcome(await self.client.wait(self.id, timeout), self.output)
+
+    async def cancel(self) -> None:
+        await self.client.cancel(self.id)

@@ -1,0 +1,234 @@
+"""The synchronous client, task handles, typed service stubs and errors."""
+
+import re
+from typing import Any, Iterator, Optional
+
+import grpc
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2, message as _message
+
+from taskwire.options import submit_options
+from taskwire.v1 import tasks_pb2, tasks_pb2_grpc
+
+State = tasks_pb2.TaskState
+FINAL = {State.TASK_STATE_SUCCEEDED, State.TASK_STATE_FAILED, State.TASK_STATE_CANCELLED, State.TASK_STATE_EXPIRED}
+
+
+class Error(Exception):
+    """A gateway call that failed: `code` is the gRPC status code, `details` its message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"{code.name.lower()}: {details}")
+        self.code = code
+        self.details = details
+
+    @classmethod
+    def from_rpc(cls, err: grpc.RpcError) -> "Error":
+        code, details = err.code(), err.details() or ""
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return TimeoutError(code, details)
+        return cls(code, details)
+
+
+class TimeoutError(Error):  # noqa: A001 - the taskwire meaning of a timeout
+    """The task had no result within the time waited; it may still finish."""
+
+
+class TaskFailed(Exception):
+    """The task failed for good: `message` is its error, `retryable` whether it said a retry could
+    succeed, `attempt` the attempt that failed last."""
+
+    def __init__(self, task_id: str, message: str, retryable: bool, attempt: int):
+        super().__init__(f"task {task_id} failed: {message}")
+        self.task_id = task_id
+        self.message = message
+        self.retryable = retryable
+        self.attempt = attempt
+
+
+class TaskCancelled(TaskFailed):
+    """The task was cancelled."""
+
+
+class TaskExpired(TaskFailed):
+    """The task was not started before its expiry time."""
+
+
+def _call(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except grpc.RpcError as err:  # the one place a gRPC error becomes ours
+        raise Error.from_rpc(err) from None
+
+
+def _seconds(value: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(value * 1e9))
+    return d
+
+
+def outcome(info: tasks_pb2.TaskInfo, output: Optional[type] = None) -> Any:
+    """The result of a finished task, decoded as `output` when given; raises when it did not
+    succeed."""
+    state = info.state
+    if state == State.TASK_STATE_SUCCEEDED:
+        if output is None:
+            return info.result
+        result = output()
+        result.ParseFromString(info.result)
+        return result
+    error = info.error
+    kind = {
+        State.TASK_STATE_CANCELLED: TaskCancelled,
+        State.TASK_STATE_EXPIRED: TaskExpired,
+    }.get(state, TaskFailed)
+    raise kind(info.task_id, error.message or tasks_pb2.TaskState.Name(state), error.retryable, info.attempt)
+
+
+class Client:
+    """One channel to a gateway; cheap to share between threads."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", channel: Optional[grpc.Channel] = None):
+        self.channel = channel or grpc.insecure_channel(target)
+        self.tasks = tasks_pb2_grpc.TasksStub(self.channel)
+        self.admin = tasks_pb2_grpc.AdminStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def submit(self, task: str, args: _message.Message, output: Optional[type] = None, **options) -> "TaskHandle":
+        """Stores `task` with `args` (its input message) and returns a handle; keyword options:
+        idempotency_key, max_attempts, timeout, countdown, eta, priority, ttl, expires,
+        result_ttl."""
+        request = tasks_pb2.SubmitRequest(
+            task=task, args_proto=args.SerializeToString(), options=submit_options(**options)
+        )
+        response = _call(self.tasks.Submit, request)
+        return TaskHandle(self, response.task_id, output)
+
+    def submit_json(self, task: str, args_json: str, **options) -> str:
+        """Stores `task` with arguments as proto3 JSON; returns the task id."""
+        request = tasks_pb2.SubmitRequest(task=task, args_json=args_json, options=submit_options(**options))
+        return _call(self.tasks.Submit, request).task_id
+
+    def get(self, task_id: str) -> tasks_pb2.TaskInfo:
+        return _call(self.tasks.Get, tasks_pb2.GetRequest(task_id=task_id))
+
+    def wait(self, task_id: str, timeout: float = 30.0) -> tasks_pb2.TaskInfo:
+        request = tasks_pb2.WaitRequest(task_id=task_id, timeout=_seconds(timeout))
+        return _call(self.tasks.Wait, request, timeout=timeout + 5)
+
+    def cancel(self, task_id: str) -> tasks_pb2.TaskInfo:
+        return _call(self.tasks.Cancel, tasks_pb2.CancelRequest(task_id=task_id))
+
+    def watch(self, task_id: str) -> Iterator[tasks_pb2.TaskInfo]:
+        """The task's current state, then every change until its final state."""
+        try:
+            yield from self.tasks.Watch(tasks_pb2.WatchRequest(task_id=task_id))
+        except grpc.RpcError as err:
+            raise Error.from_rpc(err) from None
+
+
+class TaskHandle:
+    """A submitted task."""
+
+    def __init__(self, client: Client, task_id: str, output: Optional[type] = None):
+        self.client = client
+        self.id = task_id
+        self.output = output
+
+    def __repr__(self) -> str:
+        return f"<TaskHandle {self.id}>"
+
+    def info(self) -> tasks_pb2.TaskInfo:
+        return self.client.get(self.id)
+
+    def state(self) -> str:
+        """`queued`, `scheduled`, `running`, `retrying`, `succeeded`, `failed`, `cancelled` or
+        `expired`."""
+        return tasks_pb2.TaskState.Name(self.info().state).removeprefix("TASK_STATE_").lower()
+
+    def get(self, timeout: float = 30.0) -> Any:
+        """Waits for the result: the output message; raises TaskFailed (or TaskCancelled,
+        TaskExpired) when the task did not succeed, TimeoutError when it is not done in time."""
+        return outcome(self.client.wait(self.id, timeout), self.output)
+
+    def cancel(self) -> None:
+        self.client.cancel(self.id)
+
+    def watch(self) -> Iterator[tasks_pb2.TaskInfo]:
+        return self.client.watch(self.id)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class TaskMethod:
+    """One task of a service: call it with its input message, or `.delay(*fields)` as in
+    Celery."""
+
+    def __init__(self, client: Client, method: _descriptor.MethodDescriptor, messages: Any):
+        self.client = client
+        self.name = f"{method.containing_service.full_name}/{method.name}"
+        self.input = getattr(messages, method.input_type.name)
+        self.output = getattr(messages, method.output_type.name)
+
+    def __call__(self, args: Optional[_message.Message] = None, **options) -> TaskHandle:
+        return self.client.submit(self.name, args if args is not None else self.input(), self.output, **options)
+
+    def _args(self, fields: tuple, values: dict) -> _message.Message:
+        names = [f.name for f in self.input.DESCRIPTOR.fields]
+        if len(fields) > len(names):
+            raise TypeError(f"{self.name} takes at most {len(names)} arguments ({', '.join(names)})")
+        values = dict(values)
+        for name, value in zip(names, fields):
+            if name in values:
+                raise TypeError(f"{self.name} got {name} twice")
+            values[name] = value
+        return self.input(**values)
+
+    def delay(self, *fields: Any, **values: Any) -> TaskHandle:
+        """Submits with the input message's fields given in order, or by name."""
+        return self(self._args(fields, values))
+
+    def apply_async(self, args: tuple = (), kwargs: Optional[dict] = None, **options) -> TaskHandle:
+        """Celery's apply_async: fields as args/kwargs, and submit options (countdown, eta,
+        priority, idempotency_key, ...)."""
+        return self(self._args(tuple(args), kwargs or {}), **options)
+
+
+class TaskService:
+    """The tasks of one service, as `TaskMethod`s named in snake case."""
+
+    def __init__(self, client: Client, service: _descriptor.ServiceDescriptor, messages: Any):
+        self._client = client
+        self._methods = {_snake(m.name): m for m in service.methods}
+        self._messages = messages
+        self.name = service.full_name
+
+    def __getattr__(self, name: str) -> TaskMethod:
+        try:
+            method = self._methods[name]
+        except KeyError:
+            raise AttributeError(f"{self.name} has no task {name!r}; it has {sorted(self._methods)}") from None
+        return TaskMethod(self._client, method, self._messages)
+
+
+def service(pb2_module: Any, name: str):
+    """The stub class of service `name` in a generated `*_pb2` module: `Magic =
+    service(magic_pb2, "Magic")`, then `Magic(client).add(...)`."""
+    descriptor = pb2_module.DESCRIPTOR.services_by_name[name]
+
+    def stub(client: Client) -> TaskService:
+        return TaskService(client, descriptor, pb2_module)
+
+    stub.__name__ = name
+    stub.__doc__ = f"Tasks of {descriptor.full_name}."
+    return stub

@@ -1,0 +1,88 @@
+from taskwire.v1 import options_pb2 as _options_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ChargeArgs(_message.Message):
+    __slots__ = ("order_id", "cents")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    CENTS_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    cents: int
+    def __init__(self, order_id: _Optional[str] = ..., cents: _Optional[int] = ...) -> None: ...
+
+class ChargeResult(_message.Message):
+    __slots__ = ("order_id",)
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    def __init__(self, order_id: _Optional[str] = ...) -> None: ...
+
+class SleepArgs(_message.Message):
+    __slots__ = ("millis", "label")
+    MILLIS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    millis: int
+    label: str
+    def __init__(self, millis: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
+
+class SleepResult(_message.Message):
+    __slots__ = ("label", "attempt")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    attempt: int
+    def __init__(self, label: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class PanicArgs(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    def __init__(self, message: _Optional[str] = ...) -> None: ...
+
+class PanicResult(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FlakyArgs(_message.Message):
+    __slots__ = ("succeed_on_attempt", "permanent", "key")
+    SUCCEED_ON_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    PERMANENT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    succeed_on_attempt: int
+    permanent: bool
+    key: str
+    def __init__(self, succeed_on_attempt: _Optional[int] = ..., permanent: _Optional[bool] = ..., key: _Optional[str] = ...) -> None: ...
+
+class FlakyResult(_message.Message):
+    __slots__ = ("attempt",)
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    def __init__(self, attempt: _Optional[int] = ...) -> None: ...
+
+class StepsArgs(_message.Message):
+    __slots__ = ("steps", "step_millis", "label")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_MILLIS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    step_millis: int
+    label: str
+    def __init__(self, steps: _Optional[int] = ..., step_millis: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
+
+class StepsResult(_message.Message):
+    __slots__ = ("label", "steps")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    steps: int
+    def __init__(self, label: _Optional[str] = ..., steps: _Optional[int] = ...) -> None: ...
+
+class StepsDone(_message.Message):
+    __slots__ = ("done", "left")
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    done: int
+    left: int
+    def __init__(self, done: _Optional[int] = ..., left: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,91 @@
+"""The Python client against a real gateway, nats-server and Rust worker."""
+
+import asyncio
+import datetime
+
+import grpc
+import pytest
+
+import taskwire
+import taskwire.aio
+from examples.chaos.v1 import chaos_pb2
+from examples.magic.v1 import magic_pb2, magic_pb2_grpc
+
+Magic = taskwire.service(magic_pb2, "Magic")
+Chaos = taskwire.service(chaos_pb2, "Chaos")
+
+
+def test_typed_stub_gets_the_result(client):
+    handle = Magic(client).add(magic_pb2.AddArgs(arg1=1, arg2=2, arg3=3))
+    assert len(handle.id) == 32
+    assert handle.get(timeout=5).sum == 6
+    assert handle.state() == "succeeded"
+
+
+def test_celery_shape(client):
+    assert Magic(client).add.delay(1, 2, 3).get().sum == 6
+    assert Magic(client).add.delay(1, arg3=5).get().sum == 6
+    with pytest.raises(TypeError):
+        Magic(client).add.delay(1, 2, 3, 4)
+
+
+def test_options_as_keywords(client):
+    later = Magic(client).add.apply_async((40, 2), countdown=1.5, priority="high")
+    assert later.state() == "scheduled"
+    assert later.get(timeout=10).sum == 42
+    key = f"order-{datetime.datetime.now().timestamp()}"
+    first = Magic(client).add(magic_pb2.AddArgs(arg1=7), idempotency_key=key)
+    again = Magic(client).add(magic_pb2.AddArgs(arg1=7), idempotency_key=key)
+    assert first.id == again.id
+    with pytest.raises(ValueError, match="priority"):
+        Magic(client).add(magic_pb2.AddArgs(), priority="urgent")
+
+
+def test_a_failed_task_raises_with_its_error(client):
+    handle = Chaos(client).flaky(chaos_pb2.FlakyArgs(permanent=True))
+    with pytest.raises(taskwire.TaskFailed) as failed:
+        handle.get(timeout=10)
+    assert failed.value.message == "flaky: failed for good"
+    assert failed.value.retryable is False
+    assert handle.state() == "failed"
+
+
+def test_bad_input_is_a_clear_error(client):
+    with pytest.raises(taskwire.Error) as err:
+        client.submit_json("examples.magic.v1.Magic/Add", '{"arg4": 1}')
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "arg4" in err.value.details
+    with pytest.raises(taskwire.Error) as err:
+        client.get("no-such-task")
+    assert err.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_cancel_and_watch(client):
+    slow = Chaos(client).sleep(chaos_pb2.SleepArgs(millis=60_000, label="py-cancel"))
+    for info in slow.watch():
+        if info.state == taskwire.client.State.TASK_STATE_RUNNING:
+            slow.cancel()
+        last = info
+    assert last.state == taskwire.client.State.TASK_STATE_CANCELLED
+    with pytest.raises(taskwire.TaskCancelled):
+        slow.get(timeout=5)
+
+
+def test_the_task_by_its_own_method_path(system):
+    # A plain generated stub: the gateway runs the task and answers with its result.
+    with grpc.insecure_channel(system) as channel:
+        result, call = magic_pb2_grpc.MagicStub(channel).Add.with_call(magic_pb2.AddArgs(arg1=2, arg2=2), timeout=10)
+        assert result.sum == 4
+        assert dict(call.initial_metadata()).get("taskwire-task-id")
+
+
+def test_asyncio_client(system):
+    async def run():
+        async with taskwire.aio.Client(system) as client:
+            handle = await client.submit(
+                "examples.magic.v1.Magic/Add", magic_pb2.AddArgs(arg1=20, arg2=22), magic_pb2.AddResult
+            )
+            assert (await handle.get(timeout=10)).sum == 42
+            assert await handle.state() == "succeeded"
+
+    asyncio.run(run())
