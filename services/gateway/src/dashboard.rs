@@ -88,8 +88,9 @@ async fn replay(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> 
 
 impl Gateway {
     async fn overview(&self) -> Result<serde_json::Value, Error> {
+        let live = self.workers().await?;
         let queues: Vec<serde_json::Value> = self
-            .queues()
+            .queues_of(&live)
             .await?
             .iter()
             .map(|q| {
@@ -102,9 +103,7 @@ impl Gateway {
                 })
             })
             .collect();
-        let workers: Vec<serde_json::Value> = self
-            .workers()
-            .await?
+        let workers: Vec<serde_json::Value> = live
             .iter()
             .map(|w| {
                 serde_json::json!({

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _, Bytes};
 use futures::future::BoxFuture;
-use taskwire::task::Name;
 use taskwire::v1::{self, TaskState};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Code, Request, Response, Status};
@@ -127,12 +126,11 @@ async fn run(
             "no method {path}: it is neither a taskwire.v1 rpc nor a task a worker has registered"
         ))
     };
-    let name = Name::parse(path).map_err(|_| unknown())?;
-    match gateway.registry.get(&name).await {
-        Ok(_) => {}
-        Err(Error::UnknownTask(_)) => return Err(unknown()),
-        Err(e) => return Err(e.into()),
-    }
+    // A path that names no registered task is a method this server does not have.
+    let refused = |e: Error| match e {
+        Error::UnknownTask(_) | Error::InvalidName(_) => unknown(),
+        e => e.into(),
+    };
     let metadata = request.metadata();
     let answer_at_once = metadata
         .get(ASYNC)
@@ -145,7 +143,7 @@ async fn run(
         .to_owned();
     let wait = deadline(&request);
     let submit = v1::SubmitRequest {
-        task: name.to_string(),
+        task: path.to_owned(),
         args: Some(v1::submit_request::Args::ArgsProto(
             request.into_inner().to_vec(),
         )),
@@ -162,11 +160,14 @@ async fn run(
         Ok(response)
     };
     if answer_at_once {
-        let submitted = gateway.submit(submit).await?;
+        let submitted = gateway.submit(submit).await.map_err(refused)?;
         // An empty message is the output type's default value.
         return with_id(Bytes::new(), &submitted.task_id);
     }
-    let info = gateway.submit_and_finish(submit, wait).await?;
+    let info = gateway
+        .submit_and_finish(submit, wait)
+        .await
+        .map_err(refused)?;
     match info.state() {
         TaskState::Succeeded => with_id(Bytes::from(info.result), &info.task_id),
         state => Err(failure(&info, state)),

@@ -149,7 +149,9 @@ impl Gateway {
     /// The metrics, with the queue figures read from the broker now.
     pub(crate) async fn render_metrics(&self) -> String {
         let metrics = &self.metrics;
-        if let Ok(queues) = self.queues().await {
+        let workers = self.workers().await.unwrap_or_default();
+        metrics.workers.set(workers.len() as i64);
+        if let Ok(queues) = self.queues_of(&workers).await {
             for q in queues {
                 let labels = QueueLabels {
                     task: q.task.clone(),
@@ -171,9 +173,6 @@ impl Gateway {
                         .set(q.dead_letters as i64);
                 }
             }
-        }
-        if let Ok(workers) = self.workers().await {
-            metrics.workers.set(workers.len() as i64);
         }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &metrics.registry).is_err() {
@@ -202,9 +201,17 @@ impl Gateway {
 
     /// Each registered task type at each priority: queued, in flight, redelivered, oldest.
     pub(crate) async fn queues(&self) -> Result<Vec<v1::QueueInfo>, Error> {
+        let workers = self.workers().await?;
+        self.queues_of(&workers).await
+    }
+
+    /// [`Self::queues`], with the live workers read already.
+    pub(crate) async fn queues_of(
+        &self,
+        workers: &[v1::WorkerInfo],
+    ) -> Result<Vec<v1::QueueInfo>, Error> {
         self.check_connected()?;
         let mut queues = Vec::new();
-        let workers = self.workers().await.unwrap_or_default();
         for task in self.registry.list() {
             let serving = workers
                 .iter()

@@ -25,12 +25,6 @@ impl<S> Measure<S> {
     }
 }
 
-/// The name of a gRPC status code, as in `grpc-status`.
-fn code_name(code: &str) -> String {
-    let code = code.parse::<i32>().unwrap_or(2);
-    format!("{:?}", tonic::Code::from(code))
-}
-
 impl<S, B, R> tower::Service<http::Request<B>> for Measure<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>> + Send + 'static,
@@ -80,18 +74,13 @@ where
             {
                 // An error comes as a trailers-only response with the status in its headers;
                 // a success has its status in the trailers.
-                let code = response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .map_or_else(|| "Ok".to_owned(), code_name);
                 let number = response
                     .headers()
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .unwrap_or(0);
-                record.record("rpc.grpc.status_code", number);
+                    .map_or(0, |v| v.parse::<i32>().unwrap_or(2));
+                let code = format!("{:?}", tonic::Code::from(number));
+                record.record("rpc.grpc.status_code", i64::from(number));
                 if number != 0 {
                     record.record("otel.status_code", "ERROR");
                     record.record("otel.status_message", code.as_str());

@@ -88,82 +88,17 @@ fn spec(when: Option<&v1::schedule::When>) -> Result<String, Error> {
     }
 }
 
+/// A schedule checked and ready to publish: the message schedule's headers and body.
+struct Checked {
+    spec: String,
+    headers: async_nats::HeaderMap,
+    args: Bytes,
+}
+
 impl Gateway {
-    async fn create_schedule(&self, schedule: v1::Schedule) -> Result<v1::Schedule, Error> {
+    /// Checks a schedule: its name, task, arguments, timing and options.
+    async fn check_schedule(&self, schedule: &v1::Schedule) -> Result<Checked, Error> {
         check_name(&schedule.name)?;
-        let name = Name::parse(&schedule.task).map_err(Error::InvalidName)?;
-        let task_type = self.registry.get(&name).await?;
-        match &schedule.args {
-            Some(v1::schedule::Args::ArgsProto(bytes)) => {
-                payload::from_proto(
-                    &task_type.input,
-                    Bytes::from(bytes.clone()),
-                    self.max_payload,
-                )?;
-            }
-            Some(v1::schedule::Args::ArgsJson(json)) => {
-                payload::from_json(&task_type.input, json, self.max_payload)?;
-            }
-            None => return Err(Error::MissingArgs),
-        }
-        let spec = spec(schedule.when.as_ref())?;
-        let options = schedule.options.clone().unwrap_or_default();
-        for (set, field) in [
-            (!options.idempotency_key.is_empty(), "idempotency_key"),
-            (options.not_before.is_some(), "not_before"),
-            (options.countdown.is_some(), "countdown"),
-            (options.expires_at.is_some(), "expires_at"),
-            (options.ttl.is_some(), "ttl"),
-        ] {
-            if set {
-                return Err(Error::BadRequest(format!(
-                    "{field} does not apply to a schedule's tasks; leave it unset"
-                )));
-            }
-        }
-        overrides(&options, self.broker.result_ttl)?;
-        v1::Priority::try_from(options.priority).map_err(|_| {
-            Error::BadRequest(format!(
-                "priority {} is not a priority; use 1 (high), 2 (normal) or 3 (low)",
-                options.priority
-            ))
-        })?;
-        if !self.broker.message_schedules {
-            return Err(Error::NoSchedules);
-        }
-        self.check_connected()?;
-
-        let mut stored = schedule.clone();
-        stored.paused = false;
-        stored.created_at = Some(SystemTime::now().into());
-        match self
-            .broker
-            .schedules
-            .create(&stored.name, stored.encode_to_vec().into())
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
-                return Err(Error::ScheduleExists(stored.name));
-            }
-            Err(e) => return Err(self.broker_error(e)),
-        }
-        if let Err(e) = self.start_schedule(&stored, &spec).await {
-            // Nothing half made: the definition goes again.
-            let _ = self.broker.schedules.purge(&stored.name).await;
-            return Err(e);
-        }
-        tracing::info!(
-            schedule = stored.name,
-            task = stored.task,
-            spec,
-            "schedule created"
-        );
-        Ok(stored)
-    }
-
-    /// Puts the schedule's message schedule in the tasks stream.
-    async fn start_schedule(&self, schedule: &v1::Schedule, spec: &str) -> Result<(), Error> {
         let name = Name::parse(&schedule.task).map_err(Error::InvalidName)?;
         let task_type = self.registry.get(&name).await?;
         let args = match &schedule.args {
@@ -180,19 +115,89 @@ impl Gateway {
             }
             None => return Err(Error::MissingArgs),
         };
+        let spec = spec(schedule.when.as_ref())?;
         let options = schedule.options.clone().unwrap_or_default();
-        let priority = v1::Priority::try_from(options.priority).unwrap_or_default();
+        for (set, field) in [
+            (!options.idempotency_key.is_empty(), "idempotency_key"),
+            (options.not_before.is_some(), "not_before"),
+            (options.countdown.is_some(), "countdown"),
+            (options.expires_at.is_some(), "expires_at"),
+            (options.ttl.is_some(), "ttl"),
+        ] {
+            if set {
+                return Err(Error::BadRequest(format!(
+                    "{field} does not apply to a schedule's tasks; leave it unset"
+                )));
+            }
+        }
+        let priority = v1::Priority::try_from(options.priority).map_err(|_| {
+            Error::BadRequest(format!(
+                "priority {} is not a priority; use 1 (high), 2 (normal) or 3 (low)",
+                options.priority
+            ))
+        })?;
         let headers = broker::schedule_headers(
             &name,
             &schedule.name,
-            spec,
+            &spec,
             priority,
             &overrides(&options, self.broker.result_ttl)?,
         );
+        if !self.broker.message_schedules {
+            return Err(Error::NoSchedules);
+        }
+        Ok(Checked {
+            spec,
+            headers,
+            args,
+        })
+    }
+
+    async fn create_schedule(&self, schedule: v1::Schedule) -> Result<v1::Schedule, Error> {
+        let checked = self.check_schedule(&schedule).await?;
+        self.check_connected()?;
+
+        let mut stored = schedule;
+        stored.paused = false;
+        stored.created_at = Some(SystemTime::now().into());
+        match self
+            .broker
+            .schedules
+            .create(&stored.name, stored.encode_to_vec().into())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+                return Err(Error::ScheduleExists(stored.name));
+            }
+            Err(e) => return Err(self.broker_error(e)),
+        }
+        let spec = checked.spec.clone();
+        if let Err(e) = self.start_schedule(&stored.name, checked).await {
+            // Nothing half made: the definition goes again.
+            let _ = self.broker.schedules.purge(&stored.name).await;
+            return Err(e);
+        }
+        tracing::info!(
+            schedule = stored.name,
+            task = stored.task,
+            spec,
+            "schedule created"
+        );
+        Ok(stored)
+    }
+
+    /// Puts the schedule's message schedule in the tasks stream.
+    async fn start_schedule(&self, name: &str, checked: Checked) -> Result<(), Error> {
+        let Checked {
+            spec,
+            headers,
+            args,
+        } = checked;
         let published = self
             .broker
             .jetstream
-            .publish_with_headers(subject::schedule(&schedule.name), headers, args)
+            .publish_with_headers(subject::schedule(name), headers, args)
             .await
             .map_err(publish_error)?
             .await;
@@ -240,8 +245,8 @@ impl Gateway {
         if paused {
             self.stop_schedule(name).await?;
         } else {
-            self.start_schedule(&schedule, &spec(schedule.when.as_ref())?)
-                .await?;
+            let checked = self.check_schedule(&schedule).await?;
+            self.start_schedule(name, checked).await?;
         }
         schedule.paused = paused;
         self.broker

@@ -115,15 +115,14 @@ impl Metrics {
         }
     }
 
-    /// An attempt starts; the returned guard marks its end.
-    pub(crate) fn start(self: &Arc<Self>, task: &str) -> Running {
-        self.started.get_or_create(&Self::task(task)).inc();
-        self.running.get_or_create(&Self::task(task)).inc();
-        self.running_total.fetch_add(1, Ordering::Relaxed);
-        Running {
+    /// The counters of one task type, looked up once rather than for every task.
+    pub(crate) fn for_task(self: &Arc<Self>, task: &str) -> TaskMetrics {
+        let label = Self::task(task);
+        TaskMetrics {
+            started: self.started.get_or_create(&label).clone(),
+            running: self.running.get_or_create(&label).clone(),
+            run_seconds: self.run_seconds.get_or_create(&label).clone(),
             metrics: Arc::clone(self),
-            task: task.to_owned(),
-            since: std::time::Instant::now(),
         }
     }
 
@@ -166,22 +165,44 @@ impl Metrics {
     }
 }
 
+/// The counters of one task type.
+#[derive(Clone)]
+pub(crate) struct TaskMetrics {
+    started: Counter,
+    running: Gauge,
+    run_seconds: Histogram,
+    metrics: Arc<Metrics>,
+}
+
+impl TaskMetrics {
+    /// An attempt starts; the returned guard marks its end.
+    pub(crate) fn start(&self) -> Running {
+        self.started.inc();
+        self.running.inc();
+        self.metrics.running_total.fetch_add(1, Ordering::Relaxed);
+        Running {
+            task: self.clone(),
+            since: std::time::Instant::now(),
+        }
+    }
+}
+
 /// A running attempt, counted until dropped.
 pub(crate) struct Running {
-    metrics: Arc<Metrics>,
-    task: String,
+    task: TaskMetrics,
     since: std::time::Instant,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let label = Metrics::task(&self.task);
-        self.metrics.running.get_or_create(&label).dec();
-        self.metrics
+        self.task.running.dec();
+        self.task
             .run_seconds
-            .get_or_create(&label)
             .observe(self.since.elapsed().as_secs_f64());
-        self.metrics.running_total.fetch_sub(1, Ordering::Relaxed);
+        self.task
+            .metrics
+            .running_total
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -44,6 +44,8 @@ struct Served {
     cancels: Arc<Cancels>,
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
+    /// The counters of this task type.
+    task_metrics: metrics::TaskMetrics,
 }
 
 pub(crate) async fn run(
@@ -122,6 +124,7 @@ pub(crate) async fn run(
             .map_or(builder.concurrency, |n| n as usize);
         tracing::info!(task = %task.name, concurrency, "serving");
         let served = Arc::new(Served {
+            task_metrics: metrics.for_task(task.name.as_str()),
             task,
             service,
             client: client.clone(),
@@ -551,7 +554,7 @@ async fn handle(served: &Served, message: jetstream::Message) {
         .with_deadline(deadline)
         .with_cancellation(token.clone())
         .with_progress_sink(progress.sink());
-    let running = served.metrics.start(name.as_str());
+    let running = served.task_metrics.start();
     let outcome = run_attempt(
         served,
         &message,
