@@ -11,7 +11,8 @@ NATS_SERVER_VERSION ?= 2.15.1
 PLAYWRIGHT_VERSION ?= 1.65.2
 PLAYWRIGHT := $(VENV)/.playwright-$(PLAYWRIGHT_VERSION)
 GRPC_VERSION ?= 1.85.1
-PYTHON_DEPS := $(VENV)/.python-deps-$(GRPC_VERSION)
+NATS_PY_VERSION ?= 2.16.0
+PYTHON_DEPS := $(VENV)/.python-deps-$(GRPC_VERSION)-$(NATS_PY_VERSION)
 export TASKWIRE_NATS_SERVER := $(NATS_SERVER)
 export TASKWIRE_PYTHON := $(VENV)/bin/python
 FIXTURE := testing/fixtures/external
@@ -39,7 +40,7 @@ $(NATS_SERVER):
 	$(NATS_SERVER) --version
 
 $(PYTHON_DEPS): $(NATS_SERVER)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check "grpcio==$(GRPC_VERSION)" "grpcio-tools==$(GRPC_VERSION)" "pytest==9.2.0"
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "grpcio==$(GRPC_VERSION)" "grpcio-tools==$(GRPC_VERSION)" "nats-py==$(NATS_PY_VERSION)" "pytest==9.2.0"
 	touch $@
 
 $(PLAYWRIGHT): $(NATS_SERVER)

@@ -51,56 +51,89 @@ def wait_for_port(port: int, what: str, process: subprocess.Popen) -> None:
     pytest.fail(f"{what} did not listen on {port}")
 
 
-@pytest.fixture(scope="session")
-def system():
-    store = tempfile.mkdtemp(prefix="taskwire-py-")
-    processes = []
-    try:
+class System:
+    """nats-server and a gateway on free loopback ports, plus the workers a test adds."""
+
+    def __init__(self):
+        self.store = tempfile.mkdtemp(prefix="taskwire-py-")
+        self.processes = []
         nats_port = free_port()
         nats = subprocess.Popen(
-            [nats_server(), "-js", "-a", "127.0.0.1", "-p", str(nats_port), "-sd", store],
+            [nats_server(), "-js", "-a", "127.0.0.1", "-p", str(nats_port), "-sd", self.store],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        processes.append(nats)
+        self.processes.append(nats)
         wait_for_port(nats_port, "nats-server", nats)
-        nats_url = f"nats://127.0.0.1:{nats_port}"
+        self.nats_url = f"nats://127.0.0.1:{nats_port}"
+        self.env = dict(os.environ, TASKWIRE_NATS_URL=self.nats_url, TASKWIRE_LOG="warn")
         gateway_port = free_port()
-        env = dict(os.environ, TASKWIRE_NATS_URL=nats_url, TASKWIRE_LOG="warn")
         gateway = subprocess.Popen(
             [binary("taskwire-gateway")],
-            env=dict(env, TASKWIRE_GATEWAY_ADDR=f"127.0.0.1:{gateway_port}"),
+            env=dict(self.env, TASKWIRE_GATEWAY_ADDR=f"127.0.0.1:{gateway_port}"),
             stdout=subprocess.DEVNULL,
         )
-        processes.append(gateway)
-        worker = subprocess.Popen([binary("taskwire-test-worker")], env=env)
-        processes.append(worker)
+        self.processes.append(gateway)
         wait_for_port(gateway_port, "the gateway", gateway)
-        target = f"127.0.0.1:{gateway_port}"
-        client = taskwire.Client(target)
+        self.target = f"127.0.0.1:{gateway_port}"
+
+    def start(self, args, **env) -> subprocess.Popen:
+        process = subprocess.Popen(args, env=dict(self.env, **env))
+        self.processes.append(process)
+        return process
+
+    def rust_worker(self, **env) -> subprocess.Popen:
+        return self.start([binary("taskwire-test-worker")], **env)
+
+    def python_worker(self, **env) -> subprocess.Popen:
+        return self.start([sys.executable, os.path.join(HERE, "..", "examples", "worker.py")], **env)
+
+    def wait_for_tasks(self, names) -> None:
         from taskwire.v1 import tasks_pb2
 
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                names = {t.name for t in client.admin.ListTaskTypes(tasks_pb2.ListTaskTypesRequest()).task_types}
-                if {"examples.magic.v1.Magic/Add", "examples.chaos.v1.Chaos/Flaky"} <= names:
-                    break
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail("the worker did not register its tasks")
-        client.close()
-        yield target
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
+        with taskwire.Client(self.target) as client:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    listed = client.admin.ListTaskTypes(tasks_pb2.ListTaskTypesRequest()).task_types
+                    if set(names) <= {t.name for t in listed}:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.1)
+        pytest.fail(f"no worker registered {sorted(names)}")
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
-        shutil.rmtree(store, ignore_errors=True)
+        shutil.rmtree(self.store, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def system():
+    """A gateway with the Rust test worker; yields the gateway's address."""
+    running = System()
+    try:
+        running.rust_worker()
+        running.wait_for_tasks({"examples.magic.v1.Magic/Add", "examples.chaos.v1.Chaos/Flaky"})
+        yield running.target
+    finally:
+        running.close()
+
+
+@pytest.fixture
+def fresh_system():
+    """A gateway and nats-server of its own, with no worker yet."""
+    running = System()
+    try:
+        yield running
+    finally:
+        running.close()
 
 
 @pytest.fixture

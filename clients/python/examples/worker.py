@@ -1,0 +1,69 @@
+"""A Python worker for the example tasks: `python examples/worker.py` (TASKWIRE_NATS_URL says
+where NATS is). It serves examples.magic.v1.Magic/Add and some of examples.chaos.v1.Chaos, next
+to or instead of the Rust workers of the same tasks."""
+
+import asyncio
+import logging
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.normpath(os.path.join(HERE, "..")))
+sys.path.insert(0, os.path.normpath(os.path.join(HERE, "..", "tests", "gen")))
+
+from examples.chaos.v1 import chaos_pb2  # noqa: E402
+from examples.magic.v1 import magic_pb2, magic_pb2_grpc  # noqa: E402
+
+from taskwire.worker import TaskError, Worker  # noqa: E402
+
+worker = Worker()
+
+
+class Magic(magic_pb2_grpc.MagicServicer):
+    """A servicer subclass: the methods it overrides are served."""
+
+    async def Add(self, args, ctx):
+        return magic_pb2.AddResult(sum=args.arg1 + args.arg2 + args.arg3)
+
+
+worker.add_servicer(Magic(), magic_pb2)
+chaos = worker.service(chaos_pb2, "Chaos")
+
+
+@chaos.sleep.handler
+async def sleep(args, ctx):
+    await asyncio.sleep(args.millis / 1000)
+    return chaos_pb2.SleepResult(label=args.label, attempt=ctx.attempt)
+
+
+@chaos.limited.handler
+async def limited(args, ctx):
+    # At most five of these run at once across all workers (max_concurrency in the proto).
+    log = os.environ.get("TASKWIRE_PY_EXECUTION_LOG")
+    started = time.time()
+    await asyncio.sleep(args.millis / 1000)
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{started} {time.time()}\n")
+    return chaos_pb2.SleepResult(label=args.label, attempt=ctx.attempt)
+
+
+@chaos.flaky.handler
+def flaky(args, ctx):  # a plain function runs in a thread
+    if args.succeed_on_attempt == 0 or ctx.attempt < args.succeed_on_attempt:
+        raise TaskError(f"failing on purpose on attempt {ctx.attempt}", retryable=not args.permanent)
+    return chaos_pb2.FlakyResult(attempt=ctx.attempt)
+
+
+@chaos.steps.handler
+async def steps(args, ctx):
+    for step in range(1, args.steps + 1):
+        await asyncio.sleep(args.step_millis / 1000)
+        ctx.progress(100 * step / args.steps, f"step {step} of {args.steps}")
+    return chaos_pb2.StepsResult(label=args.label, steps=args.steps)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=os.environ.get("TASKWIRE_PY_LOG", "WARNING"))
+    asyncio.run(worker.run())

@@ -1,0 +1,1268 @@
+"""A taskwire worker in Python: serves tasks defined in proto from NATS JetStream.
+
+It speaks the wire protocol of `docs/protocol.md`, the same as the Rust runtime, so Python and
+Rust workers can share one queue::
+
+    import asyncio
+    from taskwire.worker import Worker, TaskError
+    from examples.magic.v1 import magic_pb2
+
+    worker = Worker("nats://127.0.0.1:4222")
+    magic = worker.service(magic_pb2, "Magic")
+
+    @magic.add.handler
+    async def add(args, ctx):
+        return magic_pb2.AddResult(sum=args.arg1 + args.arg2 + args.arg3)
+
+    asyncio.run(worker.run())
+
+A handler takes the task's input message and a `TaskContext`, and returns the output message.
+It may be a coroutine function or a plain function (run in a thread). `raise TaskError(msg)`
+fails the attempt and retries it with backoff while attempts are left; `TaskError(msg,
+retryable=False)` fails the task at once. Any other exception is a bug in the task: the task
+fails at once and is kept as a dead letter, like a panic in a Rust worker.
+
+A subclass of a generated servicer base serves the methods it overrides:
+`worker.add_servicer(MyMagic(), magic_pb2)`; its methods are called as `Add(args, ctx)`.
+
+Needs `nats-py` (`pip install "taskwire[worker]"`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import random
+import re
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Dict, List, Optional
+
+from google.protobuf import descriptor_pb2
+from google.protobuf.message import DecodeError, Message
+
+from taskwire.v1 import options_pb2, tasks_pb2
+
+try:
+    import nats
+    import nats.errors
+    import nats.js.errors
+    from nats.aio.msg import Msg
+    from nats.js import api as js_api
+except ImportError as e:  # pragma: no cover - the message is the point
+    raise ImportError('taskwire.worker needs nats-py: pip install "taskwire[worker]"') from e
+
+__all__ = ["Worker", "TaskContext", "TaskError", "Task", "ServiceHandlers"]
+
+log = logging.getLogger("taskwire.worker")
+
+TASKS_STREAM = "TASKWIRE_TASKS"
+RESULTS_STREAM = "TASKWIRE_RESULTS"
+EVENTS_STREAM = "TASKWIRE_EVENTS"
+DEAD_STREAM = "TASKWIRE_DEAD"
+
+RUNNING_EVENT_AFTER = 0.025
+TIMEOUT_GRACE = 2.0
+HEARTBEAT_EVERY = 5.0
+WORKER_TTL = 15.0
+IDLE_WAIT = 1.0
+QUIET_WAIT = 0.05
+VERSION = "0.1.0"
+
+# Header names (docs/protocol.md).
+TASK_ID = "Taskwire-Task-Id"
+TASK = "Taskwire-Task"
+ATTEMPT = "Taskwire-Attempt"
+STATE = "Taskwire-State"
+REPLAY = "Taskwire-Replay"
+SCHEDULE_NAME = "Taskwire-Schedule"
+EXPIRES_AT = "Taskwire-Expires-At"
+PROGRESS = "Taskwire-Progress"
+DEAD_REASON = "Taskwire-Dead-Reason"
+ERROR = "Taskwire-Error"
+MAX_ATTEMPTS = "Taskwire-Max-Attempts"
+TIMEOUT_MS = "Taskwire-Timeout-Ms"
+BACKOFF_INITIAL_MS = "Taskwire-Backoff-Initial-Ms"
+BACKOFF_MAX_MS = "Taskwire-Backoff-Max-Ms"
+RESULT_TTL_MS = "Taskwire-Result-Ttl-Ms"
+MSG_ID = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+NATS_TTL = "Nats-TTL"
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+WRONG_LAST_SEQUENCE = 10071
+
+
+class TaskError(Exception):
+    """A task's own failure. Retryable ones are tried again while attempts are left."""
+
+    def __init__(self, message: str, retryable: bool = True):
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+class _TimedOut(Exception):
+    pass
+
+
+@dataclass
+class Options:
+    """A task's declared options, as its submitter changed them."""
+
+    max_attempts: int = 3
+    timeout: Optional[float] = None
+    backoff_initial: float = 1.0
+    backoff_max: float = 300.0
+    concurrency: int = 0
+    result_ttl: Optional[float] = None
+    max_concurrency: int = 0
+    rate_limit: Optional["Rate"] = None
+
+    @classmethod
+    def declared(cls, task: str, proto: options_pb2.TaskOptions) -> "Options":
+        def duration(name: str, value: str) -> Optional[float]:
+            if not value:
+                return None
+            try:
+                return parse_duration(value)
+            except ValueError as e:
+                raise ValueError(f"task {task}: option {name}={value!r}: {e}") from None
+
+        return cls(
+            max_attempts=proto.max_attempts or 3,
+            timeout=duration("timeout", proto.timeout),
+            backoff_initial=duration("backoff_initial", proto.backoff_initial) or 1.0,
+            backoff_max=duration("backoff_max", proto.backoff_max) or 300.0,
+            concurrency=proto.concurrency,
+            result_ttl=duration("result_ttl", proto.result_ttl),
+            max_concurrency=proto.max_concurrency,
+            rate_limit=Rate.parse(proto.rate_limit, task) if proto.rate_limit else None,
+        )
+
+    def with_overrides(self, headers: Dict[str, str]) -> "Options":
+        def number(name: str) -> Optional[int]:
+            try:
+                return int(headers[name])
+            except (KeyError, ValueError):
+                return None
+
+        def millis(name: str) -> Optional[float]:
+            n = number(name)
+            return None if n is None else n / 1000.0
+
+        attempts = number(MAX_ATTEMPTS)
+        timeout, initial, longest, ttl = (
+            millis(TIMEOUT_MS),
+            millis(BACKOFF_INITIAL_MS),
+            millis(BACKOFF_MAX_MS),
+            millis(RESULT_TTL_MS),
+        )
+        return Options(
+            max_attempts=attempts if attempts and attempts > 0 else self.max_attempts,
+            timeout=timeout if timeout is not None else self.timeout,
+            backoff_initial=initial if initial is not None else self.backoff_initial,
+            backoff_max=longest if longest is not None else self.backoff_max,
+            concurrency=self.concurrency,
+            result_ttl=ttl if ttl is not None else self.result_ttl,
+            max_concurrency=self.max_concurrency,
+            rate_limit=self.rate_limit,
+        )
+
+    def backoff(self, attempt: int) -> float:
+        """The delay before the attempt after `attempt`, with a fifth of jitter either way."""
+        delay = min(self.backoff_initial * (2 ** max(attempt - 1, 0)), self.backoff_max)
+        return delay * random.uniform(0.8, 1.2)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Starts allowed per period: "10/s", "600/m" or "5/h"."""
+
+    count: int
+    per: float
+
+    @classmethod
+    def parse(cls, text: str, task: str = "") -> "Rate":
+        periods = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+        count, _, unit = text.strip().partition("/")
+        if not count.strip().isdigit() or unit.strip() not in periods or int(count) == 0:
+            raise ValueError(f'{task + ": " if task else ""}{text!r} is not a rate such as "10/s", "600/m" or "5/h"')
+        return cls(int(count), float(periods[unit.strip()]))
+
+    def window(self) -> "tuple[int, int]":
+        """The counting window in milliseconds and the starts allowed in each (as the Rust
+        runtime counts them: one-second windows, or longer for rates under one a second)."""
+        per_ms = int(self.per * 1000)
+        window_ms = max(per_ms // self.count, 1000)
+        allowed = max(-(-(self.count * window_ms) // per_ms), 1)
+        return window_ms, allowed
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as "10s", "1m30s", "500ms" or "2h"."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", text.strip())
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", text):
+        raise ValueError('not a duration such as "10s", "1m30s" or "500ms"')
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def token(task: str) -> str:
+    return task.replace("/", ".")
+
+
+def consumer_name(task: str, priority: str = "normal") -> str:
+    base = task.replace(".", "-").replace("/", "-")
+    return base if priority == "normal" else f"{base}-{priority}"
+
+
+def task_subject(task: str, priority: str = "normal") -> str:
+    prefix = "taskwire.tasks" if priority == "normal" else f"taskwire.tasks-{priority}"
+    return f"{prefix}.{token(task)}"
+
+
+def scheduled_task_id(task: str, schedule: str, sequence: int) -> str:
+    """The id of the task a schedule fired, stored at `sequence` in the tasks stream."""
+    return uuid.uuid5(uuid.NAMESPACE_OID, f"{task}\0schedule\0{schedule}\0{sequence}").hex
+
+
+def uuid7() -> str:
+    millis = time.time_ns() // 1_000_000
+    value = (millis & ((1 << 48) - 1)) << 80 | random.getrandbits(80)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)
+    return f"{value:032x}"
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+class TaskContext:
+    """What a running task knows about itself, and how it reports progress."""
+
+    def __init__(self, worker: "Worker", task: "Task", task_id: str, attempt: int, options: Options, headers: Dict[str, str]):
+        self._worker = worker
+        self._task = task
+        self.id = task_id
+        self.task = task.name
+        self.attempt = attempt
+        self.max_attempts = options.max_attempts
+        self.headers = headers
+        self.deadline = time.monotonic() + options.timeout if options.timeout else None
+        self._cancelled = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._reports: List[asyncio.Future] = []
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the task was cancelled or ran out of time: stop soon."""
+        return self._cancelled.is_set()
+
+    async def wait_cancelled(self) -> None:
+        await self._cancelled.wait()
+
+    def progress(self, percent: float, message: str = "", details: Optional[Message] = None) -> None:
+        """Reports progress (0 to 100) with a message and optionally a message of the task's
+        own; watchers see it as a `running` event. Callable from a thread, too."""
+        report = tasks_pb2.TaskProgress(percent=float(percent), message=message)
+        if details is not None:
+            report.details = details.SerializeToString()
+            report.details_type = details.DESCRIPTOR.full_name
+        body = report.SerializeToString()
+
+        def send() -> None:
+            headers = self._worker._event_headers(self.task, self.id, "running", self.attempt)
+            headers[PROGRESS] = "1"
+            subject = f"taskwire.events.{self.id}.{token(self.task)}"
+            self._reports.append(asyncio.ensure_future(self._worker._nc.publish(subject, body, headers=headers)))
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            send()
+        else:
+            self._loop.call_soon_threadsafe(send)
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)
+        if self._reports:
+            await asyncio.gather(*self._reports, return_exceptions=True)
+
+
+Handler = Callable[[Message, TaskContext], Any]
+
+
+@dataclass
+class Task:
+    """One task a worker can serve."""
+
+    name: str
+    input_class: Any
+    output_class: Any
+    method: Any
+    options: Options
+    registry_entry: tasks_pb2.TaskType
+    handler: Optional[Handler] = None
+
+    def handler_for(self, function: Handler) -> Handler:
+        self.handler = function
+        return function
+
+
+class _TaskHandle:
+    def __init__(self, task: Task):
+        self._task = task
+
+    def handler(self, function: Handler) -> Handler:
+        """Decorator: `function(args, ctx)` serves this task."""
+        return self._task.handler_for(function)
+
+
+class ServiceHandlers:
+    """The tasks of one service, as attributes in snake case: `magic.add.handler`."""
+
+    def __init__(self, tasks: Dict[str, Task], full_name: str):
+        self._tasks = tasks
+        self.name = full_name
+
+    def __getattr__(self, name: str) -> _TaskHandle:
+        try:
+            return _TaskHandle(self._tasks[name])
+        except KeyError:
+            raise AttributeError(f"{self.name} has no task {name!r}; it has {sorted(self._tasks)}") from None
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _descriptor_set(file) -> bytes:
+    """A serialized FileDescriptorSet with `file` and all it imports, imports first."""
+    out = descriptor_pb2.FileDescriptorSet()
+    seen = set()
+
+    def add(f) -> None:
+        if f.name in seen:
+            return
+        seen.add(f.name)
+        for dependency in f.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        f.CopyToProto(proto)
+        out.file.append(proto)
+
+    add(file)
+    return out.SerializeToString()
+
+
+def _message_class(pb2_module: Any, descriptor) -> Any:
+    from google.protobuf import message_factory
+
+    if descriptor.file is pb2_module.DESCRIPTOR and hasattr(pb2_module, descriptor.name):
+        return getattr(pb2_module, descriptor.name)
+    return message_factory.GetMessageClass(descriptor)
+
+
+class Worker:
+    """Serves tasks from NATS JetStream. Settings default to the `TASKWIRE_*` environment."""
+
+    def __init__(
+        self,
+        nats_url: Optional[str] = None,
+        *,
+        concurrency: Optional[int] = None,
+        ack_wait: Optional[float] = None,
+        grace: Optional[float] = None,
+        connect_options: Optional[Dict[str, Any]] = None,
+    ):
+        self.nats_url = nats_url or os.environ.get("TASKWIRE_NATS_URL", "nats://127.0.0.1:4222")
+        self.concurrency = max(1, concurrency or int(os.environ.get("TASKWIRE_CONCURRENCY", "100")))
+        self.ack_wait = max(0.1, ack_wait or parse_duration(os.environ.get("TASKWIRE_ACK_WAIT", "30s")))
+        self.grace = grace if grace is not None else parse_duration(os.environ.get("TASKWIRE_GRACE", "30s"))
+        self.connect_options = dict(connect_options or {})
+        self.replicas = int(os.environ.get("TASKWIRE_REPLICAS", "1"))
+        self.result_ttl = parse_duration(os.environ.get("TASKWIRE_RESULT_TTL", "24h"))
+        self.id = uuid7()
+        self.tasks: Dict[str, Task] = {}
+        self.succeeded = 0
+        self.failed = 0
+        self._running: Dict[asyncio.Task, "_Running"] = {}
+        self._cancelled_ids: set = set()
+        self._stop: Optional[asyncio.Event] = None
+        self._force = None
+        self._nc = None
+        self._js = None
+        self._limits: Optional[_Limits] = None
+
+    # ---- declaring tasks -------------------------------------------------------------------
+
+    def service(self, pb2_module: Any, name: str) -> ServiceHandlers:
+        """The tasks of service `name` in a generated `*_pb2` module, to attach handlers to."""
+        try:
+            service = pb2_module.DESCRIPTOR.services_by_name[name]
+        except KeyError:
+            raise ValueError(
+                f"{pb2_module.__name__} has no service {name!r}; it has {sorted(pb2_module.DESCRIPTOR.services_by_name)}"
+            ) from None
+        tasks = {}
+        for method in service.methods:
+            task = self._declare(pb2_module, service, method)
+            tasks[_snake(method.name)] = task
+        return ServiceHandlers(tasks, service.full_name)
+
+    def add_servicer(self, servicer: Any, pb2_module: Any, name: Optional[str] = None) -> None:
+        """Serves the methods a subclass of a generated `<Service>Servicer` overrides."""
+        if name is None:
+            bases = [c.__name__ for c in type(servicer).__mro__ if c.__name__.endswith("Servicer")]
+            candidates = [b[: -len("Servicer")] for b in bases if b[: -len("Servicer")] in pb2_module.DESCRIPTOR.services_by_name]
+            if not candidates:
+                raise ValueError(f"{type(servicer).__name__} is not a servicer of a service in {pb2_module.__name__}: pass name=")
+            name = candidates[0]
+        service = pb2_module.DESCRIPTOR.services_by_name[name]
+        served = 0
+        for method in service.methods:
+            function = getattr(type(servicer), method.name, None)
+            base = next((c for c in type(servicer).__mro__ if c.__name__ == f"{name}Servicer"), None)
+            if function is None or (base is not None and getattr(base, method.name, None) is function):
+                continue
+            task = self._declare(pb2_module, service, method)
+            task.handler = getattr(servicer, method.name)
+            served += 1
+        if not served:
+            raise ValueError(f"{type(servicer).__name__} overrides no method of {service.full_name}")
+
+    def _declare(self, pb2_module: Any, service, method) -> Task:
+        name = f"{service.full_name}/{method.name}"
+        if name in self.tasks:
+            return self.tasks[name]
+        declared = options_pb2.TaskOptions()
+        method_options = method.GetOptions()
+        if method_options.HasExtension(options_pb2.task):
+            declared.CopyFrom(method_options.Extensions[options_pb2.task])
+        entry = tasks_pb2.TaskType(
+            name=name,
+            input_type=method.input_type.full_name,
+            output_type=method.output_type.full_name,
+            file_descriptor_set=_descriptor_set(service.file),
+            options=declared,
+        )
+        task = Task(
+            name=name,
+            input_class=_message_class(pb2_module, method.input_type),
+            output_class=_message_class(pb2_module, method.output_type),
+            method=method,
+            options=Options.declared(name, declared),
+            registry_entry=entry,
+        )
+        self.tasks[name] = task
+        return task
+
+    # ---- running ---------------------------------------------------------------------------
+
+    async def run(self, install_signal_handlers: bool = True) -> None:
+        """Connects, registers the served tasks and works until `stop()` or SIGTERM/SIGINT;
+        then drains: stops pulling, lets running tasks finish for up to `grace` seconds, and
+        releases the rest to other workers. A second signal ends the grace at once."""
+        served = [t for t in self.tasks.values() if t.handler is not None]
+        if not served:
+            raise ValueError("the worker serves no task: attach a handler with @service.task.handler")
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal)
+        try:
+            self._nc = await nats.connect(
+                self.nats_url.split(","),
+                name=f"taskwire-python-worker {self.id}",
+                max_reconnect_attempts=-1,
+                **self.connect_options,
+            )
+        except Exception as e:
+            raise ConnectionError(
+                f"cannot connect to NATS at {self.nats_url}: {e}; start nats-server or set TASKWIRE_NATS_URL"
+            ) from e
+        self._js = self._nc.jetstream()
+        background: List[asyncio.Task] = []
+        try:
+            await self._ensure_layout()
+            for task in served:
+                await self._register(task)
+            cancels = await self._watch_cancels()
+            background.append(asyncio.ensure_future(self._heartbeats(served)))
+            background.append(cancels)
+            self._limits = _Limits(self._js, self.id)
+            background.append(await self._limits.start())
+            pullers = [asyncio.ensure_future(self._pull_loop(task)) for task in served]
+            log.info("worker %s serving %s", self.id, ", ".join(t.name for t in served))
+            await self._stop.wait()
+            for p in pullers:
+                p.cancel()
+            await asyncio.gather(*pullers, return_exceptions=True)
+            await self._drain()
+        finally:
+            for b in background:
+                b.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            try:
+                kv = await self._js.key_value("TASKWIRE_WORKERS")
+                await asyncio.wait_for(kv.purge(self.id), 2)
+            except Exception:
+                pass
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            # Everything taken was acked or released; a drain would wait on the pull
+            # subscriptions' queues, which fetch does not mark done.
+            await self._nc.close()
+
+    def stop(self) -> None:
+        """Begins a graceful stop."""
+        if self._stop is not None:
+            self._stop.set()
+
+    def _on_signal(self) -> None:
+        if self._stop.is_set():
+            log.warning("second signal: releasing running tasks now")
+            self._force.set()
+        else:
+            log.info("stopping: finishing running tasks (grace %.0fs)", self.grace)
+            self._stop.set()
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.grace
+        while self._running and not self._force.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            force = asyncio.ensure_future(self._force.wait())
+            await asyncio.wait(list(self._running) + [force], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            force.cancel()
+        # Still running after the grace: released (NAKed) for another worker at once.
+        for running in list(self._running.values()):
+            running.released = True
+            running.changed.set()
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=5)
+
+    # ---- broker layout ---------------------------------------------------------------------
+
+    async def _ensure_layout(self) -> None:
+        ns = 1_000_000_000
+        streams = [
+            {
+                "name": TASKS_STREAM,
+                "description": "taskwire: queued tasks, one subject per task type and priority",
+                "subjects": [
+                    "taskwire.tasks.>",
+                    "taskwire.tasks-high.>",
+                    "taskwire.tasks-low.>",
+                    "taskwire.delayed.>",
+                    "taskwire.schedules.>",
+                ],
+                "retention": "workqueue",
+                "storage": "file",
+                "num_replicas": self.replicas,
+                "duplicate_window": 120 * ns,
+                "max_msg_size": 1024 * 1024,
+                "allow_msg_schedules": True,
+                "allow_msg_ttl": True,
+            },
+            {
+                "name": RESULTS_STREAM,
+                "description": "taskwire: one result per task id",
+                "subjects": ["taskwire.results.*"],
+                "retention": "limits",
+                "storage": "file",
+                "num_replicas": self.replicas,
+                "max_msgs_per_subject": 1,
+                "max_age": int(self.result_ttl * ns),
+                "duplicate_window": 120 * ns,
+                "allow_direct": True,
+                "allow_msg_ttl": True,
+                "subject_delete_marker_ttl": int(self.result_ttl * ns),
+            },
+            {
+                "name": EVENTS_STREAM,
+                "description": "taskwire: task state changes",
+                "subjects": ["taskwire.events.>"],
+                "retention": "limits",
+                "storage": "file",
+                "num_replicas": self.replicas,
+                "max_msgs_per_subject": 32,
+                "max_age": int(self.result_ttl * ns),
+                "allow_direct": True,
+            },
+            {
+                "name": DEAD_STREAM,
+                "description": "taskwire: tasks that failed for good, replayable",
+                "subjects": ["taskwire.dead.>"],
+                "retention": "limits",
+                "storage": "file",
+                "num_replicas": self.replicas,
+                "max_age": 7 * 86400 * ns,
+                "duplicate_window": 120 * ns,
+                "allow_direct": True,
+            },
+        ]
+        for config in streams:
+            await self._ensure_stream(config)
+        buckets = [
+            ("TASKWIRE_REGISTRY", "taskwire: task types published by workers", None),
+            ("TASKWIRE_CANCELLED", "taskwire: cancelled task ids", self.result_ttl),
+            ("TASKWIRE_SCHEDULES", "taskwire: schedule definitions", None),
+            ("TASKWIRE_WORKERS", "taskwire: heartbeats of live workers", WORKER_TTL),
+            ("TASKWIRE_LIMITS", "taskwire: task limits set through the Admin API", None),
+            ("TASKWIRE_SLOTS", "taskwire: concurrency slots held by running tasks", 20.0),
+            ("TASKWIRE_RATES", "taskwire: task starts counted per rate window", 7200.0),
+        ]
+        for bucket, description, ttl in buckets:
+            try:
+                await self._js.key_value(bucket)
+            except Exception:
+                config = js_api.KeyValueConfig(
+                    bucket=bucket,
+                    description=description,
+                    history=1,
+                    ttl=ttl,
+                    storage=js_api.StorageType.FILE,
+                    replicas=self.replicas,
+                )
+                try:
+                    await self._js.create_key_value(config)
+                except Exception:
+                    await self._js.key_value(bucket)
+
+    async def _ensure_stream(self, config: Dict[str, Any]) -> None:
+        name = config["name"]
+        info = await self._api(f"STREAM.INFO.{name}", {}, allow_missing=True)
+        if info is not None:
+            return
+        created = await self._api(f"STREAM.CREATE.{name}", config, allow_missing=True)
+        if created is None:  # created by another process in between
+            await self._api(f"STREAM.INFO.{name}", {})
+
+    async def _api(self, call: str, body: Dict[str, Any], allow_missing: bool = False) -> Optional[Dict[str, Any]]:
+        reply = await self._nc.request(f"$JS.API.{call}", json.dumps(body).encode(), timeout=10)
+        answer = json.loads(reply.data or b"{}")
+        error = answer.get("error")
+        if error:
+            if allow_missing and error.get("code") in (404, 400) and error.get("err_code") in (10059, 10058):
+                return None
+            raise RuntimeError(f"JetStream {call}: {error.get('description')} (code {error.get('err_code')})")
+        return answer
+
+    async def _register(self, task: Task) -> None:
+        kv = await self._js.key_value("TASKWIRE_REGISTRY")
+        deadline = time.monotonic() + 30
+        delay = 0.05
+        while True:
+            try:
+                await kv.put(token(task.name), task.registry_entry.SerializeToString())
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _consumer(self, task: Task, priority: str) -> Any:
+        durable = consumer_name(task.name, priority)
+        config = js_api.ConsumerConfig(
+            durable_name=durable,
+            description=f"taskwire: tasks of {task.name}, {priority} priority",
+            filter_subject=task_subject(task.name, priority),
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=-1,
+            max_ack_pending=10_000,
+        )
+        try:
+            await self._js.add_consumer(TASKS_STREAM, config)
+        except nats.js.errors.APIError:
+            # Made by another worker with other settings: use it as it is.
+            await self._js.consumer_info(TASKS_STREAM, durable)
+        return await self._js.pull_subscribe_bind(durable=durable, stream=TASKS_STREAM)
+
+    async def _watch_cancels(self) -> asyncio.Task:
+        kv = await self._js.key_value("TASKWIRE_CANCELLED")
+        watcher = await kv.watchall()
+        loaded = asyncio.Event()
+
+        async def follow() -> None:
+            async for entry in watcher:
+                if entry is None:
+                    loaded.set()
+                    continue
+                if entry.operation in ("DEL", "PURGE"):
+                    self._cancelled_ids.discard(entry.key)
+                    continue
+                self._cancelled_ids.add(entry.key)
+                for running in self._running.values():
+                    if running.ctx.id == entry.key:
+                        running.cancel_requested()
+
+        follower = asyncio.ensure_future(follow())
+        try:
+            await asyncio.wait_for(loaded.wait(), 10)
+        except asyncio.TimeoutError:
+            pass
+        return follower
+
+    async def _heartbeats(self, served: List[Task]) -> None:
+        kv = await self._js.key_value("TASKWIRE_WORKERS")
+        started = time.time()
+        host = socket.gethostname()
+        while True:
+            info = tasks_pb2.WorkerInfo(
+                id=self.id,
+                host=host,
+                pid=os.getpid(),
+                tasks=[t.name for t in served],
+                running=len(self._running),
+                succeeded=self.succeeded,
+                failed=self.failed,
+                version=f"{VERSION} (python)",
+            )
+            info.started_at.FromNanoseconds(int(started * 1e9))
+            info.heartbeat_at.GetCurrentTime()
+            try:
+                await kv.put(self.id, info.SerializeToString())
+            except Exception as e:
+                log.debug("heartbeat not written: %s", e)
+            await asyncio.sleep(HEARTBEAT_EVERY)
+
+    # ---- pulling ---------------------------------------------------------------------------
+
+    async def _pull_loop(self, task: Task) -> None:
+        levels = {p: await self._consumer(task, p) for p in ("high", "normal", "low")}
+        limit = task.options.concurrency or self.concurrency
+        mine: set = set()
+        freed = asyncio.Event()
+        round_no = 0
+        while not self._stop.is_set():
+            if len(mine) >= limit:
+                freed.clear()
+                await freed.wait()
+                continue
+            grant = await self._limits.acquire(task, limit - len(mine), self._stop)
+            if grant is None:
+                break
+            try:
+                round_no += 1
+                order = ["low", "high", "normal"] if round_no % 8 == 0 else ["high", "normal", "low"]
+                started = 0
+                for level in order:
+                    if started >= grant.allowed:
+                        break
+                    for msg in await self._fetch(levels[level], grant.allowed - started, QUIET_WAIT):
+                        self._start(task, msg, mine, freed, grant.take())
+                        started += 1
+                if started == 0 and not self._stop.is_set():
+                    for msg in await self._fetch(levels["normal"], grant.allowed, IDLE_WAIT):
+                        self._start(task, msg, mine, freed, grant.take())
+            finally:
+                await grant.close()
+
+    async def _fetch(self, subscription: Any, batch: int, wait: float) -> List[Msg]:
+        try:
+            return await subscription.fetch(batch, timeout=wait)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            return []
+        except nats.errors.ConnectionClosedError:
+            await asyncio.sleep(wait)
+            return []
+        except Exception as e:
+            log.warning("pulling tasks failed: %s", e)
+            await asyncio.sleep(wait)
+            return []
+
+    def _start(self, task: Task, msg: Msg, mine: set, freed: asyncio.Event, slot: Optional["_Slot"]) -> None:
+        running = asyncio.ensure_future(self._handle(task, msg))
+        mine.add(running)
+        self._running[running] = _Running()
+
+        def done(t: asyncio.Task) -> None:
+            mine.discard(t)
+            self._running.pop(t, None)
+            freed.set()
+            if slot is not None:
+                asyncio.ensure_future(slot.free())
+
+        running.add_done_callback(done)
+
+    # ---- one task --------------------------------------------------------------------------
+
+    async def _handle(self, task: Task, msg: Msg) -> None:
+        try:
+            await self._handle_one(task, msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Left unacknowledged: the broker redelivers it after the ack wait.
+            log.exception("%s: handling a task failed", task.name)
+
+    async def _handle_one(self, task: Task, msg: Msg) -> None:
+        me = self._running.get(asyncio.current_task())
+        headers = dict(msg.headers or {})
+        meta = msg.metadata
+        task_id = self._task_id(headers, meta)
+        if task_id is None:
+            dead_id = f"poison-{meta.sequence.stream}"
+            log.error("%s: message without a valid task id; moving it to the dead letters as %s", task.name, dead_id)
+            if await self._store_dead(task, msg, dead_id, 1, "poison", "the message has no valid Taskwire-Task-Id header"):
+                await msg.term()
+            return
+        try:
+            first = max(1, int(headers.get(ATTEMPT, "1")))
+        except ValueError:
+            first = 1
+        attempt = first + max(meta.num_delivered, 1) - 1
+        options = task.options.with_overrides(headers)
+
+        if attempt > 1 and await self._has_result(task_id):
+            await msg.ack()
+            return
+        if task_id in self._cancelled_ids:
+            await self._finish(task, msg, task_id, attempt, "cancelled", _failure("cancelled on request", False), options)
+            return
+        expires = headers.get(EXPIRES_AT)
+        if expires and expires.isdigit() and now_micros() > int(expires):
+            await self._finish(task, msg, task_id, attempt, "expired", _failure("not started before its expiry time", False), options)
+            return
+
+        ctx = TaskContext(self, task, task_id, attempt, options, headers)
+        me.ctx = ctx
+        try:
+            args = task.input_class.FromString(msg.data)
+        except DecodeError as e:
+            await self._failed(task, msg, task_id, attempt, options, TaskError(f"undecodable arguments: {e}", False), None)
+            return
+        outcome, value = await self._run_attempt(task, msg, ctx, args, options, me)
+        await ctx._flush()
+        if outcome == "released":
+            await msg.nak()
+            return
+        if me.cancelled or outcome == "cancelled":
+            await self._finish(task, msg, task_id, attempt, "cancelled", _failure("cancelled on request", False), options)
+            return
+        if outcome == "done":
+            if not isinstance(value, task.output_class):
+                error = TaskError(
+                    f"the handler returned {type(value).__name__}, not {task.output_class.DESCRIPTOR.full_name}", False
+                )
+                await self._failed(task, msg, task_id, attempt, options, error, "permanent")
+                return
+            await self._finish(task, msg, task_id, attempt, "succeeded", value.SerializeToString(), options)
+        elif outcome == "error":
+            await self._failed(task, msg, task_id, attempt, options, value, None)
+        elif outcome == "timeout":
+            await self._failed(task, msg, task_id, attempt, options, TaskError(f"timed out after {options.timeout}s"), "timeout")
+        else:  # a bug in the task
+            log.error("%s %s attempt %d raised: %s", task.name, task_id, attempt, value)
+            error = f"task raised {value}"
+            if await self._store_dead(task, msg, task_id, attempt, "panic", error):
+                await self._finish(task, msg, task_id, attempt, "failed", _failure(error, False), options)
+
+    def _task_id(self, headers: Dict[str, str], meta) -> Optional[str]:
+        if TASK_ID in headers:
+            value = headers[TASK_ID]
+            return value if ID_PATTERN.match(value) else None
+        schedule = headers.get(SCHEDULE_NAME)
+        if schedule is None or TASK not in headers:
+            return None
+        return scheduled_task_id(headers[TASK], schedule, meta.sequence.stream)
+
+    async def _run_attempt(self, task: Task, msg: Msg, ctx: TaskContext, args: Message, options: Options, me: "_Running"):
+        handler = task.handler
+        if inspect.iscoroutinefunction(handler):
+            call = asyncio.ensure_future(handler(args, ctx))
+        else:
+            call = asyncio.ensure_future(asyncio.to_thread(handler, args, ctx))
+        me.call = call
+        if me.cancelled:
+            me.cancel_requested()
+        every = max(self.ack_wait / 3, 0.05)
+        started = time.monotonic()
+        running_reported = False
+        timed_out_at = None
+        while True:
+            now = time.monotonic()
+            waits = [started + every * (1 + int((now - started) / every))]
+            if not running_reported:
+                waits.append(started + RUNNING_EVENT_AFTER)
+            if ctx.deadline is not None and timed_out_at is None:
+                waits.append(ctx.deadline)
+            if timed_out_at is not None:
+                waits.append(timed_out_at + TIMEOUT_GRACE)
+            if me.cancel_at is not None:
+                waits.append(me.cancel_at + TIMEOUT_GRACE)
+            timeout = max(0.0, min(waits) - now)
+            force = asyncio.ensure_future(self._force.wait())
+            changed = asyncio.ensure_future(me.changed.wait())
+            done, _ = await asyncio.wait([call, force, changed], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            force.cancel()
+            changed.cancel()
+            me.changed.clear()
+            if call in done or call.done():
+                if call.cancelled():
+                    if timed_out_at is not None:
+                        return "timeout", None
+                    if me.released or self._force.is_set():
+                        return "released", None
+                    return "cancelled", None
+                error = call.exception()
+                if error is None:
+                    return "done", call.result()
+                if timed_out_at is not None:
+                    return "timeout", None
+                if isinstance(error, TaskError):
+                    return "error", error
+                return "raised", f"{type(error).__name__}: {error}"
+            now = time.monotonic()
+            if self._force.is_set() or me.released:
+                ctx._cancelled.set()
+                call.cancel()
+                return "released", None
+            if me.cancel_at is not None and now >= me.cancel_at + TIMEOUT_GRACE:
+                call.cancel()
+                return "cancelled", None
+            if timed_out_at is not None and now >= timed_out_at + TIMEOUT_GRACE:
+                call.cancel()
+                return "timeout", None
+            if ctx.deadline is not None and timed_out_at is None and now >= ctx.deadline:
+                timed_out_at = now
+                ctx._cancelled.set()
+                if inspect.iscoroutinefunction(handler):
+                    call.cancel()
+            if not running_reported and now >= started + RUNNING_EVENT_AFTER:
+                running_reported = True
+                subject = f"taskwire.events.{ctx.id}.{token(task.name)}"
+                try:
+                    await self._nc.publish(subject, b"", headers=self._event_headers(task.name, ctx.id, "running", ctx.attempt))
+                except Exception:
+                    pass
+            if now - started >= every and (now - me.last_progress_ack) >= every:
+                me.last_progress_ack = now
+                try:
+                    await msg.in_progress()
+                except Exception:
+                    pass
+
+    async def _has_result(self, task_id: str) -> bool:
+        try:
+            await self._js.get_last_msg(RESULTS_STREAM, f"taskwire.results.{task_id}", direct=True)
+            return True
+        except nats.js.errors.NotFoundError:
+            return False
+        except Exception:
+            return False
+
+    def _event_headers(self, task: str, task_id: str, state: str, attempt: int) -> Dict[str, str]:
+        return {TASK_ID: task_id, TASK: task, STATE: state, ATTEMPT: str(attempt)}
+
+    async def _failed(self, task: Task, msg: Msg, task_id: str, attempt: int, options: Options, error: TaskError, reason: Optional[str]) -> None:
+        if error.retryable and attempt < options.max_attempts:
+            delay = options.backoff(attempt)
+            log.info("%s %s attempt %d failed, retrying in %.2fs: %s", task.name, task_id, attempt, delay, error.message)
+            subject = f"taskwire.events.{task_id}.{token(task.name)}"
+            try:
+                await self._nc.publish(
+                    subject, _failure(error.message, True), headers=self._event_headers(task.name, task_id, "retrying", attempt)
+                )
+            except Exception:
+                pass
+            await msg.nak(delay=delay)
+            return
+        if reason is None:
+            reason = "exhausted" if error.retryable else "permanent"
+        if await self._store_dead(task, msg, task_id, attempt, reason, error.message):
+            await self._finish(task, msg, task_id, attempt, "failed", _failure(error.message, error.retryable), options)
+
+    async def _store_dead(self, task: Task, msg: Msg, task_id: str, attempt: int, reason: str, error: str) -> bool:
+        headers = dict(msg.headers or {})
+        replay = headers.get(REPLAY, "0")
+        one_line = "".join(" " if not c.isprintable() else c for c in error)[:1000]
+        headers.update(
+            {
+                TASK_ID: task_id,
+                TASK: task.name,
+                ATTEMPT: str(attempt),
+                DEAD_REASON: reason,
+                ERROR: one_line,
+                MSG_ID: f"{task_id}.dead.{replay}",
+            }
+        )
+        return await self._store(f"taskwire.dead.{task_id}.{token(task.name)}", headers, msg.data) != "gave_up"
+
+    async def _store(self, subject: str, headers: Dict[str, str], body: bytes) -> str:
+        """Publishes until JetStream stored it: "stored", "duplicate", "taken" (the subject has
+        its one message already) or "gave_up" (forced to stop first)."""
+        delay = 0.1
+        while True:
+            try:
+                ack = await self._js.publish(subject, body, headers=headers, timeout=5)
+                return "duplicate" if ack.duplicate else "stored"
+            except nats.js.errors.APIError as e:
+                if e.err_code == WRONG_LAST_SEQUENCE:
+                    return "taken"
+                failure = e
+            except Exception as e:
+                failure = e
+            if self._force.is_set():
+                log.warning("%s not stored before exit (%s); the task will be redelivered", subject, failure)
+                return "gave_up"
+            log.warning("storing %s failed (%s); retrying", subject, failure)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _finish(self, task: Task, msg: Msg, task_id: str, attempt: int, state: str, body: bytes, options: Options) -> None:
+        headers = self._event_headers(task.name, task_id, state, attempt)
+        series = (msg.headers or {}).get(REPLAY, "0")
+        headers[MSG_ID] = f"{task_id}.result.{series}"
+        headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = "0"
+        if options.result_ttl:
+            headers[NATS_TTL] = str(max(1, int(-(-options.result_ttl // 1))))
+        parent = (msg.headers or {}).get("traceparent")
+        if parent:
+            headers["traceparent"] = parent
+        stored = await self._store(f"taskwire.results.{task_id}", headers, body)
+        if stored == "gave_up":
+            return
+        if stored == "stored":
+            if state == "succeeded":
+                self.succeeded += 1
+            elif state == "failed":
+                self.failed += 1
+        try:
+            await msg.ack()
+        except Exception as e:
+            log.warning("ack of %s failed (%s); a redelivery will find the stored result", task_id, e)
+
+
+class _Limits:
+    """Cluster-wide limits (docs/protocol.md, step 1 of what a worker does): concurrency slots in
+    TASKWIRE_SLOTS, starts per window in TASKWIRE_RATES, overrides from TASKWIRE_LIMITS."""
+
+    SLOT_REFRESH = 5.0
+    SLOT_RETRY = 0.1
+
+    def __init__(self, js: Any, owner: str):
+        self._js = js
+        self._owner = owner.encode()
+        self._overrides: Dict[str, tasks_pb2.TaskLimits] = {}
+        self.slots = None
+        self.rates = None
+
+    async def start(self) -> asyncio.Task:
+        self.slots = await self._js.key_value("TASKWIRE_SLOTS")
+        self.rates = await self._js.key_value("TASKWIRE_RATES")
+        store = await self._js.key_value("TASKWIRE_LIMITS")
+        watcher = await store.watchall()
+        loaded = asyncio.Event()
+
+        async def follow() -> None:
+            async for entry in watcher:
+                if entry is None:
+                    loaded.set()
+                elif entry.operation in ("DEL", "PURGE"):
+                    self._overrides.pop(entry.key, None)
+                else:
+                    self._overrides[entry.key] = tasks_pb2.TaskLimits.FromString(entry.value)
+
+        follower = asyncio.ensure_future(follow())
+        try:
+            await asyncio.wait_for(loaded.wait(), 10)
+        except asyncio.TimeoutError:
+            pass
+        return follower
+
+    def effective(self, task: "Task") -> "tuple[int, Optional[Rate]]":
+        override = self._overrides.get(token(task.name))
+        if override is None:
+            return task.options.max_concurrency, task.options.rate_limit
+        try:
+            rate = Rate.parse(override.rate_limit) if override.rate_limit else None
+        except ValueError:
+            rate = None
+        return override.max_concurrency, rate
+
+    async def acquire(self, task: "Task", want: int, stop: asyncio.Event) -> Optional["_Grant"]:
+        """Waits until at least one of `want` tasks may start; None when stopping first."""
+        while not stop.is_set():
+            concurrency, rate = self.effective(task)
+            if not concurrency and rate is None:
+                return _Grant(want, [], None)
+            allowed, slots, tokens, wait = want, [], None, self.SLOT_RETRY
+            if concurrency:
+                slots = await self._take_slots(task, concurrency, allowed)
+                allowed = len(slots)
+            if allowed and rate is not None:
+                taken = await self._take_tokens(task, rate, allowed)
+                if isinstance(taken, float):
+                    allowed, wait = 0, taken
+                else:
+                    tokens = taken
+                    allowed = taken[1]
+                    for extra in slots[allowed:]:
+                        await extra.free()
+                    slots = slots[:allowed]
+            if allowed:
+                return _Grant(allowed, slots, tokens, self)
+            for slot in slots:
+                await slot.free()
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+        return None
+
+    async def _take_slots(self, task: "Task", limit: int, want: int) -> List["_Slot"]:
+        start = now_micros() % limit
+        slots: List[_Slot] = []
+        for n in range(limit):
+            if len(slots) >= want:
+                break
+            key = f"{token(task.name)}.{(start + n) % limit}"
+            try:
+                revision = await self.slots.create(key, self._owner)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            except Exception as e:
+                log.warning("%s: cannot take a concurrency slot: %s", task.name, e)
+                break
+            slots.append(_Slot(self, key, revision))
+        return slots
+
+    async def _take_tokens(self, task: "Task", rate: Rate, want: int):
+        """(key, taken) counted in the current window, or the seconds to the next window."""
+        window_ms, allowed = rate.window()
+        for _ in range(20):
+            now_ms = time.time_ns() // 1_000_000
+            index = now_ms // window_ms
+            until_next = ((index + 1) * window_ms - now_ms) / 1000
+            key = f"{token(task.name)}.{index}"
+            try:
+                entry = await self.rates.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                entry = None
+            except Exception as e:
+                log.warning("%s: cannot read the rate window: %s", task.name, e)
+                return 0.2
+            counted = int(entry.value) if entry is not None and entry.value else 0
+            if counted >= allowed:
+                return until_next
+            taken = min(allowed - counted, want)
+            value = str(counted + taken).encode()
+            try:
+                if entry is None:
+                    await self.rates.create(key, value)
+                else:
+                    await self.rates.update(key, value, last=entry.revision)
+                return key, taken
+            except Exception:
+                continue  # another worker counted in between: read again
+        return 0.05
+
+    async def give_back(self, key: str, unused: int) -> None:
+        for _ in range(5):
+            try:
+                entry = await self.rates.get(key)
+                counted = int(entry.value or b"0")
+                await self.rates.update(key, str(max(counted - unused, 0)).encode(), last=entry.revision)
+                return
+            except Exception:
+                continue
+
+
+class _Slot:
+    """A concurrency slot held while a task runs: refreshed, and freed after."""
+
+    def __init__(self, limits: _Limits, key: str, revision: int):
+        self._limits = limits
+        self.key = key
+        self.revision = revision
+        self._refresher = asyncio.ensure_future(self._refresh())
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(_Limits.SLOT_REFRESH)
+            try:
+                self.revision = await self._limits.slots.update(self.key, self._limits._owner, last=self.revision)
+            except Exception as e:
+                log.warning("cannot refresh concurrency slot %s: %s", self.key, e)
+
+    async def free(self) -> None:
+        self._refresher.cancel()
+        try:
+            # Only if it is still ours: a slot whose lease ran out may be someone else's now.
+            await self._limits.slots.delete(self.key, last=self.revision)
+        except Exception:
+            pass
+
+
+class _Grant:
+    """Leave to start some tasks in one pull round."""
+
+    def __init__(self, allowed: int, slots: List[_Slot], tokens, limits: Optional[_Limits] = None):
+        self.allowed = allowed
+        self._slots = slots
+        self._tokens = tokens
+        self._limits = limits
+        self._used = 0
+
+    def take(self) -> Optional[_Slot]:
+        self._used += 1
+        return self._slots.pop() if self._slots else None
+
+    async def close(self) -> None:
+        for slot in self._slots:
+            await slot.free()
+        self._slots = []
+        if self._tokens is not None and self._limits is not None:
+            key, taken = self._tokens
+            if taken > self._used:
+                await self._limits.give_back(key, taken - self._used)
+
+
+class _Running:
+    """What the worker tracks of one running task."""
+
+    def __init__(self) -> None:
+        self.ctx: Optional[TaskContext] = None
+        self.call: Optional[asyncio.Future] = None
+        self.cancel_at: Optional[float] = None
+        self.released = False
+        self.changed = asyncio.Event()
+        self.last_progress_ack = time.monotonic()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_at is not None
+
+    def cancel_requested(self) -> None:
+        if self.cancel_at is None:
+            self.cancel_at = time.monotonic()
+        if self.ctx is not None:
+            self.ctx._cancelled.set()
+        if self.call is not None and not self.call.done():
+            # A coroutine is told at once; a thread sees ctx.cancelled.
+            self.call.cancel()
+        self.changed.set()
+
+
+def _failure(message: str, retryable: bool) -> bytes:
+    return tasks_pb2.TaskFailure(message=message, retryable=retryable).SerializeToString()

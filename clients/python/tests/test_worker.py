@@ -1,0 +1,136 @@
+"""The Python worker SDK: the same wire protocol as the Rust runtime, so Rust clients reach it
+and Python and Rust workers share one queue."""
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+import taskwire
+from conftest import binary
+from examples.chaos.v1 import chaos_pb2
+from examples.magic.v1 import magic_pb2
+from taskwire.v1 import tasks_pb2
+
+Magic = taskwire.service(magic_pb2, "Magic")
+Chaos = taskwire.service(chaos_pb2, "Chaos")
+PYTHON_TASKS = {
+    "examples.magic.v1.Magic/Add",
+    "examples.chaos.v1.Chaos/Sleep",
+    "examples.chaos.v1.Chaos/Flaky",
+    "examples.chaos.v1.Chaos/Steps",
+    "examples.chaos.v1.Chaos/Limited",
+}
+
+
+def cli(system, *args) -> str:
+    """The Rust CLI, a Rust client of the gateway."""
+    done = subprocess.run(
+        [binary("taskwire"), "--gateway", f"http://{system.target}", *args],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def python_only(tmp_path_factory):
+    """A gateway whose only worker is the Python one."""
+    from conftest import System
+
+    running = System()
+    running.execution_log = str(tmp_path_factory.mktemp("limits") / "limited.log")
+    try:
+        running.python_worker(TASKWIRE_PY_EXECUTION_LOG=running.execution_log)
+        running.wait_for_tasks(PYTHON_TASKS)
+        yield running
+    finally:
+        running.close()
+
+
+def test_a_rust_client_gets_the_result_of_a_python_worker(python_only):
+    out = cli(python_only, "submit", "examples.magic.v1.Magic/Add", '{"arg1":1,"arg2":2,"arg3":3}', "--wait")
+    assert json.loads(out)["sum"] in (6, "6")
+    # The registry entry the Python worker wrote is one the Rust tools read.
+    listed = cli(python_only, "tasks")
+    assert "examples.magic.v1.Magic/Add" in listed and "examples.magic.v1.AddArgs" in listed
+
+
+def test_retries_failures_and_dead_letters(python_only):
+    with taskwire.Client(python_only.target) as client:
+        flaky = Chaos(client).flaky(chaos_pb2.FlakyArgs(succeed_on_attempt=2))
+        assert flaky.get(timeout=20).attempt == 2
+        permanent = Chaos(client).flaky(chaos_pb2.FlakyArgs(permanent=True))
+        with pytest.raises(taskwire.TaskFailed) as failed:
+            permanent.get(timeout=20)
+        assert failed.value.message == "failing on purpose on attempt 1"
+        assert failed.value.retryable is False
+        exhausted = Chaos(client).flaky(chaos_pb2.FlakyArgs(succeed_on_attempt=0))
+        with pytest.raises(taskwire.TaskFailed) as failed:
+            exhausted.get(timeout=30)
+        assert failed.value.message == "failing on purpose on attempt 3"
+        dead = client.admin.ListDeadLetters(tasks_pb2.ListDeadLettersRequest(task="examples.chaos.v1.Chaos/Flaky"))
+        reasons = {d.task_id: d.reason for d in dead.dead_letters}
+        assert reasons[permanent.id] == "permanent"
+        assert reasons[exhausted.id] == "exhausted"
+
+
+def test_progress_and_cancel(python_only):
+    with taskwire.Client(python_only.target) as client:
+        steps = Chaos(client).steps(chaos_pb2.StepsArgs(steps=4, step_millis=50, label="py-steps"))
+        seen = [info.progress.percent for info in steps.watch() if info.HasField("progress")]
+        assert seen == sorted(seen) and seen[-1] == 100
+        assert steps.get(timeout=10).steps == 4
+        slow = Chaos(client).sleep(chaos_pb2.SleepArgs(millis=60_000, label="py-worker-cancel"))
+        for info in slow.watch():
+            if info.state == taskwire.client.State.TASK_STATE_RUNNING:
+                slow.cancel()
+            last = info
+        assert last.state == taskwire.client.State.TASK_STATE_CANCELLED
+
+
+def test_python_and_rust_workers_share_one_queue(fresh_system):
+    fresh_system.rust_worker(TASKWIRE_CONCURRENCY="2")
+    fresh_system.python_worker(TASKWIRE_CONCURRENCY="2")
+    fresh_system.wait_for_tasks(PYTHON_TASKS)
+    with taskwire.Client(fresh_system.target) as client:
+        handles = [Chaos(client).sleep(chaos_pb2.SleepArgs(millis=150, label=f"shared-{n}")) for n in range(24)]
+        assert sorted(h.get(timeout=60).label for h in handles) == sorted(f"shared-{n}" for n in range(24))
+        # Heartbeats come every 5 s: wait for both to count their share.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            workers = client.admin.ListWorkers(tasks_pb2.ListWorkersRequest()).workers
+            if len(workers) == 2 and sum(w.succeeded for w in workers) == 24:
+                break
+            time.sleep(0.5)
+        by_runtime = {("python" if "python" in w.version else "rust"): w.succeeded for w in workers}
+        assert set(by_runtime) == {"python", "rust"}, workers
+        assert by_runtime["python"] > 0 and by_runtime["rust"] > 0, by_runtime
+        assert sum(by_runtime.values()) == 24
+
+
+def test_sigterm_lets_the_running_task_finish(fresh_system):
+    worker = fresh_system.python_worker()
+    fresh_system.wait_for_tasks(PYTHON_TASKS)
+    with taskwire.Client(fresh_system.target) as client:
+        task = Chaos(client).sleep(chaos_pb2.SleepArgs(millis=1500, label="drained"))
+        for info in task.watch():
+            if info.state == taskwire.client.State.TASK_STATE_RUNNING:
+                break
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        assert task.get(timeout=5).label == "drained"
+
+
+def test_the_cluster_wide_concurrency_limit_holds(python_only):
+    # Chaos/Limited declares max_concurrency 5; the worker alone could run 100 at once.
+    with taskwire.Client(python_only.target) as client:
+        handles = [Chaos(client).limited(chaos_pb2.SleepArgs(millis=300, label=f"l{n}")) for n in range(15)]
+        for handle in handles:
+            handle.get(timeout=60)
+    spans = [tuple(map(float, line.split())) for line in open(python_only.execution_log)]
+    assert len(spans) == 15
+    most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert 2 <= most <= 5, spans
