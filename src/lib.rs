@@ -39,6 +39,7 @@ pub mod broker;
 mod context;
 mod error;
 pub mod propagation;
+pub use taskwire_schema as schema;
 pub mod service;
 pub mod task;
 #[cfg(feature = "telemetry")]

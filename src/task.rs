@@ -310,6 +310,8 @@ pub struct TaskType {
     pub declared: v1::TaskOptions,
     /// Its options, checked.
     pub options: Options,
+    /// The fingerprint of its input and output schemas ([`crate::schema`]).
+    pub descriptor_hash: String,
 }
 
 impl TaskType {
@@ -350,6 +352,10 @@ impl TaskType {
                     });
                 }
                 tasks.push(TaskType {
+                    descriptor_hash: crate::schema::descriptor_hash(
+                        &method.input(),
+                        &method.output(),
+                    ),
                     name,
                     input: method.input(),
                     output: method.output(),
@@ -369,6 +375,7 @@ impl TaskType {
             output_type: self.output.full_name().to_owned(),
             file_descriptor_set: file_descriptor_set.to_vec(),
             options: Some(self.declared.clone()),
+            descriptor_hash: self.descriptor_hash.clone(),
         }
     }
 

@@ -66,6 +66,9 @@ pub enum Error {
     /// Writing the generated code failed.
     #[error("could not write generated code: {0}")]
     Io(#[from] std::io::Error),
+    /// The compiled descriptors could not be read back.
+    #[error("could not read the compiled descriptors: {0}")]
+    Descriptors(String),
     /// `OUT_DIR` is not set and no output directory was given.
     #[error("OUT_DIR is not set: call this from a build script or set an output directory")]
     NoOutDir,
@@ -176,6 +179,18 @@ impl Builder {
         }
 
         let fds = compiler.file_descriptor_set();
+        // Producer stubs send the schema fingerprint of the proto they were built from.
+        let pool = prost_reflect::DescriptorPool::from_file_descriptor_set(fds.clone())
+            .map_err(|e| Error::Descriptors(e.to_string()))?;
+        let mut hashes = std::collections::HashMap::new();
+        for service in pool.services() {
+            for method in service.methods() {
+                hashes.insert(
+                    format!("{}/{}", service.full_name(), method.name()),
+                    taskwire_schema::descriptor_hash(&method.input(), &method.output()),
+                );
+            }
+        }
         for file in &fds.file {
             for service in &file.service {
                 if self
@@ -227,6 +242,7 @@ impl Builder {
             client: self.client,
             grpc_packages: self.grpc_packages.clone(),
             tonic,
+            hashes,
         }));
         config.compile_fds(fds)?;
         Ok(())
@@ -283,6 +299,8 @@ struct Generator {
     client: bool,
     grpc_packages: Vec<String>,
     tonic: Box<dyn ServiceGenerator>,
+    /// Schema fingerprint of each task, by task name.
+    hashes: std::collections::HashMap<String, String>,
 }
 
 impl ServiceGenerator for Generator {
@@ -295,7 +313,7 @@ impl ServiceGenerator for Generator {
             generate_worker(&service, buf);
         }
         if self.client {
-            generate_client(&service, buf);
+            generate_client(&service, &self.hashes, buf);
         }
     }
 
@@ -402,7 +420,11 @@ fn generate_worker(service: &Service, buf: &mut String) {
     );
 }
 
-fn generate_client(service: &Service, buf: &mut String) {
+fn generate_client(
+    service: &Service,
+    hashes: &std::collections::HashMap<String, String>,
+    buf: &mut String,
+) {
     let name = &service.name;
     let full = format!("{}.{}", service.package, service.proto_name);
     let _ = writeln!(
@@ -423,10 +445,11 @@ fn generate_client(service: &Service, buf: &mut String) {
         doc_lines(&method.comments, "    ", buf);
         let _ = writeln!(
             buf,
-            "    /// Submits `{task}` and returns a handle to its result.\n    pub async fn {m}(&self, args: {input}) -> ::core::result::Result<::taskwire_client::TaskHandle<{output}>, ::taskwire_client::Error> {{\n        self.inner.submit(\"{task}\", &args, ::taskwire_client::SubmitOptions::default()).await\n    }}\n\
-             \x20   /// Submits `{task}` with options such as an idempotency key.\n    pub async fn {m}_with(&self, args: {input}, options: ::taskwire_client::SubmitOptions) -> ::core::result::Result<::taskwire_client::TaskHandle<{output}>, ::taskwire_client::Error> {{\n        self.inner.submit(\"{task}\", &args, options).await\n    }}\n\
+            "    /// Submits `{task}` and returns a handle to its result.\n    pub async fn {m}(&self, args: {input}) -> ::core::result::Result<::taskwire_client::TaskHandle<{output}>, ::taskwire_client::Error> {{\n        self.{m}_with(args, ::taskwire_client::SubmitOptions::default()).await\n    }}\n\
+             \x20   /// Submits `{task}` with options such as an idempotency key. Sends the schema\n    /// fingerprint of this build, so a gateway whose workers registered another schema refuses it.\n    pub async fn {m}_with(&self, args: {input}, options: ::taskwire_client::SubmitOptions) -> ::core::result::Result<::taskwire_client::TaskHandle<{output}>, ::taskwire_client::Error> {{\n        self.inner.submit_described(\"{task}\", \"{hash}\", &args, options).await\n    }}\n\
              \x20   /// Submits `{task}` and waits up to `timeout` for its result, in one call.\n    pub async fn {m}_and_wait(&self, args: {input}, timeout: ::std::time::Duration) -> ::core::result::Result<{output}, ::taskwire_client::Error> {{\n        self.inner.run(\"{task}\", &args, ::taskwire_client::SubmitOptions::default(), timeout).await\n    }}",
             m = method.name,
+            hash = hashes.get(&task).map_or("", String::as_str),
             input = method.input_type,
             output = method.output_type,
         );

@@ -70,6 +70,7 @@ async fn magic_add_through_grpc_gives_6() -> anyhow::Result<()> {
                 r#"{"arg1":1,"arg2":2,"arg3":3}"#.into(),
             )),
             options: None,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -85,6 +86,7 @@ async fn magic_add_through_grpc_gives_6() -> anyhow::Result<()> {
                 .encode_to_vec(),
             )),
             options: None,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -261,6 +263,7 @@ async fn bad_input_gets_a_status_and_nothing_is_published() -> anyhow::Result<()
                 task: task.into(),
                 args: Some(args),
                 options: None,
+                ..Default::default()
             })
             .await
             .expect_err("bad input must be refused");
@@ -323,6 +326,7 @@ async fn bad_input_gets_a_status_and_nothing_is_published() -> anyhow::Result<()
                 task: ADD.into(),
                 args: Some(json("{}")),
                 options: Some(options),
+                ..Default::default()
             })
             .await
             .expect_err("bad options must be refused");
@@ -347,10 +351,33 @@ async fn bad_input_gets_a_status_and_nothing_is_published() -> anyhow::Result<()
             task: ADD.into(),
             args: None,
             options: None,
+            ..Default::default()
         })
         .await
         .expect_err("missing args");
     assert_eq!(missing.code(), Code::InvalidArgument);
+    // A producer built from another version of the proto: refused, naming both versions. (The
+    // typed stubs send the fingerprint of their build; every typed submission in these tests
+    // is checked the same way and accepted.)
+    let registered = taskwire::schema::task_hash(taskwire::FILE_DESCRIPTOR_SET, ADD)
+        .expect("the descriptors describe Add");
+    let other = grpc
+        .submit(v1::SubmitRequest {
+            task: ADD.into(),
+            args: Some(json("{}")),
+            options: None,
+            descriptor_hash: "0".repeat(64),
+        })
+        .await
+        .expect_err("another schema");
+    assert_eq!(other.code(), Code::FailedPrecondition, "{other:?}");
+    for says in [ADD, "000000000000", &registered[..12]] {
+        assert!(
+            other.message().contains(says),
+            "{:?} should say {says:?}",
+            other.message()
+        );
+    }
     let bad_id = client.get("a.b", false).await.expect_err("bad id");
     assert_eq!(bad_id.code(), Some(Code::InvalidArgument));
     let unknown_id = client

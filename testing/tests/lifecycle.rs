@@ -593,6 +593,7 @@ async fn bad_lifecycle_options_are_refused_naming_the_field() -> anyhow::Result<
                 task: "examples.magic.v1.Magic/Add".into(),
                 args: Some(v1::submit_request::Args::ArgsJson("{}".into())),
                 options: Some(options),
+                ..Default::default()
             })
             .await
             .expect_err(field);

@@ -322,6 +322,7 @@ async fn json_logs_carry_the_task_of_each_line() -> anyhow::Result<()> {
             r#"{"succeedOnAttempt":2}"#.into(),
         )),
         options: None,
+        ..Default::default()
     });
     request.metadata_mut().insert(
         "traceparent",

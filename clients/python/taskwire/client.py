@@ -1,5 +1,6 @@
 """The synchronous client, task handles, typed service stubs and errors."""
 
+import functools
 import re
 from typing import Any, Iterator, Optional
 
@@ -7,6 +8,7 @@ import grpc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2, message as _message
 
+from taskwire import schema
 from taskwire.options import submit_options
 from taskwire.v1 import tasks_pb2, tasks_pb2_grpc
 
@@ -102,12 +104,18 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def submit(self, task: str, args: _message.Message, output: Optional[type] = None, **options) -> "TaskHandle":
+    def submit(
+        self, task: str, args: _message.Message, output: Optional[type] = None, descriptor_hash: str = "", **options
+    ) -> "TaskHandle":
         """Stores `task` with `args` (its input message) and returns a handle; keyword options:
         idempotency_key, max_attempts, timeout, countdown, eta, priority, ttl, expires,
-        result_ttl."""
+        result_ttl. With `descriptor_hash` (typed stubs send it), a gateway whose workers
+        registered another schema of the task refuses it (FAILED_PRECONDITION)."""
         request = tasks_pb2.SubmitRequest(
-            task=task, args_proto=args.SerializeToString(), options=submit_options(**options)
+            task=task,
+            args_proto=args.SerializeToString(),
+            options=submit_options(**options),
+            descriptor_hash=descriptor_hash,
         )
         response = _call(self.tasks.Submit, request)
         return TaskHandle(self, response.task_id, output)
@@ -170,6 +178,11 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+@functools.lru_cache(maxsize=None)
+def _descriptor_hash(method: _descriptor.MethodDescriptor) -> str:
+    return schema.descriptor_hash(method.input_type, method.output_type)
+
+
 class TaskMethod:
     """One task of a service: call it with its input message, or `.delay(*fields)` as in
     Celery."""
@@ -179,9 +192,11 @@ class TaskMethod:
         self.name = f"{method.containing_service.full_name}/{method.name}"
         self.input = getattr(messages, method.input_type.name)
         self.output = getattr(messages, method.output_type.name)
+        self.descriptor_hash = _descriptor_hash(method)
 
     def __call__(self, args: Optional[_message.Message] = None, **options) -> TaskHandle:
-        return self.client.submit(self.name, args if args is not None else self.input(), self.output, **options)
+        args = args if args is not None else self.input()
+        return self.client.submit(self.name, args, self.output, descriptor_hash=self.descriptor_hash, **options)
 
     def _args(self, fields: tuple, values: dict) -> _message.Message:
         names = [f.name for f in self.input.DESCRIPTOR.fields]

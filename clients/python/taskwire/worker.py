@@ -47,6 +47,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional
 from google.protobuf import descriptor_pb2
 from google.protobuf.message import DecodeError, Message
 
+from taskwire.schema import descriptor_hash
 from taskwire.v1 import options_pb2, tasks_pb2
 
 try:
@@ -457,6 +458,7 @@ class Worker:
             output_type=method.output_type.full_name,
             file_descriptor_set=_descriptor_set(service.file),
             options=declared,
+            descriptor_hash=descriptor_hash(method.input_type, method.output_type),
         )
         task = Task(
             name=name,

@@ -10,6 +10,7 @@ import taskwire
 import taskwire.aio
 from examples.chaos.v1 import chaos_pb2
 from examples.magic.v1 import magic_pb2, magic_pb2_grpc
+from taskwire.v1 import tasks_pb2
 
 Magic = taskwire.service(magic_pb2, "Magic")
 Chaos = taskwire.service(chaos_pb2, "Chaos")
@@ -89,3 +90,16 @@ def test_asyncio_client(system):
             assert await handle.state() == "succeeded"
 
     asyncio.run(run())
+
+
+def test_the_schema_fingerprint_matches_the_workers(client):
+    # The Python stub computes the same fingerprint the Rust worker registered...
+    listed = {t.name: t.descriptor_hash for t in client.admin.ListTaskTypes(tasks_pb2.ListTaskTypesRequest()).task_types}
+    add = Magic(client).add
+    assert len(add.descriptor_hash) == 64
+    assert listed["examples.magic.v1.Magic/Add"] == add.descriptor_hash
+    # ...and a producer built from another version of the proto is refused, naming both.
+    with pytest.raises(taskwire.Error) as refused:
+        client.submit("examples.magic.v1.Magic/Add", magic_pb2.AddArgs(), descriptor_hash="f" * 64)
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "ffffffffffff" in refused.value.details and add.descriptor_hash[:12] in refused.value.details

@@ -298,17 +298,54 @@ impl Client {
         .await
     }
 
+    /// Submits typed arguments as [`Client::submit`] does, with the producer's schema
+    /// fingerprint ([`taskwire::schema`]): when the workers registered another schema for
+    /// `task`, the gateway refuses it with FAILED_PRECONDITION instead of storing a task they
+    /// would misread. Generated stubs call this.
+    pub async fn submit_described<O: prost::Message + Default>(
+        &self,
+        task: &str,
+        descriptor_hash: &str,
+        args: &impl prost::Message,
+        options: SubmitOptions,
+    ) -> Result<TaskHandle<O>, Error> {
+        let id = self
+            .submit_request(v1::SubmitRequest {
+                task: task.to_owned(),
+                args: Some(v1::submit_request::Args::ArgsProto(args.encode_to_vec())),
+                options: Some(options.into_proto()),
+                descriptor_hash: descriptor_hash.to_owned(),
+            })
+            .await?
+            .task_id;
+        Ok(TaskHandle {
+            client: self.clone(),
+            id,
+            output: PhantomData,
+        })
+    }
+
     async fn submit_raw(
         &self,
         task: &str,
         args: v1::submit_request::Args,
         options: SubmitOptions,
     ) -> Result<v1::SubmitResponse, Error> {
-        let request = v1::SubmitRequest {
+        self.submit_request(v1::SubmitRequest {
             task: task.to_owned(),
             args: Some(args),
             options: Some(options.into_proto()),
-        };
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn submit_request(
+        &self,
+        request: v1::SubmitRequest,
+    ) -> Result<v1::SubmitResponse, Error> {
+        let task = request.task.clone();
+        let task = task.as_str();
         let span = submit_span(task, "Submit");
         async {
             let mut request = tonic::Request::new(request);
@@ -335,6 +372,7 @@ impl Client {
                 task: task.to_owned(),
                 args: Some(args),
                 options: Some(options.into_proto()),
+                ..Default::default()
             }),
             timeout: prost_types::Duration::try_from(timeout).ok(),
             include_json: json,
@@ -645,6 +683,7 @@ pub fn request(
         task: task.to_owned(),
         args: Some(v1::submit_request::Args::ArgsProto(args.encode_to_vec())),
         options: Some(options.into_proto()),
+        ..Default::default()
     }
 }
 
@@ -654,6 +693,7 @@ pub fn request_json(task: &str, json: &str, options: SubmitOptions) -> v1::Submi
         task: task.to_owned(),
         args: Some(v1::submit_request::Args::ArgsJson(json.to_owned())),
         options: Some(options.into_proto()),
+        ..Default::default()
     }
 }
 

@@ -23,6 +23,9 @@ pub const ASYNC: &str = "taskwire-async";
 pub const TASK_ID: &str = "taskwire-task-id";
 /// Request metadata with an idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "taskwire-idempotency-key";
+/// Request metadata with the producer's schema fingerprint, checked like
+/// `SubmitRequest.descriptor_hash`.
+pub const DESCRIPTOR_HASH: &str = "taskwire-descriptor-hash";
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
@@ -141,6 +144,12 @@ async fn run(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let descriptor_hash = request
+        .metadata()
+        .get(DESCRIPTOR_HASH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let wait = deadline(&request);
     let submit = v1::SubmitRequest {
         task: path.to_owned(),
@@ -151,6 +160,7 @@ async fn run(
             idempotency_key,
             ..Default::default()
         }),
+        descriptor_hash,
     };
     let with_id = |body: Bytes, id: &str| -> Result<Response<Bytes>, Status> {
         let mut response = Response::new(body);

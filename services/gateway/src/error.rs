@@ -45,6 +45,14 @@ pub enum Error {
     )]
     NoSchedules,
     #[error(
+        "task {task}: the producer's schema is version {producer}, the workers registered version {registered}; their input or output messages differ. Build the producer and the workers from the same proto (regenerate the client, or deploy workers of the producer's proto)"
+    )]
+    SchemaMismatch {
+        task: String,
+        producer: String,
+        registered: String,
+    },
+    #[error(
         "task {id} has finished already ({state}); only a task that has not finished can be cancelled"
     )]
     Finished { id: String, state: &'static str },
@@ -88,7 +96,9 @@ impl Error {
             Error::BrokerDown(_) => Code::Unavailable,
             Error::Broker(_) | Error::BadResult(..) | Error::Startup(_) => Code::Internal,
             Error::QueueFull(_) => Code::ResourceExhausted,
-            Error::Finished { .. } | Error::NoSchedules => Code::FailedPrecondition,
+            Error::Finished { .. } | Error::NoSchedules | Error::SchemaMismatch { .. } => {
+                Code::FailedPrecondition
+            }
             Error::StillRunning { .. } => Code::DeadlineExceeded,
         }
     }

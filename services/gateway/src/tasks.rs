@@ -251,6 +251,15 @@ impl Gateway {
     pub(crate) async fn prepare(&self, req: v1::SubmitRequest) -> Result<Prepared, Error> {
         let name = Name::parse(&req.task).map_err(Error::InvalidName)?;
         let task_type = self.registry.get(&name).await?;
+        if !req.descriptor_hash.is_empty() && req.descriptor_hash != task_type.descriptor_hash {
+            // Twelve hex digits name a version well enough to tell which build is which.
+            let short = |hash: &str| hash.chars().take(12).collect::<String>();
+            return Err(Error::SchemaMismatch {
+                task: name.to_string(),
+                producer: short(&req.descriptor_hash),
+                registered: short(&task_type.descriptor_hash),
+            });
+        }
         let (args, message) = match req.args {
             Some(v1::submit_request::Args::ArgsProto(bytes)) => {
                 payload::from_proto(&task_type.input, Bytes::from(bytes), self.max_payload)?
@@ -1128,6 +1137,7 @@ impl v1::admin_server::Admin for TasksService {
                 output_type: t.output.full_name().to_owned(),
                 file_descriptor_set: Vec::new(),
                 options: Some(t.declared.clone()),
+                descriptor_hash: t.descriptor_hash.clone(),
             })
             .collect();
         Ok(Response::new(v1::ListTaskTypesResponse { task_types }))

@@ -45,16 +45,18 @@ TASK_STATE_SCHEDULED: TaskState
 TASK_STATE_EXPIRED: TaskState
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("task", "args_proto", "args_json", "options")
+    __slots__ = ("task", "args_proto", "args_json", "options", "descriptor_hash")
     TASK_FIELD_NUMBER: _ClassVar[int]
     ARGS_PROTO_FIELD_NUMBER: _ClassVar[int]
     ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTOR_HASH_FIELD_NUMBER: _ClassVar[int]
     task: str
     args_proto: bytes
     args_json: str
     options: SubmitOptions
-    def __init__(self, task: _Optional[str] = ..., args_proto: _Optional[bytes] = ..., args_json: _Optional[str] = ..., options: _Optional[_Union[SubmitOptions, _Mapping]] = ...) -> None: ...
+    descriptor_hash: str
+    def __init__(self, task: _Optional[str] = ..., args_proto: _Optional[bytes] = ..., args_json: _Optional[str] = ..., options: _Optional[_Union[SubmitOptions, _Mapping]] = ..., descriptor_hash: _Optional[str] = ...) -> None: ...
 
 class SubmitOptions(_message.Message):
     __slots__ = ("idempotency_key", "max_attempts", "timeout", "backoff_initial", "backoff_max", "not_before", "countdown", "priority", "expires_at", "ttl", "result_ttl")
@@ -211,18 +213,20 @@ class ListTaskTypesResponse(_message.Message):
     def __init__(self, task_types: _Optional[_Iterable[_Union[TaskType, _Mapping]]] = ...) -> None: ...
 
 class TaskType(_message.Message):
-    __slots__ = ("name", "input_type", "output_type", "file_descriptor_set", "options")
+    __slots__ = ("name", "input_type", "output_type", "file_descriptor_set", "options", "descriptor_hash")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_TYPE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TYPE_FIELD_NUMBER: _ClassVar[int]
     FILE_DESCRIPTOR_SET_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTOR_HASH_FIELD_NUMBER: _ClassVar[int]
     name: str
     input_type: str
     output_type: str
     file_descriptor_set: bytes
     options: _options_pb2.TaskOptions
-    def __init__(self, name: _Optional[str] = ..., input_type: _Optional[str] = ..., output_type: _Optional[str] = ..., file_descriptor_set: _Optional[bytes] = ..., options: _Optional[_Union[_options_pb2.TaskOptions, _Mapping]] = ...) -> None: ...
+    descriptor_hash: str
+    def __init__(self, name: _Optional[str] = ..., input_type: _Optional[str] = ..., output_type: _Optional[str] = ..., file_descriptor_set: _Optional[bytes] = ..., options: _Optional[_Union[_options_pb2.TaskOptions, _Mapping]] = ..., descriptor_hash: _Optional[str] = ...) -> None: ...
 
 class ListDeadLettersRequest(_message.Message):
     __slots__ = ("task", "limit")
