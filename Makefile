@@ -19,7 +19,7 @@ export TASKWIRE_NATS_SERVER := $(NATS_SERVER)
 export TASKWIRE_PYTHON := $(VENV)/bin/python
 FIXTURE := testing/fixtures/external
 
-.PHONY: help dev test tools chromium build lint fmt clippy schema fixture python typescript bench chaos clean
+.PHONY: help dev test tools chromium build lint fmt clippy schema manifests fixture python typescript bench chaos clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -28,7 +28,7 @@ dev: $(NATS_SERVER) ## Start nats-server, the gateway and the example worker (Ct
 	$(CARGO) build --workspace --bins
 	./target/debug/taskwire dev
 
-test: tools lint schema build fixture ## Run every check and test (what CI runs)
+test: tools lint schema manifests build fixture ## Run every check and test (what CI runs)
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 	$(MAKE) --no-print-directory python typescript
@@ -39,6 +39,9 @@ python: $(PYTHON_DEPS) ## The Python client and worker: generated modules up to 
 
 typescript: $(PYTHON_DEPS) ## The TypeScript client: generated code up to date, node tests against a real system
 	bash clients/typescript/check.sh
+
+manifests: $(NATS_SERVER) ## hadolint the Dockerfiles, render and validate the Kubernetes manifests and NATS configs
+	bash deploy/check.sh
 
 # buf lint, and buf breaking against the protos of the previous commit (wire and JSON
 # compatibility); a clone without that commit has nothing to compare with.

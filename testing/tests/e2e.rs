@@ -620,6 +620,20 @@ async fn cli_submits_gets_and_lists() -> anyhow::Result<()> {
     let result: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(result, serde_json::json!({ "sum": 6 }));
 
+    // The health check containers use: the gateway serves; a closed port does not.
+    let addr = gateway.url().trim_start_matches("http://").to_owned();
+    let out = cli(&["health", "--grpc", &addr]).output().await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "serving");
+    let closed = taskwire_cli::stack::free_addr()?.to_string();
+    let out = cli(&["health", "--grpc", &closed]).output().await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+
     let out = cli(&["submit", ADD, r#"{"arg1":2,"arg2":2,"arg3":3}"#])
         .output()
         .await?;

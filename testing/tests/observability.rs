@@ -105,6 +105,16 @@ async fn metrics_count_a_known_workload_and_inspect_shows_it() -> anyhow::Result
         client.workers().await.is_ok_and(|w| w.len() == 1)
     })
     .await?;
+    // Its health check, as containers run it.
+    let health = tokio::process::Command::new(bin("taskwire")?)
+        .args(["health", "--http", &format!("http://{worker_http}/healthz")])
+        .output()
+        .await?;
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
 
     let magic = MagicClient::new(client.clone());
     for i in 0..5 {

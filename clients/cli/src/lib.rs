@@ -13,6 +13,7 @@
 
 pub mod bench;
 pub mod dev;
+pub mod health;
 pub mod stack;
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
@@ -131,6 +132,8 @@ pub enum Command {
     Dev(dev::Options),
     /// Push tasks through a local system and print throughput and latency as JSON.
     Bench(bench::Options),
+    /// Exit 0 when a gateway (gRPC health) or a worker (HTTP /healthz) is serving.
+    Health(health::Options),
 }
 
 /// When a task may run: delay, priority, expiry.
@@ -690,6 +693,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         }
         Command::Dev(options) => dev::run(options).await.map(|()| 0),
         Command::Bench(options) => bench::run(options).await.map(|()| 0),
+        Command::Health(options) => health::run(options).await.map(|()| 0),
     }
 }
 
