@@ -1,0 +1,162 @@
+// A real nats-server, gateway and Rust test worker for the tests, on free loopback ports.
+
+import { type ChildProcess, spawn } from "node:child_process";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+
+import { Client } from "../src";
+import { AdminDefinition } from "../src/gen/taskwire/v1/tasks";
+
+const ROOT = path.resolve(__dirname, "..", "..", "..", "..");
+const READY_WITHIN_MS = 30_000;
+const STOP_WITHIN_MS = 15_000;
+
+/** The tasks the tests use; the system is ready once a worker has registered them all. */
+const TASKS = ["examples.magic.v1.Magic/Add", "examples.chaos.v1.Chaos/Flaky", "examples.chaos.v1.Chaos/Sleep"];
+
+export interface System {
+  /** host:port of the gateway. */
+  address: string;
+  stop(): Promise<void>;
+}
+
+/** A started process, with the end of what it wrote to stderr for error messages. */
+class Process {
+  private stderr = "";
+  readonly child: ChildProcess;
+
+  constructor(
+    readonly name: string,
+    command: string,
+    args: string[],
+    env: NodeJS.ProcessEnv,
+  ) {
+    this.child = spawn(command, args, { env, stdio: ["ignore", "ignore", "pipe"] });
+    this.child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
+      this.stderr = (this.stderr + chunk).slice(-4000);
+    });
+    this.child.on("error", (err) => {
+      this.stderr += `\n${err.message}`;
+    });
+  }
+
+  get exited(): boolean {
+    return this.child.exitCode !== null || this.child.signalCode !== null;
+  }
+
+  /** Why it is not running, for an error message. */
+  describeExit(): string {
+    const how = this.child.exitCode !== null ? `code ${this.child.exitCode}` : `signal ${this.child.signalCode}`;
+    return `${this.name} exited with ${how}${this.stderr ? `:\n${this.stderr.trim()}` : ""}`;
+  }
+
+  /** SIGTERM, then SIGKILL if it has not ended in time. */
+  async stop(): Promise<void> {
+    if (this.exited) return;
+    const ended = new Promise((resolve) => this.child.once("exit", resolve));
+    this.child.kill("SIGTERM");
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), STOP_WITHIN_MS);
+    await ended;
+    clearTimeout(timer);
+  }
+}
+
+function binary(name: string): string {
+  const file = path.join(process.env["TASKWIRE_BIN_DIR"] ?? path.join(ROOT, "target", "debug"), name);
+  if (!fs.existsSync(file)) throw new Error(`${file} is missing: run cargo build --workspace --bins first`);
+  return file;
+}
+
+function natsServer(): string {
+  const candidates = [process.env["TASKWIRE_NATS_SERVER"], path.join(ROOT, ".tools", "venv", "bin", "nats-server")];
+  for (const dir of (process.env["PATH"] ?? "").split(path.delimiter)) candidates.push(path.join(dir, "nats-server"));
+  const found = candidates.find((file) => file !== undefined && file !== "" && fs.existsSync(file));
+  if (found === undefined) throw new Error("nats-server not found: run make tools, or set TASKWIRE_NATS_SERVER");
+  return found;
+}
+
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve, reject) => server.once("error", reject).listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, "127.0.0.1");
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+  });
+}
+
+async function until(what: string, ready: () => Promise<boolean>, running: Process[]): Promise<void> {
+  const deadline = Date.now() + READY_WITHIN_MS;
+  while (Date.now() < deadline) {
+    const dead = running.find((p) => p.exited);
+    if (dead !== undefined) throw new Error(dead.describeExit());
+    if (await ready()) return;
+    await sleep(50);
+  }
+  throw new Error(`${what} within ${READY_WITHIN_MS / 1000} s`);
+}
+
+async function registered(address: string): Promise<boolean> {
+  const client = new Client(address);
+  try {
+    const { taskTypes } = await client.unary(AdminDefinition, "listTaskTypes", {}, { timeout: 2 });
+    const names = new Set(taskTypes.map((t) => t.name));
+    return TASKS.every((task) => names.has(task));
+  } catch {
+    return false;
+  } finally {
+    client.close();
+  }
+}
+
+/** Starts nats-server, the gateway and the test worker; resolves once the worker's tasks are registered. */
+export async function startSystem(): Promise<System> {
+  const store = fs.mkdtempSync(path.join(os.tmpdir(), "taskwire-ts-"));
+  const processes: Process[] = [];
+  // Should the tests end without stop() (a crash, a signal), the processes end with them.
+  const killAll = () => {
+    processes.forEach((p) => p.exited || p.child.kill("SIGKILL"));
+    fs.rmSync(store, { recursive: true, force: true });
+  };
+  const onSignal = (signal: NodeJS.Signals) => {
+    killAll();
+    process.kill(process.pid, signal);
+  };
+  process.on("exit", killAll);
+  process.once("SIGINT", onSignal).once("SIGTERM", onSignal);
+  const stop = async () => {
+    for (const p of [...processes].reverse()) await p.stop();
+    process.off("exit", killAll).off("SIGINT", onSignal).off("SIGTERM", onSignal);
+    fs.rmSync(store, { recursive: true, force: true });
+  };
+  try {
+    const natsPort = await freePort();
+    const nats = new Process("nats-server", natsServer(), ["-js", "-a", "127.0.0.1", "-p", `${natsPort}`, "-sd", store], process.env);
+    processes.push(nats);
+    await until(`nats-server did not listen on ${natsPort}`, () => accepts(natsPort), processes);
+
+    const env = { ...process.env, TASKWIRE_NATS_URL: `nats://127.0.0.1:${natsPort}`, TASKWIRE_LOG: "warn" };
+    const gatewayPort = await freePort();
+    const address = `127.0.0.1:${gatewayPort}`;
+    processes.push(new Process("the gateway", binary("taskwire-gateway"), [], { ...env, TASKWIRE_GATEWAY_ADDR: address }));
+    processes.push(new Process("the test worker", binary("taskwire-test-worker"), [], env));
+    await until(`the gateway did not listen on ${gatewayPort}`, () => accepts(gatewayPort), processes);
+    await until(`the worker did not register ${TASKS.join(", ")}`, () => registered(address), processes);
+    return { address, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
