@@ -202,6 +202,20 @@ pub mod env {
     pub const REPLICAS: &str = "TASKWIRE_REPLICAS";
     /// Most tasks queued per task type; a full queue refuses new tasks.
     pub const MAX_QUEUED: &str = "TASKWIRE_MAX_QUEUED";
+    /// A NATS `.creds` file.
+    pub const NATS_CREDS: &str = "TASKWIRE_NATS_CREDS";
+    /// A file holding an nkey seed.
+    pub const NATS_NKEY: &str = "TASKWIRE_NATS_NKEY";
+    /// A NATS user (with `TASKWIRE_NATS_PASSWORD`).
+    pub const NATS_USER: &str = "TASKWIRE_NATS_USER";
+    /// The NATS user's password.
+    pub const NATS_PASSWORD: &str = "TASKWIRE_NATS_PASSWORD";
+    /// CA certificate(s) for TLS to NATS.
+    pub const NATS_CA: &str = "TASKWIRE_NATS_CA";
+    /// Client certificate for TLS to NATS (with `TASKWIRE_NATS_KEY`).
+    pub const NATS_CERT: &str = "TASKWIRE_NATS_CERT";
+    /// Key of the client certificate.
+    pub const NATS_KEY: &str = "TASKWIRE_NATS_KEY";
 }
 
 /// Settings of the streams and buckets, the same for every process that creates them.
@@ -640,6 +654,126 @@ async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv
                 .await
                 .map_err(|_| Error::Registry(format!("bucket {bucket}: {create}"))),
         },
+    }
+}
+
+/// How a process authenticates to NATS and secures the connection: a `.creds` file, an nkey
+/// seed, or a user and password, and TLS with a CA and optionally a client certificate. Read
+/// from `TASKWIRE_NATS_CREDS`, `TASKWIRE_NATS_NKEY` (a file holding the seed),
+/// `TASKWIRE_NATS_USER` / `TASKWIRE_NATS_PASSWORD`, `TASKWIRE_NATS_CA`, `TASKWIRE_NATS_CERT` and
+/// `TASKWIRE_NATS_KEY`; the gateway, the workers and the CLI use the same settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsAuth {
+    /// A `.creds` file (user JWT and nkey seed).
+    pub creds_file: Option<std::path::PathBuf>,
+    /// A file holding an nkey seed (`SU…`).
+    pub nkey_file: Option<std::path::PathBuf>,
+    /// A user and password.
+    pub user_password: Option<(String, String)>,
+    /// CA certificate(s) to trust (PEM); turns TLS on.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and key (PEM) for servers that verify clients.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl NatsAuth {
+    /// The settings in the environment. Errors name the variable to fix.
+    pub fn from_env() -> Result<Self, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let path = |name: &str| var(name).map(std::path::PathBuf::from);
+        let mut auth = Self {
+            creds_file: path(env::NATS_CREDS),
+            nkey_file: path(env::NATS_NKEY),
+            ca_file: path(env::NATS_CA),
+            ..Self::default()
+        };
+        match (var(env::NATS_USER), var(env::NATS_PASSWORD)) {
+            (Some(user), Some(password)) => auth.user_password = Some((user, password)),
+            (None, None) => {}
+            _ => {
+                return Err(format!(
+                    "set both {} and {}, or neither",
+                    env::NATS_USER,
+                    env::NATS_PASSWORD
+                ));
+            }
+        }
+        match (path(env::NATS_CERT), path(env::NATS_KEY)) {
+            (Some(cert), Some(key)) => auth.client_cert = Some((cert, key)),
+            (None, None) => {}
+            _ => {
+                return Err(format!(
+                    "set both {} and {}, or neither",
+                    env::NATS_CERT,
+                    env::NATS_KEY
+                ));
+            }
+        }
+        let ways = [
+            auth.creds_file.is_some(),
+            auth.nkey_file.is_some(),
+            auth.user_password.is_some(),
+        ];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            return Err(format!(
+                "set one of {}, {} and {}/{}",
+                env::NATS_CREDS,
+                env::NATS_NKEY,
+                env::NATS_USER,
+                env::NATS_PASSWORD
+            ));
+        }
+        Ok(auth)
+    }
+
+    /// `options` with these settings applied. Files are read now, so a missing or empty one
+    /// stops the process at start rather than at the first reconnect.
+    pub async fn apply(
+        &self,
+        mut options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, String> {
+        if let Some(file) = &self.creds_file {
+            options = options
+                .credentials_file(file)
+                .await
+                .map_err(|e| format!("{}={}: {e}", env::NATS_CREDS, file.display()))?;
+        }
+        if let Some(file) = &self.nkey_file {
+            let seed = std::fs::read_to_string(file)
+                .map_err(|e| format!("{}={}: {e}", env::NATS_NKEY, file.display()))?;
+            let seed = seed.trim();
+            if !seed.starts_with('S') {
+                return Err(format!(
+                    "{}={} does not hold an nkey seed (a line starting with S)",
+                    env::NATS_NKEY,
+                    file.display()
+                ));
+            }
+            options = options.nkey(seed.to_owned());
+        }
+        if let Some((user, password)) = &self.user_password {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        for (name, file) in [
+            (env::NATS_CA, self.ca_file.as_ref()),
+            (env::NATS_CERT, self.client_cert.as_ref().map(|c| &c.0)),
+            (env::NATS_KEY, self.client_cert.as_ref().map(|c| &c.1)),
+        ] {
+            if let Some(file) = file
+                && !file.is_file()
+            {
+                return Err(format!("{name}={}: no such file", file.display()));
+            }
+        }
+        if let Some(ca) = &self.ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        Ok(options)
     }
 }
 

@@ -161,13 +161,7 @@ impl Builder {
             Some(dir) => dir.clone(),
             None => PathBuf::from(std::env::var_os("OUT_DIR").ok_or(Error::NoOutDir)?),
         };
-        let mut resolver = ChainFileResolver::new();
-        for include in includes {
-            resolver.add(IncludeFileResolver::new(include.as_ref().to_owned()));
-        }
-        resolver.add(BuiltinResolver);
-        resolver.add(GoogleFileResolver::new());
-        let mut compiler = protox::Compiler::with_file_resolver(resolver);
+        let mut compiler = protox::Compiler::with_file_resolver(resolver(includes));
         compiler.include_imports(true).include_source_info(true);
         compiler.open_files(protos)?;
 
@@ -251,6 +245,30 @@ impl Builder {
 
 /// Serves taskwire's own protos to imports.
 struct BuiltinResolver;
+
+/// Looks files up in `includes`, then among taskwire's built-in protos and Google's.
+fn resolver(includes: &[impl AsRef<Path>]) -> ChainFileResolver {
+    let mut resolver = ChainFileResolver::new();
+    for include in includes {
+        resolver.add(IncludeFileResolver::new(include.as_ref().to_owned()));
+    }
+    resolver.add(BuiltinResolver);
+    resolver.add(GoogleFileResolver::new());
+    resolver
+}
+
+/// Compiles `protos` (paths relative to one of `includes`) into an encoded
+/// `FileDescriptorSet` with their imports and custom options, as workers register them: for
+/// tools that read task contracts at run time, such as `taskwire k8s scaledobjects`.
+pub fn describe(
+    protos: &[impl AsRef<Path>],
+    includes: &[impl AsRef<Path>],
+) -> Result<Vec<u8>, Error> {
+    let mut compiler = protox::Compiler::with_file_resolver(resolver(includes));
+    compiler.include_imports(true).include_source_info(false);
+    compiler.open_files(protos)?;
+    Ok(compiler.encode_file_descriptor_set())
+}
 
 impl FileResolver for BuiltinResolver {
     fn open_file(&self, name: &str) -> Result<File, protox::Error> {

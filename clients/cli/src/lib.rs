@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod dev;
 pub mod health;
+pub mod k8s;
 pub mod stack;
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
@@ -134,6 +135,9 @@ pub enum Command {
     Bench(bench::Options),
     /// Exit 0 when a gateway (gRPC health) or a worker (HTTP /healthz) is serving.
     Health(health::Options),
+    /// Kubernetes objects generated from the task contracts.
+    #[command(subcommand)]
+    K8s(k8s::Command),
 }
 
 /// When a task may run: delay, priority, expiry.
@@ -694,6 +698,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Dev(options) => dev::run(options).await.map(|()| 0),
         Command::Bench(options) => bench::run(options).await.map(|()| 0),
         Command::Health(options) => health::run(options).await.map(|()| 0),
+        Command::K8s(command) => k8s::run(command).map(|()| 0),
     }
 }
 

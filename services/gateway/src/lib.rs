@@ -78,6 +78,8 @@ pub struct Config {
     pub descriptor_sets: Vec<Vec<u8>>,
     /// Where to serve Prometheus metrics (`/metrics`) over HTTP; none when unset.
     pub http_addr: Option<std::net::SocketAddr>,
+    /// Credentials and TLS for the NATS connection.
+    pub nats_auth: broker::NatsAuth,
 }
 
 impl Config {
@@ -89,6 +91,7 @@ impl Config {
             broker: broker::Settings::default(),
             descriptor_sets: Vec::new(),
             http_addr: None,
+            nats_auth: broker::NatsAuth::default(),
         }
     }
 }
@@ -118,9 +121,15 @@ pub async fn serve(
                 .map_err(|e| Error::Startup(format!("bad descriptor set: {e}")))?,
         );
     }
-    let client = async_nats::ConnectOptions::new()
+    let options = async_nats::ConnectOptions::new()
         .name("taskwire-gateway")
-        .connection_timeout(Duration::from_secs(5))
+        .connection_timeout(Duration::from_secs(5));
+    let options = config
+        .nats_auth
+        .apply(options)
+        .await
+        .map_err(Error::Startup)?;
+    let client = options
         .connect(broker::servers(&config.nats_url))
         .await
         .map_err(|e| {

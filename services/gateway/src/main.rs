@@ -62,6 +62,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = Config::new(args.nats_url);
     config.max_payload = args.max_payload;
     config.broker = taskwire::broker::Settings::from_env().map_err(anyhow::Error::msg)?;
+    config.nats_auth = taskwire::broker::NatsAuth::from_env().map_err(anyhow::Error::msg)?;
     config.broker.result_ttl = args.result_ttl;
     config.broker.replicas = args.replicas;
     config.http_addr = match args.http_addr.as_str() {

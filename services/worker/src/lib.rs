@@ -102,6 +102,7 @@ impl Worker {
             on_result: None,
             signal_forces: false,
             metrics_addr: None,
+            nats_auth: None,
         }
     }
 }
@@ -118,6 +119,7 @@ pub struct Builder {
     on_result: Option<ResultHook>,
     signal_forces: bool,
     metrics_addr: Option<std::net::SocketAddr>,
+    nats_auth: Option<broker::NatsAuth>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -143,6 +145,13 @@ impl Builder {
     }
 
     /// Serves every task of a generated service (`MagicServer::new(MyMagic)`).
+    /// Credentials and TLS for NATS; by default those of the environment
+    /// ([`broker::NatsAuth::from_env`]).
+    pub fn nats_auth(mut self, auth: broker::NatsAuth) -> Self {
+        self.nats_auth = Some(auth);
+        self
+    }
+
     pub fn serve(mut self, service: impl Service) -> Self {
         self.services.push(Arc::new(service));
         self

@@ -76,9 +76,21 @@ pub(crate) async fn run(
         }
     }
 
-    let client = async_nats::ConnectOptions::new()
+    let auth = match &builder.nats_auth {
+        Some(auth) => auth.clone(),
+        None => broker::NatsAuth::from_env().map_err(|reason| Error::Connect {
+            url: builder.nats_url.clone(),
+            reason,
+        })?,
+    };
+    let options = async_nats::ConnectOptions::new()
         .name("taskwire-worker")
-        .connection_timeout(Duration::from_secs(5))
+        .connection_timeout(Duration::from_secs(5));
+    let options = auth.apply(options).await.map_err(|reason| Error::Connect {
+        url: builder.nats_url.clone(),
+        reason,
+    })?;
+    let client = options
         .connect(broker::servers(&builder.nats_url))
         .await
         .map_err(|e| Error::Connect {

@@ -8,7 +8,7 @@ TASK_FIELD_NUMBER: _ClassVar[int]
 task: _descriptor.FieldDescriptor
 
 class TaskOptions(_message.Message):
-    __slots__ = ("max_attempts", "timeout", "backoff_initial", "backoff_max", "concurrency", "idempotency_key_field", "result_ttl", "max_concurrency", "rate_limit")
+    __slots__ = ("max_attempts", "timeout", "backoff_initial", "backoff_max", "concurrency", "idempotency_key_field", "result_ttl", "max_concurrency", "rate_limit", "scale_lag_threshold")
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     BACKOFF_INITIAL_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class TaskOptions(_message.Message):
     RESULT_TTL_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SCALE_LAG_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     max_attempts: int
     timeout: str
     backoff_initial: str
@@ -27,4 +28,5 @@ class TaskOptions(_message.Message):
     result_ttl: str
     max_concurrency: int
     rate_limit: str
-    def __init__(self, max_attempts: _Optional[int] = ..., timeout: _Optional[str] = ..., backoff_initial: _Optional[str] = ..., backoff_max: _Optional[str] = ..., concurrency: _Optional[int] = ..., idempotency_key_field: _Optional[str] = ..., result_ttl: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., rate_limit: _Optional[str] = ...) -> None: ...
+    scale_lag_threshold: int
+    def __init__(self, max_attempts: _Optional[int] = ..., timeout: _Optional[str] = ..., backoff_initial: _Optional[str] = ..., backoff_max: _Optional[str] = ..., concurrency: _Optional[int] = ..., idempotency_key_field: _Optional[str] = ..., result_ttl: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., rate_limit: _Optional[str] = ..., scale_lag_threshold: _Optional[int] = ...) -> None: ...

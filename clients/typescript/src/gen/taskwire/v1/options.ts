@@ -48,6 +48,11 @@ export interface TaskOptions {
    * Empty means no limit. Admin.SetTaskLimits overrides it.
    */
   rateLimit: string;
+  /**
+   * Tasks waiting per worker replica at which an autoscaler adds a replica: the lagThreshold of
+   * the KEDA ScaledObjects `taskwire k8s scaledobjects` generates. 0 means 100.
+   */
+  scaleLagThreshold: number;
 }
 
 function createBaseTaskOptions(): TaskOptions {
@@ -61,6 +66,7 @@ function createBaseTaskOptions(): TaskOptions {
     resultTtl: "",
     maxConcurrency: 0,
     rateLimit: "",
+    scaleLagThreshold: 0,
   };
 }
 
@@ -92,6 +98,9 @@ export const TaskOptions: MessageFns<TaskOptions> = {
     }
     if (message.rateLimit !== "") {
       writer.uint32(74).string(message.rateLimit);
+    }
+    if (message.scaleLagThreshold !== 0) {
+      writer.uint32(80).uint32(message.scaleLagThreshold);
     }
     return writer;
   },
@@ -181,6 +190,14 @@ export const TaskOptions: MessageFns<TaskOptions> = {
             message.rateLimit = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.scaleLagThreshold = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -232,6 +249,11 @@ export const TaskOptions: MessageFns<TaskOptions> = {
         : isSet(object.rate_limit)
         ? globalThis.String(object.rate_limit)
         : "",
+      scaleLagThreshold: isSet(object.scaleLagThreshold)
+        ? globalThis.Number(object.scaleLagThreshold)
+        : isSet(object.scale_lag_threshold)
+        ? globalThis.Number(object.scale_lag_threshold)
+        : 0,
     };
   },
 
@@ -264,6 +286,9 @@ export const TaskOptions: MessageFns<TaskOptions> = {
     if (message.rateLimit !== "") {
       obj.rateLimit = message.rateLimit;
     }
+    if (message.scaleLagThreshold !== 0) {
+      obj.scaleLagThreshold = Math.round(message.scaleLagThreshold);
+    }
     return obj;
   },
 
@@ -281,6 +306,7 @@ export const TaskOptions: MessageFns<TaskOptions> = {
     message.resultTtl = object.resultTtl ?? "";
     message.maxConcurrency = object.maxConcurrency ?? 0;
     message.rateLimit = object.rateLimit ?? "";
+    message.scaleLagThreshold = object.scaleLagThreshold ?? 0;
     return message;
   },
 };
@@ -427,6 +453,18 @@ export const protoMetadata: ProtoMetadata = {
         "jsonName": "rateLimit",
         "options": undefined,
         "proto3Optional": false,
+      }, {
+        "name": "scale_lag_threshold",
+        "number": 10,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "scaleLagThreshold",
+        "options": undefined,
+        "proto3Optional": false,
       }],
       "extension": [],
       "nestedType": [],
@@ -457,7 +495,7 @@ export const protoMetadata: ProtoMetadata = {
     "sourceCodeInfo": {
       "location": [{
         "path": [4, 0],
-        "span": [11, 0, 33, 1],
+        "span": [11, 0, 36, 1],
         "leadingComments":
           ' Options a task contract declares on its rpc:\n\n   rpc Add(AddArgs) returns (AddResult) {\n     option (taskwire.v1.task) = { max_attempts: 3, timeout: "10s" };\n   }\n',
         "trailingComments": "",
@@ -519,6 +557,13 @@ export const protoMetadata: ProtoMetadata = {
         "span": [32, 2, 24],
         "leadingComments":
           ' Most of these tasks started per period across all workers: "10/s", "600/m" or "5/h".\n Empty means no limit. Admin.SetTaskLimits overrides it.\n',
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 0, 2, 9],
+        "span": [35, 2, 34],
+        "leadingComments":
+          " Tasks waiting per worker replica at which an autoscaler adds a replica: the lagThreshold of\n the KEDA ScaledObjects `taskwire k8s scaledobjects` generates. 0 means 100.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }],

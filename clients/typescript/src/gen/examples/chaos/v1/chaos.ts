@@ -1006,7 +1006,7 @@ export const ChaosDefinition = {
       requestStream: false,
       responseType: SleepResult as typeof SleepResult,
       responseStream: false,
-      options: { _unknownFields: { 416938: [Buffer.from([6, 8, 5, 18, 2, 50, 109]) as Buffer] } },
+      options: { _unknownFields: { 416938: [Buffer.from([8, 8, 5, 18, 2, 50, 109, 80, 10]) as Buffer] } },
     },
     /** Panics with the given message. */
     panic: {
@@ -1814,7 +1814,7 @@ export const protoMetadata: ProtoMetadata = {
     services: {
       "Chaos": {
         methods: {
-          "Sleep": { "task": TaskOptions.decode(Buffer.from("CAUSAjJt", "base64")) },
+          "Sleep": { "task": TaskOptions.decode(Buffer.from("CAUSAjJtUAo=", "base64")) },
           "Flaky": { "task": TaskOptions.decode(Buffer.from("CAMaBTEwMG1zIgIxcw==", "base64")) },
           "Limited": { "task": TaskOptions.decode(Buffer.from("QAU=", "base64")) },
           "Paced": { "task": TaskOptions.decode(Buffer.from("SgQyMC9z", "base64")) },
