@@ -101,6 +101,8 @@ pub struct NatsServer {
     store: PathBuf,
     log: Option<PathBuf>,
     args: Vec<String>,
+    /// How readiness is probed when the server requires authentication.
+    probe: taskwire::broker::NatsAuth,
     child: Option<Child>,
     _temp: Option<tempfile::TempDir>,
 }
@@ -124,10 +126,36 @@ impl NatsServer {
             store: store.to_owned(),
             log: log.map(Path::to_owned),
             args: Vec::new(),
+            probe: taskwire::broker::NatsAuth::default(),
             child: None,
             _temp: None,
         };
         server.spawn().await?;
+        Ok(server)
+    }
+
+    /// Starts a server on a free loopback port with a temporary store and the configuration
+    /// `config` (nats-server's format: accounts, users, TLS); `probe` is how to connect to it to
+    /// tell that it is ready.
+    pub async fn start_temporary_with_config(
+        config: &str,
+        probe: taskwire::broker::NatsAuth,
+    ) -> Result<Self, Error> {
+        let temp = tempfile::tempdir()?;
+        let file = temp.path().join("nats.conf");
+        std::fs::write(&file, config)?;
+        let mut server = Self {
+            binary: locate_nats_server()?,
+            port: free_port()?,
+            store: temp.path().join("jetstream"),
+            log: Some(temp.path().join("nats.log")),
+            args: vec!["-c".into(), file.display().to_string()],
+            probe,
+            child: None,
+            _temp: None,
+        };
+        server.spawn().await?;
+        server._temp = Some(temp);
         Ok(server)
     }
 
@@ -186,11 +214,17 @@ impl NatsServer {
                     ),
                 });
             }
-            if let Ok(client) = async_nats::ConnectOptions::new()
-                .connection_timeout(Duration::from_millis(500))
-                .connect(self.url())
+            let options =
+                async_nats::ConnectOptions::new().connection_timeout(Duration::from_millis(500));
+            let options = self
+                .probe
+                .apply(options)
                 .await
-            {
+                .map_err(|reason| Error::Spawn {
+                    what: "a connection to nats-server".into(),
+                    reason,
+                })?;
+            if let Ok(client) = options.connect(self.url()).await {
                 let js = async_nats::jetstream::new(client);
                 if js.query_account().await.is_ok() {
                     return Ok(());
@@ -275,6 +309,7 @@ impl NatsCluster {
                     "--routes".into(),
                     routes.clone(),
                 ],
+                probe: taskwire::broker::NatsAuth::default(),
                 child: None,
                 _temp: None,
             };
