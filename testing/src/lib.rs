@@ -50,6 +50,7 @@ impl Gateway {
         let url = format!("http://{}", listener.local_addr()?);
         let stop = CancellationToken::new();
         let signal = stop.clone();
+        let tls = config.tls.is_some();
         let handle = tokio::spawn(async move {
             taskwire_gateway::serve(listener, config, async move { signal.cancelled().await }).await
         });
@@ -58,19 +59,31 @@ impl Gateway {
             stop,
             handle: Some(handle),
         };
-        gateway.wait_ready().await?;
+        gateway.wait_ready(tls).await?;
         Ok(gateway)
     }
 
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+    /// Waits until the gateway answers its (always open) health service; with TLS, only until
+    /// it has started (the listener is bound already, so later connections wait for it).
+    async fn wait_ready(&mut self, tls: bool) -> anyhow::Result<()> {
         let start = Instant::now();
         loop {
             if let Some(handle) = self.handle.take_if(|h| h.is_finished()) {
                 handle.await??;
                 anyhow::bail!("the gateway stopped before it served");
             }
-            if let Ok(client) = taskwire_client::Client::connect(self.url.clone()).await
-                && client.task_types().await.is_ok()
+            if tls {
+                if start.elapsed() > Duration::from_millis(200) {
+                    return Ok(());
+                }
+            } else if let Ok(channel) = tonic::transport::Endpoint::from_shared(self.url.clone())?
+                .connect()
+                .await
+                && let Ok(answer) = tonic_health::pb::health_client::HealthClient::new(channel)
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                && answer.into_inner().status()
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving
             {
                 return Ok(());
             }

@@ -190,3 +190,338 @@ async fn bad_nats_credentials_stop_the_process_with_the_setting_to_fix() -> anyh
     assert!(err.contains("TASKWIRE_NATS_CREDS"), "{err}");
     Ok(())
 }
+
+/// A CA and the certificates it signs, as PEM.
+struct Ca {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> anyhow::Result<Self> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let pem = params.self_signed(&key)?.pem();
+        Ok(Self { params, key, pem })
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses) and its key.
+    fn issue(&self, names: &[&str]) -> anyhow::Result<(String, String)> {
+        let key = rcgen::KeyPair::generate()?;
+        let params = rcgen::CertificateParams::new(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )?;
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        Ok((params.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
+    }
+}
+
+async fn add_with(client: &Client) -> Result<i64, taskwire_client::Error> {
+    let handle = client
+        .submit::<taskwire::examples::magic::v1::AddResult>(
+            "examples.magic.v1.Magic/Add",
+            &AddArgs {
+                arg1: 2,
+                arg2: 3,
+                arg3: 4,
+            },
+            taskwire_client::SubmitOptions::default(),
+        )
+        .await?;
+    Ok(handle.get(WAIT).await?.sum)
+}
+
+#[tokio::test]
+async fn tls_and_mutual_tls_on_the_gateway() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::magic())).await?;
+    let ca = Ca::new("taskwire test CA")?;
+    let (server_cert, server_key) = ca.issue(&["localhost", "127.0.0.1"])?;
+    let (client_cert, client_key) = ca.issue(&["producer"])?;
+    let stranger = Ca::new("another CA")?;
+    let (stranger_cert, stranger_key) = stranger.issue(&["producer"])?;
+    let trusting = || taskwire_client::ConnectOptions::default().ca_pem(ca.pem.clone());
+
+    // TLS: a client that trusts the CA gets through; plaintext does not.
+    let mut config = examples_config(&nats.url());
+    config.tls = Some(taskwire_gateway::Tls {
+        cert_pem: server_cert.clone().into_bytes(),
+        key_pem: server_key.clone().into_bytes(),
+        client_ca_pem: None,
+    });
+    let gateway = Gateway::start_with(config).await?;
+    let https = gateway.url().replace("http://", "https://");
+    let client = Client::connect_with(&https, trusting()).await?;
+    assert_eq!(add_with(&client).await?, 9);
+    let plain = match Client::connect(gateway.url()).await {
+        Ok(client) => add_with(&client).await.err(),
+        Err(e) => Some(e),
+    };
+    assert!(plain.is_some(), "a plaintext client got through a TLS port");
+    let untrusting = Client::connect_with(
+        &https,
+        taskwire_client::ConnectOptions::default().ca_pem(stranger.pem.clone()),
+    )
+    .await;
+    assert!(
+        match untrusting {
+            Ok(client) => add_with(&client).await.is_err(),
+            Err(_) => true,
+        },
+        "a client trusting another CA accepted the gateway"
+    );
+    drop(gateway);
+
+    // Mutual TLS: only a client certificate the client CA signed gets through.
+    let mut config = examples_config(&nats.url());
+    config.tls = Some(taskwire_gateway::Tls {
+        cert_pem: server_cert.into_bytes(),
+        key_pem: server_key.into_bytes(),
+        client_ca_pem: Some(ca.pem.clone().into_bytes()),
+    });
+    let gateway = Gateway::start_with(config).await?;
+    let https = gateway.url().replace("http://", "https://");
+    let with_cert = Client::connect_with(
+        &https,
+        trusting().client_certificate(client_cert, client_key),
+    )
+    .await?;
+    assert_eq!(add_with(&with_cert).await?, 9);
+    for (what, options) in [
+        ("no client certificate", trusting()),
+        (
+            "a certificate of another CA",
+            trusting().client_certificate(stranger_cert, stranger_key),
+        ),
+    ] {
+        let refused = match Client::connect_with(&https, options).await {
+            Ok(client) => add_with(&client).await.is_err(),
+            Err(_) => true,
+        };
+        assert!(refused, "{what} got through mutual TLS");
+    }
+    Ok(())
+}
+
+const PRODUCER: &str = "producer-token-0123456789abcdef";
+const ADMIN: &str = "admin-token-0123456789abcdef";
+const HTTP_TOKEN: &str = "http-token-0123456789abcdef";
+
+#[tokio::test]
+async fn tokens_allow_their_tasks_and_operations_only() -> anyhow::Result<()> {
+    use tonic::Code;
+
+    let nats = NatsServer::start_temporary().await?;
+    let _worker = Worker::start(&nats.url(), |w| {
+        w.serve(tasks::magic()).serve(tasks::chaos())
+    })
+    .await?;
+    let mut config = examples_config(&nats.url());
+    config.tokens = Some(Arc::new(
+        taskwire_gateway::auth::Tokens::parse(&format!(
+            "# token operations tasks\n{PRODUCER} submit,read examples.magic.v1.*\n{ADMIN} read,cancel,admin *\n"
+        ))
+        .map_err(anyhow::Error::msg)?,
+    ));
+    let http = taskwire_cli::stack::free_addr()?;
+    config.http_addr = Some(http);
+    config.http_token = Some(HTTP_TOKEN.into());
+    let gateway = Gateway::start_with(config).await?;
+    let as_token = |token: Option<&str>| {
+        let options = token.map_or_else(taskwire_client::ConnectOptions::default, |t| {
+            taskwire_client::ConnectOptions::default().token(t)
+        });
+        let url = gateway.url();
+        async move { Client::connect_with(url, options).await }
+    };
+    let code = |result: Result<i64, taskwire_client::Error>| result.err().and_then(|e| e.code());
+
+    // No token, or an unknown one: UNAUTHENTICATED.
+    assert_eq!(
+        code(add_with(&as_token(None).await?).await),
+        Some(Code::Unauthenticated)
+    );
+    assert_eq!(
+        code(add_with(&as_token(Some("not-a-known-token-at-all")).await?).await),
+        Some(Code::Unauthenticated)
+    );
+
+    // The producer submits and reads its tasks...
+    let producer = as_token(Some(PRODUCER)).await?;
+    assert_eq!(add_with(&producer).await?, 9);
+    // ...and no other task, no cancel, no admin call.
+    let sleep = producer
+        .submit_json(
+            "examples.chaos.v1.Chaos/Sleep",
+            r#"{"millis":"1"}"#,
+            taskwire_client::SubmitOptions::default(),
+        )
+        .await
+        .expect_err("another task");
+    assert_eq!(sleep.code(), Some(Code::PermissionDenied), "{sleep}");
+    assert!(
+        sleep.to_string().contains("examples.chaos.v1.Chaos/Sleep"),
+        "{sleep}"
+    );
+    let admin = as_token(Some(ADMIN)).await?;
+    let chaos = admin
+        .submit_json(
+            "examples.chaos.v1.Chaos/Sleep",
+            r#"{"millis":"60000"}"#,
+            taskwire_client::SubmitOptions::default(),
+        )
+        .await
+        .expect_err("the admin token has no submit");
+    assert_eq!(chaos.code(), Some(Code::PermissionDenied), "{chaos}");
+    let id = producer
+        .submit_json(
+            "examples.magic.v1.Magic/Add",
+            r#"{"arg1":"1"}"#,
+            taskwire_client::SubmitOptions::default().countdown(Duration::from_secs(60)),
+        )
+        .await?
+        .task_id;
+    let cancel = producer.cancel(&id).await.expect_err("no cancel");
+    assert_eq!(cancel.code(), Some(Code::PermissionDenied), "{cancel}");
+    let workers = producer.workers().await.expect_err("no admin");
+    assert_eq!(workers.code(), Some(Code::PermissionDenied), "{workers}");
+
+    // The admin token: admin calls, reads and cancels any task.
+    assert!(!admin.workers().await?.is_empty());
+    assert_eq!(
+        admin.get(&id, false).await?.task,
+        "examples.magic.v1.Magic/Add"
+    );
+    admin.cancel(&id).await?;
+
+    // Health needs no token (probes); the HTTP endpoints need theirs, /healthz excepted.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(gateway.url())?
+            .connect()
+            .await?,
+    );
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(
+        serving.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    for (path, authorization, status) in [
+        ("/metrics", None, "401"),
+        ("/metrics", Some(format!("Bearer {HTTP_TOKEN}")), "200"),
+        (
+            "/metrics",
+            Some("Bearer wrong-token-0123456789".to_owned()),
+            "401",
+        ),
+        ("/healthz", None, "200"),
+    ] {
+        assert_eq!(
+            http_status(http, path, authorization.as_deref()).await?,
+            status,
+            "{path}"
+        );
+    }
+
+    // A task by its own method path: the same token rules.
+    for (token, task, expected) in [
+        (
+            None,
+            "/examples.magic.v1.Magic/Add",
+            Some(Code::Unauthenticated),
+        ),
+        (Some(PRODUCER), "/examples.magic.v1.Magic/Add", None),
+        (
+            Some(PRODUCER),
+            "/examples.chaos.v1.Chaos/Flaky",
+            Some(Code::PermissionDenied),
+        ),
+    ] {
+        let got = direct_call(&gateway.url(), task, token)
+            .await
+            .err()
+            .map(|s| s.code());
+        assert_eq!(got, expected, "{task} with {token:?}");
+    }
+
+    // SubmitMany refuses, one by one, the tasks the token may not submit.
+    let results = producer
+        .submit_many(vec![
+            taskwire_client::request_json(
+                "examples.magic.v1.Magic/Add",
+                "{}",
+                taskwire_client::SubmitOptions::default(),
+            ),
+            taskwire_client::request_json(
+                "examples.chaos.v1.Chaos/Sleep",
+                "{}",
+                taskwire_client::SubmitOptions::default(),
+            ),
+        ])
+        .await?;
+    assert_eq!((results.submitted, results.refused), (1, 1));
+    assert_eq!(results.results[1].code, Code::PermissionDenied as i32);
+    Ok(())
+}
+
+async fn http_status(
+    addr: std::net::SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n{auth}\r\n").as_bytes())
+        .await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    Ok(String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// A call by the task's own method path, as a generated client in any language makes it.
+async fn direct_call(
+    url: &str,
+    path: &'static str,
+    token: Option<&str>,
+) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| tonic::Status::internal(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut request = tonic::Request::new(AddArgs::default());
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| tonic::Status::internal("token"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    request.set_timeout(WAIT);
+    let _: tonic::Response<taskwire::examples::magic::v1::AddResult> = grpc
+        .unary(
+            request,
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await?;
+    Ok(())
+}

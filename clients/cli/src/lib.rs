@@ -474,6 +474,13 @@ pub enum DeadCommand {
 /// What the command failed with; printed as one line.
 pub type Error = anyhow::Error;
 
+/// Connects to the gateway with the TLS and token settings of the environment
+/// (`TASKWIRE_TOKEN`, `TASKWIRE_TLS_CA`, `TASKWIRE_TLS_CLIENT_CERT`, `TASKWIRE_TLS_CLIENT_KEY`).
+async fn connect(gateway: &str) -> Result<Client, Error> {
+    let options = taskwire_client::ConnectOptions::from_env()?;
+    Ok(Client::connect_with(gateway, options).await?)
+}
+
 /// Runs the command line; returns the exit code.
 pub async fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {
@@ -487,7 +494,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             time_limit,
             when,
         } => {
-            let client = Client::connect(cli.gateway).await?;
+            let client = connect(&cli.gateway).await?;
             let options = when.apply(SubmitOptions {
                 idempotency_key: key,
                 max_attempts,
@@ -512,7 +519,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         }
         Command::SubmitMany { file } => {
             let requests = read_jsonl(&file)?;
-            let client = Client::connect(cli.gateway).await?;
+            let client = connect(&cli.gateway).await?;
             let count = requests.len();
             let response = client.submit_many(requests).await?;
             let mut out = std::io::stdout().lock();
@@ -530,28 +537,28 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             Ok(if response.refused > 0 { 1 } else { 0 })
         }
         Command::Watch { id } => {
-            let client = Client::connect(cli.gateway).await?;
+            let client = connect(&cli.gateway).await?;
             watch(&client, &id).await
         }
         Command::Get { id } => {
-            let client = Client::connect(cli.gateway).await?;
+            let client = connect(&cli.gateway).await?;
             let info = client.get(&id, true).await?;
             println!("{}", serde_json::to_string_pretty(&info_json(&info))?);
             Ok(0)
         }
         Command::Wait { id, timeout } => {
-            let client = Client::connect(cli.gateway).await?;
+            let client = connect(&cli.gateway).await?;
             let info = client.wait(&id, timeout, true).await?;
             print_result(&info)
         }
         Command::Cancel { id } => {
-            let client = Client::connect(cli.gateway).await?;
+            let client = connect(&cli.gateway).await?;
             let info = client.cancel(&id).await?;
             println!("{}", serde_json::to_string_pretty(&info_json(&info))?);
             Ok(0)
         }
         Command::Tasks => {
-            let client = Client::connect(cli.gateway).await?;
+            let client = connect(&cli.gateway).await?;
             let types = client.task_types().await?;
             if types.is_empty() {
                 eprintln!("no task types registered yet: start a worker");
@@ -570,7 +577,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             rate,
             clear,
         } => {
-            let client = Client::connect(cli.gateway).await?;
+            let client = connect(&cli.gateway).await?;
             let response = if clear {
                 client.set_task_limits(&task, None).await?
             } else if concurrency.is_some() || rate.is_some() {
@@ -594,11 +601,11 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             Ok(0)
         }
         Command::Inspect(command) => {
-            let client = Client::connect(cli.gateway).await?;
+            let client = connect(&cli.gateway).await?;
             inspect(&client, command).await
         }
         Command::Schedule(command) => {
-            let client = Client::connect(cli.gateway).await?;
+            let client = connect(&cli.gateway).await?;
             let print = |s: &v1::Schedule| -> Result<i32, Error> {
                 println!("{}", serde_json::to_string_pretty(&schedule_json(s))?);
                 Ok(0)
@@ -655,7 +662,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             }
         }
         Command::Dead(command) => {
-            let client = Client::connect(cli.gateway).await?;
+            let client = connect(&cli.gateway).await?;
             match command {
                 DeadCommand::List { task, limit } => {
                     for dead in client

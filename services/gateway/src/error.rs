@@ -44,6 +44,8 @@ pub enum Error {
         "delayed tasks need message schedules, which the tasks stream has off because a queue limit (TASKWIRE_MAX_QUEUED) is set; drop not_before/countdown or the limit"
     )]
     NoSchedules,
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error(
         "task {task}: the producer's schema is version {producer}, the workers registered version {registered}; their input or output messages differ. Build the producer and the workers from the same proto (regenerate the client, or deploy workers of the producer's proto)"
     )]
@@ -96,6 +98,7 @@ impl Error {
             Error::BrokerDown(_) => Code::Unavailable,
             Error::Broker(_) | Error::BadResult(..) | Error::Startup(_) => Code::Internal,
             Error::QueueFull(_) => Code::ResourceExhausted,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Finished { .. } | Error::NoSchedules | Error::SchemaMismatch { .. } => {
                 Code::FailedPrecondition
             }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum::response::IntoResponse as _;
 use futures::StreamExt as _;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -315,9 +316,40 @@ impl Gateway {
 }
 
 /// Serves `/metrics` (and `/healthz`) on `listener` until `shutdown`.
+/// Whether the headers carry `token`: `Authorization: Bearer <token>` (Prometheus, scripts) or
+/// basic auth with it as the password (a browser on the dashboard).
+fn http_authorized(headers: &http::HeaderMap, token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(value) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let same = |given: &[u8]| {
+        given.len() == token.len()
+            && given
+                .iter()
+                .zip(token.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    };
+    if let Some(bearer) = value.strip_prefix("Bearer ") {
+        return same(bearer.trim().as_bytes());
+    }
+    if let Some(basic) = value.strip_prefix("Basic ")
+        && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim())
+        && let Some(colon) = decoded.iter().position(|b| *b == b':')
+    {
+        return same(&decoded[colon + 1..]);
+    }
+    false
+}
+
 pub(crate) fn serve_http(
     listener: tokio::net::TcpListener,
     gateway: Arc<Gateway>,
+    token: Option<Arc<str>>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let metrics = {
@@ -338,7 +370,28 @@ pub(crate) fn serve_http(
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))
         .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .merge(crate::dashboard::routes(Arc::clone(&gateway)));
+        .merge(crate::dashboard::routes(Arc::clone(&gateway)))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let token = token.clone();
+                async move {
+                    match token {
+                        Some(token)
+                            if request.uri().path() != "/healthz"
+                                && !http_authorized(request.headers(), &token) =>
+                        {
+                            (
+                                http::StatusCode::UNAUTHORIZED,
+                                [(http::header::WWW_AUTHENTICATE, "Basic realm=\"taskwire\"")],
+                                "this endpoint needs the gateway's HTTP token (TASKWIRE_HTTP_TOKEN): a bearer token, or the password of basic auth\n",
+                            )
+                                .into_response()
+                        }
+                        _ => next.run(request).await,
+                    }
+                }
+            },
+        ));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -14,6 +14,7 @@
 //! # }
 //! ```
 
+pub mod auth;
 mod dashboard;
 mod dead;
 pub mod direct;
@@ -58,10 +59,24 @@ pub mod env {
     pub const HTTP_ADDR: &str = "TASKWIRE_HTTP_ADDR";
     /// Link from a task in the dashboard to its trace: a URL with `{trace_id}` in it.
     pub const TRACE_URL_TEMPLATE: &str = "TASKWIRE_TRACE_URL_TEMPLATE";
+    /// PEM certificate chain of the gRPC port; with `TASKWIRE_TLS_KEY` turns TLS on.
+    pub const TLS_CERT: &str = "TASKWIRE_TLS_CERT";
+    /// PEM private key of that certificate.
+    pub const TLS_KEY: &str = "TASKWIRE_TLS_KEY";
+    /// PEM CA that client certificates must chain to: mutual TLS.
+    pub const TLS_CLIENT_CA: &str = "TASKWIRE_TLS_CLIENT_CA";
+    /// Most concurrent calls per connection.
+    pub const MAX_STREAMS: &str = "TASKWIRE_MAX_STREAMS";
+    /// Longest time to answer a call.
+    pub const REQUEST_TIMEOUT: &str = "TASKWIRE_REQUEST_TIMEOUT";
 }
 
 /// Default largest task arguments: what fits in one NATS message with its headers.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1_000_000;
+/// Default most concurrent calls per connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Default longest time to answer a call: a little over the longest `Wait`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(330);
 /// Longest server-side `Wait`.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
@@ -80,6 +95,64 @@ pub struct Config {
     pub http_addr: Option<std::net::SocketAddr>,
     /// Credentials and TLS for the NATS connection.
     pub nats_auth: broker::NatsAuth,
+    /// Bearer tokens and what each allows; every call is allowed when none.
+    pub tokens: Option<Arc<auth::Tokens>>,
+    /// The token the HTTP endpoints require (dashboard, `/metrics`); open when none.
+    pub http_token: Option<String>,
+    /// TLS (and with a client CA, mutual TLS) on the gRPC port.
+    pub tls: Option<Tls>,
+    /// Most concurrent HTTP/2 streams (calls) per connection.
+    pub max_concurrent_streams: u32,
+    /// Longest a call may take to answer (a streaming call: to start its stream).
+    pub request_timeout: Duration,
+}
+
+/// TLS of the gRPC port: the server's certificate chain and key, and for mutual TLS the CA
+/// that client certificates must chain to (PEM).
+#[derive(Clone)]
+pub struct Tls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("mutual", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Reads `TASKWIRE_TLS_CERT`, `TASKWIRE_TLS_KEY` and `TASKWIRE_TLS_CLIENT_CA`; `None` when
+    /// neither certificate nor key is set.
+    pub fn from_env() -> Result<Option<Self>, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let read =
+            |name: &str, path: &str| std::fs::read(path).map_err(|e| format!("{name}={path}: {e}"));
+        match (var(env::TLS_CERT), var(env::TLS_KEY)) {
+            (None, None) => {
+                if var(env::TLS_CLIENT_CA).is_some() {
+                    return Err(format!(
+                        "{} needs {} and {}: mutual TLS is TLS with client certificates",
+                        env::TLS_CLIENT_CA,
+                        env::TLS_CERT,
+                        env::TLS_KEY
+                    ));
+                }
+                Ok(None)
+            }
+            (Some(cert), Some(key)) => Ok(Some(Self {
+                cert_pem: read(env::TLS_CERT, &cert)?,
+                key_pem: read(env::TLS_KEY, &key)?,
+                client_ca_pem: var(env::TLS_CLIENT_CA)
+                    .map(|ca| read(env::TLS_CLIENT_CA, &ca))
+                    .transpose()?,
+            })),
+            _ => Err(format!("set both {} and {}", env::TLS_CERT, env::TLS_KEY)),
+        }
+    }
 }
 
 impl Config {
@@ -92,6 +165,11 @@ impl Config {
             descriptor_sets: Vec::new(),
             http_addr: None,
             nats_auth: broker::NatsAuth::default(),
+            tokens: None,
+            http_token: None,
+            tls: None,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -174,7 +252,8 @@ pub async fn serve(
             .await
             .map_err(|e| Error::Startup(format!("cannot listen on {addr} for HTTP: {e}")))?;
         tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics on /metrics");
-        inspect::serve_http(listener, Arc::clone(&gateway), stop.clone());
+        let token = config.http_token.as_deref().map(Arc::from);
+        inspect::serve_http(listener, Arc::clone(&gateway), token, stop.clone());
     }
     let measured = Arc::clone(&gateway);
     let schedules = schedules::SchedulesService::new(Arc::clone(&gateway));
@@ -199,9 +278,31 @@ pub async fn serve(
             let gateway = Arc::clone(&direct);
             async move { direct::call(gateway, request).await }
         });
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .timeout(config.request_timeout)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .tcp_keepalive(Some(Duration::from_secs(60)));
+    if let Some(tls) = &config.tls {
+        let mut settings = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+        );
+        if let Some(ca) = &tls.client_ca_pem {
+            settings = settings.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        server = server.tls_config(settings).map_err(|e| {
+            Error::Startup(format!(
+                "TLS: {e}; check TASKWIRE_TLS_CERT and TASKWIRE_TLS_KEY"
+            ))
+        })?;
+    }
+    let tokens = config.tokens.clone();
+    server
         .layer(tower::layer::layer_fn(move |inner| {
             measure::Measure::new(inner, Arc::clone(&measured))
+        }))
+        .layer(tower::layer::layer_fn(move |inner| {
+            auth::Auth::new(inner, tokens.clone())
         }))
         .add_routes(tonic::service::Routes::from(routes))
         .serve_with_incoming_shutdown(incoming, shutdown)

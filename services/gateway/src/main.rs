@@ -36,6 +36,12 @@ struct Args {
     /// Address of the HTTP server with /metrics (e.g. 0.0.0.0:9090); "off" for none.
     #[arg(long, env = env::HTTP_ADDR, default_value = "off")]
     http_addr: String,
+    /// Most concurrent calls per client connection.
+    #[arg(long, env = env::MAX_STREAMS, default_value_t = taskwire_gateway::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    max_streams: u32,
+    /// Longest time to answer a call (a streaming call: to start its stream).
+    #[arg(long, env = env::REQUEST_TIMEOUT, default_value = "330s", value_parser = humantime_duration)]
+    request_timeout: std::time::Duration,
 }
 
 fn humantime_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -63,6 +69,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.max_payload = args.max_payload;
     config.broker = taskwire::broker::Settings::from_env().map_err(anyhow::Error::msg)?;
     config.nats_auth = taskwire::broker::NatsAuth::from_env().map_err(anyhow::Error::msg)?;
+    config.tls = taskwire_gateway::Tls::from_env().map_err(anyhow::Error::msg)?;
+    config.tokens = taskwire_gateway::auth::Tokens::from_env()
+        .map_err(anyhow::Error::msg)?
+        .map(std::sync::Arc::new);
+    config.http_token = std::env::var(taskwire_gateway::auth::env::HTTP_TOKEN)
+        .ok()
+        .filter(|t| !t.is_empty());
+    if let Some(token) = &config.http_token
+        && token.len() < taskwire_gateway::auth::MIN_TOKEN_LEN
+    {
+        anyhow::bail!(
+            "{} is {} characters; use at least {} random ones",
+            taskwire_gateway::auth::env::HTTP_TOKEN,
+            token.len(),
+            taskwire_gateway::auth::MIN_TOKEN_LEN
+        );
+    }
+    config.max_concurrent_streams = args.max_streams;
+    config.request_timeout = args.request_timeout;
     config.broker.result_ttl = args.result_ttl;
     config.broker.replicas = args.replicas;
     config.http_addr = match args.http_addr.as_str() {

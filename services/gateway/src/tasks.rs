@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::connection::State;
+
+use crate::auth::{self, Op};
 use async_nats::jetstream::consumer;
 use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
@@ -446,6 +448,7 @@ impl Gateway {
     async fn submit_many(
         &self,
         mut requests: tonic::Streaming<v1::SubmitRequest>,
+        caller: &crate::auth::Caller,
     ) -> Result<v1::SubmitManyResponse, Error> {
         /// Tasks sent before their acks are awaited.
         const WINDOW: usize = 512;
@@ -468,6 +471,14 @@ impl Gateway {
             if let Some(req) = next {
                 let index = response.results.len();
                 response.results.push(v1::SubmitManyResult::default());
+                if let Err(denied) = caller.check(Op::Submit, Some(&req.task)) {
+                    refuse(
+                        &mut response,
+                        index,
+                        Error::PermissionDenied(denied.message().to_owned()),
+                    );
+                    continue;
+                }
                 match self.prepare(req).await {
                     Ok(task) => match self.send(task).await {
                         Ok(sending) => window.push((index, sending)),
@@ -924,6 +935,7 @@ impl v1::tasks_server::Tasks for TasksService {
         &self,
         request: Request<v1::SubmitRequest>,
     ) -> Result<Response<v1::SubmitResponse>, Status> {
+        auth::check(&request, Op::Submit, Some(&request.get_ref().task))?;
         let req = request.into_inner();
         let task = req.task.clone();
         match self.gateway.submit(req).await {
@@ -942,7 +954,15 @@ impl v1::tasks_server::Tasks for TasksService {
         &self,
         request: Request<tonic::Streaming<v1::SubmitRequest>>,
     ) -> Result<Response<v1::SubmitManyResponse>, Status> {
-        let response = self.gateway.submit_many(request.into_inner()).await?;
+        let caller = request
+            .extensions()
+            .get::<auth::Caller>()
+            .cloned()
+            .unwrap_or(auth::Caller::Anyone);
+        let response = self
+            .gateway
+            .submit_many(request.into_inner(), &caller)
+            .await?;
         tracing::debug!(
             submitted = response.submitted,
             refused = response.refused,
@@ -957,8 +977,12 @@ impl v1::tasks_server::Tasks for TasksService {
         &self,
         request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let id = parse_id(&request.get_ref().task_id)?;
+        if auth::restricted(&request) {
+            let info = self.gateway.state(&id).await?;
+            auth::check(&request, Op::Read, Some(&info.task))?;
+        }
         let req = request.into_inner();
-        let id = parse_id(&req.task_id)?;
         let stream = Arc::clone(&self.gateway)
             .watch(id, req.include_json)
             .await?;
@@ -971,6 +995,14 @@ impl v1::tasks_server::Tasks for TasksService {
         &self,
         request: Request<v1::SubmitAndWaitRequest>,
     ) -> Result<Response<Self::SubmitAndWaitStream>, Status> {
+        let task = request
+            .get_ref()
+            .submit
+            .as_ref()
+            .map(|s| s.task.clone())
+            .unwrap_or_default();
+        auth::check(&request, Op::Submit, Some(&task))?;
+        auth::check(&request, Op::Read, Some(&task))?;
         let req = request.into_inner();
         let timeout = wait_timeout(req.timeout);
         let json = req.include_json;
@@ -1000,9 +1032,10 @@ impl v1::tasks_server::Tasks for TasksService {
         &self,
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::TaskInfo>, Status> {
-        let req = request.into_inner();
-        let id = parse_id(&req.task_id)?;
+        let id = parse_id(&request.get_ref().task_id)?;
         let info = self.gateway.state(&id).await?;
+        auth::check(&request, Op::Read, Some(&info.task))?;
+        let req = request.into_inner();
         Ok(Response::new(
             self.gateway.with_json(info, req.include_json).await?,
         ))
@@ -1012,8 +1045,12 @@ impl v1::tasks_server::Tasks for TasksService {
         &self,
         request: Request<v1::WaitRequest>,
     ) -> Result<Response<v1::TaskInfo>, Status> {
+        let id = parse_id(&request.get_ref().task_id)?;
+        if auth::restricted(&request) {
+            let known = self.gateway.state(&id).await?;
+            auth::check(&request, Op::Read, Some(&known.task))?;
+        }
         let req = request.into_inner();
-        let id = parse_id(&req.task_id)?;
         let timeout = wait_timeout(req.timeout);
         let info = self.gateway.wait(&id, timeout).await?;
         Ok(Response::new(
@@ -1025,7 +1062,11 @@ impl v1::tasks_server::Tasks for TasksService {
         &self,
         request: Request<v1::CancelRequest>,
     ) -> Result<Response<v1::TaskInfo>, Status> {
-        let id = parse_id(&request.into_inner().task_id)?;
+        let id = parse_id(&request.get_ref().task_id)?;
+        if auth::restricted(&request) {
+            let known = self.gateway.state(&id).await?;
+            auth::check(&request, Op::Cancel, Some(&known.task))?;
+        }
         Ok(Response::new(self.gateway.cancel(&id).await?))
     }
 }
