@@ -5,7 +5,7 @@ from typing import Any, AsyncIterator, Optional
 import grpc
 from google.protobuf import message as _message
 
-from taskwire.client import Error, _seconds, outcome
+from taskwire.client import Error, _seconds, channel_credentials, outcome
 from taskwire.options import submit_options
 from taskwire.v1 import tasks_pb2, tasks_pb2_grpc
 
@@ -17,11 +17,54 @@ async def _call(call):
         raise Error.from_rpc(err) from None
 
 
-class Client:
-    """One asyncio channel to a gateway."""
+class _Token(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <token>` to every call."""
 
-    def __init__(self, target: str = "127.0.0.1:50051"):
-        self.channel = grpc.aio.insecure_channel(target)
+    def __init__(self, token: str):
+        self._entry = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        metadata = grpc.aio.Metadata(*(list(details.metadata or []) + [self._entry]))
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation, details, request):
+        return await continuation(self._with_token(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):
+        return await continuation(self._with_token(details), request)
+
+    async def intercept_stream_unary(self, continuation, details, requests):
+        return await continuation(self._with_token(details), requests)
+
+    async def intercept_stream_stream(self, continuation, details, requests):
+        return await continuation(self._with_token(details), requests)
+
+
+class Client:
+    """One asyncio channel to a gateway; TLS and token settings as for `taskwire.Client`."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        root_certificates: Optional[bytes] = None,
+        certificate_chain: Optional[bytes] = None,
+        private_key: Optional[bytes] = None,
+        token: Optional[str] = None,
+    ):
+        credentials = channel_credentials(root_certificates, certificate_chain, private_key)
+        interceptors = [_Token(token)] if token else None
+        if credentials:
+            self.channel = grpc.aio.secure_channel(target, credentials, interceptors=interceptors)
+        else:
+            self.channel = grpc.aio.insecure_channel(target, interceptors=interceptors)
         self.tasks = tasks_pb2_grpc.TasksStub(self.channel)
 
     async def close(self) -> None:

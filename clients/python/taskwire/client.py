@@ -1,5 +1,6 @@
 """The synchronous client, task handles, typed service stubs and errors."""
 
+import collections
 import functools
 import re
 from typing import Any, Iterator, Optional
@@ -87,11 +88,79 @@ def outcome(info: tasks_pb2.TaskInfo, output: Optional[type] = None) -> Any:
     raise kind(info.task_id, error.message or tasks_pb2.TaskState.Name(state), error.retryable, info.attempt)
 
 
-class Client:
-    """One channel to a gateway; cheap to share between threads."""
+class _CallDetails(
+    collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    grpc.ClientCallDetails,
+):
+    pass
 
-    def __init__(self, target: str = "127.0.0.1:50051", channel: Optional[grpc.Channel] = None):
-        self.channel = channel or grpc.insecure_channel(target)
+
+class _Token(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <token>` to every call."""
+
+    def __init__(self, token: str):
+        self._entry = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        metadata = list(details.metadata or []) + [self._entry]
+        return _CallDetails(
+            details.method, details.timeout, metadata, details.credentials,
+            getattr(details, "wait_for_ready", None), getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+
+def channel_credentials(
+    root_certificates: Optional[bytes] = None,
+    certificate_chain: Optional[bytes] = None,
+    private_key: Optional[bytes] = None,
+) -> Optional[grpc.ChannelCredentials]:
+    """TLS credentials when a CA or a client certificate is given (PEM bytes), else None."""
+    if (certificate_chain is None) != (private_key is None):
+        raise ValueError("give certificate_chain and private_key together (the client certificate and its key)")
+    if root_certificates is None and certificate_chain is None:
+        return None
+    return grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+
+
+class Client:
+    """One channel to a gateway; cheap to share between threads.
+
+    For a gateway with TLS give `root_certificates` (the CA, PEM bytes), and for mutual TLS
+    `certificate_chain` and `private_key`; for one with tokens, `token`."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        channel: Optional[grpc.Channel] = None,
+        *,
+        root_certificates: Optional[bytes] = None,
+        certificate_chain: Optional[bytes] = None,
+        private_key: Optional[bytes] = None,
+        token: Optional[str] = None,
+    ):
+        if channel is None:
+            credentials = channel_credentials(root_certificates, certificate_chain, private_key)
+            channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+        if token:
+            channel = grpc.intercept_channel(channel, _Token(token))
+        self.channel = channel
         self.tasks = tasks_pb2_grpc.TasksStub(self.channel)
         self.admin = tasks_pb2_grpc.AdminStub(self.channel)
 

@@ -54,7 +54,7 @@ def wait_for_port(port: int, what: str, process: subprocess.Popen) -> None:
 class System:
     """nats-server and a gateway on free loopback ports, plus the workers a test adds."""
 
-    def __init__(self):
+    def __init__(self, **gateway_env):
         self.store = tempfile.mkdtemp(prefix="taskwire-py-")
         self.processes = []
         nats_port = free_port()
@@ -69,7 +69,7 @@ class System:
         gateway_port = free_port()
         gateway = subprocess.Popen(
             [binary("taskwire-gateway")],
-            env=dict(self.env, TASKWIRE_GATEWAY_ADDR=f"127.0.0.1:{gateway_port}"),
+            env=dict(self.env, TASKWIRE_GATEWAY_ADDR=f"127.0.0.1:{gateway_port}", **gateway_env),
             stdout=subprocess.DEVNULL,
         )
         self.processes.append(gateway)
@@ -87,10 +87,10 @@ class System:
     def python_worker(self, **env) -> subprocess.Popen:
         return self.start([sys.executable, os.path.join(HERE, "..", "examples", "worker.py")], **env)
 
-    def wait_for_tasks(self, names) -> None:
+    def wait_for_tasks(self, names, **client_options) -> None:
         from taskwire.v1 import tasks_pb2
 
-        with taskwire.Client(self.target) as client:
+        with taskwire.Client(self.target, **client_options) as client:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 try:
