@@ -525,3 +525,61 @@ async fn direct_call(
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_gateway_and_workers_speak_tls_to_nats_with_client_certificates() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let ca = Ca::new("taskwire NATS CA")?;
+    let (server_cert, server_key) = ca.issue(&["127.0.0.1", "localhost"])?;
+    let (client_cert, client_key) = ca.issue(&["taskwire"])?;
+    let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    let ca_file = write("ca.pem", &ca.pem)?;
+    let config = format!(
+        "jetstream {{}}\ntls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+        write("server.pem", &server_cert)?.display(),
+        write("server.key", &server_key)?.display(),
+        ca_file.display(),
+    );
+    let auth = NatsAuth {
+        ca_file: Some(ca_file),
+        client_cert: Some((
+            write("client.pem", &client_cert)?,
+            write("client.key", &client_key)?,
+        )),
+        ..NatsAuth::default()
+    };
+    let nats = NatsServer::start_temporary_with_config(&config, auth.clone()).await?;
+
+    // Without a client certificate the server refuses the connection.
+    let without = NatsAuth {
+        client_cert: None,
+        ..auth.clone()
+    };
+    let refused = without
+        .apply(async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2)))
+        .await
+        .map_err(anyhow::Error::msg)?
+        .connect(nats.url())
+        .await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate got through"
+    );
+
+    let mut gateway_config = examples_config(&nats.url());
+    gateway_config.nats_auth = auth.clone();
+    let gateway = Gateway::start_with(gateway_config).await?;
+    let worker_auth = auth.clone();
+    let _worker = Worker::start(&nats.url(), move |w| {
+        w.serve(tasks::magic()).nats_auth(worker_auth)
+    })
+    .await?;
+    let client = Client::connect(gateway.url()).await?;
+    assert_eq!(add_with(&client).await?, 9);
+    Ok(())
+}
