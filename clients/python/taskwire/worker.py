@@ -244,6 +244,42 @@ def uuid7() -> str:
     return f"{value:032x}"
 
 
+def nats_options_from_env() -> Dict[str, Any]:
+    """nats-py connect options from the same settings the Rust runtime reads:
+    TASKWIRE_NATS_CREDS, TASKWIRE_NATS_NKEY (a file with the seed), TASKWIRE_NATS_USER and
+    TASKWIRE_NATS_PASSWORD, TASKWIRE_NATS_CA, TASKWIRE_NATS_CERT and TASKWIRE_NATS_KEY."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("TASKWIRE_NATS_") and v}
+    options: Dict[str, Any] = {}
+    ways = [k for k in ("TASKWIRE_NATS_CREDS", "TASKWIRE_NATS_NKEY", "TASKWIRE_NATS_USER") if k in env]
+    if len(ways) > 1:
+        raise ValueError("set one of TASKWIRE_NATS_CREDS, TASKWIRE_NATS_NKEY and TASKWIRE_NATS_USER/PASSWORD")
+    for name in ("TASKWIRE_NATS_CREDS", "TASKWIRE_NATS_NKEY", "TASKWIRE_NATS_CA", "TASKWIRE_NATS_CERT", "TASKWIRE_NATS_KEY"):
+        if name in env and not os.path.isfile(env[name]):
+            raise ValueError(f"{name}={env[name]}: no such file")
+    if "TASKWIRE_NATS_CREDS" in env:
+        options["user_credentials"] = env["TASKWIRE_NATS_CREDS"]
+    if "TASKWIRE_NATS_NKEY" in env:
+        with open(env["TASKWIRE_NATS_NKEY"]) as f:
+            seed = f.read().strip()
+        if not seed.startswith("S"):
+            raise ValueError(f"TASKWIRE_NATS_NKEY={env['TASKWIRE_NATS_NKEY']} does not hold an nkey seed (a line starting with S)")
+        options["nkeys_seed_str"] = seed
+    if ("TASKWIRE_NATS_USER" in env) != ("TASKWIRE_NATS_PASSWORD" in env):
+        raise ValueError("set both TASKWIRE_NATS_USER and TASKWIRE_NATS_PASSWORD, or neither")
+    if "TASKWIRE_NATS_USER" in env:
+        options["user"], options["password"] = env["TASKWIRE_NATS_USER"], env["TASKWIRE_NATS_PASSWORD"]
+    if ("TASKWIRE_NATS_CERT" in env) != ("TASKWIRE_NATS_KEY" in env):
+        raise ValueError("set both TASKWIRE_NATS_CERT and TASKWIRE_NATS_KEY, or neither")
+    if "TASKWIRE_NATS_CA" in env or "TASKWIRE_NATS_CERT" in env:
+        import ssl
+
+        context = ssl.create_default_context(cafile=env.get("TASKWIRE_NATS_CA"))
+        if "TASKWIRE_NATS_CERT" in env:
+            context.load_cert_chain(env["TASKWIRE_NATS_CERT"], env["TASKWIRE_NATS_KEY"])
+        options["tls"] = context
+    return options
+
+
 def now_micros() -> int:
     return time.time_ns() // 1000
 
@@ -392,8 +428,10 @@ class Worker:
         self.concurrency = max(1, concurrency or int(os.environ.get("TASKWIRE_CONCURRENCY", "100")))
         self.ack_wait = max(0.1, ack_wait or parse_duration(os.environ.get("TASKWIRE_ACK_WAIT", "30s")))
         self.grace = grace if grace is not None else parse_duration(os.environ.get("TASKWIRE_GRACE", "30s"))
-        self.connect_options = dict(connect_options or {})
+        # Credentials and TLS as the Rust runtime reads them, unless given here.
+        self.connect_options = dict(connect_options) if connect_options is not None else nats_options_from_env()
         self.replicas = int(os.environ.get("TASKWIRE_REPLICAS", "1"))
+        self.max_queued = int(os.environ.get("TASKWIRE_MAX_QUEUED", "-1"))
         self.result_ttl = parse_duration(os.environ.get("TASKWIRE_RESULT_TTL", "24h"))
         self.id = uuid7()
         self.tasks: Dict[str, Task] = {}
@@ -486,14 +524,30 @@ class Worker:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal)
-        try:
-            self._nc = await nats.connect(
+        refused: List[Exception] = []
+
+        async def on_error(error: Exception) -> None:
+            # Bad credentials do not get better by retrying: stop instead of reconnecting forever.
+            if "Authorization Violation" in str(error) and not connecting.done():
+                refused.append(error)
+                connecting.cancel()
+
+        connecting = asyncio.ensure_future(
+            nats.connect(
                 self.nats_url.split(","),
                 name=f"taskwire-python-worker {self.id}",
                 max_reconnect_attempts=-1,
+                error_cb=on_error,
                 **self.connect_options,
             )
-        except Exception as e:
+        )
+        try:
+            self._nc = await connecting
+        except (Exception, asyncio.CancelledError) as e:
+            if refused:
+                raise ConnectionError(
+                    f"NATS at {self.nats_url} refused the worker's credentials ({refused[0]}): check TASKWIRE_NATS_*"
+                ) from None
             raise ConnectionError(
                 f"cannot connect to NATS at {self.nats_url}: {e}; start nats-server or set TASKWIRE_NATS_URL"
             ) from e
@@ -580,7 +634,11 @@ class Worker:
                 "num_replicas": self.replicas,
                 "duplicate_window": 120 * ns,
                 "max_msg_size": 1024 * 1024,
-                "allow_msg_schedules": True,
+                "max_msgs_per_subject": self.max_queued,
+                "discard": "new" if self.max_queued > 0 else "old",
+                "discard_new_per_subject": self.max_queued > 0,
+                # nats-server refuses message schedules on a stream that discards new messages.
+                "allow_msg_schedules": self.max_queued <= 0,
                 "allow_msg_ttl": True,
             },
             {
@@ -700,29 +758,13 @@ class Worker:
         return await self._js.pull_subscribe_bind(durable=durable, stream=TASKS_STREAM)
 
     async def _watch_cancels(self) -> asyncio.Task:
-        kv = await self._js.key_value("TASKWIRE_CANCELLED")
-        watcher = await kv.watchall()
-        loaded = asyncio.Event()
+        def put(key: str, _value: bytes) -> None:
+            self._cancelled_ids.add(key)
+            for running in self._running.values():
+                if running.ctx is not None and running.ctx.id == key:
+                    running.cancel_requested()
 
-        async def follow() -> None:
-            async for entry in watcher:
-                if entry is None:
-                    loaded.set()
-                    continue
-                if entry.operation in ("DEL", "PURGE"):
-                    self._cancelled_ids.discard(entry.key)
-                    continue
-                self._cancelled_ids.add(entry.key)
-                for running in self._running.values():
-                    if running.ctx.id == entry.key:
-                        running.cancel_requested()
-
-        follower = asyncio.ensure_future(follow())
-        try:
-            await asyncio.wait_for(loaded.wait(), 10)
-        except asyncio.TimeoutError:
-            pass
-        return follower
+        return await _follow_bucket(self._js, "TASKWIRE_CANCELLED", put, self._cancelled_ids.discard)
 
     async def _heartbeats(self, served: List[Task]) -> None:
         kv = await self._js.key_value("TASKWIRE_WORKERS")
@@ -1055,6 +1097,29 @@ class Worker:
             log.warning("ack of %s failed (%s); a redelivery will find the stored result", task_id, e)
 
 
+async def _follow_bucket(js: Any, bucket: str, put: Callable[[str, bytes], None], delete: Callable[[str], Any]) -> asyncio.Task:
+    """Applies a KV bucket's entries, then its changes, in the background; returns once the
+    entries there now are applied (or after 10 s)."""
+    watcher = await (await js.key_value(bucket)).watchall()
+    loaded = asyncio.Event()
+
+    async def follow() -> None:
+        async for entry in watcher:
+            if entry is None:
+                loaded.set()
+            elif entry.operation in ("DEL", "PURGE"):
+                delete(entry.key)
+            else:
+                put(entry.key, entry.value)
+
+    follower = asyncio.ensure_future(follow())
+    try:
+        await asyncio.wait_for(loaded.wait(), 10)
+    except asyncio.TimeoutError:
+        pass
+    return follower
+
+
 class _Limits:
     """Cluster-wide limits (docs/protocol.md, step 1 of what a worker does): concurrency slots in
     TASKWIRE_SLOTS, starts per window in TASKWIRE_RATES, overrides from TASKWIRE_LIMITS."""
@@ -1072,25 +1137,11 @@ class _Limits:
     async def start(self) -> asyncio.Task:
         self.slots = await self._js.key_value("TASKWIRE_SLOTS")
         self.rates = await self._js.key_value("TASKWIRE_RATES")
-        store = await self._js.key_value("TASKWIRE_LIMITS")
-        watcher = await store.watchall()
-        loaded = asyncio.Event()
 
-        async def follow() -> None:
-            async for entry in watcher:
-                if entry is None:
-                    loaded.set()
-                elif entry.operation in ("DEL", "PURGE"):
-                    self._overrides.pop(entry.key, None)
-                else:
-                    self._overrides[entry.key] = tasks_pb2.TaskLimits.FromString(entry.value)
+        def put(key: str, value: bytes) -> None:
+            self._overrides[key] = tasks_pb2.TaskLimits.FromString(value)
 
-        follower = asyncio.ensure_future(follow())
-        try:
-            await asyncio.wait_for(loaded.wait(), 10)
-        except asyncio.TimeoutError:
-            pass
-        return follower
+        return await _follow_bucket(self._js, "TASKWIRE_LIMITS", put, lambda key: self._overrides.pop(key, None))
 
     def effective(self, task: "Task") -> "tuple[int, Optional[Rate]]":
         override = self._overrides.get(token(task.name))

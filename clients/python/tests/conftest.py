@@ -54,18 +54,18 @@ def wait_for_port(port: int, what: str, process: subprocess.Popen) -> None:
 class System:
     """nats-server and a gateway on free loopback ports, plus the workers a test adds."""
 
-    def __init__(self, **gateway_env):
+    def __init__(self, nats_args=(), nats_env=None, **gateway_env):
         self.store = tempfile.mkdtemp(prefix="taskwire-py-")
         self.processes = []
         nats_port = free_port()
         nats = subprocess.Popen(
-            [nats_server(), "-js", "-a", "127.0.0.1", "-p", str(nats_port), "-sd", self.store],
+            [nats_server(), "-js", "-a", "127.0.0.1", "-p", str(nats_port), "-sd", self.store, *nats_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self.processes.append(nats)
         wait_for_port(nats_port, "nats-server", nats)
         self.nats_url = f"nats://127.0.0.1:{nats_port}"
-        self.env = dict(os.environ, TASKWIRE_NATS_URL=self.nats_url, TASKWIRE_LOG="warn")
+        self.env = dict(os.environ, TASKWIRE_NATS_URL=self.nats_url, TASKWIRE_LOG="warn", **(nats_env or {}))
         gateway_port = free_port()
         gateway = subprocess.Popen(
             [binary("taskwire-gateway")],

@@ -2,6 +2,8 @@
 and Python and Rust workers share one queue."""
 
 import json
+import os
+import sys
 import signal
 import subprocess
 import time
@@ -134,3 +136,23 @@ def test_the_cluster_wide_concurrency_limit_holds(python_only):
     assert len(spans) == 15
     most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
     assert 2 <= most <= 5, spans
+
+
+def test_the_worker_reads_the_nats_credentials_of_the_environment():
+    from conftest import System
+
+    login = {"TASKWIRE_NATS_USER": "taskwire", "TASKWIRE_NATS_PASSWORD": "s3cret-nats-password"}
+    running = System(nats_args=("--user", "taskwire", "--pass", "s3cret-nats-password"), nats_env=login)
+    try:
+        running.python_worker()
+        running.wait_for_tasks({"examples.magic.v1.Magic/Add"})
+        with taskwire.Client(running.target) as client:
+            assert Magic(client).add.delay(2, 2, 2).get(timeout=20).sum == 6
+        # A wrong password stops the worker at once, saying so.
+        wrong = running.start(
+            [sys.executable, os.path.join(os.path.dirname(__file__), "..", "examples", "worker.py")],
+            TASKWIRE_NATS_PASSWORD="wrong",
+        )
+        assert wrong.wait(timeout=30) != 0
+    finally:
+        running.close()

@@ -440,19 +440,7 @@ impl Client {
         args: &impl prost::Message,
         options: SubmitOptions,
     ) -> Result<TaskHandle<O>, Error> {
-        let id = self
-            .submit_raw(
-                task,
-                v1::submit_request::Args::ArgsProto(args.encode_to_vec()),
-                options,
-            )
-            .await?
-            .task_id;
-        Ok(TaskHandle {
-            client: self.clone(),
-            id,
-            output: PhantomData,
-        })
+        self.submit_described(task, "", args, options).await
     }
 
     /// Submits `task` with arguments as proto3 JSON; returns the gateway's answer.
