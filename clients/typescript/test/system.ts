@@ -7,7 +7,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { Client } from "../src";
+import { Client, type ClientOptions } from "../src";
 import { AdminDefinition } from "../src/gen/taskwire/v1/tasks";
 
 const ROOT = path.resolve(__dirname, "..", "..", "..", "..");
@@ -21,6 +21,13 @@ export interface System {
   /** host:port of the gateway. */
   address: string;
   stop(): Promise<void>;
+}
+
+export interface SystemOptions {
+  /** More environment of the gateway: TASKWIRE_TLS_CERT, TASKWIRE_AUTH_TOKENS, ... */
+  gatewayEnv?: NodeJS.ProcessEnv;
+  /** How to reach that gateway (TLS, a token allowed to `read`), to see the worker register. */
+  client?: ClientOptions;
 }
 
 /** A started process, with the end of what it wrote to stderr for error messages. */
@@ -97,32 +104,39 @@ function accepts(port: number): Promise<boolean> {
   });
 }
 
+/** Polls `ready` until it is true; it may throw, and its last error is in the message of a timeout. */
 async function until(what: string, ready: () => Promise<boolean>, running: Process[]): Promise<void> {
   const deadline = Date.now() + READY_WITHIN_MS;
+  let last: unknown;
   while (Date.now() < deadline) {
     const dead = running.find((p) => p.exited);
     if (dead !== undefined) throw new Error(dead.describeExit());
-    if (await ready()) return;
+    try {
+      if (await ready()) return;
+    } catch (err) {
+      last = err;
+    }
     await sleep(50);
   }
-  throw new Error(`${what} within ${READY_WITHIN_MS / 1000} s`);
+  throw new Error(`${what} within ${READY_WITHIN_MS / 1000} s${last === undefined ? "" : `; last: ${String(last)}`}`);
 }
 
-async function registered(address: string): Promise<boolean> {
-  const client = new Client(address);
+async function registered(address: string, options: ClientOptions): Promise<boolean> {
+  const client = new Client(address, options);
   try {
     const { taskTypes } = await client.unary(AdminDefinition, "listTaskTypes", {}, { timeout: 2 });
     const names = new Set(taskTypes.map((t) => t.name));
     return TASKS.every((task) => names.has(task));
-  } catch {
-    return false;
   } finally {
     client.close();
   }
 }
 
-/** Starts nats-server, the gateway and the test worker; resolves once the worker's tasks are registered. */
-export async function startSystem(): Promise<System> {
+/**
+ * Starts nats-server, the gateway and the test worker; resolves once the worker's tasks are
+ * registered, as seen by a client with `options.client`.
+ */
+export async function startSystem(options: SystemOptions = {}): Promise<System> {
   const store = fs.mkdtempSync(path.join(os.tmpdir(), "taskwire-ts-"));
   const processes: Process[] = [];
   // Should the tests end without stop() (a crash, a signal), the processes end with them.
@@ -150,10 +164,10 @@ export async function startSystem(): Promise<System> {
     const env = { ...process.env, TASKWIRE_NATS_URL: `nats://127.0.0.1:${natsPort}`, TASKWIRE_LOG: "warn" };
     const gatewayPort = await freePort();
     const address = `127.0.0.1:${gatewayPort}`;
-    processes.push(new Process("the gateway", binary("taskwire-gateway"), [], { ...env, TASKWIRE_GATEWAY_ADDR: address }));
+    processes.push(new Process("the gateway", binary("taskwire-gateway"), [], { ...env, ...options.gatewayEnv, TASKWIRE_GATEWAY_ADDR: address }));
     processes.push(new Process("the test worker", binary("taskwire-test-worker"), [], env));
     await until(`the gateway did not listen on ${gatewayPort}`, () => accepts(gatewayPort), processes);
-    await until(`the worker did not register ${TASKS.join(", ")}`, () => registered(address), processes);
+    await until(`the worker did not register ${TASKS.join(", ")}`, () => registered(address, options.client ?? {}), processes);
     return { address, stop };
   } catch (err) {
     await stop();
