@@ -662,7 +662,7 @@ async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv
 /// from `TASKWIRE_NATS_CREDS`, `TASKWIRE_NATS_NKEY` (a file holding the seed),
 /// `TASKWIRE_NATS_USER` / `TASKWIRE_NATS_PASSWORD`, `TASKWIRE_NATS_CA`, `TASKWIRE_NATS_CERT` and
 /// `TASKWIRE_NATS_KEY`; the gateway, the workers and the CLI use the same settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct NatsAuth {
     /// A `.creds` file (user JWT and nkey seed).
     pub creds_file: Option<std::path::PathBuf>,
@@ -674,6 +674,19 @@ pub struct NatsAuth {
     pub ca_file: Option<std::path::PathBuf>,
     /// Client certificate and key (PEM) for servers that verify clients.
     pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Paths only: never the password.
+        f.debug_struct("NatsAuth")
+            .field("creds_file", &self.creds_file)
+            .field("nkey_file", &self.nkey_file)
+            .field("user", &self.user_password.as_ref().map(|(user, _)| user))
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .finish()
+    }
 }
 
 impl NatsAuth {

@@ -311,6 +311,8 @@ async fn tls_and_mutual_tls_on_the_gateway() -> anyhow::Result<()> {
 const PRODUCER: &str = "producer-token-0123456789abcdef";
 const ADMIN: &str = "admin-token-0123456789abcdef";
 const HTTP_TOKEN: &str = "http-token-0123456789abcdef";
+const EVERYTHING: &str = "everything-token-0123456789abcdef";
+const SUBMIT_ONLY: &str = "submit-only-token-0123456789abcdef";
 
 #[tokio::test]
 async fn tokens_allow_their_tasks_and_operations_only() -> anyhow::Result<()> {
@@ -324,7 +326,7 @@ async fn tokens_allow_their_tasks_and_operations_only() -> anyhow::Result<()> {
     let mut config = examples_config(&nats.url());
     config.tokens = Some(Arc::new(
         taskwire_gateway::auth::Tokens::parse(&format!(
-            "# token operations tasks\n{PRODUCER} submit,read examples.magic.v1.*\n{ADMIN} read,cancel,admin *\n"
+            "# token operations tasks\n{PRODUCER} submit,read examples.magic.v1.*\n{ADMIN} read,cancel,admin *\n{EVERYTHING} submit,read,cancel,admin *\n{SUBMIT_ONLY} submit examples.magic.v1.*\n"
         ))
         .map_err(anyhow::Error::msg)?,
     ));
@@ -391,6 +393,29 @@ async fn tokens_allow_their_tasks_and_operations_only() -> anyhow::Result<()> {
     let workers = producer.workers().await.expect_err("no admin");
     assert_eq!(workers.code(), Some(Code::PermissionDenied), "{workers}");
 
+    // Another task's id is unknown to the producer, not merely forbidden.
+    let everything = as_token(Some(EVERYTHING)).await?;
+    let other = everything
+        .submit_json(
+            "examples.chaos.v1.Chaos/Sleep",
+            r#"{"millis":"1"}"#,
+            taskwire_client::SubmitOptions::default(),
+        )
+        .await?
+        .task_id;
+    for refused in [
+        producer
+            .get(&other, false)
+            .await
+            .expect_err("another task's id"),
+        producer
+            .wait(&other, Duration::from_secs(1), false)
+            .await
+            .expect_err("another task's id"),
+    ] {
+        assert_eq!(refused.code(), Some(Code::NotFound), "{refused}");
+    }
+
     // The admin token: admin calls, reads and cancels any task.
     assert!(!admin.workers().await?.is_empty());
     assert_eq!(
@@ -413,42 +438,93 @@ async fn tokens_allow_their_tasks_and_operations_only() -> anyhow::Result<()> {
         serving.status(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
-    for (path, authorization, status) in [
-        ("/metrics", None, "401"),
-        ("/metrics", Some(format!("Bearer {HTTP_TOKEN}")), "200"),
+    let basic = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("ops:{HTTP_TOKEN}"))
+    };
+    for (method, path, authorization, extra, status) in [
+        ("GET", "/metrics", None, "", "401"),
         (
+            "GET",
+            "/metrics",
+            Some(format!("Bearer {HTTP_TOKEN}")),
+            "",
+            "200",
+        ),
+        (
+            "GET",
+            "/metrics",
+            Some(format!("bearer {HTTP_TOKEN}")),
+            "",
+            "200",
+        ),
+        (
+            "GET",
             "/metrics",
             Some("Bearer wrong-token-0123456789".to_owned()),
+            "",
             "401",
         ),
-        ("/healthz", None, "200"),
+        ("GET", "/api/overview", None, "", "401"),
+        (
+            "GET",
+            "/api/overview",
+            Some(format!("Basic {basic}")),
+            "",
+            "200",
+        ),
+        ("GET", "/", None, "", "401"),
+        ("POST", "/api/dead/x/replay", None, "", "401"),
+        (
+            "POST",
+            "/api/dead/x/replay",
+            Some(format!("Basic {basic}")),
+            "Sec-Fetch-Site: cross-site\r\n",
+            "403",
+        ),
+        ("GET", "/healthz", None, "", "200"),
     ] {
         assert_eq!(
-            http_status(http, path, authorization.as_deref()).await?,
+            http_status(http, method, path, authorization.as_deref(), extra).await?,
             status,
-            "{path}"
+            "{method} {path} {authorization:?}"
         );
     }
 
     // A task by its own method path: the same token rules.
-    for (token, task, expected) in [
+    // Waiting for the result needs `read`; `taskwire-async: true` only submits.
+    for (token, task, asynchronous, expected) in [
         (
             None,
             "/examples.magic.v1.Magic/Add",
+            false,
             Some(Code::Unauthenticated),
         ),
-        (Some(PRODUCER), "/examples.magic.v1.Magic/Add", None),
+        (Some(PRODUCER), "/examples.magic.v1.Magic/Add", false, None),
         (
             Some(PRODUCER),
             "/examples.chaos.v1.Chaos/Flaky",
+            false,
             Some(Code::PermissionDenied),
         ),
+        (
+            Some(SUBMIT_ONLY),
+            "/examples.magic.v1.Magic/Add",
+            false,
+            Some(Code::PermissionDenied),
+        ),
+        (
+            Some(SUBMIT_ONLY),
+            "/examples.magic.v1.Magic/Add",
+            true,
+            None,
+        ),
     ] {
-        let got = direct_call(&gateway.url(), task, token)
+        let got = direct_call(&gateway.url(), task, token, asynchronous)
             .await
             .err()
             .map(|s| s.code());
-        assert_eq!(got, expected, "{task} with {token:?}");
+        assert_eq!(got, expected, "{task} with {token:?}, async {asynchronous}");
     }
 
     // SubmitMany refuses, one by one, the tasks the token may not submit.
@@ -473,8 +549,10 @@ async fn tokens_allow_their_tasks_and_operations_only() -> anyhow::Result<()> {
 
 async fn http_status(
     addr: std::net::SocketAddr,
+    method: &str,
     path: &str,
     authorization: Option<&str>,
+    extra_headers: &str,
 ) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
@@ -482,7 +560,12 @@ async fn http_status(
         .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n{auth}\r\n").as_bytes())
+        .write_all(
+            format!(
+                "{method} {path} HTTP/1.0\r\nHost: test\r\n{auth}{extra_headers}Content-Length: 0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
         .await?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await?;
@@ -498,6 +581,7 @@ async fn direct_call(
     url: &str,
     path: &'static str,
     token: Option<&str>,
+    asynchronous: bool,
 ) -> Result<(), tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
         .map_err(|e| tonic::Status::internal(e.to_string()))?
@@ -514,6 +598,12 @@ async fn direct_call(
             .parse()
             .map_err(|_| tonic::Status::internal("token"))?;
         request.metadata_mut().insert("authorization", value);
+    }
+    if asynchronous {
+        request.metadata_mut().insert(
+            "taskwire-async",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
     }
     request.set_timeout(WAIT);
     let _: tonic::Response<taskwire::examples::magic::v1::AddResult> = grpc
@@ -581,5 +671,34 @@ async fn the_gateway_and_workers_speak_tls_to_nats_with_client_certificates() ->
     .await?;
     let client = Client::connect(gateway.url()).await?;
     assert_eq!(add_with(&client).await?, 9);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_open_dashboard_beside_tokens_and_tls_settings_over_http_are_refused()
+-> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let mut config = examples_config(&nats.url());
+    config.tokens = Some(Arc::new(
+        taskwire_gateway::auth::Tokens::parse(&format!("{PRODUCER} submit,read *"))
+            .map_err(anyhow::Error::msg)?,
+    ));
+    config.http_addr = Some(taskwire_cli::stack::free_addr()?);
+    let err = Gateway::start_with(config)
+        .await
+        .expect_err("an open dashboard beside tokens");
+    assert!(
+        format!("{err:#}").contains("TASKWIRE_HTTP_TOKEN"),
+        "{err:#}"
+    );
+
+    let gateway = Gateway::start(&nats.url()).await?;
+    let err = Client::connect_with(
+        gateway.url(),
+        taskwire_client::ConnectOptions::default().ca_pem(Ca::new("any")?.pem),
+    )
+    .await
+    .expect_err("TLS settings with an http:// URL");
+    assert!(err.to_string().contains("https://"), "{err}");
     Ok(())
 }

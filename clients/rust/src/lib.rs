@@ -390,6 +390,11 @@ impl Client {
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5));
         if options.ca_pem.is_some() || options.identity.is_some() {
+            if !endpoint.starts_with("https://") {
+                return Err(Error::Config(format!(
+                    "{endpoint}: TLS settings (a CA or a client certificate) need an https:// gateway URL; with http:// the token and data would go unencrypted"
+                )));
+            }
             let mut tls = tonic::transport::ClientTlsConfig::new();
             if let Some(ca) = &options.ca_pem {
                 tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));

@@ -32,6 +32,37 @@ pub mod env {
     /// The token the HTTP endpoints (dashboard, `/metrics`) require, as a bearer token or a
     /// basic-auth password; `/healthz` stays open.
     pub const HTTP_TOKEN: &str = "TASKWIRE_HTTP_TOKEN";
+    /// A file holding that token.
+    pub const HTTP_TOKEN_FILE: &str = "TASKWIRE_HTTP_TOKEN_FILE";
+}
+
+/// The HTTP token of `TASKWIRE_HTTP_TOKEN` or `TASKWIRE_HTTP_TOKEN_FILE`, checked for length.
+pub fn http_token_from_env() -> Result<Option<String>, String> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let token = match (var(env::HTTP_TOKEN), var(env::HTTP_TOKEN_FILE)) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "set {} or {}, not both",
+                env::HTTP_TOKEN,
+                env::HTTP_TOKEN_FILE
+            ));
+        }
+        (Some(token), None) => token,
+        (None, Some(file)) => std::fs::read_to_string(&file)
+            .map_err(|e| format!("{}={file}: {e}", env::HTTP_TOKEN_FILE))?
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "the HTTP token ({} or {}) is {} characters; use at least {MIN_TOKEN_LEN} random ones",
+            env::HTTP_TOKEN,
+            env::HTTP_TOKEN_FILE,
+            token.len()
+        ));
+    }
+    Ok(Some(token))
 }
 
 /// The shortest token accepted: guessing one must be hopeless.
@@ -129,13 +160,19 @@ impl Tokens {
                 .split(',')
                 .map(|op| {
                     Op::parse(op).ok_or_else(|| {
+                        // The field is not echoed: with the columns swapped it is the token.
                         format!(
-                            "token line {at}: unknown operation `{op}`; use submit, read, cancel or admin"
+                            "token line {at}: the second column holds an unknown operation; use submit, read, cancel or admin, comma separated"
                         )
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let tasks = tasks.split(',').map(str::to_owned).collect();
+            let tasks: Vec<String> = tasks.split(',').map(str::to_owned).collect();
+            if ops.contains(&Op::Admin) && tasks != ["*"] {
+                return Err(format!(
+                    "token line {at}: `admin` covers every task (dead letters, limits, schedules, history): give `*` as its tasks, or drop `admin`"
+                ));
+            }
             if tokens.iter().any(|t: &Token| t.secret == secret) {
                 return Err(format!("token line {at}: the same token is listed twice"));
             }
@@ -175,14 +212,22 @@ impl Tokens {
 
     /// The token presented, if it is one of these.
     fn find(&self, presented: &str) -> Option<&Token> {
-        self.tokens
-            .iter()
-            .find(|t| constant_time_eq(t.secret.as_bytes(), presented.as_bytes()))
+        // Every token is compared, so that the time taken does not tell which one came close.
+        self.tokens.iter().fold(None, |found, t| {
+            let same = constant_time_eq(t.secret.as_bytes(), presented.as_bytes());
+            found.or(same.then_some(t))
+        })
     }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any case).
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Whether `glob` (with `*` for any run of characters) matches all of `text`.
@@ -212,6 +257,8 @@ pub enum Caller {
     Anyone,
     /// A known token.
     Token(Arc<Token>),
+    /// A request that did not pass the layer.
+    Nobody,
 }
 
 impl Caller {
@@ -219,6 +266,7 @@ impl Caller {
     pub fn check(&self, op: Op, task: Option<&str>) -> Result<(), Status> {
         match self {
             Self::Anyone => Ok(()),
+            Self::Nobody => Err(Status::permission_denied("the call was not authenticated")),
             Self::Token(token) if token.allows(op, task) => Ok(()),
             Self::Token(_) => Err(Status::permission_denied(match task {
                 Some(task) => format!("this token may not {op} task {task}"),
@@ -229,12 +277,35 @@ impl Caller {
 }
 
 /// Checks a handler's request: the caller (from the [`Auth`] layer) may do `op` on `task`.
+/// A request that did not pass the layer is refused.
 pub fn check<T>(request: &tonic::Request<T>, op: Op, task: Option<&str>) -> Result<(), Status> {
+    caller(request).check(op, task)
+}
+
+/// Checks a call about the task with `id` (Get, Wait, Watch, Cancel) whose type is `task`: a
+/// task outside the token's globs is answered as if it did not exist, so that ids cannot be
+/// probed for other tasks.
+pub fn check_known<T>(
+    request: &tonic::Request<T>,
+    op: Op,
+    id: &str,
+    task: &str,
+) -> Result<(), Status> {
+    let caller = caller(request);
+    caller.check(op, None)?;
+    caller
+        .check(op, Some(task))
+        .map_err(|_| Status::not_found(format!("task {id} not found")))
+}
+
+/// The caller the [`Auth`] layer put in the request; none (a request that bypassed it) is
+/// allowed nothing.
+pub fn caller<T>(request: &tonic::Request<T>) -> Caller {
     request
         .extensions()
         .get::<Caller>()
-        .unwrap_or(&Caller::Anyone)
-        .check(op, task)
+        .cloned()
+        .unwrap_or(Caller::Nobody)
 }
 
 /// Whether the request comes with a token whose tasks are limited, so that a handler must look
@@ -243,22 +314,26 @@ pub fn restricted<T>(request: &tonic::Request<T>) -> bool {
     matches!(request.extensions().get::<Caller>(), Some(Caller::Token(_)))
 }
 
-/// What a method path needs before its handler runs: `None` for the open health service.
-fn required(path: &str) -> Option<Vec<Op>> {
-    let (service, method) = path.trim_start_matches('/').split_once('/')?;
+/// What a method path needs before its handler runs, and whether it is a task's own method path:
+/// `None` for the open health service.
+fn required(path: &str) -> Option<(Vec<Op>, bool)> {
+    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
+        // Not a gRPC method path: nothing a token without `admin` needs.
+        return Some((vec![Op::Admin], false));
+    };
     Some(match (service, method) {
         ("grpc.health.v1.Health", _) => return None,
         ("grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection", _) => {
-            vec![Op::Read]
+            (vec![Op::Read], false)
         }
-        ("taskwire.v1.Tasks", "Submit" | "SubmitMany") => vec![Op::Submit],
-        ("taskwire.v1.Tasks", "SubmitAndWait") => vec![Op::Submit, Op::Read],
-        ("taskwire.v1.Tasks", "Cancel") => vec![Op::Cancel],
-        ("taskwire.v1.Tasks", _) => vec![Op::Read],
-        ("taskwire.v1.Admin", "ListTaskTypes") => vec![Op::Read],
-        ("taskwire.v1.Admin" | "taskwire.v1.Schedules", _) => vec![Op::Admin],
+        ("taskwire.v1.Tasks", "Submit" | "SubmitMany") => (vec![Op::Submit], false),
+        ("taskwire.v1.Tasks", "SubmitAndWait") => (vec![Op::Submit, Op::Read], false),
+        ("taskwire.v1.Tasks", "Cancel") => (vec![Op::Cancel], false),
+        ("taskwire.v1.Tasks", _) => (vec![Op::Read], false),
+        ("taskwire.v1.Admin", "ListTaskTypes") => (vec![Op::Read], false),
+        ("taskwire.v1.Admin" | "taskwire.v1.Schedules", _) => (vec![Op::Admin], false),
         // A task by its own method path: submits, and (unless asynchronous) reads the result.
-        _ => vec![Op::Submit],
+        _ => (vec![Op::Submit], true),
     })
 }
 
@@ -298,7 +373,7 @@ where
             return Box::pin(self.inner.call(request));
         };
         let path = request.uri().path().to_owned();
-        let Some(needs) = required(&path) else {
+        let Some((needs, direct)) = required(&path) else {
             return Box::pin(self.inner.call(request));
         };
         let presented = request
@@ -323,8 +398,7 @@ where
             ));
         };
         let caller = Caller::Token(Arc::new(token.clone()));
-        let direct_task = (!path.starts_with("/taskwire.v1.") && !path.starts_with("/grpc."))
-            .then(|| path.trim_start_matches('/').to_owned());
+        let direct_task = direct.then(|| path.trim_start_matches('/').to_owned());
         let asynchronous = request
             .headers()
             .get(crate::direct::ASYNC)
@@ -387,7 +461,8 @@ mod tests {
                 "0123456789abcdef submit",
                 "expected `TOKEN OPERATIONS TASKS`",
             ),
-            ("0123456789abcdef write *", "unknown operation `write`"),
+            ("0123456789abcdef write *", "unknown operation"),
+            ("0123456789abcdef admin examples.*", "give `*`"),
         ] {
             let err = Tokens::parse(bad).expect_err(bad);
             assert!(err.contains(says), "{bad}: {err}");

@@ -334,10 +334,11 @@ fn http_authorized(headers: &http::HeaderMap, token: &str) -> bool {
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0
     };
-    if let Some(bearer) = value.strip_prefix("Bearer ") {
-        return same(bearer.trim().as_bytes());
+    if let Some(bearer) = crate::auth::bearer(value) {
+        return same(bearer.as_bytes());
     }
-    if let Some(basic) = value.strip_prefix("Basic ")
+    if let Some((scheme, basic)) = value.trim().split_once(' ')
+        && scheme.eq_ignore_ascii_case("basic")
         && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim())
         && let Some(colon) = decoded.iter().position(|b| *b == b':')
     {
@@ -375,6 +376,20 @@ pub(crate) fn serve_http(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
                 let token = token.clone();
                 async move {
+                    // A browser sends cached credentials with a cross-site form too: changes
+                    // (replaying a dead task) must come from the dashboard's own page.
+                    if request.method() != http::Method::GET
+                        && request
+                            .headers()
+                            .get("sec-fetch-site")
+                            .is_some_and(|site| site.as_bytes() == b"cross-site")
+                    {
+                        return (
+                            http::StatusCode::FORBIDDEN,
+                            "changes are accepted from the dashboard's own page only\n",
+                        )
+                            .into_response();
+                    }
                     match token {
                         Some(token)
                             if request.uri().path() != "/healthz"

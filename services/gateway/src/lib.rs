@@ -81,7 +81,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(330);
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// Gateway settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// NATS server URL(s), comma separated.
     pub nats_url: String,
@@ -155,6 +155,25 @@ impl Tls {
     }
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets (tokens, the HTTP token, NATS credentials' content) stay out of logs.
+        f.debug_struct("Config")
+            .field("nats_url", &self.nats_url)
+            .field("max_payload", &self.max_payload)
+            .field("broker", &self.broker)
+            .field("descriptor_sets", &self.descriptor_sets.len())
+            .field("http_addr", &self.http_addr)
+            .field("nats_auth", &self.nats_auth)
+            .field("tokens", &self.tokens.is_some())
+            .field("http_token", &self.http_token.is_some())
+            .field("tls", &self.tls)
+            .field("max_concurrent_streams", &self.max_concurrent_streams)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
 impl Config {
     /// Defaults for everything but the NATS URL.
     pub fn new(nats_url: impl Into<String>) -> Self {
@@ -192,6 +211,14 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    if config.tokens.is_some() && config.http_addr.is_some() && config.http_token.is_none() {
+        return Err(Error::Startup(format!(
+            "tokens protect the gRPC port, but the dashboard and /metrics on {} would be open to anyone: set {} (or {}), or turn the HTTP server off",
+            env::HTTP_ADDR,
+            auth::env::HTTP_TOKEN,
+            auth::env::HTTP_TOKEN_FILE
+        )));
+    }
     let mut fixed = Vec::new();
     for set in &config.descriptor_sets {
         fixed.extend(

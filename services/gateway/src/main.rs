@@ -73,19 +73,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.tokens = taskwire_gateway::auth::Tokens::from_env()
         .map_err(anyhow::Error::msg)?
         .map(std::sync::Arc::new);
-    config.http_token = std::env::var(taskwire_gateway::auth::env::HTTP_TOKEN)
-        .ok()
-        .filter(|t| !t.is_empty());
-    if let Some(token) = &config.http_token
-        && token.len() < taskwire_gateway::auth::MIN_TOKEN_LEN
-    {
-        anyhow::bail!(
-            "{} is {} characters; use at least {} random ones",
-            taskwire_gateway::auth::env::HTTP_TOKEN,
-            token.len(),
-            taskwire_gateway::auth::MIN_TOKEN_LEN
-        );
-    }
+    config.http_token =
+        taskwire_gateway::auth::http_token_from_env().map_err(anyhow::Error::msg)?;
     config.max_concurrent_streams = args.max_streams;
     config.request_timeout = args.request_timeout;
     config.broker.result_ttl = args.result_ttl;

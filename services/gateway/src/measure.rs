@@ -85,9 +85,15 @@ where
                     record.record("otel.status_code", "ERROR");
                     record.record("otel.status_message", code.as_str());
                 }
+                // Paths no method has, and calls refused before a method ran, share one label:
+                // callers choose paths, and labels must not grow without bound.
+                let label = match tonic::Code::from(number) {
+                    tonic::Code::Unimplemented | tonic::Code::Unauthenticated => "other",
+                    _ => method.as_str(),
+                };
                 gateway
                     .metrics
-                    .request(&method, &code, started.elapsed().as_secs_f64());
+                    .request(label, &code, started.elapsed().as_secs_f64());
             }
             response
         };

@@ -954,11 +954,7 @@ impl v1::tasks_server::Tasks for TasksService {
         &self,
         request: Request<tonic::Streaming<v1::SubmitRequest>>,
     ) -> Result<Response<v1::SubmitManyResponse>, Status> {
-        let caller = request
-            .extensions()
-            .get::<auth::Caller>()
-            .cloned()
-            .unwrap_or(auth::Caller::Anyone);
+        let caller = auth::caller(&request);
         let response = self
             .gateway
             .submit_many(request.into_inner(), &caller)
@@ -980,7 +976,7 @@ impl v1::tasks_server::Tasks for TasksService {
         let id = parse_id(&request.get_ref().task_id)?;
         if auth::restricted(&request) {
             let info = self.gateway.state(&id).await?;
-            auth::check(&request, Op::Read, Some(&info.task))?;
+            auth::check_known(&request, Op::Read, &info.task_id, &info.task)?;
         }
         let req = request.into_inner();
         let stream = Arc::clone(&self.gateway)
@@ -1034,7 +1030,7 @@ impl v1::tasks_server::Tasks for TasksService {
     ) -> Result<Response<v1::TaskInfo>, Status> {
         let id = parse_id(&request.get_ref().task_id)?;
         let info = self.gateway.state(&id).await?;
-        auth::check(&request, Op::Read, Some(&info.task))?;
+        auth::check_known(&request, Op::Read, &info.task_id, &info.task)?;
         let req = request.into_inner();
         Ok(Response::new(
             self.gateway.with_json(info, req.include_json).await?,
@@ -1048,7 +1044,7 @@ impl v1::tasks_server::Tasks for TasksService {
         let id = parse_id(&request.get_ref().task_id)?;
         if auth::restricted(&request) {
             let known = self.gateway.state(&id).await?;
-            auth::check(&request, Op::Read, Some(&known.task))?;
+            auth::check_known(&request, Op::Read, &known.task_id, &known.task)?;
         }
         let req = request.into_inner();
         let timeout = wait_timeout(req.timeout);
@@ -1065,7 +1061,7 @@ impl v1::tasks_server::Tasks for TasksService {
         let id = parse_id(&request.get_ref().task_id)?;
         if auth::restricted(&request) {
             let known = self.gateway.state(&id).await?;
-            auth::check(&request, Op::Cancel, Some(&known.task))?;
+            auth::check_known(&request, Op::Cancel, &known.task_id, &known.task)?;
         }
         Ok(Response::new(self.gateway.cancel(&id).await?))
     }
