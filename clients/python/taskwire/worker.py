@@ -74,6 +74,7 @@ HEARTBEAT_EVERY = 5.0
 WORKER_TTL = 15.0
 IDLE_WAIT = 1.0
 QUIET_WAIT = 0.05
+CONNECT_TIMEOUT = 10.0
 VERSION = "0.1.0"
 
 # Header names (docs/protocol.md).
@@ -178,7 +179,7 @@ class Options:
 
     def backoff(self, attempt: int) -> float:
         """The delay before the attempt after `attempt`, with a fifth of jitter either way."""
-        delay = min(self.backoff_initial * (2 ** max(attempt - 1, 0)), self.backoff_max)
+        delay = min(self.backoff_initial * (2 ** min(max(attempt - 1, 0), 20)), self.backoff_max)
         return delay * random.uniform(0.8, 1.2)
 
 
@@ -280,6 +281,15 @@ def nats_options_from_env() -> Dict[str, Any]:
     return options
 
 
+def _servers(url: str, tls: bool) -> List[str]:
+    """The servers of a NATS URL setting; `tls://` when TLS is configured, so that nothing goes
+    out in the clear even to a server that does not ask for TLS."""
+    servers = [s.strip() for s in url.split(",") if s.strip()]
+    if tls:
+        servers = ["tls://" + s.split("://", 1)[-1] for s in servers]
+    return servers
+
+
 def now_micros() -> int:
     return time.time_ns() // 1000
 
@@ -352,6 +362,8 @@ class Task:
     options: Options
     registry_entry: tasks_pb2.TaskType
     handler: Optional[Handler] = None
+    # Seconds between in-progress acks: a third of the consumers' ack wait.
+    progress_every: float = 10.0
 
     def handler_for(self, function: Handler) -> Handler:
         self.handler = function
@@ -534,13 +546,24 @@ class Worker:
 
         connecting = asyncio.ensure_future(
             nats.connect(
-                self.nats_url.split(","),
+                _servers(self.nats_url, tls="tls" in self.connect_options),
                 name=f"taskwire-python-worker {self.id}",
                 max_reconnect_attempts=-1,
                 error_cb=on_error,
                 **self.connect_options,
             )
         )
+        stopped = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait([connecting, stopped], timeout=CONNECT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            if not refused:
+                raise ConnectionError(
+                    f"cannot connect to NATS at {self.nats_url} within {CONNECT_TIMEOUT:.0f}s"
+                    + (" (stopped)" if self._stop.is_set() else "")
+                    + "; start nats-server or set TASKWIRE_NATS_URL"
+                )
         try:
             self._nc = await connecting
         except (Exception, asyncio.CancelledError) as e:
@@ -562,12 +585,15 @@ class Worker:
             background.append(cancels)
             self._limits = _Limits(self._js, self.id)
             background.append(await self._limits.start())
-            pullers = [asyncio.ensure_future(self._pull_loop(task)) for task in served]
+            # Consumers first: a worker that cannot bind them fails at start, not silently later.
+            levels = {task.name: await self._consumers(task) for task in served}
+            pullers = [asyncio.ensure_future(self._pull_loop(task, levels[task.name])) for task in served]
             log.info("worker %s serving %s", self.id, ", ".join(t.name for t in served))
             await self._stop.wait()
-            for p in pullers:
+            # The pullers see the stop after their current fetch and release what they hold.
+            _, late = await asyncio.wait(pullers, timeout=IDLE_WAIT + 5)
+            for p in late:
                 p.cancel()
-            await asyncio.gather(*pullers, return_exceptions=True)
             await self._drain()
         finally:
             for b in background:
@@ -607,7 +633,10 @@ class Worker:
             force = asyncio.ensure_future(self._force.wait())
             await asyncio.wait(list(self._running) + [force], timeout=left, return_when=asyncio.FIRST_COMPLETED)
             force.cancel()
-        # Still running after the grace: released (NAKed) for another worker at once.
+        # Still running after the grace: released (NAKed) for another worker at once, and
+        # whatever still waits on the broker gives up.
+        if self._running:
+            self._force.set()
         for running in list(self._running.values()):
             running.released = True
             running.changed.set()
@@ -739,6 +768,19 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
+    async def _consumers(self, task: Task) -> Dict[str, Any]:
+        """The task's three consumers (high, normal, low), bound; sets how often running tasks
+        tell the broker they are in progress from the ack wait the consumers really have."""
+        levels = {p: await self._consumer(task, p) for p in ("high", "normal", "low")}
+        waits = []
+        for subscription in levels.values():
+            try:
+                waits.append((await subscription.consumer_info()).config.ack_wait or self.ack_wait)
+            except Exception:
+                waits.append(self.ack_wait)
+        task.progress_every = max(min(waits) / 3, 0.05)
+        return levels
+
     async def _consumer(self, task: Task, priority: str) -> Any:
         durable = consumer_name(task.name, priority)
         config = js_api.ConsumerConfig(
@@ -791,35 +833,62 @@ class Worker:
 
     # ---- pulling ---------------------------------------------------------------------------
 
-    async def _pull_loop(self, task: Task) -> None:
-        levels = {p: await self._consumer(task, p) for p in ("high", "normal", "low")}
+    async def _pull_loop(self, task: Task, levels: Dict[str, Any]) -> None:
+        """Pulls until the worker stops (it is never cancelled mid-fetch: what a fetch took is
+        started or released, never dropped)."""
         limit = task.options.concurrency or self.concurrency
         mine: set = set()
         freed = asyncio.Event()
         round_no = 0
         while not self._stop.is_set():
-            if len(mine) >= limit:
-                freed.clear()
-                await freed.wait()
-                continue
-            grant = await self._limits.acquire(task, limit - len(mine), self._stop)
-            if grant is None:
-                break
             try:
-                round_no += 1
-                order = ["low", "high", "normal"] if round_no % 8 == 0 else ["high", "normal", "low"]
-                started = 0
-                for level in order:
-                    if started >= grant.allowed:
-                        break
-                    for msg in await self._fetch(levels[level], grant.allowed - started, QUIET_WAIT):
-                        self._start(task, msg, mine, freed, grant.take())
-                        started += 1
-                if started == 0 and not self._stop.is_set():
-                    for msg in await self._fetch(levels["normal"], grant.allowed, IDLE_WAIT):
-                        self._start(task, msg, mine, freed, grant.take())
-            finally:
-                await grant.close()
+                if len(mine) >= limit:
+                    freed.clear()
+                    waits = [asyncio.ensure_future(freed.wait()), asyncio.ensure_future(self._stop.wait())]
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    for w in waits:
+                        w.cancel()
+                    continue
+                grant = await self._limits.acquire(task, limit - len(mine), self._stop)
+                if grant is None:
+                    break
+                try:
+                    round_no += 1
+                    order = ["low", "high", "normal"] if round_no % 8 == 0 else ["high", "normal", "low"]
+                    started = 0
+                    for level in order:
+                        if started >= grant.allowed:
+                            break
+                        msgs = await self._fetch(levels[level], grant.allowed - started, QUIET_WAIT)
+                        started += await self._start_some(task, msgs, grant.allowed - started, grant, mine, freed)
+                    if started == 0 and not self._stop.is_set():
+                        msgs = await self._fetch(levels["normal"], grant.allowed, IDLE_WAIT)
+                        await self._start_some(task, msgs, grant.allowed, grant, mine, freed)
+                finally:
+                    await asyncio.shield(grant.close())
+            except Exception:
+                log.exception("%s: pulling failed; trying again", task.name)
+                await asyncio.sleep(1)
+        # Whatever reached this worker after its last fetch goes back at once.
+        for subscription in levels.values():
+            for msg in _pending(subscription):
+                await _release(msg)
+            try:
+                await subscription.unsubscribe()
+            except Exception:
+                pass
+
+    async def _start_some(self, task: Task, msgs: List[Msg], room: int, grant: "_Grant", mine: set, freed: asyncio.Event) -> int:
+        """Starts up to `room` of `msgs` (a fetch may hand over more than it asked for) and
+        releases the rest, or all of them when the worker is stopping."""
+        started = 0
+        for msg in msgs:
+            if started < room and not self._stop.is_set():
+                self._start(task, msg, mine, freed, grant.take())
+                started += 1
+            else:
+                await _release(msg)
+        return started
 
     async def _fetch(self, subscription: Any, batch: int, wait: float) -> List[Msg]:
         try:
@@ -863,7 +932,7 @@ class Worker:
         me = self._running.get(asyncio.current_task())
         headers = dict(msg.headers or {})
         meta = msg.metadata
-        task_id = self._task_id(headers, meta)
+        task_id = self._task_id(task, headers, meta)
         if task_id is None:
             dead_id = f"poison-{meta.sequence.stream}"
             log.error("%s: message without a valid task id; moving it to the dead letters as %s", task.name, dead_id)
@@ -893,7 +962,7 @@ class Worker:
         try:
             args = task.input_class.FromString(msg.data)
         except DecodeError as e:
-            await self._failed(task, msg, task_id, attempt, options, TaskError(f"undecodable arguments: {e}", False), None)
+            await self._failed(task, msg, task_id, attempt, options, TaskError(f"undecodable arguments: {e}", False), "poison")
             return
         outcome, value = await self._run_attempt(task, msg, ctx, args, options, me)
         await ctx._flush()
@@ -921,14 +990,14 @@ class Worker:
             if await self._store_dead(task, msg, task_id, attempt, "panic", error):
                 await self._finish(task, msg, task_id, attempt, "failed", _failure(error, False), options)
 
-    def _task_id(self, headers: Dict[str, str], meta) -> Optional[str]:
+    def _task_id(self, task: Task, headers: Dict[str, str], meta) -> Optional[str]:
         if TASK_ID in headers:
             value = headers[TASK_ID]
             return value if ID_PATTERN.match(value) else None
         schedule = headers.get(SCHEDULE_NAME)
-        if schedule is None or TASK not in headers:
+        if schedule is None:
             return None
-        return scheduled_task_id(headers[TASK], schedule, meta.sequence.stream)
+        return scheduled_task_id(task.name, schedule, meta.sequence.stream)
 
     async def _run_attempt(self, task: Task, msg: Msg, ctx: TaskContext, args: Message, options: Options, me: "_Running"):
         handler = task.handler
@@ -937,9 +1006,10 @@ class Worker:
         else:
             call = asyncio.ensure_future(asyncio.to_thread(handler, args, ctx))
         me.call = call
+        me.coroutine = inspect.iscoroutinefunction(handler)
         if me.cancelled:
             me.cancel_requested()
-        every = max(self.ack_wait / 3, 0.05)
+        every = task.progress_every
         started = time.monotonic()
         running_reported = False
         timed_out_at = None
@@ -1139,7 +1209,10 @@ class _Limits:
         self.rates = await self._js.key_value("TASKWIRE_RATES")
 
         def put(key: str, value: bytes) -> None:
-            self._overrides[key] = tasks_pb2.TaskLimits.FromString(value)
+            try:
+                self._overrides[key] = tasks_pb2.TaskLimits.FromString(value)
+            except DecodeError:
+                log.warning("task limits of %s do not decode; ignored", key)
 
         return await _follow_bucket(self._js, "TASKWIRE_LIMITS", put, lambda key: self._overrides.pop(key, None))
 
@@ -1215,7 +1288,10 @@ class _Limits:
             except Exception as e:
                 log.warning("%s: cannot read the rate window: %s", task.name, e)
                 return 0.2
-            counted = int(entry.value) if entry is not None and entry.value else 0
+            try:
+                counted = int(entry.value) if entry is not None and entry.value else 0
+            except ValueError:
+                counted = 0
             if counted >= allowed:
                 return until_next
             taken = min(allowed - counted, want)
@@ -1299,6 +1375,7 @@ class _Running:
         self.call: Optional[asyncio.Future] = None
         self.cancel_at: Optional[float] = None
         self.released = False
+        self.coroutine = True
         self.changed = asyncio.Event()
         self.last_progress_ack = time.monotonic()
 
@@ -1311,10 +1388,29 @@ class _Running:
             self.cancel_at = time.monotonic()
         if self.ctx is not None:
             self.ctx._cancelled.set()
-        if self.call is not None and not self.call.done():
-            # A coroutine is told at once; a thread sees ctx.cancelled.
+        if self.coroutine and self.call is not None and not self.call.done():
+            # A coroutine is stopped at once (CancelledError); a thread sees ctx.cancelled and
+            # gets the grace period.
             self.call.cancel()
         self.changed.set()
+
+
+def _pending(subscription: Any) -> List[Msg]:
+    """Messages a pull subscription received but no fetch handed over yet."""
+    queue = getattr(getattr(subscription, "_sub", None), "_pending_queue", None)
+    msgs = []
+    while queue is not None and not queue.empty():
+        msg = queue.get_nowait()
+        if not (msg.headers and msg.headers.get("Status")):
+            msgs.append(msg)
+    return msgs
+
+
+async def _release(msg: Msg) -> None:
+    try:
+        await msg.nak()
+    except Exception:
+        pass
 
 
 def _failure(message: str, retryable: bool) -> bytes:

@@ -156,3 +156,15 @@ def test_the_worker_reads_the_nats_credentials_of_the_environment():
         assert wrong.wait(timeout=30) != 0
     finally:
         running.close()
+
+
+def test_without_nats_the_worker_stops_with_a_clear_error(tmp_path):
+    from conftest import free_port
+
+    done = subprocess.run(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "..", "examples", "worker.py")],
+        env=dict(os.environ, TASKWIRE_NATS_URL=f"nats://127.0.0.1:{free_port()}"),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0
+    assert "cannot connect to NATS" in done.stderr
