@@ -465,7 +465,7 @@ fn generate_client(
             buf,
             "    /// Submits `{task}` and returns a handle to its result.\n    pub async fn {m}(&self, args: {input}) -> ::core::result::Result<::taskwire_client::TaskHandle<{output}>, ::taskwire_client::Error> {{\n        self.{m}_with(args, ::taskwire_client::SubmitOptions::default()).await\n    }}\n\
              \x20   /// Submits `{task}` with options such as an idempotency key. Sends the schema\n    /// fingerprint of this build, so a gateway whose workers registered another schema refuses it.\n    pub async fn {m}_with(&self, args: {input}, options: ::taskwire_client::SubmitOptions) -> ::core::result::Result<::taskwire_client::TaskHandle<{output}>, ::taskwire_client::Error> {{\n        self.inner.submit_described(\"{task}\", \"{hash}\", &args, options).await\n    }}\n\
-             \x20   /// Submits `{task}` and waits up to `timeout` for its result, in one call.\n    pub async fn {m}_and_wait(&self, args: {input}, timeout: ::std::time::Duration) -> ::core::result::Result<{output}, ::taskwire_client::Error> {{\n        self.inner.run(\"{task}\", &args, ::taskwire_client::SubmitOptions::default(), timeout).await\n    }}",
+             \x20   /// Submits `{task}` and waits up to `timeout` for its result, in one call.\n    pub async fn {m}_and_wait(&self, args: {input}, timeout: ::std::time::Duration) -> ::core::result::Result<{output}, ::taskwire_client::Error> {{\n        self.inner.run_described(\"{task}\", \"{hash}\", &args, ::taskwire_client::SubmitOptions::default(), timeout).await\n    }}",
             m = method.name,
             hash = hashes.get(&task).map_or("", String::as_str),
             input = method.input_type,

@@ -378,6 +378,18 @@ async fn bad_input_gets_a_status_and_nothing_is_published() -> anyhow::Result<()
             other.message()
         );
     }
+    // The same check when the call waits for the result in one request.
+    let waited = client
+        .run_described::<AddResult>(
+            ADD,
+            &"0".repeat(64),
+            &AddArgs::default(),
+            SubmitOptions::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("another schema, waited");
+    assert_eq!(waited.code(), Some(Code::FailedPrecondition), "{waited}");
     let bad_id = client.get("a.b", false).await.expect_err("bad id");
     assert_eq!(bad_id.code(), Some(Code::InvalidArgument));
     let unknown_id = client

@@ -532,17 +532,27 @@ impl Client {
         timeout: Duration,
         json: bool,
     ) -> Result<Pending, Error> {
+        let submit = v1::SubmitRequest {
+            task: task.to_owned(),
+            args: Some(args),
+            options: Some(options.into_proto()),
+            ..Default::default()
+        };
+        self.submit_and_wait_request(submit, timeout, json).await
+    }
+
+    async fn submit_and_wait_request(
+        &self,
+        submit: v1::SubmitRequest,
+        timeout: Duration,
+        json: bool,
+    ) -> Result<Pending, Error> {
+        let span = submit_span(&submit.task, "SubmitAndWait");
         let request = v1::SubmitAndWaitRequest {
-            submit: Some(v1::SubmitRequest {
-                task: task.to_owned(),
-                args: Some(args),
-                options: Some(options.into_proto()),
-                ..Default::default()
-            }),
+            submit: Some(submit),
             timeout: prost_types::Duration::try_from(timeout).ok(),
             include_json: json,
         };
-        let span = submit_span(task, "SubmitAndWait");
         async {
             let mut request = tonic::Request::new(request);
             request.set_timeout(timeout + Duration::from_secs(5));
@@ -568,15 +578,26 @@ impl Client {
         options: SubmitOptions,
         timeout: Duration,
     ) -> Result<O, Error> {
-        let pending = self
-            .submit_and_wait(
-                task,
-                v1::submit_request::Args::ArgsProto(args.encode_to_vec()),
-                options,
-                timeout,
-                false,
-            )
-            .await?;
+        self.run_described(task, "", args, options, timeout).await
+    }
+
+    /// [`Client::run`] with the producer's schema fingerprint, checked as in
+    /// [`Client::submit_described`]. Generated stubs call this.
+    pub async fn run_described<O: prost::Message + Default>(
+        &self,
+        task: &str,
+        descriptor_hash: &str,
+        args: &impl prost::Message,
+        options: SubmitOptions,
+        timeout: Duration,
+    ) -> Result<O, Error> {
+        let submit = v1::SubmitRequest {
+            task: task.to_owned(),
+            args: Some(v1::submit_request::Args::ArgsProto(args.encode_to_vec())),
+            options: Some(options.into_proto()),
+            descriptor_hash: descriptor_hash.to_owned(),
+        };
+        let pending = self.submit_and_wait_request(submit, timeout, false).await?;
         outcome(pending.finish().await?)
     }
 
