@@ -47,6 +47,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional
 from google.protobuf import descriptor_pb2
 from google.protobuf.message import DecodeError, Message
 
+from taskwire import metrics as _metrics
 from taskwire.schema import descriptor_hash
 from taskwire.v1 import options_pb2, tasks_pb2
 
@@ -435,6 +436,7 @@ class Worker:
         ack_wait: Optional[float] = None,
         grace: Optional[float] = None,
         connect_options: Optional[Dict[str, Any]] = None,
+        metrics_addr: Optional[str] = None,
     ):
         self.nats_url = nats_url or os.environ.get("TASKWIRE_NATS_URL", "nats://127.0.0.1:4222")
         self.concurrency = max(1, concurrency or int(os.environ.get("TASKWIRE_CONCURRENCY", "100")))
@@ -447,15 +449,30 @@ class Worker:
         self.result_ttl = parse_duration(os.environ.get("TASKWIRE_RESULT_TTL", "24h"))
         self.id = uuid7()
         self.tasks: Dict[str, Task] = {}
-        self.succeeded = 0
-        self.failed = 0
+        # Prometheus metrics on /metrics and /healthz at this address (host:port), if any.
+        self.metrics_addr = _metrics.address_from_env(metrics_addr)
+        if self.metrics_addr is not None:
+            _metrics.parse_address(self.metrics_addr)
+        self.metrics = _metrics.Metrics()
         self._running: Dict[asyncio.Task, "_Running"] = {}
-        self._cancelled_ids: set = set()
+        # Cancelled ids with when this worker learnt of them; forgotten after the result TTL,
+        # when the bucket has dropped them too.
+        self._cancelled_ids: Dict[str, float] = {}
         self._stop: Optional[asyncio.Event] = None
         self._force = None
         self._nc = None
         self._js = None
         self._limits: Optional[_Limits] = None
+
+    @property
+    def succeeded(self) -> int:
+        """Tasks this worker brought to success."""
+        return self.metrics.succeeded_total
+
+    @property
+    def failed(self) -> int:
+        """Tasks this worker brought to another final state (failed, cancelled, expired)."""
+        return self.metrics.failed_total
 
     # ---- declaring tasks -------------------------------------------------------------------
 
@@ -537,7 +554,16 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal)
         refused: List[Exception] = []
+        # The metrics address is bound first: a worker that cannot serve it fails at once.
+        http = await _metrics.serve(self.metrics, self.metrics_addr) if self.metrics_addr else None
+        try:
+            await self._connect_and_work(served, loop, install_signal_handlers, refused)
+        finally:
+            if http is not None:
+                http.close()
+                await http.wait_closed()
 
+    async def _connect_and_work(self, served, loop, install_signal_handlers: bool, refused: List[Exception]) -> None:
         async def on_error(error: Exception) -> None:
             # Bad credentials do not get better by retrying: stop instead of reconnecting forever.
             if "Authorization Violation" in str(error) and not connecting.done():
@@ -801,12 +827,19 @@ class Worker:
 
     async def _watch_cancels(self) -> asyncio.Task:
         def put(key: str, _value: bytes) -> None:
-            self._cancelled_ids.add(key)
+            now = time.monotonic()
+            if len(self._cancelled_ids) % 1024 == 1023:
+                keep = self.result_ttl or float("inf")
+                for old in [k for k, at in self._cancelled_ids.items() if now - at >= keep]:
+                    del self._cancelled_ids[old]
+            self._cancelled_ids[key] = now
             for running in self._running.values():
                 if running.ctx is not None and running.ctx.id == key:
                     running.cancel_requested()
 
-        return await _follow_bucket(self._js, "TASKWIRE_CANCELLED", put, self._cancelled_ids.discard)
+        return await _follow_bucket(
+            self._js, "TASKWIRE_CANCELLED", put, lambda key: self._cancelled_ids.pop(key, None)
+        )
 
     async def _heartbeats(self, served: List[Task]) -> None:
         kv = await self._js.key_value("TASKWIRE_WORKERS")
@@ -964,7 +997,11 @@ class Worker:
         except DecodeError as e:
             await self._failed(task, msg, task_id, attempt, options, TaskError(f"undecodable arguments: {e}", False), "poison")
             return
-        outcome, value = await self._run_attempt(task, msg, ctx, args, options, me)
+        running = self.metrics.started(task.name)
+        try:
+            outcome, value = await self._run_attempt(task, msg, ctx, args, options, me)
+        finally:
+            running.end()
         await ctx._flush()
         if outcome == "released":
             await msg.nak()
@@ -1092,6 +1129,7 @@ class Worker:
         if error.retryable and attempt < options.max_attempts:
             delay = options.backoff(attempt)
             log.info("%s %s attempt %d failed, retrying in %.2fs: %s", task.name, task_id, attempt, delay, error.message)
+            self.metrics.retried(task.name)
             subject = f"taskwire.events.{task_id}.{token(task.name)}"
             try:
                 await self._nc.publish(
@@ -1120,7 +1158,10 @@ class Worker:
                 MSG_ID: f"{task_id}.dead.{replay}",
             }
         )
-        return await self._store(f"taskwire.dead.{task_id}.{token(task.name)}", headers, msg.data) != "gave_up"
+        stored = await self._store(f"taskwire.dead.{task_id}.{token(task.name)}", headers, msg.data)
+        if stored == "stored":
+            self.metrics.dead_lettered(task.name, reason)
+        return stored != "gave_up"
 
     async def _store(self, subject: str, headers: Dict[str, str], body: bytes) -> str:
         """Publishes until JetStream stored it: "stored", "duplicate", "taken" (the subject has
@@ -1157,10 +1198,7 @@ class Worker:
         if stored == "gave_up":
             return
         if stored == "stored":
-            if state == "succeeded":
-                self.succeeded += 1
-            elif state == "failed":
-                self.failed += 1
+            self.metrics.completed(task.name, state)
         try:
             await msg.ack()
         except Exception as e:

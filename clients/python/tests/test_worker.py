@@ -7,11 +7,13 @@ import sys
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
 import taskwire
-from conftest import binary
+from conftest import binary, free_port
 from examples.chaos.v1 import chaos_pb2
 from examples.magic.v1 import magic_pb2
 from taskwire.v1 import tasks_pb2
@@ -44,8 +46,12 @@ def python_only(tmp_path_factory):
 
     running = System()
     running.execution_log = str(tmp_path_factory.mktemp("limits") / "limited.log")
+    running.metrics = f"http://127.0.0.1:{free_port()}"
     try:
-        running.python_worker(TASKWIRE_PY_EXECUTION_LOG=running.execution_log)
+        running.python_worker(
+            TASKWIRE_PY_EXECUTION_LOG=running.execution_log,
+            TASKWIRE_METRICS_ADDR=running.metrics.removeprefix("http://"),
+        )
         running.wait_for_tasks(PYTHON_TASKS)
         yield running
     finally:
@@ -168,3 +174,58 @@ def test_without_nats_the_worker_stops_with_a_clear_error(tmp_path):
     )
     assert done.returncode != 0
     assert "cannot connect to NATS" in done.stderr
+
+
+def scrape(system) -> dict:
+    """The Python worker's metrics: {"name{labels}": value}."""
+    with urllib.request.urlopen(f"{system.metrics}/metrics", timeout=5) as answer:
+        assert answer.headers["content-type"].startswith("application/openmetrics-text")
+        text = answer.read().decode()
+    assert text.endswith("# EOF\n")
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_count_what_the_worker_did(python_only):
+    add = 'task="examples.magic.v1.Magic/Add"'
+    flaky = 'task="examples.chaos.v1.Chaos/Flaky"'
+    keys = {
+        "started": f"taskwire_tasks_started_total{{{add}}}",
+        "succeeded": f'taskwire_tasks_completed_total{{{add},state="succeeded"}}',
+        "runs": f"taskwire_task_run_seconds_count{{{add}}}",
+        "retried": f"taskwire_tasks_retried_total{{{flaky}}}",
+        "flaky_succeeded": f'taskwire_tasks_completed_total{{{flaky},state="succeeded"}}',
+        "flaky_failed": f'taskwire_tasks_completed_total{{{flaky},state="failed"}}',
+        "dead": f'taskwire_tasks_dead_lettered_total{{{flaky},reason="permanent"}}',
+    }
+    before = scrape(python_only)
+    with taskwire.Client(python_only.target) as client:
+        for n in range(3):
+            assert Magic(client).add(magic_pb2.AddArgs(arg1=n, arg2=1, arg3=1)).get(timeout=20).sum == n + 2
+        assert Chaos(client).flaky(chaos_pb2.FlakyArgs(succeed_on_attempt=2)).get(timeout=20).attempt == 2
+        with pytest.raises(taskwire.TaskFailed):
+            Chaos(client).flaky(chaos_pb2.FlakyArgs(permanent=True)).get(timeout=20)
+    after = scrape(python_only)
+    grew = {what: after.get(key, 0) - before.get(key, 0) for what, key in keys.items()}
+    assert grew == {
+        "started": 3, "succeeded": 3, "runs": 3,
+        "retried": 1, "flaky_succeeded": 1, "flaky_failed": 1, "dead": 1,
+    }, grew
+    assert after[f"taskwire_tasks_running{{{add}}}"] == 0
+    assert after[f'taskwire_task_run_seconds_bucket{{{add},le="+Inf"}}'] == after[keys["runs"]]
+    with urllib.request.urlopen(f"{python_only.metrics}/healthz", timeout=5) as answer:
+        assert answer.read() == b"ok"
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"{python_only.metrics}/nothing", timeout=5)
+    assert missing.value.code == 404
+
+
+def test_a_bad_metrics_address_is_a_clear_error():
+    from taskwire.worker import Worker
+
+    with pytest.raises(ValueError, match="not host:port"):
+        Worker(metrics_addr="9464")
