@@ -216,6 +216,9 @@ pub mod env {
     pub const NATS_CERT: &str = "TASKWIRE_NATS_CERT";
     /// Key of the client certificate.
     pub const NATS_KEY: &str = "TASKWIRE_NATS_KEY";
+    /// The subject prefix of this process's reply inboxes (default `_INBOX`), so that NATS
+    /// permissions can give each user replies under its own prefix only.
+    pub const NATS_INBOX_PREFIX: &str = "TASKWIRE_NATS_INBOX_PREFIX";
 }
 
 /// Settings of the streams and buckets, the same for every process that creates them.
@@ -661,7 +664,8 @@ async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv
 /// seed, or a user and password, and TLS with a CA and optionally a client certificate. Read
 /// from `TASKWIRE_NATS_CREDS`, `TASKWIRE_NATS_NKEY` (a file holding the seed),
 /// `TASKWIRE_NATS_USER` / `TASKWIRE_NATS_PASSWORD`, `TASKWIRE_NATS_CA`, `TASKWIRE_NATS_CERT` and
-/// `TASKWIRE_NATS_KEY`; the gateway, the workers and the CLI use the same settings.
+/// `TASKWIRE_NATS_KEY`, and the inbox prefix from `TASKWIRE_NATS_INBOX_PREFIX`; the gateway, the
+/// workers and the CLI use the same settings.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct NatsAuth {
     /// A `.creds` file (user JWT and nkey seed).
@@ -674,6 +678,8 @@ pub struct NatsAuth {
     pub ca_file: Option<std::path::PathBuf>,
     /// Client certificate and key (PEM) for servers that verify clients.
     pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Subject prefix of reply inboxes instead of `_INBOX`, e.g. `_INBOX.magic-worker`.
+    pub inbox_prefix: Option<String>,
 }
 
 impl std::fmt::Debug for NatsAuth {
@@ -685,6 +691,7 @@ impl std::fmt::Debug for NatsAuth {
             .field("user", &self.user_password.as_ref().map(|(user, _)| user))
             .field("ca_file", &self.ca_file)
             .field("client_cert", &self.client_cert)
+            .field("inbox_prefix", &self.inbox_prefix)
             .finish()
     }
 }
@@ -698,8 +705,13 @@ impl NatsAuth {
             creds_file: path(env::NATS_CREDS),
             nkey_file: path(env::NATS_NKEY),
             ca_file: path(env::NATS_CA),
+            inbox_prefix: var(env::NATS_INBOX_PREFIX),
             ..Self::default()
         };
+        if let Some(prefix) = &auth.inbox_prefix {
+            check_inbox_prefix(prefix)
+                .map_err(|why| format!("{}={prefix:?} {why}", env::NATS_INBOX_PREFIX))?;
+        }
         match (var(env::NATS_USER), var(env::NATS_PASSWORD)) {
             (Some(user), Some(password)) => auth.user_password = Some((user, password)),
             (None, None) => {}
@@ -786,8 +798,26 @@ impl NatsAuth {
                 .add_client_certificate(cert.clone(), key.clone())
                 .require_tls(true);
         }
+        if let Some(prefix) = &self.inbox_prefix {
+            check_inbox_prefix(prefix).map_err(|why| format!("inbox prefix {prefix:?} {why}"))?;
+            options = options.custom_inbox_prefix(prefix);
+        }
         Ok(options)
     }
+}
+
+/// An inbox prefix is a literal subject: dot-separated tokens, none empty, no wildcards or
+/// whitespace.
+fn check_inbox_prefix(prefix: &str) -> Result<(), &'static str> {
+    if prefix
+        .split('.')
+        .any(|t| t.is_empty() || t.chars().any(|c| c.is_whitespace() || c == '*' || c == '>'))
+    {
+        return Err(
+            "is not a literal subject: use dot-separated tokens without spaces, `*` or `>` (for example _INBOX.magic-worker)",
+        );
+    }
+    Ok(())
 }
 
 /// The servers of a NATS URL setting: one URL, or several separated by commas.

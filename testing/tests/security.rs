@@ -13,8 +13,10 @@ use taskwire_testing::{Gateway, NatsServer, Worker, examples_config, tasks};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A NATS user with an nkey whose seed is in a file, as `TASKWIRE_NATS_NKEY` names it.
+/// A NATS user with an nkey whose seed is in a file, as `TASKWIRE_NATS_NKEY` names it, and
+/// replies under its own inbox prefix, as accounts.conf allows it.
 struct User {
+    name: String,
     public_key: String,
     seed_file: PathBuf,
 }
@@ -25,6 +27,7 @@ impl User {
         let seed_file = dir.join(format!("{name}.nk"));
         std::fs::write(&seed_file, format!("{}\n", pair.seed()?))?;
         Ok(Self {
+            name: name.to_owned(),
             public_key: pair.public_key(),
             seed_file,
         })
@@ -33,6 +36,7 @@ impl User {
     fn auth(&self) -> NatsAuth {
         NatsAuth {
             nkey_file: Some(self.seed_file.clone()),
+            inbox_prefix: Some(format!("_INBOX.{}", self.name)),
             ..NatsAuth::default()
         }
     }
@@ -146,6 +150,40 @@ async fn the_gateway_and_a_worker_run_as_their_own_nats_users() -> anyhow::Resul
                 && e.contains("examples-chaos-v1-Chaos-Sleep")),
         "{denied:?}"
     );
+    // Nor may it read replies sent to others: another worker's pulled tasks, the gateway's
+    // answers.
+    for inbox in ["_INBOX.>", "_INBOX.gateway.>"] {
+        let _subscription = worker_nats.subscribe(inbox).await?;
+        worker_nats.flush().await?;
+        let refused = tokio::time::timeout(WAIT, async {
+            loop {
+                let seen = errors.lock().expect("errors").clone();
+                if seen.iter().any(|e| {
+                    e.contains("Permissions Violation for Subscription") && e.contains(inbox)
+                }) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            refused.is_ok(),
+            "the magic worker may subscribe to {inbox}: {:?}",
+            errors.lock().expect("errors")
+        );
+    }
+    // An inbox prefix that is not a literal subject is refused before connecting.
+    let wild = NatsAuth {
+        inbox_prefix: Some("_INBOX.*".into()),
+        ..NatsAuth::default()
+    };
+    let refused = wild
+        .apply(async_nats::ConnectOptions::new())
+        .await
+        .err()
+        .unwrap_or_default();
+    assert!(refused.contains("not a literal subject"), "{refused:?}");
     // Nor may it publish tasks: producers go through the gateway.
     worker_nats
         .publish("taskwire.tasks.examples.magic.v1.Magic.Add", "x".into())

@@ -249,7 +249,8 @@ def uuid7() -> str:
 def nats_options_from_env() -> Dict[str, Any]:
     """nats-py connect options from the same settings the Rust runtime reads:
     TASKWIRE_NATS_CREDS, TASKWIRE_NATS_NKEY (a file with the seed), TASKWIRE_NATS_USER and
-    TASKWIRE_NATS_PASSWORD, TASKWIRE_NATS_CA, TASKWIRE_NATS_CERT and TASKWIRE_NATS_KEY."""
+    TASKWIRE_NATS_PASSWORD, TASKWIRE_NATS_CA, TASKWIRE_NATS_CERT and TASKWIRE_NATS_KEY, and
+    TASKWIRE_NATS_INBOX_PREFIX (the subject prefix of reply inboxes, `_INBOX` by default)."""
     env = {k: v for k, v in os.environ.items() if k.startswith("TASKWIRE_NATS_") and v}
     options: Dict[str, Any] = {}
     ways = [k for k in ("TASKWIRE_NATS_CREDS", "TASKWIRE_NATS_NKEY", "TASKWIRE_NATS_USER") if k in env]
@@ -279,6 +280,14 @@ def nats_options_from_env() -> Dict[str, Any]:
         if "TASKWIRE_NATS_CERT" in env:
             context.load_cert_chain(env["TASKWIRE_NATS_CERT"], env["TASKWIRE_NATS_KEY"])
         options["tls"] = context
+    prefix = env.get("TASKWIRE_NATS_INBOX_PREFIX")
+    if prefix is not None:
+        if any(not t or any(c.isspace() or c in "*>" for c in t) for t in prefix.split(".")):
+            raise ValueError(
+                f"TASKWIRE_NATS_INBOX_PREFIX={prefix!r} is not a literal subject: use dot-separated tokens "
+                "without spaces, `*` or `>` (for example _INBOX.magic-worker)"
+            )
+        options["inbox_prefix"] = prefix
     return options
 
 

@@ -144,11 +144,22 @@ def test_the_cluster_wide_concurrency_limit_holds(python_only):
     assert 2 <= most <= 5, spans
 
 
-def test_the_worker_reads_the_nats_credentials_of_the_environment():
+def test_the_worker_reads_the_nats_credentials_of_the_environment(tmp_path):
     from conftest import System
 
-    login = {"TASKWIRE_NATS_USER": "taskwire", "TASKWIRE_NATS_PASSWORD": "s3cret-nats-password"}
-    running = System(nats_args=("--user", "taskwire", "--pass", "s3cret-nats-password"), nats_env=login)
+    # A user whose replies may only come under its own inbox prefix: the gateway and the Python
+    # worker work only if both take the prefix from TASKWIRE_NATS_INBOX_PREFIX.
+    config = tmp_path / "nats.conf"
+    config.write_text(
+        """authorization { users: [ { user: taskwire, password: "s3cret-nats-password", permissions: {
+          publish: ">", subscribe: { allow: ["_INBOX.taskwire.>", "taskwire.results.*"] } } } ] }\n"""
+    )
+    login = {
+        "TASKWIRE_NATS_USER": "taskwire",
+        "TASKWIRE_NATS_PASSWORD": "s3cret-nats-password",
+        "TASKWIRE_NATS_INBOX_PREFIX": "_INBOX.taskwire",
+    }
+    running = System(nats_args=("-c", str(config)), nats_env=login)
     try:
         running.python_worker()
         running.wait_for_tasks({"examples.magic.v1.Magic/Add"})
@@ -229,3 +240,11 @@ def test_a_bad_metrics_address_is_a_clear_error():
 
     with pytest.raises(ValueError, match="not host:port"):
         Worker(metrics_addr="9464")
+
+
+def test_a_bad_inbox_prefix_is_a_clear_error(monkeypatch):
+    from taskwire.worker import nats_options_from_env
+
+    monkeypatch.setenv("TASKWIRE_NATS_INBOX_PREFIX", "_INBOX.*")
+    with pytest.raises(ValueError, match="TASKWIRE_NATS_INBOX_PREFIX.*not a literal subject"):
+        nats_options_from_env()
