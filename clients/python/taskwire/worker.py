@@ -48,6 +48,7 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.message import DecodeError, Message
 
 from taskwire import metrics as _metrics
+from taskwire.otel import Tracing
 from taskwire.schema import descriptor_hash
 from taskwire.v1 import options_pb2, tasks_pb2
 
@@ -463,6 +464,8 @@ class Worker:
         if self.metrics_addr is not None:
             _metrics.parse_address(self.metrics_addr)
         self.metrics = _metrics.Metrics()
+        # OpenTelemetry traces over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (taskwire[otel]).
+        self._tracing = Tracing()
         self._running: Dict[asyncio.Task, "_Running"] = {}
         # Cancelled ids with when this worker learnt of them; forgotten after the result TTL,
         # when the bucket has dropped them too.
@@ -565,12 +568,14 @@ class Worker:
         refused: List[Exception] = []
         # The metrics address is bound first: a worker that cannot serve it fails at once.
         http = await _metrics.serve(self.metrics, self.metrics_addr) if self.metrics_addr else None
+        self._tracing = Tracing.from_env()
         try:
             await self._connect_and_work(served, loop, install_signal_handlers, refused)
         finally:
             if http is not None:
                 http.close()
                 await http.wait_closed()
+            await asyncio.to_thread(self._tracing.shutdown)
 
     async def _connect_and_work(self, served, loop, install_signal_handlers: bool, refused: List[Exception]) -> None:
         async def on_error(error: Exception) -> None:
@@ -962,8 +967,15 @@ class Worker:
     # ---- one task --------------------------------------------------------------------------
 
     async def _handle(self, task: Task, msg: Msg) -> None:
+        me = self._running.get(asyncio.current_task())
+        headers = dict(msg.headers or {})
+        attempt = _attempt_of(headers, msg.metadata)
+        redelivered = attempt > 1
         try:
-            await self._handle_one(task, msg)
+            with self._tracing.process(task.name, msg.subject, headers, headers.get(TASK_ID), attempt, redelivered) as span:
+                if me is not None:
+                    me.span = span
+                await self._handle_one(task, msg)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -975,17 +987,15 @@ class Worker:
         headers = dict(msg.headers or {})
         meta = msg.metadata
         task_id = self._task_id(task, headers, meta)
+        if me.span is not None and task_id is not None:
+            me.span.set_attribute("messaging.message.id", task_id)
         if task_id is None:
             dead_id = f"poison-{meta.sequence.stream}"
             log.error("%s: message without a valid task id; moving it to the dead letters as %s", task.name, dead_id)
             if await self._store_dead(task, msg, dead_id, 1, "poison", "the message has no valid Taskwire-Task-Id header"):
                 await msg.term()
             return
-        try:
-            first = max(1, int(headers.get(ATTEMPT, "1")))
-        except ValueError:
-            first = 1
-        attempt = first + max(meta.num_delivered, 1) - 1
+        attempt = _attempt_of(headers, meta)
         options = task.options.with_overrides(headers)
 
         if attempt > 1 and await self._has_result(task_id):
@@ -1033,6 +1043,7 @@ class Worker:
         else:  # a bug in the task
             log.error("%s %s attempt %d raised: %s", task.name, task_id, attempt, value)
             error = f"task raised {value}"
+            Tracing.failed(me.span, error)
             if await self._store_dead(task, msg, task_id, attempt, "panic", error):
                 await self._finish(task, msg, task_id, attempt, "failed", _failure(error, False), options)
 
@@ -1135,6 +1146,9 @@ class Worker:
         return {TASK_ID: task_id, TASK: task, STATE: state, ATTEMPT: str(attempt)}
 
     async def _failed(self, task: Task, msg: Msg, task_id: str, attempt: int, options: Options, error: TaskError, reason: Optional[str]) -> None:
+        me = self._running.get(asyncio.current_task())
+        if me is not None:
+            Tracing.failed(me.span, error.message)
         if error.retryable and attempt < options.max_attempts:
             delay = options.backoff(attempt)
             log.info("%s %s attempt %d failed, retrying in %.2fs: %s", task.name, task_id, attempt, delay, error.message)
@@ -1203,7 +1217,8 @@ class Worker:
         parent = (msg.headers or {}).get("traceparent")
         if parent:
             headers["traceparent"] = parent
-        stored = await self._store(f"taskwire.results.{task_id}", headers, body)
+        with self._tracing.publish_result(task.name, task_id, state, headers):
+            stored = await self._store(f"taskwire.results.{task_id}", headers, body)
         if stored == "gave_up":
             return
         if stored == "stored":
@@ -1212,6 +1227,15 @@ class Worker:
             await msg.ack()
         except Exception as e:
             log.warning("ack of %s failed (%s); a redelivery will find the stored result", task_id, e)
+
+
+def _attempt_of(headers: Dict[str, str], meta: Any) -> int:
+    """The attempt: the header's first attempt plus the broker's redeliveries."""
+    try:
+        first = max(1, int(headers.get(ATTEMPT, "1")))
+    except ValueError:
+        first = 1
+    return first + max(meta.num_delivered, 1) - 1
 
 
 async def _follow_bucket(js: Any, bucket: str, put: Callable[[str, bytes], None], delete: Callable[[str], Any]) -> asyncio.Task:
@@ -1425,6 +1449,8 @@ class _Running:
         self.coroutine = True
         self.changed = asyncio.Event()
         self.last_progress_ack = time.monotonic()
+        # The attempt's trace span, when traces are on.
+        self.span: Any = None
 
     @property
     def cancelled(self) -> bool:
