@@ -55,6 +55,13 @@ class Metrics:
         values = self._values[family]
         values[labels] = values.get(labels, 0) + by
 
+    def serve_task(self, task: str) -> None:
+        """Shows a served task's series at zero before its first attempt, as the Rust runtime
+        does, so that rates over them count the first attempts too."""
+        self._add("tasks_started", (task,), 0)
+        self._add("tasks_running", (task,), 0)
+        self._runs.setdefault((task,), [[0] * len(BUCKETS), 0.0, 0])
+
     def started(self, task: str) -> "Running":
         """An attempt starts; the returned object's `end()` marks its end."""
         self._add("tasks_started", (task,))
@@ -140,30 +147,34 @@ async def serve(metrics: Metrics, address: str) -> asyncio.AbstractServer:
     host, port = parse_address(address)
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A client that stalls, reading or writing, is dropped after a few seconds.
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
-            path = rest.split(" ", 1)[0].split("?", 1)[0]
-            if method not in ("GET", "HEAD"):
-                status, kind, body = "405 Method Not Allowed", "text/plain; charset=utf-8", "only GET\n"
-            elif path == "/metrics":
-                status, kind, body = "200 OK", CONTENT_TYPE, metrics.render()
-            elif path == "/healthz":
-                status, kind, body = "200 OK", "text/plain; charset=utf-8", "ok"
-            else:
-                status, kind, body = "404 Not Found", "text/plain; charset=utf-8", "not found: try /metrics or /healthz\n"
-            data = body.encode()
-            writer.write(
-                f"HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {len(data)}\r\n"
-                "connection: close\r\n\r\n".encode()
-            )
-            if method != "HEAD":
-                writer.write(data)
-            await writer.drain()
+            await asyncio.wait_for(exchange(reader, writer), 10)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+        path = rest.split(" ", 1)[0].split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            status, kind, body = "405 Method Not Allowed", "text/plain; charset=utf-8", "only GET\n"
+        elif path == "/metrics":
+            status, kind, body = "200 OK", CONTENT_TYPE, metrics.render()
+        elif path == "/healthz":
+            status, kind, body = "200 OK", "text/plain; charset=utf-8", "ok"
+        else:
+            status, kind, body = "404 Not Found", "text/plain; charset=utf-8", "not found: try /metrics or /healthz\n"
+        data = body.encode()
+        writer.write(
+            f"HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {len(data)}\r\n"
+            "connection: close\r\n\r\n".encode()
+        )
+        if method != "HEAD":
+            writer.write(data)
+        await writer.drain()
 
     try:
         return await asyncio.start_server(answer, host, port)

@@ -23,8 +23,15 @@ class Tracing:
 
     @classmethod
     def from_env(cls, default_service: str = "taskwire-python-worker") -> "Tracing":
-        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        if not endpoint or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        endpoint = (
+            os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+            or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+        )
+        off = (
+            os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+            or os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none"
+        )
+        if not endpoint or off:
             return cls()
         try:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -48,9 +55,10 @@ class Tracing:
 
     @contextlib.contextmanager
     def process(
-        self, task: str, subject: str, headers: Dict[str, str], task_id: Optional[str], attempt: int, redelivered: bool
+        self, task: str, subject: str, headers: Dict[str, str], attempt: int, redelivered: bool
     ) -> Iterator[Optional[Any]]:
-        """The span of one attempt (None when traces are off), a child of the producer's."""
+        """The span of one attempt (None when traces are off), a child of the producer's. The
+        caller sets `messaging.message.id` once it knows the task's id is valid."""
         if self._tracer is None:
             yield None
             return
@@ -68,8 +76,6 @@ class Tracing:
             "taskwire.task.name": task,
             "taskwire.task.attempt": attempt,
         }
-        if task_id:
-            attributes["messaging.message.id"] = task_id
         with self._tracer.start_as_current_span(
             f"process {task}",
             context=parent,
@@ -116,9 +122,10 @@ class Tracing:
             span.set_status(Status(StatusCode.ERROR, message))
 
     def shutdown(self) -> None:
-        """Sends what is still buffered."""
+        """Sends what is still buffered, waiting a few seconds at most for the collector."""
         if self._provider is not None:
             try:
+                self._provider.force_flush(timeout_millis=5000)
                 self._provider.shutdown()
             except Exception as e:  # an unreachable collector must not fail the stop
                 log.warning("traces not flushed at exit: %s", e)

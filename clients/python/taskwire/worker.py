@@ -562,22 +562,32 @@ class Worker:
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         loop = asyncio.get_running_loop()
-        if install_signal_handlers:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._on_signal)
         refused: List[Exception] = []
-        # The metrics address is bound first: a worker that cannot serve it fails at once.
-        http = await _metrics.serve(self.metrics, self.metrics_addr) if self.metrics_addr else None
-        self._tracing = Tracing.from_env()
+        http = None
         try:
-            await self._connect_and_work(served, loop, install_signal_handlers, refused)
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, self._on_signal)
+            # The metrics address is bound first: a worker that cannot serve it fails at once.
+            for task in served:
+                self.metrics.serve_task(task.name)
+            if self.metrics_addr:
+                http = await _metrics.serve(self.metrics, self.metrics_addr)
+            self._tracing = Tracing.from_env()
+            await self._connect_and_work(served, refused)
         finally:
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
             if http is not None:
                 http.close()
-                await http.wait_closed()
+                try:
+                    await asyncio.wait_for(http.wait_closed(), 5)
+                except asyncio.TimeoutError:
+                    pass
             await asyncio.to_thread(self._tracing.shutdown)
 
-    async def _connect_and_work(self, served, loop, install_signal_handlers: bool, refused: List[Exception]) -> None:
+    async def _connect_and_work(self, served, refused: List[Exception]) -> None:
         async def on_error(error: Exception) -> None:
             # Bad credentials do not get better by retrying: stop instead of reconnecting forever.
             if "Authorization Violation" in str(error) and not connecting.done():
@@ -644,9 +654,6 @@ class Worker:
                 await asyncio.wait_for(kv.purge(self.id), 2)
             except Exception:
                 pass
-            if install_signal_handlers:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
             # Everything taken was acked or released; a drain would wait on the pull
             # subscriptions' queues, which fetch does not mark done.
             await self._nc.close()
@@ -823,7 +830,11 @@ class Worker:
 
     async def _consumer(self, task: Task, priority: str) -> Any:
         durable = consumer_name(task.name, priority)
+        # With a name and a filter subject, the create request is
+        # $JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>, the form NATS permissions can tie to
+        # this task's subject (deploy/nats/accounts.conf).
         config = js_api.ConsumerConfig(
+            name=durable,
             durable_name=durable,
             description=f"taskwire: tasks of {task.name}, {priority} priority",
             filter_subject=task_subject(task.name, priority),
@@ -837,6 +848,11 @@ class Worker:
         except nats.js.errors.APIError:
             # Made by another worker with other settings: use it as it is.
             await self._js.consumer_info(TASKS_STREAM, durable)
+        except nats.errors.TimeoutError:
+            raise PermissionError(
+                f"creating the consumer {durable} got no answer: does this NATS user have the permissions of "
+                "deploy/nats/accounts.conf for it (and TASKWIRE_NATS_INBOX_PREFIX set to its inbox prefix)?"
+            ) from None
         return await self._js.pull_subscribe_bind(durable=durable, stream=TASKS_STREAM)
 
     async def _watch_cancels(self) -> asyncio.Task:
@@ -865,7 +881,7 @@ class Worker:
                 host=host,
                 pid=os.getpid(),
                 tasks=[t.name for t in served],
-                running=len(self._running),
+                running=self.metrics.running_total,
                 succeeded=self.succeeded,
                 failed=self.failed,
                 version=f"{VERSION} (python)",
@@ -968,11 +984,10 @@ class Worker:
 
     async def _handle(self, task: Task, msg: Msg) -> None:
         me = self._running.get(asyncio.current_task())
-        headers = dict(msg.headers or {})
-        attempt = _attempt_of(headers, msg.metadata)
-        redelivered = attempt > 1
         try:
-            with self._tracing.process(task.name, msg.subject, headers, headers.get(TASK_ID), attempt, redelivered) as span:
+            headers = dict(msg.headers or {})
+            attempt = _attempt_of(headers, msg.metadata)
+            with self._tracing.process(task.name, msg.subject, headers, attempt, redelivered=attempt > 1) as span:
                 if me is not None:
                     me.span = span
                 await self._handle_one(task, msg)
@@ -1011,16 +1026,19 @@ class Worker:
 
         ctx = TaskContext(self, task, task_id, attempt, options, headers)
         me.ctx = ctx
-        try:
-            args = task.input_class.FromString(msg.data)
-        except DecodeError as e:
-            await self._failed(task, msg, task_id, attempt, options, TaskError(f"undecodable arguments: {e}", False), "poison")
-            return
         running = self.metrics.started(task.name)
         try:
-            outcome, value = await self._run_attempt(task, msg, ctx, args, options, me)
+            try:
+                args = task.input_class.FromString(msg.data)
+            except DecodeError as e:
+                outcome, value = "undecodable", e
+            else:
+                outcome, value = await self._run_attempt(task, msg, ctx, args, options, me)
         finally:
             running.end()
+        if outcome == "undecodable":
+            await self._failed(task, msg, task_id, attempt, options, TaskError(f"undecodable arguments: {value}", False), "poison")
+            return
         await ctx._flush()
         if outcome == "released":
             await msg.nak()
@@ -1134,13 +1152,14 @@ class Worker:
                     pass
 
     async def _has_result(self, task_id: str) -> bool:
+        # A direct get with the subject in the body, not in the API subject: the one form NATS
+        # permissions can allow without allowing every other stream (docs/protocol.md).
+        request = json.dumps({"last_by_subj": f"taskwire.results.{task_id}"}).encode()
         try:
-            await self._js.get_last_msg(RESULTS_STREAM, f"taskwire.results.{task_id}", direct=True)
-            return True
-        except nats.js.errors.NotFoundError:
-            return False
+            reply = await self._nc.request(f"$JS.API.DIRECT.GET.{RESULTS_STREAM}", request, timeout=5)
         except Exception:
             return False
+        return not (reply.headers or {}).get("Status")
 
     def _event_headers(self, task: str, task_id: str, state: str, attempt: int) -> Dict[str, str]:
         return {TASK_ID: task_id, TASK: task, STATE: state, ATTEMPT: str(attempt)}

@@ -14,8 +14,11 @@ from conftest import free_port
 from examples.chaos.v1 import chaos_pb2
 from examples.magic.v1 import magic_pb2
 
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.proto.trace.v1 import trace_pb2
+# The worker's traces need the optional packages (taskwire[otel]); `make test` installs them.
+pytest.importorskip("opentelemetry.sdk")
+pytest.importorskip("opentelemetry.exporter.otlp.proto.grpc")
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc  # noqa: E402
+from opentelemetry.proto.trace.v1 import trace_pb2  # noqa: E402
 
 Magic = taskwire.service(magic_pb2, "Magic")
 Chaos = taskwire.service(chaos_pb2, "Chaos")

@@ -118,8 +118,8 @@ impl Cancels {
         let now = Instant::now();
         {
             let mut cancelled = self.cancelled.lock().unwrap_or_else(|e| e.into_inner());
-            // Forget what the bucket has forgotten too, now and then.
-            if cancelled.len() % 1024 == 1023 {
+            // Forget what the bucket has forgotten too, now and then (a zero TTL keeps all).
+            if !self.keep.is_zero() && cancelled.len() % 1024 == 1023 {
                 cancelled.retain(|_, at| now.duration_since(*at) < self.keep);
             }
             cancelled.insert(id.clone(), now);
