@@ -806,6 +806,48 @@ impl NatsAuth {
     }
 }
 
+/// The permission errors NATS reported on a connection. A request whose subject the user may
+/// not publish to, or whose reply it may not receive, only times out; what NATS refused says
+/// what to fix.
+#[derive(Clone, Debug, Default)]
+pub struct Refusals(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Refusals {
+    /// `options` recording the permission errors of the connection they make.
+    pub fn watch(&self, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        let seen = self.clone();
+        options.event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = &event {
+                    let text = e.to_string();
+                    if text.to_lowercase().contains("permissions violation") {
+                        seen.0.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+                    }
+                }
+            }
+        })
+    }
+
+    /// What NATS refused, with what to change; `None` when it refused nothing.
+    pub fn explain(&self) -> Option<String> {
+        let seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let first = seen.first()?;
+        let hint = if seen
+            .iter()
+            .any(|s| s.to_lowercase().contains("subscription"))
+        {
+            format!(
+                "its replies are refused: set {} to the inbox prefix this NATS user may subscribe to (e.g. _INBOX.<user>)",
+                env::NATS_INBOX_PREFIX
+            )
+        } else {
+            "check this NATS user's permissions (deploy/nats/accounts.conf)".to_owned()
+        };
+        Some(format!("NATS refused it: {first}; {hint}"))
+    }
+}
+
 /// An inbox prefix is a literal subject: dot-separated tokens, none empty, no wildcards or
 /// whitespace.
 fn check_inbox_prefix(prefix: &str) -> Result<(), &'static str> {

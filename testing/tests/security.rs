@@ -184,6 +184,34 @@ async fn the_gateway_and_a_worker_run_as_their_own_nats_users() -> anyhow::Resul
         .err()
         .unwrap_or_default();
     assert!(refused.contains("not a literal subject"), "{refused:?}");
+    // Without their inbox prefixes, the gateway and the worker cannot receive replies: each
+    // stops at start, naming the setting to fix.
+    let mut unprefixed = examples_config(&nats.url());
+    unprefixed.nats_auth = NatsAuth {
+        inbox_prefix: None,
+        ..gateway_user.auth()
+    };
+    let worker_unprefixed = NatsAuth {
+        inbox_prefix: None,
+        ..worker_user.auth()
+    };
+    let url = nats.url();
+    let (gateway_refused, worker_refused) = tokio::join!(
+        Gateway::start_with(unprefixed),
+        Worker::start(&url, move |w| w
+            .serve(tasks::magic())
+            .nats_auth(worker_unprefixed)),
+    );
+    for (who, refused) in [
+        ("gateway", gateway_refused.err()),
+        ("worker", worker_refused.err()),
+    ] {
+        let refused = refused.map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(
+            refused.contains("TASKWIRE_NATS_INBOX_PREFIX"),
+            "the {who} without its inbox prefix: {refused:?}"
+        );
+    }
     // Nor may it publish tasks: producers go through the gateway.
     worker_nats
         .publish("taskwire.tasks.examples.magic.v1.Magic.Add", "x".into())

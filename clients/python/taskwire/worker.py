@@ -588,11 +588,15 @@ class Worker:
             await asyncio.to_thread(self._tracing.shutdown)
 
     async def _connect_and_work(self, served, refused: List[Exception]) -> None:
+        denied: List[str] = []
+
         async def on_error(error: Exception) -> None:
             # Bad credentials do not get better by retrying: stop instead of reconnecting forever.
             if "Authorization Violation" in str(error) and not connecting.done():
                 refused.append(error)
                 connecting.cancel()
+            elif "permissions violation" in str(error).lower():
+                denied.append(str(error))
 
         connecting = asyncio.ensure_future(
             nats.connect(
@@ -627,16 +631,29 @@ class Worker:
         self._js = self._nc.jetstream()
         background: List[asyncio.Task] = []
         try:
-            await self._ensure_layout()
-            for task in served:
-                await self._register(task)
-            cancels = await self._watch_cancels()
-            background.append(asyncio.ensure_future(self._heartbeats(served)))
-            background.append(cancels)
-            self._limits = _Limits(self._js, self.id)
-            background.append(await self._limits.start())
-            # Consumers first: a worker that cannot bind them fails at start, not silently later.
-            levels = {task.name: await self._consumers(task) for task in served}
+            try:
+                await self._ensure_layout()
+                for task in served:
+                    await self._register(task)
+                cancels = await self._watch_cancels()
+                background.append(asyncio.ensure_future(self._heartbeats(served)))
+                background.append(cancels)
+                self._limits = _Limits(self._js, self.id)
+                background.append(await self._limits.start())
+                # Consumers first: a worker that cannot bind them fails at start, not silently later.
+                levels = {task.name: await self._consumers(task) for task in served}
+            except Exception as e:
+                if denied:
+                    # Requests that time out because NATS refused something say little; the
+                    # refusal says what to fix.
+                    hint = ""
+                    if any("subscription" in d.lower() for d in denied):
+                        hint = (
+                            "; its replies are refused: set TASKWIRE_NATS_INBOX_PREFIX to the inbox prefix "
+                            "this user may subscribe to (e.g. _INBOX.<user>)"
+                        )
+                    raise PermissionError(f"NATS refused this worker: {denied[0]}{hint}") from e
+                raise
             pullers = [asyncio.ensure_future(self._pull_loop(task, levels[task.name])) for task in served]
             log.info("worker %s serving %s", self.id, ", ".join(t.name for t in served))
             await self._stop.wait()

@@ -291,5 +291,13 @@ def test_a_python_worker_runs_as_its_own_user_of_the_account_config(tmp_path):
         assert worker.poll() is None
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
+        # Without its inbox prefix the worker's replies are refused: it stops, saying what to set.
+        unprefixed = dict(login("magic-worker"), TASKWIRE_NATS_INBOX_PREFIX="")
+        done = subprocess.run(
+            [sys.executable, os.path.join(os.path.dirname(__file__), "magic_worker.py")],
+            env=dict(running.env, **unprefixed), capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode != 0
+        assert "TASKWIRE_NATS_INBOX_PREFIX" in done.stderr, done.stderr[-2000:]
     finally:
         running.close()

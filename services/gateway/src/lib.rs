@@ -234,6 +234,8 @@ pub async fn serve(
         .apply(options)
         .await
         .map_err(Error::Startup)?;
+    let refusals = broker::Refusals::default();
+    let options = refusals.watch(options);
     let client = options
         .connect(broker::servers(&config.nats_url))
         .await
@@ -247,9 +249,13 @@ pub async fn serve(
     let jetstream = async_nats::jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(5))
         .build(client.clone());
-    let broker = Broker::open(jetstream, &config.broker)
-        .await
-        .map_err(|e| Error::Startup(e.to_string()))?;
+    let broker =
+        Broker::open(jetstream, &config.broker)
+            .await
+            .map_err(|e| match refusals.explain() {
+                Some(why) => Error::Startup(format!("{e} ({why})")),
+                None => Error::Startup(e.to_string()),
+            })?;
     let stop = CancellationToken::new();
     let _stop_registry = stop.clone().drop_guard();
     let registry = Registry::start(broker.registry.clone(), fixed, stop.clone()).await?;

@@ -67,6 +67,8 @@ pub enum Error {
         "cannot connect to NATS at {url}: {reason}; start nats-server or set TASKWIRE_NATS_URL"
     )]
     Connect { url: String, reason: String },
+    #[error("the worker could not open the broker: {0}")]
+    Refused(String),
     #[error("{0}")]
     Broker(#[from] broker::Error),
     #[error("service {service}: {reason}")]

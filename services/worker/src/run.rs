@@ -90,6 +90,8 @@ pub(crate) async fn run(
         url: builder.nats_url.clone(),
         reason,
     })?;
+    let refusals = broker::Refusals::default();
+    let options = refusals.watch(options);
     let client = options
         .connect(broker::servers(&builder.nats_url))
         .await
@@ -100,7 +102,15 @@ pub(crate) async fn run(
     let jetstream = jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(10))
         .build(client.clone());
-    let broker = Broker::open(jetstream, &builder.broker).await?;
+    let broker = match Broker::open(jetstream, &builder.broker).await {
+        Ok(broker) => broker,
+        Err(e) => {
+            return Err(match refusals.explain() {
+                Some(why) => Error::Refused(format!("{e} ({why})")),
+                None => e.into(),
+            });
+        }
+    };
 
     let stop = CancellationToken::new();
     let force = CancellationToken::new();
