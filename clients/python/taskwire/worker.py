@@ -475,6 +475,7 @@ class Worker:
         self._nc = None
         self._js = None
         self._limits: Optional[_Limits] = None
+        self._http: Optional[asyncio.AbstractServer] = None
 
     @property
     def succeeded(self) -> int:
@@ -563,26 +564,23 @@ class Worker:
         self._force = asyncio.Event()
         loop = asyncio.get_running_loop()
         refused: List[Exception] = []
-        http = None
+        self._http = None
         try:
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self._on_signal)
-            # The metrics address is bound first: a worker that cannot serve it fails at once.
             for task in served:
                 self.metrics.serve_task(task.name)
-            if self.metrics_addr:
-                http = await _metrics.serve(self.metrics, self.metrics_addr)
             self._tracing = Tracing.from_env()
             await self._connect_and_work(served, refused)
         finally:
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
-            if http is not None:
-                http.close()
+            if self._http is not None:
+                self._http.close()
                 try:
-                    await asyncio.wait_for(http.wait_closed(), 5)
+                    await asyncio.wait_for(self._http.wait_closed(), 5)
                 except asyncio.TimeoutError:
                     pass
             await asyncio.to_thread(self._tracing.shutdown)
@@ -631,6 +629,10 @@ class Worker:
         self._js = self._nc.jetstream()
         background: List[asyncio.Task] = []
         try:
+            # Metrics and /healthz once connected, as the Rust runtime: a probe on /healthz sees
+            # a worker that reached NATS.
+            if self.metrics_addr:
+                self._http = await _metrics.serve(self.metrics, self.metrics_addr)
             try:
                 await self._ensure_layout()
                 for task in served:
