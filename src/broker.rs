@@ -11,6 +11,7 @@
 //! | state changes | stream `TASKWIRE_EVENTS`, `taskwire.events.<id>.<task>` |
 //! | dead letters | stream `TASKWIRE_DEAD`, `taskwire.dead.<id>.<task>`: the task as submitted, with the reason and last error |
 //! | task types | KV bucket `TASKWIRE_REGISTRY`, key `<task>`, value a `taskwire.v1.TaskType` |
+//! | schema versions seen | KV bucket `TASKWIRE_SCHEMAS`, key `<task>.<fingerprint>` (gateways only) |
 //!
 //! Every name, header and setting is defined here once; nothing else builds a subject or a
 //! header set.
@@ -35,6 +36,10 @@ pub const EVENTS_STREAM: &str = "TASKWIRE_EVENTS";
 pub const DEAD_STREAM: &str = "TASKWIRE_DEAD";
 /// KV bucket of task types, written by workers at start.
 pub const REGISTRY_BUCKET: &str = "TASKWIRE_REGISTRY";
+/// KV bucket of every schema version workers have registered: key `<task token>.<fingerprint>`,
+/// value the `taskwire.v1.TaskType` registered with it. Written and read by gateways only, to
+/// accept producers of an earlier version that is compatible with the current one.
+pub const SCHEMAS_BUCKET: &str = "TASKWIRE_SCHEMAS";
 /// KV bucket of cancelled task ids, watched by every worker.
 pub const CANCELLED_BUCKET: &str = "TASKWIRE_CANCELLED";
 /// KV bucket of schedule definitions, by name.
@@ -443,6 +448,18 @@ impl Settings {
         ]
     }
 
+    fn schemas_bucket(&self) -> kv::Config {
+        kv::Config {
+            bucket: SCHEMAS_BUCKET.into(),
+            description: "taskwire: schema versions workers registered, by task and fingerprint"
+                .into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
     fn registry_bucket(&self) -> kv::Config {
         kv::Config {
             bucket: REGISTRY_BUCKET.into(),
@@ -521,6 +538,12 @@ impl Broker {
             result_ttl: settings.result_ttl,
             message_schedules,
         })
+    }
+
+    /// The bucket of schema versions ([`SCHEMAS_BUCKET`]), created if missing. Only gateways
+    /// use it, so workers need no permission for it.
+    pub async fn schemas(&self, settings: &Settings) -> Result<kv::Store, Error> {
+        ensure_bucket(&self.jetstream, settings.schemas_bucket()).await
     }
 
     /// The durable pull consumer of a task type at a priority, created if missing. All workers

@@ -91,6 +91,90 @@ pub fn canonical_text(input: &MessageDescriptor, output: &MessageDescriptor) -> 
     text
 }
 
+/// Whether a producer built from one schema (`old_input`, `old_output`) and workers built from
+/// another (`new_input`, `new_output`) understand each other's messages, in the binary and the
+/// JSON encoding: the same input and output messages, and every field number that both sides
+/// know has the same name, type and cardinality on both (fields only one side knows are
+/// skipped by the other), every enum value number both know the same name. `Err` says the
+/// first difference that breaks them.
+pub fn compatible(
+    old_input: &MessageDescriptor,
+    old_output: &MessageDescriptor,
+    new_input: &MessageDescriptor,
+    new_output: &MessageDescriptor,
+) -> Result<(), String> {
+    for (what, old, new) in [
+        ("input", old_input, new_input),
+        ("output", old_output, new_output),
+    ] {
+        if old.full_name() != new.full_name() {
+            return Err(format!(
+                "the {what} message is {} for the producer and {} for the workers",
+                old.full_name(),
+                new.full_name()
+            ));
+        }
+    }
+    let (mut old_messages, mut old_enums) = (BTreeMap::new(), BTreeMap::new());
+    collect(old_input, &mut old_messages, &mut old_enums);
+    collect(old_output, &mut old_messages, &mut old_enums);
+    let (mut new_messages, mut new_enums) = (BTreeMap::new(), BTreeMap::new());
+    collect(new_input, &mut new_messages, &mut new_enums);
+    collect(new_output, &mut new_messages, &mut new_enums);
+    for (name, old) in &old_messages {
+        let Some(new) = new_messages.get(name) else {
+            continue;
+        };
+        let fields = |m: &MessageDescriptor| -> BTreeMap<i32, String> {
+            m.descriptor_proto()
+                .field
+                .iter()
+                .map(|f| {
+                    let mut shape = format!(
+                        "{} {} {}",
+                        f.name(),
+                        f.label().as_str_name(),
+                        f.r#type().as_str_name()
+                    );
+                    if !f.type_name().is_empty() {
+                        shape.push(' ');
+                        shape.push_str(f.type_name().trim_start_matches('.'));
+                    }
+                    (f.number(), shape)
+                })
+                .collect()
+        };
+        let new_fields = fields(new);
+        for (number, old_shape) in fields(old) {
+            if let Some(new_shape) = new_fields.get(&number)
+                && *new_shape != old_shape
+            {
+                return Err(format!(
+                    "field {number} of {name} is `{old_shape}` for the producer and `{new_shape}` for the workers"
+                ));
+            }
+        }
+    }
+    for (name, old) in &old_enums {
+        let Some(new) = new_enums.get(name) else {
+            continue;
+        };
+        for value in old.values() {
+            if let Some(other) = new.get_value(value.number())
+                && other.name() != value.name()
+            {
+                return Err(format!(
+                    "value {} of {name} is {} for the producer and {} for the workers",
+                    value.number(),
+                    value.name(),
+                    other.name()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn collect(
     message: &MessageDescriptor,
     messages: &mut BTreeMap<String, MessageDescriptor>,
@@ -129,6 +213,68 @@ mod tests {
             pool.get_message_by_name("examples.magic.v1.AddResult")
                 .expect("examples.magic.v1.AddResult"),
         )
+    }
+
+    fn pair(source: &str) -> (MessageDescriptor, MessageDescriptor) {
+        let dir = std::env::temp_dir().join(format!(
+            "taskwire-schema-{}-{:x}",
+            std::process::id(),
+            Sha256::digest(source.as_bytes())
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("demo.proto"), source).expect("proto written");
+        let files = protox::compile(["demo.proto"], [&dir]).expect("demo.proto compiles");
+        let pool = prost_reflect::DescriptorPool::from_file_descriptor_set(files)
+            .expect("descriptors load");
+        (
+            pool.get_message_by_name("demo.In").expect("demo.In"),
+            pool.get_message_by_name("demo.Out").expect("demo.Out"),
+        )
+    }
+
+    #[test]
+    fn added_fields_are_compatible_and_changed_ones_are_not() {
+        let base = "syntax = \"proto3\"; package demo; enum Mode { MODE_UNSPECIFIED = 0; MODE_FAST = 1; } message In { string text = 1; Mode mode = 2; } message Out { int64 n = 1; }";
+        let (old_in, old_out) = pair(base);
+        let added = base.replace("Mode mode = 2;", "Mode mode = 2; repeated string tags = 3;");
+        let (new_in, new_out) = pair(&added);
+        assert_eq!(compatible(&old_in, &old_out, &new_in, &new_out), Ok(()));
+        assert_eq!(compatible(&new_in, &new_out, &old_in, &old_out), Ok(()));
+        assert_ne!(
+            descriptor_hash(&old_in, &old_out),
+            descriptor_hash(&new_in, &new_out)
+        );
+        for (changed, says) in [
+            (
+                base.replace("string text = 1", "int64 text = 1"),
+                "field 1 of demo.In",
+            ),
+            (
+                base.replace("string text = 1", "string words = 1"),
+                "field 1 of demo.In",
+            ),
+            (
+                base.replace("string text = 1", "repeated string text = 1"),
+                "field 1 of demo.In",
+            ),
+            (
+                base.replace("MODE_FAST = 1", "MODE_SLOW = 1"),
+                "value 1 of demo.Mode",
+            ),
+            (
+                base.replace("int64 n = 1", "int32 n = 1"),
+                "field 1 of demo.Out",
+            ),
+        ] {
+            let (new_in, new_out) = pair(&changed);
+            let err = compatible(&old_in, &old_out, &new_in, &new_out).expect_err(&changed);
+            assert!(err.contains(says), "{err:?} should say {says:?}");
+        }
+        let (new_in, new_out) =
+            pair(&base.replace("message Out {", "message Other {}\nmessage Out {"));
+        assert_eq!(compatible(&old_in, &old_out, &new_in, &new_out), Ok(()));
+        let err = compatible(&old_in, &old_out, &new_out, &new_in).expect_err("swapped");
+        assert!(err.contains("the input message is demo.In"), "{err}");
     }
 
     #[test]

@@ -912,3 +912,102 @@ async fn a_project_outside_the_workspace_runs_end_to_end() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+/// The registry entry of `demo.v1.Echo/Say` with these fields in its arguments, and the
+/// entry's schema fingerprint.
+fn echo_version(dir: &std::path::Path, fields: &str) -> anyhow::Result<(v1::TaskType, String)> {
+    let source = format!(
+        "syntax = \"proto3\";\npackage demo.v1;\nmessage SayArgs {{ {fields} }}\nmessage SayResult {{ string text = 1; }}\nservice Echo {{ rpc Say(SayArgs) returns (SayResult); }}\n"
+    );
+    std::fs::write(dir.join("echo.proto"), source)?;
+    let files = protox::compile(["echo.proto"], [dir])?;
+    let bytes = files.encode_to_vec();
+    let task = taskwire::task::TaskType::all_in(&bytes)?
+        .into_iter()
+        .find(|t| t.name.as_str() == "demo.v1.Echo/Say")
+        .ok_or_else(|| anyhow::anyhow!("echo.proto has no demo.v1.Echo/Say"))?;
+    Ok((task.registry_entry(&bytes), task.descriptor_hash.clone()))
+}
+
+#[tokio::test]
+async fn a_producer_of_an_earlier_compatible_schema_is_accepted() -> anyhow::Result<()> {
+    const SAY: &str = "demo.v1.Echo/Say";
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let registry = js.get_key_value("TASKWIRE_REGISTRY").await?;
+    let schemas = js.get_key_value("TASKWIRE_SCHEMAS").await?;
+    let grpc = TasksClient::connect(gateway.url()).await?;
+    let dir = tempfile::tempdir()?;
+    // Workers register a version, as they do at start; the gateway follows.
+    let register = |entry: v1::TaskType, hash: String| {
+        let registry = registry.clone();
+        let schemas = schemas.clone();
+        let url = gateway.url();
+        async move {
+            registry
+                .put("demo.v1.Echo.Say", entry.encode_to_vec().into())
+                .await?;
+            eventually("the gateway keeps the version", WAIT, || async {
+                matches!(
+                    schemas.get(format!("demo.v1.Echo.Say.{hash}")).await,
+                    Ok(Some(_))
+                )
+            })
+            .await?;
+            let client = Client::connect(url).await?;
+            eventually("the gateway serves the version", WAIT, || async {
+                client.task_types().await.is_ok_and(|types| {
+                    types
+                        .iter()
+                        .any(|t| t.name == SAY && t.descriptor_hash == hash)
+                })
+            })
+            .await
+        }
+    };
+    let submit = |hash: &str| {
+        let mut grpc = grpc.clone();
+        let request = v1::SubmitRequest {
+            task: SAY.into(),
+            args: Some(json("{}")),
+            options: None,
+            descriptor_hash: hash.to_owned(),
+        };
+        async move { grpc.submit(request).await }
+    };
+
+    let (first, v1_hash) = echo_version(dir.path(), "string text = 1;")?;
+    register(first, v1_hash.clone()).await?;
+    // The workers add a field: producers of the first version still get through.
+    let (added, v2_hash) = echo_version(dir.path(), "string text = 1; int32 times = 2;")?;
+    assert_ne!(v1_hash, v2_hash);
+    register(added, v2_hash.clone()).await?;
+    submit(&v1_hash).await?;
+    submit(&v2_hash).await?;
+    // They change a field's type: neither earlier version fits any more.
+    let (changed, v3_hash) = echo_version(dir.path(), "int64 text = 1; int32 times = 2;")?;
+    register(changed, v3_hash).await?;
+    for earlier in [&v1_hash, &v2_hash] {
+        let refused = submit(earlier).await.expect_err("an incompatible version");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        for says in [SAY, &earlier[..12], "field 1 of demo.v1.SayArgs"] {
+            assert!(
+                refused.message().contains(says),
+                "{:?} should say {says:?}",
+                refused.message()
+            );
+        }
+    }
+    // A version no worker registered is refused too.
+    let unknown = submit(&"f".repeat(64))
+        .await
+        .expect_err("an unknown version");
+    assert_eq!(unknown.code(), Code::FailedPrecondition, "{unknown:?}");
+    assert!(
+        unknown.message().contains("no worker has registered"),
+        "{:?}",
+        unknown.message()
+    );
+    Ok(())
+}

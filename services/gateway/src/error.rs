@@ -47,12 +47,13 @@ pub enum Error {
     #[error("{0}")]
     PermissionDenied(String),
     #[error(
-        "task {task}: the producer's schema is version {producer}, the workers registered version {registered}; their input or output messages differ. Build the producer and the workers from the same proto (regenerate the client, or deploy workers of the producer's proto)"
+        "task {task}: the producer's schema is version {producer}, the workers registered version {registered}, and they do not fit: {reason}. Build the producer and the workers from compatible protos (regenerate the client, or deploy workers of the producer's proto)"
     )]
     SchemaMismatch {
         task: String,
         producer: String,
         registered: String,
+        reason: String,
     },
     #[error(
         "task {id} has finished already ({state}); only a task that has not finished can be cancelled"

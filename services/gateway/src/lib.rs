@@ -258,7 +258,11 @@ pub async fn serve(
             })?;
     let stop = CancellationToken::new();
     let _stop_registry = stop.clone().drop_guard();
-    let registry = Registry::start(broker.registry.clone(), fixed, stop.clone()).await?;
+    let schemas = broker
+        .schemas(&config.broker)
+        .await
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    let registry = Registry::start(broker.registry.clone(), schemas, fixed, stop.clone()).await?;
     let waiters = waiters::Waiters::start(&client, stop.clone()).await?;
     let gateway = Arc::new(Gateway {
         client,

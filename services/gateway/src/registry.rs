@@ -1,9 +1,13 @@
 //! The gateway's view of the task registry: task types that workers published to the KV bucket,
 //! plus those from descriptor sets given at start. Kept current by a KV watch, so a new task type
 //! needs no gateway restart.
+//!
+//! Every schema version a worker registers is also kept in `TASKWIRE_SCHEMAS`, so that a
+//! producer built from an earlier version is accepted while that version stays compatible with
+//! the workers' (a rolling upgrade that adds a field), and refused once it is not.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_nats::jetstream::kv;
 use futures::StreamExt as _;
@@ -18,12 +22,25 @@ use crate::Error;
 pub struct Registry {
     store: kv::Store,
     types: RwLock<HashMap<String, Arc<TaskType>>>,
+    /// `TASKWIRE_SCHEMAS`, and the keys this gateway has stored there.
+    schemas: kv::Store,
+    recorded: Mutex<HashSet<String>>,
+    /// Whether a producer's version fits the workers': by task, producer's and workers'
+    /// fingerprints.
+    verdicts: Mutex<HashMap<VerdictKey, Result<(), String>>>,
 }
+
+/// A task's name, a producer's fingerprint and the workers'.
+type VerdictKey = (String, String, String);
+
+/// Verdicts kept before the cache starts again.
+const MAX_VERDICTS: usize = 4096;
 
 impl Registry {
     /// Loads the bucket and keeps following it until `shutdown`.
     pub async fn start(
         store: kv::Store,
+        schemas: kv::Store,
         fixed: Vec<TaskType>,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<Arc<Self>, Error> {
@@ -35,6 +52,9 @@ impl Registry {
                     .map(|t| (t.name.to_string(), Arc::new(t)))
                     .collect(),
             ),
+            schemas,
+            recorded: Mutex::new(HashSet::new()),
+            verdicts: Mutex::new(HashMap::new()),
         });
         // Watch first, then load: an update in between is applied twice, never missed.
         let mut watch = registry
@@ -88,6 +108,7 @@ impl Registry {
             Ok(task_type) => {
                 let task_type = Arc::new(task_type);
                 tracing::debug!(task = %task_type.name, "task type registered");
+                self.record(&task_type, value);
                 self.types
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
@@ -99,6 +120,99 @@ impl Registry {
                 None
             }
         }
+    }
+
+    /// Keeps a registered schema version in `TASKWIRE_SCHEMAS` (once per gateway and version).
+    fn record(&self, task_type: &TaskType, value: &[u8]) {
+        let key = format!("{}.{}", task_type.name.token(), task_type.descriptor_hash);
+        if !self
+            .recorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone())
+        {
+            return;
+        }
+        let schemas = self.schemas.clone();
+        let value = bytes::Bytes::copy_from_slice(value);
+        tokio::spawn(async move {
+            // Taken already (by this or another gateway) is as good as stored.
+            if let Err(e) = schemas.create(&key, value).await
+                && e.kind() != kv::CreateErrorKind::AlreadyExists
+            {
+                tracing::warn!(key, error = %e, "cannot keep a schema version");
+            }
+        });
+    }
+
+    /// Whether a producer whose schema fingerprint is `producer` may submit `task_type`: the
+    /// same version as the workers', or an earlier one that workers registered and that is
+    /// compatible with theirs ([`taskwire::schema::compatible`]). No fingerprint is not checked.
+    pub async fn check_schema(&self, task_type: &TaskType, producer: &str) -> Result<(), Error> {
+        let current = &task_type.descriptor_hash;
+        if producer.is_empty() || producer == current {
+            return Ok(());
+        }
+        let cache_key = (
+            task_type.name.to_string(),
+            producer.to_owned(),
+            current.clone(),
+        );
+        let known = self
+            .verdicts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&cache_key)
+            .cloned();
+        let verdict = match known {
+            Some(verdict) => verdict,
+            None => {
+                let verdict = self.judge(task_type, producer).await?;
+                let mut verdicts = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+                if verdicts.len() >= MAX_VERDICTS {
+                    verdicts.clear();
+                }
+                verdicts.insert(cache_key, verdict.clone());
+                verdict
+            }
+        };
+        // Twelve hex digits name a version well enough to tell which build is which.
+        let short = |hash: &str| hash.chars().take(12).collect::<String>();
+        verdict.map_err(|reason| Error::SchemaMismatch {
+            task: task_type.name.to_string(),
+            producer: short(producer),
+            registered: short(current),
+            reason,
+        })
+    }
+
+    async fn judge(
+        &self,
+        task_type: &TaskType,
+        producer: &str,
+    ) -> Result<Result<(), String>, Error> {
+        let unknown = || Err("no worker has registered the producer's version".to_owned());
+        if producer.len() != 64 || !producer.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(unknown());
+        }
+        let key = format!("{}.{producer}", task_type.name.token());
+        let value = match self.schemas.get(&key).await {
+            Ok(Some(value)) => value,
+            Ok(None) => return Ok(unknown()),
+            Err(e) => return Err(Error::BrokerDown(e.to_string())),
+        };
+        let earlier = v1::TaskType::decode(value)
+            .map_err(|e| e.to_string())
+            .and_then(|entry| TaskType::from_registry_entry(&entry).map_err(|e| e.to_string()));
+        Ok(match earlier {
+            Ok(earlier) => taskwire::schema::compatible(
+                &earlier.input,
+                &earlier.output,
+                &task_type.input,
+                &task_type.output,
+            ),
+            Err(e) => Err(format!("the producer's version is kept unreadably: {e}")),
+        })
     }
 
     /// The task type of `name`; a miss asks the bucket directly, in case the watch lags behind a

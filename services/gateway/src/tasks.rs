@@ -253,15 +253,9 @@ impl Gateway {
     pub(crate) async fn prepare(&self, req: v1::SubmitRequest) -> Result<Prepared, Error> {
         let name = Name::parse(&req.task).map_err(Error::InvalidName)?;
         let task_type = self.registry.get(&name).await?;
-        if !req.descriptor_hash.is_empty() && req.descriptor_hash != task_type.descriptor_hash {
-            // Twelve hex digits name a version well enough to tell which build is which.
-            let short = |hash: &str| hash.chars().take(12).collect::<String>();
-            return Err(Error::SchemaMismatch {
-                task: name.to_string(),
-                producer: short(&req.descriptor_hash),
-                registered: short(&task_type.descriptor_hash),
-            });
-        }
+        self.registry
+            .check_schema(&task_type, &req.descriptor_hash)
+            .await?;
         let (args, message) = match req.args {
             Some(v1::submit_request::Args::ArgsProto(bytes)) => {
                 payload::from_proto(&task_type.input, Bytes::from(bytes), self.max_payload)?
