@@ -19,7 +19,7 @@
 //! fingerprint is the lower-case hex SHA-256 of that text. `docs/protocol.md` states the same
 //! for other runtimes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use prost_reflect::{EnumDescriptor, Kind, MessageDescriptor};
@@ -92,11 +92,17 @@ pub fn canonical_text(input: &MessageDescriptor, output: &MessageDescriptor) -> 
 }
 
 /// Whether a producer built from one schema (`old_input`, `old_output`) and workers built from
-/// another (`new_input`, `new_output`) understand each other's messages, in the binary and the
-/// JSON encoding: the same input and output messages, and every field number that both sides
-/// know has the same name, type and cardinality on both (fields only one side knows are
-/// skipped by the other), every enum value number both know the same name. `Err` says the
-/// first difference that breaks them.
+/// another (`new_input`, `new_output`) understand each other, in the binary and the JSON
+/// encoding. `Err` says the first difference that breaks them.
+///
+/// - The input and output messages have the same full names.
+/// - What the producer sends, the workers know: every field of every message the producer's
+///   input reaches exists on the workers' side with the same name, label, type and type name,
+///   and every enum value it can carry exists there with the same number and name. (The workers
+///   may know more: fields the producer does not set keep their defaults.)
+/// - What the workers answer, the producer reads: every field number of the output's messages
+///   that both know has the same shape, and every enum value number both know the same name
+///   (fields and values only one side knows are skipped when the producer decodes).
 pub fn compatible(
     old_input: &MessageDescriptor,
     old_output: &MessageDescriptor,
@@ -115,59 +121,93 @@ pub fn compatible(
             ));
         }
     }
-    let (mut old_messages, mut old_enums) = (BTreeMap::new(), BTreeMap::new());
-    collect(old_input, &mut old_messages, &mut old_enums);
-    collect(old_output, &mut old_messages, &mut old_enums);
     let (mut new_messages, mut new_enums) = (BTreeMap::new(), BTreeMap::new());
     collect(new_input, &mut new_messages, &mut new_enums);
     collect(new_output, &mut new_messages, &mut new_enums);
-    for (name, old) in &old_messages {
-        let Some(new) = new_messages.get(name) else {
-            continue;
-        };
-        let fields = |m: &MessageDescriptor| -> BTreeMap<i32, String> {
-            m.descriptor_proto()
-                .field
-                .iter()
-                .map(|f| {
-                    let mut shape = format!(
-                        "{} {} {}",
-                        f.name(),
-                        f.label().as_str_name(),
-                        f.r#type().as_str_name()
-                    );
-                    if !f.type_name().is_empty() {
-                        shape.push(' ');
-                        shape.push_str(f.type_name().trim_start_matches('.'));
-                    }
-                    (f.number(), shape)
-                })
-                .collect()
-        };
-        let new_fields = fields(new);
-        for (number, old_shape) in fields(old) {
-            if let Some(new_shape) = new_fields.get(&number)
-                && *new_shape != old_shape
-            {
-                return Err(format!(
-                    "field {number} of {name} is `{old_shape}` for the producer and `{new_shape}` for the workers"
-                ));
+    // The input: everything the producer knows must be known to the workers.
+    let (mut sent, mut sent_enums) = (BTreeMap::new(), BTreeMap::new());
+    collect(old_input, &mut sent, &mut sent_enums);
+    fits(&sent, &sent_enums, &new_messages, &new_enums, true)?;
+    // The output: what both know must agree.
+    let (mut read, mut read_enums) = (BTreeMap::new(), BTreeMap::new());
+    collect(old_output, &mut read, &mut read_enums);
+    fits(&read, &read_enums, &new_messages, &new_enums, false)
+}
+
+/// The shape of each field of a message, by number: name, label, type and type name.
+fn shapes(message: &MessageDescriptor) -> BTreeMap<i32, String> {
+    message
+        .descriptor_proto()
+        .field
+        .iter()
+        .map(|f| {
+            let mut shape = format!(
+                "{} {} {}",
+                f.name(),
+                f.label().as_str_name(),
+                f.r#type().as_str_name()
+            );
+            if !f.type_name().is_empty() {
+                shape.push(' ');
+                shape.push_str(f.type_name().trim_start_matches('.'));
+            }
+            (f.number(), shape)
+        })
+        .collect()
+}
+
+/// Checks the producer's messages and enums against the workers'. With `all`, every field and
+/// enum value of the producer's must be on the workers' side; else only those both know must
+/// agree.
+fn fits(
+    old_messages: &BTreeMap<String, MessageDescriptor>,
+    old_enums: &BTreeMap<String, EnumDescriptor>,
+    new_messages: &BTreeMap<String, MessageDescriptor>,
+    new_enums: &BTreeMap<String, EnumDescriptor>,
+    all: bool,
+) -> Result<(), String> {
+    for (name, old) in old_messages {
+        let new_fields = new_messages.get(name).map(shapes);
+        if all && new_fields.is_none() {
+            return Err(format!(
+                "the producer sends {name}, which the workers do not know"
+            ));
+        }
+        let new_fields = new_fields.unwrap_or_default();
+        for (number, old_shape) in shapes(old) {
+            match new_fields.get(&number) {
+                Some(new_shape) if *new_shape != old_shape => {
+                    return Err(format!(
+                        "field {number} of {name} is `{old_shape}` for the producer and `{new_shape}` for the workers"
+                    ));
+                }
+                None if all => {
+                    return Err(format!(
+                        "field {number} of {name} (`{old_shape}`) is not known to the workers"
+                    ));
+                }
+                _ => {}
             }
         }
     }
-    for (name, old) in &old_enums {
-        let Some(new) = new_enums.get(name) else {
-            continue;
-        };
+    for (name, old) in old_enums {
+        let new_values: BTreeSet<(i32, String)> = new_enums
+            .get(name)
+            .map(|e| {
+                e.values()
+                    .map(|v| (v.number(), v.name().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
         for value in old.values() {
-            if let Some(other) = new.get_value(value.number())
-                && other.name() != value.name()
+            let known_number = new_values.iter().any(|(n, _)| *n == value.number());
+            if (all || known_number)
+                && !new_values.contains(&(value.number(), value.name().to_owned()))
             {
                 return Err(format!(
-                    "value {} of {name} is {} for the producer and {} for the workers",
+                    "value {} {} of {name} is not known to the workers under that number and name",
                     value.number(),
-                    value.name(),
-                    other.name()
+                    value.name()
                 ));
             }
         }
@@ -238,8 +278,32 @@ mod tests {
         let (old_in, old_out) = pair(base);
         let added = base.replace("Mode mode = 2;", "Mode mode = 2; repeated string tags = 3;");
         let (new_in, new_out) = pair(&added);
+        // Workers that learnt a field understand producers that do not send it, not the
+        // other way round.
         assert_eq!(compatible(&old_in, &old_out, &new_in, &new_out), Ok(()));
-        assert_eq!(compatible(&new_in, &new_out, &old_in, &old_out), Ok(()));
+        let err = compatible(&new_in, &new_out, &old_in, &old_out).expect_err("removed");
+        assert!(err.contains("field 3 of demo.In"), "{err}");
+        // In the output it goes both ways: the producer skips what it does not know.
+        let more_out = base.replace("int64 n = 1;", "int64 n = 1; string note = 2;");
+        let (more_in, more_out) = pair(&more_out);
+        assert_eq!(compatible(&old_in, &old_out, &more_in, &more_out), Ok(()));
+        assert_eq!(compatible(&more_in, &more_out, &old_in, &old_out), Ok(()));
+        // Enum values: the workers must know every one the producer can send; aliases count
+        // by name.
+        let more_modes = base.replace("MODE_FAST = 1;", "MODE_FAST = 1; MODE_SLOW = 2;");
+        let (modes_in, modes_out) = pair(&more_modes);
+        assert_eq!(compatible(&old_in, &old_out, &modes_in, &modes_out), Ok(()));
+        let err = compatible(&modes_in, &modes_out, &old_in, &old_out).expect_err("value gone");
+        assert!(err.contains("value 2 MODE_SLOW of demo.Mode"), "{err}");
+        let aliased = base
+            .replace("enum Mode {", "enum Mode { option allow_alias = true;")
+            .replace("MODE_FAST = 1;", "MODE_FAST = 1; MODE_QUICK = 1;");
+        let (alias_in, alias_out) = pair(&aliased);
+        assert_eq!(
+            compatible(&alias_in, &alias_out, &alias_in, &alias_out),
+            Ok(())
+        );
+        assert_eq!(compatible(&old_in, &old_out, &alias_in, &alias_out), Ok(()));
         assert_ne!(
             descriptor_hash(&old_in, &old_out),
             descriptor_hash(&new_in, &new_out)
@@ -259,7 +323,11 @@ mod tests {
             ),
             (
                 base.replace("MODE_FAST = 1", "MODE_SLOW = 1"),
-                "value 1 of demo.Mode",
+                "value 1 MODE_FAST of demo.Mode",
+            ),
+            (
+                base.replace("string text = 1", "string text = 4"),
+                "field 1 of demo.In",
             ),
             (
                 base.replace("int64 n = 1", "int32 n = 1"),

@@ -913,11 +913,15 @@ async fn a_project_outside_the_workspace_runs_end_to_end() -> anyhow::Result<()>
     Ok(())
 }
 
-/// The registry entry of `demo.v1.Echo/Say` with these fields in its arguments, and the
-/// entry's schema fingerprint.
-fn echo_version(dir: &std::path::Path, fields: &str) -> anyhow::Result<(v1::TaskType, String)> {
+/// The registry entry of `demo.v1.Echo/Say` with these fields in its arguments and result, and
+/// the entry's schema fingerprint.
+fn echo_version(
+    dir: &std::path::Path,
+    args: &str,
+    result: &str,
+) -> anyhow::Result<(v1::TaskType, String)> {
     let source = format!(
-        "syntax = \"proto3\";\npackage demo.v1;\nmessage SayArgs {{ {fields} }}\nmessage SayResult {{ string text = 1; }}\nservice Echo {{ rpc Say(SayArgs) returns (SayResult); }}\n"
+        "syntax = \"proto3\";\npackage demo.v1;\nmessage SayArgs {{ {args} }}\nmessage SayResult {{ {result} }}\nservice Echo {{ rpc Say(SayArgs) returns (SayResult); }}\n"
     );
     std::fs::write(dir.join("echo.proto"), source)?;
     let files = protox::compile(["echo.proto"], [dir])?;
@@ -938,16 +942,14 @@ async fn a_producer_of_an_earlier_compatible_schema_is_accepted() -> anyhow::Res
     let registry = js.get_key_value("TASKWIRE_REGISTRY").await?;
     let schemas = js.get_key_value("TASKWIRE_SCHEMAS").await?;
     let grpc = TasksClient::connect(gateway.url()).await?;
+    let client = Client::connect(gateway.url()).await?;
     let dir = tempfile::tempdir()?;
     // Workers register a version, as they do at start; the gateway follows.
-    let register = |entry: v1::TaskType, hash: String| {
-        let registry = registry.clone();
-        let schemas = schemas.clone();
-        let url = gateway.url();
+    let register = |entry: &v1::TaskType, hash: &str| {
+        let (registry, schemas, client) = (registry.clone(), schemas.clone(), client.clone());
+        let (entry, hash) = (entry.encode_to_vec(), hash.to_owned());
         async move {
-            registry
-                .put("demo.v1.Echo.Say", entry.encode_to_vec().into())
-                .await?;
+            registry.put("demo.v1.Echo.Say", entry.into()).await?;
             eventually("the gateway keeps the version", WAIT, || async {
                 matches!(
                     schemas.get(format!("demo.v1.Echo.Say.{hash}")).await,
@@ -955,7 +957,6 @@ async fn a_producer_of_an_earlier_compatible_schema_is_accepted() -> anyhow::Res
                 )
             })
             .await?;
-            let client = Client::connect(url).await?;
             eventually("the gateway serves the version", WAIT, || async {
                 client.task_types().await.is_ok_and(|types| {
                     types
@@ -976,38 +977,61 @@ async fn a_producer_of_an_earlier_compatible_schema_is_accepted() -> anyhow::Res
         };
         async move { grpc.submit(request).await }
     };
-
-    let (first, v1_hash) = echo_version(dir.path(), "string text = 1;")?;
-    register(first, v1_hash.clone()).await?;
-    // The workers add a field: producers of the first version still get through.
-    let (added, v2_hash) = echo_version(dir.path(), "string text = 1; int32 times = 2;")?;
-    assert_ne!(v1_hash, v2_hash);
-    register(added, v2_hash.clone()).await?;
-    submit(&v1_hash).await?;
-    submit(&v2_hash).await?;
-    // They change a field's type: neither earlier version fits any more.
-    let (changed, v3_hash) = echo_version(dir.path(), "int64 text = 1; int32 times = 2;")?;
-    register(changed, v3_hash).await?;
-    for earlier in [&v1_hash, &v2_hash] {
-        let refused = submit(earlier).await.expect_err("an incompatible version");
-        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-        for says in [SAY, &earlier[..12], "field 1 of demo.v1.SayArgs"] {
+    let refused = |result: Result<tonic::Response<v1::SubmitResponse>, tonic::Status>,
+                   says: &[&str]| {
+        let status = result.expect_err("refused");
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        for says in std::iter::once(&SAY).chain(says) {
             assert!(
-                refused.message().contains(says),
+                status.message().contains(says),
                 "{:?} should say {says:?}",
-                refused.message()
+                status.message()
             );
         }
-    }
-    // A version no worker registered is refused too.
-    let unknown = submit(&"f".repeat(64))
-        .await
-        .expect_err("an unknown version");
-    assert_eq!(unknown.code(), Code::FailedPrecondition, "{unknown:?}");
-    assert!(
-        unknown.message().contains("no worker has registered"),
-        "{:?}",
-        unknown.message()
+    };
+
+    let (first, v1_hash) = echo_version(dir.path(), "string text = 1;", "string text = 1;")?;
+    let (longer, v2_hash) = echo_version(
+        dir.path(),
+        "string text = 1;",
+        "string text = 1; int32 length = 2;",
+    )?;
+    register(&first, &v1_hash).await?;
+    // A version no worker has registered is refused...
+    refused(submit(&v2_hash).await, &["no worker has registered"]);
+    refused(submit(&"F".repeat(64)).await, &["not a schema fingerprint"]);
+    // ...until one does: then it is judged, here compatible (a result field the producer
+    // skips), also after workers of the first version register again.
+    register(&longer, &v2_hash).await?;
+    register(&first, &v1_hash).await?;
+    submit(&v2_hash).await?;
+    // The workers learn an argument field: producers of both earlier versions get through.
+    let (more, v3_hash) = echo_version(
+        dir.path(),
+        "string text = 1; int32 times = 2;",
+        "string text = 1; int32 length = 2;",
+    )?;
+    register(&more, &v3_hash).await?;
+    submit(&v1_hash).await?;
+    submit(&v2_hash).await?;
+    // Workers that do not know it refuse producers that send it.
+    register(&first, &v1_hash).await?;
+    refused(
+        submit(&v3_hash).await,
+        &[&v3_hash[..12], &v1_hash[..12], "field 2 of demo.v1.SayArgs"],
     );
+    // A changed field type: no earlier version fits.
+    let (changed, v4_hash) = echo_version(
+        dir.path(),
+        "int64 text = 1; int32 times = 2;",
+        "string text = 1; int32 length = 2;",
+    )?;
+    register(&changed, &v4_hash).await?;
+    for earlier in [&v1_hash, &v2_hash, &v3_hash] {
+        refused(
+            submit(earlier).await,
+            &[&earlier[..12], "field 1 of demo.v1.SayArgs"],
+        );
+    }
     Ok(())
 }

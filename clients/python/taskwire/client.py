@@ -179,7 +179,8 @@ class Client:
         """Stores `task` with `args` (its input message) and returns a handle; keyword options:
         idempotency_key, max_attempts, timeout, countdown, eta, priority, ttl, expires,
         result_ttl. With `descriptor_hash` (typed stubs send it), a gateway whose workers
-        registered another schema of the task refuses it (FAILED_PRECONDITION)."""
+        registered another schema of the task, not compatible with this one, refuses it
+        (FAILED_PRECONDITION)."""
         request = tasks_pb2.SubmitRequest(
             task=task,
             args_proto=args.SerializeToString(),

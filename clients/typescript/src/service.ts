@@ -21,7 +21,8 @@ export interface TaskMethod<P, O> {
   readonly task: string;
   /**
    * The task's schema fingerprint, sent with every submission so that the gateway refuses it
-   * (FAILED_PRECONDITION) when the workers were built from another version of the proto;
+   * (FAILED_PRECONDITION) when the workers were built from another version of the proto that
+   * does not fit this one;
    * undefined when the stub has no descriptors of the service (see `service()`).
    */
   readonly descriptorHash: string | undefined;

@@ -258,10 +258,15 @@ pub async fn serve(
             })?;
     let stop = CancellationToken::new();
     let _stop_registry = stop.clone().drop_guard();
-    let schemas = broker
-        .schemas(&config.broker)
-        .await
-        .map_err(|e| Error::Startup(e.to_string()))?;
+    // Without it (NATS permissions from before it existed, say) producers must match the
+    // workers' schema version exactly.
+    let schemas = match broker.schemas(&config.broker).await {
+        Ok(schemas) => Some(schemas),
+        Err(e) => {
+            tracing::warn!(error = %e, "earlier schema versions are not kept: producers must match the workers' version exactly");
+            None
+        }
+    };
     let registry = Registry::start(broker.registry.clone(), schemas, fixed, stop.clone()).await?;
     let waiters = waiters::Waiters::start(&client, stop.clone()).await?;
     let gateway = Arc::new(Gateway {

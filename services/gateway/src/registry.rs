@@ -22,8 +22,9 @@ use crate::Error;
 pub struct Registry {
     store: kv::Store,
     types: RwLock<HashMap<String, Arc<TaskType>>>,
-    /// `TASKWIRE_SCHEMAS`, and the keys this gateway has stored there.
-    schemas: kv::Store,
+    /// `TASKWIRE_SCHEMAS` (none when it cannot be opened: then only the workers' own version is
+    /// accepted), and the keys this gateway has stored there.
+    schemas: Option<kv::Store>,
     recorded: Mutex<HashSet<String>>,
     /// Whether a producer's version fits the workers': by task, producer's and workers'
     /// fingerprints.
@@ -40,7 +41,7 @@ impl Registry {
     /// Loads the bucket and keeps following it until `shutdown`.
     pub async fn start(
         store: kv::Store,
-        schemas: kv::Store,
+        schemas: Option<kv::Store>,
         fixed: Vec<TaskType>,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<Arc<Self>, Error> {
@@ -96,7 +97,7 @@ impl Registry {
         Ok(registry)
     }
 
-    fn apply(&self, value: &[u8]) -> Option<Arc<TaskType>> {
+    fn apply(self: &Arc<Self>, value: &[u8]) -> Option<Arc<TaskType>> {
         let entry = match v1::TaskType::decode(value) {
             Ok(entry) => entry,
             Err(e) => {
@@ -122,8 +123,12 @@ impl Registry {
         }
     }
 
-    /// Keeps a registered schema version in `TASKWIRE_SCHEMAS` (once per gateway and version).
-    fn record(&self, task_type: &TaskType, value: &[u8]) {
+    /// Keeps a registered schema version in `TASKWIRE_SCHEMAS` (once per gateway and version;
+    /// again after a failure).
+    fn record(self: &Arc<Self>, task_type: &TaskType, value: &[u8]) {
+        let Some(schemas) = self.schemas.clone() else {
+            return;
+        };
         let key = format!("{}.{}", task_type.name.token(), task_type.descriptor_hash);
         if !self
             .recorded
@@ -133,14 +138,21 @@ impl Registry {
         {
             return;
         }
-        let schemas = self.schemas.clone();
         let value = bytes::Bytes::copy_from_slice(value);
+        let registry = Arc::downgrade(self);
         tokio::spawn(async move {
             // Taken already (by this or another gateway) is as good as stored.
             if let Err(e) = schemas.create(&key, value).await
                 && e.kind() != kv::CreateErrorKind::AlreadyExists
             {
-                tracing::warn!(key, error = %e, "cannot keep a schema version");
+                tracing::warn!(key, error = %e, "cannot keep a schema version; trying again when it is registered again");
+                if let Some(registry) = registry.upgrade() {
+                    registry
+                        .recorded
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&key);
+                }
             }
         });
     }
@@ -152,6 +164,23 @@ impl Registry {
         let current = &task_type.descriptor_hash;
         if producer.is_empty() || producer == current {
             return Ok(());
+        }
+        // Twelve hex digits name a version well enough to tell which build is which.
+        let short = |hash: &str| hash.chars().take(12).collect::<String>();
+        let refuse = |reason: String| Error::SchemaMismatch {
+            task: task_type.name.to_string(),
+            producer: short(producer),
+            registered: short(current),
+            reason,
+        };
+        if producer.len() != 64
+            || !producer
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(refuse(
+                "the producer's is not a schema fingerprint (64 lower-case hex digits)".to_owned(),
+            ));
         }
         let cache_key = (
             task_type.name.to_string(),
@@ -167,7 +196,19 @@ impl Registry {
         let verdict = match known {
             Some(verdict) => verdict,
             None => {
-                let verdict = self.judge(task_type, producer).await?;
+                let Some(earlier) = self.earlier(task_type, producer).await? else {
+                    // Not kept (yet): asked again next time, as a worker may register it.
+                    return Err(refuse(
+                        "no worker has registered the producer's version".to_owned(),
+                    ));
+                };
+                // Decided by the two versions alone, so kept.
+                let verdict = taskwire::schema::compatible(
+                    &earlier.input,
+                    &earlier.output,
+                    &task_type.input,
+                    &task_type.output,
+                );
                 let mut verdicts = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
                 if verdicts.len() >= MAX_VERDICTS {
                     verdicts.clear();
@@ -176,48 +217,39 @@ impl Registry {
                 verdict
             }
         };
-        // Twelve hex digits name a version well enough to tell which build is which.
-        let short = |hash: &str| hash.chars().take(12).collect::<String>();
-        verdict.map_err(|reason| Error::SchemaMismatch {
-            task: task_type.name.to_string(),
-            producer: short(producer),
-            registered: short(current),
-            reason,
-        })
+        verdict.map_err(refuse)
     }
 
-    async fn judge(
+    /// The version of `task_type` whose fingerprint is `producer`, as a worker registered it.
+    async fn earlier(
         &self,
         task_type: &TaskType,
         producer: &str,
-    ) -> Result<Result<(), String>, Error> {
-        let unknown = || Err("no worker has registered the producer's version".to_owned());
-        if producer.len() != 64 || !producer.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(unknown());
-        }
+    ) -> Result<Option<TaskType>, Error> {
+        let Some(schemas) = &self.schemas else {
+            return Ok(None);
+        };
         let key = format!("{}.{producer}", task_type.name.token());
-        let value = match self.schemas.get(&key).await {
+        let value = match schemas.get(&key).await {
             Ok(Some(value)) => value,
-            Ok(None) => return Ok(unknown()),
+            Ok(None) => return Ok(None),
             Err(e) => return Err(Error::BrokerDown(e.to_string())),
         };
         let earlier = v1::TaskType::decode(value)
             .map_err(|e| e.to_string())
             .and_then(|entry| TaskType::from_registry_entry(&entry).map_err(|e| e.to_string()));
-        Ok(match earlier {
-            Ok(earlier) => taskwire::schema::compatible(
-                &earlier.input,
-                &earlier.output,
-                &task_type.input,
-                &task_type.output,
-            ),
-            Err(e) => Err(format!("the producer's version is kept unreadably: {e}")),
-        })
+        match earlier {
+            Ok(earlier) => Ok(Some(earlier)),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "a kept schema version does not decode");
+                Ok(None)
+            }
+        }
     }
 
     /// The task type of `name`; a miss asks the bucket directly, in case the watch lags behind a
     /// worker that has just started.
-    pub async fn get(&self, name: &Name) -> Result<Arc<TaskType>, Error> {
+    pub async fn get(self: &Arc<Self>, name: &Name) -> Result<Arc<TaskType>, Error> {
         if let Some(t) = self
             .types
             .read()
