@@ -1009,16 +1009,15 @@ class Worker:
             with self._tracing.process(task.name, msg.subject, headers, attempt, redelivered=attempt > 1) as span:
                 if me is not None:
                     me.span = span
-                await self._handle_one(task, msg)
+                await self._handle_one(task, msg, headers, attempt)
         except asyncio.CancelledError:
             raise
         except Exception:
             # Left unacknowledged: the broker redelivers it after the ack wait.
             log.exception("%s: handling a task failed", task.name)
 
-    async def _handle_one(self, task: Task, msg: Msg) -> None:
+    async def _handle_one(self, task: Task, msg: Msg, headers: Dict[str, str], attempt: int) -> None:
         me = self._running.get(asyncio.current_task())
-        headers = dict(msg.headers or {})
         meta = msg.metadata
         task_id = self._task_id(task, headers, meta)
         if me.span is not None and task_id is not None:
@@ -1029,7 +1028,6 @@ class Worker:
             if await self._store_dead(task, msg, dead_id, 1, "poison", "the message has no valid Taskwire-Task-Id header"):
                 await msg.term()
             return
-        attempt = _attempt_of(headers, meta)
         options = task.options.with_overrides(headers)
 
         if attempt > 1 and await self._has_result(task_id):

@@ -266,12 +266,12 @@ def test_a_python_worker_runs_as_its_own_user_of_the_account_config(tmp_path):
     root = os.path.join(os.path.dirname(__file__), "..", "..", "..")
     accounts = open(os.path.join(root, "deploy", "nats", "accounts.conf")).read()
     for user in ("gateway", "magic-worker"):
-        placeholder = "{ nkey: $" + user.upper().replace("-", "_") + "_NKEY,"
-        assert placeholder in accounts, placeholder
-        accounts = accounts.replace(placeholder, f'{{ user: {user}, password: "{user}-secret",')
+        variable = user.upper().replace("-", "_") + "_NKEY"
+        nkey_entry = "{ nkey: $" + variable + ","
+        assert nkey_entry in accounts, nkey_entry
+        accounts = accounts.replace(nkey_entry, f'{{ user: {user}, password: "{user}-secret",')
         # The key's definition goes too: nats-server refuses unused variables.
-        name = user.upper().replace("-", "_") + "_NKEY:"
-        accounts = "\n".join(line for line in accounts.splitlines() if not line.startswith(name))
+        accounts = "\n".join(line for line in accounts.splitlines() if not line.startswith(variable + ":"))
     config = tmp_path / "nats.conf"
     config.write_text(accounts)
 
