@@ -7,7 +7,7 @@
 //! | delayed tasks | stream `TASKWIRE_TASKS`, `taskwire.delayed.<id>`: a message schedule (`@at`) that the server turns into the task at its time |
 //! | schedules | stream `TASKWIRE_TASKS`, `taskwire.schedules.<name>`: a message schedule (cron or `@every`) that the server turns into a task on every tick; its definition in KV bucket `TASKWIRE_SCHEDULES` |
 //! | cancellations | KV bucket `TASKWIRE_CANCELLED`, key `<id>`, kept for the result TTL; workers watch it |
-//! | results | stream `TASKWIRE_RESULTS`, `taskwire.results.<id>`, one message per subject, kept for the result TTL |
+//! | results | stream `TASKWIRE_RESULTS`, `taskwire.results.<id>`, one message per subject, kept for the result TTL; each stored result republished on `taskwire.stored.results.<id>` for waiters |
 //! | state changes | stream `TASKWIRE_EVENTS`, `taskwire.events.<id>.<task>` |
 //! | dead letters | stream `TASKWIRE_DEAD`, `taskwire.dead.<id>.<task>`: the task as submitted, with the reason and last error |
 //! | task types | KV bucket `TASKWIRE_REGISTRY`, key `<task>`, value a `taskwire.v1.TaskType` |
@@ -81,6 +81,11 @@ pub mod subject {
     pub const SCHEDULES: &str = "taskwire.schedules.>";
     /// Every result subject.
     pub const RESULTS: &str = "taskwire.results.*";
+    /// Where the results stream republishes each result it stored (and only those): waiters
+    /// listen here, so a publish the stream refused, or a forged one, never reaches them.
+    pub const STORED_RESULTS: &str = "taskwire.stored.results.*";
+    /// The republish destination of [`RESULTS`], mapping the id token.
+    pub const STORED_RESULTS_MAPPING: &str = "taskwire.stored.results.{{wildcard(1)}}";
     /// Every event subject.
     pub const EVENTS: &str = "taskwire.events.>";
     /// Every dead letter subject.
@@ -357,6 +362,11 @@ impl Settings {
             // runs out, a marker says so for as long as the task's events are kept.
             allow_message_ttl: true,
             subject_delete_marker_ttl: Some(self.result_ttl),
+            republish: Some(stream::Republish {
+                source: subject::RESULTS.into(),
+                destination: subject::STORED_RESULTS_MAPPING.into(),
+                headers_only: false,
+            }),
             ..Default::default()
         }
     }
@@ -651,12 +661,16 @@ async fn ensure_stream(
     let wants_ttl = config.allow_message_ttl && !existing.allow_message_ttl;
     let wants_markers =
         config.subject_delete_marker_ttl.is_some() && existing.subject_delete_marker_ttl.is_none();
-    if !missing.is_empty() || wants_ttl || wants_markers {
+    let wants_republish = config.republish.is_some() && existing.republish != config.republish;
+    if !missing.is_empty() || wants_ttl || wants_markers || wants_republish {
         let mut updated = existing;
         updated.subjects.extend(missing);
         updated.allow_message_ttl |= config.allow_message_ttl;
         if wants_markers {
             updated.subject_delete_marker_ttl = config.subject_delete_marker_ttl;
+        }
+        if wants_republish {
+            updated.republish = config.republish.clone();
         }
         let reason = |e: &dyn std::fmt::Display| Error::Stream {
             stream: name,
@@ -835,6 +849,9 @@ impl NatsAuth {
 #[derive(Clone, Debug, Default)]
 pub struct Refusals(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 
+/// Most permission errors a connection remembers.
+const MAX_REFUSALS: usize = 16;
+
 impl Refusals {
     /// `options` recording the permission errors of the connection they make.
     pub fn watch(&self, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
@@ -845,7 +862,11 @@ impl Refusals {
                 if let async_nats::Event::ServerError(e) = &event {
                     let text = e.to_string();
                     if text.to_lowercase().contains("permissions violation") {
-                        seen.0.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+                        let mut seen = seen.0.lock().unwrap_or_else(|e| e.into_inner());
+                        // The first ones explain; a long-lived process keeps no more.
+                        if seen.len() < MAX_REFUSALS {
+                            seen.push(text);
+                        }
                     }
                 }
             }
@@ -995,17 +1016,21 @@ impl Overrides {
 }
 
 /// The headers of a task message. `expires_at` is in microseconds since the Unix epoch.
+///
+/// The de-duplication id is the task id. A keyed task's id is made from its task type and key
+/// (and the submitter's scope), so a key used by two task types gives two ids and two tasks;
+/// a bare key as the de-duplication id would let one type's key swallow another's task, since
+/// the stream de-duplicates across all its subjects.
 pub fn task_headers(
     name: &Name,
     id: &Id,
-    idempotency_key: Option<&str>,
     overrides: &Overrides,
     expires_at: Option<u64>,
 ) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(header::TASK_ID, id.as_str());
     headers.insert(header::TASK, name.as_str());
-    headers.insert(header::MSG_ID, idempotency_key.unwrap_or(id.as_str()));
+    headers.insert(header::MSG_ID, id.as_str());
     headers.insert(header::SUBMITTED_AT, now_micros().to_string().as_str());
     headers.insert(header::ATTEMPT, "1");
     if let Some(at) = expires_at {
@@ -1069,6 +1094,12 @@ pub fn delayed_headers(mut task: HeaderMap, target: &str, at: SystemTime) -> Hea
     task
 }
 
+/// When a delayed task's message schedule (`@at <time>`) publishes it.
+pub fn scheduled_at(headers: &HeaderMap) -> Option<SystemTime> {
+    let spec = headers.get(header::SCHEDULE)?.as_str();
+    humantime::parse_rfc3339_weak(spec.strip_prefix("@at ")?.trim()).ok()
+}
+
 /// The headers of a state change event.
 pub fn event_headers(name: &Name, id: &Id, state: v1::TaskState, attempt: u32) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -1091,13 +1122,18 @@ pub fn result_headers(
     ttl: Option<Duration>,
 ) -> HeaderMap {
     let mut headers = event_headers(name, id, state, attempt);
-    headers.insert(header::MSG_ID, format!("{id}.result.{series}").as_str());
+    headers.insert(header::MSG_ID, result_msg_id(id, series).as_str());
     headers.insert(header::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
     if let Some(ttl) = ttl {
         let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         headers.insert(header::TTL, seconds.max(1).to_string().as_str());
     }
     headers
+}
+
+/// The de-duplication id of a task's result in a series of attempts (0, or its replay count).
+pub fn result_msg_id(id: &Id, series: &str) -> String {
+    format!("{id}.result.{series}")
 }
 
 /// Whether a stored message is the marker a result leaves when its time ran out.
@@ -1233,12 +1269,17 @@ async fn direct_get(
     let response = client
         .request(format!("$JS.API.DIRECT.GET.{stream}"), request.into())
         .await?;
-    if response
-        .status
-        .is_some_and(|s| s != async_nats::StatusCode::OK)
-    {
-        // 404: no such message.
-        return Ok(None);
+    match response.status {
+        None | Some(async_nats::StatusCode::OK) => {}
+        Some(async_nats::StatusCode::NOT_FOUND) => return Ok(None),
+        // Anything else (no leader, a request the server refused) says nothing about the
+        // message: the caller must not take it for "none".
+        Some(status) => {
+            return Err(async_nats::RequestError::with_source(
+                async_nats::RequestErrorKind::Other,
+                format!("direct get from {stream} answered {status}"),
+            ));
+        }
     }
     let headers = response.headers.unwrap_or_default();
     let time = headers
@@ -1266,7 +1307,19 @@ pub fn dead_headers(
     reason: &str,
     error: &str,
 ) -> HeaderMap {
-    let mut headers = task.cloned().unwrap_or_default();
+    let mut headers = HeaderMap::new();
+    // The task's own headers, less those the server acts on: a task a message schedule fired
+    // carries `Nats-Scheduler` and `Nats-Schedule-Next`, which a stream without schedules
+    // refuses, and a TTL or an expected sequence would change how the dead letter is kept.
+    for (name, values) in task.into_iter().flat_map(|h| h.iter()) {
+        let text: &str = name.as_ref();
+        if text.len() >= 5 && text[..5].eq_ignore_ascii_case("nats-") {
+            continue;
+        }
+        for value in values {
+            headers.append(name.clone(), value.clone());
+        }
+    }
     let replay = headers
         .get(header::REPLAY)
         .map(|v| v.as_str().to_owned())
@@ -1318,4 +1371,48 @@ pub fn priority_of(headers: &HeaderMap) -> v1::Priority {
 /// Whether a publish failed because the subject already had a message (a result exists).
 pub fn is_wrong_last_sequence(err: &jetstream::context::PublishError) -> bool {
     err.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
+}
+
+/// The JetStream error code of a refused publish, when the server answered with one.
+pub fn publish_error_code(err: &jetstream::context::PublishError) -> Option<u64> {
+    let source = std::error::Error::source(err)?;
+    source
+        .downcast_ref::<jetstream::Error>()
+        .map(|e| e.error_code().0)
+}
+
+/// JetStream error codes of refusals that can pass when tried again: the cluster or the
+/// storage is busy, short of resources or electing a leader, or a limit is full for now.
+const TRANSIENT_CODES: [u64; 11] = [
+    10002, // account resources exceeded
+    10004, // cluster incomplete
+    10005, // no suitable peers
+    10008, // JetStream temporarily unavailable
+    10009, // cluster can not handle the request (no leader yet)
+    10023, // insufficient resources
+    10039, // JetStream not enabled for the account (yet)
+    10041, // raft error
+    10047, // storage resources exceeded
+    10076, // JetStream not enabled (yet)
+    10077, // the store failed (a limit that may clear)
+];
+
+/// Why a failed publish will never pass however often it is tried (a message over the
+/// server's max payload or the stream's message size, a feature the stream refuses, a header
+/// the server rejects), or `None` when trying again may help (a time-out, a lost connection,
+/// a cluster electing a leader). Decided on the error's kind and JetStream error code only.
+pub fn permanent_refusal(err: &jetstream::context::PublishError) -> Option<String> {
+    use jetstream::context::PublishErrorKind as Kind;
+    match err.kind() {
+        Kind::MaxPayloadExceeded | Kind::WrongLastMessageId => Some(err.to_string()),
+        Kind::Other => match publish_error_code(err) {
+            Some(code) if !TRANSIENT_CODES.contains(&code) => Some(err.to_string()),
+            _ => None,
+        },
+        Kind::StreamNotFound
+        | Kind::WrongLastSequence
+        | Kind::TimedOut
+        | Kind::BrokenPipe
+        | Kind::MaxAckPending => None,
+    }
 }

@@ -395,6 +395,22 @@ impl TaskType {
 
 #[cfg(test)]
 mod tests {
+
+    /// The duration grammar every runtime shares (testing/vectors/durations.json, which the
+    /// Python runtime's tests read too).
+    #[test]
+    fn durations_read_as_the_shared_vectors_say() {
+        let vectors: serde_json::Value =
+            serde_json::from_str(include_str!("../testing/vectors/durations.json"))
+                .expect("the vectors are JSON");
+        for case in vectors["cases"].as_array().expect("cases") {
+            let text = case["text"].as_str().expect("text");
+            let parsed = humantime::parse_duration(text).ok();
+            let expected = case["millis"].as_u64();
+            assert_eq!(parsed.map(|d| d.as_millis() as u64), expected, "{text:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

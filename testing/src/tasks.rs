@@ -98,6 +98,10 @@ impl Magic for MagicTasks {
     }
 }
 
+/// A Sleep task whose label starts with this answers a result of over [`OVERSIZED_BYTES`].
+pub const OVERSIZED_RESULT: &str = "oversized-result";
+const OVERSIZED_BYTES: usize = 2 * 1024 * 1024;
+
 /// `Chaos`: slow, panicking and failing on purpose.
 #[derive(Debug, Default)]
 pub struct ChaosTasks {
@@ -110,8 +114,15 @@ impl Chaos for ChaosTasks {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(args.millis)) => {
                 note(&args.label, "finished");
+                // A result larger than any NATS server takes, for the tests of results the
+                // broker refuses.
+                let label = if args.label.starts_with(OVERSIZED_RESULT) {
+                    args.label.repeat(OVERSIZED_BYTES / args.label.len() + 1)
+                } else {
+                    args.label
+                };
                 Ok(SleepResult {
-                    label: args.label,
+                    label,
                     attempt: ctx.attempt(),
                 })
             }

@@ -135,8 +135,12 @@ async fn a_rate_limit_paces_starts_across_workers() -> anyhow::Result<()> {
         "rate observed: {:.1}/s over {span:?}, busiest second {busiest} (limit 20/s)",
         59.0 / span.as_secs_f64()
     );
-    // Unpaced, sixty 1 ms tasks on thirty slots take a fraction of a second.
-    assert!(span >= Duration::from_secs(1), "{span:?}");
+    // Unpaced, sixty 1 ms tasks on thirty slots take a few tens of milliseconds. Paced, they
+    // need three windows; a window's starts are granted when a worker pulls, and each start
+    // then waits for the worker's look for a stored outcome, so the first window's may start
+    // a little late and the span be somewhat under the two seconds between three windows'
+    // grants.
+    assert!(span >= Duration::from_millis(500), "{span:?}");
     // Starts follow the broker's windows; a second of wall clock may see the end of one window
     // and the start of the next.
     assert!(busiest <= 40, "{per_second:?}");

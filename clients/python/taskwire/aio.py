@@ -66,6 +66,7 @@ class Client:
         else:
             self.channel = grpc.aio.insecure_channel(target, interceptors=interceptors)
         self.tasks = tasks_pb2_grpc.TasksStub(self.channel)
+        self.admin = tasks_pb2_grpc.AdminStub(self.channel)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -76,12 +77,24 @@ class Client:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def submit(self, task: str, args: _message.Message, output: Optional[type] = None, **options) -> "TaskHandle":
+    async def submit(
+        self, task: str, args: _message.Message, output: Optional[type] = None, descriptor_hash: str = "", **options
+    ) -> "TaskHandle":
+        """Stores `task` with `args` (its input message) and returns a handle; the keyword
+        options and `descriptor_hash` are those of `taskwire.Client.submit`."""
         request = tasks_pb2.SubmitRequest(
-            task=task, args_proto=args.SerializeToString(), options=submit_options(**options)
+            task=task,
+            args_proto=args.SerializeToString(),
+            options=submit_options(**options),
+            descriptor_hash=descriptor_hash,
         )
         response = await _call(self.tasks.Submit(request))
         return TaskHandle(self, response.task_id, output)
+
+    async def submit_json(self, task: str, args_json: str, **options) -> str:
+        """Stores `task` with arguments as proto3 JSON; returns the task id."""
+        request = tasks_pb2.SubmitRequest(task=task, args_json=args_json, options=submit_options(**options))
+        return (await _call(self.tasks.Submit(request))).task_id
 
     async def get(self, task_id: str) -> tasks_pb2.TaskInfo:
         return await _call(self.tasks.Get(tasks_pb2.GetRequest(task_id=task_id)))
@@ -94,6 +107,7 @@ class Client:
         return await _call(self.tasks.Cancel(tasks_pb2.CancelRequest(task_id=task_id)))
 
     async def watch(self, task_id: str) -> AsyncIterator[tasks_pb2.TaskInfo]:
+        """The task's current state, then every change until its final state."""
         try:
             async for info in self.tasks.Watch(tasks_pb2.WatchRequest(task_id=task_id)):
                 yield info
@@ -109,12 +123,24 @@ class TaskHandle:
         self.id = task_id
         self.output = output
 
+    def __repr__(self) -> str:
+        return f"<TaskHandle {self.id}>"
+
+    async def info(self) -> tasks_pb2.TaskInfo:
+        return await self.client.get(self.id)
+
     async def state(self) -> str:
-        info = await self.client.get(self.id)
+        """`queued`, `scheduled`, `running`, `retrying`, `succeeded`, `failed`, `cancelled` or
+        `expired`."""
+        info = await self.info()
         return tasks_pb2.TaskState.Name(info.state).removeprefix("TASK_STATE_").lower()
 
     async def get(self, timeout: float = 30.0) -> Any:
+        """Waits for the result, as `taskwire.TaskHandle.get` does."""
         return outcome(await self.client.wait(self.id, timeout), self.output)
 
     async def cancel(self) -> None:
         await self.client.cancel(self.id)
+
+    def watch(self) -> AsyncIterator[tasks_pb2.TaskInfo]:
+        return self.client.watch(self.id)

@@ -101,6 +101,9 @@ NATS_TTL = "Nats-TTL"
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 WRONG_LAST_SEQUENCE = 10071
+# JetStream error codes of refusals that may pass when tried again (busy, short of resources,
+# electing a leader, a limit full for now); any other error code is a refusal for good.
+TRANSIENT_CODES = frozenset({10002, 10004, 10005, 10008, 10009, 10023, 10039, 10041, 10047, 10076, 10077})
 
 
 class TaskError(Exception):
@@ -209,15 +212,48 @@ class Rate:
         return window_ms, allowed
 
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_UNIT_NANOS = {}
+for _names, _nanos in (
+    (("nanos", "nsec", "ns"), 1),
+    (("usec", "us", "µs"), 1_000),
+    (("millis", "msec", "ms"), 1_000_000),
+    (("seconds", "second", "secs", "sec", "s"), 1_000_000_000),
+    (("minutes", "minute", "min", "mins", "m"), 60 * 1_000_000_000),
+    (("hours", "hour", "hr", "hrs", "h"), 3600 * 1_000_000_000),
+    (("days", "day", "d"), 86400 * 1_000_000_000),
+    (("weeks", "week", "wk", "wks", "w"), 7 * 86400 * 1_000_000_000),
+    (("months", "month", "M"), 2_630_016 * 1_000_000_000),
+    (("years", "year", "yr", "yrs", "y"), 31_557_600 * 1_000_000_000),
+):
+    for _name in _names:
+        _UNIT_NANOS[_name] = _nanos
+_SPAN = re.compile(r"\s*(\d+)(?:\.(\d+))?\s*([A-Za-zµ]+)")
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in a duration such as "10s", "1m30s", "500ms" or "2h"."""
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", text.strip())
-    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", text):
-        raise ValueError('not a duration such as "10s", "1m30s" or "500ms"')
-    return sum(float(n) * _UNITS[u] for n, u in parts)
+    """Seconds in a duration such as "10s", "1m30s", "1min", "1.5s", "500ms" or "2h 30m": the
+    grammar of the Rust runtime (testing/vectors/durations.json holds the cases both check)."""
+    bad = ValueError(f'{text!r} is not a duration such as "10s", "1m30s", "1.5s" or "500ms"')
+    position, nanos, spans = 0, 0, 0
+    stripped = text.rstrip()
+    while position < len(stripped):
+        span = _SPAN.match(stripped, position)
+        if span is None:
+            raise bad
+        whole, fraction, unit = span.groups()
+        if unit not in _UNIT_NANOS:
+            raise bad
+        scale = _UNIT_NANOS[unit]
+        nanos += int(whole) * scale
+        if fraction is not None:
+            if scale == 1:
+                raise bad
+            nanos += int(fraction) * scale // 10 ** len(fraction)
+        position = span.end()
+        spans += 1
+    if spans == 0:
+        raise bad
+    return nanos / 1_000_000_000
 
 
 def token(task: str) -> str:
@@ -749,6 +785,8 @@ class Worker:
                 "allow_direct": True,
                 "allow_msg_ttl": True,
                 "subject_delete_marker_ttl": int(self.result_ttl * ns),
+                # Waiters listen to stored results only.
+                "republish": {"src": "taskwire.results.*", "dest": "taskwire.stored.results.{{wildcard(1)}}"},
             },
             {
                 "name": EVENTS_STREAM,
@@ -1030,7 +1068,14 @@ class Worker:
             return
         options = task.options.with_overrides(headers)
 
-        if attempt > 1 and await self._has_result(task_id):
+        # A task whose outcome is stored never runs: a redelivery after a crash that followed
+        # the result, a task cancelled before this worker heard of it, a keyed task stored again.
+        known = await self._has_result(task_id)
+        if known is None:
+            log.warning("%s %s: cannot tell whether the task has a result; putting it back", task.name, task_id)
+            await msg.nak(delay=1.0)
+            return
+        if known:
             await msg.ack()
             return
         if task_id in self._cancelled_ids:
@@ -1168,15 +1213,21 @@ class Worker:
                 except Exception:
                     pass
 
-    async def _has_result(self, task_id: str) -> bool:
+    async def _has_result(self, task_id: str) -> Optional[bool]:
+        """Whether the task has a stored result; None when the broker could not tell."""
         # A direct get with the subject in the body, not in the API subject: the one form NATS
         # permissions can allow without allowing every other stream (docs/protocol.md).
         request = json.dumps({"last_by_subj": f"taskwire.results.{task_id}"}).encode()
         try:
             reply = await self._nc.request(f"$JS.API.DIRECT.GET.{RESULTS_STREAM}", request, timeout=5)
         except Exception:
+            return None
+        status = (reply.headers or {}).get("Status")
+        if status is None:
+            return True
+        if status == "404":
             return False
-        return not (reply.headers or {}).get("Status")
+        return None
 
     def _event_headers(self, task: str, task_id: str, state: str, attempt: int) -> Dict[str, str]:
         return {TASK_ID: task_id, TASK: task, STATE: state, ATTEMPT: str(attempt)}
@@ -1204,7 +1255,9 @@ class Worker:
             await self._finish(task, msg, task_id, attempt, "failed", _failure(error.message, error.retryable), options)
 
     async def _store_dead(self, task: Task, msg: Msg, task_id: str, attempt: int, reason: str, error: str) -> bool:
-        headers = dict(msg.headers or {})
+        # The task's own headers, less those the server acts on (a task a message schedule fired
+        # carries Nats-Scheduler and Nats-Schedule-Next, which the dead letter stream refuses).
+        headers = {k: v for k, v in (msg.headers or {}).items() if not k.lower().startswith("nats-")}
         replay = headers.get(REPLAY, "0")
         one_line = "".join(" " if not c.isprintable() else c for c in error)[:1000]
         headers.update(
@@ -1217,33 +1270,70 @@ class Worker:
                 MSG_ID: f"{task_id}.dead.{replay}",
             }
         )
-        stored = await self._store(f"taskwire.dead.{task_id}.{token(task.name)}", headers, msg.data)
+        stored, why = await self._store(f"taskwire.dead.{task_id}.{token(task.name)}", headers, msg.data)
         if stored == "stored":
             self.metrics.dead_lettered(task.name, reason)
+        elif stored == "refused":
+            log.error("%s %s: the broker refuses this dead letter (%s); the task ends failed without one", task.name, task_id, why)
         return stored != "gave_up"
 
-    async def _store(self, subject: str, headers: Dict[str, str], body: bytes) -> str:
-        """Publishes until JetStream stored it: "stored", "duplicate", "taken" (the subject has
-        its one message already) or "gave_up" (forced to stop first)."""
+    async def _store(self, subject: str, headers: Dict[str, str], body: bytes) -> "tuple[str, str]":
+        """Publishes until JetStream stored it: ("stored" | "duplicate", ""), ("taken", "") when
+        the subject has its one message already, ("refused", why) when the broker refuses it for
+        good (too large, a header or feature the stream refuses), or ("gave_up", "") when forced
+        to stop first."""
         delay = 0.1
         while True:
             try:
                 ack = await self._js.publish(subject, body, headers=headers, timeout=5)
-                return "duplicate" if ack.duplicate else "stored"
+                return ("duplicate" if ack.duplicate else "stored"), ""
             except nats.js.errors.APIError as e:
                 if e.err_code == WRONG_LAST_SEQUENCE:
-                    return "taken"
+                    return "taken", ""
+                if e.err_code is not None and e.err_code not in TRANSIENT_CODES:
+                    return "refused", f"{e.description} (error code {e.err_code})"
                 failure = e
+            except nats.errors.MaxPayloadError as e:
+                return "refused", f"larger than the server's max payload: {e}"
             except Exception as e:
                 failure = e
             if self._force.is_set():
                 log.warning("%s not stored before exit (%s); the task will be redelivered", subject, failure)
-                return "gave_up"
+                return "gave_up", ""
             log.warning("storing %s failed (%s); retrying", subject, failure)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
     async def _finish(self, task: Task, msg: Msg, task_id: str, attempt: int, state: str, body: bytes, options: Options) -> None:
+        """Stores the result, then acks the task. A result the broker refuses for good ends the
+        task failed for good instead, with a dead letter saying why."""
+        stored, why = await self._store_result(task, msg, task_id, attempt, state, body, options)
+        if stored == "refused":
+            error = f"the task's {state} result could not be stored: {why}"
+            log.error("%s %s attempt %d: %s", task.name, task_id, attempt, error)
+            if not await self._store_dead(task, msg, task_id, attempt, "permanent", error):
+                return
+            state = "failed"
+            stored, why = await self._store_result(task, msg, task_id, attempt, state, _failure(error, False), options)
+            if stored == "refused":
+                log.error("%s %s: the broker refuses every result of this task (%s); dropping it", task.name, task_id, why)
+                try:
+                    await msg.term()
+                except Exception as e:
+                    log.warning("terminating %s failed (%s); it will be redelivered", task_id, e)
+                return
+        if stored == "gave_up":
+            return
+        if stored == "stored":
+            self.metrics.completed(task.name, state)
+        try:
+            await msg.ack()
+        except Exception as e:
+            log.warning("ack of %s failed (%s); a redelivery will find the stored result", task_id, e)
+
+    async def _store_result(
+        self, task: Task, msg: Msg, task_id: str, attempt: int, state: str, body: bytes, options: Options
+    ) -> "tuple[str, str]":
         headers = self._event_headers(task.name, task_id, state, attempt)
         series = (msg.headers or {}).get(REPLAY, "0")
         headers[MSG_ID] = f"{task_id}.result.{series}"
@@ -1254,15 +1344,7 @@ class Worker:
         if parent:
             headers["traceparent"] = parent
         with self._tracing.publish_result(task.name, task_id, state, headers):
-            stored = await self._store(f"taskwire.results.{task_id}", headers, body)
-        if stored == "gave_up":
-            return
-        if stored == "stored":
-            self.metrics.completed(task.name, state)
-        try:
-            await msg.ack()
-        except Exception as e:
-            log.warning("ack of %s failed (%s); a redelivery will find the stored result", task_id, e)
+            return await self._store(f"taskwire.results.{task_id}", headers, body)
 
 
 def _attempt_of(headers: Dict[str, str], meta: Any) -> int:
@@ -1276,7 +1358,8 @@ def _attempt_of(headers: Dict[str, str], meta: Any) -> int:
 
 async def _follow_bucket(js: Any, bucket: str, put: Callable[[str, bytes], None], delete: Callable[[str], Any]) -> asyncio.Task:
     """Applies a KV bucket's entries, then its changes, in the background; returns once the
-    entries there now are applied (or after 10 s)."""
+    entries there now are applied, so that nothing starts on a partial view (a follower that
+    ends before that raises)."""
     watcher = await (await js.key_value(bucket)).watchall()
     loaded = asyncio.Event()
 
@@ -1290,10 +1373,15 @@ async def _follow_bucket(js: Any, bucket: str, put: Callable[[str, bytes], None]
                 put(entry.key, entry.value)
 
     follower = asyncio.ensure_future(follow())
-    try:
-        await asyncio.wait_for(loaded.wait(), 10)
-    except asyncio.TimeoutError:
-        pass
+    waited = asyncio.ensure_future(loaded.wait())
+    while not loaded.is_set():
+        done, _ = await asyncio.wait([waited, follower], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if follower in done and not loaded.is_set():
+            waited.cancel()
+            follower.result()  # raises what ended it
+            raise RuntimeError(f"the watch of {bucket} ended before its entries were read")
+        if not done:
+            log.warning("still reading the entries of %s; no task starts before they are all read", bucket)
     return follower
 
 

@@ -80,16 +80,79 @@ def test_the_task_by_its_own_method_path(system):
         assert dict(call.initial_metadata()).get("taskwire-task-id")
 
 
-def test_asyncio_client(system):
+def _aio(system, test):
     async def run():
         async with taskwire.aio.Client(system) as client:
-            handle = await client.submit(
-                "examples.magic.v1.Magic/Add", magic_pb2.AddArgs(arg1=20, arg2=22), magic_pb2.AddResult
-            )
-            assert (await handle.get(timeout=10)).sum == 42
-            assert await handle.state() == "succeeded"
+            await test(client)
 
     asyncio.run(run())
+
+
+def test_asyncio_client(system):
+    async def test(client):
+        handle = await client.submit("examples.magic.v1.Magic/Add", magic_pb2.AddArgs(arg1=20, arg2=22), magic_pb2.AddResult)
+        assert (await handle.get(timeout=10)).sum == 42
+        assert await handle.state() == "succeeded"
+
+    _aio(system, test)
+
+
+def test_asyncio_typed_stub_and_celery_shape(system):
+    async def test(client):
+        handle = await Magic(client).add(magic_pb2.AddArgs(arg1=1, arg2=2, arg3=3))
+        assert isinstance(handle, taskwire.aio.TaskHandle) and len(handle.id) == 32
+        assert (await handle.get(timeout=5)).sum == 6
+        assert (await (await Magic(client).add.delay(1, 2, 3)).get()).sum == 6
+        assert (await (await Magic(client).add.delay(1, arg3=5)).get()).sum == 6
+        with pytest.raises(TypeError):
+            await Magic(client).add.delay(1, 2, 3, 4)
+        listed = {
+            t.name: t.descriptor_hash
+            for t in (await client.admin.ListTaskTypes(tasks_pb2.ListTaskTypesRequest())).task_types
+        }
+        assert listed["examples.magic.v1.Magic/Add"] == Magic(client).add.descriptor_hash
+
+    _aio(system, test)
+
+
+def test_asyncio_options_as_keywords(system):
+    async def test(client):
+        later = await Magic(client).add.apply_async((40, 2), countdown=1.5, priority="high")
+        assert await later.state() == "scheduled"
+        assert (await later.get(timeout=10)).sum == 42
+        key = f"aio-order-{datetime.datetime.now().timestamp()}"
+        first = await Magic(client).add(magic_pb2.AddArgs(arg1=7), idempotency_key=key)
+        again = await Magic(client).add(magic_pb2.AddArgs(arg1=7), idempotency_key=key)
+        assert first.id == again.id
+        with pytest.raises(ValueError, match="priority"):
+            await Magic(client).add(magic_pb2.AddArgs(), priority="urgent")
+
+    _aio(system, test)
+
+
+def test_asyncio_failures_bad_input_cancel_and_watch(system):
+    async def test(client):
+        failing = await Chaos(client).flaky(chaos_pb2.FlakyArgs(permanent=True))
+        with pytest.raises(taskwire.TaskFailed) as failed:
+            await failing.get(timeout=10)
+        assert failed.value.message == "flaky: failed for good"
+        assert await failing.state() == "failed"
+        with pytest.raises(taskwire.Error) as err:
+            await client.submit_json("examples.magic.v1.Magic/Add", '{"arg4": 1}')
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "arg4" in err.value.details
+        with pytest.raises(taskwire.Error) as err:
+            await client.get("no-such-task")
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
+        slow = await Chaos(client).sleep(chaos_pb2.SleepArgs(millis=60_000, label="py-aio-cancel"))
+        async for info in slow.watch():
+            if info.state == taskwire.client.State.TASK_STATE_RUNNING:
+                await slow.cancel()
+            last = info
+        assert last.state == taskwire.client.State.TASK_STATE_CANCELLED
+        with pytest.raises(taskwire.TaskCancelled):
+            await slow.get(timeout=5)
+
+    _aio(system, test)
 
 
 def test_the_schema_fingerprint_matches_the_workers(client):

@@ -85,6 +85,24 @@ def test_retries_failures_and_dead_letters(python_only):
         assert reasons[exhausted.id] == "exhausted"
 
 
+def test_delayed_tasks_that_fail_and_results_too_large_end_failed_with_one_dead_letter(python_only):
+    with taskwire.Client(python_only.target) as client:
+        # Fired by a message schedule: its headers carry the scheduler's, which a dead letter
+        # must not.
+        delayed = Chaos(client).flaky(chaos_pb2.FlakyArgs(permanent=True), countdown=1)
+        with pytest.raises(taskwire.TaskFailed):
+            delayed.get(timeout=20)
+        oversized = Chaos(client).sleep(chaos_pb2.SleepArgs(millis=1, label="oversized-result-py"))
+        with pytest.raises(taskwire.TaskFailed) as failed:
+            oversized.get(timeout=20)
+        assert "result could not be stored" in failed.value.message
+        assert failed.value.retryable is False
+        for task, handle in (("examples.chaos.v1.Chaos/Flaky", delayed), ("examples.chaos.v1.Chaos/Sleep", oversized)):
+            dead = client.admin.ListDeadLetters(tasks_pb2.ListDeadLettersRequest(task=task)).dead_letters
+            assert [d.reason for d in dead if d.task_id == handle.id] == ["permanent"]
+        assert delayed.state() == "failed" and oversized.state() == "failed"
+
+
 def test_progress_and_cancel(python_only):
     with taskwire.Client(python_only.target) as client:
         steps = Chaos(client).steps(chaos_pb2.StepsArgs(steps=4, step_millis=50, label="py-steps"))

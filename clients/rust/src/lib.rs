@@ -123,7 +123,8 @@ fn code_name(code: tonic::Code) -> &'static str {
 /// Options of one submission.
 #[derive(Debug, Clone, Default)]
 pub struct SubmitOptions {
-    /// The same key within the duplicate window gives the same task, stored once.
+    /// The same key for the same task type gives the same task, stored once, for as long as
+    /// its state or result is kept.
     pub idempotency_key: Option<String>,
     /// Overrides the task's declared `max_attempts`.
     pub max_attempts: Option<u32>,

@@ -262,6 +262,20 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// What scopes this caller's idempotency keys: with tokens, each token's keys are its own
+    /// (a digest of the token, never the token), so that one producer's key can never stand
+    /// for another's task; without tokens every caller shares one scope.
+    pub fn key_scope(&self) -> Option<String> {
+        match self {
+            Self::Token(token) => {
+                use sha2::Digest as _;
+                let digest = sha2::Sha256::digest(token.secret.as_bytes());
+                Some(digest[..12].iter().map(|b| format!("{b:02x}")).collect())
+            }
+            Self::Anyone | Self::Nobody => None,
+        }
+    }
+
     /// PERMISSION_DENIED unless the caller may do `op` (on `task`).
     pub fn check(&self, op: Op, task: Option<&str>) -> Result<(), Status> {
         match self {

@@ -93,13 +93,43 @@ impl Gateway {
             };
             let name = Name::parse(&text(header::TASK)).map_err(Error::InvalidName)?;
             let id = Id::parse(&text(header::TASK_ID)).map_err(Error::InvalidId)?;
-            // The old failed result gives way, or the new attempts could not store theirs.
-            self.broker
-                .results
-                .purge()
-                .filter(subject::result(&id))
-                .await
-                .map_err(|e| self.broker_error(e))?;
+            // The failed result of the dead series gives way, or the new attempts could not
+            // store theirs; only that one: a result of another series (a concurrent replay's,
+            // stored meanwhile) or a success is never erased.
+            let series = dead
+                .headers
+                .get(header::REPLAY)
+                .map_or_else(|| "0".to_owned(), |v| v.as_str().to_owned());
+            let stored =
+                broker::last_message(&self.client, broker::RESULTS_STREAM, &subject::result(&id))
+                    .await
+                    .map_err(|e| self.broker_error(e))?;
+            if let Some(result) = stored {
+                let state = result
+                    .headers
+                    .get(header::STATE)
+                    .map(|v| broker::parse_state(v.as_str()))
+                    .unwrap_or_default();
+                let of_dead_series = result
+                    .headers
+                    .get(header::MSG_ID)
+                    .is_some_and(|v| v.as_str() == broker::result_msg_id(&id, &series));
+                if state == v1::TaskState::Succeeded {
+                    return Err(Error::Finished {
+                        id: id.to_string(),
+                        state: "succeeded",
+                    });
+                }
+                if of_dead_series {
+                    self.broker
+                        .results
+                        .purge()
+                        .filter(subject::result(&id))
+                        .sequence(result.sequence + 1)
+                        .await
+                        .map_err(|e| self.broker_error(e))?;
+                }
+            }
             let placement = crate::tasks::Placement {
                 priority: broker::priority_of(&dead.headers),
                 ..Default::default()
@@ -112,11 +142,16 @@ impl Gateway {
                 &placement,
             )
             .await?;
-            self.broker
-                .dead
-                .delete_message(dead.sequence)
-                .await
-                .map_err(|e| self.broker_error(e))?;
+            // A concurrent replay of the same letter may have deleted it already; its task is
+            // the same one (the replay's de-duplication id names the series).
+            if let Err(e) = self.broker.dead.delete_message(dead.sequence).await
+                && broker::last_message(&self.client, broker::DEAD_STREAM, &subject::dead_of(&id))
+                    .await
+                    .map_err(|e| self.broker_error(e))?
+                    .is_some_and(|m| m.sequence == dead.sequence)
+            {
+                return Err(self.broker_error(e));
+            }
             tracing::info!(task = %name, task_id = %id, "dead letter replayed");
             replayed.push(id.to_string());
         }

@@ -134,6 +134,7 @@ async fn run(
         Error::UnknownTask(_) | Error::InvalidName(_) => unknown(),
         e => e.into(),
     };
+    let scope = crate::auth::caller(&request).key_scope();
     let metadata = request.metadata();
     let answer_at_once = metadata
         .get(ASYNC)
@@ -170,12 +171,15 @@ async fn run(
         Ok(response)
     };
     if answer_at_once {
-        let submitted = gateway.submit(submit).await.map_err(refused)?;
+        let submitted = gateway
+            .submit(submit, scope.as_deref())
+            .await
+            .map_err(refused)?;
         // An empty message is the output type's default value.
         return with_id(Bytes::new(), &submitted.task_id);
     }
     let info = gateway
-        .submit_and_finish(submit, wait)
+        .submit_and_finish(submit, scope.as_deref(), wait)
         .await
         .map_err(refused)?;
     match info.state() {

@@ -33,6 +33,10 @@ pub enum Error {
     )]
     QueueFull(String),
     #[error(
+        "the task is too large for the broker: {0}; send smaller arguments (TASKWIRE_MAX_PAYLOAD bounds what the gateway accepts)"
+    )]
+    TooLarge(String),
+    #[error(
         "no task with id {0}: it never existed or its record expired (results are kept for TASKWIRE_RESULT_TTL)"
     )]
     NotFound(String),
@@ -77,6 +81,8 @@ pub enum Error {
     NoSchedule(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("the gateway could not start: {0}")]
     Startup(String),
 }
@@ -98,12 +104,13 @@ impl Error {
             | Error::BadRequest(_) => Code::InvalidArgument,
             Error::BrokerDown(_) => Code::Unavailable,
             Error::Broker(_) | Error::BadResult(..) | Error::Startup(_) => Code::Internal,
-            Error::QueueFull(_) => Code::ResourceExhausted,
+            Error::QueueFull(_) | Error::TooLarge(_) => Code::ResourceExhausted,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Finished { .. } | Error::NoSchedules | Error::SchemaMismatch { .. } => {
                 Code::FailedPrecondition
             }
             Error::StillRunning { .. } => Code::DeadlineExceeded,
+            Error::Conflict(_) => Code::Aborted,
         }
     }
 }

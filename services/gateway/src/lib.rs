@@ -73,6 +73,8 @@ pub mod env {
 
 /// Default largest task arguments: what fits in one NATS message with its headers.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1_000_000;
+/// Room kept for a task's headers in one NATS message beside its arguments.
+pub const HEADER_ROOM: usize = 8 * 1024;
 /// Default most concurrent calls per connection.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// Default longest time to answer a call: a little over the longest `Wait`.
@@ -246,6 +248,17 @@ pub async fn serve(
                 env::NATS_URL
             ))
         })?;
+    // A task is its arguments plus headers in one NATS message: arguments the server would
+    // refuse must be refused by the gateway, with a clear error, before anything is stored.
+    let server_max = client.server_info().max_payload;
+    if config.max_payload.saturating_add(HEADER_ROOM) > server_max {
+        return Err(Error::Startup(format!(
+            "{}={} does not fit the NATS server's max_payload of {server_max} bytes with room for a task's headers ({HEADER_ROOM} bytes): set it to at most {} or raise max_payload in the server's configuration",
+            env::MAX_PAYLOAD,
+            config.max_payload,
+            server_max.saturating_sub(HEADER_ROOM)
+        )));
+    }
     let jetstream = async_nats::jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(5))
         .build(client.clone());

@@ -34,6 +34,10 @@ pub struct Registry {
 /// A task's name, a producer's fingerprint and the workers'.
 type VerdictKey = (String, String, String);
 
+/// First and longest wait before following the registry again after its watch ended.
+const RESTART_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const RESTART_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Verdicts kept before the cache starts again.
 const MAX_VERDICTS: usize = 4096;
 
@@ -57,44 +61,80 @@ impl Registry {
             recorded: Mutex::new(HashSet::new()),
             verdicts: Mutex::new(HashMap::new()),
         });
-        // Watch first, then load: an update in between is applied twice, never missed.
-        let mut watch = registry
+        let watch = registry.follow().await?;
+        let weak = Arc::downgrade(&registry);
+        tokio::spawn(async move {
+            let mut watch = Some(watch);
+            let mut delay = RESTART_FIRST;
+            loop {
+                let Some(mut current) = watch.take() else {
+                    // The watch ended (a NATS restart, a lost consumer): follow again, so that
+                    // task types registered from now on are still learned.
+                    let Some(registry) = weak.upgrade() else {
+                        return;
+                    };
+                    match registry.follow().await {
+                        Ok(again) => {
+                            tracing::info!("following the task registry again");
+                            watch = Some(again);
+                            delay = RESTART_FIRST;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, ?delay, "cannot follow the task registry; trying again");
+                            tokio::select! {
+                                () = shutdown.cancelled() => return,
+                                () = tokio::time::sleep(delay) => {}
+                            }
+                            delay = (delay * 2).min(RESTART_MAX);
+                        }
+                    }
+                    continue;
+                };
+                loop {
+                    let entry = tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        entry = current.next() => entry,
+                    };
+                    let Some(registry) = weak.upgrade() else {
+                        return;
+                    };
+                    match entry {
+                        Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
+                            registry.apply(&entry.value);
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => tracing::warn!(error = %e, "task registry watch failed"),
+                        None => {
+                            tracing::warn!("the task registry watch ended; following it again");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(registry)
+    }
+
+    /// Watches the bucket, then loads what it holds: an update in between is applied twice,
+    /// never missed.
+    async fn follow(self: &Arc<Self>) -> Result<kv::Watch, Error> {
+        let watch = self
             .store
             .watch_all()
             .await
             .map_err(|e| Error::Broker(format!("cannot watch the task registry: {e}")))?;
-        let mut keys = registry
+        let mut keys = self
             .store
             .keys()
             .await
             .map_err(|e| Error::Broker(format!("cannot list the task registry: {e}")))?;
         while let Some(key) = keys.next().await {
             let Ok(key) = key else { continue };
-            if let Ok(Some(value)) = registry.store.get(key).await {
-                registry.apply(&value);
+            if let Ok(Some(value)) = self.store.get(key).await {
+                self.apply(&value);
             }
         }
-        let weak = Arc::downgrade(&registry);
-        tokio::spawn(async move {
-            loop {
-                let entry = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    entry = watch.next() => entry,
-                };
-                let Some(registry) = weak.upgrade() else {
-                    return;
-                };
-                match entry {
-                    Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
-                        registry.apply(&entry.value);
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => tracing::warn!(error = %e, "task registry watch failed"),
-                    None => return,
-                }
-            }
-        });
-        Ok(registry)
+        Ok(watch)
     }
 
     fn apply(self: &Arc<Self>, value: &[u8]) -> Option<Arc<TaskType>> {

@@ -174,8 +174,19 @@ impl Gateway {
         }
         let spec = checked.spec.clone();
         if let Err(e) = self.start_schedule(&stored.name, checked).await {
-            // Nothing half made: the definition goes again.
-            let _ = self.broker.schedules.purge(&stored.name).await;
+            // Nothing half made. A publish that timed out may still have been stored: the
+            // message schedule goes first, and the definition only once it surely has, so
+            // that nothing can fire without a definition to delete it by.
+            match self.stop_schedule(&stored.name).await {
+                Ok(()) => {
+                    if let Err(purge) = self.broker.schedules.purge(&stored.name).await {
+                        tracing::warn!(schedule = stored.name, error = %purge, "the definition of a schedule that did not start is left; delete it");
+                    }
+                }
+                Err(stop) => {
+                    tracing::warn!(schedule = stored.name, error = %stop, "a schedule that may have started is kept; delete it");
+                }
+            }
             return Err(e);
         }
         tracing::info!(
@@ -203,7 +214,8 @@ impl Gateway {
             .await;
         match published {
             Ok(_) => Ok(()),
-            Err(e) if e.to_string().to_lowercase().contains("schedule") => Err(Error::BadRequest(
+            // Refused for good (an expression the server does not take): a caller's error.
+            Err(e) if taskwire::broker::permanent_refusal(&e).is_some() => Err(Error::BadRequest(
                 format!("the broker refused the schedule {spec:?}: {e}; check the cron expression"),
             )),
             Err(e) => Err(publish_error(e)),
@@ -242,18 +254,53 @@ impl Gateway {
         if schedule.paused == paused {
             return Ok(schedule);
         }
-        if paused {
-            self.stop_schedule(name).await?;
+        let checked = if paused {
+            None
         } else {
-            let checked = self.check_schedule(&schedule).await?;
-            self.start_schedule(name, checked).await?;
-        }
+            Some(self.check_schedule(&schedule).await?)
+        };
+        // The definition changes first, by compare-and-set: of two changes at once only one
+        // goes on to touch the message schedule.
         schedule.paused = paused;
-        self.broker
+        let changed = self
+            .broker
             .schedules
             .update(name, schedule.encode_to_vec().into(), revision)
             .await
-            .map_err(|e| self.broker_error(e))?;
+            .map_err(|e| match e.kind() {
+                async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
+                    Error::Conflict(format!(
+                        "schedule {name} changed while it was being {}; try again",
+                        if paused { "paused" } else { "resumed" }
+                    ))
+                }
+                _ => self.broker_error(e),
+            })?;
+        let applied = match checked {
+            None => self.stop_schedule(name).await,
+            Some(checked) => match self.start_schedule(name, checked).await {
+                // A delete (or pause) that came in between must not leave it firing.
+                Ok(()) => match self.get_schedule(name).await {
+                    Ok((now, _)) if !now.paused => Ok(()),
+                    Ok(_) | Err(Error::NoSchedule(_)) => self.stop_schedule(name).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = applied {
+            // Back to what the broker does: the definition says what fires.
+            schedule.paused = !paused;
+            if let Err(revert) = self
+                .broker
+                .schedules
+                .update(name, schedule.encode_to_vec().into(), changed)
+                .await
+            {
+                tracing::warn!(schedule = name, error = %revert, "could not set the definition back after a failed change");
+            }
+            return Err(e);
+        }
         tracing::info!(schedule = name, paused, "schedule changed");
         Ok(schedule)
     }
@@ -266,6 +313,9 @@ impl Gateway {
             .purge(name)
             .await
             .map_err(|e| self.broker_error(e))?;
+        // A resume that started it again in between sees the definition gone and stops it
+        // too; stopping once more here closes the other order.
+        self.stop_schedule(name).await?;
         tracing::info!(schedule = name, "schedule deleted");
         Ok(())
     }

@@ -210,6 +210,22 @@ pub(crate) fn overrides(
     })
 }
 
+/// Checks an idempotency key: it becomes part of the task's id, and is echoed in errors.
+fn check_key(key: &str) -> Result<(), Error> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::BadRequest(format!(
+            "the idempotency key is {} bytes; the limit is {MAX_KEY_LEN}",
+            key.len()
+        )));
+    }
+    if let Some(c) = key.chars().find(|c| c.is_control()) {
+        return Err(Error::BadRequest(format!(
+            "the idempotency key holds the control character {c:?}; use printable characters only"
+        )));
+    }
+    Ok(())
+}
+
 /// The idempotency key a task option takes from a field of the arguments.
 fn key_from_field(field: &str, message: &prost_reflect::DynamicMessage) -> Option<String> {
     if field.is_empty() {
@@ -250,7 +266,11 @@ impl Gateway {
 
     /// Checks a submission: the task exists, the arguments fit its input message, the options
     /// are sound.
-    pub(crate) async fn prepare(&self, req: v1::SubmitRequest) -> Result<Prepared, Error> {
+    pub(crate) async fn prepare(
+        &self,
+        req: v1::SubmitRequest,
+        scope: Option<&str>,
+    ) -> Result<Prepared, Error> {
         let name = Name::parse(&req.task).map_err(Error::InvalidName)?;
         let task_type = self.registry.get(&name).await?;
         self.registry
@@ -271,17 +291,13 @@ impl Gateway {
         } else {
             key_from_field(&task_type.declared.idempotency_key_field, &message)
         };
-        if let Some(key) = &key
-            && key.len() > MAX_KEY_LEN
-        {
-            return Err(Error::BadRequest(format!(
-                "the idempotency key is {} bytes; the limit is {MAX_KEY_LEN}",
-                key.len()
-            )));
+        if let Some(key) = &key {
+            check_key(key)?;
         }
-        let id = match &key {
-            Some(key) => Id::from_idempotency_key(&name, key),
-            None => Id::generate(),
+        let id = match (&key, scope) {
+            (Some(key), None) => Id::from_idempotency_key(&name, key),
+            (Some(key), Some(scope)) => Id::from_idempotency_key(&name, &format!("{scope}\0{key}")),
+            (None, _) => Id::generate(),
         };
         let overrides = overrides(&options, self.broker.result_ttl)?;
         let placement = placement(&options, SystemTime::now())?;
@@ -316,17 +332,48 @@ impl Gateway {
             overrides,
             placement,
         } = task;
-        let headers =
-            broker::task_headers(&name, &id, key.as_deref(), &overrides, placement.expires_at);
+        // A keyed task is known for as long as its state or outcome is kept, not only within
+        // the broker's duplicate window (which a restart of a single server also forgets once
+        // the task was consumed): a known key answers the existing task.
+        if key.is_some() && self.known(&id).await? {
+            return Ok(Sending {
+                id,
+                name,
+                acks: None,
+            });
+        }
+        let headers = broker::task_headers(&name, &id, &overrides, placement.expires_at);
         let acks = self
             .send_task(&name, &id, headers, args, &placement)
             .await?;
-        Ok(Sending { id, name, acks })
+        Ok(Sending {
+            id,
+            name,
+            acks: Some(acks),
+        })
+    }
+
+    /// Whether the broker holds a result or a state change of the task `id`.
+    async fn known(&self, id: &Id) -> Result<bool, Error> {
+        let result =
+            broker::last_message(&self.client, broker::RESULTS_STREAM, &subject::result(id))
+                .await
+                .map_err(|e| self.broker_error(e))?;
+        if result.is_some() {
+            return Ok(true);
+        }
+        Ok(self.last_event(id).await?.is_some())
     }
 
     /// Waits until the broker has stored a task sent by [`Self::send`].
     pub(crate) async fn confirm(&self, sending: Sending) -> Result<v1::SubmitResponse, Error> {
-        let ack = self.confirm_task(sending.acks).await?;
+        let Some(acks) = sending.acks else {
+            return Ok(v1::SubmitResponse {
+                task_id: sending.id.to_string(),
+                duplicate: true,
+            });
+        };
+        let ack = self.confirm_task(acks).await?;
         if !ack.duplicate {
             self.metrics.submitted(sending.name.as_str(), 1);
         }
@@ -434,7 +481,14 @@ impl Gateway {
                 return Err(publish_error(e));
             }
         };
-        queued.map_err(publish_error)?;
+        let queued = queued.map_err(publish_error)?;
+        if ack.duplicate {
+            // The task was stored before (the same key within the duplicate window): the
+            // queued event just stored would say it waits when it may be running or done.
+            if let Err(e) = self.broker.events.delete_message(queued.sequence).await {
+                tracing::debug!(error = %e, "could not take back the queued event of a duplicate");
+            }
+        }
         Ok(ack)
     }
 
@@ -448,6 +502,7 @@ impl Gateway {
         const WINDOW: usize = 512;
         let mut response = v1::SubmitManyResponse::default();
         let mut window: Vec<(usize, Sending)> = Vec::with_capacity(WINDOW);
+        let scope = caller.key_scope();
         let refuse = |response: &mut v1::SubmitManyResponse, index: usize, err: Error| {
             response.results[index] = v1::SubmitManyResult {
                 code: err.code() as i32,
@@ -473,7 +528,7 @@ impl Gateway {
                     );
                     continue;
                 }
-                match self.prepare(req).await {
+                match self.prepare(req, scope.as_deref()).await {
                     Ok(task) => match self.send(task).await {
                         Ok(sending) => window.push((index, sending)),
                         Err(e) => refuse(&mut response, index, e),
@@ -511,9 +566,10 @@ impl Gateway {
     pub(crate) async fn submit_and_finish(
         &self,
         req: v1::SubmitRequest,
+        scope: Option<&str>,
         timeout: Duration,
     ) -> Result<v1::TaskInfo, Error> {
-        let (first, results) = self.submit_subscribed(req).await?;
+        let (first, results) = self.submit_subscribed(req, scope).await?;
         if !matches!(first.state(), TaskState::Queued | TaskState::Scheduled) {
             return Ok(first);
         }
@@ -522,8 +578,12 @@ impl Gateway {
             .await
     }
 
-    pub(crate) async fn submit(&self, req: v1::SubmitRequest) -> Result<v1::SubmitResponse, Error> {
-        let task = self.prepare(req).await?;
+    pub(crate) async fn submit(
+        &self,
+        req: v1::SubmitRequest,
+        scope: Option<&str>,
+    ) -> Result<v1::SubmitResponse, Error> {
+        let task = self.prepare(req, scope).await?;
         self.publish(task).await
     }
 
@@ -532,8 +592,9 @@ impl Gateway {
     async fn submit_subscribed(
         &self,
         req: v1::SubmitRequest,
+        scope: Option<&str>,
     ) -> Result<(v1::TaskInfo, Waiting), Error> {
-        let task = self.prepare(req).await?;
+        let task = self.prepare(req, scope).await?;
         let (id, name) = (task.id.clone(), task.name.clone());
         let state = if task.placement.not_before.is_some() {
             TaskState::Scheduled
@@ -569,10 +630,46 @@ impl Gateway {
         }
     }
 
-    /// The last state change of a task, if any.
+    /// The last state change of a task, if any; for a delayed task whose events ran out before
+    /// its time (a delay longer than the events are kept), the broker's schedule of it.
     async fn last_event(&self, id: &Id) -> Result<Option<v1::TaskInfo>, Error> {
-        self.lookup(broker::EVENTS_STREAM, &subject::events_of(id), id)
+        match self
+            .lookup(broker::EVENTS_STREAM, &subject::events_of(id), id)
+            .await?
+        {
+            Some(info) => Ok(Some(info)),
+            None => self.delayed(id).await,
+        }
+    }
+
+    /// A delayed task the broker still holds: scheduled until its time.
+    async fn delayed(&self, id: &Id) -> Result<Option<v1::TaskInfo>, Error> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let held = match self
+            .broker
+            .tasks
+            .get_last_raw_message_by_subject(&subject::delayed(id))
             .await
+        {
+            Ok(held) => held,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(e) => return Err(self.broker_error(e)),
+        };
+        let mut headers = held.headers;
+        headers.insert(
+            broker::header::STATE,
+            broker::state_name(TaskState::Scheduled),
+        );
+        if let Some(at) = broker::scheduled_at(&headers) {
+            headers.insert(broker::header::NOT_BEFORE, micros(at).to_string().as_str());
+        }
+        headers.insert(broker::header::ATTEMPT, "0");
+        Ok(Some(broker::task_info(
+            id,
+            &headers,
+            &held.payload,
+            Some(held.time.into()),
+        )))
     }
 
     pub(crate) async fn lookup(
@@ -790,6 +887,16 @@ impl Gateway {
             .put(id.as_str(), Bytes::from_static(b"cancelled on request"))
             .await
             .map_err(|e| self.broker_error(e))?;
+        // A delayed task the broker still holds is taken out: it never fires, however long
+        // before its time the cancel came (longer than the mark and the result are kept).
+        if last.state() == TaskState::Scheduled {
+            self.broker
+                .tasks
+                .purge()
+                .filter(subject::delayed(id))
+                .await
+                .map_err(|e| self.broker_error(e))?;
+        }
         // Then the cancelled result takes the task's one result slot; a worker that finishes
         // the task later finds the slot taken and drops its own.
         let published = self
@@ -897,17 +1004,25 @@ pub(crate) fn publish_error(err: async_nats::jetstream::context::PublishError) -
         PublishErrorKind::StreamNotFound => Error::BrokerDown(format!(
             "{err} (a stream leader election, or a deleted stream that a gateway restart recreates)"
         )),
-        PublishErrorKind::MaxPayloadExceeded => Error::Broker(err.to_string()),
-        _ => {
-            let text = err.to_string();
-            if text.contains("maximum") || text.contains("limit") || text.contains("resources") {
-                Error::QueueFull(text)
-            } else {
-                Error::Broker(text)
+        PublishErrorKind::MaxPayloadExceeded => Error::TooLarge(err.to_string()),
+        _ => match broker::publish_error_code(&err) {
+            // Over the stream's largest message.
+            Some(MESSAGE_TOO_LARGE) => Error::TooLarge(err.to_string()),
+            // A full queue (messages per subject, with discard new), or full storage.
+            Some(STORE_FAILED | STORAGE_EXHAUSTED | ACCOUNT_EXHAUSTED | INSUFFICIENT_RESOURCES) => {
+                Error::QueueFull(err.to_string())
             }
-        }
+            _ => Error::Broker(err.to_string()),
+        },
     }
 }
+
+/// JetStream error codes the gateway tells apart.
+const MESSAGE_TOO_LARGE: u64 = 10054;
+const STORE_FAILED: u64 = 10077;
+const STORAGE_EXHAUSTED: u64 = 10047;
+const ACCOUNT_EXHAUSTED: u64 = 10002;
+const INSUFFICIENT_RESOURCES: u64 = 10023;
 
 fn parse_id(id: &str) -> Result<Id, Error> {
     Id::parse(id).map_err(Error::InvalidId)
@@ -930,9 +1045,10 @@ impl v1::tasks_server::Tasks for TasksService {
         request: Request<v1::SubmitRequest>,
     ) -> Result<Response<v1::SubmitResponse>, Status> {
         auth::check(&request, Op::Submit, Some(&request.get_ref().task))?;
+        let scope = auth::caller(&request).key_scope();
         let req = request.into_inner();
         let task = req.task.clone();
-        match self.gateway.submit(req).await {
+        match self.gateway.submit(req, scope.as_deref()).await {
             Ok(resp) => {
                 tracing::debug!(task, task_id = resp.task_id, "submitted");
                 Ok(Response::new(resp))
@@ -993,12 +1109,13 @@ impl v1::tasks_server::Tasks for TasksService {
             .unwrap_or_default();
         auth::check(&request, Op::Submit, Some(&task))?;
         auth::check(&request, Op::Read, Some(&task))?;
+        let scope = auth::caller(&request).key_scope();
         let req = request.into_inner();
         let timeout = wait_timeout(req.timeout);
         let json = req.include_json;
         let gateway = Arc::clone(&self.gateway);
         let (first, results) = gateway
-            .submit_subscribed(req.submit.unwrap_or_default())
+            .submit_subscribed(req.submit.unwrap_or_default(), scope.as_deref())
             .await?;
         let first = gateway.with_json(first, json).await?;
         if !matches!(first.state(), TaskState::Queued | TaskState::Scheduled) {
@@ -1179,7 +1296,8 @@ impl v1::admin_server::Admin for TasksService {
 pub(crate) struct Sending {
     id: Id,
     name: Name,
-    acks: TaskAcks,
+    /// None when the task was known already: nothing was sent.
+    acks: Option<TaskAcks>,
 }
 
 struct TaskAcks {

@@ -1,7 +1,8 @@
 //! Delivery of results to the calls waiting for them.
 //!
-//! The gateway holds one subscription on every result subject and hands each result to the
-//! waiters of its task id. One subscription instead of one per call spares the broker a
+//! The gateway holds one subscription on the results the results stream stored (it republishes
+//! each on `taskwire.stored.results.<id>`, never one it refused) and hands each to the waiters
+//! of its task id. One subscription instead of one per call spares the broker a
 //! subscribe and an unsubscribe per task (and the sublist churn they cause on its publish
 //! path); the price is that each gateway sees every result, which is small.
 
@@ -33,7 +34,7 @@ impl Waiters {
         stop: CancellationToken,
     ) -> Result<Arc<Self>, Error> {
         let mut results = client
-            .subscribe(subject::RESULTS)
+            .subscribe(subject::STORED_RESULTS)
             .await
             .map_err(|e| Error::Startup(format!("cannot subscribe to results: {e}")))?;
         let waiters = Arc::new(Self::default());

@@ -28,6 +28,9 @@ use crate::{Builder, Error};
 /// straight to their result, which spares the broker a stored message per task.
 const RUNNING_EVENT_AFTER: Duration = Duration::from_millis(25);
 
+/// Most progress reports of one task waiting to be published.
+const PROGRESS_QUEUE: usize = 256;
+
 /// After a task's time limit, how long it has to notice its cancellation before it is abandoned.
 const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
 
@@ -182,8 +185,18 @@ pub(crate) async fn run(
     let second_signal = builder.signal_forces.then(taskwire::shutdown_signal);
     tracing::info!(grace = ?builder.grace, "draining");
     stop.cancel();
-    for pull in loops {
-        let _ = pull.await;
+    // Each pull loop ends within a pull's bound; one that does not is stopped, so that the
+    // drain always ends.
+    let loops_end = tokio::time::Instant::now() + IDLE_PULL + PULL_SLACK;
+    for mut pull in loops {
+        match tokio::time::timeout_at(loops_end, &mut pull).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "a pull loop failed"),
+            Err(_) => {
+                tracing::warn!("a pull loop did not stop in time; stopping it");
+                pull.abort();
+            }
+        }
     }
     tracker.close();
     let second_signal = async {
@@ -280,6 +293,9 @@ fn span_error(message: &str) {
 
 /// Most tasks asked for in one pull request.
 const MAX_BATCH: usize = 1000;
+/// How much longer than its expiry (a no-wait pull: none) the worker waits for a pull's end
+/// before giving it up.
+const PULL_SLACK: Duration = Duration::from_secs(5);
 
 /// Pulls only as many tasks as there are free slots, so that no task waits in this worker
 /// unstarted while its ack wait runs out (and another worker gets it too). Each round takes what
@@ -361,7 +377,11 @@ async fn pull_loop(
                 }
             };
             let mut got = 0;
-            while let Some(next) = messages.next().await {
+            // The server answers a no-wait pull at once (an expiry would make it wait for
+            // tasks in flight); a reply lost with a broken connection would leave it open
+            // forever, so the client stops waiting after a bound.
+            let bound = tokio::time::Instant::now() + PULL_SLACK;
+            while let Ok(Some(next)) = tokio::time::timeout_at(bound, messages.next()).await {
                 match next {
                     Ok(message) => {
                         got += 1;
@@ -414,11 +434,16 @@ async fn pull_loop(
                 }
             }
         };
+        let bound = tokio::time::Instant::now() + expires + PULL_SLACK;
         loop {
             let next = tokio::select! {
                 () = stop.cancelled() => {
                     release_prefetched(&served, &mut messages).await;
                     return;
+                }
+                () = tokio::time::sleep_until(bound) => {
+                    tracing::debug!(task = %served.task.name, "the pull outlived its expiry; pulling again");
+                    break;
                 }
                 next = messages.next() => next,
             };
@@ -534,11 +559,28 @@ async fn handle(served: &Served, message: jetstream::Message) {
     let options = broker::Overrides::read(message.headers.as_ref()).apply(&served.task.options);
     let max_attempts = options.max_attempts;
 
-    // A redelivery may follow a crash after the result was stored: never run a task twice
-    // when its result is known.
-    if attempt > 1 && has_result(served, &id).await {
-        let _ = message.ack().await;
-        return;
+    // A task whose outcome is stored never runs: a redelivery after a crash that followed the
+    // result, a task cancelled before this worker heard of it, a keyed task stored again.
+    match has_result(served, &id).await {
+        Ok(false) => {}
+        Ok(true) => {
+            if let Err(e) = message.ack().await {
+                tracing::debug!(task = %name, task_id = %id, error = %e, "ack of a finished task failed; it comes back and is acked again");
+            }
+            return;
+        }
+        Err(e) => {
+            // Unknown whether it may run: hand it back for a moment rather than risk a second
+            // run.
+            tracing::warn!(task = %name, task_id = %id, error = %e, "cannot tell whether the task has a result; putting it back");
+            if let Err(e) = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await
+            {
+                tracing::debug!(task = %name, task_id = %id, error = %e, "NAK failed; the task comes back after its ack wait");
+            }
+            return;
+        }
     }
 
     let ttl = options.result_ttl;
@@ -665,7 +707,7 @@ struct Progress {
 }
 
 struct ProgressPublisher {
-    tx: tokio::sync::mpsc::UnboundedSender<taskwire::v1::TaskProgress>,
+    tx: tokio::sync::mpsc::Sender<taskwire::v1::TaskProgress>,
     sent: tokio::task::JoinHandle<()>,
 }
 
@@ -688,7 +730,8 @@ impl Progress {
     fn report(&self, report: taskwire::v1::TaskProgress) {
         let mut publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
         let publisher = publisher.get_or_insert_with(|| {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<taskwire::v1::TaskProgress>();
+            let (tx, mut rx) =
+                tokio::sync::mpsc::channel::<taskwire::v1::TaskProgress>(PROGRESS_QUEUE);
             let (client, name, id, attempt) = (
                 self.client.clone(),
                 self.name.clone(),
@@ -711,7 +754,11 @@ impl Progress {
             });
             ProgressPublisher { tx, sent }
         });
-        let _ = publisher.tx.send(report);
+        // A task reporting faster than the broker takes the reports loses the surplus, not
+        // memory.
+        if publisher.tx.try_send(report).is_err() {
+            tracing::debug!(task = %self.name, task_id = %self.id, "progress report dropped: too many waiting");
+        }
     }
 
     /// Waits (a little) until every report so far is published, so that watchers see them
@@ -813,11 +860,10 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-async fn has_result(served: &Served, id: &Id) -> bool {
-    matches!(
-        broker::last_message(&served.client, broker::RESULTS_STREAM, &subject::result(id)).await,
-        Ok(Some(_))
-    )
+async fn has_result(served: &Served, id: &Id) -> Result<bool, async_nats::RequestError> {
+    broker::last_message(&served.client, broker::RESULTS_STREAM, &subject::result(id))
+        .await
+        .map(|found| found.is_some())
 }
 
 async fn failed(
@@ -913,8 +959,13 @@ async fn store_dead(
         message.payload.clone(),
     )
     .await;
-    if let Stored::Yes { duplicate: false } = stored {
-        served.metrics.dead_lettered(name.as_str(), reason);
+    match stored {
+        Stored::Yes { duplicate: false } => served.metrics.dead_lettered(name.as_str(), reason),
+        // Nothing will ever store it: the failed result still ends the task, saying why.
+        Stored::Refused(ref why) => {
+            tracing::error!(task = %name, task_id = %id, error = %why, "the broker refuses this dead letter; the task ends failed without one");
+        }
+        Stored::Yes { duplicate: true } | Stored::Taken | Stored::GaveUp => {}
     }
     !matches!(stored, Stored::GaveUp)
 }
@@ -925,12 +976,16 @@ enum Stored {
     Yes { duplicate: bool },
     /// The subject had its one message already (a result stored before).
     Taken,
+    /// Refused for good (too large, a header or feature the stream refuses): trying again
+    /// cannot help.
+    Refused(String),
     /// Not stored before the worker had to stop.
     GaveUp,
 }
 
 /// Publishes until JetStream has stored the message (retrying through broker outages), the
-/// subject turns out to be taken, or the worker is forced to stop.
+/// subject turns out to be taken, the broker refuses it for good, or the worker is forced to
+/// stop.
 async fn store(
     served: &Served,
     id: &Id,
@@ -959,6 +1014,9 @@ async fn store(
             }
             Err(e) if broker::is_wrong_last_sequence(&e) => return Stored::Taken,
             Err(e) => {
+                if let Some(why) = broker::permanent_refusal(&e) {
+                    return Stored::Refused(why);
+                }
                 if served.force.is_cancelled() {
                     tracing::warn!(task = %name, task_id = %id, error = %e, "{what} not stored before exit; the task will be redelivered");
                     return Stored::GaveUp;
@@ -972,7 +1030,9 @@ async fn store(
 }
 
 /// Stores the result, then acks the task. Until the result is stored the task is not acked, so
-/// a worker that dies in between leaves it to be redelivered.
+/// a worker that dies in between leaves it to be redelivered. A result the broker refuses for
+/// good (larger than its max payload, say) ends the task failed for good instead, with a dead
+/// letter saying why.
 async fn finish(
     served: &Served,
     message: jetstream::Message,
@@ -983,7 +1043,61 @@ async fn finish(
     ttl: Option<Duration>,
 ) {
     let name: &Name = &served.task.name;
-    let headers = broker::result_headers(name, id, state, attempt, &series(&message), ttl);
+    let stored = match store_result(served, &message, id, attempt, state, body, ttl).await {
+        Stored::Refused(why) => {
+            let error = format!(
+                "the task's {} result could not be stored: {why}",
+                broker::state_name(state)
+            );
+            tracing::error!(task = %name, task_id = %id, attempt, error = %error, "result refused");
+            if !store_dead(served, &message, id, attempt, "permanent", &error).await {
+                return;
+            }
+            let body = broker::failure_body(&error, false);
+            let failed =
+                store_result(served, &message, id, attempt, TaskState::Failed, body, ttl).await;
+            if let Stored::Refused(why) = &failed {
+                // Not even a short failed result is accepted (a stream that refuses every
+                // message): redelivering would only run the task again to the same end.
+                tracing::error!(task = %name, task_id = %id, error = %why, "the broker refuses every result of this task; dropping it");
+                if let Err(e) = message.ack_with(AckKind::Term).await {
+                    tracing::warn!(task = %name, task_id = %id, error = %e, "terminating the task failed; it will be redelivered");
+                }
+                return;
+            }
+            failed
+        }
+        stored => stored,
+    };
+    match stored {
+        Stored::Yes { duplicate: false } => {
+            served.metrics.completed(name.as_str(), state);
+            if let Some(hook) = &served.on_result {
+                hook(id, state);
+            }
+        }
+        // Stored by an earlier publish, or the task had a result already (cancelled, or
+        // stored by an earlier delivery).
+        Stored::Yes { duplicate: true } | Stored::Taken | Stored::Refused(_) => {}
+        Stored::GaveUp => return,
+    }
+    if let Err(e) = message.ack().await {
+        tracing::warn!(task = %name, task_id = %id, error = %e, "ack failed; a redelivery will find the stored result");
+    }
+}
+
+/// Publishes a task's result, once per task and series of attempts.
+async fn store_result(
+    served: &Served,
+    message: &jetstream::Message,
+    id: &Id,
+    attempt: u32,
+    state: TaskState,
+    body: Bytes,
+    ttl: Option<Duration>,
+) -> Stored {
+    let name: &Name = &served.task.name;
+    let headers = broker::result_headers(name, id, state, attempt, &series(message), ttl);
     let destination = subject::result(id);
     let span = tracing::info_span!(
         "publish",
@@ -997,7 +1111,7 @@ async fn finish(
         taskwire.task.name = %name,
         taskwire.task.state = broker::state_name(state),
     );
-    let stored = async {
+    async {
         let mut headers = headers;
         // The result names the trace, for `taskwire inspect task` and the dashboard: this
         // span's, or without trace export here, the producer's.
@@ -1010,22 +1124,7 @@ async fn finish(
         store(served, id, "result", destination, headers, body).await
     }
     .instrument(span)
-    .await;
-    match stored {
-        Stored::Yes { duplicate: false } => {
-            served.metrics.completed(name.as_str(), state);
-            if let Some(hook) = &served.on_result {
-                hook(id, state);
-            }
-        }
-        // Stored by an earlier publish, or the task had a result already (cancelled, or
-        // stored by an earlier delivery).
-        Stored::Yes { duplicate: true } | Stored::Taken => {}
-        Stored::GaveUp => return,
-    }
-    if let Err(e) = message.ack().await {
-        tracing::warn!(task = %name, task_id = %id, error = %e, "ack failed; a redelivery will find the stored result");
-    }
+    .await
 }
 
 #[cfg(test)]
