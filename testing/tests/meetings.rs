@@ -772,7 +772,7 @@ async fn concurrent_replays_give_one_new_series_and_never_erase_a_success() -> a
 /// The message schedules the broker holds for a schedule's name (0 or 1 when consistent).
 async fn held_schedules(nats: &NatsServer, name: &str) -> anyhow::Result<u64> {
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
-    let mut stream = js.get_stream(taskwire::broker::TASKS_STREAM).await?;
+    let stream = js.get_stream(taskwire::broker::TASKS_STREAM).await?;
     let info = stream
         .info_with_subjects(format!("taskwire.schedules.{name}"))
         .await?;
