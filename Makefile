@@ -21,7 +21,7 @@ export TASKWIRE_NATS_SERVER := $(NATS_SERVER)
 export TASKWIRE_PYTHON := $(VENV)/bin/python
 FIXTURE := testing/fixtures/external
 
-.PHONY: help dev test tools chromium build lint fmt clippy schema manifests fixture python typescript bench chaos clean
+.PHONY: help dev test tools chromium build lint fmt clippy schema manifests fixture python typescript bench chaos model clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -99,6 +99,12 @@ bench: $(NATS_SERVER) ## Measure throughput and latency (release build), printin
 
 chaos: $(NATS_SERVER) build ## Fault drills at full size (10,000 tasks each), one JSON line per drill
 	./target/debug/taskwire-chaos --tasks $${CHAOS_TASKS:-10000}
+
+# The model test at full size, for the Rust worker and then the Python one. SEED repeats a run;
+# MODEL_OPERATIONS changes its size.
+model: $(NATS_SERVER) $(PYTHON_DEPS) build ## Random operations against a real system, checked against the guarantees (SEED=..., MODEL_OPERATIONS=...)
+	./target/debug/taskwire-model --runtime rust --operations $${MODEL_OPERATIONS:-10000} $(if $(SEED),--seed $(SEED))
+	./target/debug/taskwire-model --runtime python --operations $${MODEL_OPERATIONS:-10000} $(if $(SEED),--seed $(SEED))
 
 clean: ## Remove build output, tools and dev data
 	$(CARGO) clean

@@ -1246,6 +1246,23 @@ pub async fn last_message(
     direct_get(client, stream, format!(r#"{{"last_by_subj":"{filter}"}}"#)).await
 }
 
+/// The last message of `stream` on the literal `subject`, asked with the subject in the API
+/// subject (`$JS.API.DIRECT.GET.<stream>.<subject>`): the form NATS permissions can limit to
+/// some subjects (a worker may read the events of its own task types only).
+pub async fn last_message_on(
+    client: &async_nats::Client,
+    stream: &str,
+    subject: &str,
+) -> Result<Option<StoredMessage>, async_nats::RequestError> {
+    let response = client
+        .request(
+            format!("$JS.API.DIRECT.GET.{stream}.{subject}"),
+            Bytes::new(),
+        )
+        .await?;
+    stored_message(stream, response)
+}
+
 /// The first message of `stream` at or after sequence `from` whose subject matches `filter`.
 pub async fn next_message(
     client: &async_nats::Client,
@@ -1269,6 +1286,14 @@ async fn direct_get(
     let response = client
         .request(format!("$JS.API.DIRECT.GET.{stream}"), request.into())
         .await?;
+    stored_message(stream, response)
+}
+
+/// A direct get's answer: the message, none (404), or an error for any other status.
+fn stored_message(
+    stream: &str,
+    response: async_nats::Message,
+) -> Result<Option<StoredMessage>, async_nats::RequestError> {
     match response.status {
         None | Some(async_nats::StatusCode::OK) => {}
         Some(async_nats::StatusCode::NOT_FOUND) => return Ok(None),

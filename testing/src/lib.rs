@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use taskwire_cli::stack::{NatsCluster, NatsServer, free_port, terminate};
 
 pub mod chaos;
+pub mod model;
 pub mod tasks;
 
 /// A gateway serving in this process on a free port.

@@ -9,6 +9,57 @@ use taskwire::examples::chaos::v1::{
     SleepArgs, SleepResult, StepsArgs, StepsDone, StepsResult,
 };
 
+/// Where this process logs every run of a chaos task (see [`log_runs_to`]).
+static RUN_LOG: std::sync::OnceLock<Mutex<std::fs::File>> = std::sync::OnceLock::new();
+
+/// Appends a line for the start and the end of every run of a chaos task to `path`:
+/// `start <task id> <attempt> <unix micros>` and `end <task id> <attempt> <unix micros>`, one
+/// write a line (several worker processes may share the file). The model test reads it.
+pub fn log_runs_to(path: &std::path::Path) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let _ = RUN_LOG.set(Mutex::new(file));
+    Ok(())
+}
+
+/// One run of a chaos task, logged at its start and (on drop, however it ends) its end.
+struct Run {
+    id: String,
+    attempt: u32,
+}
+
+impl Run {
+    fn start(ctx: &TaskContext) -> Self {
+        let run = Self {
+            id: ctx.id().to_string(),
+            attempt: ctx.attempt(),
+        };
+        run.log("start");
+        run
+    }
+
+    fn log(&self, event: &str) {
+        let Some(log) = RUN_LOG.get() else { return };
+        let micros = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or_default();
+        use std::io::Write as _;
+        let line = format!("{event} {} {} {micros}\n", self.id, self.attempt);
+        let mut file = log.lock().unwrap_or_else(|e| e.into_inner());
+        // A lost line shows as a run the model cannot account for: it says so.
+        let _ = file.write_all(line.as_bytes());
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.log("end");
+    }
+}
+
 /// What the chaos tasks of this process did, by label, for tests that run a worker in process.
 static JOURNAL: Mutex<Vec<(String, &'static str, SystemTime)>> = Mutex::new(Vec::new());
 
@@ -110,6 +161,7 @@ pub struct ChaosTasks {
 
 impl Chaos for ChaosTasks {
     async fn sleep(&self, ctx: TaskContext, args: SleepArgs) -> Result<SleepResult, TaskError> {
+        let _run = Run::start(&ctx);
         note(&args.label, "started");
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(args.millis)) => {
@@ -142,6 +194,7 @@ impl Chaos for ChaosTasks {
     }
 
     async fn steps(&self, ctx: TaskContext, args: StepsArgs) -> Result<StepsResult, TaskError> {
+        let _run = Run::start(&ctx);
         note(&args.label, "started");
         for done in 1..=args.steps {
             tokio::select! {
@@ -167,17 +220,20 @@ impl Chaos for ChaosTasks {
         })
     }
 
-    async fn panic(&self, _ctx: TaskContext, args: PanicArgs) -> Result<PanicResult, TaskError> {
+    async fn panic(&self, ctx: TaskContext, args: PanicArgs) -> Result<PanicResult, TaskError> {
+        let _run = Run::start(&ctx);
         panic!("{}", args.message);
     }
 
-    async fn charge(&self, _ctx: TaskContext, args: ChargeArgs) -> Result<ChargeResult, TaskError> {
+    async fn charge(&self, ctx: TaskContext, args: ChargeArgs) -> Result<ChargeResult, TaskError> {
+        let _run = Run::start(&ctx);
         Ok(ChargeResult {
             order_id: args.order_id,
         })
     }
 
     async fn flaky(&self, ctx: TaskContext, args: FlakyArgs) -> Result<FlakyResult, TaskError> {
+        let _run = Run::start(&ctx);
         if args.permanent {
             return Err(TaskError::permanent("flaky: failed for good"));
         }

@@ -19,6 +19,32 @@ from taskwire.worker import TaskError, Worker  # noqa: E402
 
 worker = Worker()
 
+RUN_LOG = os.environ.get("TASKWIRE_RUN_LOG")
+
+
+class logged_run:
+    """With TASKWIRE_RUN_LOG set, the start and end of every run go there, one line each
+    (`start|end <task id> <attempt> <unix micros>`), as the Rust test worker writes them: the
+    model test's record of executions."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def _log(self, event):
+        if RUN_LOG:
+            line = f"{event} {self.ctx.id} {self.ctx.attempt} {time.time_ns() // 1000}\n".encode()
+            fd = os.open(RUN_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+    def __enter__(self):
+        self._log("start")
+
+    def __exit__(self, *exc):
+        self._log("end")
+
 
 class Magic(magic_pb2_grpc.MagicServicer):
     """A servicer subclass: the methods it overrides are served."""
@@ -33,7 +59,8 @@ chaos = worker.service(chaos_pb2, "Chaos")
 
 @chaos.sleep.handler
 async def sleep(args, ctx):
-    await asyncio.sleep(args.millis / 1000)
+    with logged_run(ctx):
+        await asyncio.sleep(args.millis / 1000)
     label = args.label
     if label.startswith("oversized-result"):
         # A result larger than any NATS server takes, as the Rust test worker answers too.
@@ -46,7 +73,8 @@ async def limited(args, ctx):
     # At most five of these run at once across all workers (max_concurrency in the proto).
     log = os.environ.get("TASKWIRE_PY_EXECUTION_LOG")
     started = time.time()
-    await asyncio.sleep(args.millis / 1000)
+    with logged_run(ctx):
+        await asyncio.sleep(args.millis / 1000)
     if log:
         with open(log, "a") as f:
             f.write(f"{started} {time.time()}\n")
@@ -55,9 +83,10 @@ async def limited(args, ctx):
 
 @chaos.flaky.handler
 def flaky(args, ctx):  # a plain function runs in a thread
-    if args.succeed_on_attempt == 0 or ctx.attempt < args.succeed_on_attempt:
-        raise TaskError(f"failing on purpose on attempt {ctx.attempt}", retryable=not args.permanent)
-    return chaos_pb2.FlakyResult(attempt=ctx.attempt)
+    with logged_run(ctx):
+        if args.succeed_on_attempt == 0 or ctx.attempt < args.succeed_on_attempt:
+            raise TaskError(f"failing on purpose on attempt {ctx.attempt}", retryable=not args.permanent)
+        return chaos_pb2.FlakyResult(attempt=ctx.attempt)
 
 
 @chaos.steps.handler

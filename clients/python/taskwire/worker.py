@@ -70,7 +70,6 @@ RESULTS_STREAM = "TASKWIRE_RESULTS"
 EVENTS_STREAM = "TASKWIRE_EVENTS"
 DEAD_STREAM = "TASKWIRE_DEAD"
 
-RUNNING_EVENT_AFTER = 0.025
 TIMEOUT_GRACE = 2.0
 HEARTBEAT_EVERY = 5.0
 WORKER_TTL = 15.0
@@ -1043,7 +1042,9 @@ class Worker:
         me = self._running.get(asyncio.current_task())
         try:
             headers = dict(msg.headers or {})
-            attempt = _attempt_of(headers, msg.metadata)
+            attempt = await self._attempt(task, headers, msg)
+            if attempt is None:
+                return
             with self._tracing.process(task.name, msg.subject, headers, attempt, redelivered=attempt > 1) as span:
                 if me is not None:
                     me.span = span
@@ -1063,27 +1064,49 @@ class Worker:
         if task_id is None:
             dead_id = f"poison-{meta.sequence.stream}"
             log.error("%s: message without a valid task id; moving it to the dead letters as %s", task.name, dead_id)
-            if await self._store_dead(task, msg, dead_id, 1, "poison", "the message has no valid Taskwire-Task-Id header"):
+            if await self._store_dead(task, msg, dead_id, 1, "poison", "the message has no valid Taskwire-Task-Id header") is not False:
                 await msg.term()
             return
         options = task.options.with_overrides(headers)
 
-        # A task whose outcome is stored never runs: a redelivery after a crash that followed
-        # the result, a task cancelled before this worker heard of it, a keyed task stored again.
-        known = await self._has_result(task_id)
-        if known is None:
-            log.warning("%s %s: cannot tell whether the task has a result; putting it back", task.name, task_id)
-            await msg.nak(delay=1.0)
-            return
-        if known:
-            await msg.ack()
-            return
         if task_id in self._cancelled_ids:
             await self._finish(task, msg, task_id, attempt, "cancelled", _failure("cancelled on request", False), options)
             return
         expires = headers.get(EXPIRES_AT)
         if expires and expires.isdigit() and now_micros() > int(expires):
             await self._finish(task, msg, task_id, attempt, "expired", _failure("not started before its expiry time", False), options)
+            return
+
+        # A run cut short (a worker killed mid-task) used its attempt: with none left the task
+        # fails for good rather than running again.
+        if attempt > options.max_attempts:
+            error = (
+                f"attempt {attempt - 1} of {options.max_attempts} was cut short (its worker stopped "
+                "before it ended) and no attempt is left"
+            )
+            log.warning("%s %s: %s", task.name, task_id, error)
+            await self._fail_for_good(task, msg, task_id, attempt - 1, "lost", error, _failure(error, False), options)
+            return
+        # A task whose outcome is stored never runs: a redelivery after a crash that followed
+        # the result, a task cancelled before this worker heard of it, a keyed task stored again.
+        # At the same time the start is stored, so that a redelivery knows this attempt ran.
+        known, started = await asyncio.gather(
+            self._has_result(task_id), self._mark_started(task, msg, task_id, attempt), return_exceptions=True
+        )
+        if known is None or isinstance(known, BaseException):
+            log.warning("%s %s: cannot tell whether the task has a result; putting it back", task.name, task_id)
+            await msg.nak(delay=1.0)
+            return
+        if known:
+            await msg.ack()
+            return
+        if isinstance(started, BaseException):
+            log.warning("%s %s: cannot store the start of the attempt (%s); putting it back", task.name, task_id, started)
+            await msg.nak(delay=1.0)
+            return
+        if not started:
+            # That delivery runs it and keeps it in progress; this one is left alone.
+            log.info("%s %s: another delivery of the task started attempt %d", task.name, task_id, attempt)
             return
 
         ctx = TaskContext(self, task, task_id, attempt, options, headers)
@@ -1124,8 +1147,7 @@ class Worker:
             log.error("%s %s attempt %d raised: %s", task.name, task_id, attempt, value)
             error = f"task raised {value}"
             Tracing.failed(me.span, error)
-            if await self._store_dead(task, msg, task_id, attempt, "panic", error):
-                await self._finish(task, msg, task_id, attempt, "failed", _failure(error, False), options)
+            await self._fail_for_good(task, msg, task_id, attempt, "panic", error, _failure(error, False), options)
 
     def _task_id(self, task: Task, headers: Dict[str, str], meta) -> Optional[str]:
         if TASK_ID in headers:
@@ -1148,13 +1170,10 @@ class Worker:
             me.cancel_requested()
         every = task.progress_every
         started = time.monotonic()
-        running_reported = False
         timed_out_at = None
         while True:
             now = time.monotonic()
             waits = [started + every * (1 + int((now - started) / every))]
-            if not running_reported:
-                waits.append(started + RUNNING_EVENT_AFTER)
             if ctx.deadline is not None and timed_out_at is None:
                 waits.append(ctx.deadline)
             if timed_out_at is not None:
@@ -1199,19 +1218,64 @@ class Worker:
                 ctx._cancelled.set()
                 if inspect.iscoroutinefunction(handler):
                     call.cancel()
-            if not running_reported and now >= started + RUNNING_EVENT_AFTER:
-                running_reported = True
-                subject = f"taskwire.events.{ctx.id}.{token(task.name)}"
-                try:
-                    await self._nc.publish(subject, b"", headers=self._event_headers(task.name, ctx.id, "running", ctx.attempt))
-                except Exception:
-                    pass
             if now - started >= every and (now - me.last_progress_ack) >= every:
                 me.last_progress_ack = now
                 try:
                     await msg.in_progress()
                 except Exception:
                     pass
+
+    async def _attempt(self, task: Task, headers: Dict[str, str], msg: Msg) -> Optional[int]:
+        """Attempts count runs, not deliveries: a first delivery is the header's attempt; a
+        redelivery follows the last run that started (each start is stored as a `running`
+        event before the handler runs). None when the broker could not tell (the task is put
+        back)."""
+        try:
+            first = max(1, int(headers.get(ATTEMPT, "1")))
+        except ValueError:
+            first = 1
+        if msg.metadata.num_delivered <= 1:
+            return first
+        task_id = self._task_id(task, headers, msg.metadata)
+        if task_id is None:
+            return first
+        # The subject in the API subject: the form NATS permissions can limit to this worker's
+        # own task types.
+        subject = f"taskwire.events.{task_id}.{token(task.name)}"
+        try:
+            reply = await self._nc.request(f"$JS.API.DIRECT.GET.{EVENTS_STREAM}.{subject}", b"", timeout=5)
+        except Exception as e:
+            log.warning("%s %s: cannot tell which attempt this is (%s); putting it back", task.name, task_id, e)
+            await msg.nak(delay=1.0)
+            return None
+        found = reply.headers or {}
+        status = found.get("Status")
+        if status == "404":
+            return first
+        if status is not None:
+            log.warning("%s %s: cannot tell which attempt this is (status %s); putting it back", task.name, task_id, status)
+            await msg.nak(delay=1.0)
+            return None
+        try:
+            started = int(found.get(ATTEMPT, "0"))
+        except ValueError:
+            started = 0
+        if found.get(STATE) in ("running", "retrying") and started > 0:
+            return max(first, started + 1)
+        return first
+
+    async def _mark_started(self, task: Task, msg: Msg, task_id: str, attempt: int) -> bool:
+        """Stores the start of an attempt as a `running` event, acknowledged before the handler
+        runs; False when another delivery of the task stored this attempt's start first."""
+        headers = self._event_headers(task.name, task_id, "running", attempt)
+        parent = (msg.headers or {}).get("traceparent")
+        if parent:
+            headers["traceparent"] = parent
+        # One start per attempt: a second delivery racing this one finds the start taken.
+        series = (msg.headers or {}).get(REPLAY, "0")
+        headers[MSG_ID] = f"{task_id}.start.{series}.{attempt}"
+        ack = await self._js.publish(f"taskwire.events.{task_id}.{token(task.name)}", b"", headers=headers, timeout=5)
+        return not ack.duplicate
 
     async def _has_result(self, task_id: str) -> Optional[bool]:
         """Whether the task has a stored result; None when the broker could not tell."""
@@ -1251,10 +1315,33 @@ class Worker:
             return
         if reason is None:
             reason = "exhausted" if error.retryable else "permanent"
-        if await self._store_dead(task, msg, task_id, attempt, reason, error.message):
-            await self._finish(task, msg, task_id, attempt, "failed", _failure(error.message, error.retryable), options)
+        await self._fail_for_good(
+            task, msg, task_id, attempt, reason, error.message, _failure(error.message, error.retryable), options
+        )
 
-    async def _store_dead(self, task: Task, msg: Msg, task_id: str, attempt: int, reason: str, error: str) -> bool:
+    async def _fail_for_good(
+        self, task: Task, msg: Msg, task_id: str, attempt: int, reason: str, error: str, body: bytes, options: Options
+    ) -> None:
+        """The dead letter, then the failed result, then the ack. When the result slot turns out
+        to be taken by another outcome (a delivery of the same task that ran elsewhere and
+        succeeded), the letter is taken back: a task has a dead letter only if it failed."""
+        letter = await self._store_dead(task, msg, task_id, attempt, reason, error)
+        if letter is False:
+            return
+        stored = await self._finish(task, msg, task_id, attempt, "failed", body, options)
+        if stored == "taken" and isinstance(letter, int):
+            request = json.dumps({"last_by_subj": f"taskwire.results.{task_id}"}).encode()
+            try:
+                reply = await self._nc.request(f"$JS.API.DIRECT.GET.{RESULTS_STREAM}", request, timeout=5)
+                state = (reply.headers or {}).get(STATE)
+                if state is not None and state != "failed":
+                    await self._api(f"STREAM.MSG.DELETE.{DEAD_STREAM}", {"seq": letter})
+            except Exception as e:
+                log.warning("%s %s: could not take back the dead letter of a task that did not fail (%s)", task.name, task_id, e)
+
+    async def _store_dead(self, task: Task, msg: Msg, task_id: str, attempt: int, reason: str, error: str):
+        """False when it could not be stored before the worker had to stop; else its sequence,
+        or True when the broker refused it for good."""
         # The task's own headers, less those the server acts on (a task a message schedule fired
         # carries Nats-Scheduler and Nats-Schedule-Next, which the dead letter stream refuses).
         headers = {k: v for k, v in (msg.headers or {}).items() if not k.lower().startswith("nats-")}
@@ -1275,18 +1362,22 @@ class Worker:
             self.metrics.dead_lettered(task.name, reason)
         elif stored == "refused":
             log.error("%s %s: the broker refuses this dead letter (%s); the task ends failed without one", task.name, task_id, why)
-        return stored != "gave_up"
+        if stored == "gave_up":
+            return False
+        if stored in ("stored", "duplicate"):
+            return int(why)
+        return True
 
     async def _store(self, subject: str, headers: Dict[str, str], body: bytes) -> "tuple[str, str]":
-        """Publishes until JetStream stored it: ("stored" | "duplicate", ""), ("taken", "") when
-        the subject has its one message already, ("refused", why) when the broker refuses it for
-        good (too large, a header or feature the stream refuses), or ("gave_up", "") when forced
-        to stop first."""
+        """Publishes until JetStream stored it: ("stored" | "duplicate", "<sequence>"), ("taken",
+        "") when the subject has its one message already, ("refused", why) when the broker
+        refuses it for good (too large, a header or feature the stream refuses), or ("gave_up",
+        "") when forced to stop first."""
         delay = 0.1
         while True:
             try:
                 ack = await self._js.publish(subject, body, headers=headers, timeout=5)
-                return ("duplicate" if ack.duplicate else "stored"), ""
+                return ("duplicate" if ack.duplicate else "stored"), str(ack.seq)
             except nats.js.errors.APIError as e:
                 if e.err_code == WRONG_LAST_SEQUENCE:
                     return "taken", ""
@@ -1304,15 +1395,16 @@ class Worker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _finish(self, task: Task, msg: Msg, task_id: str, attempt: int, state: str, body: bytes, options: Options) -> None:
+    async def _finish(self, task: Task, msg: Msg, task_id: str, attempt: int, state: str, body: bytes, options: Options) -> str:
         """Stores the result, then acks the task. A result the broker refuses for good ends the
-        task failed for good instead, with a dead letter saying why."""
+        task failed for good instead, with a dead letter saying why. Returns what became of the
+        result ("stored", "duplicate", "taken", "refused" or "gave_up")."""
         stored, why = await self._store_result(task, msg, task_id, attempt, state, body, options)
         if stored == "refused":
             error = f"the task's {state} result could not be stored: {why}"
             log.error("%s %s attempt %d: %s", task.name, task_id, attempt, error)
-            if not await self._store_dead(task, msg, task_id, attempt, "permanent", error):
-                return
+            if await self._store_dead(task, msg, task_id, attempt, "permanent", error) is False:
+                return "gave_up"
             state = "failed"
             stored, why = await self._store_result(task, msg, task_id, attempt, state, _failure(error, False), options)
             if stored == "refused":
@@ -1321,15 +1413,16 @@ class Worker:
                     await msg.term()
                 except Exception as e:
                     log.warning("terminating %s failed (%s); it will be redelivered", task_id, e)
-                return
+                return stored
         if stored == "gave_up":
-            return
+            return stored
         if stored == "stored":
             self.metrics.completed(task.name, state)
         try:
             await msg.ack()
         except Exception as e:
             log.warning("ack of %s failed (%s); a redelivery will find the stored result", task_id, e)
+        return stored
 
     async def _store_result(
         self, task: Task, msg: Msg, task_id: str, attempt: int, state: str, body: bytes, options: Options
@@ -1345,15 +1438,6 @@ class Worker:
             headers["traceparent"] = parent
         with self._tracing.publish_result(task.name, task_id, state, headers):
             return await self._store(f"taskwire.results.{task_id}", headers, body)
-
-
-def _attempt_of(headers: Dict[str, str], meta: Any) -> int:
-    """The attempt: the header's first attempt plus the broker's redeliveries."""
-    try:
-        first = max(1, int(headers.get(ATTEMPT, "1")))
-    except ValueError:
-        first = 1
-    return first + max(meta.num_delivered, 1) - 1
 
 
 async def _follow_bucket(js: Any, bucket: str, put: Callable[[str, bytes], None], delete: Callable[[str], Any]) -> asyncio.Task:

@@ -491,7 +491,9 @@ impl Client {
         })
     }
 
-    async fn submit_raw(
+    /// Submits `task` with arguments as protobuf bytes or proto3 JSON; returns the gateway's
+    /// answer (the id, and whether it was a duplicate).
+    pub async fn submit_raw(
         &self,
         task: &str,
         args: v1::submit_request::Args,

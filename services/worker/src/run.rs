@@ -24,10 +24,6 @@ use crate::limits::{Grant, Limits, Slot};
 use crate::metrics::{self, Metrics};
 use crate::{Builder, Error};
 
-/// A task still running after this long gets a `running` event. Shorter tasks go from queued
-/// straight to their result, which spares the broker a stored message per task.
-const RUNNING_EVENT_AFTER: Duration = Duration::from_millis(25);
-
 /// Most progress reports of one task waiting to be published.
 const PROGRESS_QUEUE: usize = 256;
 
@@ -532,12 +528,17 @@ async fn handle(served: &Served, message: jetstream::Message) {
             "the message has no valid Taskwire-Task-Id header",
         )
         .await;
-        if stored {
-            let _ = message.ack_with(AckKind::Term).await;
+        if stored.is_some()
+            && let Err(e) = message.ack_with(AckKind::Term).await
+        {
+            tracing::warn!(task = %name, error = %e, "terminating a poison message failed; it comes back and is moved again");
         }
         return;
     };
-    // The attempt is the header's first attempt plus the broker's redeliveries.
+    // Attempts count runs, not deliveries: a first delivery is the header's attempt; a
+    // redelivery follows the last run that started (each start is stored as a `running` event
+    // before the handler runs), so deliveries that never started the handler (released at a
+    // drain, pulled by a request the client gave up) do not count.
     let first_attempt = message
         .headers
         .as_ref()
@@ -545,11 +546,26 @@ async fn handle(served: &Served, message: jetstream::Message) {
         .and_then(|v| v.as_str().parse::<u32>().ok())
         .unwrap_or(1)
         .max(1);
-    let deliveries = message
-        .info()
-        .map(|i| i.delivered.max(1) as u32)
-        .unwrap_or(1);
-    let attempt = first_attempt.saturating_add(deliveries - 1);
+    let deliveries = message.info().map(|i| i.delivered.max(1)).unwrap_or(1);
+    let attempt = if deliveries <= 1 {
+        first_attempt
+    } else {
+        match last_started(served, &id).await {
+            Ok(Some(started)) => started.saturating_add(1).max(first_attempt),
+            Ok(None) => first_attempt,
+            Err(e) => {
+                put_back(
+                    served,
+                    &message,
+                    &id,
+                    "cannot tell which attempt this is",
+                    &e,
+                )
+                .await;
+                return;
+            }
+        }
+    };
     let span = tracing::Span::current();
     span.record("task_id", tracing::field::display(&id));
     span.record("attempt", attempt);
@@ -558,30 +574,6 @@ async fn handle(served: &Served, message: jetstream::Message) {
     // The task's declared options, as its submitter changed them.
     let options = broker::Overrides::read(message.headers.as_ref()).apply(&served.task.options);
     let max_attempts = options.max_attempts;
-
-    // A task whose outcome is stored never runs: a redelivery after a crash that followed the
-    // result, a task cancelled before this worker heard of it, a keyed task stored again.
-    match has_result(served, &id).await {
-        Ok(false) => {}
-        Ok(true) => {
-            if let Err(e) = message.ack().await {
-                tracing::debug!(task = %name, task_id = %id, error = %e, "ack of a finished task failed; it comes back and is acked again");
-            }
-            return;
-        }
-        Err(e) => {
-            // Unknown whether it may run: hand it back for a moment rather than risk a second
-            // run.
-            tracing::warn!(task = %name, task_id = %id, error = %e, "cannot tell whether the task has a result; putting it back");
-            if let Err(e) = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await
-            {
-                tracing::debug!(task = %name, task_id = %id, error = %e, "NAK failed; the task comes back after its ack wait");
-            }
-            return;
-        }
-    }
 
     let ttl = options.result_ttl;
     // Cancelled before it started: it never runs.
@@ -608,6 +600,73 @@ async fn handle(served: &Served, message: jetstream::Message) {
         let body = broker::failure_body("not started before its expiry time", false);
         finish(served, message, &id, attempt, TaskState::Expired, body, ttl).await;
         return;
+    }
+
+    // A run cut short (a worker killed mid-task) used its attempt: with none left the task
+    // fails for good rather than running again.
+    if attempt > max_attempts {
+        tracing::warn!(task = %name, task_id = %id, attempt, max_attempts, "its last attempt was cut short; failing it");
+        let error = format!(
+            "attempt {} of {max_attempts} was cut short (its worker stopped before it ended) and no attempt is left",
+            attempt - 1
+        );
+        let failure = Failure {
+            reason: "lost",
+            error: &error,
+            retryable: false,
+        };
+        fail_for_good(served, message, &id, attempt - 1, failure, ttl).await;
+        return;
+    }
+
+    // A task whose outcome is stored never runs: a redelivery after a crash that followed the
+    // result, a task cancelled before this worker heard of it, a keyed task stored again. At
+    // the same time the start is stored, so that a redelivery knows this attempt ran.
+    let (stored, started) = tokio::join!(
+        has_result(served, &id),
+        mark_started(served, &message, &id, attempt)
+    );
+    match stored {
+        Ok(false) => {}
+        Ok(true) => {
+            if let Err(e) = message.ack().await {
+                tracing::debug!(task = %name, task_id = %id, error = %e, "ack of a finished task failed; it comes back and is acked again");
+            }
+            return;
+        }
+        Err(e) => {
+            // Unknown whether it may run: hand it back rather than risk a second run.
+            put_back(
+                served,
+                &message,
+                &id,
+                "cannot tell whether the task has a result",
+                &e,
+            )
+            .await;
+            return;
+        }
+    }
+    match started {
+        Ok(true) => {}
+        Ok(false) => {
+            // That delivery runs it and keeps it in progress: this one is left alone (neither
+            // acked nor handed back, which would let a third delivery start a second attempt
+            // beside the first). If that worker dies, the ack wait brings the task back.
+            tracing::info!(task = %name, task_id = %id, attempt, "another delivery of the task started this attempt; leaving it to that one");
+            return;
+        }
+        Err(e) => {
+            put_back(
+                served,
+                &message,
+                &id,
+                "cannot store the start of the attempt",
+                &e,
+            )
+            .await;
+            return;
+        }
     }
 
     let tracked = served.cancels.track(&id);
@@ -672,10 +731,12 @@ async fn handle(served: &Served, message: jetstream::Message) {
             tracing::error!(task = %name, task_id = %id, attempt, panic = %text, "task panicked");
             span_error(&text);
             let error = format!("task panicked: {text}");
-            if store_dead(served, &message, &id, attempt, "panic", &error).await {
-                let body = broker::failure_body(&error, false);
-                finish(served, message, &id, attempt, TaskState::Failed, body, ttl).await;
-            }
+            let failure = Failure {
+                reason: "panic",
+                error: &error,
+                retryable: false,
+            };
+            fail_for_good(served, message, &id, attempt, failure, ttl).await;
         }
         Outcome::Cancelled | Outcome::Released => {
             tracing::info!(task = %name, task_id = %id, "released for another worker");
@@ -785,7 +846,6 @@ async fn run_attempt(
     cancelled: &CancellationToken,
 ) -> Outcome {
     let deadline = ctx.deadline();
-    let (ctx_id, attempt) = (ctx.id().clone(), ctx.attempt());
     let call = served
         .service
         .call(served.task.name.as_str(), ctx, message.payload.clone());
@@ -798,22 +858,8 @@ async fn run_attempt(
     let mut abandon_at = tokio::time::Instant::from_std(deadline.unwrap_or(far));
     let mut timed_out = false;
     let mut cancel_seen = false;
-    let mut running_event = std::pin::pin!(tokio::time::sleep(RUNNING_EVENT_AFTER));
-    let mut running_reported = false;
     loop {
         tokio::select! {
-            () = &mut running_event, if !running_reported => {
-                running_reported = true;
-                let (name, id) = (&served.task.name, ctx_id.clone());
-                let _ = served
-                    .client
-                    .publish_with_headers(
-                        subject::event(name, &id),
-                        broker::event_headers(name, &id, TaskState::Running, attempt),
-                        Bytes::new(),
-                    )
-                    .await;
-            }
             result = &mut call => {
                 return match result {
                     Ok(done) if timed_out && done.is_err() => Outcome::TimedOut(limit.unwrap_or_default()),
@@ -860,6 +906,72 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
+/// The attempt of the last run of the task that started (its `running` event, or a later
+/// progress or retry event of that run); `None` when none did since it was queued (or
+/// replayed).
+async fn last_started(served: &Served, id: &Id) -> Result<Option<u32>, async_nats::RequestError> {
+    let last = broker::last_message_on(
+        &served.client,
+        broker::EVENTS_STREAM,
+        &subject::event(&served.task.name, id),
+    )
+    .await?;
+    Ok(last.and_then(|m| {
+        let state = m
+            .headers
+            .get(header::STATE)
+            .map(|v| v.as_str().to_owned())?;
+        let attempt: u32 = m.headers.get(header::ATTEMPT)?.as_str().parse().ok()?;
+        (matches!(state.as_str(), "running" | "retrying") && attempt > 0).then_some(attempt)
+    }))
+}
+
+/// Stores the start of an attempt as a `running` event, acknowledged before the handler runs.
+/// False when another delivery of the task stored this attempt's start first.
+async fn mark_started(
+    served: &Served,
+    message: &jetstream::Message,
+    id: &Id,
+    attempt: u32,
+) -> Result<bool, async_nats::jetstream::context::PublishError> {
+    let name = &served.task.name;
+    let mut headers = broker::event_headers(name, id, TaskState::Running, attempt);
+    if let Some(parent) = message.headers.as_ref().and_then(|h| h.get("traceparent")) {
+        headers.insert("traceparent", parent.as_str());
+    }
+    // One start per attempt: a second delivery of the task racing this one (its ack wait ran
+    // out while this worker was still getting ready) finds the start taken.
+    headers.insert(
+        header::MSG_ID,
+        format!("{id}.start.{}.{attempt}", series(message)).as_str(),
+    );
+    let ack = served
+        .broker
+        .jetstream
+        .publish_with_headers(subject::event(name, id), headers, Bytes::new())
+        .await?
+        .await?;
+    Ok(!ack.duplicate)
+}
+
+/// Hands a task back unstarted, for a moment: it does not use an attempt.
+async fn put_back(
+    served: &Served,
+    message: &jetstream::Message,
+    id: &Id,
+    why: &str,
+    error: &(dyn std::fmt::Display + Sync),
+) {
+    let name = &served.task.name;
+    tracing::warn!(task = %name, task_id = %id, error = %error, "{why}; putting the task back");
+    if let Err(e) = message
+        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+        .await
+    {
+        tracing::debug!(task = %name, task_id = %id, error = %e, "NAK failed; the task comes back after its ack wait");
+    }
+}
+
 async fn has_result(served: &Served, id: &Id) -> Result<bool, async_nats::RequestError> {
     broker::last_message(&served.client, broker::RESULTS_STREAM, &subject::result(id))
         .await
@@ -902,19 +1014,12 @@ async fn failed(
     } else {
         "permanent"
     };
-    if store_dead(served, &message, id, attempt, reason, err.message()).await {
-        let body = broker::failure_body(err.message(), err.is_retryable());
-        finish(
-            served,
-            message,
-            id,
-            attempt,
-            TaskState::Failed,
-            body,
-            options.result_ttl,
-        )
-        .await;
-    }
+    let failure = Failure {
+        reason,
+        error: err.message(),
+        retryable: err.is_retryable(),
+    };
+    fail_for_good(served, message, id, attempt, failure, options.result_ttl).await;
 }
 
 /// Which series of attempts a task message belongs to: 0, or the replay count.
@@ -937,9 +1042,57 @@ fn jitter(delay: Duration) -> Duration {
     delay.mul_f64(factor)
 }
 
+/// Why a task failed for good: the dead letter's reason, the error, whether it was retryable.
+struct Failure<'a> {
+    reason: &'a str,
+    error: &'a str,
+    retryable: bool,
+}
+
+/// Ends a task failed for good: its dead letter, then its failed result, then the ack. When the
+/// result slot turns out to be taken by another outcome (a delivery of the same task that ran
+/// elsewhere and succeeded), the letter is taken back: a task has a dead letter only if it
+/// failed.
+async fn fail_for_good(
+    served: &Served,
+    message: jetstream::Message,
+    id: &Id,
+    attempt: u32,
+    failure: Failure<'_>,
+    ttl: Option<Duration>,
+) {
+    let Failure {
+        reason,
+        error,
+        retryable,
+    } = failure;
+    let Some(letter) = store_dead(served, &message, id, attempt, reason, error).await else {
+        return;
+    };
+    let body = broker::failure_body(error, retryable);
+    let stored = finish(served, message, id, attempt, TaskState::Failed, body, ttl).await;
+    if let (Stored::Taken, Some(sequence)) = (stored, letter) {
+        let outcome =
+            broker::last_message(&served.client, broker::RESULTS_STREAM, &subject::result(id))
+                .await;
+        let failed = outcome
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .is_none_or(|m| {
+                m.headers.get(header::STATE).map(|v| v.as_str())
+                    == Some(broker::state_name(TaskState::Failed))
+            });
+        if !failed && let Err(e) = served.broker.dead.delete_message(sequence).await {
+            tracing::warn!(task = %served.task.name, task_id = %id, error = %e, "could not take back the dead letter of a task that did not fail");
+        }
+    }
+}
+
 /// Keeps a task that failed for good as a dead letter, before its failed result is stored, so
-/// that every failed task can be found and replayed. False when it could not be stored before
-/// the worker had to stop; the task is then left to be redelivered.
+/// that every failed task can be found and replayed. `None` when it could not be stored before
+/// the worker had to stop (the task is then left to be redelivered), else where it is stored
+/// (none when the broker refused it for good).
 async fn store_dead(
     served: &Served,
     message: &jetstream::Message,
@@ -947,7 +1100,7 @@ async fn store_dead(
     attempt: u32,
     reason: &str,
     error: &str,
-) -> bool {
+) -> Option<Option<u64>> {
     let name = &served.task.name;
     let headers = broker::dead_headers(message.headers.as_ref(), name, id, attempt, reason, error);
     let stored = store(
@@ -960,20 +1113,30 @@ async fn store_dead(
     )
     .await;
     match stored {
-        Stored::Yes { duplicate: false } => served.metrics.dead_lettered(name.as_str(), reason),
+        Stored::Yes {
+            duplicate,
+            sequence,
+        } => {
+            if !duplicate {
+                served.metrics.dead_lettered(name.as_str(), reason);
+            }
+            Some(Some(sequence))
+        }
         // Nothing will ever store it: the failed result still ends the task, saying why.
         Stored::Refused(ref why) => {
             tracing::error!(task = %name, task_id = %id, error = %why, "the broker refuses this dead letter; the task ends failed without one");
+            Some(None)
         }
-        Stored::Yes { duplicate: true } | Stored::Taken | Stored::GaveUp => {}
+        Stored::Taken => Some(None),
+        Stored::GaveUp => None,
     }
-    !matches!(stored, Stored::GaveUp)
 }
 
 /// What became of a message the worker had to store.
 enum Stored {
-    /// Stored now; `duplicate` when an earlier publish of it had been stored already.
-    Yes { duplicate: bool },
+    /// Stored now (at `sequence`); `duplicate` when an earlier publish of it had been stored
+    /// already.
+    Yes { duplicate: bool, sequence: u64 },
     /// The subject had its one message already (a result stored before).
     Taken,
     /// Refused for good (too large, a header or feature the stream refuses): trying again
@@ -1010,6 +1173,7 @@ async fn store(
             Ok(ack) => {
                 return Stored::Yes {
                     duplicate: ack.duplicate,
+                    sequence: ack.sequence,
                 };
             }
             Err(e) if broker::is_wrong_last_sequence(&e) => return Stored::Taken,
@@ -1032,7 +1196,7 @@ async fn store(
 /// Stores the result, then acks the task. Until the result is stored the task is not acked, so
 /// a worker that dies in between leaves it to be redelivered. A result the broker refuses for
 /// good (larger than its max payload, say) ends the task failed for good instead, with a dead
-/// letter saying why.
+/// letter saying why. Returns what became of the result.
 async fn finish(
     served: &Served,
     message: jetstream::Message,
@@ -1041,7 +1205,7 @@ async fn finish(
     state: TaskState,
     body: Bytes,
     ttl: Option<Duration>,
-) {
+) -> Stored {
     let name: &Name = &served.task.name;
     let stored = match store_result(served, &message, id, attempt, state, body, ttl).await {
         Stored::Refused(why) => {
@@ -1050,8 +1214,11 @@ async fn finish(
                 broker::state_name(state)
             );
             tracing::error!(task = %name, task_id = %id, attempt, error = %error, "result refused");
-            if !store_dead(served, &message, id, attempt, "permanent", &error).await {
-                return;
+            if store_dead(served, &message, id, attempt, "permanent", &error)
+                .await
+                .is_none()
+            {
+                return Stored::GaveUp;
             }
             let body = broker::failure_body(&error, false);
             let failed =
@@ -1063,14 +1230,16 @@ async fn finish(
                 if let Err(e) = message.ack_with(AckKind::Term).await {
                     tracing::warn!(task = %name, task_id = %id, error = %e, "terminating the task failed; it will be redelivered");
                 }
-                return;
+                return failed;
             }
             failed
         }
         stored => stored,
     };
     match stored {
-        Stored::Yes { duplicate: false } => {
+        Stored::Yes {
+            duplicate: false, ..
+        } => {
             served.metrics.completed(name.as_str(), state);
             if let Some(hook) = &served.on_result {
                 hook(id, state);
@@ -1078,12 +1247,17 @@ async fn finish(
         }
         // Stored by an earlier publish, or the task had a result already (cancelled, or
         // stored by an earlier delivery).
-        Stored::Yes { duplicate: true } | Stored::Taken | Stored::Refused(_) => {}
-        Stored::GaveUp => return,
+        Stored::Yes {
+            duplicate: true, ..
+        }
+        | Stored::Taken
+        | Stored::Refused(_) => {}
+        Stored::GaveUp => return stored,
     }
     if let Err(e) = message.ack().await {
         tracing::warn!(task = %name, task_id = %id, error = %e, "ack failed; a redelivery will find the stored result");
     }
+    stored
 }
 
 /// Publishes a task's result, once per task and series of attempts.

@@ -26,6 +26,11 @@ async fn main() -> anyhow::Result<()> {
         )),
         None => None,
     };
+    // With TASKWIRE_RUN_LOG set, the start and end of every run of a chaos task is logged
+    // there (the model test's record of executions).
+    if let Some(path) = std::env::var_os("TASKWIRE_RUN_LOG") {
+        taskwire_testing::tasks::log_runs_to(std::path::Path::new(&path))?;
+    }
     let concurrency = std::env::var("TASKWIRE_CONCURRENCY")
         .ok()
         .and_then(|n| n.parse().ok())

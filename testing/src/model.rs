@@ -1,0 +1,799 @@
+//! The model test: random sequences of operations against a real system (nats-server, a
+//! gateway, worker processes), with an oracle of what may become of every task.
+//!
+//! Operations: submits of the chaos tasks with and without an idempotency key, a delay, a
+//! priority, an expiry and an attempt limit; Get, Wait, Cancel, replays of dead letters;
+//! schedules created, paused, resumed and deleted; workers killed (SIGKILL) or stopped
+//! (SIGTERM) and started again; nats-server restarted. The workers log the start and end of
+//! every run (`TASKWIRE_RUN_LOG`). At the end every task must have ended as the guarantees of
+//! the README say, checked against the broker (Get, dead letters) and the run log.
+//!
+//! One JSON line reports `seed`, `operations`, `tasks`, `runs`, `violations` and the first
+//! violations in full; the same seed gives the same sequence of operations.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt as _;
+use taskwire::examples::chaos::v1::{FlakyArgs, SleepArgs};
+use taskwire::v1::{self, TaskState};
+use taskwire_client::{Client, SubmitOptions};
+use tokio::process::Child;
+
+use crate::{Gateway, NatsServer};
+
+const SLEEP: &str = "examples.chaos.v1.Chaos/Sleep";
+const FLAKY: &str = "examples.chaos.v1.Chaos/Flaky";
+const LIMITED: &str = "examples.chaos.v1.Chaos/Limited";
+/// `max_concurrency` of Limited in its proto.
+const LIMITED_CONCURRENCY: usize = 5;
+/// How long after a Cancel returned a start still counts as one decided before it (a worker
+/// that looked for an outcome just before the cancel was stored).
+const CANCEL_TOLERANCE: Duration = Duration::from_secs(2);
+/// Clock reads of two processes on one machine.
+const CLOCK_TOLERANCE: Duration = Duration::from_millis(10);
+
+/// Which worker runtime the model drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// `taskwire-test-worker`.
+    Rust,
+    /// `clients/python/examples/worker.py` (with `TASKWIRE_PYTHON`).
+    Python,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Seeds the sequence of operations.
+    pub seed: u64,
+    /// How many operations.
+    pub operations: usize,
+    /// Worker processes kept running (faults take them down and bring them back).
+    pub workers: usize,
+    /// The worker runtime.
+    pub runtime: Runtime,
+}
+
+/// One broken promise.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Violation {
+    /// The number of the guarantee in the README.
+    pub guarantee: u8,
+    /// The task it concerns (empty when none).
+    pub task: String,
+    /// What happened.
+    pub what: String,
+}
+
+/// What a model run found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// The seed (repeat a run with it).
+    pub seed: u64,
+    /// The worker runtime.
+    pub runtime: Runtime,
+    /// Operations done.
+    pub operations: usize,
+    /// Operations by kind.
+    pub done: BTreeMap<&'static str, usize>,
+    /// Tasks submitted (answered an id, not a duplicate).
+    pub tasks: usize,
+    /// Runs the workers logged.
+    pub runs: usize,
+    /// Broken promises.
+    pub violations: usize,
+    /// The first of them, in full.
+    pub first_violations: Vec<Violation>,
+    /// How long it took.
+    pub seconds: f64,
+}
+
+/// A small, seedable generator (SplitMix64): the same seed gives the same operations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        if items.is_empty() {
+            None
+        } else {
+            items.get(self.below(items.len() as u64) as usize)
+        }
+    }
+}
+
+/// What the model knows of one submitted task.
+#[derive(Debug, Clone)]
+struct Task {
+    id: String,
+    name: &'static str,
+    max_attempts: u32,
+    not_before: Option<SystemTime>,
+    expires_at: Option<SystemTime>,
+    /// When a Cancel of it returned success.
+    cancelled_at: Option<SystemTime>,
+    /// When replays of it returned.
+    replays: Vec<SystemTime>,
+    /// The final state a Wait answered.
+    waited: Option<TaskState>,
+}
+
+/// One run a worker logged.
+#[derive(Debug, Clone)]
+struct Run {
+    attempt: u32,
+    start: SystemTime,
+    end: Option<SystemTime>,
+}
+
+/// The system under test.
+struct System {
+    nats: NatsServer,
+    _gateway: Gateway,
+    client: Client,
+    workers: Vec<Child>,
+    runtime: Runtime,
+    run_log: PathBuf,
+    /// When workers were killed: a run without an end ended then at the latest.
+    kills: Vec<SystemTime>,
+    _temp: tempfile::TempDir,
+}
+
+impl System {
+    async fn start(config: &Config) -> anyhow::Result<Self> {
+        let temp = tempfile::tempdir()?;
+        let run_log = temp.path().join("runs.log");
+        let nats = NatsServer::start_temporary().await?;
+        let gateway = Gateway::start(&nats.url()).await?;
+        let client = Client::connect(gateway.url()).await?;
+        let mut system = Self {
+            nats,
+            _gateway: gateway,
+            client,
+            workers: Vec::new(),
+            runtime: config.runtime,
+            run_log,
+            kills: Vec::new(),
+            _temp: temp,
+        };
+        for _ in 0..config.workers.max(1) {
+            system.start_worker()?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let known = system.client.task_types().await.unwrap_or_default();
+            if [SLEEP, FLAKY, LIMITED]
+                .iter()
+                .all(|t| known.iter().any(|k| k.name == *t))
+            {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the workers did not register within 60s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(system)
+    }
+
+    fn start_worker(&mut self) -> anyhow::Result<()> {
+        let log = self.run_log.display().to_string();
+        let env = [
+            ("TASKWIRE_RUN_LOG", log.as_str()),
+            ("TASKWIRE_ACK_WAIT", "2s"),
+            ("TASKWIRE_GRACE", "2s"),
+            ("TASKWIRE_CONCURRENCY", "16"),
+            ("TASKWIRE_LOG", "error"),
+        ];
+        let child = match self.runtime {
+            Runtime::Rust => crate::worker_process(&self.nats.url(), &env)?,
+            Runtime::Python => {
+                let python =
+                    std::env::var("TASKWIRE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+                let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+                let python_dir = root.join("clients/python");
+                let path = format!(
+                    "{}:{}",
+                    python_dir.display(),
+                    python_dir.join("tests/gen").display()
+                );
+                tokio::process::Command::new(python)
+                    .arg(python_dir.join("examples/worker.py"))
+                    .env("TASKWIRE_NATS_URL", self.nats.url())
+                    .env("PYTHONPATH", path)
+                    .envs(env.iter().copied())
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()?
+            }
+        };
+        self.workers.push(child);
+        Ok(())
+    }
+
+    /// Takes a worker down with `signal` and starts another in its place.
+    async fn replace_worker(&mut self, rng: &mut Rng, signal: nix::sys::signal::Signal) {
+        if self.workers.is_empty() {
+            let _ = self.start_worker();
+            return;
+        }
+        let index = rng.below(self.workers.len() as u64) as usize;
+        let mut child = self.workers.swap_remove(index);
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        }
+        // A stopped worker drains within its grace; a killed one is gone at once.
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        let _ = child.kill().await;
+        self.kills.push(SystemTime::now());
+        if let Err(e) = self.start_worker() {
+            eprintln!("taskwire-model: cannot start a worker: {e}");
+        }
+    }
+}
+
+/// Runs the model and reports what it found.
+pub async fn run(config: Config) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut rng = Rng(config.seed);
+    let mut system = System::start(&config).await?;
+    let mut tasks: Vec<Task> = Vec::new();
+    let mut keys: HashMap<(&'static str, String), String> = HashMap::new();
+    let mut schedules: Vec<(String, bool)> = Vec::new();
+    let mut violations = Vec::new();
+    let mut done: BTreeMap<&'static str, usize> = BTreeMap::new();
+
+    for n in 0..config.operations {
+        let roll = rng.below(1000);
+        let kind = match roll {
+            0..=549 => "submit",
+            550..=649 => "get",
+            650..=729 => "cancel",
+            730..=779 => "wait",
+            780..=829 => "replay",
+            830..=869 => "schedule",
+            870..=989 => "get",
+            990..=994 => "worker_kill",
+            995..=997 => "worker_term",
+            _ => "nats_restart",
+        };
+        *done.entry(kind).or_default() += 1;
+        match kind {
+            "submit" => {
+                submit(
+                    &system.client,
+                    &mut rng,
+                    &mut tasks,
+                    &mut keys,
+                    &mut violations,
+                )
+                .await
+            }
+            "get" => {
+                if let Some(task) = rng.pick(&tasks) {
+                    match system.client.get(&task.id, false).await {
+                        Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+                            violations.push(Violation {
+                                guarantee: 1,
+                                task: task.id.clone(),
+                                what: format!("Get does not know it: {e}"),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            "wait" => {
+                if let Some(index) = pick_index(&mut rng, tasks.len()) {
+                    let id = tasks[index].id.clone();
+                    if let Ok(info) = system
+                        .client
+                        .wait(&id, Duration::from_millis(300), false)
+                        .await
+                        && is_final(info.state())
+                    {
+                        tasks[index].waited = Some(info.state());
+                    }
+                }
+            }
+            "cancel" => {
+                if let Some(index) = pick_index(&mut rng, tasks.len()) {
+                    let id = tasks[index].id.clone();
+                    match system.client.cancel(&id).await {
+                        Ok(info) if info.state() == TaskState::Cancelled => {
+                            tasks[index].cancelled_at.get_or_insert(SystemTime::now());
+                        }
+                        Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+                            violations.push(Violation {
+                                guarantee: 1,
+                                task: id,
+                                what: format!("Cancel does not know it: {e}"),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            "replay" => {
+                // The new series may start before the answer arrives: it counts from the ask.
+                let asked = SystemTime::now();
+                if let Ok(dead) = system.client.dead_letters("", 100).await
+                    && let Some(letter) = rng.pick(&dead)
+                    && let Ok(replayed) = system
+                        .client
+                        .replay_dead_letters(vec![letter.task_id.clone()], "", false)
+                        .await
+                    && let Some(task) = tasks.iter_mut().find(|t| replayed.contains(&t.id))
+                {
+                    task.replays.push(asked);
+                }
+            }
+            "schedule" => schedule(&system.client, &mut rng, &mut schedules, n).await,
+            "worker_kill" => {
+                system
+                    .replace_worker(&mut rng, nix::sys::signal::Signal::SIGKILL)
+                    .await
+            }
+            "worker_term" => {
+                system
+                    .replace_worker(&mut rng, nix::sys::signal::Signal::SIGTERM)
+                    .await
+            }
+            _ => {
+                if rng.chance(50) {
+                    system.nats.kill().await;
+                }
+                system.nats.restart().await?;
+                system.kills.push(SystemTime::now());
+            }
+        }
+    }
+
+    // Quiesce: schedules go, every worker runs, and every task gets the time to end.
+    for (name, _) in &schedules {
+        let _ = system.client.delete_schedule(name).await;
+    }
+    let finals = settle(&system.client, &tasks, Duration::from_secs(120)).await;
+    let dead = dead_letter_counts(&system.client).await?;
+    let runs = read_runs(&system.run_log)?;
+    let run_count = runs.values().map(Vec::len).sum();
+    for task in &tasks {
+        check(
+            task,
+            finals.get(&task.id),
+            runs.get(&task.id).map(Vec::as_slice).unwrap_or_default(),
+            dead.get(&task.id).copied().unwrap_or(0),
+            &system.kills,
+            &mut violations,
+        );
+    }
+    check_limit(&tasks, &runs, &system.kills, &mut violations);
+
+    for mut worker in system.workers.drain(..) {
+        let _ = worker.kill().await;
+    }
+    Ok(Report {
+        seed: config.seed,
+        runtime: config.runtime,
+        operations: config.operations,
+        done,
+        tasks: tasks.len(),
+        runs: run_count,
+        violations: violations.len(),
+        first_violations: violations.into_iter().take(10).collect(),
+        seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    })
+}
+
+fn pick_index(rng: &mut Rng, len: usize) -> Option<usize> {
+    (len > 0).then(|| rng.below(len as u64) as usize)
+}
+
+fn is_final(state: TaskState) -> bool {
+    matches!(
+        state,
+        TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled | TaskState::Expired
+    )
+}
+
+async fn submit(
+    client: &Client,
+    rng: &mut Rng,
+    tasks: &mut Vec<Task>,
+    keys: &mut HashMap<(&'static str, String), String>,
+    violations: &mut Vec<Violation>,
+) {
+    let name = match rng.below(10) {
+        0..=4 => SLEEP,
+        5..=7 => FLAKY,
+        _ => LIMITED,
+    };
+    let args: Vec<u8> = match name {
+        FLAKY => prost::Message::encode_to_vec(&FlakyArgs {
+            succeed_on_attempt: rng.below(5) as u32,
+            permanent: rng.chance(20),
+            ..Default::default()
+        }),
+        _ => prost::Message::encode_to_vec(&SleepArgs {
+            millis: if name == LIMITED {
+                20 + rng.below(200)
+            } else {
+                rng.below(200)
+            },
+            label: String::new(),
+        }),
+    };
+    let max_attempts = 1 + rng.below(4) as u32;
+    let mut options = SubmitOptions::default().max_attempts(max_attempts);
+    let now = SystemTime::now();
+    let mut not_before = None;
+    if rng.chance(15) {
+        let delay = Duration::from_millis(500 + rng.below(2500));
+        options = options.countdown(delay);
+        not_before = Some(now + delay);
+    }
+    let mut expires_at = None;
+    if rng.chance(10) {
+        let ttl = Duration::from_millis(200 + rng.below(2000));
+        options = options.ttl(ttl);
+        expires_at = Some(not_before.unwrap_or(now) + ttl);
+    }
+    options = options.priority(match rng.below(3) {
+        0 => v1::Priority::High,
+        1 => v1::Priority::Low,
+        _ => v1::Priority::Normal,
+    });
+    let key = rng.chance(15).then(|| format!("k{}", rng.below(12)));
+    if let Some(key) = &key {
+        options = options.idempotency_key(key.clone());
+    }
+    let answer = client
+        .submit_raw(name, v1::submit_request::Args::ArgsProto(args), options)
+        .await;
+    let Ok(answer) = answer else {
+        // Refused (the broker restarting): nothing was promised.
+        return;
+    };
+    if let Some(key) = key {
+        match keys.get(&(name, key.clone())) {
+            Some(known) if *known != answer.task_id || !answer.duplicate => {
+                violations.push(Violation {
+                    guarantee: 6,
+                    task: answer.task_id.clone(),
+                    what: format!(
+                        "key {key} of {name} answered {} (duplicate: {}) after {known}",
+                        answer.task_id, answer.duplicate
+                    ),
+                });
+                return;
+            }
+            Some(_) => return,
+            None => {
+                if answer.duplicate {
+                    // Its first submission was answered while the broker restarted, say.
+                    return;
+                }
+                keys.insert((name, key), answer.task_id.clone());
+            }
+        }
+    } else if answer.duplicate {
+        return;
+    }
+    tasks.push(Task {
+        id: answer.task_id,
+        name,
+        max_attempts,
+        not_before,
+        expires_at,
+        cancelled_at: None,
+        replays: Vec::new(),
+        waited: None,
+    });
+}
+
+async fn schedule(client: &Client, rng: &mut Rng, schedules: &mut Vec<(String, bool)>, n: usize) {
+    match rng.below(4) {
+        0 if schedules.len() < 3 => {
+            let name = format!("model-{n}");
+            let created = client
+                .create_schedule(v1::Schedule {
+                    name: name.clone(),
+                    task: SLEEP.into(),
+                    when: Some(v1::schedule::When::Every(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 0,
+                    })),
+                    args: Some(v1::schedule::Args::ArgsJson(r#"{"millis":1}"#.into())),
+                    options: Some(SubmitOptions::default().max_attempts(1).into_proto()),
+                    ..Default::default()
+                })
+                .await;
+            if created.is_ok() {
+                schedules.push((name, false));
+            }
+        }
+        1 => {
+            if let Some(index) = pick_index(rng, schedules.len()) {
+                let (name, paused) = schedules[index].clone();
+                let changed = if paused {
+                    client.resume_schedule(&name).await
+                } else {
+                    client.pause_schedule(&name).await
+                };
+                if let Ok(schedule) = changed {
+                    schedules[index].1 = schedule.paused;
+                }
+            }
+        }
+        _ => {
+            if let Some(index) = pick_index(rng, schedules.len())
+                && client.delete_schedule(&schedules[index].0).await.is_ok()
+            {
+                schedules.swap_remove(index);
+            }
+        }
+    }
+}
+
+/// Waits until every task has a final state (or `limit` passes); returns each one's last state.
+async fn settle(client: &Client, tasks: &[Task], limit: Duration) -> HashMap<String, TaskState> {
+    let deadline = Instant::now() + limit;
+    let mut finals: HashMap<String, TaskState> = HashMap::new();
+    loop {
+        let open: Vec<String> = tasks
+            .iter()
+            .filter(|t| !finals.get(&t.id).copied().is_some_and(is_final))
+            .map(|t| t.id.clone())
+            .collect();
+        if open.is_empty() || Instant::now() > deadline {
+            return finals;
+        }
+        let looked: Vec<(String, Option<TaskState>)> = futures::stream::iter(open)
+            .map(|id| async move {
+                let state = client.get(&id, false).await.ok().map(|i| i.state());
+                (id, state)
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        let mut moved = false;
+        for (id, state) in looked {
+            if let Some(state) = state {
+                moved |= is_final(state);
+                finals.insert(id, state);
+            }
+        }
+        if !moved {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Dead letters by task id.
+async fn dead_letter_counts(client: &Client) -> anyhow::Result<HashMap<String, usize>> {
+    let mut counts = HashMap::new();
+    for letter in client.dead_letters("", u32::MAX).await? {
+        *counts.entry(letter.task_id).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+/// The runs the workers logged, by task id, in order of start.
+fn read_runs(path: &Path) -> anyhow::Result<HashMap<String, Vec<Run>>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut runs: HashMap<String, Vec<Run>> = HashMap::new();
+    let at = |micros: &str| -> Option<SystemTime> {
+        Some(UNIX_EPOCH + Duration::from_micros(micros.parse().ok()?))
+    };
+    let mut lines: Vec<(SystemTime, &str, &str, u32)> = text
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split(' ');
+            let (event, id, attempt, time) =
+                (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            Some((at(time)?, event, id, attempt.parse().ok()?))
+        })
+        .collect();
+    lines.sort_by_key(|(time, ..)| *time);
+    for (time, event, id, attempt) in lines {
+        let list = runs.entry(id.to_owned()).or_default();
+        match event {
+            "start" => list.push(Run {
+                attempt,
+                start: time,
+                end: None,
+            }),
+            _ => {
+                if let Some(run) = list
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.attempt == attempt && r.end.is_none())
+                {
+                    run.end = Some(time);
+                }
+            }
+        }
+    }
+    Ok(runs)
+}
+
+fn check(
+    task: &Task,
+    last: Option<&TaskState>,
+    runs: &[Run],
+    dead_letters: usize,
+    kills: &[SystemTime],
+    violations: &mut Vec<Violation>,
+) {
+    let mut violated = |guarantee: u8, what: String| {
+        violations.push(Violation {
+            guarantee,
+            task: task.id.clone(),
+            what: format!("{} {what}", task.name),
+        });
+    };
+    // 1: an end, visible to Get.
+    let state = match last {
+        Some(state) if is_final(*state) => *state,
+        Some(state) => {
+            violated(1, format!("never ended: still {state:?}"));
+            return;
+        }
+        None => {
+            violated(1, "Get never knew it".into());
+            return;
+        }
+    };
+    // 3: attempts in order and within the limit, per series (a replay starts one).
+    let mut series_start = 0;
+    for (i, run) in runs.iter().enumerate() {
+        let new_series = task
+            .replays
+            .iter()
+            .any(|r| *r <= run.start && (i == 0 || runs[i - 1].start < *r));
+        if new_series {
+            series_start = i;
+        }
+        if run.attempt > task.max_attempts {
+            violated(
+                3,
+                format!("ran attempt {} of {}", run.attempt, task.max_attempts),
+            );
+        }
+        if i > series_start && run.attempt <= runs[i - 1].attempt {
+            let crashed = runs[i - 1].end.is_none()
+                || kills
+                    .iter()
+                    .any(|k| *k > runs[i - 1].start && *k < run.start);
+            if !crashed {
+                violated(
+                    3,
+                    format!(
+                        "attempt {} ran after attempt {}",
+                        run.attempt,
+                        runs[i - 1].attempt
+                    ),
+                );
+            }
+        }
+    }
+    // 4: nothing starts after a cancel; the outcome is the cancel.
+    if let Some(at) = task.cancelled_at {
+        let replayed_after = task.replays.iter().any(|r| *r > at);
+        if !replayed_after {
+            if let Some(run) = runs.iter().find(|r| r.start > at + CANCEL_TOLERANCE) {
+                violated(
+                    4,
+                    format!(
+                        "attempt {} started {:?} after its cancel",
+                        run.attempt,
+                        run.start.duration_since(at).unwrap_or_default()
+                    ),
+                );
+            }
+            if state != TaskState::Cancelled {
+                violated(4, format!("cancelled, but ended {state:?}"));
+            }
+        }
+    }
+    // 5: not before its time; not after its expiry.
+    if let Some(not_before) = task.not_before
+        && let Some(run) = runs.iter().find(|r| r.start + CLOCK_TOLERANCE < not_before)
+    {
+        violated(
+            5,
+            format!(
+                "started {:?} before its time",
+                not_before.duration_since(run.start).unwrap_or_default()
+            ),
+        );
+    }
+    if let Some(expires) = task.expires_at
+        && task.replays.is_empty()
+        && let Some(run) = runs
+            .iter()
+            .find(|r| r.start > expires + Duration::from_millis(100))
+    {
+        violated(
+            5,
+            format!(
+                "started {:?} after its expiry",
+                run.start.duration_since(expires).unwrap_or_default()
+            ),
+        );
+    }
+    // 8: one dead letter for a task that failed for good, none for the rest.
+    let expected = usize::from(state == TaskState::Failed);
+    if dead_letters != expected {
+        violated(
+            8,
+            format!("ended {state:?} with {dead_letters} dead letters"),
+        );
+    }
+    // 9: what a waiter was told is what Get tells.
+    if let Some(waited) = task.waited
+        && waited != state
+        && task.replays.is_empty()
+    {
+        violated(9, format!("a Wait answered {waited:?}, Get {state:?}"));
+    }
+}
+
+/// 7: never more Limited tasks running at once than its `max_concurrency`.
+fn check_limit(
+    tasks: &[Task],
+    runs: &HashMap<String, Vec<Run>>,
+    kills: &[SystemTime],
+    violations: &mut Vec<Violation>,
+) {
+    let mut changes: Vec<(SystemTime, i64)> = Vec::new();
+    for task in tasks.iter().filter(|t| t.name == LIMITED) {
+        for run in runs.get(&task.id).map(Vec::as_slice).unwrap_or_default() {
+            // A run cut short by a kill ended then at the latest.
+            let end = run
+                .end
+                .or_else(|| kills.iter().copied().find(|k| *k > run.start));
+            let Some(end) = end else { continue };
+            changes.push((run.start, 1));
+            changes.push((end, -1));
+        }
+    }
+    changes.sort();
+    let (mut running, mut most) = (0i64, 0i64);
+    for (_, change) in changes {
+        running += change;
+        most = most.max(running);
+    }
+    if most as usize > LIMITED_CONCURRENCY {
+        violations.push(Violation {
+            guarantee: 7,
+            task: String::new(),
+            what: format!("{most} Limited tasks ran at once; the limit is {LIMITED_CONCURRENCY}"),
+        });
+    }
+}
