@@ -173,7 +173,8 @@ pub mod header {
     pub const ATTEMPT: &str = "Taskwire-Attempt";
     /// How many times a dead task was put back in line.
     pub const REPLAY: &str = "Taskwire-Replay";
-    /// Why a task is a dead letter: `exhausted`, `permanent`, `panic`, `timeout` or `poison`.
+    /// Why a task is a dead letter: `exhausted`, `permanent`, `panic`, `timeout`, `poison` or
+    /// `lost`.
     pub const DEAD_REASON: &str = "Taskwire-Dead-Reason";
     /// The last error of a dead letter, on one line.
     pub const ERROR: &str = "Taskwire-Error";

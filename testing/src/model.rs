@@ -135,6 +135,8 @@ struct Task {
     replays: Vec<SystemTime>,
     /// The final state a Wait answered.
     waited: Option<TaskState>,
+    /// When its Submit was answered.
+    submitted_at: SystemTime,
 }
 
 /// One run a worker logged.
@@ -219,6 +221,7 @@ impl System {
                 );
                 tokio::process::Command::new(python)
                     .arg(python_dir.join("examples/worker.py"))
+                    .env("TASKWIRE_PY_LOG", "ERROR")
                     .env("TASKWIRE_NATS_URL", self.nats.url())
                     .env("PYTHONPATH", path)
                     .envs(env.iter().copied())
@@ -230,6 +233,19 @@ impl System {
         };
         self.workers.push(child);
         Ok(())
+    }
+
+    /// Starts a worker in the place of each that exited by itself (one started while NATS was
+    /// restarting stops, saying why).
+    fn keep_workers(&mut self) {
+        let before = self.workers.len();
+        self.workers
+            .retain_mut(|child| matches!(child.try_wait(), Ok(None)));
+        for _ in self.workers.len()..before {
+            if let Err(e) = self.start_worker() {
+                eprintln!("taskwire-model: cannot start a worker: {e}");
+            }
+        }
     }
 
     /// Takes a worker down with `signal` and starts another in its place.
@@ -279,6 +295,9 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             _ => "nats_restart",
         };
         *done.entry(kind).or_default() += 1;
+        if n % 50 == 0 {
+            system.keep_workers();
+        }
         match kind {
             "submit" => {
                 submit(
@@ -340,13 +359,20 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                 let asked = SystemTime::now();
                 if let Ok(dead) = system.client.dead_letters("", 100).await
                     && let Some(letter) = rng.pick(&dead)
-                    && let Ok(replayed) = system
+                {
+                    let replayed = system
                         .client
                         .replay_dead_letters(vec![letter.task_id.clone()], "", false)
-                        .await
-                    && let Some(task) = tasks.iter_mut().find(|t| replayed.contains(&t.id))
-                {
-                    task.replays.push(asked);
+                        .await;
+                    // A replay that answered an error (a time-out, say) may still have put the
+                    // task back in line: a new series may start from then on.
+                    let maybe = match &replayed {
+                        Ok(ids) => ids.contains(&letter.task_id),
+                        Err(e) => e.code() != Some(tonic::Code::NotFound),
+                    };
+                    if maybe && let Some(task) = tasks.iter_mut().find(|t| t.id == letter.task_id) {
+                        task.replays.push(asked);
+                    }
                 }
             }
             "schedule" => schedule(&system.client, &mut rng, &mut schedules, n).await,
@@ -374,6 +400,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     for (name, _) in &schedules {
         let _ = system.client.delete_schedule(name).await;
     }
+    system.keep_workers();
     let finals = settle(&system.client, &tasks, Duration::from_secs(120)).await;
     let dead = dead_letter_counts(&system.client).await?;
     let runs = read_runs(&system.run_log)?;
@@ -509,6 +536,7 @@ async fn submit(
         cancelled_at: None,
         replays: Vec::new(),
         waited: None,
+        submitted_at: SystemTime::now(),
     });
 }
 
@@ -650,11 +678,32 @@ fn check(
     kills: &[SystemTime],
     violations: &mut Vec<Violation>,
 ) {
+    // What the model saw of the task, for the report of a violation.
+    let history = {
+        let origin = task.submitted_at;
+        let at = |t: SystemTime| match t.duration_since(origin) {
+            Ok(d) => format!("{}ms", d.as_millis()),
+            Err(e) => format!("-{}ms", e.duration().as_millis()),
+        };
+        let runs: Vec<String> = runs
+            .iter()
+            .map(|r| {
+                let end = r.end.map_or_else(|| "?".to_owned(), at);
+                format!("{}@{}..{end}", r.attempt, at(r.start))
+            })
+            .collect();
+        let replays: Vec<String> = task.replays.iter().map(|r| at(*r)).collect();
+        format!(
+            "max_attempts {}, runs {runs:?}, replays asked at {replays:?}, cancelled at {:?}",
+            task.max_attempts,
+            task.cancelled_at.map(at)
+        )
+    };
     let mut violated = |guarantee: u8, what: String| {
         violations.push(Violation {
             guarantee,
             task: task.id.clone(),
-            what: format!("{} {what}", task.name),
+            what: format!("{} {what} ({history})", task.name),
         });
     };
     // 1: an end, visible to Get.
@@ -671,12 +720,15 @@ fn check(
     };
     // 3: attempts in order and within the limit, per series (a replay starts one).
     let mut series_start = 0;
+    let mut replays = task.replays.clone();
+    replays.sort();
+    let mut unused = replays.as_slice();
     for (i, run) in runs.iter().enumerate() {
-        let new_series = task
-            .replays
-            .iter()
-            .any(|r| *r <= run.start && (i == 0 || runs[i - 1].start < *r));
-        if new_series {
+        // A run that starts the count again after a replay was asked for begins a new series
+        // (the replay's time is when it was asked: the series may start before the answer).
+        let restarted = i > 0 && run.attempt <= runs[i - 1].attempt;
+        if restarted && unused.first().is_some_and(|r| *r <= run.start) {
+            unused = &unused[1..];
             series_start = i;
         }
         if run.attempt > task.max_attempts {

@@ -3,7 +3,11 @@
 
 use taskwire_testing::model::{self, Config, Runtime};
 
+/// One model at a time: each starts its own servers and processes.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn run(runtime: Runtime, seed: u64, operations: usize) -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let report = model::run(Config {
         seed,
         operations,

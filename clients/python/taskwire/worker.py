@@ -1025,14 +1025,23 @@ class Worker:
     def _start(self, task: Task, msg: Msg, mine: set, freed: asyncio.Event, slot: Optional["_Slot"]) -> None:
         running = asyncio.ensure_future(self._handle(task, msg))
         mine.add(running)
-        self._running[running] = _Running()
+        me = _Running()
+        me.slot = slot
+        self._running[running] = me
+        if slot is not None:
+            # A slot that could not be kept stops the task before another worker may take it.
+            slot.on_lost(me.slot_lost)
 
         def done(t: asyncio.Task) -> None:
             mine.discard(t)
             self._running.pop(t, None)
             freed.set()
             if slot is not None:
-                asyncio.ensure_future(slot.free())
+                if me.thread_done is not None and not me.thread_done.done():
+                    # A thread cannot be stopped: its slot is held until it really ends.
+                    me.thread_done.add_done_callback(lambda _: asyncio.ensure_future(slot.free()))
+                else:
+                    asyncio.ensure_future(slot.free())
 
         running.add_done_callback(done)
 
@@ -1105,7 +1114,14 @@ class Worker:
             await msg.nak(delay=1.0)
             return
         if not started:
-            # That delivery runs it and keeps it in progress; this one is left alone.
+            if msg.metadata.num_delivered <= 1:
+                # A first delivery cannot have started before: another copy of the task (stored
+                # twice by a resubmission) runs it and keeps its own message. This copy goes.
+                log.info("%s %s: another copy of the task started attempt %d; dropping this one", task.name, task_id, attempt)
+                await msg.ack()
+                return
+            # An earlier delivery of this message runs it and keeps it in progress; this one is
+            # left alone.
             log.info("%s %s: another delivery of the task started attempt %d", task.name, task_id, attempt)
             return
 
@@ -1163,7 +1179,16 @@ class Worker:
         if inspect.iscoroutinefunction(handler):
             call = asyncio.ensure_future(handler(args, ctx))
         else:
-            call = asyncio.ensure_future(asyncio.to_thread(handler, args, ctx))
+            loop = asyncio.get_running_loop()
+            me.thread_done = loop.create_future()
+
+            def in_thread():
+                try:
+                    return handler(args, ctx)
+                finally:
+                    loop.call_soon_threadsafe(lambda: me.thread_done.done() or me.thread_done.set_result(None))
+
+            call = asyncio.ensure_future(asyncio.to_thread(in_thread))
         me.call = call
         me.coroutine = inspect.iscoroutinefunction(handler)
         if me.cancelled:
@@ -1597,21 +1622,43 @@ class _Limits:
 
 
 class _Slot:
-    """A concurrency slot held while a task runs: refreshed, and freed after."""
+    """A concurrency slot held while a task runs: refreshed, and freed after. When it cannot be
+    refreshed for most of its lease, the task holding it is told to stop (`on_lost`), before
+    another worker may take the slot."""
+
+    LEASE = 20.0
+    LEASE_MARGIN = 5.0
 
     def __init__(self, limits: _Limits, key: str, revision: int):
         self._limits = limits
         self.key = key
         self.revision = revision
+        self._lost: List[Callable[[], None]] = []
         self._refresher = asyncio.ensure_future(self._refresh())
 
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        self._lost.append(callback)
+
     async def _refresh(self) -> None:
+        refreshed = time.monotonic()
         while True:
-            await asyncio.sleep(_Limits.SLOT_REFRESH)
+            give_up = refreshed + self.LEASE - self.LEASE_MARGIN
+            await asyncio.sleep(max(0.0, min(_Limits.SLOT_REFRESH, give_up - time.monotonic())))
+            if time.monotonic() >= give_up:
+                break
             try:
-                self.revision = await self._limits.slots.update(self.key, self._limits._owner, last=self.revision)
+                self.revision = await asyncio.wait_for(
+                    self._limits.slots.update(self.key, self._limits._owner, last=self.revision),
+                    timeout=max(0.1, give_up - time.monotonic()),
+                )
+                refreshed = time.monotonic()
+            except asyncio.TimeoutError:
+                break
             except Exception as e:
                 log.warning("cannot refresh concurrency slot %s: %s", self.key, e)
+        log.warning("stopping the task that holds concurrency slot %s, which could not be refreshed", self.key)
+        for callback in self._lost:
+            callback()
 
     async def free(self) -> None:
         self._refresher.cancel()
@@ -1659,6 +1706,16 @@ class _Running:
         self.last_progress_ack = time.monotonic()
         # The attempt's trace span, when traces are on.
         self.span: Any = None
+        # The cluster-wide slot it holds, if any; done when a thread handler's thread ends.
+        self.slot: Optional["_Slot"] = None
+        self.thread_done: Optional[asyncio.Future] = None
+
+    def slot_lost(self) -> None:
+        """Its concurrency slot could not be kept: it is stopped and put back."""
+        self.released = True
+        if self.ctx is not None:
+            self.ctx._cancelled.set()
+        self.changed.set()
 
     @property
     def cancelled(self) -> bool:

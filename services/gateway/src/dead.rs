@@ -6,6 +6,10 @@ use taskwire::v1;
 
 use crate::{Error, Gateway};
 
+/// How often (every 50 ms) a replay looks for the failed result of a dead letter before it
+/// gives up: 2 s.
+const RESULT_WAIT_TRIES: usize = 40;
+
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
@@ -100,10 +104,34 @@ impl Gateway {
                 .headers
                 .get(header::REPLAY)
                 .map_or_else(|| "0".to_owned(), |v| v.as_str().to_owned());
-            let stored =
-                broker::last_message(&self.client, broker::RESULTS_STREAM, &subject::result(&id))
-                    .await
-                    .map_err(|e| self.broker_error(e))?;
+            // A worker stores the letter, then the failed result: a letter without a result
+            // is one whose worker is still at it (or died in between, and the task comes back
+            // to fail again). Replaying it now would leave that failed result to take the new
+            // series' place.
+            // (An old letter's result may have run out: only a fresh one is waited for.)
+            let fresh = dead.time.is_some_and(|t| {
+                t.elapsed()
+                    .is_ok_and(|age| age < std::time::Duration::from_secs(30))
+            });
+            let mut stored = None;
+            for _ in 0..if fresh { RESULT_WAIT_TRIES } else { 1 } {
+                stored = broker::last_message(
+                    &self.client,
+                    broker::RESULTS_STREAM,
+                    &subject::result(&id),
+                )
+                .await
+                .map_err(|e| self.broker_error(e))?;
+                if stored.is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            if stored.is_none() && fresh {
+                return Err(Error::Conflict(format!(
+                    "task {id} is still being failed by a worker (its dead letter is stored, its failed result not yet); replay it again in a moment"
+                )));
+            }
             if let Some(result) = stored {
                 let state = result
                     .headers
@@ -144,13 +172,25 @@ impl Gateway {
             .await?;
             // A concurrent replay of the same letter may have deleted it already; its task is
             // the same one (the replay's de-duplication id names the series).
-            if let Err(e) = self.broker.dead.delete_message(dead.sequence).await
-                && broker::last_message(&self.client, broker::DEAD_STREAM, &subject::dead_of(&id))
-                    .await
-                    .map_err(|e| self.broker_error(e))?
-                    .is_some_and(|m| m.sequence == dead.sequence)
-            {
-                return Err(self.broker_error(e));
+            // The task is back in line by now: a failure to take the letter away is tried
+            // again for a moment before it is reported.
+            let mut tries = 0;
+            while let Err(e) = self.broker.dead.delete_message(dead.sequence).await {
+                let still_there =
+                    broker::last_message(&self.client, broker::DEAD_STREAM, &subject::dead_of(&id))
+                        .await
+                        .map_err(|e| self.broker_error(e))?
+                        .is_some_and(|m| m.sequence == dead.sequence);
+                if !still_there {
+                    break;
+                }
+                tries += 1;
+                if tries == 3 {
+                    return Err(self.broker_error(format!(
+                        "task {id} is back in line, but its dead letter could not be removed ({e}); replay it again to remove it"
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
             tracing::info!(task = %name, task_id = %id, "dead letter replayed");
             replayed.push(id.to_string());

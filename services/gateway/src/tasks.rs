@@ -353,7 +353,11 @@ impl Gateway {
         })
     }
 
-    /// Whether the broker holds a result or a state change of the task `id`.
+    /// Whether the broker surely holds the task `id`: a result, a run that started, or a
+    /// delayed task waiting for its time. A `queued` event alone proves nothing (a submit whose
+    /// task was refused, with the broker down when its event was to be taken back): such a
+    /// task is stored again, and the stream's duplicate window answers a copy stored moments
+    /// ago.
     async fn known(&self, id: &Id) -> Result<bool, Error> {
         let result =
             broker::last_message(&self.client, broker::RESULTS_STREAM, &subject::result(id))
@@ -362,7 +366,13 @@ impl Gateway {
         if result.is_some() {
             return Ok(true);
         }
-        Ok(self.last_event(id).await?.is_some())
+        let event = self
+            .lookup(broker::EVENTS_STREAM, &subject::events_of(id), id)
+            .await?;
+        if event.is_some_and(|e| matches!(e.state(), TaskState::Running | TaskState::Retrying)) {
+            return Ok(true);
+        }
+        Ok(self.delayed(id).await?.is_some())
     }
 
     /// Waits until the broker has stored a task sent by [`Self::send`].

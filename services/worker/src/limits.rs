@@ -25,6 +25,9 @@ use crate::Error;
 
 /// How often a held slot is refreshed: well within its lease.
 const REFRESH: Duration = Duration::from_secs(5);
+/// How long before its lease runs out a slot that could not be refreshed is given up: time for
+/// its task to see its token, its grace, and to be put back.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// How long a worker waits before looking for a free slot again.
 const SLOT_RETRY: Duration = Duration::from_millis(100);
 
@@ -330,35 +333,66 @@ impl Tokens {
     }
 }
 
-/// A concurrency slot this worker holds; refreshed while held, freed when dropped.
+/// A concurrency slot this worker holds; refreshed while held, freed when dropped. When it
+/// cannot be refreshed (NATS unreachable) for most of its lease, [`Slot::lost`] fires, so that
+/// the task holding it stops before another worker may take the slot.
 pub(crate) struct Slot {
     key: String,
     revision: Arc<Mutex<u64>>,
     refresher: tokio::task::JoinHandle<()>,
     limits: Arc<Limits>,
+    lost: CancellationToken,
 }
 
 impl Slot {
     fn hold(limits: Arc<Limits>, key: String, revision: u64) -> Self {
         let revision = Arc::new(Mutex::new(revision));
+        let lost = CancellationToken::new();
         let refresher = {
-            let (limits, key, revision) = (Arc::clone(&limits), key.clone(), Arc::clone(&revision));
+            let (limits, key, revision, lost) = (
+                Arc::clone(&limits),
+                key.clone(),
+                Arc::clone(&revision),
+                lost.clone(),
+            );
             tokio::spawn(async move {
+                let mut refreshed = tokio::time::Instant::now();
                 loop {
-                    tokio::time::sleep(REFRESH).await;
+                    // Given up while there is still time for the task to stop within the lease.
+                    let give_up = refreshed + broker::SLOT_LEASE - LEASE_MARGIN;
+                    tokio::select! {
+                        () = tokio::time::sleep_until(give_up) => break,
+                        () = tokio::time::sleep(REFRESH) => {}
+                    }
                     let current = *revision.lock().unwrap_or_else(|e| e.into_inner());
-                    match limits
+                    let update = limits
                         .broker
                         .slots
-                        .update(&key, limits.owner.clone(), current)
-                        .await
-                    {
-                        Ok(next) => *revision.lock().unwrap_or_else(|e| e.into_inner()) = next,
+                        .update(&key, limits.owner.clone(), current);
+                    let updated = tokio::select! {
+                        () = tokio::time::sleep_until(give_up) => break,
+                        updated = update => updated,
+                    };
+                    match updated {
+                        Ok(next) => {
+                            *revision.lock().unwrap_or_else(|e| e.into_inner()) = next;
+                            refreshed = tokio::time::Instant::now();
+                        }
+                        // Its lease ran out and the slot may be someone else's now.
+                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                            tracing::warn!(slot = key, "a concurrency slot was lost");
+                            break;
+                        }
                         Err(e) => {
                             tracing::warn!(slot = key, error = %e, "cannot refresh a concurrency slot")
                         }
                     }
                 }
+                tracing::warn!(
+                    slot = key,
+                    "stopping the task that holds a concurrency slot that could not be refreshed"
+                );
+                lost.cancel();
             })
         };
         Self {
@@ -366,7 +400,13 @@ impl Slot {
             revision,
             refresher,
             limits,
+            lost,
         }
+    }
+
+    /// Fires when the slot can no longer be held.
+    pub(crate) fn lost(&self) -> CancellationToken {
+        self.lost.clone()
     }
 }
 

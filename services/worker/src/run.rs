@@ -473,10 +473,11 @@ async fn start(
     };
     // Held until the task is done, like the local slot.
     let cluster_slot: Option<Slot> = grant.take();
+    let slot_lost = cluster_slot.as_ref().map(Slot::lost);
     let served = Arc::clone(served);
     tracker.spawn(async move {
         let span = process_span(&served, &message);
-        handle(&served, message).instrument(span).await;
+        handle(&served, message, slot_lost).instrument(span).await;
         drop(cluster_slot);
         drop(slot);
     });
@@ -508,7 +509,11 @@ enum Outcome {
     Released,
 }
 
-async fn handle(served: &Served, message: jetstream::Message) {
+async fn handle(
+    served: &Served,
+    message: jetstream::Message,
+    slot_lost: Option<CancellationToken>,
+) {
     let name = &served.task.name;
     let Some(id) = task_id(name, &message) else {
         // Not a taskwire task: it can never run, so it must not block the queue. It is kept as
@@ -649,10 +654,20 @@ async fn handle(served: &Served, message: jetstream::Message) {
     }
     match started {
         Ok(true) => {}
+        Ok(false) if deliveries <= 1 => {
+            // A first delivery cannot have started before: another copy of the task (stored
+            // twice by a resubmission) runs it, and keeps its own message. This copy goes.
+            tracing::info!(task = %name, task_id = %id, attempt, "another copy of the task started this attempt; dropping this one");
+            if let Err(e) = message.ack().await {
+                tracing::debug!(task = %name, task_id = %id, error = %e, "ack of a second copy failed; it comes back");
+            }
+            return;
+        }
         Ok(false) => {
-            // That delivery runs it and keeps it in progress: this one is left alone (neither
-            // acked nor handed back, which would let a third delivery start a second attempt
-            // beside the first). If that worker dies, the ack wait brings the task back.
+            // An earlier delivery of this message runs it and keeps it in progress: this one is
+            // left alone (neither acked nor handed back, which would let a third delivery start
+            // a second attempt beside the first). If that worker dies, the ack wait brings the
+            // task back.
             tracing::info!(task = %name, task_id = %id, attempt, "another delivery of the task started this attempt; leaving it to that one");
             return;
         }
@@ -685,6 +700,7 @@ async fn handle(served: &Served, message: jetstream::Message) {
         token,
         options.timeout,
         &tracked.token,
+        slot_lost.unwrap_or_default(),
     )
     .await;
     // Progress reports go out before the result, so that watchers see them in order (unless
@@ -844,6 +860,7 @@ async fn run_attempt(
     token: CancellationToken,
     limit: Option<Duration>,
     cancelled: &CancellationToken,
+    slot_lost: CancellationToken,
 ) -> Outcome {
     let deadline = ctx.deadline();
     let call = served
@@ -858,9 +875,14 @@ async fn run_attempt(
     let mut abandon_at = tokio::time::Instant::from_std(deadline.unwrap_or(far));
     let mut timed_out = false;
     let mut cancel_seen = false;
+    let mut slot_gone = false;
     loop {
         tokio::select! {
             result = &mut call => {
+                if slot_gone {
+                    // Whatever it answered, it was stopped: it runs again in a slot of its own.
+                    return Outcome::Released;
+                }
                 return match result {
                     Ok(done) if timed_out && done.is_err() => Outcome::TimedOut(limit.unwrap_or_default()),
                     Ok(done) => Outcome::Done(done),
@@ -876,7 +898,17 @@ async fn run_attempt(
                 token.cancel();
                 abandon_at = abandon_at.min(tokio::time::Instant::now() + TIMEOUT_GRACE);
             }
+            () = slot_lost.cancelled(), if !slot_gone => {
+                // Its concurrency slot could not be kept (NATS unreachable): stop before the
+                // slot's lease runs out and another worker may start a task in it.
+                slot_gone = true;
+                token.cancel();
+                abandon_at = abandon_at.min(tokio::time::Instant::now() + TIMEOUT_GRACE);
+            }
             () = tokio::time::sleep_until(abandon_at) => {
+                if slot_gone {
+                    return Outcome::Released;
+                }
                 if cancel_seen {
                     return Outcome::Cancelled;
                 }
