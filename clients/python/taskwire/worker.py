@@ -1114,14 +1114,10 @@ class Worker:
             await msg.nak(delay=1.0)
             return
         if not started:
-            if msg.metadata.num_delivered <= 1:
-                # A first delivery cannot have started before: another copy of the task (stored
-                # twice by a resubmission) runs it and keeps its own message. This copy goes.
-                log.info("%s %s: another copy of the task started attempt %d; dropping this one", task.name, task_id, attempt)
-                await msg.ack()
-                return
-            # An earlier delivery of this message runs it and keeps it in progress; this one is
-            # left alone.
+            # Another delivery started this attempt (an earlier one of this message, whose count
+            # a broker restart may have forgotten, or another copy of the task): it runs it and
+            # keeps it in progress, so this one is left alone. If that worker died, the ack wait
+            # brings the task back as the next attempt.
             log.info("%s %s: another delivery of the task started attempt %d", task.name, task_id, attempt)
             return
 

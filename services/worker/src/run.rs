@@ -654,20 +654,12 @@ async fn handle(
     }
     match started {
         Ok(true) => {}
-        Ok(false) if deliveries <= 1 => {
-            // A first delivery cannot have started before: another copy of the task (stored
-            // twice by a resubmission) runs it, and keeps its own message. This copy goes.
-            tracing::info!(task = %name, task_id = %id, attempt, "another copy of the task started this attempt; dropping this one");
-            if let Err(e) = message.ack().await {
-                tracing::debug!(task = %name, task_id = %id, error = %e, "ack of a second copy failed; it comes back");
-            }
-            return;
-        }
         Ok(false) => {
-            // An earlier delivery of this message runs it and keeps it in progress: this one is
-            // left alone (neither acked nor handed back, which would let a third delivery start
-            // a second attempt beside the first). If that worker dies, the ack wait brings the
-            // task back.
+            // Another delivery started this attempt (an earlier one of this message, whose
+            // count a broker restart may have forgotten, or another copy of the task): it runs
+            // it and keeps it in progress, so this one is left alone (neither acked nor handed
+            // back, which would let a third delivery start a second attempt beside the first).
+            // If that worker died, the ack wait brings the task back as the next attempt.
             tracing::info!(task = %name, task_id = %id, attempt, "another delivery of the task started this attempt; leaving it to that one");
             return;
         }
