@@ -891,3 +891,53 @@ async fn max_concurrency_holds_across_a_nats_outage_longer_than_the_slot_lease()
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_submit_many_call_is_bounded_and_its_answer_never_fails_after_storing()
+-> anyhow::Result<()> {
+    use v1::tasks_client::TasksClient;
+
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start_with(examples_config(&nats.url())).await?;
+    let request = |i: usize| {
+        taskwire_client::request_json(
+            SLEEP,
+            &format!(r#"{{"millis":{i}}}"#),
+            SubmitOptions::default(),
+        )
+    };
+    let over = taskwire_client::SUBMIT_MANY_CALL + 5;
+
+    // A plain gRPC client that sends more than a call takes: the answer (under the default
+    // 4 MiB limit) covers what was read, and nothing past it was stored.
+    let channel = tonic::transport::Endpoint::from_shared(gateway.url())?
+        .connect()
+        .await?;
+    let requests: Vec<v1::SubmitRequest> = (0..over).map(request).collect();
+    let answer = TasksClient::new(channel)
+        .submit_many(futures::stream::iter(requests))
+        .await?
+        .into_inner();
+    assert_eq!(answer.results.len(), taskwire_client::SUBMIT_MANY_CALL);
+    assert_eq!(answer.submitted as usize, taskwire_client::SUBMIT_MANY_CALL);
+    assert_eq!(
+        tasks_in_stream(&nats).await? as usize,
+        taskwire_client::SUBMIT_MANY_CALL
+    );
+
+    // The Rust client splits a larger batch: every task answered, every one stored.
+    let client = Client::connect(gateway.url()).await?;
+    let answer = client.submit_many((0..over).map(request)).await?;
+    assert_eq!(answer.results.len(), over);
+    assert_eq!(
+        answer.submitted as usize,
+        over,
+        "{:?}",
+        answer.results.last()
+    );
+    assert_eq!(
+        tasks_in_stream(&nats).await? as usize,
+        taskwire_client::SUBMIT_MANY_CALL + over
+    );
+    Ok(())
+}

@@ -625,15 +625,66 @@ impl Client {
         Ok(self.tasks.clone().wait(request).await?.into_inner())
     }
 
-    /// Stores many tasks in one call, with batched publishes; the answer has one result per
-    /// request, in order (an id, or why that one was refused). Build requests with
-    /// [`request`] or [`request_json`].
+    /// Stores many tasks with batched publishes; the answer has one result per request, in
+    /// order (an id, or why that one was refused). Build requests with [`request`] or
+    /// [`request_json`]. A gateway takes at most [`SUBMIT_MANY_CALL`] tasks in one call, so
+    /// larger batches go in several calls, one after the other; if one fails, the tasks of the
+    /// calls before it are stored and the error says how many.
     pub async fn submit_many(
         &self,
         requests: impl IntoIterator<Item = v1::SubmitRequest, IntoIter: Send + 'static>,
     ) -> Result<v1::SubmitManyResponse, Error> {
-        let stream = futures::stream::iter(requests);
-        Ok(self.tasks.clone().submit_many(stream).await?.into_inner())
+        let requests: Vec<v1::SubmitRequest> = requests.into_iter().collect();
+        let mut answer = v1::SubmitManyResponse::default();
+        for chunk in requests.chunks(SUBMIT_MANY_CALL) {
+            let sent = chunk.len();
+            let stream = futures::stream::iter(chunk.to_vec());
+            let part = match self.tasks.clone().submit_many(stream).await {
+                Ok(part) => part.into_inner(),
+                Err(status) if answer.results.is_empty() => return Err(status.into()),
+                Err(status) => {
+                    return Err(Error::Status(tonic::Status::new(
+                        status.code(),
+                        format!(
+                            "{} (the first {} tasks were answered: {} stored, {} refused)",
+                            status.message(),
+                            answer.results.len(),
+                            answer.submitted,
+                            answer.refused
+                        ),
+                    )));
+                }
+            };
+            let read = part.results.len();
+            answer.submitted += part.submitted;
+            answer.refused += part.refused;
+            answer.results.extend(part.results);
+            if read < sent {
+                // The gateway takes fewer in one call than this client thought: the rest are
+                // refused here, before anything of them is stored.
+                for _ in read..sent {
+                    answer.results.push(v1::SubmitManyResult {
+                        code: tonic::Code::ResourceExhausted as i32,
+                        error: format!(
+                            "not sent: the gateway took {read} tasks in one call; submit the rest again"
+                        ),
+                        ..Default::default()
+                    });
+                    answer.refused += 1;
+                }
+                let rest = requests.len() - answer.results.len();
+                for _ in 0..rest {
+                    answer.results.push(v1::SubmitManyResult {
+                        code: tonic::Code::ResourceExhausted as i32,
+                        error: "not sent: an earlier call of the batch was cut short".into(),
+                        ..Default::default()
+                    });
+                    answer.refused += 1;
+                }
+                break;
+            }
+        }
+        Ok(answer)
     }
 
     /// Follows a task: its current state first, then every change until its final state.
@@ -861,6 +912,10 @@ fn traced<T>(response: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
     }
     response
 }
+
+/// Most tasks a gateway takes in one SubmitMany call; [`Client::submit_many`] splits larger
+/// batches.
+pub const SUBMIT_MANY_CALL: usize = 10_000;
 
 /// A submission of typed arguments, for [`Client::submit_many`].
 pub fn request(

@@ -143,6 +143,9 @@ fn placement(options: &v1::SubmitOptions, now: SystemTime) -> Result<Placement, 
     })
 }
 
+/// Most tasks one SubmitMany call takes (its answer then stays under 1 MiB).
+pub const MAX_SUBMIT_MANY: usize = 10_000;
+
 /// Longest idempotency key accepted, in bytes.
 const MAX_KEY_LEN: usize = 256;
 /// Most attempts a submitter may ask for.
@@ -522,10 +525,17 @@ impl Gateway {
             response.refused += 1;
         };
         loop {
-            let next = requests
-                .message()
-                .await
-                .map_err(|e| Error::BadRequest(format!("the request stream broke: {e}")))?;
+            // A call takes a bounded number of tasks, so that its answer stays well within any
+            // client's message limit: past the bound nothing more is read (nor stored), and the
+            // answer, one result per task read, says how far it got.
+            let next = if response.results.len() >= MAX_SUBMIT_MANY {
+                None
+            } else {
+                requests
+                    .message()
+                    .await
+                    .map_err(|e| Error::BadRequest(format!("the request stream broke: {e}")))?
+            };
             let done = next.is_none();
             if let Some(req) = next {
                 let index = response.results.len();
