@@ -60,6 +60,7 @@ pub const SCENARIOS: &[&str] = &[
     "worker_sigterm",
     "stream_full",
     "cluster_leader_kill",
+    "nats_kill_loop",
 ];
 
 /// Runs one drill with `tasks` tasks.
@@ -74,6 +75,7 @@ pub async fn run(scenario: &str, tasks: usize) -> anyhow::Result<Report> {
         "worker_sigterm" => worker_sigterm(tasks).await?,
         "stream_full" => stream_full(tasks).await?,
         "cluster_leader_kill" => cluster_leader_kill(tasks).await?,
+        "nats_kill_loop" => nats_kill_loop(tasks).await?,
         other => anyhow::bail!("no drill named {other}; the drills are {SCENARIOS:?}"),
     };
     report.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
@@ -438,6 +440,78 @@ async fn nats_restart(n: usize) -> anyhow::Result<Report> {
         Duration::from_secs(120),
     )
     .await
+}
+
+/// A backlog of five times `n` tasks, and nats-server killed (SIGKILL) and started again, 20
+/// times at full size (3 when small): after each restart every worker starts tasks again within
+/// 30 s (a pull never hangs on a connection that died), and in the end nothing is lost.
+async fn nats_kill_loop(n: usize) -> anyhow::Result<Report> {
+    let full = n >= 5000;
+    let (restarts, millis, concurrency) = if full { (20, 200, 64) } else { (3, 100, 8) };
+    let mut nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let runs = std::env::temp_dir().join(format!(
+        "taskwire-drill-{}-runs-{}.log",
+        std::process::id(),
+        broker::now_micros()
+    ));
+    let log = runs.display().to_string();
+    let concurrency = concurrency.to_string();
+    let start = |nats: &str| {
+        crate::worker_process(
+            nats,
+            &[
+                ("TASKWIRE_RUN_LOG", log.as_str()),
+                ("TASKWIRE_ACK_WAIT", "2s"),
+                ("TASKWIRE_CONCURRENCY", concurrency.as_str()),
+                ("TASKWIRE_LOG", "error"),
+            ],
+        )
+    };
+    let workers = [start(&nats.url())?, start(&nats.url())?];
+    let pids: Vec<u32> = workers.iter().filter_map(Child::id).collect();
+    taskwire_cli::stack::wait_for_task(&gateway.url(), SLEEP, Duration::from_secs(30)).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let (ids, refused) = submit(&client, 5 * n, millis, 64).await?;
+    for round in 1..=restarts {
+        let since = broker::now_micros();
+        nats.kill().await;
+        nats.restart().await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&runs).unwrap_or_default();
+            let started: Vec<u32> = text
+                .lines()
+                .filter_map(|line| {
+                    let parts: Vec<&str> = line.split(' ').collect();
+                    let (event, micros, pid) = (parts.first()?, parts.get(3)?, parts.get(4)?);
+                    (*event == "start" && micros.parse::<u64>().ok()? > since)
+                        .then(|| pid.parse().ok())
+                        .flatten()
+                })
+                .collect();
+            let idle: Vec<&u32> = pids.iter().filter(|p| !started.contains(p)).collect();
+            if idle.is_empty() {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "after restart {round} of nats-server, worker(s) {idle:?} started no task within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let report = settle(
+        "nats_kill_loop",
+        &nats.url(),
+        &ids,
+        refused,
+        Duration::from_secs(if full { 600 } else { 120 }),
+    )
+    .await;
+    drop(workers);
+    let _ = std::fs::remove_file(&runs);
+    report
 }
 
 /// The gateway process killed with SIGKILL while submits are in flight, then started again;

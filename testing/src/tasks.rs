@@ -13,8 +13,8 @@ use taskwire::examples::chaos::v1::{
 static RUN_LOG: std::sync::OnceLock<Mutex<std::fs::File>> = std::sync::OnceLock::new();
 
 /// Appends a line for the start and the end of every run of a chaos task to `path`:
-/// `start <task id> <attempt> <unix micros>` and `end <task id> <attempt> <unix micros>`, one
-/// write a line (several worker processes may share the file). The model test reads it.
+/// `start <task id> <attempt> <unix micros> <pid>` and `end …` alike, one write a line (several
+/// worker processes may share the file). The model test and the drills read it.
 pub fn log_runs_to(path: &std::path::Path) -> std::io::Result<()> {
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -47,7 +47,12 @@ impl Run {
             .map(|d| d.as_micros())
             .unwrap_or_default();
         use std::io::Write as _;
-        let line = format!("{event} {} {} {micros}\n", self.id, self.attempt);
+        let line = format!(
+            "{event} {} {} {micros} {}\n",
+            self.id,
+            self.attempt,
+            std::process::id()
+        );
         let mut file = log.lock().unwrap_or_else(|e| e.into_inner());
         // A lost line shows as a run the model cannot account for: it says so.
         let _ = file.write_all(line.as_bytes());

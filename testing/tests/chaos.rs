@@ -65,3 +65,8 @@ async fn stream_full() -> anyhow::Result<()> {
 async fn cluster_leader_kill() -> anyhow::Result<()> {
     drill("cluster_leader_kill", 300).await
 }
+
+#[tokio::test]
+async fn nats_kill_loop() -> anyhow::Result<()> {
+    drill("nats_kill_loop", 400).await
+}

@@ -941,3 +941,46 @@ async fn a_submit_many_call_is_bounded_and_its_answer_never_fails_after_storing(
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_keyed_delayed_task_that_fired_and_waits_is_not_stored_again() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start_with(examples_config(&nats.url())).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let keyed = || {
+        SubmitOptions::default()
+            .idempotency_key("fired")
+            .countdown(Duration::from_secs(1))
+    };
+    let args = r#"{"millis":1,"label":"fired-once"}"#;
+    let first = client.submit_json(SLEEP, args, keyed()).await?;
+    // No worker: the broker fires it at its time and it waits in the queue (the fired copy
+    // carries no de-duplication id, and a restart forgets the rest of the window).
+    eventually("the delayed task to fire", WAIT, || async {
+        client
+            .get(&first.task_id, false)
+            .await
+            .is_ok_and(|i| i.state() == TaskState::Queued)
+    })
+    .await?;
+    nats.restart().await?;
+    let again = loop {
+        match client.submit_json(SLEEP, args, keyed()).await {
+            Err(e) if e.code() == Some(tonic::Code::Unavailable) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other?,
+        }
+    };
+    assert_eq!(again.task_id, first.task_id);
+    assert!(again.duplicate);
+    eventually("one task in the stream", WAIT, || async {
+        tasks_in_stream(&nats).await.is_ok_and(|n| n == 1)
+    })
+    .await?;
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::chaos())).await?;
+    let info = client.wait(&first.task_id, WAIT, false).await?;
+    assert_eq!(info.state(), TaskState::Succeeded);
+    assert_eq!(tasks::journal_count("fired-once", "started"), 1);
+    Ok(())
+}

@@ -24,7 +24,7 @@ RUN_LOG = os.environ.get("TASKWIRE_RUN_LOG")
 
 class logged_run:
     """With TASKWIRE_RUN_LOG set, the start and end of every run go there, one line each
-    (`start|end <task id> <attempt> <unix micros>`), as the Rust test worker writes them: the
+    (`start|end <task id> <attempt> <unix micros> <pid>`), as the Rust test worker writes them: the
     model test's record of executions."""
 
     def __init__(self, ctx):
@@ -32,7 +32,7 @@ class logged_run:
 
     def _log(self, event):
         if RUN_LOG:
-            line = f"{event} {self.ctx.id} {self.ctx.attempt} {time.time_ns() // 1000}\n".encode()
+            line = f"{event} {self.ctx.id} {self.ctx.attempt} {time.time_ns() // 1000} {os.getpid()}\n".encode()
             fd = os.open(RUN_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 os.write(fd, line)

@@ -356,11 +356,12 @@ impl Gateway {
         })
     }
 
-    /// Whether the broker surely holds the task `id`: a result, a run that started, or a
-    /// delayed task waiting for its time. A `queued` event alone proves nothing (a submit whose
-    /// task was refused, with the broker down when its event was to be taken back): such a
-    /// task is stored again, and the stream's duplicate window answers a copy stored moments
-    /// ago.
+    /// Whether the broker holds the task `id`: a result, a run that started, a delayed task
+    /// (held, or fired: a fired copy carries no de-duplication id), or a task queued longer ago
+    /// than the stream's duplicate window. A task queued within the window is stored again:
+    /// the window answers for a copy stored moments ago, and one whose first submit failed
+    /// after its queued event (the broker down when that event was to be taken back) is stored
+    /// now.
     async fn known(&self, id: &Id) -> Result<bool, Error> {
         let result =
             broker::last_message(&self.client, broker::RESULTS_STREAM, &subject::result(id))
@@ -369,13 +370,26 @@ impl Gateway {
         if result.is_some() {
             return Ok(true);
         }
-        let event = self
-            .lookup(broker::EVENTS_STREAM, &subject::events_of(id), id)
-            .await?;
-        if event.is_some_and(|e| matches!(e.state(), TaskState::Running | TaskState::Retrying)) {
-            return Ok(true);
+        let event =
+            broker::last_message(&self.client, broker::EVENTS_STREAM, &subject::events_of(id))
+                .await
+                .map_err(|e| self.broker_error(e))?;
+        let window = self.broker.tasks.cached_info().config.duplicate_window;
+        match event {
+            Some(e) => {
+                let state = e.headers.get(broker::header::STATE).map(|v| v.as_str());
+                let queued_long_ago = e
+                    .time
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= window);
+                match state {
+                    Some("running" | "retrying" | "scheduled") => Ok(true),
+                    _ if queued_long_ago => Ok(true),
+                    _ => Ok(self.delayed(id).await?.is_some()),
+                }
+            }
+            None => Ok(self.delayed(id).await?.is_some()),
         }
-        Ok(self.delayed(id).await?.is_some())
     }
 
     /// Waits until the broker has stored a task sent by [`Self::send`].
