@@ -984,3 +984,34 @@ async fn a_keyed_delayed_task_that_fired_and_waits_is_not_stored_again() -> anyh
     assert_eq!(tasks::journal_count("fired-once", "started"), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_key_resubmitted_after_its_task_was_replayed_answers_that_task() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let worker = Worker::start(&nats.url(), |w| w.serve(tasks::chaos())).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let keyed = || SubmitOptions::default().idempotency_key("replayed-key");
+    let args = r#"{"permanent":true}"#;
+    let first = client.submit_json(FLAKY, args, keyed()).await?;
+    let info = client.wait(&first.task_id, WAIT, false).await?;
+    assert_eq!(info.state(), TaskState::Failed);
+    worker.stop().await?;
+    // Back in line with no worker to take it; a restart forgets the duplicate window.
+    client
+        .replay_dead_letters(vec![first.task_id.clone()], "", false)
+        .await?;
+    nats.restart().await?;
+    let again = loop {
+        match client.submit_json(FLAKY, args, keyed()).await {
+            Err(e) if e.code() == Some(tonic::Code::Unavailable) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other?,
+        }
+    };
+    assert_eq!(again.task_id, first.task_id);
+    assert!(again.duplicate, "the replayed task was stored a second time");
+    assert_eq!(tasks_in_stream(&nats).await?, 1);
+    Ok(())
+}

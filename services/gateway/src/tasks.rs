@@ -382,9 +382,10 @@ impl Gateway {
                     .time
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|age| age >= window);
+                let replayed = e.headers.get(broker::header::REPLAY).is_some();
                 match state {
                     Some("running" | "retrying" | "scheduled") => Ok(true),
-                    _ if queued_long_ago => Ok(true),
+                    _ if queued_long_ago || replayed => Ok(true),
                     _ => Ok(self.delayed(id).await?.is_some()),
                 }
             }
@@ -442,6 +443,11 @@ impl Gateway {
             ),
         };
         let mut event = broker::event_headers(name, id, state, 0);
+        // A replay's queued event says so: such a task was stored before, whatever the
+        // duplicate window remembers (see `known`).
+        if let Some(replay) = headers.get(broker::header::REPLAY) {
+            event.insert(broker::header::REPLAY, replay.as_str());
+        }
         if let Some(at) = placement.not_before {
             event.insert(broker::header::NOT_BEFORE, micros(at).to_string().as_str());
             headers =
