@@ -1011,7 +1011,10 @@ async fn a_key_resubmitted_after_its_task_was_replayed_answers_that_task() -> an
         }
     };
     assert_eq!(again.task_id, first.task_id);
-    assert!(again.duplicate, "the replayed task was stored a second time");
+    assert!(
+        again.duplicate,
+        "the replayed task was stored a second time"
+    );
     assert_eq!(tasks_in_stream(&nats).await?, 1);
     Ok(())
 }
