@@ -209,6 +209,14 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(taskwire_cli::stack::sibling_binary(name)?)
 }
 
+/// Messages in the tasks stream of the server at `nats_url`: queued, held by a schedule, or not
+/// yet acked.
+pub async fn tasks_in_stream(nats_url: &str) -> anyhow::Result<u64> {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
+    let mut stream = js.get_stream(taskwire::broker::TASKS_STREAM).await?;
+    Ok(stream.info().await?.state.messages)
+}
+
 /// Waits until `check` holds, polling; fails with `what` after `limit`.
 pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<()>
 where

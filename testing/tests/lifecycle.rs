@@ -24,13 +24,6 @@ fn sleep(label: &str, millis: u64) -> SleepArgs {
     }
 }
 
-/// Messages in the tasks stream: queued, held by a schedule, or not yet acked.
-async fn tasks_in_stream(nats: &NatsServer) -> anyhow::Result<u64> {
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
-    let mut stream = js.get_stream(taskwire::broker::TASKS_STREAM).await?;
-    Ok(stream.info().await?.state.messages)
-}
-
 async fn events_in_stream(nats: &NatsServer) -> anyhow::Result<u64> {
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
     let mut stream = js.get_stream(taskwire::broker::EVENTS_STREAM).await?;
@@ -55,7 +48,9 @@ async fn a_task_cancelled_while_queued_never_runs() -> anyhow::Result<()> {
     let after = chaos.sleep(sleep("after-the-cancelled-one", 10)).await?;
     after.get(WAIT).await?;
     eventually("the cancelled task to leave the queue", WAIT, || async {
-        tasks_in_stream(&nats).await.is_ok_and(|n| n == 0)
+        taskwire_testing::tasks_in_stream(&nats.url())
+            .await
+            .is_ok_and(|n| n == 0)
     })
     .await?;
     let started = tasks::journal("started");
@@ -94,7 +89,9 @@ async fn a_running_task_observes_its_cancellation() -> anyhow::Result<()> {
     assert_eq!(info.state(), TaskState::Cancelled);
     // Acked, not retried: the queue empties, and the task never finished its sleep.
     eventually("the task to leave the queue", WAIT, || async {
-        tasks_in_stream(&nats).await.is_ok_and(|n| n == 0)
+        taskwire_testing::tasks_in_stream(&nats.url())
+            .await
+            .is_ok_and(|n| n == 0)
     })
     .await?;
     assert!(!tasks::journal("finished").contains(&"running-then-cancelled".to_owned()));
@@ -135,7 +132,9 @@ async fn a_cancellation_holds_when_the_worker_dies_and_another_takes_the_task() 
     // The next worker gets the task after the ack wait, and does not run it.
     let _second = Worker::start(&nats.url(), |w| w.serve(tasks::chaos())).await?;
     eventually("the redelivered task to be dropped", WAIT, || async {
-        tasks_in_stream(&nats).await.is_ok_and(|n| n == 0)
+        taskwire_testing::tasks_in_stream(&nats.url())
+            .await
+            .is_ok_and(|n| n == 0)
     })
     .await?;
     assert!(!tasks::journal("started").contains(&"killed-then-cancelled".to_owned()));
@@ -180,7 +179,9 @@ async fn a_countdown_task_starts_at_its_time_and_once() -> anyhow::Result<()> {
         .count();
     assert_eq!(runs, 1);
     eventually("the stream to hold nothing", WAIT, || async {
-        tasks_in_stream(&nats).await.is_ok_and(|n| n == 0)
+        taskwire_testing::tasks_in_stream(&nats.url())
+            .await
+            .is_ok_and(|n| n == 0)
     })
     .await?;
 
@@ -280,7 +281,9 @@ async fn an_expired_task_never_runs() -> anyhow::Result<()> {
         "{err}"
     );
     eventually("the queue to empty", WAIT, || async {
-        tasks_in_stream(&nats).await.is_ok_and(|n| n == 0)
+        taskwire_testing::tasks_in_stream(&nats.url())
+            .await
+            .is_ok_and(|n| n == 0)
     })
     .await?;
     assert!(!tasks::journal("started").contains(&"expired-in-queue".to_owned()));
@@ -489,7 +492,8 @@ async fn submit_many_stores_each_task_and_refuses_only_the_bad_ones() -> anyhow:
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8(out.stdout)?.lines().count(), 2);
 
-    let before = tasks_in_stream(&nats).await? + events_in_stream(&nats).await?;
+    let before =
+        taskwire_testing::tasks_in_stream(&nats.url()).await? + events_in_stream(&nats).await?;
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(
         &bad,
@@ -513,7 +517,7 @@ async fn submit_many_stores_each_task_and_refuses_only_the_bad_ones() -> anyhow:
         "{stderr}"
     );
     assert_eq!(
-        tasks_in_stream(&nats).await? + events_in_stream(&nats).await?,
+        taskwire_testing::tasks_in_stream(&nats.url()).await? + events_in_stream(&nats).await?,
         before
     );
     Ok(())
@@ -600,7 +604,7 @@ async fn bad_lifecycle_options_are_refused_naming_the_field() -> anyhow::Result<
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
         assert!(err.message().contains(field), "{field}: {}", err.message());
     }
-    assert_eq!(tasks_in_stream(&nats).await?, 0);
+    assert_eq!(taskwire_testing::tasks_in_stream(&nats.url()).await?, 0);
     assert_eq!(events_in_stream(&nats).await?, 0);
     drop(client);
     Ok(())

@@ -13,13 +13,6 @@ const WAIT: Duration = Duration::from_secs(30);
 const FLAKY: &str = "examples.chaos.v1.Chaos/Flaky";
 const SLEEP: &str = "examples.chaos.v1.Chaos/Sleep";
 
-/// Messages in the tasks stream: queued, held by a schedule, or not yet acked.
-async fn tasks_in_stream(nats: &NatsServer) -> anyhow::Result<u64> {
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
-    let mut stream = js.get_stream(taskwire::broker::TASKS_STREAM).await?;
-    Ok(stream.info().await?.state.messages)
-}
-
 fn failing_for_good() -> FlakyArgs {
     FlakyArgs {
         permanent: true,
@@ -59,7 +52,9 @@ async fn a_delayed_task_that_fails_for_good_is_dead_lettered_once_and_replays() 
     assert_eq!(dead[0].reason, "permanent");
     // Acked, not redelivered: the queue empties and the task is never run again.
     eventually("the failed task to leave the queue", WAIT, || async {
-        tasks_in_stream(&nats).await.is_ok_and(|n| n == 0)
+        taskwire_testing::tasks_in_stream(&nats.url())
+            .await
+            .is_ok_and(|n| n == 0)
     })
     .await?;
 
@@ -117,7 +112,9 @@ async fn tasks_of_a_schedule_that_fail_for_good_are_dead_lettered() -> anyhow::R
     ids.dedup();
     assert_eq!(ids.len(), dead.len(), "{dead:?}");
     eventually("the ticks' tasks to leave the queue", WAIT, || async {
-        tasks_in_stream(&nats).await.is_ok_and(|n| n == 0)
+        taskwire_testing::tasks_in_stream(&nats.url())
+            .await
+            .is_ok_and(|n| n == 0)
     })
     .await?;
     Ok(())
@@ -155,7 +152,9 @@ async fn a_result_larger_than_the_broker_takes_fails_the_task_for_good() -> anyh
         .collect();
     assert_eq!(dead.len(), 1, "{dead:?}");
     eventually("the task to leave the queue", WAIT, || async {
-        tasks_in_stream(&nats).await.is_ok_and(|n| n == 0)
+        taskwire_testing::tasks_in_stream(&nats.url())
+            .await
+            .is_ok_and(|n| n == 0)
     })
     .await?;
     Ok(())
@@ -247,7 +246,7 @@ async fn an_idempotency_key_belongs_to_its_task_type_and_outlives_a_broker_resta
     .await?;
     assert_eq!(charge_again.task_id, charge.task_id);
     assert!(charge_again.duplicate);
-    assert_eq!(tasks_in_stream(&nats).await?, 0);
+    assert_eq!(taskwire_testing::tasks_in_stream(&nats.url()).await?, 0);
     assert_eq!(
         client.get(&add.task_id, false).await?.state(),
         TaskState::Succeeded
@@ -692,7 +691,9 @@ async fn a_task_delayed_far_ahead_and_cancelled_never_fires_and_stays_known() ->
     assert_eq!(cancelled.state(), TaskState::Cancelled);
     // Taken out of the broker: nothing is left to fire, whatever outlives what.
     eventually("the delayed task to leave the stream", WAIT, || async {
-        tasks_in_stream(&nats).await.is_ok_and(|n| n == 0)
+        taskwire_testing::tasks_in_stream(&nats.url())
+            .await
+            .is_ok_and(|n| n == 0)
     })
     .await?;
     Ok(())
@@ -750,7 +751,9 @@ async fn concurrent_replays_give_one_new_series_and_never_erase_a_success() -> a
     .await?;
     // Exactly one new series ran: the key's second run succeeded and nothing ran after it.
     eventually("the queue to be empty", WAIT, || async {
-        tasks_in_stream(&nats).await.is_ok_and(|n| n == 0)
+        taskwire_testing::tasks_in_stream(&nats.url())
+            .await
+            .is_ok_and(|n| n == 0)
     })
     .await?;
     assert_eq!(handle.state().await?, TaskState::Succeeded);
@@ -921,7 +924,7 @@ async fn a_submit_many_call_is_bounded_and_its_answer_never_fails_after_storing(
     assert_eq!(answer.results.len(), taskwire_client::SUBMIT_MANY_CALL);
     assert_eq!(answer.submitted as usize, taskwire_client::SUBMIT_MANY_CALL);
     assert_eq!(
-        tasks_in_stream(&nats).await? as usize,
+        taskwire_testing::tasks_in_stream(&nats.url()).await? as usize,
         taskwire_client::SUBMIT_MANY_CALL
     );
 
@@ -936,7 +939,7 @@ async fn a_submit_many_call_is_bounded_and_its_answer_never_fails_after_storing(
         answer.results.last()
     );
     assert_eq!(
-        tasks_in_stream(&nats).await? as usize,
+        taskwire_testing::tasks_in_stream(&nats.url()).await? as usize,
         taskwire_client::SUBMIT_MANY_CALL + over
     );
     Ok(())
@@ -975,7 +978,9 @@ async fn a_keyed_delayed_task_that_fired_and_waits_is_not_stored_again() -> anyh
     assert_eq!(again.task_id, first.task_id);
     assert!(again.duplicate);
     eventually("one task in the stream", WAIT, || async {
-        tasks_in_stream(&nats).await.is_ok_and(|n| n == 1)
+        taskwire_testing::tasks_in_stream(&nats.url())
+            .await
+            .is_ok_and(|n| n == 1)
     })
     .await?;
     let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::chaos())).await?;
@@ -1015,6 +1020,6 @@ async fn a_key_resubmitted_after_its_task_was_replayed_answers_that_task() -> an
         again.duplicate,
         "the replayed task was stored a second time"
     );
-    assert_eq!(tasks_in_stream(&nats).await?, 1);
+    assert_eq!(taskwire_testing::tasks_in_stream(&nats.url()).await?, 1);
     Ok(())
 }

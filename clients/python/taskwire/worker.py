@@ -1089,6 +1089,15 @@ class Worker:
         # A run cut short (a worker killed mid-task) used its attempt: with none left the task
         # fails for good rather than running again.
         if attempt > options.max_attempts:
+            # Unless the cut-short run stored its outcome before it died (and missed its ack).
+            known = await self._has_result(task_id)
+            if known is None:
+                log.warning("%s %s: cannot tell whether the task has a result; putting it back", task.name, task_id)
+                await msg.nak(delay=1.0)
+                return
+            if known:
+                await msg.ack()
+                return
             error = (
                 f"attempt {attempt - 1} of {options.max_attempts} was cut short (its worker stopped "
                 "before it ended) and no attempt is left"
@@ -1298,21 +1307,27 @@ class Worker:
         ack = await self._js.publish(f"taskwire.events.{task_id}.{token(task.name)}", b"", headers=headers, timeout=5)
         return not ack.duplicate
 
-    async def _has_result(self, task_id: str) -> Optional[bool]:
-        """Whether the task has a stored result; None when the broker could not tell."""
+    async def _stored_result(self, task_id: str) -> Optional[Dict[str, str]]:
+        """The headers of the task's stored result, None when it has none; raises when the
+        broker could not tell."""
         # A direct get with the subject in the body, not in the API subject: the one form NATS
         # permissions can allow without allowing every other stream (docs/protocol.md).
         request = json.dumps({"last_by_subj": f"taskwire.results.{task_id}"}).encode()
+        reply = await self._nc.request(f"$JS.API.DIRECT.GET.{RESULTS_STREAM}", request, timeout=5)
+        headers = dict(reply.headers or {})
+        status = headers.get("Status")
+        if status is None:
+            return headers
+        if status == "404":
+            return None
+        raise RuntimeError(f"direct get from {RESULTS_STREAM} answered {status}")
+
+    async def _has_result(self, task_id: str) -> Optional[bool]:
+        """Whether the task has a stored result; None when the broker could not tell."""
         try:
-            reply = await self._nc.request(f"$JS.API.DIRECT.GET.{RESULTS_STREAM}", request, timeout=5)
+            return await self._stored_result(task_id) is not None
         except Exception:
             return None
-        status = (reply.headers or {}).get("Status")
-        if status is None:
-            return True
-        if status == "404":
-            return False
-        return None
 
     def _event_headers(self, task: str, task_id: str, state: str, attempt: int) -> Dict[str, str]:
         return {TASK_ID: task_id, TASK: task, STATE: state, ATTEMPT: str(attempt)}
@@ -1351,10 +1366,8 @@ class Worker:
             return
         stored = await self._finish(task, msg, task_id, attempt, "failed", body, options)
         if stored == "taken" and isinstance(letter, int):
-            request = json.dumps({"last_by_subj": f"taskwire.results.{task_id}"}).encode()
             try:
-                reply = await self._nc.request(f"$JS.API.DIRECT.GET.{RESULTS_STREAM}", request, timeout=5)
-                state = (reply.headers or {}).get(STATE)
+                state = (await self._stored_result(task_id) or {}).get(STATE)
                 if state is not None and state != "failed":
                     await self._api(f"STREAM.MSG.DELETE.{DEAD_STREAM}", {"seq": letter})
             except Exception as e:

@@ -363,34 +363,30 @@ impl Gateway {
     /// after its queued event (the broker down when that event was to be taken back) is stored
     /// now.
     async fn known(&self, id: &Id) -> Result<bool, Error> {
-        let result =
-            broker::last_message(&self.client, broker::RESULTS_STREAM, &subject::result(id))
-                .await
-                .map_err(|e| self.broker_error(e))?;
-        if result.is_some() {
+        let (result_subject, events_subject) = (subject::result(id), subject::events_of(id));
+        let (result, event) = tokio::join!(
+            broker::last_message(&self.client, broker::RESULTS_STREAM, &result_subject),
+            broker::last_message(&self.client, broker::EVENTS_STREAM, &events_subject),
+        );
+        if result.map_err(|e| self.broker_error(e))?.is_some() {
             return Ok(true);
         }
-        let event =
-            broker::last_message(&self.client, broker::EVENTS_STREAM, &subject::events_of(id))
-                .await
-                .map_err(|e| self.broker_error(e))?;
-        let window = self.broker.tasks.cached_info().config.duplicate_window;
-        match event {
-            Some(e) => {
-                let state = e.headers.get(broker::header::STATE).map(|v| v.as_str());
-                let queued_long_ago = e
-                    .time
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age >= window);
-                let replayed = e.headers.get(broker::header::REPLAY).is_some();
-                match state {
-                    Some("running" | "retrying" | "scheduled") => Ok(true),
-                    _ if queued_long_ago || replayed => Ok(true),
-                    _ => Ok(self.delayed(id).await?.is_some()),
-                }
+        if let Some(e) = event.map_err(|e| self.broker_error(e))? {
+            let window = self.broker.tasks.cached_info().config.duplicate_window;
+            let started_or_delayed = matches!(
+                e.headers.get(broker::header::STATE).map(|v| v.as_str()),
+                Some("running" | "retrying" | "scheduled")
+            );
+            let replayed = e.headers.get(broker::header::REPLAY).is_some();
+            let queued_long_ago = e
+                .time
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= window);
+            if started_or_delayed || replayed || queued_long_ago {
+                return Ok(true);
             }
-            None => Ok(self.delayed(id).await?.is_some()),
         }
+        Ok(self.delayed(id).await?.is_some())
     }
 
     /// Waits until the broker has stored a task sent by [`Self::send`].

@@ -610,6 +610,28 @@ async fn handle(
     // A run cut short (a worker killed mid-task) used its attempt: with none left the task
     // fails for good rather than running again.
     if attempt > max_attempts {
+        // Unless the cut-short run stored its outcome before it died (and missed its ack):
+        // then there is nothing to fail.
+        match has_result(served, &id).await {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = message.ack().await {
+                    tracing::debug!(task = %name, task_id = %id, error = %e, "ack of a finished task failed; it comes back and is acked again");
+                }
+                return;
+            }
+            Err(e) => {
+                put_back(
+                    served,
+                    &message,
+                    &id,
+                    "cannot tell whether the task has a result",
+                    &e,
+                )
+                .await;
+                return;
+            }
+        }
         tracing::warn!(task = %name, task_id = %id, attempt, max_attempts, "its last attempt was cut short; failing it");
         let error = format!(
             "attempt {} of {max_attempts} was cut short (its worker stopped before it ended) and no attempt is left",
@@ -996,8 +1018,24 @@ async fn put_back(
     }
 }
 
+/// The state of the task's stored result (`None`: it has none); an expiry marker, which says
+/// a result ran out, counts as an outcome too.
+async fn stored_outcome(
+    served: &Served,
+    id: &Id,
+) -> Result<Option<String>, async_nats::RequestError> {
+    let found =
+        broker::last_message(&served.client, broker::RESULTS_STREAM, &subject::result(id)).await?;
+    Ok(found.map(|m| {
+        m.headers
+            .get(header::STATE)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default()
+    }))
+}
+
 async fn has_result(served: &Served, id: &Id) -> Result<bool, async_nats::RequestError> {
-    broker::last_message(&served.client, broker::RESULTS_STREAM, &subject::result(id))
+    stored_outcome(served, id)
         .await
         .map(|found| found.is_some())
 }
@@ -1096,17 +1134,12 @@ async fn fail_for_good(
     let body = broker::failure_body(error, retryable);
     let stored = finish(served, message, id, attempt, TaskState::Failed, body, ttl).await;
     if let (Stored::Taken, Some(sequence)) = (stored, letter) {
-        let outcome =
-            broker::last_message(&served.client, broker::RESULTS_STREAM, &subject::result(id))
-                .await;
-        let failed = outcome
-            .as_ref()
+        // Unknown (a failed read) counts as failed: a letter too many is better than none.
+        let failed = stored_outcome(served, id)
+            .await
             .ok()
-            .and_then(Option::as_ref)
-            .is_none_or(|m| {
-                m.headers.get(header::STATE).map(|v| v.as_str())
-                    == Some(broker::state_name(TaskState::Failed))
-            });
+            .flatten()
+            .is_none_or(|state| state == broker::state_name(TaskState::Failed));
         if !failed && let Err(e) = served.broker.dead.delete_message(sequence).await {
             tracing::warn!(task = %served.task.name, task_id = %id, error = %e, "could not take back the dead letter of a task that did not fail");
         }
