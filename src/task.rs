@@ -176,7 +176,7 @@ pub struct Options {
     pub rate_limit: Option<Rate>,
 }
 
-/// A rate limit: at most `count` starts per `per`.
+/// A rate limit: at most `count` starts in any stretch of time `per` long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
     /// Starts allowed per period.
@@ -205,16 +205,10 @@ impl Rate {
         Ok(Self { count, per })
     }
 
-    /// The counting window and the starts allowed in each: one second when the rate allows at
-    /// least one start a second, else the time one start takes.
-    pub fn window(&self) -> (Duration, u32) {
-        let per_ms = self.per.as_millis().max(1) as u64;
-        let window_ms = (per_ms / u64::from(self.count)).max(1000);
-        let allowed = (u64::from(self.count) * window_ms).div_ceil(per_ms).max(1);
-        (
-            Duration::from_millis(window_ms),
-            u32::try_from(allowed).unwrap_or(u32::MAX),
-        )
+    /// How much longer than its period a start stays counted: room for the moment between a
+    /// worker counting a start and running the task (a twentieth of the period, at most 250 ms).
+    pub fn margin(&self) -> Duration {
+        (self.per / 20).min(Duration::from_millis(250))
     }
 }
 
@@ -486,13 +480,14 @@ mod tests {
     }
 
     #[test]
-    fn rates_parse_into_windows() {
+    fn rates_parse_exactly() {
         let r = Rate::parse("10/s").expect("valid");
-        assert_eq!(r.window(), (Duration::from_secs(1), 10));
-        let r = Rate::parse("600/m").expect("valid");
-        assert_eq!(r.window(), (Duration::from_secs(1), 10));
+        assert_eq!((r.count, r.per), (10, Duration::from_secs(1)));
+        assert_eq!(r.margin(), Duration::from_millis(50));
+        let r = Rate::parse("61/m").expect("valid");
+        assert_eq!((r.count, r.per), (61, Duration::from_secs(60)));
+        assert_eq!(r.margin(), Duration::from_millis(250));
         let r = Rate::parse("2/m").expect("valid");
-        assert_eq!(r.window(), (Duration::from_secs(30), 1));
         assert_eq!(r.to_string(), "2/m");
         for bad in ["", "10", "ten/s", "0/s", "10/d"] {
             assert!(Rate::parse(bad).is_err(), "{bad}");

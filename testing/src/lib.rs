@@ -29,6 +29,7 @@ pub use taskwire_cli::stack::{NatsCluster, NatsServer, free_port, terminate};
 
 pub mod chaos;
 pub mod model;
+pub mod runtime;
 pub mod tasks;
 
 /// A gateway serving in this process on a free port.

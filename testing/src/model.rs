@@ -12,8 +12,8 @@
 //! violations in full; the same seed gives the same sequence of operations.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt as _;
 use taskwire::examples::chaos::v1::{FlakyArgs, SleepArgs};
@@ -21,6 +21,7 @@ use taskwire::v1::{self, TaskState};
 use taskwire_client::{Client, SubmitOptions};
 use tokio::process::Child;
 
+use crate::runtime::{Run, Runtime, read_runs};
 use crate::{Gateway, NatsServer};
 
 const SLEEP: &str = "examples.chaos.v1.Chaos/Sleep";
@@ -33,16 +34,6 @@ const LIMITED_CONCURRENCY: usize = 5;
 const CANCEL_TOLERANCE: Duration = Duration::from_secs(2);
 /// Clock reads of two processes on one machine.
 const CLOCK_TOLERANCE: Duration = Duration::from_millis(10);
-
-/// Which worker runtime the model drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Runtime {
-    /// `taskwire-test-worker`.
-    Rust,
-    /// `clients/python/examples/worker.py` (with `TASKWIRE_PYTHON`).
-    Python,
-}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -139,14 +130,6 @@ struct Task {
     submitted_at: SystemTime,
 }
 
-/// One run a worker logged.
-#[derive(Debug, Clone)]
-struct Run {
-    attempt: u32,
-    start: SystemTime,
-    end: Option<SystemTime>,
-}
-
 /// The system under test.
 struct System {
     nats: NatsServer,
@@ -207,30 +190,7 @@ impl System {
             ("TASKWIRE_CONCURRENCY", "16"),
             ("TASKWIRE_LOG", "error"),
         ];
-        let child = match self.runtime {
-            Runtime::Rust => crate::worker_process(&self.nats.url(), &env)?,
-            Runtime::Python => {
-                let python =
-                    std::env::var("TASKWIRE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-                let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-                let python_dir = root.join("clients/python");
-                let path = format!(
-                    "{}:{}",
-                    python_dir.display(),
-                    python_dir.join("tests/gen").display()
-                );
-                tokio::process::Command::new(python)
-                    .arg(python_dir.join("examples/worker.py"))
-                    .env("TASKWIRE_PY_LOG", "ERROR")
-                    .env("TASKWIRE_NATS_URL", self.nats.url())
-                    .env("PYTHONPATH", path)
-                    .envs(env.iter().copied())
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()?
-            }
-        };
+        let child = crate::runtime::worker(self.runtime, &self.nats.url(), &env)?;
         self.workers.push(child);
         Ok(())
     }
@@ -628,48 +588,6 @@ async fn dead_letter_counts(client: &Client) -> anyhow::Result<HashMap<String, u
 }
 
 /// The runs the workers logged, by task id, in order of start.
-fn read_runs(path: &Path) -> anyhow::Result<HashMap<String, Vec<Run>>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e.into()),
-    };
-    let mut runs: HashMap<String, Vec<Run>> = HashMap::new();
-    let at = |micros: &str| -> Option<SystemTime> {
-        Some(UNIX_EPOCH + Duration::from_micros(micros.parse().ok()?))
-    };
-    let mut lines: Vec<(SystemTime, &str, &str, u32)> = text
-        .lines()
-        .filter_map(|line| {
-            let mut parts = line.split(' ');
-            let (event, id, attempt, time) =
-                (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-            Some((at(time)?, event, id, attempt.parse().ok()?))
-        })
-        .collect();
-    lines.sort_by_key(|(time, ..)| *time);
-    for (time, event, id, attempt) in lines {
-        let list = runs.entry(id.to_owned()).or_default();
-        match event {
-            "start" => list.push(Run {
-                attempt,
-                start: time,
-                end: None,
-            }),
-            _ => {
-                if let Some(run) = list
-                    .iter_mut()
-                    .rev()
-                    .find(|r| r.attempt == attempt && r.end.is_none())
-                {
-                    run.end = Some(time);
-                }
-            }
-        }
-    }
-    Ok(runs)
-}
-
 fn check(
     task: &Task,
     last: Option<&TaskState>,

@@ -1,7 +1,7 @@
 //! Cluster-wide limits: a concurrency limit is never exceeded however many workers run, a rate
 //! limit paces starts across workers, and the Admin API overrides both at run time.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use taskwire::examples::chaos::v1::SleepArgs;
 use taskwire::v1;
@@ -69,8 +69,7 @@ async fn a_concurrency_limit_holds_across_three_workers_and_can_be_overridden() 
         )
         .await?;
     assert!(set.overridden);
-    // Idle workers wait on their queue holding the slots they took before the override, for
-    // one idle pull (1 s) at most; after that every start counts against the new limit.
+    // Workers learn the override from their watch of the limits bucket.
     tokio::time::sleep(Duration::from_secs(2)).await;
     run_limited(&chaos, "overridden-", 20).await?;
     let most = tasks::max_overlap("overridden-");
@@ -124,25 +123,20 @@ async fn a_rate_limit_paces_starts_across_workers() -> anyhow::Result<()> {
     starts.sort();
     assert_eq!(starts.len(), 60);
     let span = starts[59].duration_since(starts[0])?;
-    let mut per_second = std::collections::BTreeMap::<u64, usize>::new();
-    for t in &starts {
-        *per_second
-            .entry(t.duration_since(UNIX_EPOCH)?.as_secs())
-            .or_default() += 1;
-    }
-    let busiest = per_second.values().copied().max().unwrap_or_default();
     println!(
-        "rate observed: {:.1}/s over {span:?}, busiest second {busiest} (limit 20/s)",
+        "rate observed: {:.1}/s over {span:?} (limit 20/s)",
         59.0 / span.as_secs_f64()
     );
-    // Unpaced, sixty 1 ms tasks on thirty slots take a few tens of milliseconds. Paced, they
-    // need three windows; a window's starts are granted when a worker pulls, and each start
-    // then waits for the worker's look for a stored outcome, so the first window's may start
-    // a little late and the span be somewhat under the two seconds between three windows'
-    // grants.
-    assert!(span >= Duration::from_millis(500), "{span:?}");
-    // Starts follow the broker's windows; a second of wall clock may see the end of one window
-    // and the start of the next.
-    assert!(busiest <= 40, "{per_second:?}");
+    // Any 21 starts in a row span at least a second, less the moments between counting a
+    // start and running its task: no second window's worth at a window's edge.
+    let closest = starts
+        .windows(21)
+        .map(|w| w[20].duration_since(w[0]).unwrap_or_default())
+        .min()
+        .unwrap_or_default();
+    assert!(
+        closest >= Duration::from_millis(900),
+        "21 starts within {closest:?}"
+    );
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The model test, short: random operations against a real system with each worker runtime,
 //! checked against the guarantees. `make model` runs it at full size.
 
-use taskwire_testing::model::{self, Config, Runtime};
+use taskwire_testing::model::{self, Config};
+use taskwire_testing::runtime::Runtime;
 
 /// One model at a time: each starts its own servers and processes.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

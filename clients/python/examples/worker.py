@@ -81,6 +81,14 @@ async def limited(args, ctx):
     return chaos_pb2.SleepResult(label=args.label, attempt=ctx.attempt)
 
 
+@chaos.paced.handler
+async def paced(args, ctx):
+    # At most 20 of these start a second across all workers (rate_limit in the proto).
+    with logged_run(ctx):
+        await asyncio.sleep(args.millis / 1000)
+    return chaos_pb2.SleepResult(label=args.label, attempt=ctx.attempt)
+
+
 @chaos.flaky.handler
 def flaky(args, ctx):  # a plain function runs in a thread
     with logged_run(ctx):

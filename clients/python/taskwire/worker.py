@@ -31,6 +31,7 @@ Needs `nats-py` (`pip install "taskwire[worker]"`).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import inspect
 import json
 import logging
@@ -202,13 +203,11 @@ class Rate:
             raise ValueError(f'{task + ": " if task else ""}{text!r} is not a rate such as "10/s", "600/m" or "5/h"')
         return cls(int(count), float(periods[unit.strip()]))
 
-    def window(self) -> "tuple[int, int]":
-        """The counting window in milliseconds and the starts allowed in each (as the Rust
-        runtime counts them: one-second windows, or longer for rates under one a second)."""
-        per_ms = int(self.per * 1000)
-        window_ms = max(per_ms // self.count, 1000)
-        allowed = max(-(-(self.count * window_ms) // per_ms), 1)
-        return window_ms, allowed
+    def margin(self) -> float:
+        """How much longer than its period a start stays counted, in seconds: room for the
+        moment between counting a start and running the task (a twentieth of the period, at
+        most 250 ms)."""
+        return min(self.per / 20, 0.25)
 
 
 _UNIT_NANOS = {}
@@ -675,7 +674,7 @@ class Worker:
                 cancels = await self._watch_cancels()
                 background.append(asyncio.ensure_future(self._heartbeats(served)))
                 background.append(cancels)
-                self._limits = _Limits(self._js, self.id)
+                self._limits = _Limits(self._js, self._nc, self.id)
                 background.append(await self._limits.start())
                 # Consumers first: a worker that cannot bind them fails at start, not silently later.
                 levels = {task.name: await self._consumers(task) for task in served}
@@ -959,6 +958,7 @@ class Worker:
         mine: set = set()
         freed = asyncio.Event()
         round_no = 0
+        idle = True
         while not self._stop.is_set():
             try:
                 if len(mine) >= limit:
@@ -968,7 +968,11 @@ class Worker:
                     for w in waits:
                         w.cancel()
                     continue
-                grant = await self._limits.acquire(task, limit - len(mine), self._stop)
+                # An idle worker waits for one task first, and asks the limits when it is in hand.
+                if idle and self._limits.limited(task):
+                    grant = self._limits.deferred(task)
+                else:
+                    grant = await self._limits.acquire(task, limit - len(mine), self._stop)
                 if grant is None:
                     break
                 try:
@@ -982,7 +986,8 @@ class Worker:
                         started += await self._start_some(task, msgs, grant.allowed - started, grant, mine, freed)
                     if started == 0 and not self._stop.is_set():
                         msgs = await self._fetch(levels["normal"], grant.allowed, IDLE_WAIT)
-                        await self._start_some(task, msgs, grant.allowed, grant, mine, freed)
+                        started += await self._start_some(task, msgs, grant.allowed, grant, mine, freed)
+                    idle = started == 0
                 finally:
                     await asyncio.shield(grant.close())
             except Exception:
@@ -1001,9 +1006,18 @@ class Worker:
         """Starts up to `room` of `msgs` (a fetch may hand over more than it asked for) and
         releases the rest, or all of them when the worker is stopping."""
         started = 0
-        for msg in msgs:
+        for n, msg in enumerate(msgs):
             if started < room and not self._stop.is_set():
-                self._start(task, msg, mine, freed, grant.take())
+                slot = await grant.take(min(room - started, len(msgs) - n) - 1)
+                if isinstance(slot, float):
+                    # The rate allows no start now: back to the queue until it does, unstarted.
+                    try:
+                        await msg.nak(delay=slot)
+                    except Exception:
+                        pass
+                    started += 1
+                    continue
+                self._start(task, msg, mine, freed, slot)
                 started += 1
             else:
                 await _release(msg)
@@ -1505,15 +1519,22 @@ async def _follow_bucket(js: Any, bucket: str, put: Callable[[str, bytes], None]
 
 class _Limits:
     """Cluster-wide limits (docs/protocol.md, step 1 of what a worker does): concurrency slots in
-    TASKWIRE_SLOTS, starts per window in TASKWIRE_RATES, overrides from TASKWIRE_LIMITS."""
+    TASKWIRE_SLOTS, counted starts in TASKWIRE_RATES, overrides from TASKWIRE_LIMITS."""
 
     SLOT_REFRESH = 5.0
     SLOT_RETRY = 0.1
+    TROUBLE = 0.2
+    # How long the worker trusts its reading of the broker's clock.
+    CLOCK_FOR = 60.0
+    # Most items a start log keeps.
+    MAX_ENTRIES = 64
 
-    def __init__(self, js: Any, owner: str):
+    def __init__(self, js: Any, nc: Any, owner: str):
         self._js = js
+        self._nc = nc
         self._owner = owner.encode()
         self._overrides: Dict[str, tasks_pb2.TaskLimits] = {}
+        self._clock: Optional["tuple[float, int]"] = None
         self.slots = None
         self.rates = None
 
@@ -1539,35 +1560,52 @@ class _Limits:
             rate = None
         return override.max_concurrency, rate
 
+    def limited(self, task: "Task") -> bool:
+        concurrency, rate = self.effective(task)
+        return bool(concurrency) or rate is not None
+
     async def acquire(self, task: "Task", want: int, stop: asyncio.Event) -> Optional["_Grant"]:
         """Waits until at least one of `want` tasks may start; None when stopping first."""
         while not stop.is_set():
-            concurrency, rate = self.effective(task)
-            if not concurrency and rate is None:
-                return _Grant(want, [], None)
-            allowed, slots, tokens, wait = want, [], None, self.SLOT_RETRY
-            if concurrency:
-                slots = await self._take_slots(task, concurrency, allowed)
-                allowed = len(slots)
-            if allowed and rate is not None:
-                taken = await self._take_tokens(task, rate, allowed)
-                if isinstance(taken, float):
-                    allowed, wait = 0, taken
-                else:
-                    tokens = taken
-                    allowed = taken[1]
-                    for extra in slots[allowed:]:
-                        await extra.free()
-                    slots = slots[:allowed]
-            if allowed:
-                return _Grant(allowed, slots, tokens, self)
-            for slot in slots:
-                await slot.free()
+            got = await self.try_acquire(task, want)
+            if isinstance(got, _Grant):
+                return got
             try:
-                await asyncio.wait_for(stop.wait(), wait)
+                await asyncio.wait_for(stop.wait(), got)
             except asyncio.TimeoutError:
                 pass
         return None
+
+    async def try_acquire(self, task: "Task", want: int) -> "_Grant | float":
+        """A grant for what the limits allow now of `want` starts, or the seconds to wait."""
+        concurrency, rate = self.effective(task)
+        if not concurrency and rate is None:
+            return _Grant(want, [])
+        allowed, slots = want, []
+        if concurrency:
+            slots = await self._take_slots(task, concurrency, allowed)
+            allowed = len(slots)
+            if not allowed:
+                return self.SLOT_RETRY
+        key = None
+        if rate is not None:
+            # Only a look: starts are counted when the tasks are in hand.
+            key = f"{token(task.name)}.starts"
+            room = await self.room(key, rate, allowed)
+            if isinstance(room, float):
+                for slot in slots:
+                    await slot.free()
+                return room
+            allowed = room
+            for extra in slots[allowed:]:
+                await extra.free()
+            slots = slots[:allowed]
+        return _Grant(allowed, slots, self, key, rate)
+
+    def deferred(self, task: "Task") -> "_Grant":
+        """A grant that takes its slot and start only when a task is in hand: an idle worker
+        waits for tasks without taking and freeing slots in a loop."""
+        return _Grant(1, [], self, deferred=task)
 
     async def _take_slots(self, task: "Task", limit: int, want: int) -> List["_Slot"]:
         start = now_micros() % limit
@@ -1586,48 +1624,152 @@ class _Limits:
             slots.append(_Slot(self, key, revision))
         return slots
 
-    async def _take_tokens(self, task: "Task", rate: Rate, want: int):
-        """(key, taken) counted in the current window, or the seconds to the next window."""
-        window_ms, allowed = rate.window()
+    # ---- the start log of a rate (docs/protocol.md) ------------------------------------------
+
+    async def _broker_now(self) -> Optional[int]:
+        """A lower bound of the broker's time now in µs: its stamp on an answer plus the time
+        elapsed here since the answer arrived."""
+        if self._clock is not None and time.monotonic() - self._clock[0] < self.CLOCK_FOR:
+            return self._clock[1] + int((time.monotonic() - self._clock[0]) * 1e6)
+        try:
+            reply = await self._nc.request("$JS.API.STREAM.INFO.KV_TASKWIRE_RATES", b"", timeout=5)
+            micros = _rfc3339_micros(json.loads(reply.data)["ts"])
+        except Exception as e:
+            log.warning("cannot read the broker's clock: %s", e)
+            return None
+        self._clock = (time.monotonic(), micros)
+        return micros
+
+    async def _read_log(self, key: str):
+        """(items, revision or None) of a start log, every start included."""
+        subject = f"$KV.TASKWIRE_RATES.{key}"
+        reply = await self._nc.request(f"$JS.API.DIRECT.GET.KV_TASKWIRE_RATES.{subject}", b"", timeout=5)
+        headers = reply.headers or {}
+        status = headers.get("Status")
+        if status == "404":
+            return [], None, 0
+        if status is not None:
+            raise RuntimeError(f"status {status} {headers.get('Description', '')}")
+        revision = int(headers["Nats-Sequence"])
+        stamped = _rfc3339_micros(headers["Nats-Time-Stamp"])
+        if headers.get("KV-Operation") in ("DEL", "PURGE"):
+            return [], revision, stamped
+        try:
+            log_ = json.loads(reply.data)
+            items = [(int(t), int(c), int(r)) for t, c, r in log_.get("earlier", [])]
+            if int(log_.get("taken", 0)) > 0:
+                items.append((stamped, int(log_["taken"]), revision))
+        except (ValueError, TypeError, KeyError) as e:
+            log.warning("the start log %s does not parse (%s); counting afresh", key, e)
+            items = []
+        return items, revision, stamped
+
+    async def _window(self, key: str, rate: Rate):
+        """(items still counted, revision, seconds until the oldest leaves), or the seconds to
+        wait on trouble."""
+        try:
+            items, revision, stamped = await self._read_log(key)
+        except Exception as e:
+            log.warning("cannot read the start log %s: %s", key, e)
+            return self.TROUBLE
+        now = await self._broker_now()
+        if now is None:
+            return self.TROUBLE
+        now = max(now, stamped)
+        counted_for = int((rate.per + rate.margin()) * 1e6)
+        items = [i for i in items if i[0] + counted_for > now]
+        leaves_in = min((i[0] + counted_for - now for i in items), default=0) / 1e6
+        return items, revision, leaves_in
+
+    async def room(self, key: str, rate: Rate, want: int) -> "int | float":
+        """How many of `want` starts the log has room for now, or the seconds to wait."""
+        window = await self._window(key, rate)
+        if isinstance(window, float):
+            return window
+        items, _, leaves_in = window
+        room = rate.count - sum(i[1] for i in items)
+        if room <= 0:
+            return max(leaves_in, 0.01)
+        return min(room, want)
+
+    async def take_tokens(self, key: str, rate: Rate, want: int) -> "_Tokens | float":
+        """Counts up to `want` starts, or says how many seconds to wait."""
         for _ in range(20):
-            now_ms = time.time_ns() // 1_000_000
-            index = now_ms // window_ms
-            until_next = ((index + 1) * window_ms - now_ms) / 1000
-            key = f"{token(task.name)}.{index}"
+            window = await self._window(key, rate)
+            if isinstance(window, float):
+                return window
+            items, revision, leaves_in = window
+            counted = sum(i[1] for i in items)
+            if counted >= rate.count:
+                return max(leaves_in, 0.01)
+            taken = min(rate.count - counted, want)
+            value = json.dumps({"taken": taken, "earlier": [list(i) for i in self._merged(items)]}, separators=(",", ":")).encode()
             try:
-                entry = await self.rates.get(key)
-            except nats.js.errors.KeyNotFoundError:
-                entry = None
-            except Exception as e:
-                log.warning("%s: cannot read the rate window: %s", task.name, e)
-                return 0.2
-            try:
-                counted = int(entry.value) if entry is not None and entry.value else 0
-            except ValueError:
-                counted = 0
-            if counted >= allowed:
-                return until_next
-            taken = min(allowed - counted, want)
-            value = str(counted + taken).encode()
-            try:
-                if entry is None:
-                    await self.rates.create(key, value)
+                if revision is None:
+                    written = await self.rates.create(key, value)
                 else:
-                    await self.rates.update(key, value, last=entry.revision)
-                return key, taken
-            except Exception:
+                    written = await self.rates.update(key, value, last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
                 continue  # another worker counted in between: read again
+            except Exception as e:
+                log.warning("cannot count rate-limited starts in %s: %s", key, e)
+                return self.TROUBLE
+            return _Tokens(key, written, taken)
         return 0.05
 
-    async def give_back(self, key: str, unused: int) -> None:
+    def _merged(self, items: list) -> list:
+        items = sorted(items)
+        while len(items) > self.MAX_ENTRIES:
+            closest = min(range(len(items) - 1), key=lambda i: items[i + 1][0] - items[i][0])
+            earlier = items.pop(closest)
+            t, c, r = items[closest]
+            items[closest] = (t, c + earlier[1], r)
+        return items
+
+    async def give_back(self, tokens: "_Tokens") -> None:
+        """Gives back starts that were counted and not used."""
+        if tokens.left <= 0:
+            return
         for _ in range(5):
             try:
-                entry = await self.rates.get(key)
-                counted = int(entry.value or b"0")
-                await self.rates.update(key, str(max(counted - unused, 0)).encode(), last=entry.revision)
+                entry = await self.rates.get(tokens.key)
+                log_ = json.loads(entry.value)
+                if entry.revision == tokens.revision:
+                    log_["taken"] = max(int(log_.get("taken", 0)) - tokens.left, 0)
+                else:
+                    earlier = log_.get("earlier", [])
+                    ours = [i for i in earlier if i[2] == tokens.revision]
+                    if not ours:
+                        return  # merged with later starts or out of the window
+                    ours[0][1] = max(ours[0][1] - tokens.left, 0)
+                    log_["earlier"] = [i for i in earlier if i[1] > 0]
+                await self.rates.update(tokens.key, json.dumps(log_, separators=(",", ":")).encode(), last=entry.revision)
                 return
             except Exception:
                 continue
+
+
+@dataclass
+class _Tokens:
+    """Starts this worker counted and has not used yet."""
+
+    key: str
+    revision: int
+    left: int
+    taken_at: float = field(default_factory=time.monotonic)
+
+
+def _rfc3339_micros(text: str) -> int:
+    """µs since the epoch of a time as NATS writes it (`2026-11-29T20:47:35.536041599Z`)."""
+    base, _, rest = text.partition(".")
+    if rest:
+        digits = "".join(ch for ch in rest if ch.isdigit())
+        zone = rest[len(digits):]
+    else:
+        base, digits, zone = text[:19], "", text[19:]
+    zone = "+00:00" if zone in ("Z", "z", "") else zone
+    seconds = datetime.datetime.fromisoformat(base + zone).timestamp()
+    return int(seconds) * 1_000_000 + int((digits + "000000")[:6])
 
 
 class _Slot:
@@ -1681,15 +1823,35 @@ class _Slot:
 class _Grant:
     """Leave to start some tasks in one pull round."""
 
-    def __init__(self, allowed: int, slots: List[_Slot], tokens, limits: Optional[_Limits] = None):
+    def __init__(self, allowed: int, slots: List[_Slot], limits: Optional[_Limits] = None, key: Optional[str] = None, rate: Optional[Rate] = None, deferred: Optional["Task"] = None):
         self.allowed = allowed
         self._slots = slots
-        self._tokens = tokens
         self._limits = limits
-        self._used = 0
+        self._key = key
+        self._rate = rate
+        self._deferred = deferred
+        self._tokens: Optional[_Tokens] = None
 
-    def take(self) -> Optional[_Slot]:
-        self._used += 1
+    async def take(self, more: int) -> "Optional[_Slot] | float":
+        """One start for a task in hand (`more` more are in hand after it): the slot to hold
+        while it runs (None without a concurrency limit), or the seconds to wait when the limits
+        allow no start now (another worker counted first)."""
+        if self._deferred is not None and self._limits is not None:
+            got = await self._limits.try_acquire(self._deferred, 1)
+            if not isinstance(got, _Grant):
+                return got
+            self.allowed, self._slots, self._key, self._rate, self._deferred = got.allowed, got._slots, got._key, got._rate, None
+        if self._rate is not None and self._limits is not None and self._key is not None:
+            tokens = self._tokens
+            if tokens is None or tokens.left <= 0 or time.monotonic() - tokens.taken_at >= self._rate.margin() / 2:
+                if tokens is not None:
+                    self._tokens = None
+                    await self._limits.give_back(tokens)
+                got_tokens = await self._limits.take_tokens(self._key, self._rate, min(more + 1, self.allowed))
+                if not isinstance(got_tokens, _Tokens):
+                    return got_tokens
+                self._tokens = got_tokens
+            self._tokens.left -= 1
         return self._slots.pop() if self._slots else None
 
     async def close(self) -> None:
@@ -1697,9 +1859,8 @@ class _Grant:
             await slot.free()
         self._slots = []
         if self._tokens is not None and self._limits is not None:
-            key, taken = self._tokens
-            if taken > self._used:
-                await self._limits.give_back(key, taken - self._used)
+            tokens, self._tokens = self._tokens, None
+            await self._limits.give_back(tokens)
 
 
 class _Running:

@@ -35,6 +35,7 @@
 mod cancels;
 mod limits;
 mod metrics;
+mod rates;
 mod run;
 
 use std::future::Future;

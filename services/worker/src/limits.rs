@@ -4,13 +4,13 @@
 //! A concurrency limit of N is N slot keys in the `TASKWIRE_SLOTS` bucket (`<task>.0` to
 //! `<task>.N-1`): a worker takes a free slot before it pulls a task, holds it while the task runs
 //! (refreshing it), and deletes it after. The bucket forgets a slot that is not refreshed, so a
-//! dead worker's slots come free by themselves. A rate limit counts starts per window in the
-//! `TASKWIRE_RATES` bucket with compare-and-set updates. Limits declared in a task's proto can be
+//! dead worker's slots come free by themselves. A rate limit counts starts in the `TASKWIRE_RATES`
+//! bucket (see [`crate::rates`]). Limits declared in a task's proto can be
 //! overridden through the Admin API (`TASKWIRE_LIMITS`), which every worker watches.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use taskwire::v1;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
+use crate::rates::{self, BrokerClock, Tokens};
 
 /// How often a held slot is refreshed: well within its lease.
 const REFRESH: Duration = Duration::from_secs(5);
@@ -38,6 +39,7 @@ pub(crate) struct Limits {
     broker: Broker,
     /// Written into the slots this worker holds.
     owner: Bytes,
+    clock: BrokerClock,
 }
 
 impl std::fmt::Debug for Limits {
@@ -53,6 +55,7 @@ impl Limits {
             overrides: Mutex::new(HashMap::new()),
             owner: Bytes::from(uuid::Uuid::now_v7().to_string()),
             broker,
+            clock: BrokerClock::default(),
         });
         let failed = |e: &dyn std::fmt::Display| Error::Limits(e.to_string());
         let store = limits.broker.limits.clone();
@@ -117,6 +120,11 @@ impl Limits {
         }
     }
 
+    /// Whether the task type has a limit in force.
+    pub(crate) fn limited(&self, task: &TaskType) -> bool {
+        self.effective(task) != (None, None)
+    }
+
     /// Waits until at least one of `want` tasks may start, and takes what the limits allow.
     /// `None` when `stop` fires first.
     pub(crate) async fn acquire(
@@ -126,48 +134,78 @@ impl Limits {
         stop: &CancellationToken,
     ) -> Option<Grant> {
         loop {
-            let (concurrency, rate) = self.effective(task);
-            if concurrency.is_none() && rate.is_none() {
-                return Some(Grant::unlimited(want));
-            }
-            let mut allowed = want;
-            let mut slots = Vec::new();
-            let mut wait = SLOT_RETRY;
-            if let Some(limit) = concurrency {
-                slots = self.take_slots(task, limit, allowed).await;
-                allowed = slots.len();
-            }
-            let mut tokens = None;
-            if allowed > 0
-                && let Some(rate) = rate
-            {
-                match self.take_tokens(task, rate, allowed).await {
-                    Ok(taken) => {
-                        allowed = taken.taken as usize;
-                        slots.truncate(allowed);
-                        tokens = Some(taken);
-                    }
-                    Err(next_window) => {
-                        allowed = 0;
-                        wait = next_window;
-                    }
-                }
-            }
-            if allowed > 0 {
-                return Some(Grant {
-                    allowed,
-                    slots,
-                    tokens,
-                    used: 0,
-                    limits: Some(Arc::clone(self)),
-                });
-            }
-            drop(slots);
+            let wait = match self.try_acquire(task, want).await {
+                Ok(grant) => return Some(grant),
+                Err(wait) => wait,
+            };
             tokio::select! {
                 () = stop.cancelled() => return None,
                 () = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// A grant for whatever the limits allow now of `want` starts; `Err` with how long to wait
+    /// when they allow none.
+    async fn try_acquire(
+        self: &Arc<Self>,
+        task: &TaskType,
+        want: usize,
+    ) -> Result<Grant, Duration> {
+        let (concurrency, rate) = self.effective(task);
+        if concurrency.is_none() && rate.is_none() {
+            return Ok(Grant::unlimited(want));
+        }
+        let mut allowed = want;
+        let mut slots = Vec::new();
+        if let Some(limit) = concurrency {
+            slots = self.take_slots(task, limit, allowed).await;
+            allowed = slots.len();
+            if allowed == 0 {
+                return Err(SLOT_RETRY);
+            }
+        }
+        let mut counted = None;
+        if let Some(rate) = rate {
+            // Only a look: starts are counted when the tasks are in hand.
+            let key = format!("{}.starts", task.name.token());
+            allowed = self.room(&key, rate, allowed).await?;
+            slots.truncate(allowed);
+            counted = Some(Counted {
+                key,
+                rate,
+                tokens: None,
+            });
+        }
+        Ok(Grant {
+            allowed,
+            slots,
+            counted,
+            limits: Some(Arc::clone(self)),
+            deferred: None,
+        })
+    }
+
+    /// A grant that takes its slot and start only when a task is in hand: an idle worker waits
+    /// for tasks without taking and freeing slots in a loop.
+    pub(crate) fn deferred(self: &Arc<Self>, task: &TaskType) -> Grant {
+        Grant {
+            allowed: 1,
+            slots: Vec::new(),
+            counted: None,
+            limits: Some(Arc::clone(self)),
+            deferred: Some(task.clone()),
+        }
+    }
+
+    async fn room(&self, key: &str, rate: Rate, want: usize) -> Result<usize, Duration> {
+        let b = &self.broker;
+        rates::room(&b.rates, &self.clock, &b.jetstream, key, rate, want).await
+    }
+
+    async fn take_tokens(&self, key: &str, rate: Rate, want: usize) -> Result<Tokens, Duration> {
+        let b = &self.broker;
+        rates::take(&b.rates, &self.clock, &b.jetstream, key, rate, want).await
     }
 
     /// Takes up to `want` free slots of the `limit` the task type has.
@@ -191,78 +229,23 @@ impl Limits {
         }
         slots
     }
-
-    /// Counts up to `want` starts in the current window of `rate`. `Err` with the time to the
-    /// next window when this one is used up.
-    async fn take_tokens(
-        &self,
-        task: &TaskType,
-        rate: Rate,
-        want: usize,
-    ) -> Result<Tokens, Duration> {
-        let (window, allowed) = rate.window();
-        let window_ms = window.as_millis().max(1) as u64;
-        for _ in 0..20 {
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or_default();
-            let index = now_ms / window_ms;
-            let until_next = Duration::from_millis((index + 1) * window_ms - now_ms);
-            let key = format!("{}.{index}", task.name.token());
-            let entry = match self.broker.rates.entry(&key).await {
-                Ok(entry) => entry.filter(|e| e.operation == kv::Operation::Put),
-                Err(e) => {
-                    tracing::warn!(task = %task.name, error = %e, "cannot read the rate window");
-                    return Err(Duration::from_millis(200));
-                }
-            };
-            let counted = entry
-                .as_ref()
-                .and_then(|e| std::str::from_utf8(&e.value).ok()?.parse::<u32>().ok())
-                .unwrap_or(0);
-            if counted >= allowed {
-                return Err(until_next);
-            }
-            let taken = (allowed - counted).min(u32::try_from(want).unwrap_or(u32::MAX));
-            let value = Bytes::from((counted + taken).to_string());
-            let stored = match &entry {
-                Some(e) => self
-                    .broker
-                    .rates
-                    .update(&key, value, e.revision)
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => self
-                    .broker
-                    .rates
-                    .create(&key, value)
-                    .await
-                    .map_err(|e| e.to_string()),
-            };
-            match stored {
-                Ok(_) => {
-                    return Ok(Tokens {
-                        key,
-                        taken,
-                        store: self.broker.rates.clone(),
-                    });
-                }
-                // Another worker counted in between: read again.
-                Err(_) => continue,
-            }
-        }
-        Err(Duration::from_millis(50))
-    }
 }
 
 /// Leave to start some tasks: what the limits allowed in one pull round.
 pub(crate) struct Grant {
     allowed: usize,
     slots: Vec<Slot>,
-    tokens: Option<Tokens>,
-    used: usize,
+    counted: Option<Counted>,
     limits: Option<Arc<Limits>>,
+    /// The task type of a grant that asks the limits when a task is in hand.
+    deferred: Option<TaskType>,
+}
+
+/// The rate a grant counts starts against, and the starts it counted and has not used.
+struct Counted {
+    key: String,
+    rate: Rate,
+    tokens: Option<Tokens>,
 }
 
 impl Grant {
@@ -270,9 +253,9 @@ impl Grant {
         Self {
             allowed: want,
             slots: Vec::new(),
-            tokens: None,
-            used: 0,
+            counted: None,
             limits: None,
+            deferred: None,
         }
     }
 
@@ -281,54 +264,46 @@ impl Grant {
         self.allowed
     }
 
-    /// Uses one start; the slot (when the type has a concurrency limit) must be held until the
-    /// task ends.
-    pub(crate) fn take(&mut self) -> Option<Slot> {
-        self.used += 1;
-        self.slots.pop()
+    /// Uses one start for a task in hand, `more` more being likely to follow at once; the slot
+    /// (when the type has a concurrency limit) must be held until the task ends. With a rate
+    /// limit the start is counted now; `Err` with how long to wait when the rate allows no start
+    /// (another worker counted first).
+    pub(crate) async fn take(&mut self, more: usize) -> Result<Option<Slot>, Duration> {
+        if let (Some(task), Some(limits)) = (self.deferred.clone(), self.limits.clone()) {
+            *self = limits.try_acquire(&task, 1).await?;
+        }
+        if let (Some(counted), Some(limits)) = (&mut self.counted, &self.limits) {
+            // Counted starts are used within half the rate's margin, so that a start and its
+            // count are moments apart.
+            let fresh = counted.rate.margin() / 2;
+            let usable = counted
+                .tokens
+                .as_ref()
+                .is_some_and(|t| t.left > 0 && t.taken_at.elapsed() < fresh);
+            if !usable {
+                if let Some(stale) = counted.tokens.take() {
+                    rates::give_back(&limits.broker.rates, stale).await;
+                }
+                let want = (more + 1).min(self.allowed);
+                counted.tokens = Some(limits.take_tokens(&counted.key, counted.rate, want).await?);
+            }
+            if let Some(tokens) = &mut counted.tokens {
+                tokens.left -= 1;
+            }
+        }
+        Ok(self.slots.pop())
     }
 }
 
 impl Drop for Grant {
     fn drop(&mut self) {
         // Unused slots are dropped (freed) with the grant; unused starts are given back.
-        let Some(tokens) = self.tokens.take() else {
+        let (Some(counted), Some(limits)) = (&mut self.counted, &self.limits) else {
             return;
         };
-        let unused = (tokens.taken as usize).saturating_sub(self.used);
-        if unused == 0 || self.limits.is_none() {
-            return;
-        }
-        tokio::spawn(async move { tokens.give_back(unused as u32).await });
-    }
-}
-
-/// Starts counted in a rate window.
-struct Tokens {
-    key: String,
-    taken: u32,
-    store: kv::Store,
-}
-
-impl Tokens {
-    async fn give_back(self, unused: u32) {
-        for _ in 0..5 {
-            let Ok(Some(entry)) = self.store.entry(&self.key).await else {
-                return;
-            };
-            let counted = std::str::from_utf8(&entry.value)
-                .ok()
-                .and_then(|v| v.parse::<u32>().ok())
-                .unwrap_or(0);
-            let value = Bytes::from(counted.saturating_sub(unused).to_string());
-            if self
-                .store
-                .update(&self.key, value, entry.revision)
-                .await
-                .is_ok()
-            {
-                return;
-            }
+        if let Some(tokens) = counted.tokens.take().filter(|t| t.left > 0) {
+            let store = limits.broker.rates.clone();
+            tokio::spawn(async move { rates::give_back(&store, tokens).await });
         }
     }
 }

@@ -307,6 +307,7 @@ async fn pull_loop(
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut quiet_until = [Instant::now(); 3];
     let mut round: u64 = 0;
+    let mut idle = true;
     loop {
         let first = tokio::select! {
             () = stop.cancelled() => return,
@@ -323,13 +324,22 @@ async fn pull_loop(
         {
             reserved.merge(extra);
         }
-        // Cluster-wide limits: take slots and starts for as many as may run.
-        let Some(mut grant) = served
-            .limits
-            .acquire(&served.task, reserved.num_permits(), &stop)
-            .await
-        else {
-            return;
+        // Cluster-wide limits: take slots and starts for as many as may run. An idle worker
+        // waits for one task first, and asks the limits when it is in hand.
+        let mut grant = if idle && served.limits.limited(&served.task) {
+            if let Some(one) = reserved.split(1) {
+                reserved = one;
+            }
+            served.limits.deferred(&served.task)
+        } else {
+            match served
+                .limits
+                .acquire(&served.task, reserved.num_permits(), &stop)
+                .await
+            {
+                Some(grant) => grant,
+                None => return,
+            }
         };
         if grant.allowed() < reserved.num_permits()
             && let Some(keep) = reserved.split(grant.allowed())
@@ -403,6 +413,7 @@ async fn pull_loop(
                 () = tokio::time::sleep(Duration::from_secs(1)) => continue,
             }
         }
+        idle = started == 0;
         if started > 0 {
             // Unused slots return to the pool; the next round looks again at once.
             continue;
@@ -445,6 +456,7 @@ async fn pull_loop(
             };
             match next {
                 Some(Ok(message)) => {
+                    idle = false;
                     start(&served, &tracker, &mut reserved, &mut grant, message).await;
                 }
                 Some(Err(e)) => {
@@ -472,7 +484,15 @@ async fn start(
         return;
     };
     // Held until the task is done, like the local slot.
-    let cluster_slot: Option<Slot> = grant.take();
+    let cluster_slot: Option<Slot> = match grant.take(reserved.num_permits()).await {
+        Ok(slot) => slot,
+        Err(wait) => {
+            // The rate allows no start now (another worker counted first): back to the queue
+            // until it does, unstarted, so no attempt is used.
+            let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+            return;
+        }
+    };
     let slot_lost = cluster_slot.as_ref().map(Slot::lost);
     let served = Arc::clone(served);
     tracker.spawn(async move {

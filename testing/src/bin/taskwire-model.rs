@@ -9,7 +9,8 @@
 
 use std::process::ExitCode;
 
-use taskwire_testing::model::{Config, Runtime};
+use taskwire_testing::model::Config;
+use taskwire_testing::runtime::Runtime;
 
 fn usage(problem: &str) -> ExitCode {
     eprintln!(

@@ -1,0 +1,104 @@
+//! The worker runtimes under test, as real processes, and the run log they keep.
+//!
+//! Both test workers (the Rust `taskwire-test-worker` and the Python
+//! `clients/python/examples/worker.py`) serve the magic and chaos services, and with
+//! `TASKWIRE_RUN_LOG` set append a line `start|end <task id> <attempt> <µs since the epoch>
+//! <pid>` for every run of a handler.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::process::Child;
+
+/// A worker runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// `taskwire-test-worker`.
+    Rust,
+    /// `clients/python/examples/worker.py` (with `TASKWIRE_PYTHON`).
+    Python,
+}
+
+/// A test worker of `runtime` as a real process, killed when dropped. `env` adds to or
+/// overrides `TASKWIRE_NATS_URL` and a quiet log.
+pub fn worker(runtime: Runtime, nats_url: &str, env: &[(&str, &str)]) -> anyhow::Result<Child> {
+    match runtime {
+        Runtime::Rust => crate::worker_process(nats_url, env),
+        Runtime::Python => {
+            let python = std::env::var("TASKWIRE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let python_dir = root.join("clients/python");
+            let path = format!(
+                "{}:{}",
+                python_dir.display(),
+                python_dir.join("tests/gen").display()
+            );
+            Ok(tokio::process::Command::new(python)
+                .arg(python_dir.join("examples/worker.py"))
+                .env("TASKWIRE_PY_LOG", "ERROR")
+                .env("TASKWIRE_NATS_URL", nats_url)
+                .env("PYTHONPATH", path)
+                .envs(env.iter().copied())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?)
+        }
+    }
+}
+
+/// One run a worker logged.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The attempt the run was.
+    pub attempt: u32,
+    /// When the handler started.
+    pub start: SystemTime,
+    /// When it ended, if it did.
+    pub end: Option<SystemTime>,
+}
+
+/// The runs in a run log, by task id, in the order they started.
+pub fn read_runs(path: &Path) -> anyhow::Result<HashMap<String, Vec<Run>>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut runs: HashMap<String, Vec<Run>> = HashMap::new();
+    let at = |micros: &str| -> Option<SystemTime> {
+        Some(UNIX_EPOCH + Duration::from_micros(micros.parse().ok()?))
+    };
+    let mut lines: Vec<(SystemTime, &str, &str, u32)> = text
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split(' ');
+            let (event, id, attempt, time) =
+                (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            Some((at(time)?, event, id, attempt.parse().ok()?))
+        })
+        .collect();
+    lines.sort_by_key(|(time, ..)| *time);
+    for (time, event, id, attempt) in lines {
+        let list = runs.entry(id.to_owned()).or_default();
+        match event {
+            "start" => list.push(Run {
+                attempt,
+                start: time,
+                end: None,
+            }),
+            _ => {
+                if let Some(run) = list
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.attempt == attempt && r.end.is_none())
+                {
+                    run.end = Some(time);
+                }
+            }
+        }
+    }
+    Ok(runs)
+}

@@ -1,0 +1,405 @@
+//! The worker conformance suite: what docs/protocol.md asks of a worker runtime, as tests that
+//! every runtime passes. Each scenario runs against real worker processes of the Rust runtime
+//! (`taskwire-test-worker`) and of the Python runtime (`clients/python/examples/worker.py`),
+//! with a real nats-server and gateway, and reads what ran from the workers' run log.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use taskwire::examples::chaos::v1::{FlakyArgs, SleepArgs};
+use taskwire::v1::{self, TaskState};
+use taskwire_client::{Client, SubmitOptions};
+use taskwire_testing::runtime::{self, Run, Runtime};
+use taskwire_testing::{Gateway, NatsServer};
+use tokio::process::Child;
+
+const SLEEP: &str = "examples.chaos.v1.Chaos/Sleep";
+const FLAKY: &str = "examples.chaos.v1.Chaos/Flaky";
+const LIMITED: &str = "examples.chaos.v1.Chaos/Limited";
+const PACED: &str = "examples.chaos.v1.Chaos/Paced";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// nats-server, a gateway, a client, and workers of one runtime sharing a run log.
+struct System {
+    nats: NatsServer,
+    _gateway: Gateway,
+    client: Client,
+    runtime: Runtime,
+    workers: Vec<Child>,
+    run_log: PathBuf,
+    _temp: tempfile::TempDir,
+}
+
+impl System {
+    async fn start(runtime: Runtime, workers: usize) -> anyhow::Result<Self> {
+        let temp = tempfile::tempdir()?;
+        let nats = NatsServer::start_temporary().await?;
+        let gateway = Gateway::start(&nats.url()).await?;
+        let client = Client::connect(gateway.url()).await?;
+        let mut system = Self {
+            run_log: temp.path().join("runs.log"),
+            nats,
+            _gateway: gateway,
+            client,
+            runtime,
+            workers: Vec::new(),
+            _temp: temp,
+        };
+        for _ in 0..workers {
+            system.start_worker()?;
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let known = system.client.task_types().await.unwrap_or_default();
+            if [SLEEP, FLAKY, LIMITED, PACED]
+                .iter()
+                .all(|t| known.iter().any(|k| k.name == *t))
+            {
+                return Ok(system);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the workers did not register");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn start_worker(&mut self) -> anyhow::Result<()> {
+        let log = self.run_log.display().to_string();
+        let env = [
+            ("TASKWIRE_RUN_LOG", log.as_str()),
+            ("TASKWIRE_CONCURRENCY", "25"),
+            ("TASKWIRE_LOG", "error"),
+        ];
+        self.workers
+            .push(runtime::worker(self.runtime, &self.nats.url(), &env)?);
+        Ok(())
+    }
+
+    fn runs(&self) -> anyhow::Result<HashMap<String, Vec<Run>>> {
+        runtime::read_runs(&self.run_log)
+    }
+
+    /// Every start in the run log, in order.
+    fn starts(&self) -> anyhow::Result<Vec<SystemTime>> {
+        let mut starts: Vec<_> = self
+            .runs()?
+            .into_values()
+            .flatten()
+            .map(|r| r.start)
+            .collect();
+        starts.sort();
+        Ok(starts)
+    }
+
+    async fn submit(
+        &self,
+        task: &str,
+        args: &impl prost::Message,
+        options: SubmitOptions,
+    ) -> anyhow::Result<v1::SubmitResponse> {
+        Ok(self
+            .client
+            .submit_raw(
+                task,
+                v1::submit_request::Args::ArgsProto(args.encode_to_vec()),
+                options,
+            )
+            .await?)
+    }
+
+    async fn last_sequence(&self, stream: &str) -> anyhow::Result<u64> {
+        let js = async_nats::jetstream::new(async_nats::connect(self.nats.url()).await?);
+        Ok(js
+            .get_stream(stream)
+            .await?
+            .info()
+            .await?
+            .state
+            .last_sequence)
+    }
+}
+
+fn sleep(millis: u64, label: &str) -> SleepArgs {
+    SleepArgs {
+        millis,
+        label: label.into(),
+    }
+}
+
+/// Both runtimes run each scenario.
+macro_rules! conformance {
+    ($($scenario:ident),* $(,)?) => {
+        mod rust {
+            $(
+                #[tokio::test]
+                async fn $scenario() -> anyhow::Result<()> {
+                    super::$scenario(super::Runtime::Rust).await
+                }
+            )*
+        }
+        mod python {
+            $(
+                #[tokio::test]
+                async fn $scenario() -> anyhow::Result<()> {
+                    super::$scenario(super::Runtime::Python).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    a_rate_limit_is_exact,
+    idle_workers_write_no_slots_and_count_no_starts,
+    a_concurrency_limit_holds_across_workers,
+    attempts_count_runs_up_to_the_dead_letter,
+    a_delayed_task_that_fails_for_good_is_dead_lettered_once,
+    a_cancelled_delayed_task_never_runs,
+    a_known_key_runs_once,
+);
+
+/// `61/m` is 61 starts in any minute across four workers, by the broker's clock: not rounded up
+/// to a per-second pace, and no second burst at the edge of a minute.
+async fn a_rate_limit_is_exact(runtime: Runtime) -> anyhow::Result<()> {
+    let system = System::start(runtime, 4).await?;
+    system
+        .client
+        .set_task_limits(
+            PACED,
+            Some(v1::TaskLimits {
+                max_concurrency: 0,
+                rate_limit: "61/m".into(),
+            }),
+        )
+        .await?;
+    // Workers learn the override from their watch of the limits bucket.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..130 {
+        system
+            .submit(
+                PACED,
+                &sleep(1, &format!("exact-{i}")),
+                SubmitOptions::default(),
+            )
+            .await?;
+    }
+    // Past the first minute: the second minute's starts have begun.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while system.starts()?.len() < 70 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let starts = system.starts()?;
+    anyhow::ensure!(starts.len() >= 70, "only {} started", starts.len());
+    let minute = Duration::from_secs(60);
+    let first_minute = starts
+        .iter()
+        .filter(|t| t.duration_since(starts[0]).unwrap_or_default() < minute)
+        .count();
+    let closest = starts
+        .windows(62)
+        .map(|w| w[61].duration_since(w[0]).unwrap_or_default())
+        .min()
+        .unwrap_or_default();
+    println!(
+        "{runtime:?} 61/m: {first_minute} in the first minute; any 62 starts span {closest:?} at least"
+    );
+    assert_eq!(first_minute, 61, "the first minute's starts");
+    assert!(closest >= minute, "62 starts within {closest:?}");
+    Ok(())
+}
+
+/// Idle workers of task types with a concurrency and a rate limit wait for tasks without
+/// taking slots or counting starts: neither bucket sees a write while nothing runs, and a task
+/// submitted afterwards still runs.
+async fn idle_workers_write_no_slots_and_count_no_starts(runtime: Runtime) -> anyhow::Result<()> {
+    let system = System::start(runtime, 2).await?;
+    let mut ids = Vec::new();
+    for (i, task) in [LIMITED, PACED, LIMITED, PACED].iter().enumerate() {
+        ids.push(
+            system
+                .submit(
+                    task,
+                    &sleep(10, &format!("busy-{i}")),
+                    SubmitOptions::default(),
+                )
+                .await?
+                .task_id,
+        );
+    }
+    for id in &ids {
+        system.client.wait(id, WAIT, false).await?;
+    }
+    // Freed slots and given-back starts are written just after the results.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = (
+        system.last_sequence("KV_TASKWIRE_SLOTS").await?,
+        system.last_sequence("KV_TASKWIRE_RATES").await?,
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = (
+        system.last_sequence("KV_TASKWIRE_SLOTS").await?,
+        system.last_sequence("KV_TASKWIRE_RATES").await?,
+    );
+    println!("{runtime:?}: slot and start-log writes while idle: {before:?} -> {after:?}");
+    assert_eq!(before, after, "idle workers wrote to the limit buckets");
+    let late = system
+        .submit(LIMITED, &sleep(10, "late"), SubmitOptions::default())
+        .await?;
+    let info = system.client.wait(&late.task_id, WAIT, false).await?;
+    assert_eq!(info.state(), TaskState::Succeeded);
+    Ok(())
+}
+
+/// `max_concurrency: 5` holds across three workers of 25 slots each.
+async fn a_concurrency_limit_holds_across_workers(runtime: Runtime) -> anyhow::Result<()> {
+    let system = System::start(runtime, 3).await?;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let args = sleep(200, &format!("limited-{i}"));
+        ids.push(
+            system
+                .submit(LIMITED, &args, SubmitOptions::default())
+                .await?
+                .task_id,
+        );
+    }
+    for id in &ids {
+        system.client.wait(id, WAIT, false).await?;
+    }
+    let runs: Vec<Run> = system.runs()?.into_values().flatten().collect();
+    let mut changes: Vec<(SystemTime, i32)> = runs
+        .iter()
+        .flat_map(|r| [(r.start, 1), (r.end.unwrap_or(r.start), -1)])
+        .collect();
+    changes.sort_by_key(|&(t, d)| (t, d));
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in changes {
+        now += d;
+        most = most.max(now);
+    }
+    println!("{runtime:?}: at most {most} of Limited ran at once (limit 5)");
+    assert_eq!(runs.len(), 30);
+    assert!(most <= 5, "{most} ran at once");
+    assert!(most >= 2, "the workers ran tasks side by side: {most}");
+    Ok(())
+}
+
+/// A task that always fails retryably runs exactly `max_attempts` times, as attempts 1, 2 and
+/// 3, and then is failed with one dead letter saying so.
+async fn attempts_count_runs_up_to_the_dead_letter(runtime: Runtime) -> anyhow::Result<()> {
+    let system = System::start(runtime, 2).await?;
+    let args = FlakyArgs {
+        succeed_on_attempt: 0,
+        permanent: false,
+        ..Default::default()
+    };
+    let id = system
+        .submit(FLAKY, &args, SubmitOptions::default())
+        .await?
+        .task_id;
+    let info = system.client.wait(&id, WAIT, false).await?;
+    assert_eq!(info.state(), TaskState::Failed);
+    let attempts: Vec<u32> = system
+        .runs()?
+        .remove(&id)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    let letters = system.client.dead_letters(FLAKY, 100).await?;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        (letters[0].reason.as_str(), letters[0].attempt),
+        ("exhausted", 3)
+    );
+    Ok(())
+}
+
+/// A delayed task (fired by a message schedule) that fails for good is failed, dead-lettered
+/// once, and not run again.
+async fn a_delayed_task_that_fails_for_good_is_dead_lettered_once(
+    runtime: Runtime,
+) -> anyhow::Result<()> {
+    let system = System::start(runtime, 2).await?;
+    let args = FlakyArgs {
+        succeed_on_attempt: 0,
+        permanent: true,
+        ..Default::default()
+    };
+    let options = SubmitOptions {
+        countdown: Some(Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let id = system.submit(FLAKY, &args, options).await?.task_id;
+    let info = system.client.wait(&id, WAIT, false).await?;
+    assert_eq!(info.state(), TaskState::Failed);
+    // Time for a wrong redelivery to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let runs = system.runs()?.remove(&id).unwrap_or_default();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let letters = system.client.dead_letters(FLAKY, 100).await?;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].reason, "permanent");
+    Ok(())
+}
+
+/// A delayed task cancelled before it is due never runs, and stays cancelled.
+async fn a_cancelled_delayed_task_never_runs(runtime: Runtime) -> anyhow::Result<()> {
+    let system = System::start(runtime, 2).await?;
+    let options = SubmitOptions {
+        countdown: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let id = system
+        .submit(SLEEP, &sleep(10, "cancelled"), options)
+        .await?
+        .task_id;
+    system.client.cancel(&id).await?;
+    // A control task submitted after it, due at the same time, shows the workers ran what was
+    // due.
+    let options = SubmitOptions {
+        countdown: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let control = system
+        .submit(SLEEP, &sleep(10, "control"), options)
+        .await?
+        .task_id;
+    system.client.wait(&control, WAIT, false).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let runs = system.runs()?;
+    assert!(!runs.contains_key(&id), "the cancelled task ran");
+    assert_eq!(
+        system.client.get(&id, false).await?.state(),
+        TaskState::Cancelled
+    );
+    Ok(())
+}
+
+/// A resubmitted key answers the task it named, whether queued or finished, and the task runs
+/// once.
+async fn a_known_key_runs_once(runtime: Runtime) -> anyhow::Result<()> {
+    let system = System::start(runtime, 2).await?;
+    let keyed = || SubmitOptions {
+        idempotency_key: Some("conformance-key".into()),
+        ..Default::default()
+    };
+    let first = system.submit(SLEEP, &sleep(300, "keyed"), keyed()).await?;
+    let again = system.submit(SLEEP, &sleep(300, "keyed"), keyed()).await?;
+    assert_eq!(
+        (again.task_id.as_str(), again.duplicate),
+        (first.task_id.as_str(), true)
+    );
+    system.client.wait(&first.task_id, WAIT, false).await?;
+    let after = system.submit(SLEEP, &sleep(300, "keyed"), keyed()).await?;
+    assert_eq!(
+        (after.task_id.as_str(), after.duplicate),
+        (first.task_id.as_str(), true)
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let runs = system.runs()?;
+    assert_eq!(runs.get(&first.task_id).map(Vec::len), Some(1));
+    assert_eq!(runs.len(), 1, "{:?}", runs.keys());
+    Ok(())
+}
