@@ -847,8 +847,22 @@ impl NatsAuth {
 /// The permission errors NATS reported on a connection. A request whose subject the user may
 /// not publish to, or whose reply it may not receive, only times out; what NATS refused says
 /// what to fix.
-#[derive(Clone, Debug, Default)]
-pub struct Refusals(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+/// It also counts the connection's (re)connects, so that followers of buckets can read them
+/// again at once after a broker restart.
+#[derive(Clone, Debug)]
+pub struct Refusals(
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+);
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Self(
+            std::sync::Arc::default(),
+            std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+        )
+    }
+}
 
 /// Most permission errors a connection remembers.
 const MAX_REFUSALS: usize = 16;
@@ -860,6 +874,9 @@ impl Refusals {
         options.event_callback(move |event| {
             let seen = seen.clone();
             async move {
+                if let async_nats::Event::Connected = &event {
+                    seen.1.send_modify(|n| *n += 1);
+                }
                 if let async_nats::Event::ServerError(e) = &event {
                     let text = e.to_string();
                     if text.to_lowercase().contains("permissions violation") {
@@ -872,6 +889,11 @@ impl Refusals {
                 }
             }
         })
+    }
+
+    /// Changes on every (re)connect of the connection from now on.
+    pub fn connects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.1.subscribe()
     }
 
     /// What NATS refused, with what to change; `None` when it refused nothing.

@@ -38,6 +38,8 @@ extern crate self as taskwire;
 pub mod broker;
 mod context;
 mod error;
+#[cfg(feature = "broker")]
+pub mod follow;
 pub mod propagation;
 pub use taskwire_schema as schema;
 pub mod service;

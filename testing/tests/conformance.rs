@@ -55,11 +55,30 @@ impl System {
             if [SLEEP, FLAKY, LIMITED, PACED]
                 .iter()
                 .all(|t| known.iter().any(|k| k.name == *t))
+                && system.pulling().await >= workers
             {
                 return Ok(system);
             }
             anyhow::ensure!(Instant::now() < deadline, "the workers did not register");
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// How many pull requests wait on Sleep's normal queue: each worker that is up keeps one
+    /// there while it is idle.
+    async fn pulling(&self) -> usize {
+        let Ok(client) = async_nats::connect(self.nats.url()).await else {
+            return 0;
+        };
+        let js = async_nats::jetstream::new(client);
+        let Ok(stream) = js.get_stream("TASKWIRE_TASKS").await else {
+            return 0;
+        };
+        let consumer: Result<async_nats::jetstream::consumer::PullConsumer, _> =
+            stream.get_consumer("examples-chaos-v1-Chaos-Sleep").await;
+        match consumer {
+            Ok(mut consumer) => consumer.info().await.map_or(0, |i| i.num_waiting as usize),
+            Err(_) => 0,
         }
     }
 
@@ -156,6 +175,7 @@ conformance!(
     a_delayed_task_that_fails_for_good_is_dead_lettered_once,
     a_cancelled_delayed_task_never_runs,
     a_known_key_runs_once,
+    limits_set_after_a_broker_restart_are_followed,
 );
 
 /// `61/m` is 61 starts in any minute across four workers, by the broker's clock: not rounded up
@@ -267,16 +287,7 @@ async fn a_concurrency_limit_holds_across_workers(runtime: Runtime) -> anyhow::R
         system.client.wait(id, WAIT, false).await?;
     }
     let runs: Vec<Run> = system.runs()?.into_values().flatten().collect();
-    let mut changes: Vec<(SystemTime, i32)> = runs
-        .iter()
-        .flat_map(|r| [(r.start, 1), (r.end.unwrap_or(r.start), -1)])
-        .collect();
-    changes.sort_by_key(|&(t, d)| (t, d));
-    let (mut now, mut most) = (0, 0);
-    for (_, d) in changes {
-        now += d;
-        most = most.max(now);
-    }
+    let most = most_at_once(&runs);
     println!("{runtime:?}: at most {most} of Limited ran at once (limit 5)");
     assert_eq!(runs.len(), 30);
     assert!(most <= 5, "{most} ran at once");
@@ -402,4 +413,76 @@ async fn a_known_key_runs_once(runtime: Runtime) -> anyhow::Result<()> {
     assert_eq!(runs.get(&first.task_id).map(Vec::len), Some(1));
     assert_eq!(runs.len(), 1, "{:?}", runs.keys());
     Ok(())
+}
+
+/// After a nats-server restart, workers still follow the limits bucket: an override set then
+/// holds.
+async fn limits_set_after_a_broker_restart_are_followed(runtime: Runtime) -> anyhow::Result<()> {
+    let mut system = System::start(runtime, 2).await?;
+    system.nats.restart().await?;
+    // The gateway is back when it takes a task, the workers when it runs.
+    let deadline = Instant::now() + WAIT;
+    let back = loop {
+        match system
+            .submit(SLEEP, &sleep(1, "back"), SubmitOptions::default())
+            .await
+        {
+            Ok(back) => break back,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    system.client.wait(&back.task_id, WAIT, false).await?;
+    system
+        .client
+        .set_task_limits(
+            LIMITED,
+            Some(v1::TaskLimits {
+                max_concurrency: 1,
+                rate_limit: String::new(),
+            }),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let args = sleep(200, &format!("after-restart-{i}"));
+        ids.push(
+            system
+                .submit(LIMITED, &args, SubmitOptions::default())
+                .await?
+                .task_id,
+        );
+    }
+    for id in &ids {
+        system.client.wait(id, WAIT, false).await?;
+    }
+    let runs: Vec<Run> = system
+        .runs()?
+        .into_iter()
+        .filter(|(id, _)| ids.contains(id))
+        .flat_map(|(_, runs)| runs)
+        .collect();
+    let most = most_at_once(&runs);
+    println!("{runtime:?}: at most {most} of Limited at once after the restart (override 1)");
+    assert_eq!(runs.len(), 6);
+    assert_eq!(most, 1);
+    Ok(())
+}
+
+/// The most runs that overlapped.
+fn most_at_once(runs: &[Run]) -> i32 {
+    let mut changes: Vec<(SystemTime, i32)> = runs
+        .iter()
+        .flat_map(|r| [(r.start, 1), (r.end.unwrap_or(r.start), -1)])
+        .collect();
+    changes.sort_by_key(|&(t, d)| (t, d));
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in changes {
+        now += d;
+        most = most.max(now);
+    }
+    most
 }

@@ -618,6 +618,40 @@ async fn a_gateway_learns_a_task_type_registered_after_a_broker_restart() -> any
     Ok(())
 }
 
+/// The registry's bucket deleted under a running gateway (its watch can only end) and created
+/// again by a worker that starts later: the gateway reads the bucket again and learns the type.
+#[tokio::test]
+async fn a_gateway_follows_the_registry_again_after_its_watch_ends() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let first = Worker::start(&nats.url(), |w| w.serve(tasks::chaos())).await?;
+    eventually("the gateway to learn Chaos", WAIT, || async {
+        client
+            .task_types()
+            .await
+            .is_ok_and(|t| t.iter().any(|t| t.name == SLEEP))
+    })
+    .await?;
+    first.stop().await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    js.delete_stream("KV_TASKWIRE_REGISTRY").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _second = Worker::start(&nats.url(), |w| w.serve(tasks::magic())).await?;
+    eventually(
+        "the gateway to learn Magic from the new bucket",
+        WAIT,
+        || async {
+            client
+                .task_types()
+                .await
+                .is_ok_and(|t| t.iter().any(|t| t.name == "examples.magic.v1.Magic/Add"))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn waiters_are_told_only_what_the_results_stream_stored() -> anyhow::Result<()> {
     let nats = NatsServer::start_temporary().await?;

@@ -509,6 +509,7 @@ class Worker:
         self._nc = None
         self._js = None
         self._limits: Optional[_Limits] = None
+        self._reconnected: List[asyncio.Event] = []
         self._http: Optional[asyncio.AbstractServer] = None
 
     @property
@@ -630,12 +631,17 @@ class Worker:
             elif "permissions violation" in str(error).lower():
                 denied.append(str(error))
 
+        async def on_reconnect() -> None:
+            for event in self._reconnected:
+                event.set()
+
         connecting = asyncio.ensure_future(
             nats.connect(
                 _servers(self.nats_url, tls="tls" in self.connect_options),
                 name=f"taskwire-python-worker {self.id}",
                 max_reconnect_attempts=-1,
                 error_cb=on_error,
+                reconnected_cb=on_reconnect,
                 **self.connect_options,
             )
         )
@@ -675,7 +681,7 @@ class Worker:
                 background.append(asyncio.ensure_future(self._heartbeats(served)))
                 background.append(cancels)
                 self._limits = _Limits(self._js, self._nc, self.id)
-                background.append(await self._limits.start())
+                background.append(await self._limits.start(self._reconnect_event()))
                 # Consumers first: a worker that cannot bind them fails at start, not silently later.
                 levels = {task.name: await self._consumers(task) for task in served}
             except Exception as e:
@@ -710,6 +716,12 @@ class Worker:
             # Everything taken was acked or released; a drain would wait on the pull
             # subscriptions' queues, which fetch does not mark done.
             await self._nc.close()
+
+    def _reconnect_event(self) -> asyncio.Event:
+        """An event set whenever the connection to NATS comes back."""
+        event = asyncio.Event()
+        self._reconnected.append(event)
+        return event
 
     def stop(self) -> None:
         """Begins a graceful stop."""
@@ -923,7 +935,12 @@ class Worker:
                     running.cancel_requested()
 
         return await _follow_bucket(
-            self._js, "TASKWIRE_CANCELLED", put, lambda key: self._cancelled_ids.pop(key, None)
+            self._js,
+            "TASKWIRE_CANCELLED",
+            put,
+            lambda key: self._cancelled_ids.pop(key, None),
+            lambda: list(self._cancelled_ids),
+            self._reconnect_event(),
         )
 
     async def _heartbeats(self, served: List[Task]) -> None:
@@ -1488,21 +1505,76 @@ class Worker:
             return await self._store(f"taskwire.results.{task_id}", headers, body)
 
 
-async def _follow_bucket(js: Any, bucket: str, put: Callable[[str, bytes], None], delete: Callable[[str], Any]) -> asyncio.Task:
+async def _follow_bucket(
+    js: Any,
+    bucket: str,
+    put: Callable[[str, bytes], None],
+    delete: Callable[[str], Any],
+    keys: Callable[[], Any],
+    reconnected: asyncio.Event,
+) -> asyncio.Task:
     """Applies a KV bucket's entries, then its changes, in the background; returns once the
     entries there now are applied, so that nothing starts on a partial view (a follower that
-    ends before that raises)."""
-    watcher = await (await js.key_value(bucket)).watchall()
+    ends before that raises). When the watch ends or fails later, the bucket is read again in
+    full (keys held that it no longer has are deleted), so the view never stays stale; also at
+    once when `reconnected` is set."""
     loaded = asyncio.Event()
 
-    async def follow() -> None:
+    async def follow_once() -> None:
+        watcher = await (await js.key_value(bucket)).watchall()
+        try:
+            await read(watcher)
+        finally:
+            try:
+                await watcher.stop()
+            except Exception:
+                pass
+
+    async def read(watcher: Any) -> None:
+        seen: set = set()
+        initial = True
         async for entry in watcher:
             if entry is None:
+                if initial:
+                    for key in set(keys()) - seen:
+                        delete(key)
+                    initial = False
                 loaded.set()
             elif entry.operation in ("DEL", "PURGE"):
                 delete(entry.key)
             else:
+                if initial:
+                    seen.add(entry.key)
                 put(entry.key, entry.value)
+
+    async def follow() -> None:
+        delay = 0.1
+        while True:
+            try:
+                reconnected.clear()
+                once = asyncio.ensure_future(follow_once())
+                again = asyncio.ensure_future(reconnected.wait())
+                await asyncio.wait([once, again], return_when=asyncio.FIRST_COMPLETED)
+                again.cancel()
+                if not once.done():
+                    # Back from a broker restart: read it all again now, rather than when the
+                    # watch notices its consumer is gone.
+                    once.cancel()
+                    await asyncio.gather(once, return_exceptions=True)
+                    log.info("reconnected; reading %s again", bucket)
+                    continue
+                once.result()
+                if not loaded.is_set():
+                    raise RuntimeError(f"the watch of {bucket} ended before its entries were read")
+                log.warning("the watch of %s ended; reading it again", bucket)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if not loaded.is_set():
+                    raise
+                log.warning("the watch of %s failed (%s); reading it again", bucket, e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     follower = asyncio.ensure_future(follow())
     waited = asyncio.ensure_future(loaded.wait())
@@ -1511,7 +1583,6 @@ async def _follow_bucket(js: Any, bucket: str, put: Callable[[str, bytes], None]
         if follower in done and not loaded.is_set():
             waited.cancel()
             follower.result()  # raises what ended it
-            raise RuntimeError(f"the watch of {bucket} ended before its entries were read")
         if not done:
             log.warning("still reading the entries of %s; no task starts before they are all read", bucket)
     return follower
@@ -1528,6 +1599,8 @@ class _Limits:
     CLOCK_FOR = 60.0
     # Most items a start log keeps.
     MAX_ENTRIES = 64
+    # Longest wait before looking at a full start log again (starts given back free room).
+    LOOK_AGAIN = 1.0
 
     def __init__(self, js: Any, nc: Any, owner: str):
         self._js = js
@@ -1538,7 +1611,7 @@ class _Limits:
         self.slots = None
         self.rates = None
 
-    async def start(self) -> asyncio.Task:
+    async def start(self, reconnected: asyncio.Event) -> asyncio.Task:
         self.slots = await self._js.key_value("TASKWIRE_SLOTS")
         self.rates = await self._js.key_value("TASKWIRE_RATES")
 
@@ -1548,7 +1621,14 @@ class _Limits:
             except DecodeError:
                 log.warning("task limits of %s do not decode; ignored", key)
 
-        return await _follow_bucket(self._js, "TASKWIRE_LIMITS", put, lambda key: self._overrides.pop(key, None))
+        return await _follow_bucket(
+            self._js,
+            "TASKWIRE_LIMITS",
+            put,
+            lambda key: self._overrides.pop(key, None),
+            lambda: list(self._overrides),
+            reconnected,
+        )
 
     def effective(self, task: "Task") -> "tuple[int, Optional[Rate]]":
         override = self._overrides.get(token(task.name))
@@ -1689,7 +1769,7 @@ class _Limits:
         items, _, leaves_in = window
         room = rate.count - sum(i[1] for i in items)
         if room <= 0:
-            return max(leaves_in, 0.01)
+            return min(max(leaves_in, 0.01), self.LOOK_AGAIN)
         return min(room, want)
 
     async def take_tokens(self, key: str, rate: Rate, want: int) -> "_Tokens | float":
@@ -1701,7 +1781,7 @@ class _Limits:
             items, revision, leaves_in = window
             counted = sum(i[1] for i in items)
             if counted >= rate.count:
-                return max(leaves_in, 0.01)
+                return min(max(leaves_in, 0.01), self.LOOK_AGAIN)
             taken = min(rate.count - counted, want)
             value = json.dumps({"taken": taken, "earlier": [list(i) for i in self._merged(items)]}, separators=(",", ":")).encode()
             try:
@@ -1730,7 +1810,10 @@ class _Limits:
         """Gives back starts that were counted and not used."""
         if tokens.left <= 0:
             return
-        for _ in range(5):
+        for tries in range(20):
+            if tries:
+                # Others count at the same moment: step aside for a moment.
+                await asyncio.sleep(random.random() * 0.005)
             try:
                 entry = await self.rates.get(tokens.key)
                 log_ = json.loads(entry.value)

@@ -280,7 +280,14 @@ pub async fn serve(
             None
         }
     };
-    let registry = Registry::start(broker.registry.clone(), schemas, fixed, stop.clone()).await?;
+    let registry = Registry::start(
+        broker.registry.clone(),
+        schemas,
+        fixed,
+        stop.clone(),
+        refusals.connects(),
+    )
+    .await?;
     let waiters = waiters::Waiters::start(&client, stop.clone()).await?;
     let gateway = Arc::new(Gateway {
         client,

@@ -10,7 +10,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_nats::jetstream::kv;
-use futures::StreamExt as _;
 use prost::Message as _;
 use taskwire::task::{Name, TaskType};
 use taskwire::v1;
@@ -34,12 +33,24 @@ pub struct Registry {
 /// A task's name, a producer's fingerprint and the workers'.
 type VerdictKey = (String, String, String);
 
-/// First and longest wait before following the registry again after its watch ended.
-const RESTART_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
-const RESTART_MAX: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Verdicts kept before the cache starts again.
 const MAX_VERDICTS: usize = 4096;
+
+impl taskwire::follow::Follower for Registry {
+    /// Learns every task type in the bucket. Types are never forgotten: those from descriptor
+    /// sets stay, and a worker's entry outlives it.
+    fn reset(self: &Arc<Self>, entries: Vec<kv::Entry>) {
+        for entry in entries {
+            taskwire::follow::Follower::apply(self, &entry);
+        }
+    }
+
+    fn apply(self: &Arc<Self>, entry: &kv::Entry) {
+        if entry.operation == kv::Operation::Put {
+            self.learn(&entry.value);
+        }
+    }
+}
 
 impl Registry {
     /// Loads the bucket and keeps following it until `shutdown`.
@@ -48,6 +59,7 @@ impl Registry {
         schemas: Option<kv::Store>,
         fixed: Vec<TaskType>,
         shutdown: tokio_util::sync::CancellationToken,
+        connects: tokio::sync::watch::Receiver<u64>,
     ) -> Result<Arc<Self>, Error> {
         let registry = Arc::new(Self {
             store,
@@ -61,83 +73,13 @@ impl Registry {
             recorded: Mutex::new(HashSet::new()),
             verdicts: Mutex::new(HashMap::new()),
         });
-        let watch = registry.follow().await?;
-        let weak = Arc::downgrade(&registry);
-        tokio::spawn(async move {
-            let mut watch = Some(watch);
-            let mut delay = RESTART_FIRST;
-            loop {
-                let Some(mut current) = watch.take() else {
-                    // The watch ended (a NATS restart, a lost consumer): follow again, so that
-                    // task types registered from now on are still learned.
-                    let Some(registry) = weak.upgrade() else {
-                        return;
-                    };
-                    match registry.follow().await {
-                        Ok(again) => {
-                            tracing::info!("following the task registry again");
-                            watch = Some(again);
-                            delay = RESTART_FIRST;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, ?delay, "cannot follow the task registry; trying again");
-                            tokio::select! {
-                                () = shutdown.cancelled() => return,
-                                () = tokio::time::sleep(delay) => {}
-                            }
-                            delay = (delay * 2).min(RESTART_MAX);
-                        }
-                    }
-                    continue;
-                };
-                loop {
-                    let entry = tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        entry = current.next() => entry,
-                    };
-                    let Some(registry) = weak.upgrade() else {
-                        return;
-                    };
-                    match entry {
-                        Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
-                            registry.apply(&entry.value);
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => tracing::warn!(error = %e, "task registry watch failed"),
-                        None => {
-                            tracing::warn!("the task registry watch ended; following it again");
-                            break;
-                        }
-                    }
-                }
-            }
-        });
+        taskwire::follow::follow(registry.store.clone(), &registry, shutdown, connects)
+            .await
+            .map_err(|e| Error::Broker(e.to_string()))?;
         Ok(registry)
     }
 
-    /// Watches the bucket, then loads what it holds: an update in between is applied twice,
-    /// never missed.
-    async fn follow(self: &Arc<Self>) -> Result<kv::Watch, Error> {
-        let watch = self
-            .store
-            .watch_all()
-            .await
-            .map_err(|e| Error::Broker(format!("cannot watch the task registry: {e}")))?;
-        let mut keys = self
-            .store
-            .keys()
-            .await
-            .map_err(|e| Error::Broker(format!("cannot list the task registry: {e}")))?;
-        while let Some(key) = keys.next().await {
-            let Ok(key) = key else { continue };
-            if let Ok(Some(value)) = self.store.get(key).await {
-                self.apply(&value);
-            }
-        }
-        Ok(watch)
-    }
-
-    fn apply(self: &Arc<Self>, value: &[u8]) -> Option<Arc<TaskType>> {
+    fn learn(self: &Arc<Self>, value: &[u8]) -> Option<Arc<TaskType>> {
         let entry = match v1::TaskType::decode(value) {
             Ok(entry) => entry,
             Err(e) => {
@@ -300,7 +242,7 @@ impl Registry {
         }
         match self.store.get(name.token()).await {
             Ok(Some(value)) => self
-                .apply(&value)
+                .learn(&value)
                 .ok_or_else(|| Error::UnknownTask(name.to_string())),
             Ok(None) => Err(Error::UnknownTask(name.to_string())),
             Err(e) => Err(Error::BrokerDown(e.to_string())),

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
-use futures::StreamExt as _;
 use taskwire::task::Id;
 use tokio_util::sync::CancellationToken;
 
@@ -29,77 +28,38 @@ impl Cancels {
         store: kv::Store,
         keep: Duration,
         stop: CancellationToken,
+        connects: tokio::sync::watch::Receiver<u64>,
     ) -> Result<Arc<Self>, Error> {
         let cancels = Arc::new(Self {
             cancelled: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             keep,
         });
-        let watch = cancels.load(&store).await?;
-        let weak = Arc::downgrade(&cancels);
-        tokio::spawn(async move {
-            let mut watch = Some(watch);
-            loop {
-                let Some(mut entries) = watch.take() else {
-                    return;
-                };
-                loop {
-                    let entry = tokio::select! {
-                        () = stop.cancelled() => return,
-                        entry = entries.next() => entry,
-                    };
-                    let Some(cancels) = weak.upgrade() else {
-                        return;
-                    };
-                    match entry {
-                        Some(Ok(entry)) => cancels.apply(&entry),
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "cancellation watch interrupted");
-                        }
-                        None => break,
-                    }
-                }
-                // The watch ended (the broker went away for long): start again from what the
-                // bucket holds now.
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                    let Some(cancels) = weak.upgrade() else {
-                        return;
-                    };
-                    match cancels.load(&store).await {
-                        Ok(w) => {
-                            watch = Some(w);
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot watch cancellations; retrying")
-                        }
-                    }
-                }
-            }
-        });
+        taskwire::follow::follow(store, &cancels, stop, connects)
+            .await
+            .map_err(|e| Error::Cancellations(e.to_string()))?;
         Ok(cancels)
     }
+}
 
-    /// Starts watching for new cancellations, then reads those kept already (in this order, so
-    /// that none falls in between).
-    async fn load(&self, store: &kv::Store) -> Result<kv::Watch, Error> {
-        let failed = |e: &dyn std::fmt::Display| Error::Cancellations(e.to_string());
-        let watch = store.watch_all().await.map_err(|e| failed(&e))?;
-        let mut keys = store.keys().await.map_err(|e| failed(&e))?;
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| failed(&e))?;
-            if let Ok(id) = Id::parse(&key) {
-                self.mark(id);
-            }
+impl taskwire::follow::Follower for Cancels {
+    fn reset(self: &Arc<Self>, entries: Vec<kv::Entry>) {
+        let ids: Vec<Id> = entries
+            .iter()
+            .filter(|e| e.operation == kv::Operation::Put)
+            .filter_map(|e| Id::parse(&e.key).ok())
+            .collect();
+        for id in &ids {
+            self.mark(id.clone());
         }
-        Ok(watch)
+        let kept: std::collections::HashSet<&Id> = ids.iter().collect();
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| kept.contains(id));
     }
 
-    fn apply(&self, entry: &kv::Entry) {
+    fn apply(self: &Arc<Self>, entry: &kv::Entry) {
         let Ok(id) = Id::parse(&entry.key) else {
             return;
         };
@@ -113,7 +73,9 @@ impl Cancels {
             }
         }
     }
+}
 
+impl Cancels {
     fn mark(&self, id: Id) {
         let now = Instant::now();
         {

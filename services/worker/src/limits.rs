@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use futures::StreamExt as _;
 use prost::Message as _;
 use taskwire::broker::{self, Broker};
 use taskwire::task::{Rate, TaskType};
@@ -50,50 +49,36 @@ impl std::fmt::Debug for Limits {
 
 impl Limits {
     /// Reads the overrides, then follows changes until `stop`.
-    pub(crate) async fn start(broker: Broker, stop: CancellationToken) -> Result<Arc<Self>, Error> {
+    pub(crate) async fn start(
+        broker: Broker,
+        stop: CancellationToken,
+        connects: tokio::sync::watch::Receiver<u64>,
+    ) -> Result<Arc<Self>, Error> {
         let limits = Arc::new(Self {
             overrides: Mutex::new(HashMap::new()),
             owner: Bytes::from(uuid::Uuid::now_v7().to_string()),
             broker,
             clock: BrokerClock::default(),
         });
-        let failed = |e: &dyn std::fmt::Display| Error::Limits(e.to_string());
-        let store = limits.broker.limits.clone();
-        let mut watch = store.watch_all().await.map_err(|e| failed(&e))?;
-        let mut keys = store.keys().await.map_err(|e| failed(&e))?;
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| failed(&e))?;
-            if let Some(entry) = store.entry(&key).await.map_err(|e| failed(&e))? {
-                limits.apply(&entry);
-            }
-        }
-        let weak = Arc::downgrade(&limits);
-        tokio::spawn(async move {
-            loop {
-                let entry = tokio::select! {
-                    () = stop.cancelled() => return,
-                    entry = watch.next() => entry,
-                };
-                let Some(limits) = weak.upgrade() else {
-                    return;
-                };
-                match entry {
-                    Some(Ok(entry)) => limits.apply(&entry),
-                    Some(Err(e)) => tracing::debug!(error = %e, "limits watch interrupted"),
-                    None => match store.watch_all().await {
-                        Ok(w) => watch = w,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot watch task limits; retrying");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    },
-                }
-            }
-        });
+        taskwire::follow::follow(limits.broker.limits.clone(), &limits, stop, connects)
+            .await
+            .map_err(|e| Error::Limits(e.to_string()))?;
         Ok(limits)
     }
+}
 
-    fn apply(&self, entry: &kv::Entry) {
+impl taskwire::follow::Follower for Limits {
+    fn reset(self: &Arc<Self>, entries: Vec<kv::Entry>) {
+        self.overrides
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        for entry in &entries {
+            self.apply(entry);
+        }
+    }
+
+    fn apply(self: &Arc<Self>, entry: &kv::Entry) {
         let mut overrides = self.overrides.lock().unwrap_or_else(|e| e.into_inner());
         match entry.operation {
             kv::Operation::Put => {
@@ -107,7 +92,9 @@ impl Limits {
             }
         }
     }
+}
 
+impl Limits {
     /// The limits in force for a task type: the override, else the declared ones.
     fn effective(&self, task: &TaskType) -> (Option<u32>, Option<Rate>) {
         let overrides = self.overrides.lock().unwrap_or_else(|e| e.into_inner());

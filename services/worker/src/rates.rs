@@ -23,6 +23,9 @@ use tokio::time::Instant;
 const MAX_ENTRIES: usize = 64;
 /// How long this worker trusts its reading of the broker's clock before reading it again.
 const CLOCK_FOR: Duration = Duration::from_secs(60);
+/// Longest wait before looking at a full log again: starts given back free room before the
+/// oldest start leaves.
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
 /// How long to wait after the log could not be read or written.
 const TROUBLE: Duration = Duration::from_millis(200);
 
@@ -197,7 +200,9 @@ pub(crate) async fn room(
     let window = window(store, clock, jetstream, key, rate).await?;
     let room = rate.count.saturating_sub(window.counted()) as usize;
     if room == 0 {
-        return Err(window.oldest_leaves_in.max(Duration::from_millis(10)));
+        return Err(window
+            .oldest_leaves_in
+            .clamp(Duration::from_millis(10), LOOK_AGAIN));
     }
     Ok(room.min(want))
 }
@@ -215,7 +220,9 @@ pub(crate) async fn take(
         let window = window(store, clock, jetstream, key, rate).await?;
         let counted = window.counted();
         if counted >= rate.count {
-            return Err(window.oldest_leaves_in.max(Duration::from_millis(10)));
+            return Err(window
+                .oldest_leaves_in
+                .clamp(Duration::from_millis(10), LOOK_AGAIN));
         }
         let taken = (rate.count - counted).min(u32::try_from(want).unwrap_or(u32::MAX));
         let log = StartLog::next(window.starts, taken);
@@ -255,7 +262,12 @@ pub(crate) async fn give_back(store: &kv::Store, tokens: Tokens) {
     if tokens.left == 0 {
         return;
     }
-    for _ in 0..5 {
+    for tries in 0..20u64 {
+        if tries > 0 {
+            // Others count at the same moment: step aside for a moment.
+            let jitter = taskwire::broker::now_micros() % 5_000;
+            tokio::time::sleep(Duration::from_micros(jitter)).await;
+        }
         let Ok(Some(entry)) = store.entry(&tokens.key).await else {
             return;
         };

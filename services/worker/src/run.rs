@@ -114,8 +114,14 @@ pub(crate) async fn run(
     let stop = CancellationToken::new();
     let force = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let cancels = Cancels::start(broker.cancelled.clone(), broker.result_ttl, stop.clone()).await?;
-    let limits = Limits::start(broker.clone(), stop.clone()).await?;
+    let cancels = Cancels::start(
+        broker.cancelled.clone(),
+        broker.result_ttl,
+        stop.clone(),
+        refusals.connects(),
+    )
+    .await?;
+    let limits = Limits::start(broker.clone(), stop.clone(), refusals.connects()).await?;
     let metrics = Metrics::new();
     // Ends with the worker, after the drain.
     let done = CancellationToken::new();
