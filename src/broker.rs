@@ -7,7 +7,7 @@
 //! | delayed tasks | stream `TASKWIRE_TASKS`, `taskwire.delayed.<id>`: a message schedule (`@at`) that the server turns into the task at its time |
 //! | schedules | stream `TASKWIRE_TASKS`, `taskwire.schedules.<name>`: a message schedule (cron or `@every`) that the server turns into a task on every tick; its definition in KV bucket `TASKWIRE_SCHEDULES` |
 //! | cancellations | KV bucket `TASKWIRE_CANCELLED`, key `<id>`, kept for the result TTL; workers watch it |
-//! | results | stream `TASKWIRE_RESULTS`, `taskwire.results.<id>`, one message per subject, kept for the result TTL; each stored result republished on `taskwire.stored.results.<id>` for waiters |
+//! | results | stream `TASKWIRE_RESULTS`, `taskwire.results.<id>.<token>`, one message per task id, kept for the result TTL; each stored result republished on `taskwire.stored.results.<id>.<token>` for waiters |
 //! | state changes | stream `TASKWIRE_EVENTS`, `taskwire.events.<id>.<task>` |
 //! | dead letters | stream `TASKWIRE_DEAD`, `taskwire.dead.<id>.<task>`: the task as submitted, with the reason and last error |
 //! | task types | KV bucket `TASKWIRE_REGISTRY`, key `<task>`, value a `taskwire.v1.TaskType` |
@@ -79,13 +79,17 @@ pub mod subject {
     pub const DELAYED: &str = "taskwire.delayed.>";
     /// Every schedule (a repeating message schedule).
     pub const SCHEDULES: &str = "taskwire.schedules.>";
-    /// Every result subject.
-    pub const RESULTS: &str = "taskwire.results.*";
+    /// Every result subject (`>`: results stored as `taskwire.results.<id>` by earlier
+    /// versions stay readable).
+    pub const RESULTS: &str = "taskwire.results.>";
+    /// The results the stream republishes: `taskwire.results.<id>.<token>`.
+    pub const RESULTS_BY_TYPE: &str = "taskwire.results.*.>";
     /// Where the results stream republishes each result it stored (and only those): waiters
     /// listen here, so a publish the stream refused, or a forged one, never reaches them.
-    pub const STORED_RESULTS: &str = "taskwire.stored.results.*";
-    /// The republish destination of [`RESULTS`], mapping the id token.
-    pub const STORED_RESULTS_MAPPING: &str = "taskwire.stored.results.{{wildcard(1)}}";
+    /// Each on `taskwire.stored.results.<id>.<token>`.
+    pub const STORED_RESULTS: &str = "taskwire.stored.results.>";
+    /// The republish destination of [`RESULTS_BY_TYPE`], keeping the id and the token.
+    pub const STORED_RESULTS_MAPPING: &str = "taskwire.stored.results.{{wildcard(1)}}.>";
     /// Every event subject.
     pub const EVENTS: &str = "taskwire.events.>";
     /// Every dead letter subject.
@@ -116,9 +120,16 @@ pub mod subject {
         format!("taskwire.delayed.{id}")
     }
 
-    /// Where the result of a task is stored.
-    pub fn result(id: &Id) -> String {
-        format!("taskwire.results.{id}")
+    /// Where the result of a task is stored: id first, then the task token, so that NATS
+    /// permissions can let a worker store and read the results of its own task types only.
+    pub fn result(name: &Name, id: &Id) -> String {
+        format!("taskwire.results.{id}.{}", name.token())
+    }
+
+    /// Matches the result of one task whatever its type: a task id has one result, checked
+    /// against this subject when a result is stored.
+    pub fn result_of(id: &Id) -> String {
+        format!("taskwire.results.{id}.>")
     }
 
     /// Where the state changes of a task are stored. The id comes first: a task token has a
@@ -203,6 +214,10 @@ pub mod header {
     pub const MARKER_REASON: &str = "Nats-Marker-Reason";
     /// JetStream's optimistic concurrency check on the subject's last sequence.
     pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+    /// The subject (wildcards allowed) the last-sequence check is made against, when it is not
+    /// the message's own.
+    pub const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
+        "Nats-Expected-Last-Subject-Sequence-Subject";
 }
 
 /// Environment variables of the stream settings, read by every process that may create them.
@@ -364,7 +379,7 @@ impl Settings {
             allow_message_ttl: true,
             subject_delete_marker_ttl: Some(self.result_ttl),
             republish: Some(stream::Republish {
-                source: subject::RESULTS.into(),
+                source: subject::RESULTS_BY_TYPE.into(),
                 destination: subject::STORED_RESULTS_MAPPING.into(),
                 headers_only: false,
             }),
@@ -665,6 +680,11 @@ async fn ensure_stream(
     let wants_republish = config.republish.is_some() && existing.republish != config.republish;
     if !missing.is_empty() || wants_ttl || wants_markers || wants_republish {
         let mut updated = existing;
+        // A subject this version widened (`taskwire.results.*` to `taskwire.results.>`) gives
+        // way to the wider one.
+        updated
+            .subjects
+            .retain(|old| !missing.iter().any(|new| subject_covers(new, old)));
         updated.subjects.extend(missing);
         updated.allow_message_ttl |= config.allow_message_ttl;
         if wants_markers {
@@ -681,6 +701,20 @@ async fn ensure_stream(
         stream = js.get_stream(name).await.map_err(|e| reason(&e))?;
     }
     Ok(stream)
+}
+
+/// Whether every subject `narrow` matches, `wide` matches too.
+fn subject_covers(wide: &str, narrow: &str) -> bool {
+    let (mut wide, mut narrow) = (wide.split('.'), narrow.split('.'));
+    loop {
+        match (wide.next(), narrow.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(n)) if n != ">" => {}
+            (Some(w), Some(n)) if w == n => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
 }
 
 async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, Error> {
@@ -1147,6 +1181,10 @@ pub fn result_headers(
     let mut headers = event_headers(name, id, state, attempt);
     headers.insert(header::MSG_ID, result_msg_id(id, series).as_str());
     headers.insert(header::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+    headers.insert(
+        header::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+        subject::result_of(id).as_str(),
+    );
     if let Some(ttl) = ttl {
         let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         headers.insert(header::TTL, seconds.max(1).to_string().as_str());
@@ -1462,5 +1500,41 @@ pub fn permanent_refusal(err: &jetstream::context::PublishError) -> Option<Strin
         | Kind::TimedOut
         | Kind::BrokenPipe
         | Kind::MaxAckPending => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wider_subject_covers_a_narrower_one() {
+        assert!(subject_covers("taskwire.results.>", "taskwire.results.*"));
+        assert!(subject_covers("taskwire.results.>", "taskwire.results.*.>"));
+        assert!(subject_covers("taskwire.results.*", "taskwire.results.*"));
+        assert!(!subject_covers("taskwire.results.*", "taskwire.results.>"));
+        assert!(!subject_covers(
+            "taskwire.results.*",
+            "taskwire.results.a.b"
+        ));
+        assert!(!subject_covers("taskwire.events.>", "taskwire.results.*"));
+    }
+
+    #[test]
+    fn a_result_is_stored_once_per_task_id_whatever_its_type() {
+        let name = crate::task::Name::parse("examples.magic.v1.Magic/Add").expect("valid");
+        let id = Id::parse("0123456789abcdef0123456789abcdef").expect("valid");
+        assert_eq!(
+            subject::result(&name, &id),
+            "taskwire.results.0123456789abcdef0123456789abcdef.examples.magic.v1.Magic.Add"
+        );
+        let headers = result_headers(&name, &id, v1::TaskState::Succeeded, 1, "0", None);
+        assert_eq!(
+            headers
+                .get(header::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT)
+                .map(|v| v.as_str()),
+            Some("taskwire.results.0123456789abcdef0123456789abcdef.>")
+        );
+        assert!(subject_covers(subject::RESULTS, subject::RESULTS_BY_TYPE));
     }
 }

@@ -293,7 +293,7 @@ async fn settle(
         let id = Id::parse(id)?;
         let result = patiently(|| async {
             Ok(
-                broker::last_message(&client, broker::RESULTS_STREAM, &subject::result(&id))
+                broker::last_message(&client, broker::RESULTS_STREAM, &subject::result_of(&id))
                     .await?,
             )
         })

@@ -77,7 +77,7 @@ impl System {
         let consumer: Result<async_nats::jetstream::consumer::PullConsumer, _> =
             stream.get_consumer("examples-chaos-v1-Chaos-Sleep").await;
         match consumer {
-            Ok(mut consumer) => consumer.info().await.map_or(0, |i| i.num_waiting as usize),
+            Ok(mut consumer) => consumer.info().await.map_or(0, |i| i.num_waiting),
             Err(_) => 0,
         }
     }

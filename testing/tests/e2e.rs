@@ -599,7 +599,7 @@ async fn cancel_a_queued_task() -> anyhow::Result<()> {
         subject_messages(
             &nats,
             "TASKWIRE_RESULTS",
-            &format!("taskwire.results.{}", handle.id())
+            &format!("taskwire.results.{}.>", handle.id())
         )
         .await?,
         1
@@ -739,7 +739,7 @@ async fn a_task_of_a_killed_worker_is_redelivered_and_has_one_result() -> anyhow
         subject_messages(
             &nats,
             "TASKWIRE_RESULTS",
-            &format!("taskwire.results.{}", handle.id())
+            &format!("taskwire.results.{}.>", handle.id())
         )
         .await?,
         1

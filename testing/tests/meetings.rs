@@ -679,7 +679,7 @@ async fn waiters_are_told_only_what_the_results_stream_stored() -> anyhow::Resul
     let js = async_nats::jetstream::new(nc.clone());
     let answer = js
         .publish_with_headers(
-            format!("taskwire.results.{id}"),
+            format!("taskwire.results.{id}.examples.chaos.v1.Chaos.Sleep"),
             refused,
             bytes::Bytes::new(),
         )

@@ -225,6 +225,58 @@ async fn the_gateway_and_a_worker_run_as_their_own_nats_users() -> anyhow::Resul
             .any(|e| e.contains("Permissions Violation") && e.contains("taskwire.tasks.")),
         "{denied:?}"
     );
+    // Results: of its own task types only. It may read its own (a direct get with the subject in
+    // the API subject answers, here that there is none)...
+    let id = "0123456789abcdef0123456789abcdef";
+    let read = |subject: String, body: &'static str| {
+        let worker_nats = worker_nats.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                worker_nats.request(subject, body.into()),
+            )
+            .await
+        }
+    };
+    let own = format!("taskwire.results.{id}.examples.magic.v1.Magic.Add");
+    let other = format!("taskwire.results.{id}.examples.chaos.v1.Chaos.Sleep");
+    assert!(
+        matches!(
+            read(format!("$JS.API.DIRECT.GET.TASKWIRE_RESULTS.{own}"), "").await,
+            Ok(Ok(_))
+        ),
+        "the worker cannot read its own task's result"
+    );
+    // ...but neither read another task type's result, nor any by a request body...
+    assert!(
+        !matches!(
+            read(format!("$JS.API.DIRECT.GET.TASKWIRE_RESULTS.{other}"), "").await,
+            Ok(Ok(_))
+        ),
+        "the magic worker read a Chaos result"
+    );
+    assert!(
+        !matches!(
+            read(
+                "$JS.API.DIRECT.GET.TASKWIRE_RESULTS".into(),
+                r#"{"last_by_subj":"taskwire.results.>"}"#
+            )
+            .await,
+            Ok(Ok(_))
+        ),
+        "the magic worker listed results"
+    );
+    // ...nor store one for another task type.
+    worker_nats.publish(other.clone(), "x".into()).await?;
+    worker_nats.flush().await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let denied = errors.lock().expect("errors").clone();
+    assert!(
+        denied
+            .iter()
+            .any(|e| e.contains("Permissions Violation") && e.contains(&other)),
+        "{denied:?}"
+    );
     Ok(())
 }
 

@@ -384,7 +384,7 @@ async fn one_trace_follows_each_task_from_producer_to_result() -> anyhow::Result
     );
     assert_eq!(
         attribute(result, "messaging.destination.name"),
-        Some(format!("taskwire.results.{id}"))
+        Some(format!("taskwire.results.{id}.examples.magic.v1.Magic.Add"))
     );
 
     // Failure: the process span says so.

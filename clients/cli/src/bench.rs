@@ -109,13 +109,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
     // Every result message is counted, so a task that got two results shows up.
     let nats = async_nats::connect(nats_url.as_str()).await?;
-    let mut results_sub = nats.subscribe("taskwire.results.*").await?;
+    let mut results_sub = nats.subscribe("taskwire.results.>").await?;
     let result_counts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let counter = {
         let counts = Arc::clone(&result_counts);
         tokio::spawn(async move {
             while let Some(msg) = results_sub.next().await {
-                let id = last_token(&msg.subject);
+                // taskwire.results.<id>.<token>
+                let id = msg.subject.split('.').nth(2).unwrap_or_default().to_owned();
                 *counts
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

@@ -102,7 +102,7 @@ class Tracing:
             kind=trace.SpanKind.PRODUCER,
             attributes={
                 "messaging.system": "nats",
-                "messaging.destination.name": f"taskwire.results.{task_id}",
+                "messaging.destination.name": f"taskwire.results.{task_id}.{task.replace('/', '.')}",
                 "messaging.operation.type": "publish",
                 "messaging.operation.name": "publish",
                 "messaging.message.id": task_id,

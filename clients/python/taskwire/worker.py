@@ -97,6 +97,7 @@ BACKOFF_MAX_MS = "Taskwire-Backoff-Max-Ms"
 RESULT_TTL_MS = "Taskwire-Result-Ttl-Ms"
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 NATS_TTL = "Nats-TTL"
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -256,6 +257,17 @@ def parse_duration(text: str) -> float:
 
 def token(task: str) -> str:
     return task.replace("/", ".")
+
+
+def _subject_covers(wide: str, narrow: str) -> bool:
+    """Whether every subject `narrow` matches, `wide` matches too."""
+    w, n = wide.split("."), narrow.split(".")
+    for i, part in enumerate(w):
+        if part == ">":
+            return len(n) > i
+        if i >= len(n) or not (part == n[i] or (part == "*" and n[i] != ">")):
+            return False
+    return len(w) == len(n)
 
 
 def consumer_name(task: str, priority: str = "normal") -> str:
@@ -785,7 +797,7 @@ class Worker:
             {
                 "name": RESULTS_STREAM,
                 "description": "taskwire: one result per task id",
-                "subjects": ["taskwire.results.*"],
+                "subjects": ["taskwire.results.>"],
                 "retention": "limits",
                 "storage": "file",
                 "num_replicas": self.replicas,
@@ -796,7 +808,7 @@ class Worker:
                 "allow_msg_ttl": True,
                 "subject_delete_marker_ttl": int(self.result_ttl * ns),
                 # Waiters listen to stored results only.
-                "republish": {"src": "taskwire.results.*", "dest": "taskwire.stored.results.{{wildcard(1)}}"},
+                "republish": {"src": "taskwire.results.*.>", "dest": "taskwire.stored.results.{{wildcard(1)}}.>"},
             },
             {
                 "name": EVENTS_STREAM,
@@ -853,10 +865,36 @@ class Worker:
         name = config["name"]
         info = await self._api(f"STREAM.INFO.{name}", {}, allow_missing=True)
         if info is not None:
+            await self._upgrade_stream(info.get("config") or {}, config)
             return
         created = await self._api(f"STREAM.CREATE.{name}", config, allow_missing=True)
         if created is None:  # created by another process in between
             await self._api(f"STREAM.INFO.{name}", {})
+
+    async def _upgrade_stream(self, existing: Dict[str, Any], config: Dict[str, Any]) -> None:
+        """Adds to a stream made by an earlier version the subjects and features this one uses,
+        keeping every other setting, as the Rust runtime does. A worker whose NATS user may not
+        change streams leaves it to the gateway."""
+        subjects = existing.get("subjects") or []
+        missing = [s for s in config["subjects"] if s not in subjects]
+        wants_ttl = config.get("allow_msg_ttl") and not existing.get("allow_msg_ttl")
+        wants_markers = config.get("subject_delete_marker_ttl") and not existing.get("subject_delete_marker_ttl")
+        wants_republish = config.get("republish") and existing.get("republish") != config["republish"]
+        if not (missing or wants_ttl or wants_markers or wants_republish):
+            return
+        updated = dict(existing)
+        # A subject this version widened (taskwire.results.* to taskwire.results.>) gives way.
+        updated["subjects"] = [old for old in subjects if not any(_subject_covers(new, old) for new in missing)] + missing
+        if wants_ttl:
+            updated["allow_msg_ttl"] = True
+        if wants_markers:
+            updated["subject_delete_marker_ttl"] = config["subject_delete_marker_ttl"]
+        if wants_republish:
+            updated["republish"] = config["republish"]
+        try:
+            await self._api(f"STREAM.UPDATE.{config['name']}", updated)
+        except Exception as e:
+            log.warning("stream %s is from an earlier version and could not be updated (%s); the gateway updates it", config["name"], e)
 
     async def _api(self, call: str, body: Dict[str, Any], allow_missing: bool = False) -> Optional[Dict[str, Any]]:
         reply = await self._nc.request(f"$JS.API.{call}", json.dumps(body).encode(), timeout=10)
@@ -1121,7 +1159,7 @@ class Worker:
         # fails for good rather than running again.
         if attempt > options.max_attempts:
             # Unless the cut-short run stored its outcome before it died (and missed its ack).
-            known = await self._has_result(task_id)
+            known = await self._has_result(task, task_id)
             if known is None:
                 log.warning("%s %s: cannot tell whether the task has a result; putting it back", task.name, task_id)
                 await msg.nak(delay=1.0)
@@ -1140,7 +1178,7 @@ class Worker:
         # the result, a task cancelled before this worker heard of it, a keyed task stored again.
         # At the same time the start is stored, so that a redelivery knows this attempt ran.
         known, started = await asyncio.gather(
-            self._has_result(task_id), self._mark_started(task, msg, task_id, attempt), return_exceptions=True
+            self._has_result(task, task_id), self._mark_started(task, msg, task_id, attempt), return_exceptions=True
         )
         if known is None or isinstance(known, BaseException):
             log.warning("%s %s: cannot tell whether the task has a result; putting it back", task.name, task_id)
@@ -1338,13 +1376,13 @@ class Worker:
         ack = await self._js.publish(f"taskwire.events.{task_id}.{token(task.name)}", b"", headers=headers, timeout=5)
         return not ack.duplicate
 
-    async def _stored_result(self, task_id: str) -> Optional[Dict[str, str]]:
+    async def _stored_result(self, task: Task, task_id: str) -> Optional[Dict[str, str]]:
         """The headers of the task's stored result, None when it has none; raises when the
         broker could not tell."""
-        # A direct get with the subject in the body, not in the API subject: the one form NATS
-        # permissions can allow without allowing every other stream (docs/protocol.md).
-        request = json.dumps({"last_by_subj": f"taskwire.results.{task_id}"}).encode()
-        reply = await self._nc.request(f"$JS.API.DIRECT.GET.{RESULTS_STREAM}", request, timeout=5)
+        # The subject in the API subject: the form NATS permissions can limit to the results of
+        # this worker's own task types (docs/protocol.md).
+        subject = f"taskwire.results.{task_id}.{token(task.name)}"
+        reply = await self._nc.request(f"$JS.API.DIRECT.GET.{RESULTS_STREAM}.{subject}", b"", timeout=5)
         headers = dict(reply.headers or {})
         status = headers.get("Status")
         if status is None:
@@ -1353,10 +1391,10 @@ class Worker:
             return None
         raise RuntimeError(f"direct get from {RESULTS_STREAM} answered {status}")
 
-    async def _has_result(self, task_id: str) -> Optional[bool]:
+    async def _has_result(self, task: Task, task_id: str) -> Optional[bool]:
         """Whether the task has a stored result; None when the broker could not tell."""
         try:
-            return await self._stored_result(task_id) is not None
+            return await self._stored_result(task, task_id) is not None
         except Exception:
             return None
 
@@ -1398,7 +1436,7 @@ class Worker:
         stored = await self._finish(task, msg, task_id, attempt, "failed", body, options)
         if stored == "taken" and isinstance(letter, int):
             try:
-                state = (await self._stored_result(task_id) or {}).get(STATE)
+                state = (await self._stored_result(task, task_id) or {}).get(STATE)
                 if state is not None and state != "failed":
                     await self._api(f"STREAM.MSG.DELETE.{DEAD_STREAM}", {"seq": letter})
             except Exception as e:
@@ -1495,14 +1533,16 @@ class Worker:
         headers = self._event_headers(task.name, task_id, state, attempt)
         series = (msg.headers or {}).get(REPLAY, "0")
         headers[MSG_ID] = f"{task_id}.result.{series}"
+        # One result per task id, whatever the type in its subject.
         headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = "0"
+        headers[EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT] = f"taskwire.results.{task_id}.>"
         if options.result_ttl:
             headers[NATS_TTL] = str(max(1, int(-(-options.result_ttl // 1))))
         parent = (msg.headers or {}).get("traceparent")
         if parent:
             headers["traceparent"] = parent
         with self._tracing.publish_result(task.name, task_id, state, headers):
-            return await self._store(f"taskwire.results.{task_id}", headers, body)
+            return await self._store(f"taskwire.results.{task_id}.{token(task.name)}", headers, body)
 
 
 async def _follow_bucket(

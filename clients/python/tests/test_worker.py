@@ -170,7 +170,7 @@ def test_the_worker_reads_the_nats_credentials_of_the_environment(tmp_path):
     config = tmp_path / "nats.conf"
     config.write_text(
         """authorization { users: [ { user: taskwire, password: "s3cret-nats-password", permissions: {
-          publish: ">", subscribe: { allow: ["_INBOX.taskwire.>", "taskwire.stored.results.*"] } } } ] }\n"""
+          publish: ">", subscribe: { allow: ["_INBOX.taskwire.>", "taskwire.stored.results.>"] } } } ] }\n"""
     )
     login = {
         "TASKWIRE_NATS_USER": "taskwire",

@@ -118,7 +118,7 @@ impl Gateway {
                 stored = broker::last_message(
                     &self.client,
                     broker::RESULTS_STREAM,
-                    &subject::result(&id),
+                    &subject::result_of(&id),
                 )
                 .await
                 .map_err(|e| self.broker_error(e))?;
@@ -152,7 +152,7 @@ impl Gateway {
                     self.broker
                         .results
                         .purge()
-                        .filter(subject::result(&id))
+                        .filter(subject::result_of(&id))
                         .sequence(result.sequence + 1)
                         .await
                         .map_err(|e| self.broker_error(e))?;

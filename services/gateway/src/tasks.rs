@@ -363,7 +363,7 @@ impl Gateway {
     /// after its queued event (the broker down when that event was to be taken back) is stored
     /// now.
     async fn known(&self, id: &Id) -> Result<bool, Error> {
-        let (result_subject, events_subject) = (subject::result(id), subject::events_of(id));
+        let (result_subject, events_subject) = (subject::result_of(id), subject::events_of(id));
         let (result, event) = tokio::join!(
             broker::last_message(&self.client, broker::RESULTS_STREAM, &result_subject),
             broker::last_message(&self.client, broker::EVENTS_STREAM, &events_subject),
@@ -656,7 +656,12 @@ impl Gateway {
 
     /// The stored result of a task, if it has one; EXPIRED when it had one that ran out.
     pub(crate) async fn result(&self, id: &Id) -> Result<Option<v1::TaskInfo>, Error> {
-        match broker::last_message(&self.client, broker::RESULTS_STREAM, &subject::result(id)).await
+        match broker::last_message(
+            &self.client,
+            broker::RESULTS_STREAM,
+            &subject::result_of(id),
+        )
+        .await
         {
             Ok(Some(m)) if broker::is_expiry_marker(&m.headers) => {
                 Err(Error::Expired(id.to_string()))
@@ -939,7 +944,7 @@ impl Gateway {
             .broker
             .jetstream
             .publish_with_headers(
-                subject::result(id),
+                subject::result(&name, id),
                 broker::result_headers(
                     &name,
                     id,

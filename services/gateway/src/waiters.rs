@@ -1,7 +1,7 @@
 //! Delivery of results to the calls waiting for them.
 //!
 //! The gateway holds one subscription on the results the results stream stored (it republishes
-//! each on `taskwire.stored.results.<id>`, never one it refused) and hands each to the waiters
+//! each on `taskwire.stored.results.<id>.<token>`, never one it refused) and hands each to the waiters
 //! of its task id. One subscription instead of one per call spares the broker a
 //! subscribe and an unsubscribe per task (and the sublist churn they cause on its publish
 //! path); the price is that each gateway sees every result, which is small.
@@ -58,8 +58,9 @@ impl Waiters {
         let Some(id) = message
             .subject
             .as_str()
-            .rsplit('.')
-            .next()
+            // taskwire.stored.results.<id>.<token>
+            .split('.')
+            .nth(3)
             .and_then(|id| Id::parse(id).ok())
         else {
             return;

@@ -1050,8 +1050,10 @@ async fn stored_outcome(
     served: &Served,
     id: &Id,
 ) -> Result<Option<String>, async_nats::RequestError> {
-    let found =
-        broker::last_message(&served.client, broker::RESULTS_STREAM, &subject::result(id)).await?;
+    // The subject in the API subject: the form NATS permissions can limit to the results of
+    // this worker's own task types.
+    let subject = subject::result(&served.task.name, id);
+    let found = broker::last_message_on(&served.client, broker::RESULTS_STREAM, &subject).await?;
     Ok(found.map(|m| {
         m.headers
             .get(header::STATE)
@@ -1355,7 +1357,7 @@ async fn store_result(
 ) -> Stored {
     let name: &Name = &served.task.name;
     let headers = broker::result_headers(name, id, state, attempt, &series(message), ttl);
-    let destination = subject::result(id);
+    let destination = subject::result(name, id);
     let span = tracing::info_span!(
         "publish",
         otel.name = "publish taskwire.results",
