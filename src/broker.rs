@@ -529,6 +529,30 @@ pub struct Broker {
     pub result_ttl: Duration,
     /// Whether the tasks stream takes message schedules (it does unless a queue limit is set).
     pub message_schedules: bool,
+    /// How reads that decide something are made.
+    pub reads: Reads,
+}
+
+/// How reads that decide something (is there a result, which attempt is this, does this task
+/// exist) are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// Direct gets, which any replica answers: the fast way, exact on one server.
+    Direct,
+    /// Gets from the stream's leader, which has every acknowledged write: in a cluster, where a
+    /// replica that lags (one just restarted, say) could answer an older state.
+    Leader,
+}
+
+impl Reads {
+    /// Leader reads when streams have more than one replica.
+    pub fn for_replicas(replicas: usize) -> Self {
+        if replicas > 1 {
+            Self::Leader
+        } else {
+            Self::Direct
+        }
+    }
 }
 
 impl Broker {
@@ -563,7 +587,46 @@ impl Broker {
             workers,
             result_ttl: settings.result_ttl,
             message_schedules,
+            reads: Reads::for_replicas(settings.replicas),
         })
+    }
+
+    /// One of the four streams, by name.
+    fn stream(&self, name: &str) -> Option<&stream::Stream> {
+        match name {
+            TASKS_STREAM => Some(&self.tasks),
+            RESULTS_STREAM => Some(&self.results),
+            EVENTS_STREAM => Some(&self.events),
+            DEAD_STREAM => Some(&self.dead),
+            _ => None,
+        }
+    }
+
+    /// The last message of `stream` whose subject matches `filter` (wildcards allowed), read as
+    /// [`Broker::reads`] says: a direct get, or from the stream's leader.
+    pub async fn last_message(
+        &self,
+        stream: &str,
+        filter: &str,
+    ) -> Result<Option<StoredMessage>, async_nats::RequestError> {
+        match (self.reads, self.stream(stream)) {
+            (Reads::Leader, Some(handle)) => leader_last_message(handle, filter).await,
+            _ => last_message(&self.jetstream.client(), stream, filter).await,
+        }
+    }
+
+    /// The last message of `stream` on the literal `subject`: a direct get with the subject in
+    /// the API subject (the form NATS permissions can limit to some subjects), or in a cluster
+    /// a read from the stream's leader.
+    pub async fn last_message_on(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<Option<StoredMessage>, async_nats::RequestError> {
+        match (self.reads, self.stream(stream)) {
+            (Reads::Leader, Some(handle)) => leader_last_message(handle, subject).await,
+            _ => last_message_on(&self.jetstream.client(), stream, subject).await,
+        }
     }
 
     /// The bucket of schema versions ([`SCHEMAS_BUCKET`]), created if missing. Only gateways
@@ -1322,6 +1385,30 @@ pub async fn last_message_on(
         )
         .await?;
     stored_message(stream, response)
+}
+
+/// The last message of a stream on `filter`, read from the stream's leader.
+async fn leader_last_message(
+    stream: &stream::Stream,
+    filter: &str,
+) -> Result<Option<StoredMessage>, async_nats::RequestError> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    match stream.get_last_raw_message_by_subject(filter).await {
+        Ok(message) => Ok(Some(StoredMessage {
+            headers: message.headers,
+            payload: message.payload,
+            time: Some(message.time.into()),
+            sequence: message.sequence,
+        })),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(async_nats::RequestError::with_source(
+            async_nats::RequestErrorKind::Other,
+            format!(
+                "reading {filter} from the leader of {}: {e}",
+                stream.cached_info().config.name
+            ),
+        )),
+    }
 }
 
 /// The first message of `stream` at or after sequence `from` whose subject matches `filter`.

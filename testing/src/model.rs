@@ -3,8 +3,9 @@
 //!
 //! Operations: submits of the chaos tasks with and without an idempotency key, a delay, a
 //! priority, an expiry and an attempt limit; Get, Wait, Cancel, replays of dead letters;
-//! schedules created, paused, resumed and deleted; workers killed (SIGKILL) or stopped
-//! (SIGTERM) and started again; nats-server restarted. The workers log the start and end of
+//! schedules created, paused, resumed and deleted; limits overridden and cleared (the
+//! concurrency of Limited, the rate of Paced); workers killed (SIGKILL) or stopped (SIGTERM)
+//! and started again; nats-server restarted, or stopped (SIGSTOP) for a few seconds. The workers log the start and end of
 //! every run (`TASKWIRE_RUN_LOG`). At the end every task must have ended as the guarantees of
 //! the README say, checked against the broker (Get, dead letters) and the run log.
 //!
@@ -27,6 +28,9 @@ use crate::{Gateway, NatsServer};
 const SLEEP: &str = "examples.chaos.v1.Chaos/Sleep";
 const FLAKY: &str = "examples.chaos.v1.Chaos/Flaky";
 const LIMITED: &str = "examples.chaos.v1.Chaos/Limited";
+const PACED: &str = "examples.chaos.v1.Chaos/Paced";
+/// `rate_limit` of Paced in its proto: 20 a second, the highest rate the model sets too.
+const PACED_PER_SECOND: usize = 20;
 /// `max_concurrency` of Limited in its proto.
 const LIMITED_CONCURRENCY: usize = 5;
 /// How long after a Cancel returned a start still counts as one decided before it (a worker
@@ -166,7 +170,7 @@ impl System {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let known = system.client.task_types().await.unwrap_or_default();
-            if [SLEEP, FLAKY, LIMITED]
+            if [SLEEP, FLAKY, LIMITED, PACED]
                 .iter()
                 .all(|t| known.iter().any(|k| k.name == *t))
             {
@@ -249,9 +253,11 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             730..=779 => "wait",
             780..=829 => "replay",
             830..=869 => "schedule",
-            870..=989 => "get",
+            870..=899 => "limits",
+            900..=989 => "get",
             990..=994 => "worker_kill",
             995..=997 => "worker_term",
+            998 => "nats_pause",
             _ => "nats_restart",
         };
         *done.entry(kind).or_default() += 1;
@@ -336,6 +342,38 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                 }
             }
             "schedule" => schedule(&system.client, &mut rng, &mut schedules, n).await,
+            "limits" => {
+                // Overrides never above the declared limits, which the checks hold to.
+                let (task, limits) = if rng.chance(50) {
+                    let most = 1 + rng.below(LIMITED_CONCURRENCY as u64) as u32;
+                    (
+                        LIMITED,
+                        (!rng.chance(25)).then_some(v1::TaskLimits {
+                            max_concurrency: most,
+                            rate_limit: String::new(),
+                        }),
+                    )
+                } else {
+                    let rate = ["5/s", "10/s", "20/s", "600/m"][rng.below(4) as usize];
+                    (
+                        PACED,
+                        (!rng.chance(25)).then(|| v1::TaskLimits {
+                            max_concurrency: 0,
+                            rate_limit: rate.into(),
+                        }),
+                    )
+                };
+                let _ = system.client.set_task_limits(task, limits).await;
+            }
+            "nats_pause" => {
+                // An outage the connections live through: nats-server stopped, then going on.
+                if let Some(pid) = system.nats.pid() {
+                    let pid = nix::unistd::Pid::from_raw(pid as i32);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP);
+                    tokio::time::sleep(Duration::from_millis(1000 + rng.below(4000))).await;
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+                }
+            }
             "worker_kill" => {
                 system
                     .replace_worker(&mut rng, nix::sys::signal::Signal::SIGKILL)
@@ -360,6 +398,9 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     for (name, _) in &schedules {
         let _ = system.client.delete_schedule(name).await;
     }
+    for task in [LIMITED, PACED] {
+        let _ = system.client.set_task_limits(task, None).await;
+    }
     system.keep_workers();
     let finals = settle(&system.client, &tasks, Duration::from_secs(120)).await;
     let dead = dead_letter_counts(&system.client).await?;
@@ -376,6 +417,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         );
     }
     check_limit(&tasks, &runs, &system.kills, &mut violations);
+    check_rate(&tasks, &runs, &mut violations);
 
     for mut worker in system.workers.drain(..) {
         let _ = worker.kill().await;
@@ -413,8 +455,9 @@ async fn submit(
 ) {
     let name = match rng.below(10) {
         0..=4 => SLEEP,
-        5..=7 => FLAKY,
-        _ => LIMITED,
+        5..=6 => FLAKY,
+        7..=8 => LIMITED,
+        _ => PACED,
     };
     let args: Vec<u8> = match name {
         FLAKY => prost::Message::encode_to_vec(&FlakyArgs {
@@ -735,6 +778,34 @@ fn check(
 }
 
 /// 7: never more Limited tasks running at once than its `max_concurrency`.
+/// No more Paced tasks start in any second than its highest rate allows.
+fn check_rate(tasks: &[Task], runs: &HashMap<String, Vec<Run>>, violations: &mut Vec<Violation>) {
+    let mut starts: Vec<SystemTime> = tasks
+        .iter()
+        .filter(|t| t.name == PACED)
+        .flat_map(|t| runs.get(&t.id).map(Vec::as_slice).unwrap_or_default())
+        .map(|r| r.start)
+        .collect();
+    starts.sort();
+    let second = Duration::from_secs(1);
+    if let Some(window) = starts
+        .windows(PACED_PER_SECOND + 1)
+        .find(|w| w[PACED_PER_SECOND].duration_since(w[0]).unwrap_or_default() < second)
+    {
+        violations.push(Violation {
+            guarantee: 7,
+            task: String::new(),
+            what: format!(
+                "{} Paced tasks started within {:?}; the highest rate is {PACED_PER_SECOND}/s",
+                PACED_PER_SECOND + 1,
+                window[PACED_PER_SECOND]
+                    .duration_since(window[0])
+                    .unwrap_or_default()
+            ),
+        });
+    }
+}
+
 fn check_limit(
     tasks: &[Task],
     runs: &HashMap<String, Vec<Run>>,

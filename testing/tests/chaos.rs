@@ -1,4 +1,6 @@
-//! The fault drills, small: nothing accepted is lost and no task has two results.
+//! The fault drills, small: nothing accepted is lost and no task has two results. (The
+//! outage drill, `outage_under_limit`, runs in `make chaos`; its small form is the meetings
+//! test of `max_concurrency` across an outage.)
 
 use taskwire_testing::chaos;
 
@@ -13,6 +15,9 @@ async fn drill(scenario: &str, tasks: usize) -> anyhow::Result<()> {
     assert!(report.submitted > 0, "{report:?}");
     assert_eq!(report.lost, 0, "{report:?}");
     assert_eq!(report.duplicate_results, 0, "{report:?}");
+    assert_eq!(report.duplicate_dead_letters, 0, "{report:?}");
+    assert_eq!(report.key_mismatches, 0, "{report:?}");
+    assert!(report.most_at_once <= 5, "{report:?}");
     assert_eq!(
         report.succeeded + report.failed,
         report.submitted,
@@ -69,4 +74,14 @@ async fn cluster_leader_kill() -> anyhow::Result<()> {
 #[tokio::test]
 async fn nats_kill_loop() -> anyhow::Result<()> {
     drill("nats_kill_loop", 400).await
+}
+
+#[tokio::test]
+async fn delayed_failures() -> anyhow::Result<()> {
+    drill("delayed_failures", 60).await
+}
+
+#[tokio::test]
+async fn keys_across_restart() -> anyhow::Result<()> {
+    drill("keys_across_restart", 200).await
 }

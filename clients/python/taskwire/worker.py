@@ -31,6 +31,7 @@ Needs `nats-py` (`pip install "taskwire[worker]"`).
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import inspect
 import json
@@ -257,6 +258,16 @@ def parse_duration(text: str) -> float:
 
 def token(task: str) -> str:
     return task.replace("/", ".")
+
+
+def _parse_headers(raw: bytes) -> Dict[str, str]:
+    """NATS message headers (`NATS/1.0\r\nName: value\r\n...`) as a dict."""
+    headers: Dict[str, str] = {}
+    for line in raw.decode(errors="replace").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip()] = value.strip()
+    return headers
 
 
 def _subject_covers(wide: str, narrow: str) -> bool:
@@ -1342,19 +1353,13 @@ class Worker:
         # own task types.
         subject = f"taskwire.events.{task_id}.{token(task.name)}"
         try:
-            reply = await self._nc.request(f"$JS.API.DIRECT.GET.{EVENTS_STREAM}.{subject}", b"", timeout=5)
+            found = await self._last_headers(EVENTS_STREAM, subject)
         except Exception as e:
             log.warning("%s %s: cannot tell which attempt this is (%s); putting it back", task.name, task_id, e)
             await msg.nak(delay=1.0)
             return None
-        found = reply.headers or {}
-        status = found.get("Status")
-        if status == "404":
+        if found is None:
             return first
-        if status is not None:
-            log.warning("%s %s: cannot tell which attempt this is (status %s); putting it back", task.name, task_id, status)
-            await msg.nak(delay=1.0)
-            return None
         try:
             started = int(found.get(ATTEMPT, "0"))
         except ValueError:
@@ -1381,15 +1386,33 @@ class Worker:
         broker could not tell."""
         # The subject in the API subject: the form NATS permissions can limit to the results of
         # this worker's own task types (docs/protocol.md).
-        subject = f"taskwire.results.{task_id}.{token(task.name)}"
-        reply = await self._nc.request(f"$JS.API.DIRECT.GET.{RESULTS_STREAM}.{subject}", b"", timeout=5)
+        return await self._last_headers(RESULTS_STREAM, f"taskwire.results.{task_id}.{token(task.name)}")
+
+    async def _last_headers(self, stream: str, subject: str) -> Optional[Dict[str, str]]:
+        """The headers of the last message of `stream` on `subject`, None when there is none;
+        raises when the broker could not tell. A direct get with the subject in the API
+        subject (the form NATS permissions can limit to this worker's own task types); with
+        replicated streams, a get from the stream's leader, which has every acknowledged write
+        (docs/protocol.md)."""
+        if self.replicas > 1:
+            body = json.dumps({"last_by_subj": subject}).encode()
+            reply = await self._nc.request(f"$JS.API.STREAM.MSG.GET.{stream}", body, timeout=5)
+            answer = json.loads(reply.data or b"{}")
+            error = answer.get("error")
+            if error:
+                if error.get("err_code") == 10037:  # no message found
+                    return None
+                raise RuntimeError(f"reading {subject} from the leader of {stream}: {error.get('description')}")
+            raw = base64.b64decode((answer.get("message") or {}).get("hdrs") or b"")
+            return _parse_headers(raw)
+        reply = await self._nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=5)
         headers = dict(reply.headers or {})
         status = headers.get("Status")
         if status is None:
             return headers
         if status == "404":
             return None
-        raise RuntimeError(f"direct get from {RESULTS_STREAM} answered {status}")
+        raise RuntimeError(f"direct get from {stream} answered {status}")
 
     async def _has_result(self, task: Task, task_id: str) -> Optional[bool]:
         """Whether the task has a stored result; None when the broker could not tell."""

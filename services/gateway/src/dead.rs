@@ -65,14 +65,12 @@ impl Gateway {
                 let mut targets = Vec::new();
                 for id in &req.task_ids {
                     let id = Id::parse(id).map_err(Error::InvalidId)?;
-                    let found = broker::last_message(
-                        &self.client,
-                        broker::DEAD_STREAM,
-                        &subject::dead_of(&id),
-                    )
-                    .await
-                    .map_err(|e| self.broker_error(e))?
-                    .ok_or_else(|| Error::NoDeadLetter(id.to_string()))?;
+                    let found = self
+                        .broker
+                        .last_message(broker::DEAD_STREAM, &subject::dead_of(&id))
+                        .await
+                        .map_err(|e| self.broker_error(e))?
+                        .ok_or_else(|| Error::NoDeadLetter(id.to_string()))?;
                     targets.push(found);
                 }
                 targets
@@ -115,13 +113,11 @@ impl Gateway {
             });
             let mut stored = None;
             for _ in 0..if fresh { RESULT_WAIT_TRIES } else { 1 } {
-                stored = broker::last_message(
-                    &self.client,
-                    broker::RESULTS_STREAM,
-                    &subject::result_of(&id),
-                )
-                .await
-                .map_err(|e| self.broker_error(e))?;
+                stored = self
+                    .broker
+                    .last_message(broker::RESULTS_STREAM, &subject::result_of(&id))
+                    .await
+                    .map_err(|e| self.broker_error(e))?;
                 if stored.is_some() {
                     break;
                 }
@@ -176,11 +172,12 @@ impl Gateway {
             // again for a moment before it is reported.
             let mut tries = 0;
             while let Err(e) = self.broker.dead.delete_message(dead.sequence).await {
-                let still_there =
-                    broker::last_message(&self.client, broker::DEAD_STREAM, &subject::dead_of(&id))
-                        .await
-                        .map_err(|e| self.broker_error(e))?
-                        .is_some_and(|m| m.sequence == dead.sequence);
+                let still_there = self
+                    .broker
+                    .last_message(broker::DEAD_STREAM, &subject::dead_of(&id))
+                    .await
+                    .map_err(|e| self.broker_error(e))?
+                    .is_some_and(|m| m.sequence == dead.sequence);
                 if !still_there {
                     break;
                 }

@@ -365,8 +365,10 @@ impl Gateway {
     async fn known(&self, id: &Id) -> Result<bool, Error> {
         let (result_subject, events_subject) = (subject::result_of(id), subject::events_of(id));
         let (result, event) = tokio::join!(
-            broker::last_message(&self.client, broker::RESULTS_STREAM, &result_subject),
-            broker::last_message(&self.client, broker::EVENTS_STREAM, &events_subject),
+            self.broker
+                .last_message(broker::RESULTS_STREAM, &result_subject),
+            self.broker
+                .last_message(broker::EVENTS_STREAM, &events_subject),
         );
         if result.map_err(|e| self.broker_error(e))?.is_some() {
             return Ok(true);
@@ -656,12 +658,10 @@ impl Gateway {
 
     /// The stored result of a task, if it has one; EXPIRED when it had one that ran out.
     pub(crate) async fn result(&self, id: &Id) -> Result<Option<v1::TaskInfo>, Error> {
-        match broker::last_message(
-            &self.client,
-            broker::RESULTS_STREAM,
-            &subject::result_of(id),
-        )
-        .await
+        match self
+            .broker
+            .last_message(broker::RESULTS_STREAM, &subject::result_of(id))
+            .await
         {
             Ok(Some(m)) if broker::is_expiry_marker(&m.headers) => {
                 Err(Error::Expired(id.to_string()))
@@ -719,7 +719,7 @@ impl Gateway {
         filter: &str,
         id: &Id,
     ) -> Result<Option<v1::TaskInfo>, Error> {
-        match broker::last_message(&self.client, stream, filter).await {
+        match self.broker.last_message(stream, filter).await {
             Ok(found) => Ok(found.map(|m| broker::task_info(id, &m.headers, &m.payload, m.time))),
             Err(e) => Err(self.broker_error(e)),
         }
@@ -871,15 +871,13 @@ impl Gateway {
                     },
                 };
                 // Changes stored before the end go out before it.
-                let newest = broker::last_message(
-                    &self.client,
-                    broker::EVENTS_STREAM,
-                    &subject::events_of(&id),
-                )
-                .await
-                .ok()
-                .flatten()
-                .map_or(0, |m| m.sequence);
+                let newest = self
+                    .broker
+                    .last_message(broker::EVENTS_STREAM, &subject::events_of(&id))
+                    .await
+                    .ok()
+                    .flatten()
+                    .map_or(0, |m| m.sequence);
                 while delivered < newest {
                     let Ok(Some(Ok(m))) =
                         tokio::time::timeout(Duration::from_secs(1), events.next()).await

@@ -982,12 +982,13 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// progress or retry event of that run); `None` when none did since it was queued (or
 /// replayed).
 async fn last_started(served: &Served, id: &Id) -> Result<Option<u32>, async_nats::RequestError> {
-    let last = broker::last_message_on(
-        &served.client,
-        broker::EVENTS_STREAM,
-        &subject::event(&served.task.name, id),
-    )
-    .await?;
+    let last = served
+        .broker
+        .last_message_on(
+            broker::EVENTS_STREAM,
+            &subject::event(&served.task.name, id),
+        )
+        .await?;
     Ok(last.and_then(|m| {
         let state = m
             .headers
@@ -1053,7 +1054,10 @@ async fn stored_outcome(
     // The subject in the API subject: the form NATS permissions can limit to the results of
     // this worker's own task types.
     let subject = subject::result(&served.task.name, id);
-    let found = broker::last_message_on(&served.client, broker::RESULTS_STREAM, &subject).await?;
+    let found = served
+        .broker
+        .last_message_on(broker::RESULTS_STREAM, &subject)
+        .await?;
     Ok(found.map(|m| {
         m.headers
             .get(header::STATE)
