@@ -760,7 +760,7 @@ async fn delayed_failures(n: usize) -> anyhow::Result<Report> {
     const FLAKY: &str = "examples.chaos.v1.Chaos/Flaky";
     let nats = NatsServer::start_temporary().await?;
     let gateway = Gateway::start(&nats.url()).await?;
-    let mut workers = vec![
+    let mut workers = [
         worker(&nats.url(), "2s", 50)?,
         worker(&nats.url(), "2s", 50)?,
     ];

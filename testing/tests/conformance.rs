@@ -126,6 +126,22 @@ impl System {
             .await?)
     }
 
+    /// Runs `n` Limited tasks of 200 ms and waits for them all; their ids.
+    async fn run_limited(&self, prefix: &str, n: usize) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let args = sleep(200, &format!("{prefix}{i}"));
+            let submitted = self
+                .submit(LIMITED, &args, SubmitOptions::default())
+                .await?;
+            ids.push(submitted.task_id);
+        }
+        for id in &ids {
+            self.client.wait(id, WAIT, false).await?;
+        }
+        Ok(ids)
+    }
+
     async fn last_sequence(&self, stream: &str) -> anyhow::Result<u64> {
         let js = async_nats::jetstream::new(async_nats::connect(self.nats.url()).await?);
         Ok(js
@@ -273,19 +289,7 @@ async fn idle_workers_write_no_slots_and_count_no_starts(runtime: Runtime) -> an
 /// `max_concurrency: 5` holds across three workers of 25 slots each.
 async fn a_concurrency_limit_holds_across_workers(runtime: Runtime) -> anyhow::Result<()> {
     let system = System::start(runtime, 3).await?;
-    let mut ids = Vec::new();
-    for i in 0..30 {
-        let args = sleep(200, &format!("limited-{i}"));
-        ids.push(
-            system
-                .submit(LIMITED, &args, SubmitOptions::default())
-                .await?
-                .task_id,
-        );
-    }
-    for id in &ids {
-        system.client.wait(id, WAIT, false).await?;
-    }
+    system.run_limited("limited-", 30).await?;
     let runs: Vec<Run> = system.runs()?.into_values().flatten().collect();
     let most = most_at_once(&runs);
     println!("{runtime:?}: at most {most} of Limited ran at once (limit 5)");
@@ -446,19 +450,7 @@ async fn limits_set_after_a_broker_restart_are_followed(runtime: Runtime) -> any
         )
         .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut ids = Vec::new();
-    for i in 0..6 {
-        let args = sleep(200, &format!("after-restart-{i}"));
-        ids.push(
-            system
-                .submit(LIMITED, &args, SubmitOptions::default())
-                .await?
-                .task_id,
-        );
-    }
-    for id in &ids {
-        system.client.wait(id, WAIT, false).await?;
-    }
+    let ids = system.run_limited("after-restart-", 6).await?;
     let runs: Vec<Run> = system
         .runs()?
         .into_iter()

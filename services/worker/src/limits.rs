@@ -185,14 +185,20 @@ impl Limits {
         }
     }
 
+    fn start_logs(&self) -> rates::StartLogs<'_> {
+        rates::StartLogs {
+            store: &self.broker.rates,
+            clock: &self.clock,
+            jetstream: &self.broker.jetstream,
+        }
+    }
+
     async fn room(&self, key: &str, rate: Rate, want: usize) -> Result<usize, Duration> {
-        let b = &self.broker;
-        rates::room(&b.rates, &self.clock, &b.jetstream, key, rate, want).await
+        rates::room(&self.start_logs(), key, rate, want).await
     }
 
     async fn take_tokens(&self, key: &str, rate: Rate, want: usize) -> Result<Tokens, Duration> {
-        let b = &self.broker;
-        rates::take(&b.rates, &self.clock, &b.jetstream, key, rate, want).await
+        rates::take(&self.start_logs(), key, rate, want).await
     }
 
     /// Takes up to `want` free slots of the `limit` the task type has.

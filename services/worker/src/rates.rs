@@ -138,19 +138,20 @@ impl BrokerClock {
     }
 }
 
+/// Where the start logs are kept, and this worker's reading of the broker's clock.
+pub(crate) struct StartLogs<'a> {
+    pub(crate) store: &'a kv::Store,
+    pub(crate) clock: &'a BrokerClock,
+    pub(crate) jetstream: &'a jetstream::Context,
+}
+
 /// Reads the window of a task type's rate. `Err` with how long to wait on trouble.
-async fn window(
-    store: &kv::Store,
-    clock: &BrokerClock,
-    jetstream: &jetstream::Context,
-    key: &str,
-    rate: Rate,
-) -> Result<Window, Duration> {
-    let entry = store.entry(key).await.map_err(|e| {
+async fn window(logs: &StartLogs<'_>, key: &str, rate: Rate) -> Result<Window, Duration> {
+    let entry = logs.store.entry(key).await.map_err(|e| {
         tracing::warn!(key, error = %e, "cannot read a rate limit's starts");
         TROUBLE
     })?;
-    let now = clock.now(jetstream).await.ok_or(TROUBLE)?;
+    let now = logs.clock.now(logs.jetstream).await.ok_or(TROUBLE)?;
     let (starts, revision, stamped) = match entry {
         None => (Vec::new(), None, 0),
         Some(entry) => {
@@ -190,14 +191,12 @@ async fn window(
 /// How many of `want` starts the window has room for now. `Err` with how long to wait when it
 /// has none.
 pub(crate) async fn room(
-    store: &kv::Store,
-    clock: &BrokerClock,
-    jetstream: &jetstream::Context,
+    logs: &StartLogs<'_>,
     key: &str,
     rate: Rate,
     want: usize,
 ) -> Result<usize, Duration> {
-    let window = window(store, clock, jetstream, key, rate).await?;
+    let window = window(logs, key, rate).await?;
     let room = rate.count.saturating_sub(window.counted()) as usize;
     if room == 0 {
         return Err(window
@@ -209,15 +208,14 @@ pub(crate) async fn room(
 
 /// Counts up to `want` starts. `Err` with how long to wait when the window is full.
 pub(crate) async fn take(
-    store: &kv::Store,
-    clock: &BrokerClock,
-    jetstream: &jetstream::Context,
+    logs: &StartLogs<'_>,
     key: &str,
     rate: Rate,
     want: usize,
 ) -> Result<Tokens, Duration> {
+    let store = logs.store;
     for _ in 0..20 {
-        let window = window(store, clock, jetstream, key, rate).await?;
+        let window = window(logs, key, rate).await?;
         let counted = window.counted();
         if counted >= rate.count {
             return Err(window
