@@ -212,6 +212,8 @@ pub mod header {
     pub const TTL: &str = "Nats-TTL";
     /// Set on the marker the stream leaves when a message's time ran out.
     pub const MARKER_REASON: &str = "Nats-Marker-Reason";
+    /// On a message a schedule fired: the time of the schedule's next tick.
+    pub const SCHEDULE_NEXT: &str = "Nats-Schedule-Next";
     /// JetStream's optimistic concurrency check on the subject's last sequence.
     pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
     /// The subject (wildcards allowed) the last-sequence check is made against, when it is not
@@ -1185,10 +1187,17 @@ pub fn schedule_headers(
     headers
 }
 
-/// The id of the task a schedule submitted, from the schedule's name and the task's sequence in
-/// the tasks stream: the same on every redelivery, different on every tick.
-pub fn scheduled_task_id(name: &Name, schedule: &str, sequence: u64) -> Id {
-    Id::from_idempotency_key(name, &format!("schedule\0{schedule}\0{sequence}"))
+/// The id of the task a schedule fired: from the schedule's name and the tick, which the fired
+/// message's `Nats-Schedule-Next` (the time of the tick after it) names, so that a tick fired
+/// twice (by a new stream leader that had not learnt of the first firing) is one task; without
+/// that header, from the message's sequence in the tasks stream. The same on every redelivery,
+/// different on every tick.
+pub fn scheduled_task_id(name: &Name, schedule: &str, next: Option<&str>, sequence: u64) -> Id {
+    let tick = match next {
+        Some(next) => format!("next\0{next}"),
+        None => sequence.to_string(),
+    };
+    Id::from_idempotency_key(name, &format!("schedule\0{schedule}\0{tick}"))
 }
 
 /// The expiry time of a task message, in microseconds since the Unix epoch.
@@ -1593,6 +1602,24 @@ pub fn permanent_refusal(err: &jetstream::context::PublishError) -> Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tick_fired_twice_is_one_task() {
+        let name = crate::task::Name::parse("examples.chaos.v1.Chaos/Sleep").expect("valid");
+        let next = Some("2026-11-29T22:22:06Z");
+        let first = scheduled_task_id(&name, "nightly", next, 17);
+        assert_eq!(first, scheduled_task_id(&name, "nightly", next, 42));
+        assert_ne!(
+            first,
+            scheduled_task_id(&name, "nightly", Some("2026-11-29T22:22:07Z"), 18)
+        );
+        // The same id as every runtime makes (clients/python/tests/test_vectors.py).
+        assert_eq!(first.to_string(), "800023c8c1e052b38052b5e8a7a968f2");
+        assert_ne!(
+            scheduled_task_id(&name, "nightly", None, 17),
+            scheduled_task_id(&name, "nightly", None, 18)
+        );
+    }
 
     #[test]
     fn a_wider_subject_covers_a_narrower_one() {

@@ -87,6 +87,7 @@ ATTEMPT = "Taskwire-Attempt"
 STATE = "Taskwire-State"
 REPLAY = "Taskwire-Replay"
 SCHEDULE_NAME = "Taskwire-Schedule"
+SCHEDULE_NEXT = "Nats-Schedule-Next"
 EXPIRES_AT = "Taskwire-Expires-At"
 PROGRESS = "Taskwire-Progress"
 DEAD_REASON = "Taskwire-Dead-Reason"
@@ -291,9 +292,12 @@ def task_subject(task: str, priority: str = "normal") -> str:
     return f"{prefix}.{token(task)}"
 
 
-def scheduled_task_id(task: str, schedule: str, sequence: int) -> str:
-    """The id of the task a schedule fired, stored at `sequence` in the tasks stream."""
-    return uuid.uuid5(uuid.NAMESPACE_OID, f"{task}\0schedule\0{schedule}\0{sequence}").hex
+def scheduled_task_id(task: str, schedule: str, next_tick: Optional[str], sequence: int) -> str:
+    """The id of the task a schedule fired: from the tick, which the fired message's
+    Nats-Schedule-Next names (a tick fired twice by a new stream leader is one task), else from
+    its `sequence` in the tasks stream."""
+    tick = f"next\0{next_tick}" if next_tick is not None else str(sequence)
+    return uuid.uuid5(uuid.NAMESPACE_OID, f"{task}\0schedule\0{schedule}\0{tick}").hex
 
 
 def uuid7() -> str:
@@ -1257,7 +1261,7 @@ class Worker:
         schedule = headers.get(SCHEDULE_NAME)
         if schedule is None:
             return None
-        return scheduled_task_id(task.name, schedule, meta.sequence.stream)
+        return scheduled_task_id(task.name, schedule, headers.get(SCHEDULE_NEXT), meta.sequence.stream)
 
     async def _run_attempt(self, task: Task, msg: Msg, ctx: TaskContext, args: Message, options: Options, me: "_Running"):
         handler = task.handler

@@ -809,8 +809,14 @@ fn task_id(name: &Name, message: &jetstream::Message) -> Option<Id> {
         return Id::parse(id.as_str()).ok();
     }
     let schedule = headers.get(header::SCHEDULE_NAME)?;
+    let next = headers.get(header::SCHEDULE_NEXT).map(|v| v.as_str());
     let sequence = message.info().ok()?.stream_sequence;
-    Some(broker::scheduled_task_id(name, schedule.as_str(), sequence))
+    Some(broker::scheduled_task_id(
+        name,
+        schedule.as_str(),
+        next,
+        sequence,
+    ))
 }
 
 /// Publishes a running task's progress reports as events, in the order it made them. Most
