@@ -1410,8 +1410,12 @@ async fn leader_last_message(
             sequence: message.sequence,
         })),
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        // No leader answered (one is being elected): a time-out, which callers may try again.
         Err(e) => Err(async_nats::RequestError::with_source(
-            async_nats::RequestErrorKind::Other,
+            match e.kind() {
+                LastRawMessageErrorKind::Other => async_nats::RequestErrorKind::TimedOut,
+                _ => async_nats::RequestErrorKind::Other,
+            },
             format!(
                 "reading {filter} from the leader of {}: {e}",
                 stream.cached_info().config.name

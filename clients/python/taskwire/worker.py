@@ -1400,15 +1400,16 @@ class Worker:
         (docs/protocol.md)."""
         if self.replicas > 1:
             body = json.dumps({"last_by_subj": subject}).encode()
+            # No answer (no leader while one is elected) raises: the caller puts the task back.
             reply = await self._nc.request(f"$JS.API.STREAM.MSG.GET.{stream}", body, timeout=5)
             answer = json.loads(reply.data or b"{}")
             error = answer.get("error")
-            if error:
-                if error.get("err_code") == 10037:  # no message found
-                    return None
-                raise RuntimeError(f"reading {subject} from the leader of {stream}: {error.get('description')}")
-            raw = base64.b64decode((answer.get("message") or {}).get("hdrs") or b"")
-            return _parse_headers(raw)
+            if not error:
+                raw = base64.b64decode((answer.get("message") or {}).get("hdrs") or b"")
+                return _parse_headers(raw)
+            if error.get("err_code") == 10037:  # no message found
+                return None
+            raise RuntimeError(f"reading {subject} from the leader of {stream}: {error.get('description')}")
         reply = await self._nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=5)
         headers = dict(reply.headers or {})
         status = headers.get("Status")

@@ -69,7 +69,7 @@ impl Gateway {
                         .broker
                         .last_message(broker::DEAD_STREAM, &subject::dead_of(&id))
                         .await
-                        .map_err(|e| self.broker_error(e))?
+                        .map_err(|e| self.read_error(e))?
                         .ok_or_else(|| Error::NoDeadLetter(id.to_string()))?;
                     targets.push(found);
                 }
@@ -117,7 +117,7 @@ impl Gateway {
                     .broker
                     .last_message(broker::RESULTS_STREAM, &subject::result_of(&id))
                     .await
-                    .map_err(|e| self.broker_error(e))?;
+                    .map_err(|e| self.read_error(e))?;
                 if stored.is_some() {
                     break;
                 }
@@ -176,7 +176,7 @@ impl Gateway {
                     .broker
                     .last_message(broker::DEAD_STREAM, &subject::dead_of(&id))
                     .await
-                    .map_err(|e| self.broker_error(e))?
+                    .map_err(|e| self.read_error(e))?
                     .is_some_and(|m| m.sequence == dead.sequence);
                 if !still_there {
                     break;

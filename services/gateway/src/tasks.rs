@@ -370,10 +370,10 @@ impl Gateway {
             self.broker
                 .last_message(broker::EVENTS_STREAM, &events_subject),
         );
-        if result.map_err(|e| self.broker_error(e))?.is_some() {
+        if result.map_err(|e| self.read_error(e))?.is_some() {
             return Ok(true);
         }
-        if let Some(e) = event.map_err(|e| self.broker_error(e))? {
+        if let Some(e) = event.map_err(|e| self.read_error(e))? {
             let window = self.broker.tasks.cached_info().config.duplicate_window;
             let started_or_delayed = matches!(
                 e.headers.get(broker::header::STATE).map(|v| v.as_str()),
@@ -667,7 +667,7 @@ impl Gateway {
                 Err(Error::Expired(id.to_string()))
             }
             Ok(found) => Ok(found.map(|m| broker::task_info(id, &m.headers, &m.payload, m.time))),
-            Err(e) => Err(self.broker_error(e)),
+            Err(e) => Err(self.read_error(e)),
         }
     }
 
@@ -694,6 +694,12 @@ impl Gateway {
         {
             Ok(held) => held,
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            // No answer from the leader (one is being elected): try again.
+            Err(e) if e.kind() == LastRawMessageErrorKind::Other => {
+                return Err(Error::BrokerDown(format!(
+                    "{e} (a stream leader election?)"
+                )));
+            }
             Err(e) => return Err(self.broker_error(e)),
         };
         let mut headers = held.headers;
@@ -721,7 +727,18 @@ impl Gateway {
     ) -> Result<Option<v1::TaskInfo>, Error> {
         match self.broker.last_message(stream, filter).await {
             Ok(found) => Ok(found.map(|m| broker::task_info(id, &m.headers, &m.payload, m.time))),
-            Err(e) => Err(self.broker_error(e)),
+            Err(e) => Err(self.read_error(e)),
+        }
+    }
+
+    /// A read that found no answer: a time-out (no stream leader while one is elected, or the
+    /// broker out of reach) is UNAVAILABLE, which clients try again.
+    pub(crate) fn read_error(&self, err: async_nats::RequestError) -> Error {
+        match err.kind() {
+            async_nats::RequestErrorKind::TimedOut | async_nats::RequestErrorKind::NoResponders => {
+                Error::BrokerDown(format!("{err} (a stream leader election?)"))
+            }
+            _ => self.broker_error(err),
         }
     }
 
