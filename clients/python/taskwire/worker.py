@@ -1213,6 +1213,11 @@ class Worker:
             # brings the task back as the next attempt.
             log.info("%s %s: another delivery of the task started attempt %d", task.name, task_id, attempt)
             return
+        # The looks above wait on the broker, which an outage may stretch: a task whose time ran
+        # out meanwhile does not start either.
+        if expires and expires.isdigit() and now_micros() > int(expires):
+            await self._finish(task, msg, task_id, attempt, "expired", _failure("not started before its expiry time", False), options)
+            return
 
         ctx = TaskContext(self, task, task_id, attempt, options, headers)
         me.ctx = ctx

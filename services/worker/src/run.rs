@@ -624,9 +624,7 @@ async fn handle(
         return;
     }
     // Not started in time: it never runs.
-    if let Some(at) = broker::expires_at(message.headers.as_ref())
-        && broker::now_micros() > at
-    {
+    if past_expiry(&message) {
         tracing::info!(task = %name, task_id = %id, "expired before it started");
         let body = broker::failure_body("not started before its expiry time", false);
         finish(served, message, &id, attempt, TaskState::Expired, body, ttl).await;
@@ -724,6 +722,15 @@ async fn handle(
         }
     }
 
+    // The looks above wait on the broker, which an outage may stretch: a task whose time ran
+    // out meanwhile does not start either.
+    if past_expiry(&message) {
+        tracing::info!(task = %name, task_id = %id, "expired before it started");
+        let body = broker::failure_body("not started before its expiry time", false);
+        finish(served, message, &id, attempt, TaskState::Expired, body, ttl).await;
+        return;
+    }
+
     let tracked = served.cancels.track(&id);
     let token = CancellationToken::new();
     let deadline = options.timeout.map(|t| Instant::now() + t);
@@ -817,6 +824,11 @@ fn task_id(name: &Name, message: &jetstream::Message) -> Option<Id> {
         next,
         sequence,
     ))
+}
+
+/// Whether the task's expiry time (`Taskwire-Expires-At`) has passed.
+fn past_expiry(message: &jetstream::Message) -> bool {
+    broker::expires_at(message.headers.as_ref()).is_some_and(|at| broker::now_micros() > at)
 }
 
 /// Publishes a running task's progress reports as events, in the order it made them. Most
