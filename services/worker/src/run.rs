@@ -136,9 +136,7 @@ pub(crate) async fn run(
         let mut consumers = Vec::new();
         for priority in broker::PRIORITIES {
             consumers.push(
-                broker
-                    .task_consumer(&task.name, priority, builder.ack_wait, 10_000)
-                    .await?,
+                task_consumer(&broker, &refusals, &task.name, priority, builder.ack_wait).await?,
             );
         }
         // In-progress acks follow the consumer's ack wait, which the first worker set.
@@ -291,6 +289,39 @@ fn span_error(message: &str) {
     let span = tracing::Span::current();
     span.record("otel.status_code", "ERROR");
     span.record("otel.status_message", message);
+}
+
+/// How long a worker keeps trying to create or find a consumer at start: in a cluster, a
+/// stream electing a leader, or a busy one creating replicated consumers, can take a while.
+const CONSUMER_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The consumer of a task type at a priority, tried again until [`CONSUMER_PATIENCE`] runs out;
+/// at once an error when NATS refused something (a permission: trying again cannot help).
+async fn task_consumer(
+    broker: &Broker,
+    refusals: &broker::Refusals,
+    name: &Name,
+    priority: taskwire::v1::Priority,
+    ack_wait: Duration,
+) -> Result<jetstream::consumer::PullConsumer, Error> {
+    let deadline = Instant::now() + CONSUMER_PATIENCE;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match broker.task_consumer(name, priority, ack_wait, 10_000).await {
+            Ok(consumer) => return Ok(consumer),
+            Err(e) => {
+                if let Some(why) = refusals.explain() {
+                    return Err(Error::Refused(format!("{e} ({why})")));
+                }
+                if Instant::now() >= deadline {
+                    return Err(e.into());
+                }
+                tracing::warn!(task = %name, error = %e, "cannot create the task's consumer yet; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// Most tasks asked for in one pull request.
