@@ -1467,7 +1467,8 @@ class Worker:
         if letter is False:
             return
         stored = await self._finish(task, msg, task_id, attempt, "failed", body, options)
-        if stored == "taken" and isinstance(letter, int):
+        # A letter's sequence (True: the broker refused it, so there is none to take back).
+        if stored == "taken" and isinstance(letter, int) and not isinstance(letter, bool):
             try:
                 state = (await self._stored_result(task, task_id) or {}).get(STATE)
                 if state is not None and state != "failed":
