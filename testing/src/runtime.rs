@@ -35,9 +35,11 @@ pub fn worker(runtime: Runtime, nats_url: &str, env: &[(&str, &str)]) -> anyhow:
                 python_dir.display(),
                 python_dir.join("tests/gen").display()
             );
+            // Quiet unless the caller's environment asks for more.
+            let log = std::env::var("TASKWIRE_PY_LOG").unwrap_or_else(|_| "ERROR".to_owned());
             Ok(tokio::process::Command::new(python)
                 .arg(python_dir.join("examples/worker.py"))
-                .env("TASKWIRE_PY_LOG", "ERROR")
+                .env("TASKWIRE_PY_LOG", log)
                 .env("TASKWIRE_NATS_URL", nats_url)
                 .env("PYTHONPATH", path)
                 .envs(env.iter().copied())

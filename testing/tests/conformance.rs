@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use taskwire::broker::{self, subject};
 use taskwire::examples::chaos::v1::{FlakyArgs, SleepArgs};
+use taskwire::task::Name;
 use taskwire::v1::{self, TaskState};
 use taskwire_client::{Client, SubmitOptions};
 use taskwire_testing::runtime::{self, Run, Runtime};
@@ -192,6 +194,7 @@ conformance!(
     a_cancelled_delayed_task_never_runs,
     a_known_key_runs_once,
     limits_set_after_a_broker_restart_are_followed,
+    a_tick_is_one_task_named_by_its_time,
 );
 
 /// `61/m` is 61 starts in any minute across four workers, by the broker's clock: not rounded up
@@ -483,4 +486,78 @@ fn most_at_once(runs: &[Run]) -> i32 {
         most = most.max(now);
     }
     most
+}
+
+/// A tick is named by its time: the task a schedule fires has the id made from the schedule's
+/// name and the fired message's `Nats-Schedule-Next` (the broker lets only itself set it), so
+/// that a tick fired twice (by a new stream leader that had not learnt of the first firing) is
+/// one task, which runs once. The ticks queue with no worker up, to be read as fired; then a
+/// worker runs them.
+async fn a_tick_is_one_task_named_by_its_time(runtime: Runtime) -> anyhow::Result<()> {
+    let mut system = System::start(runtime, 1).await?;
+    // Stopped once the type is known, so that the ticks wait in the queue.
+    for mut worker in system.workers.drain(..) {
+        if let Some(pid) = worker.id() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+                nix::sys::signal::Signal::SIGTERM,
+            )?;
+        }
+        worker.wait().await?;
+    }
+    system
+        .client
+        .create_schedule(v1::Schedule {
+            name: "ticking".into(),
+            task: SLEEP.into(),
+            when: Some(v1::schedule::When::Cron("* * * * * *".into())),
+            args: Some(v1::schedule::Args::ArgsJson(
+                r#"{"millis":1,"label":"tick"}"#.into(),
+            )),
+            ..Default::default()
+        })
+        .await?;
+    let js = async_nats::jetstream::new(async_nats::connect(system.nats.url()).await?);
+    let stream = js.get_stream("TASKWIRE_TASKS").await?;
+    let name = Name::parse(SLEEP)?;
+    let queue = subject::task(&name);
+    let deadline = Instant::now() + WAIT;
+    let fired = loop {
+        match stream.get_last_raw_message_by_subject(&queue).await {
+            Ok(fired) => break fired,
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    system.client.delete_schedule("ticking").await?;
+    let next = fired
+        .headers
+        .get("Nats-Schedule-Next")
+        .map(|v| v.as_str().to_owned());
+    anyhow::ensure!(
+        next.is_some(),
+        "fired without a next tick: {:?}",
+        fired.headers
+    );
+    // Another sequence, as a second firing of the tick would have: the same task.
+    let tick = broker::scheduled_task_id(&name, "ticking", next.as_deref(), fired.sequence);
+    assert_eq!(
+        tick,
+        broker::scheduled_task_id(&name, "ticking", next.as_deref(), fired.sequence + 1)
+    );
+
+    system.start_worker()?;
+    let tick = tick.to_string();
+    let deadline = Instant::now() + WAIT;
+    while system.client.wait(&tick, WAIT, false).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "no task {tick} ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        system.client.get(&tick, false).await?.state(),
+        TaskState::Succeeded
+    );
+    let runs = system.runs()?;
+    assert_eq!(runs.get(&tick).map(Vec::len), Some(1), "{runs:?}");
+    Ok(())
 }

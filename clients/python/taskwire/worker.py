@@ -78,6 +78,8 @@ WORKER_TTL = 15.0
 IDLE_WAIT = 1.0
 QUIET_WAIT = 0.05
 CONNECT_TIMEOUT = 10.0
+# How long a worker at start keeps trying to create a consumer that gets no answer.
+CONSUMER_PATIENCE = 60.0
 VERSION = "0.1.0"
 
 # Header names (docs/protocol.md).
@@ -537,6 +539,8 @@ class Worker:
         self._js = None
         self._limits: Optional[_Limits] = None
         self._reconnected: List[asyncio.Event] = []
+        # What NATS refused this worker (permissions violations), as it reported them.
+        self._denied: List[str] = []
         self._http: Optional[asyncio.AbstractServer] = None
 
     @property
@@ -648,7 +652,7 @@ class Worker:
             await asyncio.to_thread(self._tracing.shutdown)
 
     async def _connect_and_work(self, served, refused: List[Exception]) -> None:
-        denied: List[str] = []
+        denied = self._denied = []
 
         async def on_error(error: Exception) -> None:
             # Bad credentials do not get better by retrying: stop instead of reconnecting forever.
@@ -963,17 +967,32 @@ class Worker:
             max_deliver=-1,
             max_ack_pending=10_000,
         )
-        try:
-            await self._js.add_consumer(TASKS_STREAM, config)
-        except nats.js.errors.APIError:
-            # Made by another worker with other settings: use it as it is.
-            await self._js.consumer_info(TASKS_STREAM, durable)
-        except nats.errors.TimeoutError:
-            raise PermissionError(
-                f"creating the consumer {durable} got no answer: does this NATS user have the permissions of "
-                "deploy/nats/accounts.conf for it (and TASKWIRE_NATS_INBOX_PREFIX set to its inbox prefix)?"
-            ) from None
-        return await self._js.pull_subscribe_bind(durable=durable, stream=TASKS_STREAM)
+        # A cluster electing a leader, or creating replicated consumers under load, may not
+        # answer at once: tried again for a while, as the Rust runtime does. A refusal by NATS
+        # fails at once.
+        deadline = time.monotonic() + CONSUMER_PATIENCE
+        delay = 0.1
+        while True:
+            try:
+                try:
+                    await self._js.add_consumer(TASKS_STREAM, config)
+                except nats.js.errors.APIError as e:
+                    if e.err_code in TRANSIENT_CODES:
+                        raise
+                    # Made by another worker with other settings: use it as it is.
+                    await self._js.consumer_info(TASKS_STREAM, durable)
+                return await self._js.pull_subscribe_bind(durable=durable, stream=TASKS_STREAM)
+            except Exception as e:
+                if self._denied or time.monotonic() >= deadline:
+                    if isinstance(e, nats.errors.TimeoutError):
+                        raise PermissionError(
+                            f"creating the consumer {durable} got no answer: does this NATS user have the permissions of "
+                            "deploy/nats/accounts.conf for it (and TASKWIRE_NATS_INBOX_PREFIX set to its inbox prefix)?"
+                        ) from None
+                    raise
+                log.warning("cannot create the consumer %s yet (%s); trying again", durable, e or type(e).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _watch_cancels(self) -> asyncio.Task:
         def put(key: str, _value: bytes) -> None:
@@ -1469,12 +1488,31 @@ class Worker:
         stored = await self._finish(task, msg, task_id, attempt, "failed", body, options)
         # A letter's sequence (True: the broker refused it, so there is none to take back).
         if stored == "taken" and isinstance(letter, int) and not isinstance(letter, bool):
+            # Tried again through a short outage; a letter that cannot be taken back stays (one
+            # too many is better than none).
             try:
-                state = (await self._stored_result(task, task_id) or {}).get(STATE)
+                state = (await self._patiently(lambda: self._stored_result(task, task_id)) or {}).get(STATE)
                 if state is not None and state != "failed":
-                    await self._api(f"STREAM.MSG.DELETE.{DEAD_STREAM}", {"seq": letter})
+                    # An answer, even a refusal (the letter gone already), is not tried again.
+                    await self._patiently(
+                        lambda: self._api(f"STREAM.MSG.DELETE.{DEAD_STREAM}", {"seq": letter}), nats.errors.Error
+                    )
             except Exception as e:
                 log.warning("%s %s: could not take back the dead letter of a task that did not fail (%s)", task.name, task_id, e)
+
+    async def _patiently(self, call: Callable[[], Awaitable[Any]], failures: type = Exception) -> Any:
+        """`call()`, tried again for about ten seconds while it fails with one of `failures`
+        (unless the worker is forced to stop); the last failure is raised."""
+        delay = 0.2
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return await call()
+            except failures:
+                if self._force.is_set() or time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def _store_dead(self, task: Task, msg: Msg, task_id: str, attempt: int, reason: str, error: str):
         """False when it could not be stored before the worker had to stop; else its sequence,

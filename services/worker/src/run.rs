@@ -1215,14 +1215,50 @@ async fn fail_for_good(
     let body = broker::failure_body(error, retryable);
     let stored = finish(served, message, id, attempt, TaskState::Failed, body, ttl).await;
     if let (Stored::Taken, Some(sequence)) = (stored, letter) {
-        // Unknown (a failed read) counts as failed: a letter too many is better than none.
-        let failed = stored_outcome(served, id)
+        // Read and deleted through a short outage. Unknown (no answer) counts as failed: a
+        // letter too many is better than none.
+        let failed = patiently(served, || stored_outcome(served, id), |_| true)
             .await
             .ok()
             .flatten()
             .is_none_or(|state| state == broker::state_name(TaskState::Failed));
-        if !failed && let Err(e) = served.broker.dead.delete_message(sequence).await {
+        if failed {
+            return;
+        }
+        // An answer, even a refusal (the letter gone already), is not asked again.
+        let unanswered = |e: &jetstream::stream::DeleteMessageError| {
+            !matches!(
+                e.kind(),
+                jetstream::stream::DeleteMessageErrorKind::JetStream(_)
+            )
+        };
+        let dead = &served.broker.dead;
+        if let Err(e) = patiently(served, || dead.delete_message(sequence), unanswered).await {
             tracing::warn!(task = %served.task.name, task_id = %id, error = %e, "could not take back the dead letter of a task that did not fail");
+        }
+    }
+}
+
+/// `call()`, tried again for about ten seconds while it fails in a way `again` accepts (unless
+/// the worker is forced to stop); the last failure is returned.
+async fn patiently<T, E, F: Future<Output = Result<T, E>>>(
+    served: &Served,
+    mut call: impl FnMut() -> F,
+    again: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match call().await {
+            Err(e)
+                if again(&e)
+                    && !served.force.is_cancelled()
+                    && Instant::now() + delay < deadline =>
+            {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            done => return done,
         }
     }
 }
