@@ -1569,7 +1569,7 @@ pub fn publish_error_code(err: &jetstream::context::PublishError) -> Option<u64>
 
 /// JetStream error codes of refusals that can pass when tried again: the cluster or the
 /// storage is busy, short of resources or electing a leader, or a limit is full for now.
-const TRANSIENT_CODES: [u64; 11] = [
+const TRANSIENT_CODES: [u64; 12] = [
     10002, // account resources exceeded
     10004, // cluster incomplete
     10005, // no suitable peers
@@ -1581,6 +1581,7 @@ const TRANSIENT_CODES: [u64; 11] = [
     10047, // storage resources exceeded
     10076, // JetStream not enabled (yet)
     10077, // the store failed (a limit that may clear)
+    10158, // a publish with this message id is still being stored (its outcome comes next)
 ];
 
 /// Why a failed publish will never pass however often it is tried (a message over the
@@ -1623,6 +1624,26 @@ mod tests {
             scheduled_task_id(&name, "nightly", None, 17),
             scheduled_task_id(&name, "nightly", None, 18)
         );
+    }
+
+    #[test]
+    fn refusals_are_told_apart_by_their_jetstream_code() {
+        let refused = |code: u64| {
+            let answer = format!(r#"{{"code":400,"err_code":{code},"description":"refused"}}"#);
+            let source: jetstream::Error = serde_json::from_str(&answer).expect("an API error");
+            jetstream::context::PublishError::with_source(
+                jetstream::context::PublishErrorKind::Other,
+                source,
+            )
+        };
+        // A cluster busy or electing, a message id still in process: tried again.
+        for code in [10008, 10009, 10158] {
+            assert_eq!(permanent_refusal(&refused(code)), None, "{code}");
+        }
+        // Too large, message schedules disabled: never passes.
+        for code in [10054, 10188] {
+            assert!(permanent_refusal(&refused(code)).is_some(), "{code}");
+        }
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Report {
     pub refused: usize,
     /// Tasks with more than one dead letter.
     pub duplicate_dead_letters: usize,
+    /// Dead letters of tasks that succeeded.
+    pub stray_dead_letters: usize,
     /// Idempotency keys that, submitted again, did not answer their first task (for the keys
     /// drill).
     pub key_mismatches: usize,
@@ -302,10 +304,12 @@ async fn settle(
         logged_results: 0,
         refused,
         duplicate_dead_letters: 0,
+        stray_dead_letters: 0,
         key_mismatches: 0,
         most_at_once: 0,
         seconds: 0.0,
     };
+    let mut succeeded = std::collections::HashSet::new();
     for id in ids {
         let id = Id::parse(id)?;
         let result = patiently(|| async {
@@ -317,7 +321,10 @@ async fn settle(
         .await?;
         let state = result.map(|m| broker::task_info(&id, &m.headers, &m.payload, m.time).state());
         match state {
-            Some(TaskState::Succeeded) => report.succeeded += 1,
+            Some(TaskState::Succeeded) => {
+                report.succeeded += 1;
+                succeeded.insert(id.to_string());
+            }
             Some(_) => report.failed += 1,
             None => {
                 let dead =
@@ -385,9 +392,17 @@ async fn settle(
         .await?
         .info_with_subjects(subject::DEAD)
         .await?;
-    while let Some(Ok((_, count))) = dead.next().await {
+    while let Some(Ok((on, count))) = dead.next().await {
         if count > 1 {
             report.duplicate_dead_letters += 1;
+        }
+        // taskwire.dead.<id>.<token>
+        if on
+            .split('.')
+            .nth(2)
+            .is_some_and(|id| succeeded.contains(id))
+        {
+            report.stray_dead_letters += 1;
         }
     }
     // The workers' own account: a task id logged twice was given two results. A worker logs

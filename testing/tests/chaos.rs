@@ -16,6 +16,7 @@ async fn drill(scenario: &str, tasks: usize) -> anyhow::Result<()> {
     assert_eq!(report.lost, 0, "{report:?}");
     assert_eq!(report.duplicate_results, 0, "{report:?}");
     assert_eq!(report.duplicate_dead_letters, 0, "{report:?}");
+    assert_eq!(report.stray_dead_letters, 0, "{report:?}");
     assert_eq!(report.key_mismatches, 0, "{report:?}");
     assert!(report.most_at_once <= 5, "{report:?}");
     assert_eq!(

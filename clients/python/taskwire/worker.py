@@ -108,7 +108,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 WRONG_LAST_SEQUENCE = 10071
 # JetStream error codes of refusals that may pass when tried again (busy, short of resources,
 # electing a leader, a limit full for now); any other error code is a refusal for good.
-TRANSIENT_CODES = frozenset({10002, 10004, 10005, 10008, 10009, 10023, 10039, 10041, 10047, 10076, 10077})
+TRANSIENT_CODES = frozenset({10002, 10004, 10005, 10008, 10009, 10023, 10039, 10041, 10047, 10076, 10077, 10158})
 
 
 class TaskError(Exception):

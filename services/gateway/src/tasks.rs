@@ -1064,6 +1064,8 @@ pub(crate) fn publish_error(err: async_nats::jetstream::context::PublishError) -
         _ => match broker::publish_error_code(&err) {
             // Over the stream's largest message.
             Some(MESSAGE_TOO_LARGE) => Error::TooLarge(err.to_string()),
+            // The same task's publish is still being stored (a retry during an election).
+            Some(IN_PROCESS) => Error::BrokerDown(err.to_string()),
             // A full queue (messages per subject, with discard new), or full storage.
             Some(STORE_FAILED | STORAGE_EXHAUSTED | ACCOUNT_EXHAUSTED | INSUFFICIENT_RESOURCES) => {
                 Error::QueueFull(err.to_string())
@@ -1079,6 +1081,7 @@ const STORE_FAILED: u64 = 10077;
 const STORAGE_EXHAUSTED: u64 = 10047;
 const ACCOUNT_EXHAUSTED: u64 = 10002;
 const INSUFFICIENT_RESOURCES: u64 = 10023;
+const IN_PROCESS: u64 = 10158;
 
 fn parse_id(id: &str) -> Result<Id, Error> {
     Id::parse(id).map_err(Error::InvalidId)
