@@ -32,11 +32,15 @@
 //! On shutdown the worker stops pulling, lets running tasks finish for up to the grace period,
 //! then releases (NAKs) whatever is still running so another worker picks it up at once.
 
+mod attempt;
 mod cancels;
 mod limits;
 mod metrics;
+mod progress;
+mod pull;
 mod rates;
 mod run;
+mod settle;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,0 +1,401 @@
+//! How an attempt ends in the broker: results, dead letters and retries stored (retrying
+//! through outages), then the task acked or NAKed.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use taskwire::TaskError;
+use taskwire::broker::{self, header, subject};
+use taskwire::task::{Id, Name};
+use taskwire::v1::TaskState;
+use tracing::Instrument as _;
+
+use crate::attempt::{span_error, stored_outcome};
+use crate::run::Served;
+
+/// One attempt of a task on this worker, as ending it needs it: the task type served, the
+/// task, the attempt's number, and how long its outcome is kept (`None`: as long as the results
+/// stream keeps results).
+#[derive(Clone, Copy)]
+pub(crate) struct Attempt<'a> {
+    pub(crate) served: &'a Served,
+    pub(crate) id: &'a Id,
+    pub(crate) number: u32,
+    pub(crate) ttl: Option<Duration>,
+}
+
+impl Attempt<'_> {
+    /// Ends a task whose expiry passed before it started: `expired`, never run.
+    pub(crate) async fn expire(self, message: jetstream::Message) {
+        tracing::info!(task = %self.served.task.name, task_id = %self.id, "expired before it started");
+        let body = broker::failure_body("not started before its expiry time", false);
+        self.finish(message, TaskState::Expired, body).await;
+    }
+
+    /// A failed run: NAKed to run again after a backoff while it is retryable and attempts are
+    /// left, else failed for good.
+    pub(crate) async fn failed(
+        self,
+        message: jetstream::Message,
+        options: &taskwire::task::Options,
+        err: TaskError,
+        timed_out: bool,
+    ) {
+        let Attempt {
+            served,
+            id,
+            number: attempt,
+            ..
+        } = self;
+        let name = &served.task.name;
+        span_error(err.message());
+        if err.is_retryable() && attempt < options.max_attempts {
+            let delay = jitter(options.backoff(attempt));
+            tracing::info!(task = %name, task_id = %id, attempt, ?delay, error = %err, "retrying");
+            served.metrics.retried(name.as_str());
+            let _ = served
+                .client
+                .publish_with_headers(
+                    subject::event(name, id),
+                    broker::event_headers(name, id, TaskState::Retrying, attempt),
+                    broker::failure_body(err.message(), true),
+                )
+                .await;
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            return;
+        }
+        tracing::info!(task = %name, task_id = %id, attempt, error = %err, "failed");
+        let reason = if err.is_poison() {
+            "poison"
+        } else if timed_out {
+            "timeout"
+        } else if err.is_retryable() {
+            "exhausted"
+        } else {
+            "permanent"
+        };
+        let failure = Failure {
+            reason,
+            error: err.message(),
+            retryable: err.is_retryable(),
+        };
+        self.fail_for_good(message, failure).await;
+    }
+
+    /// Ends a task failed for good: its dead letter, then its failed result, then the ack. When the
+    /// result slot turns out to be taken by another outcome (a delivery of the same task that ran
+    /// elsewhere and succeeded), the letter is taken back: a task has a dead letter only if it
+    /// failed.
+    pub(crate) async fn fail_for_good(self, message: jetstream::Message, failure: Failure<'_>) {
+        let Attempt { served, id, .. } = self;
+        let Failure {
+            reason,
+            error,
+            retryable,
+        } = failure;
+        let Some(letter) = self.store_dead(&message, reason, error).await else {
+            return;
+        };
+        let body = broker::failure_body(error, retryable);
+        let stored = self.finish(message, TaskState::Failed, body).await;
+        if let (Stored::Taken, Some(sequence)) = (stored, letter) {
+            // Read and deleted through a short outage. Unknown (no answer) counts as failed: a
+            // letter too many is better than none.
+            let failed = patiently(served, || stored_outcome(served, id), |_| true)
+                .await
+                .ok()
+                .flatten()
+                .is_none_or(|state| state == broker::state_name(TaskState::Failed));
+            if failed {
+                return;
+            }
+            // An answer, even a refusal (the letter gone already), is not asked again.
+            let unanswered = |e: &jetstream::stream::DeleteMessageError| {
+                !matches!(
+                    e.kind(),
+                    jetstream::stream::DeleteMessageErrorKind::JetStream(_)
+                )
+            };
+            let dead = &served.broker.dead;
+            if let Err(e) = patiently(served, || dead.delete_message(sequence), unanswered).await {
+                tracing::warn!(task = %served.task.name, task_id = %id, error = %e, "could not take back the dead letter of a task that did not fail");
+            }
+        }
+    }
+
+    /// Keeps a task that failed for good as a dead letter, before its failed result is stored, so
+    /// that every failed task can be found and replayed. `None` when it could not be stored before
+    /// the worker had to stop (the task is then left to be redelivered), else where it is stored
+    /// (none when the broker refused it for good).
+    pub(crate) async fn store_dead(
+        self,
+        message: &jetstream::Message,
+        reason: &str,
+        error: &str,
+    ) -> Option<Option<u64>> {
+        let Attempt {
+            served,
+            id,
+            number: attempt,
+            ..
+        } = self;
+        let name = &served.task.name;
+        let headers =
+            broker::dead_headers(message.headers.as_ref(), name, id, attempt, reason, error);
+        let stored = store(
+            served,
+            id,
+            "dead letter",
+            subject::dead(name, id),
+            headers,
+            message.payload.clone(),
+        )
+        .await;
+        match stored {
+            Stored::Yes {
+                duplicate,
+                sequence,
+            } => {
+                if !duplicate {
+                    served.metrics.dead_lettered(name.as_str(), reason);
+                }
+                Some(Some(sequence))
+            }
+            // Nothing will ever store it: the failed result still ends the task, saying why.
+            Stored::Refused(ref why) => {
+                tracing::error!(task = %name, task_id = %id, error = %why, "the broker refuses this dead letter; the task ends failed without one");
+                Some(None)
+            }
+            Stored::Taken => Some(None),
+            Stored::GaveUp => None,
+        }
+    }
+
+    /// Stores the result, then acks the task. Until the result is stored the task is not acked, so
+    /// a worker that dies in between leaves it to be redelivered. A result the broker refuses for
+    /// good (larger than its max payload, say) ends the task failed for good instead, with a dead
+    /// letter saying why. Returns what became of the result.
+    pub(crate) async fn finish(
+        self,
+        message: jetstream::Message,
+        state: TaskState,
+        body: Bytes,
+    ) -> Stored {
+        let Attempt {
+            served,
+            id,
+            number: attempt,
+            ..
+        } = self;
+        let name: &Name = &served.task.name;
+        let stored = match self.store_result(&message, state, body).await {
+            Stored::Refused(why) => {
+                let error = format!(
+                    "the task's {} result could not be stored: {why}",
+                    broker::state_name(state)
+                );
+                tracing::error!(task = %name, task_id = %id, attempt, error = %error, "result refused");
+                if self
+                    .store_dead(&message, "permanent", &error)
+                    .await
+                    .is_none()
+                {
+                    return Stored::GaveUp;
+                }
+                let body = broker::failure_body(&error, false);
+                let failed = self.store_result(&message, TaskState::Failed, body).await;
+                if let Stored::Refused(why) = &failed {
+                    // Not even a short failed result is accepted (a stream that refuses every
+                    // message): redelivering would only run the task again to the same end.
+                    tracing::error!(task = %name, task_id = %id, error = %why, "the broker refuses every result of this task; dropping it");
+                    if let Err(e) = message.ack_with(AckKind::Term).await {
+                        tracing::warn!(task = %name, task_id = %id, error = %e, "terminating the task failed; it will be redelivered");
+                    }
+                    return failed;
+                }
+                failed
+            }
+            stored => stored,
+        };
+        match stored {
+            Stored::Yes {
+                duplicate: false, ..
+            } => {
+                served.metrics.completed(name.as_str(), state);
+                if let Some(hook) = &served.on_result {
+                    hook(id, state);
+                }
+            }
+            // Stored by an earlier publish, or the task had a result already (cancelled, or
+            // stored by an earlier delivery).
+            Stored::Yes {
+                duplicate: true, ..
+            }
+            | Stored::Taken
+            | Stored::Refused(_) => {}
+            Stored::GaveUp => return stored,
+        }
+        if let Err(e) = message.ack().await {
+            tracing::warn!(task = %name, task_id = %id, error = %e, "ack failed; a redelivery will find the stored result");
+        }
+        stored
+    }
+
+    /// Publishes a task's result, once per task and series of attempts.
+    async fn store_result(
+        self,
+        message: &jetstream::Message,
+        state: TaskState,
+        body: Bytes,
+    ) -> Stored {
+        let Attempt {
+            served,
+            id,
+            number: attempt,
+            ttl,
+        } = self;
+        let name: &Name = &served.task.name;
+        let headers = broker::result_headers(name, id, state, attempt, &series(message), ttl);
+        let destination = subject::result(name, id);
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = "publish taskwire.results",
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.destination.name = %destination,
+            messaging.operation.type = "publish",
+            messaging.operation.name = "publish",
+            messaging.message.id = %id,
+            taskwire.task.name = %name,
+            taskwire.task.state = broker::state_name(state),
+        );
+        async {
+            let mut headers = headers;
+            // The result names the trace, for `taskwire inspect task` and the dashboard: this
+            // span's, or without trace export here, the producer's.
+            taskwire::propagation::inject_nats(&mut headers);
+            if headers.get("traceparent").is_none()
+                && let Some(parent) = message.headers.as_ref().and_then(|h| h.get("traceparent"))
+            {
+                headers.insert("traceparent", parent.as_str());
+            }
+            store(served, id, "result", destination, headers, body).await
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Which series of attempts a task message belongs to: 0, or the replay count.
+pub(crate) fn series(message: &jetstream::Message) -> String {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(header::REPLAY))
+        .map_or_else(|| "0".to_owned(), |v| v.as_str().to_owned())
+}
+
+/// Spreads retries of tasks that failed together: the delay, give or take a fifth.
+pub(crate) fn jitter(delay: Duration) -> Duration {
+    // The clock's nanoseconds are random enough to spread retries; no generator needed.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let factor = 0.8 + f64::from(nanos % 1000) / 2500.0;
+    delay.mul_f64(factor)
+}
+
+/// Why a task failed for good: the dead letter's reason, the error, whether it was retryable.
+pub(crate) struct Failure<'a> {
+    pub(crate) reason: &'a str,
+    pub(crate) error: &'a str,
+    pub(crate) retryable: bool,
+}
+
+/// `call()`, tried again for about ten seconds while it fails in a way `again` accepts (unless
+/// the worker is forced to stop); the last failure is returned.
+pub(crate) async fn patiently<T, E, F: Future<Output = Result<T, E>>>(
+    served: &Served,
+    mut call: impl FnMut() -> F,
+    again: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match call().await {
+            Err(e)
+                if again(&e)
+                    && !served.force.is_cancelled()
+                    && Instant::now() + delay < deadline =>
+            {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// What became of a message the worker had to store.
+pub(crate) enum Stored {
+    /// Stored now (at `sequence`); `duplicate` when an earlier publish of it had been stored
+    /// already.
+    Yes { duplicate: bool, sequence: u64 },
+    /// The subject had its one message already (a result stored before).
+    Taken,
+    /// Refused for good (too large, a header or feature the stream refuses): trying again
+    /// cannot help.
+    Refused(String),
+    /// Not stored before the worker had to stop.
+    GaveUp,
+}
+
+/// Publishes until JetStream has stored the message (retrying through broker outages), the
+/// subject turns out to be taken, the broker refuses it for good, or the worker is forced to
+/// stop.
+pub(crate) async fn store(
+    served: &Served,
+    id: &Id,
+    what: &'static str,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    body: Bytes,
+) -> Stored {
+    let name = &served.task.name;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let published = match served
+            .broker
+            .jetstream
+            .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match published {
+            Ok(ack) => {
+                return Stored::Yes {
+                    duplicate: ack.duplicate,
+                    sequence: ack.sequence,
+                };
+            }
+            Err(e) if broker::is_wrong_last_sequence(&e) => return Stored::Taken,
+            Err(e) => {
+                if let Some(why) = broker::permanent_refusal(&e) {
+                    return Stored::Refused(why);
+                }
+                if served.force.is_cancelled() {
+                    tracing::warn!(task = %name, task_id = %id, error = %e, "{what} not stored before exit; the task will be redelivered");
+                    return Stored::GaveUp;
+                }
+                tracing::warn!(task = %name, task_id = %id, error = %e, "storing the {what} failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
