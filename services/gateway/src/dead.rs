@@ -154,7 +154,7 @@ impl Gateway {
                         .map_err(|e| self.broker_error(e))?;
                 }
             }
-            let placement = crate::tasks::Placement {
+            let placement = crate::submit::Placement {
                 priority: broker::priority_of(&dead.headers),
                 ..Default::default()
             };

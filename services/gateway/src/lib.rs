@@ -14,7 +14,9 @@
 //! # }
 //! ```
 
+mod admin;
 pub mod auth;
+mod cancel;
 mod dashboard;
 mod dead;
 pub mod direct;
@@ -22,9 +24,11 @@ mod error;
 mod inspect;
 mod measure;
 pub mod payload;
+mod reads;
 mod reflection;
 mod registry;
 mod schedules;
+mod submit;
 mod tasks;
 mod waiters;
 
@@ -303,7 +307,7 @@ pub async fn serve(
         .set_serving::<TasksServer<tasks::TasksService>>()
         .await;
     health
-        .set_serving::<AdminServer<tasks::TasksService>>()
+        .set_serving::<AdminServer<admin::AdminService>>()
         .await;
     health
         .set_serving::<SchedulesServer<schedules::SchedulesService>>()
@@ -319,6 +323,7 @@ pub async fn serve(
     }
     let measured = Arc::clone(&gateway);
     let schedules = schedules::SchedulesService::new(Arc::clone(&gateway));
+    let admin = admin::AdminService::new(Arc::clone(&gateway));
     let service = tasks::TasksService::new(gateway);
     let max_message = config.max_payload.saturating_mul(4).max(4 * 1024 * 1024);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -332,8 +337,8 @@ pub async fn serve(
         .add_service(reflection::Reflection::<reflection::V1Alpha>::new(
             Arc::clone(&measured),
         ))
-        .add_service(TasksServer::new(service.clone()).max_decoding_message_size(max_message))
-        .add_service(AdminServer::new(service))
+        .add_service(TasksServer::new(service).max_decoding_message_size(max_message))
+        .add_service(AdminServer::new(admin))
         .add_service(SchedulesServer::new(schedules))
         .into_axum_router()
         .fallback(move |request: axum::extract::Request| {

@@ -17,7 +17,7 @@ use taskwire::task::Name;
 use taskwire::v1;
 use tonic::{Request, Response, Status};
 
-use crate::tasks::{overrides, publish_error};
+use crate::submit::{overrides, publish_error};
 use crate::{Error, Gateway, payload};
 
 /// The longest schedule name.

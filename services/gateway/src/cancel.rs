@@ -1,0 +1,88 @@
+//! Cancelling a task: recorded for the workers, and its outcome stored when it has not run.
+
+use bytes::Bytes;
+use taskwire::broker::{self, subject};
+use taskwire::task::{Id, Name};
+use taskwire::v1::{self, TaskState};
+
+use crate::submit::publish_error;
+use crate::{Error, Gateway};
+
+impl Gateway {
+    /// Cancels a task that has not ended: a mark the workers follow (a queued task never
+    /// starts, a running one is told to stop), a delayed one taken out of the broker, and the
+    /// `cancelled` outcome stored; a task that ended first answers FAILED_PRECONDITION.
+    pub(crate) async fn cancel(&self, id: &Id) -> Result<v1::TaskInfo, Error> {
+        self.check_connected()?;
+        if let Some(info) = self.result(id).await? {
+            return Err(Error::Finished {
+                id: id.to_string(),
+                state: broker::state_name(info.state()),
+            });
+        }
+        let last = self
+            .last_event(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let name = Name::parse(&last.task).map_err(Error::InvalidName)?;
+        // First the durable mark that workers watch: a queued task is then never started, a
+        // running one is told to stop, across restarts and redeliveries.
+        self.broker
+            .cancelled
+            .put(id.as_str(), Bytes::from_static(b"cancelled on request"))
+            .await
+            .map_err(|e| self.broker_error(e))?;
+        // A delayed task the broker still holds is taken out: it never fires, however long
+        // before its time the cancel came (longer than the mark and the result are kept).
+        if last.state() == TaskState::Scheduled {
+            self.broker
+                .tasks
+                .purge()
+                .filter(subject::delayed(id))
+                .await
+                .map_err(|e| self.broker_error(e))?;
+        }
+        // Then the cancelled result takes the task's one result slot; a worker that finishes
+        // the task later finds the slot taken and drops its own.
+        let published = self
+            .broker
+            .jetstream
+            .publish_with_headers(
+                subject::result(&name, id),
+                broker::result_headers(
+                    &name,
+                    id,
+                    TaskState::Cancelled,
+                    last.attempt,
+                    &format!("cancel.{}", broker::now_micros()),
+                    None,
+                ),
+                broker::failure_body("cancelled on request", false),
+            )
+            .await
+            .map_err(publish_error)?
+            .await;
+        match published {
+            Ok(_) => {}
+            Err(e) if broker::is_wrong_last_sequence(&e) => {
+                let stored = self.result(id).await?;
+                // A worker saw the mark first and stored the cancelled result itself.
+                if let Some(info) = stored.as_ref()
+                    && info.state() == TaskState::Cancelled
+                {
+                    return Ok(info.clone());
+                }
+                // Finished first: the mark is not needed.
+                let _ = self.broker.cancelled.delete(id.as_str()).await;
+                return Err(Error::Finished {
+                    id: id.to_string(),
+                    state: stored.map_or("finished", |info| broker::state_name(info.state())),
+                });
+            }
+            Err(e) => return Err(publish_error(e)),
+        }
+        self.result(id)
+            .await?
+            .ok_or_else(|| Error::Broker("the cancelled result was not stored".into()))
+    }
+}

@@ -1,0 +1,687 @@
+//! Submitting tasks: arguments and options checked, the task stored (queued, delayed, or
+//! answered by the task its idempotency key names), one or many at a time.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::context::PublishErrorKind;
+use bytes::Bytes;
+use taskwire::broker::{self, subject};
+use taskwire::task::{Id, Name};
+use taskwire::v1::{self, TaskState};
+use tracing::Instrument as _;
+
+use crate::auth::Op;
+use crate::tasks::parse_id;
+use crate::waiters::Waiting;
+use crate::{Error, Gateway, payload};
+
+/// A checked submission, ready to publish.
+pub(crate) struct Prepared {
+    name: Name,
+    id: Id,
+    args: Bytes,
+    key: Option<String>,
+    overrides: broker::Overrides,
+    placement: Placement,
+}
+
+/// Where and when a task waits for a worker.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Placement {
+    pub(crate) priority: v1::Priority,
+    /// Held by the broker until then.
+    pub(crate) not_before: Option<SystemTime>,
+    /// Not started after then, in microseconds since the Unix epoch.
+    pub(crate) expires_at: Option<u64>,
+}
+
+/// Furthest ahead a task may be delayed.
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How far in the past a not_before time may be (clock skew between machines); it then runs at
+/// once.
+pub(crate) const PAST_TOLERANCE: Duration = Duration::from_secs(60);
+
+pub(crate) fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}
+
+/// Checks when, at which priority and until when the task may run.
+pub(crate) fn placement(options: &v1::SubmitOptions, now: SystemTime) -> Result<Placement, Error> {
+    let bad = |text: String| Error::BadRequest(text);
+    let priority = v1::Priority::try_from(options.priority).map_err(|_| {
+        bad(format!(
+            "priority {} is not a priority; use 1 (high), 2 (normal) or 3 (low), or leave it unset for normal",
+            options.priority
+        ))
+    })?;
+    let time = |what: &str, ts: &prost_types::Timestamp| -> Result<SystemTime, Error> {
+        SystemTime::try_from(*ts).map_err(|_| bad(format!("{what} is not a valid time: {ts:?}")))
+    };
+    let duration = |what: &str, d: &prost_types::Duration| -> Result<Duration, Error> {
+        let d = Duration::try_from(*d).map_err(|_| {
+            bad(format!(
+                "{what} is negative; give a positive duration of at most 30 days"
+            ))
+        })?;
+        if d > MAX_DELAY {
+            return Err(bad(format!(
+                "{what} is {}; the most is 30 days",
+                humantime::format_duration(d)
+            )));
+        }
+        Ok(d)
+    };
+    let not_before = match (&options.not_before, &options.countdown) {
+        (Some(_), Some(_)) => {
+            return Err(bad("give not_before or countdown, not both".into()));
+        }
+        (Some(ts), None) => {
+            let at = time("not_before", ts)?;
+            if at + PAST_TOLERANCE < now {
+                return Err(bad(format!(
+                    "not_before is {} in the past; give a time from now on (a minute of clock skew is tolerated)",
+                    humantime::format_duration(Duration::from_secs(
+                        now.duration_since(at).unwrap_or_default().as_secs()
+                    ))
+                )));
+            }
+            if at > now + MAX_DELAY {
+                return Err(bad("not_before is more than 30 days ahead".into()));
+            }
+            (at > now).then_some(at)
+        }
+        (None, Some(d)) => {
+            let d = duration("countdown", d)?;
+            (!d.is_zero()).then(|| now + d)
+        }
+        (None, None) => None,
+    };
+    let start = not_before.unwrap_or(now);
+    let expires_at = match (&options.expires_at, &options.ttl) {
+        (Some(_), Some(_)) => return Err(bad("give expires_at or ttl, not both".into())),
+        (Some(ts), None) => {
+            let at = time("expires_at", ts)?;
+            if at <= now {
+                return Err(bad(
+                    "expires_at is in the past; the task could never run".into()
+                ));
+            }
+            if at <= start {
+                return Err(bad(
+                    "expires_at is before the task's not_before time; the task could never run"
+                        .into(),
+                ));
+            }
+            Some(at)
+        }
+        (None, Some(d)) => {
+            let d = duration("ttl", d)?;
+            if d.is_zero() {
+                return Err(bad("ttl is zero; give a positive duration".into()));
+            }
+            Some(start + d)
+        }
+        (None, None) => None,
+    };
+    Ok(Placement {
+        priority: if priority == v1::Priority::Unspecified {
+            v1::Priority::Normal
+        } else {
+            priority
+        },
+        not_before,
+        expires_at: expires_at.map(micros),
+    })
+}
+
+/// Most tasks one SubmitMany call takes (its answer then stays under 1 MiB).
+pub const MAX_SUBMIT_MANY: usize = 10_000;
+
+/// Longest idempotency key accepted, in bytes.
+pub(crate) const MAX_KEY_LEN: usize = 256;
+
+/// Most attempts a submitter may ask for.
+pub(crate) const MAX_ATTEMPTS: u32 = 100;
+
+/// Longest time limit or retry delay a submitter may ask for.
+pub(crate) const MAX_OVERRIDE: Duration = Duration::from_secs(24 * 3600);
+
+/// The submitter's changes to the task's options, checked. Results are kept at most
+/// `max_result_ttl`.
+pub(crate) fn overrides(
+    options: &v1::SubmitOptions,
+    max_result_ttl: Duration,
+) -> Result<broker::Overrides, Error> {
+    if options.max_attempts > MAX_ATTEMPTS {
+        return Err(Error::BadRequest(format!(
+            "max_attempts is {}; it must be 1 to {MAX_ATTEMPTS} (0 keeps the task's own)",
+            options.max_attempts
+        )));
+    }
+    let duration =
+        |what: &str, value: &Option<prost_types::Duration>| -> Result<Option<Duration>, Error> {
+            let Some(value) = value else { return Ok(None) };
+            let bad = |why: &str| {
+                Error::BadRequest(format!(
+                    "{what} {why}; give a positive duration of at most 24h"
+                ))
+            };
+            let d = Duration::try_from(*value).map_err(|_| bad("is negative"))?;
+            if d.is_zero() {
+                return Err(bad("is zero"));
+            }
+            if d > MAX_OVERRIDE {
+                return Err(bad("is longer than 24h"));
+            }
+            Ok(Some(d))
+        };
+    let result_ttl = match &options.result_ttl {
+        None => None,
+        Some(value) => {
+            let bad = |why: String| {
+                Error::BadRequest(format!(
+                    "result_ttl {why}; give a positive duration of at most {} (TASKWIRE_RESULT_TTL)",
+                    humantime::format_duration(max_result_ttl)
+                ))
+            };
+            let d = Duration::try_from(*value).map_err(|_| bad("is negative".into()))?;
+            if d < Duration::from_secs(1) {
+                return Err(bad("is less than a second".into()));
+            }
+            if d > max_result_ttl {
+                return Err(bad(format!(
+                    "is {}, longer than the broker keeps results",
+                    humantime::format_duration(d)
+                )));
+            }
+            Some(d)
+        }
+    };
+    Ok(broker::Overrides {
+        max_attempts: (options.max_attempts > 0).then_some(options.max_attempts),
+        timeout: duration("timeout", &options.timeout)?,
+        backoff_initial: duration("backoff_initial", &options.backoff_initial)?,
+        backoff_max: duration("backoff_max", &options.backoff_max)?,
+        result_ttl,
+    })
+}
+
+/// Checks an idempotency key: it becomes part of the task's id, and is echoed in errors.
+pub(crate) fn check_key(key: &str) -> Result<(), Error> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::BadRequest(format!(
+            "the idempotency key is {} bytes; the limit is {MAX_KEY_LEN}",
+            key.len()
+        )));
+    }
+    if let Some(c) = key.chars().find(|c| c.is_control()) {
+        return Err(Error::BadRequest(format!(
+            "the idempotency key holds the control character {c:?}; use printable characters only"
+        )));
+    }
+    Ok(())
+}
+
+/// The idempotency key a task option takes from a field of the arguments.
+pub(crate) fn key_from_field(
+    field: &str,
+    message: &prost_reflect::DynamicMessage,
+) -> Option<String> {
+    if field.is_empty() {
+        return None;
+    }
+    let value = message.get_field_by_name(field)?;
+    let key = match value.as_ref() {
+        prost_reflect::Value::String(s) => s.clone(),
+        prost_reflect::Value::I32(n) => n.to_string(),
+        prost_reflect::Value::I64(n) => n.to_string(),
+        prost_reflect::Value::U32(n) => n.to_string(),
+        prost_reflect::Value::U64(n) => n.to_string(),
+        other => format!("{other:?}"),
+    };
+    (!key.is_empty()).then_some(key)
+}
+
+pub(crate) fn publish_error(err: async_nats::jetstream::context::PublishError) -> Error {
+    match err.kind() {
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+            Error::BrokerDown(err.to_string())
+        }
+        // No stream answered: in a cluster, a leader election; else a deleted stream.
+        PublishErrorKind::StreamNotFound => Error::BrokerDown(format!(
+            "{err} (a stream leader election, or a deleted stream that a gateway restart recreates)"
+        )),
+        PublishErrorKind::MaxPayloadExceeded => Error::TooLarge(err.to_string()),
+        _ => match broker::publish_error_code(&err) {
+            // Over the stream's largest message.
+            Some(MESSAGE_TOO_LARGE) => Error::TooLarge(err.to_string()),
+            // The same task's publish is still being stored (a retry during an election).
+            Some(IN_PROCESS) => Error::BrokerDown(err.to_string()),
+            // A full queue (messages per subject, with discard new), or full storage.
+            Some(STORE_FAILED | STORAGE_EXHAUSTED | ACCOUNT_EXHAUSTED | INSUFFICIENT_RESOURCES) => {
+                Error::QueueFull(err.to_string())
+            }
+            _ => Error::Broker(err.to_string()),
+        },
+    }
+}
+
+/// JetStream error codes the gateway tells apart.
+pub(crate) const MESSAGE_TOO_LARGE: u64 = 10054;
+
+pub(crate) const STORE_FAILED: u64 = 10077;
+
+pub(crate) const STORAGE_EXHAUSTED: u64 = 10047;
+
+pub(crate) const ACCOUNT_EXHAUSTED: u64 = 10002;
+
+pub(crate) const INSUFFICIENT_RESOURCES: u64 = 10023;
+
+pub(crate) const IN_PROCESS: u64 = 10158;
+
+/// A task sent to the broker whose acks are still on their way.
+pub(crate) struct Sending {
+    id: Id,
+    name: Name,
+    /// None when the task was known already: nothing was sent.
+    acks: Option<TaskAcks>,
+}
+
+pub(crate) struct TaskAcks {
+    queued: async_nats::jetstream::context::PublishAckFuture,
+    stored: async_nats::jetstream::context::PublishAckFuture,
+}
+
+impl Gateway {
+    /// Checks a submission: the task exists, the arguments fit its input message, the options
+    /// are sound.
+    pub(crate) async fn prepare(
+        &self,
+        req: v1::SubmitRequest,
+        scope: Option<&str>,
+    ) -> Result<Prepared, Error> {
+        let name = Name::parse(&req.task).map_err(Error::InvalidName)?;
+        let task_type = self.registry.get(&name).await?;
+        self.registry
+            .check_schema(&task_type, &req.descriptor_hash)
+            .await?;
+        let (args, message) = match req.args {
+            Some(v1::submit_request::Args::ArgsProto(bytes)) => {
+                payload::from_proto(&task_type.input, Bytes::from(bytes), self.max_payload)?
+            }
+            Some(v1::submit_request::Args::ArgsJson(json)) => {
+                payload::from_json(&task_type.input, &json, self.max_payload)?
+            }
+            None => return Err(Error::MissingArgs),
+        };
+        let options = req.options.unwrap_or_default();
+        let key = if !options.idempotency_key.is_empty() {
+            Some(options.idempotency_key.clone())
+        } else {
+            key_from_field(&task_type.declared.idempotency_key_field, &message)
+        };
+        if let Some(key) = &key {
+            check_key(key)?;
+        }
+        let id = match (&key, scope) {
+            (Some(key), None) => Id::from_idempotency_key(&name, key),
+            (Some(key), Some(scope)) => Id::from_idempotency_key(&name, &format!("{scope}\0{key}")),
+            (None, _) => Id::generate(),
+        };
+        let overrides = overrides(&options, self.broker.result_ttl)?;
+        let placement = placement(&options, SystemTime::now())?;
+        if placement.not_before.is_some() && !self.broker.message_schedules {
+            return Err(Error::NoSchedules);
+        }
+        self.check_connected()?;
+        Ok(Prepared {
+            name,
+            id,
+            args,
+            key,
+            overrides,
+            placement,
+        })
+    }
+
+    /// Stores the task; returns once JetStream has acknowledged it.
+    pub(crate) async fn publish(&self, task: Prepared) -> Result<v1::SubmitResponse, Error> {
+        let sending = self.send(task).await?;
+        self.confirm(sending).await
+    }
+
+    /// Sends a checked task to the broker without waiting for its acks: [`Self::confirm`]
+    /// waits. Many sends in a row travel as one batch.
+    pub(crate) async fn send(&self, task: Prepared) -> Result<Sending, Error> {
+        let Prepared {
+            name,
+            id,
+            args,
+            key,
+            overrides,
+            placement,
+        } = task;
+        // A keyed task is known for as long as its state or outcome is kept, not only within
+        // the broker's duplicate window (which a restart of a single server also forgets once
+        // the task was consumed): a known key answers the existing task.
+        if key.is_some() && self.known(&id).await? {
+            return Ok(Sending {
+                id,
+                name,
+                acks: None,
+            });
+        }
+        let headers = broker::task_headers(&name, &id, &overrides, placement.expires_at);
+        let acks = self
+            .send_task(&name, &id, headers, args, &placement)
+            .await?;
+        Ok(Sending {
+            id,
+            name,
+            acks: Some(acks),
+        })
+    }
+
+    /// Whether the broker holds the task `id`: a result, a run that started, a delayed task
+    /// (held, or fired: a fired copy carries no de-duplication id), or a task queued longer ago
+    /// than the stream's duplicate window. A task queued within the window is stored again:
+    /// the window answers for a copy stored moments ago, and one whose first submit failed
+    /// after its queued event (the broker down when that event was to be taken back) is stored
+    /// now.
+    pub(crate) async fn known(&self, id: &Id) -> Result<bool, Error> {
+        let (result_subject, events_subject) = (subject::result_of(id), subject::events_of(id));
+        let (result, event) = tokio::join!(
+            self.broker
+                .last_message(broker::RESULTS_STREAM, &result_subject),
+            self.broker
+                .last_message(broker::EVENTS_STREAM, &events_subject),
+        );
+        if result.map_err(|e| self.read_error(e))?.is_some() {
+            return Ok(true);
+        }
+        if let Some(e) = event.map_err(|e| self.read_error(e))? {
+            let window = self.broker.tasks.cached_info().config.duplicate_window;
+            let started_or_delayed = matches!(
+                e.headers.get(broker::header::STATE).map(|v| v.as_str()),
+                Some("running" | "retrying" | "scheduled")
+            );
+            let replayed = e.headers.get(broker::header::REPLAY).is_some();
+            let queued_long_ago = e
+                .time
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= window);
+            if started_or_delayed || replayed || queued_long_ago {
+                return Ok(true);
+            }
+        }
+        Ok(self.delayed(id).await?.is_some())
+    }
+
+    /// Waits until the broker has stored a task sent by [`Self::send`].
+    pub(crate) async fn confirm(&self, sending: Sending) -> Result<v1::SubmitResponse, Error> {
+        let Some(acks) = sending.acks else {
+            return Ok(v1::SubmitResponse {
+                task_id: sending.id.to_string(),
+                duplicate: true,
+            });
+        };
+        let ack = self.confirm_task(acks).await?;
+        if !ack.duplicate {
+            self.metrics.submitted(sending.name.as_str(), 1);
+        }
+        Ok(v1::SubmitResponse {
+            task_id: sending.id.to_string(),
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Stores a task and its queued (or scheduled) event; returns once both are stored.
+    pub(crate) async fn store_task(
+        &self,
+        name: &Name,
+        id: &Id,
+        headers: async_nats::HeaderMap,
+        args: Bytes,
+        placement: &Placement,
+    ) -> Result<async_nats::jetstream::publish::PublishAck, Error> {
+        let acks = self.send_task(name, id, headers, args, placement).await?;
+        self.confirm_task(acks).await
+    }
+
+    /// Sends a task and its first event. The event goes first on the same connection, so that
+    /// it is stored before any event of the worker that runs the task; both acks are awaited
+    /// together by [`Self::confirm_task`], so when that returns, Get and Wait find the task.
+    pub(crate) async fn send_task(
+        &self,
+        name: &Name,
+        id: &Id,
+        mut headers: async_nats::HeaderMap,
+        args: Bytes,
+        placement: &Placement,
+    ) -> Result<TaskAcks, Error> {
+        let (state, subject) = match placement.not_before {
+            Some(_) => (TaskState::Scheduled, subject::delayed(id)),
+            None => (
+                TaskState::Queued,
+                subject::task_at(name, placement.priority),
+            ),
+        };
+        let mut event = broker::event_headers(name, id, state, 0);
+        // A replay's queued event says so: such a task was stored before, whatever the
+        // duplicate window remembers (see `known`).
+        if let Some(replay) = headers.get(broker::header::REPLAY) {
+            event.insert(broker::header::REPLAY, replay.as_str());
+        }
+        if let Some(at) = placement.not_before {
+            event.insert(broker::header::NOT_BEFORE, micros(at).to_string().as_str());
+            headers =
+                broker::delayed_headers(headers, &subject::task_at(name, placement.priority), at);
+        }
+        if let Some(at) = placement.expires_at {
+            event.insert(broker::header::EXPIRES_AT, at.to_string().as_str());
+        }
+        if placement.priority != v1::Priority::Normal {
+            headers.insert(
+                broker::header::PRIORITY,
+                broker::priority_name(placement.priority),
+            );
+        }
+        let destination = subject::task_at(name, placement.priority);
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format!("publish {destination}"),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.destination.name = %destination,
+            messaging.operation.type = "publish",
+            messaging.operation.name = "publish",
+            messaging.message.id = %id,
+            taskwire.task.name = %name,
+        );
+        async {
+            // The worker's span continues from this one; the dashboard links to the trace.
+            taskwire::propagation::inject_nats(&mut headers);
+            taskwire::propagation::inject_nats(&mut event);
+            // The first event keeps the arguments, for the dashboard.
+            let queued = self
+                .broker
+                .jetstream
+                .publish_with_headers(subject::event(name, id), event, args.clone())
+                .await
+                .map_err(publish_error)?;
+            let stored = self
+                .broker
+                .jetstream
+                .publish_with_headers(subject, headers, args)
+                .await
+                .map_err(publish_error)?;
+            Ok(TaskAcks { queued, stored })
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub(crate) async fn confirm_task(
+        &self,
+        acks: TaskAcks,
+    ) -> Result<async_nats::jetstream::publish::PublishAck, Error> {
+        let TaskAcks { queued, stored } = acks;
+        let (queued, stored) = tokio::join!(queued.into_future(), stored.into_future());
+        let ack = match stored {
+            Ok(ack) => ack,
+            Err(e) => {
+                // The task was refused (a full queue, say): take its queued event back, so that
+                // nothing of it remains.
+                if let Ok(event) = queued {
+                    let _ = self.broker.events.delete_message(event.sequence).await;
+                }
+                return Err(publish_error(e));
+            }
+        };
+        let queued = queued.map_err(publish_error)?;
+        if ack.duplicate {
+            // The task was stored before (the same key within the duplicate window): the
+            // queued event just stored would say it waits when it may be running or done.
+            if let Err(e) = self.broker.events.delete_message(queued.sequence).await {
+                tracing::debug!(error = %e, "could not take back the queued event of a duplicate");
+            }
+        }
+        Ok(ack)
+    }
+
+    /// Stores many tasks: sends them in windows and waits for each window's acks together.
+    pub(crate) async fn submit_many(
+        &self,
+        mut requests: tonic::Streaming<v1::SubmitRequest>,
+        caller: &crate::auth::Caller,
+    ) -> Result<v1::SubmitManyResponse, Error> {
+        /// Tasks sent before their acks are awaited.
+        const WINDOW: usize = 512;
+        let mut response = v1::SubmitManyResponse::default();
+        let mut window: Vec<(usize, Sending)> = Vec::with_capacity(WINDOW);
+        let scope = caller.key_scope();
+        let refuse = |response: &mut v1::SubmitManyResponse, index: usize, err: Error| {
+            response.results[index] = v1::SubmitManyResult {
+                code: err.code() as i32,
+                error: err.to_string(),
+                ..Default::default()
+            };
+            response.refused += 1;
+        };
+        loop {
+            // A call takes a bounded number of tasks, so that its answer stays well within any
+            // client's message limit: past the bound nothing more is read (nor stored), and the
+            // answer, one result per task read, says how far it got.
+            let next = if response.results.len() >= MAX_SUBMIT_MANY {
+                None
+            } else {
+                requests
+                    .message()
+                    .await
+                    .map_err(|e| Error::BadRequest(format!("the request stream broke: {e}")))?
+            };
+            let done = next.is_none();
+            if let Some(req) = next {
+                let index = response.results.len();
+                response.results.push(v1::SubmitManyResult::default());
+                if let Err(denied) = caller.check(Op::Submit, Some(&req.task)) {
+                    refuse(
+                        &mut response,
+                        index,
+                        Error::PermissionDenied(denied.message().to_owned()),
+                    );
+                    continue;
+                }
+                match self.prepare(req, scope.as_deref()).await {
+                    Ok(task) => match self.send(task).await {
+                        Ok(sending) => window.push((index, sending)),
+                        Err(e) => refuse(&mut response, index, e),
+                    },
+                    Err(e) => refuse(&mut response, index, e),
+                }
+            }
+            if window.len() >= WINDOW || (done && !window.is_empty()) {
+                let confirmed =
+                    futures::future::join_all(window.drain(..).map(
+                        |(index, sending)| async move { (index, self.confirm(sending).await) },
+                    ))
+                    .await;
+                for (index, outcome) in confirmed {
+                    match outcome {
+                        Ok(stored) => {
+                            response.results[index] = v1::SubmitManyResult {
+                                task_id: stored.task_id,
+                                duplicate: stored.duplicate,
+                                ..Default::default()
+                            };
+                            response.submitted += 1;
+                        }
+                        Err(e) => refuse(&mut response, index, e),
+                    }
+                }
+            }
+            if done {
+                return Ok(response);
+            }
+        }
+    }
+
+    /// Submits and waits up to `timeout` for the final state.
+    pub(crate) async fn submit_and_finish(
+        &self,
+        req: v1::SubmitRequest,
+        scope: Option<&str>,
+        timeout: Duration,
+    ) -> Result<v1::TaskInfo, Error> {
+        let (first, results) = self.submit_subscribed(req, scope).await?;
+        if !matches!(first.state(), TaskState::Queued | TaskState::Scheduled) {
+            return Ok(first);
+        }
+        let id = parse_id(&first.task_id)?;
+        self.wait_on(results, &id, timeout, Duration::from_secs(1))
+            .await
+    }
+
+    pub(crate) async fn submit(
+        &self,
+        req: v1::SubmitRequest,
+        scope: Option<&str>,
+    ) -> Result<v1::SubmitResponse, Error> {
+        let task = self.prepare(req, scope).await?;
+        self.publish(task).await
+    }
+
+    /// Submits and subscribes to the result before the task is stored, so no result can slip
+    /// by: returns the queued state and the subscription to wait on.
+    pub(crate) async fn submit_subscribed(
+        &self,
+        req: v1::SubmitRequest,
+        scope: Option<&str>,
+    ) -> Result<(v1::TaskInfo, Waiting), Error> {
+        let task = self.prepare(req, scope).await?;
+        let (id, name) = (task.id.clone(), task.name.clone());
+        let state = if task.placement.not_before.is_some() {
+            TaskState::Scheduled
+        } else {
+            TaskState::Queued
+        };
+        let results = self.waiters.register(&id);
+        let response = self.publish(task).await?;
+        let queued = v1::TaskInfo {
+            task_id: id.to_string(),
+            task: name.to_string(),
+            state: state as i32,
+            ..Default::default()
+        };
+        if response.duplicate
+            && let Some(info) = self.result(&id).await?
+        {
+            // The same idempotency key was used before and that task has finished.
+            return Ok((info, results));
+        }
+        Ok((queued, results))
+    }
+}
