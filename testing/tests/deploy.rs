@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use taskwire::broker;
 use taskwire::task::TaskType;
-use taskwire_cli::k8s::{Options, scaled_objects};
+use taskwire_cli::cmd::k8s::{Options, scaled_objects};
 use taskwire_testing::bin;
 
 fn root() -> PathBuf {
