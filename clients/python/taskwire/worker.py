@@ -1486,8 +1486,11 @@ class Worker:
         if letter is False:
             return
         stored = await self._finish(task, msg, task_id, attempt, "failed", body, options)
-        # A letter's sequence (True: the broker refused it, so there is none to take back).
-        if stored == "taken" and isinstance(letter, int) and not isinstance(letter, bool):
+        # Another outcome may hold the result's place: refused as taken, or, when it was stored
+        # under the same message id (an `expired` or `cancelled` end of this series by another
+        # delivery), answered as a duplicate. A letter's sequence (True: the broker refused it,
+        # so there is none to take back).
+        if stored in ("taken", "duplicate") and isinstance(letter, int) and not isinstance(letter, bool):
             # Tried again through a short outage; a letter that cannot be taken back stays (one
             # too many is better than none).
             try:

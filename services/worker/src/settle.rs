@@ -85,9 +85,9 @@ impl Attempt<'_> {
     }
 
     /// Ends a task failed for good: its dead letter, then its failed result, then the ack. When the
-    /// result slot turns out to be taken by another outcome (a delivery of the same task that ran
-    /// elsewhere and succeeded), the letter is taken back: a task has a dead letter only if it
-    /// failed.
+    /// result slot turns out to be held by another outcome (a delivery of the same task that ran
+    /// elsewhere and succeeded, or found it expired), the letter is taken back: a task has a dead
+    /// letter only if it failed.
     pub(crate) async fn fail_for_good(self, message: jetstream::Message, failure: Failure<'_>) {
         let Attempt { served, id, .. } = self;
         let Failure {
@@ -100,7 +100,18 @@ impl Attempt<'_> {
         };
         let body = broker::failure_body(error, retryable);
         let stored = self.finish(message, TaskState::Failed, body).await;
-        if let (Stored::Taken, Some(sequence)) = (stored, letter) {
+        // Another outcome may hold the result's place: refused as taken, or, when it was
+        // stored under the same message id (an `expired` or `cancelled` end of this series by
+        // another delivery), answered as a duplicate.
+        let maybe_other = matches!(
+            stored,
+            Stored::Taken
+                | Stored::Yes {
+                    duplicate: true,
+                    ..
+                }
+        );
+        if let (true, Some(sequence)) = (maybe_other, letter) {
             // Read and deleted through a short outage. Unknown (no answer) counts as failed: a
             // letter too many is better than none.
             let failed = patiently(served, || stored_outcome(served, id), |_| true)

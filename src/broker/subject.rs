@@ -1,0 +1,96 @@
+//! Subjects of the layout.
+
+use crate::task::{Id, Name};
+
+use crate::v1::Priority;
+
+/// Every task subject of normal priority.
+pub const TASKS: &str = "taskwire.tasks.>";
+/// Every task subject of high priority.
+pub const TASKS_HIGH: &str = "taskwire.tasks-high.>";
+/// Every task subject of low priority.
+pub const TASKS_LOW: &str = "taskwire.tasks-low.>";
+/// Every delayed task (a message schedule).
+pub const DELAYED: &str = "taskwire.delayed.>";
+/// Every schedule (a repeating message schedule).
+pub const SCHEDULES: &str = "taskwire.schedules.>";
+/// Every result subject (`>`: results stored as `taskwire.results.<id>` by earlier
+/// versions stay readable).
+pub const RESULTS: &str = "taskwire.results.>";
+/// The results the stream republishes: `taskwire.results.<id>.<token>`.
+pub const RESULTS_BY_TYPE: &str = "taskwire.results.*.>";
+/// Where the results stream republishes each result it stored (and only those): waiters
+/// listen here, so a publish the stream refused, or a forged one, never reaches them.
+/// Each on `taskwire.stored.results.<id>.<token>`.
+pub const STORED_RESULTS: &str = "taskwire.stored.results.>";
+/// The republish destination of [`RESULTS_BY_TYPE`], keeping the id and the token.
+pub const STORED_RESULTS_MAPPING: &str = "taskwire.stored.results.{{wildcard(1)}}.>";
+/// Every event subject.
+pub const EVENTS: &str = "taskwire.events.>";
+/// Every dead letter subject.
+pub const DEAD: &str = "taskwire.dead.>";
+
+/// Where tasks of this type queue at normal priority:
+/// `taskwire.tasks.examples.magic.v1.Magic.Add`.
+pub fn task(name: &Name) -> String {
+    format!("taskwire.tasks.{}", name.token())
+}
+
+/// Where tasks of this type queue at a priority.
+pub fn task_at(name: &Name, priority: Priority) -> String {
+    match priority {
+        Priority::High => format!("taskwire.tasks-high.{}", name.token()),
+        Priority::Low => format!("taskwire.tasks-low.{}", name.token()),
+        Priority::Normal | Priority::Unspecified => task(name),
+    }
+}
+
+/// Where the broker keeps a schedule.
+pub fn schedule(name: &str) -> String {
+    format!("taskwire.schedules.{name}")
+}
+
+/// Where the broker holds a delayed task until its time.
+pub fn delayed(id: &Id) -> String {
+    format!("taskwire.delayed.{id}")
+}
+
+/// Where the result of a task is stored: id first, then the task token, so that NATS
+/// permissions can let a worker store and read the results of its own task types only.
+pub fn result(name: &Name, id: &Id) -> String {
+    format!("taskwire.results.{id}.{}", name.token())
+}
+
+/// Matches the result of one task whatever its type: a task id has one result, checked
+/// against this subject when a result is stored.
+pub fn result_of(id: &Id) -> String {
+    format!("taskwire.results.{id}.>")
+}
+
+/// Where the state changes of a task are stored. The id comes first: a task token has a
+/// varying number of parts, so only this order lets one filter find a task's events by id
+/// (`taskwire.events.<id>.>`) and another all events of a type
+/// (`taskwire.events.*.examples.magic.v1.Magic.Add`).
+pub fn event(name: &Name, id: &Id) -> String {
+    format!("taskwire.events.{id}.{}", name.token())
+}
+
+/// Matches the state changes of one task whatever its type.
+pub fn events_of(id: &Id) -> String {
+    format!("taskwire.events.{id}.>")
+}
+
+/// Where a task that failed for good is kept (id first, as for events).
+pub fn dead(name: &Name, id: &Id) -> String {
+    format!("taskwire.dead.{id}.{}", name.token())
+}
+
+/// Matches the dead letter of one task.
+pub fn dead_of(id: &Id) -> String {
+    format!("taskwire.dead.{id}.>")
+}
+
+/// Matches the dead letters of one task type.
+pub fn dead_of_type(name: &Name) -> String {
+    format!("taskwire.dead.*.{}", name.token())
+}
