@@ -36,6 +36,7 @@ extern crate self as taskwire;
 
 #[cfg(feature = "broker")]
 pub mod broker;
+pub mod config;
 mod context;
 mod error;
 #[cfg(feature = "broker")]

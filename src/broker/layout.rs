@@ -9,6 +9,7 @@ use prost::Message as _;
 
 use super::store::leader_last_message;
 use super::*;
+use crate::config::Problems;
 use crate::task::Name;
 use crate::v1;
 
@@ -108,40 +109,63 @@ pub enum Error {
 }
 
 impl Settings {
-    /// The defaults, overridden by `TASKWIRE_RESULT_TTL` and `TASKWIRE_REPLICAS`.
-    pub fn from_env() -> Result<Self, String> {
+    /// Settings from their text (a variable's value or a flag; `None`: the default), every
+    /// problem noted: the result TTL (a duration such as 24h), the replicas (1 to 5), the queue
+    /// limit (a positive number of tasks, or -1 for none).
+    pub fn parse(
+        result_ttl: Option<&str>,
+        replicas: Option<&str>,
+        max_queued: Option<&str>,
+        problems: &mut Problems,
+    ) -> Self {
         let mut settings = Self::default();
-        if let Ok(text) = std::env::var(env::RESULT_TTL) {
-            settings.result_ttl = humantime::parse_duration(&text).map_err(|e| {
-                format!(
+        if let Some(text) = result_ttl {
+            match humantime::parse_duration(text) {
+                Ok(ttl) => settings.result_ttl = ttl,
+                Err(e) => problems.push(format!(
                     "{}={text:?} is not a duration such as 24h: {e}",
                     env::RESULT_TTL
-                )
-            })?;
+                )),
+            }
         }
-        if let Ok(text) = std::env::var(env::REPLICAS) {
-            settings.replicas = match text.parse::<usize>() {
-                Ok(n @ 1..=5) => n,
-                _ => {
-                    return Err(format!(
-                        "{}={text:?} must be a number of replicas from 1 to 5",
-                        env::REPLICAS
-                    ));
-                }
-            };
+        if let Some(text) = replicas {
+            match text.parse::<usize>() {
+                Ok(n @ 1..=5) => settings.replicas = n,
+                _ => problems.push(format!(
+                    "{}={text:?} must be a number of replicas from 1 to 5",
+                    env::REPLICAS
+                )),
+            }
         }
-        if let Ok(text) = std::env::var(env::MAX_QUEUED) {
-            settings.max_queued = match text.parse::<i64>() {
-                Ok(n) if n > 0 || n == -1 => n,
-                _ => {
-                    return Err(format!(
-                        "{}={text:?} must be a positive number of tasks, or -1 for no limit",
-                        env::MAX_QUEUED
-                    ));
-                }
-            };
+        if let Some(text) = max_queued {
+            match text.parse::<i64>() {
+                Ok(n) if n > 0 || n == -1 => settings.max_queued = n,
+                _ => problems.push(format!(
+                    "{}={text:?} must be a positive number of tasks, or -1 for no limit",
+                    env::MAX_QUEUED
+                )),
+            }
         }
-        Ok(settings)
+        settings
+    }
+
+    /// Settings from `TASKWIRE_RESULT_TTL`, `TASKWIRE_REPLICAS` and `TASKWIRE_MAX_QUEUED` (the
+    /// defaults for those unset), every problem noted.
+    pub fn read_env(problems: &mut Problems) -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Self::parse(
+            var(env::RESULT_TTL).as_deref(),
+            var(env::REPLICAS).as_deref(),
+            var(env::MAX_QUEUED).as_deref(),
+            problems,
+        )
+    }
+
+    /// [`Settings::read_env`], its problems told in one error.
+    pub fn from_env() -> Result<Self, String> {
+        let mut problems = Problems::new();
+        let settings = Self::read_env(&mut problems);
+        problems.or_value(settings).map_err(|p| p.to_string())
     }
 
     fn tasks_stream(&self) -> stream::Config {

@@ -47,6 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use taskwire::broker;
+use taskwire::config::Problems;
 use taskwire::service::Service;
 
 /// Environment variables a worker process reads.
@@ -145,6 +146,57 @@ impl std::fmt::Debug for Builder {
 }
 
 impl Builder {
+    /// A builder with every setting a worker process takes from its environment:
+    /// `TASKWIRE_NATS_URL`, `TASKWIRE_CONCURRENCY`, `TASKWIRE_ACK_WAIT`, `TASKWIRE_GRACE`,
+    /// `TASKWIRE_METRICS_ADDR` (`off` for none), the stream settings
+    /// ([`broker::Settings::read_env`]) and the NATS credentials and TLS
+    /// ([`broker::NatsAuth::from_env`]); the defaults for those unset. Every problem is reported
+    /// at once; a process exits with [`taskwire::config::EXIT_USAGE`] on them.
+    pub fn from_env() -> Result<Self, Problems> {
+        let mut problems = Problems::new();
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let mut builder = Worker::builder();
+        if let Some(url) = var(env::NATS_URL) {
+            builder.nats_url = url;
+        }
+        if let Some(text) = var(env::CONCURRENCY) {
+            match text.parse::<usize>() {
+                Ok(n) if n > 0 => builder.concurrency = n,
+                _ => problems.push(format!(
+                    "{}={text:?} must be a number of tasks above 0",
+                    env::CONCURRENCY
+                )),
+            }
+        }
+        let duration = |name: &str, problems: &mut Problems| {
+            let text = var(name)?;
+            problems.take(
+                humantime::parse_duration(&text)
+                    .map_err(|e| format!("{name}={text:?} is not a duration such as 30s: {e}")),
+            )
+        };
+        if let Some(ack_wait) = duration(env::ACK_WAIT, &mut problems) {
+            builder = builder.ack_wait(ack_wait);
+        }
+        if let Some(grace) = duration(env::GRACE, &mut problems) {
+            builder.grace = grace;
+        }
+        match var(env::METRICS_ADDR).as_deref() {
+            None | Some("off") => {}
+            Some(text) => {
+                builder.metrics_addr = problems.take(text.parse().map_err(|e| {
+                    format!(
+                        "{}={text:?} is not an address such as 0.0.0.0:9464: {e}",
+                        env::METRICS_ADDR
+                    )
+                }));
+            }
+        }
+        builder.broker = broker::Settings::read_env(&mut problems);
+        builder.nats_auth = problems.take(broker::NatsAuth::from_env());
+        problems.or_value(builder)
+    }
+
     /// NATS server URL(s), comma separated.
     pub fn nats(mut self, url: impl Into<String>) -> Self {
         self.nats_url = url.into();

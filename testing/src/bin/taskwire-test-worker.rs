@@ -1,20 +1,16 @@
-//! A worker process for fault tests: serves the magic and chaos example services.
-//! Reads TASKWIRE_NATS_URL, TASKWIRE_ACK_WAIT and TASKWIRE_GRACE.
-
-use std::time::Duration;
-
-fn duration(var: &str, default: Duration) -> Duration {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| humantime::parse_duration(&v).ok())
-        .unwrap_or(default)
-}
+//! A worker process for fault tests: serves the magic and chaos example services, with the
+//! settings of the environment (`Builder::from_env`).
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = taskwire::telemetry::init("info", "taskwire-worker");
-    let nats =
-        std::env::var("TASKWIRE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let builder = match taskwire_worker::Builder::from_env() {
+        Ok(builder) => builder,
+        Err(problems) => {
+            eprintln!("taskwire-test-worker: {problems}");
+            std::process::exit(taskwire::config::EXIT_USAGE.into());
+        }
+    };
     // With TASKWIRE_EXECUTION_LOG set, every result this worker stores is appended there, one
     // task id a line: fault drills count results from it as well as from the results stream.
     let log = match std::env::var_os("TASKWIRE_EXECUTION_LOG") {
@@ -31,12 +27,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = std::env::var_os("TASKWIRE_RUN_LOG") {
         taskwire_testing::tasks::log_runs_to(std::path::Path::new(&path))?;
     }
-    let concurrency = std::env::var("TASKWIRE_CONCURRENCY")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(100);
-    taskwire_worker::Worker::builder()
-        .concurrency(concurrency)
+    builder
         .on_result(move |id, _state| {
             if let Some(log) = &log {
                 use std::io::Write as _;
@@ -45,17 +36,7 @@ async fn main() -> anyhow::Result<()> {
                 let _ = file.write_all(format!("{id}\n").as_bytes());
             }
         })
-        .nats(nats)
-        .broker_settings(taskwire::broker::Settings::from_env().map_err(anyhow::Error::msg)?)
-        .ack_wait(duration("TASKWIRE_ACK_WAIT", Duration::from_secs(30)))
         .second_signal_forces(true)
-        .grace(duration("TASKWIRE_GRACE", Duration::from_secs(30)))
-        .metrics_addr(
-            std::env::var("TASKWIRE_METRICS_ADDR")
-                .ok()
-                .map(|a| a.parse())
-                .transpose()?,
-        )
         .serve(taskwire_testing::tasks::magic())
         .serve(taskwire_testing::tasks::chaos())
         .run(taskwire::shutdown_signal())

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use taskwire::config::EXIT_USAGE;
 use taskwire::examples::magic::v1::{AddArgs, AddResult, Magic, MagicServer};
 use taskwire::{TaskContext, TaskError};
-use taskwire_worker::{Worker, env};
+use taskwire_worker::Builder;
 
 /// The task implementation.
 struct MyMagic;
@@ -23,27 +24,29 @@ impl Magic for MyMagic {
     }
 }
 
+/// The environment's settings (`TASKWIRE_*`, read by `Builder::from_env`), which these flags
+/// override.
 #[derive(Debug, Parser)]
 #[command(
     name = "taskwire-magic-worker",
     version,
-    about = "Example taskwire worker serving examples.magic.v1.Magic"
+    about = "Example taskwire worker serving examples.magic.v1.Magic; configured by TASKWIRE_* variables, which these flags override"
 )]
 struct Args {
-    /// NATS server URL(s), comma separated.
-    #[arg(long, env = env::NATS_URL, default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
-    /// Tasks run at once.
-    #[arg(long, env = env::CONCURRENCY, default_value_t = 100)]
-    concurrency: usize,
-    /// Ack wait of the task consumer, when this worker creates it.
-    #[arg(long, env = env::ACK_WAIT, default_value = "30s", value_parser = humantime::parse_duration)]
-    ack_wait: Duration,
-    /// How long running tasks may finish after SIGTERM.
-    #[arg(long, env = env::GRACE, default_value = "30s", value_parser = humantime::parse_duration)]
-    grace: Duration,
-    /// Serve Prometheus metrics on http://ADDR/metrics.
-    #[arg(long, env = env::METRICS_ADDR)]
+    /// NATS server URL(s), comma separated (TASKWIRE_NATS_URL).
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// Tasks run at once (TASKWIRE_CONCURRENCY).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Ack wait of the task consumer, when this worker creates it (TASKWIRE_ACK_WAIT).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ack_wait: Option<Duration>,
+    /// How long running tasks may finish after SIGTERM (TASKWIRE_GRACE).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    grace: Option<Duration>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (TASKWIRE_METRICS_ADDR).
+    #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
 }
 
@@ -54,21 +57,31 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let _telemetry = taskwire::telemetry::init("info", "taskwire-worker");
     let args = Args::parse();
-    let settings = match taskwire::broker::Settings::from_env() {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("taskwire-magic-worker: {e}");
-            return ExitCode::from(64);
+    // Every problem in the environment's settings at once.
+    let mut worker = match Builder::from_env() {
+        Ok(builder) => builder,
+        Err(problems) => {
+            eprintln!("taskwire-magic-worker: {problems}");
+            return ExitCode::from(EXIT_USAGE);
         }
     };
-    let worker = Worker::builder()
-        .broker_settings(settings)
-        .nats(args.nats_url)
-        .concurrency(args.concurrency)
-        .ack_wait(args.ack_wait)
+    if let Some(url) = args.nats_url {
+        worker = worker.nats(url);
+    }
+    if let Some(n) = args.concurrency {
+        worker = worker.concurrency(n);
+    }
+    if let Some(ack_wait) = args.ack_wait {
+        worker = worker.ack_wait(ack_wait);
+    }
+    if let Some(grace) = args.grace {
+        worker = worker.grace(grace);
+    }
+    if args.metrics_addr.is_some() {
+        worker = worker.metrics_addr(args.metrics_addr);
+    }
+    let worker = worker
         .second_signal_forces(true)
-        .grace(args.grace)
-        .metrics_addr(args.metrics_addr)
         .serve(MagicServer::new(MyMagic));
     match worker.run(taskwire::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
