@@ -99,6 +99,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = examples::magic::v1::FILE_DESCRIPTOR_SET;
 /// Completes on the first SIGINT or SIGTERM: the one shutdown trigger of every taskwire process.
 /// The signals are caught from the moment this is called (inside a Tokio runtime), not from its
 /// first poll, so a signal that comes while the process is still starting is not fatal.
+#[cfg(unix)]
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate()).ok();
@@ -115,5 +116,13 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
+    }
+}
+
+/// Completes on the first Ctrl-C (where there are no Unix signals).
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
