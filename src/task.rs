@@ -40,25 +40,8 @@ impl Name {
             name: name.to_owned(),
             reason,
         };
-        if name.len() > 200 {
-            return Err(invalid("longer than 200 characters"));
-        }
-        let (service, method) = name.split_once('/').ok_or_else(|| {
-            invalid("expected `package.Service/Method`, e.g. `examples.magic.v1.Magic/Add`")
-        })?;
-        if !service.contains('.') {
-            return Err(invalid(
-                "expected `package.Service/Method`, e.g. `examples.magic.v1.Magic/Add`",
-            ));
-        }
-        for token in service.split('.').chain([method]) {
-            if token.is_empty()
-                || !token
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                return Err(invalid("each part must be letters, digits or `_`"));
-            }
+        if let Some(reason) = taskwire_schema::task_name_problem(name) {
+            return Err(invalid(reason));
         }
         Ok(Self(name.into()))
     }

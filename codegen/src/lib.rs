@@ -24,13 +24,14 @@
 //!
 //! and in its `lib.rs`: `pub mod greeter { taskwire::include_tasks!("greeter.v1"); }`.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use proc_macro2::TokenStream;
 use prost_build::{Method, Service, ServiceGenerator};
 use protox::file::{
     ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
 };
+use quote::{format_ident, quote};
 
 /// File name, inside `OUT_DIR`, of the encoded `FileDescriptorSet`.
 pub const DESCRIPTOR_SET_FILE: &str = "taskwire_descriptor_set.bin";
@@ -280,35 +281,15 @@ impl FileResolver for BuiltinResolver {
 }
 
 /// Checks that a task name maps cleanly onto a NATS subject (`pkg.Service/Method` →
-/// `pkg.Service.Method`). The same rule holds at run time in `taskwire::task::Name`.
+/// `pkg.Service.Method`), by the rule the runtime applies too.
 fn check_task_name(task: &str) -> Result<(), Error> {
-    let invalid = |reason: &str| Error::InvalidTaskName {
-        task: task.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let (service, method) = task
-        .split_once('/')
-        .ok_or_else(|| invalid("expected `package.Service/Method`"))?;
-    if task.len() > 200 {
-        return Err(invalid("longer than 200 characters"));
+    match taskwire_schema::task_name_problem(task) {
+        None => Ok(()),
+        Some(reason) => Err(Error::InvalidTaskName {
+            task: task.to_owned(),
+            reason: reason.to_owned(),
+        }),
     }
-    if !service.contains('.') {
-        return Err(invalid(
-            "the service has no package; declare `package name.v1;` in the proto file",
-        ));
-    }
-    for token in service.split('.').chain([method]) {
-        if token.is_empty()
-            || !token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
-            return Err(invalid(
-                "every part must be letters, digits or `_` to become a subject token",
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Generates task code for contract services and tonic code for the gRPC API packages.
@@ -345,10 +326,13 @@ impl ServiceGenerator for Generator {
             return;
         }
         if self.worker {
-            let _ = writeln!(
+            let file = format!("/{DESCRIPTOR_SET_FILE}");
+            render(
+                quote! {
+                    /// Encoded `FileDescriptorSet` of the contracts compiled with this package, custom options included.
+                    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), #file));
+                },
                 buf,
-                "/// Encoded `FileDescriptorSet` of the contracts compiled with this package, custom options included.\n\
-                 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{DESCRIPTOR_SET_FILE}\"));"
             );
         }
     }
@@ -361,80 +345,147 @@ fn task_name(service: &Service, method: &Method) -> String {
     )
 }
 
-fn doc_lines(comments: &prost_build::Comments, indent: &str, buf: &mut String) {
-    for line in comments.leading.iter().flat_map(|c| c.lines()) {
-        let _ = writeln!(
-            buf,
-            "{indent}///{}",
-            if line.is_empty() {
+/// A proto comment as `#[doc]` attributes, one per line.
+fn doc_attrs(comments: &prost_build::Comments) -> Vec<TokenStream> {
+    comments
+        .leading
+        .iter()
+        .flat_map(|c| c.lines())
+        .map(|line| {
+            let line = if line.is_empty() {
                 String::new()
             } else {
                 format!(" {}", line.trim_end())
-            }
-        );
-    }
+            };
+            quote! { #[doc = #line] }
+        })
+        .collect()
+}
+
+/// A Rust path or identifier prost-build wrote as text (a message type, a method name).
+fn parse<T: syn::parse::Parse>(text: &str) -> T {
+    syn::parse_str(text).unwrap_or_else(|e| panic!("taskwire-build: `{text}` is not Rust: {e}"))
+}
+
+/// Generated items as formatted source.
+fn render(tokens: TokenStream, buf: &mut String) {
+    let file: syn::File = syn::parse2(tokens)
+        .unwrap_or_else(|e| panic!("taskwire-build: generated code does not parse: {e}"));
+    buf.push_str(&prettyplease::unparse(&file));
 }
 
 fn generate_worker(service: &Service, buf: &mut String) {
-    let name = &service.name;
+    let name = format_ident!("{}", service.name);
+    let server = format_ident!("{}Server", service.name);
     let full = format!("{}.{}", service.package, service.proto_name);
-    doc_lines(&service.comments, "", buf);
-    let _ = writeln!(
-        buf,
-        "/// Worker side of `{full}`: implement it and serve it with [`{name}Server`].\n\
-         pub trait {name}: ::core::marker::Send + ::core::marker::Sync + 'static {{"
+    let service_docs = doc_attrs(&service.comments);
+    let trait_doc = format!(
+        " Worker side of `{full}`: implement it and serve it with [`{}Server`].",
+        service.name
     );
+    let server_doc = format!(
+        " Serves a [`{}`] implementation on a taskwire worker.",
+        service.name
+    );
+    let mut methods = Vec::new();
+    let mut defs = Vec::new();
+    let mut arms = Vec::new();
     for method in &service.methods {
-        doc_lines(&method.comments, "    ", buf);
-        let _ = writeln!(
-            buf,
-            "    /// Runs the task `{task}`.\n    fn {m}(&self, ctx: ::taskwire::TaskContext, args: {input}) -> impl ::core::future::Future<Output = ::core::result::Result<{output}, ::taskwire::TaskError>> + ::core::marker::Send;",
-            task = task_name(service, method),
-            m = method.name,
-            input = method.input_type,
-            output = method.output_type,
-        );
+        let task = task_name(service, method);
+        let m: syn::Ident = parse(&method.name);
+        let input: syn::Type = parse(&method.input_type);
+        let output: syn::Type = parse(&method.output_type);
+        let input_proto = method.input_proto_type.trim_start_matches('.');
+        let output_proto = method.output_proto_type.trim_start_matches('.');
+        let method_docs = doc_attrs(&method.comments);
+        let run_doc = format!(" Runs the task `{task}`.");
+        methods.push(quote! {
+            #(#method_docs)*
+            #[doc = #run_doc]
+            fn #m(
+                &self,
+                ctx: ::taskwire::TaskContext,
+                args: #input,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<#output, ::taskwire::TaskError>,
+            > + ::core::marker::Send;
+        });
+        defs.push(quote! {
+            ::taskwire::service::TaskDef {
+                name: #task,
+                input_type: #input_proto,
+                output_type: #output_proto,
+            }
+        });
+        arms.push(quote! {
+            #task => ::std::boxed::Box::pin(async move {
+                let args = <#input as ::taskwire::prost::Message>::decode(args)
+                    .map_err(|e| ::taskwire::TaskError::undecodable(#input_proto, e))?;
+                let output = inner.#m(ctx, args).await?;
+                ::core::result::Result::Ok(::taskwire::prost::Message::encode_to_vec(&output))
+            }),
+        });
     }
-    let _ = writeln!(buf, "}}");
+    render(
+        quote! {
+            #(#service_docs)*
+            #[doc = #trait_doc]
+            pub trait #name: ::core::marker::Send + ::core::marker::Sync + 'static {
+                #(#methods)*
+            }
 
-    let _ = writeln!(
+            #[doc = #server_doc]
+            #[derive(Debug)]
+            pub struct #server<T> {
+                inner: ::std::sync::Arc<T>,
+            }
+
+            impl<T> ::core::clone::Clone for #server<T> {
+                fn clone(&self) -> Self {
+                    Self { inner: ::std::sync::Arc::clone(&self.inner) }
+                }
+            }
+
+            impl<T: #name> #server<T> {
+                /// Wraps the implementation.
+                pub fn new(inner: T) -> Self {
+                    Self { inner: ::std::sync::Arc::new(inner) }
+                }
+                /// Wraps an implementation that is shared already.
+                pub fn from_arc(inner: ::std::sync::Arc<T>) -> Self {
+                    Self { inner }
+                }
+            }
+
+            impl<T: #name> ::taskwire::service::Service for #server<T> {
+                fn name(&self) -> &'static str {
+                    #full
+                }
+                fn tasks(&self) -> &'static [::taskwire::service::TaskDef] {
+                    &[#(#defs),*]
+                }
+                fn file_descriptor_set(&self) -> &'static [u8] {
+                    FILE_DESCRIPTOR_SET
+                }
+                fn call(
+                    &self,
+                    task: &str,
+                    ctx: ::taskwire::TaskContext,
+                    args: ::taskwire::bytes::Bytes,
+                ) -> ::taskwire::service::BoxFuture<
+                    ::core::result::Result<::std::vec::Vec<u8>, ::taskwire::TaskError>,
+                > {
+                    let inner = ::std::sync::Arc::clone(&self.inner);
+                    match task {
+                        #(#arms)*
+                        other => ::std::boxed::Box::pin(::core::future::ready(
+                            ::core::result::Result::Err(::taskwire::TaskError::unknown_task(#full, other)),
+                        )),
+                    }
+                }
+            }
+        },
         buf,
-        "/// Serves a [`{name}`] implementation on a taskwire worker.\n\
-         #[derive(Debug)]\n\
-         pub struct {name}Server<T> {{\n    inner: ::std::sync::Arc<T>,\n}}\n\
-         impl<T> ::core::clone::Clone for {name}Server<T> {{\n    fn clone(&self) -> Self {{\n        Self {{ inner: ::std::sync::Arc::clone(&self.inner) }}\n    }}\n}}\n\
-         impl<T: {name}> {name}Server<T> {{\n    /// Wraps the implementation.\n    pub fn new(inner: T) -> Self {{\n        Self {{ inner: ::std::sync::Arc::new(inner) }}\n    }}\n    /// Wraps an implementation that is shared already.\n    pub fn from_arc(inner: ::std::sync::Arc<T>) -> Self {{\n        Self {{ inner }}\n    }}\n}}"
-    );
-    let _ = writeln!(
-        buf,
-        "impl<T: {name}> ::taskwire::service::Service for {name}Server<T> {{\n    fn name(&self) -> &'static str {{\n        \"{full}\"\n    }}\n    fn tasks(&self) -> &'static [::taskwire::service::TaskDef] {{\n        &["
-    );
-    for method in &service.methods {
-        let _ = writeln!(
-            buf,
-            "            ::taskwire::service::TaskDef {{ name: \"{task}\", input_type: \"{input}\", output_type: \"{output}\" }},",
-            task = task_name(service, method),
-            input = method.input_proto_type.trim_start_matches('.'),
-            output = method.output_proto_type.trim_start_matches('.'),
-        );
-    }
-    let _ = writeln!(
-        buf,
-        "        ]\n    }}\n    fn file_descriptor_set(&self) -> &'static [u8] {{\n        FILE_DESCRIPTOR_SET\n    }}\n    fn call(&self, task: &str, ctx: ::taskwire::TaskContext, args: ::taskwire::bytes::Bytes) -> ::taskwire::service::BoxFuture<::core::result::Result<::std::vec::Vec<u8>, ::taskwire::TaskError>> {{\n        let inner = ::std::sync::Arc::clone(&self.inner);\n        match task {{"
-    );
-    for method in &service.methods {
-        let _ = writeln!(
-            buf,
-            "            \"{task}\" => ::std::boxed::Box::pin(async move {{\n                let args = <{input} as ::taskwire::prost::Message>::decode(args)\n                    .map_err(|e| ::taskwire::TaskError::undecodable(\"{input_proto}\", e))?;\n                let output = inner.{m}(ctx, args).await?;\n                ::core::result::Result::Ok(::taskwire::prost::Message::encode_to_vec(&output))\n            }}),",
-            task = task_name(service, method),
-            input = method.input_type,
-            input_proto = method.input_proto_type.trim_start_matches('.'),
-            m = method.name,
-        );
-    }
-    let _ = writeln!(
-        buf,
-        "            other => ::std::boxed::Box::pin(::core::future::ready(::core::result::Result::Err(::taskwire::TaskError::unknown_task(\"{full}\", other)))),\n        }}\n    }}\n}}"
     );
 }
 
@@ -443,36 +494,83 @@ fn generate_client(
     hashes: &std::collections::HashMap<String, String>,
     buf: &mut String,
 ) {
-    let name = &service.name;
+    let client = format_ident!("{}Client", service.name);
     let full = format!("{}.{}", service.package, service.proto_name);
-    let _ = writeln!(
-        buf,
-        "/// Producer side of `{full}`: submits its tasks through a taskwire gateway.\n\
-         #[derive(Debug, Clone)]\n\
-         pub struct {name}Client {{\n    inner: ::taskwire_client::Client,\n}}\n\
-         impl {name}Client {{\n\
-         \x20   /// Connects to the gateway at `endpoint` (e.g. `http://127.0.0.1:50051`).\n\
-         \x20   pub async fn connect(endpoint: impl ::core::convert::Into<::std::string::String>) -> ::core::result::Result<Self, ::taskwire_client::Error> {{\n        ::core::result::Result::Ok(Self::new(::taskwire_client::Client::connect(endpoint).await?))\n    }}\n\
-         \x20   /// Uses a client that is connected already.\n\
-         \x20   pub fn new(client: ::taskwire_client::Client) -> Self {{\n        Self {{ inner: client }}\n    }}\n\
-         \x20   /// The untyped client underneath.\n\
-         \x20   pub fn client(&self) -> &::taskwire_client::Client {{\n        &self.inner\n    }}"
-    );
+    let client_doc =
+        format!(" Producer side of `{full}`: submits its tasks through a taskwire gateway.");
+    let mut methods = Vec::new();
     for method in &service.methods {
         let task = task_name(service, method);
-        doc_lines(&method.comments, "    ", buf);
-        let _ = writeln!(
-            buf,
-            "    /// Submits `{task}` and returns a handle to its result.\n    pub async fn {m}(&self, args: {input}) -> ::core::result::Result<::taskwire_client::TaskHandle<{output}>, ::taskwire_client::Error> {{\n        self.{m}_with(args, ::taskwire_client::SubmitOptions::default()).await\n    }}\n\
-             \x20   /// Submits `{task}` with options such as an idempotency key. Sends the schema\n    /// fingerprint of this build, so a gateway whose workers registered another schema refuses it.\n    pub async fn {m}_with(&self, args: {input}, options: ::taskwire_client::SubmitOptions) -> ::core::result::Result<::taskwire_client::TaskHandle<{output}>, ::taskwire_client::Error> {{\n        self.inner.submit_described(\"{task}\", \"{hash}\", &args, options).await\n    }}\n\
-             \x20   /// Submits `{task}` and waits up to `timeout` for its result, in one call.\n    pub async fn {m}_and_wait(&self, args: {input}, timeout: ::std::time::Duration) -> ::core::result::Result<{output}, ::taskwire_client::Error> {{\n        self.inner.run_described(\"{task}\", \"{hash}\", &args, ::taskwire_client::SubmitOptions::default(), timeout).await\n    }}",
-            m = method.name,
-            hash = hashes.get(&task).map_or("", String::as_str),
-            input = method.input_type,
-            output = method.output_type,
-        );
+        let hash = hashes.get(&task).map_or("", String::as_str);
+        let m: syn::Ident = parse(&method.name);
+        let with = format_ident!("{}_with", m.to_string().trim_start_matches("r#"));
+        let and_wait = format_ident!("{}_and_wait", m.to_string().trim_start_matches("r#"));
+        let input: syn::Type = parse(&method.input_type);
+        let output: syn::Type = parse(&method.output_type);
+        let method_docs = doc_attrs(&method.comments);
+        let submit_doc = format!(" Submits `{task}` and returns a handle to its result.");
+        let with_doc =
+            format!(" Submits `{task}` with options such as an idempotency key. Sends the schema");
+        let wait_doc =
+            format!(" Submits `{task}` and waits up to `timeout` for its result, in one call.");
+        methods.push(quote! {
+            #(#method_docs)*
+            #[doc = #submit_doc]
+            pub async fn #m(
+                &self,
+                args: #input,
+            ) -> ::core::result::Result<::taskwire_client::TaskHandle<#output>, ::taskwire_client::Error> {
+                self.#with(args, ::taskwire_client::SubmitOptions::default()).await
+            }
+            #[doc = #with_doc]
+            /// fingerprint of this build, so a gateway whose workers registered another schema refuses it.
+            pub async fn #with(
+                &self,
+                args: #input,
+                options: ::taskwire_client::SubmitOptions,
+            ) -> ::core::result::Result<::taskwire_client::TaskHandle<#output>, ::taskwire_client::Error> {
+                self.inner.submit_described(#task, #hash, &args, options).await
+            }
+            #[doc = #wait_doc]
+            pub async fn #and_wait(
+                &self,
+                args: #input,
+                timeout: ::std::time::Duration,
+            ) -> ::core::result::Result<#output, ::taskwire_client::Error> {
+                self.inner
+                    .run_described(#task, #hash, &args, ::taskwire_client::SubmitOptions::default(), timeout)
+                    .await
+            }
+        });
     }
-    let _ = writeln!(buf, "}}");
+    render(
+        quote! {
+            #[doc = #client_doc]
+            #[derive(Debug, Clone)]
+            pub struct #client {
+                inner: ::taskwire_client::Client,
+            }
+
+            impl #client {
+                /// Connects to the gateway at `endpoint` (e.g. `http://127.0.0.1:50051`).
+                pub async fn connect(
+                    endpoint: impl ::core::convert::Into<::std::string::String>,
+                ) -> ::core::result::Result<Self, ::taskwire_client::Error> {
+                    ::core::result::Result::Ok(Self::new(::taskwire_client::Client::connect(endpoint).await?))
+                }
+                /// Uses a client that is connected already.
+                pub fn new(client: ::taskwire_client::Client) -> Self {
+                    Self { inner: client }
+                }
+                /// The untyped client underneath.
+                pub fn client(&self) -> &::taskwire_client::Client {
+                    &self.inner
+                }
+                #(#methods)*
+            }
+        },
+        buf,
+    );
 }
 
 #[cfg(test)]

@@ -237,9 +237,48 @@ fn collect(
     }
 }
 
+/// What is wrong with a task name (`package.Service/Method`, each part a NATS subject token of
+/// letters, digits or `_`, at most 200 characters), or `None` when it is a good one: the one
+/// rule of task names, for code generation and the runtime alike.
+pub fn task_name_problem(name: &str) -> Option<&'static str> {
+    if name.len() > 200 {
+        return Some("longer than 200 characters");
+    }
+    let Some((service, method)) = name.split_once('/') else {
+        return Some("expected `package.Service/Method`, e.g. `examples.magic.v1.Magic/Add`");
+    };
+    if !service.contains('.') {
+        return Some(
+            "the service has no package: expected `package.Service/Method` (declare `package name.v1;` in the proto file)",
+        );
+    }
+    let token =
+        |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !service.split('.').chain([method]).all(token) {
+        return Some("each part must be letters, digits or `_` to become a subject token");
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_names_are_subject_tokens() {
+        assert_eq!(task_name_problem("examples.magic.v1.Magic/Add"), None);
+        for bad in [
+            "Magic/Add",
+            "examples.magic.v1.Magic",
+            "a.b-c.Magic/Add",
+            "a.b..Magic/Add",
+            "a.b.Magic/",
+            "a.b.Magic/A.dd",
+        ] {
+            assert!(task_name_problem(bad).is_some(), "{bad}");
+        }
+        assert!(task_name_problem(&format!("a.{}/Add", "x".repeat(200))).is_some());
+    }
 
     fn magic() -> (MessageDescriptor, MessageDescriptor) {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");

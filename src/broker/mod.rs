@@ -41,3 +41,120 @@ pub use store::{
     StoredMessage, is_wrong_last_sequence, last_message, last_message_on, next_message,
     permanent_refusal, publish_error_code,
 };
+
+/// The protocol as `testing/vectors/protocol.json` writes it down, which every runtime checks
+/// itself against.
+#[cfg(test)]
+mod vectors {
+    use super::*;
+    use crate::task::{Id, Name};
+    use crate::v1::Priority;
+
+    fn vectors() -> serde_json::Value {
+        serde_json::from_str(include_str!("../../testing/vectors/protocol.json"))
+            .expect("testing/vectors/protocol.json is JSON")
+    }
+
+    fn text(value: &serde_json::Value) -> &str {
+        value.as_str().expect("a string")
+    }
+
+    #[test]
+    fn streams_and_headers_are_named_as_the_vectors_say() {
+        let v = vectors();
+        let streams = &v["streams"];
+        assert_eq!(text(&streams["tasks"]), TASKS_STREAM);
+        assert_eq!(text(&streams["results"]), RESULTS_STREAM);
+        assert_eq!(text(&streams["events"]), EVENTS_STREAM);
+        assert_eq!(text(&streams["dead"]), DEAD_STREAM);
+        let headers = &v["headers"];
+        for (key, ours) in [
+            ("task_id", header::TASK_ID),
+            ("task", header::TASK),
+            ("attempt", header::ATTEMPT),
+            ("state", header::STATE),
+            ("replay", header::REPLAY),
+            ("schedule_name", header::SCHEDULE_NAME),
+            ("schedule_next", header::SCHEDULE_NEXT),
+            ("expires_at", header::EXPIRES_AT),
+            ("progress", header::PROGRESS),
+            ("dead_reason", header::DEAD_REASON),
+            ("error", header::ERROR),
+            ("max_attempts", header::MAX_ATTEMPTS),
+            ("timeout_ms", header::TIMEOUT_MS),
+            ("backoff_initial_ms", header::BACKOFF_INITIAL_MS),
+            ("backoff_max_ms", header::BACKOFF_MAX_MS),
+            ("result_ttl_ms", header::RESULT_TTL_MS),
+            ("msg_id", header::MSG_ID),
+            (
+                "expected_last_subject_sequence",
+                header::EXPECTED_LAST_SUBJECT_SEQUENCE,
+            ),
+            (
+                "expected_last_subject_sequence_subject",
+                header::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+            ),
+            ("ttl", header::TTL),
+        ] {
+            assert_eq!(text(&headers[key]), ours, "{key}");
+        }
+        assert_eq!(
+            headers.as_object().map(|h| h.len()),
+            Some(20),
+            "a header in the vectors that this test does not check"
+        );
+    }
+
+    #[test]
+    fn subjects_consumers_and_message_ids_are_as_the_vectors_say() {
+        let v = vectors();
+        for case in v["tasks"].as_array().expect("tasks") {
+            let name = Name::parse(text(&case["task"])).expect("a task name");
+            let id = Id::parse(text(&case["id"])).expect("an id");
+            assert_eq!(text(&case["token"]), name.token());
+            for (level, priority) in [
+                ("high", Priority::High),
+                ("normal", Priority::Normal),
+                ("low", Priority::Low),
+            ] {
+                assert_eq!(
+                    text(&case["queues"][level]),
+                    subject::task_at(&name, priority)
+                );
+                assert_eq!(
+                    text(&case["consumers"][level]),
+                    consumer_name(&name, priority)
+                );
+            }
+            assert_eq!(text(&case["result"]), subject::result(&name, &id));
+            assert_eq!(text(&case["results_of_id"]), subject::result_of(&id));
+            assert_eq!(text(&case["event"]), subject::event(&name, &id));
+            assert_eq!(text(&case["dead"]), subject::dead(&name, &id));
+            for (series, msg_id) in case["result_msg_id"].as_object().expect("message ids") {
+                assert_eq!(text(msg_id), result_msg_id(&id, series));
+            }
+        }
+        for case in v["scheduled_ids"].as_array().expect("scheduled ids") {
+            let name = Name::parse(text(&case["task"])).expect("a task name");
+            let id = scheduled_task_id(
+                &name,
+                text(&case["schedule"]),
+                case["next"].as_str(),
+                case["sequence"].as_u64().expect("a sequence"),
+            );
+            assert_eq!(text(&case["id"]), id.to_string());
+        }
+    }
+
+    #[test]
+    fn the_codes_tried_again_are_those_of_the_vectors() {
+        let v = vectors();
+        let codes: Vec<u64> = v["transient_codes"]
+            .as_array()
+            .expect("codes")
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .collect();
+        assert_eq!(codes, store::TRANSIENT_CODES);
+    }
+}

@@ -149,7 +149,7 @@ pub fn publish_error_code(err: &jetstream::context::PublishError) -> Option<u64>
 
 /// JetStream error codes of refusals that can pass when tried again: the cluster or the
 /// storage is busy, short of resources or electing a leader, or a limit is full for now.
-const TRANSIENT_CODES: [u64; 12] = [
+pub(crate) const TRANSIENT_CODES: [u64; 12] = [
     10002, // account resources exceeded
     10004, // cluster incomplete
     10005, // no suitable peers

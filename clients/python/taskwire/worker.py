@@ -294,6 +294,31 @@ def task_subject(task: str, priority: str = "normal") -> str:
     return f"{prefix}.{token(task)}"
 
 
+def result_subject(task: str, task_id: str) -> str:
+    """Where a task's one result is stored: `taskwire.results.<id>.<token>`."""
+    return f"taskwire.results.{task_id}.{token(task)}"
+
+
+def results_of(task_id: str) -> str:
+    """Every result subject of a task id, whatever its type: `taskwire.results.<id>.>`."""
+    return f"taskwire.results.{task_id}.>"
+
+
+def event_subject(task: str, task_id: str) -> str:
+    """Where a task's state changes go: `taskwire.events.<id>.<token>`."""
+    return f"taskwire.events.{task_id}.{token(task)}"
+
+
+def dead_subject(task: str, task_id: str) -> str:
+    """Where a task that failed for good is kept: `taskwire.dead.<id>.<token>`."""
+    return f"taskwire.dead.{task_id}.{token(task)}"
+
+
+def result_msg_id(task_id: str, series: str) -> str:
+    """The message id of a task's result in a series of attempts (0, or the replay count)."""
+    return f"{task_id}.result.{series}"
+
+
 def scheduled_task_id(task: str, schedule: str, next_tick: Optional[str], sequence: int) -> str:
     """The id of the task a schedule fired: from the tick, which the fired message's
     Nats-Schedule-Next names (a tick fired twice by a new stream leader is one task), else from
@@ -404,7 +429,7 @@ class TaskContext:
         def send() -> None:
             headers = self._worker._event_headers(self.task, self.id, "running", self.attempt)
             headers[PROGRESS] = "1"
-            subject = f"taskwire.events.{self.id}.{token(self.task)}"
+            subject = event_subject(self.task, self.id)
             self._reports.append(asyncio.ensure_future(self._worker._nc.publish(subject, body, headers=headers)))
 
         try:
@@ -1379,7 +1404,7 @@ class Worker:
             return first
         # The subject in the API subject: the form NATS permissions can limit to this worker's
         # own task types.
-        subject = f"taskwire.events.{task_id}.{token(task.name)}"
+        subject = event_subject(task.name, task_id)
         try:
             found = await self._last_headers(EVENTS_STREAM, subject)
         except Exception as e:
@@ -1406,7 +1431,7 @@ class Worker:
         # One start per attempt: a second delivery racing this one finds the start taken.
         series = (msg.headers or {}).get(REPLAY, "0")
         headers[MSG_ID] = f"{task_id}.start.{series}.{attempt}"
-        ack = await self._js.publish(f"taskwire.events.{task_id}.{token(task.name)}", b"", headers=headers, timeout=5)
+        ack = await self._js.publish(event_subject(task.name, task_id), b"", headers=headers, timeout=5)
         return not ack.duplicate
 
     async def _stored_result(self, task: Task, task_id: str) -> Optional[Dict[str, str]]:
@@ -1414,7 +1439,7 @@ class Worker:
         broker could not tell."""
         # The subject in the API subject: the form NATS permissions can limit to the results of
         # this worker's own task types (docs/protocol.md).
-        return await self._last_headers(RESULTS_STREAM, f"taskwire.results.{task_id}.{token(task.name)}")
+        return await self._last_headers(RESULTS_STREAM, result_subject(task.name, task_id))
 
     async def _last_headers(self, stream: str, subject: str) -> Optional[Dict[str, str]]:
         """The headers of the last message of `stream` on `subject`, None when there is none;
@@ -1461,7 +1486,7 @@ class Worker:
             delay = options.backoff(attempt)
             log.info("%s %s attempt %d failed, retrying in %.2fs: %s", task.name, task_id, attempt, delay, error.message)
             self.metrics.retried(task.name)
-            subject = f"taskwire.events.{task_id}.{token(task.name)}"
+            subject = event_subject(task.name, task_id)
             try:
                 await self._nc.publish(
                     subject, _failure(error.message, True), headers=self._event_headers(task.name, task_id, "retrying", attempt)
@@ -1535,7 +1560,7 @@ class Worker:
                 MSG_ID: f"{task_id}.dead.{replay}",
             }
         )
-        stored, why = await self._store(f"taskwire.dead.{task_id}.{token(task.name)}", headers, msg.data)
+        stored, why = await self._store(dead_subject(task.name, task_id), headers, msg.data)
         if stored == "stored":
             self.metrics.dead_lettered(task.name, reason)
         elif stored == "refused":
@@ -1607,17 +1632,17 @@ class Worker:
     ) -> "tuple[str, str]":
         headers = self._event_headers(task.name, task_id, state, attempt)
         series = (msg.headers or {}).get(REPLAY, "0")
-        headers[MSG_ID] = f"{task_id}.result.{series}"
+        headers[MSG_ID] = result_msg_id(task_id, series)
         # One result per task id, whatever the type in its subject.
         headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = "0"
-        headers[EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT] = f"taskwire.results.{task_id}.>"
+        headers[EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT] = results_of(task_id)
         if options.result_ttl:
             headers[NATS_TTL] = str(max(1, int(-(-options.result_ttl // 1))))
         parent = (msg.headers or {}).get("traceparent")
         if parent:
             headers["traceparent"] = parent
         with self._tracing.publish_result(task.name, task_id, state, headers):
-            return await self._store(f"taskwire.results.{task_id}.{token(task.name)}", headers, body)
+            return await self._store(result_subject(task.name, task_id), headers, body)
 
 
 async def _follow_bucket(
