@@ -32,18 +32,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import inspect
 import json
 import logging
 import os
-import random
 import re
 import signal
 import socket
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 from google.protobuf import descriptor_pb2
@@ -63,276 +60,92 @@ try:
 except ImportError as e:  # pragma: no cover - the message is the point
     raise ImportError('taskwire.worker needs nats-py: pip install "taskwire[worker]"') from e
 
+from taskwire.protocol import (  # noqa: F401 (re-exported)
+    ATTEMPT,
+    DEAD_REASON,
+    DEAD_STREAM,
+    ERROR,
+    EVENTS_STREAM,
+    EXPECTED_LAST_SUBJECT_SEQUENCE,
+    EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+    EXPIRES_AT,
+    ID_PATTERN,
+    MSG_ID,
+    NATS_TTL,
+    REPLAY,
+    RESULTS_STREAM,
+    SCHEDULE_NAME,
+    SCHEDULE_NEXT,
+    STATE,
+    TASK,
+    TASKS_STREAM,
+    TASK_ID,
+    TRANSIENT_CODES,
+    WRONG_LAST_SEQUENCE,
+    _failure,
+    _parse_headers,
+    _subject_covers,
+    consumer_name,
+    dead_subject,
+    event_subject,
+    now_micros,
+    parse_duration,
+    result_msg_id,
+    result_subject,
+    results_of,
+    scheduled_task_id,
+    task_subject,
+    token,
+    uuid7,
+)
+from taskwire.context import (  # noqa: F401 (re-exported)
+    Options,
+    TaskContext,
+    TaskError,
+)
+from taskwire.limits import (  # noqa: F401 (re-exported)
+    _Grant,
+    _Limits,
+    _Slot,
+    _follow_bucket,
+)
+
 __all__ = ["Worker", "TaskContext", "TaskError", "Task", "ServiceHandlers"]
 
 log = logging.getLogger("taskwire.worker")
 
-TASKS_STREAM = "TASKWIRE_TASKS"
-RESULTS_STREAM = "TASKWIRE_RESULTS"
-EVENTS_STREAM = "TASKWIRE_EVENTS"
-DEAD_STREAM = "TASKWIRE_DEAD"
 
 TIMEOUT_GRACE = 2.0
+
+
+
 HEARTBEAT_EVERY = 5.0
+
+
+
 WORKER_TTL = 15.0
+
+
+
 IDLE_WAIT = 1.0
+
+
+
 QUIET_WAIT = 0.05
+
+
+
 CONNECT_TIMEOUT = 10.0
+
+
+
 # How long a worker at start keeps trying to create a consumer that gets no answer.
 CONSUMER_PATIENCE = 60.0
+
+
+
 VERSION = "0.1.0"
 
-# Header names (docs/protocol.md).
-TASK_ID = "Taskwire-Task-Id"
-TASK = "Taskwire-Task"
-ATTEMPT = "Taskwire-Attempt"
-STATE = "Taskwire-State"
-REPLAY = "Taskwire-Replay"
-SCHEDULE_NAME = "Taskwire-Schedule"
-SCHEDULE_NEXT = "Nats-Schedule-Next"
-EXPIRES_AT = "Taskwire-Expires-At"
-PROGRESS = "Taskwire-Progress"
-DEAD_REASON = "Taskwire-Dead-Reason"
-ERROR = "Taskwire-Error"
-MAX_ATTEMPTS = "Taskwire-Max-Attempts"
-TIMEOUT_MS = "Taskwire-Timeout-Ms"
-BACKOFF_INITIAL_MS = "Taskwire-Backoff-Initial-Ms"
-BACKOFF_MAX_MS = "Taskwire-Backoff-Max-Ms"
-RESULT_TTL_MS = "Taskwire-Result-Ttl-Ms"
-MSG_ID = "Nats-Msg-Id"
-EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
-EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
-NATS_TTL = "Nats-TTL"
-
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-WRONG_LAST_SEQUENCE = 10071
-# JetStream error codes of refusals that may pass when tried again (busy, short of resources,
-# electing a leader, a limit full for now); any other error code is a refusal for good.
-TRANSIENT_CODES = frozenset({10002, 10004, 10005, 10008, 10009, 10023, 10039, 10041, 10047, 10076, 10077, 10158})
-
-
-class TaskError(Exception):
-    """A task's own failure. Retryable ones are tried again while attempts are left."""
-
-    def __init__(self, message: str, retryable: bool = True):
-        super().__init__(message)
-        self.message = message
-        self.retryable = retryable
-
-
-class _TimedOut(Exception):
-    pass
-
-
-@dataclass
-class Options:
-    """A task's declared options, as its submitter changed them."""
-
-    max_attempts: int = 3
-    timeout: Optional[float] = None
-    backoff_initial: float = 1.0
-    backoff_max: float = 300.0
-    concurrency: int = 0
-    result_ttl: Optional[float] = None
-    max_concurrency: int = 0
-    rate_limit: Optional["Rate"] = None
-
-    @classmethod
-    def declared(cls, task: str, proto: options_pb2.TaskOptions) -> "Options":
-        def duration(name: str, value: str) -> Optional[float]:
-            if not value:
-                return None
-            try:
-                return parse_duration(value)
-            except ValueError as e:
-                raise ValueError(f"task {task}: option {name}={value!r}: {e}") from None
-
-        return cls(
-            max_attempts=proto.max_attempts or 3,
-            timeout=duration("timeout", proto.timeout),
-            backoff_initial=duration("backoff_initial", proto.backoff_initial) or 1.0,
-            backoff_max=duration("backoff_max", proto.backoff_max) or 300.0,
-            concurrency=proto.concurrency,
-            result_ttl=duration("result_ttl", proto.result_ttl),
-            max_concurrency=proto.max_concurrency,
-            rate_limit=Rate.parse(proto.rate_limit, task) if proto.rate_limit else None,
-        )
-
-    def with_overrides(self, headers: Dict[str, str]) -> "Options":
-        def number(name: str) -> Optional[int]:
-            try:
-                return int(headers[name])
-            except (KeyError, ValueError):
-                return None
-
-        def millis(name: str) -> Optional[float]:
-            n = number(name)
-            return None if n is None else n / 1000.0
-
-        attempts = number(MAX_ATTEMPTS)
-        timeout, initial, longest, ttl = (
-            millis(TIMEOUT_MS),
-            millis(BACKOFF_INITIAL_MS),
-            millis(BACKOFF_MAX_MS),
-            millis(RESULT_TTL_MS),
-        )
-        return Options(
-            max_attempts=attempts if attempts and attempts > 0 else self.max_attempts,
-            timeout=timeout if timeout is not None else self.timeout,
-            backoff_initial=initial if initial is not None else self.backoff_initial,
-            backoff_max=longest if longest is not None else self.backoff_max,
-            concurrency=self.concurrency,
-            result_ttl=ttl if ttl is not None else self.result_ttl,
-            max_concurrency=self.max_concurrency,
-            rate_limit=self.rate_limit,
-        )
-
-    def backoff(self, attempt: int) -> float:
-        """The delay before the attempt after `attempt`, with a fifth of jitter either way."""
-        delay = min(self.backoff_initial * (2 ** min(max(attempt - 1, 0), 20)), self.backoff_max)
-        return delay * random.uniform(0.8, 1.2)
-
-
-@dataclass(frozen=True)
-class Rate:
-    """Starts allowed per period: "10/s", "600/m" or "5/h"."""
-
-    count: int
-    per: float
-
-    @classmethod
-    def parse(cls, text: str, task: str = "") -> "Rate":
-        periods = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
-        count, _, unit = text.strip().partition("/")
-        if not count.strip().isdigit() or unit.strip() not in periods or int(count) == 0:
-            raise ValueError(f'{task + ": " if task else ""}{text!r} is not a rate such as "10/s", "600/m" or "5/h"')
-        return cls(int(count), float(periods[unit.strip()]))
-
-    def margin(self) -> float:
-        """How much longer than its period a start stays counted, in seconds: room for the
-        moment between counting a start and running the task (a twentieth of the period, at
-        most 250 ms)."""
-        return min(self.per / 20, 0.25)
-
-
-_UNIT_NANOS = {}
-for _names, _nanos in (
-    (("nanos", "nsec", "ns"), 1),
-    (("usec", "us", "µs"), 1_000),
-    (("millis", "msec", "ms"), 1_000_000),
-    (("seconds", "second", "secs", "sec", "s"), 1_000_000_000),
-    (("minutes", "minute", "min", "mins", "m"), 60 * 1_000_000_000),
-    (("hours", "hour", "hr", "hrs", "h"), 3600 * 1_000_000_000),
-    (("days", "day", "d"), 86400 * 1_000_000_000),
-    (("weeks", "week", "wk", "wks", "w"), 7 * 86400 * 1_000_000_000),
-    (("months", "month", "M"), 2_630_016 * 1_000_000_000),
-    (("years", "year", "yr", "yrs", "y"), 31_557_600 * 1_000_000_000),
-):
-    for _name in _names:
-        _UNIT_NANOS[_name] = _nanos
-_SPAN = re.compile(r"\s*(\d+)(?:\.(\d+))?\s*([A-Za-zµ]+)")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as "10s", "1m30s", "1min", "1.5s", "500ms" or "2h 30m": the
-    grammar of the Rust runtime (testing/vectors/durations.json holds the cases both check)."""
-    bad = ValueError(f'{text!r} is not a duration such as "10s", "1m30s", "1.5s" or "500ms"')
-    position, nanos, spans = 0, 0, 0
-    stripped = text.rstrip()
-    while position < len(stripped):
-        span = _SPAN.match(stripped, position)
-        if span is None:
-            raise bad
-        whole, fraction, unit = span.groups()
-        if unit not in _UNIT_NANOS:
-            raise bad
-        scale = _UNIT_NANOS[unit]
-        nanos += int(whole) * scale
-        if fraction is not None:
-            if scale == 1:
-                raise bad
-            nanos += int(fraction) * scale // 10 ** len(fraction)
-        position = span.end()
-        spans += 1
-    if spans == 0:
-        raise bad
-    return nanos / 1_000_000_000
-
-
-def token(task: str) -> str:
-    return task.replace("/", ".")
-
-
-def _parse_headers(raw: bytes) -> Dict[str, str]:
-    """NATS message headers (`NATS/1.0\r\nName: value\r\n...`) as a dict."""
-    headers: Dict[str, str] = {}
-    for line in raw.decode(errors="replace").split("\r\n")[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip()] = value.strip()
-    return headers
-
-
-def _subject_covers(wide: str, narrow: str) -> bool:
-    """Whether every subject `narrow` matches, `wide` matches too."""
-    w, n = wide.split("."), narrow.split(".")
-    for i, part in enumerate(w):
-        if part == ">":
-            return len(n) > i
-        if i >= len(n) or not (part == n[i] or (part == "*" and n[i] != ">")):
-            return False
-    return len(w) == len(n)
-
-
-def consumer_name(task: str, priority: str = "normal") -> str:
-    base = task.replace(".", "-").replace("/", "-")
-    return base if priority == "normal" else f"{base}-{priority}"
-
-
-def task_subject(task: str, priority: str = "normal") -> str:
-    prefix = "taskwire.tasks" if priority == "normal" else f"taskwire.tasks-{priority}"
-    return f"{prefix}.{token(task)}"
-
-
-def result_subject(task: str, task_id: str) -> str:
-    """Where a task's one result is stored: `taskwire.results.<id>.<token>`."""
-    return f"taskwire.results.{task_id}.{token(task)}"
-
-
-def results_of(task_id: str) -> str:
-    """Every result subject of a task id, whatever its type: `taskwire.results.<id>.>`."""
-    return f"taskwire.results.{task_id}.>"
-
-
-def event_subject(task: str, task_id: str) -> str:
-    """Where a task's state changes go: `taskwire.events.<id>.<token>`."""
-    return f"taskwire.events.{task_id}.{token(task)}"
-
-
-def dead_subject(task: str, task_id: str) -> str:
-    """Where a task that failed for good is kept: `taskwire.dead.<id>.<token>`."""
-    return f"taskwire.dead.{task_id}.{token(task)}"
-
-
-def result_msg_id(task_id: str, series: str) -> str:
-    """The message id of a task's result in a series of attempts (0, or the replay count)."""
-    return f"{task_id}.result.{series}"
-
-
-def scheduled_task_id(task: str, schedule: str, next_tick: Optional[str], sequence: int) -> str:
-    """The id of the task a schedule fired: from the tick, which the fired message's
-    Nats-Schedule-Next names (a tick fired twice by a new stream leader is one task), else from
-    its `sequence` in the tasks stream."""
-    tick = f"next\0{next_tick}" if next_tick is not None else str(sequence)
-    return uuid.uuid5(uuid.NAMESPACE_OID, f"{task}\0schedule\0{schedule}\0{tick}").hex
-
-
-def uuid7() -> str:
-    millis = time.time_ns() // 1_000_000
-    value = (millis & ((1 << 48) - 1)) << 80 | random.getrandbits(80)
-    value = (value & ~(0xF << 76)) | (0x7 << 76)
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)
-    return f"{value:032x}"
 
 
 def nats_options_from_env() -> Dict[str, Any]:
@@ -388,63 +201,6 @@ def _servers(url: str, tls: bool) -> List[str]:
         servers = ["tls://" + s.split("://", 1)[-1] for s in servers]
     return servers
 
-
-def now_micros() -> int:
-    return time.time_ns() // 1000
-
-
-class TaskContext:
-    """What a running task knows about itself, and how it reports progress."""
-
-    def __init__(self, worker: "Worker", task: "Task", task_id: str, attempt: int, options: Options, headers: Dict[str, str]):
-        self._worker = worker
-        self._task = task
-        self.id = task_id
-        self.task = task.name
-        self.attempt = attempt
-        self.max_attempts = options.max_attempts
-        self.headers = headers
-        self.deadline = time.monotonic() + options.timeout if options.timeout else None
-        self._cancelled = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._reports: List[asyncio.Future] = []
-
-    @property
-    def cancelled(self) -> bool:
-        """True once the task was cancelled or ran out of time: stop soon."""
-        return self._cancelled.is_set()
-
-    async def wait_cancelled(self) -> None:
-        await self._cancelled.wait()
-
-    def progress(self, percent: float, message: str = "", details: Optional[Message] = None) -> None:
-        """Reports progress (0 to 100) with a message and optionally a message of the task's
-        own; watchers see it as a `running` event. Callable from a thread, too."""
-        report = tasks_pb2.TaskProgress(percent=float(percent), message=message)
-        if details is not None:
-            report.details = details.SerializeToString()
-            report.details_type = details.DESCRIPTOR.full_name
-        body = report.SerializeToString()
-
-        def send() -> None:
-            headers = self._worker._event_headers(self.task, self.id, "running", self.attempt)
-            headers[PROGRESS] = "1"
-            subject = event_subject(self.task, self.id)
-            self._reports.append(asyncio.ensure_future(self._worker._nc.publish(subject, body, headers=headers)))
-
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            send()
-        else:
-            self._loop.call_soon_threadsafe(send)
-
-    async def _flush(self) -> None:
-        await asyncio.sleep(0)
-        if self._reports:
-            await asyncio.gather(*self._reports, return_exceptions=True)
 
 
 Handler = Callable[[Message, TaskContext], Any]
@@ -1645,446 +1401,6 @@ class Worker:
             return await self._store(result_subject(task.name, task_id), headers, body)
 
 
-async def _follow_bucket(
-    js: Any,
-    bucket: str,
-    put: Callable[[str, bytes], None],
-    delete: Callable[[str], Any],
-    keys: Callable[[], Any],
-    reconnected: asyncio.Event,
-) -> asyncio.Task:
-    """Applies a KV bucket's entries, then its changes, in the background; returns once the
-    entries there now are applied, so that nothing starts on a partial view (a follower that
-    ends before that raises). When the watch ends or fails later, the bucket is read again in
-    full (keys held that it no longer has are deleted), so the view never stays stale; also at
-    once when `reconnected` is set."""
-    loaded = asyncio.Event()
-
-    async def follow_once() -> None:
-        watcher = await (await js.key_value(bucket)).watchall()
-        try:
-            await read(watcher)
-        finally:
-            try:
-                await watcher.stop()
-            except Exception:
-                pass
-
-    async def read(watcher: Any) -> None:
-        seen: set = set()
-        initial = True
-        async for entry in watcher:
-            if entry is None:
-                if initial:
-                    for key in set(keys()) - seen:
-                        delete(key)
-                    initial = False
-                loaded.set()
-            elif entry.operation in ("DEL", "PURGE"):
-                delete(entry.key)
-            else:
-                if initial:
-                    seen.add(entry.key)
-                put(entry.key, entry.value)
-
-    async def follow() -> None:
-        delay = 0.1
-        while True:
-            try:
-                reconnected.clear()
-                once = asyncio.ensure_future(follow_once())
-                again = asyncio.ensure_future(reconnected.wait())
-                await asyncio.wait([once, again], return_when=asyncio.FIRST_COMPLETED)
-                again.cancel()
-                if not once.done():
-                    # Back from a broker restart: read it all again now, rather than when the
-                    # watch notices its consumer is gone.
-                    once.cancel()
-                    await asyncio.gather(once, return_exceptions=True)
-                    log.info("reconnected; reading %s again", bucket)
-                    continue
-                once.result()
-                if not loaded.is_set():
-                    raise RuntimeError(f"the watch of {bucket} ended before its entries were read")
-                log.warning("the watch of %s ended; reading it again", bucket)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                if not loaded.is_set():
-                    raise
-                log.warning("the watch of %s failed (%s); reading it again", bucket, e)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-    follower = asyncio.ensure_future(follow())
-    waited = asyncio.ensure_future(loaded.wait())
-    while not loaded.is_set():
-        done, _ = await asyncio.wait([waited, follower], timeout=10, return_when=asyncio.FIRST_COMPLETED)
-        if follower in done and not loaded.is_set():
-            waited.cancel()
-            follower.result()  # raises what ended it
-        if not done:
-            log.warning("still reading the entries of %s; no task starts before they are all read", bucket)
-    return follower
-
-
-class _Limits:
-    """Cluster-wide limits (docs/protocol.md, step 1 of what a worker does): concurrency slots in
-    TASKWIRE_SLOTS, counted starts in TASKWIRE_RATES, overrides from TASKWIRE_LIMITS."""
-
-    SLOT_REFRESH = 5.0
-    SLOT_RETRY = 0.1
-    TROUBLE = 0.2
-    # How long the worker trusts its reading of the broker's clock.
-    CLOCK_FOR = 60.0
-    # Most items a start log keeps.
-    MAX_ENTRIES = 64
-    # Longest wait before looking at a full start log again (starts given back free room).
-    LOOK_AGAIN = 1.0
-
-    def __init__(self, js: Any, nc: Any, owner: str):
-        self._js = js
-        self._nc = nc
-        self._owner = owner.encode()
-        self._overrides: Dict[str, tasks_pb2.TaskLimits] = {}
-        self._clock: Optional["tuple[float, int]"] = None
-        self.slots = None
-        self.rates = None
-
-    async def start(self, reconnected: asyncio.Event) -> asyncio.Task:
-        self.slots = await self._js.key_value("TASKWIRE_SLOTS")
-        self.rates = await self._js.key_value("TASKWIRE_RATES")
-
-        def put(key: str, value: bytes) -> None:
-            try:
-                self._overrides[key] = tasks_pb2.TaskLimits.FromString(value)
-            except DecodeError:
-                log.warning("task limits of %s do not decode; ignored", key)
-
-        return await _follow_bucket(
-            self._js,
-            "TASKWIRE_LIMITS",
-            put,
-            lambda key: self._overrides.pop(key, None),
-            lambda: list(self._overrides),
-            reconnected,
-        )
-
-    def effective(self, task: "Task") -> "tuple[int, Optional[Rate]]":
-        override = self._overrides.get(token(task.name))
-        if override is None:
-            return task.options.max_concurrency, task.options.rate_limit
-        try:
-            rate = Rate.parse(override.rate_limit) if override.rate_limit else None
-        except ValueError:
-            rate = None
-        return override.max_concurrency, rate
-
-    def limited(self, task: "Task") -> bool:
-        concurrency, rate = self.effective(task)
-        return bool(concurrency) or rate is not None
-
-    async def acquire(self, task: "Task", want: int, stop: asyncio.Event) -> Optional["_Grant"]:
-        """Waits until at least one of `want` tasks may start; None when stopping first."""
-        while not stop.is_set():
-            got = await self.try_acquire(task, want)
-            if isinstance(got, _Grant):
-                return got
-            try:
-                await asyncio.wait_for(stop.wait(), got)
-            except asyncio.TimeoutError:
-                pass
-        return None
-
-    async def try_acquire(self, task: "Task", want: int) -> "_Grant | float":
-        """A grant for what the limits allow now of `want` starts, or the seconds to wait."""
-        concurrency, rate = self.effective(task)
-        if not concurrency and rate is None:
-            return _Grant(want, [])
-        allowed, slots = want, []
-        if concurrency:
-            slots = await self._take_slots(task, concurrency, allowed)
-            allowed = len(slots)
-            if not allowed:
-                return self.SLOT_RETRY
-        key = None
-        if rate is not None:
-            # Only a look: starts are counted when the tasks are in hand.
-            key = f"{token(task.name)}.starts"
-            room = await self.room(key, rate, allowed)
-            if isinstance(room, float):
-                for slot in slots:
-                    await slot.free()
-                return room
-            allowed = room
-            for extra in slots[allowed:]:
-                await extra.free()
-            slots = slots[:allowed]
-        return _Grant(allowed, slots, self, key, rate)
-
-    def deferred(self, task: "Task") -> "_Grant":
-        """A grant that takes its slot and start only when a task is in hand: an idle worker
-        waits for tasks without taking and freeing slots in a loop."""
-        return _Grant(1, [], self, deferred=task)
-
-    async def _take_slots(self, task: "Task", limit: int, want: int) -> List["_Slot"]:
-        start = now_micros() % limit
-        slots: List[_Slot] = []
-        for n in range(limit):
-            if len(slots) >= want:
-                break
-            key = f"{token(task.name)}.{(start + n) % limit}"
-            try:
-                revision = await self.slots.create(key, self._owner)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue
-            except Exception as e:
-                log.warning("%s: cannot take a concurrency slot: %s", task.name, e)
-                break
-            slots.append(_Slot(self, key, revision))
-        return slots
-
-    # ---- the start log of a rate (docs/protocol.md) ------------------------------------------
-
-    async def _broker_now(self) -> Optional[int]:
-        """A lower bound of the broker's time now in µs: its stamp on an answer plus the time
-        elapsed here since the answer arrived."""
-        if self._clock is not None and time.monotonic() - self._clock[0] < self.CLOCK_FOR:
-            return self._clock[1] + int((time.monotonic() - self._clock[0]) * 1e6)
-        try:
-            reply = await self._nc.request("$JS.API.STREAM.INFO.KV_TASKWIRE_RATES", b"", timeout=5)
-            micros = _rfc3339_micros(json.loads(reply.data)["ts"])
-        except Exception as e:
-            log.warning("cannot read the broker's clock: %s", e)
-            return None
-        self._clock = (time.monotonic(), micros)
-        return micros
-
-    async def _read_log(self, key: str):
-        """(items, revision or None) of a start log, every start included."""
-        subject = f"$KV.TASKWIRE_RATES.{key}"
-        reply = await self._nc.request(f"$JS.API.DIRECT.GET.KV_TASKWIRE_RATES.{subject}", b"", timeout=5)
-        headers = reply.headers or {}
-        status = headers.get("Status")
-        if status == "404":
-            return [], None, 0
-        if status is not None:
-            raise RuntimeError(f"status {status} {headers.get('Description', '')}")
-        revision = int(headers["Nats-Sequence"])
-        stamped = _rfc3339_micros(headers["Nats-Time-Stamp"])
-        if headers.get("KV-Operation") in ("DEL", "PURGE"):
-            return [], revision, stamped
-        try:
-            log_ = json.loads(reply.data)
-            items = [(int(t), int(c), int(r)) for t, c, r in log_.get("earlier", [])]
-            if int(log_.get("taken", 0)) > 0:
-                items.append((stamped, int(log_["taken"]), revision))
-        except (ValueError, TypeError, KeyError) as e:
-            log.warning("the start log %s does not parse (%s); counting afresh", key, e)
-            items = []
-        return items, revision, stamped
-
-    async def _window(self, key: str, rate: Rate):
-        """(items still counted, revision, seconds until the oldest leaves), or the seconds to
-        wait on trouble."""
-        try:
-            items, revision, stamped = await self._read_log(key)
-        except Exception as e:
-            log.warning("cannot read the start log %s: %s", key, e)
-            return self.TROUBLE
-        now = await self._broker_now()
-        if now is None:
-            return self.TROUBLE
-        now = max(now, stamped)
-        counted_for = int((rate.per + rate.margin()) * 1e6)
-        items = [i for i in items if i[0] + counted_for > now]
-        leaves_in = min((i[0] + counted_for - now for i in items), default=0) / 1e6
-        return items, revision, leaves_in
-
-    async def room(self, key: str, rate: Rate, want: int) -> "int | float":
-        """How many of `want` starts the log has room for now, or the seconds to wait."""
-        window = await self._window(key, rate)
-        if isinstance(window, float):
-            return window
-        items, _, leaves_in = window
-        room = rate.count - sum(i[1] for i in items)
-        if room <= 0:
-            return min(max(leaves_in, 0.01), self.LOOK_AGAIN)
-        return min(room, want)
-
-    async def take_tokens(self, key: str, rate: Rate, want: int) -> "_Tokens | float":
-        """Counts up to `want` starts, or says how many seconds to wait."""
-        for _ in range(20):
-            window = await self._window(key, rate)
-            if isinstance(window, float):
-                return window
-            items, revision, leaves_in = window
-            counted = sum(i[1] for i in items)
-            if counted >= rate.count:
-                return min(max(leaves_in, 0.01), self.LOOK_AGAIN)
-            taken = min(rate.count - counted, want)
-            value = json.dumps({"taken": taken, "earlier": [list(i) for i in self._merged(items)]}, separators=(",", ":")).encode()
-            try:
-                if revision is None:
-                    written = await self.rates.create(key, value)
-                else:
-                    written = await self.rates.update(key, value, last=revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue  # another worker counted in between: read again
-            except Exception as e:
-                log.warning("cannot count rate-limited starts in %s: %s", key, e)
-                return self.TROUBLE
-            return _Tokens(key, written, taken)
-        return 0.05
-
-    def _merged(self, items: list) -> list:
-        items = sorted(items)
-        while len(items) > self.MAX_ENTRIES:
-            closest = min(range(len(items) - 1), key=lambda i: items[i + 1][0] - items[i][0])
-            earlier = items.pop(closest)
-            t, c, r = items[closest]
-            items[closest] = (t, c + earlier[1], r)
-        return items
-
-    async def give_back(self, tokens: "_Tokens") -> None:
-        """Gives back starts that were counted and not used."""
-        if tokens.left <= 0:
-            return
-        for tries in range(20):
-            if tries:
-                # Others count at the same moment: step aside for a moment.
-                await asyncio.sleep(random.random() * 0.005)
-            try:
-                entry = await self.rates.get(tokens.key)
-                log_ = json.loads(entry.value)
-                if entry.revision == tokens.revision:
-                    log_["taken"] = max(int(log_.get("taken", 0)) - tokens.left, 0)
-                else:
-                    earlier = log_.get("earlier", [])
-                    ours = [i for i in earlier if i[2] == tokens.revision]
-                    if not ours:
-                        return  # merged with later starts or out of the window
-                    ours[0][1] = max(ours[0][1] - tokens.left, 0)
-                    log_["earlier"] = [i for i in earlier if i[1] > 0]
-                await self.rates.update(tokens.key, json.dumps(log_, separators=(",", ":")).encode(), last=entry.revision)
-                return
-            except Exception:
-                continue
-
-
-@dataclass
-class _Tokens:
-    """Starts this worker counted and has not used yet."""
-
-    key: str
-    revision: int
-    left: int
-    taken_at: float = field(default_factory=time.monotonic)
-
-
-def _rfc3339_micros(text: str) -> int:
-    """µs since the epoch of a time as NATS writes it (`2026-11-29T20:47:35.536041599Z`)."""
-    base, _, rest = text.partition(".")
-    if rest:
-        digits = "".join(ch for ch in rest if ch.isdigit())
-        zone = rest[len(digits):]
-    else:
-        base, digits, zone = text[:19], "", text[19:]
-    zone = "+00:00" if zone in ("Z", "z", "") else zone
-    seconds = datetime.datetime.fromisoformat(base + zone).timestamp()
-    return int(seconds) * 1_000_000 + int((digits + "000000")[:6])
-
-
-class _Slot:
-    """A concurrency slot held while a task runs: refreshed, and freed after. When it cannot be
-    refreshed for most of its lease, the task holding it is told to stop (`on_lost`), before
-    another worker may take the slot."""
-
-    LEASE = 20.0
-    LEASE_MARGIN = 5.0
-
-    def __init__(self, limits: _Limits, key: str, revision: int):
-        self._limits = limits
-        self.key = key
-        self.revision = revision
-        self._lost: List[Callable[[], None]] = []
-        self._refresher = asyncio.ensure_future(self._refresh())
-
-    def on_lost(self, callback: Callable[[], None]) -> None:
-        self._lost.append(callback)
-
-    async def _refresh(self) -> None:
-        refreshed = time.monotonic()
-        while True:
-            give_up = refreshed + self.LEASE - self.LEASE_MARGIN
-            await asyncio.sleep(max(0.0, min(_Limits.SLOT_REFRESH, give_up - time.monotonic())))
-            if time.monotonic() >= give_up:
-                break
-            try:
-                self.revision = await asyncio.wait_for(
-                    self._limits.slots.update(self.key, self._limits._owner, last=self.revision),
-                    timeout=max(0.1, give_up - time.monotonic()),
-                )
-                refreshed = time.monotonic()
-            except asyncio.TimeoutError:
-                break
-            except Exception as e:
-                log.warning("cannot refresh concurrency slot %s: %s", self.key, e)
-        log.warning("stopping the task that holds concurrency slot %s, which could not be refreshed", self.key)
-        for callback in self._lost:
-            callback()
-
-    async def free(self) -> None:
-        self._refresher.cancel()
-        try:
-            # Only if it is still ours: a slot whose lease ran out may be someone else's now.
-            await self._limits.slots.delete(self.key, last=self.revision)
-        except Exception:
-            pass
-
-
-class _Grant:
-    """Leave to start some tasks in one pull round."""
-
-    def __init__(self, allowed: int, slots: List[_Slot], limits: Optional[_Limits] = None, key: Optional[str] = None, rate: Optional[Rate] = None, deferred: Optional["Task"] = None):
-        self.allowed = allowed
-        self._slots = slots
-        self._limits = limits
-        self._key = key
-        self._rate = rate
-        self._deferred = deferred
-        self._tokens: Optional[_Tokens] = None
-
-    async def take(self, more: int) -> "Optional[_Slot] | float":
-        """One start for a task in hand (`more` more are in hand after it): the slot to hold
-        while it runs (None without a concurrency limit), or the seconds to wait when the limits
-        allow no start now (another worker counted first)."""
-        if self._deferred is not None and self._limits is not None:
-            got = await self._limits.try_acquire(self._deferred, 1)
-            if not isinstance(got, _Grant):
-                return got
-            self.allowed, self._slots, self._key, self._rate, self._deferred = got.allowed, got._slots, got._key, got._rate, None
-        if self._rate is not None and self._limits is not None and self._key is not None:
-            tokens = self._tokens
-            if tokens is None or tokens.left <= 0 or time.monotonic() - tokens.taken_at >= self._rate.margin() / 2:
-                if tokens is not None:
-                    self._tokens = None
-                    await self._limits.give_back(tokens)
-                got_tokens = await self._limits.take_tokens(self._key, self._rate, min(more + 1, self.allowed))
-                if not isinstance(got_tokens, _Tokens):
-                    return got_tokens
-                self._tokens = got_tokens
-            self._tokens.left -= 1
-        return self._slots.pop() if self._slots else None
-
-    async def close(self) -> None:
-        for slot in self._slots:
-            await slot.free()
-        self._slots = []
-        if self._tokens is not None and self._limits is not None:
-            tokens, self._tokens = self._tokens, None
-            await self._limits.give_back(tokens)
-
 
 class _Running:
     """What the worker tracks of one running task."""
@@ -2142,7 +1458,3 @@ async def _release(msg: Msg) -> None:
         await msg.nak()
     except Exception:
         pass
-
-
-def _failure(message: str, retryable: bool) -> bytes:
-    return tasks_pb2.TaskFailure(message=message, retryable=retryable).SerializeToString()

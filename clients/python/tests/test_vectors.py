@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-import taskwire.worker as protocol
+import taskwire.protocol as protocol
 from taskwire.worker import parse_duration, scheduled_task_id
 
 VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "testing", "vectors")
