@@ -40,12 +40,13 @@ test: tools lint schema manifests build fixture ## Run every check and test (wha
 LONG_TESTS := conformance chaos
 OTHER_TESTS := $(filter-out $(LONG_TESTS),$(basename $(notdir $(wildcard testing/tests/*.rs))))
 
+# (cargo is not given make's job slots: it builds nothing here.)
 test-long:
-	$(CARGO) test --workspace $(addprefix --test ,$(LONG_TESTS))
+	MAKEFLAGS= $(CARGO) test --workspace $(addprefix --test ,$(LONG_TESTS))
 
 test-rest:
-	$(CARGO) test --workspace --lib --bins $(addprefix --test ,$(OTHER_TESTS))
-	$(CARGO) test --workspace --doc
+	MAKEFLAGS= $(CARGO) test --workspace --lib --bins $(addprefix --test ,$(OTHER_TESTS))
+	MAKEFLAGS= $(CARGO) test --workspace --doc
 	$(MAKE) --no-print-directory python typescript
 
 python: $(PYTHON_DEPS) ## The Python client and worker: generated modules up to date, pytest against a real system
