@@ -1,0 +1,135 @@
+//! The Admin API: dead letters, limits, workers, queues, history and task types.
+
+use taskwire::v1;
+
+use crate::{Client, Error, TaskType};
+
+impl Client {
+    /// Dead letters, oldest first; `task` empty means every task type.
+    pub async fn dead_letters(&self, task: &str, limit: u32) -> Result<Vec<v1::DeadLetter>, Error> {
+        let request = v1::ListDeadLettersRequest {
+            task: task.to_owned(),
+            limit,
+        };
+        Ok(self
+            .admin
+            .clone()
+            .list_dead_letters(request)
+            .await?
+            .into_inner()
+            .dead_letters)
+    }
+
+    /// Puts dead tasks back in line: these ids, or with `all` every dead task of `task`.
+    pub async fn replay_dead_letters(
+        &self,
+        task_ids: Vec<String>,
+        task: &str,
+        all: bool,
+    ) -> Result<Vec<String>, Error> {
+        let request = v1::ReplayDeadLettersRequest {
+            task_ids,
+            task: task.to_owned(),
+            all,
+        };
+        Ok(self
+            .admin
+            .clone()
+            .replay_dead_letters(request)
+            .await?
+            .into_inner()
+            .task_ids)
+    }
+
+    /// Deletes dead letters; `task` empty means all. Returns how many.
+    pub async fn purge_dead_letters(&self, task: &str) -> Result<u64, Error> {
+        let request = v1::PurgeDeadLettersRequest {
+            task: task.to_owned(),
+        };
+        Ok(self
+            .admin
+            .clone()
+            .purge_dead_letters(request)
+            .await?
+            .into_inner()
+            .purged)
+    }
+
+    /// The cluster-wide limits in force for a task type.
+    pub async fn task_limits(&self, task: &str) -> Result<v1::TaskLimitsResponse, Error> {
+        let request = v1::GetTaskLimitsRequest {
+            task: task.to_owned(),
+        };
+        Ok(self
+            .admin
+            .clone()
+            .get_task_limits(request)
+            .await?
+            .into_inner())
+    }
+
+    /// Overrides a task type's declared limits; `None` drops the override.
+    pub async fn set_task_limits(
+        &self,
+        task: &str,
+        limits: Option<v1::TaskLimits>,
+    ) -> Result<v1::TaskLimitsResponse, Error> {
+        let request = v1::SetTaskLimitsRequest {
+            task: task.to_owned(),
+            clear: limits.is_none(),
+            limits,
+        };
+        Ok(self
+            .admin
+            .clone()
+            .set_task_limits(request)
+            .await?
+            .into_inner())
+    }
+
+    /// The workers alive now.
+    pub async fn workers(&self) -> Result<Vec<v1::WorkerInfo>, Error> {
+        Ok(self
+            .admin
+            .clone()
+            .list_workers(v1::ListWorkersRequest {})
+            .await?
+            .into_inner()
+            .workers)
+    }
+
+    /// Every task type's queues, per priority.
+    pub async fn queues(&self) -> Result<Vec<v1::QueueInfo>, Error> {
+        Ok(self
+            .admin
+            .clone()
+            .list_queues(v1::ListQueuesRequest {})
+            .await?
+            .into_inner()
+            .queues)
+    }
+
+    /// A task's state changes, oldest first, and its result.
+    pub async fn task_history(&self, id: &str) -> Result<v1::GetTaskHistoryResponse, Error> {
+        let request = v1::GetTaskHistoryRequest {
+            task_id: id.to_owned(),
+        };
+        Ok(self
+            .admin
+            .clone()
+            .get_task_history(request)
+            .await?
+            .into_inner())
+    }
+
+    /// The task types the gateway knows.
+    pub async fn task_types(&self) -> Result<Vec<TaskType>, Error> {
+        Ok(self
+            .admin
+            .clone()
+            .list_task_types(v1::ListTaskTypesRequest {})
+            .await?
+            .into_inner()
+            .task_types)
+    }
+}
