@@ -34,13 +34,9 @@
 
 extern crate self as taskwire;
 
-#[cfg(feature = "broker")]
-pub mod broker;
 pub mod config;
 mod context;
 mod error;
-#[cfg(feature = "broker")]
-pub mod follow;
 pub mod propagation;
 pub use taskwire_schema as schema;
 pub mod service;

@@ -71,38 +71,8 @@ pub fn extract_http(headers: &tonic::codegen::http::HeaderMap) -> Context {
     extract(&Headers(headers))
 }
 
-/// Writes the current trace context into NATS headers.
-#[cfg(feature = "broker")]
-pub fn inject_nats(headers: &mut async_nats::HeaderMap) {
-    struct Nats<'a>(&'a mut async_nats::HeaderMap);
-    impl Injector for Nats<'_> {
-        fn set(&mut self, key: &str, value: String) {
-            self.0.insert(key, value.as_str());
-        }
-    }
-    inject(&current(), &mut Nats(headers));
-}
-
-/// Reads a trace context from NATS headers.
-#[cfg(feature = "broker")]
-pub fn extract_nats(headers: Option<&async_nats::HeaderMap>) -> Context {
-    struct Nats<'a>(&'a async_nats::HeaderMap);
-    impl Extractor for Nats<'_> {
-        fn get(&self, key: &str) -> Option<&str> {
-            self.0.get(key).map(|v| v.as_str())
-        }
-        fn keys(&self) -> Vec<&str> {
-            Vec::new()
-        }
-    }
-    match headers {
-        Some(h) => extract(&Nats(h)),
-        None => Context::new(),
-    }
-}
-
 /// Writes `cx`'s span as W3C `traceparent` (and `tracestate`), when it has a valid one.
-fn inject(cx: &Context, injector: &mut dyn Injector) {
+pub fn inject(cx: &Context, injector: &mut dyn Injector) {
     let span = cx.span();
     let context = span.span_context();
     if !context.is_valid() {
@@ -125,7 +95,7 @@ fn inject(cx: &Context, injector: &mut dyn Injector) {
 
 /// The remote span a W3C `traceparent` names, as a context; an empty context when there is
 /// none or it is malformed (as the W3C recommendation says: start a new trace).
-fn extract(extractor: &dyn Extractor) -> Context {
+pub fn extract(extractor: &dyn Extractor) -> Context {
     extractor
         .get(TRACEPARENT)
         .and_then(|header| {

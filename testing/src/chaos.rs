@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use taskwire::broker::{self, subject};
 use taskwire::examples::chaos::v1::{SleepArgs, SleepResult};
 use taskwire::task::Id;
 use taskwire::v1::TaskState;
 use taskwire_client::{Client, SubmitOptions};
+use taskwire_protocol::{self as broker, subject};
 use tokio::process::{Child, Command};
 
 use crate::{Gateway, NatsServer, bin};

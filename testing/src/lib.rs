@@ -214,7 +214,7 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
 /// yet acked.
 pub async fn tasks_in_stream(nats_url: &str) -> anyhow::Result<u64> {
     let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
-    let mut stream = js.get_stream(taskwire::broker::TASKS_STREAM).await?;
+    let mut stream = js.get_stream(taskwire_protocol::TASKS_STREAM).await?;
     Ok(stream.info().await?.state.messages)
 }
 

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use taskwire::broker;
 use taskwire::task::TaskType;
 use taskwire_cli::cmd::k8s::{Options, scaled_objects};
+use taskwire_protocol as broker;
 use taskwire_testing::bin;
 
 fn root() -> PathBuf {

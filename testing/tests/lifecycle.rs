@@ -26,7 +26,7 @@ fn sleep(label: &str, millis: u64) -> SleepArgs {
 
 async fn events_in_stream(nats: &NatsServer) -> anyhow::Result<u64> {
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
-    let mut stream = js.get_stream(taskwire::broker::EVENTS_STREAM).await?;
+    let mut stream = js.get_stream(taskwire_protocol::EVENTS_STREAM).await?;
     Ok(stream.info().await?.state.messages)
 }
 

@@ -714,7 +714,7 @@ async fn a_task_delayed_far_ahead_and_cancelled_never_fires_and_stays_known() ->
     // Its events are kept for the result TTL only; the broker's schedule of it tells its state
     // for as long as it waits.
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
-    js.get_stream(taskwire::broker::EVENTS_STREAM)
+    js.get_stream(taskwire_protocol::EVENTS_STREAM)
         .await?
         .purge()
         .await?;
@@ -809,7 +809,7 @@ async fn concurrent_replays_give_one_new_series_and_never_erase_a_success() -> a
 /// The message schedules the broker holds for a schedule's name (0 or 1 when consistent).
 async fn held_schedules(nats: &NatsServer, name: &str) -> anyhow::Result<u64> {
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
-    let stream = js.get_stream(taskwire::broker::TASKS_STREAM).await?;
+    let stream = js.get_stream(taskwire_protocol::TASKS_STREAM).await?;
     let info = stream
         .info_with_subjects(format!("taskwire.schedules.{name}"))
         .await?;
@@ -1108,7 +1108,7 @@ async fn reads_that_decide_are_consistent_in_a_cluster() -> anyhow::Result<()> {
     // A node that is not the results stream's leader goes down, comes back and catches up
     // while the tasks go on.
     let js =
-        async_nats::jetstream::new(async_nats::connect(taskwire::broker::servers(&urls)).await?);
+        async_nats::jetstream::new(async_nats::connect(taskwire_protocol::servers(&urls)).await?);
     let mut results = js.get_stream("TASKWIRE_RESULTS").await?;
     let leader = results
         .info()

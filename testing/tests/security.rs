@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use taskwire::broker::NatsAuth;
 use taskwire::examples::magic::v1::AddArgs;
 use taskwire_client::Client;
 use taskwire_client::examples::magic::v1::MagicClient;
+use taskwire_protocol::NatsAuth;
 use taskwire_testing::{Gateway, NatsServer, Worker, examples_config, tasks};
 
 const WAIT: Duration = Duration::from_secs(20);

@@ -21,7 +21,7 @@ pub(crate) fn print_result(info: &TaskInfo) -> Result<i32, Error> {
             eprintln!(
                 "taskwire: task {} {}: {}",
                 info.task_id,
-                taskwire::broker::state_name(state),
+                taskwire_protocol::state_name(state),
                 reason
             );
             Ok(1)
@@ -34,7 +34,7 @@ pub fn info_json(info: &TaskInfo) -> serde_json::Value {
     let mut out = serde_json::json!({
         "id": info.task_id,
         "task": info.task,
-        "state": taskwire::broker::state_name(info.state()),
+        "state": taskwire_protocol::state_name(info.state()),
         "attempt": info.attempt,
     });
     if let Some(time) = &info.updated_at {

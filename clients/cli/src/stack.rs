@@ -102,7 +102,7 @@ pub struct NatsServer {
     log: Option<PathBuf>,
     args: Vec<String>,
     /// How readiness is probed when the server requires authentication.
-    probe: taskwire::broker::NatsAuth,
+    probe: taskwire_protocol::NatsAuth,
     child: Option<Child>,
     _temp: Option<tempfile::TempDir>,
 }
@@ -126,7 +126,7 @@ impl NatsServer {
             store: store.to_owned(),
             log: log.map(Path::to_owned),
             args: Vec::new(),
-            probe: taskwire::broker::NatsAuth::default(),
+            probe: taskwire_protocol::NatsAuth::default(),
             child: None,
             _temp: None,
         };
@@ -139,7 +139,7 @@ impl NatsServer {
     /// tell that it is ready.
     pub async fn start_temporary_with_config(
         config: &str,
-        probe: taskwire::broker::NatsAuth,
+        probe: taskwire_protocol::NatsAuth,
     ) -> Result<Self, Error> {
         let temp = tempfile::tempdir()?;
         let file = temp.path().join("nats.conf");
@@ -309,7 +309,7 @@ impl NatsCluster {
                     "--routes".into(),
                     routes.clone(),
                 ],
-                probe: taskwire::broker::NatsAuth::default(),
+                probe: taskwire_protocol::NatsAuth::default(),
                 child: None,
                 _temp: None,
             };

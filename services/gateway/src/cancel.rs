@@ -1,9 +1,9 @@
 //! Cancelling a task: recorded for the workers, and its outcome stored when it has not run.
 
 use bytes::Bytes;
-use taskwire::broker::{self, subject};
 use taskwire::task::{Id, Name};
 use taskwire::v1::{self, TaskState};
+use taskwire_protocol::{self as broker, subject};
 
 use crate::submit::publish_error;
 use crate::{Error, Gateway};

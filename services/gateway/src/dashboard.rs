@@ -9,9 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use prost_reflect::{DynamicMessage, SerializeOptions};
-use taskwire::broker::{self, header, subject};
 use taskwire::task::{Id, Name};
 use taskwire::v1;
+use taskwire_protocol::{self as broker, header, subject};
 
 use crate::{Error, Gateway};
 

@@ -1,8 +1,8 @@
 //! Dead letters: tasks that failed for good, listed, replayed under their own ids, or purged.
 
-use taskwire::broker::{self, StoredMessage, header, subject};
 use taskwire::task::{Id, Name};
 use taskwire::v1;
+use taskwire_protocol::{self as broker, StoredMessage, header, subject};
 
 use crate::{Error, Gateway};
 

@@ -201,7 +201,7 @@ fn failure(info: &v1::TaskInfo, state: TaskState) -> Status {
     let message = format!(
         "task {} {}: {}",
         info.task_id,
-        taskwire::broker::state_name(state),
+        taskwire_protocol::state_name(state),
         error.message
     );
     let details = tonic_types::ErrorDetails::with_error_info(
@@ -212,7 +212,7 @@ fn failure(info: &v1::TaskInfo, state: TaskState) -> Status {
             ("task".to_owned(), info.task.clone()),
             (
                 "state".to_owned(),
-                taskwire::broker::state_name(state).to_owned(),
+                taskwire_protocol::state_name(state).to_owned(),
             ),
             ("attempt".to_owned(), info.attempt.to_string()),
             ("retryable".to_owned(), error.retryable.to_string()),

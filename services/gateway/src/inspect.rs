@@ -13,9 +13,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use prost::Message as _;
-use taskwire::broker::{self, subject};
 use taskwire::task::Id;
 use taskwire::v1;
+use taskwire_protocol::{self as broker, subject};
 
 use crate::{Error, Gateway};
 

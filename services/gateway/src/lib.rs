@@ -36,11 +36,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use taskwire::broker::{self, Broker};
 use taskwire::task::TaskType;
 use taskwire::v1::admin_server::AdminServer;
 use taskwire::v1::schedules_server::SchedulesServer;
 use taskwire::v1::tasks_server::TasksServer;
+use taskwire_protocol::{self as broker, Broker};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -56,7 +56,7 @@ pub mod env {
     pub const GATEWAY_ADDR: &str = "TASKWIRE_GATEWAY_ADDR";
     /// Largest task arguments accepted, in bytes.
     pub const MAX_PAYLOAD: &str = "TASKWIRE_MAX_PAYLOAD";
-    pub use taskwire::broker::env::{REPLICAS, RESULT_TTL};
+    pub use taskwire_protocol::env::{REPLICAS, RESULT_TTL};
     /// Descriptor set files (`protoc -o` / `buf build -o`) of task types to know without a worker.
     pub const DESCRIPTOR_SETS: &str = "TASKWIRE_DESCRIPTOR_SETS";
     /// Address of the HTTP server with the dashboard and `/metrics`, e.g. `127.0.0.1:9090`.

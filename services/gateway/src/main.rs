@@ -29,13 +29,13 @@ struct Args {
     #[arg(long, env = env::MAX_PAYLOAD, default_value_t = taskwire_gateway::DEFAULT_MAX_PAYLOAD.to_string())]
     max_payload: String,
     /// How long results are kept (applies when the results stream is created).
-    #[arg(long, env = taskwire::broker::env::RESULT_TTL, default_value = "24h")]
+    #[arg(long, env = taskwire_protocol::env::RESULT_TTL, default_value = "24h")]
     result_ttl: String,
     /// Stream replicas, 1 to 5 (applies when the streams are created).
-    #[arg(long, env = taskwire::broker::env::REPLICAS, default_value = "1")]
+    #[arg(long, env = taskwire_protocol::env::REPLICAS, default_value = "1")]
     replicas: String,
     /// Most tasks queued per task type, -1 for no limit (applies when the streams are created).
-    #[arg(long, env = taskwire::broker::env::MAX_QUEUED, default_value = "-1")]
+    #[arg(long, env = taskwire_protocol::env::MAX_QUEUED, default_value = "-1")]
     max_queued: String,
     /// Descriptor set files of task types to know without a worker, comma separated.
     #[arg(long, env = env::DESCRIPTOR_SETS, value_delimiter = ',')]
@@ -70,7 +70,7 @@ impl Args {
                 self.max_payload
             )
         }));
-        let broker = taskwire::broker::Settings::parse(
+        let broker = taskwire_protocol::Settings::parse(
             Some(&self.result_ttl),
             Some(&self.replicas),
             Some(&self.max_queued),
@@ -104,7 +104,7 @@ impl Args {
                 descriptor_sets.push(bytes);
             }
         }
-        let nats_auth = problems.take(taskwire::broker::NatsAuth::from_env());
+        let nats_auth = problems.take(taskwire_protocol::NatsAuth::from_env());
         let tls = problems.take(taskwire_gateway::Tls::from_env());
         let tokens = problems.take(taskwire_gateway::auth::Tokens::from_env());
         let http_token = problems.take(taskwire_gateway::auth::http_token_from_env());

@@ -9,9 +9,9 @@ use async_nats::connection::State;
 use async_nats::jetstream::consumer;
 use futures::StreamExt as _;
 use prost_reflect::{DynamicMessage, SerializeOptions};
-use taskwire::broker::{self, subject};
 use taskwire::task::{Id, Name};
 use taskwire::v1::{self, TaskState};
+use taskwire_protocol::{self as broker, subject};
 use tonic::Status;
 
 use crate::submit::micros;

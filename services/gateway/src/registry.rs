@@ -36,12 +36,12 @@ type VerdictKey = (String, String, String);
 /// Verdicts kept before the cache starts again.
 const MAX_VERDICTS: usize = 4096;
 
-impl taskwire::follow::Follower for Registry {
+impl taskwire_protocol::follow::Follower for Registry {
     /// Learns every task type in the bucket. Types are never forgotten: those from descriptor
     /// sets stay, and a worker's entry outlives it.
     fn reset(self: &Arc<Self>, entries: Vec<kv::Entry>) {
         for entry in entries {
-            taskwire::follow::Follower::apply(self, &entry);
+            taskwire_protocol::follow::Follower::apply(self, &entry);
         }
     }
 
@@ -73,7 +73,7 @@ impl Registry {
             recorded: Mutex::new(HashSet::new()),
             verdicts: Mutex::new(HashMap::new()),
         });
-        taskwire::follow::follow(registry.store.clone(), &registry, shutdown, connects)
+        taskwire_protocol::follow::follow(registry.store.clone(), &registry, shutdown, connects)
             .await
             .map_err(|e| Error::Broker(e.to_string()))?;
         Ok(registry)

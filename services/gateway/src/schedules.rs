@@ -12,9 +12,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use prost::Message as _;
-use taskwire::broker::{self, subject};
 use taskwire::task::Name;
 use taskwire::v1;
+use taskwire_protocol::{self as broker, subject};
 use tonic::{Request, Response, Status};
 
 use crate::submit::{overrides, publish_error};
@@ -215,7 +215,7 @@ impl Gateway {
         match published {
             Ok(_) => Ok(()),
             // Refused for good (an expression the server does not take): a caller's error.
-            Err(e) if taskwire::broker::permanent_refusal(&e).is_some() => Err(Error::BadRequest(
+            Err(e) if taskwire_protocol::permanent_refusal(&e).is_some() => Err(Error::BadRequest(
                 format!("the broker refused the schedule {spec:?}: {e}; check the cron expression"),
             )),
             Err(e) => Err(publish_error(e)),

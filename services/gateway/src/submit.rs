@@ -5,9 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
-use taskwire::broker::{self, subject};
 use taskwire::task::{Id, Name};
 use taskwire::v1::{self, TaskState};
+use taskwire_protocol::{self as broker, subject};
 use tracing::Instrument as _;
 
 use crate::auth::Op;
@@ -503,8 +503,8 @@ impl Gateway {
         );
         async {
             // The worker's span continues from this one; the dashboard links to the trace.
-            taskwire::propagation::inject_nats(&mut headers);
-            taskwire::propagation::inject_nats(&mut event);
+            taskwire_protocol::trace::inject_nats(&mut headers);
+            taskwire_protocol::trace::inject_nats(&mut event);
             // The first event keeps the arguments, for the dashboard.
             let queued = self
                 .broker

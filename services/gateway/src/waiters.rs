@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt as _;
-use taskwire::broker::subject;
 use taskwire::task::Id;
+use taskwire_protocol::subject;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 

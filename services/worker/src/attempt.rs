@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use futures::FutureExt as _;
-use taskwire::broker::{self, header, subject};
 use taskwire::task::{Id, Name};
 use taskwire::v1::TaskState;
 use taskwire::{TaskContext, TaskError};
+use taskwire_protocol::{self as broker, header, subject};
 use tokio_util::sync::CancellationToken;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -324,7 +324,7 @@ pub(crate) fn process_span(served: &Served, message: &jetstream::Message) -> tra
         attempt = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
-    let parent = taskwire::propagation::extract_nats(message.headers.as_ref());
+    let parent = taskwire_protocol::trace::extract_nats(message.headers.as_ref());
     if taskwire::propagation::is_valid(&parent) {
         use opentelemetry::trace::TraceContextExt as _;
         let producer = parent.span().span_context().clone();

@@ -35,14 +35,14 @@ impl Cancels {
             running: Mutex::new(HashMap::new()),
             keep,
         });
-        taskwire::follow::follow(store, &cancels, stop, connects)
+        taskwire_protocol::follow::follow(store, &cancels, stop, connects)
             .await
             .map_err(|e| Error::Cancellations(e.to_string()))?;
         Ok(cancels)
     }
 }
 
-impl taskwire::follow::Follower for Cancels {
+impl taskwire_protocol::follow::Follower for Cancels {
     fn reset(self: &Arc<Self>, entries: Vec<kv::Entry>) {
         let ids: Vec<Id> = entries
             .iter()

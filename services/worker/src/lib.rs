@@ -46,9 +46,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use taskwire::broker;
 use taskwire::config::Problems;
 use taskwire::service::Service;
+use taskwire_protocol as broker;
 
 /// Environment variables a worker process reads.
 pub mod env {

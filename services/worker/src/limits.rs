@@ -15,9 +15,9 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use prost::Message as _;
-use taskwire::broker::{self, Broker};
 use taskwire::task::{Rate, TaskType};
 use taskwire::v1;
+use taskwire_protocol::{self as broker, Broker};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
@@ -60,14 +60,14 @@ impl Limits {
             broker,
             clock: BrokerClock::default(),
         });
-        taskwire::follow::follow(limits.broker.limits.clone(), &limits, stop, connects)
+        taskwire_protocol::follow::follow(limits.broker.limits.clone(), &limits, stop, connects)
             .await
             .map_err(|e| Error::Limits(e.to_string()))?;
         Ok(limits)
     }
 }
 
-impl taskwire::follow::Follower for Limits {
+impl taskwire_protocol::follow::Follower for Limits {
     fn reset(self: &Arc<Self>, entries: Vec<kv::Entry>) {
         self.overrides
             .lock()

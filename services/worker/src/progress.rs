@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use taskwire::broker::{self, header, subject};
 use taskwire::task::{Id, Name};
 use taskwire::v1::TaskState;
+use taskwire_protocol::{self as broker, header, subject};
 
 use crate::run::Served;
 

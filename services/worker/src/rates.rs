@@ -116,7 +116,7 @@ impl BrokerClock {
         {
             return Some(micros + at.elapsed().as_micros() as u64);
         }
-        let subject = format!("STREAM.INFO.KV_{}", taskwire::broker::RATES_BUCKET);
+        let subject = format!("STREAM.INFO.KV_{}", taskwire_protocol::RATES_BUCKET);
         let answer: Response<Stamped> = match jetstream.request(subject, &()).await {
             Ok(answer) => answer,
             Err(e) => {
@@ -263,7 +263,7 @@ pub(crate) async fn give_back(store: &kv::Store, tokens: Tokens) {
     for tries in 0..20u64 {
         if tries > 0 {
             // Others count at the same moment: step aside for a moment.
-            let jitter = taskwire::broker::now_micros() % 5_000;
+            let jitter = taskwire_protocol::now_micros() % 5_000;
             tokio::time::sleep(Duration::from_micros(jitter)).await;
         }
         let Ok(Some(entry)) = store.entry(&tokens.key).await else {

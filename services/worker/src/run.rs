@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self};
-use taskwire::broker::{self, Broker};
 use taskwire::service::Service;
 use taskwire::task::{Name, TaskType};
+use taskwire_protocol::{self as broker, Broker};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use taskwire::TaskError;
-use taskwire::broker::{self, header, subject};
 use taskwire::task::{Id, Name};
 use taskwire::v1::TaskState;
+use taskwire_protocol::{self as broker, header, subject};
 use tracing::Instrument as _;
 
 use crate::attempt::{span_error, stored_outcome};
@@ -286,7 +286,7 @@ impl Attempt<'_> {
             let mut headers = headers;
             // The result names the trace, for `taskwire inspect task` and the dashboard: this
             // span's, or without trace export here, the producer's.
-            taskwire::propagation::inject_nats(&mut headers);
+            taskwire_protocol::trace::inject_nats(&mut headers);
             if headers.get("traceparent").is_none()
                 && let Some(parent) = message.headers.as_ref().and_then(|h| h.get("traceparent"))
             {

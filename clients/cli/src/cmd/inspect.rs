@@ -142,7 +142,7 @@ pub async fn run(client: &Client, command: InspectCommand) -> Result<i32, Error>
             }
             println!("task      {}", info.task_id);
             println!("type      {}", info.task);
-            println!("state     {}", taskwire::broker::state_name(info.state()));
+            println!("state     {}", taskwire_protocol::state_name(info.state()));
             println!("attempt   {}", info.attempt);
             let trace = std::iter::once(&info)
                 .chain(history.events.iter())
@@ -156,7 +156,7 @@ pub async fn run(client: &Client, command: InspectCommand) -> Result<i32, Error>
                 let mut line = format!(
                     "  {:24}  {:9}  attempt {}",
                     time_text(&event.updated_at),
-                    taskwire::broker::state_name(event.state()),
+                    taskwire_protocol::state_name(event.state()),
                     event.attempt
                 );
                 if let Some(p) = &event.progress {
@@ -171,7 +171,7 @@ pub async fn run(client: &Client, command: InspectCommand) -> Result<i32, Error>
                 println!(
                     "  {:24}  {:9}  attempt {}",
                     time_text(&result.updated_at),
-                    taskwire::broker::state_name(result.state()),
+                    taskwire_protocol::state_name(result.state()),
                     result.attempt
                 );
             }

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use taskwire::broker;
 use taskwire::task::TaskType;
+use taskwire_protocol as broker;
 
 /// Default `lagThreshold`: tasks waiting per replica before KEDA adds one.
 pub const DEFAULT_LAG_THRESHOLD: u32 = 100;

@@ -48,7 +48,7 @@ pub async fn watch(client: &Client, id: &str) -> Result<i32, Error> {
             _ => {
                 let mut text = format!(
                     "{:9} attempt {}",
-                    taskwire::broker::state_name(info.state()),
+                    taskwire_protocol::state_name(info.state()),
                     info.attempt
                 );
                 if let Some(t) = &info.not_before

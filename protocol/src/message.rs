@@ -8,8 +8,8 @@ use bytes::Bytes;
 use prost::Message as _;
 
 use super::*;
-use crate::task::{Id, Name};
-use crate::v1;
+use taskwire::task::{Id, Name};
+use taskwire::v1;
 
 /// The text of a state in headers.
 pub fn state_name(state: v1::TaskState) -> &'static str {
@@ -97,8 +97,8 @@ impl Overrides {
     }
 
     /// The declared options with these overrides applied.
-    pub fn apply(&self, declared: &crate::task::Options) -> crate::task::Options {
-        crate::task::Options {
+    pub fn apply(&self, declared: &taskwire::task::Options) -> taskwire::task::Options {
+        taskwire::task::Options {
             max_attempts: self.max_attempts.unwrap_or(declared.max_attempts),
             timeout: self.timeout.or(declared.timeout),
             backoff_initial: self.backoff_initial.unwrap_or(declared.backoff_initial),
@@ -404,11 +404,11 @@ pub fn priority_of(headers: &HeaderMap) -> v1::Priority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::layout::subject_covers;
+    use crate::layout::subject_covers;
 
     #[test]
     fn a_tick_fired_twice_is_one_task() {
-        let name = crate::task::Name::parse("examples.chaos.v1.Chaos/Sleep").expect("valid");
+        let name = taskwire::task::Name::parse("examples.chaos.v1.Chaos/Sleep").expect("valid");
         let next = Some("2026-11-29T22:22:06Z");
         let first = scheduled_task_id(&name, "nightly", next, 17);
         assert_eq!(first, scheduled_task_id(&name, "nightly", next, 42));
@@ -426,7 +426,7 @@ mod tests {
 
     #[test]
     fn a_result_is_stored_once_per_task_id_whatever_its_type() {
-        let name = crate::task::Name::parse("examples.magic.v1.Magic/Add").expect("valid");
+        let name = taskwire::task::Name::parse("examples.magic.v1.Magic/Add").expect("valid");
         let id = Id::parse("0123456789abcdef0123456789abcdef").expect("valid");
         assert_eq!(
             subject::result(&name, &id),

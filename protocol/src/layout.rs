@@ -9,9 +9,9 @@ use prost::Message as _;
 
 use super::store::leader_last_message;
 use super::*;
-use crate::config::Problems;
-use crate::task::Name;
-use crate::v1;
+use taskwire::config::Problems;
+use taskwire::task::Name;
+use taskwire::v1;
 
 /// Stream of queued tasks.
 pub const TASKS_STREAM: &str = "TASKWIRE_TASKS";

@@ -18,11 +18,13 @@
 
 mod connect;
 pub mod env;
+pub mod follow;
 pub mod header;
 mod layout;
 mod message;
 mod store;
 pub mod subject;
+pub mod trace;
 
 pub use connect::{NatsAuth, Refusals, servers};
 pub use layout::{
@@ -47,8 +49,8 @@ pub use store::{
 #[cfg(test)]
 mod vectors {
     use super::*;
-    use crate::task::{Id, Name};
-    use crate::v1::Priority;
+    use taskwire::task::{Id, Name};
+    use taskwire::v1::Priority;
 
     fn vectors() -> serde_json::Value {
         serde_json::from_str(include_str!("../../testing/vectors/protocol.json"))

@@ -1,8 +1,8 @@
 //! Subjects of the layout.
 
-use crate::task::{Id, Name};
+use taskwire::task::{Id, Name};
 
-use crate::v1::Priority;
+use taskwire::v1::Priority;
 
 /// Every task subject of normal priority.
 pub const TASKS: &str = "taskwire.tasks.>";

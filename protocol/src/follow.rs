@@ -32,7 +32,7 @@ pub struct Error {
 
 /// Reads `store` into `follower`, then follows its changes until `stop` or until the follower
 /// is dropped. Fails only when the first read fails. `connects` changes when the connection
-/// comes back (see [`crate::broker::Refusals::connects`]): the bucket is read again at once,
+/// comes back (see [`crate::Refusals::connects`]): the bucket is read again at once,
 /// rather than when the watch notices its consumer is gone (two missed heartbeats).
 pub async fn follow<F: Follower>(
     store: kv::Store,
