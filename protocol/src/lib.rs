@@ -34,7 +34,7 @@ pub use layout::{
     priority_name,
 };
 pub use message::{
-    Overrides, dead_headers, delayed_headers, event_headers, expires_at, failure_body,
+    DeadReason, Overrides, dead_headers, delayed_headers, event_headers, expires_at, failure_body,
     is_expiry_marker, now_micros, parse_state, priority_of, progress_body, replay_headers,
     result_headers, result_msg_id, schedule_headers, scheduled_at, scheduled_task_id, state_name,
     task_headers, task_info, trace_id,
@@ -145,6 +145,22 @@ mod vectors {
                 case["sequence"].as_u64().expect("a sequence"),
             );
             assert_eq!(text(&case["id"]), id.to_string());
+        }
+    }
+
+    #[test]
+    fn dead_letter_reasons_are_those_of_the_vectors() {
+        let v = vectors();
+        let reasons: Vec<&str> = v["dead_reasons"]
+            .as_array()
+            .expect("reasons")
+            .iter()
+            .map(text)
+            .collect();
+        let ours: Vec<&str> = DeadReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(reasons, ours);
+        for reason in DeadReason::ALL {
+            assert_eq!(DeadReason::parse(reason.as_str()), Some(reason));
         }
     }
 

@@ -330,6 +330,58 @@ pub fn trace_id(headers: &HeaderMap) -> Option<String> {
         .then(|| id.to_owned())
 }
 
+/// Why a task ended in the dead letters: the `Taskwire-Dead-Reason` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadReason {
+    /// A message that is no taskwire task (no valid id): it can never run.
+    Poison,
+    /// The task failed with a permanent error, or its result was refused for good.
+    Permanent,
+    /// Every attempt failed with an error that could pass.
+    Exhausted,
+    /// The last attempt ran past its time limit.
+    Timeout,
+    /// The handler panicked (in Python: raised an exception that is no `TaskError`).
+    Panic,
+    /// The last attempt was cut short (its worker stopped) and no attempt was left.
+    Lost,
+}
+
+impl DeadReason {
+    /// Every reason.
+    pub const ALL: [DeadReason; 6] = [
+        DeadReason::Poison,
+        DeadReason::Permanent,
+        DeadReason::Exhausted,
+        DeadReason::Timeout,
+        DeadReason::Panic,
+        DeadReason::Lost,
+    ];
+
+    /// The reason as the header (and the metrics label) writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::Poison => "poison",
+            DeadReason::Permanent => "permanent",
+            DeadReason::Exhausted => "exhausted",
+            DeadReason::Timeout => "timeout",
+            DeadReason::Panic => "panic",
+            DeadReason::Lost => "lost",
+        }
+    }
+
+    /// The reason a header names, if it is one of these.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for DeadReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The headers of a dead letter: the task's own, plus why it died. Stored once per task and
 /// replay, however often the worker tries.
 pub fn dead_headers(
@@ -337,7 +389,7 @@ pub fn dead_headers(
     name: &Name,
     id: &Id,
     attempt: u32,
-    reason: &str,
+    reason: DeadReason,
     error: &str,
 ) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -360,7 +412,7 @@ pub fn dead_headers(
     headers.insert(header::TASK_ID, id.as_str());
     headers.insert(header::TASK, name.as_str());
     headers.insert(header::ATTEMPT, attempt.to_string().as_str());
-    headers.insert(header::DEAD_REASON, reason);
+    headers.insert(header::DEAD_REASON, reason.as_str());
     let one_line: String = error
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

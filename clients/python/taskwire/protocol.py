@@ -110,6 +110,15 @@ EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Su
 
 NATS_TTL = "Nats-TTL"
 
+# Why a task ended in the dead letters (Taskwire-Dead-Reason).
+DEAD_POISON = "poison"
+DEAD_PERMANENT = "permanent"
+DEAD_EXHAUSTED = "exhausted"
+DEAD_TIMEOUT = "timeout"
+DEAD_PANIC = "panic"
+DEAD_LOST = "lost"
+DEAD_REASONS = (DEAD_POISON, DEAD_PERMANENT, DEAD_EXHAUSTED, DEAD_TIMEOUT, DEAD_PANIC, DEAD_LOST)
+
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 

@@ -62,6 +62,12 @@ except ImportError as e:  # pragma: no cover - the message is the point
 
 from taskwire.protocol import (  # noqa: F401 (re-exported)
     ATTEMPT,
+    DEAD_EXHAUSTED,
+    DEAD_LOST,
+    DEAD_PANIC,
+    DEAD_PERMANENT,
+    DEAD_POISON,
+    DEAD_TIMEOUT,
     DEAD_REASON,
     DEAD_STREAM,
     ERROR,
@@ -957,7 +963,7 @@ class Worker:
         if task_id is None:
             dead_id = f"poison-{meta.sequence.stream}"
             log.error("%s: message without a valid task id; moving it to the dead letters as %s", task.name, dead_id)
-            if await self._store_dead(task, msg, dead_id, 1, "poison", "the message has no valid Taskwire-Task-Id header") is not False:
+            if await self._store_dead(task, msg, dead_id, 1, DEAD_POISON, "the message has no valid Taskwire-Task-Id header") is not False:
                 await msg.term()
             return
         options = task.options.with_overrides(headers)
@@ -987,7 +993,7 @@ class Worker:
                 "before it ended) and no attempt is left"
             )
             log.warning("%s %s: %s", task.name, task_id, error)
-            await self._fail_for_good(task, msg, task_id, attempt - 1, "lost", error, _failure(error, False), options)
+            await self._fail_for_good(task, msg, task_id, attempt - 1, DEAD_LOST, error, _failure(error, False), options)
             return
         # A task whose outcome is stored never runs: a redelivery after a crash that followed
         # the result, a task cancelled before this worker heard of it, a keyed task stored again.
@@ -1032,7 +1038,7 @@ class Worker:
         finally:
             running.end()
         if outcome == "undecodable":
-            await self._failed(task, msg, task_id, attempt, options, TaskError(f"undecodable arguments: {value}", False), "poison")
+            await self._failed(task, msg, task_id, attempt, options, TaskError(f"undecodable arguments: {value}", False), DEAD_POISON)
             return
         await ctx._flush()
         if outcome == "released":
@@ -1046,18 +1052,18 @@ class Worker:
                 error = TaskError(
                     f"the handler returned {type(value).__name__}, not {task.output_class.DESCRIPTOR.full_name}", False
                 )
-                await self._failed(task, msg, task_id, attempt, options, error, "permanent")
+                await self._failed(task, msg, task_id, attempt, options, error, DEAD_PERMANENT)
                 return
             await self._finish(task, msg, task_id, attempt, "succeeded", value.SerializeToString(), options)
         elif outcome == "error":
             await self._failed(task, msg, task_id, attempt, options, value, None)
         elif outcome == "timeout":
-            await self._failed(task, msg, task_id, attempt, options, TaskError(f"timed out after {options.timeout}s"), "timeout")
+            await self._failed(task, msg, task_id, attempt, options, TaskError(f"timed out after {options.timeout}s"), DEAD_TIMEOUT)
         else:  # a bug in the task
             log.error("%s %s attempt %d raised: %s", task.name, task_id, attempt, value)
             error = f"task raised {value}"
             Tracing.failed(me.span, error)
-            await self._fail_for_good(task, msg, task_id, attempt, "panic", error, _failure(error, False), options)
+            await self._fail_for_good(task, msg, task_id, attempt, DEAD_PANIC, error, _failure(error, False), options)
 
     def _task_id(self, task: Task, headers: Dict[str, str], meta) -> Optional[str]:
         if TASK_ID in headers:
@@ -1252,7 +1258,7 @@ class Worker:
             await msg.nak(delay=delay)
             return
         if reason is None:
-            reason = "exhausted" if error.retryable else "permanent"
+            reason = DEAD_EXHAUSTED if error.retryable else DEAD_PERMANENT
         await self._fail_for_good(
             task, msg, task_id, attempt, reason, error.message, _failure(error.message, error.retryable), options
         )
@@ -1362,7 +1368,7 @@ class Worker:
         if stored == "refused":
             error = f"the task's {state} result could not be stored: {why}"
             log.error("%s %s attempt %d: %s", task.name, task_id, attempt, error)
-            if await self._store_dead(task, msg, task_id, attempt, "permanent", error) is False:
+            if await self._store_dead(task, msg, task_id, attempt, DEAD_PERMANENT, error) is False:
                 return "gave_up"
             state = "failed"
             stored, why = await self._store_result(task, msg, task_id, attempt, state, _failure(error, False), options)

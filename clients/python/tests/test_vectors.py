@@ -74,3 +74,7 @@ def test_the_codes_tried_again_are_those_of_the_vectors():
     vectors = _protocol()
     assert protocol.TRANSIENT_CODES == frozenset(vectors["transient_codes"])
     assert protocol.WRONG_LAST_SEQUENCE == vectors["wrong_last_sequence"]
+
+
+def test_dead_letter_reasons_are_those_of_the_vectors():
+    assert list(protocol.DEAD_REASONS) == _protocol()["dead_reasons"]

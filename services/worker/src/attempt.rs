@@ -10,7 +10,7 @@ use futures::FutureExt as _;
 use taskwire::task::{Id, Name};
 use taskwire::v1::TaskState;
 use taskwire::{TaskContext, TaskError};
-use taskwire_protocol::{self as broker, header, subject};
+use taskwire_protocol::{self as broker, DeadReason, header, subject};
 use tokio_util::sync::CancellationToken;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -52,7 +52,7 @@ pub(crate) async fn handle(
         let stored = poison
             .store_dead(
                 &message,
-                "poison",
+                DeadReason::Poison,
                 "the message has no valid Taskwire-Task-Id header",
             )
             .await;
@@ -136,7 +136,7 @@ pub(crate) async fn handle(
             attempt - 1
         );
         let failure = Failure {
-            reason: "lost",
+            reason: DeadReason::Lost,
             error: &error,
             retryable: false,
         };
@@ -236,7 +236,7 @@ pub(crate) async fn handle(
             span_error(&text);
             let error = format!("task panicked: {text}");
             let failure = Failure {
-                reason: "panic",
+                reason: DeadReason::Panic,
                 error: &error,
                 retryable: false,
             };

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use taskwire::TaskError;
 use taskwire::task::{Id, Name};
 use taskwire::v1::TaskState;
-use taskwire_protocol::{self as broker, header, subject};
+use taskwire_protocol::{self as broker, DeadReason, header, subject};
 use tracing::Instrument as _;
 
 use crate::attempt::{span_error, stored_outcome};
@@ -68,13 +68,13 @@ impl Attempt<'_> {
         }
         tracing::info!(task = %name, task_id = %id, attempt, error = %err, "failed");
         let reason = if err.is_poison() {
-            "poison"
+            DeadReason::Poison
         } else if timed_out {
-            "timeout"
+            DeadReason::Timeout
         } else if err.is_retryable() {
-            "exhausted"
+            DeadReason::Exhausted
         } else {
-            "permanent"
+            DeadReason::Permanent
         };
         let failure = Failure {
             reason,
@@ -143,7 +143,7 @@ impl Attempt<'_> {
     pub(crate) async fn store_dead(
         self,
         message: &jetstream::Message,
-        reason: &str,
+        reason: DeadReason,
         error: &str,
     ) -> Option<Option<u64>> {
         let Attempt {
@@ -170,7 +170,7 @@ impl Attempt<'_> {
                 sequence,
             } => {
                 if !duplicate {
-                    served.metrics.dead_lettered(name.as_str(), reason);
+                    served.metrics.dead_lettered(name.as_str(), reason.as_str());
                 }
                 Some(Some(sequence))
             }
@@ -209,7 +209,7 @@ impl Attempt<'_> {
                 );
                 tracing::error!(task = %name, task_id = %id, attempt, error = %error, "result refused");
                 if self
-                    .store_dead(&message, "permanent", &error)
+                    .store_dead(&message, DeadReason::Permanent, &error)
                     .await
                     .is_none()
                 {
@@ -321,7 +321,7 @@ pub(crate) fn jitter(delay: Duration) -> Duration {
 
 /// Why a task failed for good: the dead letter's reason, the error, whether it was retryable.
 pub(crate) struct Failure<'a> {
-    pub(crate) reason: &'a str,
+    pub(crate) reason: DeadReason,
     pub(crate) error: &'a str,
     pub(crate) retryable: bool,
 }
