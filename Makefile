@@ -38,7 +38,10 @@ test: tools lint schema manifests build fixture ## Run every check and test (wha
 # longest suites in one (each lane's output printed whole when it ends). `--workspace` in both
 # keeps one feature resolution, so nothing is built again.
 LONG_TESTS := conformance chaos
-OTHER_TESTS := $(filter-out $(LONG_TESTS),$(basename $(notdir $(wildcard testing/tests/*.rs))))
+# A test is a file (tests/x.rs) or a folder of files (tests/x/main.rs).
+ALL_TESTS := $(basename $(notdir $(wildcard testing/tests/*.rs))) \
+	$(notdir $(patsubst %/main.rs,%,$(wildcard testing/tests/*/main.rs)))
+OTHER_TESTS := $(filter-out $(LONG_TESTS),$(ALL_TESTS))
 
 # (cargo is not given make's job slots: it builds nothing here.)
 test-long:

@@ -1,0 +1,98 @@
+//! The `taskwire` command line against a real system.
+
+use super::*;
+
+#[tokio::test]
+async fn cli_submits_gets_and_lists() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::magic())).await?;
+    let cli = |args: &[&str]| {
+        let mut command = Command::new(bin("taskwire").expect("taskwire binary"));
+        command
+            .args(args)
+            .env("TASKWIRE_GATEWAY_URL", gateway.url())
+            .stdin(Stdio::null());
+        command
+    };
+
+    let out = cli(&["submit", ADD, r#"{"arg1":1,"arg2":2,"arg3":3}"#, "--wait"])
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(result, serde_json::json!({ "sum": 6 }));
+
+    // The health check containers use: the gateway serves; a closed port does not.
+    let addr = gateway.url().trim_start_matches("http://").to_owned();
+    let out = cli(&["health", "--grpc", &addr]).output().await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "serving");
+    let closed = taskwire_cli::stack::free_addr()?.to_string();
+    let out = cli(&["health", "--grpc", &closed]).output().await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+
+    let out = cli(&["submit", ADD, r#"{"arg1":2,"arg2":2,"arg3":3}"#])
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout)?.trim().to_owned();
+    assert_eq!(id.len(), 32, "{id}");
+    let out = cli(&["wait", &id]).output().await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["get", &id]).output().await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(info["state"], "succeeded");
+    assert_eq!(info["result"]["sum"], 7);
+    assert_eq!(info["id"], id.as_str());
+
+    let out = cli(&["tasks"]).output().await?;
+    let listing = String::from_utf8(out.stdout)?;
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [
+                    ADD,
+                    "examples.magic.v1.AddArgs",
+                    "examples.magic.v1.AddResult"
+                ]),
+        "{listing}"
+    );
+
+    let out = cli(&["submit", ADD, r#"{"arg9":1}"#]).output().await?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr)?;
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "one readable line: {stderr}"
+    );
+    assert!(
+        stderr.contains("invalid argument") && stderr.contains("`arg9`"),
+        "{stderr}"
+    );
+    Ok(())
+}
