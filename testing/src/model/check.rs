@@ -1,0 +1,225 @@
+//! The oracle: each task's end, runs and dead letters checked against the guarantees.
+
+use super::*;
+
+/// Dead letters by task id.
+pub(crate) async fn dead_letter_counts(client: &Client) -> anyhow::Result<HashMap<String, usize>> {
+    let mut counts = HashMap::new();
+    for letter in client.dead_letters("", u32::MAX).await? {
+        *counts.entry(letter.task_id).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+/// The runs the workers logged, by task id, in order of start.
+pub(crate) fn check(
+    task: &Task,
+    last: Option<&TaskState>,
+    runs: &[Run],
+    dead_letters: usize,
+    kills: &[SystemTime],
+    violations: &mut Vec<Violation>,
+) {
+    // What the model saw of the task, for the report of a violation.
+    let history = {
+        let origin = task.submitted_at;
+        let at = |t: SystemTime| match t.duration_since(origin) {
+            Ok(d) => format!("{}ms", d.as_millis()),
+            Err(e) => format!("-{}ms", e.duration().as_millis()),
+        };
+        let runs: Vec<String> = runs
+            .iter()
+            .map(|r| {
+                let end = r.end.map_or_else(|| "?".to_owned(), at);
+                format!("{}@{}..{end}", r.attempt, at(r.start))
+            })
+            .collect();
+        let replays: Vec<String> = task.replays.iter().map(|r| at(*r)).collect();
+        format!(
+            "max_attempts {}, runs {runs:?}, replays asked at {replays:?}, cancelled at {:?}",
+            task.max_attempts,
+            task.cancelled_at.map(at)
+        )
+    };
+    let mut violated = |guarantee: u8, what: String| {
+        violations.push(Violation {
+            guarantee,
+            task: task.id.clone(),
+            what: format!("{} {what} ({history})", task.name),
+        });
+    };
+    // 1: an end, visible to Get.
+    let state = match last {
+        Some(state) if is_final(*state) => *state,
+        Some(state) => {
+            violated(1, format!("never ended: still {state:?}"));
+            return;
+        }
+        None => {
+            violated(1, "Get never knew it".into());
+            return;
+        }
+    };
+    // 3: attempts in order and within the limit, per series (a replay starts one).
+    let mut series_start = 0;
+    let mut replays = task.replays.clone();
+    replays.sort();
+    let mut unused = replays.as_slice();
+    for (i, run) in runs.iter().enumerate() {
+        // A run that starts the count again after a replay was asked for begins a new series
+        // (the replay's time is when it was asked: the series may start before the answer).
+        let restarted = i > 0 && run.attempt <= runs[i - 1].attempt;
+        if restarted && unused.first().is_some_and(|r| *r <= run.start) {
+            unused = &unused[1..];
+            series_start = i;
+        }
+        if run.attempt > task.max_attempts {
+            violated(
+                3,
+                format!("ran attempt {} of {}", run.attempt, task.max_attempts),
+            );
+        }
+        if i > series_start && run.attempt <= runs[i - 1].attempt {
+            let crashed = runs[i - 1].end.is_none()
+                || kills
+                    .iter()
+                    .any(|k| *k > runs[i - 1].start && *k < run.start);
+            if !crashed {
+                violated(
+                    3,
+                    format!(
+                        "attempt {} ran after attempt {}",
+                        run.attempt,
+                        runs[i - 1].attempt
+                    ),
+                );
+            }
+        }
+    }
+    // 4: nothing starts after a cancel; the outcome is the cancel.
+    if let Some(at) = task.cancelled_at {
+        let replayed_after = task.replays.iter().any(|r| *r > at);
+        if !replayed_after {
+            if let Some(run) = runs.iter().find(|r| r.start > at + CANCEL_TOLERANCE) {
+                violated(
+                    4,
+                    format!(
+                        "attempt {} started {:?} after its cancel",
+                        run.attempt,
+                        run.start.duration_since(at).unwrap_or_default()
+                    ),
+                );
+            }
+            if state != TaskState::Cancelled {
+                violated(4, format!("cancelled, but ended {state:?}"));
+            }
+        }
+    }
+    // 5: not before its time; not after its expiry.
+    if let Some(not_before) = task.not_before
+        && let Some(run) = runs.iter().find(|r| r.start + CLOCK_TOLERANCE < not_before)
+    {
+        violated(
+            5,
+            format!(
+                "started {:?} before its time",
+                not_before.duration_since(run.start).unwrap_or_default()
+            ),
+        );
+    }
+    if let Some(expires) = task.expires_at
+        && task.replays.is_empty()
+        && let Some(run) = runs
+            .iter()
+            .find(|r| r.start > expires + Duration::from_millis(100))
+    {
+        violated(
+            5,
+            format!(
+                "started {:?} after its expiry",
+                run.start.duration_since(expires).unwrap_or_default()
+            ),
+        );
+    }
+    // 8: one dead letter for a task that failed for good, none for the rest.
+    let expected = usize::from(state == TaskState::Failed);
+    if dead_letters != expected {
+        violated(
+            8,
+            format!("ended {state:?} with {dead_letters} dead letters"),
+        );
+    }
+    // 9: what a waiter was told is what Get tells.
+    if let Some(waited) = task.waited
+        && waited != state
+        && task.replays.is_empty()
+    {
+        violated(9, format!("a Wait answered {waited:?}, Get {state:?}"));
+    }
+}
+
+/// 7: never more Limited tasks running at once than its `max_concurrency`.
+/// No more Paced tasks start in any second than its highest rate allows.
+pub(crate) fn check_rate(
+    tasks: &[Task],
+    runs: &HashMap<String, Vec<Run>>,
+    violations: &mut Vec<Violation>,
+) {
+    let mut starts: Vec<SystemTime> = tasks
+        .iter()
+        .filter(|t| t.name == PACED)
+        .flat_map(|t| runs.get(&t.id).map(Vec::as_slice).unwrap_or_default())
+        .map(|r| r.start)
+        .collect();
+    starts.sort();
+    let second = Duration::from_secs(1);
+    if let Some(window) = starts
+        .windows(PACED_PER_SECOND + 1)
+        .find(|w| w[PACED_PER_SECOND].duration_since(w[0]).unwrap_or_default() < second)
+    {
+        violations.push(Violation {
+            guarantee: 7,
+            task: String::new(),
+            what: format!(
+                "{} Paced tasks started within {:?}; the highest rate is {PACED_PER_SECOND}/s",
+                PACED_PER_SECOND + 1,
+                window[PACED_PER_SECOND]
+                    .duration_since(window[0])
+                    .unwrap_or_default()
+            ),
+        });
+    }
+}
+
+pub(crate) fn check_limit(
+    tasks: &[Task],
+    runs: &HashMap<String, Vec<Run>>,
+    kills: &[SystemTime],
+    violations: &mut Vec<Violation>,
+) {
+    let mut changes: Vec<(SystemTime, i64)> = Vec::new();
+    for task in tasks.iter().filter(|t| t.name == LIMITED) {
+        for run in runs.get(&task.id).map(Vec::as_slice).unwrap_or_default() {
+            // A run cut short by a kill ended then at the latest.
+            let end = run
+                .end
+                .or_else(|| kills.iter().copied().find(|k| *k > run.start));
+            let Some(end) = end else { continue };
+            changes.push((run.start, 1));
+            changes.push((end, -1));
+        }
+    }
+    changes.sort();
+    let (mut running, mut most) = (0i64, 0i64);
+    for (_, change) in changes {
+        running += change;
+        most = most.max(running);
+    }
+    if most as usize > LIMITED_CONCURRENCY {
+        violations.push(Violation {
+            guarantee: 7,
+            task: String::new(),
+            what: format!("{most} Limited tasks ran at once; the limit is {LIMITED_CONCURRENCY}"),
+        });
+    }
+}
