@@ -1,0 +1,287 @@
+//! The gateway and workers as NATS users of the documented account config, and over TLS.
+
+use super::*;
+
+#[tokio::test]
+async fn the_gateway_and_a_worker_run_as_their_own_nats_users() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let gateway_user = User::new(dir.path(), "gateway")?;
+    let worker_user = User::new(dir.path(), "magic-worker")?;
+    let config = accounts(&gateway_user, &worker_user)?;
+    let nats = NatsServer::start_temporary_with_config(&config, gateway_user.auth()).await?;
+
+    // Without credentials NATS refuses the connection.
+    let anonymous = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(nats.url())
+        .await;
+    assert!(anonymous.is_err(), "an anonymous connection was accepted");
+
+    // The gateway (which creates the streams) and the magic worker, each as its user.
+    let mut gateway_config = examples_config(&nats.url());
+    gateway_config.nats_auth = gateway_user.auth();
+    let gateway = Gateway::start_with(gateway_config).await?;
+    let worker_auth = worker_user.auth();
+    let _worker = Worker::start(&nats.url(), move |w| {
+        w.serve(tasks::magic()).nats_auth(worker_auth)
+    })
+    .await?;
+    let magic = MagicClient::new(Client::connect(gateway.url()).await?);
+    let sum = magic
+        .add_and_wait(
+            AddArgs {
+                arg1: 1,
+                arg2: 2,
+                arg3: 3,
+            },
+            WAIT,
+        )
+        .await?
+        .sum;
+    assert_eq!(sum, 6);
+
+    // The magic worker's user may pull its own consumer, and no other task's.
+    let (worker_nats, errors) = connect_as(&nats, &worker_user).await?;
+    let next = |consumer: &str| {
+        let subject = format!("$JS.API.CONSUMER.MSG.NEXT.TASKWIRE_TASKS.{consumer}");
+        let worker_nats = worker_nats.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                worker_nats.request(subject, r#"{"batch":1,"no_wait":true}"#.into()),
+            )
+            .await
+        }
+    };
+    assert!(
+        matches!(next("examples-magic-v1-Magic-Add").await, Ok(Ok(_))),
+        "the worker's own consumer did not answer"
+    );
+    assert!(
+        !matches!(next("examples-chaos-v1-Chaos-Sleep").await, Ok(Ok(_))),
+        "another task's consumer answered the magic worker"
+    );
+    let denied = errors.lock().expect("errors").clone();
+    assert!(
+        denied
+            .iter()
+            .any(|e| e.contains("Permissions Violation")
+                && e.contains("examples-chaos-v1-Chaos-Sleep")),
+        "{denied:?}"
+    );
+    // Nor may it read replies sent to others: another worker's pulled tasks, the gateway's
+    // answers.
+    for inbox in ["_INBOX.>", "_INBOX.gateway.>"] {
+        let _subscription = worker_nats.subscribe(inbox).await?;
+        worker_nats.flush().await?;
+        let refused = tokio::time::timeout(WAIT, async {
+            loop {
+                let seen = errors.lock().expect("errors").clone();
+                if seen.iter().any(|e| {
+                    e.contains("Permissions Violation for Subscription") && e.contains(inbox)
+                }) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            refused.is_ok(),
+            "the magic worker may subscribe to {inbox}: {:?}",
+            errors.lock().expect("errors")
+        );
+    }
+    // An inbox prefix that is not a literal subject is refused before connecting.
+    let wild = NatsAuth {
+        inbox_prefix: Some("_INBOX.*".into()),
+        ..NatsAuth::default()
+    };
+    let refused = wild
+        .apply(async_nats::ConnectOptions::new())
+        .await
+        .err()
+        .unwrap_or_default();
+    assert!(refused.contains("not a literal subject"), "{refused:?}");
+    // Without their inbox prefixes, the gateway and the worker cannot receive replies: each
+    // stops at start, naming the setting to fix.
+    let mut unprefixed = examples_config(&nats.url());
+    unprefixed.nats_auth = NatsAuth {
+        inbox_prefix: None,
+        ..gateway_user.auth()
+    };
+    let worker_unprefixed = NatsAuth {
+        inbox_prefix: None,
+        ..worker_user.auth()
+    };
+    let url = nats.url();
+    let (gateway_refused, worker_refused) = tokio::join!(
+        Gateway::start_with(unprefixed),
+        Worker::start(&url, move |w| w
+            .serve(tasks::magic())
+            .nats_auth(worker_unprefixed)),
+    );
+    for (who, refused) in [
+        ("gateway", gateway_refused.err()),
+        ("worker", worker_refused.err()),
+    ] {
+        let refused = refused.map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(
+            refused.contains("TASKWIRE_NATS_INBOX_PREFIX"),
+            "the {who} without its inbox prefix: {refused:?}"
+        );
+    }
+    // Nor may it publish tasks: producers go through the gateway.
+    worker_nats
+        .publish("taskwire.tasks.examples.magic.v1.Magic.Add", "x".into())
+        .await?;
+    worker_nats.flush().await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let denied = errors.lock().expect("errors").clone();
+    assert!(
+        denied
+            .iter()
+            .any(|e| e.contains("Permissions Violation") && e.contains("taskwire.tasks.")),
+        "{denied:?}"
+    );
+    // Results: of its own task types only. It may read its own (a direct get with the subject in
+    // the API subject answers, here that there is none)...
+    let id = "0123456789abcdef0123456789abcdef";
+    let read = |subject: String, body: &'static str| {
+        let worker_nats = worker_nats.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                worker_nats.request(subject, body.into()),
+            )
+            .await
+        }
+    };
+    let own = format!("taskwire.results.{id}.examples.magic.v1.Magic.Add");
+    let other = format!("taskwire.results.{id}.examples.chaos.v1.Chaos.Sleep");
+    assert!(
+        matches!(
+            read(format!("$JS.API.DIRECT.GET.TASKWIRE_RESULTS.{own}"), "").await,
+            Ok(Ok(_))
+        ),
+        "the worker cannot read its own task's result"
+    );
+    // ...but neither read another task type's result, nor any by a request body...
+    assert!(
+        !matches!(
+            read(format!("$JS.API.DIRECT.GET.TASKWIRE_RESULTS.{other}"), "").await,
+            Ok(Ok(_))
+        ),
+        "the magic worker read a Chaos result"
+    );
+    assert!(
+        !matches!(
+            read(
+                "$JS.API.DIRECT.GET.TASKWIRE_RESULTS".into(),
+                r#"{"last_by_subj":"taskwire.results.>"}"#
+            )
+            .await,
+            Ok(Ok(_))
+        ),
+        "the magic worker listed results"
+    );
+    // ...nor store one for another task type.
+    worker_nats.publish(other.clone(), "x".into()).await?;
+    worker_nats.flush().await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let denied = errors.lock().expect("errors").clone();
+    assert!(
+        denied
+            .iter()
+            .any(|e| e.contains("Permissions Violation") && e.contains(&other)),
+        "{denied:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_nats_credentials_stop_the_process_with_the_setting_to_fix() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let empty = dir.path().join("empty.nk");
+    std::fs::write(&empty, "")?;
+    let auth = NatsAuth {
+        nkey_file: Some(empty),
+        ..NatsAuth::default()
+    };
+    let err = auth
+        .apply(async_nats::ConnectOptions::new())
+        .await
+        .expect_err("an empty seed file");
+    assert!(
+        err.contains("TASKWIRE_NATS_NKEY") && err.contains("seed"),
+        "{err}"
+    );
+    let missing = NatsAuth {
+        creds_file: Some(dir.path().join("missing.creds")),
+        ..NatsAuth::default()
+    };
+    let err = missing
+        .apply(async_nats::ConnectOptions::new())
+        .await
+        .expect_err("a missing creds file");
+    assert!(err.contains("TASKWIRE_NATS_CREDS"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_gateway_and_workers_speak_tls_to_nats_with_client_certificates() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let ca = Ca::new("taskwire NATS CA")?;
+    let (server_cert, server_key) = ca.issue(&["127.0.0.1", "localhost"])?;
+    let (client_cert, client_key) = ca.issue(&["taskwire"])?;
+    let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    let ca_file = write("ca.pem", &ca.pem)?;
+    let config = format!(
+        "jetstream {{}}\ntls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+        write("server.pem", &server_cert)?.display(),
+        write("server.key", &server_key)?.display(),
+        ca_file.display(),
+    );
+    let auth = NatsAuth {
+        ca_file: Some(ca_file),
+        client_cert: Some((
+            write("client.pem", &client_cert)?,
+            write("client.key", &client_key)?,
+        )),
+        ..NatsAuth::default()
+    };
+    let nats = NatsServer::start_temporary_with_config(&config, auth.clone()).await?;
+
+    // Without a client certificate the server refuses the connection.
+    let without = NatsAuth {
+        client_cert: None,
+        ..auth.clone()
+    };
+    let refused = without
+        .apply(async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2)))
+        .await
+        .map_err(anyhow::Error::msg)?
+        .connect(nats.url())
+        .await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate got through"
+    );
+
+    let mut gateway_config = examples_config(&nats.url());
+    gateway_config.nats_auth = auth.clone();
+    let gateway = Gateway::start_with(gateway_config).await?;
+    let worker_auth = auth.clone();
+    let _worker = Worker::start(&nats.url(), move |w| {
+        w.serve(tasks::magic()).nats_auth(worker_auth)
+    })
+    .await?;
+    let client = Client::connect(gateway.url()).await?;
+    assert_eq!(add_with(&client).await?, 9);
+    Ok(())
+}
