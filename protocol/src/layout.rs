@@ -161,13 +161,6 @@ impl Settings {
         )
     }
 
-    /// [`Settings::read_env`], its problems told in one error.
-    pub fn from_env() -> Result<Self, String> {
-        let mut problems = Problems::new();
-        let settings = Self::read_env(&mut problems);
-        problems.or_value(settings).map_err(|p| p.to_string())
-    }
-
     fn tasks_stream(&self) -> stream::Config {
         stream::Config {
             name: TASKS_STREAM.into(),
