@@ -335,7 +335,10 @@ class _Limits:
         return items
 
     async def give_back(self, tokens: "_Tokens") -> None:
-        """Gives back starts that were counted and not used."""
+        """Gives back starts that were counted and not used: lowers the count of the item with
+        the revision of the write that counted them. The entry's own `taken` becomes an
+        `earlier` item with its stamp and revision, so a give-back never takes over the starts
+        another worker counted in the latest write."""
         if tokens.left <= 0:
             return
         for tries in range(20):
@@ -343,21 +346,27 @@ class _Limits:
                 # Others count at the same moment: step aside for a moment.
                 await asyncio.sleep(random.random() * 0.005)
             try:
-                entry = await self.rates.get(tokens.key)
-                log_ = json.loads(entry.value)
-                if entry.revision == tokens.revision:
-                    log_["taken"] = max(int(log_.get("taken", 0)) - tokens.left, 0)
-                else:
-                    earlier = log_.get("earlier", [])
-                    ours = [i for i in earlier if i[2] == tokens.revision]
-                    if not ours:
-                        return  # merged with later starts or out of the window
-                    ours[0][1] = max(ours[0][1] - tokens.left, 0)
-                    log_["earlier"] = [i for i in earlier if i[1] > 0]
-                await self.rates.update(tokens.key, json.dumps(log_, separators=(",", ":")).encode(), last=entry.revision)
-                return
-            except Exception:
+                items, revision, _ = await self._read_log(tokens.key)
+            except Exception as e:
+                log.debug("cannot read the start log %s to give starts back: %s", tokens.key, e)
                 continue
+            if revision is None:
+                return  # gone: nothing is counted any more
+            items = [list(i) for i in items]
+            ours = [i for i in items if i[2] == tokens.revision]
+            if not ours:
+                return  # out of the window, or merged with later starts
+            ours[0][1] = max(ours[0][1] - tokens.left, 0)
+            earlier = self._merged([tuple(i) for i in items if i[1] > 0])
+            value = json.dumps({"taken": 0, "earlier": [list(i) for i in earlier]}, separators=(",", ":")).encode()
+            try:
+                await self.rates.update(tokens.key, value, last=revision)
+                return
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            except Exception as e:
+                log.debug("cannot give starts back to %s: %s", tokens.key, e)
+        log.warning("cannot give %d unused starts back to %s; they count until they leave the window", tokens.left, tokens.key)
 
 
 @dataclass

@@ -162,6 +162,7 @@ impl Limits {
                 key,
                 rate,
                 tokens: None,
+                batch: 1,
             });
         }
         Ok(Grant {
@@ -239,6 +240,8 @@ struct Counted {
     key: String,
     rate: Rate,
     tokens: Option<Tokens>,
+    /// How many starts the next count asks for at most.
+    batch: usize,
 }
 
 impl Grant {
@@ -274,10 +277,18 @@ impl Grant {
                 .as_ref()
                 .is_some_and(|t| t.left > 0 && t.taken_at.elapsed() < fresh);
             if !usable {
-                if let Some(stale) = counted.tokens.take() {
-                    rates::give_back(&limits.broker.rates, stale).await;
-                }
-                let want = (more + 1).min(self.allowed);
+                // `more` counts the slots reserved, not the tasks that will arrive (a waiting
+                // pull hands them over as they come): count 1 at first, twice as many after
+                // counted starts were all used in time, 1 again after some were not.
+                counted.batch = match counted.tokens.take() {
+                    Some(stale) if stale.left > 0 => {
+                        rates::give_back(&limits.broker.rates, stale).await;
+                        1
+                    }
+                    Some(_) => counted.batch.saturating_mul(2),
+                    None => 1,
+                };
+                let want = counted.batch.min(more + 1).min(self.allowed);
                 counted.tokens = Some(limits.take_tokens(&counted.key, counted.rate, want).await?);
             }
             if let Some(tokens) = &mut counted.tokens {

@@ -50,6 +50,16 @@ impl StartLog {
         starts
     }
 
+    /// The log stored at `stamped` by write `revision`, with `left` starts taken off the item
+    /// of the write `counted_by`; `None` when no item has that revision.
+    fn given_back(&self, stamped: u64, revision: u64, counted_by: u64, left: u32) -> Option<Self> {
+        let mut starts = self.starts(stamped, revision);
+        let ours = starts.iter_mut().find(|s| s.2 == counted_by)?;
+        ours.1 = ours.1.saturating_sub(left);
+        starts.retain(|s| s.1 > 0);
+        Some(Self::next(starts, 0))
+    }
+
     /// The log a write taking `taken` more stores, given the starts still in the window.
     fn next(mut starts: Vec<(u64, u32, u64)>, taken: u32) -> Self {
         starts.sort_by_key(|s| s.0);
@@ -255,7 +265,10 @@ pub(crate) async fn take(
     Err(Duration::from_millis(50))
 }
 
-/// Gives back starts that were counted and not used.
+/// Gives back starts that were counted and not used: lowers the count of the item with the
+/// revision of the write that counted them. The entry's own `taken` becomes an `earlier` item
+/// with its stamp and revision, so a give-back never takes over the starts another worker
+/// counted in the latest write.
 pub(crate) async fn give_back(store: &kv::Store, tokens: Tokens) {
     if tokens.left == 0 {
         return;
@@ -266,30 +279,38 @@ pub(crate) async fn give_back(store: &kv::Store, tokens: Tokens) {
             let jitter = taskwire_protocol::now_micros() % 5_000;
             tokio::time::sleep(Duration::from_micros(jitter)).await;
         }
-        let Ok(Some(entry)) = store.entry(&tokens.key).await else {
+        let entry = match store.entry(&tokens.key).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
+            // Gone: nothing is counted any more.
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(key = tokens.key, error = %e, "cannot read a start log to give starts back");
+                continue;
+            }
+        };
+        let Ok(log) = serde_json::from_slice::<StartLog>(&entry.value) else {
             return;
         };
-        let Ok(mut log) = serde_json::from_slice::<StartLog>(&entry.value) else {
+        let stamped = u64::try_from(entry.created.unix_timestamp_nanos() / 1000).unwrap_or(0);
+        let Some(log) = log.given_back(stamped, entry.revision, tokens.revision, tokens.left)
+        else {
+            // Out of the window, or merged with later starts: nothing to give back.
             return;
         };
-        if entry.revision == tokens.revision {
-            log.taken = log.taken.saturating_sub(tokens.left);
-        } else if let Some(ours) = log.earlier.iter_mut().find(|s| s.2 == tokens.revision) {
-            ours.1 = ours.1.saturating_sub(tokens.left);
-            log.earlier.retain(|s| s.1 > 0);
-        } else {
-            // Merged with later starts or out of the window: nothing to give back.
-            return;
-        }
         let value = Bytes::from(serde_json::to_vec(&log).unwrap_or_default());
-        if store
-            .update(&tokens.key, value, entry.revision)
-            .await
-            .is_ok()
-        {
-            return;
+        match store.update(&tokens.key, value, entry.revision).await {
+            Ok(_) => return,
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => {
+                tracing::debug!(key = tokens.key, error = %e, "cannot give starts back");
+            }
         }
     }
+    tracing::warn!(
+        key = tokens.key,
+        left = tokens.left,
+        "cannot give unused starts back; they count until they leave the window"
+    );
 }
 
 #[cfg(test)]
@@ -310,6 +331,26 @@ mod tests {
             log.earlier.iter().map(|s| s.1).sum::<u32>(),
             MAX_ENTRIES as u32 + 1
         );
+    }
+
+    #[test]
+    fn giving_back_keeps_the_latest_writes_starts_its_own() {
+        // Write 7 counted 3 (two unused), write 8 counted 2 and is the entry now.
+        let log = StartLog {
+            taken: 2,
+            earlier: vec![(1000, 3, 7)],
+        };
+        let back = log
+            .given_back(5000, 8, 7, 2)
+            .expect("write 7 is in the log");
+        assert_eq!(back.taken, 0);
+        assert_eq!(back.earlier, vec![(1000, 1, 7), (5000, 2, 8)]);
+        // Write 8 can still give its own back afterwards, at its own stamp.
+        let again = back
+            .given_back(6000, 9, 8, 2)
+            .expect("write 8 is still in the log");
+        assert_eq!(again.earlier, vec![(1000, 1, 7)]);
+        assert_eq!(log.given_back(5000, 8, 6, 1), None);
     }
 
     #[test]
