@@ -39,7 +39,7 @@ test: tools lint schema manifests build fixture ## Run every check and test (wha
 # keeps one feature resolution, so nothing is built again.
 LONG_TESTS := conformance chaos
 # A test is a file (tests/x.rs) or a folder of files (tests/x/main.rs).
-ALL_TESTS := $(basename $(notdir $(wildcard testing/tests/*.rs))) \
+ALL_TESTS := $(basename $(notdir $(wildcard testing/tests/*.rs clients/cli/tests/*.rs))) \
 	$(notdir $(patsubst %/main.rs,%,$(wildcard testing/tests/*/main.rs)))
 OTHER_TESTS := $(filter-out $(LONG_TESTS),$(ALL_TESTS))
 

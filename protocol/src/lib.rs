@@ -22,6 +22,7 @@ pub mod follow;
 pub mod header;
 mod layout;
 mod message;
+pub mod ports;
 mod store;
 pub mod subject;
 pub mod trace;

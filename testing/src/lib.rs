@@ -18,6 +18,7 @@
 //! ```
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,12 @@ use taskwire_gateway::Config;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use taskwire_cli::stack::{NatsCluster, NatsServer, free_port, terminate};
+pub use taskwire_supervisor::{NatsCluster, NatsServer, Ports, terminate, wait_for_task};
+
+/// Loopback, on a port the listener chooses: for the HTTP address of a gateway or worker under
+/// test, which then says the port it got (see [`Gateway::http_addr`], [`worker_process_ports`]).
+pub const LOOPBACK_ANY_PORT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 pub mod chaos;
 pub mod model;
@@ -36,6 +42,7 @@ pub mod tasks;
 #[derive(Debug)]
 pub struct Gateway {
     url: String,
+    http_addr: Option<SocketAddr>,
     stop: CancellationToken,
     handle: Option<JoinHandle<Result<(), taskwire_gateway::Error>>>,
 }
@@ -47,9 +54,14 @@ impl Gateway {
     }
 
     /// A gateway with these settings. Returns once it answers gRPC calls.
-    pub async fn start_with(config: Config) -> anyhow::Result<Self> {
+    /// With an HTTP address on port 0 ([`LOOPBACK_ANY_PORT`]), the port it got is
+    /// [`Gateway::http_addr`].
+    pub async fn start_with(mut config: Config) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
+        let ports = tempfile::tempdir()?;
+        let ports_file = ports.path().join("ports.json");
+        config.ports_file = Some(ports_file.clone());
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let tls = config.tls.is_some();
@@ -58,11 +70,21 @@ impl Gateway {
         });
         let mut gateway = Self {
             url,
+            http_addr: None,
             stop,
             handle: Some(handle),
         };
         gateway.wait_ready(tls).await?;
+        gateway.http_addr = eventually_some("the gateway's ports file", || {
+            Ports::read(&ports_file).map(|p| p.http)
+        })
+        .await?;
         Ok(gateway)
+    }
+
+    /// The address of its dashboard and `/metrics`, when it serves them.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Waits until the gateway answers its (always open) health service; with TLS, only until
@@ -205,9 +227,57 @@ pub fn worker_process(
         .spawn()?)
 }
 
+/// The test worker as a real process with `env` (see [`worker_process`]), once it is ready:
+/// with the addresses it serves (`/metrics` when `TASKWIRE_METRICS_ADDR` is given, port 0
+/// being [`LOOPBACK_ANY_PORT`]).
+pub async fn worker_process_ports(
+    nats_url: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(tokio::process::Child, Ports)> {
+    let ports = tempfile::tempdir()?;
+    let file = ports.path().join("ports.json");
+    let file_name = file.display().to_string();
+    let mut env = env.to_vec();
+    env.push((taskwire_supervisor::ENV_PORTS_FILE, &file_name));
+    let mut child = worker_process(nats_url, &env)?;
+    let ports = taskwire_supervisor::wait_for_ports(&mut child, &file, WAIT_FOR_PROCESS).await?;
+    Ok((child, ports))
+}
+
+/// The gateway binary as a real process with `env` (which names NATS), killed when dropped,
+/// listening on `addr`, or when `None` on a loopback port of its choosing; with its gRPC
+/// address, once it listens.
+pub async fn gateway_process(
+    env: &[(&str, &str)],
+    addr: Option<SocketAddr>,
+) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+    let ports = tempfile::tempdir()?;
+    let file = ports.path().join("ports.json");
+    let mut child = tokio::process::Command::new(bin("taskwire-gateway")?)
+        .env("TASKWIRE_LOG", "warn")
+        .envs(env.iter().copied())
+        .env(
+            "TASKWIRE_GATEWAY_ADDR",
+            addr.unwrap_or(LOOPBACK_ANY_PORT).to_string(),
+        )
+        .env(taskwire_supervisor::ENV_PORTS_FILE, &file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let ports = taskwire_supervisor::wait_for_ports(&mut child, &file, WAIT_FOR_PROCESS).await?;
+    let addr = ports
+        .grpc
+        .ok_or_else(|| anyhow::anyhow!("the gateway wrote no gRPC address"))?;
+    Ok((child, addr))
+}
+
+/// How long a process under test may take to start listening.
+const WAIT_FOR_PROCESS: Duration = Duration::from_secs(30);
+
 /// A binary of this workspace, built next to the test binary (`make test` builds them all).
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    Ok(taskwire_cli::stack::sibling_binary(name)?)
+    Ok(taskwire_supervisor::sibling_binary(name)?)
 }
 
 /// Messages in the tasks stream of the server at `nats_url`: queued, held by a schedule, or not
@@ -233,5 +303,19 @@ where
             anyhow::bail!("timed out after {limit:?} waiting until {what}");
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Polls `read` until it gives something (its `Some`), for up to 20 s.
+async fn eventually_some<T>(what: &str, mut read: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = read() {
+            return Ok(value);
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            anyhow::bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

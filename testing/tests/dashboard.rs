@@ -10,7 +10,7 @@ use taskwire::v1::TaskState;
 use taskwire_client::Client;
 use taskwire_client::examples::chaos::v1::ChaosClient;
 use taskwire_client::examples::magic::v1::MagicClient;
-use taskwire_testing::{Gateway, NatsServer, Worker, examples_config, tasks};
+use taskwire_testing::{Gateway, LOOPBACK_ANY_PORT, NatsServer, Worker, examples_config, tasks};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -21,10 +21,10 @@ fn workspace() -> PathBuf {
 #[tokio::test]
 async fn the_dashboard_shows_queues_a_task_and_replays_a_dead_letter() -> anyhow::Result<()> {
     let nats = NatsServer::start_temporary().await?;
-    let http = taskwire_cli::stack::free_addr()?;
     let mut config = examples_config(&nats.url());
-    config.http_addr = Some(http);
+    config.http_addr = Some(LOOPBACK_ANY_PORT);
     let gateway = Gateway::start_with(config).await?;
+    let http = gateway.http_addr().expect("the dashboard's address");
     let client = Client::connect(gateway.url()).await?;
     let magic = MagicClient::new(client.clone());
     let chaos = ChaosClient::new(client.clone());

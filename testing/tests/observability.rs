@@ -11,7 +11,9 @@ use taskwire::examples::magic::v1::AddArgs;
 use taskwire_client::Client;
 use taskwire_client::examples::chaos::v1::ChaosClient;
 use taskwire_client::examples::magic::v1::MagicClient;
-use taskwire_testing::{Gateway, NatsServer, bin, eventually, examples_config, worker_process};
+use taskwire_testing::{
+    Gateway, LOOPBACK_ANY_PORT, NatsServer, bin, eventually, examples_config, worker_process_ports,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -58,10 +60,10 @@ fn sample(samples: &HashMap<String, f64>, name: &str) -> f64 {
 #[tokio::test]
 async fn metrics_count_a_known_workload_and_inspect_shows_it() -> anyhow::Result<()> {
     let nats = NatsServer::start_temporary().await?;
-    let gateway_http = taskwire_cli::stack::free_addr()?;
     let mut config = examples_config(&nats.url());
-    config.http_addr = Some(gateway_http);
+    config.http_addr = Some(LOOPBACK_ANY_PORT);
     let gateway = Gateway::start_with(config).await?;
+    let gateway_http = gateway.http_addr().expect("the gateway's /metrics address");
     let client = Client::connect(gateway.url()).await?;
 
     // A backlog before any worker: inspect counts it from the subject.
@@ -96,11 +98,12 @@ async fn metrics_count_a_known_workload_and_inspect_shows_it() -> anyhow::Result
     );
 
     // The worker process, with its metrics endpoint.
-    let worker_http = taskwire_cli::stack::free_addr()?;
-    let mut worker = worker_process(
+    let (mut worker, ports) = worker_process_ports(
         &nats.url(),
-        &[("TASKWIRE_METRICS_ADDR", &worker_http.to_string())],
-    )?;
+        &[("TASKWIRE_METRICS_ADDR", &LOOPBACK_ANY_PORT.to_string())],
+    )
+    .await?;
+    let worker_http = ports.http.expect("the worker's /metrics address");
     eventually("the worker's heartbeat", WAIT, || async {
         client.workers().await.is_ok_and(|w| w.len() == 1)
     })

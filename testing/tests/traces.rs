@@ -22,7 +22,7 @@ use taskwire::examples::magic::v1::AddArgs;
 use taskwire_client::Client;
 use taskwire_client::examples::chaos::v1::ChaosClient;
 use taskwire_client::examples::magic::v1::MagicClient;
-use taskwire_testing::{NatsServer, bin, eventually};
+use taskwire_testing::{NatsServer, bin, eventually, gateway_process};
 use tracing::Instrument as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 
@@ -253,7 +253,6 @@ async fn one_trace_follows_each_task_from_producer_to_result() -> anyhow::Result
 
     // The gateway and the worker, as processes that export to the receiver.
     let nats = NatsServer::start_temporary().await?;
-    let gateway_addr = taskwire_cli::stack::free_addr()?;
     let otel = |service: &str| {
         vec![
             ("TASKWIRE_NATS_URL", nats.url()),
@@ -261,9 +260,10 @@ async fn one_trace_follows_each_task_from_producer_to_result() -> anyhow::Result
             ("OTEL_SERVICE_NAME", service.to_owned()),
         ]
     };
-    let mut gateway_env = otel("gateway");
-    gateway_env.push(("TASKWIRE_GATEWAY_ADDR", gateway_addr.to_string()));
-    let gateway = spawn("taskwire-gateway", &gateway_env)?;
+    let gateway_env = otel("gateway");
+    let gateway_env: Vec<(&str, &str)> =
+        gateway_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (gateway, gateway_addr) = gateway_process(&gateway_env, None).await?;
     let worker = spawn("taskwire-test-worker", &otel("worker"))?;
     let client = loop {
         if let Ok(client) = Client::connect(format!("http://{gateway_addr}")).await {

@@ -13,7 +13,6 @@
 
 pub mod cmd;
 mod output;
-pub mod stack;
 
 use std::time::Duration;
 

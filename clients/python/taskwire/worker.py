@@ -515,6 +515,7 @@ class Worker:
                     raise PermissionError(f"NATS refused this worker: {denied[0]}{hint}") from e
                 raise
             pullers = [asyncio.ensure_future(self._pull_loop(task, levels[task.name])) for task in served]
+            _write_ports_file(self._http)
             log.info("worker %s serving %s", self.id, ", ".join(t.name for t in served))
             await self._stop.wait()
             # The pullers see the stop after their current fetch and release what they hold.
@@ -1464,3 +1465,21 @@ async def _release(msg: Msg) -> None:
         await msg.nak()
     except Exception:
         pass
+
+
+def _write_ports_file(http: "Optional[asyncio.AbstractServer]") -> None:
+    """With TASKWIRE_PORTS_FILE set, writes the address of /metrics there once the worker is
+    ready (JSON, written aside and renamed), for what started it with port 0, as the Rust
+    runtime does."""
+    path = os.environ.get("TASKWIRE_PORTS_FILE", "").strip()
+    if not path:
+        return
+    ports = {}
+    if http is not None and http.sockets:
+        host, port = http.sockets[0].getsockname()[:2]
+        ports["http"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    aside = path + ".partial"
+    with open(aside, "w") as f:
+        f.write(json.dumps(ports, separators=(",", ":")))
+    os.replace(aside, path)
+

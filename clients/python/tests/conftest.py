@@ -1,8 +1,8 @@
 """A real nats-server, gateway and Rust worker for the tests, started once per session."""
 
+import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,12 +19,6 @@ sys.path.insert(0, os.path.normpath(os.path.join(HERE, "..")))
 import taskwire  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def binary(name: str) -> str:
     path = os.path.join(os.environ.get("TASKWIRE_BIN_DIR", os.path.join(ROOT, "target", "debug")), name)
     if not os.path.exists(path):
@@ -39,16 +33,28 @@ def nats_server() -> str:
     return path
 
 
-def wait_for_port(port: int, what: str, process: subprocess.Popen) -> None:
+def wait_for_file(path, what: str, process: subprocess.Popen, read):
+    """What `read` makes of the file a process writes once it listens (its ports file); `path`
+    may be a function giving it."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"{what} exited with {process.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        try:
+            with open(path() if callable(path) else path) as f:
+                return read(json.load(f))
+        except (FileNotFoundError, ValueError, KeyError, IndexError):
+            pass
         time.sleep(0.05)
-    pytest.fail(f"{what} did not listen on {port}")
+    pytest.fail(f"{what} wrote no addresses to {path}")
+
+
+def nats_ports_file(directory: str, process: subprocess.Popen) -> str:
+    """nats-server's ports file (`--ports_file_dir`): `<binary>_<pid>.ports`."""
+    for name in os.listdir(directory):
+        if name.endswith(f"_{process.pid}.ports"):
+            return os.path.join(directory, name)
+    return os.path.join(directory, f"nats-server_{process.pid}.ports")
 
 
 class System:
@@ -57,24 +63,27 @@ class System:
     def __init__(self, nats_args=(), nats_env=None, **gateway_env):
         self.store = tempfile.mkdtemp(prefix="taskwire-py-")
         self.processes = []
-        nats_port = free_port()
+        # Every port is the listener's choice, read from the ports file it writes.
+        ports = os.path.join(self.store, "ports")
+        os.mkdir(ports)
         nats = subprocess.Popen(
-            [nats_server(), "-js", "-a", "127.0.0.1", "-p", str(nats_port), "-sd", self.store, *nats_args],
+            [nats_server(), "-js", "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", ports,
+             "-sd", os.path.join(self.store, "jetstream"), *nats_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self.processes.append(nats)
-        wait_for_port(nats_port, "nats-server", nats)
-        self.nats_url = f"nats://127.0.0.1:{nats_port}"
+        self.nats_url = wait_for_file(
+            lambda: nats_ports_file(ports, nats), "nats-server", nats, lambda p: p["nats"][0]
+        )
         self.env = dict(os.environ, TASKWIRE_NATS_URL=self.nats_url, TASKWIRE_LOG="warn", **(nats_env or {}))
-        gateway_port = free_port()
+        gateway_ports = os.path.join(ports, "gateway.json")
         gateway = subprocess.Popen(
             [binary("taskwire-gateway")],
-            env=dict(self.env, TASKWIRE_GATEWAY_ADDR=f"127.0.0.1:{gateway_port}", **gateway_env),
+            env=dict(self.env, TASKWIRE_GATEWAY_ADDR="127.0.0.1:0", TASKWIRE_PORTS_FILE=gateway_ports, **gateway_env),
             stdout=subprocess.DEVNULL,
         )
         self.processes.append(gateway)
-        wait_for_port(gateway_port, "the gateway", gateway)
-        self.target = f"127.0.0.1:{gateway_port}"
+        self.target = wait_for_file(gateway_ports, "the gateway", gateway, lambda p: p["grpc"])
 
     def start(self, args, **env) -> subprocess.Popen:
         process = subprocess.Popen(args, env=dict(self.env, **env))

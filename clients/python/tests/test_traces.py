@@ -10,7 +10,6 @@ import grpc
 import pytest
 
 import taskwire
-from conftest import free_port
 from examples.chaos.v1 import chaos_pb2
 from examples.magic.v1 import magic_pb2
 
@@ -75,8 +74,7 @@ def traced():
     receiver = Receiver()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_BSP_SCHEDULE_DELAY": "100"}
     running = System(nats_env=otel, OTEL_SERVICE_NAME="gateway-under-test")

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 import taskwire
-from conftest import binary, free_port
+from conftest import binary, wait_for_file
 from examples.chaos.v1 import chaos_pb2
 from examples.magic.v1 import magic_pb2
 from taskwire.v1 import tasks_pb2
@@ -46,12 +46,15 @@ def python_only(tmp_path_factory):
 
     running = System()
     running.execution_log = str(tmp_path_factory.mktemp("limits") / "limited.log")
-    running.metrics = f"http://127.0.0.1:{free_port()}"
+    ports = str(tmp_path_factory.mktemp("ports") / "worker.json")
     try:
-        running.python_worker(
+        worker = running.python_worker(
             TASKWIRE_PY_EXECUTION_LOG=running.execution_log,
-            TASKWIRE_METRICS_ADDR=running.metrics.removeprefix("http://"),
+            TASKWIRE_METRICS_ADDR="127.0.0.1:0",
+            TASKWIRE_PORTS_FILE=ports,
         )
+        # The worker writes the address of /metrics once it is ready.
+        running.metrics = "http://" + wait_for_file(ports, "the Python worker", worker, lambda p: p["http"])
         running.wait_for_tasks(PYTHON_TASKS)
         yield running
     finally:
@@ -194,11 +197,10 @@ def test_the_worker_reads_the_nats_credentials_of_the_environment(tmp_path):
 
 
 def test_without_nats_the_worker_stops_with_a_clear_error(tmp_path):
-    from conftest import free_port
-
     done = subprocess.run(
         [sys.executable, os.path.join(os.path.dirname(__file__), "..", "examples", "worker.py")],
-        env=dict(os.environ, TASKWIRE_NATS_URL=f"nats://127.0.0.1:{free_port()}"),
+        # Port 0 takes no connections.
+        env=dict(os.environ, TASKWIRE_NATS_URL="nats://127.0.0.1:0"),
         capture_output=True, text=True, timeout=60,
     )
     assert done.returncode != 0

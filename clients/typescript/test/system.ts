@@ -1,8 +1,7 @@
-// A real nats-server, gateway and Rust test worker for the tests, on free loopback ports.
+// A real nats-server, gateway and Rust test worker for the tests, on loopback ports they choose.
 
 import { type ChildProcess, spawn } from "node:child_process";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -85,23 +84,24 @@ function natsServer(): string {
   return found;
 }
 
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve, reject) => server.once("error", reject).listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
+/**
+ * The JSON file a process writes once it listens, read with `read`; undefined while it is not
+ * there (or not whole). `file` may find the path anew each time.
+ */
+function readPorts<T>(file: () => string | undefined, read: (ports: Record<string, unknown>) => T | undefined): T | undefined {
+  const found = file();
+  if (found === undefined || !fs.existsSync(found)) return undefined;
+  try {
+    return read(JSON.parse(fs.readFileSync(found, "utf8")) as Record<string, unknown>);
+  } catch {
+    return undefined;
+  }
 }
 
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, "127.0.0.1");
-    socket.once("connect", () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once("error", () => resolve(false));
-  });
+/** nats-server's ports file in `dir` (`--ports_file_dir`): `<binary>_<pid>.ports`. */
+function natsPortsFile(dir: string, pid: number | undefined): string | undefined {
+  const name = fs.readdirSync(dir).find((file) => file.endsWith(`_${pid}.ports`));
+  return name === undefined ? undefined : path.join(dir, name);
 }
 
 /** Polls `ready` until it is true; it may throw, and its last error is in the message of a timeout. */
@@ -156,17 +156,26 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
     fs.rmSync(store, { recursive: true, force: true });
   };
   try {
-    const natsPort = await freePort();
-    const nats = new Process("nats-server", natsServer(), ["-js", "-a", "127.0.0.1", "-p", `${natsPort}`, "-sd", store], process.env);
+    // Every port is the listener's choice, read from the ports file it writes.
+    const ports = path.join(store, "ports");
+    fs.mkdirSync(ports);
+    const nats = new Process("nats-server", natsServer(), ["-js", "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", ports, "-sd", path.join(store, "jetstream")], process.env);
     processes.push(nats);
-    await until(`nats-server did not listen on ${natsPort}`, () => accepts(natsPort), processes);
+    let natsUrl: string | undefined;
+    await until("nats-server wrote no ports file", async () => {
+      natsUrl = readPorts(() => natsPortsFile(ports, nats.child.pid), (p) => (p["nats"] as string[] | undefined)?.[0]);
+      return natsUrl !== undefined;
+    }, processes);
 
-    const env = { ...process.env, TASKWIRE_NATS_URL: `nats://127.0.0.1:${natsPort}`, TASKWIRE_LOG: "warn" };
-    const gatewayPort = await freePort();
-    const address = `127.0.0.1:${gatewayPort}`;
-    processes.push(new Process("the gateway", binary("taskwire-gateway"), [], { ...env, ...options.gatewayEnv, TASKWIRE_GATEWAY_ADDR: address }));
+    const env = { ...process.env, TASKWIRE_NATS_URL: natsUrl, TASKWIRE_LOG: "warn" };
+    const gatewayPorts = path.join(ports, "gateway.json");
+    processes.push(new Process("the gateway", binary("taskwire-gateway"), [], { ...env, ...options.gatewayEnv, TASKWIRE_GATEWAY_ADDR: "127.0.0.1:0", TASKWIRE_PORTS_FILE: gatewayPorts }));
     processes.push(new Process("the test worker", binary("taskwire-test-worker"), [], env));
-    await until(`the gateway did not listen on ${gatewayPort}`, () => accepts(gatewayPort), processes);
+    let address = "";
+    await until("the gateway wrote no ports file", async () => {
+      address = readPorts(() => gatewayPorts, (p) => p["grpc"] as string | undefined) ?? "";
+      return address !== "";
+    }, processes);
     await until(`the worker did not register ${TASKS.join(", ")}`, () => registered(address, options.client ?? {}), processes);
     return { address, stop };
   } catch (err) {

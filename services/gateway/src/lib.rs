@@ -111,6 +111,9 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     /// Longest a call may take to answer (a streaming call: to start its stream).
     pub request_timeout: Duration,
+    /// Where to write the addresses served once listening (`TASKWIRE_PORTS_FILE`), for
+    /// what started the gateway on port 0.
+    pub ports_file: Option<std::path::PathBuf>,
 }
 
 /// TLS of the gRPC port: the server's certificate chain and key, and for mutual TLS the CA
@@ -176,6 +179,7 @@ impl std::fmt::Debug for Config {
             .field("tls", &self.tls)
             .field("max_concurrent_streams", &self.max_concurrent_streams)
             .field("request_timeout", &self.request_timeout)
+            .field("ports_file", &self.ports_file)
             .finish()
     }
 }
@@ -195,6 +199,7 @@ impl Config {
             tls: None,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            ports_file: None,
         }
     }
 }
@@ -313,13 +318,26 @@ pub async fn serve(
         .set_serving::<SchedulesServer<schedules::SchedulesService>>()
         .await;
 
+    let mut ports = broker::ports::Ports {
+        grpc: listener.local_addr().ok(),
+        http: None,
+    };
     if let Some(addr) = config.http_addr {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| Error::Startup(format!("cannot listen on {addr} for HTTP: {e}")))?;
+        ports.http = Some(listener.local_addr().unwrap_or(addr));
         tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics on /metrics");
         let token = config.http_token.as_deref().map(Arc::from);
         inspect::serve_http(listener, Arc::clone(&gateway), token, stop.clone());
+    }
+    if let Some(file) = &config.ports_file {
+        ports.write(file).map_err(|e| {
+            Error::Startup(format!(
+                "cannot write the addresses served to {}: {e}",
+                file.display()
+            ))
+        })?;
     }
     let measured = Arc::clone(&gateway);
     let schedules = schedules::SchedulesService::new(Arc::clone(&gateway));

@@ -49,6 +49,10 @@ struct Args {
     /// Longest time to answer a call (a streaming call: to start its stream).
     #[arg(long, env = env::REQUEST_TIMEOUT, default_value = "330s")]
     request_timeout: String,
+    /// File to write the addresses served to once listening (JSON), for a supervisor that
+    /// starts the gateway on port 0.
+    #[arg(long, env = taskwire_protocol::ports::ENV)]
+    ports_file: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -143,6 +147,7 @@ impl Args {
         config.http_token = http_token;
         config.max_concurrent_streams = max_streams;
         config.request_timeout = request_timeout;
+        config.ports_file = self.ports_file.filter(|p| !p.as_os_str().is_empty());
         problems.or_value((config, addr))
     }
 }

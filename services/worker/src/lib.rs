@@ -110,6 +110,7 @@ impl Worker {
             on_result: None,
             signal_forces: false,
             metrics_addr: None,
+            ports_file: None,
             nats_auth: None,
         }
     }
@@ -127,6 +128,7 @@ pub struct Builder {
     on_result: Option<ResultHook>,
     signal_forces: bool,
     metrics_addr: Option<std::net::SocketAddr>,
+    ports_file: Option<std::path::PathBuf>,
     nats_auth: Option<broker::NatsAuth>,
 }
 
@@ -148,7 +150,7 @@ impl std::fmt::Debug for Builder {
 impl Builder {
     /// A builder with every setting a worker process takes from its environment:
     /// `TASKWIRE_NATS_URL`, `TASKWIRE_CONCURRENCY`, `TASKWIRE_ACK_WAIT`, `TASKWIRE_GRACE`,
-    /// `TASKWIRE_METRICS_ADDR` (`off` for none), the stream settings
+    /// `TASKWIRE_METRICS_ADDR` (`off` for none), `TASKWIRE_PORTS_FILE`, the stream settings
     /// ([`broker::Settings::read_env`]) and the NATS credentials and TLS
     /// ([`broker::NatsAuth::from_env`]); the defaults for those unset. Every problem is reported
     /// at once; a process exits with [`taskwire::config::EXIT_USAGE`] on them.
@@ -192,6 +194,7 @@ impl Builder {
                 }));
             }
         }
+        builder.ports_file = var(broker::ports::ENV).map(std::path::PathBuf::from);
         builder.broker = broker::Settings::read_env(&mut problems);
         builder.nats_auth = problems.take(broker::NatsAuth::from_env());
         problems.or_value(builder)
@@ -233,6 +236,13 @@ impl Builder {
     /// How long running tasks may finish after shutdown begins.
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self
+    }
+
+    /// Where to write, once ready, the address of `/metrics` (JSON, see
+    /// [`broker::ports::Ports`]), for what started the worker with port 0 there.
+    pub fn ports_file(mut self, file: Option<std::path::PathBuf>) -> Self {
+        self.ports_file = file;
         self
     }
 

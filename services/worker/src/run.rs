@@ -113,8 +113,10 @@ pub(crate) async fn run(
     let metrics = Metrics::new();
     // Ends with the worker, after the drain.
     let done = CancellationToken::new();
+    let mut ports = broker::ports::Ports::default();
     if let Some(addr) = builder.metrics_addr {
         let listener = metrics::bind(addr).await?;
+        ports.http = Some(listener.local_addr().unwrap_or(addr));
         tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics on /metrics");
         metrics::serve(listener, Arc::clone(&metrics), done.clone());
     }
@@ -165,6 +167,14 @@ pub(crate) async fn run(
         served_names,
         done.clone(),
     );
+    if let Some(file) = &builder.ports_file {
+        ports.write(file).map_err(|e| {
+            Error::Metrics(format!(
+                "cannot write the addresses served to {}: {e}",
+                file.display()
+            ))
+        })?;
+    }
     if let Some(ready) = builder.ready.take() {
         ready();
     }

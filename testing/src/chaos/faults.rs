@@ -55,7 +55,7 @@ pub(crate) async fn nats_kill_loop(n: usize) -> anyhow::Result<Report> {
     };
     let workers = [start(&nats.url())?, start(&nats.url())?];
     let pids: Vec<u32> = workers.iter().filter_map(Child::id).collect();
-    taskwire_cli::stack::wait_for_task(&gateway.url(), SLEEP, Duration::from_secs(30)).await?;
+    crate::wait_for_task(&gateway.url(), SLEEP, Duration::from_secs(30)).await?;
     let client = Client::connect(gateway.url()).await?;
     let (ids, refused) = submit(&client, 5 * n, millis, 64).await?;
     for round in 1..=restarts {
@@ -131,7 +131,7 @@ pub(crate) async fn cluster_leader_kill(n: usize) -> anyhow::Result<Report> {
         worker_with(&urls, "2s", 50, 3)?,
         worker_with(&urls, "2s", 50, 3)?,
     ];
-    taskwire_cli::stack::wait_for_task(&gateway.url(), SLEEP, Duration::from_secs(30)).await?;
+    crate::wait_for_task(&gateway.url(), SLEEP, Duration::from_secs(30)).await?;
     let client = Client::connect(gateway.url()).await?;
     let load = Load::start(&client, n, 10);
     load.reached(n / 3).await;

@@ -12,7 +12,6 @@ mod faults;
 mod meetings;
 mod processes;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -23,9 +22,9 @@ use taskwire::task::Id;
 use taskwire::v1::TaskState;
 use taskwire_client::{Client, SubmitOptions};
 use taskwire_protocol::{self as broker, subject};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::{Gateway, NatsServer, bin};
+use crate::{Gateway, NatsServer};
 use accounting::settle;
 use faults::{cluster_leader_kill, nats_kill_loop, nats_restart, stream_full};
 use meetings::{delayed_failures, keys_across_restart, outage_under_limit};

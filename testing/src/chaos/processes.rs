@@ -96,30 +96,25 @@ pub(crate) async fn worker_sigterm(n: usize) -> anyhow::Result<Report> {
 /// clients retry with their idempotency keys.
 pub(crate) async fn gateway_sigkill(n: usize) -> anyhow::Result<Report> {
     let nats = NatsServer::start_temporary().await?;
-    let addr = crate::free_port()?;
-    let gateway = |nats: &str| -> anyhow::Result<Child> {
-        Ok(Command::new(bin("taskwire-gateway")?)
-            .env("TASKWIRE_NATS_URL", nats)
-            .env("TASKWIRE_GATEWAY_ADDR", format!("127.0.0.1:{addr}"))
-            .env("TASKWIRE_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?)
-    };
-    let url = format!("http://127.0.0.1:{addr}");
-    let mut process = gateway(&nats.url())?;
+    let env = [
+        ("TASKWIRE_NATS_URL", nats.url()),
+        ("TASKWIRE_LOG", "error".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // On a port of its choosing; started again on the same one.
+    let (mut process, addr) = crate::gateway_process(&env, None).await?;
+    let url = format!("http://{addr}");
     let _workers = [
         worker(&nats.url(), "2s", 50)?,
         worker(&nats.url(), "2s", 50)?,
     ];
-    taskwire_cli::stack::wait_for_task(&url, SLEEP, Duration::from_secs(30)).await?;
+    crate::wait_for_task(&url, SLEEP, Duration::from_secs(30)).await?;
     let client = Client::connect(url.clone()).await?;
     let load = Load::start(&client, n, 10);
     load.reached(n / 3).await;
     signal(&process, nix::sys::signal::Signal::SIGKILL);
     let _ = process.wait().await;
-    process = gateway(&nats.url())?;
+    (process, _) = crate::gateway_process(&env, Some(addr)).await?;
     let (ids, refused) = load.finish().await?;
     let report = settle(
         "gateway_sigkill",

@@ -13,7 +13,7 @@ async fn reads_that_decide_are_consistent_in_a_cluster() -> anyhow::Result<()> {
     config.broker.replicas = 3;
     let gateway = Gateway::start_with(config).await?;
     let _worker = taskwire_testing::worker_process(&urls, &[("TASKWIRE_REPLICAS", "3")])?;
-    taskwire_cli::stack::wait_for_task(&gateway.url(), SLEEP, WAIT).await?;
+    taskwire_testing::wait_for_task(&gateway.url(), SLEEP, WAIT).await?;
     let client = Client::connect(gateway.url()).await?;
     let round = |client: Client, round: usize| async move {
         for i in 0..15 {

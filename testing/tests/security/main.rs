@@ -9,7 +9,7 @@ use taskwire::examples::magic::v1::AddArgs;
 use taskwire_client::Client;
 use taskwire_client::examples::magic::v1::MagicClient;
 use taskwire_protocol::NatsAuth;
-use taskwire_testing::{Gateway, NatsServer, Worker, examples_config, tasks};
+use taskwire_testing::{Gateway, LOOPBACK_ANY_PORT, NatsServer, Worker, examples_config, tasks};
 
 mod nats;
 mod tls;

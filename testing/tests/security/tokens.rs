@@ -28,10 +28,10 @@ async fn tokens_allow_their_tasks_and_operations_only() -> anyhow::Result<()> {
         ))
         .map_err(anyhow::Error::msg)?,
     ));
-    let http = taskwire_cli::stack::free_addr()?;
-    config.http_addr = Some(http);
+    config.http_addr = Some(LOOPBACK_ANY_PORT);
     config.http_token = Some(HTTP_TOKEN.into());
     let gateway = Gateway::start_with(config).await?;
+    let http = gateway.http_addr().expect("the dashboard's address");
     let as_token = |token: Option<&str>| {
         let options = token.map_or_else(taskwire_client::ConnectOptions::default, |t| {
             taskwire_client::ConnectOptions::default().token(t)
@@ -323,7 +323,7 @@ async fn an_open_dashboard_beside_tokens_and_tls_settings_over_http_are_refused(
         taskwire_gateway::auth::Tokens::parse(&format!("{PRODUCER} submit,read *"))
             .map_err(anyhow::Error::msg)?,
     ));
-    config.http_addr = Some(taskwire_cli::stack::free_addr()?);
+    config.http_addr = Some(LOOPBACK_ANY_PORT);
     let err = Gateway::start_with(config)
         .await
         .expect_err("an open dashboard beside tokens");

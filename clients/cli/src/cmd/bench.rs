@@ -16,7 +16,7 @@ use taskwire::examples::magic::v1::{AddArgs, AddResult};
 use taskwire_client::Client;
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::stack::{self, NatsServer, ProcessSpec};
+use taskwire_supervisor::{self as stack, NatsServer, Ports, ProcessSpec};
 
 const TASK: &str = "examples.magic.v1.Magic/Add";
 
@@ -80,23 +80,39 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             url
         }
     };
-    let gateway_addr = stack::free_addr()?;
-    let gateway_url = format!("http://{gateway_addr}");
     let env = vec![
         ("TASKWIRE_NATS_URL".to_owned(), nats_url.clone()),
-        ("TASKWIRE_GATEWAY_ADDR".to_owned(), gateway_addr.to_string()),
         ("TASKWIRE_LOG".to_owned(), "warn".to_owned()),
         (
             "TASKWIRE_CONCURRENCY".to_owned(),
             options.worker_concurrency.to_string(),
         ),
     ];
+    // The gateway listens on a port of its choosing and says which in its ports file.
+    let ports = tempfile::tempdir()?;
+    let ports_file = ports.path().join("gateway.json");
+    let mut gateway_env = env.clone();
+    gateway_env.extend([
+        ("TASKWIRE_GATEWAY_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        (
+            stack::ENV_PORTS_FILE.to_owned(),
+            ports_file.display().to_string(),
+        ),
+    ]);
     let mut gateway = stack::spawn(&ProcessSpec {
         binary: "taskwire-gateway".into(),
         args: Vec::new(),
-        env: env.clone(),
+        env: gateway_env,
         inherit_output: false,
     })?;
+    let Ports {
+        grpc: Some(gateway_addr),
+        ..
+    } = stack::wait_for_ports(&mut gateway, &ports_file, Duration::from_secs(30)).await?
+    else {
+        anyhow::bail!("the gateway wrote no gRPC address to its ports file");
+    };
+    let gateway_url = format!("http://{gateway_addr}");
     let mut worker = stack::spawn(&ProcessSpec {
         binary: "taskwire-magic-worker".into(),
         args: Vec::new(),

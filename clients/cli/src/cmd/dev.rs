@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::stack::{self, NatsServer, ProcessSpec};
+use taskwire_supervisor::{self as stack, NatsServer, ProcessSpec};
 
 /// Flags of `taskwire dev`.
 #[derive(Debug, Clone, clap::Args)]

@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use taskwire::task::TaskType;
 use taskwire_cli::cmd::k8s::{Options, scaled_objects};
 use taskwire_protocol as broker;
-use taskwire_testing::bin;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn options(services: &[&str]) -> Options {
@@ -26,7 +25,7 @@ fn options(services: &[&str]) -> Options {
 
 #[test]
 fn the_committed_scaled_objects_are_what_the_command_prints() -> anyhow::Result<()> {
-    let out = std::process::Command::new(bin("taskwire")?)
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taskwire"))
         .args(["k8s", "scaledobjects", "--proto-dir"])
         .arg(root().join("proto"))
         .args(["--service", "examples.magic.v1.Magic"])
