@@ -1,13 +1,10 @@
-//! Streams, consumers and buckets: their names and settings, created or brought up to date
-//! at start ([`Broker::connect`]).
+//! Streams, consumers and buckets: their names and settings ([`Settings`]), from which
+//! [`crate::Broker::open`] creates them or brings them up to date.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv, stream};
-use bytes::Bytes;
-use prost::Message as _;
+use async_nats::jetstream::{kv, stream};
 
-use super::store::leader_last_message;
 use super::*;
 use taskwire::config::Problems;
 use taskwire::task::Name;
@@ -161,7 +158,7 @@ impl Settings {
         )
     }
 
-    fn tasks_stream(&self) -> stream::Config {
+    pub(crate) fn tasks_stream(&self) -> stream::Config {
         stream::Config {
             name: TASKS_STREAM.into(),
             description: Some(
@@ -194,7 +191,7 @@ impl Settings {
         }
     }
 
-    fn results_stream(&self) -> stream::Config {
+    pub(crate) fn results_stream(&self) -> stream::Config {
         stream::Config {
             name: RESULTS_STREAM.into(),
             description: Some("taskwire: one result per task id".into()),
@@ -219,7 +216,7 @@ impl Settings {
         }
     }
 
-    fn events_stream(&self) -> stream::Config {
+    pub(crate) fn events_stream(&self) -> stream::Config {
         stream::Config {
             name: EVENTS_STREAM.into(),
             description: Some("taskwire: task state changes".into()),
@@ -234,7 +231,7 @@ impl Settings {
         }
     }
 
-    fn dead_stream(&self) -> stream::Config {
+    pub(crate) fn dead_stream(&self) -> stream::Config {
         stream::Config {
             name: DEAD_STREAM.into(),
             description: Some("taskwire: tasks that failed for good, replayable".into()),
@@ -249,7 +246,7 @@ impl Settings {
         }
     }
 
-    fn cancelled_bucket(&self) -> kv::Config {
+    pub(crate) fn cancelled_bucket(&self) -> kv::Config {
         kv::Config {
             bucket: CANCELLED_BUCKET.into(),
             description: "taskwire: cancelled task ids".into(),
@@ -261,7 +258,7 @@ impl Settings {
         }
     }
 
-    fn schedules_bucket(&self) -> kv::Config {
+    pub(crate) fn schedules_bucket(&self) -> kv::Config {
         kv::Config {
             bucket: SCHEDULES_BUCKET.into(),
             description: "taskwire: schedule definitions".into(),
@@ -272,7 +269,7 @@ impl Settings {
         }
     }
 
-    fn limits_buckets(&self) -> [kv::Config; 4] {
+    pub(crate) fn limits_buckets(&self) -> [kv::Config; 4] {
         let bucket = |name: &str, description: &str, max_age: Duration| kv::Config {
             bucket: name.into(),
             description: description.into(),
@@ -306,7 +303,7 @@ impl Settings {
         ]
     }
 
-    fn schemas_bucket(&self) -> kv::Config {
+    pub(crate) fn schemas_bucket(&self) -> kv::Config {
         kv::Config {
             bucket: SCHEMAS_BUCKET.into(),
             description: "taskwire: schema versions workers registered, by task and fingerprint"
@@ -318,7 +315,7 @@ impl Settings {
         }
     }
 
-    fn registry_bucket(&self) -> kv::Config {
+    pub(crate) fn registry_bucket(&self) -> kv::Config {
         kv::Config {
             bucket: REGISTRY_BUCKET.into(),
             description: "taskwire: task types published by workers".into(),
@@ -331,199 +328,6 @@ impl Settings {
 }
 
 /// Handles on the streams and buckets, created if missing.
-#[derive(Debug, Clone)]
-pub struct Broker {
-    /// The JetStream context everything goes through.
-    pub jetstream: jetstream::Context,
-    /// `TASKWIRE_TASKS`.
-    pub tasks: stream::Stream,
-    /// `TASKWIRE_RESULTS`.
-    pub results: stream::Stream,
-    /// `TASKWIRE_EVENTS`.
-    pub events: stream::Stream,
-    /// `TASKWIRE_DEAD`.
-    pub dead: stream::Stream,
-    /// `TASKWIRE_REGISTRY`.
-    pub registry: kv::Store,
-    /// `TASKWIRE_CANCELLED`.
-    pub cancelled: kv::Store,
-    /// `TASKWIRE_SCHEDULES`.
-    pub schedules: kv::Store,
-    /// `TASKWIRE_LIMITS`.
-    pub limits: kv::Store,
-    /// `TASKWIRE_SLOTS`.
-    pub slots: kv::Store,
-    /// `TASKWIRE_RATES`.
-    pub rates: kv::Store,
-    /// `TASKWIRE_WORKERS`.
-    pub workers: kv::Store,
-    /// How long results are kept at most.
-    pub result_ttl: Duration,
-    /// Whether the tasks stream takes message schedules (it does unless a queue limit is set).
-    pub message_schedules: bool,
-    /// How reads that decide something are made.
-    pub reads: Reads,
-}
-
-/// How reads that decide something (is there a result, which attempt is this, does this task
-/// exist) are made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reads {
-    /// Direct gets, which any replica answers: the fast way, exact on one server.
-    Direct,
-    /// Gets from the stream's leader, which has every acknowledged write: in a cluster, where a
-    /// replica that lags (one just restarted, say) could answer an older state.
-    Leader,
-}
-
-impl Reads {
-    /// Leader reads when streams have more than one replica.
-    pub fn for_replicas(replicas: usize) -> Self {
-        if replicas > 1 {
-            Self::Leader
-        } else {
-            Self::Direct
-        }
-    }
-}
-
-impl Broker {
-    /// Opens the streams and buckets, creating those that do not exist. Existing ones are used as
-    /// they are, so processes may start in any order.
-    pub async fn open(jetstream: jetstream::Context, settings: &Settings) -> Result<Self, Error> {
-        let tasks = ensure_stream(&jetstream, settings.tasks_stream()).await?;
-        let results = ensure_stream(&jetstream, settings.results_stream()).await?;
-        let events = ensure_stream(&jetstream, settings.events_stream()).await?;
-        let dead = ensure_stream(&jetstream, settings.dead_stream()).await?;
-        let registry = ensure_bucket(&jetstream, settings.registry_bucket()).await?;
-        let cancelled = ensure_bucket(&jetstream, settings.cancelled_bucket()).await?;
-        let schedules = ensure_bucket(&jetstream, settings.schedules_bucket()).await?;
-        let [limits, slots, rates, workers] = settings.limits_buckets();
-        let workers = ensure_bucket(&jetstream, workers).await?;
-        let limits = ensure_bucket(&jetstream, limits).await?;
-        let slots = ensure_bucket(&jetstream, slots).await?;
-        let rates = ensure_bucket(&jetstream, rates).await?;
-        let message_schedules = tasks.cached_info().config.allow_message_schedules;
-        Ok(Self {
-            jetstream,
-            tasks,
-            results,
-            events,
-            dead,
-            registry,
-            cancelled,
-            schedules,
-            limits,
-            slots,
-            rates,
-            workers,
-            result_ttl: settings.result_ttl,
-            message_schedules,
-            reads: Reads::for_replicas(settings.replicas),
-        })
-    }
-
-    /// One of the four streams, by name.
-    fn stream(&self, name: &str) -> Option<&stream::Stream> {
-        match name {
-            TASKS_STREAM => Some(&self.tasks),
-            RESULTS_STREAM => Some(&self.results),
-            EVENTS_STREAM => Some(&self.events),
-            DEAD_STREAM => Some(&self.dead),
-            _ => None,
-        }
-    }
-
-    /// The last message of `stream` whose subject matches `filter` (wildcards allowed), read as
-    /// [`Broker::reads`] says: a direct get, or from the stream's leader.
-    pub async fn last_message(
-        &self,
-        stream: &str,
-        filter: &str,
-    ) -> Result<Option<StoredMessage>, async_nats::RequestError> {
-        match (self.reads, self.stream(stream)) {
-            (Reads::Leader, Some(handle)) => leader_last_message(handle, filter).await,
-            _ => last_message(&self.jetstream.client(), stream, filter).await,
-        }
-    }
-
-    /// The last message of `stream` on the literal `subject`: a direct get with the subject in
-    /// the API subject (the form NATS permissions can limit to some subjects), or in a cluster
-    /// a read from the stream's leader.
-    pub async fn last_message_on(
-        &self,
-        stream: &str,
-        subject: &str,
-    ) -> Result<Option<StoredMessage>, async_nats::RequestError> {
-        match (self.reads, self.stream(stream)) {
-            (Reads::Leader, Some(handle)) => leader_last_message(handle, subject).await,
-            _ => last_message_on(&self.jetstream.client(), stream, subject).await,
-        }
-    }
-
-    /// The bucket of schema versions ([`SCHEMAS_BUCKET`]), created if missing. Only gateways
-    /// use it, so workers need no permission for it.
-    pub async fn schemas(&self, settings: &Settings) -> Result<kv::Store, Error> {
-        ensure_bucket(&self.jetstream, settings.schemas_bucket()).await
-    }
-
-    /// The durable pull consumer of a task type at a priority, created if missing. All workers
-    /// of the type share it; `max_ack_pending` bounds the tasks in flight across all of them.
-    pub async fn task_consumer(
-        &self,
-        name: &Name,
-        priority: v1::Priority,
-        ack_wait: Duration,
-        max_ack_pending: i64,
-    ) -> Result<consumer::Consumer<consumer::pull::Config>, Error> {
-        let durable = consumer_name(name, priority);
-        let config = consumer::pull::Config {
-            durable_name: Some(durable.clone()),
-            description: Some(format!(
-                "taskwire: tasks of {name}, {} priority",
-                priority_name(priority)
-            )),
-            filter_subject: subject::task_at(name, priority),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait,
-            max_deliver: -1,
-            max_ack_pending,
-            ..Default::default()
-        };
-        let err = |e: &dyn std::fmt::Display| Error::Consumer {
-            task: name.to_string(),
-            reason: e.to_string(),
-        };
-        match self.tasks.get_or_create_consumer(&durable, config).await {
-            Ok(c) => Ok(c),
-            Err(first) => self
-                .tasks
-                .get_consumer(&durable)
-                .await
-                .map_err(|_| err(&first)),
-        }
-    }
-
-    /// Writes a task type into the registry.
-    /// Retries for a while: in a cluster, a bucket just created may still be electing its leader.
-    pub async fn register(&self, entry: &v1::TaskType) -> Result<(), Error> {
-        let name = Name::parse(&entry.name).map_err(|e| Error::Registry(e.to_string()))?;
-        let value: Bytes = entry.encode_to_vec().into();
-        let mut delay = Duration::from_millis(50);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.registry.put(name.token(), value.clone()).await {
-                Ok(_) => return Ok(()),
-                Err(_) if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => return Err(Error::Registry(e.to_string())),
-            }
-        }
-    }
-}
-
 /// The name of the durable consumer of a task type at a priority.
 pub fn consumer_name(name: &Name, priority: v1::Priority) -> String {
     match priority {
@@ -539,108 +343,5 @@ pub fn priority_name(priority: v1::Priority) -> &'static str {
         v1::Priority::High => "high",
         v1::Priority::Low => "low",
         v1::Priority::Normal | v1::Priority::Unspecified => "normal",
-    }
-}
-
-async fn ensure_stream(
-    js: &jetstream::Context,
-    config: stream::Config,
-) -> Result<stream::Stream, Error> {
-    let name: &'static str = match config.name.as_str() {
-        TASKS_STREAM => TASKS_STREAM,
-        RESULTS_STREAM => RESULTS_STREAM,
-        DEAD_STREAM => DEAD_STREAM,
-        _ => EVENTS_STREAM,
-    };
-    let mut stream = match js.get_or_create_stream(config.clone()).await {
-        Ok(stream) => stream,
-        // Another process created it between our look-up and our create.
-        Err(source) => js.get_stream(name).await.map_err(|_| Error::Stream {
-            stream: name,
-            reason: source.to_string(),
-        })?,
-    };
-    // A stream made by an earlier version may lack subjects or features this one uses: add
-    // them, keeping every other setting as it is.
-    let existing = stream.cached_info().config.clone();
-    let missing: Vec<String> = config
-        .subjects
-        .iter()
-        .filter(|s| !existing.subjects.contains(s))
-        .cloned()
-        .collect();
-    let wants_ttl = config.allow_message_ttl && !existing.allow_message_ttl;
-    let wants_markers =
-        config.subject_delete_marker_ttl.is_some() && existing.subject_delete_marker_ttl.is_none();
-    let wants_republish = config.republish.is_some() && existing.republish != config.republish;
-    if !missing.is_empty() || wants_ttl || wants_markers || wants_republish {
-        let mut updated = existing;
-        // A subject this version widened (`taskwire.results.*` to `taskwire.results.>`) gives
-        // way to the wider one.
-        updated
-            .subjects
-            .retain(|old| !missing.iter().any(|new| subject_covers(new, old)));
-        updated.subjects.extend(missing);
-        updated.allow_message_ttl |= config.allow_message_ttl;
-        if wants_markers {
-            updated.subject_delete_marker_ttl = config.subject_delete_marker_ttl;
-        }
-        if wants_republish {
-            updated.republish = config.republish.clone();
-        }
-        let reason = |e: &dyn std::fmt::Display| Error::Stream {
-            stream: name,
-            reason: format!("updating it to this version's layout: {e}"),
-        };
-        js.update_stream(updated).await.map_err(|e| reason(&e))?;
-        stream = js.get_stream(name).await.map_err(|e| reason(&e))?;
-    }
-    Ok(stream)
-}
-
-/// Whether every subject `narrow` matches, `wide` matches too.
-pub(crate) fn subject_covers(wide: &str, narrow: &str) -> bool {
-    let (mut wide, mut narrow) = (wide.split('.'), narrow.split('.'));
-    loop {
-        match (wide.next(), narrow.next()) {
-            (Some(">"), Some(_)) => return true,
-            (Some("*"), Some(n)) if n != ">" => {}
-            (Some(w), Some(n)) if w == n => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, Error> {
-    let bucket = config.bucket.clone();
-    match js.get_key_value(&bucket).await {
-        Ok(store) => Ok(store),
-        Err(_) => match js.create_key_value(config).await {
-            Ok(store) => Ok(store),
-            // Another process created it in between.
-            Err(create) => js
-                .get_key_value(&bucket)
-                .await
-                .map_err(|_| Error::Registry(format!("bucket {bucket}: {create}"))),
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_wider_subject_covers_a_narrower_one() {
-        assert!(subject_covers("taskwire.results.>", "taskwire.results.*"));
-        assert!(subject_covers("taskwire.results.>", "taskwire.results.*.>"));
-        assert!(subject_covers("taskwire.results.*", "taskwire.results.*"));
-        assert!(!subject_covers("taskwire.results.*", "taskwire.results.>"));
-        assert!(!subject_covers(
-            "taskwire.results.*",
-            "taskwire.results.a.b"
-        ));
-        assert!(!subject_covers("taskwire.events.>", "taskwire.results.*"));
     }
 }

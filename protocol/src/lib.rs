@@ -22,6 +22,7 @@ pub mod follow;
 pub mod header;
 mod layout;
 mod message;
+mod open;
 pub mod ports;
 mod store;
 pub mod subject;
@@ -29,10 +30,9 @@ pub mod trace;
 
 pub use connect::{NatsAuth, Refusals, servers};
 pub use layout::{
-    Broker, CANCELLED_BUCKET, DEAD_STREAM, EVENTS_STREAM, Error, LIMITS_BUCKET, PRIORITIES,
-    RATES_BUCKET, REGISTRY_BUCKET, RESULTS_STREAM, Reads, SCHEDULES_BUCKET, SCHEMAS_BUCKET,
-    SLOT_LEASE, SLOTS_BUCKET, Settings, TASKS_STREAM, WORKER_TTL, WORKERS_BUCKET, consumer_name,
-    priority_name,
+    CANCELLED_BUCKET, DEAD_STREAM, EVENTS_STREAM, Error, LIMITS_BUCKET, PRIORITIES, RATES_BUCKET,
+    REGISTRY_BUCKET, RESULTS_STREAM, SCHEDULES_BUCKET, SCHEMAS_BUCKET, SLOT_LEASE, SLOTS_BUCKET,
+    Settings, TASKS_STREAM, WORKER_TTL, WORKERS_BUCKET, consumer_name, priority_name,
 };
 pub use message::{
     DeadReason, Overrides, dead_headers, delayed_headers, event_headers, expires_at, failure_body,
@@ -40,6 +40,7 @@ pub use message::{
     result_headers, result_msg_id, schedule_headers, scheduled_at, scheduled_task_id, state_name,
     task_headers, task_info, trace_id,
 };
+pub use open::{Broker, Reads};
 pub use store::{
     StoredMessage, is_wrong_last_sequence, last_message, last_message_on, next_message,
     permanent_refusal, publish_error_code,

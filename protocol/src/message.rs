@@ -456,7 +456,7 @@ pub fn priority_of(headers: &HeaderMap) -> v1::Priority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::subject_covers;
+    use crate::open::subject_covers;
 
     #[test]
     fn a_tick_fired_twice_is_one_task() {
