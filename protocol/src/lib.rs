@@ -35,10 +35,10 @@ pub use layout::{
     Settings, TASKS_STREAM, WORKER_TTL, WORKERS_BUCKET, consumer_name, priority_name,
 };
 pub use message::{
-    DeadReason, Overrides, dead_headers, delayed_headers, event_headers, expires_at, failure_body,
-    is_expiry_marker, now_micros, parse_state, priority_of, progress_body, replay_headers,
-    result_headers, result_msg_id, schedule_headers, scheduled_at, scheduled_task_id, state_name,
-    task_headers, task_info, trace_id,
+    DeadLetter, DeadReason, Event, MessageError, Overrides, ResultMessage, TaskMessage,
+    delayed_headers, expires_at, failure_body, is_expiry_marker, now_micros, parse_state,
+    priority_of, progress_body, result_msg_id, schedule_headers, scheduled_at, scheduled_task_id,
+    state_name, task_info, trace_id,
 };
 pub use open::{Broker, Reads};
 pub use store::{

@@ -49,14 +49,15 @@ impl Gateway {
             .jetstream
             .publish_with_headers(
                 subject::result(&name, id),
-                broker::result_headers(
+                broker::ResultMessage::new(
                     &name,
                     id,
                     TaskState::Cancelled,
                     last.attempt,
                     &format!("cancel.{}", broker::now_micros()),
                     None,
-                ),
+                )
+                .to_headers(),
                 broker::failure_body("cancelled on request", false),
             )
             .await

@@ -2,7 +2,9 @@
 
 use taskwire::task::{Id, Name};
 use taskwire::v1;
-use taskwire_protocol::{self as broker, StoredMessage, header, subject};
+use taskwire_protocol::{
+    self as broker, DeadLetter, ResultMessage, StoredMessage, header, subject,
+};
 
 use crate::{Error, Gateway};
 
@@ -87,21 +89,17 @@ impl Gateway {
         };
         let mut replayed = Vec::new();
         for dead in targets {
-            let text = |h: &str| {
-                dead.headers
-                    .get(h)
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default()
-            };
-            let name = Name::parse(&text(header::TASK)).map_err(Error::InvalidName)?;
-            let id = Id::parse(&text(header::TASK_ID)).map_err(Error::InvalidId)?;
+            let letter = DeadLetter::from_headers(&dead.headers).map_err(|e| {
+                Error::BadRequest(format!(
+                    "the dead letter at sequence {} is no task that can run again ({e}); purge it instead",
+                    dead.sequence
+                ))
+            })?;
+            let (name, id) = (letter.name.clone(), letter.id.clone());
             // The failed result of the dead series gives way, or the new attempts could not
             // store theirs; only that one: a result of another series (a concurrent replay's,
             // stored meanwhile) or a success is never erased.
-            let series = dead
-                .headers
-                .get(header::REPLAY)
-                .map_or_else(|| "0".to_owned(), |v| v.as_str().to_owned());
+            let series = letter.replays().to_string();
             // A worker stores the letter, then the failed result: a letter without a result
             // is one whose worker is still at it (or died in between, and the task comes back
             // to fail again). Replaying it now would leave that failed result to take the new
@@ -129,15 +127,10 @@ impl Gateway {
                 )));
             }
             if let Some(result) = stored {
-                let state = result
-                    .headers
-                    .get(header::STATE)
-                    .map(|v| broker::parse_state(v.as_str()))
-                    .unwrap_or_default();
-                let of_dead_series = result
-                    .headers
-                    .get(header::MSG_ID)
-                    .is_some_and(|v| v.as_str() == broker::result_msg_id(&id, &series));
+                // (An expiry marker, where a result ran out, reads as no result of any series.)
+                let stored = ResultMessage::from_headers(&result.headers).ok();
+                let state = stored.as_ref().map(|r| r.event.state).unwrap_or_default();
+                let of_dead_series = stored.is_some_and(|r| r.series == series);
                 if state == v1::TaskState::Succeeded {
                     return Err(Error::Finished {
                         id: id.to_string(),
@@ -154,18 +147,13 @@ impl Gateway {
                         .map_err(|e| self.broker_error(e))?;
                 }
             }
+            let task = letter.replay();
             let placement = crate::submit::Placement {
-                priority: broker::priority_of(&dead.headers),
+                priority: task.priority,
                 ..Default::default()
             };
-            self.store_task(
-                &name,
-                &id,
-                broker::replay_headers(&dead.headers, &name, &id),
-                dead.payload.clone(),
-                &placement,
-            )
-            .await?;
+            self.store_task(task, dead.payload.clone(), &placement)
+                .await?;
             // A concurrent replay of the same letter may have deleted it already; its task is
             // the same one (the replay's de-duplication id names the series).
             // The task is back in line by now: a failure to take the letter away is tried

@@ -460,12 +460,9 @@ pub(crate) async fn last_started(
         )
         .await?;
     Ok(last.and_then(|m| {
-        let state = m
-            .headers
-            .get(header::STATE)
-            .map(|v| v.as_str().to_owned())?;
-        let attempt: u32 = m.headers.get(header::ATTEMPT)?.as_str().parse().ok()?;
-        (matches!(state.as_str(), "running" | "retrying") && attempt > 0).then_some(attempt)
+        let event = broker::Event::from_headers(&m.headers).ok()?;
+        (matches!(event.state, TaskState::Running | TaskState::Retrying) && event.attempt > 0)
+            .then_some(event.attempt)
     }))
 }
 
@@ -478,16 +475,12 @@ pub(crate) async fn mark_started(
     attempt: u32,
 ) -> Result<bool, async_nats::jetstream::context::PublishError> {
     let name = &served.task.name;
-    let mut headers = broker::event_headers(name, id, TaskState::Running, attempt);
+    // One start per attempt: a second delivery of the task racing this one (its ack wait ran
+    // out while this worker was still getting ready) finds the start taken.
+    let mut headers = broker::Event::start(name, id, attempt, &series(message)).to_headers();
     if let Some(parent) = message.headers.as_ref().and_then(|h| h.get("traceparent")) {
         headers.insert("traceparent", parent.as_str());
     }
-    // One start per attempt: a second delivery of the task racing this one (its ack wait ran
-    // out while this worker was still getting ready) finds the start taken.
-    headers.insert(
-        header::MSG_ID,
-        format!("{id}.start.{}.{attempt}", series(message)).as_str(),
-    );
     let ack = served
         .broker
         .jetstream

@@ -4,8 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use taskwire::task::{Id, Name};
-use taskwire::v1::TaskState;
-use taskwire_protocol::{self as broker, header, subject};
+use taskwire_protocol::{self as broker, subject};
 
 use crate::run::Served;
 
@@ -56,13 +55,10 @@ impl Progress {
             );
             let sent = tokio::spawn(async move {
                 while let Some(progress) = rx.recv().await {
-                    let mut headers =
-                        broker::event_headers(&name, &id, TaskState::Running, attempt);
-                    headers.insert(header::PROGRESS, "1");
                     let _ = client
                         .publish_with_headers(
                             subject::event(&name, &id),
-                            headers,
+                            broker::Event::progress(&name, &id, attempt).to_headers(),
                             broker::progress_body(&progress),
                         )
                         .await;

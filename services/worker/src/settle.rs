@@ -59,7 +59,7 @@ impl Attempt<'_> {
                 .client
                 .publish_with_headers(
                     subject::event(name, id),
-                    broker::event_headers(name, id, TaskState::Retrying, attempt),
+                    broker::Event::new(name, id, TaskState::Retrying, attempt).to_headers(),
                     broker::failure_body(err.message(), true),
                 )
                 .await;
@@ -154,7 +154,8 @@ impl Attempt<'_> {
         } = self;
         let name = &served.task.name;
         let headers =
-            broker::dead_headers(message.headers.as_ref(), name, id, attempt, reason, error);
+            broker::DeadLetter::of(message.headers.as_ref(), name, id, attempt, reason, error)
+                .to_headers();
         let stored = store(
             served,
             id,
@@ -268,7 +269,8 @@ impl Attempt<'_> {
             ttl,
         } = self;
         let name: &Name = &served.task.name;
-        let headers = broker::result_headers(name, id, state, attempt, &series(message), ttl);
+        let headers = broker::ResultMessage::new(name, id, state, attempt, &series(message), ttl)
+            .to_headers();
         let destination = subject::result(name, id);
         let span = tracing::info_span!(
             "publish",

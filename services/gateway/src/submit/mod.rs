@@ -122,10 +122,8 @@ impl Gateway {
                 acks: None,
             });
         }
-        let headers = broker::task_headers(&name, &id, &overrides, placement.expires_at);
-        let acks = self
-            .send_task(&name, &id, headers, args, &placement)
-            .await?;
+        let task = broker::TaskMessage::submitted(&name, &id, overrides, placement.expires_at);
+        let acks = self.send_task(task, args, &placement).await?;
         Ok(Sending {
             id,
             name,
@@ -189,13 +187,11 @@ impl Gateway {
     /// Stores a task and its queued (or scheduled) event; returns once both are stored.
     pub(crate) async fn store_task(
         &self,
-        name: &Name,
-        id: &Id,
-        headers: async_nats::HeaderMap,
+        task: broker::TaskMessage,
         args: Bytes,
         placement: &Placement,
     ) -> Result<async_nats::jetstream::publish::PublishAck, Error> {
-        let acks = self.send_task(name, id, headers, args, placement).await?;
+        let acks = self.send_task(task, args, placement).await?;
         self.confirm_task(acks).await
     }
 
@@ -204,12 +200,11 @@ impl Gateway {
     /// together by [`Self::confirm_task`], so when that returns, Get and Wait find the task.
     pub(crate) async fn send_task(
         &self,
-        name: &Name,
-        id: &Id,
-        mut headers: async_nats::HeaderMap,
+        mut task: broker::TaskMessage,
         args: Bytes,
         placement: &Placement,
     ) -> Result<TaskAcks, Error> {
+        let (name, id) = (&task.name.clone(), &task.id.clone());
         let (state, subject) = match placement.not_before {
             Some(_) => (TaskState::Scheduled, subject::delayed(id)),
             None => (
@@ -217,25 +212,18 @@ impl Gateway {
                 subject::task_at(name, placement.priority),
             ),
         };
-        let mut event = broker::event_headers(name, id, state, 0);
+        task.priority = placement.priority;
+        let mut event = broker::Event::new(name, id, state, 0);
         // A replay's queued event says so: such a task was stored before, whatever the
         // duplicate window remembers (see `known`).
-        if let Some(replay) = headers.get(broker::header::REPLAY) {
-            event.insert(broker::header::REPLAY, replay.as_str());
-        }
+        event.replay = task.replay;
+        event.not_before = placement.not_before.map(micros);
+        event.expires_at = placement.expires_at;
+        let mut event = event.to_headers();
+        let mut headers = task.to_headers();
         if let Some(at) = placement.not_before {
-            event.insert(broker::header::NOT_BEFORE, micros(at).to_string().as_str());
             headers =
                 broker::delayed_headers(headers, &subject::task_at(name, placement.priority), at);
-        }
-        if let Some(at) = placement.expires_at {
-            event.insert(broker::header::EXPIRES_AT, at.to_string().as_str());
-        }
-        if placement.priority != v1::Priority::Normal {
-            headers.insert(
-                broker::header::PRIORITY,
-                broker::priority_name(placement.priority),
-            );
         }
         let destination = subject::task_at(name, placement.priority);
         let span = tracing::info_span!(
