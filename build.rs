@@ -1,4 +1,4 @@
-//! Compiles the gateway API and the example contracts in `proto/`.
+//! Compiles the gateway API in `proto/taskwire/v1`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     taskwire_build::configure()
@@ -10,8 +10,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/taskwire/v1/options.proto",
                 "proto/taskwire/v1/tasks.proto",
                 "proto/taskwire/v1/schedules.proto",
-                "proto/examples/magic/v1/magic.proto",
-                "proto/examples/chaos/v1/chaos.proto",
             ],
             &["proto"],
         )?;

@@ -3,18 +3,18 @@
 //!
 //! This crate is what producers and workers share:
 //!
-//! - the generated code of `proto/`: the gateway API ([`v1`]) and the example contracts
-//!   ([`examples`]), each service with its worker trait and `*Server` adapter;
+//! - the generated code of the gateway API ([`v1`]) and the task options;
 //! - [`task`]: task names, ids, options and the mapping of a task onto NATS subjects;
 //! - [`TaskContext`] and [`TaskError`]: what a task receives and how it fails;
 //! - [`service::Service`]: the interface the worker runtime drives;
-//! - with the `broker` feature, [`broker`]: the JetStream layout (streams, consumers, registry,
-//!   headers) that the gateway and the workers agree on.
+//! - with the `telemetry` feature, what the taskwire processes share: log and trace set-up,
+//!   [`shutdown_signal`].
 //!
-//! A worker implements the generated trait:
+//! A worker implements the trait generated from a contract (here the example contract of
+//! `taskwire-examples`):
 //!
 //! ```
-//! use taskwire::examples::magic::v1::{AddArgs, AddResult, Magic, MagicServer};
+//! use taskwire_examples::magic::v1::{AddArgs, AddResult, Magic, MagicServer};
 //! use taskwire::{TaskContext, TaskError};
 //!
 //! struct MyMagic;
@@ -71,31 +71,15 @@ pub mod v1 {
     include_tasks!("taskwire.v1");
 }
 
-/// Example task contracts from `proto/examples`.
-pub mod examples {
-    /// `examples.magic.v1`: the `Magic.Add` task.
-    pub mod magic {
-        #[allow(clippy::all, missing_docs)]
-        pub mod v1 {
-            include_tasks!("examples.magic.v1");
-        }
-    }
-    /// `examples.chaos.v1`: slow, panicking and failing tasks for fault drills.
-    pub mod chaos {
-        #[allow(clippy::all, missing_docs)]
-        pub mod v1 {
-            include_tasks!("examples.chaos.v1");
-        }
-    }
-}
-
-/// The encoded `FileDescriptorSet` of everything in `proto/`, custom options included.
-pub const FILE_DESCRIPTOR_SET: &[u8] = examples::magic::v1::FILE_DESCRIPTOR_SET;
+/// The encoded `FileDescriptorSet` of the gateway API (`proto/taskwire/v1`), task options
+/// included.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/taskwire_descriptor_set.bin"));
 
 /// Completes on the first SIGINT or SIGTERM: the one shutdown trigger of every taskwire process.
 /// The signals are caught from the moment this is called (inside a Tokio runtime), not from its
 /// first poll, so a signal that comes while the process is still starting is not fatal.
-#[cfg(unix)]
+#[cfg(all(unix, feature = "telemetry"))]
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate()).ok();
@@ -116,7 +100,7 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
 }
 
 /// Completes on the first Ctrl-C (where there are no Unix signals).
-#[cfg(not(unix))]
+#[cfg(all(not(unix), feature = "telemetry"))]
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     async {
         let _ = tokio::signal::ctrl_c().await;

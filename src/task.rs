@@ -427,28 +427,6 @@ mod tests {
     }
 
     #[test]
-    fn options_are_read_from_the_proto() {
-        let tasks = TaskType::all_in(crate::FILE_DESCRIPTOR_SET).expect("descriptors");
-        let add = tasks
-            .iter()
-            .find(|t| t.name.as_str() == "examples.magic.v1.Magic/Add")
-            .expect("Magic/Add");
-        assert_eq!(add.options.max_attempts, 3);
-        assert_eq!(add.options.timeout, Some(Duration::from_secs(10)));
-        assert_eq!(add.input.full_name(), "examples.magic.v1.AddArgs");
-        let panic = tasks
-            .iter()
-            .find(|t| t.name.as_str() == "examples.chaos.v1.Chaos/Panic")
-            .expect("Chaos/Panic");
-        assert_eq!(panic.options, Options::default());
-        assert!(
-            !tasks
-                .iter()
-                .any(|t| t.name.service() == "taskwire.v1.Tasks")
-        );
-    }
-
-    #[test]
     fn bad_options_are_refused() {
         let name = Name::parse("a.b.C/D").expect("valid");
         let err = Options::from_proto(

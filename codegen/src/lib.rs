@@ -121,7 +121,7 @@ impl Builder {
     }
 
     /// Use messages of the proto package `proto_path` (e.g. `.examples`) from an existing Rust
-    /// module (e.g. `::taskwire::examples`) instead of generating them.
+    /// module (e.g. `::my_contracts::greeter`) instead of generating them.
     pub fn extern_path(
         mut self,
         proto_path: impl Into<String>,

@@ -13,7 +13,7 @@
 ARG RUST_VERSION=1.89
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
-ARG WORKER_PACKAGE=taskwire-worker
+ARG WORKER_PACKAGE=taskwire-examples
 ARG WORKER_BIN=taskwire-magic-worker
 WORKDIR /src
 COPY . .

@@ -208,7 +208,7 @@ pub fn examples_config(nats_url: &str) -> Config {
     let mut config = Config::new(nats_url);
     config
         .descriptor_sets
-        .push(taskwire::FILE_DESCRIPTOR_SET.to_vec());
+        .push(taskwire_examples::FILE_DESCRIPTOR_SET.to_vec());
     config
 }
 

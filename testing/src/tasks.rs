@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use taskwire::examples::chaos::v1::{
+use taskwire_examples::chaos::v1::{
     Chaos, ChaosServer, ChargeArgs, ChargeResult, FlakyArgs, FlakyResult, PanicArgs, PanicResult,
     SleepArgs, SleepResult, StepsArgs, StepsDone, StepsResult,
 };
@@ -139,8 +139,8 @@ pub fn journal(what: &str) -> Vec<String> {
         .map(|(label, _, _)| label.clone())
         .collect()
 }
-use taskwire::examples::magic::v1::{AddArgs, AddResult, Magic, MagicServer};
 use taskwire::{TaskContext, TaskError};
+use taskwire_examples::magic::v1::{AddArgs, AddResult, Magic, MagicServer};
 
 /// `Magic.Add`: the sum of three numbers.
 #[derive(Debug, Default)]

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use taskwire::examples::chaos::v1::{FlakyArgs, SleepArgs};
 use taskwire::task::Name;
 use taskwire::v1::{self, TaskState};
 use taskwire_client::{Client, SubmitOptions};
+use taskwire_examples::chaos::v1::{FlakyArgs, SleepArgs};
 use taskwire_protocol::{self as broker, subject};
 use taskwire_testing::runtime::{self, Run, Runtime};
 use taskwire_testing::{Gateway, NatsServer};

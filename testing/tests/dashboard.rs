@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use taskwire::examples::chaos::v1::FlakyArgs;
-use taskwire::examples::magic::v1::AddArgs;
 use taskwire::v1::TaskState;
 use taskwire_client::Client;
-use taskwire_client::examples::chaos::v1::ChaosClient;
-use taskwire_client::examples::magic::v1::MagicClient;
+use taskwire_examples::chaos::v1::ChaosClient;
+use taskwire_examples::chaos::v1::FlakyArgs;
+use taskwire_examples::magic::v1::AddArgs;
+use taskwire_examples::magic::v1::MagicClient;
 use taskwire_testing::{Gateway, LOOPBACK_ANY_PORT, NatsServer, Worker, examples_config, tasks};
 
 const WAIT: Duration = Duration::from_secs(20);

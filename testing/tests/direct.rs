@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use taskwire::examples::chaos::v1::{FlakyArgs, FlakyResult};
-use taskwire::examples::magic::v1::{AddArgs, AddResult};
 use taskwire::v1::TaskState;
 use taskwire_client::Client;
+use taskwire_examples::chaos::v1::{FlakyArgs, FlakyResult};
+use taskwire_examples::magic::v1::{AddArgs, AddResult};
 use taskwire_testing::{Gateway, NatsServer, Worker, tasks};
 use tonic::Code;
 use tonic::codegen::http::uri::PathAndQuery;

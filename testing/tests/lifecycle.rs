@@ -4,12 +4,12 @@
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use taskwire::examples::chaos::v1::{SleepArgs, StepsArgs, StepsDone};
-use taskwire::examples::magic::v1::AddArgs;
 use taskwire::v1::{self, Priority, TaskState};
-use taskwire_client::examples::chaos::v1::ChaosClient;
-use taskwire_client::examples::magic::v1::MagicClient;
 use taskwire_client::{Client, SubmitOptions, request, request_json};
+use taskwire_examples::chaos::v1::ChaosClient;
+use taskwire_examples::chaos::v1::{SleepArgs, StepsArgs, StepsDone};
+use taskwire_examples::magic::v1::AddArgs;
+use taskwire_examples::magic::v1::MagicClient;
 use taskwire_testing::{
     Gateway, NatsServer, Worker, bin, eventually, examples_config, tasks, worker_process,
 };

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use taskwire::examples::chaos::v1::SleepArgs;
 use taskwire::v1;
 use taskwire_client::Client;
-use taskwire_client::examples::chaos::v1::ChaosClient;
+use taskwire_examples::chaos::v1::ChaosClient;
+use taskwire_examples::chaos::v1::SleepArgs;
 use taskwire_testing::{Gateway, NatsServer, Worker, tasks};
 
 const WAIT: Duration = Duration::from_secs(60);

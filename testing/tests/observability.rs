@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use taskwire::examples::chaos::v1::{FlakyArgs, SleepArgs};
-use taskwire::examples::magic::v1::AddArgs;
 use taskwire_client::Client;
-use taskwire_client::examples::chaos::v1::ChaosClient;
-use taskwire_client::examples::magic::v1::MagicClient;
+use taskwire_examples::chaos::v1::ChaosClient;
+use taskwire_examples::chaos::v1::{FlakyArgs, SleepArgs};
+use taskwire_examples::magic::v1::AddArgs;
+use taskwire_examples::magic::v1::MagicClient;
 use taskwire_testing::{
     Gateway, LOOPBACK_ANY_PORT, NatsServer, bin, eventually, examples_config, worker_process_ports,
 };

@@ -4,12 +4,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use taskwire::examples::chaos::v1::{FlakyArgs, FlakyResult, PanicArgs, SleepArgs};
-use taskwire::examples::magic::v1::AddArgs;
 use taskwire::v1::TaskState;
-use taskwire_client::examples::chaos::v1::ChaosClient;
-use taskwire_client::examples::magic::v1::MagicClient;
 use taskwire_client::{Client, SubmitOptions};
+use taskwire_examples::chaos::v1::ChaosClient;
+use taskwire_examples::chaos::v1::{FlakyArgs, FlakyResult, PanicArgs, SleepArgs};
+use taskwire_examples::magic::v1::AddArgs;
+use taskwire_examples::magic::v1::MagicClient;
 use taskwire_testing::{Gateway, NatsServer, Worker, bin, eventually, tasks};
 use tonic::Code;
 

@@ -17,11 +17,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use taskwire::examples::chaos::v1::FlakyArgs;
-use taskwire::examples::magic::v1::AddArgs;
 use taskwire_client::Client;
-use taskwire_client::examples::chaos::v1::ChaosClient;
-use taskwire_client::examples::magic::v1::MagicClient;
+use taskwire_examples::chaos::v1::ChaosClient;
+use taskwire_examples::chaos::v1::FlakyArgs;
+use taskwire_examples::magic::v1::AddArgs;
+use taskwire_examples::magic::v1::MagicClient;
 use taskwire_testing::{NatsServer, bin, eventually, gateway_process};
 use tracing::Instrument as _;
 use tracing_subscriber::layer::SubscriberExt as _;

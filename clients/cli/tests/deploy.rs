@@ -51,8 +51,8 @@ fn every_task_consumer_in_proto_gets_a_trigger_on_its_service_worker() -> anyhow
     let objects: Vec<&str> = yaml.split("---\n").skip(1).collect();
     let mut expected = Vec::new();
     for set in [
-        taskwire::examples::magic::v1::FILE_DESCRIPTOR_SET,
-        taskwire::examples::chaos::v1::FILE_DESCRIPTOR_SET,
+        taskwire_examples::magic::v1::FILE_DESCRIPTOR_SET,
+        taskwire_examples::chaos::v1::FILE_DESCRIPTOR_SET,
     ] {
         for task in TaskType::all_in(set)? {
             if !expected.iter().any(|t: &TaskType| t.name == task.name) {

@@ -6,8 +6,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use taskwire::examples::magic::v1::AddArgs;
-//! use taskwire_client::examples::magic::v1::MagicClient;
+//! use taskwire_examples::magic::v1::{AddArgs, MagicClient};
 //!
 //! # async fn run() -> Result<(), taskwire_client::Error> {
 //! let magic = MagicClient::connect("http://127.0.0.1:50051").await?;
@@ -44,24 +43,6 @@ pub use handle::{Pending, TaskHandle, Watch, is_final};
 pub use options::{SUBMIT_MANY_CALL, SubmitOptions, request, request_json};
 
 use handle::outcome;
-
-/// Producer stubs of the example contracts.
-pub mod examples {
-    /// `examples.magic.v1`.
-    pub mod magic {
-        #[allow(clippy::all, missing_docs)]
-        pub mod v1 {
-            taskwire::include_tasks!("examples.magic.v1");
-        }
-    }
-    /// `examples.chaos.v1`.
-    pub mod chaos {
-        #[allow(clippy::all, missing_docs)]
-        pub mod v1 {
-            taskwire::include_tasks!("examples.chaos.v1");
-        }
-    }
-}
 
 /// The untyped client: one HTTP/2 connection to a gateway, cheap to clone.
 #[derive(Debug, Clone)]

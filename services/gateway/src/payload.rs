@@ -133,7 +133,7 @@ mod tests {
     use taskwire::task::TaskType;
 
     fn add_args() -> MessageDescriptor {
-        TaskType::all_in(taskwire::FILE_DESCRIPTOR_SET)
+        TaskType::all_in(taskwire_examples::FILE_DESCRIPTOR_SET)
             .expect("descriptors")
             .into_iter()
             .find(|t| t.name.as_str() == "examples.magic.v1.Magic/Add")
@@ -145,7 +145,7 @@ mod tests {
     fn json_becomes_protobuf() {
         let (bytes, _) =
             from_json(&add_args(), r#"{"arg1":1,"arg2":"2","arg3":3}"#, 1000).expect("valid");
-        let args = taskwire::examples::magic::v1::AddArgs::decode(bytes).expect("decodes");
+        let args = taskwire_examples::magic::v1::AddArgs::decode(bytes).expect("decodes");
         assert_eq!((args.arg1, args.arg2, args.arg3), (1, 2, 3));
     }
 

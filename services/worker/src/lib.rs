@@ -8,7 +8,7 @@
 //! task's backoff, so the broker redelivers it later; a panic becomes a failed result.
 //!
 //! ```no_run
-//! use taskwire::examples::magic::v1::{AddArgs, AddResult, Magic, MagicServer};
+//! use taskwire_examples::magic::v1::{AddArgs, AddResult, Magic, MagicServer};
 //! use taskwire::{TaskContext, TaskError};
 //! use taskwire_worker::Worker;
 //!

@@ -7,8 +7,8 @@ use super::*;
 /// attempts) and a schedule whose every tick fails, while a worker is killed (SIGKILL) and
 /// started again: every one ends failed with exactly one dead letter.
 pub(crate) async fn delayed_failures(n: usize) -> anyhow::Result<Report> {
-    use taskwire::examples::chaos::v1::FlakyArgs;
     use taskwire::v1;
+    use taskwire_examples::chaos::v1::FlakyArgs;
     const FLAKY: &str = "examples.chaos.v1.Chaos/Flaky";
     let nats = NatsServer::start_temporary().await?;
     let gateway = Gateway::start(&nats.url()).await?;
@@ -41,7 +41,7 @@ pub(crate) async fn delayed_failures(n: usize) -> anyhow::Result<Report> {
                     .countdown(Duration::from_millis(200 + (i as u64 * 37) % 2800))
                     .max_attempts(2);
                 client
-                    .submit::<taskwire::examples::chaos::v1::FlakyResult>(FLAKY, &args, options)
+                    .submit::<taskwire_examples::chaos::v1::FlakyResult>(FLAKY, &args, options)
                     .await
                     .map(|h| h.id().to_owned())
             }

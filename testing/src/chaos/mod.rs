@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use taskwire::examples::chaos::v1::{SleepArgs, SleepResult};
 use taskwire::task::Id;
 use taskwire::v1::TaskState;
 use taskwire_client::{Client, SubmitOptions};
+use taskwire_examples::chaos::v1::{SleepArgs, SleepResult};
 use taskwire_protocol::{self as broker, subject};
 use tokio::process::Child;
 

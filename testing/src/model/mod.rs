@@ -20,9 +20,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt as _;
-use taskwire::examples::chaos::v1::{FlakyArgs, SleepArgs};
 use taskwire::v1::{self, TaskState};
 use taskwire_client::{Client, SubmitOptions};
+use taskwire_examples::chaos::v1::{FlakyArgs, SleepArgs};
 use tokio::process::Child;
 
 use crate::runtime::{Run, Runtime, read_runs};

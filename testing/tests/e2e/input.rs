@@ -158,7 +158,7 @@ async fn bad_input_gets_a_status_and_nothing_is_published() -> anyhow::Result<()
     // A producer built from another version of the proto: refused, naming both versions. (The
     // typed stubs send the fingerprint of their build; every typed submission in these tests
     // is checked the same way and accepted.)
-    let registered = taskwire::schema::task_hash(taskwire::FILE_DESCRIPTOR_SET, ADD)
+    let registered = taskwire::schema::task_hash(taskwire_examples::FILE_DESCRIPTOR_SET, ADD)
         .expect("the descriptors describe Add");
     let other = grpc
         .submit(v1::SubmitRequest {

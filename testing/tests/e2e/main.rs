@@ -4,15 +4,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use prost::Message as _;
-use taskwire::examples::chaos::v1::{
-    FlakyArgs, FlakyResult, PanicArgs, PanicResult, SleepArgs, SleepResult,
-};
-use taskwire::examples::magic::v1::{AddArgs, AddResult};
 use taskwire::v1::tasks_client::TasksClient;
 use taskwire::v1::{self, TaskState};
-use taskwire_client::examples::chaos::v1::ChaosClient;
-use taskwire_client::examples::magic::v1::MagicClient;
 use taskwire_client::{Client, SubmitOptions};
+use taskwire_examples::chaos::v1::ChaosClient;
+use taskwire_examples::chaos::v1::{
+    FlakyArgs, FlakyResult, PanicArgs, PanicResult, SleepArgs, SleepResult,
+};
+use taskwire_examples::magic::v1::MagicClient;
+use taskwire_examples::magic::v1::{AddArgs, AddResult};
 use taskwire_testing::{Gateway, NatsServer, Worker, bin, eventually, tasks};
 use tokio::process::Command;
 use tonic::Code;

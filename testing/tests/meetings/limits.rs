@@ -6,7 +6,7 @@ use super::*;
 async fn max_concurrency_holds_across_a_nats_outage_longer_than_the_slot_lease()
 -> anyhow::Result<()> {
     use nix::sys::signal::{Signal, kill};
-    use taskwire::examples::chaos::v1::SleepResult as Slept;
+    use taskwire_examples::chaos::v1::SleepResult as Slept;
 
     let nats = NatsServer::start_temporary().await?;
     let gateway = Gateway::start(&nats.url()).await?;

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use taskwire::examples::chaos::v1::{FlakyArgs, FlakyResult, SleepArgs, SleepResult};
 use taskwire::v1::{self, TaskState};
 use taskwire_client::{Client, SubmitOptions};
+use taskwire_examples::chaos::v1::{FlakyArgs, FlakyResult, SleepArgs, SleepResult};
 use taskwire_testing::{Gateway, NatsServer, Worker, eventually, examples_config, tasks};
 
 mod cluster;

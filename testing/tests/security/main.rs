@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use taskwire::examples::magic::v1::AddArgs;
 use taskwire_client::Client;
-use taskwire_client::examples::magic::v1::MagicClient;
+use taskwire_examples::magic::v1::AddArgs;
+use taskwire_examples::magic::v1::MagicClient;
 use taskwire_protocol::NatsAuth;
 use taskwire_testing::{Gateway, LOOPBACK_ANY_PORT, NatsServer, Worker, examples_config, tasks};
 
@@ -119,7 +119,7 @@ impl Ca {
 
 async fn add_with(client: &Client) -> Result<i64, taskwire_client::Error> {
     let handle = client
-        .submit::<taskwire::examples::magic::v1::AddResult>(
+        .submit::<taskwire_examples::magic::v1::AddResult>(
             "examples.magic.v1.Magic/Add",
             &AddArgs {
                 arg1: 2,

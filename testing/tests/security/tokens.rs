@@ -304,7 +304,7 @@ async fn direct_call(
         );
     }
     request.set_timeout(WAIT);
-    let _: tonic::Response<taskwire::examples::magic::v1::AddResult> = grpc
+    let _: tonic::Response<taskwire_examples::magic::v1::AddResult> = grpc
         .unary(
             request,
             tonic::codegen::http::uri::PathAndQuery::from_static(path),

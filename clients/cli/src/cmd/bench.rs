@@ -12,8 +12,8 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use prost::Message as _;
-use taskwire::examples::magic::v1::{AddArgs, AddResult};
 use taskwire_client::Client;
+use taskwire_examples::magic::v1::{AddArgs, AddResult};
 use tokio::sync::{Semaphore, oneshot};
 
 use taskwire_supervisor::{self as stack, NatsServer, Ports, ProcessSpec};

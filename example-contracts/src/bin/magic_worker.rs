@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use taskwire::config::EXIT_USAGE;
-use taskwire::examples::magic::v1::{AddArgs, AddResult, Magic, MagicServer};
 use taskwire::{TaskContext, TaskError};
+use taskwire_examples::magic::v1::{AddArgs, AddResult, Magic, MagicServer};
 use taskwire_worker::Builder;
 
 /// The task implementation.
