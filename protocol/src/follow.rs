@@ -44,7 +44,7 @@ pub async fn follow<F: Follower>(
     let weak: Weak<F> = Arc::downgrade(follower);
     tokio::spawn(async move {
         let mut watch = Some(watch);
-        let mut delay = AGAIN_FIRST;
+        let mut backoff = crate::retry::Backoff::new(AGAIN_FIRST, AGAIN_MAX);
         loop {
             let Some(mut current) = watch.take() else {
                 let Some(follower) = weak.upgrade() else {
@@ -54,16 +54,16 @@ pub async fn follow<F: Follower>(
                     Ok(again) => {
                         tracing::info!(bucket = store.name, "following the bucket again");
                         watch = Some(again);
-                        delay = AGAIN_FIRST;
+                        backoff.reset(AGAIN_FIRST);
                     }
                     Err(e) => {
-                        tracing::warn!(bucket = store.name, error = %e, ?delay, "cannot read the bucket; trying again");
                         drop(follower);
+                        let delay = backoff.next_wait().unwrap_or(AGAIN_MAX);
+                        tracing::warn!(bucket = store.name, error = %e, ?delay, "cannot read the bucket; trying again");
                         tokio::select! {
                             () = stop.cancelled() => return,
                             () = tokio::time::sleep(delay) => {}
                         }
-                        delay = (delay * 2).min(AGAIN_MAX);
                     }
                 }
                 continue;

@@ -24,6 +24,7 @@ mod layout;
 mod message;
 mod open;
 pub mod ports;
+pub mod retry;
 mod store;
 pub mod subject;
 pub mod trace;

@@ -191,16 +191,17 @@ impl Broker {
     pub async fn register(&self, entry: &v1::TaskType) -> Result<(), Error> {
         let name = Name::parse(&entry.name).map_err(|e| Error::Registry(e.to_string()))?;
         let value: Bytes = entry.encode_to_vec().into();
-        let mut delay = Duration::from_millis(50);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut backoff =
+            crate::retry::Backoff::new(Duration::from_millis(50), Duration::from_secs(1))
+                .for_at_most(Duration::from_secs(30));
         loop {
             match self.registry.put(name.token(), value.clone()).await {
                 Ok(_) => return Ok(()),
-                Err(_) if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
+                Err(e) => {
+                    if !backoff.wait().await {
+                        return Err(Error::Registry(e.to_string()));
+                    }
                 }
-                Err(e) => return Err(Error::Registry(e.to_string())),
             }
         }
     }

@@ -24,7 +24,7 @@ try:
 except ImportError as e:  # pragma: no cover - the message is the point
     raise ImportError('taskwire.worker needs nats-py: pip install "taskwire[worker]"') from e
 
-from taskwire.protocol import _rfc3339_micros, now_micros, token
+from taskwire.protocol import Backoff, _rfc3339_micros, now_micros, token
 from taskwire.context import Rate
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ async def _follow_bucket(
                 put(entry.key, entry.value)
 
     async def follow() -> None:
-        delay = 0.1
+        backoff = Backoff(0.1, 5.0)
         while True:
             try:
                 reconnected.clear()
@@ -101,8 +101,7 @@ async def _follow_bucket(
                 if not loaded.is_set():
                     raise
                 log.warning("the watch of %s failed (%s); reading it again", bucket, e)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await backoff.wait()
 
     follower = asyncio.ensure_future(follow())
     waited = asyncio.ensure_future(loaded.wait())

@@ -5,6 +5,7 @@ check this module against it."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import random
 import re
@@ -281,3 +282,35 @@ def _rfc3339_micros(text: str) -> int:
 
 def _failure(message: str, retryable: bool) -> bytes:
     return tasks_pb2.TaskFailure(message=message, retryable=retryable).SerializeToString()
+
+
+class Backoff:
+    """The one way the worker tries a call again after an error that may pass (an election, a
+    reconnect, a bucket still being created): waits that double from `first` up to `longest`,
+    for at most `patience` seconds from now when given (as the Rust runtime's `Backoff`)."""
+
+    def __init__(self, first: float, longest: float, patience: Optional[float] = None):
+        self._next = first
+        self._longest = longest
+        self._until = None if patience is None else time.monotonic() + patience
+
+    def next_wait(self) -> Optional[float]:
+        """The wait before the next try, or None when the patience would run out first."""
+        wait = self._next
+        if self._until is not None and time.monotonic() + wait > self._until:
+            return None
+        self._next = min(self._next * 2, self._longest)
+        return wait
+
+    async def wait(self) -> bool:
+        """Sleeps before the next try; False at once when the patience would run out first."""
+        wait = self.next_wait()
+        if wait is None:
+            return False
+        await asyncio.sleep(wait)
+        return True
+
+    def reset(self, first: float) -> None:
+        """Back to the first wait (after a success)."""
+        self._next = first
+

@@ -62,6 +62,7 @@ except ImportError as e:  # pragma: no cover - the message is the point
 
 from taskwire.protocol import (  # noqa: F401 (re-exported)
     ATTEMPT,
+    Backoff,
     DEAD_EXHAUSTED,
     DEAD_LOST,
     DEAD_PANIC,
@@ -715,17 +716,14 @@ class Worker:
 
     async def _register(self, task: Task) -> None:
         kv = await self._js.key_value("TASKWIRE_REGISTRY")
-        deadline = time.monotonic() + 30
-        delay = 0.05
+        backoff = Backoff(0.05, 1.0, patience=30)
         while True:
             try:
                 await kv.put(token(task.name), task.registry_entry.SerializeToString())
                 return
             except Exception:
-                if time.monotonic() > deadline:
+                if not await backoff.wait():
                     raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
 
     async def _consumers(self, task: Task) -> Dict[str, Any]:
         """The task's three consumers (high, normal, low), bound; sets how often running tasks
@@ -758,8 +756,7 @@ class Worker:
         # A cluster electing a leader, or creating replicated consumers under load, may not
         # answer at once: tried again for a while, as the Rust runtime does. A refusal by NATS
         # fails at once.
-        deadline = time.monotonic() + CONSUMER_PATIENCE
-        delay = 0.1
+        backoff = Backoff(0.1, 2.0, patience=CONSUMER_PATIENCE)
         while True:
             try:
                 try:
@@ -771,7 +768,8 @@ class Worker:
                     await self._js.consumer_info(TASKS_STREAM, durable)
                 return await self._js.pull_subscribe_bind(durable=durable, stream=TASKS_STREAM)
             except Exception as e:
-                if self._denied or time.monotonic() >= deadline:
+                wait = None if self._denied else backoff.next_wait()
+                if wait is None:
                     if isinstance(e, nats.errors.TimeoutError):
                         raise PermissionError(
                             f"creating the consumer {durable} got no answer: does this NATS user have the permissions of "
@@ -779,8 +777,7 @@ class Worker:
                         ) from None
                     raise
                 log.warning("cannot create the consumer %s yet (%s); trying again", durable, e or type(e).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await asyncio.sleep(wait)
 
     async def _watch_cancels(self) -> asyncio.Task:
         def put(key: str, _value: bytes) -> None:
@@ -1294,16 +1291,13 @@ class Worker:
     async def _patiently(self, call: Callable[[], Awaitable[Any]], failures: type = Exception) -> Any:
         """`call()`, tried again for about ten seconds while it fails with one of `failures`
         (unless the worker is forced to stop); the last failure is raised."""
-        delay = 0.2
-        deadline = time.monotonic() + 10
+        backoff = Backoff(0.2, 2.0, patience=10)
         while True:
             try:
                 return await call()
             except failures:
-                if self._force.is_set() or time.monotonic() + delay > deadline:
+                if self._force.is_set() or not await backoff.wait():
                     raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
     async def _store_dead(self, task: Task, msg: Msg, task_id: str, attempt: int, reason: str, error: str):
         """False when it could not be stored before the worker had to stop; else its sequence,
@@ -1339,7 +1333,7 @@ class Worker:
         "") when the subject has its one message already, ("refused", why) when the broker
         refuses it for good (too large, a header or feature the stream refuses), or ("gave_up",
         "") when forced to stop first."""
-        delay = 0.1
+        backoff = Backoff(0.1, 5.0)
         while True:
             try:
                 ack = await self._js.publish(subject, body, headers=headers, timeout=5)
@@ -1358,8 +1352,7 @@ class Worker:
                 log.warning("%s not stored before exit (%s); the task will be redelivered", subject, failure)
                 return "gave_up", ""
             log.warning("storing %s failed (%s); retrying", subject, failure)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await backoff.wait()
 
     async def _finish(self, task: Task, msg: Msg, task_id: str, attempt: int, state: str, body: bytes, options: Options) -> str:
         """Stores the result, then acks the task. A result the broker refuses for good ends the

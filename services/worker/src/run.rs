@@ -3,11 +3,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self};
 use taskwire::service::Service;
 use taskwire::task::{Name, TaskType};
+use taskwire_protocol::retry::Backoff;
 use taskwire_protocol::{self as broker, Broker};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -236,8 +237,8 @@ pub(crate) async fn task_consumer(
     priority: taskwire::v1::Priority,
     ack_wait: Duration,
 ) -> Result<jetstream::consumer::PullConsumer, Error> {
-    let deadline = Instant::now() + CONSUMER_PATIENCE;
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
+        .for_at_most(CONSUMER_PATIENCE);
     loop {
         match broker.task_consumer(name, priority, ack_wait, 10_000).await {
             Ok(consumer) => return Ok(consumer),
@@ -245,12 +246,11 @@ pub(crate) async fn task_consumer(
                 if let Some(why) = refusals.explain() {
                     return Err(Error::Refused(format!("{e} ({why})")));
                 }
-                if Instant::now() >= deadline {
+                let Some(wait) = backoff.next_wait() else {
                     return Err(e.into());
-                }
+                };
                 tracing::warn!(task = %name, error = %e, "cannot create the task's consumer yet; trying again");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(wait).await;
             }
         }
     }

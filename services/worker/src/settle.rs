@@ -2,13 +2,14 @@
 //! through outages), then the task acked or NAKed.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use taskwire::TaskError;
 use taskwire::task::{Id, Name};
 use taskwire::v1::TaskState;
+use taskwire_protocol::retry::Backoff;
 use taskwire_protocol::{self as broker, DeadReason, header, subject};
 use tracing::Instrument as _;
 
@@ -335,18 +336,11 @@ pub(crate) async fn patiently<T, E, F: Future<Output = Result<T, E>>>(
     mut call: impl FnMut() -> F,
     again: impl Fn(&E) -> bool,
 ) -> Result<T, E> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2))
+        .for_at_most(Duration::from_secs(10));
     loop {
         match call().await {
-            Err(e)
-                if again(&e)
-                    && !served.force.is_cancelled()
-                    && Instant::now() + delay < deadline =>
-            {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
+            Err(e) if again(&e) && !served.force.is_cancelled() && backoff.wait().await => {}
             done => return done,
         }
     }
@@ -378,7 +372,7 @@ pub(crate) async fn store(
     body: Bytes,
 ) -> Stored {
     let name = &served.task.name;
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let published = match served
             .broker
@@ -406,8 +400,7 @@ pub(crate) async fn store(
                     return Stored::GaveUp;
                 }
                 tracing::warn!(task = %name, task_id = %id, error = %e, "storing the {what} failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                backoff.wait().await;
             }
         }
     }
