@@ -45,10 +45,10 @@ OTHER_TESTS := $(filter-out $(LONG_TESTS),$(ALL_TESTS))
 
 # (cargo is not given make's job slots: it builds nothing here.)
 test-long:
-	MAKEFLAGS= $(CARGO) test --workspace $(addprefix --test ,$(LONG_TESTS))
+	MAKEFLAGS= $(CARGO) test --workspace --no-fail-fast $(addprefix --test ,$(LONG_TESTS))
 
 test-rest:
-	MAKEFLAGS= $(CARGO) test --workspace --lib --bins $(addprefix --test ,$(OTHER_TESTS))
+	MAKEFLAGS= $(CARGO) test --workspace --no-fail-fast --lib --bins $(addprefix --test ,$(OTHER_TESTS))
 	MAKEFLAGS= $(CARGO) test --workspace --doc
 	$(MAKE) --no-print-directory python typescript
 
