@@ -77,6 +77,8 @@ fn check_nats_server(path: &Path) -> Result<(), Error> {
 struct ServerPorts {
     #[serde(default)]
     nats: Vec<String>,
+    #[serde(default)]
+    monitoring: Vec<String>,
 }
 
 /// A nats-server child process with JetStream and a file store. Killed when dropped.
@@ -94,6 +96,8 @@ pub struct NatsServer {
     child: Option<Child>,
     /// Where the server writes the ports it listens on.
     ports: tempfile::TempDir,
+    /// Its HTTP monitoring endpoint (`/varz`, `/connz`), on a port of its choosing.
+    monitoring: Option<String>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -108,6 +112,7 @@ impl NatsServer {
             probe: taskwire_protocol::NatsAuth::default(),
             child: None,
             ports: tempfile::tempdir()?,
+            monitoring: None,
             _temp: None,
         })
     }
@@ -160,10 +165,11 @@ impl NatsServer {
 
     fn spawn_process(&mut self) -> Result<(), Error> {
         std::fs::create_dir_all(&self.store)?;
+        self.monitoring = None;
         let port = self.port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let mut command = Command::new(&self.binary);
         command
-            .args(["-js", "-a", "127.0.0.1", "-p", &port])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port, "-m", "-1"])
             .arg("-sd")
             .arg(&self.store)
             .arg("--ports_file_dir")
@@ -192,16 +198,15 @@ impl NatsServer {
         Ok(())
     }
 
-    /// The client port this server's process wrote to its ports file, once it did.
-    fn port_written(&self) -> Option<u16> {
+    /// What this server's process wrote to its ports file, once it did.
+    fn ports_written(&self) -> Option<ServerPorts> {
         let pid = self.pid()?;
         let suffix = format!("_{pid}.ports");
         let file = std::fs::read_dir(self.ports.path())
             .ok()?
             .filter_map(Result::ok)
             .find(|f| f.file_name().to_string_lossy().ends_with(&suffix))?;
-        let ports: ServerPorts = serde_json::from_slice(&std::fs::read(file.path()).ok()?).ok()?;
-        ports.nats.first()?.rsplit(':').next()?.parse().ok()
+        serde_json::from_slice(&std::fs::read(file.path()).ok()?).ok()
     }
 
     async fn wait_ready(&mut self) -> Result<(), Error> {
@@ -212,8 +217,16 @@ impl NatsServer {
             {
                 return Err(self.exited(status));
             }
-            if self.port.is_none() {
-                self.port = self.port_written();
+            if (self.port.is_none() || self.monitoring.is_none())
+                && let Some(ports) = self.ports_written()
+            {
+                if self.port.is_none() {
+                    self.port = ports
+                        .nats
+                        .first()
+                        .and_then(|url| url.rsplit(':').next()?.parse().ok());
+                }
+                self.monitoring = ports.monitoring.first().cloned();
             }
             if self.port.is_some() && self.answers().await? {
                 return Ok(());
@@ -279,6 +292,11 @@ impl NatsServer {
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port.unwrap_or_default())
+    }
+
+    /// Its monitoring endpoint (`http://127.0.0.1:PORT`: `/varz`, `/connz`), once known.
+    pub fn monitoring_url(&self) -> Option<&str> {
+        self.monitoring.as_deref()
     }
 
     /// The server's process id, while it runs.

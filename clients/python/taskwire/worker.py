@@ -135,6 +135,9 @@ WORKER_TTL = 15.0
 
 
 IDLE_WAIT = 1.0
+# How long an idle worker's waiting pull at each level lasts (as the Rust runtime's IDLE_PULL):
+# what a served task type costs an idle worker is a pull request per level in this time.
+IDLE_PULL = 10.0
 
 
 
@@ -831,6 +834,7 @@ class Worker:
         limit = task.options.concurrency or self.concurrency
         mine: set = set()
         freed = asyncio.Event()
+        reconnected = self._reconnect_event()
         round_no = 0
         idle = True
         while not self._stop.is_set():
@@ -850,17 +854,22 @@ class Worker:
                 if grant is None:
                     break
                 try:
-                    round_no += 1
-                    order = ["low", "high", "normal"] if round_no % 8 == 0 else ["high", "normal", "low"]
                     started = 0
-                    for level in order:
-                        if started >= grant.allowed:
-                            break
-                        msgs = await self._fetch(levels[level], grant.allowed - started, QUIET_WAIT)
-                        started += await self._start_some(task, msgs, grant.allowed - started, grant, mine, freed)
+                    if not idle:
+                        round_no += 1
+                        order = ["low", "high", "normal"] if round_no % 8 == 0 else ["high", "normal", "low"]
+                        for level in order:
+                            if started >= grant.allowed:
+                                break
+                            msgs = await self._fetch(levels[level], grant.allowed - started, QUIET_WAIT)
+                            started += await self._start_some(task, msgs, grant.allowed - started, grant, mine, freed)
                     if started == 0 and not self._stop.is_set():
-                        msgs = await self._fetch(levels["normal"], grant.allowed, IDLE_WAIT)
-                        started += await self._start_some(task, msgs, grant.allowed, grant, mine, freed)
+                        if not idle and self._limits.limited(task):
+                            # Nothing anywhere: the slots and starts taken for this round go
+                            # back now, and the wait asks the limits with a task in hand.
+                            await asyncio.shield(grant.close())
+                            grant = self._limits.deferred(task)
+                        started += await self._wait_idle(task, levels, limit - len(mine), grant, mine, freed, reconnected)
                     idle = started == 0
                 finally:
                     await asyncio.shield(grant.close())
@@ -875,6 +884,48 @@ class Worker:
                 await subscription.unsubscribe()
             except Exception:
                 pass
+
+    async def _wait_idle(self, task: Task, levels: Dict[str, Any], room: int, grant: "_Grant", mine: set, freed: asyncio.Event, reconnected: asyncio.Event) -> int:
+        """An idle worker's wait, as in the Rust runtime: one pull request of one task at each
+        level, lasting IDLE_PULL and made again as it expires (at once after a reconnect: a
+        restarted server forgot it); the first task handed over starts and makes the worker
+        busy again (what a request still open hands over later waits in its subscription, where
+        the next fetch at that level finds it first). With fewer free slots than levels, it
+        waits on normal for IDLE_WAIT and the next round looks at the others."""
+        order = ["normal", "high", "low"]
+        if room < len(order):
+            msgs = await self._fetch(levels["normal"], max(room, 1), IDLE_WAIT)
+            return await self._start_some(task, msgs, max(room, 1), grant, mine, freed)
+
+        async def wait_at(level: str) -> List[Msg]:
+            while not self._stop.is_set():
+                try:
+                    msgs = await levels[level].fetch(1, timeout=IDLE_PULL)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    continue
+                except Exception as e:
+                    log.warning("%s: pulling at %s failed (%s); trying again", task.name, level, e)
+                    await asyncio.sleep(1)
+                    continue
+                if msgs:
+                    return msgs
+            return []
+
+        started = 0
+        while started == 0 and not self._stop.is_set():
+            reconnected.clear()
+            waits = {asyncio.ensure_future(wait_at(level)) for level in order}
+            stopping = asyncio.ensure_future(self._stop.wait())
+            again = asyncio.ensure_future(reconnected.wait())
+            try:
+                done, _ = await asyncio.wait(waits | {stopping, again}, return_when=asyncio.FIRST_COMPLETED)
+                for wait in done & waits:
+                    # A deferred grant (limits) allows one start; more go back at once.
+                    started += await self._start_some(task, wait.result(), max(grant.allowed - started, 0), grant, mine, freed)
+            finally:
+                for future in waits | {stopping, again}:
+                    future.cancel()
+        return started
 
     async def _start_some(self, task: Task, msgs: List[Msg], room: int, grant: "_Grant", mine: set, freed: asyncio.Event) -> int:
         """Starts up to `room` of `msgs` (a fetch may hand over more than it asked for) and

@@ -1,6 +1,8 @@
-//! The pull loop of a task type: as many tasks as there are free slots, by priority.
+//! The pull loop of a task type: as many tasks as there are free slots, by priority; an idle
+//! worker waits with one long pull request per level.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
@@ -26,9 +28,14 @@ pub(crate) const LOW_FIRST_EVERY: u64 = 8;
 /// notices a new backlog at another level.
 pub(crate) const QUIET: Duration = Duration::from_millis(200);
 
-/// The same for a worker that found nothing anywhere: it waits on the normal level this long
-/// before it looks at the others again.
-pub(crate) const IDLE_PULL: Duration = Duration::from_secs(1);
+/// How long an idle worker's waiting pull at a level lasts before it is made again: what a
+/// served task type costs an idle worker is a pull request per level in this time.
+pub(crate) const IDLE_PULL: Duration = Duration::from_secs(10);
+
+/// How often an idle worker looks at a level without a waiting pull of its own (with as few
+/// slots as levels, it waits on the normal level this long at a time and looks at the others
+/// in between).
+pub(crate) const IDLE_LOOK: Duration = Duration::from_secs(1);
 
 /// Most tasks asked for in one pull request.
 pub(crate) const MAX_BATCH: usize = 1000;
@@ -37,18 +44,52 @@ pub(crate) const MAX_BATCH: usize = 1000;
 /// before giving it up.
 pub(crate) const PULL_SLACK: Duration = Duration::from_secs(5);
 
+/// The levels an idle worker waits on, in the order they get a slot when there are fewer slots
+/// than levels.
+const IDLE_ORDER: [usize; 3] = [NORMAL, 0, 2];
+
+/// The waiting pulls of an idle worker: which levels have one, whether the worker is still
+/// idle (a waiting pull that expires is made again only then), and the signal that one handed
+/// over a task (the worker is busy again) or ended.
+#[derive(Default)]
+struct Waiting {
+    levels: [AtomicBool; 3],
+    idle: AtomicBool,
+    woke: tokio::sync::Notify,
+}
+
+impl Waiting {
+    fn at(&self, level: usize) -> bool {
+        self.levels[level].load(Ordering::Acquire)
+    }
+
+    fn set(&self, level: usize, waiting: bool) {
+        self.levels[level].store(waiting, Ordering::Release);
+    }
+
+    fn idle(&self) -> bool {
+        self.idle.load(Ordering::Acquire)
+    }
+}
+
 /// Pulls only as many tasks as there are free slots, so that no task waits in this worker
-/// unstarted while its ack wait runs out (and another worker gets it too). Each round takes what
-/// is waiting at the high level first, then normal, then low (one round in eight starts at low);
-/// when nothing waits anywhere it waits on the normal level for a second.
+/// unstarted while its ack wait runs out (and another worker gets it too). A busy worker's round
+/// takes what is waiting at the high level first, then normal, then low (one round in eight
+/// starts at low), with no-wait fetches. A worker that found nothing anywhere waits: one pull
+/// request of one task per level, each in a slot of its own, lasting [`IDLE_PULL`]; the first
+/// task handed over makes it busy again. A waiting pull still open then stays open until it
+/// hands over a task (which starts in its slot) or expires, and is made again only once the
+/// worker is idle again: one task per level at most may start before higher ones waiting.
 pub(crate) async fn pull_loop(
     served: Arc<Served>,
     consumers: Vec<jetstream::consumer::PullConsumer>,
     concurrency: usize,
     stop: CancellationToken,
     tracker: TaskTracker,
+    connects: tokio::sync::watch::Receiver<u64>,
 ) {
     let slots = Arc::new(Semaphore::new(concurrency));
+    let waiting = Arc::new(Waiting::default());
     let mut quiet_until = [Instant::now(); 3];
     let mut round: u64 = 0;
     let mut idle = true;
@@ -69,7 +110,7 @@ pub(crate) async fn pull_loop(
             reserved.merge(extra);
         }
         // Cluster-wide limits: take slots and starts for as many as may run. An idle worker
-        // waits for one task first, and asks the limits when it is in hand.
+        // takes one task first, and asks the limits when it is in hand.
         let mut grant = if idle && served.limits.limited(&served.task) {
             if let Some(one) = reserved.split(1) {
                 reserved = one;
@@ -97,21 +138,14 @@ pub(crate) async fn pull_loop(
             [0, 1, 2]
         };
         let now = Instant::now();
-        let quiet_at_start = quiet_until;
-        let due = |level: usize| level == NORMAL || now >= quiet_at_start[level];
         let mut started = 0;
         let mut failed = false;
-        for (position, &level) in order.iter().enumerate() {
+        for level in order {
             if reserved.num_permits() == 0 {
                 break;
             }
-            if !due(level) {
+            if level != NORMAL && now < quiet_until[level] {
                 continue;
-            }
-            // Nothing started yet and no other level to look at after this one: the waiting
-            // pull below serves the normal level in one request.
-            if level == NORMAL && started == 0 && !order[position + 1..].iter().any(|l| due(*l)) {
-                break;
             }
             let fetched = consumers[level]
                 .fetch()
@@ -144,9 +178,7 @@ pub(crate) async fn pull_loop(
                 }
             }
             if got == 0 && level != NORMAL {
-                // An idle worker looks less often than a busy one.
-                let quiet = if started == 0 { IDLE_PULL } else { QUIET };
-                quiet_until[level] = Instant::now() + quiet;
+                quiet_until[level] = Instant::now() + QUIET;
             }
             started += got;
         }
@@ -158,60 +190,191 @@ pub(crate) async fn pull_loop(
             }
         }
         idle = started == 0;
-        if started > 0 {
+        if !idle {
             // Unused slots return to the pool; the next round looks again at once.
             continue;
         }
-        // Nothing waits at the other levels: wait on the normal level, where most tasks arrive,
-        // until it is time to look at the others again.
-        let next_look = quiet_until[0].min(quiet_until[2]);
-        let expires = next_look
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_millis(50), IDLE_PULL);
-        let batch = consumers[NORMAL]
+        if concurrency <= IDLE_ORDER.len() {
+            // Too few slots for a waiting pull at every level and the loop's own look: wait on
+            // the normal level for a moment, look at the others in the next round.
+            quiet_until = [Instant::now(); 3];
+            wait_on_normal(
+                &served,
+                &consumers[NORMAL],
+                &stop,
+                &tracker,
+                reserved,
+                &mut grant,
+            )
+            .await;
+            if stop.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        drop(reserved);
+        drop(grant);
+        // Nothing anywhere: a waiting pull at each level that has none, each in a slot of its
+        // own; the first task one hands over makes the worker busy again.
+        waiting.idle.store(true, Ordering::Release);
+        for level in IDLE_ORDER {
+            if waiting.at(level) {
+                continue;
+            }
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                break;
+            };
+            waiting.set(level, true);
+            tracker.spawn(wait_at(
+                Arc::clone(&served),
+                consumers[level].clone(),
+                level,
+                slot,
+                Arc::clone(&waiting),
+                stop.clone(),
+                tracker.clone(),
+                connects.clone(),
+            ));
+        }
+        // (A level without one, its slot still taken by a task, is looked at every IDLE_LOOK.)
+        let unwatched = IDLE_ORDER.iter().any(|l| !waiting.at(*l));
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = waiting.woke.notified() => {}
+            () = tokio::time::sleep(IDLE_LOOK), if unwatched => {}
+        }
+        waiting.idle.store(false, Ordering::Release);
+        // Back at work (or time to look): every level is looked at.
+        quiet_until = [Instant::now(); 3];
+    }
+}
+
+/// The idle wait of a worker with few slots: one waiting pull on the normal level for
+/// [`IDLE_LOOK`], starting what it hands over in the slots reserved.
+async fn wait_on_normal(
+    served: &Arc<Served>,
+    consumer: &jetstream::consumer::PullConsumer,
+    stop: &CancellationToken,
+    tracker: &TaskTracker,
+    mut reserved: tokio::sync::OwnedSemaphorePermit,
+    grant: &mut Grant,
+) {
+    let batch = consumer
+        .batch()
+        .max_messages(reserved.num_permits())
+        .expires(IDLE_LOOK)
+        .messages()
+        .await;
+    let mut messages = match batch {
+        Ok(messages) => messages,
+        Err(e) => {
+            tracing::warn!(task = %served.task.name, error = %e, "cannot pull; retrying");
+            drop(reserved);
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            return;
+        }
+    };
+    let bound = tokio::time::Instant::now() + IDLE_LOOK + PULL_SLACK;
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => {
+                release_prefetched(served, &mut messages).await;
+                return;
+            }
+            () = tokio::time::sleep_until(bound) => {
+                tracing::debug!(task = %served.task.name, "the pull outlived its expiry; pulling again");
+                return;
+            }
+            next = messages.next() => next,
+        };
+        match next {
+            Some(Ok(message)) => start(served, tracker, &mut reserved, grant, message).await,
+            Some(Err(e)) => {
+                tracing::debug!(task = %served.task.name, error = %e, "pull interrupted");
+                return;
+            }
+            // The request is complete or expired; unused slots return to the pool.
+            None => return,
+        }
+    }
+}
+
+/// Waiting pulls of one task at `level`, in `slot`, made again as they expire while the worker
+/// stays idle: starts the task one hands over and wakes the pull loop. A reconnect (a restarted
+/// server forgot the request) makes it again at once; `stop` ends it, handing back a task that
+/// arrives meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn wait_at(
+    served: Arc<Served>,
+    consumer: jetstream::consumer::PullConsumer,
+    level: usize,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    waiting: Arc<Waiting>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    mut connects: tokio::sync::watch::Receiver<u64>,
+) {
+    let message = loop {
+        if stop.is_cancelled() || !waiting.idle() {
+            waiting.set(level, false);
+            waiting.woke.notify_one();
+            return;
+        }
+        connects.borrow_and_update();
+        let pulled = consumer
             .batch()
-            .max_messages(reserved.num_permits())
-            .expires(expires)
+            .max_messages(1)
+            .expires(IDLE_PULL)
             .messages()
             .await;
-        let mut messages = match batch {
+        let mut messages = match pulled {
             Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!(task = %served.task.name, error = %e, "cannot pull; retrying");
-                drop(reserved);
                 tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
+                continue;
             }
         };
-        let bound = tokio::time::Instant::now() + expires + PULL_SLACK;
-        loop {
-            let next = tokio::select! {
-                () = stop.cancelled() => {
-                    release_prefetched(&served, &mut messages).await;
-                    return;
-                }
-                () = tokio::time::sleep_until(bound) => {
-                    tracing::debug!(task = %served.task.name, "the pull outlived its expiry; pulling again");
-                    break;
-                }
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    idle = false;
-                    start(&served, &tracker, &mut reserved, &mut grant, message).await;
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(task = %served.task.name, error = %e, "pull interrupted");
-                    break;
-                }
-                // The request is complete or expired; unused slots return to the pool.
-                None => break,
+        let bound = tokio::time::Instant::now() + IDLE_PULL + PULL_SLACK;
+        let next = tokio::select! {
+            () = stop.cancelled() => {
+                release_prefetched(&served, &mut messages).await;
+                continue;
             }
+            _ = connects.changed() => continue,
+            () = tokio::time::sleep_until(bound) => continue,
+            next = messages.next() => next,
+        };
+        match next {
+            Some(Ok(message)) => break message,
+            Some(Err(e)) => {
+                tracing::debug!(task = %served.task.name, error = %e, "waiting pull interrupted");
+            }
+            // Expired.
+            None => {}
+        }
+    };
+    waiting.set(level, false);
+    let mut reserved = slot;
+    let grant = if served.limits.limited(&served.task) {
+        Some(served.limits.deferred(&served.task))
+    } else {
+        served.limits.acquire(&served.task, 1, &stop).await
+    };
+    match grant {
+        Some(mut grant) => start(&served, &tracker, &mut reserved, &mut grant, message).await,
+        None => {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
         }
     }
+    // Busy again: the loop looks at every level.
+    waiting.woke.notify_one();
 }
 
 /// Starts a pulled task in one of the reserved slots.

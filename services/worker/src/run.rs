@@ -159,6 +159,7 @@ pub(crate) async fn run(
             concurrency,
             stop.clone(),
             tracker.clone(),
+            refusals.connects(),
         )));
     }
 

@@ -47,6 +47,10 @@ pub struct Options {
     /// Print JSON only (the default prints JSON too, with progress on stderr).
     #[arg(long)]
     pub json: bool,
+    /// Then leave the worker idle this long and count the messages it sends the server
+    /// (0: skip; only with the nats-server the benchmark starts).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub idle: Duration,
 }
 
 /// Latency percentiles in milliseconds.
@@ -232,6 +236,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         let duplicated = counts.values().filter(|n| **n > 1).count();
         (lost, duplicated)
     };
+    let idle_worker = match own_nats.as_ref().and_then(NatsServer::monitoring_url) {
+        Some(monitoring) if !options.idle.is_zero() => {
+            progress("the worker idle");
+            Some(idle_messages(monitoring, options.idle).await?)
+        }
+        _ => None,
+    };
     let gateway_rss = stack::peak_rss_mib(gateway_pid).unwrap_or(0.0);
     let worker_rss = stack::peak_rss_mib(worker_pid).unwrap_or(0.0);
     stack::terminate(&mut worker, Duration::from_secs(10)).await;
@@ -274,6 +285,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         report["submit_many_batch"] = options.submit_many_batch.into();
         report["submit_many_tasks_per_sec"] = round(stored as f64 / submit_seconds, 1).into();
         report["submit_many_completed_per_sec"] = round(stored as f64 / done_seconds, 1).into();
+    }
+    if let Some(per_second) = idle_worker {
+        // The example worker serves one task type.
+        report["idle_worker_msgs_per_sec"] = round(per_second, 2).into();
+        report["idle_worker_task_types"] = 1.into();
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(mut server) = own_nats {
@@ -481,4 +497,42 @@ async fn raw_jetstream(url: &str, concurrency: usize, tasks: usize) -> anyhow::R
     let _ = js.delete_stream("BENCH_RAW_TASKS").await;
     let _ = js.delete_stream("BENCH_RAW_RESULTS").await;
     Ok(tasks as f64 / seconds)
+}
+
+/// Messages per second the idle worker sends the server over `window` (after a moment for the
+/// last results to settle), from the server's `/connz`: the worker's connection's `in_msgs`.
+async fn idle_messages(monitoring: &str, window: Duration) -> anyhow::Result<f64> {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = worker_in_msgs(monitoring).await?;
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let after = worker_in_msgs(monitoring).await?;
+    Ok(after.saturating_sub(before) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `in_msgs` of the connection named `taskwire-worker`, read from `/connz` (plain HTTP/1.0).
+async fn worker_in_msgs(monitoring: &str) -> anyhow::Result<u64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let host = monitoring
+        .strip_prefix("http://")
+        .context("the monitoring endpoint is not http://")?;
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    stream
+        .write_all(format!("GET /connz HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let text = String::from_utf8_lossy(&answer);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .context("no body in the /connz answer")?;
+    let connz: serde_json::Value = serde_json::from_str(body)?;
+    connz["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "taskwire-worker")
+        .and_then(|c| c["in_msgs"].as_u64())
+        .context("no taskwire-worker connection in /connz")
 }
