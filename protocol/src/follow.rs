@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 /// First and longest wait before reading the bucket again after its watch ended.
 const AGAIN_FIRST: Duration = Duration::from_millis(100);
 const AGAIN_MAX: Duration = Duration::from_secs(5);
+/// How long the first read of a bucket is tried again before a process gives up starting.
+const FIRST_READ_PATIENCE: Duration = Duration::from_secs(60);
 
 /// What a process keeps of a bucket.
 pub trait Follower: Send + Sync + 'static {
@@ -31,16 +33,34 @@ pub struct Error {
 }
 
 /// Reads `store` into `follower`, then follows its changes until `stop` or until the follower
-/// is dropped. Fails only when the first read fails. `connects` changes when the connection
-/// comes back (see [`crate::Refusals::connects`]): the bucket is read again at once,
-/// rather than when the watch notices its consumer is gone (two missed heartbeats).
+/// is dropped. Fails only when the first read fails for a minute, or at once when NATS refused
+/// something (`refusals`). When the connection comes back (see [`crate::Refusals::connects`])
+/// the bucket is read again at once, rather than when the watch notices its consumer is gone
+/// (two missed heartbeats).
 pub async fn follow<F: Follower>(
     store: kv::Store,
     follower: &Arc<F>,
     stop: CancellationToken,
-    mut connects: tokio::sync::watch::Receiver<u64>,
+    refusals: &crate::Refusals,
 ) -> Result<(), Error> {
-    let watch = load(&store, follower).await?;
+    let mut connects = refusals.connects();
+    // The first read is tried again for a while (a broker restarting, paused, or electing a
+    // leader); at once an error when NATS refused something (trying again cannot help).
+    let mut backoff =
+        crate::retry::Backoff::new(AGAIN_FIRST, AGAIN_MAX).for_at_most(FIRST_READ_PATIENCE);
+    let watch = loop {
+        match load(&store, follower).await {
+            Ok(watch) => break watch,
+            Err(e) if refusals.explain().is_none() && !stop.is_cancelled() => {
+                let Some(wait) = backoff.next_wait() else {
+                    return Err(e);
+                };
+                tracing::warn!(bucket = store.name, error = %e, ?wait, "cannot read the bucket yet; trying again");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let weak: Weak<F> = Arc::downgrade(follower);
     tokio::spawn(async move {
         let mut watch = Some(watch);

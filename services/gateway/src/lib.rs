@@ -294,7 +294,7 @@ pub async fn serve(
         schemas,
         fixed,
         stop.clone(),
-        refusals.connects(),
+        &refusals,
     )
     .await?;
     let waiters = waiters::Waiters::start(&client, stop.clone()).await?;

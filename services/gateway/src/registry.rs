@@ -59,7 +59,7 @@ impl Registry {
         schemas: Option<kv::Store>,
         fixed: Vec<TaskType>,
         shutdown: tokio_util::sync::CancellationToken,
-        connects: tokio::sync::watch::Receiver<u64>,
+        refusals: &taskwire_protocol::Refusals,
     ) -> Result<Arc<Self>, Error> {
         let registry = Arc::new(Self {
             store,
@@ -73,7 +73,7 @@ impl Registry {
             recorded: Mutex::new(HashSet::new()),
             verdicts: Mutex::new(HashMap::new()),
         });
-        taskwire_protocol::follow::follow(registry.store.clone(), &registry, shutdown, connects)
+        taskwire_protocol::follow::follow(registry.store.clone(), &registry, shutdown, refusals)
             .await
             .map_err(|e| Error::Broker(e.to_string()))?;
         Ok(registry)

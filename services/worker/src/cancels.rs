@@ -28,14 +28,14 @@ impl Cancels {
         store: kv::Store,
         keep: Duration,
         stop: CancellationToken,
-        connects: tokio::sync::watch::Receiver<u64>,
+        refusals: &taskwire_protocol::Refusals,
     ) -> Result<Arc<Self>, Error> {
         let cancels = Arc::new(Self {
             cancelled: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             keep,
         });
-        taskwire_protocol::follow::follow(store, &cancels, stop, connects)
+        taskwire_protocol::follow::follow(store, &cancels, stop, refusals)
             .await
             .map_err(|e| Error::Cancellations(e.to_string()))?;
         Ok(cancels)

@@ -52,7 +52,7 @@ impl Limits {
     pub(crate) async fn start(
         broker: Broker,
         stop: CancellationToken,
-        connects: tokio::sync::watch::Receiver<u64>,
+        refusals: &taskwire_protocol::Refusals,
     ) -> Result<Arc<Self>, Error> {
         let limits = Arc::new(Self {
             overrides: Mutex::new(HashMap::new()),
@@ -60,7 +60,7 @@ impl Limits {
             broker,
             clock: BrokerClock::default(),
         });
-        taskwire_protocol::follow::follow(limits.broker.limits.clone(), &limits, stop, connects)
+        taskwire_protocol::follow::follow(limits.broker.limits.clone(), &limits, stop, refusals)
             .await
             .map_err(|e| Error::Limits(e.to_string()))?;
         Ok(limits)

@@ -107,10 +107,10 @@ pub(crate) async fn run(
         broker.cancelled.clone(),
         broker.result_ttl,
         stop.clone(),
-        refusals.connects(),
+        &refusals,
     )
     .await?;
-    let limits = Limits::start(broker.clone(), stop.clone(), refusals.connects()).await?;
+    let limits = Limits::start(broker.clone(), stop.clone(), &refusals).await?;
     let metrics = Metrics::new();
     // Ends with the worker, after the drain.
     let done = CancellationToken::new();

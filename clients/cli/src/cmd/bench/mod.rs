@@ -8,15 +8,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer, stream};
-use bytes::Bytes;
 use futures::StreamExt as _;
 use prost::Message as _;
 use taskwire_client::Client;
 use taskwire_examples::magic::v1::{AddArgs, AddResult};
-use tokio::sync::{Semaphore, oneshot};
 
 use taskwire_supervisor::{self as stack, NatsServer, Ports, ProcessSpec};
+
+mod backlog;
+mod idle;
+mod raw;
+
+/// The backlog a large one's drain rate is compared with.
+const SMALL_BACKLOG: usize = 10_000;
+
+use idle::idle_messages;
+use raw::raw_jetstream;
 
 const TASK: &str = "examples.magic.v1.Magic/Add";
 
@@ -47,6 +54,10 @@ pub struct Options {
     /// Print JSON only (the default prints JSON too, with progress on stderr).
     #[arg(long)]
     pub json: bool,
+    /// Then store this many tasks while no worker runs and time one worker draining them,
+    /// against a backlog of 10,000 (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub backlog: usize,
     /// Then leave the worker idle this long and count the messages it sends the server
     /// (0: skip; only with the nats-server the benchmark starts).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -117,12 +128,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         anyhow::bail!("the gateway wrote no gRPC address to its ports file");
     };
     let gateway_url = format!("http://{gateway_addr}");
-    let mut worker = stack::spawn(&ProcessSpec {
+    let worker_spec = ProcessSpec {
         binary: "taskwire-magic-worker".into(),
         args: Vec::new(),
         env,
         inherit_output: false,
-    })?;
+    };
+    let mut worker = stack::spawn(&worker_spec)?;
     stack::wait_for_task(&gateway_url, TASK, Duration::from_secs(30)).await?;
     let gateway_pid = gateway.id().context("gateway exited")?;
     let worker_pid = worker.id().context("worker exited")?;
@@ -243,9 +255,30 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let gateway_rss = stack::peak_rss_mib(gateway_pid).unwrap_or(0.0);
-    let worker_rss = stack::peak_rss_mib(worker_pid).unwrap_or(0.0);
+    let mut worker_rss = stack::peak_rss_mib(worker_pid).unwrap_or(0.0);
     stack::terminate(&mut worker, Duration::from_secs(10)).await;
+    let backlogs = if options.backlog > 0 {
+        // The same drain from a small backlog first: the large one is measured against it.
+        let jetstream = async_nats::jetstream::new(nats.clone());
+        let mut drained = Vec::new();
+        for tasks in [SMALL_BACKLOG, options.backlog] {
+            progress(&format!("a backlog of {tasks} tasks, stored, then drained"));
+            let run = backlog::drain(
+                &client,
+                &jetstream,
+                &worker_spec,
+                tasks,
+                options.submit_many_batch,
+            )
+            .await?;
+            worker_rss = worker_rss.max(run.worker_rss_mib);
+            drained.push((tasks, run));
+        }
+        Some(drained)
+    } else {
+        None
+    };
+    let gateway_rss = stack::peak_rss_mib(gateway_pid).unwrap_or(0.0);
     stack::terminate(&mut gateway, Duration::from_secs(10)).await;
 
     progress("bare async-nats flow on the same server");
@@ -286,6 +319,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         report["submit_many_tasks_per_sec"] = round(stored as f64 / submit_seconds, 1).into();
         report["submit_many_completed_per_sec"] = round(stored as f64 / done_seconds, 1).into();
     }
+    if let Some(drained) = &backlogs
+        && let [(_, small), (tasks, large)] = drained.as_slice()
+    {
+        report["backlog_tasks"] = (*tasks).into();
+        report["backlog_stored_per_sec"] = round(large.stored_per_sec, 1).into();
+        report["backlog_drained_per_sec"] = round(large.drained_per_sec, 1).into();
+        report["backlog_small_drained_per_sec"] = round(small.drained_per_sec, 1).into();
+        report["backlog_drain_ratio"] =
+            round(large.drained_per_sec / small.drained_per_sec, 3).into();
+    }
     if let Some(per_second) = idle_worker {
         // The example worker serves one task type.
         report["idle_worker_msgs_per_sec"] = round(per_second, 2).into();
@@ -296,16 +339,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         server.stop().await;
     }
     Ok(())
-}
-
-/// The task id at the end of a result subject.
-fn last_token(subject: &async_nats::Subject) -> String {
-    subject
-        .as_str()
-        .rsplit('.')
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn args(i: usize) -> AddArgs {
@@ -375,164 +408,4 @@ async fn load(client: &Client, concurrency: usize, tasks: usize) -> Vec<Sample> 
         }
     }
     all
-}
-
-/// The same flow with bare async-nats: publish a task and wait for its PubAck, pull it, publish
-/// the result and wait for its PubAck, ack the task, and the producer sees the result. Returns
-/// tasks per second.
-async fn raw_jetstream(url: &str, concurrency: usize, tasks: usize) -> anyhow::Result<f64> {
-    let client = async_nats::connect(url).await?;
-    let js = jetstream::new(client.clone());
-    let _ = js.delete_stream("BENCH_RAW_TASKS").await;
-    let _ = js.delete_stream("BENCH_RAW_RESULTS").await;
-    let tasks_stream = js
-        .create_stream(stream::Config {
-            name: "BENCH_RAW_TASKS".into(),
-            subjects: vec!["bench.raw.tasks".into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            ..Default::default()
-        })
-        .await?;
-    js.create_stream(stream::Config {
-        name: "BENCH_RAW_RESULTS".into(),
-        subjects: vec!["bench.raw.results.*".into()],
-        max_messages_per_subject: 1,
-        ..Default::default()
-    })
-    .await?;
-    let consumer: consumer::PullConsumer = tasks_stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("raw".into()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            max_ack_pending: 10_000,
-            ..Default::default()
-        })
-        .await?;
-
-    // The worker side.
-    let worker_js = js.clone();
-    let worker = tokio::spawn(async move {
-        let Ok(mut messages) = consumer
-            .stream()
-            .max_messages_per_batch(concurrency)
-            .messages()
-            .await
-        else {
-            return;
-        };
-        let slots = Arc::new(Semaphore::new(concurrency));
-        while let Some(Ok(message)) = messages.next().await {
-            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                return;
-            };
-            let js = worker_js.clone();
-            tokio::spawn(async move {
-                let n = message.payload.len();
-                let id = String::from_utf8_lossy(&message.payload).into_owned();
-                if let Ok(ack) = js
-                    .publish(
-                        format!("bench.raw.results.{id}"),
-                        Bytes::from(vec![b'6'; n.min(8)]),
-                    )
-                    .await
-                {
-                    let _ = ack.await;
-                }
-                let _ = message.ack().await;
-                drop(slot);
-            });
-        }
-    });
-
-    // The producer side: concurrent publish-then-wait loops, as in the taskwire run.
-    let waiters: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>> = Arc::default();
-    let mut results = client.subscribe("bench.raw.results.*").await?;
-    let router = {
-        let waiters = Arc::clone(&waiters);
-        tokio::spawn(async move {
-            while let Some(msg) = results.next().await {
-                let id = last_token(&msg.subject);
-                if let Some(tx) = waiters
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id)
-                {
-                    let _ = tx.send(());
-                }
-            }
-        })
-    };
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut loops = Vec::new();
-    for _ in 0..concurrency.max(1) {
-        let js = js.clone();
-        let next = Arc::clone(&next);
-        let waiters = Arc::clone(&waiters);
-        loops.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= tasks {
-                    return;
-                }
-                let id = format!("t{i}");
-                let (tx, rx) = oneshot::channel();
-                waiters
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.clone(), tx);
-                if let Ok(ack) = js.publish("bench.raw.tasks", Bytes::from(id.clone())).await {
-                    let _ = ack.await;
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(60), rx).await;
-            }
-        }));
-    }
-    for l in loops {
-        let _ = l.await;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    worker.abort();
-    router.abort();
-    let _ = js.delete_stream("BENCH_RAW_TASKS").await;
-    let _ = js.delete_stream("BENCH_RAW_RESULTS").await;
-    Ok(tasks as f64 / seconds)
-}
-
-/// Messages per second the idle worker sends the server over `window` (after a moment for the
-/// last results to settle), from the server's `/connz`: the worker's connection's `in_msgs`.
-async fn idle_messages(monitoring: &str, window: Duration) -> anyhow::Result<f64> {
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = worker_in_msgs(monitoring).await?;
-    let started = Instant::now();
-    tokio::time::sleep(window).await;
-    let after = worker_in_msgs(monitoring).await?;
-    Ok(after.saturating_sub(before) as f64 / started.elapsed().as_secs_f64())
-}
-
-/// `in_msgs` of the connection named `taskwire-worker`, read from `/connz` (plain HTTP/1.0).
-async fn worker_in_msgs(monitoring: &str) -> anyhow::Result<u64> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let host = monitoring
-        .strip_prefix("http://")
-        .context("the monitoring endpoint is not http://")?;
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
-    stream
-        .write_all(format!("GET /connz HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await?;
-    let text = String::from_utf8_lossy(&answer);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body)
-        .context("no body in the /connz answer")?;
-    let connz: serde_json::Value = serde_json::from_str(body)?;
-    connz["connections"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["name"] == "taskwire-worker")
-        .and_then(|c| c["in_msgs"].as_u64())
-        .context("no taskwire-worker connection in /connz")
 }

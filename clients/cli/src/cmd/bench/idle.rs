@@ -1,0 +1,43 @@
+//! What an idle worker costs the server: the messages it sends, from the server's `/connz`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+/// Messages per second the idle worker sends the server over `window` (after a moment for the
+/// last results to settle), from the server's `/connz`: the worker's connection's `in_msgs`.
+pub(super) async fn idle_messages(monitoring: &str, window: Duration) -> anyhow::Result<f64> {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = worker_in_msgs(monitoring).await?;
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let after = worker_in_msgs(monitoring).await?;
+    Ok(after.saturating_sub(before) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `in_msgs` of the connection named `taskwire-worker`, read from `/connz` (plain HTTP/1.0).
+async fn worker_in_msgs(monitoring: &str) -> anyhow::Result<u64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let host = monitoring
+        .strip_prefix("http://")
+        .context("the monitoring endpoint is not http://")?;
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    stream
+        .write_all(format!("GET /connz HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let text = String::from_utf8_lossy(&answer);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .context("no body in the /connz answer")?;
+    let connz: serde_json::Value = serde_json::from_str(body)?;
+    connz["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "taskwire-worker")
+        .and_then(|c| c["in_msgs"].as_u64())
+        .context("no taskwire-worker connection in /connz")
+}
