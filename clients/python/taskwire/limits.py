@@ -40,13 +40,16 @@ async def _follow_bucket(
     delete: Callable[[str], Any],
     keys: Callable[[], Any],
     reconnected: asyncio.Event,
+    refused: Callable[[], bool] = lambda: False,
 ) -> asyncio.Task:
     """Applies a KV bucket's entries, then its changes, in the background; returns once the
     entries there now are applied, so that nothing starts on a partial view (a follower that
     ends before that raises). When the watch ends or fails later, the bucket is read again in
     full (keys held that it no longer has are deleted), so the view never stays stale; also at
-    once when `reconnected` is set."""
+    once when `reconnected` is set. The first read is tried again for a minute (a broker
+    restarting or paused), unless NATS refused something (`refused`)."""
     loaded = asyncio.Event()
+    first_read_until = time.monotonic() + FIRST_READ_PATIENCE
 
     async def follow_once() -> None:
         watcher = await (await js.key_value(bucket)).watchall()
@@ -98,7 +101,7 @@ async def _follow_bucket(
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                if not loaded.is_set():
+                if not loaded.is_set() and (refused() or time.monotonic() > first_read_until):
                     raise
                 log.warning("the watch of %s failed (%s); reading it again", bucket, e)
             await backoff.wait()
@@ -113,6 +116,10 @@ async def _follow_bucket(
         if not done:
             log.warning("still reading the entries of %s; no task starts before they are all read", bucket)
     return follower
+
+
+# How long the first read of a bucket is tried again before the worker gives up starting.
+FIRST_READ_PATIENCE = 60.0
 
 
 class _Limits:
@@ -138,7 +145,7 @@ class _Limits:
         self.slots = None
         self.rates = None
 
-    async def start(self, reconnected: asyncio.Event) -> asyncio.Task:
+    async def start(self, reconnected: asyncio.Event, refused: Callable[[], bool] = lambda: False) -> asyncio.Task:
         self.slots = await self._js.key_value("TASKWIRE_SLOTS")
         self.rates = await self._js.key_value("TASKWIRE_RATES")
 
@@ -155,6 +162,7 @@ class _Limits:
             lambda key: self._overrides.pop(key, None),
             lambda: list(self._overrides),
             reconnected,
+            refused,
         )
 
     def effective(self, task: "Task") -> "tuple[int, Optional[Rate]]":

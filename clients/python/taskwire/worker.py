@@ -503,7 +503,7 @@ class Worker:
                 background.append(asyncio.ensure_future(self._heartbeats(served)))
                 background.append(cancels)
                 self._limits = _Limits(self._js, self._nc, self.id)
-                background.append(await self._limits.start(self._reconnect_event()))
+                background.append(await self._limits.start(self._reconnect_event(), lambda: bool(self._denied)))
                 # Consumers first: a worker that cannot bind them fails at start, not silently later.
                 levels = {task.name: await self._consumers(task) for task in served}
             except Exception as e:
@@ -801,6 +801,7 @@ class Worker:
             lambda key: self._cancelled_ids.pop(key, None),
             lambda: list(self._cancelled_ids),
             self._reconnect_event(),
+            lambda: bool(self._denied),
         )
 
     async def _heartbeats(self, served: List[Task]) -> None:
