@@ -9,7 +9,7 @@ use taskwire::v1::Priority;
 use taskwire_client::Client;
 use taskwire_supervisor::{self as stack, ProcessSpec};
 
-use super::{TASK, args};
+use super::{TASK, submit_many};
 
 /// What a backlog run measured.
 pub(super) struct Drained {
@@ -31,21 +31,8 @@ pub(super) async fn drain(
     batch: usize,
 ) -> anyhow::Result<Drained> {
     let started = Instant::now();
-    let mut offset = 0;
-    while offset < tasks {
-        let n = batch.min(tasks - offset).max(1);
-        let requests: Vec<_> = (offset..offset + n)
-            .map(|i| taskwire_client::request(TASK, &args(i), Default::default()))
-            .collect();
-        let response = client.submit_many(requests).await?;
-        anyhow::ensure!(
-            response.refused == 0,
-            "SubmitMany refused {} tasks",
-            response.refused
-        );
-        offset += n;
-    }
-    let stored_per_sec = tasks as f64 / started.elapsed().as_secs_f64();
+    let stored = submit_many(client, tasks, batch).await?;
+    let stored_per_sec = stored as f64 / started.elapsed().as_secs_f64();
 
     let name = Name::parse(TASK)?;
     let mut consumer: jetstream::consumer::PullConsumer = jetstream

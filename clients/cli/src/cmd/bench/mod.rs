@@ -196,26 +196,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             .unwrap_or_else(|e| e.into_inner())
             .len();
         let started = Instant::now();
-        let mut stored = 0usize;
-        let mut offset = 0;
-        while offset < options.submit_many {
-            let n = options
-                .submit_many_batch
-                .min(options.submit_many - offset)
-                .max(1);
-            let requests: Vec<_> = (offset..offset + n)
-                .map(|i| taskwire_client::request(TASK, &args(i), Default::default()))
-                .collect();
-            let response = client.submit_many(requests).await?;
-            anyhow::ensure!(
-                response.refused == 0,
-                "SubmitMany refused {} tasks: {:?}",
-                response.refused,
-                response.results.iter().find(|r| r.task_id.is_empty())
-            );
-            stored += response.submitted as usize;
-            offset += n;
-        }
+        let stored = submit_many(&client, options.submit_many, options.submit_many_batch).await?;
         let submit_seconds = started.elapsed().as_secs_f64();
         // Then until the worker has stored a result for each.
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -339,6 +320,28 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         server.stop().await;
     }
     Ok(())
+}
+
+/// Stores `tasks` tasks with SubmitMany, `batch` a call; how many were stored.
+async fn submit_many(client: &Client, tasks: usize, batch: usize) -> anyhow::Result<usize> {
+    let mut stored = 0usize;
+    let mut offset = 0;
+    while offset < tasks {
+        let n = batch.min(tasks - offset).max(1);
+        let requests: Vec<_> = (offset..offset + n)
+            .map(|i| taskwire_client::request(TASK, &args(i), Default::default()))
+            .collect();
+        let response = client.submit_many(requests).await?;
+        anyhow::ensure!(
+            response.refused == 0,
+            "SubmitMany refused {} tasks: {:?}",
+            response.refused,
+            response.results.iter().find(|r| r.task_id.is_empty())
+        );
+        stored += response.submitted as usize;
+        offset += n;
+    }
+    Ok(stored)
 }
 
 fn args(i: usize) -> AddArgs {
