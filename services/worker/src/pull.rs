@@ -93,6 +93,8 @@ pub(crate) async fn pull_loop(
     let mut quiet_until = [Instant::now(); 3];
     let mut round: u64 = 0;
     let mut idle = true;
+    // Ends the normal level's waiting pull when the loop wants its slots back.
+    let mut normal_end = CancellationToken::new();
     loop {
         let first = tokio::select! {
             () = stop.cancelled() => return,
@@ -214,24 +216,46 @@ pub(crate) async fn pull_loop(
         }
         drop(reserved);
         drop(grant);
-        // Nothing anywhere: a waiting pull at each level that has none, each in a slot of its
-        // own; the first task one hands over makes the worker busy again.
+        // Nothing anywhere: a waiting pull at each level that has none. High and low wait for
+        // one task each, in a slot of their own; normal, where most tasks arrive, in every other
+        // free slot, starting tasks as they come without waking the loop.
         waiting.idle.store(true, Ordering::Release);
         for level in IDLE_ORDER {
             if waiting.at(level) {
                 continue;
             }
-            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                break;
+            let permits = if level == NORMAL {
+                // Less a slot for each of the other levels that still needs one.
+                let others = [0, 2].iter().filter(|l| !waiting.at(**l)).count();
+                slots
+                    .available_permits()
+                    .saturating_sub(others)
+                    .min(MAX_BATCH)
+            } else {
+                1
             };
+            let Some(reserved) = u32::try_from(permits)
+                .ok()
+                .filter(|n| *n > 0)
+                .and_then(|n| Arc::clone(&slots).try_acquire_many_owned(n).ok())
+            else {
+                continue;
+            };
+            let end = CancellationToken::new();
+            if level == NORMAL {
+                normal_end = end.clone();
+            }
             waiting.set(level, true);
             tracker.spawn(wait_at(
                 Arc::clone(&served),
                 consumers[level].clone(),
                 level,
-                slot,
+                reserved,
                 Arc::clone(&waiting),
-                stop.clone(),
+                Ends {
+                    stop: stop.clone(),
+                    end,
+                },
                 tracker.clone(),
                 connects.clone(),
             ));
@@ -244,7 +268,9 @@ pub(crate) async fn pull_loop(
             () = tokio::time::sleep(IDLE_LOOK), if unwatched => {}
         }
         waiting.idle.store(false, Ordering::Release);
-        // Back at work (or time to look): every level is looked at.
+        // Back at work (or time to look): the waiting pull at normal hands its slots back, and
+        // every level is looked at.
+        normal_end.cancel();
         quiet_until = [Instant::now(); 3];
     }
 }
@@ -302,31 +328,43 @@ async fn wait_on_normal(
     }
 }
 
-/// Waiting pulls of one task at `level`, in `slot`, made again as they expire while the worker
-/// stays idle: starts the task one hands over and wakes the pull loop. A reconnect (a restarted
-/// server forgot the request) makes it again at once; `stop` ends it, handing back a task that
-/// arrives meanwhile.
+/// What ends a waiting pull early: the worker's stop, or the loop taking its slots back.
+struct Ends {
+    stop: CancellationToken,
+    end: CancellationToken,
+}
+
+/// Waiting pulls at `level` in the slots `reserved` (one for high and low), made again as they
+/// expire while the worker stays idle. What they hand over starts at once; high and low take one
+/// task and wake the pull loop, normal goes on taking tasks until its pull ends (then wakes the
+/// loop) or the loop takes its slots back. A reconnect (a restarted server forgot the request)
+/// makes it again at once; the worker's stop ends it, handing back a task that arrives
+/// meanwhile.
 #[allow(clippy::too_many_arguments)]
 async fn wait_at(
     served: Arc<Served>,
     consumer: jetstream::consumer::PullConsumer,
     level: usize,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    mut reserved: tokio::sync::OwnedSemaphorePermit,
     waiting: Arc<Waiting>,
-    stop: CancellationToken,
+    ends: Ends,
     tracker: TaskTracker,
     mut connects: tokio::sync::watch::Receiver<u64>,
 ) {
-    let message = loop {
-        if stop.is_cancelled() || !waiting.idle() {
-            waiting.set(level, false);
-            waiting.woke.notify_one();
-            return;
-        }
+    let limited = served.limits.limited(&served.task);
+    let mut started = 0usize;
+    'pulls: while started == 0
+        && reserved.num_permits() > 0
+        && waiting.idle()
+        && !ends.stop.is_cancelled()
+        && !ends.end.is_cancelled()
+    {
         connects.borrow_and_update();
+        // A task type with limits asks them with each task in hand: one at a time.
+        let want = if limited { 1 } else { reserved.num_permits() };
         let pulled = consumer
             .batch()
-            .max_messages(1)
+            .max_messages(want)
             .expires(IDLE_PULL)
             .messages()
             .await;
@@ -335,45 +373,60 @@ async fn wait_at(
             Err(e) => {
                 tracing::warn!(task = %served.task.name, error = %e, "cannot pull; retrying");
                 tokio::select! {
-                    () = stop.cancelled() => {}
+                    () = ends.stop.cancelled() => {}
+                    () = ends.end.cancelled() => {}
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 continue;
             }
         };
         let bound = tokio::time::Instant::now() + IDLE_PULL + PULL_SLACK;
-        let next = tokio::select! {
-            () = stop.cancelled() => {
-                release_prefetched(&served, &mut messages).await;
-                continue;
+        loop {
+            let next = tokio::select! {
+                () = ends.stop.cancelled() => {
+                    release_prefetched(&served, &mut messages).await;
+                    break 'pulls;
+                }
+                () = ends.end.cancelled() => {
+                    release_prefetched(&served, &mut messages).await;
+                    break 'pulls;
+                }
+                _ = connects.changed() => break,
+                () = tokio::time::sleep_until(bound) => break,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let grant = if limited {
+                        Some(served.limits.deferred(&served.task))
+                    } else {
+                        served.limits.acquire(&served.task, 1, &ends.stop).await
+                    };
+                    match grant {
+                        Some(mut grant) => {
+                            start(&served, &tracker, &mut reserved, &mut grant, message).await;
+                        }
+                        None => {
+                            let _ = message.ack_with(AckKind::Nak(None)).await;
+                        }
+                    }
+                    started += 1;
+                    if level != NORMAL || reserved.num_permits() == 0 {
+                        break 'pulls;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(task = %served.task.name, error = %e, "waiting pull interrupted");
+                    break;
+                }
+                // Complete, or expired.
+                None => break,
             }
-            _ = connects.changed() => continue,
-            () = tokio::time::sleep_until(bound) => continue,
-            next = messages.next() => next,
-        };
-        match next {
-            Some(Ok(message)) => break message,
-            Some(Err(e)) => {
-                tracing::debug!(task = %served.task.name, error = %e, "waiting pull interrupted");
-            }
-            // Expired.
-            None => {}
-        }
-    };
-    waiting.set(level, false);
-    let mut reserved = slot;
-    let grant = if served.limits.limited(&served.task) {
-        Some(served.limits.deferred(&served.task))
-    } else {
-        served.limits.acquire(&served.task, 1, &stop).await
-    };
-    match grant {
-        Some(mut grant) => start(&served, &tracker, &mut reserved, &mut grant, message).await,
-        None => {
-            let _ = message.ack_with(AckKind::Nak(None)).await;
         }
     }
-    // Busy again: the loop looks at every level.
+    waiting.set(level, false);
+    drop(reserved);
+    // Busy again, or this level has no waiting pull now: the loop looks.
     waiting.woke.notify_one();
 }
 
