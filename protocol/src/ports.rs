@@ -9,6 +9,14 @@ use std::path::Path;
 /// The variable naming the file.
 pub const ENV: &str = "TASKWIRE_PORTS_FILE";
 
+/// The ports file could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the addresses served to {path}: {source}")]
+pub struct WriteError {
+    path: String,
+    source: std::io::Error,
+}
+
 /// The addresses a process listens on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ports {
@@ -20,7 +28,7 @@ pub struct Ports {
 
 impl Ports {
     /// Writes the file whole: aside first, then renamed into place.
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+    pub fn write(&self, path: &Path) -> Result<(), WriteError> {
         let mut value = serde_json::Map::new();
         if let Some(grpc) = self.grpc {
             value.insert("grpc".into(), grpc.to_string().into());
@@ -30,8 +38,12 @@ impl Ports {
         }
         let mut aside = path.as_os_str().to_owned();
         aside.push(".partial");
-        std::fs::write(&aside, serde_json::Value::Object(value).to_string())?;
-        std::fs::rename(&aside, path)
+        std::fs::write(&aside, serde_json::Value::Object(value).to_string())
+            .and_then(|()| std::fs::rename(&aside, path))
+            .map_err(|source| WriteError {
+                path: path.display().to_string(),
+                source,
+            })
     }
 
     /// Reads the file; `None` while it is not there (or not one this module wrote).
@@ -42,14 +54,6 @@ impl Ports {
             grpc: address("grpc"),
             http: address("http"),
         })
-    }
-
-    /// Writes the file named by `TASKWIRE_PORTS_FILE`, if it is set.
-    pub fn write_if_asked(&self) -> std::io::Result<()> {
-        match std::env::var_os(ENV) {
-            Some(path) if !path.is_empty() => self.write(Path::new(&path)),
-            _ => Ok(()),
-        }
     }
 }
 

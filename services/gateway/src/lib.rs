@@ -332,12 +332,9 @@ pub async fn serve(
         inspect::serve_http(listener, Arc::clone(&gateway), token, stop.clone());
     }
     if let Some(file) = &config.ports_file {
-        ports.write(file).map_err(|e| {
-            Error::Startup(format!(
-                "cannot write the addresses served to {}: {e}",
-                file.display()
-            ))
-        })?;
+        ports
+            .write(file)
+            .map_err(|e| Error::Startup(e.to_string()))?;
     }
     let measured = Arc::clone(&gateway);
     let schedules = schedules::SchedulesService::new(Arc::clone(&gateway));

@@ -170,12 +170,9 @@ pub(crate) async fn run(
         done.clone(),
     );
     if let Some(file) = &builder.ports_file {
-        ports.write(file).map_err(|e| {
-            Error::Metrics(format!(
-                "cannot write the addresses served to {}: {e}",
-                file.display()
-            ))
-        })?;
+        ports
+            .write(file)
+            .map_err(|e| Error::Metrics(e.to_string()))?;
     }
     if let Some(ready) = builder.ready.take() {
         ready();
