@@ -110,9 +110,14 @@ fixture: ## Build the project outside the workspace that uses taskwire by path
 	cp Cargo.lock $(FIXTURE)/Cargo.lock
 	$(CARGO) build --manifest-path $(FIXTURE)/Cargo.toml --target-dir target
 
-bench: $(NATS_SERVER) ## Measure throughput and latency (release build), printing JSON
+# Every figure in one JSON object: three interleaved rounds of 100,000 tasks against the raw
+# flow, round trips, SubmitMany, a backlog of a million, 1,000 task types, the Python worker and
+# a three-node cluster. BENCH_FLAGS replaces those flags (e.g. BENCH_FLAGS="--tasks 20000").
+BENCH_FLAGS ?= --tasks 100000 --rounds 3 --submit-many 100000 --backlog 1000000 --task-types 1000 \
+	--python-worker clients/python/examples/worker.py --cluster
+bench: $(NATS_SERVER) $(PYTHON_DEPS) ## Measure throughput, latency, memory and idle cost (release build), printing JSON
 	$(CARGO) build --release --workspace --bins
-	./target/release/taskwire bench --tasks 20000 --concurrency 256 --submit-many 100000 --json
+	./target/release/taskwire bench $(BENCH_FLAGS) --json
 
 chaos: $(NATS_SERVER) build ## Fault drills at full size (10,000 tasks each), one JSON line per drill
 	./target/debug/taskwire-chaos --tasks $${CHAOS_TASKS:-10000}

@@ -34,5 +34,7 @@ pub mod chaos {
     }
 }
 
+pub mod many;
+
 /// The encoded `FileDescriptorSet` of the example contracts, custom options included.
 pub const FILE_DESCRIPTOR_SET: &[u8] = magic::v1::FILE_DESCRIPTOR_SET;

@@ -16,6 +16,11 @@ pub const TASKS_STREAM: &str = "TASKWIRE_TASKS";
 /// Stream of task results.
 pub const RESULTS_STREAM: &str = "TASKWIRE_RESULTS";
 
+/// Consumers the tasks stream may have: three per task type (one per priority level), so
+/// 10,000 task types. nats-server 2.15 limits a stream that sets no limit of its own to 1,000
+/// consumers, which would stop at 333 task types.
+pub const MAX_TASK_CONSUMERS: i32 = 30_000;
+
 /// Stream of task state changes.
 pub const EVENTS_STREAM: &str = "TASKWIRE_EVENTS";
 
@@ -187,6 +192,7 @@ impl Settings {
             // a queue limit and server-side schedules exclude each other on this stream.
             allow_message_schedules: self.max_queued <= 0,
             allow_message_ttl: true,
+            max_consumers: MAX_TASK_CONSUMERS,
             ..Default::default()
         }
     }

@@ -31,9 +31,10 @@ pub mod trace;
 
 pub use connect::{NatsAuth, Refusals, servers};
 pub use layout::{
-    CANCELLED_BUCKET, DEAD_STREAM, EVENTS_STREAM, Error, LIMITS_BUCKET, PRIORITIES, RATES_BUCKET,
-    REGISTRY_BUCKET, RESULTS_STREAM, SCHEDULES_BUCKET, SCHEMAS_BUCKET, SLOT_LEASE, SLOTS_BUCKET,
-    Settings, TASKS_STREAM, WORKER_TTL, WORKERS_BUCKET, consumer_name, priority_name,
+    CANCELLED_BUCKET, DEAD_STREAM, EVENTS_STREAM, Error, LIMITS_BUCKET, MAX_TASK_CONSUMERS,
+    PRIORITIES, RATES_BUCKET, REGISTRY_BUCKET, RESULTS_STREAM, SCHEDULES_BUCKET, SCHEMAS_BUCKET,
+    SLOT_LEASE, SLOTS_BUCKET, Settings, TASKS_STREAM, WORKER_TTL, WORKERS_BUCKET, consumer_name,
+    priority_name,
 };
 pub use message::{
     DeadLetter, DeadReason, Event, MessageError, Overrides, ResultMessage, TaskMessage,

@@ -238,7 +238,9 @@ async fn ensure_stream(
     let wants_markers =
         config.subject_delete_marker_ttl.is_some() && existing.subject_delete_marker_ttl.is_none();
     let wants_republish = config.republish.is_some() && existing.republish != config.republish;
-    if !missing.is_empty() || wants_ttl || wants_markers || wants_republish {
+    // No limit of its own (the server's default applies) or a lower one: raised.
+    let wants_consumers = config.max_consumers > 0 && existing.max_consumers < config.max_consumers;
+    if !missing.is_empty() || wants_ttl || wants_markers || wants_republish || wants_consumers {
         let mut updated = existing;
         // A subject this version widened (`taskwire.results.*` to `taskwire.results.>`) gives
         // way to the wider one.
@@ -252,6 +254,9 @@ async fn ensure_stream(
         }
         if wants_republish {
             updated.republish = config.republish.clone();
+        }
+        if wants_consumers {
+            updated.max_consumers = config.max_consumers;
         }
         let reason = |e: &dyn std::fmt::Display| Error::Stream {
             stream: name,

@@ -17,6 +17,8 @@ from taskwire.v1 import tasks_pb2
 
 
 TASKS_STREAM = "TASKWIRE_TASKS"
+# Consumers the tasks stream may have: three per task type, so 10,000 task types.
+MAX_TASK_CONSUMERS = 30_000
 
 
 

@@ -77,6 +77,7 @@ from taskwire.protocol import (  # noqa: F401 (re-exported)
     EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
     EXPIRES_AT,
     ID_PATTERN,
+    MAX_TASK_CONSUMERS,
     MSG_ID,
     NATS_TTL,
     REPLAY,
@@ -604,6 +605,9 @@ class Worker:
                 # nats-server refuses message schedules on a stream that discards new messages.
                 "allow_msg_schedules": self.max_queued <= 0,
                 "allow_msg_ttl": True,
+                # Three consumers per task type; without a limit of its own a stream gets the
+                # server's (1,000 on nats-server 2.15).
+                "max_consumers": MAX_TASK_CONSUMERS,
             },
             {
                 "name": RESULTS_STREAM,
@@ -691,7 +695,8 @@ class Worker:
         wants_ttl = config.get("allow_msg_ttl") and not existing.get("allow_msg_ttl")
         wants_markers = config.get("subject_delete_marker_ttl") and not existing.get("subject_delete_marker_ttl")
         wants_republish = config.get("republish") and existing.get("republish") != config["republish"]
-        if not (missing or wants_ttl or wants_markers or wants_republish):
+        wants_consumers = config.get("max_consumers", 0) > 0 and (existing.get("max_consumers") or 0) < config["max_consumers"]
+        if not (missing or wants_ttl or wants_markers or wants_republish or wants_consumers):
             return
         updated = dict(existing)
         # A subject this version widened (taskwire.results.* to taskwire.results.>) gives way.
@@ -702,6 +707,8 @@ class Worker:
             updated["subject_delete_marker_ttl"] = config["subject_delete_marker_ttl"]
         if wants_republish:
             updated["republish"] = config["republish"]
+        if wants_consumers:
+            updated["max_consumers"] = config["max_consumers"]
         try:
             await self._api(f"STREAM.UPDATE.{config['name']}", updated)
         except Exception as e:

@@ -48,6 +48,11 @@ struct Args {
     /// Serve Prometheus metrics on http://ADDR/metrics (TASKWIRE_METRICS_ADDR).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Also serve this many generated task types (`examples.many.v1.ManyNNNN/TaskN`, each
+    /// answering its argument back): what many task types cost, as `taskwire bench
+    /// --task-types` measures it.
+    #[arg(long, default_value_t = 0)]
+    many_task_types: usize,
 }
 
 #[global_allocator]
@@ -80,9 +85,12 @@ async fn main() -> ExitCode {
     if args.metrics_addr.is_some() {
         worker = worker.metrics_addr(args.metrics_addr);
     }
-    let worker = worker
+    let mut worker = worker
         .second_signal_forces(true)
         .serve(MagicServer::new(MyMagic));
+    for service in taskwire_examples::many::services(args.many_task_types) {
+        worker = worker.serve(service);
+    }
     match worker.run(taskwire::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,36 +3,43 @@
 //! against the same server in the same run.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use futures::StreamExt as _;
-use prost::Message as _;
-use taskwire_client::Client;
-use taskwire_examples::magic::v1::{AddArgs, AddResult};
-
-use taskwire_supervisor::{self as stack, NatsServer, Ports, ProcessSpec};
+use serde_json::{Value, json};
+use taskwire_supervisor::{NatsCluster, NatsServer};
 
 mod backlog;
+mod compare;
+mod cpu;
 mod idle;
+mod load;
 mod raw;
+mod stack;
+mod types;
+
+use compare::{Settings, interleaved};
+use idle::idle_messages;
+use load::{roundtrips, submit_many};
+use stack::{Stack, WorkerKind};
 
 /// The backlog a large one's drain rate is compared with.
 const SMALL_BACKLOG: usize = 10_000;
-
-use idle::idle_messages;
-use raw::raw_jetstream;
 
 const TASK: &str = "examples.magic.v1.Magic/Add";
 
 /// Flags of `taskwire bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Tasks to push through.
-    #[arg(long, default_value_t = 20_000)]
+    /// Tasks to push through in each round.
+    #[arg(long, default_value_t = 100_000)]
     pub tasks: usize,
+    /// Rounds of taskwire and then the bare async-nats flow, interleaved; figures are their
+    /// medians.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Tasks in flight at once (concurrent submit-and-wait loops).
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
@@ -62,6 +69,38 @@ pub struct Options {
     /// (0: skip; only with the nats-server the benchmark starts).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub idle: Duration,
+    /// Then start a worker serving this many more task types and measure what they cost
+    /// (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub task_types: usize,
+    /// Then the same tasks through the Python example worker (this script, e.g.
+    /// clients/python/examples/worker.py), run by `--python`.
+    #[arg(long)]
+    pub python_worker: Option<PathBuf>,
+    /// The Python interpreter for `--python-worker`, with the client's dependencies.
+    #[arg(long, env = "TASKWIRE_PYTHON", default_value = "python3")]
+    pub python: String,
+    /// Tasks through the Python worker.
+    #[arg(long, default_value_t = 20_000)]
+    pub python_tasks: usize,
+    /// Then the rounds and round trips again on a three-node cluster with every stream at
+    /// three replicas.
+    #[arg(long)]
+    pub cluster: bool,
+    /// Tasks in each round on the cluster.
+    #[arg(long, default_value_t = 20_000)]
+    pub cluster_tasks: usize,
+}
+
+/// The median of some figures (0 for none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// Latency percentiles in milliseconds.
@@ -76,6 +115,72 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (x * f).round() / f
+}
+
+/// What the machine is: the figures are its, and compare only with others from it.
+fn machine() -> Value {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| round(kib / 1024.0 / 1024.0, 1));
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|v| v.split_once(':'))
+        .map_or("", |(_, name)| name.trim());
+    json!({ "cores": cores, "memory_gib": memory_gib, "cpu": cpu })
+}
+
+/// Counts every result message, so that a task that got two results shows up.
+struct ResultCounter {
+    counts: Arc<Mutex<HashMap<String, u32>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ResultCounter {
+    async fn start(nats: &async_nats::Client) -> anyhow::Result<Self> {
+        let mut results = nats.subscribe("taskwire.results.>").await?;
+        let counts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+        let task = {
+            let counts = Arc::clone(&counts);
+            tokio::spawn(async move {
+                while let Some(msg) = results.next().await {
+                    // taskwire.results.<id>.<token>
+                    let id = msg.subject.split('.').nth(2).unwrap_or_default().to_owned();
+                    *counts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(id)
+                        .or_default() += 1;
+                }
+            })
+        };
+        Ok(Self { counts, task })
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tasks of `samples` that failed or got no result, and tasks that got more than one.
+    async fn lost_and_duplicated(self, samples: &[load::Sample]) -> (usize, usize) {
+        // Let stray duplicates arrive before counting.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.task.abort();
+        let counts = self.counts();
+        let lost = samples.iter().filter(|s| !s.ok).count()
+            + samples
+                .iter()
+                .filter_map(|s| s.id.as_ref())
+                .filter(|id| !counts.contains_key(id.as_str()))
+                .count();
+        let duplicated = counts.values().filter(|n| **n > 1).count();
+        (lost, duplicated)
+    }
 }
 
 /// Runs the benchmark and prints the JSON object on stdout.
@@ -95,320 +200,273 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             url
         }
     };
-    let env = vec![
-        ("TASKWIRE_NATS_URL".to_owned(), nats_url.clone()),
-        ("TASKWIRE_LOG".to_owned(), "warn".to_owned()),
-        (
-            "TASKWIRE_CONCURRENCY".to_owned(),
-            options.worker_concurrency.to_string(),
-        ),
-    ];
-    // The gateway listens on a port of its choosing and says which in its ports file.
-    let ports = tempfile::tempdir()?;
-    let ports_file = ports.path().join("gateway.json");
-    let mut gateway_env = env.clone();
-    gateway_env.extend([
-        ("TASKWIRE_GATEWAY_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
-        (
-            stack::ENV_PORTS_FILE.to_owned(),
-            ports_file.display().to_string(),
-        ),
-    ]);
-    let mut gateway = stack::spawn(&ProcessSpec {
-        binary: "taskwire-gateway".into(),
-        args: Vec::new(),
-        env: gateway_env,
-        inherit_output: false,
-    })?;
-    let Ports {
-        grpc: Some(gateway_addr),
-        ..
-    } = stack::wait_for_ports(&mut gateway, &ports_file, Duration::from_secs(30)).await?
-    else {
-        anyhow::bail!("the gateway wrote no gRPC address to its ports file");
-    };
-    let gateway_url = format!("http://{gateway_addr}");
-    let worker_spec = ProcessSpec {
-        binary: "taskwire-magic-worker".into(),
-        args: Vec::new(),
-        env,
-        inherit_output: false,
-    };
-    let mut worker = stack::spawn(&worker_spec)?;
-    stack::wait_for_task(&gateway_url, TASK, Duration::from_secs(30)).await?;
-    let gateway_pid = gateway.id().context("gateway exited")?;
-    let worker_pid = worker.id().context("worker exited")?;
+    let nats_pid = own_nats.as_ref().and_then(NatsServer::pid);
+    let monitoring = own_nats
+        .as_ref()
+        .and_then(NatsServer::monitoring_url)
+        .map(str::to_owned);
+    let mut stack = Stack::start(&nats_url, 1, options.worker_concurrency).await?;
+    let rust_worker = WorkerKind::Rust { many_task_types: 0 };
+    stack
+        .start_worker(&rust_worker, None, Duration::from_secs(30))
+        .await?;
 
-    // Every result message is counted, so a task that got two results shows up.
-    let nats = async_nats::connect(nats_url.as_str()).await?;
-    let mut results_sub = nats.subscribe("taskwire.results.>").await?;
-    let result_counts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-    let counter = {
-        let counts = Arc::clone(&result_counts);
-        tokio::spawn(async move {
-            while let Some(msg) = results_sub.next().await {
-                // taskwire.results.<id>.<token>
-                let id = msg.subject.split('.').nth(2).unwrap_or_default().to_owned();
-                *counts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(id)
-                    .or_default() += 1;
-            }
-        })
-    };
-
-    let client = Client::connect(gateway_url.clone()).await?;
+    let nats = async_nats::connect(taskwire_protocol::servers(&nats_url)).await?;
+    let counter = ResultCounter::start(&nats).await?;
     progress("warming up");
-    load(&client, options.concurrency.min(64), 500).await;
-    result_counts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    load::load(&stack.client, options.concurrency.min(64), 500).await;
+    counter.counts().clear();
 
-    progress(&format!(
-        "{} tasks, {} in flight",
-        options.tasks, options.concurrency
-    ));
-    let started = Instant::now();
-    let samples = load(&client, options.concurrency, options.tasks).await;
-    let seconds = started.elapsed().as_secs_f64();
+    let compared = interleaved(
+        &stack,
+        &Settings {
+            nats_url: &nats_url,
+            servers: &[("nats_server", nats_pid)],
+            replicas: 1,
+            concurrency: options.concurrency,
+            tasks: options.tasks,
+            rounds: options.rounds.max(1),
+            monitoring: monitoring.as_deref(),
+        },
+        &progress,
+    )
+    .await?;
+    let mut report = compared.report();
+    report.insert("tasks".into(), options.tasks.into());
+    report.insert("concurrency".into(), options.concurrency.into());
 
     progress("round trips, one task at a time");
-    let mut roundtrips = Vec::with_capacity(options.roundtrips);
-    for i in 0..options.roundtrips {
-        let t0 = Instant::now();
-        let result: AddResult = client
-            .run(TASK, &args(i), Default::default(), Duration::from_secs(10))
-            .await?;
-        anyhow::ensure!(result.sum == i as i64 + 5, "wrong sum {}", result.sum);
-        roundtrips.push(t0.elapsed().as_secs_f64() * 1000.0);
-    }
-    roundtrips.sort_by(f64::total_cmp);
+    let trips = roundtrips(&stack.client, options.roundtrips).await?;
+    report.insert(
+        "roundtrip_p50_ms".into(),
+        round(percentile(&trips, 50.0), 3).into(),
+    );
+    report.insert(
+        "roundtrip_p99_ms".into(),
+        round(percentile(&trips, 99.0), 3).into(),
+    );
 
-    let bulk = if options.submit_many > 0 {
+    if options.submit_many > 0 {
         progress(&format!(
             "SubmitMany: {} tasks, {} a call",
             options.submit_many, options.submit_many_batch
         ));
-        let before = result_counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len();
+        let before = counter.counts().len();
         let started = Instant::now();
-        let stored = submit_many(&client, options.submit_many, options.submit_many_batch).await?;
+        let stored = submit_many(
+            &stack.client,
+            options.submit_many,
+            options.submit_many_batch,
+        )
+        .await?;
         let submit_seconds = started.elapsed().as_secs_f64();
         // Then until the worker has stored a result for each.
         let deadline = Instant::now() + Duration::from_secs(600);
-        while result_counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
-            < before + stored
-            && Instant::now() < deadline
-        {
+        while counter.counts().len() < before + stored && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let done_seconds = started.elapsed().as_secs_f64();
-        Some((stored, submit_seconds, done_seconds))
-    } else {
-        None
-    };
+        report.insert("submit_many_tasks".into(), stored.into());
+        report.insert("submit_many_batch".into(), options.submit_many_batch.into());
+        report.insert(
+            "submit_many_tasks_per_sec".into(),
+            round(stored as f64 / submit_seconds, 1).into(),
+        );
+        report.insert(
+            "submit_many_completed_per_sec".into(),
+            round(stored as f64 / done_seconds, 1).into(),
+        );
+    }
+    let (lost, duplicated) = counter.lost_and_duplicated(&compared.samples).await;
+    report.insert("lost".into(), lost.into());
+    report.insert("duplicated".into(), duplicated.into());
 
-    // Let stray duplicates arrive before counting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    counter.abort();
-    let (lost, duplicated) = {
-        let counts = result_counts.lock().unwrap_or_else(|e| e.into_inner());
-        let ids: Vec<&String> = samples.iter().filter_map(|s| s.id.as_ref()).collect();
-        let lost = samples.iter().filter(|s| !s.ok).count()
-            + ids
-                .iter()
-                .filter(|id| !counts.contains_key(id.as_str()))
-                .count();
-        let duplicated = counts.values().filter(|n| **n > 1).count();
-        (lost, duplicated)
-    };
-    let idle_worker = match own_nats.as_ref().and_then(NatsServer::monitoring_url) {
-        Some(monitoring) if !options.idle.is_zero() => {
-            progress("the worker idle");
-            Some(idle_messages(monitoring, options.idle).await?)
-        }
-        _ => None,
-    };
-    let mut worker_rss = stack::peak_rss_mib(worker_pid).unwrap_or(0.0);
-    stack::terminate(&mut worker, Duration::from_secs(10)).await;
-    let backlogs = if options.backlog > 0 {
+    if let Some(monitoring) = &monitoring
+        && !options.idle.is_zero()
+    {
+        progress("the worker idle");
+        let per_second = idle_messages(monitoring, options.idle).await?;
+        // The example worker serves one task type.
+        report.insert(
+            "idle_worker_msgs_per_sec".into(),
+            round(per_second, 2).into(),
+        );
+        report.insert("idle_worker_task_types".into(), 1.into());
+    }
+    let mut worker_rss = stack.worker_rss_mib();
+
+    if let Some(script) = &options.python_worker {
+        progress(&format!(
+            "{} tasks through the Python worker",
+            options.python_tasks
+        ));
+        let python = WorkerKind::Python {
+            interpreter: options.python.clone(),
+            script: script.clone(),
+        };
+        stack
+            .start_worker(&python, None, Duration::from_secs(60))
+            .await?;
+        load::load(&stack.client, options.concurrency.min(64), 500).await;
+        let started = Instant::now();
+        let samples = load::load(&stack.client, options.concurrency, options.python_tasks).await;
+        let per_second = options.python_tasks as f64 / started.elapsed().as_secs_f64();
+        let failed = samples.iter().filter(|s| !s.ok).count();
+        anyhow::ensure!(failed == 0, "{failed} tasks failed on the Python worker");
+        let rust = report
+            .get("tasks_per_sec")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        report.insert(
+            "python_worker_tasks_per_sec".into(),
+            round(per_second, 1).into(),
+        );
+        report.insert(
+            "python_worker_to_rust_worker".into(),
+            round(per_second / rust, 3).into(),
+        );
+        report.insert(
+            "python_worker_rss_mib".into(),
+            round(stack.worker_rss_mib(), 1).into(),
+        );
+    }
+    stack.stop_worker().await;
+
+    if options.backlog > 0 {
         // The same drain from a small backlog first: the large one is measured against it.
         let jetstream = async_nats::jetstream::new(nats.clone());
+        let spec = stack.rust_worker_spec(0);
         let mut drained = Vec::new();
         for tasks in [SMALL_BACKLOG, options.backlog] {
             progress(&format!("a backlog of {tasks} tasks, stored, then drained"));
             let run = backlog::drain(
-                &client,
+                &stack.client,
                 &jetstream,
-                &worker_spec,
+                &spec,
                 tasks,
                 options.submit_many_batch,
             )
             .await?;
             worker_rss = worker_rss.max(run.worker_rss_mib);
-            drained.push((tasks, run));
+            drained.push(run);
         }
-        Some(drained)
-    } else {
-        None
-    };
-    let gateway_rss = stack::peak_rss_mib(gateway_pid).unwrap_or(0.0);
-    stack::terminate(&mut gateway, Duration::from_secs(10)).await;
+        if let [small, large] = drained.as_slice() {
+            report.insert("backlog_tasks".into(), options.backlog.into());
+            report.insert(
+                "backlog_stored_per_sec".into(),
+                round(large.stored_per_sec, 1).into(),
+            );
+            report.insert(
+                "backlog_drained_per_sec".into(),
+                round(large.drained_per_sec, 1).into(),
+            );
+            report.insert(
+                "backlog_small_drained_per_sec".into(),
+                round(small.drained_per_sec, 1).into(),
+            );
+            report.insert(
+                "backlog_drain_ratio".into(),
+                round(large.drained_per_sec / small.drained_per_sec, 3).into(),
+            );
+        }
+    }
+    report.insert(
+        "gateway_rss_mib".into(),
+        round(stack.gateway_rss_mib(), 1).into(),
+    );
+    report.insert("worker_rss_mib".into(), round(worker_rss, 1).into());
 
-    progress("bare async-nats flow on the same server");
-    let raw = raw_jetstream(&nats_url, options.concurrency, options.tasks).await?;
-
-    let mut submit: Vec<f64> = samples
-        .iter()
-        .filter(|s| s.ok)
-        .map(|s| s.submit_ms)
-        .collect();
-    let mut e2e: Vec<f64> = samples.iter().filter(|s| s.ok).map(|s| s.e2e_ms).collect();
-    submit.sort_by(f64::total_cmp);
-    e2e.sort_by(f64::total_cmp);
-    let tasks_per_sec = options.tasks as f64 / seconds;
-    let report = serde_json::json!({
-        "tasks": options.tasks,
-        "concurrency": options.concurrency,
-        "seconds": round(seconds, 3),
-        "tasks_per_sec": round(tasks_per_sec, 1),
-        "submit_p50_ms": round(percentile(&submit, 50.0), 3),
-        "submit_p99_ms": round(percentile(&submit, 99.0), 3),
-        "e2e_p50_ms": round(percentile(&e2e, 50.0), 3),
-        "e2e_p99_ms": round(percentile(&e2e, 99.0), 3),
-        "roundtrip_p50_ms": round(percentile(&roundtrips, 50.0), 3),
-        "roundtrip_p99_ms": round(percentile(&roundtrips, 99.0), 3),
-        "lost": lost,
-        "duplicated": duplicated,
-        "gateway_rss_mib": round(gateway_rss, 1),
-        "worker_rss_mib": round(worker_rss, 1),
-        "raw_jetstream_tasks_per_sec": round(raw, 1),
-        "ratio_to_raw": round(tasks_per_sec / raw, 3),
-        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
-    });
-    let mut report = report;
-    if let Some((stored, submit_seconds, done_seconds)) = bulk {
-        report["submit_many_tasks"] = stored.into();
-        report["submit_many_batch"] = options.submit_many_batch.into();
-        report["submit_many_tasks_per_sec"] = round(stored as f64 / submit_seconds, 1).into();
-        report["submit_many_completed_per_sec"] = round(stored as f64 / done_seconds, 1).into();
+    if options.task_types > 0 {
+        let many = types::measure(
+            &mut stack,
+            options.task_types,
+            monitoring.as_deref(),
+            options.idle,
+            &progress,
+        )
+        .await?;
+        report.insert("many_task_types".into(), many.into());
     }
-    if let Some(drained) = &backlogs
-        && let [(_, small), (tasks, large)] = drained.as_slice()
-    {
-        report["backlog_tasks"] = (*tasks).into();
-        report["backlog_stored_per_sec"] = round(large.stored_per_sec, 1).into();
-        report["backlog_drained_per_sec"] = round(large.drained_per_sec, 1).into();
-        report["backlog_small_drained_per_sec"] = round(small.drained_per_sec, 1).into();
-        report["backlog_drain_ratio"] =
-            round(large.drained_per_sec / small.drained_per_sec, 3).into();
-    }
-    if let Some(per_second) = idle_worker {
-        // The example worker serves one task type.
-        report["idle_worker_msgs_per_sec"] = round(per_second, 2).into();
-        report["idle_worker_task_types"] = 1.into();
-    }
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    stack.stop().await;
     if let Some(mut server) = own_nats {
         server.stop().await;
     }
+
+    if options.cluster {
+        let cluster = on_a_cluster(&options, &progress).await?;
+        report.insert("cluster".into(), cluster.into());
+    }
+    report.insert("machine".into(), machine());
+    report.insert(
+        "profile".into(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .into(),
+    );
+    println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
     Ok(())
 }
 
-/// Stores `tasks` tasks with SubmitMany, `batch` a call; how many were stored.
-async fn submit_many(client: &Client, tasks: usize, batch: usize) -> anyhow::Result<usize> {
-    let mut stored = 0usize;
-    let mut offset = 0;
-    while offset < tasks {
-        let n = batch.min(tasks - offset).max(1);
-        let requests: Vec<_> = (offset..offset + n)
-            .map(|i| taskwire_client::request(TASK, &args(i), Default::default()))
-            .collect();
-        let response = client.submit_many(requests).await?;
-        anyhow::ensure!(
-            response.refused == 0,
-            "SubmitMany refused {} tasks: {:?}",
-            response.refused,
-            response.results.iter().find(|r| r.task_id.is_empty())
-        );
-        stored += response.submitted as usize;
-        offset += n;
-    }
-    Ok(stored)
-}
-
-fn args(i: usize) -> AddArgs {
-    AddArgs {
-        arg1: i as i64,
-        arg2: 2,
-        arg3: 3,
-    }
-}
-
-struct Sample {
-    id: Option<String>,
-    ok: bool,
-    submit_ms: f64,
-    e2e_ms: f64,
-}
-
-/// `concurrency` loops, each submitting a task and waiting for its result, until `tasks` are
-/// done.
-async fn load(client: &Client, concurrency: usize, tasks: usize) -> Vec<Sample> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut loops = Vec::new();
-    for _ in 0..concurrency.max(1) {
-        let client = client.clone();
-        let next = Arc::clone(&next);
-        loops.push(tokio::spawn(async move {
-            let mut samples = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= tasks {
-                    return samples;
-                }
-                let t0 = Instant::now();
-                let submitted = client
-                    .submit_and_wait(
-                        TASK,
-                        taskwire::v1::submit_request::Args::ArgsProto(args(i).encode_to_vec()),
-                        Default::default(),
-                        Duration::from_secs(60),
-                        false,
-                    )
-                    .await;
-                let submit_ms = t0.elapsed().as_secs_f64() * 1000.0;
-                let Ok(pending) = submitted else {
-                    samples.push(Sample { id: None, ok: false, submit_ms, e2e_ms: 0.0 });
-                    continue;
-                };
-                let id = pending.id().to_owned();
-                let ok = matches!(
-                    pending.finish().await,
-                    Ok(info) if info.state() == taskwire::v1::TaskState::Succeeded
-                        && AddResult::decode(info.result.as_slice()).is_ok_and(|r| r.sum == i as i64 + 5)
-                );
-                samples.push(Sample {
-                    id: Some(id),
-                    ok,
-                    submit_ms,
-                    e2e_ms: t0.elapsed().as_secs_f64() * 1000.0,
-                });
-            }
-        }));
-    }
-    let mut all = Vec::with_capacity(tasks);
-    for l in loops {
-        if let Ok(samples) = l.await {
-            all.extend(samples);
-        }
-    }
-    all
+/// The rounds and round trips on a three-node cluster, every stream at three replicas.
+async fn on_a_cluster(
+    options: &Options,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<serde_json::Map<String, Value>> {
+    progress("a three-node cluster, streams at three replicas");
+    let mut cluster = NatsCluster::start_temporary(3).await?;
+    let urls = cluster.urls();
+    let servers: Vec<(&'static str, Option<u32>)> = ["n1", "n2", "n3"]
+        .into_iter()
+        .map(|name| (name, cluster.server_mut(name).and_then(|s| s.pid())))
+        .collect();
+    let mut stack = Stack::start(&urls, 3, options.worker_concurrency).await?;
+    stack
+        .start_worker(
+            &WorkerKind::Rust { many_task_types: 0 },
+            None,
+            Duration::from_secs(60),
+        )
+        .await?;
+    load::load(&stack.client, options.concurrency.min(64), 500).await;
+    let compared = interleaved(
+        &stack,
+        &Settings {
+            nats_url: &urls,
+            servers: &servers,
+            replicas: 3,
+            concurrency: options.concurrency,
+            tasks: options.cluster_tasks,
+            rounds: options.rounds.max(1),
+            monitoring: None,
+        },
+        progress,
+    )
+    .await?;
+    let mut report = compared.report();
+    report.insert("tasks".into(), options.cluster_tasks.into());
+    let trips = roundtrips(&stack.client, options.roundtrips).await?;
+    report.insert(
+        "roundtrip_p50_ms".into(),
+        round(percentile(&trips, 50.0), 3).into(),
+    );
+    report.insert(
+        "roundtrip_p99_ms".into(),
+        round(percentile(&trips, 99.0), 3).into(),
+    );
+    let failed = compared.samples.iter().filter(|s| !s.ok).count();
+    report.insert("lost".into(), failed.into());
+    report.insert(
+        "gateway_rss_mib".into(),
+        round(stack.gateway_rss_mib(), 1).into(),
+    );
+    report.insert(
+        "worker_rss_mib".into(),
+        round(stack.worker_rss_mib(), 1).into(),
+    );
+    stack.stop().await;
+    drop(cluster);
+    Ok(report)
 }

@@ -12,14 +12,15 @@ use futures::StreamExt as _;
 use tokio::sync::{Semaphore, oneshot};
 
 /// The same flow with bare async-nats: publish a task and wait for its PubAck, pull it, publish
-/// the result and wait for its PubAck, ack the task, and the producer sees the result. Returns
-/// tasks per second.
+/// the result and wait for its PubAck, ack the task, and the producer sees the result, with
+/// streams of `replicas` copies. Returns tasks per second.
 pub(super) async fn raw_jetstream(
     url: &str,
+    replicas: usize,
     concurrency: usize,
     tasks: usize,
 ) -> anyhow::Result<f64> {
-    let client = async_nats::connect(url).await?;
+    let client = async_nats::connect(taskwire_protocol::servers(url)).await?;
     let js = jetstream::new(client.clone());
     let _ = js.delete_stream("BENCH_RAW_TASKS").await;
     let _ = js.delete_stream("BENCH_RAW_RESULTS").await;
@@ -28,6 +29,7 @@ pub(super) async fn raw_jetstream(
             name: "BENCH_RAW_TASKS".into(),
             subjects: vec!["bench.raw.tasks".into()],
             retention: stream::RetentionPolicy::WorkQueue,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await?;
@@ -35,6 +37,7 @@ pub(super) async fn raw_jetstream(
         name: "BENCH_RAW_RESULTS".into(),
         subjects: vec!["bench.raw.results.*".into()],
         max_messages_per_subject: 1,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await?;
