@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use prost::Message as _;
-use taskwire::task::Id;
+use taskwire::task::{Id, Name};
 use taskwire::v1;
 use taskwire_protocol::{self as broker, subject};
 
@@ -206,77 +206,99 @@ impl Gateway {
         self.queues_of(&workers).await
     }
 
-    /// [`Self::queues`], with the live workers read already.
+    /// [`Self::queues`], with the live workers read already. The task types are read side by
+    /// side (a few at a time), so that a registry of a thousand answers in well under a second.
     pub(crate) async fn queues_of(
         &self,
         workers: &[v1::WorkerInfo],
     ) -> Result<Vec<v1::QueueInfo>, Error> {
+        /// Task types read at once.
+        const AT_ONCE: usize = 32;
         self.check_connected()?;
-        let mut queues = Vec::new();
-        for task in self.registry.list() {
-            let serving = workers
-                .iter()
-                .filter(|w| w.tasks.iter().any(|t| t == task.name.as_str()))
-                .count() as u64;
-            let mut dead = 0u64;
-            let mut subjects = self
-                .broker
-                .dead
-                .info_with_subjects(subject::dead_of_type(&task.name))
-                .await
-                .map_err(|e| self.broker_error(e))?;
-            while let Some(Ok((_, count))) = subjects.next().await {
-                dead += count as u64;
-            }
-            for priority in broker::PRIORITIES {
-                let name = broker::consumer_name(&task.name, priority);
-                let mut queue = v1::QueueInfo {
-                    task: task.name.to_string(),
-                    priority: broker::priority_name(priority).to_owned(),
-                    workers: serving,
-                    ..Default::default()
-                };
-                match self.broker.tasks.consumer_info(&name).await {
-                    Ok(info) => {
-                        queue.queued = info.num_pending;
-                        queue.in_flight = info.num_ack_pending as u64;
-                        queue.redelivered = info.num_redelivered as u64;
-                        queue.waiting_pulls = info.num_waiting as u64;
-                        queue.delivered_total = info.delivered.consumer_sequence;
-                    }
-                    // No worker has served it yet: count what waits on its subject.
-                    Err(_) => {
-                        let mut subjects = self
-                            .broker
-                            .tasks
-                            .info_with_subjects(subject::task_at(&task.name, priority))
-                            .await
-                            .map_err(|e| self.broker_error(e))?;
-                        while let Some(Ok((_, count))) = subjects.next().await {
-                            queue.queued += count as u64;
-                        }
-                    }
+        let types = self.registry.list();
+        let count = types.len();
+        let mut reads = futures::stream::iter(types)
+            .map(|task| {
+                let serving = workers
+                    .iter()
+                    .filter(|w| w.tasks.iter().any(|t| t == task.name.as_str()))
+                    .count() as u64;
+                async move { self.queues_of_type(&task.name, serving).await }
+            })
+            .buffer_unordered(AT_ONCE);
+        let mut queues = Vec::with_capacity(count * broker::PRIORITIES.len());
+        while let Some(of_type) = reads.next().await {
+            queues.extend(of_type?);
+        }
+        // Stable: each type's queues keep their order of priority.
+        queues.sort_by(|a, b| a.task.cmp(&b.task));
+        Ok(queues)
+    }
+
+    /// The queues of one task type, one per priority, served by `serving` live workers.
+    async fn queues_of_type(
+        &self,
+        name: &Name,
+        serving: u64,
+    ) -> Result<Vec<v1::QueueInfo>, Error> {
+        let mut dead = 0u64;
+        let mut subjects = self
+            .broker
+            .dead
+            .info_with_subjects(subject::dead_of_type(name))
+            .await
+            .map_err(|e| self.broker_error(e))?;
+        while let Some(Ok((_, count))) = subjects.next().await {
+            dead += count as u64;
+        }
+        let mut queues = Vec::with_capacity(broker::PRIORITIES.len());
+        for priority in broker::PRIORITIES {
+            let consumer = broker::consumer_name(name, priority);
+            let mut queue = v1::QueueInfo {
+                task: name.to_string(),
+                priority: broker::priority_name(priority).to_owned(),
+                workers: serving,
+                ..Default::default()
+            };
+            match self.broker.tasks.consumer_info(&consumer).await {
+                Ok(info) => {
+                    queue.queued = info.num_pending;
+                    queue.in_flight = info.num_ack_pending as u64;
+                    queue.redelivered = info.num_redelivered as u64;
+                    queue.waiting_pulls = info.num_waiting as u64;
+                    queue.delivered_total = info.delivered.consumer_sequence;
                 }
-                if queue.queued + queue.in_flight > 0
-                    && let Ok(oldest) = self
+                // No worker has served it yet: count what waits on its subject.
+                Err(_) => {
+                    let mut subjects = self
                         .broker
                         .tasks
-                        .get_first_raw_message_by_subject(subject::task_at(&task.name, priority), 0)
+                        .info_with_subjects(subject::task_at(name, priority))
                         .await
-                {
-                    let stored = SystemTime::from(oldest.time);
-                    let waited = SystemTime::now()
-                        .duration_since(stored)
-                        .unwrap_or(Duration::ZERO);
-                    queue.oldest_waiting = prost_types::Duration::try_from(waited).ok();
+                        .map_err(|e| self.broker_error(e))?;
+                    while let Some(Ok((_, count))) = subjects.next().await {
+                        queue.queued += count as u64;
+                    }
                 }
-                if priority == v1::Priority::Normal {
-                    queue.dead_letters = dead;
-                }
-                queues.push(queue);
             }
+            if queue.queued + queue.in_flight > 0
+                && let Ok(oldest) = self
+                    .broker
+                    .tasks
+                    .get_first_raw_message_by_subject(subject::task_at(name, priority), 0)
+                    .await
+            {
+                let stored = SystemTime::from(oldest.time);
+                let waited = SystemTime::now()
+                    .duration_since(stored)
+                    .unwrap_or(Duration::ZERO);
+                queue.oldest_waiting = prost_types::Duration::try_from(waited).ok();
+            }
+            if priority == v1::Priority::Normal {
+                queue.dead_letters = dead;
+            }
+            queues.push(queue);
         }
-        queues.sort_by(|a, b| a.task.cmp(&b.task));
         Ok(queues)
     }
 

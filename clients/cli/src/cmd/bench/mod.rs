@@ -245,6 +245,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         "roundtrip_p99_ms".into(),
         round(percentile(&trips, 99.0), 3).into(),
     );
+    // The same one at a time with bare async-nats: its mean round trip.
+    let raw_one = raw::raw_jetstream(&nats_url, 1, 1, options.roundtrips.max(1)).await?;
+    report.insert(
+        "raw_roundtrip_mean_ms".into(),
+        round(1000.0 / raw_one, 3).into(),
+    );
+    report.insert(
+        "roundtrip_mean_ms".into(),
+        round(trips.iter().sum::<f64>() / trips.len().max(1) as f64, 3).into(),
+    );
 
     if options.submit_many > 0 {
         progress(&format!(
@@ -455,6 +465,15 @@ async fn on_a_cluster(
     report.insert(
         "roundtrip_p99_ms".into(),
         round(percentile(&trips, 99.0), 3).into(),
+    );
+    let raw_one = raw::raw_jetstream(&urls, 3, 1, options.roundtrips.max(1)).await?;
+    report.insert(
+        "raw_roundtrip_mean_ms".into(),
+        round(1000.0 / raw_one, 3).into(),
+    );
+    report.insert(
+        "roundtrip_mean_ms".into(),
+        round(trips.iter().sum::<f64>() / trips.len().max(1) as f64, 3).into(),
     );
     let failed = compared.samples.iter().filter(|s| !s.ok).count();
     report.insert("lost".into(), failed.into());
