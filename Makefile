@@ -113,11 +113,23 @@ fixture: ## Build the project outside the workspace that uses taskwire by path
 # Every figure in one JSON object: three interleaved rounds of 100,000 tasks against the raw
 # flow, round trips, SubmitMany, a backlog of a million, 1,000 task types, the Python worker and
 # a three-node cluster. BENCH_FLAGS replaces those flags (e.g. BENCH_FLAGS="--tasks 20000").
+# Celery and Redis for the comparison: Celery in a venv of its own; redis-server from the system
+# (installed with apt-get when run as root; without it the JSON says the comparison was skipped).
+CELERY_VENV := $(TOOLS)/celery-venv
+CELERY_DEPS := $(CELERY_VENV)/.deps-5.7.0
 BENCH_FLAGS ?= --tasks 100000 --rounds 3 --submit-many 100000 --backlog 1000000 --task-types 1000 \
-	--python-worker clients/python/examples/worker.py --cluster
-bench: $(NATS_SERVER) $(PYTHON_DEPS) ## Measure throughput, latency, memory and idle cost (release build), printing JSON
+	--python-worker clients/python/examples/worker.py --celery-script clients/python/bench/celery_flow.py \
+	--celery-python $(CELERY_VENV)/bin/python --cluster
+bench: $(NATS_SERVER) $(PYTHON_DEPS) $(CELERY_DEPS) ## Measure throughput, latency, memory and idle cost (release build), printing JSON
 	$(CARGO) build --release --workspace --bins
 	./target/release/taskwire bench $(BENCH_FLAGS) --json
+
+$(CELERY_DEPS):
+	$(PYTHON) -m venv $(CELERY_VENV)
+	$(CELERY_VENV)/bin/pip install -q celery==5.7.0 redis packaging
+	command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get install -y -qq redis-server; } || true
+	touch $@
 
 chaos: $(NATS_SERVER) build ## Fault drills at full size (10,000 tasks each), one JSON line per drill
 	./target/debug/taskwire-chaos --tasks $${CHAOS_TASKS:-10000}

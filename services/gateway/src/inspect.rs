@@ -236,11 +236,7 @@ impl Gateway {
     }
 
     /// The queues of one task type, one per priority, served by `serving` live workers.
-    async fn queues_of_type(
-        &self,
-        name: &Name,
-        serving: u64,
-    ) -> Result<Vec<v1::QueueInfo>, Error> {
+    async fn queues_of_type(&self, name: &Name, serving: u64) -> Result<Vec<v1::QueueInfo>, Error> {
         let mut dead = 0u64;
         let mut subjects = self
             .broker

@@ -83,6 +83,16 @@ pub struct Options {
     /// Tasks through the Python worker.
     #[arg(long, default_value_t = 20_000)]
     pub python_tasks: usize,
+    /// Then the same flow with Celery and Redis: this script (clients/python/bench/celery_flow.py)
+    /// run by `--celery-python`, which prints its tasks per second.
+    #[arg(long)]
+    pub celery_script: Option<PathBuf>,
+    /// The Python interpreter for `--celery-script`, with Celery installed.
+    #[arg(long, default_value = "python3")]
+    pub celery_python: String,
+    /// Tasks through Celery.
+    #[arg(long, default_value_t = 20_000)]
+    pub celery_tasks: usize,
     /// Then the rounds and round trips again on a three-node cluster with every stream at
     /// three replicas.
     #[arg(long)]
@@ -402,6 +412,25 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         server.stop().await;
     }
 
+    if let Some(script) = &options.celery_script {
+        progress(&format!(
+            "{} tasks through Celery and Redis",
+            options.celery_tasks
+        ));
+        let celery = celery_flow(&options, script).await?;
+        if let Some(per_second) = celery.get("tasks_per_sec").and_then(Value::as_f64) {
+            for (key, ours) in [
+                ("rust_worker_to_celery", "tasks_per_sec"),
+                ("python_worker_to_celery", "python_worker_tasks_per_sec"),
+            ] {
+                if let Some(ours) = report.get(ours).and_then(Value::as_f64) {
+                    report.insert(key.into(), round(ours / per_second, 2).into());
+                }
+            }
+        }
+        report.insert("celery".into(), celery);
+    }
+
     if options.cluster {
         let cluster = on_a_cluster(&options, &progress).await?;
         report.insert("cluster".into(), cluster.into());
@@ -418,6 +447,28 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     );
     println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
     Ok(())
+}
+
+/// The Celery run: the JSON object its script prints.
+async fn celery_flow(options: &Options, script: &std::path::Path) -> anyhow::Result<Value> {
+    let output = tokio::process::Command::new(&options.celery_python)
+        .arg(script)
+        .args(["--tasks", &options.celery_tasks.to_string()])
+        .args(["--concurrency", &options.concurrency.min(64).to_string()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("running {}: {e}", script.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .map_err(|e| anyhow::anyhow!("{} printed no JSON ({e}): {text}", script.display()))
 }
 
 /// The rounds and round trips on a three-node cluster, every stream at three replicas.
