@@ -195,6 +195,7 @@ conformance!(
     a_known_key_runs_once,
     limits_set_after_a_broker_restart_are_followed,
     a_tick_is_one_task_named_by_its_time,
+    an_idle_worker_after_a_burst_only_waits,
 );
 
 /// `61/m` is 61 starts in any minute across four workers, by the broker's clock: not rounded up
@@ -293,6 +294,83 @@ async fn idle_workers_write_no_slots_and_count_no_starts(runtime: Runtime) -> an
         .await?;
     let info = system.client.wait(&late.task_id, WAIT, false).await?;
     assert_eq!(info.state(), TaskState::Succeeded);
+    Ok(())
+}
+
+/// Messages the workers have sent the server: the `in_msgs` of their connections in `/connz`.
+async fn worker_messages(system: &System) -> anyhow::Result<u64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let monitoring = system
+        .nats
+        .monitoring_url()
+        .and_then(|m| m.strip_prefix("http://"))
+        .ok_or_else(|| anyhow::anyhow!("the server has no monitoring endpoint"))?;
+    let mut stream = tokio::net::TcpStream::connect(monitoring).await?;
+    stream
+        .write_all(format!("GET /connz HTTP/1.0\r\nHost: {monitoring}\r\n\r\n").as_bytes())
+        .await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let text = String::from_utf8_lossy(&answer);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let connz: serde_json::Value = serde_json::from_str(body)?;
+    Ok(connz["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            c["name"].as_str().is_some_and(|n| {
+                n.starts_with("taskwire-worker") || n.starts_with("taskwire-python-worker")
+            })
+        })
+        .filter_map(|c| c["in_msgs"].as_u64())
+        .sum())
+}
+
+/// After a burst of short tasks (a worker going busy and idle many times over), an idle worker
+/// only holds its waiting pulls, as before it: no round of looks after another.
+async fn an_idle_worker_after_a_burst_only_waits(runtime: Runtime) -> anyhow::Result<()> {
+    let system = System::start(runtime, 1).await?;
+    // As many in flight as the worker has slots, for longer than a waiting pull lasts (10 s):
+    // its queue runs empty while every slot is taken, again and again, and the waiting pulls
+    // made while idle run out while it is busy.
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut loops = Vec::new();
+    for l in 0..100 {
+        let client = system.client.clone();
+        loops.push(tokio::spawn(async move {
+            let mut i = 0;
+            while Instant::now() < until {
+                i += 1;
+                let args = sleep(1, &format!("burst-{l}-{i}"));
+                let pending = client
+                    .submit_and_wait(
+                        SLEEP,
+                        v1::submit_request::Args::ArgsProto(prost::Message::encode_to_vec(&args)),
+                        SubmitOptions::default(),
+                        WAIT,
+                        false,
+                    )
+                    .await?;
+                let info = pending.finish().await?;
+                anyhow::ensure!(info.state() == TaskState::Succeeded, "{info:?}");
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for l in loops {
+        l.await??;
+    }
+    // The last results settle; then ten seconds idle. A served task type costs an idle worker
+    // three waiting pulls per 10 s (eight types for the Rust worker, six for the Python one),
+    // and its heartbeat one write per 5 s: some 30 messages. A worker that looks at its levels
+    // round after round sends thousands.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = worker_messages(&system).await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let sent = worker_messages(&system).await? - before;
+    println!("{runtime:?}: an idle worker sent {sent} messages in 10 s after a burst");
+    assert!(sent <= 100, "an idle worker sent {sent} messages in 10 s");
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! worker waits with one long pull request per level.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
@@ -48,23 +48,40 @@ pub(crate) const PULL_SLACK: Duration = Duration::from_secs(5);
 /// than levels.
 const IDLE_ORDER: [usize; 3] = [NORMAL, 0, 2];
 
-/// The waiting pulls of an idle worker: which levels have one, whether the worker is still
-/// idle (a waiting pull that expires is made again only then), and the signal that one handed
-/// over a task (the worker is busy again) or ended.
+/// The waiting pulls of an idle worker: which levels have one (the number of the watcher that
+/// holds it, 0 for none), whether the worker is still idle (a waiting pull that expires is made
+/// again only then), and the signal that one handed over a task (the worker is busy again) or
+/// ended by itself. A watcher the loop ends is no news to it: it does not signal, and the level
+/// is free at once, so that the loop's next idle wait makes a new one.
 #[derive(Default)]
 struct Waiting {
-    levels: [AtomicBool; 3],
+    levels: [AtomicU64; 3],
+    watchers: AtomicU64,
     idle: AtomicBool,
     woke: tokio::sync::Notify,
 }
 
 impl Waiting {
     fn at(&self, level: usize) -> bool {
-        self.levels[level].load(Ordering::Acquire)
+        self.levels[level].load(Ordering::Acquire) != 0
     }
 
-    fn set(&self, level: usize, waiting: bool) {
-        self.levels[level].store(waiting, Ordering::Release);
+    /// A new watcher holds the level: its number.
+    fn claim(&self, level: usize) -> u64 {
+        let watcher = self.watchers.fetch_add(1, Ordering::AcqRel) + 1;
+        self.levels[level].store(watcher, Ordering::Release);
+        watcher
+    }
+
+    /// The watcher `watcher` ended: the level is free, unless the loop has given it to another.
+    fn release(&self, level: usize, watcher: u64) {
+        let _ =
+            self.levels[level].compare_exchange(watcher, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The loop ended the level's watcher: the level is free now.
+    fn take_back(&self, level: usize) {
+        self.levels[level].store(0, Ordering::Release);
     }
 
     fn idle(&self) -> bool {
@@ -245,7 +262,7 @@ pub(crate) async fn pull_loop(
             if level == NORMAL {
                 normal_end = end.clone();
             }
-            waiting.set(level, true);
+            let watcher = waiting.claim(level);
             tracker.spawn(wait_at(
                 Arc::clone(&served),
                 consumers[level].clone(),
@@ -255,6 +272,7 @@ pub(crate) async fn pull_loop(
                 Ends {
                     stop: stop.clone(),
                     end,
+                    watcher,
                 },
                 tracker.clone(),
                 connects.clone(),
@@ -270,7 +288,10 @@ pub(crate) async fn pull_loop(
         waiting.idle.store(false, Ordering::Release);
         // Back at work (or time to look): the waiting pull at normal hands its slots back, and
         // every level is looked at.
-        normal_end.cancel();
+        if !normal_end.is_cancelled() {
+            normal_end.cancel();
+            waiting.take_back(NORMAL);
+        }
         quiet_until = [Instant::now(); 3];
     }
 }
@@ -332,6 +353,8 @@ async fn wait_on_normal(
 struct Ends {
     stop: CancellationToken,
     end: CancellationToken,
+    /// The watcher's number at its level (see [`Waiting::claim`]).
+    watcher: u64,
 }
 
 /// Waiting pulls at `level` in the slots `reserved` (one for high and low), made again as they
@@ -424,10 +447,14 @@ async fn wait_at(
             }
         }
     }
-    waiting.set(level, false);
+    waiting.release(level, ends.watcher);
     drop(reserved);
-    // Busy again, or this level has no waiting pull now: the loop looks.
-    waiting.woke.notify_one();
+    // Busy again, or this level has no waiting pull now: the loop looks. Not when the loop or
+    // the worker's stop ended it: a signal then would wake a later idle wait for nothing, and
+    // that wait's watcher, ended in turn, would wake the next, and so on.
+    if !ends.end.is_cancelled() && !ends.stop.is_cancelled() {
+        waiting.woke.notify_one();
+    }
 }
 
 /// Starts a pulled task in one of the reserved slots.
