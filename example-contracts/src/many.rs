@@ -139,7 +139,8 @@ mod tests {
         assert_eq!(services.len(), 3);
         let mut names = Vec::new();
         for service in &services {
-            let types = TaskType::all_in(service.file_descriptor_set()).unwrap();
+            let types = TaskType::all_in(service.file_descriptor_set())
+                .expect("a generated service describes its task types");
             assert_eq!(types.len(), service.tasks().len());
             names.extend(types.into_iter().map(|t| t.name.to_string()));
         }
