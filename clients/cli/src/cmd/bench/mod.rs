@@ -313,7 +313,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         );
         report.insert("idle_worker_task_types".into(), 1.into());
     }
-    let mut worker_rss = stack.worker_rss_mib();
+    let worker_rss = stack.worker_rss_mib();
 
     if let Some(script) = &options.python_worker {
         progress(&format!(
@@ -352,7 +352,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     stack.stop_worker().await;
 
+    report.insert(
+        "gateway_rss_mib".into(),
+        round(stack.gateway_rss_mib(), 1).into(),
+    );
+    report.insert("worker_rss_mib".into(), round(worker_rss, 1).into());
+
     if options.backlog > 0 {
+        stack.reset_gateway_peak();
         // The same drain from a small backlog first: the large one is measured against it.
         let jetstream = async_nats::jetstream::new(nats.clone());
         let spec = stack.rust_worker_spec(0);
@@ -367,7 +374,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 options.submit_many_batch,
             )
             .await?;
-            worker_rss = worker_rss.max(run.worker_rss_mib);
             drained.push(run);
         }
         if let [small, large] = drained.as_slice() {
@@ -388,13 +394,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 "backlog_drain_ratio".into(),
                 round(large.drained_per_sec / small.drained_per_sec, 3).into(),
             );
+            // Peaks while the backlogs were stored and drained.
+            report.insert(
+                "backlog_gateway_rss_mib".into(),
+                round(stack.gateway_rss_mib(), 1).into(),
+            );
+            report.insert(
+                "backlog_worker_rss_mib".into(),
+                round(small.worker_rss_mib.max(large.worker_rss_mib), 1).into(),
+            );
         }
     }
-    report.insert(
-        "gateway_rss_mib".into(),
-        round(stack.gateway_rss_mib(), 1).into(),
-    );
-    report.insert("worker_rss_mib".into(), round(worker_rss, 1).into());
 
     if options.task_types > 0 {
         let many = types::measure(

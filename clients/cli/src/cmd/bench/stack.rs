@@ -150,6 +150,14 @@ impl Stack {
             .unwrap_or(0.0)
     }
 
+    /// Starts the gateway's peak memory over from its present size (Linux: `clear_refs`), so that
+    /// a later [`Self::gateway_rss_mib`] is the peak of what came after.
+    pub(super) fn reset_gateway_peak(&self) {
+        if let Some(pid) = self.gateway_pid {
+            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        }
+    }
+
     /// Stops the worker (SIGTERM, then its drain).
     pub(super) async fn stop_worker(&mut self) {
         if let Some(mut worker) = self.worker.take() {
