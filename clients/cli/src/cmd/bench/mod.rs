@@ -246,25 +246,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     report.insert("concurrency".into(), options.concurrency.into());
 
     progress("round trips, one task at a time");
-    let trips = roundtrips(&stack.client, options.roundtrips).await?;
-    report.insert(
-        "roundtrip_p50_ms".into(),
-        round(percentile(&trips, 50.0), 3).into(),
-    );
-    report.insert(
-        "roundtrip_p99_ms".into(),
-        round(percentile(&trips, 99.0), 3).into(),
-    );
-    // The same one at a time with bare async-nats: its mean round trip.
-    let raw_one = raw::raw_jetstream(&nats_url, 1, 1, options.roundtrips.max(1)).await?;
-    report.insert(
-        "raw_roundtrip_mean_ms".into(),
-        round(1000.0 / raw_one, 3).into(),
-    );
-    report.insert(
-        "roundtrip_mean_ms".into(),
-        round(trips.iter().sum::<f64>() / trips.len().max(1) as f64, 3).into(),
-    );
+    round_trips(&mut report, &stack, &nats_url, 1, options.roundtrips).await?;
 
     if options.submit_many > 0 {
         progress(&format!(
@@ -481,6 +463,29 @@ async fn celery_flow(options: &Options, script: &std::path::Path) -> anyhow::Res
         .map_err(|e| anyhow::anyhow!("{} printed no JSON ({e}): {text}", script.display()))
 }
 
+/// `count` round trips one task at a time through the gateway (their p50, p99 and mean), and as
+/// many with bare async-nats on `nats_url` with streams of `replicas` (their mean).
+async fn round_trips(
+    report: &mut serde_json::Map<String, Value>,
+    stack: &Stack,
+    nats_url: &str,
+    replicas: usize,
+    count: usize,
+) -> anyhow::Result<()> {
+    let trips = roundtrips(&stack.client, count).await?;
+    let mean = trips.iter().sum::<f64>() / trips.len().max(1) as f64;
+    let raw_one = raw::raw_jetstream(nats_url, replicas, 1, count.max(1)).await?;
+    for (key, ms) in [
+        ("roundtrip_p50_ms", percentile(&trips, 50.0)),
+        ("roundtrip_p99_ms", percentile(&trips, 99.0)),
+        ("roundtrip_mean_ms", mean),
+        ("raw_roundtrip_mean_ms", 1000.0 / raw_one),
+    ] {
+        report.insert(key.into(), round(ms, 3).into());
+    }
+    Ok(())
+}
+
 /// The rounds and round trips on a three-node cluster, every stream at three replicas.
 async fn on_a_cluster(
     options: &Options,
@@ -518,24 +523,7 @@ async fn on_a_cluster(
     .await?;
     let mut report = compared.report();
     report.insert("tasks".into(), options.cluster_tasks.into());
-    let trips = roundtrips(&stack.client, options.roundtrips).await?;
-    report.insert(
-        "roundtrip_p50_ms".into(),
-        round(percentile(&trips, 50.0), 3).into(),
-    );
-    report.insert(
-        "roundtrip_p99_ms".into(),
-        round(percentile(&trips, 99.0), 3).into(),
-    );
-    let raw_one = raw::raw_jetstream(&urls, 3, 1, options.roundtrips.max(1)).await?;
-    report.insert(
-        "raw_roundtrip_mean_ms".into(),
-        round(1000.0 / raw_one, 3).into(),
-    );
-    report.insert(
-        "roundtrip_mean_ms".into(),
-        round(trips.iter().sum::<f64>() / trips.len().max(1) as f64, 3).into(),
-    );
+    round_trips(&mut report, &stack, &urls, 3, options.roundtrips).await?;
     let failed = compared.samples.iter().filter(|s| !s.ok).count();
     report.insert("lost".into(), failed.into());
     report.insert(
