@@ -280,10 +280,17 @@ pub(crate) async fn pull_loop(
         }
         // (A level without one, its slot still taken by a task, is looked at every IDLE_LOOK.)
         let unwatched = IDLE_ORDER.iter().any(|l| !waiting.at(*l));
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = waiting.woke.notified() => {}
-            () = tokio::time::sleep(IDLE_LOOK), if unwatched => {}
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = waiting.woke.notified() => {}
+                () = tokio::time::sleep(IDLE_LOOK), if unwatched => {}
+            }
+            // A watcher that signals has left its level first: with every level still watched,
+            // the signal is an old one (left while the loop was busy) and there is nothing to do.
+            if IDLE_ORDER.iter().any(|l| !waiting.at(*l)) {
+                break;
+            }
         }
         waiting.idle.store(false, Ordering::Release);
         // Back at work (or time to look): the waiting pull at normal hands its slots back, and
@@ -403,7 +410,9 @@ async fn wait_at(
                 continue;
             }
         };
-        let bound = tokio::time::Instant::now() + IDLE_PULL + PULL_SLACK;
+        let made = tokio::time::Instant::now();
+        let bound = made + IDLE_PULL + PULL_SLACK;
+        let mut handed_over = false;
         loop {
             let next = tokio::select! {
                 () = ends.stop.cancelled() => {
@@ -414,12 +423,17 @@ async fn wait_at(
                     release_prefetched(&served, &mut messages).await;
                     break 'pulls;
                 }
-                _ = connects.changed() => break,
+                _ = connects.changed() => {
+                    // Made again at once: a restarted server forgot it.
+                    handed_over = true;
+                    break;
+                }
                 () = tokio::time::sleep_until(bound) => break,
                 next = messages.next() => next,
             };
             match next {
                 Some(Ok(message)) => {
+                    handed_over = true;
                     let grant = if limited {
                         Some(served.limits.deferred(&served.task))
                     } else {
@@ -444,6 +458,15 @@ async fn wait_at(
                 }
                 // Complete, or expired.
                 None => break,
+            }
+        }
+        // A pull the server ended at once without a task (it refused it: too many pull
+        // requests wait on the consumer, say) is made again after a moment, not in a loop.
+        if !handed_over && made.elapsed() < IDLE_PULL / 2 {
+            tokio::select! {
+                () = ends.stop.cancelled() => {}
+                () = ends.end.cancelled() => {}
+                () = tokio::time::sleep(IDLE_LOOK) => {}
             }
         }
     }
