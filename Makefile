@@ -128,7 +128,7 @@ $(CELERY_DEPS):
 	$(PYTHON) -m venv $(CELERY_VENV)
 	$(CELERY_VENV)/bin/pip install -q celery==5.7.0 redis packaging
 	command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-		&& apt-get install -y -qq redis-server; } || true
+		&& apt-get update -qq && apt-get install -y -qq redis-server; } || true
 	touch $@
 
 chaos: $(NATS_SERVER) build ## Fault drills at full size (10,000 tasks each), one JSON line per drill
