@@ -13,7 +13,7 @@ mod process;
 
 pub use nats::{ENV_NATS_SERVER, MIN_NATS_SERVER, NatsCluster, NatsServer, locate_nats_server};
 pub use process::{
-    ENV_PORTS_FILE, Ports, ProcessSpec, peak_rss_mib, sibling_binary, spawn, terminate,
+    ENV_PORTS_FILE, Ports, ProcessSpec, http_get, peak_rss_mib, sibling_binary, spawn, terminate,
     wait_for_ports, wait_for_task,
 };
 

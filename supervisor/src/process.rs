@@ -137,3 +137,29 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
+
+/// The body of `GET http://{host}{path}` in plain HTTP/1.0, which the server answers and closes:
+/// for the monitoring endpoints of nats-server (`/connz`, `/varz`) and the gateway's `/metrics`
+/// and dashboard API. An answer other than 200 is an error naming it.
+pub async fn http_get(host: &str, path: &str) -> Result<String, Error> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let text = String::from_utf8_lossy(&answer);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(Error::Io(std::io::Error::other(format!(
+            "no body in the answer to GET {path} from {host}"
+        ))));
+    };
+    let status = head.lines().next().unwrap_or_default();
+    if !(status.starts_with("HTTP/1.0 200") || status.starts_with("HTTP/1.1 200")) {
+        return Err(Error::Io(std::io::Error::other(format!(
+            "GET {path} from {host}: {status}"
+        ))));
+    }
+    Ok(body.to_owned())
+}

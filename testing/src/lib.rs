@@ -26,7 +26,7 @@ use taskwire_gateway::Config;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use taskwire_supervisor::{NatsCluster, NatsServer, Ports, terminate, wait_for_task};
+pub use taskwire_supervisor::{NatsCluster, NatsServer, Ports, http_get, terminate, wait_for_task};
 
 /// Loopback, on a port the listener chooses: for the HTTP address of a gateway or worker under
 /// test, which then says the port it got (see [`Gateway::http_addr`], [`worker_process_ports`]).

@@ -299,21 +299,13 @@ async fn idle_workers_write_no_slots_and_count_no_starts(runtime: Runtime) -> an
 
 /// Messages the workers have sent the server: the `in_msgs` of their connections in `/connz`.
 async fn worker_messages(system: &System) -> anyhow::Result<u64> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let monitoring = system
         .nats
         .monitoring_url()
         .and_then(|m| m.strip_prefix("http://"))
         .ok_or_else(|| anyhow::anyhow!("the server has no monitoring endpoint"))?;
-    let mut stream = tokio::net::TcpStream::connect(monitoring).await?;
-    stream
-        .write_all(format!("GET /connz HTTP/1.0\r\nHost: {monitoring}\r\n\r\n").as_bytes())
-        .await?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await?;
-    let text = String::from_utf8_lossy(&answer);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let connz: serde_json::Value = serde_json::from_str(body)?;
+    let body = taskwire_testing::http_get(monitoring, "/connz").await?;
+    let connz: serde_json::Value = serde_json::from_str(&body)?;
     Ok(connz["connections"]
         .as_array()
         .into_iter()

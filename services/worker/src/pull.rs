@@ -412,7 +412,9 @@ async fn wait_at(
         };
         let made = tokio::time::Instant::now();
         let bound = made + IDLE_PULL + PULL_SLACK;
-        let mut handed_over = false;
+        // Whether the pull may be made again at once: it handed over a task, or the connection
+        // was made again.
+        let mut again_now = false;
         loop {
             let next = tokio::select! {
                 () = ends.stop.cancelled() => {
@@ -425,7 +427,7 @@ async fn wait_at(
                 }
                 _ = connects.changed() => {
                     // Made again at once: a restarted server forgot it.
-                    handed_over = true;
+                    again_now = true;
                     break;
                 }
                 () = tokio::time::sleep_until(bound) => break,
@@ -433,7 +435,7 @@ async fn wait_at(
             };
             match next {
                 Some(Ok(message)) => {
-                    handed_over = true;
+                    again_now = true;
                     let grant = if limited {
                         Some(served.limits.deferred(&served.task))
                     } else {
@@ -462,7 +464,7 @@ async fn wait_at(
         }
         // A pull the server ended at once without a task (it refused it: too many pull
         // requests wait on the consumer, say) is made again after a moment, not in a loop.
-        if !handed_over && made.elapsed() < IDLE_PULL / 2 {
+        if !again_now && made.elapsed() < IDLE_PULL / 2 {
             tokio::select! {
                 () = ends.stop.cancelled() => {}
                 () = ends.end.cancelled() => {}

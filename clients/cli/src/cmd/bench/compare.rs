@@ -45,7 +45,8 @@ pub(super) struct Settings<'a> {
 /// Messages the server took in and sent out so far, from `/varz`.
 async fn server_messages(monitoring: Option<&str>) -> Option<(u64, u64)> {
     let host = monitoring?.strip_prefix("http://")?;
-    let varz: Value = serde_json::from_str(&super::idle::get(host, "/varz").await.ok()?).ok()?;
+    let varz: Value =
+        serde_json::from_str(&taskwire_supervisor::http_get(host, "/varz").await.ok()?).ok()?;
     Some((varz["in_msgs"].as_u64()?, varz["out_msgs"].as_u64()?))
 }
 

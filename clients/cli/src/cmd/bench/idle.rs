@@ -15,33 +15,13 @@ pub(super) async fn idle_messages(monitoring: &str, window: Duration) -> anyhow:
     Ok(after.saturating_sub(before) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// The body of `GET http://{host}{path}` (plain HTTP/1.0, which the server answers and closes).
-pub(super) async fn get(host: &str, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await?;
-    let text = String::from_utf8_lossy(&answer);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("no body in the answer to GET {path}"))?;
-    anyhow::ensure!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "GET {path}: {}",
-        head.lines().next().unwrap_or_default()
-    );
-    Ok(body.to_owned())
-}
-
 /// `in_msgs` of the connection named `taskwire-worker`, read from `/connz`.
 async fn worker_in_msgs(monitoring: &str) -> anyhow::Result<u64> {
     let host = monitoring
         .strip_prefix("http://")
         .context("the monitoring endpoint is not http://")?;
-    let connz: serde_json::Value = serde_json::from_str(&get(host, "/connz").await?)?;
+    let connz: serde_json::Value =
+        serde_json::from_str(&taskwire_supervisor::http_get(host, "/connz").await?)?;
     connz["connections"]
         .as_array()
         .into_iter()

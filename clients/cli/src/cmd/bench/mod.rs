@@ -526,14 +526,7 @@ async fn on_a_cluster(
     round_trips(&mut report, &stack, &urls, 3, options.roundtrips).await?;
     let failed = compared.samples.iter().filter(|s| !s.ok).count();
     report.insert("lost".into(), failed.into());
-    report.insert(
-        "gateway_rss_mib".into(),
-        round(stack.gateway_rss_mib(), 1).into(),
-    );
-    report.insert(
-        "worker_rss_mib".into(),
-        round(stack.worker_rss_mib(), 1).into(),
-    );
+    stack.memory_report(&mut report);
     stack.stop().await;
     drop(cluster);
     Ok(report)

@@ -158,6 +158,16 @@ impl Stack {
         }
     }
 
+    /// Both peaks so far, as the report names them.
+    pub(super) fn memory_report(&self, report: &mut serde_json::Map<String, serde_json::Value>) {
+        for (key, mib) in [
+            ("gateway_rss_mib", self.gateway_rss_mib()),
+            ("worker_rss_mib", self.worker_rss_mib()),
+        ] {
+            report.insert(key.into(), super::round(mib, 1).into());
+        }
+    }
+
     /// Stops the worker (SIGTERM, then its drain).
     pub(super) async fn stop_worker(&mut self) {
         if let Some(mut worker) = self.worker.take() {

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use taskwire_examples::many;
 
-use super::idle::{get, idle_messages};
+use super::idle::idle_messages;
 use super::stack::{Stack, WorkerKind};
 use super::{median, round};
+use taskwire_supervisor::http_get as get;
 
 /// Starts a worker serving `task_types` generated task types besides the benchmark's, and
 /// measures. `monitoring` is the server's monitoring endpoint, for the idle cost.
@@ -119,14 +120,7 @@ pub(super) async fn measure(
             round(per_second / (task_types + 1) as f64, 3).into(),
         );
     }
-    report.insert(
-        "gateway_rss_mib".into(),
-        round(stack.gateway_rss_mib(), 1).into(),
-    );
-    report.insert(
-        "worker_rss_mib".into(),
-        round(stack.worker_rss_mib(), 1).into(),
-    );
+    stack.memory_report(&mut report);
     stack.stop_worker().await;
     Ok(report)
 }
