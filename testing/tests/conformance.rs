@@ -196,6 +196,7 @@ conformance!(
     limits_set_after_a_broker_restart_are_followed,
     a_tick_is_one_task_named_by_its_time,
     an_idle_worker_after_a_burst_only_waits,
+    a_letter_left_behind_by_a_replay_goes_with_the_next,
 );
 
 /// `61/m` is 61 starts in any minute across four workers, by the broker's clock: not rounded up
@@ -407,6 +408,89 @@ async fn attempts_count_runs_up_to_the_dead_letter(runtime: Runtime) -> anyhow::
     assert_eq!(
         (letters[0].reason.as_str(), letters[0].attempt),
         ("exhausted", 3)
+    );
+    Ok(())
+}
+
+/// A dead letter that a replay left behind (it put the task back in line and the broker went
+/// away before the letter was removed) is removed by the next replay, which does not put the
+/// task back again, nor refuse because the new series succeeded; the events of a replayed
+/// task name its series, so that a copy of the old series whose ack was lost can tell that it
+/// has nothing left to do.
+async fn a_letter_left_behind_by_a_replay_goes_with_the_next(
+    runtime: Runtime,
+) -> anyhow::Result<()> {
+    // One worker: Flaky counts the runs of its key per worker.
+    let system = System::start(runtime, 1).await?;
+    // Its first run fails (one attempt, the dead letter), its second succeeds.
+    let args = FlakyArgs {
+        succeed_on_attempt: 2,
+        permanent: false,
+        key: format!("left-behind-{runtime:?}"),
+    };
+    let options = SubmitOptions {
+        max_attempts: Some(1),
+        ..Default::default()
+    };
+    let id = system.submit(FLAKY, &args, options).await?.task_id;
+    let info = system.client.wait(&id, WAIT, false).await?;
+    assert_eq!(info.state(), TaskState::Failed);
+    let js = async_nats::jetstream::new(async_nats::connect(system.nats.url()).await?);
+    let letters = js.get_stream(broker::DEAD_STREAM).await?;
+    let name = Name::parse(FLAKY)?;
+    let task_id = taskwire::task::Id::parse(&id)?;
+    let letter = letters
+        .get_last_raw_message_by_subject(&subject::dead(&name, &task_id))
+        .await?;
+
+    let replayed = system
+        .client
+        .replay_dead_letters(vec![id.clone()], "", false)
+        .await?;
+    assert_eq!(replayed, std::slice::from_ref(&id));
+    let deadline = Instant::now() + WAIT;
+    while system.client.get(&id, false).await?.state() != TaskState::Succeeded {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the replayed task did not succeed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(system.client.dead_letters(FLAKY, 100).await?.is_empty());
+    // The second series' events say which series they belong to.
+    let events = js.get_stream(broker::EVENTS_STREAM).await?;
+    let last = events
+        .get_last_raw_message_by_subject(&subject::event(&name, &task_id))
+        .await?;
+    assert_eq!(
+        last.headers
+            .get(broker::header::REPLAY)
+            .map(|v| v.as_str().to_owned()),
+        Some("1".to_owned()),
+        "{:?}",
+        last.headers
+    );
+
+    // The first series' letter, as a replay that could not remove it leaves it.
+    let mut headers = letter.headers.clone();
+    headers.insert("Nats-Msg-Id", format!("{id}.dead.0.left").as_str());
+    js.publish_with_headers(letter.subject.clone(), headers, letter.payload.clone())
+        .await?
+        .await?;
+    assert_eq!(system.client.dead_letters(FLAKY, 100).await?.len(), 1);
+    let replayed = system
+        .client
+        .replay_dead_letters(vec![id.clone()], "", false)
+        .await?;
+    assert_eq!(replayed, std::slice::from_ref(&id));
+    assert!(system.client.dead_letters(FLAKY, 100).await?.is_empty());
+    // Time for a wrong second run to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let runs = system.runs()?.remove(&id).unwrap_or_default();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(
+        system.client.get(&id, false).await?.state(),
+        TaskState::Succeeded
     );
     Ok(())
 }

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -89,10 +90,19 @@ async def paced(args, ctx):
     return chaos_pb2.SleepResult(label=args.label, attempt=ctx.attempt)
 
 
+# Runs of each Flaky key on this worker, across attempts and replays.
+_flaky_runs = {}
+_flaky_lock = threading.Lock()
+
+
 @chaos.flaky.handler
 def flaky(args, ctx):  # a plain function runs in a thread
     with logged_run(ctx):
-        if args.succeed_on_attempt == 0 or ctx.attempt < args.succeed_on_attempt:
+        run = ctx.attempt
+        if args.key:
+            with _flaky_lock:
+                run = _flaky_runs[args.key] = _flaky_runs.get(args.key, 0) + 1
+        if args.succeed_on_attempt == 0 or run < args.succeed_on_attempt:
             raise TaskError(f"failing on purpose on attempt {ctx.attempt}", retryable=not args.permanent)
         return chaos_pb2.FlakyResult(attempt=ctx.attempt)
 

@@ -16,6 +16,7 @@ from taskwire.protocol import (
     BACKOFF_MAX_MS,
     MAX_ATTEMPTS,
     PROGRESS,
+    REPLAY,
     RESULT_TTL_MS,
     TIMEOUT_MS,
     event_subject,
@@ -166,7 +167,8 @@ class TaskContext:
         body = report.SerializeToString()
 
         def send() -> None:
-            headers = self._worker._event_headers(self.task, self.id, "running", self.attempt)
+            series = self.headers.get(REPLAY, "0")
+            headers = self._worker._event_headers(self.task, self.id, "running", self.attempt, series)
             headers[PROGRESS] = "1"
             subject = event_subject(self.task, self.id)
             self._reports.append(asyncio.ensure_future(self._worker._nc.publish(subject, body, headers=headers)))

@@ -1210,8 +1210,8 @@ class Worker:
     async def _attempt(self, task: Task, headers: Dict[str, str], msg: Msg) -> Optional[int]:
         """Attempts count runs, not deliveries: a first delivery is the header's attempt; a
         redelivery follows the last run that started (each start is stored as a `running`
-        event before the handler runs). None when the broker could not tell (the task is put
-        back)."""
+        event before the handler runs). None when the delivery is dealt with already: the broker
+        could not tell (the task is put back), or it is of a series replayed since (dropped)."""
         try:
             first = max(1, int(headers.get(ATTEMPT, "1")))
         except ValueError:
@@ -1232,10 +1232,16 @@ class Worker:
             return None
         if found is None:
             return first
-        try:
-            started = int(found.get(ATTEMPT, "0"))
-        except ValueError:
-            started = 0
+        if _number(found.get(REPLAY)) > _number(headers.get(REPLAY)):
+            # A copy of a series that ended in a dead letter, which was replayed since: its ack
+            # was lost. The new series stands in for it; it has nothing to do.
+            log.info("%s %s: a delivery of a series that was replayed since; dropping it", task.name, task_id)
+            try:
+                await msg.ack()
+            except Exception as e:
+                log.debug("ack of a replayed series' copy of %s failed (%s); it comes back and is dropped again", task_id, e)
+            return None
+        started = _number(found.get(ATTEMPT))
         if found.get(STATE) in ("running", "retrying") and started > 0:
             return max(first, started + 1)
         return first
@@ -1243,12 +1249,12 @@ class Worker:
     async def _mark_started(self, task: Task, msg: Msg, task_id: str, attempt: int) -> bool:
         """Stores the start of an attempt as a `running` event, acknowledged before the handler
         runs; False when another delivery of the task stored this attempt's start first."""
-        headers = self._event_headers(task.name, task_id, "running", attempt)
+        series = (msg.headers or {}).get(REPLAY, "0")
+        headers = self._event_headers(task.name, task_id, "running", attempt, series)
         parent = (msg.headers or {}).get("traceparent")
         if parent:
             headers["traceparent"] = parent
         # One start per attempt: a second delivery racing this one finds the start taken.
-        series = (msg.headers or {}).get(REPLAY, "0")
         headers[MSG_ID] = f"{task_id}.start.{series}.{attempt}"
         ack = await self._js.publish(event_subject(task.name, task_id), b"", headers=headers, timeout=5)
         return not ack.duplicate
@@ -1294,8 +1300,13 @@ class Worker:
         except Exception:
             return None
 
-    def _event_headers(self, task: str, task_id: str, state: str, attempt: int) -> Dict[str, str]:
-        return {TASK_ID: task_id, TASK: task, STATE: state, ATTEMPT: str(attempt)}
+    def _event_headers(self, task: str, task_id: str, state: str, attempt: int, series: str = "0") -> Dict[str, str]:
+        headers = {TASK_ID: task_id, TASK: task, STATE: state, ATTEMPT: str(attempt)}
+        # The events of a replayed task name their series, as its queued event does, so that a
+        # delivery of an older series (a lost ack left it in line) can tell its series is over.
+        if series != "0":
+            headers[REPLAY] = series
+        return headers
 
     async def _failed(self, task: Task, msg: Msg, task_id: str, attempt: int, options: Options, error: TaskError, reason: Optional[str]) -> None:
         me = self._running.get(asyncio.current_task())
@@ -1307,9 +1318,9 @@ class Worker:
             self.metrics.retried(task.name)
             subject = event_subject(task.name, task_id)
             try:
-                await self._nc.publish(
-                    subject, _failure(error.message, True), headers=self._event_headers(task.name, task_id, "retrying", attempt)
-                )
+                series = (msg.headers or {}).get(REPLAY, "0")
+                headers = self._event_headers(task.name, task_id, "retrying", attempt, series)
+                await self._nc.publish(subject, _failure(error.message, True), headers=headers)
             except Exception:
                 pass
             await msg.nak(delay=delay)
@@ -1499,6 +1510,14 @@ class _Running:
             # gets the grace period.
             self.call.cancel()
         self.changed.set()
+
+
+def _number(value: Optional[str]) -> int:
+    """A header's whole number; 0 when it is absent or not one."""
+    try:
+        return int(value or "0")
+    except ValueError:
+        return 0
 
 
 def _pending(subscription: Any) -> List[Msg]:

@@ -51,8 +51,22 @@ impl Event {
     pub fn start(name: &Name, id: &Id, attempt: u32, series: &str) -> Self {
         Self {
             msg_id: Some(format!("{id}.start.{series}.{attempt}")),
-            ..Self::new(name, id, v1::TaskState::Running, attempt)
+            ..Self::new(name, id, v1::TaskState::Running, attempt).in_series(series)
         }
+    }
+
+    /// The event of a replayed task names its series (`Taskwire-Replay`), as its queued event
+    /// does, so that a delivery of an older series, which a lost ack left in line, can tell
+    /// that its series is over.
+    #[must_use]
+    pub fn in_series(mut self, series: &str) -> Self {
+        self.replay = series.parse().ok().filter(|n| *n > 0);
+        self
+    }
+
+    /// The series of attempts the event belongs to: 0, or the replay count.
+    pub fn series(&self) -> u32 {
+        self.replay.unwrap_or_default()
     }
 
     /// A progress report of a running attempt.

@@ -338,7 +338,13 @@ mod tests {
             start.msg_id.as_deref(),
             Some("0123456789abcdef0123456789abcdef.start.1.3")
         );
+        assert_eq!(start.series(), 1);
+        assert_eq!(
+            start.to_headers().get(header::REPLAY).map(|v| v.as_str()),
+            Some("1")
+        );
         assert_eq!(Event::from_headers(&start.to_headers()), Ok(start));
+        assert_eq!(Event::start(&name, &id, 1, "0").replay, None);
         let progress = Event::progress(&name, &id, 1);
         assert_eq!(Event::from_headers(&progress.to_headers()), Ok(progress));
 

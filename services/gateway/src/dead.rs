@@ -3,7 +3,7 @@
 use taskwire::task::{Id, Name};
 use taskwire::v1;
 use taskwire_protocol::{
-    self as broker, DeadLetter, ResultMessage, StoredMessage, header, subject,
+    self as broker, DeadLetter, Event, ResultMessage, StoredMessage, header, subject,
 };
 
 use crate::{Error, Gateway};
@@ -11,6 +11,10 @@ use crate::{Error, Gateway};
 /// How often (every 50 ms) a replay looks for the failed result of a dead letter before it
 /// gives up: 2 s.
 const RESULT_WAIT_TRIES: usize = 40;
+
+/// How often (every second) a replay tries again in the background to remove the letter of
+/// a task it put back in line: 2 min.
+const REMOVE_TRIES: usize = 120;
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
@@ -96,6 +100,15 @@ impl Gateway {
                 ))
             })?;
             let (name, id) = (letter.name.clone(), letter.id.clone());
+            // A letter whose series was replayed already (a replay that put the task back in
+            // line and could not take the letter away, say, the broker or this gateway going
+            // away in between): the new series stands; only the letter is left to remove.
+            if self.replayed_since(&letter).await? {
+                self.remove_dead(&id, dead.sequence).await?;
+                tracing::info!(task = %name, task_id = %id, "dead letter of a series replayed before removed");
+                replayed.push(id.to_string());
+                continue;
+            }
             // The failed result of the dead series gives way, or the new attempts could not
             // store theirs; only that one: a result of another series (a concurrent replay's,
             // stored meanwhile) or a success is never erased.
@@ -130,12 +143,9 @@ impl Gateway {
                 // (An expiry marker, where a result ran out, reads as no result of any series.)
                 let stored = ResultMessage::from_headers(&result.headers).ok();
                 let state = stored.as_ref().map(|r| r.event.state).unwrap_or_default();
-                let of_dead_series = stored.is_some_and(|r| r.series == series);
+                let of_dead_series = stored.as_ref().is_some_and(|r| r.series == series);
                 if state == v1::TaskState::Succeeded {
-                    return Err(Error::Finished {
-                        id: id.to_string(),
-                        state: "succeeded",
-                    });
+                    return Err(Error::Succeeded { id: id.to_string() });
                 }
                 if of_dead_series {
                     self.broker
@@ -154,33 +164,60 @@ impl Gateway {
             };
             self.store_task(task, dead.payload.clone(), &placement)
                 .await?;
-            // A concurrent replay of the same letter may have deleted it already; its task is
-            // the same one (the replay's de-duplication id names the series).
-            // The task is back in line by now: a failure to take the letter away is tried
-            // again for a moment before it is reported.
-            let mut tries = 0;
-            while let Err(e) = self.broker.dead.delete_message(dead.sequence).await {
-                let still_there = self
-                    .broker
-                    .last_message(broker::DEAD_STREAM, &subject::dead_of(&id))
-                    .await
-                    .map_err(|e| self.read_error(e))?
-                    .is_some_and(|m| m.sequence == dead.sequence);
-                if !still_there {
-                    break;
-                }
-                tries += 1;
-                if tries == 3 {
-                    return Err(self.broker_error(format!(
-                        "task {id} is back in line, but its dead letter could not be removed ({e}); replay it again to remove it"
-                    )));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            // The task is back in line: the letter goes (a concurrent replay of the same letter
+            // may have removed it already; its task is the same one, the replay's
+            // de-duplication id naming the series). Should the broker not take the removal
+            // now, it is tried again in the background; a letter left behind all the same is
+            // one a later replay finds replayed, and removes.
+            if let Err(e) = self.remove_dead(&id, dead.sequence).await {
+                tracing::warn!(task = %name, task_id = %id, error = %e, "the replayed task's dead letter could not be removed yet; trying again in the background");
+                let letters = self.broker.dead.clone();
+                let (id, sequence) = (id.clone(), dead.sequence);
+                tokio::spawn(async move {
+                    for _ in 0..REMOVE_TRIES {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        if remove_letters(&letters, &id, sequence).await.is_ok() {
+                            return;
+                        }
+                    }
+                    tracing::error!(task_id = %id, "the replayed task's dead letter could not be removed; replaying it again removes it");
+                });
             }
             tracing::info!(task = %name, task_id = %id, "dead letter replayed");
             replayed.push(id.to_string());
         }
         Ok(replayed)
+    }
+
+    /// Whether the series of `letter` was replayed already: the task's last event or its
+    /// result belongs to a later series.
+    async fn replayed_since(&self, letter: &DeadLetter) -> Result<bool, Error> {
+        let id = &letter.id;
+        let (events, results) = (subject::events_of(id), subject::result_of(id));
+        let (event, result) = tokio::join!(
+            self.broker.last_message(broker::EVENTS_STREAM, &events),
+            self.broker.last_message(broker::RESULTS_STREAM, &results),
+        );
+        let event_series = event
+            .map_err(|e| self.read_error(e))?
+            .and_then(|m| Event::from_headers(&m.headers).ok())
+            .map(|e| e.series());
+        let result_series = result
+            .map_err(|e| self.read_error(e))?
+            .and_then(|m| ResultMessage::from_headers(&m.headers).ok())
+            .and_then(|r| r.series.parse::<u32>().ok());
+        let dead_series = letter.replays();
+        Ok(event_series
+            .max(result_series)
+            .is_some_and(|s| s > dead_series))
+    }
+
+    /// Removes the dead letter at `sequence`, with any older one of the same task (a letter of
+    /// an earlier series that was left behind).
+    async fn remove_dead(&self, id: &Id, sequence: u64) -> Result<(), Error> {
+        remove_letters(&self.broker.dead, id, sequence)
+            .await
+            .map_err(|e| self.broker_error(e))
     }
 
     pub(crate) async fn purge_dead(&self, task: &str) -> Result<u64, Error> {
@@ -193,6 +230,20 @@ impl Gateway {
         };
         Ok(response.map_err(|e| self.broker_error(e))?.purged)
     }
+}
+
+/// Purges the dead letters of task `id` up to the one at `sequence`.
+async fn remove_letters(
+    letters: &async_nats::jetstream::stream::Stream,
+    id: &Id,
+    sequence: u64,
+) -> Result<(), async_nats::jetstream::stream::PurgeError> {
+    letters
+        .purge()
+        .filter(subject::dead_of(id))
+        .sequence(sequence + 1)
+        .await
+        .map(|_| ())
 }
 
 fn dead_letter(message: &StoredMessage) -> v1::DeadLetter {

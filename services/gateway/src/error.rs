@@ -64,6 +64,10 @@ pub enum Error {
     )]
     Finished { id: String, state: &'static str },
     #[error(
+        "task {id} has succeeded; a dead letter of a task that succeeded is not replayed (purge it instead)"
+    )]
+    Succeeded { id: String },
+    #[error(
         "task {id} has no result after {waited:?}; it is still {state}, wait again or check `taskwire get {id}`"
     )]
     StillRunning {
@@ -106,9 +110,10 @@ impl Error {
             Error::Broker(_) | Error::BadResult(..) | Error::Startup(_) => Code::Internal,
             Error::QueueFull(_) | Error::TooLarge(_) => Code::ResourceExhausted,
             Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::Finished { .. } | Error::NoSchedules | Error::SchemaMismatch { .. } => {
-                Code::FailedPrecondition
-            }
+            Error::Finished { .. }
+            | Error::Succeeded { .. }
+            | Error::NoSchedules
+            | Error::SchemaMismatch { .. } => Code::FailedPrecondition,
             Error::StillRunning { .. } => Code::DeadlineExceeded,
             Error::Conflict(_) => Code::Aborted,
         }

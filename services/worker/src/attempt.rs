@@ -78,9 +78,21 @@ pub(crate) async fn handle(
     let attempt = if deliveries <= 1 {
         first_attempt
     } else {
-        match last_started(served, &id).await {
-            Ok(Some(started)) => started.saturating_add(1).max(first_attempt),
-            Ok(None) => first_attempt,
+        match last_run(served, &id).await {
+            Ok(last) if last.series > series(&message).parse().unwrap_or_default() => {
+                // A copy of a series that ended in a dead letter, which was replayed since:
+                // its ack was lost. The new series stands in for it; it has nothing to do.
+                tracing::info!(task = %name, task_id = %id, series = last.series, "a delivery of a series that was replayed since; dropping it");
+                if let Err(e) = message.ack().await {
+                    tracing::debug!(task = %name, task_id = %id, error = %e, "ack of a replayed series' copy failed; it comes back and is dropped again");
+                }
+                return;
+            }
+            Ok(LastRun {
+                started: Some(started),
+                ..
+            }) => started.saturating_add(1).max(first_attempt),
+            Ok(_) => first_attempt,
             Err(e) => {
                 put_back(
                     served,
@@ -192,7 +204,7 @@ pub(crate) async fn handle(
     let tracked = served.cancels.track(&id);
     let token = CancellationToken::new();
     let deadline = options.timeout.map(|t| Instant::now() + t);
-    let progress = Progress::new(served, &id, attempt);
+    let progress = Progress::new(served, &id, attempt, series(&message));
     let ctx = TaskContext::new(id.clone(), name.clone(), attempt, max_attempts)
         .with_deadline(deadline)
         .with_cancellation(token.clone())
@@ -445,13 +457,20 @@ pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// The attempt of the last run of the task that started (its `running` event, or a later
-/// progress or retry event of that run); `None` when none did since it was queued (or
-/// replayed).
-pub(crate) async fn last_started(
+/// What the last event of a task says of its runs.
+pub(crate) struct LastRun {
+    /// The attempt of the last run that started (its `running` event, or a later progress or
+    /// retry event of that run); `None` when none did since it was queued (or replayed).
+    pub(crate) started: Option<u32>,
+    /// The series of attempts the event belongs to: 0, or the replay count.
+    pub(crate) series: u32,
+}
+
+/// What the last event of the task says: which attempt last started, in which series.
+pub(crate) async fn last_run(
     served: &Served,
     id: &Id,
-) -> Result<Option<u32>, async_nats::RequestError> {
+) -> Result<LastRun, async_nats::RequestError> {
     let last = served
         .broker
         .last_message_on(
@@ -459,11 +478,14 @@ pub(crate) async fn last_started(
             &subject::event(&served.task.name, id),
         )
         .await?;
-    Ok(last.and_then(|m| {
-        let event = broker::Event::from_headers(&m.headers).ok()?;
-        (matches!(event.state, TaskState::Running | TaskState::Retrying) && event.attempt > 0)
-            .then_some(event.attempt)
-    }))
+    let event = last.and_then(|m| broker::Event::from_headers(&m.headers).ok());
+    Ok(LastRun {
+        started: event.as_ref().and_then(|event| {
+            (matches!(event.state, TaskState::Running | TaskState::Retrying) && event.attempt > 0)
+                .then_some(event.attempt)
+        }),
+        series: event.as_ref().map_or(0, broker::Event::series),
+    })
 }
 
 /// Stores the start of an attempt as a `running` event, acknowledged before the handler runs.

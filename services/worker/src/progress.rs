@@ -18,6 +18,8 @@ pub(crate) struct Progress {
     name: Name,
     id: Id,
     attempt: u32,
+    /// The series of attempts (0, or the replay count).
+    series: String,
     publisher: std::sync::Mutex<Option<ProgressPublisher>>,
 }
 
@@ -27,12 +29,13 @@ pub(crate) struct ProgressPublisher {
 }
 
 impl Progress {
-    pub(crate) fn new(served: &Served, id: &Id, attempt: u32) -> Arc<Self> {
+    pub(crate) fn new(served: &Served, id: &Id, attempt: u32, series: String) -> Arc<Self> {
         Arc::new(Self {
             client: served.client.clone(),
             name: served.task.name.clone(),
             id: id.clone(),
             attempt,
+            series,
             publisher: std::sync::Mutex::new(None),
         })
     }
@@ -47,18 +50,21 @@ impl Progress {
         let publisher = publisher.get_or_insert_with(|| {
             let (tx, mut rx) =
                 tokio::sync::mpsc::channel::<taskwire::v1::TaskProgress>(PROGRESS_QUEUE);
-            let (client, name, id, attempt) = (
+            let (client, name, id, attempt, series) = (
                 self.client.clone(),
                 self.name.clone(),
                 self.id.clone(),
                 self.attempt,
+                self.series.clone(),
             );
             let sent = tokio::spawn(async move {
                 while let Some(progress) = rx.recv().await {
                     let _ = client
                         .publish_with_headers(
                             subject::event(&name, &id),
-                            broker::Event::progress(&name, &id, attempt).to_headers(),
+                            broker::Event::progress(&name, &id, attempt)
+                                .in_series(&series)
+                                .to_headers(),
                             broker::progress_body(&progress),
                         )
                         .await;

@@ -60,7 +60,9 @@ impl Attempt<'_> {
                 .client
                 .publish_with_headers(
                     subject::event(name, id),
-                    broker::Event::new(name, id, TaskState::Retrying, attempt).to_headers(),
+                    broker::Event::new(name, id, TaskState::Retrying, attempt)
+                        .in_series(&series(&message))
+                        .to_headers(),
                     broker::failure_body(err.message(), true),
                 )
                 .await;
