@@ -22,7 +22,6 @@ pub(super) fn args(i: usize) -> AddArgs {
 
 /// One submit-and-wait.
 pub(super) struct Sample {
-    pub(super) id: Option<String>,
     pub(super) ok: bool,
     pub(super) submit_ms: f64,
     pub(super) e2e_ms: f64,
@@ -55,17 +54,15 @@ pub(super) async fn load(client: &Client, concurrency: usize, tasks: usize) -> V
                     .await;
                 let submit_ms = t0.elapsed().as_secs_f64() * 1000.0;
                 let Ok(pending) = submitted else {
-                    samples.push(Sample { id: None, ok: false, submit_ms, e2e_ms: 0.0 });
+                    samples.push(Sample { ok: false, submit_ms, e2e_ms: 0.0 });
                     continue;
                 };
-                let id = pending.id().to_owned();
                 let ok = matches!(
                     pending.finish().await,
                     Ok(info) if info.state() == taskwire::v1::TaskState::Succeeded
                         && AddResult::decode(info.result.as_slice()).is_ok_and(|r| r.sum == i as i64 + 5)
                 );
                 samples.push(Sample {
-                    id: Some(id),
                     ok,
                     submit_ms,
                     e2e_ms: t0.elapsed().as_secs_f64() * 1000.0,

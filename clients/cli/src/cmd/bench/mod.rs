@@ -2,12 +2,9 @@
 //! with throughput, latency, memory and, for scale, the same task flow done with bare async-nats
 //! against the same server in the same run.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
 use serde_json::{Value, json};
 use taskwire_supervisor::{NatsCluster, NatsServer};
 
@@ -145,52 +142,39 @@ fn machine() -> Value {
     json!({ "cores": cores, "memory_gib": memory_gib, "cpu": cpu })
 }
 
-/// Counts every result message, so that a task that got two results shows up.
-struct ResultCounter {
-    counts: Arc<Mutex<HashMap<String, u32>>>,
-    task: tokio::task::JoinHandle<()>,
+/// What the broker holds, read from the streams' own counts: nothing subscribes to the
+/// results meanwhile, so watching costs the system under measure nothing per task.
+struct Stored {
+    js: async_nats::jetstream::Context,
 }
 
-impl ResultCounter {
-    async fn start(nats: &async_nats::Client) -> anyhow::Result<Self> {
-        let mut results = nats.subscribe("taskwire.results.>").await?;
-        let counts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-        let task = {
-            let counts = Arc::clone(&counts);
-            tokio::spawn(async move {
-                while let Some(msg) = results.next().await {
-                    // taskwire.results.<id>.<token>
-                    let id = msg.subject.split('.').nth(2).unwrap_or_default().to_owned();
-                    *counts
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .entry(id)
-                        .or_default() += 1;
-                }
-            })
-        };
-        Ok(Self { counts, task })
+impl Stored {
+    /// Messages `stream` holds now.
+    async fn count(&self, stream: &str) -> anyhow::Result<u64> {
+        let stream = self.js.get_stream(stream).await?;
+        Ok(stream.cached_info().state.messages)
     }
 
-    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    /// Events stored: each task stores two (queued, then the start of its one run); a task
+    /// that ran twice stores a third.
+    async fn events(&self) -> anyhow::Result<u64> {
+        self.count(taskwire_protocol::EVENTS_STREAM).await
     }
 
-    /// Tasks of `samples` that failed or got no result, and tasks that got more than one.
-    async fn lost_and_duplicated(self, samples: &[load::Sample]) -> (usize, usize) {
-        // Let stray duplicates arrive before counting.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        self.task.abort();
-        let counts = self.counts();
-        let lost = samples.iter().filter(|s| !s.ok).count()
-            + samples
-                .iter()
-                .filter_map(|s| s.id.as_ref())
-                .filter(|id| !counts.contains_key(id.as_str()))
-                .count();
-        let duplicated = counts.values().filter(|n| **n > 1).count();
-        (lost, duplicated)
+    async fn results(&self) -> anyhow::Result<u64> {
+        self.count(taskwire_protocol::RESULTS_STREAM).await
     }
+}
+
+/// Tasks of `samples` that failed or got a wrong result, and runs beyond one per task, from
+/// the events stored before and after them.
+fn lost_and_duplicated(samples: &[load::Sample], events: (u64, u64)) -> (usize, u64) {
+    let lost = samples.iter().filter(|s| !s.ok).count();
+    let expected = 2 * samples.len() as u64;
+    (
+        lost,
+        events.1.saturating_sub(events.0).saturating_sub(expected),
+    )
 }
 
 /// Runs the benchmark and prints the JSON object on stdout.
@@ -222,10 +206,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .await?;
 
     let nats = async_nats::connect(taskwire_protocol::servers(&nats_url)).await?;
-    let counter = ResultCounter::start(&nats).await?;
+    let stored = Stored {
+        js: async_nats::jetstream::new(nats.clone()),
+    };
     progress("warming up");
     load::load(&stack.client, options.concurrency.min(64), 500).await;
-    counter.counts().clear();
+    let events_before = stored.events().await?;
 
     let compared = interleaved(
         &stack,
@@ -241,6 +227,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         &progress,
     )
     .await?;
+    let events = (events_before, stored.events().await?);
     let mut report = compared.report();
     report.insert("tasks".into(), options.tasks.into());
     report.insert("concurrency".into(), options.concurrency.into());
@@ -253,9 +240,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             "SubmitMany: {} tasks, {} a call",
             options.submit_many, options.submit_many_batch
         ));
-        let before = counter.counts().len();
+        let before = stored.results().await?;
         let started = Instant::now();
-        let stored = submit_many(
+        let submitted = submit_many(
             &stack.client,
             options.submit_many,
             options.submit_many_batch,
@@ -264,22 +251,22 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         let submit_seconds = started.elapsed().as_secs_f64();
         // Then until the worker has stored a result for each.
         let deadline = Instant::now() + Duration::from_secs(600);
-        while counter.counts().len() < before + stored && Instant::now() < deadline {
+        while stored.results().await? < before + submitted as u64 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let done_seconds = started.elapsed().as_secs_f64();
-        report.insert("submit_many_tasks".into(), stored.into());
+        report.insert("submit_many_tasks".into(), submitted.into());
         report.insert("submit_many_batch".into(), options.submit_many_batch.into());
         report.insert(
             "submit_many_tasks_per_sec".into(),
-            round(stored as f64 / submit_seconds, 1).into(),
+            round(submitted as f64 / submit_seconds, 1).into(),
         );
         report.insert(
             "submit_many_completed_per_sec".into(),
-            round(stored as f64 / done_seconds, 1).into(),
+            round(submitted as f64 / done_seconds, 1).into(),
         );
     }
-    let (lost, duplicated) = counter.lost_and_duplicated(&compared.samples).await;
+    let (lost, duplicated) = lost_and_duplicated(&compared.samples, events);
     report.insert("lost".into(), lost.into());
     report.insert("duplicated".into(), duplicated.into());
 
