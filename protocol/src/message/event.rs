@@ -51,7 +51,8 @@ impl Event {
     pub fn start(name: &Name, id: &Id, attempt: u32, series: &str) -> Self {
         Self {
             msg_id: Some(format!("{id}.start.{series}.{attempt}")),
-            ..Self::new(name, id, v1::TaskState::Running, attempt).in_series(series)
+            ..Self::new(name, id, v1::TaskState::Running, attempt)
+                .in_series(series.parse().unwrap_or_default())
         }
     }
 
@@ -59,8 +60,8 @@ impl Event {
     /// does, so that a delivery of an older series, which a lost ack left in line, can tell
     /// that its series is over.
     #[must_use]
-    pub fn in_series(mut self, series: &str) -> Self {
-        self.replay = series.parse().ok().filter(|n| *n > 0);
+    pub fn in_series(mut self, series: u32) -> Self {
+        self.replay = (series > 0).then_some(series);
         self
     }
 

@@ -103,7 +103,14 @@ impl Gateway {
             // A letter whose series was replayed already (a replay that put the task back in
             // line and could not take the letter away, say, the broker or this gateway going
             // away in between): the new series stands; only the letter is left to remove.
-            if self.replayed_since(&letter).await? {
+            let (events, results) = (subject::events_of(&id), subject::result_of(&id));
+            let (event, result) = tokio::join!(
+                self.broker.last_message(broker::EVENTS_STREAM, &events),
+                self.broker.last_message(broker::RESULTS_STREAM, &results),
+            );
+            let event = event.map_err(|e| self.read_error(e))?;
+            let mut stored = result.map_err(|e| self.read_error(e))?;
+            if replayed_since(&letter, event.as_ref(), stored.as_ref()) {
                 self.remove_dead(&id, dead.sequence).await?;
                 tracing::info!(task = %name, task_id = %id, "dead letter of a series replayed before removed");
                 replayed.push(id.to_string());
@@ -122,17 +129,16 @@ impl Gateway {
                 t.elapsed()
                     .is_ok_and(|age| age < std::time::Duration::from_secs(30))
             });
-            let mut stored = None;
-            for _ in 0..if fresh { RESULT_WAIT_TRIES } else { 1 } {
-                stored = self
-                    .broker
-                    .last_message(broker::RESULTS_STREAM, &subject::result_of(&id))
-                    .await
-                    .map_err(|e| self.read_error(e))?;
+            for _ in 1..if fresh { RESULT_WAIT_TRIES } else { 1 } {
                 if stored.is_some() {
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                stored = self
+                    .broker
+                    .last_message(broker::RESULTS_STREAM, &results)
+                    .await
+                    .map_err(|e| self.read_error(e))?;
             }
             if stored.is_none() && fresh {
                 return Err(Error::Conflict(format!(
@@ -189,29 +195,6 @@ impl Gateway {
         Ok(replayed)
     }
 
-    /// Whether the series of `letter` was replayed already: the task's last event or its
-    /// result belongs to a later series.
-    async fn replayed_since(&self, letter: &DeadLetter) -> Result<bool, Error> {
-        let id = &letter.id;
-        let (events, results) = (subject::events_of(id), subject::result_of(id));
-        let (event, result) = tokio::join!(
-            self.broker.last_message(broker::EVENTS_STREAM, &events),
-            self.broker.last_message(broker::RESULTS_STREAM, &results),
-        );
-        let event_series = event
-            .map_err(|e| self.read_error(e))?
-            .and_then(|m| Event::from_headers(&m.headers).ok())
-            .map(|e| e.series());
-        let result_series = result
-            .map_err(|e| self.read_error(e))?
-            .and_then(|m| ResultMessage::from_headers(&m.headers).ok())
-            .and_then(|r| r.series.parse::<u32>().ok());
-        let dead_series = letter.replays();
-        Ok(event_series
-            .max(result_series)
-            .is_some_and(|s| s > dead_series))
-    }
-
     /// Removes the dead letter at `sequence`, with any older one of the same task (a letter of
     /// an earlier series that was left behind).
     async fn remove_dead(&self, id: &Id, sequence: u64) -> Result<(), Error> {
@@ -230,6 +213,24 @@ impl Gateway {
         };
         Ok(response.map_err(|e| self.broker_error(e))?.purged)
     }
+}
+
+/// Whether the series of `letter` was replayed already: the task's last `event` or its
+/// `result` belongs to a later series.
+fn replayed_since(
+    letter: &DeadLetter,
+    event: Option<&StoredMessage>,
+    result: Option<&StoredMessage>,
+) -> bool {
+    let event_series = event
+        .and_then(|m| Event::from_headers(&m.headers).ok())
+        .map(|e| e.series());
+    let result_series = result
+        .and_then(|m| ResultMessage::from_headers(&m.headers).ok())
+        .and_then(|r| r.series.parse::<u32>().ok());
+    event_series
+        .max(result_series)
+        .is_some_and(|s| s > letter.replays())
 }
 
 /// Purges the dead letters of task `id` up to the one at `sequence`.

@@ -16,7 +16,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::progress::Progress;
 use crate::run::Served;
-use crate::settle::{Attempt, Failure, series};
+use crate::settle::{Attempt, Failure, series, series_number};
 
 /// What became of one attempt.
 pub(crate) enum Outcome {
@@ -79,7 +79,7 @@ pub(crate) async fn handle(
         first_attempt
     } else {
         match last_run(served, &id).await {
-            Ok(last) if last.series > series(&message).parse().unwrap_or_default() => {
+            Ok(last) if last.series > series_number(&message) => {
                 // A copy of a series that ended in a dead letter, which was replayed since:
                 // its ack was lost. The new series stands in for it; it has nothing to do.
                 tracing::info!(task = %name, task_id = %id, series = last.series, "a delivery of a series that was replayed since; dropping it");
@@ -204,7 +204,7 @@ pub(crate) async fn handle(
     let tracked = served.cancels.track(&id);
     let token = CancellationToken::new();
     let deadline = options.timeout.map(|t| Instant::now() + t);
-    let progress = Progress::new(served, &id, attempt, series(&message));
+    let progress = Progress::new(served, &id, attempt, series_number(&message));
     let ctx = TaskContext::new(id.clone(), name.clone(), attempt, max_attempts)
         .with_deadline(deadline)
         .with_cancellation(token.clone())
@@ -499,7 +499,7 @@ pub(crate) async fn mark_started(
     let name = &served.task.name;
     // One start per attempt: a second delivery of the task racing this one (its ack wait ran
     // out while this worker was still getting ready) finds the start taken.
-    let mut headers = broker::Event::start(name, id, attempt, &series(message)).to_headers();
+    let mut headers = broker::Event::start(name, id, attempt, series(message)).to_headers();
     if let Some(parent) = message.headers.as_ref().and_then(|h| h.get("traceparent")) {
         headers.insert("traceparent", parent.as_str());
     }

@@ -19,7 +19,7 @@ pub(crate) struct Progress {
     id: Id,
     attempt: u32,
     /// The series of attempts (0, or the replay count).
-    series: String,
+    series: u32,
     publisher: std::sync::Mutex<Option<ProgressPublisher>>,
 }
 
@@ -29,7 +29,7 @@ pub(crate) struct ProgressPublisher {
 }
 
 impl Progress {
-    pub(crate) fn new(served: &Served, id: &Id, attempt: u32, series: String) -> Arc<Self> {
+    pub(crate) fn new(served: &Served, id: &Id, attempt: u32, series: u32) -> Arc<Self> {
         Arc::new(Self {
             client: served.client.clone(),
             name: served.task.name.clone(),
@@ -55,7 +55,7 @@ impl Progress {
                 self.name.clone(),
                 self.id.clone(),
                 self.attempt,
-                self.series.clone(),
+                self.series,
             );
             let sent = tokio::spawn(async move {
                 while let Some(progress) = rx.recv().await {
@@ -63,7 +63,7 @@ impl Progress {
                         .publish_with_headers(
                             subject::event(&name, &id),
                             broker::Event::progress(&name, &id, attempt)
-                                .in_series(&series)
+                                .in_series(series)
                                 .to_headers(),
                             broker::progress_body(&progress),
                         )

@@ -61,7 +61,7 @@ impl Attempt<'_> {
                 .publish_with_headers(
                     subject::event(name, id),
                     broker::Event::new(name, id, TaskState::Retrying, attempt)
-                        .in_series(&series(&message))
+                        .in_series(series_number(&message))
                         .to_headers(),
                     broker::failure_body(err.message(), true),
                 )
@@ -272,8 +272,8 @@ impl Attempt<'_> {
             ttl,
         } = self;
         let name: &Name = &served.task.name;
-        let headers = broker::ResultMessage::new(name, id, state, attempt, &series(message), ttl)
-            .to_headers();
+        let headers =
+            broker::ResultMessage::new(name, id, state, attempt, series(message), ttl).to_headers();
         let destination = subject::result(name, id);
         let span = tracing::info_span!(
             "publish",
@@ -305,12 +305,17 @@ impl Attempt<'_> {
 }
 
 /// Which series of attempts a task message belongs to: 0, or the replay count.
-pub(crate) fn series(message: &jetstream::Message) -> String {
+pub(crate) fn series(message: &jetstream::Message) -> &str {
     message
         .headers
         .as_ref()
         .and_then(|h| h.get(header::REPLAY))
-        .map_or_else(|| "0".to_owned(), |v| v.as_str().to_owned())
+        .map_or("0", |v| v.as_str())
+}
+
+/// [`series`] as a number (0 for a header that is none).
+pub(crate) fn series_number(message: &jetstream::Message) -> u32 {
+    series(message).parse().unwrap_or_default()
 }
 
 /// Spreads retries of tasks that failed together: the delay, give or take a fifth.

@@ -330,7 +330,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if options.backlog > 0 {
         stack.reset_gateway_peak();
         // The same drain from a small backlog first: the large one is measured against it.
-        let jetstream = async_nats::jetstream::new(nats.clone());
+        let jetstream = stored.js.clone();
         let spec = stack.rust_worker_spec(0);
         let mut drained = Vec::new();
         for tasks in [SMALL_BACKLOG, options.backlog] {
