@@ -119,7 +119,8 @@ pub(super) async fn interleaved(
             settings.concurrency,
             settings.tasks,
         )
-        .await?;
+        .await?
+        .tasks_per_sec;
         let mut raw_cpu = meter.per_task(settings.tasks);
         messages_per_task(settings.monitoring, messages, settings.tasks, &mut raw_cpu).await;
         rounds.push(Round {

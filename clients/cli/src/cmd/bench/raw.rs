@@ -13,13 +13,21 @@ use tokio::sync::{Semaphore, oneshot};
 
 /// The same flow with bare async-nats: publish a task and wait for its PubAck, pull it, publish
 /// the result and wait for its PubAck, ack the task, and the producer sees the result, with
-/// streams of `replicas` copies. Returns tasks per second.
+/// streams of `replicas` copies.
+pub(super) struct RawRun {
+    pub(super) tasks_per_sec: f64,
+    /// Each task's time from its publish to its result, in milliseconds, sorted: with one loop,
+    /// the round trips.
+    pub(super) times_ms: Vec<f64>,
+}
+
+/// Runs the raw flow: `concurrency` publish-then-wait loops until `tasks` are done.
 pub(super) async fn raw_jetstream(
     url: &str,
     replicas: usize,
     concurrency: usize,
     tasks: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<RawRun> {
     let client = async_nats::connect(taskwire_protocol::servers(url)).await?;
     let js = jetstream::new(client.clone());
     let _ = js.delete_stream("BENCH_RAW_TASKS").await;
@@ -111,11 +119,13 @@ pub(super) async fn raw_jetstream(
         let next = Arc::clone(&next);
         let waiters = Arc::clone(&waiters);
         loops.push(tokio::spawn(async move {
+            let mut times = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= tasks {
-                    return;
+                    return times;
                 }
+                let t0 = Instant::now();
                 let id = format!("t{i}");
                 let (tx, rx) = oneshot::channel();
                 waiters
@@ -126,18 +136,26 @@ pub(super) async fn raw_jetstream(
                     let _ = ack.await;
                 }
                 let _ = tokio::time::timeout(Duration::from_secs(60), rx).await;
+                times.push(t0.elapsed().as_secs_f64() * 1000.0);
             }
         }));
     }
+    let mut times_ms = Vec::with_capacity(tasks);
     for l in loops {
-        let _ = l.await;
+        if let Ok(times) = l.await {
+            times_ms.extend(times);
+        }
     }
+    times_ms.sort_by(f64::total_cmp);
     let seconds = started.elapsed().as_secs_f64();
     worker.abort();
     router.abort();
     let _ = js.delete_stream("BENCH_RAW_TASKS").await;
     let _ = js.delete_stream("BENCH_RAW_RESULTS").await;
-    Ok(tasks as f64 / seconds)
+    Ok(RawRun {
+        tasks_per_sec: tasks as f64 / seconds,
+        times_ms,
+    })
 }
 
 /// The task id at the end of a result subject.
