@@ -11,6 +11,7 @@ use taskwire_supervisor::{NatsCluster, NatsServer};
 mod backlog;
 mod compare;
 mod cpu;
+mod floor;
 mod idle;
 mod load;
 mod raw;
@@ -234,6 +235,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
     progress("round trips, one task at a time");
     round_trips(&mut report, &stack, &nats_url, 1, options.roundtrips).await?;
+
+    progress("gRPC calls that do no work, through the gateway");
+    let floor = floor::grpc_call_floor(
+        &stack,
+        options.tasks,
+        options.concurrency,
+        options.roundtrips,
+    )
+    .await?;
+    report.insert("grpc_call_floor".into(), floor.into());
 
     if options.submit_many > 0 {
         progress(&format!(
