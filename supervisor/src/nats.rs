@@ -326,9 +326,16 @@ impl NatsServer {
 }
 
 impl Drop for NatsServer {
+    /// Kills the server and waits a moment for it to end, so that its temporary store, removed
+    /// next, is not written to while it goes.
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
+        if let Some(child) = self.child.as_mut()
+            && child.start_kill().is_ok()
+        {
+            let until = Instant::now() + Duration::from_secs(2);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(2));
+            }
         }
     }
 }

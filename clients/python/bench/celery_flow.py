@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +39,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def stop_with_parent():
+    """In a child before it starts: SIGTERM it when this process ends, however it ends (Linux;
+    elsewhere the `finally` below is all there is)."""
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def wait_for_port(port, limit=20.0):
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -55,6 +68,8 @@ def main():
     parser.add_argument("--concurrency", type=int, default=64, help="tasks in flight at once")
     parser.add_argument("--worker-concurrency", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
+    # A SIGTERM ends the run through the `finally` below, which stops Redis and the worker.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     redis_server = shutil.which("redis-server")
     try:
@@ -77,6 +92,7 @@ def main():
             [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", home],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=stop_with_parent,
         )
         worker = None
         try:
@@ -92,6 +108,7 @@ def main():
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                preexec_fn=stop_with_parent,
             )
             sys.path.insert(0, home)
             from flow import add

@@ -139,3 +139,86 @@ async fn results_and_queued_tasks_survive_a_broker_restart() -> anyhow::Result<(
     }
     Ok(())
 }
+
+/// The processes whose parent is `pid`, with their command lines (arguments joined by spaces).
+fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // The fields after the command name (which may hold spaces): state, then parent.
+        let Some(after_name) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        if after_name.split_whitespace().nth(1) == Some(pid.to_string().as_str()) {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            found.push((child, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    found
+}
+
+/// Whether a process runs: it exists and has not ended (a zombie has).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rfind(')').map(|i| !stat[i + 2..].starts_with('Z')))
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_bench_stopped_by_sigterm_stops_what_it_started() -> anyhow::Result<()> {
+    let mut bench = Command::new(bin("taskwire")?)
+        .args(["bench", "--tasks", "10000000", "--rounds", "1", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = bench.id().expect("running");
+    let wanted = ["nats-server", "taskwire-gateway", "taskwire-magic-worker"];
+    eventually(
+        "the bench starts its server, gateway and worker",
+        Duration::from_secs(60),
+        || async {
+            let children = children_of(pid);
+            wanted
+                .iter()
+                .all(|name| children.iter().any(|(_, cmd)| cmd.contains(name)))
+        },
+    )
+    .await?;
+    let children = children_of(pid);
+    let store = children
+        .iter()
+        .find(|(_, cmd)| cmd.contains("nats-server"))
+        .and_then(|(_, cmd)| {
+            let mut args = cmd.split_whitespace();
+            args.find(|a| *a == "-sd").and_then(|_| args.next())
+        })
+        .map(std::path::PathBuf::from)
+        .expect("the bench's nats-server has a store");
+    assert!(store.exists(), "{}", store.display());
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let out = tokio::time::timeout(WAIT, bench.wait_with_output()).await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped by a signal"), "{stderr}");
+    for (child, cmd) in &children {
+        eventually(&format!("{cmd} ends"), WAIT, || async { !alive(*child) }).await?;
+    }
+    assert!(
+        !store.exists(),
+        "the server's temporary store {} is removed",
+        store.display()
+    );
+    Ok(())
+}

@@ -178,8 +178,18 @@ fn lost_and_duplicated(samples: &[load::Sample], events: (u64, u64)) -> (usize, 
     )
 }
 
-/// Runs the benchmark and prints the JSON object on stdout.
+/// Runs the benchmark and prints the JSON object on stdout. A SIGTERM or SIGINT stops it, and
+/// with it every server and worker it started, whose temporary stores go too.
 pub async fn run(options: Options) -> anyhow::Result<()> {
+    tokio::select! {
+        measured = measure(options) => measured,
+        () = taskwire::shutdown_signal() => anyhow::bail!(
+            "stopped by a signal before it ended; the servers and workers it started are stopped"
+        ),
+    }
+}
+
+async fn measure(options: Options) -> anyhow::Result<()> {
     let progress = |text: &str| {
         if !options.json {
             eprintln!("bench: {text}");
@@ -446,6 +456,7 @@ async fn celery_flow(options: &Options, script: &std::path::Path) -> anyhow::Res
         .args(["--tasks", &options.celery_tasks.to_string()])
         .args(["--concurrency", &options.concurrency.min(64).to_string()])
         .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| anyhow::anyhow!("running {}: {e}", script.display()))?;
