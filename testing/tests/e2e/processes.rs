@@ -172,7 +172,7 @@ fn alive(pid: u32) -> bool {
 
 #[tokio::test]
 async fn a_bench_stopped_by_sigterm_stops_what_it_started() -> anyhow::Result<()> {
-    let mut bench = Command::new(bin("taskwire")?)
+    let bench = Command::new(bin("taskwire")?)
         .args(["bench", "--tasks", "10000000", "--rounds", "1", "--json"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
