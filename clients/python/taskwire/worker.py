@@ -1249,7 +1249,7 @@ class Worker:
     async def _mark_started(self, task: Task, msg: Msg, task_id: str, attempt: int) -> bool:
         """Stores the start of an attempt as a `running` event, acknowledged before the handler
         runs; False when another delivery of the task stored this attempt's start first."""
-        series = (msg.headers or {}).get(REPLAY, "0")
+        series = _series(msg)
         headers = self._event_headers(task.name, task_id, "running", attempt, series)
         parent = (msg.headers or {}).get("traceparent")
         if parent:
@@ -1318,7 +1318,7 @@ class Worker:
             self.metrics.retried(task.name)
             subject = event_subject(task.name, task_id)
             try:
-                series = (msg.headers or {}).get(REPLAY, "0")
+                series = _series(msg)
                 headers = self._event_headers(task.name, task_id, "retrying", attempt, series)
                 await self._nc.publish(subject, _failure(error.message, True), headers=headers)
             except Exception:
@@ -1375,7 +1375,7 @@ class Worker:
         # The task's own headers, less those the server acts on (a task a message schedule fired
         # carries Nats-Scheduler and Nats-Schedule-Next, which the dead letter stream refuses).
         headers = {k: v for k, v in (msg.headers or {}).items() if not k.lower().startswith("nats-")}
-        replay = headers.get(REPLAY, "0")
+        replay = _series(msg)
         one_line = "".join(" " if not c.isprintable() else c for c in error)[:1000]
         headers.update(
             {
@@ -1457,7 +1457,7 @@ class Worker:
         self, task: Task, msg: Msg, task_id: str, attempt: int, state: str, body: bytes, options: Options
     ) -> "tuple[str, str]":
         headers = self._event_headers(task.name, task_id, state, attempt)
-        series = (msg.headers or {}).get(REPLAY, "0")
+        series = _series(msg)
         headers[MSG_ID] = result_msg_id(task_id, series)
         # One result per task id, whatever the type in its subject.
         headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = "0"
@@ -1510,6 +1510,11 @@ class _Running:
             # gets the grace period.
             self.call.cancel()
         self.changed.set()
+
+
+def _series(msg: Msg) -> str:
+    """Which series of attempts a task message belongs to: "0", or the replay count."""
+    return (msg.headers or {}).get(REPLAY, "0")
 
 
 def _number(value: Optional[str]) -> int:
