@@ -81,7 +81,9 @@ impl TaskContext {
         });
     }
 
-    fn report(&self, progress: v1::TaskProgress) {
+    /// Reports progress as the event carries it (the worker runtime's bridge forwards the
+    /// reports of handlers it calls this way).
+    pub fn report(&self, progress: v1::TaskProgress) {
         if let Some(sink) = &self.progress {
             sink(progress);
         }

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::time::Duration;
 
 /// Whether trying a failed task again could help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub struct TaskError {
     kind: ErrorKind,
     message: String,
     poison: bool,
+    crash: bool,
+    retry_after: Option<Duration>,
 }
 
 impl TaskError {
@@ -31,6 +34,8 @@ impl TaskError {
             kind: ErrorKind::Retryable,
             message: message.to_string(),
             poison: false,
+            crash: false,
+            retry_after: None,
         }
     }
 
@@ -40,6 +45,8 @@ impl TaskError {
             kind: ErrorKind::Permanent,
             message: message.to_string(),
             poison: false,
+            crash: false,
+            retry_after: None,
         }
     }
 
@@ -53,9 +60,43 @@ impl TaskError {
         }
     }
 
+    /// The handler failed in a way it did not foresee (an uncaught exception in a handler the
+    /// worker runtime called): the task fails at once, as a panic does.
+    pub fn crashed(message: impl fmt::Display) -> Self {
+        Self {
+            crash: true,
+            ..Self::permanent(message)
+        }
+    }
+
+    /// Whether the handler failed in a way it did not foresee ([`TaskError::crashed`]).
+    pub fn is_crash(&self) -> bool {
+        self.crash
+    }
+
     /// A service was asked to run a task it does not have.
     pub fn unknown_task(service: &str, task: &str) -> Self {
         Self::permanent(format!("service {service} has no task {task}"))
+    }
+
+    /// A retryable failure that says when to try again: the next attempt waits `after`
+    /// instead of the task's backoff (while attempts are left).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskwire::TaskError;
+    /// let err = TaskError::retryable("rate limited upstream").retry_after(Duration::from_secs(30));
+    /// assert_eq!(err.retry_delay(), Some(Duration::from_secs(30)));
+    /// ```
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.kind = ErrorKind::Retryable;
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// When the task asked to be tried again, if it did ([`TaskError::retry_after`]).
+    pub fn retry_delay(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// Whether the task is tried again.

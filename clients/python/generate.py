@@ -19,7 +19,7 @@ WELL_KNOWN = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
 
 # (proto files, output directory relative to this folder)
 TARGETS = [
-    (["taskwire/v1/options.proto", "taskwire/v1/tasks.proto", "taskwire/v1/schedules.proto"], "."),
+    (["taskwire/v1/options.proto", "taskwire/v1/tasks.proto", "taskwire/v1/schedules.proto", "taskwire/v1/worker.proto"], "."),
     (["examples/magic/v1/magic.proto", "examples/chaos/v1/chaos.proto"], "tests/gen"),
 ]
 

@@ -128,9 +128,9 @@ fn generate_worker(service: &Service, buf: &mut String) {
         });
         defs.push(quote! {
             ::taskwire::service::TaskDef {
-                name: #task,
-                input_type: #input_proto,
-                output_type: #output_proto,
+                name: ::std::borrow::Cow::Borrowed(#task),
+                input_type: ::std::borrow::Cow::Borrowed(#input_proto),
+                output_type: ::std::borrow::Cow::Borrowed(#output_proto),
             }
         });
         arms.push(quote! {
@@ -174,13 +174,14 @@ fn generate_worker(service: &Service, buf: &mut String) {
             }
 
             impl<T: #name> ::taskwire::service::Service for #server<T> {
-                fn name(&self) -> &'static str {
+                fn name(&self) -> &str {
                     #full
                 }
-                fn tasks(&self) -> &'static [::taskwire::service::TaskDef] {
-                    &[#(#defs),*]
+                fn tasks(&self) -> &[::taskwire::service::TaskDef] {
+                    const TASKS: &[::taskwire::service::TaskDef] = &[#(#defs),*];
+                    TASKS
                 }
-                fn file_descriptor_set(&self) -> &'static [u8] {
+                fn file_descriptor_set(&self) -> &[u8] {
                     FILE_DESCRIPTOR_SET
                 }
                 fn call(

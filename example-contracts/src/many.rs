@@ -21,9 +21,9 @@ pub const PACKAGE: &str = "examples.many.v1";
 
 /// One generated service: `examples.many.v1.Many{index:04}`.
 pub struct ManyService {
-    name: &'static str,
-    tasks: &'static [TaskDef],
-    file_descriptor_set: &'static [u8],
+    name: String,
+    tasks: Vec<TaskDef>,
+    file_descriptor_set: Vec<u8>,
 }
 
 /// The name of task `task` (0 to 9) of service `service`.
@@ -39,11 +39,6 @@ pub fn services(task_types: usize) -> Vec<ManyService> {
             ManyService::new(service, tasks)
         })
         .collect()
-}
-
-/// Leaked once per service: a worker serves its services for as long as it runs.
-fn leak(text: String) -> &'static str {
-    Box::leak(text.into_boxed_str())
 }
 
 impl ManyService {
@@ -83,33 +78,33 @@ impl ManyService {
             ..Default::default()
         };
         let set = FileDescriptorSet { file: vec![file] }.encode_to_vec();
-        let full_message: &'static str = leak(format!("{PACKAGE}.{message}"));
-        let tasks: Vec<TaskDef> = (0..tasks)
+        let full_message = format!("{PACKAGE}.{message}");
+        let tasks = (0..tasks)
             .map(|task| TaskDef {
-                name: leak(task_name(index, task)),
-                input_type: full_message,
-                output_type: full_message,
+                name: task_name(index, task).into(),
+                input_type: full_message.clone().into(),
+                output_type: full_message.clone().into(),
             })
             .collect();
         Self {
-            name: leak(format!("{PACKAGE}.{service}")),
-            tasks: Box::leak(tasks.into_boxed_slice()),
-            file_descriptor_set: Box::leak(set.into_boxed_slice()),
+            name: format!("{PACKAGE}.{service}"),
+            tasks,
+            file_descriptor_set: set,
         }
     }
 }
 
 impl Service for ManyService {
-    fn name(&self) -> &'static str {
-        self.name
+    fn name(&self) -> &str {
+        &self.name
     }
 
-    fn tasks(&self) -> &'static [TaskDef] {
-        self.tasks
+    fn tasks(&self) -> &[TaskDef] {
+        &self.tasks
     }
 
-    fn file_descriptor_set(&self) -> &'static [u8] {
-        self.file_descriptor_set
+    fn file_descriptor_set(&self) -> &[u8] {
+        &self.file_descriptor_set
     }
 
     fn call(

@@ -160,6 +160,13 @@ pub(crate) async fn handle(
         return;
     }
 
+    // The upstream that would run it does not answer: handed back unstarted, so that its
+    // outage uses no attempt.
+    if let Some(why) = served.upstream.as_ref().and_then(|h| h.down()) {
+        put_back(served, &message, &id, "the upstream does not answer", &why).await;
+        return;
+    }
+
     // A task whose outcome is stored never runs: a redelivery after a crash that followed the
     // result, a task cancelled before this worker heard of it, a keyed task stored again. At
     // the same time the start is stored, so that a redelivery knows this attempt ran.
@@ -235,6 +242,16 @@ pub(crate) async fn handle(
         Outcome::Done(Ok(output)) => {
             this.finish(message, TaskState::Succeeded, output.into())
                 .await;
+        }
+        Outcome::Done(Err(err)) if err.is_crash() => {
+            tracing::error!(task = %name, task_id = %id, attempt, error = %err, "task failed unexpectedly");
+            span_error(err.message());
+            let failure = Failure {
+                reason: DeadReason::Panic,
+                error: err.message(),
+                retryable: false,
+            };
+            this.fail_for_good(message, failure).await;
         }
         Outcome::Done(Err(err)) => {
             this.failed(message, &options, err, false).await;

@@ -41,6 +41,7 @@ mod pull;
 mod rates;
 mod run;
 mod settle;
+pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -62,6 +63,22 @@ pub mod env {
     pub const GRACE: &str = "TASKWIRE_GRACE";
     /// Address of the Prometheus `/metrics` endpoint, e.g. `0.0.0.0:9464`.
     pub const METRICS_ADDR: &str = "TASKWIRE_METRICS_ADDR";
+    /// The upstream gRPC server whose task services the `taskwire-worker` process serves,
+    /// `unix:///path/to.sock` or `http://127.0.0.1:PORT`.
+    pub const UPSTREAM: &str = "TASKWIRE_UPSTREAM";
+    /// Descriptor set files describing the upstream's services (instead of its reflection),
+    /// comma separated.
+    pub const DESCRIPTORS: &str = "TASKWIRE_DESCRIPTORS";
+    /// Proto files describing the upstream's services (instead of its reflection), comma
+    /// separated.
+    pub const PROTOS: &str = "TASKWIRE_PROTOS";
+    /// Folders the imports of those proto files are found in, comma separated.
+    pub const PROTO_PATH: &str = "TASKWIRE_PROTO_PATH";
+    /// The upstream's services to serve (full names), comma separated; all when unset.
+    pub const SERVICES: &str = "TASKWIRE_SERVICES";
+    /// Where the task context service for the upstream's handlers listens (default
+    /// `127.0.0.1:0`, a free port).
+    pub const CONTEXT_ADDR: &str = "TASKWIRE_CONTEXT_ADDR";
 }
 
 /// Why a worker could not run.
@@ -87,6 +104,8 @@ pub enum Error {
     Cancellations(String),
     #[error("cannot pull tasks of {task}: {reason}")]
     Pull { task: String, reason: String },
+    #[error("{0}")]
+    Upstream(#[from] upstream::Error),
 }
 
 /// Called with a task's id and final state each time this worker stores a result.
@@ -112,6 +131,7 @@ impl Worker {
             metrics_addr: None,
             ports_file: None,
             nats_auth: None,
+            upstream: None,
         }
     }
 }
@@ -130,6 +150,7 @@ pub struct Builder {
     metrics_addr: Option<std::net::SocketAddr>,
     ports_file: Option<std::path::PathBuf>,
     nats_auth: Option<broker::NatsAuth>,
+    upstream: Option<upstream::Upstream>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -206,7 +227,6 @@ impl Builder {
         self
     }
 
-    /// Serves every task of a generated service (`MagicServer::new(MyMagic)`).
     /// Credentials and TLS for NATS; by default those of the environment
     /// ([`broker::NatsAuth::from_env`]).
     pub fn nats_auth(mut self, auth: broker::NatsAuth) -> Self {
@@ -214,8 +234,16 @@ impl Builder {
         self
     }
 
+    /// Serves every task of a generated service (`MagicServer::new(MyMagic)`).
     pub fn serve(mut self, service: impl Service) -> Self {
         self.services.push(Arc::new(service));
+        self
+    }
+
+    /// Serves the task services of an upstream gRPC server, calling it for each attempt
+    /// ([`upstream`]); beside the services given with [`Builder::serve`], if any.
+    pub fn upstream(mut self, upstream: upstream::Upstream) -> Self {
+        self.upstream = Some(upstream);
         self
     }
 

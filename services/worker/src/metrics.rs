@@ -210,10 +210,24 @@ impl Drop for Running {
 pub(crate) fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    upstream: Option<crate::upstream::Health>,
     stop: CancellationToken,
 ) {
+    // Unhealthy while the upstream the tasks are served by does not answer.
+    let healthz = move || {
+        let down = upstream.as_ref().and_then(crate::upstream::Health::down);
+        async move {
+            match down {
+                None => (axum::http::StatusCode::OK, "ok".to_owned()),
+                Some(why) => (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the upstream does not answer: {why}"),
+                ),
+            }
+        }
+    };
     let app = axum::Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/healthz", axum::routing::get(healthz))
         .route(
             "/metrics",
             axum::routing::get(move || {
@@ -248,6 +262,7 @@ pub(crate) fn heartbeat(
     broker: Broker,
     metrics: Arc<Metrics>,
     tasks: Vec<String>,
+    upstream: Option<crate::upstream::Health>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let id = uuid::Uuid::now_v7().simple().to_string();
@@ -269,6 +284,11 @@ pub(crate) fn heartbeat(
                 started_at: Some(started_at.into()),
                 heartbeat_at: Some(SystemTime::now().into()),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
+                unavailable: upstream
+                    .as_ref()
+                    .and_then(crate::upstream::Health::down)
+                    .map(|why| format!("the upstream does not answer: {why}"))
+                    .unwrap_or_default(),
             };
             if let Err(e) = broker
                 .workers

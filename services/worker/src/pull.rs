@@ -113,6 +113,13 @@ pub(crate) async fn pull_loop(
     // Ends the normal level's waiting pull when the loop wants its slots back.
     let mut normal_end = CancellationToken::new();
     loop {
+        // While the upstream that runs the tasks does not answer, nothing is pulled.
+        if let Some(health) = &served.upstream
+            && health.down().is_some()
+            && !health.up(&stop).await
+        {
+            return;
+        }
         let first = tokio::select! {
             () = stop.cancelled() => return,
             slot = Arc::clone(&slots).acquire_owned() => match slot {

@@ -34,6 +34,9 @@ pub(crate) struct Served {
     pub(crate) metrics: Arc<Metrics>,
     /// The counters of this task type.
     pub(crate) task_metrics: metrics::TaskMetrics,
+    /// The upstream's health, when the tasks are served by calling one: while it is down no
+    /// task starts.
+    pub(crate) upstream: Option<crate::upstream::Health>,
 }
 
 pub(crate) async fn run(
@@ -41,6 +44,20 @@ pub(crate) async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let mut builder = builder;
+    let mut shutdown = std::pin::pin!(shutdown);
+    // The bridge's own background work (context service, health checks) ends with the worker.
+    let bridge_stop = CancellationToken::new();
+    let _bridge_stop = bridge_stop.clone().drop_guard();
+    let mut upstream_health = None;
+    if let Some(upstream) = builder.upstream.take() {
+        tracing::info!(upstream = %upstream.address(), "learning the upstream's services");
+        let bridge = tokio::select! {
+            bridge = upstream.start(bridge_stop.clone()) => bridge?,
+            () = &mut shutdown => return Ok(()),
+        };
+        builder.services.extend(bridge.services);
+        upstream_health = Some(bridge.health);
+    }
     if builder.services.is_empty() {
         return Err(Error::NoServices);
     }
@@ -54,7 +71,7 @@ pub(crate) async fn run(
         for def in service.tasks() {
             let task = types
                 .iter()
-                .find(|t| t.name.as_str() == def.name)
+                .find(|t| t.name.as_str() == def.name.as_ref())
                 .cloned()
                 .ok_or_else(|| Error::Descriptors {
                     service: service.name().into(),
@@ -119,7 +136,12 @@ pub(crate) async fn run(
         let listener = metrics::bind(addr).await?;
         ports.http = Some(listener.local_addr().unwrap_or(addr));
         tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics on /metrics");
-        metrics::serve(listener, Arc::clone(&metrics), done.clone());
+        metrics::serve(
+            listener,
+            Arc::clone(&metrics),
+            upstream_health.clone(),
+            done.clone(),
+        );
     }
     let mut served_names = Vec::new();
     let mut loops = Vec::new();
@@ -151,6 +173,7 @@ pub(crate) async fn run(
             cancels: Arc::clone(&cancels),
             limits: Arc::clone(&limits),
             metrics: Arc::clone(&metrics),
+            upstream: upstream_health.clone(),
         });
         served_names.push(served.task.name.to_string());
         loops.push(tokio::spawn(pull_loop(
@@ -167,6 +190,7 @@ pub(crate) async fn run(
         broker.clone(),
         Arc::clone(&metrics),
         served_names,
+        upstream_health.clone(),
         done.clone(),
     );
     if let Some(file) = &builder.ports_file {

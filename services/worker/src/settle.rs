@@ -53,7 +53,10 @@ impl Attempt<'_> {
         let name = &served.task.name;
         span_error(err.message());
         if err.is_retryable() && attempt < options.max_attempts {
-            let delay = jitter(options.backoff(attempt));
+            // The task's own word on when to try again stands; else the task's backoff.
+            let delay = err
+                .retry_delay()
+                .unwrap_or_else(|| jitter(options.backoff(attempt)));
             tracing::info!(task = %name, task_id = %id, attempt, ?delay, error = %err, "retrying");
             served.metrics.retried(name.as_str());
             let _ = served

@@ -5,6 +5,7 @@
 import { protoMetadata as taskwire_v1_options } from "./taskwire/v1/options";
 import { protoMetadata as taskwire_v1_schedules } from "./taskwire/v1/schedules";
 import { protoMetadata as taskwire_v1_tasks } from "./taskwire/v1/tasks";
+import { protoMetadata as taskwire_v1_worker } from "./taskwire/v1/worker";
 import { protoMetadata as examples_chaos_v1_chaos } from "./examples/chaos/v1/chaos";
 import { protoMetadata as examples_magic_v1_magic } from "./examples/magic/v1/magic";
 
@@ -12,6 +13,7 @@ export const protoMetadata = [
   taskwire_v1_options,
   taskwire_v1_schedules,
   taskwire_v1_tasks,
+  taskwire_v1_worker,
   examples_chaos_v1_chaos,
   examples_magic_v1_magic,
 ];

@@ -444,6 +444,11 @@ export interface WorkerInfo {
   startedAt: Date | undefined;
   heartbeatAt: Date | undefined;
   version: string;
+  /**
+   * Why the worker starts no task now (the upstream gRPC server it calls does not answer);
+   * empty while it does.
+   */
+  unavailable: string;
 }
 
 export interface ListQueuesRequest {
@@ -3624,6 +3629,7 @@ function createBaseWorkerInfo(): WorkerInfo {
     startedAt: undefined,
     heartbeatAt: undefined,
     version: "",
+    unavailable: "",
   };
 }
 
@@ -3667,6 +3673,9 @@ export const WorkerInfo: MessageFns<WorkerInfo> = {
     }
     if (message.version !== "") {
       writer.uint32(82).string(message.version);
+    }
+    if (message.unavailable !== "") {
+      writer.uint32(90).string(message.unavailable);
     }
     return writer;
   },
@@ -3764,6 +3773,14 @@ export const WorkerInfo: MessageFns<WorkerInfo> = {
             message.version = reader.string();
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.unavailable = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3796,6 +3813,7 @@ export const WorkerInfo: MessageFns<WorkerInfo> = {
         ? fromJsonTimestamp(object.heartbeat_at)
         : undefined,
       version: isSet(object.version) ? globalThis.String(object.version) : "",
+      unavailable: isSet(object.unavailable) ? globalThis.String(object.unavailable) : "",
     };
   },
 
@@ -3831,6 +3849,9 @@ export const WorkerInfo: MessageFns<WorkerInfo> = {
     if (message.version !== "") {
       obj.version = message.version;
     }
+    if (message.unavailable !== "") {
+      obj.unavailable = message.unavailable;
+    }
     return obj;
   },
 
@@ -3849,6 +3870,7 @@ export const WorkerInfo: MessageFns<WorkerInfo> = {
     message.startedAt = object.startedAt ?? undefined;
     message.heartbeatAt = object.heartbeatAt ?? undefined;
     message.version = object.version ?? "";
+    message.unavailable = object.unavailable ?? "";
     return message;
   },
 };
@@ -6666,6 +6688,18 @@ export const protoMetadata: ProtoMetadata = {
         "jsonName": "version",
         "options": undefined,
         "proto3Optional": false,
+      }, {
+        "name": "unavailable",
+        "number": 11,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "unavailable",
+        "options": undefined,
+        "proto3Optional": false,
       }],
       "extension": [],
       "nestedType": [],
@@ -7535,7 +7569,7 @@ export const protoMetadata: ProtoMetadata = {
         "leadingDetachedComments": [],
       }, {
         "path": [4, 29],
-        "span": [315, 0, 328, 1],
+        "span": [315, 0, 331, 1],
         "leadingComments": " What a worker tells about itself in its heartbeat.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
@@ -7552,69 +7586,76 @@ export const protoMetadata: ProtoMetadata = {
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [4, 29, 2, 10],
+        "span": [330, 2, 26],
+        "leadingComments":
+          " Why the worker starts no task now (the upstream gRPC server it calls does not answer);\n empty while it does.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [4, 32, 2, 1],
-        "span": [339, 2, 22],
+        "span": [342, 2, 22],
         "leadingComments": " high, normal or low.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 2],
-        "span": [341, 2, 20],
+        "span": [344, 2, 20],
         "leadingComments": " Waiting for a worker.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 3],
-        "span": [343, 2, 23],
+        "span": [346, 2, 23],
         "leadingComments": " Delivered to a worker and not yet acknowledged.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 4],
-        "span": [345, 2, 25],
+        "span": [348, 2, 25],
         "leadingComments": " Delivered more than once (retries, dead workers).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 5],
-        "span": [347, 2, 27],
+        "span": [350, 2, 27],
         "leadingComments": " Pull requests of idle workers waiting for tasks.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 6],
-        "span": [349, 2, 46],
+        "span": [352, 2, 46],
         "leadingComments": " How long the oldest queued task has waited.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 7],
-        "span": [351, 2, 26],
+        "span": [354, 2, 26],
         "leadingComments": " Dead letters of the task type (on the normal priority row).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 8],
-        "span": [353, 2, 21],
+        "span": [356, 2, 21],
         "leadingComments": " Live workers that serve the task type.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 9],
-        "span": [356, 2, 30],
+        "span": [359, 2, 30],
         "leadingComments":
           " Deliveries to workers since the queue's consumer was made: the difference between two\n readings over the time between them is the queue's rate.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 34, 2, 0],
-        "span": [365, 2, 31],
+        "span": [368, 2, 31],
         "leadingComments": " Oldest first: queued or scheduled, running, progress, retrying.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 34, 2, 1],
-        "span": [367, 2, 22],
+        "span": [370, 2, 22],
         "leadingComments": " The final state, once there is one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],

@@ -1,0 +1,288 @@
+//! One attempt as a call of the task's own method on the upstream: the arguments' bytes in, the
+//! result's bytes out, the attempt in the metadata, and the answer's status deciding what the
+//! attempt came to.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf as _, BufMut as _, Bytes};
+use taskwire::service::{BoxFuture, Service, TaskDef};
+use taskwire::{TaskContext, TaskError};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt as _;
+
+use super::context::Attempts;
+use super::health::Health;
+
+/// The metadata keys of a call, as docs/protocol.md lists them.
+pub mod metadata {
+    /// The task's id.
+    pub const TASK_ID: &str = "taskwire-task-id";
+    /// The task's full name, `package.Service/Method`.
+    pub const TASK: &str = "taskwire-task";
+    /// This attempt, from 1.
+    pub const ATTEMPT: &str = "taskwire-attempt";
+    /// The attempts the task has in all.
+    pub const MAX_ATTEMPTS: &str = "taskwire-max-attempts";
+    /// Where the runtime serves `taskwire.v1.TaskContext` for this call.
+    pub const CONTEXT: &str = "taskwire-context";
+    /// The `google.rpc.ErrorInfo` metadata key that says, `true` or `false`, whether a failure
+    /// is worth another attempt, whatever its status code.
+    pub const RETRYABLE: &str = "retryable";
+}
+
+/// One service of the upstream, served by calling it.
+pub(crate) struct Forward {
+    pub(crate) name: String,
+    pub(crate) tasks: Vec<TaskDef>,
+    pub(crate) file_descriptor_set: Vec<u8>,
+    pub(crate) channel: Channel,
+    pub(crate) attempts: Arc<Attempts>,
+    pub(crate) health: Health,
+}
+
+impl Service for Forward {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn tasks(&self) -> &[TaskDef] {
+        &self.tasks
+    }
+
+    fn file_descriptor_set(&self) -> &[u8] {
+        &self.file_descriptor_set
+    }
+
+    fn call(
+        &self,
+        task: &str,
+        ctx: TaskContext,
+        args: Bytes,
+    ) -> BoxFuture<Result<Vec<u8>, TaskError>> {
+        let path = format!("/{task}");
+        let channel = self.channel.clone();
+        let attempts = Arc::clone(&self.attempts);
+        let health = self.health.clone();
+        Box::pin(async move {
+            let path = path.parse::<http::uri::PathAndQuery>().map_err(|e| {
+                TaskError::permanent(format!("task {path} is not a gRPC path: {e}"))
+            })?;
+            let request = request(&ctx, args, attempts.address());
+            // Progress reports of this attempt are taken while it runs.
+            let _running = attempts.running(&ctx);
+            let mut grpc = tonic::client::Grpc::new(channel);
+            let answer = async {
+                grpc.ready()
+                    .await
+                    .map_err(|e| Status::unavailable(format!("cannot reach the upstream: {e}")))?;
+                grpc.unary(request, path, RawCodec).await
+            };
+            tokio::select! {
+                answer = answer => match answer {
+                    Ok(response) => Ok(response.into_inner().to_vec()),
+                    Err(status) => {
+                        if is_transport(&status) {
+                            // The upstream went away under the call: no new task starts until
+                            // it answers its health check again.
+                            health.lost();
+                        }
+                        if status.code() == Code::DeadlineExceeded
+                            && ctx.deadline().is_some_and(|d| Instant::now() >= d)
+                        {
+                            // The time limit: the runtime stops the attempt as timed out.
+                            ctx.cancelled().await;
+                        }
+                        Err(task_error(&status))
+                    }
+                },
+                // A cancel, the time limit or a forced stop: the call is dropped, which cancels
+                // it (the handler sees its context cancelled).
+                () = ctx.cancelled() => Err(TaskError::retryable("the attempt was stopped")),
+            }
+        })
+    }
+}
+
+/// The request of one attempt: the arguments' bytes, the attempt in the metadata, the time
+/// limit as the deadline, and the trace context.
+fn request(ctx: &TaskContext, args: Bytes, context: &str) -> tonic::Request<Bytes> {
+    let mut request = tonic::Request::new(args);
+    let meta = request.metadata_mut();
+    insert(meta, metadata::TASK_ID, ctx.id().as_str());
+    insert(meta, metadata::TASK, ctx.task().as_str());
+    insert(meta, metadata::ATTEMPT, &ctx.attempt().to_string());
+    insert(
+        meta,
+        metadata::MAX_ATTEMPTS,
+        &ctx.max_attempts().to_string(),
+    );
+    insert(meta, metadata::CONTEXT, context);
+    taskwire::propagation::inject_metadata(meta);
+    if let Some(deadline) = ctx.deadline() {
+        request.set_timeout(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        );
+    }
+    request
+}
+
+fn insert(meta: &mut MetadataMap, key: &'static str, value: &str) {
+    if let Ok(value) = AsciiMetadataValue::try_from(value) {
+        meta.insert(key, value);
+    }
+}
+
+/// Whether the call failed on its way (no connection, the connection lost), not by an answer
+/// of the handler.
+fn is_transport(status: &Status) -> bool {
+    use std::error::Error as _;
+    status.code() == Code::Unavailable && status.source().is_some()
+}
+
+/// What a failed call's status means for the task: codes that mean "try again" retry (after
+/// the `google.rpc.RetryInfo` delay when it gives one); an uncaught exception (UNKNOWN,
+/// INTERNAL, DATA_LOSS) fails the task at once as a panic does; the other codes mean the input
+/// will never work and fail it at once. A `google.rpc.ErrorInfo` with metadata `retryable`
+/// overrides the code's word either way.
+pub(crate) fn task_error(status: &Status) -> TaskError {
+    let message = if status.message().is_empty() {
+        format!("the handler answered {:?}", status.code())
+    } else {
+        status.message().to_owned()
+    };
+    let said = status.get_details_error_info().and_then(|info| {
+        match info.metadata.get(metadata::RETRYABLE)?.as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        }
+    });
+    let retry_after = status.get_details_retry_info().and_then(|r| r.retry_delay);
+    let retryable = matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::Aborted
+            | Code::ResourceExhausted
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+    );
+    let crash = matches!(
+        status.code(),
+        Code::Unknown | Code::Internal | Code::DataLoss
+    );
+    match (said, retry_after) {
+        (Some(true), Some(after)) => TaskError::retryable(message).retry_after(after),
+        (Some(true), None) => TaskError::retryable(message),
+        (Some(false), _) => TaskError::permanent(message),
+        (None, _) if crash => TaskError::crashed(message),
+        (None, Some(after)) if retryable => TaskError::retryable(message).retry_after(after),
+        (None, _) if retryable => TaskError::retryable(message),
+        (None, _) => TaskError::permanent(message),
+    }
+}
+
+/// A codec that passes a message's bytes through: the runtime never decodes arguments or
+/// results on their way.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::ErrorDetails;
+
+    #[test]
+    fn codes_decide_retry_or_failure() {
+        for code in [
+            Code::Unavailable,
+            Code::Aborted,
+            Code::ResourceExhausted,
+            Code::DeadlineExceeded,
+        ] {
+            let err = task_error(&Status::new(code, "busy"));
+            assert!(err.is_retryable(), "{code:?}");
+            assert_eq!(err.message(), "busy");
+        }
+        for code in [
+            Code::InvalidArgument,
+            Code::FailedPrecondition,
+            Code::OutOfRange,
+            Code::PermissionDenied,
+            Code::Unimplemented,
+            Code::NotFound,
+        ] {
+            let err = task_error(&Status::new(code, "never"));
+            assert!(!err.is_retryable() && !err.is_crash(), "{code:?}");
+        }
+        for code in [Code::Unknown, Code::Internal] {
+            assert!(
+                task_error(&Status::new(code, "boom")).is_crash(),
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn details_say_when_and_override_the_code() {
+        let later = Status::with_error_details(
+            Code::Unavailable,
+            "rate limited",
+            ErrorDetails::with_retry_info(Some(Duration::from_secs(7))),
+        );
+        assert_eq!(
+            task_error(&later).retry_delay(),
+            Some(Duration::from_secs(7))
+        );
+        let info = |retryable: &str| {
+            ErrorDetails::with_error_info(
+                "REASON",
+                "example.com",
+                [(metadata::RETRYABLE.to_owned(), retryable.to_owned())],
+            )
+        };
+        let permanent = Status::with_error_details(Code::Unavailable, "no", info("false"));
+        assert!(!task_error(&permanent).is_retryable());
+        let retryable = Status::with_error_details(Code::InvalidArgument, "yes", info("true"));
+        assert!(task_error(&retryable).is_retryable());
+    }
+}
