@@ -11,12 +11,10 @@ NATS_SERVER_VERSION ?= 2.15.1
 PLAYWRIGHT_VERSION ?= 1.65.2
 PLAYWRIGHT := $(VENV)/.playwright-$(PLAYWRIGHT_VERSION)
 GRPC_VERSION ?= 1.85.1
-NATS_PY_VERSION ?= 2.16.0
 OTEL_PY_VERSION ?= 1.45.2
-NKEYS_PY_VERSION ?= 0.2.1
 BUF_VERSION ?= 1.75.0
 BUF := $(VENV)/.buf-$(BUF_VERSION)
-PYTHON_DEPS := $(VENV)/.python-deps-$(GRPC_VERSION)-$(NATS_PY_VERSION)-$(NKEYS_PY_VERSION)-$(OTEL_PY_VERSION)
+PYTHON_DEPS := $(VENV)/.python-deps-$(GRPC_VERSION)-$(OTEL_PY_VERSION)
 export TASKWIRE_NATS_SERVER := $(NATS_SERVER)
 export TASKWIRE_PYTHON := $(VENV)/bin/python
 FIXTURE := testing/fixtures/external
@@ -79,7 +77,7 @@ $(NATS_SERVER):
 	$(NATS_SERVER) --version
 
 $(PYTHON_DEPS): $(NATS_SERVER)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check "grpcio==$(GRPC_VERSION)" "grpcio-tools==$(GRPC_VERSION)" "nats-py==$(NATS_PY_VERSION)" "nkeys==$(NKEYS_PY_VERSION)" "pytest==9.2.0" \
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "grpcio==$(GRPC_VERSION)" "grpcio-tools==$(GRPC_VERSION)" "grpcio-reflection==$(GRPC_VERSION)" "pytest==9.2.0" \
 		"opentelemetry-sdk==$(OTEL_PY_VERSION)" "opentelemetry-exporter-otlp-proto-grpc==$(OTEL_PY_VERSION)"
 	touch $@
 

@@ -21,6 +21,10 @@ WELL_KNOWN = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
 TARGETS = [
     (["taskwire/v1/options.proto", "taskwire/v1/tasks.proto", "taskwire/v1/schedules.proto", "taskwire/v1/worker.proto"], "."),
     (["examples/magic/v1/magic.proto", "examples/chaos/v1/chaos.proto"], "tests/gen"),
+    # What a gRPC server in Python needs to serve tasks without taskwire's package
+    # (examples/plain_worker.py): the context service of the worker runtime, and the task
+    # options the contracts import. A folder apart, so that its `taskwire` is never the package.
+    (["taskwire/v1/options.proto", "taskwire/v1/tasks.proto", "taskwire/v1/worker.proto"], "tests/gen_plain"),
 ]
 
 
@@ -66,7 +70,7 @@ def main() -> int:
             return 0
     generate(HERE)
     for package in ["taskwire/v1", "tests/gen/examples", "tests/gen/examples/magic", "tests/gen/examples/magic/v1",
-                    "tests/gen/examples/chaos", "tests/gen/examples/chaos/v1", "tests/gen/taskwire", "tests/gen/taskwire/v1"]:
+                    "tests/gen/examples/chaos", "tests/gen/examples/chaos/v1", "tests/gen_plain/taskwire", "tests/gen_plain/taskwire/v1"]:
         path = os.path.join(HERE, package)
         if os.path.isdir(path):
             open(os.path.join(path, "__init__.py"), "a").close()

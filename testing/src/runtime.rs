@@ -17,8 +17,12 @@ use tokio::process::Child;
 pub enum Runtime {
     /// `taskwire-test-worker`.
     Rust,
-    /// `clients/python/examples/worker.py` (with `TASKWIRE_PYTHON`).
+    /// `clients/python/examples/worker.py` (with `TASKWIRE_PYTHON`): the Python worker package,
+    /// on the worker runtime.
     Python,
+    /// `clients/python/examples/plain_worker.py`: a plain grpcio server of the contracts, with
+    /// nothing from taskwire's Python package, served by the worker runtime beside it.
+    Plain,
 }
 
 /// A test worker of `runtime` as a real process, killed when dropped. `env` adds to or
@@ -26,22 +30,42 @@ pub enum Runtime {
 pub fn worker(runtime: Runtime, nats_url: &str, env: &[(&str, &str)]) -> anyhow::Result<Child> {
     match runtime {
         Runtime::Rust => crate::worker_process(nats_url, env),
-        Runtime::Python => {
+        Runtime::Python | Runtime::Plain => {
             let python = std::env::var("TASKWIRE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
             let python_dir = root.join("clients/python");
-            let path = format!(
-                "{}:{}",
-                python_dir.display(),
-                python_dir.join("tests/gen").display()
-            );
+            let generated = python_dir.join("tests/gen");
+            let runtime_bin = crate::bin("taskwire-worker")?;
+            let mut command = tokio::process::Command::new(python);
+            if runtime == Runtime::Python {
+                command
+                    .arg(python_dir.join("examples/worker.py"))
+                    .env("TASKWIRE_WORKER_BIN", &runtime_bin)
+                    .env(
+                        "PYTHONPATH",
+                        format!("{}:{}", python_dir.display(), generated.display()),
+                    );
+            } else {
+                command
+                    .arg(python_dir.join("examples/plain_worker.py"))
+                    .arg("--runtime")
+                    .arg(&runtime_bin)
+                    // The generated modules alone: not taskwire's package.
+                    .env(
+                        "PYTHONPATH",
+                        format!(
+                            "{}:{}",
+                            generated.display(),
+                            python_dir.join("tests/gen_plain").display()
+                        ),
+                    );
+            }
             // Quiet unless the caller's environment asks for more.
             let log = std::env::var("TASKWIRE_PY_LOG").unwrap_or_else(|_| "ERROR".to_owned());
-            Ok(tokio::process::Command::new(python)
-                .arg(python_dir.join("examples/worker.py"))
+            Ok(command
+                .env("TASKWIRE_LOG", "warn")
                 .env("TASKWIRE_PY_LOG", log)
                 .env("TASKWIRE_NATS_URL", nats_url)
-                .env("PYTHONPATH", path)
                 .envs(env.iter().copied())
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())

@@ -163,7 +163,7 @@ fn sleep(millis: u64, label: &str) -> SleepArgs {
     }
 }
 
-/// Both runtimes run each scenario.
+/// Every runtime runs each scenario.
 macro_rules! conformance {
     ($($scenario:ident),* $(,)?) => {
         mod rust {
@@ -179,6 +179,14 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $scenario() -> anyhow::Result<()> {
                     super::$scenario(super::Runtime::Python).await
+                }
+            )*
+        }
+        mod plain {
+            $(
+                #[tokio::test]
+                async fn $scenario() -> anyhow::Result<()> {
+                    super::$scenario(super::Runtime::Plain).await
                 }
             )*
         }

@@ -31,9 +31,9 @@ async fn the_rust_worker_keeps_every_guarantee_under_random_operations() -> anyh
 #[tokio::test]
 async fn the_python_worker_keeps_every_guarantee_under_random_operations() -> anyhow::Result<()> {
     if std::env::var_os("TASKWIRE_PYTHON").is_none() {
-        // `make test` sets it to the project's venv, which has nats-py.
+        // `make test` sets it to the project's venv, which has grpcio.
         anyhow::bail!(
-            "TASKWIRE_PYTHON is not set: run this through make test (or set it to a Python with nats-py)"
+            "TASKWIRE_PYTHON is not set: run this through make test (or set it to a Python with grpcio)"
         );
     }
     run(Runtime::Python, 20261130, 400).await

@@ -26,6 +26,13 @@ def binary(name: str) -> str:
     return path
 
 
+# The Python worker starts the worker runtime this build made.
+os.environ.setdefault(
+    "TASKWIRE_WORKER_BIN",
+    os.path.join(os.environ.get("TASKWIRE_BIN_DIR", os.path.join(ROOT, "target", "debug")), "taskwire-worker"),
+)
+
+
 def nats_server() -> str:
     path = os.environ.get("TASKWIRE_NATS_SERVER") or shutil.which("nats-server")
     if not path:

@@ -16,7 +16,7 @@ pub(crate) fn submit_span(task: &str, method: &'static str) -> tracing::Span {
         otel.name = %format!("submit {task}"),
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
-        otel.status_message = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
         rpc.system = "grpc",
         rpc.service = "taskwire.v1.Tasks",
         rpc.method = method,
@@ -29,7 +29,7 @@ pub(crate) fn traced<T>(response: Result<T, tonic::Status>) -> Result<T, tonic::
     if let Err(status) = &response {
         let span = tracing::Span::current();
         span.record("otel.status_code", "ERROR");
-        span.record("otel.status_message", status.message());
+        span.record("otel.status_description", status.message());
     }
     response
 }

@@ -52,7 +52,7 @@ where
             otel.name = %method.trim_start_matches('/'),
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,
-            otel.status_message = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
             rpc.system = "grpc",
             rpc.service = %service,
             rpc.method = %rpc,
@@ -83,7 +83,7 @@ where
                 record.record("rpc.grpc.status_code", i64::from(number));
                 if number != 0 {
                     record.record("otel.status_code", "ERROR");
-                    record.record("otel.status_message", code.as_str());
+                    record.record("otel.status_description", code.as_str());
                 }
                 // Paths no method has, and calls refused before a method ran, share one label:
                 // callers choose paths, and labels must not grow without bound.

@@ -110,7 +110,8 @@ pub(crate) async fn handle(
     span.record("task_id", tracing::field::display(&id));
     span.record("attempt", attempt);
     span.record("messaging.message.id", tracing::field::display(&id));
-    span.record("taskwire.task.attempt", attempt);
+    // A number in the trace, not its text.
+    span.record("taskwire.task.attempt", i64::from(attempt));
     // The task's declared options, as its submitter changed them.
     let options = broker::Overrides::read(message.headers.as_ref()).apply(&served.task.options);
     let max_attempts = options.max_attempts;
@@ -340,7 +341,7 @@ pub(crate) fn process_span(served: &Served, message: &jetstream::Message) -> tra
         otel.name = %format!("process {}", served.task.name),
         otel.kind = "consumer",
         otel.status_code = tracing::field::Empty,
-        otel.status_message = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
         messaging.system = "nats",
         messaging.destination.name = %message.subject,
         messaging.operation.type = "process",
@@ -382,8 +383,9 @@ pub(crate) fn process_span(served: &Served, message: &jetstream::Message) -> tra
 /// Marks the current attempt's span as failed.
 pub(crate) fn span_error(message: &str) {
     let span = tracing::Span::current();
-    span.record("otel.status_code", "ERROR");
-    span.record("otel.status_message", message);
+    // The description sets the error status with it (a bare error code would set an error
+    // status without one, which a later one of the same rank does not replace).
+    span.record("otel.status_description", message);
 }
 
 /// After a task's time limit, how long it has to notice its cancellation before it is abandoned.

@@ -76,9 +76,14 @@ pub mod env {
     pub const PROTO_PATH: &str = "TASKWIRE_PROTO_PATH";
     /// The upstream's services to serve (full names), comma separated; all when unset.
     pub const SERVICES: &str = "TASKWIRE_SERVICES";
+    /// The upstream's tasks to serve (full names, `package.Service/Method`), comma separated;
+    /// every task of the services served when unset.
+    pub const TASKS: &str = "TASKWIRE_TASKS";
     /// Where the task context service for the upstream's handlers listens (default
     /// `127.0.0.1:0`, a free port).
     pub const CONTEXT_ADDR: &str = "TASKWIRE_CONTEXT_ADDR";
+    /// What the upstream is, as the worker's heartbeat names it (say `python taskwire/0.1.0`).
+    pub const UPSTREAM_NAME: &str = "TASKWIRE_UPSTREAM_NAME";
 }
 
 /// Why a worker could not run.
@@ -128,6 +133,7 @@ impl Worker {
             ready: None,
             on_result: None,
             signal_forces: false,
+            force: None,
             metrics_addr: None,
             ports_file: None,
             nats_auth: None,
@@ -147,6 +153,7 @@ pub struct Builder {
     ready: Option<Box<dyn FnOnce() + Send>>,
     on_result: Option<ResultHook>,
     signal_forces: bool,
+    force: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
     metrics_addr: Option<std::net::SocketAddr>,
     ports_file: Option<std::path::PathBuf>,
     nats_auth: Option<broker::NatsAuth>,
@@ -290,6 +297,14 @@ impl Builder {
     /// other workers. For worker processes; off by default.
     pub fn second_signal_forces(mut self, enable: bool) -> Self {
         self.signal_forces = enable;
+        self
+    }
+
+    /// Ends the drain at once when `force` completes (running tasks are released to other
+    /// workers), as a second signal does with [`Builder::second_signal_forces`]: for a runtime
+    /// whose upstream is gone, which has nothing left to wait for.
+    pub fn force_when(mut self, force: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.force = Some(Box::pin(force));
         self
     }
 

@@ -37,6 +37,13 @@ struct Args {
     /// Serve only these services of the upstream (full names); all by default.
     #[arg(long = "service", env = env::SERVICES, value_delimiter = ',')]
     services: Vec<String>,
+    /// Serve only these tasks of those services (full names, package.Service/Method); all by
+    /// default.
+    #[arg(long = "task", env = env::TASKS, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// What the upstream is, as the worker's heartbeat names it (its address by default).
+    #[arg(long, env = env::UPSTREAM_NAME)]
+    upstream_name: Option<String>,
     /// Where the task context service for the upstream's handlers listens.
     #[arg(long, env = env::CONTEXT_ADDR, default_value = "127.0.0.1:0")]
     context_addr: String,
@@ -114,10 +121,14 @@ impl Args {
         } else {
             Descriptors::Reflection
         };
-        let upstream = Upstream::new(address)
+        let mut upstream = Upstream::new(address)
             .descriptors(descriptors)
             .services(self.services)
+            .tasks(self.tasks)
             .context_addr(context_addr);
+        if let Some(name) = self.upstream_name {
+            upstream = upstream.name(name);
+        }
         if let Some(url) = self.nats_url {
             builder = builder.nats(url);
         }
@@ -148,14 +159,24 @@ async fn main() -> ExitCode {
         }
     };
     let signal = taskwire::shutdown_signal();
+    // Standard input closed: what started this process is gone, and with it the handlers the
+    // tasks are served by. It stops at once, releasing what runs to other workers.
+    let gone = tokio_util::sync::CancellationToken::new();
+    let worker = if exit_with_stdin {
+        let closed = gone.clone();
+        tokio::spawn(async move {
+            stdin_closed().await;
+            tracing::info!("standard input closed; stopping");
+            closed.cancel();
+        });
+        worker.force_when(gone.clone().cancelled_owned())
+    } else {
+        worker
+    };
     let shutdown = async move {
-        if exit_with_stdin {
-            tokio::select! {
-                () = signal => {}
-                () = stdin_closed() => tracing::info!("standard input closed; stopping"),
-            }
-        } else {
-            signal.await;
+        tokio::select! {
+            () = signal => {}
+            () = gone.cancelled() => {}
         }
     };
     match worker.run(shutdown).await {
@@ -167,14 +188,21 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Completes when standard input reaches its end (what started this process is gone).
+/// Completes when standard input reaches its end (what started this process is gone). Read on
+/// a thread of its own: a read in Tokio's blocking pool would keep the process from exiting.
 async fn stdin_closed() {
-    use tokio::io::AsyncReadExt as _;
-    let mut stdin = tokio::io::stdin();
-    let mut buffer = [0u8; 64];
-    while let Ok(n) = stdin.read(&mut buffer).await {
-        if n == 0 {
-            return;
+    let (closed, on_close) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut stdin = std::io::stdin();
+        let mut buffer = [0u8; 64];
+        while let Ok(n) = stdin.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
         }
-    }
+        let _ = closed.send(());
+    });
+    // A dropped sender (the thread gone) means the same: no more input.
+    let _ = on_close.await;
 }

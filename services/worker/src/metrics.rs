@@ -262,6 +262,7 @@ pub(crate) fn heartbeat(
     broker: Broker,
     metrics: Arc<Metrics>,
     tasks: Vec<String>,
+    version: String,
     upstream: Option<crate::upstream::Health>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -283,7 +284,7 @@ pub(crate) fn heartbeat(
                 failed: metrics.failed_total.load(Ordering::Relaxed),
                 started_at: Some(started_at.into()),
                 heartbeat_at: Some(SystemTime::now().into()),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
+                version: version.clone(),
                 unavailable: upstream
                     .as_ref()
                     .and_then(crate::upstream::Health::down)

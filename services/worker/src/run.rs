@@ -49,6 +49,7 @@ pub(crate) async fn run(
     let bridge_stop = CancellationToken::new();
     let _bridge_stop = bridge_stop.clone().drop_guard();
     let mut upstream_health = None;
+    let mut version = env!("CARGO_PKG_VERSION").to_owned();
     if let Some(upstream) = builder.upstream.take() {
         tracing::info!(upstream = %upstream.address(), "learning the upstream's services");
         let bridge = tokio::select! {
@@ -57,6 +58,7 @@ pub(crate) async fn run(
         };
         builder.services.extend(bridge.services);
         upstream_health = Some(bridge.health);
+        version = format!("{version} serving {}", bridge.name);
     }
     if builder.services.is_empty() {
         return Err(Error::NoServices);
@@ -190,6 +192,7 @@ pub(crate) async fn run(
         broker.clone(),
         Arc::clone(&metrics),
         served_names,
+        version,
         upstream_health.clone(),
         done.clone(),
     );
@@ -204,6 +207,7 @@ pub(crate) async fn run(
     shutdown.await;
     // Caught from now on: a second signal ends the drain.
     let second_signal = builder.signal_forces.then(taskwire::shutdown_signal);
+    let forced = builder.force.take();
     tracing::info!(grace = ?builder.grace, "draining");
     stop.cancel();
     // Each pull loop ends within a pull's bound; one that does not is stopped, so that the
@@ -221,9 +225,21 @@ pub(crate) async fn run(
     }
     tracker.close();
     let second_signal = async {
-        match second_signal {
-            Some(signal) => signal.await,
-            None => std::future::pending::<()>().await,
+        let signal = async {
+            match second_signal {
+                Some(signal) => signal.await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let forced = async {
+            match forced {
+                Some(forced) => forced.await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = signal => {}
+            () = forced => {}
         }
     };
     let drained = tokio::select! {
@@ -240,8 +256,16 @@ pub(crate) async fn run(
     }
     done.cancel();
     let _ = heartbeat.await;
-    // Acks and NAKs are plain publishes: make sure they left before the process does.
-    let _ = client.flush().await;
+    // Acks and NAKs are plain publishes: make sure they left before the process does; with
+    // the broker gone they cannot, and the worker does not wait for it to come back.
+    if tokio::time::timeout(Duration::from_secs(5), client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the broker did not take the last acks before the worker stopped; their tasks come back after their ack wait"
+        );
+    }
     tracing::info!("worker stopped");
     Ok(())
 }

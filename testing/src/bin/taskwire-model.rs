@@ -51,6 +51,7 @@ async fn main() -> ExitCode {
             "--runtime" => match value.as_deref() {
                 Some("rust") => config.runtime = Runtime::Rust,
                 Some("python") => config.runtime = Runtime::Python,
+                Some("plain") => config.runtime = Runtime::Plain,
                 _ => return usage("--runtime is rust or python"),
             },
             other => return usage(&format!("unknown argument {other}")),

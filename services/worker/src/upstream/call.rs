@@ -34,6 +34,10 @@ pub mod metadata {
     pub const RETRYABLE: &str = "retryable";
 }
 
+/// The largest result taken from the upstream: larger than any NATS server stores, so that a
+/// result too large is refused by the broker, with the dead letter saying so.
+const MAX_RESULT: usize = 256 << 20;
+
 /// One service of the upstream, served by calling it.
 pub(crate) struct Forward {
     pub(crate) name: String,
@@ -74,7 +78,7 @@ impl Service for Forward {
             let request = request(&ctx, args, attempts.address());
             // Progress reports of this attempt are taken while it runs.
             let _running = attempts.running(&ctx);
-            let mut grpc = tonic::client::Grpc::new(channel);
+            let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESULT);
             let answer = async {
                 grpc.ready()
                     .await

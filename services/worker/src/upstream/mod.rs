@@ -29,6 +29,7 @@
 mod address;
 mod call;
 mod context;
+mod files;
 mod health;
 mod reflection;
 
@@ -68,7 +69,9 @@ pub struct Upstream {
     address: Address,
     descriptors: Descriptors,
     services: Vec<String>,
+    tasks: Vec<String>,
     context_addr: std::net::SocketAddr,
+    name: Option<String>,
 }
 
 /// Why the upstream's services cannot be served.
@@ -98,8 +101,17 @@ impl Upstream {
             address,
             descriptors: Descriptors::Reflection,
             services: Vec::new(),
+            tasks: Vec::new(),
             context_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            name: None,
         }
+    }
+
+    /// What the upstream is, as the worker's heartbeat names it beside the runtime's version
+    /// (say `python taskwire/0.1.0`); its address by default.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
     }
 
     /// Where the services are described instead of the upstream's reflection.
@@ -111,6 +123,14 @@ impl Upstream {
     /// Serves only these services (full names, `package.Service`); all when empty.
     pub fn services(mut self, services: Vec<String>) -> Self {
         self.services = services;
+        self
+    }
+
+    /// Serves only these tasks (full names, `package.Service/Method`) of the services served;
+    /// all when empty. Their services are served without naming them with
+    /// [`Upstream::services`].
+    pub fn tasks(mut self, tasks: Vec<String>) -> Self {
+        self.tasks = tasks;
         self
     }
 
@@ -143,9 +163,16 @@ impl Upstream {
             address: address.clone(),
             reason: e.to_string(),
         })?;
+        let of_task = |service: &str| {
+            self.tasks
+                .iter()
+                .any(|t| t.split_once('/').is_some_and(|(s, _)| s == service))
+        };
         let wanted = |service: &str| {
             service != "taskwire.v1.TaskContext"
-                && (self.services.is_empty() || self.services.iter().any(|s| s == service))
+                && ((self.services.is_empty() && self.tasks.is_empty())
+                    || self.services.iter().any(|s| s == service)
+                    || of_task(service))
                 && listed
                     .as_ref()
                     .is_none_or(|l| l.iter().any(|s| s == service))
@@ -171,7 +198,10 @@ impl Upstream {
                     });
                 }
                 let name = format!("{}/{}", service.full_name(), method.name());
-                if types.iter().any(|t| t.name.as_str() == name) {
+                let asked = self.tasks.is_empty()
+                    || !of_task(service.full_name())
+                    || self.tasks.contains(&name);
+                if asked && types.iter().any(|t| t.name.as_str() == name) {
                     tasks.push(TaskDef {
                         name: name.into(),
                         input_type: method.input().full_name().to_owned().into(),
@@ -187,6 +217,23 @@ impl Upstream {
                 attempts: Arc::clone(&attempts),
                 health: health.clone(),
             }));
+        }
+        for named in &self.tasks {
+            if !services
+                .iter()
+                .any(|s| s.tasks().iter().any(|t| t.name == named.as_str()))
+            {
+                return Err(Error::Descriptors {
+                    address,
+                    reason: format!(
+                        "it does not serve the task {named} (asked for with --task); it serves {:?}",
+                        services
+                            .iter()
+                            .flat_map(|s| s.tasks().iter().map(|t| t.name.to_string()))
+                            .collect::<Vec<_>>()
+                    ),
+                });
+            }
         }
         for named in &self.services {
             if !services.iter().any(|s| s.name() == named) {
@@ -210,7 +257,12 @@ impl Upstream {
                 listed: listed.unwrap_or_default(),
             });
         }
-        Ok(Bridge { services, health })
+        let name = self.name.clone().unwrap_or(address);
+        Ok(Bridge {
+            services,
+            health,
+            name,
+        })
     }
 
     /// The descriptor set of the upstream's services, and with reflection the services it
@@ -227,27 +279,22 @@ impl Upstream {
             reason,
         };
         match &self.descriptors {
-            Descriptors::Sets(files) => {
-                let mut set = prost_types::FileDescriptorSet::default();
-                for file in files {
-                    let bytes = std::fs::read(file)
-                        .map_err(|e| failed(format!("cannot read {}: {e}", file.display())))?;
-                    let more = <prost_types::FileDescriptorSet as prost::Message>::decode(
-                        bytes.as_slice(),
-                    )
-                    .map_err(|e| {
-                        failed(format!(
-                            "{} is not an encoded FileDescriptorSet: {e}",
-                            file.display()
-                        ))
-                    })?;
-                    for f in more.file {
-                        if !set.file.iter().any(|have| have.name == f.name) {
-                            set.file.push(f);
-                        }
-                    }
+            Descriptors::Sets(paths) => {
+                let mut files = files::Files::default();
+                for path in paths {
+                    let bytes = std::fs::read(path)
+                        .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
+                    files
+                        .add_set(&bytes)
+                        .map_err(|e| failed(format!("{}: {e}", path.display())))?;
                 }
-                Ok((prost::Message::encode_to_vec(&set), None))
+                let missing = files.missing();
+                if !missing.is_empty() {
+                    return Err(failed(format!(
+                        "the descriptor sets lack files they import: {missing:?} (write them with their imports: protoc --include_imports, buf build)"
+                    )));
+                }
+                Ok((files.encode(), None))
             }
             Descriptors::Protos { files, includes } => {
                 let set =
@@ -290,4 +337,6 @@ impl Upstream {
 pub(crate) struct Bridge {
     pub(crate) services: Vec<Arc<dyn Service>>,
     pub(crate) health: Health,
+    /// What the upstream is (its name, else its address).
+    pub(crate) name: String,
 }

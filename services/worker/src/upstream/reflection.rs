@@ -2,14 +2,14 @@
 //! (`grpc.reflection.v1.ServerReflection`, which grpcio-reflection, @grpc/reflection and
 //! tonic-reflection all serve).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use prost::Message as _;
-use prost_types::{FileDescriptorProto, FileDescriptorSet};
 use tonic::transport::Channel;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+use super::files::Files;
 
 /// Why a question to the upstream's reflection got no answer.
 #[derive(Debug)]
@@ -53,24 +53,23 @@ pub(crate) async fn descriptor_set(
     channel: &Channel,
     services: &[String],
 ) -> Result<Vec<u8>, Unanswered> {
-    let mut files: BTreeMap<String, FileDescriptorProto> = BTreeMap::new();
+    let mut files = Files::default();
     for service in services {
         let answer = ask(
             channel,
             MessageRequest::FileContainingSymbol(service.clone()),
         )
         .await?;
-        add_files(&mut files, answer).map_err(Unanswered::from)?;
+        add_files(&mut files, answer)?;
     }
     // Servers answer with the file and, usually, all it imports; what is missing is asked for
     // by name.
     let mut asked = BTreeSet::new();
     loop {
         let missing: Vec<String> = files
-            .values()
-            .flat_map(|f| f.dependency.iter())
-            .filter(|d| !files.contains_key(*d) && !asked.contains(*d))
-            .cloned()
+            .missing()
+            .into_iter()
+            .filter(|name| !asked.contains(name))
             .collect();
         if missing.is_empty() {
             break;
@@ -78,49 +77,20 @@ pub(crate) async fn descriptor_set(
         for name in missing {
             asked.insert(name.clone());
             let answer = ask(channel, MessageRequest::FileByFilename(name)).await?;
-            add_files(&mut files, answer).map_err(Unanswered::from)?;
+            add_files(&mut files, answer)?;
         }
     }
-    Ok(FileDescriptorSet {
-        file: ordered(files),
-    }
-    .encode_to_vec())
+    Ok(files.encode())
 }
 
-/// The files with every import before what imports it.
-fn ordered(mut files: BTreeMap<String, FileDescriptorProto>) -> Vec<FileDescriptorProto> {
-    fn visit(
-        name: &str,
-        files: &mut BTreeMap<String, FileDescriptorProto>,
-        out: &mut Vec<FileDescriptorProto>,
-    ) {
-        let Some(file) = files.remove(name) else {
-            return;
-        };
-        for dependency in &file.dependency {
-            visit(dependency, files, out);
-        }
-        out.push(file);
-    }
-    let mut out = Vec::new();
-    let names: Vec<String> = files.keys().cloned().collect();
-    for name in names {
-        visit(&name, &mut files, &mut out);
-    }
-    out
-}
-
-fn add_files(
-    files: &mut BTreeMap<String, FileDescriptorProto>,
-    answer: MessageResponse,
-) -> Result<(), String> {
+fn add_files(files: &mut Files, answer: MessageResponse) -> Result<(), Unanswered> {
     let MessageResponse::FileDescriptorResponse(found) = answer else {
-        return Err(unexpected(&answer));
+        return Err(unexpected(&answer).into());
     };
     for bytes in found.file_descriptor_proto {
-        let file = FileDescriptorProto::decode(bytes.as_slice())
+        files
+            .add(bytes)
             .map_err(|e| format!("its reflection answered a file that does not decode: {e}"))?;
-        files.insert(file.name().to_owned(), file);
     }
     Ok(())
 }
