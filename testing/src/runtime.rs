@@ -23,6 +23,10 @@ pub enum Runtime {
     /// `clients/python/examples/plain_worker.py`: a plain grpcio server of the contracts, with
     /// nothing from taskwire's Python package, served by the worker runtime beside it.
     Plain,
+    /// `clients/typescript/dist/examples/worker.js` (built by `clients/typescript/check.sh
+    /// build`; node from `TASKWIRE_NODE`, else `node`): the TypeScript worker package, on the
+    /// worker runtime.
+    TypeScript,
 }
 
 /// A test worker of `runtime` as a real process, killed when dropped. `env` adds to or
@@ -30,6 +34,26 @@ pub enum Runtime {
 pub fn worker(runtime: Runtime, nats_url: &str, env: &[(&str, &str)]) -> anyhow::Result<Child> {
     match runtime {
         Runtime::Rust => crate::worker_process(nats_url, env),
+        Runtime::TypeScript => {
+            let node = std::env::var("TASKWIRE_NODE").unwrap_or_else(|_| "node".to_owned());
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let script = root.join("clients/typescript/dist/examples/worker.js");
+            anyhow::ensure!(
+                script.exists(),
+                "{} is missing: run bash clients/typescript/check.sh build",
+                script.display()
+            );
+            Ok(tokio::process::Command::new(node)
+                .arg(script)
+                .env("TASKWIRE_WORKER_BIN", crate::bin("taskwire-worker")?)
+                .env("TASKWIRE_LOG", "warn")
+                .env("TASKWIRE_NATS_URL", nats_url)
+                .envs(env.iter().copied())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?)
+        }
         Runtime::Python | Runtime::Plain => {
             let python = std::env::var("TASKWIRE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

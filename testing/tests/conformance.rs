@@ -1,7 +1,10 @@
-//! The worker conformance suite: what docs/protocol.md asks of a worker runtime, as tests that
-//! every runtime passes. Each scenario runs against real worker processes of the Rust runtime
-//! (`taskwire-test-worker`) and of the Python runtime (`clients/python/examples/worker.py`),
-//! with a real nats-server and gateway, and reads what ran from the workers' run log.
+//! The worker conformance suite: what docs/protocol.md asks of a worker, as tests that every
+//! worker passes. Each scenario runs against real worker processes: the Rust runtime serving
+//! Rust handlers (`taskwire-test-worker`), and the same runtime serving the handlers of the
+//! Python worker (`clients/python/examples/worker.py`), of a plain grpcio server
+//! (`clients/python/examples/plain_worker.py`) and of the TypeScript worker
+//! (`clients/typescript/examples/worker.ts`); with a real nats-server and gateway; it reads what
+//! ran from the workers' run log.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -187,6 +190,14 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $scenario() -> anyhow::Result<()> {
                     super::$scenario(super::Runtime::Plain).await
+                }
+            )*
+        }
+        mod typescript {
+            $(
+                #[tokio::test]
+                async fn $scenario() -> anyhow::Result<()> {
+                    super::$scenario(super::Runtime::TypeScript).await
                 }
             )*
         }

@@ -1,4 +1,4 @@
-// taskwire for TypeScript: submit tasks to a taskwire gateway and follow them.
+// taskwire for TypeScript: submit tasks to a taskwire gateway and follow them, and serve tasks.
 //
 //     import { Client, service } from "@taskwire/client";
 //     import { MagicDefinition } from "@taskwire/client/gen/examples/magic/v1/magic";
@@ -7,6 +7,12 @@
 //     const magic = service(MagicDefinition, client);
 //     const handle = await magic.add({ arg1: 1n, arg2: 2n, arg3: 3n });
 //     (await handle.get({ timeout: 5 })).sum === 6n;
+//
+//     import { Worker } from "@taskwire/client";
+//
+//     const worker = new Worker({ natsUrl: "nats://127.0.0.1:4222" });
+//     worker.service(MagicDefinition).add.handler(async (args) => ({ sum: args.arg1 + args.arg2 + args.arg3 }));
+//     await worker.run();
 
 export {
   Client,
@@ -42,3 +48,20 @@ export { type PriorityName, type Seconds, type SubmitOptions, submitOptions } fr
 export { canonicalText, descriptorHash, type Schema } from "./schema";
 export { service, type TaskMethod, type TaskService } from "./service";
 export { type TaskInfo, TaskState } from "./gen/taskwire/v1/tasks";
+export {
+  type Handler,
+  type ProgressDetails,
+  type RunOptions,
+  runtimeBinary,
+  type ServiceHandlers,
+  type ServiceImplementation,
+  type ServiceSchema,
+  TASK_METADATA,
+  TaskContext,
+  TaskError,
+  type TaskHandlers,
+  Worker,
+  WorkerExited,
+  type WorkerOptions,
+} from "./worker";
+export { descriptorSet, type ProtoMetadata } from "./descriptors";

@@ -65,7 +65,7 @@ function reference(schema: Schema, fullName: string, seen = new Set<Schema>()): 
  * every rpc's request and response types are the very objects the definition holds (another
  * build of the same proto has other objects, and perhaps other fields).
  */
-function describes(schema: Schema, definition: ServiceDefinition): boolean {
+export function describes(schema: Schema, definition: ServiceDefinition): boolean {
   const file = schema.fileDescriptor;
   const prefix = file.package === "" ? "" : `${file.package}.`;
   const declared = file.service.find((s) => prefix + s.name === definition.fullName);
@@ -76,6 +76,11 @@ function describes(schema: Schema, definition: ServiceDefinition): boolean {
     if (method === undefined) return false;
     return reference(schema, rpc.inputType) === method.requestType && reference(schema, rpc.outputType) === method.responseType;
   });
+}
+
+/** The protoMetadata of the module generated into this package that `definition` comes from. */
+export function generatedSchema(definition: ServiceDefinition): (typeof generated)[number] | undefined {
+  return generated.find((candidate) => describes(candidate, definition));
 }
 
 /**
@@ -92,7 +97,7 @@ function describes(schema: Schema, definition: ServiceDefinition): boolean {
  * sent and the gateway does not check.
  */
 export function service<S extends ServiceDefinition>(definition: S, client: Client, schema?: Schema): TaskService<S> {
-  const descriptors = schema ?? generated.find((candidate) => describes(candidate, definition));
+  const descriptors = schema ?? generatedSchema(definition);
   const methods: Record<string, unknown> = {};
   for (const [key, method] of Object.entries(definition.methods)) {
     if (!method.requestStream && !method.responseStream) {

@@ -9,7 +9,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Client, type ClientOptions } from "../src";
 import { AdminDefinition } from "../src/gen/taskwire/v1/tasks";
 
-const ROOT = path.resolve(__dirname, "..", "..", "..", "..");
+export const ROOT = path.resolve(__dirname, "..", "..", "..", "..");
 const READY_WITHIN_MS = 30_000;
 const STOP_WITHIN_MS = 15_000;
 
@@ -19,6 +19,10 @@ const TASKS = ["examples.magic.v1.Magic/Add", "examples.chaos.v1.Chaos/Flaky", "
 export interface System {
   /** host:port of the gateway. */
   address: string;
+  /** The NATS URL the gateway and the workers use. */
+  natsUrl: string;
+  /** A folder that is removed with the system. */
+  store: string;
   stop(): Promise<void>;
 }
 
@@ -27,10 +31,12 @@ export interface SystemOptions {
   gatewayEnv?: NodeJS.ProcessEnv;
   /** How to reach that gateway (TLS, a token allowed to `read`), to see the worker register. */
   client?: ClientOptions;
+  /** Whether the Rust test worker runs (true by default); without it, nothing serves tasks. */
+  testWorker?: boolean;
 }
 
 /** A started process, with the end of what it wrote to stderr for error messages. */
-class Process {
+export class Process {
   private stderr = "";
   readonly child: ChildProcess;
 
@@ -70,7 +76,7 @@ class Process {
   }
 }
 
-function binary(name: string): string {
+export function binary(name: string): string {
   const file = path.join(process.env["TASKWIRE_BIN_DIR"] ?? path.join(ROOT, "target", "debug"), name);
   if (!fs.existsSync(file)) throw new Error(`${file} is missing: run cargo build --workspace --bins first`);
   return file;
@@ -105,8 +111,8 @@ function natsPortsFile(dir: string, pid: number | undefined): string | undefined
 }
 
 /** Polls `ready` until it is true; it may throw, and its last error is in the message of a timeout. */
-async function until(what: string, ready: () => Promise<boolean>, running: Process[]): Promise<void> {
-  const deadline = Date.now() + READY_WITHIN_MS;
+export async function until(what: string, ready: () => Promise<boolean>, running: Process[] = [], withinMs = READY_WITHIN_MS): Promise<void> {
+  const deadline = Date.now() + withinMs;
   let last: unknown;
   while (Date.now() < deadline) {
     const dead = running.find((p) => p.exited);
@@ -118,15 +124,16 @@ async function until(what: string, ready: () => Promise<boolean>, running: Proce
     }
     await sleep(50);
   }
-  throw new Error(`${what} within ${READY_WITHIN_MS / 1000} s${last === undefined ? "" : `; last: ${String(last)}`}`);
+  throw new Error(`${what} within ${withinMs / 1000} s${last === undefined ? "" : `; last: ${String(last)}`}`);
 }
 
-async function registered(address: string, options: ClientOptions): Promise<boolean> {
+/** Whether the gateway lists all of `tasks` as registered. */
+export async function registered(address: string, options: ClientOptions, tasks: readonly string[] = TASKS): Promise<boolean> {
   const client = new Client(address, options);
   try {
     const { taskTypes } = await client.unary(AdminDefinition, "listTaskTypes", {}, { timeout: 2 });
     const names = new Set(taskTypes.map((t) => t.name));
-    return TASKS.every((task) => names.has(task));
+    return tasks.every((task) => names.has(task));
   } finally {
     client.close();
   }
@@ -134,7 +141,8 @@ async function registered(address: string, options: ClientOptions): Promise<bool
 
 /**
  * Starts nats-server, the gateway and the test worker; resolves once the worker's tasks are
- * registered, as seen by a client with `options.client`.
+ * registered, as seen by a client with `options.client` (without the test worker, once the
+ * gateway listens).
  */
 export async function startSystem(options: SystemOptions = {}): Promise<System> {
   const store = fs.mkdtempSync(path.join(os.tmpdir(), "taskwire-ts-"));
@@ -170,14 +178,16 @@ export async function startSystem(options: SystemOptions = {}): Promise<System> 
     const env = { ...process.env, TASKWIRE_NATS_URL: natsUrl, TASKWIRE_LOG: "warn" };
     const gatewayPorts = path.join(ports, "gateway.json");
     processes.push(new Process("the gateway", binary("taskwire-gateway"), [], { ...env, ...options.gatewayEnv, TASKWIRE_GATEWAY_ADDR: "127.0.0.1:0", TASKWIRE_PORTS_FILE: gatewayPorts }));
-    processes.push(new Process("the test worker", binary("taskwire-test-worker"), [], env));
+    if (options.testWorker ?? true) processes.push(new Process("the test worker", binary("taskwire-test-worker"), [], env));
     let address = "";
     await until("the gateway wrote no ports file", async () => {
       address = readPorts(() => gatewayPorts, (p) => p["grpc"] as string | undefined) ?? "";
       return address !== "";
     }, processes);
-    await until(`the worker did not register ${TASKS.join(", ")}`, () => registered(address, options.client ?? {}), processes);
-    return { address, stop };
+    if (options.testWorker ?? true) {
+      await until(`the worker did not register ${TASKS.join(", ")}`, () => registered(address, options.client ?? {}), processes);
+    }
+    return { address, natsUrl: natsUrl ?? "", store, stop };
   } catch (err) {
     await stop();
     throw err;

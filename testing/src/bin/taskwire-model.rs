@@ -52,7 +52,8 @@ async fn main() -> ExitCode {
                 Some("rust") => config.runtime = Runtime::Rust,
                 Some("python") => config.runtime = Runtime::Python,
                 Some("plain") => config.runtime = Runtime::Plain,
-                _ => return usage("--runtime is rust or python"),
+                Some("typescript") => config.runtime = Runtime::TypeScript,
+                _ => return usage("--runtime is rust, python, plain or typescript"),
             },
             other => return usage(&format!("unknown argument {other}")),
         }
