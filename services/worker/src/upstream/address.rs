@@ -1,8 +1,13 @@
 //! Where the upstream server listens, and the gRPC channel to it.
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -52,32 +57,106 @@ impl std::fmt::Display for Address {
 
 impl Address {
     /// A channel to the upstream that connects when first used and again after a loss, so that
-    /// an upstream restarted later is found again.
-    pub(crate) fn channel(&self) -> Channel {
-        let endpoint = |uri: &str| {
-            Endpoint::from_shared(uri.to_owned())
-                .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:1"))
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_while_idle(true)
+    /// an upstream restarted later is found again. `lost` is told at once when a connection
+    /// ends or cannot be made.
+    pub(crate) fn channel(&self, lost: Arc<dyn Fn(&str) + Send + Sync>) -> Channel {
+        // The authority is not used for a socket; gRPC wants one.
+        let uri = match self {
+            Self::Http(uri) => uri.to_string(),
+            Self::Unix(_) => "http://localhost".to_owned(),
         };
-        match self {
-            Self::Http(uri) => endpoint(&uri.to_string()).connect_lazy(),
-            Self::Unix(path) => {
-                let path = path.clone();
-                // The authority is not used for a socket; gRPC wants one.
-                endpoint("http://localhost").connect_with_connector_lazy(tower::service_fn(
-                    move |_: Uri| {
-                        let path = path.clone();
-                        async move {
-                            let stream = tokio::net::UnixStream::connect(path).await?;
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                        }
-                    },
-                ))
+        let endpoint = Endpoint::from_shared(uri)
+            .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:1"))
+            .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let address = self.clone();
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let address = address.clone();
+            let lost = Arc::clone(&lost);
+            async move {
+                let stream: std::io::Result<Box<dyn Stream>> = match &address {
+                    Address::Unix(path) => tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(|s| Box::new(s) as Box<dyn Stream>),
+                    Address::Http(uri) => {
+                        let host = uri.host().unwrap_or("127.0.0.1").trim_matches(['[', ']']);
+                        let port = uri.port_u16().unwrap_or(80);
+                        tokio::net::TcpStream::connect((host, port)).await.map(|s| {
+                            let _ = s.set_nodelay(true);
+                            Box::new(s) as Box<dyn Stream>
+                        })
+                    }
+                };
+                let stream = stream.inspect_err(|e| lost(&format!("cannot connect to it: {e}")))?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Watched {
+                    stream,
+                    lost,
+                    ended: false,
+                }))
             }
+        }))
+    }
+}
+
+/// A connection's stream, of either kind.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// The stream of a connection to the upstream, which tells when it ends: a read that finds
+/// the end, or fails.
+struct Watched {
+    stream: Box<dyn Stream>,
+    lost: Arc<dyn Fn(&str) + Send + Sync>,
+    ended: bool,
+}
+
+impl Watched {
+    fn end(&mut self, why: &str) {
+        if !self.ended {
+            self.ended = true;
+            (self.lost)(why);
         }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        match &read {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                self.end("its connection ended");
+            }
+            Poll::Ready(Err(e)) => {
+                let why = format!("its connection failed: {e}");
+                self.end(&why);
+            }
+            _ => {}
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

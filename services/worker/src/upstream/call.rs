@@ -88,12 +88,17 @@ impl Service for Forward {
             tokio::select! {
                 answer = answer => match answer {
                     Ok(response) => Ok(response.into_inner().to_vec()),
+                    Err(status) if is_transport(&status) => {
+                        // The upstream went away under the call (a run cut short, as by a
+                        // crash): tried again, and no new task starts until it answers its
+                        // health check again.
+                        health.lost("a call to it was cut short");
+                        Err(TaskError::retryable(format!(
+                            "the call to the upstream was cut short: {}",
+                            status.message()
+                        )))
+                    }
                     Err(status) => {
-                        if is_transport(&status) {
-                            // The upstream went away under the call: no new task starts until
-                            // it answers its health check again.
-                            health.lost();
-                        }
                         if status.code() == Code::DeadlineExceeded
                             && ctx.deadline().is_some_and(|d| Instant::now() >= d)
                         {
@@ -143,10 +148,11 @@ fn insert(meta: &mut MetadataMap, key: &'static str, value: &str) {
 }
 
 /// Whether the call failed on its way (no connection, the connection lost), not by an answer
-/// of the handler.
+/// of the handler: a status the client made from an error it met carries that error as its
+/// source, and one the server answered carries none.
 fn is_transport(status: &Status) -> bool {
     use std::error::Error as _;
-    status.code() == Code::Unavailable && status.source().is_some()
+    status.source().is_some()
 }
 
 /// What a failed call's status means for the task: codes that mean "try again" retry (after

@@ -1,5 +1,9 @@
 //! Whether the upstream answers: the runtime starts no task while it does not, and says so on
 //! `/healthz` and in its heartbeat.
+//!
+//! Two things tell: the upstream's gRPC health check, asked every few seconds (often while it
+//! is down), and the connection to it, whose end is seen at once (a killed upstream's socket
+//! closes): from that moment no task starts until a check passes again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +25,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Health {
     state: watch::Receiver<Option<String>>,
-    lost: Arc<Notify>,
+    report: Arc<watch::Sender<Option<String>>>,
+    check_now: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Health {
@@ -33,6 +38,16 @@ impl std::fmt::Debug for Health {
 }
 
 impl Health {
+    /// Down until the first check passes.
+    pub(crate) fn new() -> Self {
+        let (report, state) = watch::channel(Some("not checked yet".to_owned()));
+        Self {
+            state,
+            report: Arc::new(report),
+            check_now: Arc::new(Notify::new()),
+        }
+    }
+
     /// Why the upstream takes no task now, or `None` when it does.
     pub fn down(&self) -> Option<String> {
         self.state.borrow().clone()
@@ -47,50 +62,64 @@ impl Health {
         }
     }
 
-    /// A call found the upstream gone: check it again at once.
-    pub(crate) fn lost(&self) {
-        self.lost.notify_one();
+    /// The connection to the upstream ended, or a call could not reach it: down at once, until
+    /// a check (made now) passes.
+    pub(crate) fn lost(&self, why: &str) {
+        let changed = self.report.send_if_modified(|state| {
+            if state.is_none() {
+                *state = Some(why.to_owned());
+                true
+            } else {
+                false
+            }
+        });
+        if changed {
+            tracing::warn!(
+                reason = why,
+                "the upstream does not answer; starting no task until it does"
+            );
+        }
+        self.check_now.notify_one();
     }
-}
 
-/// Checks the upstream's `grpc.health.v1.Health` (the server as a whole) until `stop`. An
-/// upstream without the health service counts as up when it answers at all.
-pub(crate) fn watch(channel: Channel, stop: CancellationToken) -> Health {
-    let (report, state) = watch::channel(Some("not checked yet".to_owned()));
-    let lost = Arc::new(Notify::new());
-    let wake = Arc::clone(&lost);
-    tokio::spawn(async move {
-        let mut client = HealthClient::new(channel);
-        loop {
-            let check = client.check(HealthCheckRequest {
-                service: String::new(),
-            });
-            let down = match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-                Err(_) => Some("its health check got no answer in time".to_owned()),
-                Ok(Ok(answer)) => match answer.into_inner().status() {
-                    ServingStatus::Serving => None,
-                    other => Some(format!("its health check answers {}", other.as_str_name())),
-                },
-                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => None,
-                Ok(Err(status)) => Some(format!("its health check failed: {}", status.message())),
-            };
-            let changed = *report.borrow() != down;
-            if changed {
-                match &down {
-                    None => tracing::info!("the upstream answers; starting tasks"),
-                    Some(why) => {
-                        tracing::warn!(reason = %why, "the upstream does not answer; starting no task until it does")
+    /// Checks the upstream's `grpc.health.v1.Health` (the server as a whole) until `stop`. An
+    /// upstream without the health service counts as up when it answers at all.
+    pub(crate) fn check(&self, channel: Channel, stop: CancellationToken) {
+        let health = self.clone();
+        tokio::spawn(async move {
+            let mut client = HealthClient::new(channel);
+            loop {
+                let check = client.check(HealthCheckRequest {
+                    service: String::new(),
+                });
+                let down = match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+                    Err(_) => Some("its health check got no answer in time".to_owned()),
+                    Ok(Ok(answer)) => match answer.into_inner().status() {
+                        ServingStatus::Serving => None,
+                        other => Some(format!("its health check answers {}", other.as_str_name())),
+                    },
+                    Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => None,
+                    Ok(Err(status)) => {
+                        Some(format!("its health check failed: {}", status.message()))
+                    }
+                };
+                let was_down = health.down().is_some();
+                if was_down != down.is_some() {
+                    match &down {
+                        None => tracing::info!("the upstream answers; starting tasks"),
+                        Some(why) => {
+                            tracing::warn!(reason = %why, "the upstream does not answer; starting no task until it does")
+                        }
                     }
                 }
-                report.send_replace(down.clone());
+                health.report.send_replace(down.clone());
+                let every = if down.is_none() { WHILE_UP } else { WHILE_DOWN };
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                    () = health.check_now.notified() => {}
+                }
             }
-            let every = if down.is_none() { WHILE_UP } else { WHILE_DOWN };
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
-                () = wake.notified() => {}
-            }
-        }
-    });
-    Health { state, lost }
+        });
+    }
 }

@@ -149,8 +149,13 @@ impl Upstream {
     /// context service and the health checks, which end with `stop`.
     pub(crate) async fn start(self, stop: CancellationToken) -> Result<Bridge, Error> {
         let address = self.address.to_string();
-        let channel = self.address.channel();
-        let health = health::watch(channel.clone(), stop.clone());
+        let health = Health::new();
+        let lost = {
+            let health = health.clone();
+            Arc::new(move |why: &str| health.lost(why)) as Arc<dyn Fn(&str) + Send + Sync>
+        };
+        let channel = self.address.channel(lost);
+        health.check(channel.clone(), stop.clone());
         let listener = tokio::net::TcpListener::bind(self.context_addr)
             .await
             .map_err(|e| Error::Context {
