@@ -2,7 +2,8 @@
 # Checks the deployment files, without a cluster or a container engine:
 #   - hadolint on deploy/docker/*.Dockerfile;
 #   - nats-server -t on deploy/nats/accounts.conf and on the NATS config each render produces;
-#   - kubectl kustomize on deploy/k8s/base, base/keda, nats and each overlay;
+#   - kubectl kustomize on deploy/k8s/base, base/keda, nats and each overlay (deploy/k8s/overlays/*;
+#     the components of deploy/k8s/components are rendered by the overlays that use them);
 #   - every rendered object validated strictly (unknown fields are errors): built-in kinds
 #     against the schemas of Kubernetes $KUBERNETES_VERSION (kubernetes-validate), KEDA
 #     ScaledObjects against deploy/k8s/schemas (jsonschema); then the rules across objects that
@@ -61,7 +62,7 @@ fail() {
 tail_of() { tail -n "${2:-5}" "$1" | tr '\n' ' ' | sed 's/  */ /g; s/ $//'; }
 
 # Dockerfiles.
-for dockerfile in deploy/docker/gateway.Dockerfile deploy/docker/worker.Dockerfile; do
+for dockerfile in deploy/docker/*.Dockerfile; do
   if "$BIN/hadolint" --no-color "$dockerfile" > "$TMP/hadolint.out" 2>&1; then
     ok "$dockerfile: hadolint"
   else
@@ -78,7 +79,11 @@ fi
 
 # Kustomize renders: the parts, then the overlays (whole deployments).
 renders=()
-for dir in base base/keda nats overlays/dev overlays/prod; do
+overlays=()
+for overlay in deploy/k8s/overlays/*/kustomization.yaml; do
+  overlays+=("$(basename "$(dirname "$overlay")")")
+done
+for dir in base base/keda nats "${overlays[@]/#/overlays/}"; do
   source="deploy/k8s/$dir"
   out="$TMP/$(echo "$dir" | tr / -).yaml"
   if "$BIN/kubectl" kustomize "$source" > "$out" 2> "$TMP/kustomize.err"; then

@@ -7,7 +7,8 @@
 #   docker build -f deploy/docker/worker.Dockerfile \
 #     --build-arg WORKER_PACKAGE=my-worker --build-arg WORKER_BIN=my-worker -t my-worker .
 #
-# Whatever its name, the worker binary is installed as /usr/local/bin/taskwire-worker. The image
+# Whatever its name, the worker binary is installed as /usr/local/bin/worker (the name
+# taskwire-worker is the worker runtime's, in worker-runtime.Dockerfile). The image
 # also carries the `taskwire` CLI, which the health check runs.
 
 ARG RUST_VERSION=1.89
@@ -26,12 +27,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
         -p "${WORKER_PACKAGE}" --bin "${WORKER_BIN}" \
         -p taskwire-cli --bin taskwire \
  && mkdir -p /out \
- && cp "target/release/${WORKER_BIN}" /out/taskwire-worker \
+ && cp "target/release/${WORKER_BIN}" /out/worker \
  && cp target/release/taskwire /out/
 
 # glibc and libgcc only, no shell, no package manager; same Debian release as the builder.
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /out/taskwire-worker /out/taskwire /usr/local/bin/
+COPY --from=build /out/worker /out/taskwire /usr/local/bin/
 # Metrics and health on every interface inside the container; logs as JSON lines.
 ENV TASKWIRE_METRICS_ADDR=0.0.0.0:9464 \
     TASKWIRE_LOG=info \
@@ -45,4 +46,4 @@ STOPSIGNAL SIGTERM
 USER 65532:65532
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["/usr/local/bin/taskwire", "health", "--http", "http://127.0.0.1:9464/healthz"]
-ENTRYPOINT ["/usr/local/bin/taskwire-worker"]
+ENTRYPOINT ["/usr/local/bin/worker"]

@@ -107,6 +107,113 @@ def env_of(container, config_maps):
     return env
 
 
+def containers_of(spec):
+    """Every container of a pod spec: init containers (native sidecars among them), then the
+    others."""
+    return spec.get("initContainers", []) + spec.get("containers", [])
+
+
+def image_has_version(image):
+    """Whether an image names a tag or a digest (a bare placeholder such as `taskwire-worker`
+    does not: no `images:` entry of the kustomizations replaced it)."""
+    return "@" in image or ":" in image.rsplit("/", 1)[-1]
+
+
+def pod_problems(spec, claims=()):
+    """What the API server or the kubelet would refuse in a pod spec that its schema allows:
+    containers without an image, mounts of volumes the pod lacks, probes on ports the container
+    does not name, lifecycle hooks with more than one handler (as a patch that adds one to a
+    hook which had another leaves). `claims`: the volumes a StatefulSet's claim templates add."""
+    problems = []
+    volumes = {v["name"] for v in spec.get("volumes", [])} | set(claims)
+    for container in containers_of(spec):
+        name = container["name"]
+        image = container.get("image")
+        if not image:
+            problems.append(f"container {name} has no image (a patch for a container of another name?)")
+        elif not image_has_version(image):
+            problems.append(f"container {name}: image {image} has no tag or digest (no images: entry?)")
+        for mount in container.get("volumeMounts", []):
+            if mount["name"] not in volumes:
+                problems.append(f"container {name} mounts {mount['name']}, no volume of the pod")
+        ports = {p["name"] for p in container.get("ports", []) if "name" in p}
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            for action in ("httpGet", "tcpSocket"):
+                port = ((container.get(kind) or {}).get(action) or {}).get("port")
+                if isinstance(port, str) and port not in ports:
+                    problems.append(f"container {name}: {kind} on port {port}, which it does not name")
+        for hook, handler in (container.get("lifecycle") or {}).items():
+            actions = [a for a in ("exec", "httpGet", "tcpSocket", "sleep") if a in (handler or {})]
+            if len(actions) != 1:
+                found = ", ".join(actions) or "none"
+                problems.append(f"container {name}: {hook} has {len(actions)} handlers ({found}), not one")
+    return problems
+
+
+def socket_volume(container, path):
+    """The volume a container mounts at a folder holding `path`, if any."""
+    for mount in container.get("volumeMounts", []):
+        if path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            return mount["name"]
+    return None
+
+
+def sidecar_problems(spec, config_maps):
+    """For a pod whose worker runtime serves an upstream in the pod (a container with
+    TASKWIRE_UPSTREAM: deploy/k8s/components/worker-sidecar), whether the app keeps answering
+    while the runtime drains; None for other pods. Kubernetes sends SIGTERM to every regular
+    container at once, after its preStop hook: the runtime, without one, drains at once; each
+    other container must wait in its preStop at least TASKWIRE_GRACE (a sleep beyond it, or an
+    exec or httpGet that waits for the runtime's end), and the pod's grace period must outlast
+    that wait so that the app still has time to stop."""
+    runtimes = [c for c in containers_of(spec) if "TASKWIRE_UPSTREAM" in env_of(c, config_maps)]
+    if not runtimes:
+        return None
+    problems = []
+    period = spec.get("terminationGracePeriodSeconds", 30)
+    for runtime in runtimes:
+        name = runtime["name"]
+        env = env_of(runtime, config_maps)
+        grace = duration_seconds(env.get("TASKWIRE_GRACE", "30s")) or 30
+        apps = [c for c in spec.get("containers", []) if c is not runtime]
+        if runtime in spec.get("initContainers", []):
+            problems.append(
+                f"{name} is an init container: as a native sidecar it gets SIGTERM only after the app stopped"
+            )
+        if not apps:
+            problems.append(f"{name} has no app container beside it")
+        upstream = env["TASKWIRE_UPSTREAM"]
+        if upstream.startswith("unix:"):
+            path = upstream.removeprefix("unix:").removeprefix("//")
+            volume = socket_volume(runtime, path)
+            if volume is None:
+                problems.append(f"{name}: no volume holds the upstream's socket {path}")
+            elif not any(socket_volume(app, path) == volume for app in apps):
+                problems.append(f"{name}: no app container mounts volume {volume} (socket {path})")
+        elif upstream.startswith("http://"):
+            host = upstream[len("http://"):].split("/")[0].rsplit(":", 1)[0]
+            if host not in ("127.0.0.1", "localhost", "[::1]"):
+                problems.append(f"{name}: TASKWIRE_UPSTREAM {upstream} is not in the pod")
+        else:
+            problems.append(f"{name}: TASKWIRE_UPSTREAM {upstream} is no unix:/// or http:// address")
+        for app in apps:
+            app_name = app["name"]
+            pre_stop = (app.get("lifecycle") or {}).get("preStop")
+            if not pre_stop:
+                problems.append(f"container {app_name} has no preStop: it would stop under the runtime's calls")
+            elif "sleep" in pre_stop:
+                seconds = pre_stop["sleep"].get("seconds", 0)
+                if seconds <= grace:
+                    problems.append(
+                        f"container {app_name}: preStop sleeps {seconds}s, not beyond TASKWIRE_GRACE ({grace:g}s)"
+                    )
+                if period <= seconds:
+                    problems.append(
+                        f"terminationGracePeriodSeconds {period} leaves {app_name} no time after its preStop ({seconds}s)"
+                    )
+    return problems
+
+
 def check_rules(label, objects, report):
     """Rules across objects that no schema expresses."""
     by_kind = {}
@@ -129,7 +236,7 @@ def check_rules(label, objects, report):
                 missing.append(f"{where}: ConfigMap {volume['configMap']['name']}")
             if "secret" in volume and volume["secret"]["secretName"] not in secrets:
                 missing.append(f"{where}: Secret {volume['secret']['secretName']}")
-        for container in spec.get("containers", []):
+        for container in containers_of(spec):
             for source in container.get("envFrom", []):
                 ref = source.get("configMapRef") or source.get("secretRef")
                 pool = config_maps if "configMapRef" in source else secrets
@@ -155,11 +262,28 @@ def check_rules(label, objects, report):
         if labels.get("app.kubernetes.io/component") != "worker":
             continue
         period = spec.get("terminationGracePeriodSeconds", 30)
-        for container in spec["containers"]:
-            grace = duration_seconds(env_of(container, config_maps).get("TASKWIRE_GRACE", "30s"))
+        for container in containers_of(spec):
+            env = env_of(container, config_maps)
+            # Containers that run taskwire (a worker's own server beside the runtime does not).
+            if not any(key.startswith("TASKWIRE_") for key in env):
+                continue
+            grace = duration_seconds(env.get("TASKWIRE_GRACE", "30s"))
             if grace is None or period <= grace:
                 late.append(f"{name_of(owner)}: terminationGracePeriodSeconds {period} <= TASKWIRE_GRACE")
     report.check(f"{label}: worker termination grace exceeds TASKWIRE_GRACE", late)
+
+    # Pod specs as the API server and the kubelet take them.
+    problems = []
+    for owner, spec in pod_specs(objects):
+        claims = [c["metadata"]["name"] for c in owner["spec"].get("volumeClaimTemplates", [])]
+        problems += [f"{name_of(owner)}: {p}" for p in pod_problems(spec, claims)]
+    report.check(f"{label}: every container has a versioned image, its volumes and its probe ports", problems)
+
+    # Workers whose runtime is a sidecar of their own gRPC server.
+    for owner, spec in pod_specs(objects):
+        problems = sidecar_problems(spec, config_maps)
+        if problems is not None:
+            report.check(f"{label}: {name_of(owner)}: the app answers until the runtime has drained", problems)
 
     # NATS: one route per replica, and no stream with more replicas than servers.
     nats = by_kind.get("StatefulSet", {}).get("nats")
@@ -244,6 +368,47 @@ def self_test(version, schemas, report):
             report.ok(what)
         else:
             report.fail(what, "accepted")
+    # The rules on pod specs must find what they are there for.
+    sidecar = {
+        "terminationGracePeriodSeconds": 45,
+        "containers": [
+            {"name": "app", "image": "app:1", "lifecycle": {"preStop": {"sleep": {"seconds": 35}}},
+             "volumeMounts": [{"name": "upstream", "mountPath": "/run/taskwire"}]},
+            {"name": "runtime", "image": "runtime:1",
+             "env": [{"name": "TASKWIRE_UPSTREAM", "value": "unix:///run/taskwire/upstream.sock"}],
+             "ports": [{"name": "metrics", "containerPort": 9464}],
+             "readinessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}},
+             "volumeMounts": [{"name": "upstream", "mountPath": "/run/taskwire"}]},
+        ],
+        "volumes": [{"name": "upstream", "emptyDir": {}}],
+    }
+    why = "; ".join(pod_problems(sidecar) + sidecar_problems(sidecar, {}))
+    what = "self-test: a worker pod with its runtime as a sidecar passes the pod rules"
+    report.fail(what, why) if why else report.ok(what)
+    broken = copy.deepcopy(sidecar)
+    app, runtime = broken["containers"]
+    app["lifecycle"]["preStop"]["exec"] = {"command": ["true"]}
+    del app["volumeMounts"]
+    runtime["image"] = "runtime"
+    runtime["readinessProbe"]["httpGet"]["port"] = "http"
+    broken["initContainers"] = [{"name": "bare", "volumeMounts": [{"name": "gone", "mountPath": "/x"}]}]
+    found = len(pod_problems(broken))
+    what = ("self-test: the pod rules find an imageless container, an untagged image, an unknown "
+            "volume and port, a hook with two handlers")
+    report.fail(what, f"found {found} of 5") if found != 5 else report.ok(what)
+    for change, fault in (
+        (lambda app, pod: app.pop("lifecycle"), "an app without preStop"),
+        (lambda app, pod: app["lifecycle"]["preStop"]["sleep"].update(seconds=30),
+         "a preStop no longer than TASKWIRE_GRACE"),
+        (lambda app, pod: pod.update(terminationGracePeriodSeconds=35), "a grace period that ends with the preStop"),
+        (lambda app, pod: app.pop("volumeMounts"), "an app without the socket's volume"),
+        (lambda app, pod: pod.update(initContainers=[pod["containers"].pop()]), "the runtime as a native sidecar"),
+    ):
+        pod = copy.deepcopy(sidecar)
+        change(pod["containers"][0], pod)
+        what = f"self-test: the sidecar rule rejects {fault}"
+        report.ok(what) if sidecar_problems(pod, {}) else report.fail(what, "accepted")
+
     fixed = copy.deepcopy(scaled)
     del fixed["spec"]["triggers"][0]["lagTreshold"]
     why = validate_object(fixed, version, schemas)
