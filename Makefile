@@ -13,13 +13,15 @@ PLAYWRIGHT := $(VENV)/.playwright-$(PLAYWRIGHT_VERSION)
 GRPC_VERSION ?= 1.85.1
 OTEL_PY_VERSION ?= 1.45.2
 BUF_VERSION ?= 1.75.0
+MATURIN_VERSION ?= 1.16.0
+MATURIN := $(VENV)/.maturin-$(MATURIN_VERSION)
 BUF := $(VENV)/.buf-$(BUF_VERSION)
 PYTHON_DEPS := $(VENV)/.python-deps-$(GRPC_VERSION)-$(OTEL_PY_VERSION)
 export TASKWIRE_NATS_SERVER := $(NATS_SERVER)
 export TASKWIRE_PYTHON := $(VENV)/bin/python
 FIXTURE := testing/fixtures/external
 
-.PHONY: help dev test test-long test-rest tools chromium build lint fmt clippy schema manifests fixture python typescript bench chaos model clean
+.PHONY: help dev test test-long test-rest tools chromium build lint fmt clippy schema manifests fixture python worker-wheel typescript bench chaos model clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -31,6 +33,7 @@ dev: $(NATS_SERVER) ## Start nats-server, the gateway and the example worker (Ct
 test: tools lint schema manifests build fixture ## Run every check and test (what CI runs)
 	$(CARGO) test --workspace --all-targets --no-run
 	bash clients/typescript/check.sh build
+	$(MAKE) --no-print-directory worker-wheel
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-long test-rest
 
 # The tests mostly wait on processes, timers and the network: two lanes side by side, the two
@@ -54,6 +57,19 @@ test-rest:
 python: $(PYTHON_DEPS) ## The Python client and worker: generated modules up to date, pytest against a real system
 	$(VENV)/bin/python clients/python/generate.py --check
 	$(VENV)/bin/python -m pytest -q clients/python/tests
+
+# The worker runtime as the wheel a Python worker installs (taskwire-worker-bin, built by maturin
+# from the debug build the tests use), installed into the venv: the Python suite's workers start
+# the runtime it carries.
+worker-wheel: $(MATURIN) ## Build the taskwire-worker-bin wheel (target/wheels) and install it into .tools/venv
+	rm -f target/wheels/taskwire_worker_bin-*.whl
+	cd clients/python/taskwire-worker-bin && CARGO_TARGET_DIR=$(CURDIR)/target \
+		$(VENV)/bin/maturin build --quiet --profile dev --compatibility linux -o $(CURDIR)/target/wheels
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps target/wheels/taskwire_worker_bin-*.whl
+
+$(MATURIN): $(NATS_SERVER)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "maturin==$(MATURIN_VERSION)"
+	touch $@
 
 typescript: $(PYTHON_DEPS) ## The TypeScript client: generated code up to date, node tests against a real system
 	bash clients/typescript/check.sh
@@ -117,11 +133,12 @@ fixture: ## Build the project outside the workspace that uses taskwire by path
 CELERY_VENV := $(TOOLS)/celery-venv
 CELERY_DEPS := $(CELERY_VENV)/.deps-5.7.0
 BENCH_FLAGS ?= --tasks 100000 --rounds 3 --submit-many 100000 --backlog 1000000 --task-types 1000 \
-	--python-worker clients/python/examples/worker.py --celery-script clients/python/bench/celery_flow.py \
+	--python-worker clients/python/examples/worker.py --typescript-worker clients/typescript/dist/examples/worker.js --celery-script clients/python/bench/celery_flow.py \
 	--celery-python $(CELERY_VENV)/bin/python --cluster
 bench: $(NATS_SERVER) $(PYTHON_DEPS) $(CELERY_DEPS) ## Measure throughput, latency, memory and idle cost (release build), printing JSON
 	$(CARGO) build --release --workspace --bins
-	./target/release/taskwire bench $(BENCH_FLAGS) --json
+	bash clients/typescript/check.sh build >&2
+	TASKWIRE_NODE="$$(bash clients/typescript/check.sh node)" ./target/release/taskwire bench $(BENCH_FLAGS) --json
 
 $(CELERY_DEPS):
 	$(PYTHON) -m venv $(CELERY_VENV)

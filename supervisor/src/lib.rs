@@ -13,8 +13,8 @@ mod process;
 
 pub use nats::{ENV_NATS_SERVER, MIN_NATS_SERVER, NatsCluster, NatsServer, locate_nats_server};
 pub use process::{
-    ENV_PORTS_FILE, Ports, ProcessSpec, http_get, peak_rss_mib, sibling_binary, spawn, terminate,
-    wait_for_ports, wait_for_task,
+    ENV_PORTS_FILE, Ports, ProcessSpec, child_of, http_get, peak_rss_mib, sibling_binary, spawn,
+    terminate, wait_for_ports, wait_for_task,
 };
 
 use std::time::Duration;

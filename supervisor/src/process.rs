@@ -130,6 +130,17 @@ pub async fn wait_for_task(endpoint: &str, task: &str, waited: Duration) -> Resu
     })
 }
 
+/// The first child process of `pid` (from `/proc/<pid>/task/<pid>/children`): the worker
+/// runtime a Python or TypeScript worker started beside it.
+pub fn child_of(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Peak resident memory of a process in MiB, from /proc (Linux).
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

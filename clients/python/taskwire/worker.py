@@ -27,8 +27,8 @@ How it works: the handlers are served by a grpcio server on a Unix socket, and `
 taskwire's one worker runtime (the `taskwire-worker` binary) as its child, which does
 everything a worker does with the broker (pulls, attempts, retries, limits, cancels,
 heartbeats, metrics, drain) and calls the handlers, one gRPC call per attempt. The binary is
-found through `TASKWIRE_WORKER_BIN`, then `taskwire-worker` on `PATH`, then the
-`taskwire-worker-bin` package. The runtime reads its settings from the environment
+found through `TASKWIRE_WORKER_BIN`, then the `taskwire-worker-bin` package
+(`pip install "taskwire[worker]"`), then `taskwire-worker` on `PATH`. The runtime reads its settings from the environment
 (`TASKWIRE_NATS_URL`, `TASKWIRE_CONCURRENCY`, ..., as the README lists them); the ones given to
 `Worker(...)` override them.
 """
@@ -48,7 +48,7 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import grpc
 from google.protobuf import any_pb2, descriptor_pb2, duration_pb2
@@ -100,6 +100,7 @@ class TaskContext:
         self._loop = asyncio.get_running_loop()
         self._progress = progress
         self._reports: List[asyncio.Future] = []
+        self._reported = False
 
     @property
     def cancelled(self) -> bool:
@@ -122,6 +123,7 @@ class TaskContext:
         def send() -> None:
             self._reports.append(asyncio.ensure_future(self._progress.report(self.metadata.get(CONTEXT, ""), request)))
 
+        self._reported = True
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -135,6 +137,8 @@ class TaskContext:
         self._loop.call_soon_threadsafe(self._cancelled.set)
 
     async def _flush(self) -> None:
+        if not self._reported:
+            return
         # Reports made from a thread arrive through the loop: let them in first.
         await asyncio.sleep(0)
         while self._reports:
@@ -236,22 +240,22 @@ def _add_file(out: descriptor_pb2.FileDescriptorSet, seen: set, file) -> None:
 
 
 def runtime_binary() -> str:
-    """The worker runtime's binary: `TASKWIRE_WORKER_BIN`, `taskwire-worker` on PATH, or the
-    one the `taskwire-worker-bin` package carries."""
+    """The worker runtime's binary: `TASKWIRE_WORKER_BIN`, else the one the `taskwire-worker-bin`
+    package carries, else `taskwire-worker` on PATH."""
     given = os.environ.get("TASKWIRE_WORKER_BIN", "").strip()
     if given:
         if not os.access(given, os.X_OK):
             raise RuntimeError(f"TASKWIRE_WORKER_BIN={given}: no such executable file")
         return given
-    found = shutil.which("taskwire-worker")
-    if found:
-        return found
     try:
         import taskwire_worker_bin  # type: ignore[import-not-found]
 
         return taskwire_worker_bin.path()
-    except ImportError:
+    except (ImportError, FileNotFoundError):
         pass
+    found = shutil.which("taskwire-worker")
+    if found:
+        return found
     raise RuntimeError(
         "the taskwire worker runtime is missing: pip install taskwire-worker-bin, put taskwire-worker on "
         "PATH, or set TASKWIRE_WORKER_BIN to its path"
@@ -442,7 +446,7 @@ class Worker:
         by_service: Dict[str, Dict[str, grpc.RpcMethodHandler]] = {}
         for task in served:
             by_service.setdefault(task.service, {})[task.method] = grpc.unary_unary_rpc_method_handler(
-                functools.partial(self._call, task),
+                functools.partial(self._call, task, inspect.iscoroutinefunction(task.handler)),
                 request_deserializer=task.input_class.FromString,
                 response_serializer=task.output_class.SerializeToString,
             )
@@ -451,7 +455,7 @@ class Worker:
         )
         return server
 
-    async def _call(self, task: Task, args: Message, context: grpc.aio.ServicerContext) -> Message:
+    async def _call(self, task: Task, coroutine: bool, args: Message, context: grpc.aio.ServicerContext) -> Message:
         """One attempt, as the runtime calls it: the handler's answer, or the status that says
         what its failure means."""
         metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
@@ -463,12 +467,15 @@ class Worker:
         handler = task.handler
         assert handler is not None
         try:
-            with self._tracing.attempt(metadata):
-                if inspect.iscoroutinefunction(handler):
+            trace = _attach(metadata)
+            try:
+                if coroutine:
                     result = await handler(args, ctx)
                 else:
                     loop = asyncio.get_running_loop()
                     result = await loop.run_in_executor(self._executor, handler, args, ctx)
+            finally:
+                _detach(trace)
             await ctx._flush()
         except asyncio.CancelledError:
             ctx._cancel()
@@ -490,6 +497,32 @@ class Worker:
                 f"the handler of {task.name} returned {type(result).__name__}, not {task.output_class.DESCRIPTOR.full_name}",
             )
         return result
+
+
+def _opentelemetry() -> Optional[Tuple[Any, Any]]:
+    """OpenTelemetry's context API and the W3C propagator, when installed."""
+    try:
+        from opentelemetry import context
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    except ImportError:
+        return None
+    return context, TraceContextTextMapPropagator()
+
+
+_otel = _opentelemetry()
+
+
+def _attach(metadata: Dict[str, str]) -> Any:
+    """Makes the call's trace context current (the handler's spans join the task's trace)."""
+    if _otel is None or "traceparent" not in metadata:
+        return None
+    context, propagator = _otel
+    return context.attach(propagator.extract(carrier=metadata))
+
+
+def _detach(token: Any) -> None:
+    if token is not None and _otel is not None:
+        _otel[0].detach(token)
 
 
 class _Tracing:
@@ -522,20 +555,6 @@ class _Tracing:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(provider)
         return cls(provider)
-
-    @contextlib.contextmanager
-    def attempt(self, metadata: Dict[str, str]):
-        try:
-            from opentelemetry import context as otel_context
-            from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-        except ImportError:
-            yield
-            return
-        token = otel_context.attach(TraceContextTextMapPropagator().extract(carrier=metadata))
-        try:
-            yield
-        finally:
-            otel_context.detach(token)
 
     def shutdown(self) -> None:
         if self._provider is not None:

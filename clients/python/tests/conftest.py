@@ -26,11 +26,15 @@ def binary(name: str) -> str:
     return path
 
 
-# The Python worker starts the worker runtime this build made.
-os.environ.setdefault(
-    "TASKWIRE_WORKER_BIN",
-    os.path.join(os.environ.get("TASKWIRE_BIN_DIR", os.path.join(ROOT, "target", "debug")), "taskwire-worker"),
-)
+# The Python worker starts the worker runtime of the taskwire-worker-bin wheel (make test
+# installs it, built from this checkout); without the wheel, the one this build made.
+try:
+    import taskwire_worker_bin  # noqa: F401
+except ImportError:
+    os.environ.setdefault(
+        "TASKWIRE_WORKER_BIN",
+        os.path.join(os.environ.get("TASKWIRE_BIN_DIR", os.path.join(ROOT, "target", "debug")), "taskwire-worker"),
+    )
 
 
 def nats_server() -> str:

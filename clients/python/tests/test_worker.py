@@ -325,3 +325,16 @@ def test_a_python_worker_runs_as_its_own_user_of_the_account_config(tmp_path):
         assert "TASKWIRE_NATS_INBOX_PREFIX" in done.stderr, done.stderr[-2000:]
     finally:
         running.close()
+
+
+def test_the_worker_finds_the_runtime_its_wheel_carries(monkeypatch):
+    """Without TASKWIRE_WORKER_BIN the runtime is the taskwire-worker-bin wheel's (make test
+    builds it from this checkout and installs it), which answers as the runtime does."""
+    taskwire_worker_bin = pytest.importorskip("taskwire_worker_bin")
+    from taskwire.worker import runtime_binary
+
+    monkeypatch.delenv("TASKWIRE_WORKER_BIN", raising=False)
+    found = runtime_binary()
+    assert found == taskwire_worker_bin.path()
+    done = subprocess.run([found, "--help"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "--upstream" in done.stdout, done.stderr

@@ -401,9 +401,15 @@ pub(crate) async fn run_attempt(
     slot_lost: CancellationToken,
 ) -> Outcome {
     let deadline = ctx.deadline();
-    let call = served
-        .service
-        .call(served.task.name.as_str(), ctx, message.payload.clone());
+    // Without trace export here, what the call passes on (to an upstream) is the producer's
+    // trace context, so that a handler's spans still join the task's trace.
+    let producer = taskwire_protocol::trace::extract_nats(message.headers.as_ref());
+    let call = taskwire::propagation::with_incoming(
+        producer,
+        served
+            .service
+            .call(served.task.name.as_str(), ctx, message.payload.clone()),
+    );
     let mut call = std::pin::pin!(AssertUnwindSafe(call).catch_unwind());
     let mut heartbeat = tokio::time::interval_at(
         tokio::time::Instant::now() + served.heartbeat,

@@ -56,8 +56,9 @@ struct Args {
     /// How long running tasks may finish after SIGTERM (TASKWIRE_GRACE).
     #[arg(long, value_parser = humantime::parse_duration)]
     grace: Option<Duration>,
-    /// Drain and stop when standard input closes: for a process that starts the runtime as
-    /// its child, so that the runtime never outlives it.
+    /// Stop when standard input closes, handing running tasks back at once: for a process that
+    /// starts the runtime as its child and serves its handlers, so that the runtime never
+    /// outlives them.
     #[arg(long)]
     exit_with_stdin: bool,
 }

@@ -31,7 +31,7 @@ class TaskContextStub:
     The worker runtime runs each attempt of a task by calling the task's own method on an upstream
     gRPC server (a worker in any language). For the length of that call the runtime serves this
     service on a local address, which it passes in the call's `taskwire-context` metadata
-    (`http://127.0.0.1:PORT` or `unix:///path`). A call names the attempt it belongs to by the
+    (`http://127.0.0.1:PORT`). A call names the attempt it belongs to by the
     `taskwire-task-id` and `taskwire-attempt` values of the task's own call; a call for an attempt
     that is not running on that runtime (ended, or never there) answers NOT_FOUND.
     """
@@ -55,7 +55,7 @@ class TaskContextServicer:
     The worker runtime runs each attempt of a task by calling the task's own method on an upstream
     gRPC server (a worker in any language). For the length of that call the runtime serves this
     service on a local address, which it passes in the call's `taskwire-context` metadata
-    (`http://127.0.0.1:PORT` or `unix:///path`). A call names the attempt it belongs to by the
+    (`http://127.0.0.1:PORT`). A call names the attempt it belongs to by the
     `taskwire-task-id` and `taskwire-attempt` values of the task's own call; a call for an attempt
     that is not running on that runtime (ended, or never there) answers NOT_FOUND.
     """
@@ -90,7 +90,7 @@ class TaskContext:
     The worker runtime runs each attempt of a task by calling the task's own method on an upstream
     gRPC server (a worker in any language). For the length of that call the runtime serves this
     service on a local address, which it passes in the call's `taskwire-context` metadata
-    (`http://127.0.0.1:PORT` or `unix:///path`). A call names the attempt it belongs to by the
+    (`http://127.0.0.1:PORT`). A call names the attempt it belongs to by the
     `taskwire-task-id` and `taskwire-attempt` values of the task's own call; a call for an attempt
     that is not running on that runtime (ended, or never there) answers NOT_FOUND.
     """

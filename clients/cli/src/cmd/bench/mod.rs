@@ -78,9 +78,16 @@ pub struct Options {
     /// The Python interpreter for `--python-worker`, with the client's dependencies.
     #[arg(long, env = "TASKWIRE_PYTHON", default_value = "python3")]
     pub python: String,
-    /// Tasks through the Python worker.
+    /// Tasks through the Python worker, and through the TypeScript worker.
     #[arg(long, default_value_t = 20_000)]
     pub python_tasks: usize,
+    /// Then the same tasks through the TypeScript example worker (this script, e.g.
+    /// clients/typescript/dist/examples/worker.js), run by `--node`.
+    #[arg(long)]
+    pub typescript_worker: Option<PathBuf>,
+    /// Node.js for `--typescript-worker`.
+    #[arg(long, env = "TASKWIRE_NODE", default_value = "node")]
+    pub node: String,
     /// Then the same flow with Celery and Redis: this script (clients/python/bench/celery_flow.py)
     /// run by `--celery-python`, which prints its tasks per second.
     #[arg(long)]
@@ -305,40 +312,28 @@ async fn measure(options: Options) -> anyhow::Result<()> {
     }
     let worker_rss = stack.worker_rss_mib();
 
-    if let Some(script) = &options.python_worker {
-        progress(&format!(
-            "{} tasks through the Python worker",
-            options.python_tasks
-        ));
-        let python = WorkerKind::Python {
-            interpreter: options.python.clone(),
-            script: script.clone(),
-        };
-        stack
-            .start_worker(&python, None, Duration::from_secs(60))
-            .await?;
-        load::load(&stack.client, options.concurrency.min(64), 500).await;
-        let started = Instant::now();
-        let samples = load::load(&stack.client, options.concurrency, options.python_tasks).await;
-        let per_second = options.python_tasks as f64 / started.elapsed().as_secs_f64();
-        let failed = samples.iter().filter(|s| !s.ok).count();
-        anyhow::ensure!(failed == 0, "{failed} tasks failed on the Python worker");
-        let rust = report
-            .get("tasks_per_sec")
-            .and_then(Value::as_f64)
-            .unwrap_or(0.0);
-        report.insert(
-            "python_worker_tasks_per_sec".into(),
-            round(per_second, 1).into(),
-        );
-        report.insert(
-            "python_worker_to_rust_worker".into(),
-            round(per_second / rust, 3).into(),
-        );
-        report.insert(
-            "python_worker_rss_mib".into(),
-            round(stack.worker_rss_mib(), 1).into(),
-        );
+    let flows = [
+        options.python_worker.as_ref().map(|script| {
+            (
+                "python_worker",
+                WorkerKind::Python {
+                    interpreter: options.python.clone(),
+                    script: script.clone(),
+                },
+            )
+        }),
+        options.typescript_worker.as_ref().map(|script| {
+            (
+                "typescript_worker",
+                WorkerKind::Node {
+                    node: options.node.clone(),
+                    script: script.clone(),
+                },
+            )
+        }),
+    ];
+    for (label, kind) in flows.into_iter().flatten() {
+        upstream_flow(&mut stack, &options, &mut report, &progress, label, &kind).await?;
     }
     stack.stop_worker().await;
 
@@ -422,6 +417,10 @@ async fn measure(options: Options) -> anyhow::Result<()> {
             for (key, ours) in [
                 ("rust_worker_to_celery", "tasks_per_sec"),
                 ("python_worker_to_celery", "python_worker_tasks_per_sec"),
+                (
+                    "typescript_worker_to_celery",
+                    "typescript_worker_tasks_per_sec",
+                ),
             ] {
                 if let Some(ours) = report.get(ours).and_then(Value::as_f64) {
                     report.insert(key.into(), round(ours / per_second, 2).into());
@@ -544,4 +543,57 @@ async fn on_a_cluster(
     stack.stop().await;
     drop(cluster);
     Ok(report)
+}
+
+/// The flow through a worker of another language on the worker runtime: its tasks a second,
+/// against the Rust worker's and Celery's, its memory, and the CPU time a task costs its
+/// handlers' process and the runtime beside it (`{label}_handlers_cpu_us`,
+/// `{label}_runtime_cpu_us`): what the local call adds to a task.
+async fn upstream_flow(
+    stack: &mut stack::Stack,
+    options: &Options,
+    report: &mut serde_json::Map<String, Value>,
+    progress: &impl Fn(&str),
+    label: &str,
+    kind: &WorkerKind,
+) -> anyhow::Result<()> {
+    progress(&format!(
+        "{} tasks through the {}",
+        options.python_tasks,
+        label.replace('_', " ")
+    ));
+    stack
+        .start_worker(kind, None, Duration::from_secs(60))
+        .await?;
+    load::load(&stack.client, options.concurrency.min(64), 500).await;
+    let runtime = stack.worker_pid.and_then(taskwire_supervisor::child_of);
+    let meter = cpu::CpuMeter::start(&[("handlers", stack.worker_pid), ("runtime", runtime)]);
+    let started = Instant::now();
+    let samples = load::load(&stack.client, options.concurrency, options.python_tasks).await;
+    let per_second = options.python_tasks as f64 / started.elapsed().as_secs_f64();
+    let failed = samples.iter().filter(|s| !s.ok).count();
+    anyhow::ensure!(failed == 0, "{failed} tasks failed on the {label}");
+    let cpu = meter.per_task(options.python_tasks);
+    let rust = report
+        .get("tasks_per_sec")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
+    report.insert(
+        format!("{label}_tasks_per_sec"),
+        round(per_second, 1).into(),
+    );
+    report.insert(
+        format!("{label}_to_rust_worker"),
+        round(per_second / rust, 3).into(),
+    );
+    report.insert(
+        format!("{label}_rss_mib"),
+        round(stack.worker_rss_mib(), 1).into(),
+    );
+    for (part, value) in cpu {
+        if part != "total_cpu_us" {
+            report.insert(format!("{label}_{part}"), value);
+        }
+    }
+    Ok(())
 }

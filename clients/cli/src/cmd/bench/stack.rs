@@ -17,11 +17,15 @@ use super::TASK;
 pub(super) enum WorkerKind {
     /// `taskwire-magic-worker`, serving besides its task this many generated task types.
     Rust { many_task_types: usize },
-    /// The Python example worker: this interpreter running this script.
+    /// The Python example worker: this interpreter running this script, which starts the
+    /// worker runtime beside it.
     Python {
         interpreter: String,
         script: PathBuf,
     },
+    /// The TypeScript example worker: this node running this script, which starts the worker
+    /// runtime beside it.
+    Node { node: String, script: PathBuf },
 }
 
 /// A running gateway and worker.
@@ -118,17 +122,26 @@ impl Stack {
                 stack::spawn(&self.rust_worker_spec(*many_task_types))?
             }
             WorkerKind::Python {
-                interpreter,
+                interpreter: program,
                 script,
-            } => tokio::process::Command::new(interpreter)
+            }
+            | WorkerKind::Node {
+                node: program,
+                script,
+            } => tokio::process::Command::new(program)
                 .arg(script)
                 .envs(self.env.iter().map(|(k, v)| (k, v)))
+                // The runtime this benchmark's build made.
+                .env(
+                    "TASKWIRE_WORKER_BIN",
+                    taskwire_supervisor::sibling_binary("taskwire-worker")?,
+                )
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
-                .with_context(|| format!("starting the Python worker {}", script.display()))?,
+                .with_context(|| format!("starting the worker {}", script.display()))?,
         };
         self.worker_pid = child.id();
         self.worker = Some(child);
@@ -138,9 +151,15 @@ impl Stack {
         Ok(())
     }
 
-    /// The peak memory of the worker so far, MiB.
+    /// The peak memory of the worker so far, MiB (with the runtime it started, if any).
     pub(super) fn worker_rss_mib(&self) -> f64 {
-        self.worker_pid.and_then(stack::peak_rss_mib).unwrap_or(0.0)
+        let own = self.worker_pid.and_then(stack::peak_rss_mib).unwrap_or(0.0);
+        let runtime = self
+            .worker_pid
+            .and_then(stack::child_of)
+            .and_then(stack::peak_rss_mib)
+            .unwrap_or(0.0);
+        own + runtime
     }
 
     /// The peak memory of the gateway so far, MiB.

@@ -200,7 +200,7 @@ export const ReportProgressResponse: MessageFns<ReportProgressResponse> = {
  * The worker runtime runs each attempt of a task by calling the task's own method on an upstream
  * gRPC server (a worker in any language). For the length of that call the runtime serves this
  * service on a local address, which it passes in the call's `taskwire-context` metadata
- * (`http://127.0.0.1:PORT` or `unix:///path`). A call names the attempt it belongs to by the
+ * (`http://127.0.0.1:PORT`). A call names the attempt it belongs to by the
  * `taskwire-task-id` and `taskwire-attempt` values of the task's own call; a call for an attempt
  * that is not running on that runtime (ended, or never there) answers NOT_FOUND.
  */
@@ -230,7 +230,7 @@ export const TaskContextDefinition = {
  * The worker runtime runs each attempt of a task by calling the task's own method on an upstream
  * gRPC server (a worker in any language). For the length of that call the runtime serves this
  * service on a local address, which it passes in the call's `taskwire-context` metadata
- * (`http://127.0.0.1:PORT` or `unix:///path`). A call names the attempt it belongs to by the
+ * (`http://127.0.0.1:PORT`). A call names the attempt it belongs to by the
  * `taskwire-task-id` and `taskwire-attempt` values of the task's own call; a call for an attempt
  * that is not running on that runtime (ended, or never there) answers NOT_FOUND.
  */
@@ -405,7 +405,7 @@ export const protoMetadata: ProtoMetadata = {
         "path": [6, 0],
         "span": [14, 0, 18, 1],
         "leadingComments":
-          " What a task handler can ask of the worker runtime that called it.\n\n The worker runtime runs each attempt of a task by calling the task's own method on an upstream\n gRPC server (a worker in any language). For the length of that call the runtime serves this\n service on a local address, which it passes in the call's `taskwire-context` metadata\n (`http://127.0.0.1:PORT` or `unix:///path`). A call names the attempt it belongs to by the\n `taskwire-task-id` and `taskwire-attempt` values of the task's own call; a call for an attempt\n that is not running on that runtime (ended, or never there) answers NOT_FOUND.\n",
+          " What a task handler can ask of the worker runtime that called it.\n\n The worker runtime runs each attempt of a task by calling the task's own method on an upstream\n gRPC server (a worker in any language). For the length of that call the runtime serves this\n service on a local address, which it passes in the call's `taskwire-context` metadata\n (`http://127.0.0.1:PORT`). A call names the attempt it belongs to by the\n `taskwire-task-id` and `taskwire-attempt` values of the task's own call; a call for an attempt\n that is not running on that runtime (ended, or never there) answers NOT_FOUND.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
