@@ -347,9 +347,10 @@ async fn a_second_signal_releases_running_tasks_to_other_workers() -> anyhow::Re
         &nats.url(),
         &[("TASKWIRE_ACK_WAIT", "60s"), ("TASKWIRE_GRACE", "60s")],
     )?;
+    // Long enough that a drain slowed by a busy machine still ends before it does.
     let slow = chaos
         .sleep(SleepArgs {
-            millis: 2_000,
+            millis: 8_000,
             label: "handed over".into(),
         })
         .await?;
