@@ -34,6 +34,7 @@
 
 extern crate self as taskwire;
 
+pub mod codec;
 pub mod config;
 mod context;
 mod error;

@@ -32,71 +32,70 @@ pub enum Runtime {
 /// A test worker of `runtime` as a real process, killed when dropped. `env` adds to or
 /// overrides `TASKWIRE_NATS_URL` and a quiet log.
 pub fn worker(runtime: Runtime, nats_url: &str, env: &[(&str, &str)]) -> anyhow::Result<Child> {
-    match runtime {
-        Runtime::Rust => crate::worker_process(nats_url, env),
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python_dir = root.join("clients/python");
+    let generated = python_dir.join("tests/gen");
+    let mut command = match runtime {
+        Runtime::Rust => return crate::worker_process(nats_url, env),
         Runtime::TypeScript => {
             let node = std::env::var("TASKWIRE_NODE").unwrap_or_else(|_| "node".to_owned());
-            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
             let script = root.join("clients/typescript/dist/examples/worker.js");
             anyhow::ensure!(
                 script.exists(),
                 "{} is missing: run bash clients/typescript/check.sh build",
                 script.display()
             );
-            Ok(tokio::process::Command::new(node)
+            let mut command = tokio::process::Command::new(node);
+            command
                 .arg(script)
+                .env("TASKWIRE_WORKER_BIN", crate::bin("taskwire-worker")?);
+            command
+        }
+        Runtime::Python => {
+            let mut command = tokio::process::Command::new(python());
+            command
+                .arg(python_dir.join("examples/worker.py"))
                 .env("TASKWIRE_WORKER_BIN", crate::bin("taskwire-worker")?)
-                .env("TASKWIRE_LOG", "warn")
-                .env("TASKWIRE_NATS_URL", nats_url)
-                .envs(env.iter().copied())
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?)
+                .env(
+                    "PYTHONPATH",
+                    format!("{}:{}", python_dir.display(), generated.display()),
+                );
+            command
         }
-        Runtime::Python | Runtime::Plain => {
-            let python = std::env::var("TASKWIRE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let python_dir = root.join("clients/python");
-            let generated = python_dir.join("tests/gen");
-            let runtime_bin = crate::bin("taskwire-worker")?;
-            let mut command = tokio::process::Command::new(python);
-            if runtime == Runtime::Python {
-                command
-                    .arg(python_dir.join("examples/worker.py"))
-                    .env("TASKWIRE_WORKER_BIN", &runtime_bin)
-                    .env(
-                        "PYTHONPATH",
-                        format!("{}:{}", python_dir.display(), generated.display()),
-                    );
-            } else {
-                command
-                    .arg(python_dir.join("examples/plain_worker.py"))
-                    .arg("--runtime")
-                    .arg(&runtime_bin)
-                    // The generated modules alone: not taskwire's package.
-                    .env(
-                        "PYTHONPATH",
-                        format!(
-                            "{}:{}",
-                            generated.display(),
-                            python_dir.join("tests/gen_plain").display()
-                        ),
-                    );
-            }
-            // Quiet unless the caller's environment asks for more.
-            let log = std::env::var("TASKWIRE_PY_LOG").unwrap_or_else(|_| "ERROR".to_owned());
-            Ok(command
-                .env("TASKWIRE_LOG", "warn")
-                .env("TASKWIRE_PY_LOG", log)
-                .env("TASKWIRE_NATS_URL", nats_url)
-                .envs(env.iter().copied())
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?)
+        Runtime::Plain => {
+            let mut command = tokio::process::Command::new(python());
+            command
+                .arg(python_dir.join("examples/plain_worker.py"))
+                .arg("--runtime")
+                .arg(crate::bin("taskwire-worker")?)
+                // The generated modules alone: not taskwire's package.
+                .env(
+                    "PYTHONPATH",
+                    format!(
+                        "{}:{}",
+                        generated.display(),
+                        python_dir.join("tests/gen_plain").display()
+                    ),
+                );
+            command
         }
-    }
+    };
+    // Quiet unless the caller's environment asks for more.
+    let python_log = std::env::var("TASKWIRE_PY_LOG").unwrap_or_else(|_| "ERROR".to_owned());
+    Ok(command
+        .env("TASKWIRE_LOG", "warn")
+        .env("TASKWIRE_PY_LOG", python_log)
+        .env("TASKWIRE_NATS_URL", nats_url)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// The Python of `TASKWIRE_PYTHON` (the project's venv under `make test`), else `python3`.
+fn python() -> String {
+    std::env::var("TASKWIRE_PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
 
 /// One run a worker logged.

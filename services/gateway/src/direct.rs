@@ -9,10 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf as _, BufMut as _, Bytes};
+use bytes::Bytes;
 use futures::future::BoxFuture;
+use taskwire::codec::Raw;
 use taskwire::v1::{self, TaskState};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Code, Request, Response, Status};
 
 use crate::{Error, Gateway, MAX_WAIT};
@@ -29,50 +29,13 @@ pub const DESCRIPTOR_HASH: &str = "taskwire-descriptor-hash";
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
-/// Passes message bytes through: the gateway checks them against the task's descriptor.
-#[derive(Debug, Clone, Copy, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = Raw;
-    type Decoder = Raw;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        Raw
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
 /// Answers a gRPC call to a path that no built-in service has.
 pub(crate) async fn call(
     gateway: Arc<Gateway>,
     request: axum::extract::Request,
 ) -> http::Response<tonic::body::Body> {
     let path = request.uri().path().trim_start_matches('/').to_owned();
+    // The bytes as they came: the gateway checks them against the task's descriptor.
     let mut grpc = tonic::server::Grpc::new(Raw)
         .max_decoding_message_size(gateway.max_payload.saturating_add(1024));
     grpc.unary(TaskCall { gateway, path }, request).await

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf as _, BufMut as _, Bytes};
+use bytes::Bytes;
+use taskwire::codec::Raw;
 use taskwire::service::{BoxFuture, Service, TaskDef};
 use taskwire::{TaskContext, TaskError};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -83,7 +83,7 @@ impl Service for Forward {
                 grpc.ready()
                     .await
                     .map_err(|e| Status::unavailable(format!("cannot reach the upstream: {e}")))?;
-                grpc.unary(request, path, RawCodec).await
+                grpc.unary(request, path, Raw).await
             };
             tokio::select! {
                 answer = answer => match answer {
@@ -194,45 +194,6 @@ pub(crate) fn task_error(status: &Status) -> TaskError {
         (None, Some(after)) if retryable => TaskError::retryable(message).retry_after(after),
         (None, _) if retryable => TaskError::retryable(message),
         (None, _) => TaskError::permanent(message),
-    }
-}
-
-/// A codec that passes a message's bytes through: the runtime never decodes arguments or
-/// results on their way.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 
