@@ -150,11 +150,14 @@ $(CELERY_DEPS):
 chaos: $(NATS_SERVER) build ## Fault drills at full size (10,000 tasks each), one JSON line per drill
 	./target/debug/taskwire-chaos --tasks $${CHAOS_TASKS:-10000}
 
-# The model test at full size, for the Rust worker and then the Python one. SEED repeats a run;
-# MODEL_OPERATIONS changes its size.
+# The model test at full size, for the Rust worker, the Python one and the TypeScript one (both
+# on the worker runtime). SEED repeats a run; MODEL_OPERATIONS changes its size.
 model: $(NATS_SERVER) $(PYTHON_DEPS) build ## Random operations against a real system, checked against the guarantees (SEED=..., MODEL_OPERATIONS=...)
+	bash clients/typescript/check.sh build
 	./target/debug/taskwire-model --runtime rust --operations $${MODEL_OPERATIONS:-10000} $(if $(SEED),--seed $(SEED))
 	./target/debug/taskwire-model --runtime python --operations $${MODEL_OPERATIONS:-10000} $(if $(SEED),--seed $(SEED))
+	TASKWIRE_NODE="$$(bash clients/typescript/check.sh node)" \
+		./target/debug/taskwire-model --runtime typescript --operations $${MODEL_OPERATIONS:-10000} $(if $(SEED),--seed $(SEED))
 
 clean: ## Remove build output, tools and dev data
 	$(CARGO) clean
