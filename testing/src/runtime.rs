@@ -63,20 +63,8 @@ pub fn worker(runtime: Runtime, nats_url: &str, env: &[(&str, &str)]) -> anyhow:
             command
         }
         Runtime::Plain => {
-            let mut command = tokio::process::Command::new(python());
-            command
-                .arg(python_dir.join("examples/plain_worker.py"))
-                .arg("--runtime")
-                .arg(crate::bin("taskwire-worker")?)
-                // The generated modules alone: not taskwire's package.
-                .env(
-                    "PYTHONPATH",
-                    format!(
-                        "{}:{}",
-                        generated.display(),
-                        python_dir.join("tests/gen_plain").display()
-                    ),
-                );
+            let mut command = plain_server();
+            command.arg("--runtime").arg(crate::bin("taskwire-worker")?);
             command
         }
     };
@@ -91,6 +79,24 @@ pub fn worker(runtime: Runtime, nats_url: &str, env: &[(&str, &str)]) -> anyhow:
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()?)
+}
+
+/// `clients/python/examples/plain_worker.py`, the plain grpcio server of the example contracts,
+/// with the generated modules alone on its path (not taskwire's package); arguments to add.
+pub fn plain_server() -> tokio::process::Command {
+    let python_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python");
+    let mut command = tokio::process::Command::new(python());
+    command
+        .arg(python_dir.join("examples/plain_worker.py"))
+        .env(
+            "PYTHONPATH",
+            format!(
+                "{}:{}",
+                python_dir.join("tests/gen").display(),
+                python_dir.join("tests/gen_plain").display()
+            ),
+        );
+    command
 }
 
 /// The Python of `TASKWIRE_PYTHON` (the project's venv under `make test`), else `python3`.

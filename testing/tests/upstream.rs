@@ -4,7 +4,7 @@
 //! means for its task.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -18,30 +18,12 @@ use tokio::process::{Child, Command};
 const WAIT: Duration = Duration::from_secs(60);
 const SLEEP: &str = "examples.chaos.v1.Chaos/Sleep";
 
-fn python() -> String {
-    std::env::var("TASKWIRE_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-fn python_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python")
-}
-
 /// The plain grpcio server of the example contracts alone (no runtime), on `socket`.
 fn plain_server(socket: &Path, run_log: &Path) -> anyhow::Result<Child> {
-    let dir = python_dir();
     // A socket file left by a killed server would keep the next from binding.
     let _ = std::fs::remove_file(socket);
-    Ok(Command::new(python())
-        .arg(dir.join("examples/plain_worker.py"))
+    Ok(runtime::plain_server()
         .arg(format!("unix:{}", socket.display()))
-        .env(
-            "PYTHONPATH",
-            format!(
-                "{}:{}",
-                dir.join("tests/gen").display(),
-                dir.join("tests/gen_plain").display()
-            ),
-        )
         .env("TASKWIRE_RUN_LOG", run_log)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

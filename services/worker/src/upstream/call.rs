@@ -42,7 +42,8 @@ const MAX_RESULT: usize = 256 << 20;
 pub(crate) struct Forward {
     pub(crate) name: String,
     pub(crate) tasks: Vec<TaskDef>,
-    pub(crate) file_descriptor_set: Vec<u8>,
+    /// Shared by every service of the upstream.
+    pub(crate) file_descriptor_set: Bytes,
     pub(crate) channel: Channel,
     pub(crate) attempts: Arc<Attempts>,
     pub(crate) health: Health,

@@ -63,7 +63,7 @@ impl Health {
     }
 
     /// The connection to the upstream ended, or a call could not reach it: down at once, until
-    /// a check (made now) passes.
+    /// a check (made now, when it was up) passes.
     pub(crate) fn lost(&self, why: &str) {
         let changed = self.report.send_if_modified(|state| {
             if state.is_none() {
@@ -73,13 +73,15 @@ impl Health {
                 false
             }
         });
+        // Only news wakes the checks: their own failed connections tell this too, and waking
+        // them again for those would check in a loop for as long as the upstream is down.
         if changed {
             tracing::warn!(
                 reason = why,
                 "the upstream does not answer; starting no task until it does"
             );
+            self.check_now.notify_one();
         }
-        self.check_now.notify_one();
     }
 
     /// Checks the upstream's `grpc.health.v1.Health` (the server as a whole) until `stop`. An

@@ -37,6 +37,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use taskwire::service::{Service, TaskDef};
 use taskwire::task::TaskType;
 use tokio_util::sync::CancellationToken;
@@ -164,10 +165,39 @@ impl Upstream {
             })?;
         let attempts = context::serve(listener, stop.clone());
         let (set, listed) = self.describe(&channel, &health, &stop).await?;
-        let types = TaskType::all_in(&set).map_err(|e| Error::Descriptors {
+        let shared = Shared {
+            set: Bytes::from(set),
+            channel,
+            attempts,
+            health: health.clone(),
+        };
+        let services = self.forwards(&shared, listed.as_deref())?;
+        self.serves_all_named(&services)?;
+        let name = self.name.clone().unwrap_or(address);
+        Ok(Bridge {
+            services,
+            health,
+            name,
+        })
+    }
+
+    /// A service to serve for each of the upstream's services that is asked for (all, or those
+    /// `--service` and `--task` name) and that it lists, with the tasks asked for.
+    fn forwards(
+        &self,
+        shared: &Shared,
+        listed: Option<&[String]>,
+    ) -> Result<Vec<Arc<dyn Service>>, Error> {
+        let address = self.address.to_string();
+        let failed = |reason: String| Error::Descriptors {
             address: address.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        // The task types with their options, checked; their pool is the set's.
+        let types = TaskType::all_in(&shared.set).map_err(|e| failed(e.to_string()))?;
+        let Some(pool) = types.first().map(|t| t.input.parent_pool().clone()) else {
+            return Err(self.serves_nothing(listed));
+        };
         let of_task = |service: &str| {
             self.tasks
                 .iter()
@@ -178,29 +208,18 @@ impl Upstream {
                 && ((self.services.is_empty() && self.tasks.is_empty())
                     || self.services.iter().any(|s| s == service)
                     || of_task(service))
-                && listed
-                    .as_ref()
-                    .is_none_or(|l| l.iter().any(|s| s == service))
+                && listed.is_none_or(|l| l.iter().any(|s| s == service))
         };
-        let pool = prost_reflect::DescriptorPool::decode(set.as_slice()).map_err(|e| {
-            Error::Descriptors {
-                address: address.clone(),
-                reason: e.to_string(),
-            }
-        })?;
         let mut services: Vec<Arc<dyn Service>> = Vec::new();
         for service in pool.services().filter(|s| wanted(s.full_name())) {
             let mut tasks = Vec::new();
             for method in service.methods() {
                 if method.is_client_streaming() || method.is_server_streaming() {
-                    return Err(Error::Descriptors {
-                        address,
-                        reason: format!(
-                            "{}/{} is a streaming rpc; a task takes one message and returns one (serve only other services with --service)",
-                            service.full_name(),
-                            method.name()
-                        ),
-                    });
+                    return Err(failed(format!(
+                        "{}/{} is a streaming rpc; a task takes one message and returns one (serve only other services with --service)",
+                        service.full_name(),
+                        method.name()
+                    )));
                 }
                 let name = format!("{}/{}", service.full_name(), method.name());
                 let asked = self.tasks.is_empty()
@@ -217,12 +236,22 @@ impl Upstream {
             services.push(Arc::new(call::Forward {
                 name: service.full_name().to_owned(),
                 tasks,
-                file_descriptor_set: set.clone(),
-                channel: channel.clone(),
-                attempts: Arc::clone(&attempts),
-                health: health.clone(),
+                file_descriptor_set: shared.set.clone(),
+                channel: shared.channel.clone(),
+                attempts: Arc::clone(&shared.attempts),
+                health: shared.health.clone(),
             }));
         }
+        if services.is_empty() {
+            return Err(self.serves_nothing(listed));
+        }
+        Ok(services)
+    }
+
+    /// Every service and task named with `--service` and `--task` is served, or an error that
+    /// lists what is.
+    fn serves_all_named(&self, services: &[Arc<dyn Service>]) -> Result<(), Error> {
+        let address = self.address.to_string();
         for named in &self.tasks {
             if !services
                 .iter()
@@ -251,23 +280,19 @@ impl Upstream {
                 });
             }
         }
-        if services.is_empty() {
-            return Err(Error::NoServices {
-                address,
-                filter: if self.services.is_empty() {
-                    String::new()
-                } else {
-                    format!(" named {:?}", self.services)
-                },
-                listed: listed.unwrap_or_default(),
-            });
+        Ok(())
+    }
+
+    fn serves_nothing(&self, listed: Option<&[String]>) -> Error {
+        Error::NoServices {
+            address: self.address.to_string(),
+            filter: if self.services.is_empty() {
+                String::new()
+            } else {
+                format!(" named {:?}", self.services)
+            },
+            listed: listed.map(<[String]>::to_vec).unwrap_or_default(),
         }
-        let name = self.name.clone().unwrap_or(address);
-        Ok(Bridge {
-            services,
-            health,
-            name,
-        })
     }
 
     /// The descriptor set of the upstream's services, and with reflection the services it
@@ -336,6 +361,15 @@ impl Upstream {
             }
         }
     }
+}
+
+/// What every served service of one upstream shares.
+struct Shared {
+    /// The descriptor set of them all, as registered.
+    set: Bytes,
+    channel: tonic::transport::Channel,
+    attempts: Arc<context::Attempts>,
+    health: Health,
 }
 
 /// A started bridge: the services to serve and the upstream's health.
