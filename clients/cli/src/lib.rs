@@ -98,6 +98,10 @@ pub enum Command {
     /// Kubernetes objects generated from the task contracts.
     #[command(subcommand)]
     K8s(cmd::k8s::Command),
+    /// The worker runtime (`taskwire-worker`): serves the task services of an upstream gRPC
+    /// server, `taskwire worker --upstream unix:///path/to.sock`.
+    #[command(disable_help_flag = true)]
+    Worker(cmd::worker::Options),
 }
 
 /// What the command failed with; printed as one line.
@@ -135,5 +139,6 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Bench(options) => cmd::bench::run(options).await.map(|()| 0),
         Command::Health(options) => cmd::health::run(options).await.map(|()| 0),
         Command::K8s(command) => cmd::k8s::run(command).map(|()| 0),
+        Command::Worker(options) => Err(cmd::worker::run(options)),
     }
 }

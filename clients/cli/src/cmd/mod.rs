@@ -11,6 +11,7 @@ pub mod schedule;
 pub mod submit;
 pub mod task;
 pub mod types;
+pub mod worker;
 
 use std::time::{Duration, SystemTime};
 
