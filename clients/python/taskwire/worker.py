@@ -26,7 +26,7 @@ A subclass of a generated servicer base serves the methods it overrides:
 How it works: the handlers are served by a grpcio server on a Unix socket, and `run()` starts
 taskwire's one worker runtime (the `taskwire-worker` binary) as its child, which does
 everything a worker does with the broker (pulls, attempts, retries, limits, cancels,
-heartbeats, metrics, drain) and calls the handlers, one gRPC call per attempt. The binary is
+heartbeats, metrics, drain) and calls the handlers: each attempt a message on one stream (`taskwire.v1.TaskHandlers`), the calls that come together in one frame. The binary is
 found through `TASKWIRE_WORKER_BIN`, then the `taskwire-worker-bin` package
 (`pip install "taskwire[worker]"`), then `taskwire-worker` on `PATH`. The runtime reads its settings from the environment
 (`TASKWIRE_NATS_URL`, `TASKWIRE_CONCURRENCY`, ..., as the README lists them); the ones given to
@@ -450,24 +450,41 @@ class Worker:
                 request_deserializer=task.input_class.FromString,
                 response_serializer=task.output_class.SerializeToString,
             )
+        stream = _Stream(self, served)
+        by_service["taskwire.v1.TaskHandlers"] = {
+            "Serve": grpc.stream_stream_rpc_method_handler(
+                stream.serve,
+                request_deserializer=worker_pb2.HandlerCalls.FromString,
+                response_serializer=worker_pb2.HandlerOutcomes.SerializeToString,
+            )
+        }
         server.add_generic_rpc_handlers(
             [grpc.method_handlers_generic_handler(service, methods) for service, methods in by_service.items()]
         )
         return server
 
     async def _call(self, task: Task, coroutine: bool, args: Message, context: grpc.aio.ServicerContext) -> Message:
-        """One attempt, as the runtime calls it: the handler's answer, or the status that says
-        what its failure means."""
+        """One attempt, as a gRPC call of the task's method: the handler's answer, or the status
+        that says what its failure means."""
         metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         ctx = TaskContext(metadata, deadline, self._progress)
         with contextlib.suppress(Exception):
             context.add_done_callback(lambda _: ctx._cancel())
+        try:
+            return await self._attempt(task, coroutine, args, ctx)
+        except _Failed as failed:
+            trailing = (("grpc-status-details-bin", failed.details),) if failed.details else None
+            await context.abort(failed.code, failed.message, trailing_metadata=trailing)
+            raise
+
+    async def _attempt(self, task: Task, coroutine: bool, args: Message, ctx: TaskContext) -> Message:
+        """Runs the handler: its result, or `_Failed` with the status its failure means."""
         handler = task.handler
         assert handler is not None
         try:
-            trace = _attach(metadata)
+            trace = _attach(ctx.metadata)
             try:
                 if coroutine:
                     result = await handler(args, ctx)
@@ -483,20 +500,138 @@ class Worker:
         except TaskError as e:
             await ctx._flush()
             if e.retry_after is not None:
-                details = (("grpc-status-details-bin", _retry_info(e.retry_after)),)
-                await context.abort(grpc.StatusCode.UNAVAILABLE, e.message, trailing_metadata=details)
+                raise _Failed(grpc.StatusCode.UNAVAILABLE, e.message, _retry_info(e.retry_after)) from None
             code = grpc.StatusCode.UNAVAILABLE if e.retryable else grpc.StatusCode.FAILED_PRECONDITION
-            await context.abort(code, e.message)
+            raise _Failed(code, e.message) from None
         except Exception as e:  # a bug in the task: it fails at once, as a panic does
             await ctx._flush()
             log.exception("task %s %s raised", task.name, ctx.id)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+            raise _Failed(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}") from None
         if not isinstance(result, task.output_class):
-            await context.abort(
+            raise _Failed(
                 grpc.StatusCode.INTERNAL,
                 f"the handler of {task.name} returned {type(result).__name__}, not {task.output_class.DESCRIPTOR.full_name}",
             )
         return result
+
+
+class _Failed(Exception):
+    """An attempt's failure as the status its call answers."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, details: bytes = b""):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class _Stream:
+    """`taskwire.v1.TaskHandlers/Serve`: the runtime's calls, many on one stream, each run as its
+    own asyncio task; the outcomes that are ready go back together."""
+
+    # At most this many bytes of results go in one frame (a larger result goes alone).
+    FRAME_BYTES = 4 << 20
+
+    def __init__(self, worker: "Worker", served: Sequence[Task]):
+        self._worker = worker
+        self._tasks = {f"/{t.name}": (t, inspect.iscoroutinefunction(t.handler)) for t in served}
+
+    async def serve(self, frames: Any, context: grpc.aio.ServicerContext) -> Any:
+        outcomes: List[worker_pb2.HandlerOutcome] = []
+        ready = asyncio.Event()
+        # The calls running, by id: their asyncio task and context.
+        running: Dict[int, Tuple[asyncio.Task, TaskContext]] = {}
+        ended = False
+
+        def answer(outcome: worker_pb2.HandlerOutcome) -> None:
+            outcomes.append(outcome)
+            ready.set()
+
+        def finished(id: int, outcome: worker_pb2.HandlerOutcome) -> None:
+            # A call cancelled meanwhile is no longer read.
+            if running.pop(id, None) is not None:
+                answer(outcome)
+
+        async def read() -> None:
+            nonlocal ended
+            try:
+                async for frame in frames:
+                    for id in frame.cancels:
+                        entry = running.pop(id, None)
+                        if entry is not None:
+                            entry[1]._cancelled.set()
+                            entry[0].cancel()
+                    for call in frame.calls:
+                        started = self._start(call, finished)
+                        if isinstance(started, worker_pb2.HandlerOutcome):
+                            answer(started)
+                        else:
+                            running[call.id] = started
+            finally:
+                ended = True
+                ready.set()
+
+        reader = asyncio.ensure_future(read())
+        try:
+            # Headers at once: the runtime knows the stream is served before any call ends.
+            await context.send_initial_metadata(())
+            while True:
+                await ready.wait()
+                ready.clear()
+                while outcomes:
+                    taken, size = 0, 0
+                    while taken < len(outcomes) and (not taken or size + len(outcomes[taken].result) <= self.FRAME_BYTES):
+                        size += len(outcomes[taken].result)
+                        taken += 1
+                    batch, outcomes[:taken] = outcomes[:taken], []
+                    yield worker_pb2.HandlerOutcomes(outcomes=batch)
+                if ended:
+                    return
+        finally:
+            reader.cancel()
+            for task, ctx in running.values():
+                ctx._cancel()
+                task.cancel()
+
+    def _start(self, call: worker_pb2.HandlerCall, finished: Callable) -> Any:
+        """The call's asyncio task and context, or at once the outcome of a call that cannot run."""
+        entry = self._tasks.get(call.method)
+        if entry is None:
+            return worker_pb2.HandlerOutcome(
+                id=call.id, code=grpc.StatusCode.UNIMPLEMENTED.value[0], message=f"this worker does not serve {call.method}"
+            )
+        task, coroutine = entry
+        metadata = {
+            TASK_ID: call.task_id,
+            TASK: call.task,
+            ATTEMPT: str(call.attempt),
+            MAX_ATTEMPTS: str(call.max_attempts),
+            CONTEXT: call.context,
+        }
+        if call.traceparent:
+            metadata["traceparent"] = call.traceparent
+            if call.tracestate:
+                metadata["tracestate"] = call.tracestate
+        deadline = time.monotonic() + call.timeout_ms / 1000 if call.timeout_ms else None
+        ctx = TaskContext(metadata, deadline, self._worker._progress)
+        return asyncio.ensure_future(self._run(call, task, coroutine, ctx, finished)), ctx
+
+    async def _run(self, call: worker_pb2.HandlerCall, task: Task, coroutine: bool, ctx: TaskContext, finished: Callable) -> None:
+        outcome = worker_pb2.HandlerOutcome(id=call.id)
+        try:
+            args = task.input_class.FromString(call.argument)
+        except Exception as e:
+            outcome.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            outcome.message = f"the arguments of {task.name} do not decode: {e}"
+            finished(call.id, outcome)
+            return
+        try:
+            outcome.result = (await self._worker._attempt(task, coroutine, args, ctx)).SerializeToString()
+        except _Failed as failed:
+            outcome.code = failed.code.value[0]
+            outcome.message = failed.message
+            outcome.details = failed.details
+        finished(call.id, outcome)
 
 
 def _opentelemetry() -> Optional[Tuple[Any, Any]]:

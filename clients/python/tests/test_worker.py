@@ -338,3 +338,88 @@ def test_the_worker_finds_the_runtime_its_wheel_carries(monkeypatch):
     assert found == taskwire_worker_bin.path()
     done = subprocess.run([found, "--help"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "--upstream" in done.stdout, done.stderr
+
+
+def test_the_runtime_sends_attempts_on_the_stream_of_calls(fresh_system):
+    # Its task methods fail when called: only calls on the stream succeed.
+    fresh_system.start([sys.executable, os.path.join(os.path.dirname(__file__), "stream_only_worker.py")])
+    fresh_system.wait_for_tasks({"examples.magic.v1.Magic/Add"})
+    with taskwire.Client(fresh_system.target) as client:
+        handles = [Magic(client).add(magic_pb2.AddArgs(arg1=i, arg2=1, arg3=1)) for i in range(20)]
+        assert [h.get(timeout=30).sum for h in handles] == [i + 2 + 1000 for i in range(20)]
+
+
+def test_the_stream_of_calls_answers_each_call(tmp_path):
+    """The Python half of `taskwire.v1.TaskHandlers/Serve`, called as the runtime calls it."""
+    import asyncio
+
+    import grpc
+
+    from taskwire.v1 import worker_pb2
+    from taskwire.worker import TaskError, Worker
+
+    worker = Worker()
+    magic = worker.service(magic_pb2, "Magic")
+    seen = {}
+
+    @magic.add.handler
+    async def add(args, ctx):
+        seen[ctx.id] = (ctx.task, ctx.attempt, ctx.max_attempts, ctx.deadline is not None)
+        if args.arg1 < 0:
+            raise TaskError("later", retry_after=5)
+        if args.arg1 == 99:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                seen["cancelled"] = ctx.cancelled
+                raise
+        return magic_pb2.AddResult(sum=args.arg1 + args.arg2 + args.arg3)
+
+    def call(id, arg1, method="/examples.magic.v1.Magic/Add", timeout_ms=0):
+        return worker_pb2.HandlerCall(
+            id=id, method=method, argument=magic_pb2.AddArgs(arg1=arg1, arg2=2, arg3=3).SerializeToString(),
+            task_id=f"t{id}", task="examples.magic.v1.Magic/Add", attempt=2, max_attempts=3, timeout_ms=timeout_ms,
+        )
+
+    async def run():
+        served = list(worker.tasks.values())
+        worker._executor = None
+        server = worker._server(served)
+        socket = f"unix:{tmp_path}/handlers.sock"
+        server.add_insecure_port(socket)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(socket) as channel:
+                stream = channel.stream_stream(
+                    "/taskwire.v1.TaskHandlers/Serve",
+                    request_serializer=worker_pb2.HandlerCalls.SerializeToString,
+                    response_deserializer=worker_pb2.HandlerOutcomes.FromString,
+                )()
+                await stream.write(worker_pb2.HandlerCalls(calls=[
+                    call(1, 1, timeout_ms=5000), call(2, -1), call(3, 1, method="/examples.magic.v1.Magic/Nope"), call(4, 99),
+                ]))
+                outcomes = {}
+                while len(outcomes) < 3:
+                    for outcome in (await stream.read()).outcomes:
+                        outcomes[outcome.id] = outcome
+                await stream.write(worker_pb2.HandlerCalls(cancels=[4]))
+                for _ in range(100):
+                    if "cancelled" in seen:
+                        break
+                    await asyncio.sleep(0.05)
+                await stream.done_writing()
+                # Cancelled, call 4 is not answered: the stream ends with no more outcomes.
+                rest = []
+                while (frame := await stream.read()) is not grpc.aio.EOF:
+                    rest.extend(frame.outcomes)
+                return outcomes, rest
+        finally:
+            await server.stop(grace=None)
+
+    outcomes, rest = asyncio.run(run())
+    assert outcomes[1].code == 0 and magic_pb2.AddResult.FromString(outcomes[1].result).sum == 6
+    assert seen["t1"] == ("examples.magic.v1.Magic/Add", 2, 3, True) and seen["t2"][3] is False
+    assert outcomes[2].code == grpc.StatusCode.UNAVAILABLE.value[0] and outcomes[2].message == "later"
+    assert b"type.googleapis.com/google.rpc.RetryInfo" in outcomes[2].details
+    assert outcomes[3].code == grpc.StatusCode.UNIMPLEMENTED.value[0]
+    assert seen["cancelled"] is True and rest == []

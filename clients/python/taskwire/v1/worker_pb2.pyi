@@ -1,7 +1,8 @@
 from taskwire.v1 import tasks_pb2 as _tasks_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -19,3 +20,57 @@ class ReportProgressRequest(_message.Message):
 class ReportProgressResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class HandlerCalls(_message.Message):
+    __slots__ = ("calls", "cancels")
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    CANCELS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[HandlerCall]
+    cancels: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, calls: _Optional[_Iterable[_Union[HandlerCall, _Mapping]]] = ..., cancels: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class HandlerCall(_message.Message):
+    __slots__ = ("id", "method", "argument", "task_id", "task", "attempt", "max_attempts", "context", "timeout_ms", "traceparent", "tracestate")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENT_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    TRACESTATE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    method: str
+    argument: bytes
+    task_id: str
+    task: str
+    attempt: int
+    max_attempts: int
+    context: str
+    timeout_ms: int
+    traceparent: str
+    tracestate: str
+    def __init__(self, id: _Optional[int] = ..., method: _Optional[str] = ..., argument: _Optional[bytes] = ..., task_id: _Optional[str] = ..., task: _Optional[str] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., context: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
+
+class HandlerOutcomes(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[HandlerOutcome]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[HandlerOutcome, _Mapping]]] = ...) -> None: ...
+
+class HandlerOutcome(_message.Message):
+    __slots__ = ("id", "code", "result", "message", "details")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    code: int
+    result: bytes
+    message: str
+    details: bytes
+    def __init__(self, id: _Optional[int] = ..., code: _Optional[int] = ..., result: _Optional[bytes] = ..., message: _Optional[str] = ..., details: _Optional[bytes] = ...) -> None: ...

@@ -121,3 +121,99 @@ class TaskContext:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class TaskHandlersStub:
+    """The calls of a worker runtime to its upstream, many on one stream: what a worker library
+    (taskwire's Python and TypeScript workers) serves beside the task services so that a call
+    costs it a message rather than a gRPC call of its own. The runtime opens one `Serve` stream
+    and sends each attempt as a `HandlerCall` of it, many in one `HandlerCalls` when they come
+    together; the upstream answers each with a `HandlerOutcome`, in any order and as many in one
+    `HandlerOutcomes` as it likes. A call is what the task's own method would be called with:
+    the same argument bytes and attempt, its answer read as that call's status would be. An
+    upstream that does not serve it (UNIMPLEMENTED) is called one gRPC call an attempt.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Serve = channel.stream_stream(
+                '/taskwire.v1.TaskHandlers/Serve',
+                request_serializer=taskwire_dot_v1_dot_worker__pb2.HandlerCalls.SerializeToString,
+                response_deserializer=taskwire_dot_v1_dot_worker__pb2.HandlerOutcomes.FromString,
+                _registered_method=True)
+
+
+class TaskHandlersServicer:
+    """The calls of a worker runtime to its upstream, many on one stream: what a worker library
+    (taskwire's Python and TypeScript workers) serves beside the task services so that a call
+    costs it a message rather than a gRPC call of its own. The runtime opens one `Serve` stream
+    and sends each attempt as a `HandlerCall` of it, many in one `HandlerCalls` when they come
+    together; the upstream answers each with a `HandlerOutcome`, in any order and as many in one
+    `HandlerOutcomes` as it likes. A call is what the task's own method would be called with:
+    the same argument bytes and attempt, its answer read as that call's status would be. An
+    upstream that does not serve it (UNIMPLEMENTED) is called one gRPC call an attempt.
+    """
+
+    def Serve(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TaskHandlersServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Serve': grpc.stream_stream_rpc_method_handler(
+                    servicer.Serve,
+                    request_deserializer=taskwire_dot_v1_dot_worker__pb2.HandlerCalls.FromString,
+                    response_serializer=taskwire_dot_v1_dot_worker__pb2.HandlerOutcomes.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'taskwire.v1.TaskHandlers', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('taskwire.v1.TaskHandlers', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class TaskHandlers:
+    """The calls of a worker runtime to its upstream, many on one stream: what a worker library
+    (taskwire's Python and TypeScript workers) serves beside the task services so that a call
+    costs it a message rather than a gRPC call of its own. The runtime opens one `Serve` stream
+    and sends each attempt as a `HandlerCall` of it, many in one `HandlerCalls` when they come
+    together; the upstream answers each with a `HandlerOutcome`, in any order and as many in one
+    `HandlerOutcomes` as it likes. A call is what the task's own method would be called with:
+    the same argument bytes and attempt, its answer read as that call's status would be. An
+    upstream that does not serve it (UNIMPLEMENTED) is called one gRPC call an attempt.
+    """
+
+    @staticmethod
+    def Serve(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/taskwire.v1.TaskHandlers/Serve',
+            taskwire_dot_v1_dot_worker__pb2.HandlerCalls.SerializeToString,
+            taskwire_dot_v1_dot_worker__pb2.HandlerOutcomes.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

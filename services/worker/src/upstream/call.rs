@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use taskwire::codec::Raw;
 use taskwire::service::{BoxFuture, Service, TaskDef};
+use taskwire::v1::HandlerCall;
 use taskwire::{TaskContext, TaskError};
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::transport::Channel;
@@ -15,6 +16,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
 use super::context::Attempts;
+use super::handlers::{Answer, Handlers};
 use super::health::Health;
 
 /// The metadata keys of a call, as docs/protocol.md lists them.
@@ -36,7 +38,7 @@ pub mod metadata {
 
 /// The largest result taken from the upstream: larger than any NATS server stores, so that a
 /// result too large is refused by the broker, with the dead letter saying so.
-const MAX_RESULT: usize = 256 << 20;
+pub(crate) const MAX_RESULT: usize = 256 << 20;
 
 /// One service of the upstream, served by calling it.
 pub(crate) struct Forward {
@@ -47,6 +49,8 @@ pub(crate) struct Forward {
     pub(crate) channel: Channel,
     pub(crate) attempts: Arc<Attempts>,
     pub(crate) health: Health,
+    /// The stream of calls, while the upstream serves it.
+    pub(crate) handlers: Arc<Handlers>,
 }
 
 impl Service for Forward {
@@ -72,7 +76,15 @@ impl Service for Forward {
         let channel = self.channel.clone();
         let attempts = Arc::clone(&self.attempts);
         let health = self.health.clone();
+        let handlers = Arc::clone(&self.handlers);
         Box::pin(async move {
+            if !handlers.unserved() {
+                let call = handler_call(&ctx, &path, &args, attempts.address());
+                let _running = attempts.running(&ctx);
+                if let Some(answer) = on_stream(&handlers, call, &ctx, &health).await {
+                    return answer;
+                }
+            }
             let path = path.parse::<http::uri::PathAndQuery>().map_err(|e| {
                 TaskError::permanent(format!("task {path} is not a gRPC path: {e}"))
             })?;
@@ -89,25 +101,8 @@ impl Service for Forward {
             tokio::select! {
                 answer = answer => match answer {
                     Ok(response) => Ok(response.into_inner().to_vec()),
-                    Err(status) if is_transport(&status) => {
-                        // The upstream went away under the call (a run cut short, as by a
-                        // crash): tried again, and no new task starts until it answers its
-                        // health check again.
-                        health.lost("a call to it was cut short");
-                        Err(TaskError::retryable(format!(
-                            "the call to the upstream was cut short: {}",
-                            status.message()
-                        )))
-                    }
-                    Err(status) => {
-                        if status.code() == Code::DeadlineExceeded
-                            && ctx.deadline().is_some_and(|d| Instant::now() >= d)
-                        {
-                            // The time limit: the runtime stops the attempt as timed out.
-                            ctx.cancelled().await;
-                        }
-                        Err(task_error(&status))
-                    }
+                    Err(status) if is_transport(&status) => Err(cut_short(&health, status.message())),
+                    Err(status) => Err(failed(&status, &ctx).await),
                 },
                 // A cancel, the time limit or a forced stop: the call is dropped, which cancels
                 // it (the handler sees its context cancelled).
@@ -115,6 +110,87 @@ impl Service for Forward {
             }
         })
     }
+}
+
+/// The attempt as a call on the stream; `None` when the upstream does not serve the stream.
+async fn on_stream(
+    handlers: &Handlers,
+    call: HandlerCall,
+    ctx: &TaskContext,
+    health: &Health,
+) -> Option<Result<Vec<u8>, TaskError>> {
+    let (pending, answer) = handlers.call(call);
+    tokio::select! {
+        answer = answer => {
+            pending.answered();
+            match answer {
+                Ok(Answer::Outcome(outcome)) if outcome.code == 0 => Some(Ok(outcome.result)),
+                Ok(Answer::Outcome(outcome)) => {
+                    let status = Status::with_details(
+                        Code::from(outcome.code as i32),
+                        outcome.message,
+                        Bytes::from(outcome.details),
+                    );
+                    Some(Err(failed(&status, ctx).await))
+                }
+                Ok(Answer::Unserved) => None,
+                Ok(Answer::Lost(why)) => Some(Err(cut_short(health, &why))),
+                Err(_) => Some(Err(cut_short(health, "the worker is stopping"))),
+            }
+        }
+        // A cancel, the time limit or a forced stop: `pending`, dropped, cancels the call.
+        () = ctx.cancelled() => Some(Err(TaskError::retryable("the attempt was stopped"))),
+    }
+}
+
+/// The upstream went away under the call (a run cut short, as by a crash): tried again, and no
+/// new task starts until it answers its health check again.
+fn cut_short(health: &Health, why: &str) -> TaskError {
+    health.lost("a call to it was cut short");
+    TaskError::retryable(format!("the call to the upstream was cut short: {why}"))
+}
+
+/// What the handler's failure means; at the time limit, the runtime stops the attempt as timed
+/// out.
+async fn failed(status: &Status, ctx: &TaskContext) -> TaskError {
+    if status.code() == Code::DeadlineExceeded
+        && ctx.deadline().is_some_and(|d| Instant::now() >= d)
+    {
+        ctx.cancelled().await;
+    }
+    task_error(status)
+}
+
+/// One attempt as a frame's call: what [`request`] puts in a call's metadata, as fields.
+fn handler_call(ctx: &TaskContext, path: &str, args: &Bytes, context: &str) -> HandlerCall {
+    struct Trace<'a>(&'a mut HandlerCall);
+    impl opentelemetry::propagation::Injector for Trace<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            match key {
+                "traceparent" => self.0.traceparent = value,
+                "tracestate" => self.0.tracestate = value,
+                _ => {}
+            }
+        }
+    }
+    let mut call = HandlerCall {
+        id: 0,
+        method: path.to_owned(),
+        argument: args.to_vec(),
+        task_id: ctx.id().as_str().to_owned(),
+        task: ctx.task().as_str().to_owned(),
+        attempt: ctx.attempt(),
+        max_attempts: ctx.max_attempts(),
+        context: context.to_owned(),
+        timeout_ms: ctx.deadline().map_or(0, |d| {
+            d.saturating_duration_since(Instant::now())
+                .as_millis()
+                .clamp(1, u128::from(u64::MAX)) as u64
+        }),
+        ..HandlerCall::default()
+    };
+    taskwire::propagation::inject(&taskwire::propagation::current(), &mut Trace(&mut call));
+    call
 }
 
 /// The request of one attempt: the arguments' bytes, the attempt in the metadata, the time
@@ -151,7 +227,7 @@ fn insert(meta: &mut MetadataMap, key: &'static str, value: &str) {
 /// Whether the call failed on its way (no connection, the connection lost), not by an answer
 /// of the handler: a status the client made from an error it met carries that error as its
 /// source, and one the server answered carries none.
-fn is_transport(status: &Status) -> bool {
+pub(crate) fn is_transport(status: &Status) -> bool {
     use std::error::Error as _;
     status.source().is_some()
 }

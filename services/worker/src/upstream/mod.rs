@@ -30,6 +30,7 @@ mod address;
 mod call;
 mod context;
 mod files;
+mod handlers;
 mod health;
 mod reflection;
 
@@ -167,6 +168,7 @@ impl Upstream {
         let (set, listed) = self.describe(&channel, &health, &stop).await?;
         let shared = Shared {
             set: Bytes::from(set),
+            handlers: Arc::new(handlers::Handlers::start(channel.clone(), call::MAX_RESULT)),
             channel,
             attempts,
             health: health.clone(),
@@ -204,10 +206,12 @@ impl Upstream {
                 .any(|t| t.split_once('/').is_some_and(|(s, _)| s == service))
         };
         let wanted = |service: &str| {
-            service != "taskwire.v1.TaskContext"
-                && ((self.services.is_empty() && self.tasks.is_empty())
-                    || self.services.iter().any(|s| s == service)
-                    || of_task(service))
+            !matches!(
+                service,
+                "taskwire.v1.TaskContext" | "taskwire.v1.TaskHandlers"
+            ) && ((self.services.is_empty() && self.tasks.is_empty())
+                || self.services.iter().any(|s| s == service)
+                || of_task(service))
                 && listed.is_none_or(|l| l.iter().any(|s| s == service))
         };
         let mut services: Vec<Arc<dyn Service>> = Vec::new();
@@ -240,6 +244,7 @@ impl Upstream {
                 channel: shared.channel.clone(),
                 attempts: Arc::clone(&shared.attempts),
                 health: shared.health.clone(),
+                handlers: Arc::clone(&shared.handlers),
             }));
         }
         if services.is_empty() {
@@ -370,6 +375,7 @@ struct Shared {
     channel: tonic::transport::Channel,
     attempts: Arc<context::Attempts>,
     health: Health,
+    handlers: Arc<handlers::Handlers>,
 }
 
 /// A started bridge: the services to serve and the upstream's health.
