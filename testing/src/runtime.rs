@@ -99,6 +99,25 @@ pub fn plain_server() -> tokio::process::Command {
     command
 }
 
+/// `clients/python/examples/worker.py --serve`: the Python worker's handlers served on their
+/// own (no runtime), as a runtime beside them calls them; the address to add.
+pub fn python_handlers() -> tokio::process::Command {
+    let python_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python");
+    let mut command = tokio::process::Command::new(python());
+    command
+        .arg(python_dir.join("examples/worker.py"))
+        .arg("--serve")
+        .env(
+            "PYTHONPATH",
+            format!(
+                "{}:{}",
+                python_dir.display(),
+                python_dir.join("tests/gen").display()
+            ),
+        );
+    command
+}
+
 /// The Python of `TASKWIRE_PYTHON` (the project's venv under `make test`), else `python3`.
 fn python() -> String {
     std::env::var("TASKWIRE_PYTHON").unwrap_or_else(|_| "python3".to_owned())

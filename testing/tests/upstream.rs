@@ -20,9 +20,14 @@ const SLEEP: &str = "examples.chaos.v1.Chaos/Sleep";
 
 /// The plain grpcio server of the example contracts alone (no runtime), on `socket`.
 fn plain_server(socket: &Path, run_log: &Path) -> anyhow::Result<Child> {
+    upstream(runtime::plain_server(), socket, run_log)
+}
+
+/// `server` alone (no runtime), serving on `socket`.
+fn upstream(mut server: Command, socket: &Path, run_log: &Path) -> anyhow::Result<Child> {
     // A socket file left by a killed server would keep the next from binding.
     let _ = std::fs::remove_file(socket);
-    Ok(runtime::plain_server()
+    Ok(server
         .arg(format!("unix:{}", socket.display()))
         .env("TASKWIRE_RUN_LOG", run_log)
         .stdin(Stdio::null())
@@ -145,13 +150,24 @@ async fn workers_of_every_language_share_one_queue() -> anyhow::Result<()> {
 #[tokio::test]
 async fn an_upstream_killed_under_load_loses_nothing_and_uses_attempts_only_for_runs()
 -> anyhow::Result<()> {
+    killed_under_load(runtime::plain_server).await
+}
+
+/// The same with an upstream that takes its calls on one stream (the Python worker's handlers).
+#[tokio::test]
+async fn an_upstream_of_one_stream_killed_under_load_loses_nothing_and_uses_attempts_only_for_runs()
+-> anyhow::Result<()> {
+    killed_under_load(runtime::python_handlers).await
+}
+
+async fn killed_under_load(start: fn() -> Command) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let nats = NatsServer::start_temporary().await?;
     let gateway = Gateway::start(&nats.url()).await?;
     let client = Client::connect(gateway.url()).await?;
     let socket = temp.path().join("tasks.sock");
     let log = temp.path().join("runs.log");
-    let mut server = plain_server(&socket, &log)?;
+    let mut server = upstream(start(), &socket, &log)?;
     const CONCURRENCY: u32 = 8;
     let _runtime = runtime_process(&nats.url(), &socket, &[("TASKWIRE_CONCURRENCY", "8")])?;
     eventually("the runtime serves Sleep", WAIT, || async {
@@ -174,7 +190,7 @@ async fn an_upstream_killed_under_load_loses_nothing_and_uses_attempts_only_for_
     let down_for = tokio::time::Instant::now() + Duration::from_secs(3);
     tokio::time::sleep_until(down_for).await;
     let during = runs(&log)?;
-    let _server = plain_server(&socket, &log)?;
+    let _server = upstream(start(), &socket, &log)?;
 
     for id in &ids {
         let info = client.wait(id, WAIT, false).await?;

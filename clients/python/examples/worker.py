@@ -117,4 +117,8 @@ async def steps(args, ctx):
 
 if __name__ == "__main__":
     logging.basicConfig(level=os.environ.get("TASKWIRE_PY_LOG", "WARNING"))
-    asyncio.run(worker.run())
+    # `worker.py --serve unix:/path.sock` serves the handlers only, for a runtime beside it.
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
+        asyncio.run(worker.serve(sys.argv[2]))
+    else:
+        asyncio.run(worker.run())

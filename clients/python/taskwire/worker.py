@@ -322,6 +322,7 @@ class Worker:
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._progress = _Progress()
         self._tracing = _Tracing.from_env()
+        self._serving: Optional[asyncio.Event] = None
 
     # ---- declaring tasks -------------------------------------------------------------------
 
@@ -385,8 +386,7 @@ class Worker:
         binary = runtime_binary()
         loop = asyncio.get_running_loop()
         self._stopping = False
-        concurrency = _number(self.settings.get("TASKWIRE_CONCURRENCY", os.environ.get("TASKWIRE_CONCURRENCY")), 100)
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=max(4, min(concurrency, 256)))
+        self._executor = self._new_executor()
         with tempfile.TemporaryDirectory(prefix="taskwire-worker-") as folder:
             socket = os.path.join(folder, "handlers.sock")
             server = self._server(served)
@@ -420,12 +420,72 @@ class Worker:
         if code != 0 and not (self._stopping and code < 0):
             raise RuntimeError(f"the worker runtime ({binary}) stopped with exit code {code}")
 
+    async def serve(self, address: str, install_signal_handlers: bool = True) -> None:
+        """Serves the handlers on `address` (`unix:/path/to.sock` or `host:port`) without
+        starting the runtime, for a runtime that runs beside this process, as a Kubernetes
+        sidecar does: `taskwire-worker --upstream unix:///path/to.sock`. The runtime learns the
+        tasks from this server's gRPC reflection (needs grpcio-reflection), or from the
+        descriptor set `descriptor_set()` gives, passed with `--descriptors`. Serves until
+        cancelled, `stop()` or SIGTERM/SIGINT; then answers the calls under way for up to
+        `grace` (TASKWIRE_GRACE, 30 s by default) while the runtime drains."""
+        served = [t for t in self.tasks.values() if t.handler is not None]
+        if not served:
+            raise ValueError("the worker serves no task: attach a handler with @service.task.handler")
+        try:
+            from grpc_reflection.v1alpha import reflection
+        except ImportError:
+            raise RuntimeError(
+                "serving without the runtime needs grpcio-reflection (pip install grpcio-reflection), through "
+                "which the runtime learns the tasks"
+            ) from None
+        loop = asyncio.get_running_loop()
+        self._executor = self._new_executor()
+        server = self._server(served)
+        names = sorted({t.service for t in served}) + [reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
+        if server.add_insecure_port(address) == 0 and not address.startswith("unix:"):
+            raise RuntimeError(f"cannot listen on {address}")
+        stopped = asyncio.Event()
+        self._serving = stopped
+        await server.start()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stopped.set)
+        try:
+            await stopped.wait()
+        finally:
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            await server.stop(grace=self._grace())
+            await self._progress.close()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._serving = None
+
+    def descriptor_set(self) -> bytes:
+        """The encoded `FileDescriptorSet` of the served services and all they import, for the
+        runtime's `--descriptors`."""
+        return self._descriptor_set([t for t in self.tasks.values() if t.handler is not None])
+
+    def _new_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        concurrency = _number(self.settings.get("TASKWIRE_CONCURRENCY", os.environ.get("TASKWIRE_CONCURRENCY")), 100)
+        return concurrent.futures.ThreadPoolExecutor(max_workers=max(4, min(concurrency, 256)))
+
+    def _grace(self) -> float:
+        text = self.settings.get("TASKWIRE_GRACE", os.environ.get("TASKWIRE_GRACE", "")).strip()
+        for unit, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+            if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+                return float(text[: -len(unit)]) * scale
+        return float(text) if text.replace(".", "", 1).isdigit() else 30.0
+
     def stop(self) -> None:
         """Begins the drain, as SIGTERM does; a second call ends it."""
         self._on_signal(signal.SIGTERM)
 
     def _on_signal(self, sig: int) -> None:
         self._stopping = True
+        if self._serving is not None:
+            self._serving.set()
         if self._runtime is not None and self._runtime.returncode is None:
             self._runtime.send_signal(sig)
 
