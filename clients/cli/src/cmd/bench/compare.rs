@@ -43,7 +43,7 @@ pub(super) struct Settings<'a> {
 }
 
 /// Messages the server took in and sent out so far, from `/varz`.
-async fn server_messages(monitoring: Option<&str>) -> Option<(u64, u64)> {
+pub(super) async fn server_messages(monitoring: Option<&str>) -> Option<(u64, u64)> {
     let host = monitoring?.strip_prefix("http://")?;
     let varz: Value =
         serde_json::from_str(&taskwire_supervisor::http_get(host, "/varz").await.ok()?).ok()?;

@@ -12,6 +12,7 @@ mod backlog;
 mod compare;
 mod cpu;
 mod floor;
+mod gateways;
 mod idle;
 mod load;
 mod raw;
@@ -98,6 +99,11 @@ pub struct Options {
     /// Tasks through Celery.
     #[arg(long, default_value_t = 20_000)]
     pub celery_tasks: usize,
+    /// Then this many tasks through one gateway and as many spread over three (one worker),
+    /// counting nats-server's messages per task (0: skip; only with the nats-server the
+    /// benchmark starts).
+    #[arg(long, default_value_t = 20_000)]
+    pub gateways_tasks: usize,
     /// Then the rounds and round trips again on a three-node cluster with every stream at
     /// three replicas.
     #[arg(long)]
@@ -309,6 +315,21 @@ async fn measure(options: Options) -> anyhow::Result<()> {
             round(per_second, 2).into(),
         );
         report.insert("idle_worker_task_types".into(), 1.into());
+    }
+    if let Some(monitoring) = &monitoring
+        && options.gateways_tasks > 0
+    {
+        progress("one gateway, then three");
+        let figures = gateways::per_gateway_count(
+            &stack,
+            &nats_url,
+            monitoring,
+            options.gateways_tasks,
+            options.concurrency,
+            options.worker_concurrency,
+        )
+        .await?;
+        report.insert("gateways".into(), figures);
     }
     let worker_rss = stack.worker_rss_mib();
 
