@@ -34,9 +34,12 @@ pub(super) async fn per_gateway_count(
         .chain(others.iter().map(|s| &s.client))
         .collect();
     let three = measured(monitoring, || async {
-        let share = tasks / clients.len();
-        let loops = (concurrency / clients.len()).max(1);
-        let runs = clients.iter().map(|c| load(c, loops, share));
+        let n = clients.len();
+        let loops = (concurrency / n).max(1);
+        let runs = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| load(c, loops, tasks / n + usize::from(i < tasks % n)));
         futures::future::join_all(runs)
             .await
             .into_iter()

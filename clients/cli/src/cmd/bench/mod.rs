@@ -268,6 +268,7 @@ async fn measure(options: Options) -> anyhow::Result<()> {
     )
     .await?;
     report.insert("grpc_call_floor".into(), floor.into());
+    floor_ratios(&mut report);
 
     if options.submit_many > 0 {
         progress(&format!(
@@ -467,6 +468,42 @@ async fn measure(options: Options) -> anyhow::Result<()> {
     );
     println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
     Ok(())
+}
+
+/// How close a task comes to what any gateway in front of JetStream must pay, from the same
+/// run: `floor_ratio`, (the raw flow's CPU per task + a bare gRPC call's) over taskwire's, and
+/// `roundtrip_to_floor`, taskwire's round trip p50 over (the raw flow's + a bare call's).
+fn floor_ratios(report: &mut serde_json::Map<String, Value>) {
+    let at = |path: &[&str]| {
+        let mut value = report.get(path[0])?;
+        for key in &path[1..] {
+            value = value.get(key)?;
+        }
+        value.as_f64()
+    };
+    let cpu = (
+        at(&["per_task", "raw", "total_cpu_us"]),
+        at(&["grpc_call_floor", "total_cpu_us"]),
+        at(&["per_task", "taskwire", "total_cpu_us"]),
+    );
+    let trip = (
+        at(&["raw_roundtrip_p50_ms"]),
+        at(&["grpc_call_floor", "roundtrip_p50_ms"]),
+        at(&["roundtrip_p50_ms"]),
+    );
+    if let (Some(raw), Some(call), Some(ours)) = cpu
+        && ours > 0.0
+    {
+        report.insert("floor_ratio".into(), round((raw + call) / ours, 3).into());
+    }
+    if let (Some(raw), Some(call), Some(ours)) = trip
+        && raw + call > 0.0
+    {
+        report.insert(
+            "roundtrip_to_floor".into(),
+            round(ours / (raw + call), 3).into(),
+        );
+    }
 }
 
 /// The Celery run: the JSON object its script prints.
