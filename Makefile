@@ -132,10 +132,12 @@ fixture: ## Build the project outside the workspace that uses taskwire by path
 # (installed with apt-get when run as root; without it the JSON says the comparison was skipped).
 CELERY_VENV := $(TOOLS)/celery-venv
 CELERY_DEPS := $(CELERY_VENV)/.deps-5.7.0
+# BullMQ from npm (bench/bullmq/package-lock.json), with the node the TypeScript client uses.
+BULLMQ_DEPS := bench/bullmq/node_modules/.package-lock.json
 BENCH_FLAGS ?= --tasks 100000 --rounds 3 --submit-many 100000 --backlog 1000000 --task-types 1000 \
 	--python-worker clients/python/examples/worker.py --typescript-worker clients/typescript/dist/examples/worker.js --celery-script clients/python/bench/celery_flow.py \
-	--celery-python $(CELERY_VENV)/bin/python --cluster
-bench: $(NATS_SERVER) $(PYTHON_DEPS) $(CELERY_DEPS) ## Measure throughput, latency, memory and idle cost (release build), printing JSON
+	--celery-python $(CELERY_VENV)/bin/python --bullmq-script bench/bullmq/flow.mjs --cluster
+bench: $(NATS_SERVER) $(PYTHON_DEPS) $(CELERY_DEPS) $(BULLMQ_DEPS) ## Measure throughput, latency, memory and idle cost (release build), printing JSON
 	$(CARGO) build --release --workspace --bins
 	bash clients/typescript/check.sh build >&2
 	TASKWIRE_NODE="$$(bash clients/typescript/check.sh node)" ./target/release/taskwire bench $(BENCH_FLAGS) --json
@@ -146,6 +148,9 @@ $(CELERY_DEPS):
 	command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get update -qq && apt-get install -y -qq redis-server; } || true
 	touch $@
+
+$(BULLMQ_DEPS): bench/bullmq/package-lock.json $(CELERY_DEPS)
+	bash clients/typescript/check.sh npm-ci bench/bullmq
 
 chaos: $(NATS_SERVER) build ## Fault drills at full size (10,000 tasks each), one JSON line per drill
 	./target/debug/taskwire-chaos --tasks $${CHAOS_TASKS:-10000}

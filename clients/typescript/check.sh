@@ -112,11 +112,17 @@ case "${1:-all}" in
     find_node
     echo "$NODE"
     ;;
+  npm-ci)
+    # npm ci in another folder with the same node and npm (the benchmark's BullMQ flow).
+    [[ -n "${2:-}" && -f "$2/package-lock.json" ]] || die "usage: bash check.sh npm-ci FOLDER (a folder with a package-lock.json)"
+    find_node
+    (cd "$2" && "${NPM[@]}" ci --no-audit --no-fund --loglevel=error)
+    ;;
   all)
     build
     "$NODE" --test --test-reporter=spec dist/test/*.test.js
     ;;
   *)
-    die "usage: bash check.sh [build|node]   (no argument: build and test)"
+    die "usage: bash check.sh [build|node|npm-ci FOLDER]   (no argument: build and test)"
     ;;
 esac

@@ -104,6 +104,17 @@ pub struct Options {
     /// benchmark starts).
     #[arg(long, default_value_t = 20_000)]
     pub gateways_tasks: usize,
+    /// Then the same flow with BullMQ and Redis: this script (bench/bullmq/flow.mjs, its
+    /// packages installed beside it) run by `--node`, which prints its tasks per second and
+    /// round trips.
+    #[arg(long)]
+    pub bullmq_script: Option<PathBuf>,
+    /// Tasks through BullMQ.
+    #[arg(long, default_value_t = 20_000)]
+    pub bullmq_tasks: usize,
+    /// The BullMQ worker's concurrency.
+    #[arg(long, default_value_t = 100)]
+    pub bullmq_worker_concurrency: usize,
     /// Then the rounds and round trips again on a three-node cluster with every stream at
     /// three replicas.
     #[arg(long)]
@@ -429,6 +440,45 @@ async fn measure(options: Options) -> anyhow::Result<()> {
         server.stop().await;
     }
 
+    if let Some(script) = &options.bullmq_script {
+        progress(&format!(
+            "{} tasks through BullMQ and Redis",
+            options.bullmq_tasks
+        ));
+        let bullmq = peer_flow(
+            &options.node,
+            script,
+            &[
+                "--tasks".into(),
+                options.bullmq_tasks.to_string(),
+                "--concurrency".into(),
+                options.concurrency.to_string(),
+                "--worker-concurrency".into(),
+                options.bullmq_worker_concurrency.to_string(),
+                "--roundtrips".into(),
+                options.roundtrips.to_string(),
+            ],
+        )
+        .await?;
+        for (key, ours, theirs) in [
+            ("rust_worker_to_bullmq", "tasks_per_sec", "tasks_per_sec"),
+            (
+                "roundtrip_p50_to_bullmq",
+                "roundtrip_p50_ms",
+                "roundtrip_p50_ms",
+            ),
+        ] {
+            let ours = report.get(ours).and_then(Value::as_f64);
+            let theirs = bullmq.get(theirs).and_then(Value::as_f64);
+            if let (Some(ours), Some(theirs)) = (ours, theirs)
+                && theirs > 0.0
+            {
+                report.insert(key.into(), round(ours / theirs, 2).into());
+            }
+        }
+        report.insert("bullmq".into(), bullmq);
+    }
+
     if let Some(script) = &options.celery_script {
         progress(&format!(
             "{} tasks through Celery and Redis",
@@ -508,10 +558,28 @@ fn floor_ratios(report: &mut serde_json::Map<String, Value>) {
 
 /// The Celery run: the JSON object its script prints.
 async fn celery_flow(options: &Options, script: &std::path::Path) -> anyhow::Result<Value> {
-    let output = tokio::process::Command::new(&options.celery_python)
+    peer_flow(
+        &options.celery_python,
+        script,
+        &[
+            "--tasks".into(),
+            options.celery_tasks.to_string(),
+            "--concurrency".into(),
+            options.concurrency.min(64).to_string(),
+        ],
+    )
+    .await
+}
+
+/// A peer's flow: `program script args`, which prints one JSON object as its last line.
+async fn peer_flow(
+    program: &str,
+    script: &std::path::Path,
+    args: &[String],
+) -> anyhow::Result<Value> {
+    let output = tokio::process::Command::new(program)
         .arg(script)
-        .args(["--tasks", &options.celery_tasks.to_string()])
-        .args(["--concurrency", &options.concurrency.min(64).to_string()])
+        .args(args)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output()
