@@ -24,7 +24,15 @@ import * as grpc from "@grpc/grpc-js";
 
 import type { MethodDefinition, ServiceDefinition } from "./client";
 import { descriptorSet, type ProtoMetadata } from "./descriptors";
-import { ReportProgressRequest, TaskContextClient } from "./gen/taskwire/v1/worker";
+import {
+  type HandlerCall,
+  type HandlerCalls,
+  type HandlerOutcome,
+  type HandlerOutcomes,
+  ReportProgressRequest,
+  TaskContextClient,
+  TaskHandlersService,
+} from "./gen/taskwire/v1/worker";
 import type { Seconds } from "./options";
 import type { Schema } from "./schema";
 import { describes, generatedSchema } from "./service";
@@ -43,6 +51,10 @@ export const TASK_METADATA = {
 // Larger than any NATS server stores: a result too large is refused by the broker, and the
 // task's dead letter says so.
 const MAX_MESSAGE = 256 * 1024 * 1024;
+
+// At most this many bytes of results go in one frame of the stream of calls (a larger result
+// goes alone).
+const FRAME_BYTES = 4 << 20;
 
 /** How long one progress report may take. */
 const REPORT_TIMEOUT_MS = 10_000;
@@ -535,24 +547,32 @@ export class Worker {
       }
       server.addService(definition, implementation);
     }
+    server.addService(TaskHandlersService, { serve: this.serveStream(served) });
   }
 
-  /** One attempt: the handler's answer, or (rejected) the status that says what its failure means. */
+  /** One attempt as a gRPC call of the task's method. */
   private async call(task: Task, call: grpc.ServerUnaryCall<unknown, unknown>): Promise<unknown> {
     const controller = new AbortController();
     const cancel = () => controller.abort(new Error("the attempt was stopped"));
     call.once("cancelled", cancel);
     if (call.cancelled) cancel();
     const ctx = new TaskContext(call.metadata, deadlineOf(call.getDeadline()), controller.signal, this.reporter);
+    try {
+      return await this.attempt(task, call.request, ctx);
+    } finally {
+      call.off("cancelled", cancel);
+    }
+  }
+
+  /** Runs the handler: its answer, or (rejected) the status that says what its failure means. */
+  private async attempt(task: Task, request: unknown, ctx: TaskContext): Promise<unknown> {
     const handler = task.handler as Handler<unknown, unknown>;
     let result: unknown;
     try {
-      result = await handler(call.request, ctx);
+      result = await handler(request, ctx);
     } catch (err) {
       await ctx.flush();
       throw this.failure(task, ctx, err);
-    } finally {
-      call.off("cancelled", cancel);
     }
     await ctx.flush();
     if (typeof result !== "object" || result === null) {
@@ -564,6 +584,115 @@ export class Worker {
     } catch (err) {
       throw failure(grpc.status.INTERNAL, `the handler of ${task.name} returned what is not its output message: ${describe(err)}`);
     }
+  }
+
+  /**
+   * `taskwire.v1.TaskHandlers/Serve`: the runtime's calls, many on one stream, each run at once;
+   * the outcomes that are ready by the next turn of the event loop go back together.
+   */
+  private serveStream(served: readonly Task[]): grpc.handleBidiStreamingCall<HandlerCalls, HandlerOutcomes> {
+    const byPath = new Map(served.map((task) => [`/${task.name}`, task]));
+    return (stream) => {
+      // The calls running, by id: how to stop each.
+      const running = new Map<bigint, AbortController>();
+      let ready: HandlerOutcome[] = [];
+      let flushing = false;
+      const flush = () => {
+        flushing = false;
+        while (ready.length > 0) {
+          let taken = 0;
+          let size = 0;
+          while (taken < ready.length && (taken === 0 || size + ready[taken].result.length <= FRAME_BYTES)) {
+            size += ready[taken].result.length;
+            taken++;
+          }
+          stream.write({ outcomes: ready.slice(0, taken) });
+          ready = ready.slice(taken);
+        }
+      };
+      const answer = (outcome: HandlerOutcome) => {
+        ready.push(outcome);
+        if (!flushing) {
+          flushing = true;
+          setImmediate(flush);
+        }
+      };
+      const stopAll = () => {
+        for (const controller of running.values()) controller.abort(new Error("the attempt was stopped"));
+        running.clear();
+      };
+      stream.on("data", (frame: HandlerCalls) => {
+        for (const id of frame.cancels) {
+          const controller = running.get(id);
+          if (controller !== undefined) {
+            running.delete(id);
+            controller.abort(new Error("the attempt was stopped"));
+          }
+        }
+        for (const call of frame.calls) this.streamed(call, byPath.get(call.method), running, answer);
+      });
+      stream.on("end", () => {
+        stopAll();
+        stream.end();
+      });
+      stream.on("error", stopAll);
+      stream.on("cancelled", stopAll);
+    };
+  }
+
+  /** One call of the stream, answered through `answer` unless it is cancelled first. */
+  private streamed(
+    call: HandlerCall,
+    task: Task | undefined,
+    running: Map<bigint, AbortController>,
+    answer: (outcome: HandlerOutcome) => void,
+  ): void {
+    const outcome = (fields: Partial<HandlerOutcome>): HandlerOutcome => ({
+      id: call.id,
+      code: 0,
+      result: Buffer.alloc(0),
+      message: "",
+      details: Buffer.alloc(0),
+      ...fields,
+    });
+    if (task === undefined) {
+      answer(outcome({ code: grpc.status.UNIMPLEMENTED, message: `this worker does not serve ${call.method}` }));
+      return;
+    }
+    let request: unknown;
+    try {
+      request = task.input.decode(call.argument);
+    } catch (err) {
+      answer(outcome({ code: grpc.status.INVALID_ARGUMENT, message: `the arguments of ${task.name} do not decode: ${describe(err)}` }));
+      return;
+    }
+    const metadata = new grpc.Metadata();
+    metadata.set(TASK_METADATA.taskId, call.taskId);
+    metadata.set(TASK_METADATA.task, call.task);
+    metadata.set(TASK_METADATA.attempt, String(call.attempt));
+    metadata.set(TASK_METADATA.maxAttempts, String(call.maxAttempts));
+    metadata.set(TASK_METADATA.context, call.context);
+    if (call.traceparent !== "") metadata.set("traceparent", call.traceparent);
+    if (call.tracestate !== "") metadata.set("tracestate", call.tracestate);
+    const deadline = call.timeoutMs > 0n ? new Date(Date.now() + Number(call.timeoutMs)) : undefined;
+    const controller = new AbortController();
+    running.set(call.id, controller);
+    const ctx = new TaskContext(metadata, deadline, controller.signal, this.reporter);
+    // A call cancelled meanwhile is no longer read.
+    const finished = (fields: Partial<HandlerOutcome>) => {
+      if (running.delete(call.id)) answer(outcome(fields));
+    };
+    this.attempt(task, request, ctx).then(
+      (result) => finished({ result: Buffer.from(task.output.encode(result as never).finish()) }),
+      (status: Partial<grpc.StatusObject>) => {
+        const details = status.metadata?.get("grpc-status-details-bin")[0];
+        finished({
+          code: status.code ?? grpc.status.UNKNOWN,
+          message: status.details ?? "",
+          details: Buffer.isBuffer(details) ? details : Buffer.alloc(0),
+        });
+      },
+    );
   }
 
   private failure(task: Task, ctx: TaskContext, err: unknown): Partial<grpc.StatusObject> {

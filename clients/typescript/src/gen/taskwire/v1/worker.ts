@@ -10,8 +10,10 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
   type ClientUnaryCall,
+  type handleBidiStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -33,6 +35,61 @@ export interface ReportProgressRequest {
 }
 
 export interface ReportProgressResponse {
+}
+
+export interface HandlerCalls {
+  calls: HandlerCall[];
+  /**
+   * Calls to stop: the task was cancelled, its time limit passed or the worker is forced to
+   * stop. The handler sees its context cancelled; the call's outcome is no longer read.
+   */
+  cancels: bigint[];
+}
+
+export interface HandlerCall {
+  /** Unique on its stream; the outcome names it. */
+  id: bigint;
+  /** The task's method, `/package.Service/Method`, as a gRPC call's path. */
+  method: string;
+  /** The task's input message, encoded. */
+  argument: Buffer;
+  /**
+   * What a call's metadata carries: `taskwire-task-id`, `taskwire-task`, `taskwire-attempt`,
+   * `taskwire-max-attempts` and `taskwire-context`.
+   */
+  taskId: string;
+  task: string;
+  attempt: number;
+  maxAttempts: number;
+  context: string;
+  /**
+   * The attempt's time left, in milliseconds, when it has a time limit (a call's deadline);
+   * 0 when it has none.
+   */
+  timeoutMs: bigint;
+  /** W3C trace context: the handler's spans join the task's trace. Empty when none. */
+  traceparent: string;
+  tracestate: string;
+}
+
+export interface HandlerOutcomes {
+  outcomes: HandlerOutcome[];
+}
+
+export interface HandlerOutcome {
+  id: bigint;
+  /**
+   * The gRPC status code the call would have ended with (0, OK: `result` is the task's
+   * output message, encoded).
+   */
+  code: number;
+  result: Buffer;
+  message: string;
+  /**
+   * A `google.rpc.Status` with details (`RetryInfo`, `ErrorInfo`), as in a call's
+   * `grpc-status-details-bin`; empty when none.
+   */
+  details: Buffer;
 }
 
 function createBaseReportProgressRequest(): ReportProgressRequest {
@@ -194,6 +251,574 @@ export const ReportProgressResponse: MessageFns<ReportProgressResponse> = {
   },
 };
 
+function createBaseHandlerCalls(): HandlerCalls {
+  return { calls: [], cancels: [] };
+}
+
+export const HandlerCalls: MessageFns<HandlerCalls> = {
+  encode(message: HandlerCalls, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.calls) {
+      HandlerCall.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.cancels.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.cancels) {
+        if (BigInt.asUintN(64, v) !== v) {
+          throw new globalThis.Error("a value provided in array field cancels of type uint64 is too large");
+        }
+        writer.uint64(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HandlerCalls {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHandlerCalls();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.calls.push(HandlerCall.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.cancels.push(reader.uint64() as bigint);
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.cancels.push(reader.uint64() as bigint);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HandlerCalls {
+    return {
+      calls: globalThis.Array.isArray(object?.calls) ? object.calls.map((e: any) => HandlerCall.fromJSON(e)) : [],
+      cancels: globalThis.Array.isArray(object?.cancels) ? object.cancels.map((e: any) => BigInt(e)) : [],
+    };
+  },
+
+  toJSON(message: HandlerCalls): unknown {
+    const obj: any = {};
+    if (message.calls?.length) {
+      obj.calls = message.calls.map((e) => HandlerCall.toJSON(e));
+    }
+    if (message.cancels?.length) {
+      obj.cancels = message.cancels.map((e) => e.toString());
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<HandlerCalls>): HandlerCalls {
+    return HandlerCalls.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HandlerCalls>): HandlerCalls {
+    const message = createBaseHandlerCalls();
+    message.calls = object.calls?.map((e) => HandlerCall.fromPartial(e)) || [];
+    message.cancels = object.cancels?.map((e) => BigInt(e)) || [];
+    return message;
+  },
+};
+
+function createBaseHandlerCall(): HandlerCall {
+  return {
+    id: 0n,
+    method: "",
+    argument: Buffer.alloc(0),
+    taskId: "",
+    task: "",
+    attempt: 0,
+    maxAttempts: 0,
+    context: "",
+    timeoutMs: 0n,
+    traceparent: "",
+    tracestate: "",
+  };
+}
+
+export const HandlerCall: MessageFns<HandlerCall> = {
+  encode(message: HandlerCall, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0n) {
+      if (BigInt.asUintN(64, message.id) !== message.id) {
+        throw new globalThis.Error("value provided for field message.id of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.method !== "") {
+      writer.uint32(18).string(message.method);
+    }
+    if (message.argument.length !== 0) {
+      writer.uint32(26).bytes(message.argument);
+    }
+    if (message.taskId !== "") {
+      writer.uint32(34).string(message.taskId);
+    }
+    if (message.task !== "") {
+      writer.uint32(42).string(message.task);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(48).uint32(message.attempt);
+    }
+    if (message.maxAttempts !== 0) {
+      writer.uint32(56).uint32(message.maxAttempts);
+    }
+    if (message.context !== "") {
+      writer.uint32(66).string(message.context);
+    }
+    if (message.timeoutMs !== 0n) {
+      if (BigInt.asUintN(64, message.timeoutMs) !== message.timeoutMs) {
+        throw new globalThis.Error("value provided for field message.timeoutMs of type uint64 too large");
+      }
+      writer.uint32(72).uint64(message.timeoutMs);
+    }
+    if (message.traceparent !== "") {
+      writer.uint32(82).string(message.traceparent);
+    }
+    if (message.tracestate !== "") {
+      writer.uint32(90).string(message.tracestate);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HandlerCall {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHandlerCall();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.method = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.argument = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.taskId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.task = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.attempt = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.maxAttempts = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.context = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.timeoutMs = reader.uint64() as bigint;
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.traceparent = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.tracestate = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HandlerCall {
+    return {
+      id: isSet(object.id) ? BigInt(object.id) : 0n,
+      method: isSet(object.method) ? globalThis.String(object.method) : "",
+      argument: isSet(object.argument) ? Buffer.from(bytesFromBase64(object.argument)) : Buffer.alloc(0),
+      taskId: isSet(object.taskId)
+        ? globalThis.String(object.taskId)
+        : isSet(object.task_id)
+        ? globalThis.String(object.task_id)
+        : "",
+      task: isSet(object.task) ? globalThis.String(object.task) : "",
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      maxAttempts: isSet(object.maxAttempts)
+        ? globalThis.Number(object.maxAttempts)
+        : isSet(object.max_attempts)
+        ? globalThis.Number(object.max_attempts)
+        : 0,
+      context: isSet(object.context) ? globalThis.String(object.context) : "",
+      timeoutMs: isSet(object.timeoutMs)
+        ? BigInt(object.timeoutMs)
+        : isSet(object.timeout_ms)
+        ? BigInt(object.timeout_ms)
+        : 0n,
+      traceparent: isSet(object.traceparent) ? globalThis.String(object.traceparent) : "",
+      tracestate: isSet(object.tracestate) ? globalThis.String(object.tracestate) : "",
+    };
+  },
+
+  toJSON(message: HandlerCall): unknown {
+    const obj: any = {};
+    if (message.id !== 0n) {
+      obj.id = message.id.toString();
+    }
+    if (message.method !== "") {
+      obj.method = message.method;
+    }
+    if (message.argument.length !== 0) {
+      obj.argument = base64FromBytes(message.argument);
+    }
+    if (message.taskId !== "") {
+      obj.taskId = message.taskId;
+    }
+    if (message.task !== "") {
+      obj.task = message.task;
+    }
+    if (message.attempt !== 0) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    if (message.maxAttempts !== 0) {
+      obj.maxAttempts = Math.round(message.maxAttempts);
+    }
+    if (message.context !== "") {
+      obj.context = message.context;
+    }
+    if (message.timeoutMs !== 0n) {
+      obj.timeoutMs = message.timeoutMs.toString();
+    }
+    if (message.traceparent !== "") {
+      obj.traceparent = message.traceparent;
+    }
+    if (message.tracestate !== "") {
+      obj.tracestate = message.tracestate;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<HandlerCall>): HandlerCall {
+    return HandlerCall.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HandlerCall>): HandlerCall {
+    const message = createBaseHandlerCall();
+    message.id = (object.id !== undefined && object.id !== null) ? BigInt(object.id) : 0n;
+    message.method = object.method ?? "";
+    message.argument = object.argument ?? Buffer.alloc(0);
+    message.taskId = object.taskId ?? "";
+    message.task = object.task ?? "";
+    message.attempt = object.attempt ?? 0;
+    message.maxAttempts = object.maxAttempts ?? 0;
+    message.context = object.context ?? "";
+    message.timeoutMs = (object.timeoutMs !== undefined && object.timeoutMs !== null) ? BigInt(object.timeoutMs) : 0n;
+    message.traceparent = object.traceparent ?? "";
+    message.tracestate = object.tracestate ?? "";
+    return message;
+  },
+};
+
+function createBaseHandlerOutcomes(): HandlerOutcomes {
+  return { outcomes: [] };
+}
+
+export const HandlerOutcomes: MessageFns<HandlerOutcomes> = {
+  encode(message: HandlerOutcomes, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.outcomes) {
+      HandlerOutcome.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HandlerOutcomes {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHandlerOutcomes();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.outcomes.push(HandlerOutcome.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HandlerOutcomes {
+    return {
+      outcomes: globalThis.Array.isArray(object?.outcomes)
+        ? object.outcomes.map((e: any) => HandlerOutcome.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: HandlerOutcomes): unknown {
+    const obj: any = {};
+    if (message.outcomes?.length) {
+      obj.outcomes = message.outcomes.map((e) => HandlerOutcome.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<HandlerOutcomes>): HandlerOutcomes {
+    return HandlerOutcomes.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HandlerOutcomes>): HandlerOutcomes {
+    const message = createBaseHandlerOutcomes();
+    message.outcomes = object.outcomes?.map((e) => HandlerOutcome.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseHandlerOutcome(): HandlerOutcome {
+  return { id: 0n, code: 0, result: Buffer.alloc(0), message: "", details: Buffer.alloc(0) };
+}
+
+export const HandlerOutcome: MessageFns<HandlerOutcome> = {
+  encode(message: HandlerOutcome, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0n) {
+      if (BigInt.asUintN(64, message.id) !== message.id) {
+        throw new globalThis.Error("value provided for field message.id of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.code !== 0) {
+      writer.uint32(16).uint32(message.code);
+    }
+    if (message.result.length !== 0) {
+      writer.uint32(26).bytes(message.result);
+    }
+    if (message.message !== "") {
+      writer.uint32(34).string(message.message);
+    }
+    if (message.details.length !== 0) {
+      writer.uint32(42).bytes(message.details);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HandlerOutcome {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHandlerOutcome();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.code = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.result = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.details = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HandlerOutcome {
+    return {
+      id: isSet(object.id) ? BigInt(object.id) : 0n,
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      result: isSet(object.result) ? Buffer.from(bytesFromBase64(object.result)) : Buffer.alloc(0),
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      details: isSet(object.details) ? Buffer.from(bytesFromBase64(object.details)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: HandlerOutcome): unknown {
+    const obj: any = {};
+    if (message.id !== 0n) {
+      obj.id = message.id.toString();
+    }
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.result.length !== 0) {
+      obj.result = base64FromBytes(message.result);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.details.length !== 0) {
+      obj.details = base64FromBytes(message.details);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<HandlerOutcome>): HandlerOutcome {
+    return HandlerOutcome.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HandlerOutcome>): HandlerOutcome {
+    const message = createBaseHandlerOutcome();
+    message.id = (object.id !== undefined && object.id !== null) ? BigInt(object.id) : 0n;
+    message.code = object.code ?? 0;
+    message.result = object.result ?? Buffer.alloc(0);
+    message.message = object.message ?? "";
+    message.details = object.details ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
 /**
  * What a task handler can ask of the worker runtime that called it.
  *
@@ -292,6 +917,74 @@ export const TaskContextClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
+/**
+ * The calls of a worker runtime to its upstream, many on one stream: what a worker library
+ * (taskwire's Python and TypeScript workers) serves beside the task services so that a call
+ * costs it a message rather than a gRPC call of its own. The runtime opens one `Serve` stream
+ * and sends each attempt as a `HandlerCall` of it, many in one `HandlerCalls` when they come
+ * together; the upstream answers each with a `HandlerOutcome`, in any order and as many in one
+ * `HandlerOutcomes` as it likes. A call is what the task's own method would be called with:
+ * the same argument bytes and attempt, its answer read as that call's status would be. An
+ * upstream that does not serve it (UNIMPLEMENTED) is called one gRPC call an attempt.
+ */
+export type TaskHandlersDefinition = typeof TaskHandlersDefinition;
+export const TaskHandlersDefinition = {
+  name: "TaskHandlers",
+  fullName: "taskwire.v1.TaskHandlers",
+  methods: {
+    serve: {
+      name: "Serve",
+      requestType: HandlerCalls as typeof HandlerCalls,
+      requestStream: true,
+      responseType: HandlerOutcomes as typeof HandlerOutcomes,
+      responseStream: true,
+      options: {},
+    },
+  },
+} as const;
+
+/**
+ * The calls of a worker runtime to its upstream, many on one stream: what a worker library
+ * (taskwire's Python and TypeScript workers) serves beside the task services so that a call
+ * costs it a message rather than a gRPC call of its own. The runtime opens one `Serve` stream
+ * and sends each attempt as a `HandlerCall` of it, many in one `HandlerCalls` when they come
+ * together; the upstream answers each with a `HandlerOutcome`, in any order and as many in one
+ * `HandlerOutcomes` as it likes. A call is what the task's own method would be called with:
+ * the same argument bytes and attempt, its answer read as that call's status would be. An
+ * upstream that does not serve it (UNIMPLEMENTED) is called one gRPC call an attempt.
+ */
+export type TaskHandlersService = typeof TaskHandlersService;
+export const TaskHandlersService = {
+  serve: {
+    path: "/taskwire.v1.TaskHandlers/Serve" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: HandlerCalls): Buffer => Buffer.from(HandlerCalls.encode(value).finish()),
+    requestDeserialize: (value: Buffer): HandlerCalls => HandlerCalls.decode(value),
+    responseSerialize: (value: HandlerOutcomes): Buffer => Buffer.from(HandlerOutcomes.encode(value).finish()),
+    responseDeserialize: (value: Buffer): HandlerOutcomes => HandlerOutcomes.decode(value),
+  },
+} as const;
+
+export interface TaskHandlersServer extends UntypedServiceImplementation {
+  serve: handleBidiStreamingCall<HandlerCalls, HandlerOutcomes>;
+}
+
+export interface TaskHandlersClient extends Client {
+  serve(): ClientDuplexStream<HandlerCalls, HandlerOutcomes>;
+  serve(options: Partial<CallOptions>): ClientDuplexStream<HandlerCalls, HandlerOutcomes>;
+  serve(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<HandlerCalls, HandlerOutcomes>;
+}
+
+export const TaskHandlersClient = makeGenericClientConstructor(
+  TaskHandlersService,
+  "taskwire.v1.TaskHandlers",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): TaskHandlersClient;
+  service: typeof TaskHandlersService;
+  serviceName: string;
+};
+
 type ProtoMetaEnumOptions = { options?: { [key: string]: any }; values?: { [key: string]: { [key: string]: any } } };
 
 type ProtoMetaMessageOptions = {
@@ -384,6 +1077,282 @@ export const protoMetadata: ProtoMetadata = {
       "reservedRange": [],
       "reservedName": [],
       "visibility": 0,
+    }, {
+      "name": "HandlerCalls",
+      "field": [{
+        "name": "calls",
+        "number": 1,
+        "label": 3,
+        "type": 11,
+        "typeName": ".taskwire.v1.HandlerCall",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "calls",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "cancels",
+        "number": 2,
+        "label": 3,
+        "type": 4,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "cancels",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "HandlerCall",
+      "field": [{
+        "name": "id",
+        "number": 1,
+        "label": 1,
+        "type": 4,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "id",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "method",
+        "number": 2,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "method",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "argument",
+        "number": 3,
+        "label": 1,
+        "type": 12,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "argument",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "task_id",
+        "number": 4,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "taskId",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "task",
+        "number": 5,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "task",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "attempt",
+        "number": 6,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "attempt",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "max_attempts",
+        "number": 7,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "maxAttempts",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "context",
+        "number": 8,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "context",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "timeout_ms",
+        "number": 9,
+        "label": 1,
+        "type": 4,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "timeoutMs",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "traceparent",
+        "number": 10,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "traceparent",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "tracestate",
+        "number": 11,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "tracestate",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "HandlerOutcomes",
+      "field": [{
+        "name": "outcomes",
+        "number": 1,
+        "label": 3,
+        "type": 11,
+        "typeName": ".taskwire.v1.HandlerOutcome",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "outcomes",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "HandlerOutcome",
+      "field": [{
+        "name": "id",
+        "number": 1,
+        "label": 1,
+        "type": 4,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "id",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "code",
+        "number": 2,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "code",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "result",
+        "number": 3,
+        "label": 1,
+        "type": 12,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "result",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "message",
+        "number": 4,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "message",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "details",
+        "number": 5,
+        "label": 1,
+        "type": 12,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "details",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
     }],
     "enumType": [],
     "service": [{
@@ -395,6 +1364,17 @@ export const protoMetadata: ProtoMetadata = {
         "options": undefined,
         "clientStreaming": false,
         "serverStreaming": false,
+      }],
+      "options": undefined,
+    }, {
+      "name": "TaskHandlers",
+      "method": [{
+        "name": "Serve",
+        "inputType": ".taskwire.v1.HandlerCalls",
+        "outputType": ".taskwire.v1.HandlerOutcomes",
+        "options": undefined,
+        "clientStreaming": true,
+        "serverStreaming": true,
       }],
       "options": undefined,
     }],
@@ -421,6 +1401,72 @@ export const protoMetadata: ProtoMetadata = {
         "leadingComments": " The task id and attempt of the running attempt (from its call's metadata).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
+      }, {
+        "path": [6, 1],
+        "span": [37, 0, 39, 1],
+        "leadingComments":
+          " The calls of a worker runtime to its upstream, many on one stream: what a worker library\n (taskwire's Python and TypeScript workers) serves beside the task services so that a call\n costs it a message rather than a gRPC call of its own. The runtime opens one `Serve` stream\n and sends each attempt as a `HandlerCall` of it, many in one `HandlerCalls` when they come\n together; the upstream answers each with a `HandlerOutcome`, in any order and as many in one\n `HandlerOutcomes` as it likes. A call is what the task's own method would be called with:\n the same argument bytes and attempt, its answer read as that call's status would be. An\n upstream that does not serve it (UNIMPLEMENTED) is called one gRPC call an attempt.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 2, 2, 1],
+        "span": [45, 2, 30],
+        "leadingComments":
+          " Calls to stop: the task was cancelled, its time limit passed or the worker is forced to\n stop. The handler sees its context cancelled; the call's outcome is no longer read.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 3, 2, 0],
+        "span": [50, 2, 16],
+        "leadingComments": " Unique on its stream; the outcome names it.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 3, 2, 1],
+        "span": [52, 2, 20],
+        "leadingComments": " The task's method, `/package.Service/Method`, as a gRPC call's path.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 3, 2, 2],
+        "span": [54, 2, 21],
+        "leadingComments": " The task's input message, encoded.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 3, 2, 3],
+        "span": [57, 2, 21],
+        "leadingComments":
+          " What a call's metadata carries: `taskwire-task-id`, `taskwire-task`, `taskwire-attempt`,\n `taskwire-max-attempts` and `taskwire-context`.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 3, 2, 8],
+        "span": [64, 2, 24],
+        "leadingComments":
+          " The attempt's time left, in milliseconds, when it has a time limit (a call's deadline);\n 0 when it has none.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 3, 2, 9],
+        "span": [66, 2, 26],
+        "leadingComments": " W3C trace context: the handler's spans join the task's trace. Empty when none.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 5, 2, 1],
+        "span": [78, 2, 18],
+        "leadingComments":
+          " The gRPC status code the call would have ended with (0, OK: `result` is the task's\n output message, encoded).\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 5, 2, 4],
+        "span": [83, 2, 20],
+        "leadingComments":
+          " A `google.rpc.Status` with details (`RetryInfo`, `ErrorInfo`), as in a call's\n `grpc-status-details-bin`; empty when none.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
       }],
     },
     "syntax": "proto3",
@@ -429,10 +1475,23 @@ export const protoMetadata: ProtoMetadata = {
   references: {
     ".taskwire.v1.ReportProgressRequest": ReportProgressRequest,
     ".taskwire.v1.ReportProgressResponse": ReportProgressResponse,
+    ".taskwire.v1.HandlerCalls": HandlerCalls,
+    ".taskwire.v1.HandlerCall": HandlerCall,
+    ".taskwire.v1.HandlerOutcomes": HandlerOutcomes,
+    ".taskwire.v1.HandlerOutcome": HandlerOutcome,
     ".taskwire.v1.TaskContext": TaskContextClient,
+    ".taskwire.v1.TaskHandlers": TaskHandlersClient,
   },
   dependencies: [protoMetadata1],
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
 
