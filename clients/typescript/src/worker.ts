@@ -12,7 +12,7 @@
 // worker runtime (the `taskwire-worker` binary) as its child. The runtime does everything a
 // worker does with the broker (pulls, attempts, retries, limits, cancels, heartbeats, metrics,
 // drain) and calls a handler once per attempt, with the task's own method path and the
-// attempt in the call's metadata.
+// attempt: the calls go many to a frame on one stream (`taskwire.v1.TaskHandlers/Serve`).
 
 import { type ChildProcess, spawn } from "node:child_process";
 import * as fs from "node:fs";
