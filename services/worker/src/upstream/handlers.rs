@@ -161,6 +161,7 @@ async fn stream(
     };
     tokio::pin!(open);
     let mut incoming: Option<Streaming<HandlerOutcomes>> = None;
+    let mut answered = false;
     let (answer, ended) = loop {
         tokio::select! {
             op = ops.recv() => match op {
@@ -184,6 +185,7 @@ async fn stream(
             },
             message = next(&mut incoming), if incoming.is_some() => match message {
                 Ok(Some(outcomes)) => {
+                    answered = true;
                     for outcome in outcomes.outcomes {
                         if let Some(tx) = waiting.remove(&outcome.id) {
                             let _ = tx.send(Answer::Outcome(outcome));
@@ -191,6 +193,11 @@ async fn stream(
                     }
                 }
                 Ok(None) => break (Answer::Lost("the upstream ended the stream of calls".to_owned()), Ended::Lost),
+                // UNIMPLEMENTED after headers (a proxy in between, say) is no less an answer
+                // that the stream is not served.
+                Err(status) if !answered && status.code() == Code::Unimplemented && !super::call::is_transport(&status) => {
+                    break (Answer::Unserved, Ended::Unserved);
+                }
                 Err(status) => break (Answer::Lost(status.message().to_owned()), Ended::Lost),
             },
         }
