@@ -137,7 +137,8 @@ impl Client {
             options: Some(options.into_proto()),
             ..Default::default()
         };
-        self.submit_and_wait_request(submit, timeout, json).await
+        self.submit_and_wait_request(submit, timeout, json, false)
+            .await
     }
 
     async fn submit_and_wait_request(
@@ -145,12 +146,14 @@ impl Client {
         submit: v1::SubmitRequest,
         timeout: Duration,
         json: bool,
+        final_only: bool,
     ) -> Result<Pending, Error> {
         let span = submit_span(&submit.task, "SubmitAndWait");
         let request = v1::SubmitAndWaitRequest {
             submit: Some(submit),
             timeout: prost_types::Duration::try_from(timeout).ok(),
             include_json: json,
+            final_only,
         };
         async {
             let mut request = tonic::Request::new(request);
@@ -196,7 +199,10 @@ impl Client {
             options: Some(options.into_proto()),
             descriptor_hash: descriptor_hash.to_owned(),
         };
-        let pending = self.submit_and_wait_request(submit, timeout, false).await?;
+        // Only the outcome is wanted: one answer, not the queued state first.
+        let pending = self
+            .submit_and_wait_request(submit, timeout, false, true)
+            .await?;
         outcome(pending.finish().await?)
     }
 

@@ -103,12 +103,13 @@ impl v1::tasks_server::Tasks for TasksService {
         let req = request.into_inner();
         let timeout = wait_timeout(req.timeout);
         let json = req.include_json;
+        let final_only = req.final_only;
         let gateway = Arc::clone(&self.gateway);
         let (first, results) = gateway
             .submit_subscribed(req.submit.unwrap_or_default(), scope.as_deref())
             .await?;
-        let first = gateway.with_json(first, json).await?;
         if !matches!(first.state(), TaskState::Queued | TaskState::Scheduled) {
+            let first = gateway.with_json(first, json).await?;
             return Ok(Response::new(Box::pin(futures::stream::iter([Ok(first)]))));
         }
         let id = parse_id(&first.task_id)?;
@@ -120,6 +121,10 @@ impl v1::tasks_server::Tasks for TasksService {
                 .await?;
             Ok(gateway.with_json(info, json).await?)
         });
+        if final_only {
+            return Ok(Response::new(Box::pin(last)));
+        }
+        let first = self.gateway.with_json(first, json).await?;
         Ok(Response::new(Box::pin(
             futures::stream::iter([Ok(first)]).chain(last),
         )))

@@ -65,6 +65,46 @@ async fn magic_add_through_grpc_gives_6() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn submit_and_wait_streams_the_queued_state_unless_only_the_final_one_is_asked_for()
+-> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::magic())).await?;
+    let mut grpc = TasksClient::connect(gateway.url()).await?;
+    for final_only in [false, true] {
+        let request = v1::SubmitAndWaitRequest {
+            submit: Some(v1::SubmitRequest {
+                task: ADD.into(),
+                args: Some(v1::submit_request::Args::ArgsJson(
+                    r#"{"arg1":1,"arg2":2,"arg3":3}"#.into(),
+                )),
+                ..Default::default()
+            }),
+            timeout: Some(prost_types_duration(WAIT)),
+            include_json: true,
+            final_only,
+        };
+        let mut stream = grpc.submit_and_wait(request).await?.into_inner();
+        let mut states = Vec::new();
+        while let Some(info) = stream.message().await? {
+            states.push(info);
+        }
+        let last = states.last().expect("an answer");
+        assert_eq!(last.state(), TaskState::Succeeded, "{states:?}");
+        assert_eq!(last.result_json, r#"{"sum":6}"#);
+        assert!(!last.task_id.is_empty());
+        if final_only {
+            assert_eq!(states.len(), 1, "{states:?}");
+        } else {
+            assert_eq!(states.len(), 2, "{states:?}");
+            assert_eq!(states[0].state(), TaskState::Queued);
+            assert_eq!(states[0].task_id, last.task_id);
+        }
+    }
+    Ok(())
+}
+
 fn prost_types_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(d).expect("duration fits")
 }

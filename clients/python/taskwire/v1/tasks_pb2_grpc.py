@@ -93,7 +93,8 @@ class TasksServicer:
 
     def SubmitAndWait(self, request, context):
         """Submit and Wait in one call: streams the queued state (with the task id) once JetStream has
-        stored the task, then the final state; DEADLINE_EXCEEDED if the timeout passes first.
+        stored the task, then the final state (only the final state with `final_only`);
+        DEADLINE_EXCEEDED if the timeout passes first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

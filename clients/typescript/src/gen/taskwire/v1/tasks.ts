@@ -229,6 +229,12 @@ export interface SubmitAndWaitRequest {
   /** How long to wait for the result; at most 5 minutes. Unset means 30 seconds. */
   timeout: Duration | undefined;
   includeJson: boolean;
+  /**
+   * Only the final state: one message instead of two, for a caller that only wants the
+   * outcome. The final state names the task id, and so does the error when the timeout
+   * passes first.
+   */
+  finalOnly: boolean;
 }
 
 export interface SubmitResponse {
@@ -923,7 +929,7 @@ export const SubmitOptions: MessageFns<SubmitOptions> = {
 };
 
 function createBaseSubmitAndWaitRequest(): SubmitAndWaitRequest {
-  return { submit: undefined, timeout: undefined, includeJson: false };
+  return { submit: undefined, timeout: undefined, includeJson: false, finalOnly: false };
 }
 
 export const SubmitAndWaitRequest: MessageFns<SubmitAndWaitRequest> = {
@@ -936,6 +942,9 @@ export const SubmitAndWaitRequest: MessageFns<SubmitAndWaitRequest> = {
     }
     if (message.includeJson !== false) {
       writer.uint32(24).bool(message.includeJson);
+    }
+    if (message.finalOnly !== false) {
+      writer.uint32(32).bool(message.finalOnly);
     }
     return writer;
   },
@@ -977,6 +986,14 @@ export const SubmitAndWaitRequest: MessageFns<SubmitAndWaitRequest> = {
             message.includeJson = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.finalOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -998,6 +1015,11 @@ export const SubmitAndWaitRequest: MessageFns<SubmitAndWaitRequest> = {
         : isSet(object.include_json)
         ? globalThis.Boolean(object.include_json)
         : false,
+      finalOnly: isSet(object.finalOnly)
+        ? globalThis.Boolean(object.finalOnly)
+        : isSet(object.final_only)
+        ? globalThis.Boolean(object.final_only)
+        : false,
     };
   },
 
@@ -1011,6 +1033,9 @@ export const SubmitAndWaitRequest: MessageFns<SubmitAndWaitRequest> = {
     }
     if (message.includeJson !== false) {
       obj.includeJson = message.includeJson;
+    }
+    if (message.finalOnly !== false) {
+      obj.finalOnly = message.finalOnly;
     }
     return obj;
   },
@@ -1027,6 +1052,7 @@ export const SubmitAndWaitRequest: MessageFns<SubmitAndWaitRequest> = {
       ? Duration.fromPartial(object.timeout)
       : undefined;
     message.includeJson = object.includeJson ?? false;
+    message.finalOnly = object.finalOnly ?? false;
     return message;
   },
 };
@@ -4460,7 +4486,8 @@ export const TasksDefinition = {
     },
     /**
      * Submit and Wait in one call: streams the queued state (with the task id) once JetStream has
-     * stored the task, then the final state; DEADLINE_EXCEEDED if the timeout passes first.
+     * stored the task, then the final state (only the final state with `final_only`);
+     * DEADLINE_EXCEEDED if the timeout passes first.
      */
     submitAndWait: {
       name: "SubmitAndWait",
@@ -4544,7 +4571,8 @@ export const TasksService = {
   },
   /**
    * Submit and Wait in one call: streams the queued state (with the task id) once JetStream has
-   * stored the task, then the final state; DEADLINE_EXCEEDED if the timeout passes first.
+   * stored the task, then the final state (only the final state with `final_only`);
+   * DEADLINE_EXCEEDED if the timeout passes first.
    */
   submitAndWait: {
     path: "/taskwire.v1.Tasks/SubmitAndWait" as const,
@@ -4614,7 +4642,8 @@ export interface TasksServer extends UntypedServiceImplementation {
   submitMany: handleClientStreamingCall<SubmitRequest, SubmitManyResponse>;
   /**
    * Submit and Wait in one call: streams the queued state (with the task id) once JetStream has
-   * stored the task, then the final state; DEADLINE_EXCEEDED if the timeout passes first.
+   * stored the task, then the final state (only the final state with `final_only`);
+   * DEADLINE_EXCEEDED if the timeout passes first.
    */
   submitAndWait: handleServerStreamingCall<SubmitAndWaitRequest, TaskInfo>;
   /** The current state of a task, with its result once it has one. */
@@ -4673,7 +4702,8 @@ export interface TasksClient extends Client {
   ): ClientWritableStream<SubmitRequest>;
   /**
    * Submit and Wait in one call: streams the queued state (with the task id) once JetStream has
-   * stored the task, then the final state; DEADLINE_EXCEEDED if the timeout passes first.
+   * stored the task, then the final state (only the final state with `final_only`);
+   * DEADLINE_EXCEEDED if the timeout passes first.
    */
   submitAndWait(request: SubmitAndWaitRequest, options?: Partial<CallOptions>): ClientReadableStream<TaskInfo>;
   submitAndWait(
@@ -5438,6 +5468,18 @@ export const protoMetadata: ProtoMetadata = {
         "defaultValue": "",
         "oneofIndex": 0,
         "jsonName": "includeJson",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "final_only",
+        "number": 4,
+        "label": 1,
+        "type": 8,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "finalOnly",
         "options": undefined,
         "proto3Optional": false,
       }],
@@ -7095,7 +7137,7 @@ export const protoMetadata: ProtoMetadata = {
     "sourceCodeInfo": {
       "location": [{
         "path": [6, 0],
-        "span": [9, 0, 29, 1],
+        "span": [9, 0, 30, 1],
         "leadingComments": " Submit tasks and follow them to their results.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
@@ -7114,548 +7156,555 @@ export const protoMetadata: ProtoMetadata = {
         "leadingDetachedComments": [],
       }, {
         "path": [6, 0, 2, 2],
-        "span": [17, 2, 68],
+        "span": [18, 2, 68],
         "leadingComments":
-          " Submit and Wait in one call: streams the queued state (with the task id) once JetStream has\n stored the task, then the final state; DEADLINE_EXCEEDED if the timeout passes first.\n",
+          " Submit and Wait in one call: streams the queued state (with the task id) once JetStream has\n stored the task, then the final state (only the final state with `final_only`);\n DEADLINE_EXCEEDED if the timeout passes first.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 0, 2, 3],
-        "span": [19, 2, 41],
+        "span": [20, 2, 41],
         "leadingComments": " The current state of a task, with its result once it has one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 0, 2, 4],
-        "span": [21, 2, 43],
+        "span": [22, 2, 43],
         "leadingComments":
           " Waits on the server until the task has a result or the timeout passes (DEADLINE_EXCEEDED).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 0, 2, 5],
-        "span": [24, 2, 52],
+        "span": [25, 2, 52],
         "leadingComments":
           " Streams the task's current state, then every change (running, progress, retrying) until its\n final state, which ends the stream.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 0, 2, 6],
-        "span": [28, 2, 47],
+        "span": [29, 2, 47],
         "leadingComments":
           " Cancels a task that has not finished: a queued task never runs, a running task is told to\n stop. The cancellation is kept in the broker, so it holds across restarts and redeliveries.\n A finished task gives FAILED_PRECONDITION.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1],
-        "span": [32, 0, 55, 1],
+        "span": [33, 0, 56, 1],
         "leadingComments": " What the gateway knows about the system.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 0],
-        "span": [34, 2, 74],
+        "span": [35, 2, 74],
         "leadingComments": " The task types that workers have registered (or that the gateway was given at start).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 1],
-        "span": [37, 2, 80],
+        "span": [38, 2, 80],
         "leadingComments":
           " Tasks that failed for good (attempts used up, permanent error, panic, undecodable), oldest\n first.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 2],
-        "span": [39, 2, 86],
+        "span": [40, 2, 86],
         "leadingComments": " Puts dead tasks back in line under their own ids, with a new series of attempts.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 3],
-        "span": [41, 2, 83],
+        "span": [42, 2, 83],
         "leadingComments": " Deletes dead letters.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 4],
-        "span": [43, 2, 71],
+        "span": [44, 2, 71],
         "leadingComments": " The cluster-wide limits of a task type: as declared, or as set here.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 5],
-        "span": [46, 2, 71],
+        "span": [47, 2, 71],
         "leadingComments":
           " Overrides a task type's declared cluster-wide limits (or clears the override); workers\n follow at once and keep following across restarts.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 6],
-        "span": [49, 2, 68],
+        "span": [50, 2, 68],
         "leadingComments":
           " The workers alive now: each refreshes a heartbeat every few seconds, and one that stops\n doing so drops out of the list within 15 seconds.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 7],
-        "span": [52, 2, 65],
+        "span": [53, 2, 65],
         "leadingComments":
           " Per task type and priority: tasks queued, in flight and redelivered, the oldest waiting;\n and dead letters per task type.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 8],
-        "span": [54, 2, 77],
+        "span": [55, 2, 77],
         "leadingComments": " A task's state changes, oldest first, and its result when it has one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 2, 0],
-        "span": [59, 2, 18],
+        "span": [60, 2, 18],
         "leadingComments": ' Full task name: the rpc\'s full method name, e.g. "examples.magic.v1.Magic/Add".\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 8, 0],
-        "span": [61, 2, 64, 3],
+        "span": [62, 2, 65, 3],
         "leadingComments": " The task's arguments: its input message, as protobuf bytes or as proto3 JSON.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 2, 4],
-        "span": [69, 2, 29],
+        "span": [70, 2, 29],
         "leadingComments":
           ' The producer\'s schema fingerprint of the task (see docs/protocol.md, "Schema\n fingerprints"). When given and different from the one the workers registered, Submit\n answers FAILED_PRECONDITION and stores nothing. Empty: not checked.\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 0],
-        "span": [75, 2, 29],
+        "span": [76, 2, 29],
         "leadingComments":
           " Submitting again with the same key within the broker's duplicate window returns the same\n task id and stores nothing new.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 1],
-        "span": [77, 2, 26],
+        "span": [78, 2, 26],
         "leadingComments": " Overrides the task's max_attempts option for this task (1 to 100).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 2],
-        "span": [79, 2, 39],
+        "span": [80, 2, 39],
         "leadingComments": " Overrides the task's time limit of one attempt (at most 24 hours).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 3],
-        "span": [81, 2, 47],
+        "span": [82, 2, 47],
         "leadingComments": " Override the task's retry delays (at most 24 hours each).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 5],
-        "span": [85, 2, 43],
+        "span": [86, 2, 43],
         "leadingComments":
           " Run no earlier than this time (at most 30 days ahead; at most a minute in the past). The\n broker holds the task until then (second granularity).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 6],
-        "span": [87, 2, 41],
+        "span": [88, 2, 41],
         "leadingComments":
           " Run no earlier than this long after submit (at most 30 days). Give not_before or countdown.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 7],
-        "span": [89, 2, 24],
+        "span": [90, 2, 24],
         "leadingComments": " Which tasks of a type start first when there is a backlog.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 8],
-        "span": [91, 2, 43],
+        "span": [92, 2, 43],
         "leadingComments": " A task not started by this time never runs and ends as expired.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 9],
-        "span": [94, 2, 36],
+        "span": [95, 2, 36],
         "leadingComments":
           " A task not started this long after submit (or after not_before) never runs and ends as\n expired. Give expires_at or ttl.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 10],
-        "span": [97, 2, 43],
+        "span": [98, 2, 43],
         "leadingComments":
           " How long the result is kept, overriding the task's result_ttl option; at most the broker's\n result TTL.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 0],
-        "span": [102, 0, 108, 1],
+        "span": [103, 0, 109, 1],
         "leadingComments":
           " With a backlog, workers start high priority tasks first, then normal, then low; one pull in\n eight starts at the lowest level instead, so low priority work is never starved.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 0, 2, 0],
-        "span": [104, 2, 27],
+        "span": [105, 2, 27],
         "leadingComments": " Normal.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 2, 2, 1],
-        "span": [113, 2, 39],
+        "span": [114, 2, 39],
         "leadingComments": " How long to wait for the result; at most 5 minutes. Unset means 30 seconds.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [4, 2, 2, 3],
+        "span": [119, 2, 22],
+        "leadingComments":
+          " Only the final state: one message instead of two, for a caller that only wants the\n outcome. The final state names the task id, and so does the error when the timeout\n passes first.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [4, 3, 2, 1],
-        "span": [120, 2, 21],
+        "span": [125, 2, 21],
         "leadingComments": " True when the idempotency key matched a task submitted before.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 4, 2, 0],
-        "span": [125, 2, 40],
+        "span": [130, 2, 40],
         "leadingComments": " One per request, in the order sent.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 4, 2, 1],
-        "span": [127, 2, 23],
+        "span": [132, 2, 23],
         "leadingComments": " How many were stored, and how many refused.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 5, 2, 0],
-        "span": [133, 2, 21],
+        "span": [138, 2, 21],
         "leadingComments": " Set when the task was stored.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 5, 2, 2],
-        "span": [136, 2, 17],
+        "span": [141, 2, 17],
         "leadingComments": " Set when it was refused: the gRPC status code it would have had alone, and why.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 7, 2, 1],
-        "span": [148, 2, 24],
+        "span": [153, 2, 24],
         "leadingComments": " Also render the result as proto3 JSON in TaskInfo.result_json.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 8, 2, 1],
-        "span": [154, 2, 39],
+        "span": [159, 2, 39],
         "leadingComments": " How long to wait; at most 5 minutes. Unset means 30 seconds.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 7],
-        "span": [171, 2, 27],
+        "span": [176, 2, 27],
         "leadingComments": " Held by the broker until its not_before time.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 8],
-        "span": [173, 2, 25],
+        "span": [178, 2, 25],
         "leadingComments": " Not started before its expiry time; it never ran.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 3],
-        "span": [181, 2, 21],
+        "span": [186, 2, 21],
         "leadingComments": " The attempt that produced this state (1 for the first run).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 4],
-        "span": [183, 2, 19],
+        "span": [188, 2, 19],
         "leadingComments": " The output message as protobuf bytes, when the task succeeded.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 5],
-        "span": [185, 2, 25],
+        "span": [190, 2, 25],
         "leadingComments": " The output message as proto3 JSON, when asked for.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 6],
-        "span": [187, 2, 24],
+        "span": [192, 2, 24],
         "leadingComments": " Why the task failed, when it did.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 8],
-        "span": [190, 2, 28],
+        "span": [195, 2, 28],
         "leadingComments": " The last progress the running task reported.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 9],
-        "span": [192, 2, 44],
+        "span": [197, 2, 44],
         "leadingComments": " When a scheduled task becomes due.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 10],
-        "span": [194, 2, 23],
+        "span": [199, 2, 23],
         "leadingComments": " The W3C trace id of the task's trace, when its submission was traced.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 11],
-        "span": [198, 0, 205, 1],
+        "span": [203, 0, 210, 1],
         "leadingComments": " What a running task says about how far it got.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 11, 2, 0],
-        "span": [200, 2, 20],
+        "span": [205, 2, 20],
         "leadingComments": " 0 to 100.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 11, 2, 2],
-        "span": [203, 2, 20],
+        "span": [208, 2, 20],
         "leadingComments": " A message of the task's own choice, as protobuf bytes, with its full type name.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 12, 2, 1],
-        "span": [210, 2, 21],
+        "span": [215, 2, 21],
         "leadingComments": " Whether the task itself said that trying again could succeed.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15],
-        "span": [220, 0, 232, 1],
+        "span": [225, 0, 237, 1],
         "leadingComments": " A task type: what the registry holds for each task a worker serves.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15, 2, 0],
-        "span": [222, 2, 18],
+        "span": [227, 2, 18],
         "leadingComments": ' Full task name, e.g. "examples.magic.v1.Magic/Add".\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15, 2, 1],
-        "span": [224, 2, 24],
+        "span": [229, 2, 24],
         "leadingComments": " Full names of the input and output messages.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15, 2, 3],
-        "span": [227, 2, 32],
+        "span": [232, 2, 32],
         "leadingComments":
           " A serialized google.protobuf.FileDescriptorSet that holds both messages and their imports.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15, 2, 4],
-        "span": [229, 2, 26],
+        "span": [234, 2, 26],
         "leadingComments": " The task's options as declared in its proto.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15, 2, 5],
-        "span": [231, 2, 29],
+        "span": [236, 2, 29],
         "leadingComments":
           ' The schema fingerprint of input and output (see docs/protocol.md, "Schema fingerprints").\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 0],
-        "span": [236, 2, 18],
+        "span": [241, 2, 18],
         "leadingComments": " Only dead letters of this task type; empty means all.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 1],
-        "span": [238, 2, 19],
+        "span": [243, 2, 19],
         "leadingComments": " At most this many; 0 means 100, and 1000 is the most.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 17, 2, 2],
-        "span": [245, 2, 20],
+        "span": [250, 2, 20],
         "leadingComments": " exhausted, permanent, panic, timeout or poison.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 17, 2, 3],
-        "span": [247, 2, 19],
+        "span": [252, 2, 19],
         "leadingComments": " The last error.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 17, 2, 4],
-        "span": [249, 2, 21],
+        "span": [254, 2, 21],
         "leadingComments": " The attempt that failed last.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 17, 2, 6],
-        "span": [252, 2, 21],
+        "span": [257, 2, 21],
         "leadingComments": " How many times this task was replayed before.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 19, 2, 0],
-        "span": [261, 2, 31],
+        "span": [266, 2, 31],
         "leadingComments": " These tasks...\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 19, 2, 1],
-        "span": [263, 2, 18],
+        "span": [268, 2, 18],
         "leadingComments": " ...or every dead letter of this task type (with all = true).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 20, 2, 0],
-        "span": [269, 2, 31],
+        "span": [274, 2, 31],
         "leadingComments": " The tasks put back in line.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 21, 2, 0],
-        "span": [274, 2, 18],
+        "span": [279, 2, 18],
         "leadingComments": " Only dead letters of this task type; empty means all.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 23],
-        "span": [282, 0, 287, 1],
+        "span": [287, 0, 292, 1],
         "leadingComments": " How many tasks of a type run at once and start per period, across all workers.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 23, 2, 0],
-        "span": [284, 2, 29],
+        "span": [289, 2, 29],
         "leadingComments": " 0 means no limit.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 23, 2, 1],
-        "span": [286, 2, 24],
+        "span": [291, 2, 24],
         "leadingComments": ' "10/s", "600/m" or "5/h"; empty means no limit.\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 25, 2, 2],
-        "span": [297, 2, 17],
+        "span": [302, 2, 17],
         "leadingComments": " Drop the override: the declared limits apply again.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 26, 2, 1],
-        "span": [303, 2, 24],
+        "span": [308, 2, 24],
         "leadingComments": " The limits in force.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 26, 2, 2],
-        "span": [305, 2, 22],
+        "span": [310, 2, 22],
         "leadingComments": " Whether they were set through SetTaskLimits rather than declared.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 29],
-        "span": [315, 0, 331, 1],
+        "span": [320, 0, 336, 1],
         "leadingComments": " What a worker tells about itself in its heartbeat.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 29, 2, 3],
-        "span": [320, 2, 28],
+        "span": [325, 2, 28],
         "leadingComments": " The task types it serves.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 29, 2, 4],
-        "span": [322, 2, 21],
+        "span": [327, 2, 21],
         "leadingComments": " Tasks running now, and finished since it started.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 29, 2, 10],
-        "span": [330, 2, 26],
+        "span": [335, 2, 26],
         "leadingComments":
           " Why the worker starts no task now (the upstream gRPC server it calls does not answer);\n empty while it does.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 1],
-        "span": [342, 2, 22],
+        "span": [347, 2, 22],
         "leadingComments": " high, normal or low.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 2],
-        "span": [344, 2, 20],
+        "span": [349, 2, 20],
         "leadingComments": " Waiting for a worker.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 3],
-        "span": [346, 2, 23],
+        "span": [351, 2, 23],
         "leadingComments": " Delivered to a worker and not yet acknowledged.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 4],
-        "span": [348, 2, 25],
+        "span": [353, 2, 25],
         "leadingComments": " Delivered more than once (retries, dead workers).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 5],
-        "span": [350, 2, 27],
+        "span": [355, 2, 27],
         "leadingComments": " Pull requests of idle workers waiting for tasks.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 6],
-        "span": [352, 2, 46],
+        "span": [357, 2, 46],
         "leadingComments": " How long the oldest queued task has waited.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 7],
-        "span": [354, 2, 26],
+        "span": [359, 2, 26],
         "leadingComments": " Dead letters of the task type (on the normal priority row).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 8],
-        "span": [356, 2, 21],
+        "span": [361, 2, 21],
         "leadingComments": " Live workers that serve the task type.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 9],
-        "span": [359, 2, 30],
+        "span": [364, 2, 30],
         "leadingComments":
           " Deliveries to workers since the queue's consumer was made: the difference between two\n readings over the time between them is the queue's rate.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 34, 2, 0],
-        "span": [368, 2, 31],
+        "span": [373, 2, 31],
         "leadingComments": " Oldest first: queued or scheduled, running, progress, retrying.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 34, 2, 1],
-        "span": [370, 2, 22],
+        "span": [375, 2, 22],
         "leadingComments": " The final state, once there is one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
