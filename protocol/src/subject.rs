@@ -67,16 +67,6 @@ pub fn result_of(id: &Id) -> String {
     format!("taskwire.results.{id}.>")
 }
 
-/// Where the results stream republishes the result of a task once it stored it.
-pub fn stored_result(name: &Name, id: &Id) -> String {
-    format!("taskwire.stored.results.{id}.{}", name.token())
-}
-
-/// Matches the republished result of one task whatever its type.
-pub fn stored_results_of(id: &Id) -> String {
-    format!("taskwire.stored.results.{id}.>")
-}
-
 /// Where the state changes of a task are stored. The id comes first: a task token has a
 /// varying number of parts, so only this order lets one filter find a task's events by id
 /// (`taskwire.events.<id>.>`) and another all events of a type

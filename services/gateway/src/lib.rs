@@ -210,7 +210,7 @@ pub(crate) struct Gateway {
     client: async_nats::Client,
     broker: Broker,
     registry: Arc<Registry>,
-    waiters: waiters::Waiters,
+    waiters: Arc<waiters::Waiters>,
     max_payload: usize,
     metrics: inspect::Metrics,
 }
@@ -297,7 +297,7 @@ pub async fn serve(
         &refusals,
     )
     .await?;
-    let waiters = waiters::Waiters::new(client.clone());
+    let waiters = waiters::Waiters::start(&client, stop.clone()).await?;
     let gateway = Arc::new(Gateway {
         client,
         broker,

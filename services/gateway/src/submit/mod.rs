@@ -404,7 +404,7 @@ impl Gateway {
         } else {
             TaskState::Queued
         };
-        let results = self.waiters.register(&id, Some(&name)).await?;
+        let results = self.waiters.register(&id);
         let response = self.publish(task).await?;
         let queued = v1::TaskInfo {
             task_id: id.to_string(),
