@@ -132,7 +132,8 @@ fixture: ## Build the project outside the workspace that uses taskwire by path
 # (installed with apt-get when run as root; without it the JSON says the comparison was skipped).
 CELERY_VENV := $(TOOLS)/celery-venv
 CELERY_DEPS := $(CELERY_VENV)/.deps-5.7.0
-# BullMQ from npm (bench/bullmq/package-lock.json), with the node the TypeScript client uses.
+# BullMQ from npm (bench/bullmq/package-lock.json), with the node the TypeScript client uses;
+# Redis, which it needs too, comes with Celery's set-up.
 BULLMQ_DEPS := bench/bullmq/node_modules/.package-lock.json
 BENCH_FLAGS ?= --tasks 100000 --rounds 3 --submit-many 100000 --backlog 1000000 --task-types 1000 \
 	--python-worker clients/python/examples/worker.py --typescript-worker clients/typescript/dist/examples/worker.js --celery-script clients/python/bench/celery_flow.py \

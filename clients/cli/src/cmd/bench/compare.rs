@@ -51,7 +51,7 @@ pub(super) async fn server_messages(monitoring: Option<&str>) -> Option<(u64, u6
 }
 
 /// Messages per task in and out of the server between two readings of `/varz`.
-async fn messages_per_task(
+pub(super) async fn messages_per_task(
     monitoring: Option<&str>,
     before: Option<(u64, u64)>,
     tasks: usize,

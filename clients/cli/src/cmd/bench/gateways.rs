@@ -3,11 +3,10 @@
 //! result should reach the gateway that waits for it and no other, so the figure does not grow
 //! with the gateways.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::compare::server_messages;
+use super::compare::{messages_per_task, server_messages};
 use super::load::load;
-use super::round;
 use super::stack::Stack;
 
 /// `tasks` through `stack`'s gateway, then as many through it and two more gateways started
@@ -64,9 +63,6 @@ where
         .await
         .ok_or_else(|| anyhow::anyhow!("nats-server's /varz did not answer"))?;
     let samples = flow().await;
-    let after = server_messages(Some(monitoring))
-        .await
-        .ok_or_else(|| anyhow::anyhow!("nats-server's /varz did not answer"))?;
     let done = samples.iter().filter(|s| s.ok).count();
     anyhow::ensure!(
         done == samples.len() && done > 0,
@@ -74,10 +70,8 @@ where
         samples.len() - done,
         samples.len()
     );
-    let per_task = |n: u64| round(n as f64 / done as f64, 2);
-    Ok(json!({
-        "tasks": done,
-        "server_msgs_in_per_task": per_task(after.0 - before.0),
-        "server_msgs_out_per_task": per_task(after.1 - before.1),
-    }))
+    let mut figures = Map::new();
+    figures.insert("tasks".into(), done.into());
+    messages_per_task(Some(monitoring), Some(before), done, &mut figures).await;
+    Ok(Value::Object(figures))
 }
