@@ -35,6 +35,13 @@ pub const REGISTRY_BUCKET: &str = "TASKWIRE_REGISTRY";
 /// accept producers of an earlier version that is compatible with the current one.
 pub const SCHEMAS_BUCKET: &str = "TASKWIRE_SCHEMAS";
 
+/// KV bucket of the result partitions gateways hold: key `partition-<n>`, value the holder's
+/// name, refreshed while it lives (see [`crate::partition`]). Gateways only.
+pub const GATEWAYS_BUCKET: &str = "TASKWIRE_GATEWAYS";
+
+/// How long a gateway holds its result partition without refreshing it.
+pub const GATEWAY_TTL: Duration = Duration::from_secs(15);
+
 /// KV bucket of cancelled task ids, watched by every worker.
 pub const CANCELLED_BUCKET: &str = "TASKWIRE_CANCELLED";
 
@@ -315,6 +322,18 @@ impl Settings {
             description: "taskwire: schema versions workers registered, by task and fingerprint"
                 .into(),
             history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn gateways_bucket(&self) -> kv::Config {
+        kv::Config {
+            bucket: GATEWAYS_BUCKET.into(),
+            description: "taskwire: result partitions held by live gateways".into(),
+            history: 1,
+            max_age: GATEWAY_TTL,
             storage: stream::StorageType::File,
             num_replicas: self.replicas,
             ..Default::default()

@@ -7,11 +7,12 @@
 //! | delayed tasks | stream `TASKWIRE_TASKS`, `taskwire.delayed.<id>`: a message schedule (`@at`) that the server turns into the task at its time |
 //! | schedules | stream `TASKWIRE_TASKS`, `taskwire.schedules.<name>`: a message schedule (cron or `@every`) that the server turns into a task on every tick; its definition in KV bucket `TASKWIRE_SCHEDULES` |
 //! | cancellations | KV bucket `TASKWIRE_CANCELLED`, key `<id>`, kept for the result TTL; workers watch it |
-//! | results | stream `TASKWIRE_RESULTS`, `taskwire.results.<id>.<token>`, one message per task id, kept for the result TTL; each stored result republished on `taskwire.stored.results.<id>.<token>` for waiters |
+//! | results | stream `TASKWIRE_RESULTS`, `taskwire.results.<id>.<token>`, one message per task id, kept for the result TTL; each stored result republished on `taskwire.stored.results.<partition>.<id>.<token>` for the gateway that waits |
 //! | state changes | stream `TASKWIRE_EVENTS`, `taskwire.events.<id>.<task>` |
 //! | dead letters | stream `TASKWIRE_DEAD`, `taskwire.dead.<id>.<task>`: the task as submitted, with the reason and last error |
 //! | task types | KV bucket `TASKWIRE_REGISTRY`, key `<task>`, value a `taskwire.v1.TaskType` |
 //! | schema versions seen | KV bucket `TASKWIRE_SCHEMAS`, key `<task>.<fingerprint>` (gateways only) |
+//! | result partitions held | KV bucket `TASKWIRE_GATEWAYS`, key `partition-<n>`, kept while its gateway lives (gateways only) |
 //!
 //! Every name, header and setting is defined here once; nothing else builds a subject or a
 //! header set.
@@ -23,6 +24,7 @@ pub mod header;
 mod layout;
 mod message;
 mod open;
+pub mod partition;
 pub mod ports;
 pub mod retry;
 mod store;
@@ -31,10 +33,10 @@ pub mod trace;
 
 pub use connect::{NatsAuth, Refusals, servers};
 pub use layout::{
-    CANCELLED_BUCKET, DEAD_STREAM, EVENTS_STREAM, Error, LIMITS_BUCKET, MAX_TASK_CONSUMERS,
-    PRIORITIES, RATES_BUCKET, REGISTRY_BUCKET, RESULTS_STREAM, SCHEDULES_BUCKET, SCHEMAS_BUCKET,
-    SLOT_LEASE, SLOTS_BUCKET, Settings, TASKS_STREAM, WORKER_TTL, WORKERS_BUCKET, consumer_name,
-    priority_name,
+    CANCELLED_BUCKET, DEAD_STREAM, EVENTS_STREAM, Error, GATEWAY_TTL, GATEWAYS_BUCKET,
+    LIMITS_BUCKET, MAX_TASK_CONSUMERS, PRIORITIES, RATES_BUCKET, REGISTRY_BUCKET, RESULTS_STREAM,
+    SCHEDULES_BUCKET, SCHEMAS_BUCKET, SLOT_LEASE, SLOTS_BUCKET, Settings, TASKS_STREAM, WORKER_TTL,
+    WORKERS_BUCKET, consumer_name, priority_name,
 };
 pub use message::{
     DeadLetter, DeadReason, Event, MessageError, Overrides, ResultMessage, TaskMessage,
@@ -149,6 +151,28 @@ mod vectors {
                 case["sequence"].as_u64().expect("a sequence"),
             );
             assert_eq!(text(&case["id"]), id.to_string());
+        }
+    }
+
+    #[test]
+    fn stored_results_fall_in_the_partitions_nats_server_computed() {
+        let v = vectors();
+        let partitions = &v["result_partitions"];
+        assert_eq!(
+            text(&partitions["mapping"]),
+            subject::STORED_RESULTS_MAPPING
+        );
+        assert_eq!(
+            partitions["count"].as_u64(),
+            Some(u64::from(partition::RESULT_PARTITIONS))
+        );
+        for case in partitions["ids"].as_array().expect("ids") {
+            let id = Id::parse(text(&case["id"])).expect("an id");
+            assert_eq!(
+                Some(u64::from(partition::partition_of(&id))),
+                case["partition"].as_u64(),
+                "{id}"
+            );
         }
     }
 

@@ -149,6 +149,12 @@ impl Broker {
         ensure_bucket(&self.jetstream, settings.schemas_bucket()).await
     }
 
+    /// The bucket of result partitions ([`GATEWAYS_BUCKET`]), created if missing. Only
+    /// gateways use it.
+    pub async fn gateways(&self, settings: &Settings) -> Result<kv::Store, Error> {
+        ensure_bucket(&self.jetstream, settings.gateways_bucket()).await
+    }
+
     /// The durable pull consumer of a task type at a priority, created if missing. All workers
     /// of the type share it; `max_ack_pending` bounds the tasks in flight across all of them.
     pub async fn task_consumer(

@@ -21,10 +21,31 @@ pub const RESULTS: &str = "taskwire.results.>";
 pub const RESULTS_BY_TYPE: &str = "taskwire.results.*.>";
 /// Where the results stream republishes each result it stored (and only those): waiters
 /// listen here, so a publish the stream refused, or a forged one, never reaches them.
-/// Each on `taskwire.stored.results.<id>.<token>`.
+/// Each on `taskwire.stored.results.<partition>.<id>.<token>` (see [`crate::partition`]).
 pub const STORED_RESULTS: &str = "taskwire.stored.results.>";
-/// The republish destination of [`RESULTS_BY_TYPE`], keeping the id and the token.
-pub const STORED_RESULTS_MAPPING: &str = "taskwire.stored.results.{{wildcard(1)}}.>";
+/// The republish destination of [`RESULTS_BY_TYPE`]: the id's partition, then the id and the
+/// token.
+pub const STORED_RESULTS_MAPPING: &str =
+    "taskwire.stored.results.{{partition(64,1)}}.{{wildcard(1)}}.>";
+
+/// The stored results of one partition, which the gateway holding it subscribes to.
+pub fn stored_results_in(partition: u32) -> String {
+    format!("taskwire.stored.results.{partition}.>")
+}
+
+/// The stored result of one task, for a gateway waiting for an id outside its partition.
+pub fn stored_result_of(id: &Id) -> String {
+    format!(
+        "taskwire.stored.results.{}.{id}.>",
+        crate::partition::partition_of(id)
+    )
+}
+
+/// The id in a subject of [`STORED_RESULTS`].
+pub fn stored_result_id(subject: &str) -> Option<&str> {
+    // taskwire.stored.results.<partition>.<id>.<token>
+    subject.split('.').nth(4)
+}
 /// Every event subject.
 pub const EVENTS: &str = "taskwire.events.>";
 /// Every dead letter subject.

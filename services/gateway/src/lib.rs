@@ -297,7 +297,16 @@ pub async fn serve(
         &refusals,
     )
     .await?;
-    let waiters = waiters::Waiters::start(&client, stop.clone()).await?;
+    // Without it (NATS permissions from before it existed, say) this gateway receives every
+    // stored result, not only its own callers'.
+    let gateways = match broker.gateways(&config.broker).await {
+        Ok(bucket) => Some(bucket),
+        Err(e) => {
+            tracing::warn!(error = %e, "no result partition of its own: receiving every stored result");
+            None
+        }
+    };
+    let waiters = waiters::Waiters::start(&client, gateways, stop.clone()).await?;
     let gateway = Arc::new(Gateway {
         client,
         broker,

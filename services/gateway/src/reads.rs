@@ -145,7 +145,7 @@ impl Gateway {
     pub(crate) async fn wait(&self, id: &Id, timeout: Duration) -> Result<v1::TaskInfo, Error> {
         self.check_connected()?;
         // Register before looking, so a result stored in between is not missed.
-        let results = self.waiters.register(id);
+        let results = self.waiters.register(id).await?;
         if let Some(info) = self.result(id).await? {
             return Ok(info);
         }
@@ -209,7 +209,7 @@ impl Gateway {
     ) -> Result<TaskInfoStream, Error> {
         self.check_connected()?;
         // Register before looking, so a result stored in between is not missed.
-        let mut results = self.waiters.register(&id);
+        let mut results = self.waiters.register(&id).await?;
         if let Some(info) = self.result(&id).await? {
             let info = self.with_json(info, json).await?;
             return Ok(Box::pin(futures::stream::iter([Ok(info)])));

@@ -250,3 +250,261 @@ async fn cancel_a_queued_task() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Three gateways: each holds a result partition of its own and gives the tasks it submits ids
+/// in it, so a result reaches the gateway that waits for it and no other; an id from elsewhere
+/// (submitted through another gateway, or an idempotency key's) is waited for on a subscription
+/// of its own; a gateway that stops gives its partition up.
+#[tokio::test]
+async fn results_reach_the_gateway_that_waits_for_them_and_no_other() -> anyhow::Result<()> {
+    use std::collections::BTreeSet;
+    use taskwire::task::Id;
+    use taskwire_protocol::partition::partition_of;
+
+    let nats = NatsServer::start_temporary().await?;
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        let before = gateway_connections(&nats).await?;
+        let gateway = gateway_knowing_examples(&nats).await?;
+        let cid = gateway_connections(&nats)
+            .await?
+            .into_iter()
+            .find(|(cid, _)| !before.iter().any(|(old, _)| old == cid))
+            .map(|(cid, _)| cid)
+            .ok_or_else(|| anyhow::anyhow!("the gateway's NATS connection is not listed"))?;
+        let client = Client::connect(gateway.url()).await?;
+        gateways.push((gateway, cid, client));
+    }
+    let held = held_partitions(&nats).await?;
+    assert_eq!(held.len(), 3, "{held:?}");
+
+    // The tasks of each gateway fall in one partition, its own.
+    let mut used = BTreeSet::new();
+    for (_, _, client) in &gateways {
+        let mut seen = BTreeSet::new();
+        for _ in 0..5 {
+            let id = client
+                .submit_json(ADD, r#"{"arg1":1}"#, SubmitOptions::default())
+                .await?
+                .task_id;
+            seen.insert(partition_of(&Id::parse(&id)?));
+        }
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        used.extend(seen);
+    }
+    assert_eq!(used, held);
+
+    // Submitted through the first gateway, waited for through the second: it waits on the
+    // task's own subject until the result comes.
+    let id = gateways[0]
+        .2
+        .submit_json(ADD, r#"{"arg1":2}"#, SubmitOptions::default())
+        .await?
+        .task_id;
+    let own_subject = format!(
+        "taskwire.stored.results.{}.{id}.>",
+        partition_of(&Id::parse(&id)?)
+    );
+    let waiter = gateways[1].2.clone();
+    let waiting = {
+        let id = id.clone();
+        tokio::spawn(async move { waiter.wait(&id, WAIT, false).await })
+    };
+    let second = gateways[1].1;
+    eventually(
+        "the second gateway subscribes to the task's result",
+        WAIT,
+        || {
+            let subject = own_subject.clone();
+            let nats = &nats;
+            async move {
+                subscriptions_of(nats, second)
+                    .await
+                    .is_ok_and(|subs| subs.contains(&subject))
+            }
+        },
+    )
+    .await?;
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::magic())).await?;
+    let info = waiting.await??;
+    assert_eq!(info.state(), TaskState::Succeeded, "{info:?}");
+    assert!(
+        !subscriptions_of(&nats, second)
+            .await?
+            .contains(&own_subject)
+    );
+
+    // The same idempotency key through two gateways: one task, its result told to both.
+    let keyed = SubmitOptions::default().idempotency_key("partitions-1");
+    let first = gateways[1]
+        .2
+        .submit_json(ADD, r#"{"arg1":3}"#, keyed.clone())
+        .await?;
+    let again = gateways[2]
+        .2
+        .submit_json(ADD, r#"{"arg1":3}"#, keyed)
+        .await?;
+    assert_eq!(first.task_id, again.task_id);
+    for (_, _, client) in &gateways[1..] {
+        let info = client.wait(&first.task_id, WAIT, false).await?;
+        assert_eq!(info.state(), TaskState::Succeeded, "{info:?}");
+    }
+
+    // Tasks waited for through the first gateway: the others receive none of their results.
+    let before = out_messages(&nats).await?;
+    let tasks = 100;
+    let runs = (0..tasks).map(|n| {
+        let client = gateways[0].2.clone();
+        async move {
+            let id = client
+                .submit_json(ADD, &format!(r#"{{"arg1":{n}}}"#), SubmitOptions::default())
+                .await?
+                .task_id;
+            client.wait(&id, WAIT, false).await
+        }
+    });
+    for info in futures::future::join_all(runs).await {
+        assert_eq!(info?.state(), TaskState::Succeeded);
+    }
+    let after = out_messages(&nats).await?;
+    let grew = |cid: u64| after.get(&cid).unwrap_or(&0) - before.get(&cid).unwrap_or(&0);
+    assert!(grew(gateways[0].1) >= tasks, "{before:?} {after:?}");
+    for (_, cid, _) in &gateways[1..] {
+        // A refresh of its partition's claim now and then, no result.
+        assert!(grew(*cid) < 10, "gateway {cid}: {before:?} {after:?}");
+    }
+
+    // A gateway that stops gives its partition up.
+    let (last, _, _) = gateways.pop().expect("three gateways");
+    last.stop().await?;
+    assert_eq!(held_partitions(&nats).await?.len(), 2);
+    Ok(())
+}
+
+/// The partitions the gateways bucket says are held.
+async fn held_partitions(nats: &NatsServer) -> anyhow::Result<std::collections::BTreeSet<u32>> {
+    use futures::TryStreamExt as _;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let bucket = js.get_key_value(taskwire_protocol::GATEWAYS_BUCKET).await?;
+    let keys: Vec<String> = bucket.keys().await?.try_collect().await?;
+    keys.iter()
+        .map(|k| {
+            k.strip_prefix("partition-")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("unexpected key {k}"))
+        })
+        .collect()
+}
+
+/// `/connz` of the server, with subscriptions.
+async fn connz(nats: &NatsServer) -> anyhow::Result<serde_json::Value> {
+    let monitoring = nats
+        .monitoring_url()
+        .and_then(|m| m.strip_prefix("http://"))
+        .ok_or_else(|| anyhow::anyhow!("the server has no monitoring endpoint"))?;
+    let body = taskwire_testing::http_get(monitoring, "/connz?subs=1").await?;
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// The gateways' connections: cid and messages sent to it.
+async fn gateway_connections(nats: &NatsServer) -> anyhow::Result<Vec<(u64, u64)>> {
+    let connz = connz(nats).await?;
+    Ok(connz["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["name"].as_str() == Some("taskwire-gateway"))
+        .filter_map(|c| Some((c["cid"].as_u64()?, c["out_msgs"].as_u64()?)))
+        .collect())
+}
+
+async fn out_messages(nats: &NatsServer) -> anyhow::Result<std::collections::BTreeMap<u64, u64>> {
+    Ok(gateway_connections(nats).await?.into_iter().collect())
+}
+
+/// The subjects connection `cid` subscribes to.
+async fn subscriptions_of(nats: &NatsServer, cid: u64) -> anyhow::Result<Vec<String>> {
+    let connz = connz(nats).await?;
+    Ok(connz["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["cid"].as_u64() == Some(cid))
+        .flat_map(|c| {
+            c["subscriptions_list"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect())
+}
+
+/// A results stream made before results were partitioned (each republished on
+/// `taskwire.stored.results.<id>.<token>`) is brought up to date in place: the results it holds
+/// stay readable, and new ones reach the gateway that waits.
+#[tokio::test]
+async fn a_results_stream_of_an_earlier_version_gets_partitioned_republishing() -> anyhow::Result<()>
+{
+    use async_nats::jetstream::stream;
+    use taskwire::task::{Id, Name};
+
+    let nats = NatsServer::start_temporary().await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let day = Duration::from_secs(24 * 3600);
+    js.create_stream(stream::Config {
+        name: taskwire_protocol::RESULTS_STREAM.into(),
+        subjects: vec!["taskwire.results.>".into()],
+        max_messages_per_subject: 1,
+        max_age: day,
+        allow_direct: true,
+        allow_message_ttl: true,
+        subject_delete_marker_ttl: Some(day),
+        republish: Some(stream::Republish {
+            source: "taskwire.results.*.>".into(),
+            destination: "taskwire.stored.results.{{wildcard(1)}}.>".into(),
+            headers_only: false,
+        }),
+        ..Default::default()
+    })
+    .await?;
+    let (name, earlier) = (Name::parse(ADD)?, Id::generate());
+    let headers =
+        taskwire_protocol::ResultMessage::new(&name, &earlier, TaskState::Succeeded, 1, "0", None)
+            .to_headers();
+    js.publish_with_headers(
+        taskwire_protocol::subject::result(&name, &earlier),
+        headers,
+        AddResult { sum: 7 }.encode_to_vec().into(),
+    )
+    .await?
+    .await?;
+
+    let gateway = gateway_knowing_examples(&nats).await?;
+    let republish = js
+        .get_stream(taskwire_protocol::RESULTS_STREAM)
+        .await?
+        .info()
+        .await?
+        .config
+        .republish
+        .clone()
+        .map(|r| r.destination);
+    assert_eq!(
+        republish.as_deref(),
+        Some(taskwire_protocol::subject::STORED_RESULTS_MAPPING)
+    );
+    let client = Client::connect(gateway.url()).await?;
+    let info = client.get(earlier.as_str(), false).await?;
+    assert_eq!(info.state(), TaskState::Succeeded);
+    assert_eq!(AddResult::decode(info.result.as_slice())?.sum, 7);
+
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::magic())).await?;
+    let id = client
+        .submit_json(ADD, r#"{"arg1":4}"#, SubmitOptions::default())
+        .await?
+        .task_id;
+    let info = client.wait(&id, WAIT, false).await?;
+    assert_eq!(info.state(), TaskState::Succeeded, "{info:?}");
+    Ok(())
+}

@@ -40,6 +40,25 @@ async fn the_gateway_and_a_worker_run_as_their_own_nats_users() -> anyhow::Resul
         .sum;
     assert_eq!(sum, 6);
 
+    // Its user may hold a result partition (else it would receive every stored result).
+    let gateway_nats = gateway_user
+        .auth()
+        .apply(async_nats::ConnectOptions::new().custom_inbox_prefix("_INBOX.gateway"))
+        .await
+        .map_err(anyhow::Error::msg)?
+        .connect(nats.url())
+        .await?;
+    let partitions = async_nats::jetstream::new(gateway_nats)
+        .get_key_value(taskwire_protocol::GATEWAYS_BUCKET)
+        .await?;
+    let mut held = Vec::new();
+    for n in 0..taskwire_protocol::partition::RESULT_PARTITIONS {
+        if partitions.get(format!("partition-{n}")).await?.is_some() {
+            held.push(n);
+        }
+    }
+    assert_eq!(held.len(), 1, "{held:?}");
+
     // The magic worker's user may pull its own consumer, and no other task's.
     let (worker_nats, errors) = connect_as(&nats, &worker_user).await?;
     let next = |consumer: &str| {

@@ -77,7 +77,7 @@ impl Gateway {
         let id = match (&key, scope) {
             (Some(key), None) => Id::from_idempotency_key(&name, key),
             (Some(key), Some(scope)) => Id::from_idempotency_key(&name, &format!("{scope}\0{key}")),
-            (None, _) => Id::generate(),
+            (None, _) => self.waiters.new_id(),
         };
         let overrides = overrides(&options, self.broker.result_ttl)?;
         let placement = placement(&options, SystemTime::now())?;
@@ -404,7 +404,7 @@ impl Gateway {
         } else {
             TaskState::Queued
         };
-        let results = self.waiters.register(&id);
+        let results = self.waiters.register(&id).await?;
         let response = self.publish(task).await?;
         let queued = v1::TaskInfo {
             task_id: id.to_string(),
