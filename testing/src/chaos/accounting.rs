@@ -94,7 +94,7 @@ pub(crate) async fn settle(
             tasks.state.last_sequence,
             tasks.cluster.and_then(|c| c.leader)
         );
-        let stream = js.get_stream(broker::TASKS_STREAM).await?;
+        let stream = patiently(|| async { Ok(js.get_stream(broker::TASKS_STREAM).await?) }).await?;
         let mut names = stream.consumer_names();
         while let Some(Ok(name)) = names.next().await {
             let consumer: Result<async_nats::jetstream::consumer::PullConsumer, _> =
@@ -119,12 +119,21 @@ pub(crate) async fn settle(
     let state = stream_state(&js, broker::RESULTS_STREAM).await?.state;
     report.results_in_stream = state.messages;
     // One dead letter per task: each is kept on its own subject.
-    let mut dead = js
-        .get_stream(broker::DEAD_STREAM)
-        .await?
-        .info_with_subjects(subject::DEAD)
-        .await?;
-    while let Some(Ok((on, count))) = dead.next().await {
+    // Read whole, and again if a leader election cuts the listing short.
+    let dead = patiently(|| async {
+        let mut listing = js
+            .get_stream(broker::DEAD_STREAM)
+            .await?
+            .info_with_subjects(subject::DEAD)
+            .await?;
+        let mut subjects = Vec::new();
+        while let Some(entry) = listing.next().await {
+            subjects.push(entry?);
+        }
+        Ok(subjects)
+    })
+    .await?;
+    for (on, count) in dead {
         if count > 1 {
             report.duplicate_dead_letters += 1;
         }
