@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/taskwire/v1/tasks.proto",
                 "proto/taskwire/v1/schedules.proto",
                 "proto/taskwire/v1/worker.proto",
+                "proto/taskwire/v1/workflows.proto",
             ],
             &["proto"],
         )?;

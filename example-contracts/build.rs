@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "../proto/examples/magic/v1/magic.proto",
                 "../proto/examples/chaos/v1/chaos.proto",
+                "../proto/examples/flow/v1/flow.proto",
             ],
             &["../proto"],
         )?;

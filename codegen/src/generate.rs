@@ -13,6 +13,8 @@ pub(crate) struct Generator {
     pub(crate) worker: bool,
     pub(crate) client: bool,
     pub(crate) grpc_packages: Vec<String>,
+    /// A package whose services are imported for their messages only: no code for them.
+    pub(crate) imported_only: Option<String>,
     pub(crate) tonic: Box<dyn ServiceGenerator>,
     /// Schema fingerprint of each task, by task name.
     pub(crate) hashes: std::collections::HashMap<String, String>,
@@ -20,6 +22,9 @@ pub(crate) struct Generator {
 
 impl ServiceGenerator for Generator {
     fn generate(&mut self, service: Service, buf: &mut String) {
+        if self.imported_only.as_ref() == Some(&service.package) {
+            return;
+        }
         if self.grpc_packages.contains(&service.package) {
             self.tonic.generate(service, buf);
             return;
@@ -37,6 +42,9 @@ impl ServiceGenerator for Generator {
     }
 
     fn finalize_package(&mut self, package: &str, buf: &mut String) {
+        if self.imported_only.as_deref() == Some(package) {
+            return;
+        }
         if self.grpc_packages.iter().any(|p| p == package) {
             self.tonic.finalize_package(package, buf);
             return;

@@ -34,6 +34,9 @@ mod generate;
 
 use generate::Generator;
 
+/// The package of taskwire's own protos.
+const TASKWIRE_PACKAGE: &str = "taskwire.v1";
+
 /// File name, inside `OUT_DIR`, of the encoded `FileDescriptorSet`.
 pub const DESCRIPTOR_SET_FILE: &str = "taskwire_descriptor_set.bin";
 
@@ -50,6 +53,10 @@ const BUILTIN_PROTOS: &[(&str, &str)] = &[
     (
         "taskwire/v1/schedules.proto",
         include_str!("../proto/taskwire/v1/schedules.proto"),
+    ),
+    (
+        "taskwire/v1/workflows.proto",
+        include_str!("../proto/taskwire/v1/workflows.proto"),
     ),
 ];
 
@@ -193,7 +200,9 @@ impl Builder {
                     .grpc_packages
                     .iter()
                     .any(|p| Some(p.as_str()) == file.package.as_deref())
+                    || (!self.messages && file.package() == TASKWIRE_PACKAGE)
                 {
+                    // Taskwire's own services, which a contract imports for their messages.
                     continue;
                 }
                 for method in &service.method {
@@ -237,6 +246,7 @@ impl Builder {
             worker: self.worker,
             client: self.client,
             grpc_packages: self.grpc_packages.clone(),
+            imported_only: (!self.messages).then(|| TASKWIRE_PACKAGE.to_owned()),
             tonic,
             hashes,
         }));

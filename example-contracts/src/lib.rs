@@ -34,6 +34,14 @@ pub mod chaos {
     }
 }
 
+/// `examples.flow.v1`: tasks that fit together into workflows.
+pub mod flow {
+    #[allow(clippy::all, missing_docs)]
+    pub mod v1 {
+        taskwire::include_tasks!("examples.flow.v1");
+    }
+}
+
 pub mod many;
 
 /// The encoded `FileDescriptorSet` of the example contracts, custom options included.

@@ -27,6 +27,9 @@ pub const EVENTS_STREAM: &str = "TASKWIRE_EVENTS";
 /// Stream of dead letters: tasks that failed for good, kept for inspection and replay.
 pub const DEAD_STREAM: &str = "TASKWIRE_DEAD";
 
+/// Stream of workflows: each one's definition, end and joins (see [`crate::workflow`]).
+pub const WORKFLOWS_STREAM: &str = "TASKWIRE_WORKFLOWS";
+
 /// KV bucket of task types, written by workers at start.
 pub const REGISTRY_BUCKET: &str = "TASKWIRE_REGISTRY";
 
@@ -324,6 +327,24 @@ impl Settings {
             history: 1,
             storage: stream::StorageType::File,
             num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn workflows_stream(&self) -> stream::Config {
+        stream::Config {
+            name: WORKFLOWS_STREAM.into(),
+            description: Some("taskwire: workflows, their ends and joins".into()),
+            subjects: vec![crate::workflow::WORKFLOWS.into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            // A definition and an end are stored once; a join is replaced as it grows.
+            max_messages_per_subject: 1,
+            max_age: self.result_ttl,
+            duplicate_window: self.duplicate_window,
+            max_message_size: self.max_message_bytes,
+            allow_direct: true,
             ..Default::default()
         }
     }

@@ -13,6 +13,7 @@
 //! | task types | KV bucket `TASKWIRE_REGISTRY`, key `<task>`, value a `taskwire.v1.TaskType` |
 //! | schema versions seen | KV bucket `TASKWIRE_SCHEMAS`, key `<task>.<fingerprint>` (gateways only) |
 //! | result partitions held | KV bucket `TASKWIRE_GATEWAYS`, key `partition-<n>`, kept while its gateway lives (gateways only) |
+//! | workflows | stream `TASKWIRE_WORKFLOWS`, `taskwire.workflows.<id>.spec`, `.end`, `.join.<step>` (gateways only); step `n`'s task is `<id>-<n>`, its result on `taskwire.results.<id>-<n>.workflow-step.<token>` |
 //!
 //! Every name, header and setting is defined here once; nothing else builds a subject or a
 //! header set.
@@ -30,13 +31,14 @@ pub mod retry;
 mod store;
 pub mod subject;
 pub mod trace;
+pub mod workflow;
 
 pub use connect::{NatsAuth, Refusals, servers};
 pub use layout::{
     CANCELLED_BUCKET, DEAD_STREAM, EVENTS_STREAM, Error, GATEWAY_TTL, GATEWAYS_BUCKET,
     LIMITS_BUCKET, MAX_TASK_CONSUMERS, PRIORITIES, RATES_BUCKET, REGISTRY_BUCKET, RESULTS_STREAM,
     SCHEDULES_BUCKET, SCHEMAS_BUCKET, SLOT_LEASE, SLOTS_BUCKET, Settings, TASKS_STREAM, WORKER_TTL,
-    WORKERS_BUCKET, consumer_name, priority_name,
+    WORKERS_BUCKET, WORKFLOWS_STREAM, consumer_name, priority_name,
 };
 pub use message::{
     DeadLetter, DeadReason, Event, MessageError, Overrides, ResultMessage, TaskMessage,

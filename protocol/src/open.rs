@@ -155,6 +155,62 @@ impl Broker {
         ensure_bucket(&self.jetstream, settings.gateways_bucket()).await
     }
 
+    /// The workflows stream ([`WORKFLOWS_STREAM`]), created if missing. Only gateways use it.
+    pub async fn workflows(&self, settings: &Settings) -> Result<stream::Stream, Error> {
+        ensure_stream(&self.jetstream, settings.workflows_stream()).await
+    }
+
+    /// The two durable consumers that advance workflows, created if missing: new workflows
+    /// (on `workflows`) and step results (on the results stream). Every gateway pulls from both;
+    /// each message goes to one of them, and comes back if it is not acked within `ack_wait`.
+    pub async fn workflow_consumers(
+        &self,
+        workflows: &stream::Stream,
+        ack_wait: Duration,
+    ) -> Result<[consumer::PullConsumer; 2], Error> {
+        let config = |name: &str, filter: &str, description: &str| consumer::pull::Config {
+            durable_name: Some(name.into()),
+            description: Some(description.into()),
+            filter_subject: filter.into(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait,
+            max_deliver: -1,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        };
+        let err = |e: &dyn std::fmt::Display| Error::Consumer {
+            task: "workflows".into(),
+            reason: e.to_string(),
+        };
+        let mut made = Vec::new();
+        for (stream, name, filter, description) in [
+            (
+                workflows,
+                crate::workflow::STARTS_CONSUMER,
+                crate::workflow::SPECS,
+                "taskwire: new workflows, whose first steps a gateway starts",
+            ),
+            (
+                &self.results,
+                crate::workflow::STEPS_CONSUMER,
+                crate::workflow::STEP_RESULTS,
+                "taskwire: results of workflow steps, whose next steps a gateway starts",
+            ),
+        ] {
+            let consumer = match stream
+                .get_or_create_consumer(name, config(name, filter, description))
+                .await
+            {
+                Ok(c) => c,
+                Err(first) => stream.get_consumer(name).await.map_err(|_| err(&first))?,
+            };
+            made.push(consumer);
+        }
+        let [starts, steps]: [consumer::PullConsumer; 2] =
+            made.try_into().map_err(|_| err(&"two consumers"))?;
+        Ok([starts, steps])
+    }
+
     /// The durable pull consumer of a task type at a priority, created if missing. All workers
     /// of the type share it; `max_ack_pending` bounds the tasks in flight across all of them.
     pub async fn task_consumer(

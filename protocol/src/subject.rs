@@ -77,9 +77,19 @@ pub fn delayed(id: &Id) -> String {
 }
 
 /// Where the result of a task is stored: id first, then the task token, so that NATS
-/// permissions can let a worker store and read the results of its own task types only.
+/// permissions can let a worker store and read the results of its own task types only. A
+/// workflow step's result has [`crate::workflow::STEP_MARK`] before the token, so that the
+/// workflows' consumer takes those results and no other.
 pub fn result(name: &Name, id: &Id) -> String {
-    format!("taskwire.results.{id}.{}", name.token())
+    if crate::workflow::step_of(id.as_str()).is_some() {
+        format!(
+            "taskwire.results.{id}.{}.{}",
+            crate::workflow::STEP_MARK,
+            name.token()
+        )
+    } else {
+        format!("taskwire.results.{id}.{}", name.token())
+    }
 }
 
 /// Matches the result of one task whatever its type: a task id has one result, checked

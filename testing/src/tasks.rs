@@ -271,3 +271,108 @@ pub fn magic() -> MagicServer<MagicTasks> {
 pub fn chaos() -> ChaosServer<ChaosTasks> {
     ChaosServer::new(ChaosTasks::default())
 }
+
+use taskwire_examples::flow::v1::{
+    Flow, FlowServer, Numbers, Reported, ScaleArgs, SlowArgs, Total, Totals,
+};
+
+/// `Flow`: tasks that fit together into workflows. Every run is noted in the journal under
+/// its task id (`journal_count(task_id, "sum")`), every on_failure report in [`flow_reports`].
+#[derive(Debug, Default)]
+pub struct FlowTasks;
+
+static FLOW_REPORTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// What the on_failure steps of this process said: `<workflow> <step> <error>`, in order.
+pub fn flow_reports() -> Vec<String> {
+    FLOW_REPORTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+fn flow_note(ctx: &TaskContext, method: &'static str) {
+    note(ctx.id().as_str(), method);
+}
+
+impl Flow for FlowTasks {
+    async fn sum(&self, ctx: TaskContext, args: Numbers) -> Result<Total, TaskError> {
+        flow_note(&ctx, "sum");
+        Ok(Total {
+            total: args.values.iter().sum(),
+            count: args.values.len() as i64,
+            limit: 0,
+        })
+    }
+
+    async fn scale(&self, ctx: TaskContext, args: ScaleArgs) -> Result<Total, TaskError> {
+        flow_note(&ctx, "scale");
+        Ok(Total {
+            total: args.value * args.factor,
+            count: 1,
+            limit: 0,
+        })
+    }
+
+    async fn double(&self, ctx: TaskContext, args: Total) -> Result<Total, TaskError> {
+        flow_note(&ctx, "double");
+        if args.limit > 0 && args.total > args.limit {
+            return Err(TaskError::permanent(format!(
+                "{} is above the limit of {}",
+                args.total, args.limit
+            )));
+        }
+        Ok(Total {
+            total: args.total * 2,
+            ..args
+        })
+    }
+
+    async fn collect(&self, ctx: TaskContext, args: Totals) -> Result<Total, TaskError> {
+        flow_note(&ctx, "collect");
+        Ok(Total {
+            total: args.totals.iter().map(|t| t.total).sum(),
+            count: args.totals.len() as i64,
+            limit: 0,
+        })
+    }
+
+    async fn slow(&self, ctx: TaskContext, args: SlowArgs) -> Result<Total, TaskError> {
+        flow_note(&ctx, "slow");
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(args.millis as u64)) => Ok(Total {
+                total: args.total,
+                count: 1,
+                limit: 0,
+            }),
+            () = ctx.cancelled() => {
+                flow_note(&ctx, "slow-cancelled");
+                Err(TaskError::permanent("stopped on cancel"))
+            }
+        }
+    }
+
+    async fn report(
+        &self,
+        ctx: TaskContext,
+        args: taskwire::v1::WorkflowFailure,
+    ) -> Result<Reported, TaskError> {
+        flow_note(&ctx, "report");
+        let line = format!(
+            "{} {} {}",
+            args.workflow_id,
+            args.step,
+            args.error.map(|e| e.message).unwrap_or_default()
+        );
+        FLOW_REPORTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(line.clone());
+        Ok(Reported { line })
+    }
+}
+
+/// The flow service, ready to serve.
+pub fn flow() -> FlowServer<FlowTasks> {
+    FlowServer::new(FlowTasks)
+}

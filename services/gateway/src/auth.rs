@@ -9,8 +9,9 @@
 //! 0b7e4c9a2f6d1e8b3c5a7f0d9e2b4c6a  submit,read,cancel,admin *
 //! ```
 //!
-//! Operations: `submit` (Submit, SubmitMany, a task's own method path), `read` (Get, Wait,
-//! Watch, ListTaskTypes, reflection), `cancel`, `admin` (the rest of Admin, and Schedules).
+//! Operations: `submit` (Submit, SubmitMany, a task's own method path, a workflow's Submit with
+//! each step's task), `read` (Get, Wait, Watch, ListTaskTypes, reflection, a workflow's Get),
+//! `cancel`, `admin` (the rest of Admin, and Schedules).
 //! SubmitAndWait and a call by a task's own path that waits need `submit` and `read`. Tasks are
 //! comma-separated globs where `*` matches anything. With tokens configured, a call without a
 //! known token is UNAUTHENTICATED and one the token does not allow is PERMISSION_DENIED; the
@@ -345,6 +346,9 @@ fn required(path: &str) -> Option<(Vec<Op>, bool)> {
         ("taskwire.v1.Tasks", "Cancel") => (vec![Op::Cancel], false),
         ("taskwire.v1.Tasks", _) => (vec![Op::Read], false),
         ("taskwire.v1.Admin", "ListTaskTypes") => (vec![Op::Read], false),
+        ("taskwire.v1.Workflows", "Submit") => (vec![Op::Submit], false),
+        ("taskwire.v1.Workflows", "Cancel") => (vec![Op::Cancel], false),
+        ("taskwire.v1.Workflows", _) => (vec![Op::Read], false),
         ("taskwire.v1.Admin" | "taskwire.v1.Schedules", _) => (vec![Op::Admin], false),
         // A task by its own method path: submits, and (unless asynchronous) reads the result.
         _ => (vec![Op::Submit], true),

@@ -31,6 +31,7 @@ mod schedules;
 mod submit;
 mod tasks;
 mod waiters;
+mod workflows;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use taskwire::task::TaskType;
 use taskwire::v1::admin_server::AdminServer;
 use taskwire::v1::schedules_server::SchedulesServer;
 use taskwire::v1::tasks_server::TasksServer;
+use taskwire::v1::workflows_server::WorkflowsServer;
 use taskwire_protocol::{self as broker, Broker};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -213,6 +215,8 @@ pub(crate) struct Gateway {
     waiters: Arc<waiters::Waiters>,
     max_payload: usize,
     metrics: inspect::Metrics,
+    /// Whether the workflows' stream and consumers are open.
+    workflows: bool,
 }
 
 /// Connects to NATS, opens the streams and the registry, and serves gRPC on `listener` until
@@ -307,6 +311,15 @@ pub async fn serve(
         }
     };
     let waiters = waiters::Waiters::start(&client, gateways, stop.clone()).await?;
+    // Without them (NATS permissions from before workflows, say) Workflows answers
+    // UNAVAILABLE and the rest works on.
+    let workflow_consumers = match broker.workflows(&config.broker).await {
+        Ok(stream) => broker
+            .workflow_consumers(&stream, workflows::advance::ACK_WAIT)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     let gateway = Arc::new(Gateway {
         client,
         broker,
@@ -314,7 +327,16 @@ pub async fn serve(
         waiters,
         max_payload: config.max_payload,
         metrics: inspect::Metrics::new(),
+        workflows: workflow_consumers.is_ok(),
     });
+    match workflow_consumers {
+        Ok([starts, steps]) => {
+            workflows::advance::start(Arc::clone(&gateway), starts, steps, stop.clone())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "workflows are not available: their stream or consumers cannot be opened")
+        }
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -325,6 +347,9 @@ pub async fn serve(
         .await;
     health
         .set_serving::<SchedulesServer<schedules::SchedulesService>>()
+        .await;
+    health
+        .set_serving::<WorkflowsServer<workflows::WorkflowsService>>()
         .await;
 
     let mut ports = broker::ports::Ports {
@@ -348,6 +373,7 @@ pub async fn serve(
     let measured = Arc::clone(&gateway);
     let schedules = schedules::SchedulesService::new(Arc::clone(&gateway));
     let admin = admin::AdminService::new(Arc::clone(&gateway));
+    let workflows = workflows::WorkflowsService::new(Arc::clone(&gateway));
     let service = tasks::TasksService::new(gateway);
     let max_message = config.max_payload.saturating_mul(4).max(4 * 1024 * 1024);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -364,6 +390,7 @@ pub async fn serve(
         .add_service(TasksServer::new(service).max_decoding_message_size(max_message))
         .add_service(AdminServer::new(admin))
         .add_service(SchedulesServer::new(schedules))
+        .add_service(WorkflowsServer::new(workflows).max_decoding_message_size(max_message))
         .into_axum_router()
         .fallback(move |request: axum::extract::Request| {
             let gateway = Arc::clone(&direct);

@@ -23,6 +23,7 @@ mod input;
 mod processes;
 mod projects;
 mod submit;
+mod workflows;
 
 const ADD: &str = "examples.magic.v1.Magic/Add";
 

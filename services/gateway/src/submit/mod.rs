@@ -28,6 +28,31 @@ pub(crate) struct Prepared {
     key: Option<String>,
     overrides: broker::Overrides,
     placement: Placement,
+    /// The trace the task continues, when not the caller's (a workflow's step).
+    traceparent: Option<String>,
+}
+
+impl Prepared {
+    /// A workflow's step: its id is its place in the workflow, so it is checked like a keyed
+    /// task (one submitted before is not stored again); it continues the workflow's trace.
+    pub(crate) fn step(
+        name: Name,
+        id: Id,
+        args: Bytes,
+        overrides: broker::Overrides,
+        placement: Placement,
+        traceparent: &str,
+    ) -> Self {
+        Self {
+            key: Some(id.to_string()),
+            name,
+            id,
+            args,
+            overrides,
+            placement,
+            traceparent: Some(traceparent.to_owned()),
+        }
+    }
 }
 
 /// A task sent to the broker whose acks are still on their way.
@@ -92,6 +117,7 @@ impl Gateway {
             key,
             overrides,
             placement,
+            traceparent: None,
         })
     }
 
@@ -111,6 +137,7 @@ impl Gateway {
             key,
             overrides,
             placement,
+            traceparent,
         } = task;
         // A keyed task is known for as long as its state or outcome is kept, not only within
         // the broker's duplicate window (which a restart of a single server also forgets once
@@ -123,7 +150,9 @@ impl Gateway {
             });
         }
         let task = broker::TaskMessage::submitted(&name, &id, overrides, placement.expires_at);
-        let acks = self.send_task(task, args, &placement).await?;
+        let acks = self
+            .send_task(task, args, &placement, traceparent.as_deref())
+            .await?;
         Ok(Sending {
             id,
             name,
@@ -191,7 +220,7 @@ impl Gateway {
         args: Bytes,
         placement: &Placement,
     ) -> Result<async_nats::jetstream::publish::PublishAck, Error> {
-        let acks = self.send_task(task, args, placement).await?;
+        let acks = self.send_task(task, args, placement, None).await?;
         self.confirm_task(acks).await
     }
 
@@ -203,6 +232,7 @@ impl Gateway {
         mut task: broker::TaskMessage,
         args: Bytes,
         placement: &Placement,
+        traceparent: Option<&str>,
     ) -> Result<TaskAcks, Error> {
         let (name, id) = (&task.name.clone(), &task.id.clone());
         let (state, subject) = match placement.not_before {
@@ -241,6 +271,13 @@ impl Gateway {
             // The worker's span continues from this one; the dashboard links to the trace.
             taskwire_protocol::trace::inject_nats(&mut headers);
             taskwire_protocol::trace::inject_nats(&mut event);
+            if let Some(parent) = traceparent {
+                for headers in [&mut headers, &mut event] {
+                    if headers.get("traceparent").is_none() {
+                        headers.insert("traceparent", parent);
+                    }
+                }
+            }
             // The first event keeps the arguments, for the dashboard.
             let queued = self
                 .broker
