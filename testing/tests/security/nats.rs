@@ -40,6 +40,79 @@ async fn the_gateway_and_a_worker_run_as_their_own_nats_users() -> anyhow::Resul
         .sum;
     assert_eq!(sum, 6);
 
+    // A workflow runs under these users too: the gateway advances it, the worker stores its
+    // steps' results. Add(1, 2, 3) = 6, then Add(6, 10, 0) = 16.
+    let mut workflows =
+        taskwire::v1::workflows_client::WorkflowsClient::connect(gateway.url()).await?;
+    let step = |name: &str, after: &[&str], args: AddArgs| taskwire::v1::Step {
+        name: name.into(),
+        task: "examples.magic.v1.Magic/Add".into(),
+        after: after.iter().map(|s| (*s).to_owned()).collect(),
+        args: Some(taskwire::v1::step::Args::ArgsProto(
+            prost::Message::encode_to_vec(&args),
+        )),
+        ..Default::default()
+    };
+    let workflow = taskwire::v1::Workflow {
+        steps: vec![
+            step(
+                "first",
+                &[],
+                AddArgs {
+                    arg1: 1,
+                    arg2: 2,
+                    arg3: 3,
+                },
+            ),
+            taskwire::v1::Step {
+                fields: vec![taskwire::v1::FieldMapping {
+                    from: "sum".into(),
+                    to: "arg1".into(),
+                }],
+                ..step(
+                    "second",
+                    &["first"],
+                    AddArgs {
+                        arg1: 0,
+                        arg2: 10,
+                        arg3: 0,
+                    },
+                )
+            },
+        ],
+        ..Default::default()
+    };
+    let id = workflows
+        .submit(taskwire::v1::SubmitWorkflowRequest {
+            workflow: Some(workflow),
+            idempotency_key: String::new(),
+        })
+        .await?
+        .into_inner()
+        .workflow_id;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let info = loop {
+        let info = workflows
+            .get(taskwire::v1::GetWorkflowRequest {
+                workflow_id: id.clone(),
+                include_json: true,
+            })
+            .await?
+            .into_inner();
+        if info.state() != taskwire::v1::WorkflowState::Running {
+            break info;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{info:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        info.state(),
+        taskwire::v1::WorkflowState::Succeeded,
+        "{info:?}"
+    );
+    let second = info.steps[1].info.as_ref().expect("the second step ran");
+    assert_eq!(second.result_json, r#"{"sum":16}"#);
+
     // Its user may hold a result partition (else it would receive every stored result).
     let gateway_nats = gateway_user
         .auth()
