@@ -6,6 +6,7 @@ use std::time::Duration;
 use taskwire::v1::admin_client::AdminClient;
 use taskwire::v1::schedules_client::SchedulesClient;
 use taskwire::v1::tasks_client::TasksClient;
+use taskwire::v1::workflows_client::WorkflowsClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{Client, Error};
@@ -207,7 +208,8 @@ impl Client {
         Self {
             tasks: TasksClient::new(transport.clone()),
             admin: AdminClient::new(transport.clone()),
-            schedules: SchedulesClient::new(transport),
+            schedules: SchedulesClient::new(transport.clone()),
+            workflows: WorkflowsClient::new(transport),
         }
     }
 }

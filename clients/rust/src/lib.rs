@@ -25,6 +25,7 @@ extern crate self as taskwire_client;
 use taskwire::v1::admin_client::AdminClient;
 use taskwire::v1::schedules_client::SchedulesClient;
 use taskwire::v1::tasks_client::TasksClient;
+use taskwire::v1::workflows_client::WorkflowsClient;
 
 pub use taskwire::v1::{TaskInfo, TaskType};
 
@@ -36,6 +37,7 @@ mod options;
 mod reads;
 mod schedules;
 mod submit;
+pub mod workflow;
 
 pub use connect::{ConnectOptions, Transport, env};
 pub use error::Error;
@@ -50,4 +52,5 @@ pub struct Client {
     tasks: TasksClient<Transport>,
     admin: AdminClient<Transport>,
     schedules: SchedulesClient<Transport>,
+    workflows: WorkflowsClient<Transport>,
 }

@@ -542,3 +542,70 @@ async fn an_idempotency_key_stores_one_workflow() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_rust_client_builds_chains_and_chords_and_waits() -> anyhow::Result<()> {
+    use taskwire_client::workflow::{Step, Workflow};
+    let (_nats, gateway, _worker) = flow_system().await?;
+    let client = taskwire_client::Client::connect(gateway.url()).await?;
+    let chain = Workflow::chain([
+        Step::new("sum", SUM).args(&Numbers {
+            values: vec![1, 2, 3],
+        }),
+        Step::new("double", DOUBLE),
+        Step::new("scale", SCALE)
+            .args(&ScaleArgs {
+                value: 0,
+                factor: 10,
+            })
+            .field("total", "value"),
+    ]);
+    let id = client.submit_workflow(chain).await?;
+    let info = client.wait_workflow(&id, WAIT).await?;
+    assert_eq!(info.state(), WorkflowState::Succeeded, "{info:?}");
+    assert_eq!(output(&info, "scale").total, 120);
+
+    let chord = Workflow::group((1..=3).map(|i| {
+        Step::new(format!("m{i}"), SCALE).args(&ScaleArgs {
+            value: i,
+            factor: 2,
+        })
+    }))
+    .then_collect(Step::new("total", COLLECT), "totals")
+    .then(Step::new("double", DOUBLE));
+    let id = client.submit_workflow(chord).await?;
+    let info = client.wait_workflow(&id, WAIT).await?;
+    assert_eq!(info.state(), WorkflowState::Succeeded, "{info:?}");
+    assert_eq!(output(&info, "total").total, 12);
+    assert_eq!(output(&info, "double").total, 24);
+
+    // A wait that runs out says so, and names the workflow.
+    let slow = Workflow::of([Step::new("slow", SLOW).args(&SlowArgs {
+        millis: 60_000,
+        total: 1,
+    })]);
+    let id = client.submit_workflow(slow).await?;
+    let err = client
+        .wait_workflow(&id, Duration::from_millis(300))
+        .await
+        .expect_err("still running");
+    match err {
+        taskwire_client::Error::Status(status) => {
+            assert_eq!(status.code(), Code::DeadlineExceeded);
+            assert!(status.message().contains(&id), "{status:?}");
+        }
+        other => anyhow::bail!("unexpected {other:?}"),
+    }
+    let cancelled = client.cancel_workflow(&id).await?;
+    assert_eq!(cancelled.state(), WorkflowState::Cancelled);
+    // Cancelling what ended is refused.
+    let err = client
+        .cancel_workflow(&info.workflow_id)
+        .await
+        .expect_err("it succeeded");
+    assert!(
+        matches!(&err, taskwire_client::Error::Status(s) if s.code() == Code::FailedPrecondition),
+        "{err:?}"
+    );
+    Ok(())
+}

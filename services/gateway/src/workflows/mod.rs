@@ -275,6 +275,61 @@ impl Gateway {
         })
     }
 
+    /// Waits up to `timeout` for the workflow's end: a consumer of its end subject, made
+    /// before looking, so an end stored in between is not missed.
+    pub(crate) async fn wait_workflow(
+        &self,
+        id: &Id,
+        timeout: std::time::Duration,
+        include_json: bool,
+    ) -> Result<v1::WorkflowInfo, Error> {
+        use async_nats::jetstream::consumer;
+        use futures::StreamExt as _;
+        self.check_connected()?;
+        self.load_workflow(id).await?;
+        let stream = self
+            .broker
+            .jetstream
+            .get_stream(broker::WORKFLOWS_STREAM)
+            .await
+            .map_err(|e| self.broker_error(e))?;
+        let ends = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: workflow::end(id),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.broker_error(e))?;
+        let mut ends = ends.messages().await.map_err(|e| self.broker_error(e))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.workflow_end(id).await?.is_some() {
+                return self.get_workflow(id, include_json).await;
+            }
+            let until =
+                (tokio::time::Instant::now() + std::time::Duration::from_secs(1)).min(deadline);
+            match tokio::time::timeout_at(until, ends.next()).await {
+                Ok(Some(Ok(_))) => return self.get_workflow(id, include_json).await,
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(workflow = %id, error = %e, "waiting for a workflow's end: the consumer broke; looking again");
+                }
+                Ok(None) => {
+                    return Err(Error::BrokerDown(
+                        "the consumer of the workflow's end stopped".into(),
+                    ));
+                }
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Error::StillRunning {
+                        id: format!("workflow {id}"),
+                        state: "running",
+                        waited: timeout,
+                    });
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Ends the workflow as cancelled and cancels the steps submitted so far; those not
     /// submitted never are.
     pub(crate) async fn cancel_workflow(&self, id: &Id) -> Result<v1::WorkflowInfo, Error> {
@@ -376,6 +431,19 @@ impl v1::workflows_server::Workflows for WorkflowsService {
         self.visible(&request, &id, Op::Read).await?;
         let json = request.get_ref().include_json;
         Ok(Response::new(self.gateway.get_workflow(&id, json).await?))
+    }
+
+    async fn wait(
+        &self,
+        request: Request<v1::WaitWorkflowRequest>,
+    ) -> Result<Response<v1::WorkflowInfo>, Status> {
+        let id = parse_id(&request.get_ref().workflow_id)?;
+        self.visible(&request, &id, Op::Read).await?;
+        let timeout = crate::reads::wait_timeout(request.get_ref().timeout);
+        let json = request.get_ref().include_json;
+        Ok(Response::new(
+            self.gateway.wait_workflow(&id, timeout, json).await?,
+        ))
     }
 
     async fn cancel(
