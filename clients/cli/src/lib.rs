@@ -81,6 +81,9 @@ pub enum Command {
     /// delete.
     #[command(subcommand)]
     Schedule(cmd::schedule::ScheduleCommand),
+    /// Workflows: steps that feed each other, from a JSON file: submit, get, wait, cancel.
+    #[command(subcommand)]
+    Workflow(cmd::workflow::WorkflowCommand),
     /// Show a task type's cluster-wide limits, or set them (overriding its proto options).
     Limits(cmd::limits::Limits),
     /// Look at the system: queues, workers, one task.
@@ -134,6 +137,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Limits(args) => cmd::limits::run(&connect(&gateway).await?, args).await,
         Command::Inspect(command) => cmd::inspect::run(&connect(&gateway).await?, command).await,
         Command::Schedule(command) => cmd::schedule::run(&connect(&gateway).await?, command).await,
+        Command::Workflow(command) => cmd::workflow::run(&connect(&gateway).await?, command).await,
         Command::Dead(command) => cmd::dead::run(&connect(&gateway).await?, command).await,
         Command::Dev(options) => cmd::dev::run(options).await.map(|()| 0),
         Command::Bench(options) => cmd::bench::run(options).await.map(|()| 0),

@@ -15,7 +15,7 @@
 //!         .field("total", "value"),
 //! ]);
 //! let id = client.submit_workflow(workflow).await?;
-//! let info = client.wait_workflow(&id, Duration::from_secs(30)).await?;
+//! let info = client.wait_workflow(&id, Duration::from_secs(30), false).await?;
 //! # let _ = info;
 //! # Ok(())
 //! # }
@@ -201,11 +201,12 @@ impl Client {
         Ok((response.workflow_id, response.duplicate))
     }
 
-    /// The workflow and each step's state now.
-    pub async fn workflow(&self, id: &str) -> Result<v1::WorkflowInfo, Error> {
+    /// The workflow and each step's state now; with `include_json`, step results as proto3
+    /// JSON too.
+    pub async fn workflow(&self, id: &str, include_json: bool) -> Result<v1::WorkflowInfo, Error> {
         let request = v1::GetWorkflowRequest {
             workflow_id: id.to_owned(),
-            include_json: false,
+            include_json,
         };
         Ok(self.workflows.clone().get(request).await?.into_inner())
     }
@@ -215,11 +216,12 @@ impl Client {
         &self,
         id: &str,
         timeout: Duration,
+        include_json: bool,
     ) -> Result<v1::WorkflowInfo, Error> {
         let request = v1::WaitWorkflowRequest {
             workflow_id: id.to_owned(),
             timeout: prost_types::Duration::try_from(timeout).ok(),
-            include_json: false,
+            include_json,
         };
         Ok(self.workflows.clone().wait(request).await?.into_inner())
     }

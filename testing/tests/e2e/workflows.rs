@@ -561,7 +561,7 @@ async fn the_rust_client_builds_chains_and_chords_and_waits() -> anyhow::Result<
             .field("total", "value"),
     ]);
     let id = client.submit_workflow(chain).await?;
-    let info = client.wait_workflow(&id, WAIT).await?;
+    let info = client.wait_workflow(&id, WAIT, false).await?;
     assert_eq!(info.state(), WorkflowState::Succeeded, "{info:?}");
     assert_eq!(output(&info, "scale").total, 120);
 
@@ -574,7 +574,7 @@ async fn the_rust_client_builds_chains_and_chords_and_waits() -> anyhow::Result<
     .then_collect(Step::new("total", COLLECT), "totals")
     .then(Step::new("double", DOUBLE));
     let id = client.submit_workflow(chord).await?;
-    let info = client.wait_workflow(&id, WAIT).await?;
+    let info = client.wait_workflow(&id, WAIT, false).await?;
     assert_eq!(info.state(), WorkflowState::Succeeded, "{info:?}");
     assert_eq!(output(&info, "total").total, 12);
     assert_eq!(output(&info, "double").total, 24);
@@ -586,7 +586,7 @@ async fn the_rust_client_builds_chains_and_chords_and_waits() -> anyhow::Result<
     })]);
     let id = client.submit_workflow(slow).await?;
     let err = client
-        .wait_workflow(&id, Duration::from_millis(300))
+        .wait_workflow(&id, Duration::from_millis(300), false)
         .await
         .expect_err("still running");
     match err {
@@ -607,5 +607,111 @@ async fn the_rust_client_builds_chains_and_chords_and_waits() -> anyhow::Result<
         matches!(&err, taskwire_client::Error::Status(s) if s.code() == Code::FailedPrecondition),
         "{err:?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_cli_submits_a_workflow_file_and_gets_waits_for_and_cancels_workflows()
+-> anyhow::Result<()> {
+    use std::process::Stdio;
+    use taskwire_testing::bin;
+    use tokio::process::Command;
+    let (_nats, gateway, _worker) = flow_system().await?;
+    let dir = tempfile::tempdir()?;
+    let cli = |args: &[&str]| {
+        let mut command = Command::new(bin("taskwire").expect("taskwire binary"));
+        command
+            .args(args)
+            .env("TASKWIRE_GATEWAY_URL", gateway.url())
+            .stdin(Stdio::null());
+        command
+    };
+    let file = dir.path().join("chain.json");
+    std::fs::write(
+        &file,
+        r#"{"chain": [
+            {"name": "sum", "task": "examples.flow.v1.Flow/Sum", "args": {"values": [1, 2, 3]}},
+            {"name": "double", "task": "examples.flow.v1.Flow/Double"},
+            {"name": "scale", "task": "examples.flow.v1.Flow/Scale", "args": {"factor": 10},
+             "fields": ["Total.total -> ScaleArgs.value"]}
+        ]}"#,
+    )?;
+    let file = file.to_str().expect("a path");
+    let out = cli(&["workflow", "submit", file, "--wait"])
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(info["state"], "succeeded", "{info}");
+    assert_eq!(info["steps"][2]["result"]["total"], 120, "{info}");
+    assert_eq!(info["steps"][0]["state"], "succeeded", "{info}");
+
+    let out = cli(&["workflow", "get", info["id"].as_str().expect("an id")])
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(again["steps"], info["steps"]);
+
+    // A workflow whose steps do not fit: the gateway's reason, and nothing stored.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"chain": [
+            {"name": "sum", "task": "examples.flow.v1.Flow/Sum", "args": {"values": [1]}},
+            {"name": "scale", "task": "examples.flow.v1.Flow/Scale"}
+        ]}"#,
+    )?;
+    let out = cli(&["workflow", "submit", bad.to_str().expect("a path")])
+        .output()
+        .await?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"scale\"") && stderr.contains("ScaleArgs"),
+        "{stderr}"
+    );
+
+    // Submitted without waiting, then cancelled while its first step runs.
+    let slow = dir.path().join("slow.json");
+    std::fs::write(
+        &slow,
+        r#"{"steps": [
+            {"name": "slow", "task": "examples.flow.v1.Flow/Slow", "args": {"millis": 60000}},
+            {"name": "double", "task": "examples.flow.v1.Flow/Double", "after": ["slow"]}
+        ]}"#,
+    )?;
+    let out = cli(&["workflow", "submit", slow.to_str().expect("a path")])
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout)?.trim().to_owned();
+    let out = cli(&["workflow", "wait", &id, "--timeout", "200ms"])
+        .output()
+        .await?;
+    assert!(!out.status.success(), "it is still running");
+    let out = cli(&["workflow", "cancel", &id]).output().await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cancelled: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(cancelled["state"], "cancelled");
+    assert_eq!(cancelled["steps"][1]["state"], "skipped");
+    let out = cli(&["workflow", "wait", &id]).output().await?;
+    assert_eq!(out.status.code(), Some(1), "a cancelled workflow exits 1");
     Ok(())
 }

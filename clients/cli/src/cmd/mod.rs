@@ -12,6 +12,7 @@ pub mod submit;
 pub mod task;
 pub mod types;
 pub mod worker;
+pub mod workflow;
 
 use std::time::{Duration, SystemTime};
 
