@@ -70,6 +70,35 @@ mod vectors {
     }
 
     #[test]
+    fn workflow_steps_are_named_as_the_vectors_say() {
+        let v = vectors();
+        let w = &v["workflows"];
+        assert_eq!(text(&w["stream"]), WORKFLOWS_STREAM);
+        assert_eq!(text(&w["step_results"]), workflow::STEP_RESULTS);
+        for case in w["steps"].as_array().expect("steps") {
+            let id = Id::parse(text(&case["workflow"])).expect("an id");
+            let step = case["step"].as_u64().expect("a step") as usize;
+            let task_id = workflow::step_id(&id, step);
+            assert_eq!(task_id.as_str(), text(&case["task_id"]));
+            assert_eq!(
+                workflow::step_of(task_id.as_str()),
+                Some((id.clone(), step))
+            );
+            let name = Name::parse(text(&case["task"])).expect("a name");
+            assert_eq!(
+                subject::result(&name, &task_id),
+                text(&case["result_subject"])
+            );
+            assert_eq!(workflow::spec(&id), text(&case["spec"]));
+            assert_eq!(workflow::end(&id), text(&case["end"]));
+            assert_eq!(workflow::join(&id, &step.to_string()), text(&case["join"]));
+        }
+        for plain in w["not_steps"].as_array().expect("ids") {
+            assert_eq!(workflow::step_of(text(plain)), None, "{plain}");
+        }
+    }
+
+    #[test]
     fn streams_and_headers_are_named_as_the_vectors_say() {
         let v = vectors();
         let streams = &v["streams"];
