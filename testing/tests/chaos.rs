@@ -9,6 +9,10 @@ use taskwire_testing::chaos;
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn drill(scenario: &str, tasks: usize) -> anyhow::Result<()> {
+    drill_report(scenario, tasks).await.map(|_| ())
+}
+
+async fn drill_report(scenario: &str, tasks: usize) -> anyhow::Result<chaos::Report> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let report = chaos::run(scenario, tasks).await?;
     println!("{}", serde_json::to_string(&report)?);
@@ -29,7 +33,7 @@ async fn drill(scenario: &str, tasks: usize) -> anyhow::Result<()> {
         report.results_in_stream as usize, report.submitted,
         "{report:?}"
     );
-    Ok(())
+    Ok(report)
 }
 
 #[tokio::test]
@@ -85,4 +89,14 @@ async fn delayed_failures() -> anyhow::Result<()> {
 #[tokio::test]
 async fn keys_across_restart() -> anyhow::Result<()> {
     drill("keys_across_restart", 200).await
+}
+
+#[tokio::test]
+async fn workflow_chords() -> anyhow::Result<()> {
+    // 30 chords of ten members: each workflow ends succeeded, its callback's one result
+    // holding all ten members' results.
+    let report = drill_report("workflow_chords", 300).await?;
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.refused, 0, "{report:?}");
+    Ok(())
 }

@@ -174,6 +174,12 @@ impl Workflow {
     }
 }
 
+impl From<v1::Workflow> for Workflow {
+    fn from(workflow: v1::Workflow) -> Self {
+        Self(workflow)
+    }
+}
+
 impl Client {
     /// Submits a workflow; its id.
     pub async fn submit_workflow(&self, workflow: Workflow) -> Result<String, Error> {

@@ -35,7 +35,10 @@ async fn main() -> ExitCode {
     for scenario in scenarios {
         match taskwire_testing::chaos::run(scenario, tasks).await {
             Ok(report) => {
-                healthy &= report.lost == 0 && report.duplicate_results == 0;
+                // A workflow drill fails when any workflow did not succeed with all its results.
+                healthy &= report.lost == 0
+                    && report.duplicate_results == 0
+                    && (report.scenario != "workflow_chords" || report.failed == 0);
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());
             }
             Err(e) => {

@@ -1,4 +1,4 @@
-//! A worker process for fault tests: serves the magic and chaos example services, with the
+//! A worker process for fault tests: serves the magic, chaos and flow example services, with the
 //! settings of the environment (`Builder::from_env`).
 
 #[tokio::main]
@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         .second_signal_forces(true)
         .serve(taskwire_testing::tasks::magic())
         .serve(taskwire_testing::tasks::chaos())
+        .serve(taskwire_testing::tasks::flow())
         .run(taskwire::shutdown_signal())
         .await?;
     Ok(())

@@ -11,6 +11,7 @@ mod accounting;
 mod faults;
 mod meetings;
 mod processes;
+mod workflows;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +30,7 @@ use accounting::settle;
 use faults::{cluster_leader_kill, nats_kill_loop, nats_restart, stream_full};
 use meetings::{delayed_failures, keys_across_restart, outage_under_limit};
 use processes::{gateway_sigkill, long_task, poison, worker_sigkill, worker_sigterm};
+use workflows::workflow_chords;
 
 const SLEEP: &str = "examples.chaos.v1.Chaos/Sleep";
 
@@ -82,6 +84,7 @@ pub const SCENARIOS: &[&str] = &[
     "delayed_failures",
     "keys_across_restart",
     "outage_under_limit",
+    "workflow_chords",
 ];
 
 /// Runs one drill with `tasks` tasks.
@@ -100,13 +103,14 @@ pub async fn run(scenario: &str, tasks: usize) -> anyhow::Result<Report> {
         "delayed_failures" => delayed_failures(tasks).await?,
         "keys_across_restart" => keys_across_restart(tasks).await?,
         "outage_under_limit" => outage_under_limit(tasks).await?,
+        "workflow_chords" => workflow_chords(tasks).await?,
         other => anyhow::bail!("no drill named {other}; the drills are {SCENARIOS:?}"),
     };
     report.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
     Ok(report)
 }
 
-/// A test worker process (magic and chaos services).
+/// A test worker process (magic, chaos and flow services).
 fn worker(nats: &str, ack_wait: &str, concurrency: usize) -> anyhow::Result<Child> {
     worker_with(nats, ack_wait, concurrency, 1)
 }
