@@ -3,7 +3,8 @@
 //!
 //! Operations: submits of the chaos tasks with and without an idempotency key, a delay, a
 //! priority, an expiry and an attempt limit; Get, Wait, Cancel, replays of dead letters;
-//! schedules created, paused, resumed and deleted; limits overridden and cleared (the
+//! schedules created, paused, resumed and deleted; workflows (chains and groups of chaos
+//! tasks, some failing for good) submitted and cancelled; limits overridden and cleared (the
 //! concurrency of Limited, the rate of Paced); workers killed (SIGKILL) or stopped (SIGTERM)
 //! and started again; nats-server restarted, or stopped (SIGSTOP) for a few seconds. The workers log the start and end of
 //! every run (`TASKWIRE_RUN_LOG`). At the end every task must have ended as the guarantees of
@@ -14,6 +15,7 @@
 
 mod check;
 mod operations;
+mod workflows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -29,6 +31,9 @@ use crate::runtime::{Run, Runtime, read_runs};
 use crate::{Gateway, NatsServer};
 use check::{check, check_limit, check_rate, dead_letter_counts};
 use operations::{schedule, settle, submit};
+use workflows::{
+    Flow, cancel_workflow, check_workflows, settle_workflows, step_tasks, submit_workflow,
+};
 
 const SLEEP: &str = "examples.chaos.v1.Chaos/Sleep";
 
@@ -86,8 +91,10 @@ pub struct Report {
     pub operations: usize,
     /// Operations by kind.
     pub done: BTreeMap<&'static str, usize>,
-    /// Tasks submitted (answered an id, not a duplicate).
+    /// Tasks submitted (answered an id, not a duplicate), workflow steps included.
     pub tasks: usize,
+    /// Workflows submitted.
+    pub workflows: usize,
     /// Runs the workers logged.
     pub runs: usize,
     /// Broken promises.
@@ -255,6 +262,9 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     let mut schedules: Vec<(String, bool)> = Vec::new();
     let mut violations = Vec::new();
     let mut done: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut flows: Vec<Flow> = Vec::new();
+    // Replays of tasks the model did not submit itself (workflow steps).
+    let mut other_replays: HashMap<String, Vec<SystemTime>> = HashMap::new();
 
     for n in 0..config.operations {
         let roll = rng.below(1000);
@@ -266,7 +276,9 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             780..=829 => "replay",
             830..=869 => "schedule",
             870..=899 => "limits",
-            900..=989 => "get",
+            900..=939 => "workflow",
+            940..=949 => "workflow_cancel",
+            950..=989 => "get",
             990..=994 => "worker_kill",
             995..=997 => "worker_term",
             998 => "nats_pause",
@@ -348,12 +360,20 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                         Ok(ids) => ids.contains(&letter.task_id),
                         Err(e) => e.code() != Some(tonic::Code::NotFound),
                     };
-                    if maybe && let Some(task) = tasks.iter_mut().find(|t| t.id == letter.task_id) {
-                        task.replays.push(asked);
+                    if maybe {
+                        match tasks.iter_mut().find(|t| t.id == letter.task_id) {
+                            Some(task) => task.replays.push(asked),
+                            None => other_replays
+                                .entry(letter.task_id.clone())
+                                .or_default()
+                                .push(asked),
+                        }
                     }
                 }
             }
             "schedule" => schedule(&system.client, &mut rng, &mut schedules, n).await,
+            "workflow" => submit_workflow(&system.client, &mut rng, &mut flows).await,
+            "workflow_cancel" => cancel_workflow(&system.client, &mut rng, &mut flows).await,
             "limits" => {
                 // Overrides never above the declared limits, which the checks hold to.
                 let (task, limits) = if rng.chance(50) {
@@ -416,6 +436,9 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         let _ = system.client.set_task_limits(task, None).await;
     }
     system.keep_workers();
+    let ended = settle_workflows(&system.client, &flows, Duration::from_secs(120)).await;
+    let steps = step_tasks(&flows, &ended, &other_replays);
+    tasks.extend(steps);
     let finals = settle(&system.client, &tasks, Duration::from_secs(120)).await;
     let dead = dead_letter_counts(&system.client).await?;
     let runs = read_runs(&system.run_log)?;
@@ -430,6 +453,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             &mut violations,
         );
     }
+    check_workflows(&flows, &ended, &runs, &other_replays, &mut violations);
     check_limit(&tasks, &runs, &system.kills, &mut violations);
     check_rate(&tasks, &runs, &mut violations);
 
@@ -442,6 +466,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         operations: config.operations,
         done,
         tasks: tasks.len(),
+        workflows: flows.len(),
         runs: run_count,
         violations: violations.len(),
         first_violations: violations.into_iter().take(10).collect(),
