@@ -19,8 +19,8 @@ WELL_KNOWN = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
 
 # (proto files, output directory relative to this folder)
 TARGETS = [
-    (["taskwire/v1/options.proto", "taskwire/v1/tasks.proto", "taskwire/v1/schedules.proto", "taskwire/v1/worker.proto"], "."),
-    (["examples/magic/v1/magic.proto", "examples/chaos/v1/chaos.proto"], "tests/gen"),
+    (["taskwire/v1/options.proto", "taskwire/v1/tasks.proto", "taskwire/v1/schedules.proto", "taskwire/v1/worker.proto", "taskwire/v1/workflows.proto"], "."),
+    (["examples/magic/v1/magic.proto", "examples/chaos/v1/chaos.proto", "examples/flow/v1/flow.proto"], "tests/gen"),
     # What a gRPC server in Python needs to serve tasks without taskwire's package
     # (examples/plain_worker.py): the context service of the worker runtime, and the task
     # options the contracts import. A folder apart, so that its `taskwire` is never the package.

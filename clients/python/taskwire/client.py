@@ -11,7 +11,7 @@ from google.protobuf import duration_pb2, message as _message
 
 from taskwire import schema
 from taskwire.options import submit_options
-from taskwire.v1 import tasks_pb2, tasks_pb2_grpc
+from taskwire.v1 import tasks_pb2, tasks_pb2_grpc, workflows_pb2_grpc
 
 State = tasks_pb2.TaskState
 FINAL = {State.TASK_STATE_SUCCEEDED, State.TASK_STATE_FAILED, State.TASK_STATE_CANCELLED, State.TASK_STATE_EXPIRED}
@@ -163,6 +163,7 @@ class Client:
         self.channel = channel
         self.tasks = tasks_pb2_grpc.TasksStub(self.channel)
         self.admin = tasks_pb2_grpc.AdminStub(self.channel)
+        self.workflows = workflows_pb2_grpc.WorkflowsStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -282,6 +283,14 @@ class TaskMethod:
     def delay(self, *fields: Any, **values: Any) -> TaskHandle:
         """Submits with the input message's fields given in order, or by name."""
         return self(self._args(fields, values))
+
+    def s(self, *fields: Any, **values: Any) -> "Any":
+        """A signature for a workflow (`taskwire.canvas`): the task with the fields given in
+        order or by name; the rest of its input comes from the step before it. Task options
+        (max_attempts, timeout, priority, ttl, ...) may be given by name too."""
+        from taskwire.canvas import signature
+
+        return signature(self, *fields, **values)
 
     def apply_async(self, args: tuple = (), kwargs: Optional[dict] = None, **options) -> TaskHandle:
         """Celery's apply_async: fields as args/kwargs, and submit options (countdown, eta,

@@ -6,7 +6,9 @@ import { protoMetadata as taskwire_v1_options } from "./taskwire/v1/options";
 import { protoMetadata as taskwire_v1_schedules } from "./taskwire/v1/schedules";
 import { protoMetadata as taskwire_v1_tasks } from "./taskwire/v1/tasks";
 import { protoMetadata as taskwire_v1_worker } from "./taskwire/v1/worker";
+import { protoMetadata as taskwire_v1_workflows } from "./taskwire/v1/workflows";
 import { protoMetadata as examples_chaos_v1_chaos } from "./examples/chaos/v1/chaos";
+import { protoMetadata as examples_flow_v1_flow } from "./examples/flow/v1/flow";
 import { protoMetadata as examples_magic_v1_magic } from "./examples/magic/v1/magic";
 
 export const protoMetadata = [
@@ -14,6 +16,8 @@ export const protoMetadata = [
   taskwire_v1_schedules,
   taskwire_v1_tasks,
   taskwire_v1_worker,
+  taskwire_v1_workflows,
   examples_chaos_v1_chaos,
+  examples_flow_v1_flow,
   examples_magic_v1_magic,
 ];

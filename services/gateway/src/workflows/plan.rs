@@ -327,14 +327,6 @@ fn check_input(
     }
     let (dep, output) = (&step.after[0], &outputs[0].output);
     if step.fields.is_empty() {
-        if has_args {
-            return Err(bad(
-                name,
-                format!(
-                    "its input is the result of step {dep:?}; give fields to combine that result with args"
-                ),
-            ));
-        }
         if output.full_name() != input.full_name() {
             return Err(bad(
                 name,
@@ -351,6 +343,14 @@ fn check_input(
                         .fields()
                         .next()
                         .map_or("".into(), |f| f.name().to_owned()),
+                ),
+            ));
+        }
+        if has_args {
+            return Err(bad(
+                name,
+                format!(
+                    "its input is the result of step {dep:?}; give fields to combine that result with args"
                 ),
             ));
         }
