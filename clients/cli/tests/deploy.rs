@@ -53,6 +53,7 @@ fn every_task_consumer_in_proto_gets_a_trigger_on_its_service_worker() -> anyhow
     for set in [
         taskwire_examples::magic::v1::FILE_DESCRIPTOR_SET,
         taskwire_examples::chaos::v1::FILE_DESCRIPTOR_SET,
+        taskwire_examples::flow::v1::FILE_DESCRIPTOR_SET,
     ] {
         for task in TaskType::all_in(set)? {
             if !expected.iter().any(|t: &TaskType| t.name == task.name) {
@@ -60,9 +61,10 @@ fn every_task_consumer_in_proto_gets_a_trigger_on_its_service_worker() -> anyhow
             }
         }
     }
-    assert_eq!(objects.len(), 2, "{yaml}");
+    assert_eq!(objects.len(), 3, "{yaml}");
     for (service, deployment) in [
         ("examples.chaos.v1.Chaos", "chaos-worker"),
+        ("examples.flow.v1.Flow", "flow-worker"),
         ("examples.magic.v1.Magic", "magic-worker"),
     ] {
         let object = objects
