@@ -81,7 +81,7 @@ pub fn delayed(id: &Id) -> String {
 /// workflow step's result has [`crate::workflow::STEP_MARK`] before the token, so that the
 /// workflows' consumer takes those results and no other.
 pub fn result(name: &Name, id: &Id) -> String {
-    if crate::workflow::step_of(id.as_str()).is_some() {
+    if crate::workflow::task_of(id.as_str()).is_some() {
         format!(
             "taskwire.results.{id}.{}.{}",
             crate::workflow::STEP_MARK,

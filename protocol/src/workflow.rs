@@ -6,7 +6,7 @@
 //! `taskwire.workflows.<w>.end` (a `taskwire.v1.WorkflowEnd`), each stored once, and for a step
 //! that takes several results, the ones that succeeded so far on
 //! `taskwire.workflows.<w>.join.<step>` (a bitmap, replaced by compare-and-set). Step `n`'s task
-//! has the id `<w>-<n>`; its result is stored on `taskwire.results.<w>-<n>.workflow-step.<task>`,
+//! has the id `<w>-<n>` (element `j` of a map step: `<w>-<n>-<j>`); its result is stored on `taskwire.results.<w>-<n>.workflow-step.<task>`,
 //! which a durable consumer of the results stream hands to one gateway, which starts what comes
 //! next.
 
@@ -49,18 +49,69 @@ pub fn step_id(w: &Id, n: usize) -> Id {
     Id::parse(&format!("{w}-{n}")).expect("a workflow id and a number make an id")
 }
 
-/// The workflow and the step of a step's task id: `<w>-<n>` where `<w>` is 32 lowercase hex
-/// digits, as every workflow id is (ids of plain tasks never have this shape).
-pub fn step_of(id: &str) -> Option<(Id, usize)> {
-    let (w, n) = id.split_once('-')?;
+/// The id of element `j`'s task of map step `n` in workflow `w`.
+pub fn element_id(w: &Id, n: usize, j: usize) -> Id {
+    Id::parse(&format!("{w}-{n}-{j}")).expect("a workflow id and two numbers make an id")
+}
+
+/// Which task of a workflow an id names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepTask {
+    pub workflow: Id,
+    pub step: usize,
+    /// The element, for a task of a map step.
+    pub element: Option<usize>,
+}
+
+/// The workflow, step and element of a workflow task's id: `<w>-<n>` or `<w>-<n>-<j>`, where
+/// `<w>` is 32 lowercase hex digits, as every workflow id is (ids of plain tasks never have
+/// this shape).
+pub fn task_of(id: &str) -> Option<StepTask> {
+    let mut parts = id.split('-');
+    let w = parts.next()?;
     let hex = w.len() == 32
         && w.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if !hex || n.is_empty() || n.len() > 6 || !n.bytes().all(|b| b.is_ascii_digit()) {
+    if !hex {
         return None;
     }
-    Some((Id::parse(w).ok()?, n.parse().ok()?))
+    let number = |part: &str| -> Option<usize> {
+        if part.is_empty() || part.len() > 6 || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    let step = number(parts.next()?)?;
+    let element = match parts.next() {
+        None => None,
+        Some(j) => Some(number(j)?),
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(StepTask {
+        workflow: Id::parse(w).ok()?,
+        step,
+        element,
+    })
 }
+
+/// The workflow and the step of a step's task id, `<w>-<n>` (see [`task_of`]).
+pub fn step_of(id: &str) -> Option<(Id, usize)> {
+    match task_of(id)? {
+        StepTask {
+            workflow,
+            step,
+            element: None,
+        } => Some((workflow, step)),
+        _ => None,
+    }
+}
+
+/// The header of a join that says how many steps (or a map's elements) it waits for.
+pub const JOIN_COUNT: &str = "Taskwire-Join-Count";
+/// The most elements a map step has.
+pub const MAX_ELEMENTS: usize = 100_000;
 
 /// A join's bitmap: bit `i` set when the `i`th awaited step succeeded.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -84,6 +135,13 @@ impl Join {
         let new = self.0[byte] & bit == 0;
         self.0[byte] |= bit;
         new
+    }
+
+    /// How many of bits `0..n` are set.
+    pub fn count(&self, n: usize) -> usize {
+        (0..n)
+            .filter(|&i| self.0.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
+            .count()
     }
 
     /// Whether bits `0..n` are all set.
@@ -110,6 +168,17 @@ mod tests {
             None,
             "a step is a number"
         );
+        let element = element_id(&w, 3, 9999);
+        assert_eq!(
+            task_of(element.as_str()),
+            Some(StepTask {
+                workflow: w.clone(),
+                step: 3,
+                element: Some(9999)
+            })
+        );
+        assert_eq!(step_of(element.as_str()), None);
+        assert_eq!(task_of(&format!("{w}-1-2-3")), None);
     }
 
     #[test]

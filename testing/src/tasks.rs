@@ -273,7 +273,7 @@ pub fn chaos() -> ChaosServer<ChaosTasks> {
 }
 
 use taskwire_examples::flow::v1::{
-    Flow, FlowServer, Numbers, Reported, ScaleArgs, SlowArgs, Total, Totals,
+    Flow, FlowServer, Numbers, Parts, Reported, ScaleArgs, SlowArgs, SplitArgs, Total, Totals,
 };
 
 /// `Flow`: tasks that fit together into workflows. Every run is noted in the journal under
@@ -350,6 +350,19 @@ impl Flow for FlowTasks {
                 Err(TaskError::permanent("stopped on cancel"))
             }
         }
+    }
+
+    async fn split(&self, ctx: TaskContext, args: SplitArgs) -> Result<Parts, TaskError> {
+        flow_note(&ctx, "split");
+        Ok(Parts {
+            parts: (0..args.count)
+                .map(|i| Total {
+                    total: i,
+                    count: 1,
+                    limit: args.limit,
+                })
+                .collect(),
+        })
     }
 
     async fn report(

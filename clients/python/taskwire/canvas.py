@@ -35,6 +35,8 @@ class Signature:
         self.options = options
         self.mapping: dict = {}
         self.collect_into = ""
+        self.for_each = ""
+        self.after_map = False
         self.name = ""
 
     def __repr__(self) -> str:
@@ -51,6 +53,12 @@ class Signature:
         self.collect_into = field
         return self
 
+    def map(self, field: str) -> "Signature":
+        """A map: this task once per element of the repeated field `field` of the result it
+        takes, each with its element as input."""
+        self.for_each = field
+        return self
+
     def named(self, name: str) -> "Signature":
         self.name = name
         return self
@@ -64,9 +72,11 @@ class Signature:
             step.args_proto = self.args.SerializeToString()
         for source, target in self.mapping.items():
             step.fields.add(**{"from": source, "to": target})
-        if self.collect_into:
+        if self.for_each:
+            step.for_each = self.for_each
+        elif self.collect_into:
             step.collect = self.collect_into
-        elif len(after) > 1:
+        elif len(after) > 1 or self.after_map:
             step.collect = self._collect_field()
         if self.options:
             step.options.CopyFrom(submit_options(**self.options))
@@ -107,6 +117,7 @@ class _Canvas:
     def _add(self, part: Any, after: List[str]) -> List[str]:
         """Adds a signature or a canvas after `after`; the names nothing comes after yet."""
         if isinstance(part, Signature):
+            part.after_map = any(s.name in after and s.for_each for s in self.steps)
             step = part._step(f"{_short(part.method.name)}-{len(self.steps)}", after)
             self.steps.append(step)
             self.client = self.client or part.method.client

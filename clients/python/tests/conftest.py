@@ -140,7 +140,7 @@ def system():
     running = System()
     try:
         running.rust_worker()
-        running.wait_for_tasks({"examples.magic.v1.Magic/Add", "examples.chaos.v1.Chaos/Flaky"})
+        running.wait_for_tasks({"examples.magic.v1.Magic/Add", "examples.chaos.v1.Chaos/Flaky", "examples.flow.v1.Flow/Split"})
         yield running.target
     finally:
         running.close()

@@ -81,3 +81,12 @@ def test_an_idempotency_key_submits_once(client):
     again = chain(flow.sum.s(values=[2, 3])).apply_async(idempotency_key=key)
     assert first.id == again.id and again.duplicate and not first.duplicate
     assert first.get(timeout=30).total == 5
+
+
+def test_a_map_runs_a_task_per_element(client):
+    flow = Flow(client)
+    total = chain(flow.split.s(count=100), flow.double.s().map("parts"), flow.collect.s()).apply_async()
+    result = total.get(timeout=60)
+    assert (result.total, result.count) == (2 * sum(range(100)), 100)
+    double = total.info().steps[1]
+    assert (double.elements, double.elements_succeeded) == (100, 100)

@@ -75,6 +75,13 @@ impl Step {
         self
     }
 
+    /// A map: one task per element of the repeated field `field` of the one result it takes,
+    /// each with its element as input.
+    pub fn for_each(mut self, field: impl Into<String>) -> Self {
+        self.0.for_each = field.into();
+        self
+    }
+
     /// Options of its task (attempts, time limit, backoff, priority, ttl, result TTL).
     pub fn options(mut self, options: SubmitOptions) -> Self {
         self.0.options = Some(options.into_proto());

@@ -715,3 +715,132 @@ async fn the_cli_submits_a_workflow_file_and_gets_waits_for_and_cancels_workflow
     assert_eq!(out.status.code(), Some(1), "a cancelled workflow exits 1");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_map_of_ten_thousand_elements_runs_each_once_and_collects_them_in_order()
+-> anyhow::Result<()> {
+    use taskwire_client::workflow::{Step, Workflow};
+    use taskwire_examples::flow::v1::SplitArgs;
+    let (nats, gateway, _worker) = flow_system().await?;
+    let client = taskwire_client::Client::connect(gateway.url()).await?;
+    const N: i64 = 10_000;
+    // split(10,000) gives totals 0..9,999; each is doubled; the callback sums them all.
+    let map = Workflow::chain([
+        Step::new("split", "examples.flow.v1.Flow/Split").args(&SplitArgs { count: N, limit: 0 }),
+        Step::new("double", DOUBLE).for_each("parts"),
+        Step::new("total", COLLECT).collect("totals"),
+    ]);
+    let id = client.submit_workflow(map).await?;
+    let info = client
+        .wait_workflow(&id, Duration::from_secs(280), false)
+        .await?;
+    assert_eq!(info.state(), WorkflowState::Succeeded, "{:?}", info.error);
+    let total = output(&info, "total");
+    assert_eq!((total.total, total.count), (N * (N - 1), N));
+    let double = step_info(&info, "double");
+    assert_eq!(
+        (double.elements, double.elements_succeeded),
+        (N as u32, N as u32)
+    );
+    // Each element ran once; the callback once, with the elements in their order.
+    for j in [0, 1, 4_999, 9_999] {
+        assert_eq!(
+            tasks::journal_count(&format!("{id}-1-{j}"), "double"),
+            1,
+            "{j}"
+        );
+    }
+    let callback = &step_info(&info, "total").task_id;
+    assert_eq!(tasks::journal_count(callback, "collect"), 1);
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let first = js
+        .get_stream("TASKWIRE_EVENTS")
+        .await?
+        .direct_get_first_for_subject(format!("taskwire.events.{callback}.>"))
+        .await?;
+    let input = Totals::decode(first.payload.as_ref())?;
+    assert_eq!(input.totals.len(), N as usize);
+    assert!(
+        input
+            .totals
+            .iter()
+            .enumerate()
+            .all(|(j, t)| t.total == 2 * j as i64),
+        "in the elements' order"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_element_fails_the_map_and_an_empty_map_succeeds() -> anyhow::Result<()> {
+    use taskwire_client::workflow::{Step, Workflow};
+    use taskwire_examples::flow::v1::SplitArgs;
+    let (_nats, gateway, _worker) = flow_system().await?;
+    let client = taskwire_client::Client::connect(gateway.url()).await?;
+    // Elements above the limit fail for good: the workflow fails naming the map step and the
+    // element's task, and its callback never runs.
+    let failing = Workflow::chain([
+        Step::new("split", "examples.flow.v1.Flow/Split").args(&SplitArgs {
+            count: 20,
+            limit: 0,
+        }),
+        Step::new("scaled", SCALE).for_each("parts"),
+    ]);
+    // (Scale takes ScaleArgs, not Total: refused before anything is stored.)
+    let err = client.submit_workflow(failing).await.expect_err("refused");
+    assert!(err.to_string().contains("examples.flow.v1.Total"), "{err}");
+    let failing = Workflow::of([
+        Step::new("split", "examples.flow.v1.Flow/Split").args(&SplitArgs {
+            count: 20,
+            limit: 0,
+        }),
+        Step::new("double", DOUBLE).after("split").for_each("parts"),
+        Step::new("again", DOUBLE)
+            .after("double")
+            .args(&Total {
+                total: 0,
+                count: 0,
+                limit: 0,
+            })
+            .field("total", "total"),
+    ]);
+    let err = client.submit_workflow(failing).await.expect_err("refused");
+    assert!(err.to_string().contains("collect"), "{err}");
+
+    // Parts above 14 fail for good when doubled: the workflow fails naming the map step and
+    // the element's task; the callback never runs.
+    let failing = Workflow::chain([
+        Step::new("split", "examples.flow.v1.Flow/Split").args(&SplitArgs {
+            count: 20,
+            limit: 14,
+        }),
+        Step::new("double", DOUBLE).for_each("parts"),
+        Step::new("total", COLLECT).collect("totals"),
+    ]);
+    let id = client.submit_workflow(failing).await?;
+    let info = client.wait_workflow(&id, WAIT, false).await?;
+    assert_eq!(info.state(), WorkflowState::Failed, "{info:?}");
+    assert_eq!(info.failed_step, "double");
+    assert!(
+        info.error
+            .as_ref()
+            .is_some_and(|e| e.message.contains("above the limit of 14")),
+        "{info:?}"
+    );
+    assert_eq!(step_info(&info, "total").state(), StepState::Skipped);
+    let double = step_info(&info, "double");
+    assert_eq!(double.elements, 20);
+    assert!(double.elements_succeeded < 20, "{double:?}");
+    assert_eq!(tasks::journal_count(&format!("{id}-2"), "collect"), 0);
+
+    let empty = Workflow::chain([
+        Step::new("split", "examples.flow.v1.Flow/Split").args(&SplitArgs { count: 0, limit: 0 }),
+        Step::new("double", DOUBLE).for_each("parts"),
+        Step::new("total", COLLECT).collect("totals"),
+    ]);
+    let id = client.submit_workflow(empty).await?;
+    let info = client.wait_workflow(&id, WAIT, false).await?;
+    assert_eq!(info.state(), WorkflowState::Succeeded, "{info:?}");
+    assert_eq!(output(&info, "total").count, 0);
+    Ok(())
+}

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! `chain` runs each step after the one before it; `steps` runs each after the steps its
-//! `after` names (a step with several takes their results into its `collect` field). A step may
+//! `after` names (a step with several takes their results into its `collect` field; one with
+//! `for_each` runs a task per element of that field of the result it takes). A step may
 //! also give `max_attempts`, `timeout`, `priority` and `ttl`; the workflow `on_failure` (a step
 //! whose task takes a `taskwire.v1.WorkflowFailure`), `let_running_finish` and `key`.
 
@@ -121,6 +122,10 @@ pub fn workflow_json(info: &v1::WorkflowInfo) -> serde_json::Value {
             if step.on_failure {
                 out["on_failure"] = true.into();
             }
+            if step.elements > 0 {
+                out["elements"] = step.elements.into();
+                out["elements_succeeded"] = step.elements_succeeded.into();
+            }
             if let Some(task) = &step.info {
                 let task = info_json(task);
                 for key in ["result", "error", "attempt"] {
@@ -177,6 +182,8 @@ struct StepLine {
     fields: Vec<String>,
     #[serde(default)]
     collect: String,
+    #[serde(default)]
+    for_each: String,
     max_attempts: Option<u32>,
     timeout: Option<String>,
     priority: Option<String>,
@@ -249,6 +256,9 @@ fn read(file: &str) -> Result<(taskwire_client::workflow::Workflow, String), Err
         }
         if !line.collect.is_empty() {
             step = step.collect(line.collect.clone());
+        }
+        if !line.for_each.is_empty() {
+            step = step.for_each(line.for_each.clone());
         }
         Ok(step)
     };

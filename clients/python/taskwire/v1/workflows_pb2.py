@@ -27,43 +27,43 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from taskwire.v1 import tasks_pb2 as taskwire_dot_v1_dot_tasks__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btaskwire/v1/workflows.proto\x12\x0btaskwire.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17taskwire/v1/tasks.proto\"o\n\x08Workflow\x12 \n\x05steps\x18\x01 \x03(\x0b\x32\x11.taskwire.v1.Step\x12\x1a\n\x12let_running_finish\x18\x02 \x01(\x08\x12%\n\non_failure\x18\x03 \x01(\x0b\x32\x11.taskwire.v1.Step\"\xcd\x01\n\x04Step\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x03 \x03(\t\x12\x14\n\nargs_proto\x18\x04 \x01(\x0cH\x00\x12\x13\n\targs_json\x18\x05 \x01(\tH\x00\x12)\n\x06\x66ields\x18\x06 \x03(\x0b\x32\x19.taskwire.v1.FieldMapping\x12\x0f\n\x07\x63ollect\x18\x07 \x01(\t\x12+\n\x07options\x18\x08 \x01(\x0b\x32\x1a.taskwire.v1.SubmitOptionsB\x06\n\x04\x61rgs\"(\n\x0c\x46ieldMapping\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\"\x95\x01\n\x0fWorkflowFailure\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.taskwire.v1.TaskFailure\"Y\n\x15SubmitWorkflowRequest\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.taskwire.v1.Workflow\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"@\n\x16SubmitWorkflowResponse\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"?\n\x12GetWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x14\n\x0cinclude_json\x18\x02 \x01(\x08\"l\n\x13WaitWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cinclude_json\x18\x03 \x01(\x08\",\n\x15\x43\x61ncelWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"\xa2\x02\n\x0cWorkflowInfo\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.taskwire.v1.WorkflowState\x12$\n\x05steps\x18\x03 \x03(\x0b\x32\x15.taskwire.v1.StepInfo\x12\x13\n\x0b\x66\x61iled_step\x18\x04 \x01(\t\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.taskwire.v1.TaskFailure\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x08 \x01(\t\"\x97\x01\n\x08StepInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.taskwire.v1.StepState\x12#\n\x04info\x18\x05 \x01(\x0b\x32\x15.taskwire.v1.TaskInfo\x12\x12\n\non_failure\x18\x06 \x01(\x08\"~\n\x0eStoredWorkflow\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.taskwire.v1.Workflow\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\x03 \x01(\t\"\xe1\x01\n\x0bWorkflowEnd\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.taskwire.v1.WorkflowState\x12\x13\n\x0b\x66\x61iled_step\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12*\n\nstep_state\x18\x04 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.taskwire.v1.TaskFailure\x12,\n\x08\x65nded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xa2\x01\n\rWorkflowState\x12\x1e\n\x1aWORKFLOW_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORKFLOW_STATE_RUNNING\x10\x01\x12\x1c\n\x18WORKFLOW_STATE_SUCCEEDED\x10\x02\x12\x19\n\x15WORKFLOW_STATE_FAILED\x10\x03\x12\x1c\n\x18WORKFLOW_STATE_CANCELLED\x10\x04*q\n\tStepState\x12\x1a\n\x16STEP_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12STEP_STATE_WAITING\x10\x01\x12\x18\n\x14STEP_STATE_SUBMITTED\x10\x02\x12\x16\n\x12STEP_STATE_SKIPPED\x10\x03\x32\xaf\x02\n\tWorkflows\x12Q\n\x06Submit\x12\".taskwire.v1.SubmitWorkflowRequest\x1a#.taskwire.v1.SubmitWorkflowResponse\x12\x41\n\x03Get\x12\x1f.taskwire.v1.GetWorkflowRequest\x1a\x19.taskwire.v1.WorkflowInfo\x12\x43\n\x04Wait\x12 .taskwire.v1.WaitWorkflowRequest\x1a\x19.taskwire.v1.WorkflowInfo\x12G\n\x06\x43\x61ncel\x12\".taskwire.v1.CancelWorkflowRequest\x1a\x19.taskwire.v1.WorkflowInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btaskwire/v1/workflows.proto\x12\x0btaskwire.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17taskwire/v1/tasks.proto\"o\n\x08Workflow\x12 \n\x05steps\x18\x01 \x03(\x0b\x32\x11.taskwire.v1.Step\x12\x1a\n\x12let_running_finish\x18\x02 \x01(\x08\x12%\n\non_failure\x18\x03 \x01(\x0b\x32\x11.taskwire.v1.Step\"\xdf\x01\n\x04Step\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x03 \x03(\t\x12\x14\n\nargs_proto\x18\x04 \x01(\x0cH\x00\x12\x13\n\targs_json\x18\x05 \x01(\tH\x00\x12)\n\x06\x66ields\x18\x06 \x03(\x0b\x32\x19.taskwire.v1.FieldMapping\x12\x0f\n\x07\x63ollect\x18\x07 \x01(\t\x12+\n\x07options\x18\x08 \x01(\x0b\x32\x1a.taskwire.v1.SubmitOptions\x12\x10\n\x08\x66or_each\x18\t \x01(\tB\x06\n\x04\x61rgs\"(\n\x0c\x46ieldMapping\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\"\x95\x01\n\x0fWorkflowFailure\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.taskwire.v1.TaskFailure\"Y\n\x15SubmitWorkflowRequest\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.taskwire.v1.Workflow\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"@\n\x16SubmitWorkflowResponse\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"?\n\x12GetWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x14\n\x0cinclude_json\x18\x02 \x01(\x08\"l\n\x13WaitWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cinclude_json\x18\x03 \x01(\x08\",\n\x15\x43\x61ncelWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"\xa2\x02\n\x0cWorkflowInfo\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.taskwire.v1.WorkflowState\x12$\n\x05steps\x18\x03 \x03(\x0b\x32\x15.taskwire.v1.StepInfo\x12\x13\n\x0b\x66\x61iled_step\x18\x04 \x01(\t\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.taskwire.v1.TaskFailure\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x08 \x01(\t\"\xc5\x01\n\x08StepInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.taskwire.v1.StepState\x12#\n\x04info\x18\x05 \x01(\x0b\x32\x15.taskwire.v1.TaskInfo\x12\x12\n\non_failure\x18\x06 \x01(\x08\x12\x10\n\x08\x65lements\x18\x07 \x01(\r\x12\x1a\n\x12\x65lements_succeeded\x18\x08 \x01(\r\"~\n\x0eStoredWorkflow\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.taskwire.v1.Workflow\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\x03 \x01(\t\"\xe1\x01\n\x0bWorkflowEnd\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.taskwire.v1.WorkflowState\x12\x13\n\x0b\x66\x61iled_step\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12*\n\nstep_state\x18\x04 \x01(\x0e\x32\x16.taskwire.v1.TaskState\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.taskwire.v1.TaskFailure\x12,\n\x08\x65nded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xa2\x01\n\rWorkflowState\x12\x1e\n\x1aWORKFLOW_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORKFLOW_STATE_RUNNING\x10\x01\x12\x1c\n\x18WORKFLOW_STATE_SUCCEEDED\x10\x02\x12\x19\n\x15WORKFLOW_STATE_FAILED\x10\x03\x12\x1c\n\x18WORKFLOW_STATE_CANCELLED\x10\x04*q\n\tStepState\x12\x1a\n\x16STEP_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12STEP_STATE_WAITING\x10\x01\x12\x18\n\x14STEP_STATE_SUBMITTED\x10\x02\x12\x16\n\x12STEP_STATE_SKIPPED\x10\x03\x32\xaf\x02\n\tWorkflows\x12Q\n\x06Submit\x12\".taskwire.v1.SubmitWorkflowRequest\x1a#.taskwire.v1.SubmitWorkflowResponse\x12\x41\n\x03Get\x12\x1f.taskwire.v1.GetWorkflowRequest\x1a\x19.taskwire.v1.WorkflowInfo\x12\x43\n\x04Wait\x12 .taskwire.v1.WaitWorkflowRequest\x1a\x19.taskwire.v1.WorkflowInfo\x12G\n\x06\x43\x61ncel\x12\".taskwire.v1.CancelWorkflowRequest\x1a\x19.taskwire.v1.WorkflowInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'taskwire.v1.workflows_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKFLOWSTATE']._serialized_start=1831
-  _globals['_WORKFLOWSTATE']._serialized_end=1993
-  _globals['_STEPSTATE']._serialized_start=1995
-  _globals['_STEPSTATE']._serialized_end=2108
+  _globals['_WORKFLOWSTATE']._serialized_start=1895
+  _globals['_WORKFLOWSTATE']._serialized_end=2057
+  _globals['_STEPSTATE']._serialized_start=2059
+  _globals['_STEPSTATE']._serialized_end=2172
   _globals['_WORKFLOW']._serialized_start=134
   _globals['_WORKFLOW']._serialized_end=245
   _globals['_STEP']._serialized_start=248
-  _globals['_STEP']._serialized_end=453
-  _globals['_FIELDMAPPING']._serialized_start=455
-  _globals['_FIELDMAPPING']._serialized_end=495
-  _globals['_WORKFLOWFAILURE']._serialized_start=498
-  _globals['_WORKFLOWFAILURE']._serialized_end=647
-  _globals['_SUBMITWORKFLOWREQUEST']._serialized_start=649
-  _globals['_SUBMITWORKFLOWREQUEST']._serialized_end=738
-  _globals['_SUBMITWORKFLOWRESPONSE']._serialized_start=740
-  _globals['_SUBMITWORKFLOWRESPONSE']._serialized_end=804
-  _globals['_GETWORKFLOWREQUEST']._serialized_start=806
-  _globals['_GETWORKFLOWREQUEST']._serialized_end=869
-  _globals['_WAITWORKFLOWREQUEST']._serialized_start=871
-  _globals['_WAITWORKFLOWREQUEST']._serialized_end=979
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=981
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=1025
-  _globals['_WORKFLOWINFO']._serialized_start=1028
-  _globals['_WORKFLOWINFO']._serialized_end=1318
-  _globals['_STEPINFO']._serialized_start=1321
-  _globals['_STEPINFO']._serialized_end=1472
-  _globals['_STOREDWORKFLOW']._serialized_start=1474
-  _globals['_STOREDWORKFLOW']._serialized_end=1600
-  _globals['_WORKFLOWEND']._serialized_start=1603
-  _globals['_WORKFLOWEND']._serialized_end=1828
-  _globals['_WORKFLOWS']._serialized_start=2111
-  _globals['_WORKFLOWS']._serialized_end=2414
+  _globals['_STEP']._serialized_end=471
+  _globals['_FIELDMAPPING']._serialized_start=473
+  _globals['_FIELDMAPPING']._serialized_end=513
+  _globals['_WORKFLOWFAILURE']._serialized_start=516
+  _globals['_WORKFLOWFAILURE']._serialized_end=665
+  _globals['_SUBMITWORKFLOWREQUEST']._serialized_start=667
+  _globals['_SUBMITWORKFLOWREQUEST']._serialized_end=756
+  _globals['_SUBMITWORKFLOWRESPONSE']._serialized_start=758
+  _globals['_SUBMITWORKFLOWRESPONSE']._serialized_end=822
+  _globals['_GETWORKFLOWREQUEST']._serialized_start=824
+  _globals['_GETWORKFLOWREQUEST']._serialized_end=887
+  _globals['_WAITWORKFLOWREQUEST']._serialized_start=889
+  _globals['_WAITWORKFLOWREQUEST']._serialized_end=997
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=999
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=1043
+  _globals['_WORKFLOWINFO']._serialized_start=1046
+  _globals['_WORKFLOWINFO']._serialized_end=1336
+  _globals['_STEPINFO']._serialized_start=1339
+  _globals['_STEPINFO']._serialized_end=1536
+  _globals['_STOREDWORKFLOW']._serialized_start=1538
+  _globals['_STOREDWORKFLOW']._serialized_end=1664
+  _globals['_WORKFLOWEND']._serialized_start=1667
+  _globals['_WORKFLOWEND']._serialized_end=1892
+  _globals['_WORKFLOWS']._serialized_start=2175
+  _globals['_WORKFLOWS']._serialized_end=2478
 # @@protoc_insertion_point(module_scope)

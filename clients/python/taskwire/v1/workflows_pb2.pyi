@@ -47,7 +47,7 @@ class Workflow(_message.Message):
     def __init__(self, steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., let_running_finish: _Optional[bool] = ..., on_failure: _Optional[_Union[Step, _Mapping]] = ...) -> None: ...
 
 class Step(_message.Message):
-    __slots__ = ("name", "task", "after", "args_proto", "args_json", "fields", "collect", "options")
+    __slots__ = ("name", "task", "after", "args_proto", "args_json", "fields", "collect", "options", "for_each")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class Step(_message.Message):
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     COLLECT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    FOR_EACH_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     after: _containers.RepeatedScalarFieldContainer[str]
@@ -64,7 +65,8 @@ class Step(_message.Message):
     fields: _containers.RepeatedCompositeFieldContainer[FieldMapping]
     collect: str
     options: _tasks_pb2.SubmitOptions
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., after: _Optional[_Iterable[str]] = ..., args_proto: _Optional[bytes] = ..., args_json: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMapping, _Mapping]]] = ..., collect: _Optional[str] = ..., options: _Optional[_Union[_tasks_pb2.SubmitOptions, _Mapping]] = ...) -> None: ...
+    for_each: str
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., after: _Optional[_Iterable[str]] = ..., args_proto: _Optional[bytes] = ..., args_json: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMapping, _Mapping]]] = ..., collect: _Optional[str] = ..., options: _Optional[_Union[_tasks_pb2.SubmitOptions, _Mapping]] = ..., for_each: _Optional[str] = ...) -> None: ...
 
 class FieldMapping(_message.Message):
     __slots__ = ("to",)
@@ -148,20 +150,24 @@ class WorkflowInfo(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ..., state: _Optional[_Union[WorkflowState, str]] = ..., steps: _Optional[_Iterable[_Union[StepInfo, _Mapping]]] = ..., failed_step: _Optional[str] = ..., error: _Optional[_Union[_tasks_pb2.TaskFailure, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class StepInfo(_message.Message):
-    __slots__ = ("name", "task", "task_id", "state", "info", "on_failure")
+    __slots__ = ("name", "task", "task_id", "state", "info", "on_failure", "elements", "elements_succeeded")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
     ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     task_id: str
     state: StepState
     info: _tasks_pb2.TaskInfo
     on_failure: bool
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., task_id: _Optional[str] = ..., state: _Optional[_Union[StepState, str]] = ..., info: _Optional[_Union[_tasks_pb2.TaskInfo, _Mapping]] = ..., on_failure: _Optional[bool] = ...) -> None: ...
+    elements: int
+    elements_succeeded: int
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., task_id: _Optional[str] = ..., state: _Optional[_Union[StepState, str]] = ..., info: _Optional[_Union[_tasks_pb2.TaskInfo, _Mapping]] = ..., on_failure: _Optional[bool] = ..., elements: _Optional[int] = ..., elements_succeeded: _Optional[int] = ...) -> None: ...
 
 class StoredWorkflow(_message.Message):
     __slots__ = ("workflow", "created_at", "traceparent")

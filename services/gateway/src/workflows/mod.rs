@@ -226,6 +226,27 @@ impl Gateway {
         for i in loaded.all_steps() {
             let step = loaded.step(i).expect("a step of the workflow");
             let task_id = workflow::step_id(id, i);
+            if !step.for_each.is_empty() {
+                // A map step has no task of its own: its elements have.
+                let progress = self.map_progress(id, i).await?;
+                let state = match (&progress, &end) {
+                    (Some(_), _) => StepState::Submitted,
+                    (None, Some(_)) => StepState::Skipped,
+                    (None, None) => StepState::Waiting,
+                };
+                let (elements, succeeded) = progress.unwrap_or_default();
+                steps.push(v1::StepInfo {
+                    name: step.name.clone(),
+                    task: step.task.clone(),
+                    task_id: task_id.to_string(),
+                    state: state as i32,
+                    info: None,
+                    on_failure: false,
+                    elements: elements as u32,
+                    elements_succeeded: succeeded as u32,
+                });
+                continue;
+            }
             let info = match self.state(&task_id).await {
                 Ok(info) => Some(self.with_json(info, include_json).await?),
                 Err(Error::NotFound(_)) => None,
@@ -249,6 +270,8 @@ impl Gateway {
                 state: state as i32,
                 info,
                 on_failure: i == loaded.on_failure(),
+                elements: 0,
+                elements_succeeded: 0,
             });
         }
         let trace_id = loaded
@@ -363,19 +386,62 @@ impl Gateway {
         self.get_workflow(id, false).await
     }
 
-    /// Cancels the submitted steps of a workflow that ended, `except` those.
+    /// Cancels the submitted steps of a workflow that ended, `except` those (a map step's
+    /// elements, all of them).
     pub(crate) async fn cancel_steps(
         &self,
         loaded: &Loaded,
         except: &[usize],
     ) -> Result<(), Error> {
+        use futures::StreamExt as _;
+        let mut ids = Vec::new();
         for i in loaded.all_steps().filter(|i| !except.contains(i)) {
-            match self.cancel(&workflow::step_id(&loaded.id, i)).await {
-                Ok(_) | Err(Error::NotFound(_) | Error::Finished { .. } | Error::Expired(_)) => {}
-                Err(e) => return Err(e),
+            let is_map = loaded.step(i).is_some_and(|s| !s.for_each.is_empty());
+            if !is_map {
+                ids.push(workflow::step_id(&loaded.id, i));
+            } else if let Some((count, _)) = self.map_progress(&loaded.id, i).await? {
+                ids.extend((0..count).map(|j| workflow::element_id(&loaded.id, i, j)));
             }
         }
-        Ok(())
+        let cancelled: Vec<Result<(), Error>> = futures::stream::iter(ids)
+            .map(|id| async move {
+                match self.cancel(&id).await {
+                    Ok(_)
+                    | Err(Error::NotFound(_) | Error::Finished { .. } | Error::Expired(_)) => {
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        cancelled.into_iter().collect()
+    }
+
+    /// A map step's elements and how many of them succeeded, once it started.
+    pub(crate) async fn map_progress(
+        &self,
+        id: &Id,
+        step: usize,
+    ) -> Result<Option<(usize, usize)>, Error> {
+        let found = self
+            .broker
+            .last_message_on(
+                broker::WORKFLOWS_STREAM,
+                &workflow::join(id, &step.to_string()),
+            )
+            .await
+            .map_err(|e| self.read_error(e))?;
+        Ok(found.and_then(|m| {
+            let count = m
+                .headers
+                .get(workflow::JOIN_COUNT)?
+                .as_str()
+                .parse::<usize>()
+                .ok()?;
+            Some((count, workflow::Join::from_bytes(&m.payload).count(count)))
+        }))
     }
 }
 

@@ -170,6 +170,12 @@ impl Gateway {
             types.push(task_type);
         }
         let count = workflow.steps.len();
+        let maps: Vec<bool> = workflow
+            .steps
+            .iter()
+            .map(|s| !s.for_each.is_empty())
+            .collect();
+        let names: Vec<String> = workflow.steps.iter().map(|s| s.name.clone()).collect();
         for (i, step) in workflow
             .steps
             .iter_mut()
@@ -180,7 +186,22 @@ impl Gateway {
             check_options(step)?;
             let deps = plan.after.get(i).map(Vec::as_slice).unwrap_or_default();
             let outputs: Vec<&TaskType> = deps.iter().map(|&d| types[d].as_ref()).collect();
-            check_input(step, task_type, &outputs, i == count)?;
+            if !step.for_each.is_empty() {
+                check_map(step, task_type, &outputs, i == count)?;
+            } else {
+                check_input(step, task_type, &outputs, i == count)?;
+            }
+            if let Some(&map) = deps.iter().find(|&&d| maps[d])
+                && (deps.len() > 1 || step.collect.is_empty())
+            {
+                return Err(bad(
+                    &step.name,
+                    format!(
+                        "it comes after the map step {:?}, which gives a result per element: take them all with collect, and come after that step alone",
+                        names[map]
+                    ),
+                ));
+            }
             // Arguments are stored as protobuf bytes, checked against the input message.
             let args = match step.args.take() {
                 Some(v1::step::Args::ArgsProto(bytes)) => Some(
@@ -199,6 +220,89 @@ impl Gateway {
         }
         Ok((workflow, plan))
     }
+}
+
+/// A map step: one task per element of a repeated field of the one result it takes.
+fn check_map(
+    step: &v1::Step,
+    task_type: &TaskType,
+    outputs: &[&TaskType],
+    on_failure: bool,
+) -> Result<(), Error> {
+    let name = &step.name;
+    if on_failure || outputs.len() != 1 {
+        return Err(bad(
+            name,
+            "a map (for_each) comes after exactly one step, whose result holds its elements",
+        ));
+    }
+    if step.args.is_some() || !step.fields.is_empty() || !step.collect.is_empty() {
+        return Err(bad(
+            name,
+            "a map's tasks each take their element as input: give it no args, fields or collect",
+        ));
+    }
+    let (dep, output) = (&step.after[0], &outputs[0].output);
+    let Some(field) = output.get_field_by_name(&step.for_each) else {
+        return Err(bad(
+            name,
+            format!(
+                "step {dep:?} gives {}, which has no field {:?} to map over",
+                output.full_name(),
+                step.for_each
+            ),
+        ));
+    };
+    match field.kind() {
+        Kind::Message(element) if field.is_list() => {
+            if element.full_name() != task_type.input.full_name() {
+                return Err(bad(
+                    name,
+                    format!(
+                        "{}.{} holds {}, but {} takes {}",
+                        output.full_name(),
+                        step.for_each,
+                        element.full_name(),
+                        task_type.name,
+                        task_type.input.full_name()
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        _ => Err(bad(
+            name,
+            format!(
+                "{}.{} is {}, not a repeated message field to map over",
+                output.full_name(),
+                step.for_each,
+                kind_name(&field)
+            ),
+        )),
+    }
+}
+
+/// The elements of a map step: the messages of its `for_each` field in the result it takes.
+pub(crate) fn elements(
+    step: &v1::Step,
+    output: &MessageDescriptor,
+    result: Bytes,
+) -> Result<Vec<Bytes>, String> {
+    let message = DynamicMessage::decode(output.clone(), result)
+        .map_err(|e| format!("the result does not decode as {}: {e}", output.full_name()))?;
+    let list = message
+        .get_field_by_name(&step.for_each)
+        .ok_or_else(|| format!("the result has no field {:?}", step.for_each))?;
+    let Some(list) = list.as_list() else {
+        return Err(format!("{:?} is not a list", step.for_each));
+    };
+    list.iter()
+        .map(|v| {
+            v.as_message()
+                .map(|m| Bytes::from(m.encode_to_vec()))
+                .ok_or_else(|| format!("an element of {:?} is not a message", step.for_each))
+        })
+        .collect()
 }
 
 fn check_options(step: &v1::Step) -> Result<(), Error> {

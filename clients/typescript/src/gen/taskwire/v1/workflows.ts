@@ -178,7 +178,16 @@ export interface Step {
    * Options of the step's task: max_attempts, timeout, backoff, priority, ttl and result_ttl
    * apply; an idempotency key, not_before, countdown and expires_at are refused.
    */
-  options: SubmitOptions | undefined;
+  options:
+    | SubmitOptions
+    | undefined;
+  /**
+   * A map: one task per element of this repeated message field of the output of the one step
+   * in `after`, each taking its element as input (the field's message type must be the task's
+   * input), at most 100,000. A step after it takes all their results, in the elements' order,
+   * in its `collect` field.
+   */
+  forEach: string;
 }
 
 /** `AddResult.sum -> ScaleArgs.value` is {from: "sum", to: "value"}. */
@@ -262,6 +271,9 @@ export interface StepInfo {
   /** The task, once submitted. */
   info: TaskInfo | undefined;
   onFailure: boolean;
+  /** For a map step: how many elements it has (once known), and how many of them succeeded. */
+  elements: number;
+  elementsSucceeded: number;
 }
 
 /** What the broker keeps of a workflow (see docs/protocol.md, "Workflows"). */
@@ -406,6 +418,7 @@ function createBaseStep(): Step {
     fields: [],
     collect: "",
     options: undefined,
+    forEach: "",
   };
 }
 
@@ -434,6 +447,9 @@ export const Step: MessageFns<Step> = {
     }
     if (message.options !== undefined) {
       SubmitOptions.encode(message.options, writer.uint32(66).fork()).join();
+    }
+    if (message.forEach !== "") {
+      writer.uint32(74).string(message.forEach);
     }
     return writer;
   },
@@ -515,6 +531,14 @@ export const Step: MessageFns<Step> = {
             message.options = SubmitOptions.decode(reader, reader.uint32());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.forEach = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -545,6 +569,11 @@ export const Step: MessageFns<Step> = {
       fields: globalThis.Array.isArray(object?.fields) ? object.fields.map((e: any) => FieldMapping.fromJSON(e)) : [],
       collect: isSet(object.collect) ? globalThis.String(object.collect) : "",
       options: isSet(object.options) ? SubmitOptions.fromJSON(object.options) : undefined,
+      forEach: isSet(object.forEach)
+        ? globalThis.String(object.forEach)
+        : isSet(object.for_each)
+        ? globalThis.String(object.for_each)
+        : "",
     };
   },
 
@@ -574,6 +603,9 @@ export const Step: MessageFns<Step> = {
     if (message.options !== undefined) {
       obj.options = SubmitOptions.toJSON(message.options);
     }
+    if (message.forEach !== "") {
+      obj.forEach = message.forEach;
+    }
     return obj;
   },
 
@@ -592,6 +624,7 @@ export const Step: MessageFns<Step> = {
     message.options = (object.options !== undefined && object.options !== null)
       ? SubmitOptions.fromPartial(object.options)
       : undefined;
+    message.forEach = object.forEach ?? "";
     return message;
   },
 };
@@ -1494,7 +1527,16 @@ export const WorkflowInfo: MessageFns<WorkflowInfo> = {
 };
 
 function createBaseStepInfo(): StepInfo {
-  return { name: "", task: "", taskId: "", state: 0, info: undefined, onFailure: false };
+  return {
+    name: "",
+    task: "",
+    taskId: "",
+    state: 0,
+    info: undefined,
+    onFailure: false,
+    elements: 0,
+    elementsSucceeded: 0,
+  };
 }
 
 export const StepInfo: MessageFns<StepInfo> = {
@@ -1516,6 +1558,12 @@ export const StepInfo: MessageFns<StepInfo> = {
     }
     if (message.onFailure !== false) {
       writer.uint32(48).bool(message.onFailure);
+    }
+    if (message.elements !== 0) {
+      writer.uint32(56).uint32(message.elements);
+    }
+    if (message.elementsSucceeded !== 0) {
+      writer.uint32(64).uint32(message.elementsSucceeded);
     }
     return writer;
   },
@@ -1581,6 +1629,22 @@ export const StepInfo: MessageFns<StepInfo> = {
             message.onFailure = reader.bool();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.elements = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.elementsSucceeded = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1609,6 +1673,12 @@ export const StepInfo: MessageFns<StepInfo> = {
         : isSet(object.on_failure)
         ? globalThis.Boolean(object.on_failure)
         : false,
+      elements: isSet(object.elements) ? globalThis.Number(object.elements) : 0,
+      elementsSucceeded: isSet(object.elementsSucceeded)
+        ? globalThis.Number(object.elementsSucceeded)
+        : isSet(object.elements_succeeded)
+        ? globalThis.Number(object.elements_succeeded)
+        : 0,
     };
   },
 
@@ -1632,6 +1702,12 @@ export const StepInfo: MessageFns<StepInfo> = {
     if (message.onFailure !== false) {
       obj.onFailure = message.onFailure;
     }
+    if (message.elements !== 0) {
+      obj.elements = Math.round(message.elements);
+    }
+    if (message.elementsSucceeded !== 0) {
+      obj.elementsSucceeded = Math.round(message.elementsSucceeded);
+    }
     return obj;
   },
 
@@ -1646,6 +1722,8 @@ export const StepInfo: MessageFns<StepInfo> = {
     message.state = object.state ?? 0;
     message.info = (object.info !== undefined && object.info !== null) ? TaskInfo.fromPartial(object.info) : undefined;
     message.onFailure = object.onFailure ?? false;
+    message.elements = object.elements ?? 0;
+    message.elementsSucceeded = object.elementsSucceeded ?? 0;
     return message;
   },
 };
@@ -2327,6 +2405,18 @@ export const protoMetadata: ProtoMetadata = {
         "jsonName": "options",
         "options": undefined,
         "proto3Optional": false,
+      }, {
+        "name": "for_each",
+        "number": 9,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "forEach",
+        "options": undefined,
+        "proto3Optional": false,
       }],
       "extension": [],
       "nestedType": [],
@@ -2807,6 +2897,30 @@ export const protoMetadata: ProtoMetadata = {
         "jsonName": "onFailure",
         "options": undefined,
         "proto3Optional": false,
+      }, {
+        "name": "elements",
+        "number": 7,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "elements",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "elements_succeeded",
+        "number": 8,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "elementsSucceeded",
+        "options": undefined,
+        "proto3Optional": false,
       }],
       "extension": [],
       "nestedType": [],
@@ -3114,136 +3228,149 @@ export const protoMetadata: ProtoMetadata = {
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [4, 1, 2, 8],
+        "span": [66, 2, 22],
+        "leadingComments":
+          " A map: one task per element of this repeated message field of the output of the one step\n in `after`, each taking its element as input (the field's message type must be the task's\n input), at most 100,000. A step after it takes all their results, in the elements' order,\n in its `collect` field.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [4, 2],
-        "span": [65, 0, 70, 1],
+        "span": [70, 0, 75, 1],
         "leadingComments": ' `AddResult.sum -> ScaleArgs.value` is {from: "sum", to: "value"}.\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 2, 2, 0],
-        "span": [67, 2, 18],
+        "span": [72, 2, 18],
         "leadingComments": " A field of the output of the step in `after`.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 2, 2, 1],
-        "span": [69, 2, 16],
+        "span": [74, 2, 16],
         "leadingComments": " A field of this step's input.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 3],
-        "span": [73, 0, 81, 1],
+        "span": [78, 0, 86, 1],
         "leadingComments": " The input of a workflow's on_failure step.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 3, 2, 1],
-        "span": [76, 2, 18],
+        "span": [81, 2, 18],
         "leadingComments": " The step that failed, and its task.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 3, 2, 3],
-        "span": [79, 2, 22],
+        "span": [84, 2, 22],
         "leadingComments": " Failed, expired or cancelled.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 4, 2, 1],
-        "span": [87, 2, 29],
+        "span": [92, 2, 29],
         "leadingComments":
           " Submitting again with the same key answers the workflow stored first, as long as it is\n kept, and stores nothing new.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 5, 2, 1],
-        "span": [93, 2, 21],
+        "span": [98, 2, 21],
         "leadingComments": " True when the idempotency key named a workflow submitted before.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 6, 2, 1],
-        "span": [99, 2, 24],
+        "span": [104, 2, 24],
         "leadingComments": " Also render step results as proto3 JSON.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 7, 2, 1],
-        "span": [105, 2, 39],
+        "span": [110, 2, 39],
         "leadingComments": " How long to wait; at most 5 minutes. Unset means 30 seconds.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 1],
-        "span": [124, 2, 25],
+        "span": [129, 2, 25],
         "leadingComments": " Its task is not submitted yet: the steps it takes results from have not all succeeded.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 2],
-        "span": [126, 2, 27],
+        "span": [131, 2, 27],
         "leadingComments": " Its task is submitted: `task` says how far it got.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 3],
-        "span": [128, 2, 25],
+        "span": [133, 2, 25],
         "leadingComments": " Never submitted: the workflow ended first.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 9, 2, 2],
-        "span": [135, 2, 30],
+        "span": [140, 2, 30],
         "leadingComments": " In the order submitted; the on_failure step last, when there is one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 9, 2, 3],
-        "span": [138, 2, 25],
+        "span": [143, 2, 25],
         "leadingComments":
           " For a failed or cancelled workflow: the step that ended it (empty when a Cancel did), and\n why.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 9, 2, 7],
-        "span": [143, 2, 22],
+        "span": [148, 2, 22],
         "leadingComments": " The W3C trace id that every step's task shares.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 2],
-        "span": [150, 2, 21],
+        "span": [155, 2, 21],
         "leadingComments": " The id its task has (or will have, once submitted).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 4],
-        "span": [153, 2, 20],
+        "span": [158, 2, 20],
         "leadingComments": " The task, once submitted.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [4, 10, 2, 6],
+        "span": [161, 2, 22],
+        "leadingComments": " For a map step: how many elements it has (once known), and how many of them succeeded.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [4, 11],
-        "span": [158, 0, 164, 1],
+        "span": [166, 0, 172, 1],
         "leadingComments": ' What the broker keeps of a workflow (see docs/protocol.md, "Workflows").\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 11, 2, 0],
-        "span": [160, 2, 24],
+        "span": [168, 2, 24],
         "leadingComments": " The workflow as checked: every step's arguments as protobuf bytes.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 11, 2, 2],
-        "span": [163, 2, 25],
+        "span": [171, 2, 25],
         "leadingComments": " The W3C trace context its steps continue.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 12],
-        "span": [167, 0, 174, 1],
+        "span": [175, 0, 182, 1],
         "leadingComments": " How a workflow ended.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],

@@ -26,7 +26,7 @@ from taskwire.v1 import options_pb2 as taskwire_dot_v1_dot_options__pb2
 from taskwire.v1 import workflows_pb2 as taskwire_dot_v1_dot_workflows__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65xamples/flow/v1/flow.proto\x12\x10\x65xamples.flow.v1\x1a\x19taskwire/v1/options.proto\x1a\x1btaskwire/v1/workflows.proto\"\x19\n\x07Numbers\x12\x0e\n\x06values\x18\x01 \x03(\x03\"*\n\tScaleArgs\x12\r\n\x05value\x18\x01 \x01(\x03\x12\x0e\n\x06\x66\x61\x63tor\x18\x02 \x01(\x03\"4\n\x05Total\x12\r\n\x05total\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x03\"1\n\x06Totals\x12\'\n\x06totals\x18\x01 \x03(\x0b\x32\x17.examples.flow.v1.Total\")\n\x08SlowArgs\x12\x0e\n\x06millis\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\"\x18\n\x08Reported\x12\x0c\n\x04line\x18\x01 \x01(\t2\xab\x03\n\x04\x46low\x12\x41\n\x03Sum\x12\x19.examples.flow.v1.Numbers\x1a\x17.examples.flow.v1.Total\"\x06\xaa\xb9\x19\x02\x08\x01\x12\x45\n\x05Scale\x12\x1b.examples.flow.v1.ScaleArgs\x1a\x17.examples.flow.v1.Total\"\x06\xaa\xb9\x19\x02\x08\x01\x12\x42\n\x06\x44ouble\x12\x17.examples.flow.v1.Total\x1a\x17.examples.flow.v1.Total\"\x06\xaa\xb9\x19\x02\x08\x01\x12\x44\n\x07\x43ollect\x12\x18.examples.flow.v1.Totals\x1a\x17.examples.flow.v1.Total\"\x06\xaa\xb9\x19\x02\x08\x01\x12\x43\n\x04Slow\x12\x1a.examples.flow.v1.SlowArgs\x1a\x17.examples.flow.v1.Total\"\x06\xaa\xb9\x19\x02\x08\x01\x12J\n\x06Report\x12\x1c.taskwire.v1.WorkflowFailure\x1a\x1a.examples.flow.v1.Reported\"\x06\xaa\xb9\x19\x02\x08\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65xamples/flow/v1/flow.proto\x12\x10\x65xamples.flow.v1\x1a\x19taskwire/v1/options.proto\x1a\x1btaskwire/v1/workflows.proto\"\x19\n\x07Numbers\x12\x0e\n\x06values\x18\x01 \x03(\x03\"*\n\tScaleArgs\x12\r\n\x05value\x18\x01 \x01(\x03\x12\x0e\n\x06\x66\x61\x63tor\x18\x02 \x01(\x03\"4\n\x05Total\x12\r\n\x05total\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x03\"1\n\x06Totals\x12\'\n\x06totals\x18\x01 \x03(\x0b\x32\x17.examples.flow.v1.Total\")\n\x08SlowArgs\x12\x0e\n\x06millis\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\")\n\tSplitArgs\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x03\"/\n\x05Parts\x12&\n\x05parts\x18\x01 \x03(\x0b\x32\x17.examples.flow.v1.Total\"\x18\n\x08Reported\x12\x0c\n\x04line\x18\x01 \x01(\t2\xf2\x03\n\x04\x46low\x12\x41\n\x03Sum\x12\x19.examples.flow.v1.Numbers\x1a\x17.examples.flow.v1.Total\"\x06\xaa\xb9\x19\x02\x08\x01\x12\x45\n\x05Scale\x12\x1b.examples.flow.v1.ScaleArgs\x1a\x17.examples.flow.v1.Total\"\x06\xaa\xb9\x19\x02\x08\x01\x12\x42\n\x06\x44ouble\x12\x17.examples.flow.v1.Total\x1a\x17.examples.flow.v1.Total\"\x06\xaa\xb9\x19\x02\x08\x01\x12\x44\n\x07\x43ollect\x12\x18.examples.flow.v1.Totals\x1a\x17.examples.flow.v1.Total\"\x06\xaa\xb9\x19\x02\x08\x01\x12\x43\n\x04Slow\x12\x1a.examples.flow.v1.SlowArgs\x1a\x17.examples.flow.v1.Total\"\x06\xaa\xb9\x19\x02\x08\x01\x12\x45\n\x05Split\x12\x1b.examples.flow.v1.SplitArgs\x1a\x17.examples.flow.v1.Parts\"\x06\xaa\xb9\x19\x02\x08\x01\x12J\n\x06Report\x12\x1c.taskwire.v1.WorkflowFailure\x1a\x1a.examples.flow.v1.Reported\"\x06\xaa\xb9\x19\x02\x08\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FLOW'].methods_by_name['Collect']._serialized_options = b'\252\271\031\002\010\001'
   _globals['_FLOW'].methods_by_name['Slow']._loaded_options = None
   _globals['_FLOW'].methods_by_name['Slow']._serialized_options = b'\252\271\031\002\010\001'
+  _globals['_FLOW'].methods_by_name['Split']._loaded_options = None
+  _globals['_FLOW'].methods_by_name['Split']._serialized_options = b'\252\271\031\002\010\001'
   _globals['_FLOW'].methods_by_name['Report']._loaded_options = None
   _globals['_FLOW'].methods_by_name['Report']._serialized_options = b'\252\271\031\002\010\001'
   _globals['_NUMBERS']._serialized_start=105
@@ -55,8 +57,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOTALS']._serialized_end=279
   _globals['_SLOWARGS']._serialized_start=281
   _globals['_SLOWARGS']._serialized_end=322
-  _globals['_REPORTED']._serialized_start=324
-  _globals['_REPORTED']._serialized_end=348
-  _globals['_FLOW']._serialized_start=351
-  _globals['_FLOW']._serialized_end=778
+  _globals['_SPLITARGS']._serialized_start=324
+  _globals['_SPLITARGS']._serialized_end=365
+  _globals['_PARTS']._serialized_start=367
+  _globals['_PARTS']._serialized_end=414
+  _globals['_REPORTED']._serialized_start=416
+  _globals['_REPORTED']._serialized_end=440
+  _globals['_FLOW']._serialized_start=443
+  _globals['_FLOW']._serialized_end=941
 # @@protoc_insertion_point(module_scope)

@@ -46,6 +46,20 @@ class SlowArgs(_message.Message):
     total: int
     def __init__(self, millis: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
+class SplitArgs(_message.Message):
+    __slots__ = ("count", "limit")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    limit: int
+    def __init__(self, count: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class Parts(_message.Message):
+    __slots__ = ("parts",)
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    parts: _containers.RepeatedCompositeFieldContainer[Total]
+    def __init__(self, parts: _Optional[_Iterable[_Union[Total, _Mapping]]] = ...) -> None: ...
+
 class Reported(_message.Message):
     __slots__ = ("line",)
     LINE_FIELD_NUMBER: _ClassVar[int]

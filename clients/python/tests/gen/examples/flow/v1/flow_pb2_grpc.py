@@ -60,6 +60,11 @@ class FlowStub:
                 request_serializer=examples_dot_flow_dot_v1_dot_flow__pb2.SlowArgs.SerializeToString,
                 response_deserializer=examples_dot_flow_dot_v1_dot_flow__pb2.Total.FromString,
                 _registered_method=True)
+        self.Split = channel.unary_unary(
+                '/examples.flow.v1.Flow/Split',
+                request_serializer=examples_dot_flow_dot_v1_dot_flow__pb2.SplitArgs.SerializeToString,
+                response_deserializer=examples_dot_flow_dot_v1_dot_flow__pb2.Parts.FromString,
+                _registered_method=True)
         self.Report = channel.unary_unary(
                 '/examples.flow.v1.Flow/Report',
                 request_serializer=taskwire_dot_v1_dot_workflows__pb2.WorkflowFailure.SerializeToString,
@@ -105,6 +110,13 @@ class FlowServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Split(self, request, context):
+        """`count` totals 0, 1, 2, ..., each with `limit`: what a map takes its elements from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Report(self, request, context):
         """Says what failed: a workflow's on_failure step.
         """
@@ -139,6 +151,11 @@ def add_FlowServicer_to_server(servicer, server):
                     servicer.Slow,
                     request_deserializer=examples_dot_flow_dot_v1_dot_flow__pb2.SlowArgs.FromString,
                     response_serializer=examples_dot_flow_dot_v1_dot_flow__pb2.Total.SerializeToString,
+            ),
+            'Split': grpc.unary_unary_rpc_method_handler(
+                    servicer.Split,
+                    request_deserializer=examples_dot_flow_dot_v1_dot_flow__pb2.SplitArgs.FromString,
+                    response_serializer=examples_dot_flow_dot_v1_dot_flow__pb2.Parts.SerializeToString,
             ),
             'Report': grpc.unary_unary_rpc_method_handler(
                     servicer.Report,
@@ -281,6 +298,33 @@ class Flow:
             '/examples.flow.v1.Flow/Slow',
             examples_dot_flow_dot_v1_dot_flow__pb2.SlowArgs.SerializeToString,
             examples_dot_flow_dot_v1_dot_flow__pb2.Total.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Split(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/examples.flow.v1.Flow/Split',
+            examples_dot_flow_dot_v1_dot_flow__pb2.SplitArgs.SerializeToString,
+            examples_dot_flow_dot_v1_dot_flow__pb2.Parts.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,16 @@ export interface SlowArgs {
   total: bigint;
 }
 
+export interface SplitArgs {
+  count: bigint;
+  /** Each part's limit (see Double). */
+  limit: bigint;
+}
+
+export interface Parts {
+  parts: Total[];
+}
+
 export interface Reported {
   line: string;
 }
@@ -498,6 +508,164 @@ export const SlowArgs: MessageFns<SlowArgs> = {
   },
 };
 
+function createBaseSplitArgs(): SplitArgs {
+  return { count: 0n, limit: 0n };
+}
+
+export const SplitArgs: MessageFns<SplitArgs> = {
+  encode(message: SplitArgs, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.count !== 0n) {
+      if (BigInt.asIntN(64, message.count) !== message.count) {
+        throw new globalThis.Error("value provided for field message.count of type int64 too large");
+      }
+      writer.uint32(8).int64(message.count);
+    }
+    if (message.limit !== 0n) {
+      if (BigInt.asIntN(64, message.limit) !== message.limit) {
+        throw new globalThis.Error("value provided for field message.limit of type int64 too large");
+      }
+      writer.uint32(16).int64(message.limit);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SplitArgs {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSplitArgs();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.count = reader.int64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.limit = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SplitArgs {
+    return {
+      count: isSet(object.count) ? BigInt(object.count) : 0n,
+      limit: isSet(object.limit) ? BigInt(object.limit) : 0n,
+    };
+  },
+
+  toJSON(message: SplitArgs): unknown {
+    const obj: any = {};
+    if (message.count !== 0n) {
+      obj.count = message.count.toString();
+    }
+    if (message.limit !== 0n) {
+      obj.limit = message.limit.toString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SplitArgs>): SplitArgs {
+    return SplitArgs.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SplitArgs>): SplitArgs {
+    const message = createBaseSplitArgs();
+    message.count = (object.count !== undefined && object.count !== null) ? BigInt(object.count) : 0n;
+    message.limit = (object.limit !== undefined && object.limit !== null) ? BigInt(object.limit) : 0n;
+    return message;
+  },
+};
+
+function createBaseParts(): Parts {
+  return { parts: [] };
+}
+
+export const Parts: MessageFns<Parts> = {
+  encode(message: Parts, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.parts) {
+      Total.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Parts {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseParts();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parts.push(Total.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Parts {
+    return { parts: globalThis.Array.isArray(object?.parts) ? object.parts.map((e: any) => Total.fromJSON(e)) : [] };
+  },
+
+  toJSON(message: Parts): unknown {
+    const obj: any = {};
+    if (message.parts?.length) {
+      obj.parts = message.parts.map((e) => Total.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Parts>): Parts {
+    return Parts.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Parts>): Parts {
+    const message = createBaseParts();
+    message.parts = object.parts?.map((e) => Total.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 function createBaseReported(): Reported {
   return { line: "" };
 }
@@ -615,6 +783,15 @@ export const FlowDefinition = {
       responseStream: false,
       options: { _unknownFields: { 416938: [Buffer.from([2, 8, 1]) as Buffer] } },
     },
+    /** `count` totals 0, 1, 2, ..., each with `limit`: what a map takes its elements from. */
+    split: {
+      name: "Split",
+      requestType: SplitArgs as typeof SplitArgs,
+      requestStream: false,
+      responseType: Parts as typeof Parts,
+      responseStream: false,
+      options: { _unknownFields: { 416938: [Buffer.from([2, 8, 1]) as Buffer] } },
+    },
     /** Says what failed: a workflow's on_failure step. */
     report: {
       name: "Report",
@@ -679,6 +856,16 @@ export const FlowService = {
     responseSerialize: (value: Total): Buffer => Buffer.from(Total.encode(value).finish()),
     responseDeserialize: (value: Buffer): Total => Total.decode(value),
   },
+  /** `count` totals 0, 1, 2, ..., each with `limit`: what a map takes its elements from. */
+  split: {
+    path: "/examples.flow.v1.Flow/Split" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SplitArgs): Buffer => Buffer.from(SplitArgs.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SplitArgs => SplitArgs.decode(value),
+    responseSerialize: (value: Parts): Buffer => Buffer.from(Parts.encode(value).finish()),
+    responseDeserialize: (value: Buffer): Parts => Parts.decode(value),
+  },
   /** Says what failed: a workflow's on_failure step. */
   report: {
     path: "/examples.flow.v1.Flow/Report" as const,
@@ -702,6 +889,8 @@ export interface FlowServer extends UntypedServiceImplementation {
   collect: handleUnaryCall<Totals, Total>;
   /** Waits `millis` (or until cancelled), then answers `total`. */
   slow: handleUnaryCall<SlowArgs, Total>;
+  /** `count` totals 0, 1, 2, ..., each with `limit`: what a map takes its elements from. */
+  split: handleUnaryCall<SplitArgs, Parts>;
   /** Says what failed: a workflow's on_failure step. */
   report: handleUnaryCall<WorkflowFailure, Reported>;
 }
@@ -771,6 +960,19 @@ export interface FlowClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: Total) => void,
+  ): ClientUnaryCall;
+  /** `count` totals 0, 1, 2, ..., each with `limit`: what a map takes its elements from. */
+  split(request: SplitArgs, callback: (error: ServiceError | null, response: Parts) => void): ClientUnaryCall;
+  split(
+    request: SplitArgs,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: Parts) => void,
+  ): ClientUnaryCall;
+  split(
+    request: SplitArgs,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: Parts) => void,
   ): ClientUnaryCall;
   /** Says what failed: a workflow's on_failure step. */
   report(request: WorkflowFailure, callback: (error: ServiceError | null, response: Reported) => void): ClientUnaryCall;
@@ -994,6 +1196,66 @@ export const protoMetadata: ProtoMetadata = {
       "reservedName": [],
       "visibility": 0,
     }, {
+      "name": "SplitArgs",
+      "field": [{
+        "name": "count",
+        "number": 1,
+        "label": 1,
+        "type": 3,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "count",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "limit",
+        "number": 2,
+        "label": 1,
+        "type": 3,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "limit",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "Parts",
+      "field": [{
+        "name": "parts",
+        "number": 1,
+        "label": 3,
+        "type": 11,
+        "typeName": ".examples.flow.v1.Total",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "parts",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
       "name": "Reported",
       "field": [{
         "name": "line",
@@ -1057,6 +1319,13 @@ export const protoMetadata: ProtoMetadata = {
         "clientStreaming": false,
         "serverStreaming": false,
       }, {
+        "name": "Split",
+        "inputType": ".examples.flow.v1.SplitArgs",
+        "outputType": ".examples.flow.v1.Parts",
+        "options": { "deprecated": false, "idempotencyLevel": 0, "features": undefined, "uninterpretedOption": [] },
+        "clientStreaming": false,
+        "serverStreaming": false,
+      }, {
         "name": "Report",
         "inputType": ".taskwire.v1.WorkflowFailure",
         "outputType": ".examples.flow.v1.Reported",
@@ -1108,13 +1377,25 @@ export const protoMetadata: ProtoMetadata = {
       }, {
         "path": [6, 0, 2, 5],
         "span": [30, 2, 32, 3],
+        "leadingComments": " `count` totals 0, 1, 2, ..., each with `limit`: what a map takes its elements from.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [6, 0, 2, 6],
+        "span": [34, 2, 36, 3],
         "leadingComments": " Says what failed: a workflow's on_failure step.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 2, 2, 2],
-        "span": [48, 2, 18],
+        "span": [52, 2, 18],
         "leadingComments": " Double fails for good above it (0: no limit).\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 5, 2, 1],
+        "span": [67, 2, 18],
+        "leadingComments": " Each part's limit (see Double).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }],
@@ -1128,6 +1409,8 @@ export const protoMetadata: ProtoMetadata = {
     ".examples.flow.v1.Total": Total,
     ".examples.flow.v1.Totals": Totals,
     ".examples.flow.v1.SlowArgs": SlowArgs,
+    ".examples.flow.v1.SplitArgs": SplitArgs,
+    ".examples.flow.v1.Parts": Parts,
     ".examples.flow.v1.Reported": Reported,
     ".examples.flow.v1.Flow": FlowClient,
   },
@@ -1141,6 +1424,7 @@ export const protoMetadata: ProtoMetadata = {
           "Double": { "task": TaskOptions.decode(Buffer.from("CAE=", "base64")) },
           "Collect": { "task": TaskOptions.decode(Buffer.from("CAE=", "base64")) },
           "Slow": { "task": TaskOptions.decode(Buffer.from("CAE=", "base64")) },
+          "Split": { "task": TaskOptions.decode(Buffer.from("CAE=", "base64")) },
           "Report": { "task": TaskOptions.decode(Buffer.from("CAE=", "base64")) },
         },
       },
