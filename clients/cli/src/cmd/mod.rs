@@ -74,3 +74,29 @@ impl When {
         }
     }
 }
+
+/// A duration written in a file (`30s`, `5m`), or what is wrong with it, said by `at`.
+pub(crate) fn file_duration(
+    what: &str,
+    text: Option<&str>,
+    at: &dyn Fn(String) -> anyhow::Error,
+) -> Result<Option<Duration>, anyhow::Error> {
+    text.map(|t| {
+        humantime::parse_duration(t)
+            .map_err(|e| at(format!("{what} {t:?} is not a duration such as 30s: {e}")))
+    })
+    .transpose()
+}
+
+/// A priority written in a file (`high`, `normal`, `low`), or what is wrong with it.
+pub(crate) fn file_priority(
+    text: Option<&str>,
+    at: &dyn Fn(String) -> anyhow::Error,
+) -> Result<Option<v1::Priority>, anyhow::Error> {
+    text.map(|text| {
+        Priority::from_str(text, true)
+            .map(Priority::proto)
+            .map_err(|_| at(format!("priority {text:?} is not high, normal or low")))
+    })
+    .transpose()
+}

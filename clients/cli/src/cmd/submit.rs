@@ -3,11 +3,10 @@
 use std::io::{BufRead as _, Write as _};
 use std::time::Duration;
 
-use clap::ValueEnum as _;
 use taskwire::v1;
 use taskwire_client::{Client, SubmitOptions};
 
-use super::{Priority, When};
+use super::When;
 use crate::Error;
 use crate::output::print_result;
 
@@ -135,27 +134,12 @@ pub fn read_jsonl(file: &str) -> Result<Vec<v1::SubmitRequest>, Error> {
                 "{e} (expected {{\"task\": \"pkg.Service/Method\", \"args\": {{...}}}})"
             ))
         })?;
-        let duration = |what: &str, text: &Option<String>| -> Result<Option<Duration>, Error> {
-            text.as_deref()
-                .map(|t| {
-                    humantime::parse_duration(t)
-                        .map_err(|e| at(format!("{what} {t:?} is not a duration such as 30s: {e}")))
-                })
-                .transpose()
-        };
-        let priority = match parsed.priority.as_deref() {
-            None => None,
-            Some(text) => Some(
-                Priority::from_str(text, true)
-                    .map_err(|_| at(format!("priority {text:?} is not high, normal or low")))?
-                    .proto(),
-            ),
-        };
+        let priority = super::file_priority(parsed.priority.as_deref(), &at)?;
         let options = SubmitOptions {
             idempotency_key: parsed.key,
             max_attempts: parsed.max_attempts,
-            countdown: duration("countdown", &parsed.countdown)?,
-            ttl: duration("ttl", &parsed.ttl)?,
+            countdown: super::file_duration("countdown", parsed.countdown.as_deref(), &at)?,
+            ttl: super::file_duration("ttl", parsed.ttl.as_deref(), &at)?,
             priority,
             ..SubmitOptions::default()
         };

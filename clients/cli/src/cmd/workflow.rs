@@ -19,11 +19,11 @@
 
 use std::time::Duration;
 
-use clap::{Subcommand, ValueEnum as _};
+use clap::Subcommand;
 use taskwire::v1::{self, StepState, WorkflowState};
 use taskwire_client::{Client, SubmitOptions};
 
-use super::Priority;
+use super::{file_duration, file_priority};
 use crate::Error;
 use crate::output::{info_json, time_text};
 
@@ -214,26 +214,11 @@ fn read(file: &str) -> Result<(taskwire_client::workflow::Workflow, String), Err
                 line.name
             )
         };
-        let duration = |what: &str, text: &Option<String>| -> Result<Option<Duration>, Error> {
-            text.as_deref()
-                .map(|t| {
-                    humantime::parse_duration(t)
-                        .map_err(|e| at(format!("{what} {t:?} is not a duration such as 30s: {e}")))
-                })
-                .transpose()
-        };
-        let priority = match line.priority.as_deref() {
-            None => None,
-            Some(text) => Some(
-                Priority::from_str(text, true)
-                    .map_err(|_| at(format!("priority {text:?} is not high, normal or low")))?
-                    .proto(),
-            ),
-        };
+        let priority = file_priority(line.priority.as_deref(), &at)?;
         let options = SubmitOptions {
             max_attempts: line.max_attempts,
-            timeout: duration("timeout", &line.timeout)?,
-            ttl: duration("ttl", &line.ttl)?,
+            timeout: file_duration("timeout", line.timeout.as_deref(), &at)?,
+            ttl: file_duration("ttl", line.ttl.as_deref(), &at)?,
             priority,
             ..SubmitOptions::default()
         };
