@@ -42,6 +42,7 @@ pub mod flow {
     }
 }
 
+pub mod flow_tasks;
 pub mod many;
 
 /// The encoded `FileDescriptorSet` of the example contracts, custom options included.

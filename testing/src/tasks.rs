@@ -276,10 +276,10 @@ use taskwire_examples::flow::v1::{
     Flow, FlowServer, Numbers, Parts, Reported, ScaleArgs, SlowArgs, SplitArgs, Total, Totals,
 };
 
-/// `Flow`: tasks that fit together into workflows. Every run is noted in the journal under
-/// its task id (`journal_count(task_id, "sum")`), every on_failure report in [`flow_reports`].
+/// `Flow`: the example implementation, each run noted in the journal under its task id
+/// (`journal_count(task_id, "sum")`), every on_failure report in [`flow_reports`].
 #[derive(Debug, Default)]
-pub struct FlowTasks;
+pub struct FlowTasks(taskwire_examples::flow_tasks::FlowTasks);
 
 static FLOW_REPORTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -298,71 +298,36 @@ fn flow_note(ctx: &TaskContext, method: &'static str) {
 impl Flow for FlowTasks {
     async fn sum(&self, ctx: TaskContext, args: Numbers) -> Result<Total, TaskError> {
         flow_note(&ctx, "sum");
-        Ok(Total {
-            total: args.values.iter().sum(),
-            count: args.values.len() as i64,
-            limit: 0,
-        })
+        self.0.sum(ctx, args).await
     }
 
     async fn scale(&self, ctx: TaskContext, args: ScaleArgs) -> Result<Total, TaskError> {
         flow_note(&ctx, "scale");
-        Ok(Total {
-            total: args.value * args.factor,
-            count: 1,
-            limit: 0,
-        })
+        self.0.scale(ctx, args).await
     }
 
     async fn double(&self, ctx: TaskContext, args: Total) -> Result<Total, TaskError> {
         flow_note(&ctx, "double");
-        if args.limit > 0 && args.total > args.limit {
-            return Err(TaskError::permanent(format!(
-                "{} is above the limit of {}",
-                args.total, args.limit
-            )));
-        }
-        Ok(Total {
-            total: args.total * 2,
-            ..args
-        })
+        self.0.double(ctx, args).await
     }
 
     async fn collect(&self, ctx: TaskContext, args: Totals) -> Result<Total, TaskError> {
         flow_note(&ctx, "collect");
-        Ok(Total {
-            total: args.totals.iter().map(|t| t.total).sum(),
-            count: args.totals.len() as i64,
-            limit: 0,
-        })
+        self.0.collect(ctx, args).await
     }
 
     async fn slow(&self, ctx: TaskContext, args: SlowArgs) -> Result<Total, TaskError> {
         flow_note(&ctx, "slow");
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(args.millis as u64)) => Ok(Total {
-                total: args.total,
-                count: 1,
-                limit: 0,
-            }),
-            () = ctx.cancelled() => {
-                flow_note(&ctx, "slow-cancelled");
-                Err(TaskError::permanent("stopped on cancel"))
-            }
+        let done = self.0.slow(ctx.clone(), args).await;
+        if ctx.is_cancelled() {
+            flow_note(&ctx, "slow-cancelled");
         }
+        done
     }
 
     async fn split(&self, ctx: TaskContext, args: SplitArgs) -> Result<Parts, TaskError> {
         flow_note(&ctx, "split");
-        Ok(Parts {
-            parts: (0..args.count)
-                .map(|i| Total {
-                    total: i,
-                    count: 1,
-                    limit: args.limit,
-                })
-                .collect(),
-        })
+        self.0.split(ctx, args).await
     }
 
     async fn report(
@@ -375,17 +340,20 @@ impl Flow for FlowTasks {
             "{} {} {}",
             args.workflow_id,
             args.step,
-            args.error.map(|e| e.message).unwrap_or_default()
+            args.error
+                .as_ref()
+                .map(|e| e.message.as_str())
+                .unwrap_or_default()
         );
         FLOW_REPORTS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(line.clone());
-        Ok(Reported { line })
+            .push(line);
+        self.0.report(ctx, args).await
     }
 }
 
 /// The flow service, ready to serve.
 pub fn flow() -> FlowServer<FlowTasks> {
-    FlowServer::new(FlowTasks)
+    FlowServer::new(FlowTasks::default())
 }

@@ -1,4 +1,5 @@
-//! The example worker: serves `examples.magic.v1.Magic`, whose `Add` task sums three numbers.
+//! The example worker: serves `examples.magic.v1.Magic`, whose `Add` task sums three numbers
+//! (with `--flow`, also the tasks of the workflow examples).
 //! Copy it to start a worker of your own: implement the generated trait, serve it, done.
 
 use std::process::ExitCode;
@@ -53,6 +54,9 @@ struct Args {
     /// --task-types` measures it.
     #[arg(long, default_value_t = 0)]
     many_task_types: usize,
+    /// Also serve `examples.flow.v1.Flow`, the tasks of the workflow examples.
+    #[arg(long)]
+    flow: bool,
 }
 
 #[global_allocator]
@@ -90,6 +94,11 @@ async fn main() -> ExitCode {
         .serve(MagicServer::new(MyMagic));
     for service in taskwire_examples::many::services(args.many_task_types) {
         worker = worker.serve(service);
+    }
+    if args.flow {
+        worker = worker.serve(taskwire_examples::flow::v1::FlowServer::new(
+            taskwire_examples::flow_tasks::FlowTasks,
+        ));
     }
     match worker.run(taskwire::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

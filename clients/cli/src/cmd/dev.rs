@@ -60,7 +60,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     })?;
     let mut worker = stack::spawn(&ProcessSpec {
         binary: "taskwire-magic-worker".into(),
-        args: Vec::new(),
+        args: vec!["--flow".into()],
         env: worker_env,
         inherit_output: true,
     })?;
@@ -77,7 +77,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         return Err(e.into());
     }
     println!(
-        "\ntaskwire dev is up\n  nats      {nats_url}  (store {}, log {})\n  gateway   {gateway_url}  (gRPC: taskwire.v1.Tasks, Schedules, Admin, health, reflection)\n            http://{}/metrics\n  worker    taskwire-magic-worker serving examples.magic.v1.Magic/Add\n            http://{}/metrics\n\ntry:  taskwire submit examples.magic.v1.Magic/Add '{{\"arg1\":1,\"arg2\":2,\"arg3\":3}}' --wait\n      taskwire inspect queues\nCtrl-C stops everything.\n",
+        "\ntaskwire dev is up\n  nats      {nats_url}  (store {}, log {})\n  gateway   {gateway_url}  (gRPC: taskwire.v1.Tasks, Workflows, Schedules, Admin, health, reflection)\n            http://{}/metrics\n  worker    taskwire-magic-worker serving examples.magic.v1.Magic/Add and examples.flow.v1.Flow (the workflow examples)\n            http://{}/metrics\n\ntry:  taskwire submit examples.magic.v1.Magic/Add '{{\"arg1\":1,\"arg2\":2,\"arg3\":3}}' --wait\n      taskwire inspect queues\nCtrl-C stops everything.\n",
         store.display(),
         log.display(),
         options.gateway_http_addr,

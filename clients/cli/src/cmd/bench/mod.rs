@@ -18,6 +18,7 @@ mod load;
 mod raw;
 mod stack;
 mod types;
+mod workflows;
 
 use compare::{Settings, interleaved};
 use idle::idle_messages;
@@ -119,6 +120,10 @@ pub struct Options {
     /// three replicas.
     #[arg(long)]
     pub cluster: bool,
+    /// Rounds of the workflow figures (a chain and a chord against the same plain tasks); 0
+    /// skips them.
+    #[arg(long, default_value_t = 20)]
+    pub workflow_rounds: usize,
     /// Tasks in each round on the cluster.
     #[arg(long, default_value_t = 20_000)]
     pub cluster_tasks: usize,
@@ -342,6 +347,11 @@ async fn measure(options: Options) -> anyhow::Result<()> {
         )
         .await?;
         report.insert("gateways".into(), figures);
+    }
+    if options.workflow_rounds > 0 {
+        progress("a chain and a chord, against the same tasks without a workflow");
+        let figures = workflows::overhead(&stack, options.workflow_rounds).await?;
+        report.insert("workflows".into(), figures);
     }
     let worker_rss = stack.worker_rss_mib();
 
