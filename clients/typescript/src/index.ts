@@ -65,3 +65,16 @@ export {
   type WorkerOptions,
 } from "./worker";
 export { descriptorSet, type ProtoMetadata } from "./descriptors";
+export {
+  Canvas,
+  Step,
+  cancelWorkflow,
+  chain,
+  chord,
+  getWorkflow,
+  group,
+  step,
+  submitWorkflow,
+  waitWorkflow,
+  workflowResult,
+} from "./workflow";

@@ -14,7 +14,12 @@ const READY_WITHIN_MS = 30_000;
 const STOP_WITHIN_MS = 15_000;
 
 /** The tasks the tests use; the system is ready once a worker has registered them all. */
-const TASKS = ["examples.magic.v1.Magic/Add", "examples.chaos.v1.Chaos/Flaky", "examples.chaos.v1.Chaos/Sleep"];
+const TASKS = [
+  "examples.magic.v1.Magic/Add",
+  "examples.chaos.v1.Chaos/Flaky",
+  "examples.chaos.v1.Chaos/Sleep",
+  "examples.flow.v1.Flow/Split",
+];
 
 export interface System {
   /** host:port of the gateway. */
