@@ -1,7 +1,9 @@
 """Drives the gateway's dashboard in headless Chromium: the queue counts shown, a task's
 detail, and the replay button of a dead letter. Screenshots go to the directory given.
 
-Usage: dashboard.py URL TASK_ID DEAD_ID SCREENSHOT_DIR
+Then two workflows drawn as graphs: one that succeeded, one whose second step failed.
+
+Usage: dashboard.py URL TASK_ID DEAD_ID SCREENSHOT_DIR SUCCEEDED_WORKFLOW FAILED_WORKFLOW
 """
 
 import os
@@ -11,7 +13,7 @@ from playwright.sync_api import expect, sync_playwright
 
 
 def main() -> int:
-    url, task_id, dead_id, shots = sys.argv[1:5]
+    url, task_id, dead_id, shots, succeeded, failed = sys.argv[1:7]
     os.makedirs(shots, exist_ok=True)
     chromium = os.environ.get("TASKWIRE_CHROMIUM", "/usr/bin/chromium")
     with sync_playwright() as p:
@@ -53,6 +55,28 @@ def main() -> int:
         dead.locator("button.replay").click()
         expect(page.locator("#dead tbody tr", has_text=dead_id)).to_have_count(0)
         page.screenshot(path=os.path.join(shots, "replayed.png"), full_page=True)
+
+        # A workflow that succeeded: each step a node with its state, linked to its task, an
+        # arrow from the step it takes its result from; the task's page links back.
+        page.goto(f"{url}workflows/{succeeded}")
+        expect(page.locator("#workflow-state")).to_have_text("succeeded")
+        expect(page.locator("#graph .node")).to_have_count(2)
+        expect(page.locator('#graph .node[data-step="sum"]')).to_contain_text("succeeded")
+        expect(page.locator("#graph line")).to_have_count(1)
+        page.screenshot(path=os.path.join(shots, "workflow.png"), full_page=True)
+        page.locator('#graph .node[data-step="double"]').click()
+        expect(page.locator("#task-state")).to_have_text("succeeded")
+        expect(page.locator("#task-result")).to_contain_text('"total"')
+        page.locator("#task-workflow").click()
+        expect(page.locator("#workflow-state")).to_have_text("succeeded")
+
+        # One that failed: the failed step, the error, the step never submitted.
+        page.goto(f"{url}workflows/{failed}")
+        expect(page.locator("#workflow-state")).to_have_text("failed")
+        expect(page.locator("#workflow")).to_contain_text("above the limit of 5")
+        expect(page.locator('#graph .node[data-step="double"]')).to_have_class("node state-failed")
+        expect(page.locator('#graph .node[data-step="again"]')).to_contain_text("skipped")
+        page.screenshot(path=os.path.join(shots, "workflow-failed.png"), full_page=True)
         browser.close()
     print("dashboard checks passed")
     return 0

@@ -1,13 +1,16 @@
 //! The web dashboard in a real headless Chromium (driven by Playwright for Python): queue counts
-//! after a known workload, a task's detail, and replaying a dead letter.
+//! after a known workload, a task's detail, replaying a dead letter, and workflows drawn as
+//! graphs.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use taskwire::v1::TaskState;
 use taskwire_client::Client;
+use taskwire_client::workflow::{Step, Workflow};
 use taskwire_examples::chaos::v1::ChaosClient;
 use taskwire_examples::chaos::v1::FlakyArgs;
+use taskwire_examples::flow::v1::{Numbers, Total};
 use taskwire_examples::magic::v1::AddArgs;
 use taskwire_examples::magic::v1::MagicClient;
 use taskwire_testing::{Gateway, LOOPBACK_ANY_PORT, NatsServer, Worker, examples_config, tasks};
@@ -31,9 +34,36 @@ async fn the_dashboard_shows_queues_a_task_and_replays_a_dead_letter() -> anyhow
 
     // Some tasks run, two fail for good; then the worker stops and four wait.
     let worker = Worker::start(&nats.url(), |w| {
-        w.serve(tasks::magic()).serve(tasks::chaos())
+        w.serve(tasks::magic())
+            .serve(tasks::chaos())
+            .serve(tasks::flow())
     })
     .await?;
+    // A chain that succeeds and one whose second step fails for good.
+    let succeeded = client
+        .submit_workflow(Workflow::chain([
+            Step::new("sum", "examples.flow.v1.Flow/Sum").args(&Numbers {
+                values: vec![1, 2, 3],
+            }),
+            Step::new("double", "examples.flow.v1.Flow/Double"),
+        ]))
+        .await?;
+    let failed = client
+        .submit_workflow(Workflow::chain([
+            Step::new("sum", "examples.flow.v1.Flow/Sum").args(&Numbers { values: vec![100] }),
+            Step::new("double", "examples.flow.v1.Flow/Double")
+                .args(&Total {
+                    total: 0,
+                    count: 0,
+                    limit: 5,
+                })
+                .field("total", "total"),
+            Step::new("again", "examples.flow.v1.Flow/Double"),
+        ]))
+        .await?;
+    for id in [&succeeded, &failed] {
+        client.wait_workflow(id, WAIT, false).await?;
+    }
     let mut done = Vec::new();
     for i in 0..3 {
         let handle = magic
@@ -77,6 +107,8 @@ async fn the_dashboard_shows_queues_a_task_and_replays_a_dead_letter() -> anyhow
         .arg(done[1].id())
         .arg(dead[0].id())
         .arg(&shots)
+        .arg(&succeeded)
+        .arg(&failed)
         .stdin(std::process::Stdio::null())
         .output()
         .await
@@ -95,7 +127,13 @@ async fn the_dashboard_shows_queues_a_task_and_replays_a_dead_letter() -> anyhow
     println!("screenshots in {}", shots.display());
 
     // The replay went through the gateway: one dead letter left, the replayed task waits.
-    let left = client.dead_letters("", 0).await?;
+    // (The failed workflow's step has its dead letter too.)
+    let left: Vec<_> = client
+        .dead_letters("", 0)
+        .await?
+        .into_iter()
+        .filter(|d| d.task == "examples.chaos.v1.Chaos/Flaky")
+        .collect();
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0].task_id, dead[1].id());
     assert_eq!(dead[0].state().await?, TaskState::Queued);

@@ -29,6 +29,11 @@ pub(crate) fn routes(gateway: Arc<Gateway>) -> axum::Router {
         .route("/tasks/{id}", axum::routing::get(|| async { Html(PAGE) }))
         .route("/api/overview", axum::routing::get(overview))
         .route("/api/tasks/{id}", axum::routing::get(task))
+        .route(
+            "/workflows/{id}",
+            axum::routing::get(|| async { Html(PAGE) }),
+        )
+        .route("/api/workflows/{id}", axum::routing::get(workflow))
         .route("/api/dead/{id}/replay", axum::routing::post(replay))
         .with_state(gateway)
 }
@@ -70,6 +75,17 @@ async fn task(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> Re
         Err(e) => return failure(Error::InvalidId(e)),
     };
     match gateway.task_detail(&id).await {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+async fn workflow(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+    let id = match Id::parse(&id) {
+        Ok(id) => id,
+        Err(e) => return failure(Error::InvalidId(e)),
+    };
+    match gateway.workflow_detail(&id).await {
         Ok(body) => axum::Json(body).into_response(),
         Err(e) => failure(e),
     }
@@ -248,8 +264,10 @@ impl Gateway {
                 })
             })
             .collect();
+        let workflow = broker::workflow::task_of(id.as_str()).map(|t| t.workflow.to_string());
         Ok(serde_json::json!({
             "id": id.as_str(),
+            "workflow": workflow,
             "task": current.task,
             "state": broker::state_name(current.state()),
             "attempt": current.attempt,
@@ -260,6 +278,80 @@ impl Gateway {
             "trace_id": trace_id,
             "trace_url": trace_url,
             "at": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
+        }))
+    }
+
+    /// A workflow as the dashboard draws it: each step with its state, the steps it comes
+    /// after, and its column (how many steps come before it at most).
+    async fn workflow_detail(&self, id: &Id) -> Result<serde_json::Value, Error> {
+        let loaded = self.load_workflow(id).await?;
+        let info = self.get_workflow(id, true).await?;
+        let ended = info.state() != v1::WorkflowState::Running;
+        let count = loaded.plan.after.len();
+        // Each step's column: one more than the furthest of those it takes results from,
+        // in an order where those come first (the plan has no cycle).
+        let mut depth = vec![0usize; count];
+        let mut waiting: Vec<usize> = loaded.plan.after.iter().map(Vec::len).collect();
+        let mut ready: Vec<usize> = (0..count).filter(|&i| waiting[i] == 0).collect();
+        while let Some(i) = ready.pop() {
+            for &m in &loaded.plan.dependents[i] {
+                depth[m] = depth[m].max(depth[i] + 1);
+                waiting[m] -= 1;
+                if waiting[m] == 0 {
+                    ready.push(m);
+                }
+            }
+        }
+        let steps: Vec<serde_json::Value> = info
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| {
+                let state = match (step.state(), &step.info) {
+                    (v1::StepState::Submitted, Some(task)) => broker::state_name(task.state()),
+                    (v1::StepState::Submitted, None) if step.elements > 0 && step.elements_succeeded == step.elements => "succeeded",
+                    (v1::StepState::Submitted, None) if info.failed_step == step.name => "failed",
+                    (v1::StepState::Submitted, None) if ended => "cancelled",
+                    (v1::StepState::Submitted, None) => "running",
+                    (v1::StepState::Skipped, _) => "skipped",
+                    _ => "waiting",
+                };
+                let after: Vec<&str> = loaded
+                    .plan
+                    .after
+                    .get(i)
+                    .map(|deps| deps.iter().map(|&d| info.steps[d].name.as_str()).collect())
+                    .unwrap_or_default();
+                serde_json::json!({
+                    "name": step.name,
+                    "task": step.task,
+                    "task_id": step.task_id,
+                    "state": state,
+                    "after": after,
+                    "depth": depth.get(i).copied().unwrap_or_else(|| depth.iter().max().map_or(0, |d| d + 1)),
+                    "on_failure": step.on_failure,
+                    "map": step.elements > 0 || loaded.step(i).is_some_and(|s| !s.for_each.is_empty()),
+                    "elements": step.elements,
+                    "elements_succeeded": step.elements_succeeded,
+                    "result": step.info.as_ref().and_then(|t| serde_json::from_str::<serde_json::Value>(&t.result_json).ok()),
+                })
+            })
+            .collect();
+        let state = match info.state() {
+            v1::WorkflowState::Succeeded => "succeeded",
+            v1::WorkflowState::Failed => "failed",
+            v1::WorkflowState::Cancelled => "cancelled",
+            _ => "running",
+        };
+        Ok(serde_json::json!({
+            "id": id.as_str(),
+            "state": state,
+            "failed_step": info.failed_step,
+            "error": info.error.as_ref().map(|e| e.message.clone()),
+            "created_at": time(&info.created_at),
+            "ended_at": time(&info.ended_at),
+            "trace_id": info.trace_id,
+            "steps": steps,
         }))
     }
 }
