@@ -239,6 +239,19 @@ impl Client {
         Ok(self.workflows.clone().wait(request).await?.into_inner())
     }
 
+    /// The workflow now, then on every change until it ended (the last item is its end).
+    pub async fn watch_workflow(
+        &self,
+        id: &str,
+        include_json: bool,
+    ) -> Result<tonic::Streaming<v1::WorkflowInfo>, Error> {
+        let request = v1::WatchWorkflowRequest {
+            workflow_id: id.to_owned(),
+            include_json,
+        };
+        Ok(self.workflows.clone().watch(request).await?.into_inner())
+    }
+
     /// Cancels a workflow: no further step starts; running ones are told to stop.
     pub async fn cancel_workflow(&self, id: &str) -> Result<v1::WorkflowInfo, Error> {
         let request = v1::CancelWorkflowRequest {

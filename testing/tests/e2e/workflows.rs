@@ -844,3 +844,44 @@ async fn a_failing_element_fails_the_map_and_an_empty_map_succeeds() -> anyhow::
     assert_eq!(output(&info, "total").count, 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn watch_follows_a_workflow_to_its_end() -> anyhow::Result<()> {
+    use taskwire_client::workflow::{Step, Workflow};
+    let (_nats, gateway, _worker) = flow_system().await?;
+    let client = taskwire_client::Client::connect(gateway.url()).await?;
+    let id = client
+        .submit_workflow(Workflow::chain([
+            Step::new("slow", SLOW).args(&SlowArgs {
+                millis: 1_500,
+                total: 4,
+            }),
+            Step::new("double", DOUBLE),
+        ]))
+        .await?;
+    let mut changes = client.watch_workflow(&id, true).await?;
+    let mut seen = Vec::new();
+    while let Some(info) = tokio::time::timeout(WAIT, changes.message()).await?? {
+        seen.push(info);
+    }
+    let first = seen.first().expect("the state now");
+    assert_eq!(first.state(), WorkflowState::Running);
+    let last = seen.last().expect("the end");
+    assert_eq!(last.state(), WorkflowState::Succeeded, "{seen:?}");
+    assert_eq!(output(last, "double").total, 8);
+    // The slow step was seen running; no two messages in a row are the same.
+    assert!(
+        seen.iter()
+            .any(|i| step_task_state(i, "slow") == Some(TaskState::Running)),
+        "{seen:?}"
+    );
+    assert!(seen.windows(2).all(|w| w[0] != w[1]), "{seen:?}");
+    assert_eq!(
+        seen.iter()
+            .filter(|i| i.state() != WorkflowState::Running)
+            .count(),
+        1,
+        "the end is the last message"
+    );
+    Ok(())
+}

@@ -48,6 +48,9 @@ pub enum WorkflowCommand {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Follow a workflow until it ends: its state as a JSON line on every change; exits 1
+    /// unless it succeeded.
+    Watch { id: String },
     /// Cancel a workflow: no further step starts, running ones are told to stop.
     Cancel { id: String },
 }
@@ -77,6 +80,21 @@ pub async fn run(client: &Client, command: WorkflowCommand) -> Result<i32, Error
         }
         WorkflowCommand::Wait { id, timeout } => {
             print_ended(&client.wait_workflow(&id, timeout, true).await?)
+        }
+        WorkflowCommand::Watch { id } => {
+            let mut changes = client.watch_workflow(&id, true).await?;
+            let mut last = None;
+            while let Some(info) = changes
+                .message()
+                .await
+                .map_err(taskwire_client::Error::Status)?
+            {
+                println!("{}", workflow_json(&info));
+                last = Some(info);
+            }
+            Ok(i32::from(last.is_none_or(|info| {
+                info.state() != WorkflowState::Succeeded
+            })))
         }
         WorkflowCommand::Cancel { id } => {
             let info = client.cancel_workflow(&id).await?;

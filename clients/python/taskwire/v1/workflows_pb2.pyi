@@ -123,6 +123,14 @@ class WaitWorkflowRequest(_message.Message):
     include_json: bool
     def __init__(self, workflow_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., include_json: _Optional[bool] = ...) -> None: ...
 
+class WatchWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "include_json")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_JSON_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    include_json: bool
+    def __init__(self, workflow_id: _Optional[str] = ..., include_json: _Optional[bool] = ...) -> None: ...
+
 class CancelWorkflowRequest(_message.Message):
     __slots__ = ("workflow_id",)
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]

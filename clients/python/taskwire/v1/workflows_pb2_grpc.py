@@ -54,6 +54,11 @@ class WorkflowsStub:
                 request_serializer=taskwire_dot_v1_dot_workflows__pb2.WaitWorkflowRequest.SerializeToString,
                 response_deserializer=taskwire_dot_v1_dot_workflows__pb2.WorkflowInfo.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/taskwire.v1.Workflows/Watch',
+                request_serializer=taskwire_dot_v1_dot_workflows__pb2.WatchWorkflowRequest.SerializeToString,
+                response_deserializer=taskwire_dot_v1_dot_workflows__pb2.WorkflowInfo.FromString,
+                _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/taskwire.v1.Workflows/Cancel',
                 request_serializer=taskwire_dot_v1_dot_workflows__pb2.CancelWorkflowRequest.SerializeToString,
@@ -92,6 +97,14 @@ class WorkflowsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """The workflow as Get answers it, then again on every change (a step submitted, started or
+        ended, a join counted), until it ended: the last message is its end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Cancel(self, request, context):
         """Ends the workflow as cancelled: no further step starts, running ones are told to stop.
         FAILED_PRECONDITION when it ended first.
@@ -116,6 +129,11 @@ def add_WorkflowsServicer_to_server(servicer, server):
             'Wait': grpc.unary_unary_rpc_method_handler(
                     servicer.Wait,
                     request_deserializer=taskwire_dot_v1_dot_workflows__pb2.WaitWorkflowRequest.FromString,
+                    response_serializer=taskwire_dot_v1_dot_workflows__pb2.WorkflowInfo.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=taskwire_dot_v1_dot_workflows__pb2.WatchWorkflowRequest.FromString,
                     response_serializer=taskwire_dot_v1_dot_workflows__pb2.WorkflowInfo.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
@@ -209,6 +227,33 @@ class Workflows:
             target,
             '/taskwire.v1.Workflows/Wait',
             taskwire_dot_v1_dot_workflows__pb2.WaitWorkflowRequest.SerializeToString,
+            taskwire_dot_v1_dot_workflows__pb2.WorkflowInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/taskwire.v1.Workflows/Watch',
+            taskwire_dot_v1_dot_workflows__pb2.WatchWorkflowRequest.SerializeToString,
             taskwire_dot_v1_dot_workflows__pb2.WorkflowInfo.FromString,
             options,
             channel_credentials,

@@ -353,6 +353,70 @@ impl Gateway {
         }
     }
 
+    /// The workflow now, then on every change until it ended. Its records (joins, the end)
+    /// are followed with an ordered consumer; its steps' tasks are looked at again every
+    /// second meanwhile.
+    pub(crate) async fn watch_workflow(
+        self: Arc<Self>,
+        id: Id,
+        include_json: bool,
+    ) -> Result<WorkflowInfoStream, Error> {
+        use async_nats::jetstream::consumer;
+        use futures::StreamExt as _;
+        self.check_connected()?;
+        self.load_workflow(&id).await?;
+        let stream = self
+            .broker
+            .jetstream
+            .get_stream(broker::WORKFLOWS_STREAM)
+            .await
+            .map_err(|e| self.broker_error(e))?;
+        let records = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("taskwire.workflows.{id}.>"),
+                deliver_policy: consumer::DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.broker_error(e))?;
+        let mut records = records.messages().await.map_err(|e| self.broker_error(e))?;
+        let first = self.get_workflow(&id, include_json).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut last = first.encode_to_vec();
+            let mut ended = first.state() != WorkflowState::Running;
+            if tx.send(Ok(first)).await.is_err() || ended {
+                return;
+            }
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.reset();
+            while !ended {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    _ = records.next() => {}
+                    _ = tick.tick() => {}
+                }
+                let info = match self.get_workflow(&id, include_json).await {
+                    Ok(info) => info,
+                    Err(e) if e.code() == tonic::Code::Unavailable => continue,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                ended = info.state() != WorkflowState::Running;
+                let now = info.encode_to_vec();
+                if now != last {
+                    last = now;
+                    if tx.send(Ok(info)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     /// Ends the workflow as cancelled and cancels the steps submitted so far; those not
     /// submitted never are.
     pub(crate) async fn cancel_workflow(&self, id: &Id) -> Result<v1::WorkflowInfo, Error> {
@@ -445,6 +509,11 @@ impl Gateway {
     }
 }
 
+/// What Watch streams.
+pub(crate) type WorkflowInfoStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<v1::WorkflowInfo, Status>> + Send + 'static>,
+>;
+
 #[derive(Debug, Clone)]
 pub(crate) struct WorkflowsService {
     gateway: Arc<Gateway>,
@@ -510,6 +579,19 @@ impl v1::workflows_server::Workflows for WorkflowsService {
         Ok(Response::new(
             self.gateway.wait_workflow(&id, timeout, json).await?,
         ))
+    }
+
+    type WatchStream = WorkflowInfoStream;
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchWorkflowRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let id = parse_id(&request.get_ref().workflow_id)?;
+        self.visible(&request, &id, Op::Read).await?;
+        let json = request.get_ref().include_json;
+        let stream = Arc::clone(&self.gateway).watch_workflow(id, json).await?;
+        Ok(Response::new(stream))
     }
 
     async fn cancel(

@@ -11,7 +11,9 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -236,6 +238,11 @@ export interface WaitWorkflowRequest {
   workflowId: string;
   /** How long to wait; at most 5 minutes. Unset means 30 seconds. */
   timeout: Duration | undefined;
+  includeJson: boolean;
+}
+
+export interface WatchWorkflowRequest {
+  workflowId: string;
   includeJson: boolean;
 }
 
@@ -1241,6 +1248,99 @@ export const WaitWorkflowRequest: MessageFns<WaitWorkflowRequest> = {
   },
 };
 
+function createBaseWatchWorkflowRequest(): WatchWorkflowRequest {
+  return { workflowId: "", includeJson: false };
+}
+
+export const WatchWorkflowRequest: MessageFns<WatchWorkflowRequest> = {
+  encode(message: WatchWorkflowRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.workflowId !== "") {
+      writer.uint32(10).string(message.workflowId);
+    }
+    if (message.includeJson !== false) {
+      writer.uint32(16).bool(message.includeJson);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchWorkflowRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchWorkflowRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.workflowId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.includeJson = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchWorkflowRequest {
+    return {
+      workflowId: isSet(object.workflowId)
+        ? globalThis.String(object.workflowId)
+        : isSet(object.workflow_id)
+        ? globalThis.String(object.workflow_id)
+        : "",
+      includeJson: isSet(object.includeJson)
+        ? globalThis.Boolean(object.includeJson)
+        : isSet(object.include_json)
+        ? globalThis.Boolean(object.include_json)
+        : false,
+    };
+  },
+
+  toJSON(message: WatchWorkflowRequest): unknown {
+    const obj: any = {};
+    if (message.workflowId !== "") {
+      obj.workflowId = message.workflowId;
+    }
+    if (message.includeJson !== false) {
+      obj.includeJson = message.includeJson;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WatchWorkflowRequest>): WatchWorkflowRequest {
+    return WatchWorkflowRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WatchWorkflowRequest>): WatchWorkflowRequest {
+    const message = createBaseWatchWorkflowRequest();
+    message.workflowId = object.workflowId ?? "";
+    message.includeJson = object.includeJson ?? false;
+    return message;
+  },
+};
+
 function createBaseCancelWorkflowRequest(): CancelWorkflowRequest {
   return { workflowId: "" };
 }
@@ -2048,6 +2148,18 @@ export const WorkflowsDefinition = {
       options: {},
     },
     /**
+     * The workflow as Get answers it, then again on every change (a step submitted, started or
+     * ended, a join counted), until it ended: the last message is its end.
+     */
+    watch: {
+      name: "Watch",
+      requestType: WatchWorkflowRequest as typeof WatchWorkflowRequest,
+      requestStream: false,
+      responseType: WorkflowInfo as typeof WorkflowInfo,
+      responseStream: true,
+      options: {},
+    },
+    /**
      * Ends the workflow as cancelled: no further step starts, running ones are told to stop.
      * FAILED_PRECONDITION when it ended first.
      */
@@ -2110,6 +2222,19 @@ export const WorkflowsService = {
     responseDeserialize: (value: Buffer): WorkflowInfo => WorkflowInfo.decode(value),
   },
   /**
+   * The workflow as Get answers it, then again on every change (a step submitted, started or
+   * ended, a join counted), until it ended: the last message is its end.
+   */
+  watch: {
+    path: "/taskwire.v1.Workflows/Watch" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchWorkflowRequest): Buffer => Buffer.from(WatchWorkflowRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchWorkflowRequest => WatchWorkflowRequest.decode(value),
+    responseSerialize: (value: WorkflowInfo): Buffer => Buffer.from(WorkflowInfo.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WorkflowInfo => WorkflowInfo.decode(value),
+  },
+  /**
    * Ends the workflow as cancelled: no further step starts, running ones are told to stop.
    * FAILED_PRECONDITION when it ended first.
    */
@@ -2138,6 +2263,11 @@ export interface WorkflowsServer extends UntypedServiceImplementation {
    * timeout passes first.
    */
   wait: handleUnaryCall<WaitWorkflowRequest, WorkflowInfo>;
+  /**
+   * The workflow as Get answers it, then again on every change (a step submitted, started or
+   * ended, a join counted), until it ended: the last message is its end.
+   */
+  watch: handleServerStreamingCall<WatchWorkflowRequest, WorkflowInfo>;
   /**
    * Ends the workflow as cancelled: no further step starts, running ones are told to stop.
    * FAILED_PRECONDITION when it ended first.
@@ -2200,6 +2330,16 @@ export interface WorkflowsClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: WorkflowInfo) => void,
   ): ClientUnaryCall;
+  /**
+   * The workflow as Get answers it, then again on every change (a step submitted, started or
+   * ended, a join counted), until it ended: the last message is its end.
+   */
+  watch(request: WatchWorkflowRequest, options?: Partial<CallOptions>): ClientReadableStream<WorkflowInfo>;
+  watch(
+    request: WatchWorkflowRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WorkflowInfo>;
   /**
    * Ends the workflow as cancelled: no further step starts, running ones are told to stop.
    * FAILED_PRECONDITION when it ended first.
@@ -2692,6 +2832,42 @@ export const protoMetadata: ProtoMetadata = {
       "reservedName": [],
       "visibility": 0,
     }, {
+      "name": "WatchWorkflowRequest",
+      "field": [{
+        "name": "workflow_id",
+        "number": 1,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "workflowId",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "include_json",
+        "number": 2,
+        "label": 1,
+        "type": 8,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "includeJson",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
       "name": "CancelWorkflowRequest",
       "field": [{
         "name": "workflow_id",
@@ -3114,6 +3290,13 @@ export const protoMetadata: ProtoMetadata = {
         "clientStreaming": false,
         "serverStreaming": false,
       }, {
+        "name": "Watch",
+        "inputType": ".taskwire.v1.WatchWorkflowRequest",
+        "outputType": ".taskwire.v1.WorkflowInfo",
+        "options": undefined,
+        "clientStreaming": false,
+        "serverStreaming": true,
+      }, {
         "name": "Cancel",
         "inputType": ".taskwire.v1.CancelWorkflowRequest",
         "outputType": ".taskwire.v1.WorkflowInfo",
@@ -3128,7 +3311,7 @@ export const protoMetadata: ProtoMetadata = {
     "sourceCodeInfo": {
       "location": [{
         "path": [6, 0],
-        "span": [13, 0, 25, 1],
+        "span": [13, 0, 28, 1],
         "leadingComments":
           " Tasks that feed each other: chains (a step's result is the next step's input), groups (steps\n side by side) and chords (a step that takes the results of several). The steps are checked\n against the task types' contracts before anything is stored; what comes next is kept in the\n broker and started by whichever gateway takes a step's result, so a workflow ends whatever\n process is restarted meanwhile.\n",
         "trailingComments": "",
@@ -3155,222 +3338,229 @@ export const protoMetadata: ProtoMetadata = {
         "leadingDetachedComments": [],
       }, {
         "path": [6, 0, 2, 3],
-        "span": [24, 2, 59],
+        "span": [24, 2, 64],
+        "leadingComments":
+          " The workflow as Get answers it, then again on every change (a step submitted, started or\n ended, a join counted), until it ended: the last message is its end.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [6, 0, 2, 4],
+        "span": [27, 2, 59],
         "leadingComments":
           " Ends the workflow as cancelled: no further step starts, running ones are told to stop.\n FAILED_PRECONDITION when it ended first.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 2, 0],
-        "span": [29, 2, 26],
+        "span": [32, 2, 26],
         "leadingComments": " At most 1,000 steps, each named once.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 2, 1],
-        "span": [32, 2, 30],
+        "span": [35, 2, 30],
         "leadingComments":
           " What a step that fails for good does to the steps already queued or running: they are\n cancelled, unless this is set. Either way no further step starts.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 2, 2],
-        "span": [35, 2, 22],
+        "span": [38, 2, 22],
         "leadingComments":
           " Submitted once when the workflow fails (a step failed for good, expired or was cancelled\n on its own): its task takes a taskwire.v1.WorkflowFailure as input. It takes no `after`.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 0],
-        "span": [40, 2, 18],
+        "span": [43, 2, 18],
         "leadingComments": " 1 to 64 letters, digits, `-` or `_`, unique in the workflow.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 1],
-        "span": [42, 2, 18],
+        "span": [45, 2, 18],
         "leadingComments": ' Full task name, e.g. "examples.magic.v1.Magic/Add".\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 2],
-        "span": [45, 2, 28],
+        "span": [48, 2, 28],
         "leadingComments":
           " The steps whose results this one takes; it starts once every one of them succeeded. None:\n it starts with the workflow.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 8, 0],
-        "span": [48, 2, 51, 3],
+        "span": [51, 2, 54, 3],
         "leadingComments":
           " The arguments: the whole input of a step that starts with the workflow; for a step whose\n input `fields` or `collect` fill, the rest of its input.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 5],
-        "span": [55, 2, 35],
+        "span": [58, 2, 35],
         "leadingComments":
           " How the output of the one step in `after` becomes this step's input. None: the output is\n the input (the two must be the same message type). Otherwise each listed output field is\n copied to an input field of the same type, over `args`.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 6],
-        "span": [58, 2, 21],
+        "span": [61, 2, 21],
         "leadingComments":
           " The repeated field of the input that takes the outputs of every step in `after`, in\n `after`'s order (a chord's callback); the outputs must be of that field's message type.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 7],
-        "span": [61, 2, 28],
+        "span": [64, 2, 28],
         "leadingComments":
           " Options of the step's task: max_attempts, timeout, backoff, priority, ttl and result_ttl\n apply; an idempotency key, not_before, countdown and expires_at are refused.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 8],
-        "span": [66, 2, 22],
+        "span": [69, 2, 22],
         "leadingComments":
           " A map: one task per element of this repeated message field of the output of the one step\n in `after`, each taking its element as input (the field's message type must be the task's\n input), at most 100,000. A step after it takes all their results, in the elements' order,\n in its `collect` field.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 2],
-        "span": [70, 0, 75, 1],
+        "span": [73, 0, 78, 1],
         "leadingComments": ' `AddResult.sum -> ScaleArgs.value` is {from: "sum", to: "value"}.\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 2, 2, 0],
-        "span": [72, 2, 18],
+        "span": [75, 2, 18],
         "leadingComments": " A field of the output of the step in `after`.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 2, 2, 1],
-        "span": [74, 2, 16],
+        "span": [77, 2, 16],
         "leadingComments": " A field of this step's input.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 3],
-        "span": [78, 0, 86, 1],
+        "span": [81, 0, 89, 1],
         "leadingComments": " The input of a workflow's on_failure step.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 3, 2, 1],
-        "span": [81, 2, 18],
+        "span": [84, 2, 18],
         "leadingComments": " The step that failed, and its task.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 3, 2, 3],
-        "span": [84, 2, 22],
+        "span": [87, 2, 22],
         "leadingComments": " Failed, expired or cancelled.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 4, 2, 1],
-        "span": [92, 2, 29],
+        "span": [95, 2, 29],
         "leadingComments":
           " Submitting again with the same key answers the workflow stored first, as long as it is\n kept, and stores nothing new.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 5, 2, 1],
-        "span": [98, 2, 21],
+        "span": [101, 2, 21],
         "leadingComments": " True when the idempotency key named a workflow submitted before.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 6, 2, 1],
-        "span": [104, 2, 24],
+        "span": [107, 2, 24],
         "leadingComments": " Also render step results as proto3 JSON.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 7, 2, 1],
-        "span": [110, 2, 39],
+        "span": [113, 2, 39],
         "leadingComments": " How long to wait; at most 5 minutes. Unset means 30 seconds.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 1],
-        "span": [129, 2, 25],
+        "span": [137, 2, 25],
         "leadingComments": " Its task is not submitted yet: the steps it takes results from have not all succeeded.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 2],
-        "span": [131, 2, 27],
+        "span": [139, 2, 27],
         "leadingComments": " Its task is submitted: `task` says how far it got.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 3],
-        "span": [133, 2, 25],
+        "span": [141, 2, 25],
         "leadingComments": " Never submitted: the workflow ended first.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 9, 2, 2],
-        "span": [140, 2, 30],
+        "path": [4, 10, 2, 2],
+        "span": [148, 2, 30],
         "leadingComments": " In the order submitted; the on_failure step last, when there is one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 9, 2, 3],
-        "span": [143, 2, 25],
+        "path": [4, 10, 2, 3],
+        "span": [151, 2, 25],
         "leadingComments":
           " For a failed or cancelled workflow: the step that ended it (empty when a Cancel did), and\n why.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 9, 2, 7],
-        "span": [148, 2, 22],
+        "path": [4, 10, 2, 7],
+        "span": [156, 2, 22],
         "leadingComments": " The W3C trace id that every step's task shares.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 10, 2, 2],
-        "span": [155, 2, 21],
+        "path": [4, 11, 2, 2],
+        "span": [163, 2, 21],
         "leadingComments": " The id its task has (or will have, once submitted).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 10, 2, 4],
-        "span": [158, 2, 20],
+        "path": [4, 11, 2, 4],
+        "span": [166, 2, 20],
         "leadingComments": " The task, once submitted.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 10, 2, 6],
-        "span": [161, 2, 22],
+        "path": [4, 11, 2, 6],
+        "span": [169, 2, 22],
         "leadingComments": " For a map step: how many elements it has (once known), and how many of them succeeded.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 11],
-        "span": [166, 0, 172, 1],
+        "path": [4, 12],
+        "span": [174, 0, 180, 1],
         "leadingComments": ' What the broker keeps of a workflow (see docs/protocol.md, "Workflows").\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 11, 2, 0],
-        "span": [168, 2, 24],
+        "path": [4, 12, 2, 0],
+        "span": [176, 2, 24],
         "leadingComments": " The workflow as checked: every step's arguments as protobuf bytes.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 11, 2, 2],
-        "span": [171, 2, 25],
+        "path": [4, 12, 2, 2],
+        "span": [179, 2, 25],
         "leadingComments": " The W3C trace context its steps continue.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 12],
-        "span": [175, 0, 182, 1],
+        "path": [4, 13],
+        "span": [183, 0, 190, 1],
         "leadingComments": " How a workflow ended.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
@@ -3390,6 +3580,7 @@ export const protoMetadata: ProtoMetadata = {
     ".taskwire.v1.SubmitWorkflowResponse": SubmitWorkflowResponse,
     ".taskwire.v1.GetWorkflowRequest": GetWorkflowRequest,
     ".taskwire.v1.WaitWorkflowRequest": WaitWorkflowRequest,
+    ".taskwire.v1.WatchWorkflowRequest": WatchWorkflowRequest,
     ".taskwire.v1.CancelWorkflowRequest": CancelWorkflowRequest,
     ".taskwire.v1.WorkflowInfo": WorkflowInfo,
     ".taskwire.v1.StepInfo": StepInfo,
