@@ -1,4 +1,6 @@
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,6 +10,13 @@ use crate::{task, v1};
 
 /// Where a task's progress reports go: the worker runtime publishes them as events.
 pub type ProgressSink = Arc<dyn Fn(v1::TaskProgress) + Send + Sync>;
+
+/// A child submitted on its way to the broker.
+pub type ChildFuture =
+    Pin<Box<dyn Future<Output = Result<v1::SubmitResponse, tonic::Status>> + Send>>;
+
+/// Where a task's children go: the worker runtime hands them to a gateway.
+pub type ChildSink = Arc<dyn Fn(v1::SubmitRequest) -> ChildFuture + Send + Sync>;
 
 /// What a running task knows about itself: its id, its attempt, and whether it should stop;
 /// and how it tells the world how far it got.
@@ -20,6 +29,7 @@ pub struct TaskContext {
     deadline: Option<Instant>,
     cancel: CancellationToken,
     progress: Option<ProgressSink>,
+    children: Option<ChildSink>,
 }
 
 impl fmt::Debug for TaskContext {
@@ -47,6 +57,50 @@ impl TaskContext {
             deadline: None,
             cancel: CancellationToken::new(),
             progress: None,
+            children: None,
+        }
+    }
+
+    /// Sends the children the task submits here.
+    pub fn with_child_sink(mut self, sink: ChildSink) -> Self {
+        self.children = Some(sink);
+        self
+    }
+
+    /// Submits a child task: `task` (e.g. `examples.chaos.v1.Chaos/Sleep`) with its input
+    /// message. The child records this task as its parent, Get lists it among this task's
+    /// children, and cancelling this task cancels it. Its id is made from this task's id and
+    /// its place among the children this attempt submitted, so an attempt that runs again
+    /// after a retry finds the children it submitted before rather than submitting them twice
+    /// (submit them one after another, or give each a key with [`Self::submit_child_with`]).
+    pub async fn submit_child<M: prost::Message>(
+        &self,
+        task: &str,
+        args: &M,
+    ) -> Result<task::Id, tonic::Status> {
+        let response = self
+            .submit_child_with(v1::SubmitRequest {
+                task: task.to_owned(),
+                args: Some(v1::submit_request::Args::ArgsProto(args.encode_to_vec())),
+                ..Default::default()
+            })
+            .await?;
+        task::Id::parse(&response.task_id)
+            .map_err(|e| tonic::Status::internal(format!("the gateway answered a bad id: {e}")))
+    }
+
+    /// Submits a child as `Tasks.Submit` takes a task (options, an idempotency key of its own
+    /// among this task's children, JSON arguments).
+    pub async fn submit_child_with(
+        &self,
+        request: v1::SubmitRequest,
+    ) -> Result<v1::SubmitResponse, tonic::Status> {
+        match &self.children {
+            Some(sink) => sink(request).await,
+            None => Err(tonic::Status::failed_precondition(
+                "this context submits no children: it was not made by a worker runtime (give it \
+                 one with TaskContext::with_child_sink)",
+            )),
         }
     }
 

@@ -18,6 +18,7 @@
 //! Every name, header and setting is defined here once; nothing else builds a subject or a
 //! header set.
 
+pub mod children;
 mod connect;
 pub mod env;
 pub mod follow;

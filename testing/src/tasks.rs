@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use taskwire_examples::chaos::v1::{
     Chaos, ChaosServer, ChargeArgs, ChargeResult, FlakyArgs, FlakyResult, PanicArgs, PanicResult,
-    SleepArgs, SleepResult, StepsArgs, StepsDone, StepsResult,
+    SleepArgs, SleepResult, SpawnArgs, SpawnResult, StepsArgs, StepsDone, StepsResult,
 };
 
 /// Where this process logs every run of a chaos task (see [`log_runs_to`]).
@@ -228,6 +228,30 @@ impl Chaos for ChaosTasks {
     async fn panic(&self, ctx: TaskContext, args: PanicArgs) -> Result<PanicResult, TaskError> {
         let _run = Run::start(&ctx);
         panic!("{}", args.message);
+    }
+
+    async fn spawn(&self, ctx: TaskContext, args: SpawnArgs) -> Result<SpawnResult, TaskError> {
+        let _run = Run::start(&ctx);
+        let mut children = Vec::new();
+        for i in 0..args.count {
+            let child = SleepArgs {
+                millis: args.child_millis,
+                label: format!("{}-{i}", args.label),
+            };
+            let id = ctx
+                .submit_child("examples.chaos.v1.Chaos/Sleep", &child)
+                .await
+                .map_err(|e| TaskError::retryable(format!("child {i}: {}", e.message())))?;
+            children.push(id.to_string());
+            tokio::time::sleep(Duration::from_millis(args.gap_millis)).await;
+        }
+        if args.fail_first && ctx.attempt() == 1 {
+            return Err(TaskError::retryable("spawn: the first attempt fails"));
+        }
+        Ok(SpawnResult {
+            children,
+            attempt: ctx.attempt(),
+        })
     }
 
     async fn charge(&self, ctx: TaskContext, args: ChargeArgs) -> Result<ChargeResult, TaskError> {

@@ -115,6 +115,19 @@ async def steps(args, ctx):
     return chaos_pb2.StepsResult(label=args.label, steps=args.steps)
 
 
+@chaos.spawn.handler
+async def spawn(args, ctx):
+    with logged_run(ctx):
+        children = []
+        for i in range(args.count):
+            child = chaos_pb2.SleepArgs(millis=args.child_millis, label=f"{args.label}-{i}")
+            children.append(await ctx.submit_child("examples.chaos.v1.Chaos/Sleep", child))
+            await asyncio.sleep(args.gap_millis / 1000)
+        if args.fail_first and ctx.attempt == 1:
+            raise TaskError("spawn: the first attempt fails")
+        return chaos_pb2.SpawnResult(children=children, attempt=ctx.attempt)
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=os.environ.get("TASKWIRE_PY_LOG", "WARNING"))
     # `worker.py --serve unix:/path.sock` serves the handlers only, for a runtime beside it.

@@ -133,6 +133,34 @@ class TaskContext:
         else:
             self._loop.call_soon_threadsafe(send)
 
+    async def submit_child(self, task: str, args: Message, **options: Any) -> str:
+        """Submits a child task (`task`, e.g. "examples.chaos.v1.Chaos/Sleep", with its input
+        message) and returns its id. The child records this task as its parent, Get lists it
+        among this task's children, and cancelling this task cancels it. Its id comes from this
+        task's id and its place among the children this attempt submitted (or its
+        `idempotency_key`), so an attempt that runs again after a retry finds the children it
+        submitted before rather than submitting them twice: submit them one after another.
+        `options` are those of `Client.submit` (idempotency_key, max_attempts, timeout, countdown,
+        eta, priority, ttl, expires, result_ttl). Raises `taskwire.client.Error` when the child is
+        refused (FAILED_PRECONDITION once this task was cancelled)."""
+        from taskwire.client import Error
+        from taskwire.options import submit_options
+
+        request = worker_pb2.SubmitChildRequest(
+            task_id=self.id,
+            attempt=self.attempt,
+            child=tasks_pb2.SubmitRequest(task=task, args_proto=args.SerializeToString(), options=submit_options(**options)),
+        )
+        try:
+            response = await self._progress.stub(self.metadata.get(CONTEXT, "")).SubmitChild(request, timeout=60)
+        except grpc.RpcError as err:
+            raise Error.from_rpc(err) from None
+        return response.task_id
+
+    def submit_child_blocking(self, task: str, args: Message, **options: Any) -> str:
+        """`submit_child` for a handler that is a plain function (it runs in a thread)."""
+        return asyncio.run_coroutine_threadsafe(self.submit_child(task, args, **options), self._loop).result()
+
     def _cancel(self) -> None:
         self._loop.call_soon_threadsafe(self._cancelled.set)
 
@@ -147,20 +175,27 @@ class TaskContext:
 
 
 class _Progress:
-    """Progress reports to the runtime's `taskwire.v1.TaskContext`, one channel per address."""
+    """Calls to the runtime's `taskwire.v1.TaskContext` (progress reports, children), one channel
+    per address."""
 
     def __init__(self) -> None:
         self._stubs: Dict[str, worker_pb2_grpc.TaskContextStub] = {}
         self._channels: List[grpc.aio.Channel] = []
 
-    async def report(self, address: str, request: worker_pb2.ReportProgressRequest) -> None:
+    def stub(self, address: str) -> worker_pb2_grpc.TaskContextStub:
         if not address:
-            return
+            raise RuntimeError("this call came without a taskwire-context address: it was not made by a worker runtime")
         stub = self._stubs.get(address)
         if stub is None:
             channel = grpc.aio.insecure_channel(address.split("://", 1)[-1] if address.startswith("http://") else address)
             self._channels.append(channel)
             stub = self._stubs[address] = worker_pb2_grpc.TaskContextStub(channel)
+        return stub
+
+    async def report(self, address: str, request: worker_pb2.ReportProgressRequest) -> None:
+        if not address:
+            return
+        stub = self.stub(address)
         try:
             await stub.ReportProgress(request, timeout=10)
         except grpc.RpcError as e:

@@ -27,13 +27,13 @@ import {
   type ChaosServer,
   ChaosService,
   protoMetadata as chaosProto,
-  type SleepArgs,
+  SleepArgs,
   type SleepResult,
   StepsDone,
 } from "../src/gen/examples/chaos/v1/chaos";
 import { type MagicServer, MagicService, protoMetadata as magicProto } from "../src/gen/examples/magic/v1/magic";
 import { FileDescriptorProto } from "../src/gen/google/protobuf/descriptor";
-import { ReportProgressRequest, TaskContextClient } from "../src/gen/taskwire/v1/worker";
+import { ReportProgressRequest, SubmitChildRequest, TaskContextClient } from "../src/gen/taskwire/v1/worker";
 
 interface Metadata {
   fileDescriptor: object;
@@ -88,14 +88,35 @@ function unary<I, O>(answer: (call: grpc.ServerUnaryCall<I, O>) => Promise<O>): 
 /** Progress clients, by the runtime's context address (`http://127.0.0.1:PORT`). */
 const contexts = new Map<string, TaskContextClient>();
 
-function progress(call: grpc.ServerUnaryCall<unknown, unknown>, percent: number, message: string, details: Uint8Array): Promise<void> {
-  const address = String(call.metadata.get("taskwire-context")[0] ?? "");
-  if (address === "") return Promise.resolve();
+function contextOf(address: string): TaskContextClient {
   let client = contexts.get(address);
   if (client === undefined) {
     client = new TaskContextClient(address.replace(/^http:\/\//, ""), grpc.credentials.createInsecure());
     contexts.set(address, client);
   }
+  return client;
+}
+
+/** Submits a child of the call's task through the runtime's context service. */
+function submitChild(call: grpc.ServerUnaryCall<unknown, unknown>, task: string, args: Uint8Array): Promise<string> {
+  const client = contextOf(String(call.metadata.get("taskwire-context")[0] ?? ""));
+  const request = SubmitChildRequest.fromPartial({
+    taskId: String(call.metadata.get("taskwire-task-id")[0] ?? ""),
+    attempt: attemptOf(call),
+    child: { task, argsProto: Buffer.from(args) },
+  });
+  return new Promise((resolve, reject) => {
+    client.submitChild(request, new grpc.Metadata(), { deadline: Date.now() + 60_000 }, (err, response) => {
+      if (err) reject(fail(grpc.status.UNAVAILABLE, `child not submitted: ${err.message}`));
+      else resolve(response.taskId);
+    });
+  });
+}
+
+function progress(call: grpc.ServerUnaryCall<unknown, unknown>, percent: number, message: string, details: Uint8Array): Promise<void> {
+  const address = String(call.metadata.get("taskwire-context")[0] ?? "");
+  if (address === "") return Promise.resolve();
+  const client = contextOf(address);
   const request = ReportProgressRequest.fromPartial({
     taskId: String(call.metadata.get("taskwire-task-id")[0] ?? ""),
     attempt: attemptOf(call),
@@ -166,6 +187,18 @@ const chaos: ChaosServer = {
     throw new Error(call.request.message);
   }),
   charge: unary(async (call) => ({ orderId: call.request.orderId })),
+  spawn: unary(async (call) => {
+    const args = call.request;
+    const children: string[] = [];
+    for (let i = 0; i < args.count; i++) {
+      const child = SleepArgs.encode({ millis: args.childMillis, label: `${args.label}-${i}` }).finish();
+      children.push(await submitChild(call, "examples.chaos.v1.Chaos/Sleep", child));
+      await sleep(Number(args.gapMillis));
+    }
+    const attempt = attemptOf(call);
+    if (args.failFirst && attempt === 1) throw fail(grpc.status.UNAVAILABLE, "spawn: the first attempt fails");
+    return { children, attempt };
+  }),
 };
 
 function main(): void {

@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import { type TaskContext, TaskError, Worker } from "../src";
-import { ChaosDefinition, type SleepArgs, StepsDone } from "../src/gen/examples/chaos/v1/chaos";
+import { ChaosDefinition, SleepArgs, StepsDone } from "../src/gen/examples/chaos/v1/chaos";
 import { type AddArgs, MagicDefinition } from "../src/gen/examples/magic/v1/magic";
 
 const worker = new Worker();
@@ -128,6 +128,19 @@ chaos.steps.handler(async (args, ctx) => {
   }
   return { label: args.label, steps: args.steps };
 });
+
+chaos.spawn.handler((args, ctx) =>
+  loggedRun(ctx, async () => {
+    const children: string[] = [];
+    for (let i = 0; i < args.count; i++) {
+      const child = { millis: args.childMillis, label: `${args.label}-${i}` };
+      children.push(await ctx.submitChild("examples.chaos.v1.Chaos/Sleep", SleepArgs, child));
+      await sleep(Number(args.gapMillis));
+    }
+    if (args.failFirst && ctx.attempt === 1) throw new TaskError("spawn: the first attempt fails");
+    return { children, attempt: ctx.attempt };
+  }),
+);
 
 worker.run().catch((err: unknown) => {
   console.error(`worker: ${err instanceof Error ? err.message : String(err)}`);

@@ -30,10 +30,13 @@ import {
   type HandlerOutcome,
   type HandlerOutcomes,
   ReportProgressRequest,
+  SubmitChildRequest,
   TaskContextClient,
   TaskHandlersService,
 } from "./gen/taskwire/v1/worker";
-import type { Seconds } from "./options";
+import { fromRpc } from "./errors";
+import type { SubmitResponse } from "./gen/taskwire/v1/tasks";
+import { type Seconds, type SubmitOptions, submitOptions } from "./options";
 import type { Schema } from "./schema";
 import { describes, generatedSchema } from "./service";
 
@@ -58,6 +61,8 @@ const FRAME_BYTES = 4 << 20;
 
 /** How long one progress report may take. */
 const REPORT_TIMEOUT_MS = 10_000;
+/** How long a child's submit may take: its runtime tries a gateway several times. */
+const CHILD_TIMEOUT_MS = 60_000;
 
 /** The protoMetadata export of a generated module (ts-proto's outputSchema=true). */
 export type ServiceSchema = Schema & ProtoMetadata;
@@ -152,6 +157,31 @@ export class TaskContext {
     return this.reports;
   }
 
+  /**
+   * Submits a child task (`task`, e.g. "examples.chaos.v1.Chaos/Sleep", with its input message
+   * type and value) and resolves to its id. The child records this task as its parent, Get
+   * lists it among this task's children, and cancelling this task cancels it. Its id comes from
+   * this task's id and its place among the children this attempt submitted (or its
+   * `idempotencyKey`), so an attempt that runs again after a retry finds the children it
+   * submitted before rather than submitting them twice: submit them one after another. Rejects
+   * with a GatewayError when the child is refused (FAILED_PRECONDITION once this task was
+   * cancelled).
+   */
+  async submitChild<I>(
+    task: string,
+    type: { encode(message: I): { finish(): Uint8Array } },
+    args: I,
+    options: SubmitOptions = {},
+  ): Promise<string> {
+    const request = SubmitChildRequest.fromPartial({
+      taskId: this.id,
+      attempt: this.attempt,
+      child: { task, argsProto: Buffer.from(type.encode(args).finish()), options: submitOptions(options) },
+    });
+    const response = await this.reporter.submitChild(text(this.metadata, TASK_METADATA.context), request);
+    return response.taskId;
+  }
+
   /** @internal Waits for the reports made so far. */
   flush(): Promise<void> {
     return this.reports;
@@ -168,18 +198,36 @@ function whole(value: string, fallback: number): number {
   return Number.isFinite(n) ? n : fallback;
 }
 
-/** Progress reports to the runtime's taskwire.v1.TaskContext, one client per address. */
+/** Calls to the runtime's taskwire.v1.TaskContext (progress reports, children), one client per address. */
 class Reporter {
   private readonly clients = new Map<string, TaskContextClient>();
 
-  report(address: string, request: ReportProgressRequest): Promise<void> {
-    if (address === "") return Promise.resolve();
+  private client(address: string): TaskContextClient {
     let client = this.clients.get(address);
     if (client === undefined) {
       const target = address.startsWith("http://") ? address.slice("http://".length) : address;
       client = new TaskContextClient(target, grpc.credentials.createInsecure());
       this.clients.set(address, client);
     }
+    return client;
+  }
+
+  submitChild(address: string, request: SubmitChildRequest): Promise<SubmitResponse> {
+    if (address === "") {
+      return Promise.reject(new Error("this call came without a taskwire-context address: it was not made by a worker runtime"));
+    }
+    const deadline = new Date(Date.now() + CHILD_TIMEOUT_MS);
+    return new Promise((resolve, reject) => {
+      this.client(address).submitChild(request, new grpc.Metadata(), { deadline }, (err, response) => {
+        if (err) reject(fromRpc(err));
+        else resolve(response);
+      });
+    });
+  }
+
+  report(address: string, request: ReportProgressRequest): Promise<void> {
+    if (address === "") return Promise.resolve();
+    const client = this.client(address);
     const deadline = new Date(Date.now() + REPORT_TIMEOUT_MS);
     return new Promise((resolve) => {
       client.reportProgress(request, new grpc.Metadata(), { deadline }, (err) => {

@@ -25,6 +25,42 @@ impl Gateway {
             .await?
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
         let name = Name::parse(&last.task).map_err(Error::InvalidName)?;
+        match self
+            .cancel_stored(
+                id,
+                &name,
+                last.attempt,
+                last.state() == TaskState::Scheduled,
+            )
+            .await?
+        {
+            Cancelled::Now => {}
+            Cancelled::ByWorker(info) => {
+                self.cancel_children(id).await?;
+                return Ok(info);
+            }
+            Cancelled::Finished(state) => {
+                return Err(Error::Finished {
+                    id: id.to_string(),
+                    state,
+                });
+            }
+        }
+        self.cancel_children(id).await?;
+        self.result(id)
+            .await?
+            .ok_or_else(|| Error::Broker("the cancelled result was not stored".into()))
+    }
+
+    /// The mark, the delayed copy taken out, the cancelled result: what a cancel stores of a
+    /// task that has not ended.
+    pub(crate) async fn cancel_stored(
+        &self,
+        id: &Id,
+        name: &Name,
+        attempt: u32,
+        scheduled: bool,
+    ) -> Result<Cancelled, Error> {
         // First the durable mark that workers watch: a queued task is then never started, a
         // running one is told to stop, across restarts and redeliveries.
         self.broker
@@ -34,7 +70,7 @@ impl Gateway {
             .map_err(|e| self.broker_error(e))?;
         // A delayed task the broker still holds is taken out: it never fires, however long
         // before its time the cancel came (longer than the mark and the result are kept).
-        if last.state() == TaskState::Scheduled {
+        if scheduled {
             self.broker
                 .tasks
                 .purge()
@@ -48,12 +84,12 @@ impl Gateway {
             .broker
             .jetstream
             .publish_with_headers(
-                subject::result(&name, id),
+                subject::result(name, id),
                 broker::ResultMessage::new(
-                    &name,
+                    name,
                     id,
                     TaskState::Cancelled,
-                    last.attempt,
+                    attempt,
                     &format!("cancel.{}", broker::now_micros()),
                     None,
                 )
@@ -64,26 +100,32 @@ impl Gateway {
             .map_err(publish_error)?
             .await;
         match published {
-            Ok(_) => {}
+            Ok(_) => Ok(Cancelled::Now),
             Err(e) if broker::is_wrong_last_sequence(&e) => {
                 let stored = self.result(id).await?;
                 // A worker saw the mark first and stored the cancelled result itself.
                 if let Some(info) = stored.as_ref()
                     && info.state() == TaskState::Cancelled
                 {
-                    return Ok(info.clone());
+                    return Ok(Cancelled::ByWorker(info.clone()));
                 }
                 // Finished first: the mark is not needed.
                 let _ = self.broker.cancelled.delete(id.as_str()).await;
-                return Err(Error::Finished {
-                    id: id.to_string(),
-                    state: stored.map_or("finished", |info| broker::state_name(info.state())),
-                });
+                Ok(Cancelled::Finished(stored.map_or("finished", |info| {
+                    broker::state_name(info.state())
+                })))
             }
-            Err(e) => return Err(publish_error(e)),
+            Err(e) => Err(publish_error(e)),
         }
-        self.result(id)
-            .await?
-            .ok_or_else(|| Error::Broker("the cancelled result was not stored".into()))
     }
+}
+
+/// What a cancel came to.
+pub(crate) enum Cancelled {
+    /// Its cancelled result stored now.
+    Now,
+    /// A worker that saw the mark stored it first.
+    ByWorker(v1::TaskInfo),
+    /// It had ended, in this state.
+    Finished(&'static str),
 }

@@ -83,6 +83,10 @@ pub enum Error {
     ScheduleExists(String),
     #[error("no schedule named {0}; `taskwire schedule list` shows those that exist")]
     NoSchedule(String),
+    #[error(
+        "task {parent} {why}: it submits no more children (a child is submitted by a task while it runs)"
+    )]
+    ParentEnded { parent: String, why: String },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -112,6 +116,7 @@ impl Error {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Finished { .. }
             | Error::Succeeded { .. }
+            | Error::ParentEnded { .. }
             | Error::NoSchedules
             | Error::SchemaMismatch { .. } => Code::FailedPrecondition,
             Error::StillRunning { .. } => Code::DeadlineExceeded,

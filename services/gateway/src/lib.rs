@@ -17,6 +17,7 @@
 mod admin;
 pub mod auth;
 mod cancel;
+mod children;
 mod dashboard;
 mod dead;
 pub mod direct;
@@ -331,7 +332,8 @@ pub async fn serve(
     });
     match workflow_consumers {
         Ok([starts, steps]) => {
-            workflows::advance::start(Arc::clone(&gateway), starts, steps, stop.clone())
+            workflows::advance::start(Arc::clone(&gateway), starts, steps, stop.clone());
+            children::start(Arc::clone(&gateway), stop.clone());
         }
         Err(e) => {
             tracing::warn!(error = %e, "workflows are not available: their stream or consumers cannot be opened")

@@ -138,6 +138,7 @@ impl v1::tasks_server::Tasks for TasksService {
         let info = self.gateway.state(&id).await?;
         auth::check_known(&request, Op::Read, &info.task_id, &info.task)?;
         let req = request.into_inner();
+        let info = self.gateway.with_family(info).await?;
         Ok(Response::new(
             self.gateway.with_json(info, req.include_json).await?,
         ))

@@ -213,10 +213,25 @@ pub(crate) async fn handle(
     let token = CancellationToken::new();
     let deadline = options.timeout.map(|t| Instant::now() + t);
     let progress = Progress::new(served, &id, attempt, series_number(&message));
+    // Its children continue the attempt's trace (without trace export here, the task's).
+    let traceparent = {
+        let mut headers = async_nats::HeaderMap::new();
+        taskwire_protocol::trace::inject_nats(&mut headers);
+        headers
+            .get("traceparent")
+            .or_else(|| message.headers.as_ref().and_then(|h| h.get("traceparent")))
+            .map(|v| v.as_str().to_owned())
+    };
     let ctx = TaskContext::new(id.clone(), name.clone(), attempt, max_attempts)
         .with_deadline(deadline)
         .with_cancellation(token.clone())
-        .with_progress_sink(progress.sink());
+        .with_progress_sink(progress.sink())
+        .with_child_sink(crate::children::sink(
+            served.client.clone(),
+            &id,
+            name,
+            traceparent,
+        ));
     let running = served.task_metrics.start();
     let outcome = run_attempt(
         served,

@@ -34,6 +34,7 @@
 
 mod attempt;
 mod cancels;
+mod children;
 mod limits;
 mod metrics;
 mod progress;

@@ -17,6 +17,7 @@ use taskwire_testing::{Gateway, NatsServer, Worker, bin, eventually, tasks};
 use tokio::process::Command;
 use tonic::Code;
 
+mod children;
 mod cli;
 mod failures;
 mod input;

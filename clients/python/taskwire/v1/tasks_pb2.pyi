@@ -159,7 +159,7 @@ class CancelRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("task_id", "task", "state", "attempt", "result", "result_json", "error", "updated_at", "progress", "not_before", "trace_id")
+    __slots__ = ("task_id", "task", "state", "attempt", "result", "result_json", "error", "updated_at", "progress", "not_before", "trace_id", "parent_id", "children")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +171,8 @@ class TaskInfo(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     task: str
     state: TaskState
@@ -182,7 +184,17 @@ class TaskInfo(_message.Message):
     progress: TaskProgress
     not_before: _timestamp_pb2.Timestamp
     trace_id: str
-    def __init__(self, task_id: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., result: _Optional[bytes] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[TaskFailure, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ...) -> None: ...
+    parent_id: str
+    children: _containers.RepeatedCompositeFieldContainer[TaskChild]
+    def __init__(self, task_id: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., result: _Optional[bytes] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[TaskFailure, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., children: _Optional[_Iterable[_Union[TaskChild, _Mapping]]] = ...) -> None: ...
+
+class TaskChild(_message.Message):
+    __slots__ = ("task_id", "task")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    task: str
+    def __init__(self, task_id: _Optional[str] = ..., task: _Optional[str] = ...) -> None: ...
 
 class TaskProgress(_message.Message):
     __slots__ = ("percent", "message", "details", "details_type")

@@ -7,6 +7,40 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SubmitChildRequest(_message.Message):
+    __slots__ = ("task_id", "attempt", "child")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    CHILD_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    attempt: int
+    child: _tasks_pb2.SubmitRequest
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., child: _Optional[_Union[_tasks_pb2.SubmitRequest, _Mapping]] = ...) -> None: ...
+
+class ChildSubmission(_message.Message):
+    __slots__ = ("parent_id", "parent_task", "index", "child", "traceparent")
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_TASK_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CHILD_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    parent_id: str
+    parent_task: str
+    index: int
+    child: _tasks_pb2.SubmitRequest
+    traceparent: str
+    def __init__(self, parent_id: _Optional[str] = ..., parent_task: _Optional[str] = ..., index: _Optional[int] = ..., child: _Optional[_Union[_tasks_pb2.SubmitRequest, _Mapping]] = ..., traceparent: _Optional[str] = ...) -> None: ...
+
+class ChildSubmitted(_message.Message):
+    __slots__ = ("code", "message", "response")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    response: _tasks_pb2.SubmitResponse
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., response: _Optional[_Union[_tasks_pb2.SubmitResponse, _Mapping]] = ...) -> None: ...
+
 class ReportProgressRequest(_message.Message):
     __slots__ = ("task_id", "attempt", "progress")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from taskwire.v1 import tasks_pb2 as taskwire_dot_v1_dot_tasks__pb2
 from taskwire.v1 import worker_pb2 as taskwire_dot_v1_dot_worker__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -47,6 +48,11 @@ class TaskContextStub:
                 request_serializer=taskwire_dot_v1_dot_worker__pb2.ReportProgressRequest.SerializeToString,
                 response_deserializer=taskwire_dot_v1_dot_worker__pb2.ReportProgressResponse.FromString,
                 _registered_method=True)
+        self.SubmitChild = channel.unary_unary(
+                '/taskwire.v1.TaskContext/SubmitChild',
+                request_serializer=taskwire_dot_v1_dot_worker__pb2.SubmitChildRequest.SerializeToString,
+                response_deserializer=taskwire_dot_v1_dot_tasks__pb2.SubmitResponse.FromString,
+                _registered_method=True)
 
 
 class TaskContextServicer:
@@ -68,6 +74,18 @@ class TaskContextServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitChild(self, request, context):
+        """Submits a child of the running attempt's task: checked and stored as a submit is, it
+        records its parent, Get shows it among the parent's children, and cancelling the parent
+        cancels it. Its id is made from the parent's id and the child's idempotency key, or, for a
+        child without one, its place among the children this attempt submitted: an attempt that
+        runs again after a retry finds the children an earlier attempt submitted, rather than
+        submitting them twice. A parent that was cancelled submits none (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskContextServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +93,11 @@ def add_TaskContextServicer_to_server(servicer, server):
                     servicer.ReportProgress,
                     request_deserializer=taskwire_dot_v1_dot_worker__pb2.ReportProgressRequest.FromString,
                     response_serializer=taskwire_dot_v1_dot_worker__pb2.ReportProgressResponse.SerializeToString,
+            ),
+            'SubmitChild': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitChild,
+                    request_deserializer=taskwire_dot_v1_dot_worker__pb2.SubmitChildRequest.FromString,
+                    response_serializer=taskwire_dot_v1_dot_tasks__pb2.SubmitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -112,6 +135,33 @@ class TaskContext:
             '/taskwire.v1.TaskContext/ReportProgress',
             taskwire_dot_v1_dot_worker__pb2.ReportProgressRequest.SerializeToString,
             taskwire_dot_v1_dot_worker__pb2.ReportProgressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitChild(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskwire.v1.TaskContext/SubmitChild',
+            taskwire_dot_v1_dot_worker__pb2.SubmitChildRequest.SerializeToString,
+            taskwire_dot_v1_dot_tasks__pb2.SubmitResponse.FromString,
             options,
             channel_credentials,
             insecure,

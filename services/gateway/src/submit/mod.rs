@@ -55,6 +55,26 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// The task's id.
+    pub(crate) fn id(&self) -> &Id {
+        &self.id
+    }
+
+    /// The task's type.
+    pub(crate) fn name(&self) -> &Name {
+        &self.name
+    }
+
+    /// Continues the trace `traceparent` (a child's parent's) rather than the caller's.
+    pub(crate) fn in_trace(mut self, traceparent: Option<String>) -> Self {
+        if traceparent.is_some() {
+            self.traceparent = traceparent;
+        }
+        self
+    }
+}
+
 /// A task sent to the broker whose acks are still on their way.
 pub(crate) struct Sending {
     id: Id,

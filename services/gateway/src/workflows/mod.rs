@@ -133,7 +133,7 @@ impl Gateway {
         })
     }
 
-    fn workflows_open(&self) -> Result<(), Error> {
+    pub(crate) fn workflows_open(&self) -> Result<(), Error> {
         if self.workflows {
             return Ok(());
         }

@@ -1,5 +1,5 @@
 //! `taskwire.v1.TaskContext`, served for the handlers the runtime calls: what a handler in any
-//! language asks of the attempt it runs (its progress now; more later), by the task id and
+//! language asks of the attempt it runs (its progress, its children), by the task id and
 //! attempt of its call.
 
 use std::collections::HashMap;
@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use taskwire::TaskContext;
 use taskwire::v1::task_context_server::{TaskContext as TaskContextService, TaskContextServer};
-use taskwire::v1::{ReportProgressRequest, ReportProgressResponse};
+use taskwire::v1::{
+    ReportProgressRequest, ReportProgressResponse, SubmitChildRequest, SubmitResponse,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -91,6 +93,18 @@ struct Service {
     attempts: Arc<Attempts>,
 }
 
+impl Service {
+    fn attempt(&self, task_id: &str, attempt: u32, what: &str) -> Result<TaskContext, Status> {
+        match self.attempts.lock().get(task_id) {
+            Some(ctx) if ctx.attempt() == attempt => Ok(ctx.clone()),
+            _ => Err(Status::not_found(format!(
+                "attempt {attempt} of task {task_id:?} is not running on this worker; {what} with \
+                 the taskwire-task-id and taskwire-attempt of the call being served"
+            ))),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl TaskContextService for Service {
     async fn report_progress(
@@ -98,19 +112,22 @@ impl TaskContextService for Service {
         request: Request<ReportProgressRequest>,
     ) -> Result<Response<ReportProgressResponse>, Status> {
         let request = request.into_inner();
-        let ctx = self.attempts.lock().get(&request.task_id).cloned();
-        match ctx {
-            Some(ctx) if ctx.attempt() == request.attempt => {
-                let mut progress = request.progress.unwrap_or_default();
-                progress.percent = progress.percent.clamp(0.0, 100.0);
-                ctx.report(progress);
-                Ok(Response::new(ReportProgressResponse {}))
-            }
-            _ => Err(Status::not_found(format!(
-                "attempt {} of task {:?} is not running on this worker; report progress with the \
-                 taskwire-task-id and taskwire-attempt of the call being served",
-                request.attempt, request.task_id
-            ))),
-        }
+        let ctx = self.attempt(&request.task_id, request.attempt, "report progress")?;
+        let mut progress = request.progress.unwrap_or_default();
+        progress.percent = progress.percent.clamp(0.0, 100.0);
+        ctx.report(progress);
+        Ok(Response::new(ReportProgressResponse {}))
+    }
+
+    async fn submit_child(
+        &self,
+        request: Request<SubmitChildRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        let request = request.into_inner();
+        let ctx = self.attempt(&request.task_id, request.attempt, "submit children")?;
+        let child = request
+            .child
+            .ok_or_else(|| Status::invalid_argument("name the child to submit (child)"))?;
+        Ok(Response::new(ctx.submit_child_with(child).await?))
     }
 }

@@ -307,6 +307,19 @@ export interface TaskInfo {
     | undefined;
   /** The W3C trace id of the task's trace, when its submission was traced. */
   traceId: string;
+  /** The task that submitted this one from its context, if one did. */
+  parentId: string;
+  /**
+   * The tasks this one submitted from its context, in the order they were recorded (Get
+   * only).
+   */
+  children: TaskChild[];
+}
+
+/** A task submitted by another from its context. */
+export interface TaskChild {
+  taskId: string;
+  task: string;
 }
 
 /** What a running task says about how far it got. */
@@ -1753,6 +1766,8 @@ function createBaseTaskInfo(): TaskInfo {
     progress: undefined,
     notBefore: undefined,
     traceId: "",
+    parentId: "",
+    children: [],
   };
 }
 
@@ -1790,6 +1805,12 @@ export const TaskInfo: MessageFns<TaskInfo> = {
     }
     if (message.traceId !== "") {
       writer.uint32(90).string(message.traceId);
+    }
+    if (message.parentId !== "") {
+      writer.uint32(98).string(message.parentId);
+    }
+    for (const v of message.children) {
+      TaskChild.encode(v!, writer.uint32(106).fork()).join();
     }
     return writer;
   },
@@ -1895,6 +1916,22 @@ export const TaskInfo: MessageFns<TaskInfo> = {
             message.traceId = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.parentId = reader.string();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.children.push(TaskChild.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1940,6 +1977,14 @@ export const TaskInfo: MessageFns<TaskInfo> = {
         : isSet(object.trace_id)
         ? globalThis.String(object.trace_id)
         : "",
+      parentId: isSet(object.parentId)
+        ? globalThis.String(object.parentId)
+        : isSet(object.parent_id)
+        ? globalThis.String(object.parent_id)
+        : "",
+      children: globalThis.Array.isArray(object?.children)
+        ? object.children.map((e: any) => TaskChild.fromJSON(e))
+        : [],
     };
   },
 
@@ -1978,6 +2023,12 @@ export const TaskInfo: MessageFns<TaskInfo> = {
     if (message.traceId !== "") {
       obj.traceId = message.traceId;
     }
+    if (message.parentId !== "") {
+      obj.parentId = message.parentId;
+    }
+    if (message.children?.length) {
+      obj.children = message.children.map((e) => TaskChild.toJSON(e));
+    }
     return obj;
   },
 
@@ -2001,6 +2052,97 @@ export const TaskInfo: MessageFns<TaskInfo> = {
       : undefined;
     message.notBefore = object.notBefore ?? undefined;
     message.traceId = object.traceId ?? "";
+    message.parentId = object.parentId ?? "";
+    message.children = object.children?.map((e) => TaskChild.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseTaskChild(): TaskChild {
+  return { taskId: "", task: "" };
+}
+
+export const TaskChild: MessageFns<TaskChild> = {
+  encode(message: TaskChild, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.taskId !== "") {
+      writer.uint32(10).string(message.taskId);
+    }
+    if (message.task !== "") {
+      writer.uint32(18).string(message.task);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TaskChild {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTaskChild();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.taskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.task = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TaskChild {
+    return {
+      taskId: isSet(object.taskId)
+        ? globalThis.String(object.taskId)
+        : isSet(object.task_id)
+        ? globalThis.String(object.task_id)
+        : "",
+      task: isSet(object.task) ? globalThis.String(object.task) : "",
+    };
+  },
+
+  toJSON(message: TaskChild): unknown {
+    const obj: any = {};
+    if (message.taskId !== "") {
+      obj.taskId = message.taskId;
+    }
+    if (message.task !== "") {
+      obj.task = message.task;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TaskChild>): TaskChild {
+    return TaskChild.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TaskChild>): TaskChild {
+    const message = createBaseTaskChild();
+    message.taskId = object.taskId ?? "";
+    message.task = object.task ?? "";
     return message;
   },
 };
@@ -5914,6 +6056,66 @@ export const protoMetadata: ProtoMetadata = {
         "jsonName": "traceId",
         "options": undefined,
         "proto3Optional": false,
+      }, {
+        "name": "parent_id",
+        "number": 12,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "parentId",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "children",
+        "number": 13,
+        "label": 3,
+        "type": 11,
+        "typeName": ".taskwire.v1.TaskChild",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "children",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "TaskChild",
+      "field": [{
+        "name": "task_id",
+        "number": 1,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "taskId",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "task",
+        "number": 2,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "task",
+        "options": undefined,
+        "proto3Optional": false,
       }],
       "extension": [],
       "nestedType": [],
@@ -7459,252 +7661,271 @@ export const protoMetadata: ProtoMetadata = {
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [4, 10, 2, 11],
+        "span": [201, 2, 24],
+        "leadingComments": " The task that submitted this one from its context, if one did.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 10, 2, 12],
+        "span": [204, 2, 35],
+        "leadingComments":
+          " The tasks this one submitted from its context, in the order they were recorded (Get\n only).\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [4, 11],
-        "span": [203, 0, 210, 1],
+        "span": [208, 0, 211, 1],
+        "leadingComments": " A task submitted by another from its context.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 12],
+        "span": [214, 0, 221, 1],
         "leadingComments": " What a running task says about how far it got.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 11, 2, 0],
-        "span": [205, 2, 20],
+        "path": [4, 12, 2, 0],
+        "span": [216, 2, 20],
         "leadingComments": " 0 to 100.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 11, 2, 2],
-        "span": [208, 2, 20],
+        "path": [4, 12, 2, 2],
+        "span": [219, 2, 20],
         "leadingComments": " A message of the task's own choice, as protobuf bytes, with its full type name.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 12, 2, 1],
-        "span": [215, 2, 21],
+        "path": [4, 13, 2, 1],
+        "span": [226, 2, 21],
         "leadingComments": " Whether the task itself said that trying again could succeed.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 15],
-        "span": [225, 0, 237, 1],
+        "path": [4, 16],
+        "span": [236, 0, 248, 1],
         "leadingComments": " A task type: what the registry holds for each task a worker serves.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 15, 2, 0],
-        "span": [227, 2, 18],
+        "path": [4, 16, 2, 0],
+        "span": [238, 2, 18],
         "leadingComments": ' Full task name, e.g. "examples.magic.v1.Magic/Add".\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 15, 2, 1],
-        "span": [229, 2, 24],
+        "path": [4, 16, 2, 1],
+        "span": [240, 2, 24],
         "leadingComments": " Full names of the input and output messages.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 15, 2, 3],
-        "span": [232, 2, 32],
+        "path": [4, 16, 2, 3],
+        "span": [243, 2, 32],
         "leadingComments":
           " A serialized google.protobuf.FileDescriptorSet that holds both messages and their imports.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 15, 2, 4],
-        "span": [234, 2, 26],
+        "path": [4, 16, 2, 4],
+        "span": [245, 2, 26],
         "leadingComments": " The task's options as declared in its proto.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 15, 2, 5],
-        "span": [236, 2, 29],
+        "path": [4, 16, 2, 5],
+        "span": [247, 2, 29],
         "leadingComments":
           ' The schema fingerprint of input and output (see docs/protocol.md, "Schema fingerprints").\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 16, 2, 0],
-        "span": [241, 2, 18],
+        "path": [4, 17, 2, 0],
+        "span": [252, 2, 18],
         "leadingComments": " Only dead letters of this task type; empty means all.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 16, 2, 1],
-        "span": [243, 2, 19],
+        "path": [4, 17, 2, 1],
+        "span": [254, 2, 19],
         "leadingComments": " At most this many; 0 means 100, and 1000 is the most.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 17, 2, 2],
-        "span": [250, 2, 20],
+        "path": [4, 18, 2, 2],
+        "span": [261, 2, 20],
         "leadingComments": " exhausted, permanent, panic, timeout or poison.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 17, 2, 3],
-        "span": [252, 2, 19],
+        "path": [4, 18, 2, 3],
+        "span": [263, 2, 19],
         "leadingComments": " The last error.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 17, 2, 4],
-        "span": [254, 2, 21],
+        "path": [4, 18, 2, 4],
+        "span": [265, 2, 21],
         "leadingComments": " The attempt that failed last.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 17, 2, 6],
-        "span": [257, 2, 21],
+        "path": [4, 18, 2, 6],
+        "span": [268, 2, 21],
         "leadingComments": " How many times this task was replayed before.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 19, 2, 0],
-        "span": [266, 2, 31],
+        "path": [4, 20, 2, 0],
+        "span": [277, 2, 31],
         "leadingComments": " These tasks...\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 19, 2, 1],
-        "span": [268, 2, 18],
+        "path": [4, 20, 2, 1],
+        "span": [279, 2, 18],
         "leadingComments": " ...or every dead letter of this task type (with all = true).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 20, 2, 0],
-        "span": [274, 2, 31],
+        "path": [4, 21, 2, 0],
+        "span": [285, 2, 31],
         "leadingComments": " The tasks put back in line.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 21, 2, 0],
-        "span": [279, 2, 18],
+        "path": [4, 22, 2, 0],
+        "span": [290, 2, 18],
         "leadingComments": " Only dead letters of this task type; empty means all.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 23],
-        "span": [287, 0, 292, 1],
+        "path": [4, 24],
+        "span": [298, 0, 303, 1],
         "leadingComments": " How many tasks of a type run at once and start per period, across all workers.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 23, 2, 0],
-        "span": [289, 2, 29],
+        "path": [4, 24, 2, 0],
+        "span": [300, 2, 29],
         "leadingComments": " 0 means no limit.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 23, 2, 1],
-        "span": [291, 2, 24],
+        "path": [4, 24, 2, 1],
+        "span": [302, 2, 24],
         "leadingComments": ' "10/s", "600/m" or "5/h"; empty means no limit.\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 25, 2, 2],
-        "span": [302, 2, 17],
+        "path": [4, 26, 2, 2],
+        "span": [313, 2, 17],
         "leadingComments": " Drop the override: the declared limits apply again.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 26, 2, 1],
-        "span": [308, 2, 24],
+        "path": [4, 27, 2, 1],
+        "span": [319, 2, 24],
         "leadingComments": " The limits in force.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 26, 2, 2],
-        "span": [310, 2, 22],
+        "path": [4, 27, 2, 2],
+        "span": [321, 2, 22],
         "leadingComments": " Whether they were set through SetTaskLimits rather than declared.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 29],
-        "span": [320, 0, 336, 1],
+        "path": [4, 30],
+        "span": [331, 0, 347, 1],
         "leadingComments": " What a worker tells about itself in its heartbeat.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 29, 2, 3],
-        "span": [325, 2, 28],
+        "path": [4, 30, 2, 3],
+        "span": [336, 2, 28],
         "leadingComments": " The task types it serves.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 29, 2, 4],
-        "span": [327, 2, 21],
+        "path": [4, 30, 2, 4],
+        "span": [338, 2, 21],
         "leadingComments": " Tasks running now, and finished since it started.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 29, 2, 10],
-        "span": [335, 2, 26],
+        "path": [4, 30, 2, 10],
+        "span": [346, 2, 26],
         "leadingComments":
           " Why the worker starts no task now (the upstream gRPC server it calls does not answer);\n empty while it does.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 32, 2, 1],
-        "span": [347, 2, 22],
+        "path": [4, 33, 2, 1],
+        "span": [358, 2, 22],
         "leadingComments": " high, normal or low.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 32, 2, 2],
-        "span": [349, 2, 20],
+        "path": [4, 33, 2, 2],
+        "span": [360, 2, 20],
         "leadingComments": " Waiting for a worker.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 32, 2, 3],
-        "span": [351, 2, 23],
+        "path": [4, 33, 2, 3],
+        "span": [362, 2, 23],
         "leadingComments": " Delivered to a worker and not yet acknowledged.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 32, 2, 4],
-        "span": [353, 2, 25],
+        "path": [4, 33, 2, 4],
+        "span": [364, 2, 25],
         "leadingComments": " Delivered more than once (retries, dead workers).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 32, 2, 5],
-        "span": [355, 2, 27],
+        "path": [4, 33, 2, 5],
+        "span": [366, 2, 27],
         "leadingComments": " Pull requests of idle workers waiting for tasks.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 32, 2, 6],
-        "span": [357, 2, 46],
+        "path": [4, 33, 2, 6],
+        "span": [368, 2, 46],
         "leadingComments": " How long the oldest queued task has waited.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 32, 2, 7],
-        "span": [359, 2, 26],
+        "path": [4, 33, 2, 7],
+        "span": [370, 2, 26],
         "leadingComments": " Dead letters of the task type (on the normal priority row).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 32, 2, 8],
-        "span": [361, 2, 21],
+        "path": [4, 33, 2, 8],
+        "span": [372, 2, 21],
         "leadingComments": " Live workers that serve the task type.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 32, 2, 9],
-        "span": [364, 2, 30],
+        "path": [4, 33, 2, 9],
+        "span": [375, 2, 30],
         "leadingComments":
           " Deliveries to workers since the queue's consumer was made: the difference between two\n readings over the time between them is the queue's rate.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 34, 2, 0],
-        "span": [373, 2, 31],
+        "path": [4, 35, 2, 0],
+        "span": [384, 2, 31],
         "leadingComments": " Oldest first: queued or scheduled, running, progress, retrying.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 34, 2, 1],
-        "span": [375, 2, 22],
+        "path": [4, 35, 2, 1],
+        "span": [386, 2, 22],
         "leadingComments": " The final state, once there is one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
@@ -7727,6 +7948,7 @@ export const protoMetadata: ProtoMetadata = {
     ".taskwire.v1.WaitRequest": WaitRequest,
     ".taskwire.v1.CancelRequest": CancelRequest,
     ".taskwire.v1.TaskInfo": TaskInfo,
+    ".taskwire.v1.TaskChild": TaskChild,
     ".taskwire.v1.TaskProgress": TaskProgress,
     ".taskwire.v1.TaskFailure": TaskFailure,
     ".taskwire.v1.ListTaskTypesRequest": ListTaskTypesRequest,

@@ -21,11 +21,45 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import type { FileDescriptorProto as FileDescriptorProto1 } from "ts-proto-descriptors";
-import { protoMetadata as protoMetadata1, TaskProgress } from "./tasks";
+import { protoMetadata as protoMetadata1, SubmitRequest, SubmitResponse, TaskProgress } from "./tasks";
 
 export const protobufPackage = "taskwire.v1";
 
 export const protobufFileName = "taskwire/v1/worker.proto";
+
+export interface SubmitChildRequest {
+  /** The task id and attempt of the running attempt (from its call's metadata). */
+  taskId: string;
+  attempt: number;
+  /** The child, as `Tasks.Submit` takes it. */
+  child: SubmitRequest | undefined;
+}
+
+/**
+ * A child submitted by a worker runtime, on `taskwire.children.submit`: a gateway checks and
+ * stores it, and answers a `ChildSubmitted`.
+ */
+export interface ChildSubmission {
+  parentId: string;
+  parentTask: string;
+  /**
+   * Its place among the children the parent's attempt submitted (from 0): its key when the
+   * child has none of its own.
+   */
+  index: number;
+  child:
+    | SubmitRequest
+    | undefined;
+  /** The parent's W3C trace context: the child joins the parent's trace. */
+  traceparent: string;
+}
+
+export interface ChildSubmitted {
+  /** The gRPC status code of the submit (0, OK: `response` holds the child). */
+  code: number;
+  message: string;
+  response: SubmitResponse | undefined;
+}
 
 export interface ReportProgressRequest {
   /** The task id and attempt of the running attempt (from its call's metadata). */
@@ -91,6 +125,359 @@ export interface HandlerOutcome {
    */
   details: Buffer;
 }
+
+function createBaseSubmitChildRequest(): SubmitChildRequest {
+  return { taskId: "", attempt: 0, child: undefined };
+}
+
+export const SubmitChildRequest: MessageFns<SubmitChildRequest> = {
+  encode(message: SubmitChildRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.taskId !== "") {
+      writer.uint32(10).string(message.taskId);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(16).uint32(message.attempt);
+    }
+    if (message.child !== undefined) {
+      SubmitRequest.encode(message.child, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SubmitChildRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSubmitChildRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.taskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.attempt = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.child = SubmitRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SubmitChildRequest {
+    return {
+      taskId: isSet(object.taskId)
+        ? globalThis.String(object.taskId)
+        : isSet(object.task_id)
+        ? globalThis.String(object.task_id)
+        : "",
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      child: isSet(object.child) ? SubmitRequest.fromJSON(object.child) : undefined,
+    };
+  },
+
+  toJSON(message: SubmitChildRequest): unknown {
+    const obj: any = {};
+    if (message.taskId !== "") {
+      obj.taskId = message.taskId;
+    }
+    if (message.attempt !== 0) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    if (message.child !== undefined) {
+      obj.child = SubmitRequest.toJSON(message.child);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SubmitChildRequest>): SubmitChildRequest {
+    return SubmitChildRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SubmitChildRequest>): SubmitChildRequest {
+    const message = createBaseSubmitChildRequest();
+    message.taskId = object.taskId ?? "";
+    message.attempt = object.attempt ?? 0;
+    message.child = (object.child !== undefined && object.child !== null)
+      ? SubmitRequest.fromPartial(object.child)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseChildSubmission(): ChildSubmission {
+  return { parentId: "", parentTask: "", index: 0, child: undefined, traceparent: "" };
+}
+
+export const ChildSubmission: MessageFns<ChildSubmission> = {
+  encode(message: ChildSubmission, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.parentId !== "") {
+      writer.uint32(10).string(message.parentId);
+    }
+    if (message.parentTask !== "") {
+      writer.uint32(18).string(message.parentTask);
+    }
+    if (message.index !== 0) {
+      writer.uint32(24).uint32(message.index);
+    }
+    if (message.child !== undefined) {
+      SubmitRequest.encode(message.child, writer.uint32(34).fork()).join();
+    }
+    if (message.traceparent !== "") {
+      writer.uint32(42).string(message.traceparent);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChildSubmission {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChildSubmission();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.parentTask = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.index = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.child = SubmitRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.traceparent = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ChildSubmission {
+    return {
+      parentId: isSet(object.parentId)
+        ? globalThis.String(object.parentId)
+        : isSet(object.parent_id)
+        ? globalThis.String(object.parent_id)
+        : "",
+      parentTask: isSet(object.parentTask)
+        ? globalThis.String(object.parentTask)
+        : isSet(object.parent_task)
+        ? globalThis.String(object.parent_task)
+        : "",
+      index: isSet(object.index) ? globalThis.Number(object.index) : 0,
+      child: isSet(object.child) ? SubmitRequest.fromJSON(object.child) : undefined,
+      traceparent: isSet(object.traceparent) ? globalThis.String(object.traceparent) : "",
+    };
+  },
+
+  toJSON(message: ChildSubmission): unknown {
+    const obj: any = {};
+    if (message.parentId !== "") {
+      obj.parentId = message.parentId;
+    }
+    if (message.parentTask !== "") {
+      obj.parentTask = message.parentTask;
+    }
+    if (message.index !== 0) {
+      obj.index = Math.round(message.index);
+    }
+    if (message.child !== undefined) {
+      obj.child = SubmitRequest.toJSON(message.child);
+    }
+    if (message.traceparent !== "") {
+      obj.traceparent = message.traceparent;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ChildSubmission>): ChildSubmission {
+    return ChildSubmission.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ChildSubmission>): ChildSubmission {
+    const message = createBaseChildSubmission();
+    message.parentId = object.parentId ?? "";
+    message.parentTask = object.parentTask ?? "";
+    message.index = object.index ?? 0;
+    message.child = (object.child !== undefined && object.child !== null)
+      ? SubmitRequest.fromPartial(object.child)
+      : undefined;
+    message.traceparent = object.traceparent ?? "";
+    return message;
+  },
+};
+
+function createBaseChildSubmitted(): ChildSubmitted {
+  return { code: 0, message: "", response: undefined };
+}
+
+export const ChildSubmitted: MessageFns<ChildSubmitted> = {
+  encode(message: ChildSubmitted, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.code !== 0) {
+      writer.uint32(8).uint32(message.code);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    if (message.response !== undefined) {
+      SubmitResponse.encode(message.response, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChildSubmitted {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChildSubmitted();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.code = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.response = SubmitResponse.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ChildSubmitted {
+    return {
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      response: isSet(object.response) ? SubmitResponse.fromJSON(object.response) : undefined,
+    };
+  },
+
+  toJSON(message: ChildSubmitted): unknown {
+    const obj: any = {};
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.response !== undefined) {
+      obj.response = SubmitResponse.toJSON(message.response);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ChildSubmitted>): ChildSubmitted {
+    return ChildSubmitted.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ChildSubmitted>): ChildSubmitted {
+    const message = createBaseChildSubmitted();
+    message.code = object.code ?? 0;
+    message.message = object.message ?? "";
+    message.response = (object.response !== undefined && object.response !== null)
+      ? SubmitResponse.fromPartial(object.response)
+      : undefined;
+    return message;
+  },
+};
 
 function createBaseReportProgressRequest(): ReportProgressRequest {
   return { taskId: "", attempt: 0, progress: undefined };
@@ -846,6 +1233,22 @@ export const TaskContextDefinition = {
       responseStream: false,
       options: {},
     },
+    /**
+     * Submits a child of the running attempt's task: checked and stored as a submit is, it
+     * records its parent, Get shows it among the parent's children, and cancelling the parent
+     * cancels it. Its id is made from the parent's id and the child's idempotency key, or, for a
+     * child without one, its place among the children this attempt submitted: an attempt that
+     * runs again after a retry finds the children an earlier attempt submitted, rather than
+     * submitting them twice. A parent that was cancelled submits none (FAILED_PRECONDITION).
+     */
+    submitChild: {
+      name: "SubmitChild",
+      requestType: SubmitChildRequest as typeof SubmitChildRequest,
+      requestStream: false,
+      responseType: SubmitResponse as typeof SubmitResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -876,6 +1279,23 @@ export const TaskContextService = {
       Buffer.from(ReportProgressResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ReportProgressResponse => ReportProgressResponse.decode(value),
   },
+  /**
+   * Submits a child of the running attempt's task: checked and stored as a submit is, it
+   * records its parent, Get shows it among the parent's children, and cancelling the parent
+   * cancels it. Its id is made from the parent's id and the child's idempotency key, or, for a
+   * child without one, its place among the children this attempt submitted: an attempt that
+   * runs again after a retry finds the children an earlier attempt submitted, rather than
+   * submitting them twice. A parent that was cancelled submits none (FAILED_PRECONDITION).
+   */
+  submitChild: {
+    path: "/taskwire.v1.TaskContext/SubmitChild" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SubmitChildRequest): Buffer => Buffer.from(SubmitChildRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SubmitChildRequest => SubmitChildRequest.decode(value),
+    responseSerialize: (value: SubmitResponse): Buffer => Buffer.from(SubmitResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SubmitResponse => SubmitResponse.decode(value),
+  },
 } as const;
 
 export interface TaskContextServer extends UntypedServiceImplementation {
@@ -884,6 +1304,15 @@ export interface TaskContextServer extends UntypedServiceImplementation {
    * Get shows the last one.
    */
   reportProgress: handleUnaryCall<ReportProgressRequest, ReportProgressResponse>;
+  /**
+   * Submits a child of the running attempt's task: checked and stored as a submit is, it
+   * records its parent, Get shows it among the parent's children, and cancelling the parent
+   * cancels it. Its id is made from the parent's id and the child's idempotency key, or, for a
+   * child without one, its place among the children this attempt submitted: an attempt that
+   * runs again after a retry finds the children an earlier attempt submitted, rather than
+   * submitting them twice. A parent that was cancelled submits none (FAILED_PRECONDITION).
+   */
+  submitChild: handleUnaryCall<SubmitChildRequest, SubmitResponse>;
 }
 
 export interface TaskContextClient extends Client {
@@ -905,6 +1334,29 @@ export interface TaskContextClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ReportProgressResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Submits a child of the running attempt's task: checked and stored as a submit is, it
+   * records its parent, Get shows it among the parent's children, and cancelling the parent
+   * cancels it. Its id is made from the parent's id and the child's idempotency key, or, for a
+   * child without one, its place among the children this attempt submitted: an attempt that
+   * runs again after a retry finds the children an earlier attempt submitted, rather than
+   * submitting them twice. A parent that was cancelled submits none (FAILED_PRECONDITION).
+   */
+  submitChild(
+    request: SubmitChildRequest,
+    callback: (error: ServiceError | null, response: SubmitResponse) => void,
+  ): ClientUnaryCall;
+  submitChild(
+    request: SubmitChildRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SubmitResponse) => void,
+  ): ClientUnaryCall;
+  submitChild(
+    request: SubmitChildRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SubmitResponse) => void,
   ): ClientUnaryCall;
 }
 
@@ -1018,6 +1470,174 @@ export const protoMetadata: ProtoMetadata = {
     "weakDependency": [],
     "optionDependency": [],
     "messageType": [{
+      "name": "SubmitChildRequest",
+      "field": [{
+        "name": "task_id",
+        "number": 1,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "taskId",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "attempt",
+        "number": 2,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "attempt",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "child",
+        "number": 3,
+        "label": 1,
+        "type": 11,
+        "typeName": ".taskwire.v1.SubmitRequest",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "child",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "ChildSubmission",
+      "field": [{
+        "name": "parent_id",
+        "number": 1,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "parentId",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "parent_task",
+        "number": 2,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "parentTask",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "index",
+        "number": 3,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "index",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "child",
+        "number": 4,
+        "label": 1,
+        "type": 11,
+        "typeName": ".taskwire.v1.SubmitRequest",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "child",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "traceparent",
+        "number": 5,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "traceparent",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "ChildSubmitted",
+      "field": [{
+        "name": "code",
+        "number": 1,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "code",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "message",
+        "number": 2,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "message",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "response",
+        "number": 3,
+        "label": 1,
+        "type": 11,
+        "typeName": ".taskwire.v1.SubmitResponse",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "response",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
       "name": "ReportProgressRequest",
       "field": [{
         "name": "task_id",
@@ -1364,6 +1984,13 @@ export const protoMetadata: ProtoMetadata = {
         "options": undefined,
         "clientStreaming": false,
         "serverStreaming": false,
+      }, {
+        "name": "SubmitChild",
+        "inputType": ".taskwire.v1.SubmitChildRequest",
+        "outputType": ".taskwire.v1.SubmitResponse",
+        "options": undefined,
+        "clientStreaming": false,
+        "serverStreaming": false,
       }],
       "options": undefined,
     }, {
@@ -1383,7 +2010,7 @@ export const protoMetadata: ProtoMetadata = {
     "sourceCodeInfo": {
       "location": [{
         "path": [6, 0],
-        "span": [14, 0, 18, 1],
+        "span": [14, 0, 25, 1],
         "leadingComments":
           " What a task handler can ask of the worker runtime that called it.\n\n The worker runtime runs each attempt of a task by calling the task's own method on an upstream\n gRPC server (a worker in any language). For the length of that call the runtime serves this\n service on a local address, which it passes in the call's `taskwire-context` metadata\n (`http://127.0.0.1:PORT`). A call names the attempt it belongs to by the\n `taskwire-task-id` and `taskwire-attempt` values of the task's own call; a call for an attempt\n that is not running on that runtime (ended, or never there) answers NOT_FOUND.\n",
         "trailingComments": "",
@@ -1396,73 +2023,118 @@ export const protoMetadata: ProtoMetadata = {
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [6, 0, 2, 1],
+        "span": [24, 2, 63],
+        "leadingComments":
+          " Submits a child of the running attempt's task: checked and stored as a submit is, it\n records its parent, Get shows it among the parent's children, and cancelling the parent\n cancels it. Its id is made from the parent's id and the child's idempotency key, or, for a\n child without one, its place among the children this attempt submitted: an attempt that\n runs again after a retry finds the children an earlier attempt submitted, rather than\n submitting them twice. A parent that was cancelled submits none (FAILED_PRECONDITION).\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [4, 0, 2, 0],
-        "span": [22, 2, 21],
+        "span": [29, 2, 21],
+        "leadingComments": " The task id and attempt of the running attempt (from its call's metadata).\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 0, 2, 2],
+        "span": [32, 2, 26],
+        "leadingComments": " The child, as `Tasks.Submit` takes it.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 1],
+        "span": [37, 0, 46, 1],
+        "leadingComments":
+          " A child submitted by a worker runtime, on `taskwire.children.submit`: a gateway checks and\n stores it, and answers a `ChildSubmitted`.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 1, 2, 2],
+        "span": [42, 2, 19],
+        "leadingComments":
+          " Its place among the children the parent's attempt submitted (from 0): its key when the\n child has none of its own.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 1, 2, 4],
+        "span": [45, 2, 25],
+        "leadingComments": " The parent's W3C trace context: the child joins the parent's trace.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 2, 2, 0],
+        "span": [50, 2, 18],
+        "leadingComments": " The gRPC status code of the submit (0, OK: `response` holds the child).\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 3, 2, 0],
+        "span": [57, 2, 21],
         "leadingComments": " The task id and attempt of the running attempt (from its call's metadata).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1],
-        "span": [37, 0, 39, 1],
+        "span": [72, 0, 74, 1],
         "leadingComments":
           " The calls of a worker runtime to its upstream, many on one stream: what a worker library\n (taskwire's Python and TypeScript workers) serves beside the task services so that a call\n costs it a message rather than a gRPC call of its own. The runtime opens one `Serve` stream\n and sends each attempt as a `HandlerCall` of it, many in one `HandlerCalls` when they come\n together; the upstream answers each with a `HandlerOutcome`, in any order and as many in one\n `HandlerOutcomes` as it likes. A call is what the task's own method would be called with:\n the same argument bytes and attempt, its answer read as that call's status would be. An\n upstream that does not serve it (UNIMPLEMENTED) is called one gRPC call an attempt.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 2, 2, 1],
-        "span": [45, 2, 30],
+        "path": [4, 5, 2, 1],
+        "span": [80, 2, 30],
         "leadingComments":
           " Calls to stop: the task was cancelled, its time limit passed or the worker is forced to\n stop. The handler sees its context cancelled; the call's outcome is no longer read.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 3, 2, 0],
-        "span": [50, 2, 16],
+        "path": [4, 6, 2, 0],
+        "span": [85, 2, 16],
         "leadingComments": " Unique on its stream; the outcome names it.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 3, 2, 1],
-        "span": [52, 2, 20],
+        "path": [4, 6, 2, 1],
+        "span": [87, 2, 20],
         "leadingComments": " The task's method, `/package.Service/Method`, as a gRPC call's path.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 3, 2, 2],
-        "span": [54, 2, 21],
+        "path": [4, 6, 2, 2],
+        "span": [89, 2, 21],
         "leadingComments": " The task's input message, encoded.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 3, 2, 3],
-        "span": [57, 2, 21],
+        "path": [4, 6, 2, 3],
+        "span": [92, 2, 21],
         "leadingComments":
           " What a call's metadata carries: `taskwire-task-id`, `taskwire-task`, `taskwire-attempt`,\n `taskwire-max-attempts` and `taskwire-context`.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 3, 2, 8],
-        "span": [64, 2, 24],
+        "path": [4, 6, 2, 8],
+        "span": [99, 2, 24],
         "leadingComments":
           " The attempt's time left, in milliseconds, when it has a time limit (a call's deadline);\n 0 when it has none.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 3, 2, 9],
-        "span": [66, 2, 26],
+        "path": [4, 6, 2, 9],
+        "span": [101, 2, 26],
         "leadingComments": " W3C trace context: the handler's spans join the task's trace. Empty when none.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 5, 2, 1],
-        "span": [78, 2, 18],
+        "path": [4, 8, 2, 1],
+        "span": [113, 2, 18],
         "leadingComments":
           " The gRPC status code the call would have ended with (0, OK: `result` is the task's\n output message, encoded).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 5, 2, 4],
-        "span": [83, 2, 20],
+        "path": [4, 8, 2, 4],
+        "span": [118, 2, 20],
         "leadingComments":
           " A `google.rpc.Status` with details (`RetryInfo`, `ErrorInfo`), as in a call's\n `grpc-status-details-bin`; empty when none.\n",
         "trailingComments": "",
@@ -1473,6 +2145,9 @@ export const protoMetadata: ProtoMetadata = {
     "edition": 0,
   },
   references: {
+    ".taskwire.v1.SubmitChildRequest": SubmitChildRequest,
+    ".taskwire.v1.ChildSubmission": ChildSubmission,
+    ".taskwire.v1.ChildSubmitted": ChildSubmitted,
     ".taskwire.v1.ReportProgressRequest": ReportProgressRequest,
     ".taskwire.v1.ReportProgressResponse": ReportProgressResponse,
     ".taskwire.v1.HandlerCalls": HandlerCalls,

@@ -1,6 +1,8 @@
 from taskwire.v1 import options_pb2 as _options_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
 from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -86,3 +88,23 @@ class StepsDone(_message.Message):
     done: int
     left: int
     def __init__(self, done: _Optional[int] = ..., left: _Optional[int] = ...) -> None: ...
+
+class SpawnArgs(_message.Message):
+    __slots__ = ("count", "label", "child_millis", "fail_first")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CHILD_MILLIS_FIELD_NUMBER: _ClassVar[int]
+    FAIL_FIRST_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    label: str
+    child_millis: int
+    fail_first: bool
+    def __init__(self, count: _Optional[int] = ..., label: _Optional[str] = ..., child_millis: _Optional[int] = ..., fail_first: _Optional[bool] = ...) -> None: ...
+
+class SpawnResult(_message.Message):
+    __slots__ = ("children", "attempt")
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    children: _containers.RepeatedScalarFieldContainer[str]
+    attempt: int
+    def __init__(self, children: _Optional[_Iterable[str]] = ..., attempt: _Optional[int] = ...) -> None: ...

@@ -64,6 +64,11 @@ class ChaosStub:
                 request_serializer=examples_dot_chaos_dot_v1_dot_chaos__pb2.SleepArgs.SerializeToString,
                 response_deserializer=examples_dot_chaos_dot_v1_dot_chaos__pb2.SleepResult.FromString,
                 _registered_method=True)
+        self.Spawn = channel.unary_unary(
+                '/examples.chaos.v1.Chaos/Spawn',
+                request_serializer=examples_dot_chaos_dot_v1_dot_chaos__pb2.SpawnArgs.SerializeToString,
+                response_deserializer=examples_dot_chaos_dot_v1_dot_chaos__pb2.SpawnResult.FromString,
+                _registered_method=True)
         self.Charge = channel.unary_unary(
                 '/examples.chaos.v1.Chaos/Charge',
                 request_serializer=examples_dot_chaos_dot_v1_dot_chaos__pb2.ChargeArgs.SerializeToString,
@@ -116,6 +121,14 @@ class ChaosServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Spawn(self, request, context):
+        """Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context; fails
+        its first attempt after submitting them when `fail_first` is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Charge(self, request, context):
         """Runs once per order id, however often it is submitted.
         """
@@ -155,6 +168,11 @@ def add_ChaosServicer_to_server(servicer, server):
                     servicer.Paced,
                     request_deserializer=examples_dot_chaos_dot_v1_dot_chaos__pb2.SleepArgs.FromString,
                     response_serializer=examples_dot_chaos_dot_v1_dot_chaos__pb2.SleepResult.SerializeToString,
+            ),
+            'Spawn': grpc.unary_unary_rpc_method_handler(
+                    servicer.Spawn,
+                    request_deserializer=examples_dot_chaos_dot_v1_dot_chaos__pb2.SpawnArgs.FromString,
+                    response_serializer=examples_dot_chaos_dot_v1_dot_chaos__pb2.SpawnResult.SerializeToString,
             ),
             'Charge': grpc.unary_unary_rpc_method_handler(
                     servicer.Charge,
@@ -324,6 +342,33 @@ class Chaos:
             '/examples.chaos.v1.Chaos/Paced',
             examples_dot_chaos_dot_v1_dot_chaos__pb2.SleepArgs.SerializeToString,
             examples_dot_chaos_dot_v1_dot_chaos__pb2.SleepResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Spawn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/examples.chaos.v1.Chaos/Spawn',
+            examples_dot_chaos_dot_v1_dot_chaos__pb2.SpawnArgs.SerializeToString,
+            examples_dot_chaos_dot_v1_dot_chaos__pb2.SpawnResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -85,6 +85,20 @@ export interface StepsDone {
   left: number;
 }
 
+export interface SpawnArgs {
+  count: number;
+  label: string;
+  /** How long each child sleeps. */
+  childMillis: bigint;
+  failFirst: boolean;
+}
+
+export interface SpawnResult {
+  /** The children's ids, in the order they were submitted. */
+  children: string[];
+  attempt: number;
+}
+
 function createBaseChargeArgs(): ChargeArgs {
   return { orderId: "", cents: 0n };
 }
@@ -994,6 +1008,221 @@ export const StepsDone: MessageFns<StepsDone> = {
   },
 };
 
+function createBaseSpawnArgs(): SpawnArgs {
+  return { count: 0, label: "", childMillis: 0n, failFirst: false };
+}
+
+export const SpawnArgs: MessageFns<SpawnArgs> = {
+  encode(message: SpawnArgs, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.count !== 0) {
+      writer.uint32(8).uint32(message.count);
+    }
+    if (message.label !== "") {
+      writer.uint32(18).string(message.label);
+    }
+    if (message.childMillis !== 0n) {
+      if (BigInt.asUintN(64, message.childMillis) !== message.childMillis) {
+        throw new globalThis.Error("value provided for field message.childMillis of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.childMillis);
+    }
+    if (message.failFirst !== false) {
+      writer.uint32(32).bool(message.failFirst);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SpawnArgs {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSpawnArgs();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.count = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.label = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.childMillis = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.failFirst = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SpawnArgs {
+    return {
+      count: isSet(object.count) ? globalThis.Number(object.count) : 0,
+      label: isSet(object.label) ? globalThis.String(object.label) : "",
+      childMillis: isSet(object.childMillis)
+        ? BigInt(object.childMillis)
+        : isSet(object.child_millis)
+        ? BigInt(object.child_millis)
+        : 0n,
+      failFirst: isSet(object.failFirst)
+        ? globalThis.Boolean(object.failFirst)
+        : isSet(object.fail_first)
+        ? globalThis.Boolean(object.fail_first)
+        : false,
+    };
+  },
+
+  toJSON(message: SpawnArgs): unknown {
+    const obj: any = {};
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    if (message.label !== "") {
+      obj.label = message.label;
+    }
+    if (message.childMillis !== 0n) {
+      obj.childMillis = message.childMillis.toString();
+    }
+    if (message.failFirst !== false) {
+      obj.failFirst = message.failFirst;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SpawnArgs>): SpawnArgs {
+    return SpawnArgs.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SpawnArgs>): SpawnArgs {
+    const message = createBaseSpawnArgs();
+    message.count = object.count ?? 0;
+    message.label = object.label ?? "";
+    message.childMillis = (object.childMillis !== undefined && object.childMillis !== null)
+      ? BigInt(object.childMillis)
+      : 0n;
+    message.failFirst = object.failFirst ?? false;
+    return message;
+  },
+};
+
+function createBaseSpawnResult(): SpawnResult {
+  return { children: [], attempt: 0 };
+}
+
+export const SpawnResult: MessageFns<SpawnResult> = {
+  encode(message: SpawnResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.children) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(16).uint32(message.attempt);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SpawnResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSpawnResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.children.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.attempt = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SpawnResult {
+    return {
+      children: globalThis.Array.isArray(object?.children) ? object.children.map((e: any) => globalThis.String(e)) : [],
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+    };
+  },
+
+  toJSON(message: SpawnResult): unknown {
+    const obj: any = {};
+    if (message.children?.length) {
+      obj.children = message.children;
+    }
+    if (message.attempt !== 0) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SpawnResult>): SpawnResult {
+    return SpawnResult.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SpawnResult>): SpawnResult {
+    const message = createBaseSpawnResult();
+    message.children = object.children?.map((e) => e) || [];
+    message.attempt = object.attempt ?? 0;
+    return message;
+  },
+};
+
 export type ChaosDefinition = typeof ChaosDefinition;
 export const ChaosDefinition = {
   name: "Chaos",
@@ -1054,6 +1283,20 @@ export const ChaosDefinition = {
       responseType: SleepResult as typeof SleepResult,
       responseStream: false,
       options: { _unknownFields: { 416938: [Buffer.from([6, 74, 4, 50, 48, 47, 115]) as Buffer] } },
+    },
+    /**
+     * Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context; fails
+     * its first attempt after submitting them when `fail_first` is set.
+     */
+    spawn: {
+      name: "Spawn",
+      requestType: SpawnArgs as typeof SpawnArgs,
+      requestStream: false,
+      responseType: SpawnResult as typeof SpawnResult,
+      responseStream: false,
+      options: {
+        _unknownFields: { 416938: [Buffer.from([13, 8, 3, 26, 5, 49, 48, 48, 109, 115, 34, 2, 49, 115]) as Buffer] },
+      },
     },
     /** Runs once per order id, however often it is submitted. */
     charge: {
@@ -1131,6 +1374,19 @@ export const ChaosService = {
     responseSerialize: (value: SleepResult): Buffer => Buffer.from(SleepResult.encode(value).finish()),
     responseDeserialize: (value: Buffer): SleepResult => SleepResult.decode(value),
   },
+  /**
+   * Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context; fails
+   * its first attempt after submitting them when `fail_first` is set.
+   */
+  spawn: {
+    path: "/examples.chaos.v1.Chaos/Spawn" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SpawnArgs): Buffer => Buffer.from(SpawnArgs.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SpawnArgs => SpawnArgs.decode(value),
+    responseSerialize: (value: SpawnResult): Buffer => Buffer.from(SpawnResult.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SpawnResult => SpawnResult.decode(value),
+  },
   /** Runs once per order id, however often it is submitted. */
   charge: {
     path: "/examples.chaos.v1.Chaos/Charge" as const,
@@ -1156,6 +1412,11 @@ export interface ChaosServer extends UntypedServiceImplementation {
   limited: handleUnaryCall<SleepArgs, SleepResult>;
   /** Sleeps, with at most twenty started a second across all workers. */
   paced: handleUnaryCall<SleepArgs, SleepResult>;
+  /**
+   * Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context; fails
+   * its first attempt after submitting them when `fail_first` is set.
+   */
+  spawn: handleUnaryCall<SpawnArgs, SpawnResult>;
   /** Runs once per order id, however often it is submitted. */
   charge: handleUnaryCall<ChargeArgs, ChargeResult>;
 }
@@ -1238,6 +1499,22 @@ export interface ChaosClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SleepResult) => void,
+  ): ClientUnaryCall;
+  /**
+   * Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context; fails
+   * its first attempt after submitting them when `fail_first` is set.
+   */
+  spawn(request: SpawnArgs, callback: (error: ServiceError | null, response: SpawnResult) => void): ClientUnaryCall;
+  spawn(
+    request: SpawnArgs,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SpawnResult) => void,
+  ): ClientUnaryCall;
+  spawn(
+    request: SpawnArgs,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SpawnResult) => void,
   ): ClientUnaryCall;
   /** Runs once per order id, however often it is submitted. */
   charge(request: ChargeArgs, callback: (error: ServiceError | null, response: ChargeResult) => void): ClientUnaryCall;
@@ -1652,6 +1929,102 @@ export const protoMetadata: ProtoMetadata = {
       "reservedRange": [],
       "reservedName": [],
       "visibility": 0,
+    }, {
+      "name": "SpawnArgs",
+      "field": [{
+        "name": "count",
+        "number": 1,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "count",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "label",
+        "number": 2,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "label",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "child_millis",
+        "number": 3,
+        "label": 1,
+        "type": 4,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "childMillis",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "fail_first",
+        "number": 4,
+        "label": 1,
+        "type": 8,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "failFirst",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "SpawnResult",
+      "field": [{
+        "name": "children",
+        "number": 1,
+        "label": 3,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "children",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "attempt",
+        "number": 2,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "attempt",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
     }],
     "enumType": [],
     "service": [{
@@ -1695,6 +2068,13 @@ export const protoMetadata: ProtoMetadata = {
         "name": "Paced",
         "inputType": ".examples.chaos.v1.SleepArgs",
         "outputType": ".examples.chaos.v1.SleepResult",
+        "options": { "deprecated": false, "idempotencyLevel": 0, "features": undefined, "uninterpretedOption": [] },
+        "clientStreaming": false,
+        "serverStreaming": false,
+      }, {
+        "name": "Spawn",
+        "inputType": ".examples.chaos.v1.SpawnArgs",
+        "outputType": ".examples.chaos.v1.SpawnResult",
         "options": { "deprecated": false, "idempotencyLevel": 0, "features": undefined, "uninterpretedOption": [] },
         "clientStreaming": false,
         "serverStreaming": false,
@@ -1755,39 +2135,58 @@ export const protoMetadata: ProtoMetadata = {
         "leadingDetachedComments": [],
       }, {
         "path": [6, 0, 2, 6],
-        "span": [29, 2, 31, 3],
+        "span": [30, 2, 32, 3],
+        "leadingComments":
+          " Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context; fails\n its first attempt after submitting them when `fail_first` is set.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [6, 0, 2, 7],
+        "span": [34, 2, 36, 3],
         "leadingComments": " Runs once per order id, however often it is submitted.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 3, 2, 1],
-        "span": [51, 2, 21],
+        "span": [56, 2, 21],
         "leadingComments": " The attempt that finished the task.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 6, 2, 0],
-        "span": [62, 2, 32],
+        "span": [67, 2, 32],
         "leadingComments": " The first attempt that succeeds; 0 means never.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 6, 2, 1],
-        "span": [64, 2, 21],
+        "span": [69, 2, 21],
         "leadingComments": " Fail with a permanent error instead of a retryable one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 6, 2, 2],
-        "span": [67, 2, 17],
+        "span": [72, 2, 17],
         "leadingComments":
           " When set, count the runs of this key on the worker (across attempts and replays) instead of\n the attempt number.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10],
-        "span": [86, 0, 89, 1],
+        "span": [91, 0, 94, 1],
         "leadingComments": " What a Steps task reports with its progress.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 11, 2, 2],
+        "span": [100, 2, 26],
+        "leadingComments": " How long each child sleeps.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 12, 2, 0],
+        "span": [106, 2, 31],
+        "leadingComments": " The children's ids, in the order they were submitted.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }],
@@ -1807,6 +2206,8 @@ export const protoMetadata: ProtoMetadata = {
     ".examples.chaos.v1.StepsArgs": StepsArgs,
     ".examples.chaos.v1.StepsResult": StepsResult,
     ".examples.chaos.v1.StepsDone": StepsDone,
+    ".examples.chaos.v1.SpawnArgs": SpawnArgs,
+    ".examples.chaos.v1.SpawnResult": SpawnResult,
     ".examples.chaos.v1.Chaos": ChaosClient,
   },
   dependencies: [protoMetadata1],
@@ -1818,6 +2219,7 @@ export const protoMetadata: ProtoMetadata = {
           "Flaky": { "task": TaskOptions.decode(Buffer.from("CAMaBTEwMG1zIgIxcw==", "base64")) },
           "Limited": { "task": TaskOptions.decode(Buffer.from("QAU=", "base64")) },
           "Paced": { "task": TaskOptions.decode(Buffer.from("SgQyMC9z", "base64")) },
+          "Spawn": { "task": TaskOptions.decode(Buffer.from("CAMaBTEwMG1zIgIxcw==", "base64")) },
           "Charge": { "task": TaskOptions.decode(Buffer.from("MghvcmRlcl9pZA==", "base64")) },
         },
       },
