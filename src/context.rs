@@ -11,12 +11,20 @@ use crate::{task, v1};
 /// Where a task's progress reports go: the worker runtime publishes them as events.
 pub type ProgressSink = Arc<dyn Fn(v1::TaskProgress) + Send + Sync>;
 
-/// A child submitted on its way to the broker.
-pub type ChildFuture =
-    Pin<Box<dyn Future<Output = Result<v1::SubmitResponse, tonic::Status>> + Send>>;
+/// An answer of the worker runtime about a task's children, on its way.
+pub type ChildFuture<T> = Pin<Box<dyn Future<Output = Result<T, tonic::Status>> + Send>>;
 
-/// Where a task's children go: the worker runtime hands them to a gateway.
-pub type ChildSink = Arc<dyn Fn(v1::SubmitRequest) -> ChildFuture + Send + Sync>;
+/// What the worker runtime does with a task's children: it hands them to a gateway, and asks
+/// it whether they have ended.
+pub trait Children: Send + Sync {
+    /// Submits a child of the running attempt.
+    fn submit(&self, child: v1::SubmitRequest) -> ChildFuture<v1::SubmitResponse>;
+    /// Every child's outcome once all have ended; `None` while some have not.
+    fn ended(&self) -> ChildFuture<Option<Vec<v1::TaskInfo>>>;
+}
+
+/// The error of an attempt that waits for its children.
+pub const WAITING_FOR_CHILDREN: &str = "waiting for its children";
 
 /// What a running task knows about itself: its id, its attempt, and whether it should stop;
 /// and how it tells the world how far it got.
@@ -29,7 +37,8 @@ pub struct TaskContext {
     deadline: Option<Instant>,
     cancel: CancellationToken,
     progress: Option<ProgressSink>,
-    children: Option<ChildSink>,
+    children: Option<Arc<dyn Children>>,
+    waiting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl fmt::Debug for TaskContext {
@@ -58,12 +67,13 @@ impl TaskContext {
             cancel: CancellationToken::new(),
             progress: None,
             children: None,
+            waiting: Arc::default(),
         }
     }
 
-    /// Sends the children the task submits here.
-    pub fn with_child_sink(mut self, sink: ChildSink) -> Self {
-        self.children = Some(sink);
+    /// Hands the children the task submits, and its waits for them, to `children`.
+    pub fn with_children(mut self, children: Arc<dyn Children>) -> Self {
+        self.children = Some(children);
         self
     }
 
@@ -95,13 +105,51 @@ impl TaskContext {
         &self,
         request: v1::SubmitRequest,
     ) -> Result<v1::SubmitResponse, tonic::Status> {
-        match &self.children {
-            Some(sink) => sink(request).await,
-            None => Err(tonic::Status::failed_precondition(
-                "this context submits no children: it was not made by a worker runtime (give it \
-                 one with TaskContext::with_child_sink)",
-            )),
+        self.family()?.submit(request).await
+    }
+
+    /// Waits for this task's children without holding a worker: their outcomes (in the order
+    /// they were submitted) once they have all ended. While some have not, this answers an
+    /// error to return at once (`ctx.wait_for_children().await?`): the worker runtime then
+    /// parks the task (Get shows it `waiting`) and runs it again from its start once the last
+    /// child has ended. The children it submits again on that run are found, not stored
+    /// twice, and this wait then answers their outcomes. (A handler that returns a success
+    /// instead ends with it.)
+    pub async fn wait_for_children(&self) -> Result<Vec<v1::TaskInfo>, crate::TaskError> {
+        match self.children_ended().await {
+            Ok(Some(children)) => Ok(children),
+            Ok(None) => Err(crate::TaskError::retryable(WAITING_FOR_CHILDREN)),
+            Err(status) => Err(crate::TaskError::retryable(format!(
+                "cannot tell whether the children have ended: {}",
+                status.message()
+            ))),
         }
+    }
+
+    /// [`Self::wait_for_children`] as the runtime's context service answers it: `None` while
+    /// some child has not ended, and the attempt is then marked as waiting.
+    pub async fn children_ended(&self) -> Result<Option<Vec<v1::TaskInfo>>, tonic::Status> {
+        let ended = self.family()?.ended().await?;
+        if ended.is_none() {
+            self.waiting
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(ended)
+    }
+
+    /// Whether the attempt waited for children that have not all ended: it is then parked
+    /// rather than failed.
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn family(&self) -> Result<&Arc<dyn Children>, tonic::Status> {
+        self.children.as_ref().ok_or_else(|| {
+            tonic::Status::failed_precondition(
+                "this context has no children: it was not made by a worker runtime (give it one \
+                 with TaskContext::with_children)",
+            )
+        })
     }
 
     /// Sends progress reports here.

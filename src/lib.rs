@@ -45,7 +45,7 @@ pub mod task;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 
-pub use context::{ChildFuture, ChildSink, ProgressSink, TaskContext};
+pub use context::{ChildFuture, Children, ProgressSink, TaskContext, WAITING_FOR_CHILDREN};
 pub use error::{ErrorKind, TaskError};
 
 // Generated code refers to these through `::taskwire::`.

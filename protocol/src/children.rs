@@ -7,12 +7,38 @@
 //! id as the body, its task in `Taskwire-Task`), and the child among the parent's children on
 //! `taskwire.workflows.<parent>.children.<child>` (the child's task in `Taskwire-Task`); then it
 //! looks at the parent's cancel mark, so that a cancel of the parent either finds the child
-//! recorded or is seen by the submit.
+//! recorded or is seen by the submit. A child's id is `child-<32 hex digits>` (see
+//! [`child_id`]), and its result is stored on `taskwire.results.<child>.child-task.<token>`.
+//!
+//! A parent may wait for its children without holding a worker: its handler asks whether they
+//! have all ended (`taskwire.v1.ChildrenWait` on [`WAIT`]); when they have not, it ends, and the
+//! runtime parks it (`taskwire.v1.ChildrenPark` on [`PARK`]): the gateway keeps the task message
+//! on `taskwire.workflows.<parent>.waiting` and the runtime stores a `waiting` event. Each child
+//! that ends is marked on `taskwire.workflows.<parent>.ended.<child>` by the gateway that takes
+//! its result from the durable consumer [`ENDED_CONSUMER`]. Whichever of the park and the last
+//! child's end sees every recorded child marked puts the parent back in line (its message again,
+//! with `Taskwire-Resume: <n>`, de-duplicated as `<parent>.resume.<n>`), then replaces the
+//! waiting record by a resumed one (compare-and-set), so that a park resumes once. The parent
+//! runs again from its start: the children it submits again are found, and its wait answers
+//! their outcomes.
 
 use taskwire::task::{Id, Name};
 
 /// Where worker runtimes send the children their tasks submit.
 pub const SUBMIT: &str = "taskwire.children.submit";
+/// Where a worker runtime asks whether a parent's children have all ended.
+pub const WAIT: &str = "taskwire.children.wait";
+/// Where a worker runtime parks a parent that waits for its children.
+pub const PARK: &str = "taskwire.children.park";
+/// The token between a child's id and its task in its result subject.
+pub const CHILD_MARK: &str = "child-task";
+/// Every child task's result (see [`crate::subject::result`]).
+pub const CHILD_RESULTS: &str = "taskwire.results.*.child-task.>";
+/// The durable consumer of child results, which marks them ended and resumes waiting parents.
+pub const ENDED_CONSUMER: &str = "taskwire-children-ended";
+/// The state a waiting record is in (`Taskwire-State`): waiting, or resumed.
+pub const WAITING: &str = "waiting";
+pub const RESUMED: &str = "resumed";
 /// The queue group of the gateways answering [`SUBMIT`].
 pub const GATEWAYS: &str = "taskwire-gateways";
 
@@ -24,6 +50,36 @@ pub fn parent(child: &Id) -> String {
 /// Where `child` is recorded among the children of `parent`.
 pub fn child(parent: &Id, child: &Id) -> String {
     format!("taskwire.workflows.{parent}.children.{child}")
+}
+
+/// Where `child` is marked ended among the children of `parent`.
+pub fn ended(parent: &Id, child: &Id) -> String {
+    format!("taskwire.workflows.{parent}.ended.{child}")
+}
+
+/// Matches every child of `parent` marked ended.
+pub fn ended_of(parent: &Id) -> String {
+    format!("taskwire.workflows.{parent}.ended.*")
+}
+
+/// Where a parent that waits for its children is kept.
+pub fn waiting(parent: &Id) -> String {
+    format!("taskwire.workflows.{parent}.waiting")
+}
+
+/// Whether `id` is a child's: `child-` and 32 lowercase hex digits.
+pub fn is_child(id: &str) -> bool {
+    id.strip_prefix("child-").is_some_and(|hex| {
+        hex.len() == 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The de-duplication id of the `n`th resumed message of `parent`.
+pub fn resume_msg_id(parent: &Id, n: u32) -> String {
+    format!("{parent}.resume.{n}")
 }
 
 /// Matches every child recorded for `parent`.
@@ -47,7 +103,8 @@ pub fn index_key(index: u32) -> String {
 /// key always give the same id, so that a parent's attempt that runs again finds the children
 /// it submitted before.
 pub fn child_id(parent: &Id, task: &Name, key: &str) -> Id {
-    Id::from_idempotency_key(task, &format!("{}\0{key}", scope(parent)))
+    let hash = Id::from_idempotency_key(task, &format!("{}\0{key}", scope(parent)));
+    Id::parse(&format!("child-{hash}")).expect("a prefix and 32 hex digits make an id")
 }
 
 /// The idempotency scope of the children of `parent`.
@@ -75,5 +132,13 @@ mod tests {
             "the child is read back from its record's subject"
         );
         assert!(crate::workflow::task_of(a.as_str()).is_none());
+        assert!(is_child(a.as_str()));
+        assert!(!is_child(p.as_str()));
+        assert!(!is_child("child-1234"));
+        assert!(
+            crate::subject::result(&sleep, &a).contains(".child-task."),
+            "a child's result is marked for the consumer that resumes parents"
+        );
+        assert!(!crate::subject::result(&sleep, &p).contains(".child-task."));
     }
 }

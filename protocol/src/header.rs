@@ -21,6 +21,9 @@ pub const STATE: &str = "Taskwire-State";
 pub const ATTEMPT: &str = "Taskwire-Attempt";
 /// How many times a dead task was put back in line.
 pub const REPLAY: &str = "Taskwire-Replay";
+/// How many times a task that waited for its children was put back in line (a task message
+/// the gateway resumed; absent on a task's first message).
+pub const RESUME: &str = "Taskwire-Resume";
 /// Why a task is a dead letter: `exhausted`, `permanent`, `panic`, `timeout`, `poison` or
 /// `lost`.
 pub const DEAD_REASON: &str = "Taskwire-Dead-Reason";

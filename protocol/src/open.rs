@@ -160,14 +160,15 @@ impl Broker {
         ensure_stream(&self.jetstream, settings.workflows_stream()).await
     }
 
-    /// The two durable consumers that advance workflows, created if missing: new workflows
-    /// (on `workflows`) and step results (on the results stream). Every gateway pulls from both;
-    /// each message goes to one of them, and comes back if it is not acked within `ack_wait`.
+    /// The three durable consumers that advance workflows and families, created if missing: new
+    /// workflows (on `workflows`), step results and child results (on the results stream).
+    /// Every gateway pulls from all three; each message goes to one of them, and comes back if
+    /// it is not acked within `ack_wait`.
     pub async fn workflow_consumers(
         &self,
         workflows: &stream::Stream,
         ack_wait: Duration,
-    ) -> Result<[consumer::PullConsumer; 2], Error> {
+    ) -> Result<[consumer::PullConsumer; 3], Error> {
         let config = |name: &str, filter: &str, description: &str| consumer::pull::Config {
             durable_name: Some(name.into()),
             description: Some(description.into()),
@@ -196,6 +197,12 @@ impl Broker {
                 crate::workflow::STEP_RESULTS,
                 "taskwire: results of workflow steps, whose next steps a gateway starts",
             ),
+            (
+                &self.results,
+                crate::children::ENDED_CONSUMER,
+                crate::children::CHILD_RESULTS,
+                "taskwire: results of child tasks, whose waiting parents a gateway resumes",
+            ),
         ] {
             let consumer = match stream
                 .get_or_create_consumer(name, config(name, filter, description))
@@ -206,9 +213,7 @@ impl Broker {
             };
             made.push(consumer);
         }
-        let [starts, steps]: [consumer::PullConsumer; 2] =
-            made.try_into().map_err(|_| err(&"two consumers"))?;
-        Ok([starts, steps])
+        made.try_into().map_err(|_| err(&"three consumers"))
     }
 
     /// The durable pull consumer of a task type at a priority, created if missing. All workers

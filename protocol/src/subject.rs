@@ -79,12 +79,19 @@ pub fn delayed(id: &Id) -> String {
 /// Where the result of a task is stored: id first, then the task token, so that NATS
 /// permissions can let a worker store and read the results of its own task types only. A
 /// workflow step's result has [`crate::workflow::STEP_MARK`] before the token, so that the
-/// workflows' consumer takes those results and no other.
+/// workflows' consumer takes those results and no other; a child task's has
+/// [`crate::children::CHILD_MARK`], for the consumer that resumes waiting parents.
 pub fn result(name: &Name, id: &Id) -> String {
     if crate::workflow::task_of(id.as_str()).is_some() {
         format!(
             "taskwire.results.{id}.{}.{}",
             crate::workflow::STEP_MARK,
+            name.token()
+        )
+    } else if crate::children::is_child(id.as_str()) {
+        format!(
+            "taskwire.results.{id}.{}.{}",
+            crate::children::CHILD_MARK,
             name.token()
         )
     } else {

@@ -248,9 +248,18 @@ impl Chaos for ChaosTasks {
         if args.fail_first && ctx.attempt() == 1 {
             return Err(TaskError::retryable("spawn: the first attempt fails"));
         }
+        let mut labels = Vec::new();
+        if args.wait {
+            for child in ctx.wait_for_children().await? {
+                let result = <SleepResult as prost::Message>::decode(child.result.as_slice())
+                    .map_err(|e| TaskError::permanent(format!("a child's result: {e}")))?;
+                labels.push(result.label);
+            }
+        }
         Ok(SpawnResult {
             children,
             attempt: ctx.attempt(),
+            labels,
         })
     }
 

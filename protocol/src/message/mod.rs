@@ -80,6 +80,7 @@ pub fn state_name(state: v1::TaskState) -> &'static str {
         v1::TaskState::Cancelled => "cancelled",
         v1::TaskState::Scheduled => "scheduled",
         v1::TaskState::Expired => "expired",
+        v1::TaskState::Waiting => "waiting",
     }
 }
 
@@ -94,6 +95,7 @@ pub fn parse_state(text: &str) -> v1::TaskState {
         "cancelled" => v1::TaskState::Cancelled,
         "scheduled" => v1::TaskState::Scheduled,
         "expired" => v1::TaskState::Expired,
+        "waiting" => v1::TaskState::Waiting,
         _ => v1::TaskState::Unspecified,
     }
 }

@@ -27,7 +27,7 @@ pub(crate) fn start(gateway: Arc<Gateway>, stop: CancellationToken) {
         loop {
             let subscribed = gateway
                 .client
-                .queue_subscribe(children::SUBMIT, children::GATEWAYS.into())
+                .queue_subscribe("taskwire.children.*", children::GATEWAYS.into())
                 .await;
             let requests = match subscribed {
                 Ok(requests) => requests,
@@ -41,7 +41,14 @@ pub(crate) fn start(gateway: Arc<Gateway>, stop: CancellationToken) {
             };
             let answering = requests.for_each_concurrent(CONCURRENCY, |request| {
                 let gateway = Arc::clone(&gateway);
-                async move { gateway.answer_child(request).await }
+                async move {
+                    match request.subject.as_str() {
+                        children::SUBMIT => gateway.answer_child(request).await,
+                        children::WAIT => gateway.answer_wait(request).await,
+                        children::PARK => gateway.answer_park(request).await,
+                        _ => {}
+                    }
+                }
             });
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -51,11 +58,71 @@ pub(crate) fn start(gateway: Arc<Gateway>, stop: CancellationToken) {
     });
 }
 
+/// Answers a request with `answer`.
+async fn reply(
+    client: &async_nats::Client,
+    request: &async_nats::Message,
+    answer: impl prost::Message,
+) {
+    let Some(to) = request.reply.clone() else {
+        return;
+    };
+    if let Err(e) = client.publish(to, answer.encode_to_vec().into()).await {
+        tracing::debug!(error = %e, "cannot answer a worker runtime; it asks again");
+    }
+}
+
+fn code_of(e: &Error) -> u32 {
+    e.code() as u32
+}
+
 impl Gateway {
-    async fn answer_child(&self, request: async_nats::Message) {
-        let Some(reply) = request.reply.clone() else {
-            return;
+    async fn answer_wait(&self, request: async_nats::Message) {
+        let answer = match v1::ChildrenWait::decode(request.payload.as_ref()) {
+            Ok(wait) => match self.children_outcomes(&wait.parent_id).await {
+                Ok(ended) => v1::ChildrenWaited {
+                    ended: ended.is_some(),
+                    children: ended.unwrap_or_default(),
+                    ..Default::default()
+                },
+                Err(e) => v1::ChildrenWaited {
+                    code: code_of(&e),
+                    message: e.to_string(),
+                    ..Default::default()
+                },
+            },
+            Err(e) => v1::ChildrenWaited {
+                code: tonic::Code::InvalidArgument as u32,
+                message: format!("the wait does not decode: {e}"),
+                ..Default::default()
+            },
         };
+        reply(&self.client, &request, answer).await;
+    }
+
+    async fn answer_park(&self, request: async_nats::Message) {
+        let answer = match v1::ChildrenPark::decode(request.payload.as_ref()) {
+            Ok(park) => match self.park(park).await {
+                Ok(resumed) => v1::ChildrenParked {
+                    resumed,
+                    ..Default::default()
+                },
+                Err(e) => v1::ChildrenParked {
+                    code: code_of(&e),
+                    message: e.to_string(),
+                    ..Default::default()
+                },
+            },
+            Err(e) => v1::ChildrenParked {
+                code: tonic::Code::InvalidArgument as u32,
+                message: format!("the park does not decode: {e}"),
+                ..Default::default()
+            },
+        };
+        reply(&self.client, &request, answer).await;
+    }
+
+    async fn answer_child(&self, request: async_nats::Message) {
         let answer = match v1::ChildSubmission::decode(request.payload.as_ref()) {
             Ok(submission) => match self.submit_child(submission).await {
                 Ok(response) => v1::ChildSubmitted {
@@ -75,13 +142,7 @@ impl Gateway {
                 response: None,
             },
         };
-        if let Err(e) = self
-            .client
-            .publish(reply, answer.encode_to_vec().into())
-            .await
-        {
-            tracing::debug!(error = %e, "cannot answer a child submission; its runtime asks again");
-        }
+        reply(&self.client, &request, answer).await;
     }
 
     /// Checks and stores a child: recorded with its parent first, then the parent's cancel
@@ -100,11 +161,11 @@ impl Gateway {
         if options.idempotency_key.is_empty() {
             options.idempotency_key = children::index_key(submission.index);
         }
+        let key = options.idempotency_key.clone();
         let traceparent = (!submission.traceparent.is_empty()).then_some(submission.traceparent);
-        let prepared = self
-            .prepare(child, Some(&children::scope(&parent)))
-            .await?
-            .in_trace(traceparent);
+        let prepared = self.prepare(child, None).await?;
+        let id = children::child_id(&parent, prepared.name(), &key);
+        let prepared = prepared.with_id(id).in_trace(traceparent);
         if let Some(ended) = self.result(&parent).await? {
             return Err(parent_ended(&parent, ended.state()));
         }
@@ -264,5 +325,335 @@ fn parent_ended(parent: &Id, state: TaskState) -> Error {
             TaskState::Cancelled => "was cancelled".to_owned(),
             other => format!("has ended ({})", broker::state_name(other)),
         },
+    }
+}
+
+/// A parent's waiting record, as last stored.
+struct Waiting {
+    sequence: u64,
+    resumed: bool,
+    /// The number of the resumed copy that follows this park.
+    number: u32,
+    park: v1::ChildrenPark,
+}
+
+impl Gateway {
+    /// The outcomes of every child of `parent` once all have ended; `None` while some have not.
+    pub(crate) async fn children_outcomes(
+        &self,
+        parent: &str,
+    ) -> Result<Option<Vec<v1::TaskInfo>>, Error> {
+        self.workflows_open()?;
+        let parent = Id::parse(parent).map_err(Error::InvalidId)?;
+        if !self.children_ended(&parent).await? {
+            return Ok(None);
+        }
+        let mut outcomes = Vec::new();
+        for child in self.children(&parent, usize::MAX).await? {
+            let id = Id::parse(&child.task_id).map_err(Error::InvalidId)?;
+            match self.result(&id).await? {
+                Some(info) => outcomes.push(info),
+                // Marked ended, but its result ran out since: its end is all that is known.
+                None => outcomes.push(v1::TaskInfo {
+                    task_id: child.task_id,
+                    task: child.task,
+                    state: TaskState::Expired as i32,
+                    ..Default::default()
+                }),
+            }
+        }
+        Ok(Some(outcomes))
+    }
+
+    /// Whether every child recorded for `parent` is marked ended. Children that were
+    /// recorded but never stored (their submit failed halfway) are given a failed outcome, and
+    /// those whose end was not marked yet are marked, so that a parent never waits for a child
+    /// that cannot end.
+    async fn children_ended(&self, parent: &Id) -> Result<bool, Error> {
+        let (all, ended) = (children::children_of(parent), children::ended_of(parent));
+        let (recorded, ended) = tokio::join!(self.count(&all), self.count(&ended));
+        if ended? >= recorded? {
+            return Ok(true);
+        }
+        let mut all = true;
+        for child in self.children(parent, usize::MAX).await? {
+            let (Ok(id), Ok(name)) = (Id::parse(&child.task_id), Name::parse(&child.task)) else {
+                continue;
+            };
+            if self.result(&id).await?.is_some() {
+                self.mark_ended(parent, &id).await?;
+                continue;
+            }
+            if self.last_event(&id).await?.is_some() {
+                all = false;
+                continue;
+            }
+            // Recorded, never stored: it fails, and its end counts.
+            let published = self
+                .broker
+                .jetstream
+                .publish_with_headers(
+                    broker::subject::result(&name, &id),
+                    broker::ResultMessage::new(
+                        &name,
+                        &id,
+                        TaskState::Failed,
+                        0,
+                        "unsubmitted",
+                        None,
+                    )
+                    .to_headers(),
+                    broker::failure_body("its submit did not complete", false),
+                )
+                .await
+                .map_err(publish_error)?
+                .await;
+            match published {
+                Ok(_) => {}
+                Err(e) if broker::is_wrong_last_sequence(&e) => {}
+                Err(e) => return Err(publish_error(e)),
+            }
+            self.mark_ended(parent, &id).await?;
+        }
+        Ok(all)
+    }
+
+    /// How many messages of the workflows stream match `filter` (one a subject).
+    async fn count(&self, filter: &str) -> Result<u64, Error> {
+        use async_nats::jetstream::consumer;
+        let js = &self.broker.jetstream;
+        let mut created: consumer::Consumer<consumer::pull::Config> = js
+            .create_consumer_on_stream(
+                consumer::pull::Config {
+                    filter_subject: filter.to_owned(),
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ack_policy: consumer::AckPolicy::None,
+                    inactive_threshold: std::time::Duration::from_secs(10),
+                    memory_storage: true,
+                    num_replicas: 1,
+                    ..Default::default()
+                },
+                broker::WORKFLOWS_STREAM,
+            )
+            .await
+            .map_err(|e| self.broker_error(e))?;
+        let pending = created
+            .info()
+            .await
+            .map(|i| i.num_pending)
+            .map_err(|e| self.broker_error(e))?;
+        let name = created.cached_info().name.clone();
+        let _ = js
+            .delete_consumer_from_stream(&name, broker::WORKFLOWS_STREAM)
+            .await;
+        Ok(pending)
+    }
+
+    async fn mark_ended(&self, parent: &Id, child: &Id) -> Result<(), Error> {
+        self.broker
+            .jetstream
+            .publish(children::ended(parent, child), Bytes::new())
+            .await
+            .map_err(publish_error)?
+            .await
+            .map_err(publish_error)?;
+        Ok(())
+    }
+
+    async fn waiting(&self, parent: &Id) -> Result<Option<Waiting>, Error> {
+        let found = self
+            .broker
+            .last_message_on(broker::WORKFLOWS_STREAM, &children::waiting(parent))
+            .await
+            .map_err(|e| self.read_error(e))?;
+        let Some(found) = found else { return Ok(None) };
+        let park = v1::ChildrenPark::decode(found.payload.as_ref()).map_err(|e| {
+            Error::Broker(format!(
+                "the waiting record of {parent} does not decode: {e}"
+            ))
+        })?;
+        Ok(Some(Waiting {
+            sequence: found.sequence,
+            resumed: found.headers.get(header::STATE).map(|v| v.as_str())
+                == Some(children::RESUMED),
+            number: found
+                .headers
+                .get(header::RESUME)
+                .and_then(|v| v.as_str().parse().ok())
+                .unwrap_or_default(),
+            park,
+        }))
+    }
+
+    /// Stores a waiting record in place of the one at `sequence` (0: none); false when another
+    /// took its place first.
+    async fn store_waiting(
+        &self,
+        parent: &Id,
+        sequence: u64,
+        state: &str,
+        number: u32,
+        park: &v1::ChildrenPark,
+    ) -> Result<bool, Error> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            header::EXPECTED_LAST_SUBJECT_SEQUENCE,
+            sequence.to_string().as_str(),
+        );
+        headers.insert(header::STATE, state);
+        headers.insert(header::RESUME, number.to_string().as_str());
+        let published = self
+            .broker
+            .jetstream
+            .publish_with_headers(
+                children::waiting(parent),
+                headers,
+                park.encode_to_vec().into(),
+            )
+            .await
+            .map_err(publish_error)?
+            .await;
+        match published {
+            Ok(_) => Ok(true),
+            Err(e) if broker::is_wrong_last_sequence(&e) => Ok(false),
+            Err(e) => Err(publish_error(e)),
+        }
+    }
+
+    /// Parks a parent that waits for its children: its `waiting` event, its message kept, and
+    /// at once back in line if they have all ended meanwhile. True when it is back in line.
+    pub(crate) async fn park(&self, park: v1::ChildrenPark) -> Result<bool, Error> {
+        self.workflows_open()?;
+        let parent = Id::parse(&park.parent_id).map_err(Error::InvalidId)?;
+        let name = Name::parse(&park.parent_task).map_err(Error::InvalidName)?;
+        if self.result(&parent).await?.is_some() {
+            // Cancelled meanwhile: nothing is to resume.
+            return Ok(false);
+        }
+        let waiting = loop {
+            let last = self.waiting(&parent).await?;
+            let (sequence, number) = match &last {
+                // The same park again (its answer was lost): it stands.
+                Some(w) if !w.resumed && w.park.attempt == park.attempt => break w.number,
+                Some(w) => (w.sequence, w.number + 1),
+                None => (0, 1),
+            };
+            // The event first: a resumed copy, once stored, starts after it.
+            let replay = park
+                .headers
+                .iter()
+                .find(|h| h.name == header::REPLAY)
+                .and_then(|h| h.value.parse().ok())
+                .unwrap_or_default();
+            let mut event = broker::Event::new(&name, &parent, TaskState::Waiting, park.attempt)
+                .in_series(replay);
+            event.msg_id = Some(format!("{parent}.waiting.{number}"));
+            let mut headers = event.to_headers();
+            headers.insert(header::RESUME, number.to_string().as_str());
+            self.broker
+                .jetstream
+                .publish_with_headers(
+                    broker::subject::event(&name, &parent),
+                    headers,
+                    Bytes::new(),
+                )
+                .await
+                .map_err(publish_error)?
+                .await
+                .map_err(publish_error)?;
+            if self
+                .store_waiting(&parent, sequence, children::WAITING, number, &park)
+                .await?
+            {
+                break number;
+            }
+        };
+        tracing::debug!(parent = %parent, resume = waiting, "parked until its children have ended");
+        self.resume_if_ended(&parent).await
+    }
+
+    /// Puts a waiting parent back in line once every child has ended; true when this call or
+    /// an earlier one did.
+    async fn resume_if_ended(&self, parent: &Id) -> Result<bool, Error> {
+        let Some(waiting) = self.waiting(parent).await? else {
+            return Ok(false);
+        };
+        if waiting.resumed {
+            return Ok(true);
+        }
+        if self.result(parent).await?.is_some() || !self.children_ended(parent).await? {
+            return Ok(false);
+        }
+        let park = &waiting.park;
+        let mut headers = async_nats::HeaderMap::new();
+        for h in &park.headers {
+            // Its own id, attempt and resume number; an expiry is for starting, and it started.
+            let own = [
+                header::MSG_ID,
+                header::ATTEMPT,
+                header::RESUME,
+                header::EXPIRES_AT,
+                header::EXPECTED_LAST_SUBJECT_SEQUENCE,
+            ];
+            if own.iter().any(|o| o.eq_ignore_ascii_case(&h.name)) {
+                continue;
+            }
+            headers.append(h.name.as_str(), h.value.as_str());
+        }
+        headers.insert(
+            header::MSG_ID,
+            children::resume_msg_id(parent, waiting.number).as_str(),
+        );
+        headers.insert(header::ATTEMPT, park.attempt.to_string().as_str());
+        headers.insert(header::RESUME, waiting.number.to_string().as_str());
+        let priority = broker::priority_of(&headers);
+        let name = Name::parse(&park.parent_task).map_err(Error::InvalidName)?;
+        self.broker
+            .jetstream
+            .publish_with_headers(
+                broker::subject::task_at(&name, priority),
+                headers,
+                Bytes::from(park.args.clone()),
+            )
+            .await
+            .map_err(publish_error)?
+            .await
+            .map_err(publish_error)?;
+        // Stored (once: its de-duplication id), then the record says so; a gateway that did
+        // the same meanwhile changed nothing.
+        self.store_waiting(
+            parent,
+            waiting.sequence,
+            children::RESUMED,
+            waiting.number,
+            park,
+        )
+        .await?;
+        tracing::info!(parent = %parent, resume = waiting.number, "its children have ended; the parent runs again");
+        Ok(true)
+    }
+
+    /// A child's result was stored: its end is marked, and its parent, if it waits, resumes
+    /// when it was the last.
+    pub(crate) async fn child_ended(
+        &self,
+        message: &async_nats::jetstream::Message,
+    ) -> Result<(), Error> {
+        // taskwire.results.<child>.child-task.<task>
+        let Some(child) = message
+            .subject
+            .split('.')
+            .nth(2)
+            .and_then(|c| Id::parse(c).ok())
+        else {
+            return Ok(());
+        };
+        let Some(parent) = self.parent_of(&child).await? else {
+            return Ok(());
+        };
+        let parent = Id::parse(&parent).map_err(Error::InvalidId)?;
+        self.mark_ended(&parent, &child).await?;
+        self.resume_if_ended(&parent).await?;
+        Ok(())
     }
 }

@@ -331,8 +331,8 @@ pub async fn serve(
         workflows: workflow_consumers.is_ok(),
     });
     match workflow_consumers {
-        Ok([starts, steps]) => {
-            workflows::advance::start(Arc::clone(&gateway), starts, steps, stop.clone());
+        Ok([starts, steps, ended]) => {
+            workflows::advance::start(Arc::clone(&gateway), [starts, steps, ended], stop.clone());
             children::start(Arc::clone(&gateway), stop.clone());
         }
         Err(e) => {

@@ -89,6 +89,18 @@ pub(crate) async fn handle(
                 return;
             }
             Ok(LastRun {
+                waiting: Some(resume),
+                ..
+            }) if resume > resume_number(&message) => {
+                // A copy of a run that was parked since (its ack was lost): the resumed copy
+                // stands in for it.
+                tracing::info!(task = %name, task_id = %id, "a delivery of a run that waits for its children; dropping it");
+                if let Err(e) = message.ack().await {
+                    tracing::debug!(task = %name, task_id = %id, error = %e, "ack of a parked run's copy failed; it comes back and is dropped again");
+                }
+                return;
+            }
+            Ok(LastRun {
                 started: Some(started),
                 ..
             }) => started.saturating_add(1).max(first_attempt),
@@ -226,12 +238,13 @@ pub(crate) async fn handle(
         .with_deadline(deadline)
         .with_cancellation(token.clone())
         .with_progress_sink(progress.sink())
-        .with_child_sink(crate::children::sink(
+        .with_children(crate::children::AttemptChildren::new(
             served.client.clone(),
             &id,
             name,
             traceparent,
         ));
+    let family = ctx.clone();
     let running = served.task_metrics.start();
     let outcome = run_attempt(
         served,
@@ -251,6 +264,13 @@ pub(crate) async fn handle(
         tracing::info!(task = %name, task_id = %id, "stopped on cancel");
         let body = broker::failure_body("cancelled on request", false);
         this.finish(message, TaskState::Cancelled, body).await;
+        return;
+    }
+
+    // It waited for children that have not all ended: parked until they have, holding no
+    // worker meanwhile (unless it ended with a success after all).
+    if family.is_waiting() && matches!(outcome, Outcome::Done(Err(_))) {
+        park(served, message, &id, attempt).await;
         return;
     }
 
@@ -504,6 +524,8 @@ pub(crate) struct LastRun {
     pub(crate) started: Option<u32>,
     /// The series of attempts the event belongs to: 0, or the replay count.
     pub(crate) series: u32,
+    /// When the task waits for its children, the number of the resumed copy that will follow.
+    pub(crate) waiting: Option<u32>,
 }
 
 /// What the last event of the task says: which attempt last started, in which series.
@@ -518,14 +540,48 @@ pub(crate) async fn last_run(
             &subject::event(&served.task.name, id),
         )
         .await?;
+    let waiting = last.as_ref().and_then(|m| {
+        (m.headers.get(header::STATE).map(|v| v.as_str()) == Some("waiting"))
+            .then(|| number_header(&m.headers, header::RESUME))
+    });
     let event = last.and_then(|m| broker::Event::from_headers(&m.headers).ok());
     Ok(LastRun {
+        waiting,
         started: event.as_ref().and_then(|event| {
             (matches!(event.state, TaskState::Running | TaskState::Retrying) && event.attempt > 0)
                 .then_some(event.attempt)
         }),
         series: event.as_ref().map_or(0, broker::Event::series),
     })
+}
+
+/// How many times the task was resumed after waiting for its children: 0 for its first message.
+pub(crate) fn resume_number(message: &jetstream::Message) -> u32 {
+    message
+        .headers
+        .as_ref()
+        .map_or(0, |h| number_header(h, header::RESUME))
+}
+
+fn number_header(headers: &async_nats::HeaderMap, name: &str) -> u32 {
+    headers
+        .get(name)
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or_default()
+}
+
+/// Parks a task that waits for its children; it holds no worker until they have ended.
+async fn park(served: &Served, message: jetstream::Message, id: &Id, attempt: u32) {
+    let name = &served.task.name;
+    match crate::children::park(&served.client, id, name, attempt, &message).await {
+        Ok(resumed) => {
+            tracing::info!(task = %name, task_id = %id, attempt, resumed, "waiting for its children");
+            if let Err(e) = message.ack().await {
+                tracing::debug!(task = %name, task_id = %id, error = %e, "ack of a parked task failed; its copy comes back and is dropped");
+            }
+        }
+        Err(e) => put_back(served, &message, id, "cannot park the task", &e).await,
+    }
 }
 
 /// Stores the start of an attempt as a `running` event, acknowledged before the handler runs.
@@ -539,7 +595,13 @@ pub(crate) async fn mark_started(
     let name = &served.task.name;
     // One start per attempt: a second delivery of the task racing this one (its ack wait ran
     // out while this worker was still getting ready) finds the start taken.
-    let mut headers = broker::Event::start(name, id, attempt, series(message)).to_headers();
+    let mut start = broker::Event::start(name, id, attempt, series(message));
+    // A resumed run is the same attempt as the run that waited: its start is its own.
+    let resume = resume_number(message);
+    if resume > 0 {
+        start.msg_id = start.msg_id.map(|m| format!("{m}.resume.{resume}"));
+    }
+    let mut headers = start.to_headers();
     if let Some(parent) = message.headers.as_ref().and_then(|h| h.get("traceparent")) {
         headers.insert("traceparent", parent.as_str());
     }

@@ -35,7 +35,7 @@ async fn children_record_their_parent_and_a_retried_parent_finds_them() -> anyho
             label: "kin".into(),
             child_millis: 10,
             fail_first: true,
-            gap_millis: 0,
+            ..Default::default()
         })
         .await?;
     let result: SpawnResult = parent.get(WAIT).await?;
@@ -91,8 +91,8 @@ async fn cancelling_a_parent_cancels_its_children_and_it_submits_no_more() -> an
             count: 50,
             label: "orphan".into(),
             child_millis: 60_000,
-            fail_first: false,
             gap_millis: 200,
+            ..Default::default()
         })
         .await?;
     let id = parent.id().to_owned();
@@ -276,4 +276,48 @@ async fn request(
         .request(children::SUBMIT, submission.encode_to_vec().into())
         .await?;
     Ok(v1::ChildSubmitted::decode(reply.payload.as_ref())?)
+}
+
+#[tokio::test]
+async fn a_parent_waits_for_its_children_without_holding_its_worker() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    // One slot: a parent that held it while waiting would leave none for its children.
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::chaos()).concurrency(1)).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let chaos = ChaosClient::new(client.clone());
+    let parent = chaos
+        .spawn(SpawnArgs {
+            count: 3,
+            label: "brood".into(),
+            child_millis: 300,
+            wait: true,
+            ..Default::default()
+        })
+        .await?;
+    eventually("the parent waits", WAIT, || {
+        let client = client.clone();
+        let id = parent.id().to_owned();
+        async move {
+            client
+                .get(&id, false)
+                .await
+                .is_ok_and(|info| info.state() == TaskState::Waiting)
+        }
+    })
+    .await?;
+    let result: SpawnResult = parent.get(WAIT).await?;
+    assert_eq!(
+        result.labels,
+        ["brood-0", "brood-1", "brood-2"],
+        "each child's answer, in order"
+    );
+    assert_eq!(result.attempt, 1, "waiting used no attempt");
+    assert_eq!(result.children.len(), 3);
+    let info = client.get(parent.id(), false).await?;
+    assert_eq!(info.children.len(), 3, "the resumed run found its children");
+    for i in 0..3 {
+        assert_eq!(tasks::journal_count(&format!("brood-{i}"), "started"), 1);
+    }
+    Ok(())
 }

@@ -25,33 +25,47 @@ _sym_db = _symbol_database.Default()
 from taskwire.v1 import tasks_pb2 as taskwire_dot_v1_dot_tasks__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18taskwire/v1/worker.proto\x12\x0btaskwire.v1\x1a\x17taskwire/v1/tasks.proto\"a\n\x12SubmitChildRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12)\n\x05\x63hild\x18\x03 \x01(\x0b\x32\x1a.taskwire.v1.SubmitRequest\"\x88\x01\n\x0f\x43hildSubmission\x12\x11\n\tparent_id\x18\x01 \x01(\t\x12\x13\n\x0bparent_task\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12)\n\x05\x63hild\x18\x04 \x01(\x0b\x32\x1a.taskwire.v1.SubmitRequest\x12\x13\n\x0btraceparent\x18\x05 \x01(\t\"^\n\x0e\x43hildSubmitted\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12-\n\x08response\x18\x03 \x01(\x0b\x32\x1b.taskwire.v1.SubmitResponse\"f\n\x15ReportProgressRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12+\n\x08progress\x18\x03 \x01(\x0b\x32\x19.taskwire.v1.TaskProgress\"\x18\n\x16ReportProgressResponse\"H\n\x0cHandlerCalls\x12\'\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x18.taskwire.v1.HandlerCall\x12\x0f\n\x07\x63\x61ncels\x18\x02 \x03(\x04\"\xcf\x01\n\x0bHandlerCall\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x10\n\x08\x61rgument\x18\x03 \x01(\x0c\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\r\x12\x0f\n\x07\x63ontext\x18\x08 \x01(\t\x12\x12\n\ntimeout_ms\x18\t \x01(\x04\x12\x13\n\x0btraceparent\x18\n \x01(\t\x12\x12\n\ntracestate\x18\x0b \x01(\t\"@\n\x0fHandlerOutcomes\x12-\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1b.taskwire.v1.HandlerOutcome\"\\\n\x0eHandlerOutcome\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0e\n\x06result\x18\x03 \x01(\x0c\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x05 \x01(\x0c\x32\xb5\x01\n\x0bTaskContext\x12Y\n\x0eReportProgress\x12\".taskwire.v1.ReportProgressRequest\x1a#.taskwire.v1.ReportProgressResponse\x12K\n\x0bSubmitChild\x12\x1f.taskwire.v1.SubmitChildRequest\x1a\x1b.taskwire.v1.SubmitResponse2T\n\x0cTaskHandlers\x12\x44\n\x05Serve\x12\x19.taskwire.v1.HandlerCalls\x1a\x1c.taskwire.v1.HandlerOutcomes(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18taskwire/v1/worker.proto\x12\x0btaskwire.v1\x1a\x17taskwire/v1/tasks.proto\":\n\x16WaitForChildrenRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"Q\n\x17WaitForChildrenResponse\x12\r\n\x05\x65nded\x18\x01 \x01(\x08\x12\'\n\x08\x63hildren\x18\x02 \x03(\x0b\x32\x15.taskwire.v1.TaskInfo\"!\n\x0c\x43hildrenWait\x12\x11\n\tparent_id\x18\x01 \x01(\t\"g\n\x0e\x43hildrenWaited\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x65nded\x18\x03 \x01(\x08\x12\'\n\x08\x63hildren\x18\x04 \x03(\x0b\x32\x15.taskwire.v1.TaskInfo\"\x7f\n\x0c\x43hildrenPark\x12\x11\n\tparent_id\x18\x01 \x01(\t\x12\x13\n\x0bparent_task\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12(\n\x07headers\x18\x04 \x03(\x0b\x32\x17.taskwire.v1.TaskHeader\x12\x0c\n\x04\x61rgs\x18\x05 \x01(\x0c\")\n\nTaskHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"@\n\x0e\x43hildrenParked\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07resumed\x18\x03 \x01(\x08\"a\n\x12SubmitChildRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12)\n\x05\x63hild\x18\x03 \x01(\x0b\x32\x1a.taskwire.v1.SubmitRequest\"\x88\x01\n\x0f\x43hildSubmission\x12\x11\n\tparent_id\x18\x01 \x01(\t\x12\x13\n\x0bparent_task\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12)\n\x05\x63hild\x18\x04 \x01(\x0b\x32\x1a.taskwire.v1.SubmitRequest\x12\x13\n\x0btraceparent\x18\x05 \x01(\t\"^\n\x0e\x43hildSubmitted\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12-\n\x08response\x18\x03 \x01(\x0b\x32\x1b.taskwire.v1.SubmitResponse\"f\n\x15ReportProgressRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12+\n\x08progress\x18\x03 \x01(\x0b\x32\x19.taskwire.v1.TaskProgress\"\x18\n\x16ReportProgressResponse\"H\n\x0cHandlerCalls\x12\'\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x18.taskwire.v1.HandlerCall\x12\x0f\n\x07\x63\x61ncels\x18\x02 \x03(\x04\"\xcf\x01\n\x0bHandlerCall\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x10\n\x08\x61rgument\x18\x03 \x01(\x0c\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\r\x12\x0f\n\x07\x63ontext\x18\x08 \x01(\t\x12\x12\n\ntimeout_ms\x18\t \x01(\x04\x12\x13\n\x0btraceparent\x18\n \x01(\t\x12\x12\n\ntracestate\x18\x0b \x01(\t\"@\n\x0fHandlerOutcomes\x12-\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1b.taskwire.v1.HandlerOutcome\"\\\n\x0eHandlerOutcome\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0e\n\x06result\x18\x03 \x01(\x0c\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x05 \x01(\x0c\x32\x93\x02\n\x0bTaskContext\x12Y\n\x0eReportProgress\x12\".taskwire.v1.ReportProgressRequest\x1a#.taskwire.v1.ReportProgressResponse\x12K\n\x0bSubmitChild\x12\x1f.taskwire.v1.SubmitChildRequest\x1a\x1b.taskwire.v1.SubmitResponse\x12\\\n\x0fWaitForChildren\x12#.taskwire.v1.WaitForChildrenRequest\x1a$.taskwire.v1.WaitForChildrenResponse2T\n\x0cTaskHandlers\x12\x44\n\x05Serve\x12\x19.taskwire.v1.HandlerCalls\x1a\x1c.taskwire.v1.HandlerOutcomes(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'taskwire.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITCHILDREQUEST']._serialized_start=66
-  _globals['_SUBMITCHILDREQUEST']._serialized_end=163
-  _globals['_CHILDSUBMISSION']._serialized_start=166
-  _globals['_CHILDSUBMISSION']._serialized_end=302
-  _globals['_CHILDSUBMITTED']._serialized_start=304
-  _globals['_CHILDSUBMITTED']._serialized_end=398
-  _globals['_REPORTPROGRESSREQUEST']._serialized_start=400
-  _globals['_REPORTPROGRESSREQUEST']._serialized_end=502
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=504
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=528
-  _globals['_HANDLERCALLS']._serialized_start=530
-  _globals['_HANDLERCALLS']._serialized_end=602
-  _globals['_HANDLERCALL']._serialized_start=605
-  _globals['_HANDLERCALL']._serialized_end=812
-  _globals['_HANDLEROUTCOMES']._serialized_start=814
-  _globals['_HANDLEROUTCOMES']._serialized_end=878
-  _globals['_HANDLEROUTCOME']._serialized_start=880
-  _globals['_HANDLEROUTCOME']._serialized_end=972
-  _globals['_TASKCONTEXT']._serialized_start=975
-  _globals['_TASKCONTEXT']._serialized_end=1156
-  _globals['_TASKHANDLERS']._serialized_start=1158
-  _globals['_TASKHANDLERS']._serialized_end=1242
+  _globals['_WAITFORCHILDRENREQUEST']._serialized_start=66
+  _globals['_WAITFORCHILDRENREQUEST']._serialized_end=124
+  _globals['_WAITFORCHILDRENRESPONSE']._serialized_start=126
+  _globals['_WAITFORCHILDRENRESPONSE']._serialized_end=207
+  _globals['_CHILDRENWAIT']._serialized_start=209
+  _globals['_CHILDRENWAIT']._serialized_end=242
+  _globals['_CHILDRENWAITED']._serialized_start=244
+  _globals['_CHILDRENWAITED']._serialized_end=347
+  _globals['_CHILDRENPARK']._serialized_start=349
+  _globals['_CHILDRENPARK']._serialized_end=476
+  _globals['_TASKHEADER']._serialized_start=478
+  _globals['_TASKHEADER']._serialized_end=519
+  _globals['_CHILDRENPARKED']._serialized_start=521
+  _globals['_CHILDRENPARKED']._serialized_end=585
+  _globals['_SUBMITCHILDREQUEST']._serialized_start=587
+  _globals['_SUBMITCHILDREQUEST']._serialized_end=684
+  _globals['_CHILDSUBMISSION']._serialized_start=687
+  _globals['_CHILDSUBMISSION']._serialized_end=823
+  _globals['_CHILDSUBMITTED']._serialized_start=825
+  _globals['_CHILDSUBMITTED']._serialized_end=919
+  _globals['_REPORTPROGRESSREQUEST']._serialized_start=921
+  _globals['_REPORTPROGRESSREQUEST']._serialized_end=1023
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=1025
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=1049
+  _globals['_HANDLERCALLS']._serialized_start=1051
+  _globals['_HANDLERCALLS']._serialized_end=1123
+  _globals['_HANDLERCALL']._serialized_start=1126
+  _globals['_HANDLERCALL']._serialized_end=1333
+  _globals['_HANDLEROUTCOMES']._serialized_start=1335
+  _globals['_HANDLEROUTCOMES']._serialized_end=1399
+  _globals['_HANDLEROUTCOME']._serialized_start=1401
+  _globals['_HANDLEROUTCOME']._serialized_end=1493
+  _globals['_TASKCONTEXT']._serialized_start=1496
+  _globals['_TASKCONTEXT']._serialized_end=1771
+  _globals['_TASKHANDLERS']._serialized_start=1773
+  _globals['_TASKHANDLERS']._serialized_end=1857
 # @@protoc_insertion_point(module_scope)

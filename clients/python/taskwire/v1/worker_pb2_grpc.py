@@ -53,6 +53,11 @@ class TaskContextStub:
                 request_serializer=taskwire_dot_v1_dot_worker__pb2.SubmitChildRequest.SerializeToString,
                 response_deserializer=taskwire_dot_v1_dot_tasks__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.WaitForChildren = channel.unary_unary(
+                '/taskwire.v1.TaskContext/WaitForChildren',
+                request_serializer=taskwire_dot_v1_dot_worker__pb2.WaitForChildrenRequest.SerializeToString,
+                response_deserializer=taskwire_dot_v1_dot_worker__pb2.WaitForChildrenResponse.FromString,
+                _registered_method=True)
 
 
 class TaskContextServicer:
@@ -86,6 +91,19 @@ class TaskContextServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WaitForChildren(self, request, context):
+        """Whether every child the running attempt's task submitted has ended, and if so, their
+        outcomes (in the order they were recorded, each as Get shows it). When some have not, the
+        attempt is to end at once with an error (taskwire's workers raise one for it): the runtime
+        then parks the task, which holds no worker while it waits (Get shows it `waiting`), and
+        runs it again from its start once the last child has ended. Its children submitted again
+        are found, not stored twice; its wait then answers their outcomes. An attempt that ends
+        with a success after all is stored as one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskContextServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +116,11 @@ def add_TaskContextServicer_to_server(servicer, server):
                     servicer.SubmitChild,
                     request_deserializer=taskwire_dot_v1_dot_worker__pb2.SubmitChildRequest.FromString,
                     response_serializer=taskwire_dot_v1_dot_tasks__pb2.SubmitResponse.SerializeToString,
+            ),
+            'WaitForChildren': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitForChildren,
+                    request_deserializer=taskwire_dot_v1_dot_worker__pb2.WaitForChildrenRequest.FromString,
+                    response_serializer=taskwire_dot_v1_dot_worker__pb2.WaitForChildrenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -162,6 +185,33 @@ class TaskContext:
             '/taskwire.v1.TaskContext/SubmitChild',
             taskwire_dot_v1_dot_worker__pb2.SubmitChildRequest.SerializeToString,
             taskwire_dot_v1_dot_tasks__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitForChildren(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskwire.v1.TaskContext/WaitForChildren',
+            taskwire_dot_v1_dot_worker__pb2.WaitForChildrenRequest.SerializeToString,
+            taskwire_dot_v1_dot_worker__pb2.WaitForChildrenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,12 @@ impl Prepared {
         &self.name
     }
 
+    /// Stores the task under this id (a child's, made from its parent and key).
+    pub(crate) fn with_id(mut self, id: Id) -> Self {
+        self.id = id;
+        self
+    }
+
     /// Continues the trace `traceparent` (a child's parent's) rather than the caller's.
     pub(crate) fn in_trace(mut self, traceparent: Option<String>) -> Self {
         if traceparent.is_some() {
@@ -201,7 +207,7 @@ impl Gateway {
             let window = self.broker.tasks.cached_info().config.duplicate_window;
             let started_or_delayed = matches!(
                 e.headers.get(broker::header::STATE).map(|v| v.as_str()),
-                Some("running" | "retrying" | "scheduled")
+                Some("running" | "retrying" | "scheduled" | "waiting")
             );
             let replayed = e.headers.get(broker::header::REPLAY).is_some();
             let queued_long_ago = e

@@ -1,5 +1,6 @@
-//! Advancing workflows: every gateway pulls from the two durable consumers, new workflows and
-//! step results; whichever takes a message starts what comes next, then acks. A gateway that
+//! Advancing workflows: every gateway pulls from the durable consumers of new workflows, step
+//! results and child results; whichever takes a message starts what comes next (or resumes
+//! a parent waiting for its children), then acks. A gateway that
 //! dies midway leaves the message unacked, so another takes it again: every step it submits
 //! has the id of its place in the workflow, every join is a compare-and-set, the end is stored
 //! once, so doing it again changes nothing.
@@ -28,14 +29,17 @@ pub(crate) const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Messages handled at once by one gateway.
 const CONCURRENCY: usize = 64;
 
-/// Pulls from both consumers until `stop`.
+/// Pulls from the three consumers until `stop`.
 pub(crate) fn start(
     gateway: Arc<Gateway>,
-    starts: PullConsumer,
-    steps: PullConsumer,
+    [starts, steps, ended]: [PullConsumer; 3],
     stop: CancellationToken,
 ) {
-    for (consumer, kind) in [(starts, Kind::Start), (steps, Kind::Step)] {
+    for (consumer, kind) in [
+        (starts, Kind::Start),
+        (steps, Kind::Step),
+        (ended, Kind::ChildEnded),
+    ] {
         let gateway = Arc::clone(&gateway);
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -55,6 +59,8 @@ pub(crate) fn start(
 enum Kind {
     Start,
     Step,
+    /// A child task's result: its waiting parent may resume.
+    ChildEnded,
 }
 
 async fn pull(gateway: &Arc<Gateway>, consumer: &PullConsumer, kind: Kind) {
@@ -84,6 +90,7 @@ async fn pull(gateway: &Arc<Gateway>, consumer: &PullConsumer, kind: Kind) {
             let done = match kind {
                 Kind::Start => gateway.start_workflow(&message).await,
                 Kind::Step => gateway.step_ended(&message).await,
+                Kind::ChildEnded => gateway.child_ended(&message).await,
             };
             match done {
                 Ok(()) => {

@@ -9,6 +9,7 @@ use taskwire::TaskContext;
 use taskwire::v1::task_context_server::{TaskContext as TaskContextService, TaskContextServer};
 use taskwire::v1::{
     ReportProgressRequest, ReportProgressResponse, SubmitChildRequest, SubmitResponse,
+    WaitForChildrenRequest, WaitForChildrenResponse,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -129,5 +130,18 @@ impl TaskContextService for Service {
             .child
             .ok_or_else(|| Status::invalid_argument("name the child to submit (child)"))?;
         Ok(Response::new(ctx.submit_child_with(child).await?))
+    }
+
+    async fn wait_for_children(
+        &self,
+        request: Request<WaitForChildrenRequest>,
+    ) -> Result<Response<WaitForChildrenResponse>, Status> {
+        let request = request.into_inner();
+        let ctx = self.attempt(&request.task_id, request.attempt, "wait for children")?;
+        let ended = ctx.children_ended().await?;
+        Ok(Response::new(WaitForChildrenResponse {
+            ended: ended.is_some(),
+            children: ended.unwrap_or_default(),
+        }))
     }
 }

@@ -30,6 +30,7 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_STATE_CANCELLED: _ClassVar[TaskState]
     TASK_STATE_SCHEDULED: _ClassVar[TaskState]
     TASK_STATE_EXPIRED: _ClassVar[TaskState]
+    TASK_STATE_WAITING: _ClassVar[TaskState]
 PRIORITY_UNSPECIFIED: Priority
 PRIORITY_HIGH: Priority
 PRIORITY_NORMAL: Priority
@@ -43,6 +44,7 @@ TASK_STATE_FAILED: TaskState
 TASK_STATE_CANCELLED: TaskState
 TASK_STATE_SCHEDULED: TaskState
 TASK_STATE_EXPIRED: TaskState
+TASK_STATE_WAITING: TaskState
 
 class SubmitRequest(_message.Message):
     __slots__ = ("task", "args_proto", "args_json", "options", "descriptor_hash")

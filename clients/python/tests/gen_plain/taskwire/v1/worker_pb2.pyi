@@ -7,6 +7,72 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class WaitForChildrenRequest(_message.Message):
+    __slots__ = ("task_id", "attempt")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    attempt: int
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class WaitForChildrenResponse(_message.Message):
+    __slots__ = ("ended", "children")
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    ended: bool
+    children: _containers.RepeatedCompositeFieldContainer[_tasks_pb2.TaskInfo]
+    def __init__(self, ended: _Optional[bool] = ..., children: _Optional[_Iterable[_Union[_tasks_pb2.TaskInfo, _Mapping]]] = ...) -> None: ...
+
+class ChildrenWait(_message.Message):
+    __slots__ = ("parent_id",)
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    parent_id: str
+    def __init__(self, parent_id: _Optional[str] = ...) -> None: ...
+
+class ChildrenWaited(_message.Message):
+    __slots__ = ("code", "message", "ended", "children")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    ended: bool
+    children: _containers.RepeatedCompositeFieldContainer[_tasks_pb2.TaskInfo]
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., ended: _Optional[bool] = ..., children: _Optional[_Iterable[_Union[_tasks_pb2.TaskInfo, _Mapping]]] = ...) -> None: ...
+
+class ChildrenPark(_message.Message):
+    __slots__ = ("parent_id", "parent_task", "attempt", "headers", "args")
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_TASK_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    parent_id: str
+    parent_task: str
+    attempt: int
+    headers: _containers.RepeatedCompositeFieldContainer[TaskHeader]
+    args: bytes
+    def __init__(self, parent_id: _Optional[str] = ..., parent_task: _Optional[str] = ..., attempt: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[TaskHeader, _Mapping]]] = ..., args: _Optional[bytes] = ...) -> None: ...
+
+class TaskHeader(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class ChildrenParked(_message.Message):
+    __slots__ = ("code", "message", "resumed")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    resumed: bool
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., resumed: _Optional[bool] = ...) -> None: ...
+
 class SubmitChildRequest(_message.Message):
     __slots__ = ("task_id", "attempt", "child")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]

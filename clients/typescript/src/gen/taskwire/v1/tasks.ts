@@ -93,6 +93,11 @@ export enum TaskState {
   TASK_STATE_SCHEDULED = 7,
   /** TASK_STATE_EXPIRED - Not started before its expiry time; it never ran. */
   TASK_STATE_EXPIRED = 8,
+  /**
+   * TASK_STATE_WAITING - Ran until it waited for its children, and holds no worker while they run: it runs again
+   * once they have all ended.
+   */
+  TASK_STATE_WAITING = 9,
   UNRECOGNIZED = -1,
 }
 
@@ -125,6 +130,9 @@ export function taskStateFromJSON(object: any): TaskState {
     case 8:
     case "TASK_STATE_EXPIRED":
       return TaskState.TASK_STATE_EXPIRED;
+    case 9:
+    case "TASK_STATE_WAITING":
+      return TaskState.TASK_STATE_WAITING;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -152,6 +160,8 @@ export function taskStateToJSON(object: TaskState): string {
       return "TASK_STATE_SCHEDULED";
     case TaskState.TASK_STATE_EXPIRED:
       return "TASK_STATE_EXPIRED";
+    case TaskState.TASK_STATE_WAITING:
+      return "TASK_STATE_WAITING";
     case TaskState.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -7207,6 +7217,7 @@ export const protoMetadata: ProtoMetadata = {
         { "name": "TASK_STATE_CANCELLED", "number": 6, "options": undefined },
         { "name": "TASK_STATE_SCHEDULED", "number": 7, "options": undefined },
         { "name": "TASK_STATE_EXPIRED", "number": 8, "options": undefined },
+        { "name": "TASK_STATE_WAITING", "number": 9, "options": undefined },
       ],
       "options": undefined,
       "reservedRange": [],
@@ -7619,313 +7630,320 @@ export const protoMetadata: ProtoMetadata = {
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [5, 1, 2, 9],
+        "span": [181, 2, 25],
+        "leadingComments":
+          " Ran until it waited for its children, and holds no worker while they run: it runs again\n once they have all ended.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [4, 10, 2, 3],
-        "span": [186, 2, 21],
+        "span": [189, 2, 21],
         "leadingComments": " The attempt that produced this state (1 for the first run).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 4],
-        "span": [188, 2, 19],
+        "span": [191, 2, 19],
         "leadingComments": " The output message as protobuf bytes, when the task succeeded.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 5],
-        "span": [190, 2, 25],
+        "span": [193, 2, 25],
         "leadingComments": " The output message as proto3 JSON, when asked for.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 6],
-        "span": [192, 2, 24],
+        "span": [195, 2, 24],
         "leadingComments": " Why the task failed, when it did.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 8],
-        "span": [195, 2, 28],
+        "span": [198, 2, 28],
         "leadingComments": " The last progress the running task reported.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 9],
-        "span": [197, 2, 44],
+        "span": [200, 2, 44],
         "leadingComments": " When a scheduled task becomes due.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 10],
-        "span": [199, 2, 23],
+        "span": [202, 2, 23],
         "leadingComments": " The W3C trace id of the task's trace, when its submission was traced.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 11],
-        "span": [201, 2, 24],
+        "span": [204, 2, 24],
         "leadingComments": " The task that submitted this one from its context, if one did.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 12],
-        "span": [204, 2, 35],
+        "span": [207, 2, 35],
         "leadingComments":
           " The tasks this one submitted from its context, in the order they were recorded (Get\n only).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 11],
-        "span": [208, 0, 211, 1],
+        "span": [211, 0, 214, 1],
         "leadingComments": " A task submitted by another from its context.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 12],
-        "span": [214, 0, 221, 1],
+        "span": [217, 0, 224, 1],
         "leadingComments": " What a running task says about how far it got.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 12, 2, 0],
-        "span": [216, 2, 20],
+        "span": [219, 2, 20],
         "leadingComments": " 0 to 100.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 12, 2, 2],
-        "span": [219, 2, 20],
+        "span": [222, 2, 20],
         "leadingComments": " A message of the task's own choice, as protobuf bytes, with its full type name.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 13, 2, 1],
-        "span": [226, 2, 21],
+        "span": [229, 2, 21],
         "leadingComments": " Whether the task itself said that trying again could succeed.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16],
-        "span": [236, 0, 248, 1],
+        "span": [239, 0, 251, 1],
         "leadingComments": " A task type: what the registry holds for each task a worker serves.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 0],
-        "span": [238, 2, 18],
+        "span": [241, 2, 18],
         "leadingComments": ' Full task name, e.g. "examples.magic.v1.Magic/Add".\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 1],
-        "span": [240, 2, 24],
+        "span": [243, 2, 24],
         "leadingComments": " Full names of the input and output messages.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 3],
-        "span": [243, 2, 32],
+        "span": [246, 2, 32],
         "leadingComments":
           " A serialized google.protobuf.FileDescriptorSet that holds both messages and their imports.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 4],
-        "span": [245, 2, 26],
+        "span": [248, 2, 26],
         "leadingComments": " The task's options as declared in its proto.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 5],
-        "span": [247, 2, 29],
+        "span": [250, 2, 29],
         "leadingComments":
           ' The schema fingerprint of input and output (see docs/protocol.md, "Schema fingerprints").\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 17, 2, 0],
-        "span": [252, 2, 18],
+        "span": [255, 2, 18],
         "leadingComments": " Only dead letters of this task type; empty means all.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 17, 2, 1],
-        "span": [254, 2, 19],
+        "span": [257, 2, 19],
         "leadingComments": " At most this many; 0 means 100, and 1000 is the most.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 18, 2, 2],
-        "span": [261, 2, 20],
+        "span": [264, 2, 20],
         "leadingComments": " exhausted, permanent, panic, timeout or poison.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 18, 2, 3],
-        "span": [263, 2, 19],
+        "span": [266, 2, 19],
         "leadingComments": " The last error.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 18, 2, 4],
-        "span": [265, 2, 21],
+        "span": [268, 2, 21],
         "leadingComments": " The attempt that failed last.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 18, 2, 6],
-        "span": [268, 2, 21],
+        "span": [271, 2, 21],
         "leadingComments": " How many times this task was replayed before.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 20, 2, 0],
-        "span": [277, 2, 31],
+        "span": [280, 2, 31],
         "leadingComments": " These tasks...\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 20, 2, 1],
-        "span": [279, 2, 18],
+        "span": [282, 2, 18],
         "leadingComments": " ...or every dead letter of this task type (with all = true).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 21, 2, 0],
-        "span": [285, 2, 31],
+        "span": [288, 2, 31],
         "leadingComments": " The tasks put back in line.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 22, 2, 0],
-        "span": [290, 2, 18],
+        "span": [293, 2, 18],
         "leadingComments": " Only dead letters of this task type; empty means all.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 24],
-        "span": [298, 0, 303, 1],
+        "span": [301, 0, 306, 1],
         "leadingComments": " How many tasks of a type run at once and start per period, across all workers.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 24, 2, 0],
-        "span": [300, 2, 29],
+        "span": [303, 2, 29],
         "leadingComments": " 0 means no limit.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 24, 2, 1],
-        "span": [302, 2, 24],
+        "span": [305, 2, 24],
         "leadingComments": ' "10/s", "600/m" or "5/h"; empty means no limit.\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 26, 2, 2],
-        "span": [313, 2, 17],
+        "span": [316, 2, 17],
         "leadingComments": " Drop the override: the declared limits apply again.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 27, 2, 1],
-        "span": [319, 2, 24],
+        "span": [322, 2, 24],
         "leadingComments": " The limits in force.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 27, 2, 2],
-        "span": [321, 2, 22],
+        "span": [324, 2, 22],
         "leadingComments": " Whether they were set through SetTaskLimits rather than declared.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30],
-        "span": [331, 0, 347, 1],
+        "span": [334, 0, 350, 1],
         "leadingComments": " What a worker tells about itself in its heartbeat.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30, 2, 3],
-        "span": [336, 2, 28],
+        "span": [339, 2, 28],
         "leadingComments": " The task types it serves.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30, 2, 4],
-        "span": [338, 2, 21],
+        "span": [341, 2, 21],
         "leadingComments": " Tasks running now, and finished since it started.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30, 2, 10],
-        "span": [346, 2, 26],
+        "span": [349, 2, 26],
         "leadingComments":
           " Why the worker starts no task now (the upstream gRPC server it calls does not answer);\n empty while it does.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 1],
-        "span": [358, 2, 22],
+        "span": [361, 2, 22],
         "leadingComments": " high, normal or low.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 2],
-        "span": [360, 2, 20],
+        "span": [363, 2, 20],
         "leadingComments": " Waiting for a worker.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 3],
-        "span": [362, 2, 23],
+        "span": [365, 2, 23],
         "leadingComments": " Delivered to a worker and not yet acknowledged.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 4],
-        "span": [364, 2, 25],
+        "span": [367, 2, 25],
         "leadingComments": " Delivered more than once (retries, dead workers).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 5],
-        "span": [366, 2, 27],
+        "span": [369, 2, 27],
         "leadingComments": " Pull requests of idle workers waiting for tasks.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 6],
-        "span": [368, 2, 46],
+        "span": [371, 2, 46],
         "leadingComments": " How long the oldest queued task has waited.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 7],
-        "span": [370, 2, 26],
+        "span": [373, 2, 26],
         "leadingComments": " Dead letters of the task type (on the normal priority row).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 8],
-        "span": [372, 2, 21],
+        "span": [375, 2, 21],
         "leadingComments": " Live workers that serve the task type.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 9],
-        "span": [375, 2, 30],
+        "span": [378, 2, 30],
         "leadingComments":
           " Deliveries to workers since the queue's consumer was made: the difference between two\n readings over the time between them is the queue's rate.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 35, 2, 0],
-        "span": [384, 2, 31],
+        "span": [387, 2, 31],
         "leadingComments": " Oldest first: queued or scheduled, running, progress, retrying.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 35, 2, 1],
-        "span": [386, 2, 22],
+        "span": [389, 2, 22],
         "leadingComments": " The final state, once there is one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],

@@ -21,11 +21,60 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import type { FileDescriptorProto as FileDescriptorProto1 } from "ts-proto-descriptors";
-import { protoMetadata as protoMetadata1, SubmitRequest, SubmitResponse, TaskProgress } from "./tasks";
+import { protoMetadata as protoMetadata1, SubmitRequest, SubmitResponse, TaskInfo, TaskProgress } from "./tasks";
 
 export const protobufPackage = "taskwire.v1";
 
 export const protobufFileName = "taskwire/v1/worker.proto";
+
+export interface WaitForChildrenRequest {
+  taskId: string;
+  attempt: number;
+}
+
+export interface WaitForChildrenResponse {
+  /** True when every child has ended: `children` holds their outcomes. False: end the attempt. */
+  ended: boolean;
+  children: TaskInfo[];
+}
+
+/** On `taskwire.children.wait`: whether every child of a parent has ended. */
+export interface ChildrenWait {
+  parentId: string;
+}
+
+export interface ChildrenWaited {
+  /** The gRPC status code of the look (0, OK). */
+  code: number;
+  message: string;
+  ended: boolean;
+  children: TaskInfo[];
+}
+
+/**
+ * On `taskwire.children.park`: a parent that waits for its children, with its task message
+ * (headers and arguments) to put back in line when they have ended.
+ */
+export interface ChildrenPark {
+  parentId: string;
+  parentTask: string;
+  /** The attempt that waited: the resumed run is the same attempt. */
+  attempt: number;
+  headers: TaskHeader[];
+  args: Buffer;
+}
+
+export interface TaskHeader {
+  name: string;
+  value: string;
+}
+
+export interface ChildrenParked {
+  code: number;
+  message: string;
+  /** True when the children had all ended already: the parent is back in line. */
+  resumed: boolean;
+}
 
 export interface SubmitChildRequest {
   /** The task id and attempt of the running attempt (from its call's metadata). */
@@ -125,6 +174,697 @@ export interface HandlerOutcome {
    */
   details: Buffer;
 }
+
+function createBaseWaitForChildrenRequest(): WaitForChildrenRequest {
+  return { taskId: "", attempt: 0 };
+}
+
+export const WaitForChildrenRequest: MessageFns<WaitForChildrenRequest> = {
+  encode(message: WaitForChildrenRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.taskId !== "") {
+      writer.uint32(10).string(message.taskId);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(16).uint32(message.attempt);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WaitForChildrenRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWaitForChildrenRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.taskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.attempt = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WaitForChildrenRequest {
+    return {
+      taskId: isSet(object.taskId)
+        ? globalThis.String(object.taskId)
+        : isSet(object.task_id)
+        ? globalThis.String(object.task_id)
+        : "",
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+    };
+  },
+
+  toJSON(message: WaitForChildrenRequest): unknown {
+    const obj: any = {};
+    if (message.taskId !== "") {
+      obj.taskId = message.taskId;
+    }
+    if (message.attempt !== 0) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WaitForChildrenRequest>): WaitForChildrenRequest {
+    return WaitForChildrenRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WaitForChildrenRequest>): WaitForChildrenRequest {
+    const message = createBaseWaitForChildrenRequest();
+    message.taskId = object.taskId ?? "";
+    message.attempt = object.attempt ?? 0;
+    return message;
+  },
+};
+
+function createBaseWaitForChildrenResponse(): WaitForChildrenResponse {
+  return { ended: false, children: [] };
+}
+
+export const WaitForChildrenResponse: MessageFns<WaitForChildrenResponse> = {
+  encode(message: WaitForChildrenResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ended !== false) {
+      writer.uint32(8).bool(message.ended);
+    }
+    for (const v of message.children) {
+      TaskInfo.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WaitForChildrenResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWaitForChildrenResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.ended = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.children.push(TaskInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WaitForChildrenResponse {
+    return {
+      ended: isSet(object.ended) ? globalThis.Boolean(object.ended) : false,
+      children: globalThis.Array.isArray(object?.children) ? object.children.map((e: any) => TaskInfo.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: WaitForChildrenResponse): unknown {
+    const obj: any = {};
+    if (message.ended !== false) {
+      obj.ended = message.ended;
+    }
+    if (message.children?.length) {
+      obj.children = message.children.map((e) => TaskInfo.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WaitForChildrenResponse>): WaitForChildrenResponse {
+    return WaitForChildrenResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WaitForChildrenResponse>): WaitForChildrenResponse {
+    const message = createBaseWaitForChildrenResponse();
+    message.ended = object.ended ?? false;
+    message.children = object.children?.map((e) => TaskInfo.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseChildrenWait(): ChildrenWait {
+  return { parentId: "" };
+}
+
+export const ChildrenWait: MessageFns<ChildrenWait> = {
+  encode(message: ChildrenWait, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.parentId !== "") {
+      writer.uint32(10).string(message.parentId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChildrenWait {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChildrenWait();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parentId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ChildrenWait {
+    return {
+      parentId: isSet(object.parentId)
+        ? globalThis.String(object.parentId)
+        : isSet(object.parent_id)
+        ? globalThis.String(object.parent_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ChildrenWait): unknown {
+    const obj: any = {};
+    if (message.parentId !== "") {
+      obj.parentId = message.parentId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ChildrenWait>): ChildrenWait {
+    return ChildrenWait.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ChildrenWait>): ChildrenWait {
+    const message = createBaseChildrenWait();
+    message.parentId = object.parentId ?? "";
+    return message;
+  },
+};
+
+function createBaseChildrenWaited(): ChildrenWaited {
+  return { code: 0, message: "", ended: false, children: [] };
+}
+
+export const ChildrenWaited: MessageFns<ChildrenWaited> = {
+  encode(message: ChildrenWaited, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.code !== 0) {
+      writer.uint32(8).uint32(message.code);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    if (message.ended !== false) {
+      writer.uint32(24).bool(message.ended);
+    }
+    for (const v of message.children) {
+      TaskInfo.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChildrenWaited {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChildrenWaited();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.code = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.ended = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.children.push(TaskInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ChildrenWaited {
+    return {
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      ended: isSet(object.ended) ? globalThis.Boolean(object.ended) : false,
+      children: globalThis.Array.isArray(object?.children) ? object.children.map((e: any) => TaskInfo.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ChildrenWaited): unknown {
+    const obj: any = {};
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.ended !== false) {
+      obj.ended = message.ended;
+    }
+    if (message.children?.length) {
+      obj.children = message.children.map((e) => TaskInfo.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ChildrenWaited>): ChildrenWaited {
+    return ChildrenWaited.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ChildrenWaited>): ChildrenWaited {
+    const message = createBaseChildrenWaited();
+    message.code = object.code ?? 0;
+    message.message = object.message ?? "";
+    message.ended = object.ended ?? false;
+    message.children = object.children?.map((e) => TaskInfo.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseChildrenPark(): ChildrenPark {
+  return { parentId: "", parentTask: "", attempt: 0, headers: [], args: Buffer.alloc(0) };
+}
+
+export const ChildrenPark: MessageFns<ChildrenPark> = {
+  encode(message: ChildrenPark, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.parentId !== "") {
+      writer.uint32(10).string(message.parentId);
+    }
+    if (message.parentTask !== "") {
+      writer.uint32(18).string(message.parentTask);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(24).uint32(message.attempt);
+    }
+    for (const v of message.headers) {
+      TaskHeader.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.args.length !== 0) {
+      writer.uint32(42).bytes(message.args);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChildrenPark {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChildrenPark();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.parentTask = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.attempt = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.headers.push(TaskHeader.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.args = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ChildrenPark {
+    return {
+      parentId: isSet(object.parentId)
+        ? globalThis.String(object.parentId)
+        : isSet(object.parent_id)
+        ? globalThis.String(object.parent_id)
+        : "",
+      parentTask: isSet(object.parentTask)
+        ? globalThis.String(object.parentTask)
+        : isSet(object.parent_task)
+        ? globalThis.String(object.parent_task)
+        : "",
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      headers: globalThis.Array.isArray(object?.headers) ? object.headers.map((e: any) => TaskHeader.fromJSON(e)) : [],
+      args: isSet(object.args) ? Buffer.from(bytesFromBase64(object.args)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: ChildrenPark): unknown {
+    const obj: any = {};
+    if (message.parentId !== "") {
+      obj.parentId = message.parentId;
+    }
+    if (message.parentTask !== "") {
+      obj.parentTask = message.parentTask;
+    }
+    if (message.attempt !== 0) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    if (message.headers?.length) {
+      obj.headers = message.headers.map((e) => TaskHeader.toJSON(e));
+    }
+    if (message.args.length !== 0) {
+      obj.args = base64FromBytes(message.args);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ChildrenPark>): ChildrenPark {
+    return ChildrenPark.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ChildrenPark>): ChildrenPark {
+    const message = createBaseChildrenPark();
+    message.parentId = object.parentId ?? "";
+    message.parentTask = object.parentTask ?? "";
+    message.attempt = object.attempt ?? 0;
+    message.headers = object.headers?.map((e) => TaskHeader.fromPartial(e)) || [];
+    message.args = object.args ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseTaskHeader(): TaskHeader {
+  return { name: "", value: "" };
+}
+
+export const TaskHeader: MessageFns<TaskHeader> = {
+  encode(message: TaskHeader, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TaskHeader {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTaskHeader();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TaskHeader {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: TaskHeader): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TaskHeader>): TaskHeader {
+    return TaskHeader.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TaskHeader>): TaskHeader {
+    const message = createBaseTaskHeader();
+    message.name = object.name ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseChildrenParked(): ChildrenParked {
+  return { code: 0, message: "", resumed: false };
+}
+
+export const ChildrenParked: MessageFns<ChildrenParked> = {
+  encode(message: ChildrenParked, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.code !== 0) {
+      writer.uint32(8).uint32(message.code);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    if (message.resumed !== false) {
+      writer.uint32(24).bool(message.resumed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChildrenParked {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChildrenParked();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.code = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.resumed = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ChildrenParked {
+    return {
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      resumed: isSet(object.resumed) ? globalThis.Boolean(object.resumed) : false,
+    };
+  },
+
+  toJSON(message: ChildrenParked): unknown {
+    const obj: any = {};
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.resumed !== false) {
+      obj.resumed = message.resumed;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ChildrenParked>): ChildrenParked {
+    return ChildrenParked.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ChildrenParked>): ChildrenParked {
+    const message = createBaseChildrenParked();
+    message.code = object.code ?? 0;
+    message.message = object.message ?? "";
+    message.resumed = object.resumed ?? false;
+    return message;
+  },
+};
 
 function createBaseSubmitChildRequest(): SubmitChildRequest {
   return { taskId: "", attempt: 0, child: undefined };
@@ -1249,6 +1989,23 @@ export const TaskContextDefinition = {
       responseStream: false,
       options: {},
     },
+    /**
+     * Whether every child the running attempt's task submitted has ended, and if so, their
+     * outcomes (in the order they were recorded, each as Get shows it). When some have not, the
+     * attempt is to end at once with an error (taskwire's workers raise one for it): the runtime
+     * then parks the task, which holds no worker while it waits (Get shows it `waiting`), and
+     * runs it again from its start once the last child has ended. Its children submitted again
+     * are found, not stored twice; its wait then answers their outcomes. An attempt that ends
+     * with a success after all is stored as one.
+     */
+    waitForChildren: {
+      name: "WaitForChildren",
+      requestType: WaitForChildrenRequest as typeof WaitForChildrenRequest,
+      requestStream: false,
+      responseType: WaitForChildrenResponse as typeof WaitForChildrenResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -1296,6 +2053,26 @@ export const TaskContextService = {
     responseSerialize: (value: SubmitResponse): Buffer => Buffer.from(SubmitResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SubmitResponse => SubmitResponse.decode(value),
   },
+  /**
+   * Whether every child the running attempt's task submitted has ended, and if so, their
+   * outcomes (in the order they were recorded, each as Get shows it). When some have not, the
+   * attempt is to end at once with an error (taskwire's workers raise one for it): the runtime
+   * then parks the task, which holds no worker while it waits (Get shows it `waiting`), and
+   * runs it again from its start once the last child has ended. Its children submitted again
+   * are found, not stored twice; its wait then answers their outcomes. An attempt that ends
+   * with a success after all is stored as one.
+   */
+  waitForChildren: {
+    path: "/taskwire.v1.TaskContext/WaitForChildren" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: WaitForChildrenRequest): Buffer =>
+      Buffer.from(WaitForChildrenRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WaitForChildrenRequest => WaitForChildrenRequest.decode(value),
+    responseSerialize: (value: WaitForChildrenResponse): Buffer =>
+      Buffer.from(WaitForChildrenResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WaitForChildrenResponse => WaitForChildrenResponse.decode(value),
+  },
 } as const;
 
 export interface TaskContextServer extends UntypedServiceImplementation {
@@ -1313,6 +2090,16 @@ export interface TaskContextServer extends UntypedServiceImplementation {
    * submitting them twice. A parent that was cancelled submits none (FAILED_PRECONDITION).
    */
   submitChild: handleUnaryCall<SubmitChildRequest, SubmitResponse>;
+  /**
+   * Whether every child the running attempt's task submitted has ended, and if so, their
+   * outcomes (in the order they were recorded, each as Get shows it). When some have not, the
+   * attempt is to end at once with an error (taskwire's workers raise one for it): the runtime
+   * then parks the task, which holds no worker while it waits (Get shows it `waiting`), and
+   * runs it again from its start once the last child has ended. Its children submitted again
+   * are found, not stored twice; its wait then answers their outcomes. An attempt that ends
+   * with a success after all is stored as one.
+   */
+  waitForChildren: handleUnaryCall<WaitForChildrenRequest, WaitForChildrenResponse>;
 }
 
 export interface TaskContextClient extends Client {
@@ -1357,6 +2144,30 @@ export interface TaskContextClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SubmitResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Whether every child the running attempt's task submitted has ended, and if so, their
+   * outcomes (in the order they were recorded, each as Get shows it). When some have not, the
+   * attempt is to end at once with an error (taskwire's workers raise one for it): the runtime
+   * then parks the task, which holds no worker while it waits (Get shows it `waiting`), and
+   * runs it again from its start once the last child has ended. Its children submitted again
+   * are found, not stored twice; its wait then answers their outcomes. An attempt that ends
+   * with a success after all is stored as one.
+   */
+  waitForChildren(
+    request: WaitForChildrenRequest,
+    callback: (error: ServiceError | null, response: WaitForChildrenResponse) => void,
+  ): ClientUnaryCall;
+  waitForChildren(
+    request: WaitForChildrenRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: WaitForChildrenResponse) => void,
+  ): ClientUnaryCall;
+  waitForChildren(
+    request: WaitForChildrenRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: WaitForChildrenResponse) => void,
   ): ClientUnaryCall;
 }
 
@@ -1470,6 +2281,318 @@ export const protoMetadata: ProtoMetadata = {
     "weakDependency": [],
     "optionDependency": [],
     "messageType": [{
+      "name": "WaitForChildrenRequest",
+      "field": [{
+        "name": "task_id",
+        "number": 1,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "taskId",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "attempt",
+        "number": 2,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "attempt",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "WaitForChildrenResponse",
+      "field": [{
+        "name": "ended",
+        "number": 1,
+        "label": 1,
+        "type": 8,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "ended",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "children",
+        "number": 2,
+        "label": 3,
+        "type": 11,
+        "typeName": ".taskwire.v1.TaskInfo",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "children",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "ChildrenWait",
+      "field": [{
+        "name": "parent_id",
+        "number": 1,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "parentId",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "ChildrenWaited",
+      "field": [{
+        "name": "code",
+        "number": 1,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "code",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "message",
+        "number": 2,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "message",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "ended",
+        "number": 3,
+        "label": 1,
+        "type": 8,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "ended",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "children",
+        "number": 4,
+        "label": 3,
+        "type": 11,
+        "typeName": ".taskwire.v1.TaskInfo",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "children",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "ChildrenPark",
+      "field": [{
+        "name": "parent_id",
+        "number": 1,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "parentId",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "parent_task",
+        "number": 2,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "parentTask",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "attempt",
+        "number": 3,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "attempt",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "headers",
+        "number": 4,
+        "label": 3,
+        "type": 11,
+        "typeName": ".taskwire.v1.TaskHeader",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "headers",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "args",
+        "number": 5,
+        "label": 1,
+        "type": 12,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "args",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "TaskHeader",
+      "field": [{
+        "name": "name",
+        "number": 1,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "name",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "value",
+        "number": 2,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "value",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "ChildrenParked",
+      "field": [{
+        "name": "code",
+        "number": 1,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "code",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "message",
+        "number": 2,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "message",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "resumed",
+        "number": 3,
+        "label": 1,
+        "type": 8,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "resumed",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
       "name": "SubmitChildRequest",
       "field": [{
         "name": "task_id",
@@ -1991,6 +3114,13 @@ export const protoMetadata: ProtoMetadata = {
         "options": undefined,
         "clientStreaming": false,
         "serverStreaming": false,
+      }, {
+        "name": "WaitForChildren",
+        "inputType": ".taskwire.v1.WaitForChildrenRequest",
+        "outputType": ".taskwire.v1.WaitForChildrenResponse",
+        "options": undefined,
+        "clientStreaming": false,
+        "serverStreaming": false,
       }],
       "options": undefined,
     }, {
@@ -2010,7 +3140,7 @@ export const protoMetadata: ProtoMetadata = {
     "sourceCodeInfo": {
       "location": [{
         "path": [6, 0],
-        "span": [14, 0, 25, 1],
+        "span": [14, 0, 33, 1],
         "leadingComments":
           " What a task handler can ask of the worker runtime that called it.\n\n The worker runtime runs each attempt of a task by calling the task's own method on an upstream\n gRPC server (a worker in any language). For the length of that call the runtime serves this\n service on a local address, which it passes in the call's `taskwire-context` metadata\n (`http://127.0.0.1:PORT`). A call names the attempt it belongs to by the\n `taskwire-task-id` and `taskwire-attempt` values of the task's own call; a call for an attempt\n that is not running on that runtime (ended, or never there) answers NOT_FOUND.\n",
         "trailingComments": "",
@@ -2030,111 +3160,156 @@ export const protoMetadata: ProtoMetadata = {
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 0, 2, 0],
-        "span": [29, 2, 21],
+        "path": [6, 0, 2, 2],
+        "span": [32, 2, 80],
+        "leadingComments":
+          " Whether every child the running attempt's task submitted has ended, and if so, their\n outcomes (in the order they were recorded, each as Get shows it). When some have not, the\n attempt is to end at once with an error (taskwire's workers raise one for it): the runtime\n then parks the task, which holds no worker while it waits (Get shows it `waiting`), and\n runs it again from its start once the last child has ended. Its children submitted again\n are found, not stored twice; its wait then answers their outcomes. An attempt that ends\n with a success after all is stored as one.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 1, 2, 0],
+        "span": [42, 2, 17],
+        "leadingComments":
+          " True when every child has ended: `children` holds their outcomes. False: end the attempt.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 2],
+        "span": [47, 0, 49, 1],
+        "leadingComments": " On `taskwire.children.wait`: whether every child of a parent has ended.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 3, 2, 0],
+        "span": [53, 2, 18],
+        "leadingComments": " The gRPC status code of the look (0, OK).\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 4],
+        "span": [61, 0, 68, 1],
+        "leadingComments":
+          " On `taskwire.children.park`: a parent that waits for its children, with its task message\n (headers and arguments) to put back in line when they have ended.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 4, 2, 2],
+        "span": [65, 2, 21],
+        "leadingComments": " The attempt that waited: the resumed run is the same attempt.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 6, 2, 2],
+        "span": [79, 2, 19],
+        "leadingComments": " True when the children had all ended already: the parent is back in line.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 7, 2, 0],
+        "span": [84, 2, 21],
         "leadingComments": " The task id and attempt of the running attempt (from its call's metadata).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 0, 2, 2],
-        "span": [32, 2, 26],
+        "path": [4, 7, 2, 2],
+        "span": [87, 2, 26],
         "leadingComments": " The child, as `Tasks.Submit` takes it.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 1],
-        "span": [37, 0, 46, 1],
+        "path": [4, 8],
+        "span": [92, 0, 101, 1],
         "leadingComments":
           " A child submitted by a worker runtime, on `taskwire.children.submit`: a gateway checks and\n stores it, and answers a `ChildSubmitted`.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 1, 2, 2],
-        "span": [42, 2, 19],
+        "path": [4, 8, 2, 2],
+        "span": [97, 2, 19],
         "leadingComments":
           " Its place among the children the parent's attempt submitted (from 0): its key when the\n child has none of its own.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 1, 2, 4],
-        "span": [45, 2, 25],
+        "path": [4, 8, 2, 4],
+        "span": [100, 2, 25],
         "leadingComments": " The parent's W3C trace context: the child joins the parent's trace.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 2, 2, 0],
-        "span": [50, 2, 18],
+        "path": [4, 9, 2, 0],
+        "span": [105, 2, 18],
         "leadingComments": " The gRPC status code of the submit (0, OK: `response` holds the child).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 3, 2, 0],
-        "span": [57, 2, 21],
+        "path": [4, 10, 2, 0],
+        "span": [112, 2, 21],
         "leadingComments": " The task id and attempt of the running attempt (from its call's metadata).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1],
-        "span": [72, 0, 74, 1],
+        "span": [127, 0, 129, 1],
         "leadingComments":
           " The calls of a worker runtime to its upstream, many on one stream: what a worker library\n (taskwire's Python and TypeScript workers) serves beside the task services so that a call\n costs it a message rather than a gRPC call of its own. The runtime opens one `Serve` stream\n and sends each attempt as a `HandlerCall` of it, many in one `HandlerCalls` when they come\n together; the upstream answers each with a `HandlerOutcome`, in any order and as many in one\n `HandlerOutcomes` as it likes. A call is what the task's own method would be called with:\n the same argument bytes and attempt, its answer read as that call's status would be. An\n upstream that does not serve it (UNIMPLEMENTED) is called one gRPC call an attempt.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 5, 2, 1],
-        "span": [80, 2, 30],
+        "path": [4, 12, 2, 1],
+        "span": [135, 2, 30],
         "leadingComments":
           " Calls to stop: the task was cancelled, its time limit passed or the worker is forced to\n stop. The handler sees its context cancelled; the call's outcome is no longer read.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 6, 2, 0],
-        "span": [85, 2, 16],
+        "path": [4, 13, 2, 0],
+        "span": [140, 2, 16],
         "leadingComments": " Unique on its stream; the outcome names it.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 6, 2, 1],
-        "span": [87, 2, 20],
+        "path": [4, 13, 2, 1],
+        "span": [142, 2, 20],
         "leadingComments": " The task's method, `/package.Service/Method`, as a gRPC call's path.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 6, 2, 2],
-        "span": [89, 2, 21],
+        "path": [4, 13, 2, 2],
+        "span": [144, 2, 21],
         "leadingComments": " The task's input message, encoded.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 6, 2, 3],
-        "span": [92, 2, 21],
+        "path": [4, 13, 2, 3],
+        "span": [147, 2, 21],
         "leadingComments":
           " What a call's metadata carries: `taskwire-task-id`, `taskwire-task`, `taskwire-attempt`,\n `taskwire-max-attempts` and `taskwire-context`.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 6, 2, 8],
-        "span": [99, 2, 24],
+        "path": [4, 13, 2, 8],
+        "span": [154, 2, 24],
         "leadingComments":
           " The attempt's time left, in milliseconds, when it has a time limit (a call's deadline);\n 0 when it has none.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 6, 2, 9],
-        "span": [101, 2, 26],
+        "path": [4, 13, 2, 9],
+        "span": [156, 2, 26],
         "leadingComments": " W3C trace context: the handler's spans join the task's trace. Empty when none.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 8, 2, 1],
-        "span": [113, 2, 18],
+        "path": [4, 15, 2, 1],
+        "span": [168, 2, 18],
         "leadingComments":
           " The gRPC status code the call would have ended with (0, OK: `result` is the task's\n output message, encoded).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 8, 2, 4],
-        "span": [118, 2, 20],
+        "path": [4, 15, 2, 4],
+        "span": [173, 2, 20],
         "leadingComments":
           " A `google.rpc.Status` with details (`RetryInfo`, `ErrorInfo`), as in a call's\n `grpc-status-details-bin`; empty when none.\n",
         "trailingComments": "",
@@ -2145,6 +3320,13 @@ export const protoMetadata: ProtoMetadata = {
     "edition": 0,
   },
   references: {
+    ".taskwire.v1.WaitForChildrenRequest": WaitForChildrenRequest,
+    ".taskwire.v1.WaitForChildrenResponse": WaitForChildrenResponse,
+    ".taskwire.v1.ChildrenWait": ChildrenWait,
+    ".taskwire.v1.ChildrenWaited": ChildrenWaited,
+    ".taskwire.v1.ChildrenPark": ChildrenPark,
+    ".taskwire.v1.TaskHeader": TaskHeader,
+    ".taskwire.v1.ChildrenParked": ChildrenParked,
     ".taskwire.v1.SubmitChildRequest": SubmitChildRequest,
     ".taskwire.v1.ChildSubmission": ChildSubmission,
     ".taskwire.v1.ChildSubmitted": ChildSubmitted,

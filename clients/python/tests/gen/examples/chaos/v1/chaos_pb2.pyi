@@ -90,21 +90,27 @@ class StepsDone(_message.Message):
     def __init__(self, done: _Optional[int] = ..., left: _Optional[int] = ...) -> None: ...
 
 class SpawnArgs(_message.Message):
-    __slots__ = ("count", "label", "child_millis", "fail_first")
+    __slots__ = ("count", "label", "child_millis", "fail_first", "gap_millis", "wait")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     CHILD_MILLIS_FIELD_NUMBER: _ClassVar[int]
     FAIL_FIRST_FIELD_NUMBER: _ClassVar[int]
+    GAP_MILLIS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
     count: int
     label: str
     child_millis: int
     fail_first: bool
-    def __init__(self, count: _Optional[int] = ..., label: _Optional[str] = ..., child_millis: _Optional[int] = ..., fail_first: _Optional[bool] = ...) -> None: ...
+    gap_millis: int
+    wait: bool
+    def __init__(self, count: _Optional[int] = ..., label: _Optional[str] = ..., child_millis: _Optional[int] = ..., fail_first: _Optional[bool] = ..., gap_millis: _Optional[int] = ..., wait: _Optional[bool] = ...) -> None: ...
 
 class SpawnResult(_message.Message):
-    __slots__ = ("children", "attempt")
+    __slots__ = ("children", "attempt", "labels")
     CHILDREN_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     children: _containers.RepeatedScalarFieldContainer[str]
     attempt: int
-    def __init__(self, children: _Optional[_Iterable[str]] = ..., attempt: _Optional[int] = ...) -> None: ...
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, children: _Optional[_Iterable[str]] = ..., attempt: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -122,8 +122,9 @@ class ChaosServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Spawn(self, request, context):
-        """Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context; fails
-        its first attempt after submitting them when `fail_first` is set.
+        """Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context, one after
+        another; fails its first attempt after submitting them when `fail_first` is set; with
+        `wait`, waits for them without holding a worker.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

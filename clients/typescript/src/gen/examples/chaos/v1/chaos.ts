@@ -91,12 +91,21 @@ export interface SpawnArgs {
   /** How long each child sleeps. */
   childMillis: bigint;
   failFirst: boolean;
+  /**
+   * How long it waits after each child it submitted (not stopping when cancelled: a parent
+   * that goes on submitting after its cancel).
+   */
+  gapMillis: bigint;
+  /** Waits for the children without holding a worker, then answers their labels. */
+  wait: boolean;
 }
 
 export interface SpawnResult {
   /** The children's ids, in the order they were submitted. */
   children: string[];
   attempt: number;
+  /** With `wait`, the labels the children answered, in their order. */
+  labels: string[];
 }
 
 function createBaseChargeArgs(): ChargeArgs {
@@ -1009,7 +1018,7 @@ export const StepsDone: MessageFns<StepsDone> = {
 };
 
 function createBaseSpawnArgs(): SpawnArgs {
-  return { count: 0, label: "", childMillis: 0n, failFirst: false };
+  return { count: 0, label: "", childMillis: 0n, failFirst: false, gapMillis: 0n, wait: false };
 }
 
 export const SpawnArgs: MessageFns<SpawnArgs> = {
@@ -1028,6 +1037,15 @@ export const SpawnArgs: MessageFns<SpawnArgs> = {
     }
     if (message.failFirst !== false) {
       writer.uint32(32).bool(message.failFirst);
+    }
+    if (message.gapMillis !== 0n) {
+      if (BigInt.asUintN(64, message.gapMillis) !== message.gapMillis) {
+        throw new globalThis.Error("value provided for field message.gapMillis of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.gapMillis);
+    }
+    if (message.wait !== false) {
+      writer.uint32(48).bool(message.wait);
     }
     return writer;
   },
@@ -1077,6 +1095,22 @@ export const SpawnArgs: MessageFns<SpawnArgs> = {
             message.failFirst = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.gapMillis = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.wait = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1103,6 +1137,12 @@ export const SpawnArgs: MessageFns<SpawnArgs> = {
         : isSet(object.fail_first)
         ? globalThis.Boolean(object.fail_first)
         : false,
+      gapMillis: isSet(object.gapMillis)
+        ? BigInt(object.gapMillis)
+        : isSet(object.gap_millis)
+        ? BigInt(object.gap_millis)
+        : 0n,
+      wait: isSet(object.wait) ? globalThis.Boolean(object.wait) : false,
     };
   },
 
@@ -1120,6 +1160,12 @@ export const SpawnArgs: MessageFns<SpawnArgs> = {
     if (message.failFirst !== false) {
       obj.failFirst = message.failFirst;
     }
+    if (message.gapMillis !== 0n) {
+      obj.gapMillis = message.gapMillis.toString();
+    }
+    if (message.wait !== false) {
+      obj.wait = message.wait;
+    }
     return obj;
   },
 
@@ -1134,12 +1180,14 @@ export const SpawnArgs: MessageFns<SpawnArgs> = {
       ? BigInt(object.childMillis)
       : 0n;
     message.failFirst = object.failFirst ?? false;
+    message.gapMillis = (object.gapMillis !== undefined && object.gapMillis !== null) ? BigInt(object.gapMillis) : 0n;
+    message.wait = object.wait ?? false;
     return message;
   },
 };
 
 function createBaseSpawnResult(): SpawnResult {
-  return { children: [], attempt: 0 };
+  return { children: [], attempt: 0, labels: [] };
 }
 
 export const SpawnResult: MessageFns<SpawnResult> = {
@@ -1149,6 +1197,9 @@ export const SpawnResult: MessageFns<SpawnResult> = {
     }
     if (message.attempt !== 0) {
       writer.uint32(16).uint32(message.attempt);
+    }
+    for (const v of message.labels) {
+      writer.uint32(26).string(v!);
     }
     return writer;
   },
@@ -1182,6 +1233,14 @@ export const SpawnResult: MessageFns<SpawnResult> = {
             message.attempt = reader.uint32();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.labels.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1198,6 +1257,7 @@ export const SpawnResult: MessageFns<SpawnResult> = {
     return {
       children: globalThis.Array.isArray(object?.children) ? object.children.map((e: any) => globalThis.String(e)) : [],
       attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      labels: globalThis.Array.isArray(object?.labels) ? object.labels.map((e: any) => globalThis.String(e)) : [],
     };
   },
 
@@ -1209,6 +1269,9 @@ export const SpawnResult: MessageFns<SpawnResult> = {
     if (message.attempt !== 0) {
       obj.attempt = Math.round(message.attempt);
     }
+    if (message.labels?.length) {
+      obj.labels = message.labels;
+    }
     return obj;
   },
 
@@ -1219,6 +1282,7 @@ export const SpawnResult: MessageFns<SpawnResult> = {
     const message = createBaseSpawnResult();
     message.children = object.children?.map((e) => e) || [];
     message.attempt = object.attempt ?? 0;
+    message.labels = object.labels?.map((e) => e) || [];
     return message;
   },
 };
@@ -1285,8 +1349,9 @@ export const ChaosDefinition = {
       options: { _unknownFields: { 416938: [Buffer.from([6, 74, 4, 50, 48, 47, 115]) as Buffer] } },
     },
     /**
-     * Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context; fails
-     * its first attempt after submitting them when `fail_first` is set.
+     * Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context, one after
+     * another; fails its first attempt after submitting them when `fail_first` is set; with
+     * `wait`, waits for them without holding a worker.
      */
     spawn: {
       name: "Spawn",
@@ -1375,8 +1440,9 @@ export const ChaosService = {
     responseDeserialize: (value: Buffer): SleepResult => SleepResult.decode(value),
   },
   /**
-   * Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context; fails
-   * its first attempt after submitting them when `fail_first` is set.
+   * Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context, one after
+   * another; fails its first attempt after submitting them when `fail_first` is set; with
+   * `wait`, waits for them without holding a worker.
    */
   spawn: {
     path: "/examples.chaos.v1.Chaos/Spawn" as const,
@@ -1413,8 +1479,9 @@ export interface ChaosServer extends UntypedServiceImplementation {
   /** Sleeps, with at most twenty started a second across all workers. */
   paced: handleUnaryCall<SleepArgs, SleepResult>;
   /**
-   * Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context; fails
-   * its first attempt after submitting them when `fail_first` is set.
+   * Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context, one after
+   * another; fails its first attempt after submitting them when `fail_first` is set; with
+   * `wait`, waits for them without holding a worker.
    */
   spawn: handleUnaryCall<SpawnArgs, SpawnResult>;
   /** Runs once per order id, however often it is submitted. */
@@ -1501,8 +1568,9 @@ export interface ChaosClient extends Client {
     callback: (error: ServiceError | null, response: SleepResult) => void,
   ): ClientUnaryCall;
   /**
-   * Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context; fails
-   * its first attempt after submitting them when `fail_first` is set.
+   * Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context, one after
+   * another; fails its first attempt after submitting them when `fail_first` is set; with
+   * `wait`, waits for them without holding a worker.
    */
   spawn(request: SpawnArgs, callback: (error: ServiceError | null, response: SpawnResult) => void): ClientUnaryCall;
   spawn(
@@ -1979,6 +2047,30 @@ export const protoMetadata: ProtoMetadata = {
         "jsonName": "failFirst",
         "options": undefined,
         "proto3Optional": false,
+      }, {
+        "name": "gap_millis",
+        "number": 5,
+        "label": 1,
+        "type": 4,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "gapMillis",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "wait",
+        "number": 6,
+        "label": 1,
+        "type": 8,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "wait",
+        "options": undefined,
+        "proto3Optional": false,
       }],
       "extension": [],
       "nestedType": [],
@@ -2013,6 +2105,18 @@ export const protoMetadata: ProtoMetadata = {
         "defaultValue": "",
         "oneofIndex": 0,
         "jsonName": "attempt",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "labels",
+        "number": 3,
+        "label": 3,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "labels",
         "options": undefined,
         "proto3Optional": false,
       }],
@@ -2135,58 +2239,77 @@ export const protoMetadata: ProtoMetadata = {
         "leadingDetachedComments": [],
       }, {
         "path": [6, 0, 2, 6],
-        "span": [30, 2, 32, 3],
+        "span": [31, 2, 33, 3],
         "leadingComments":
-          " Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context; fails\n its first attempt after submitting them when `fail_first` is set.\n",
+          " Submits `count` children (Sleep tasks, labelled `<label>-<i>`) from its context, one after\n another; fails its first attempt after submitting them when `fail_first` is set; with\n `wait`, waits for them without holding a worker.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 0, 2, 7],
-        "span": [34, 2, 36, 3],
+        "span": [35, 2, 37, 3],
         "leadingComments": " Runs once per order id, however often it is submitted.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 3, 2, 1],
-        "span": [56, 2, 21],
+        "span": [57, 2, 21],
         "leadingComments": " The attempt that finished the task.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 6, 2, 0],
-        "span": [67, 2, 32],
+        "span": [68, 2, 32],
         "leadingComments": " The first attempt that succeeds; 0 means never.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 6, 2, 1],
-        "span": [69, 2, 21],
+        "span": [70, 2, 21],
         "leadingComments": " Fail with a permanent error instead of a retryable one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 6, 2, 2],
-        "span": [72, 2, 17],
+        "span": [73, 2, 17],
         "leadingComments":
           " When set, count the runs of this key on the worker (across attempts and replays) instead of\n the attempt number.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10],
-        "span": [91, 0, 94, 1],
+        "span": [92, 0, 95, 1],
         "leadingComments": " What a Steps task reports with its progress.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 11, 2, 2],
-        "span": [100, 2, 26],
+        "span": [101, 2, 26],
         "leadingComments": " How long each child sleeps.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [4, 11, 2, 4],
+        "span": [105, 2, 24],
+        "leadingComments":
+          " How long it waits after each child it submitted (not stopping when cancelled: a parent\n that goes on submitting after its cancel).\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 11, 2, 5],
+        "span": [107, 2, 16],
+        "leadingComments": " Waits for the children without holding a worker, then answers their labels.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [4, 12, 2, 0],
-        "span": [106, 2, 31],
+        "span": [112, 2, 31],
         "leadingComments": " The children's ids, in the order they were submitted.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 12, 2, 2],
+        "span": [115, 2, 29],
+        "leadingComments": " With `wait`, the labels the children answered, in their order.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }],
