@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use prost::Message as _;
 use taskwire::task::Name;
 use taskwire::v1::{self, TaskState};
 use taskwire_client::{Client, SubmitOptions};
-use taskwire_examples::chaos::v1::{FlakyArgs, SleepArgs};
+use taskwire_examples::chaos::v1::{FlakyArgs, SleepArgs, SpawnArgs, SpawnResult};
 use taskwire_protocol::{self as broker, subject};
 use taskwire_testing::runtime::{self, Run, Runtime};
 use taskwire_testing::{Gateway, NatsServer};
@@ -23,10 +24,13 @@ const SLEEP: &str = "examples.chaos.v1.Chaos/Sleep";
 const FLAKY: &str = "examples.chaos.v1.Chaos/Flaky";
 const LIMITED: &str = "examples.chaos.v1.Chaos/Limited";
 const PACED: &str = "examples.chaos.v1.Chaos/Paced";
+const SPAWN: &str = "examples.chaos.v1.Chaos/Spawn";
 const WAIT: Duration = Duration::from_secs(60);
 
 /// nats-server, a gateway, a client, and workers of one runtime sharing a run log.
 struct System {
+    /// Tasks each worker runs at once.
+    concurrency: usize,
     nats: NatsServer,
     _gateway: Gateway,
     client: Client,
@@ -38,11 +42,20 @@ struct System {
 
 impl System {
     async fn start(runtime: Runtime, workers: usize) -> anyhow::Result<Self> {
+        Self::start_with(runtime, workers, 25).await
+    }
+
+    async fn start_with(
+        runtime: Runtime,
+        workers: usize,
+        concurrency: usize,
+    ) -> anyhow::Result<Self> {
         let temp = tempfile::tempdir()?;
         let nats = NatsServer::start_temporary().await?;
         let gateway = Gateway::start(&nats.url()).await?;
         let client = Client::connect(gateway.url()).await?;
         let mut system = Self {
+            concurrency,
             run_log: temp.path().join("runs.log"),
             nats,
             _gateway: gateway,
@@ -89,9 +102,10 @@ impl System {
 
     fn start_worker(&mut self) -> anyhow::Result<()> {
         let log = self.run_log.display().to_string();
+        let concurrency = self.concurrency.to_string();
         let env = [
             ("TASKWIRE_RUN_LOG", log.as_str()),
-            ("TASKWIRE_CONCURRENCY", "25"),
+            ("TASKWIRE_CONCURRENCY", concurrency.as_str()),
             ("TASKWIRE_LOG", "error"),
         ];
         self.workers
@@ -216,7 +230,113 @@ conformance!(
     a_tick_is_one_task_named_by_its_time,
     an_idle_worker_after_a_burst_only_waits,
     a_letter_left_behind_by_a_replay_goes_with_the_next,
+    a_retried_parent_finds_its_children,
+    a_parent_waits_for_its_children_holding_no_worker,
 );
+
+/// A task submits children from its context; its second attempt submits them again and finds
+/// them: each child is stored and runs once, and records its parent.
+async fn a_retried_parent_finds_its_children(runtime: Runtime) -> anyhow::Result<()> {
+    let system = System::start(runtime, 1).await?;
+    let args = SpawnArgs {
+        count: 3,
+        label: "conformance-kin".into(),
+        child_millis: 10,
+        fail_first: true,
+        ..Default::default()
+    };
+    let parent = system
+        .submit(SPAWN, &args, SubmitOptions::default())
+        .await?;
+    let done = system.client.wait(&parent.task_id, WAIT, false).await?;
+    assert_eq!(done.state(), TaskState::Succeeded, "{done:?}");
+    let result = SpawnResult::decode(done.result.as_slice())?;
+    assert_eq!(result.attempt, 2);
+    let info = system.client.get(&parent.task_id, false).await?;
+    let listed: Vec<&str> = info.children.iter().map(|c| c.task_id.as_str()).collect();
+    assert_eq!(
+        listed,
+        result
+            .children
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    for id in &result.children {
+        let child = system.client.wait(id, WAIT, false).await?;
+        assert_eq!(child.state(), TaskState::Succeeded, "{child:?}");
+        assert_eq!(
+            system.client.get(id, false).await?.parent_id,
+            parent.task_id
+        );
+    }
+    let runs = system.runs()?;
+    assert_eq!(runs.get(&parent.task_id).map(Vec::len), Some(2));
+    for id in &result.children {
+        assert_eq!(runs.get(id).map(Vec::len), Some(1), "child {id} ran once");
+    }
+    assert_eq!(
+        runs.len(),
+        4,
+        "the parent and its three children: {:?}",
+        runs.keys()
+    );
+    Ok(())
+}
+
+/// With one slot on the only worker, a parent that waits for its children lets them run: it is
+/// parked (`waiting`), then runs again, the same attempt, and its wait answers their results.
+async fn a_parent_waits_for_its_children_holding_no_worker(runtime: Runtime) -> anyhow::Result<()> {
+    let system = System::start_with(runtime, 1, 1).await?;
+    let args = SpawnArgs {
+        count: 3,
+        label: "conformance-brood".into(),
+        child_millis: 300,
+        wait: true,
+        ..Default::default()
+    };
+    let parent = system
+        .submit(SPAWN, &args, SubmitOptions::default())
+        .await?;
+    let mut seen_waiting = false;
+    let deadline = Instant::now() + WAIT;
+    let done = loop {
+        let info = system.client.get(&parent.task_id, false).await?;
+        seen_waiting |= info.state() == TaskState::Waiting;
+        if info.state() == TaskState::Succeeded || info.state() == TaskState::Failed {
+            break info;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the parent did not end: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(done.state(), TaskState::Succeeded, "{done:?}");
+    assert!(seen_waiting, "the parent was seen waiting");
+    let result = SpawnResult::decode(done.result.as_slice())?;
+    assert_eq!(
+        result.labels,
+        [
+            "conformance-brood-0",
+            "conformance-brood-1",
+            "conformance-brood-2"
+        ]
+    );
+    assert_eq!(result.attempt, 1, "waiting used no attempt");
+    let runs = system.runs()?;
+    let parent_runs = runs.get(&parent.task_id).cloned().unwrap_or_default();
+    assert_eq!(
+        parent_runs.len(),
+        2,
+        "the run that waited, and the one after: {parent_runs:?}"
+    );
+    assert!(parent_runs.iter().all(|r| r.attempt == 1));
+    for id in &result.children {
+        assert_eq!(runs.get(id).map(Vec::len), Some(1), "child {id} ran once");
+    }
+    Ok(())
+}
 
 /// `61/m` is 61 starts in any minute across four workers, by the broker's clock: not rounded up
 /// to a per-second pace, and no second burst at the edge of a minute.

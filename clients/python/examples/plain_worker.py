@@ -100,13 +100,44 @@ class Chaos(chaos_pb2_grpc.ChaosServicer):
             await context.abort(code, f"failing on purpose on attempt {attempt(context)}")
         return chaos_pb2.FlakyResult(attempt=attempt(context))
 
-    async def Steps(self, request, context):
-        m = meta(context)
-        address = m["taskwire-context"].removeprefix("http://")
+    def runtime(self, context) -> worker_pb2_grpc.TaskContextStub:
+        """The runtime's `taskwire.v1.TaskContext`, at the address the call names."""
+        address = meta(context)["taskwire-context"].removeprefix("http://")
         channel = self.contexts.get(address)
         if channel is None:
             channel = self.contexts[address] = grpc.aio.insecure_channel(address)
-        runtime = worker_pb2_grpc.TaskContextStub(channel)
+        return worker_pb2_grpc.TaskContextStub(channel)
+
+    async def Spawn(self, request, context):
+        m = meta(context)
+        runtime = self.runtime(context)
+        own = dict(task_id=m["taskwire-task-id"], attempt=int(m["taskwire-attempt"]))
+        with logged_run(context):
+            children = []
+            for i in range(request.count):
+                child = chaos_pb2.SleepArgs(millis=request.child_millis, label=f"{request.label}-{i}")
+                submitted = await runtime.SubmitChild(
+                    worker_pb2.SubmitChildRequest(
+                        child=tasks_pb2.SubmitRequest(task="examples.chaos.v1.Chaos/Sleep", args_proto=child.SerializeToString()),
+                        **own,
+                    )
+                )
+                children.append(submitted.task_id)
+                await asyncio.sleep(request.gap_millis / 1000)
+            if request.fail_first and attempt(context) == 1:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "spawn: the first attempt fails")
+            labels = []
+            if request.wait:
+                waited = await runtime.WaitForChildren(worker_pb2.WaitForChildrenRequest(**own))
+                if not waited.ended:
+                    # The runtime parks the task and calls again once the children have ended.
+                    await context.abort(grpc.StatusCode.ABORTED, "waiting for its children")
+                labels = [chaos_pb2.SleepResult.FromString(c.result).label for c in waited.children]
+        return chaos_pb2.SpawnResult(children=children, attempt=attempt(context), labels=labels)
+
+    async def Steps(self, request, context):
+        m = meta(context)
+        runtime = self.runtime(context)
         for step in range(1, request.steps + 1):
             await asyncio.sleep(request.step_millis / 1000)
             progress = tasks_pb2.TaskProgress(percent=100 * step / request.steps, message=f"step {step} of {request.steps}")
@@ -135,7 +166,7 @@ async def serve(address: str, runtime: str) -> int:
         return 0
     # The tasks this server answers (Panic and Charge are the Rust test worker's).
     tasks = [f"examples.magic.v1.Magic/Add"] + [
-        f"examples.chaos.v1.Chaos/{m}" for m in ("Sleep", "Limited", "Paced", "Flaky", "Steps")
+        f"examples.chaos.v1.Chaos/{m}" for m in ("Sleep", "Limited", "Paced", "Flaky", "Steps", "Spawn")
     ]
     args = [runtime, "--upstream", "unix://" + address.removeprefix("unix:"), "--exit-with-stdin"]
     for task in tasks:

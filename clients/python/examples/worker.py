@@ -125,7 +125,11 @@ async def spawn(args, ctx):
             await asyncio.sleep(args.gap_millis / 1000)
         if args.fail_first and ctx.attempt == 1:
             raise TaskError("spawn: the first attempt fails")
-        return chaos_pb2.SpawnResult(children=children, attempt=ctx.attempt)
+        labels = []
+        if args.wait:
+            for child in await ctx.wait_for_children():
+                labels.append(chaos_pb2.SleepResult.FromString(child.result).label)
+        return chaos_pb2.SpawnResult(children=children, attempt=ctx.attempt, labels=labels)
 
 
 if __name__ == "__main__":

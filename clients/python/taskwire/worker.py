@@ -56,7 +56,7 @@ from google.protobuf.message import Message
 
 from taskwire.v1 import tasks_pb2, worker_pb2, worker_pb2_grpc
 
-__all__ = ["Worker", "TaskContext", "TaskError", "ServiceHandlers", "runtime_binary"]
+__all__ = ["Worker", "TaskContext", "TaskError", "WaitingForChildren", "ServiceHandlers", "runtime_binary"]
 
 log = logging.getLogger("taskwire.worker")
 
@@ -83,6 +83,12 @@ class TaskError(Exception):
         self.message = message
         self.retryable = retryable or retry_after is not None
         self.retry_after = retry_after
+
+
+class WaitingForChildren(BaseException):
+    """Raised by `TaskContext.wait_for_children` while some child has not ended: let it end the
+    handler (it is no Exception, so `except Exception` does not catch it). The task is then
+    parked, holding no worker, and runs again from its start once its children have ended."""
 
 
 class TaskContext:
@@ -156,6 +162,27 @@ class TaskContext:
         except grpc.RpcError as err:
             raise Error.from_rpc(err) from None
         return response.task_id
+
+    async def wait_for_children(self) -> List[tasks_pb2.TaskInfo]:
+        """The outcomes of this task's children (each as `Client.get` answers it, in the order
+        they were submitted) once they have all ended. While some have not, raises
+        `WaitingForChildren`: the handler ends, the task waits (state WAITING) holding no worker,
+        and runs again from its start once the last child has ended; the children it submits
+        again are found rather than submitted twice, and this then answers their outcomes."""
+        from taskwire.client import Error
+
+        request = worker_pb2.WaitForChildrenRequest(task_id=self.id, attempt=self.attempt)
+        try:
+            response = await self._progress.stub(self.metadata.get(CONTEXT, "")).WaitForChildren(request, timeout=60)
+        except grpc.RpcError as err:
+            raise Error.from_rpc(err) from None
+        if not response.ended:
+            raise WaitingForChildren()
+        return list(response.children)
+
+    def wait_for_children_blocking(self) -> List[tasks_pb2.TaskInfo]:
+        """`wait_for_children` for a handler that is a plain function (it runs in a thread)."""
+        return asyncio.run_coroutine_threadsafe(self.wait_for_children(), self._loop).result()
 
     def submit_child_blocking(self, task: str, args: Message, **options: Any) -> str:
         """`submit_child` for a handler that is a plain function (it runs in a thread)."""
@@ -592,6 +619,10 @@ class Worker:
         except asyncio.CancelledError:
             ctx._cancel()
             raise
+        except WaitingForChildren:
+            # The runtime parks the task: what the attempt answers is not stored.
+            await ctx._flush()
+            raise _Failed(grpc.StatusCode.ABORTED, "waiting for its children") from None
         except TaskError as e:
             await ctx._flush()
             if e.retry_after is not None:

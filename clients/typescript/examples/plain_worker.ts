@@ -28,12 +28,13 @@ import {
   ChaosService,
   protoMetadata as chaosProto,
   SleepArgs,
-  type SleepResult,
+  SleepResult,
   StepsDone,
 } from "../src/gen/examples/chaos/v1/chaos";
 import { type MagicServer, MagicService, protoMetadata as magicProto } from "../src/gen/examples/magic/v1/magic";
 import { FileDescriptorProto } from "../src/gen/google/protobuf/descriptor";
-import { ReportProgressRequest, SubmitChildRequest, TaskContextClient } from "../src/gen/taskwire/v1/worker";
+import type { TaskInfo } from "../src/gen/taskwire/v1/tasks";
+import { ReportProgressRequest, SubmitChildRequest, TaskContextClient, WaitForChildrenRequest } from "../src/gen/taskwire/v1/worker";
 
 interface Metadata {
   fileDescriptor: object;
@@ -109,6 +110,25 @@ function submitChild(call: grpc.ServerUnaryCall<unknown, unknown>, task: string,
     client.submitChild(request, new grpc.Metadata(), { deadline: Date.now() + 60_000 }, (err, response) => {
       if (err) reject(fail(grpc.status.UNAVAILABLE, `child not submitted: ${err.message}`));
       else resolve(response.taskId);
+    });
+  });
+}
+
+/**
+ * The outcomes of the call's children once all have ended; while some have not, the call ends
+ * (any failure does: the runtime parks the task and calls again when they have).
+ */
+function waitForChildren(call: grpc.ServerUnaryCall<unknown, unknown>): Promise<TaskInfo[]> {
+  const client = contextOf(String(call.metadata.get("taskwire-context")[0] ?? ""));
+  const request = WaitForChildrenRequest.fromPartial({
+    taskId: String(call.metadata.get("taskwire-task-id")[0] ?? ""),
+    attempt: attemptOf(call),
+  });
+  return new Promise((resolve, reject) => {
+    client.waitForChildren(request, new grpc.Metadata(), { deadline: Date.now() + 60_000 }, (err, response) => {
+      if (err) reject(fail(grpc.status.UNAVAILABLE, `cannot wait for the children: ${err.message}`));
+      else if (!response.ended) reject(fail(grpc.status.ABORTED, "waiting for its children"));
+      else resolve(response.children);
     });
   });
 }
@@ -197,7 +217,8 @@ const chaos: ChaosServer = {
     }
     const attempt = attemptOf(call);
     if (args.failFirst && attempt === 1) throw fail(grpc.status.UNAVAILABLE, "spawn: the first attempt fails");
-    return { children, attempt };
+    const labels = args.wait ? (await waitForChildren(call)).map((child) => SleepResult.decode(child.result).label) : [];
+    return { children, attempt, labels };
   }),
 };
 

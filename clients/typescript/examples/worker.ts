@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import { type TaskContext, TaskError, Worker } from "../src";
-import { ChaosDefinition, SleepArgs, StepsDone } from "../src/gen/examples/chaos/v1/chaos";
+import { ChaosDefinition, SleepArgs, SleepResult, StepsDone } from "../src/gen/examples/chaos/v1/chaos";
 import { type AddArgs, MagicDefinition } from "../src/gen/examples/magic/v1/magic";
 
 const worker = new Worker();
@@ -138,7 +138,8 @@ chaos.spawn.handler((args, ctx) =>
       await sleep(Number(args.gapMillis));
     }
     if (args.failFirst && ctx.attempt === 1) throw new TaskError("spawn: the first attempt fails");
-    return { children, attempt: ctx.attempt };
+    const labels = args.wait ? (await ctx.waitForChildren()).map((child) => SleepResult.decode(child.result).label) : [];
+    return { children, attempt: ctx.attempt, labels };
   }),
 );
 

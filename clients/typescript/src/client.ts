@@ -63,6 +63,7 @@ export type StateName =
   | "failed"
   | "cancelled"
   | "expired"
+  | "waiting"
   | "unrecognized";
 
 const STATE_NAMES: Record<TaskState, StateName> = {
@@ -75,6 +76,7 @@ const STATE_NAMES: Record<TaskState, StateName> = {
   [TaskState.TASK_STATE_FAILED]: "failed",
   [TaskState.TASK_STATE_CANCELLED]: "cancelled",
   [TaskState.TASK_STATE_EXPIRED]: "expired",
+  [TaskState.TASK_STATE_WAITING]: "waiting",
   [TaskState.UNRECOGNIZED]: "unrecognized",
 };
 

@@ -60,6 +60,7 @@ export {
   TaskContext,
   TaskError,
   type TaskHandlers,
+  WaitingForChildren,
   Worker,
   WorkerExited,
   type WorkerOptions,

@@ -31,11 +31,13 @@ import {
   type HandlerOutcomes,
   ReportProgressRequest,
   SubmitChildRequest,
+  WaitForChildrenRequest,
+  type WaitForChildrenResponse,
   TaskContextClient,
   TaskHandlersService,
 } from "./gen/taskwire/v1/worker";
 import { fromRpc } from "./errors";
-import type { SubmitResponse } from "./gen/taskwire/v1/tasks";
+import type { SubmitResponse, TaskInfo } from "./gen/taskwire/v1/tasks";
 import { type Seconds, type SubmitOptions, submitOptions } from "./options";
 import type { Schema } from "./schema";
 import { describes, generatedSchema } from "./service";
@@ -85,6 +87,19 @@ export class TaskError extends Error {
     }
     this.retryAfter = retryAfter;
     this.retryable = retryable || retryAfter !== undefined;
+  }
+}
+
+/**
+ * Thrown by `TaskContext.waitForChildren` while some child has not ended: let it end the
+ * handler. The task is then parked, holding no worker, and runs again from its start once its
+ * children have ended.
+ */
+export class WaitingForChildren extends Error {
+  override name = "WaitingForChildren";
+
+  constructor() {
+    super("waiting for its children");
   }
 }
 
@@ -182,6 +197,20 @@ export class TaskContext {
     return response.taskId;
   }
 
+  /**
+   * The outcomes of this task's children (each as Get answers it, in the order they were
+   * submitted) once they have all ended. While some have not, throws WaitingForChildren: let
+   * it end the handler. The task then waits (state WAITING) holding no worker, and runs again
+   * from its start once the last child has ended; the children it submits again are found
+   * rather than submitted twice, and this then answers their outcomes.
+   */
+  async waitForChildren(): Promise<TaskInfo[]> {
+    const request = WaitForChildrenRequest.fromPartial({ taskId: this.id, attempt: this.attempt });
+    const response = await this.reporter.waitForChildren(text(this.metadata, TASK_METADATA.context), request);
+    if (!response.ended) throw new WaitingForChildren();
+    return response.children;
+  }
+
   /** @internal Waits for the reports made so far. */
   flush(): Promise<void> {
     return this.reports;
@@ -219,6 +248,19 @@ class Reporter {
     const deadline = new Date(Date.now() + CHILD_TIMEOUT_MS);
     return new Promise((resolve, reject) => {
       this.client(address).submitChild(request, new grpc.Metadata(), { deadline }, (err, response) => {
+        if (err) reject(fromRpc(err));
+        else resolve(response);
+      });
+    });
+  }
+
+  waitForChildren(address: string, request: WaitForChildrenRequest): Promise<WaitForChildrenResponse> {
+    if (address === "") {
+      return Promise.reject(new Error("this call came without a taskwire-context address: it was not made by a worker runtime"));
+    }
+    const deadline = new Date(Date.now() + CHILD_TIMEOUT_MS);
+    return new Promise((resolve, reject) => {
+      this.client(address).waitForChildren(request, new grpc.Metadata(), { deadline }, (err, response) => {
         if (err) reject(fromRpc(err));
         else resolve(response);
       });
@@ -744,6 +786,8 @@ export class Worker {
   }
 
   private failure(task: Task, ctx: TaskContext, err: unknown): Partial<grpc.StatusObject> {
+    // The runtime parks the task: what the attempt answers is not stored.
+    if (err instanceof WaitingForChildren) return failure(grpc.status.ABORTED, err.message);
     if (err instanceof TaskError) {
       if (!err.retryable) return failure(grpc.status.FAILED_PRECONDITION, err.message);
       if (err.retryAfter === undefined) return failure(grpc.status.UNAVAILABLE, err.message);
