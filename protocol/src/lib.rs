@@ -14,6 +14,7 @@
 //! | schema versions seen | KV bucket `TASKWIRE_SCHEMAS`, key `<task>.<fingerprint>` (gateways only) |
 //! | result partitions held | KV bucket `TASKWIRE_GATEWAYS`, key `partition-<n>`, kept while its gateway lives (gateways only) |
 //! | workflows | stream `TASKWIRE_WORKFLOWS`, `taskwire.workflows.<id>.spec`, `.end`, `.join.<step>` (gateways only); step `n`'s task is `<id>-<n>`, its result on `taskwire.results.<id>-<n>.workflow-step.<token>` |
+//! | child tasks | stream `TASKWIRE_WORKFLOWS`, `taskwire.workflows.<id>.parent`, `.children.<child>`, `.ended.<child>`, `.waiting` (gateways only); a child's id is `child-<hex>`, its result on `taskwire.results.<child>.child-task.<token>`; runtimes ask gateways on `taskwire.children.submit`, `.wait`, `.park` |
 //!
 //! Every name, header and setting is defined here once; nothing else builds a subject or a
 //! header set.
@@ -96,6 +97,38 @@ mod vectors {
         }
         for plain in w["not_steps"].as_array().expect("ids") {
             assert_eq!(workflow::step_of(text(plain)), None, "{plain}");
+        }
+    }
+
+    #[test]
+    fn children_are_named_as_the_vectors_say() {
+        let v = vectors();
+        let c = &v["children"];
+        assert_eq!(text(&c["submit"]), children::SUBMIT);
+        assert_eq!(text(&c["wait"]), children::WAIT);
+        assert_eq!(text(&c["park"]), children::PARK);
+        assert_eq!(text(&c["child_results"]), children::CHILD_RESULTS);
+        assert_eq!(text(&c["resume_header"]), header::RESUME);
+        for case in c["children"].as_array().expect("children") {
+            let parent = Id::parse(text(&case["parent"])).expect("an id");
+            let name = Name::parse(text(&case["task"])).expect("a name");
+            let child = children::child_id(&parent, &name, text(&case["key"]));
+            assert_eq!(child.as_str(), text(&case["child_id"]));
+            assert!(children::is_child(child.as_str()));
+            assert_eq!(
+                subject::result(&name, &child),
+                text(&case["result_subject"])
+            );
+            assert_eq!(children::parent(&child), text(&case["parent_record"]));
+            assert_eq!(
+                children::child(&parent, &child),
+                text(&case["child_record"])
+            );
+            assert_eq!(children::ended(&parent, &child), text(&case["ended"]));
+            assert_eq!(children::waiting(&parent), text(&case["waiting"]));
+        }
+        for other in c["not_children"].as_array().expect("ids") {
+            assert!(!children::is_child(text(other)), "{other}");
         }
     }
 

@@ -13,7 +13,7 @@ from playwright.sync_api import expect, sync_playwright
 
 
 def main() -> int:
-    url, task_id, dead_id, shots, succeeded, failed = sys.argv[1:7]
+    url, task_id, dead_id, shots, succeeded, failed, parent = sys.argv[1:8]
     os.makedirs(shots, exist_ok=True)
     chromium = os.environ.get("TASKWIRE_CHROMIUM", "/usr/bin/chromium")
     with sync_playwright() as p:
@@ -77,6 +77,16 @@ def main() -> int:
         expect(page.locator('#graph .node[data-step="double"]')).to_have_class("node state-failed")
         expect(page.locator('#graph .node[data-step="again"]')).to_contain_text("skipped")
         page.screenshot(path=os.path.join(shots, "workflow-failed.png"), full_page=True)
+
+        # A task that submitted two children lists them; a child's page links back to it.
+        page.goto(f"{url}tasks/{parent}")
+        expect(page.locator("#task-state")).to_have_text("succeeded")
+        expect(page.locator("#children tbody tr")).to_have_count(2)
+        page.locator("#children tbody tr a").first.click()
+        expect(page.locator("#task-state")).to_have_text("succeeded")
+        page.locator("#task-parent").click()
+        expect(page.locator("#children")).to_contain_text("examples.chaos.v1.Chaos/Sleep")
+        page.screenshot(path=os.path.join(shots, "children.png"), full_page=True)
         browser.close()
     print("dashboard checks passed")
     return 0

@@ -9,7 +9,7 @@ use taskwire::v1::TaskState;
 use taskwire_client::Client;
 use taskwire_client::workflow::{Step, Workflow};
 use taskwire_examples::chaos::v1::ChaosClient;
-use taskwire_examples::chaos::v1::FlakyArgs;
+use taskwire_examples::chaos::v1::{FlakyArgs, SpawnArgs};
 use taskwire_examples::flow::v1::{Numbers, Total};
 use taskwire_examples::magic::v1::AddArgs;
 use taskwire_examples::magic::v1::MagicClient;
@@ -87,6 +87,16 @@ async fn the_dashboard_shows_queues_a_task_and_replays_a_dead_letter() -> anyhow
         handle.get(WAIT).await.expect_err("fails for good");
         dead.push(handle);
     }
+    let parent = chaos
+        .spawn(SpawnArgs {
+            count: 2,
+            label: "dashboard".into(),
+            child_millis: 10,
+            wait: true,
+            ..Default::default()
+        })
+        .await?;
+    parent.get(WAIT).await?;
     worker.stop().await?;
     for i in 0..4 {
         magic
@@ -109,6 +119,7 @@ async fn the_dashboard_shows_queues_a_task_and_replays_a_dead_letter() -> anyhow
         .arg(&shots)
         .arg(&succeeded)
         .arg(&failed)
+        .arg(parent.id())
         .stdin(std::process::Stdio::null())
         .output()
         .await

@@ -56,6 +56,16 @@ pub fn info_json(info: &TaskInfo) -> serde_json::Value {
     if let Some(time) = &info.not_before {
         out["not_before"] = serde_json::Value::String(time.to_string());
     }
+    if !info.parent_id.is_empty() {
+        out["parent_id"] = info.parent_id.clone().into();
+    }
+    if !info.children.is_empty() {
+        out["children"] = info
+            .children
+            .iter()
+            .map(|c| serde_json::json!({ "id": c.task_id, "task": c.task }))
+            .collect();
+    }
     out
 }
 

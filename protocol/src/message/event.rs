@@ -28,6 +28,10 @@ pub struct Event {
     /// The broker's de-duplication id, when the event must be stored once (an attempt's
     /// start).
     pub msg_id: Option<String>,
+    /// For a task that waited for its children: which resumed copy of its message the event
+    /// belongs to (`Taskwire-Resume`); a `waiting` event names the copy that will follow. A
+    /// delivery of an earlier copy is over.
+    pub resume: Option<u32>,
 }
 
 impl Event {
@@ -43,7 +47,15 @@ impl Event {
             expires_at: None,
             progress: false,
             msg_id: None,
+            resume: None,
         }
+    }
+
+    /// The event of a resumed copy names it (see [`Self::resume`]).
+    #[must_use]
+    pub fn in_resume(mut self, resume: u32) -> Self {
+        self.resume = (resume > 0).then_some(resume);
+        self
     }
 
     /// The start of an attempt: stored once per attempt and series of attempts (`series`, the
@@ -100,6 +112,9 @@ impl Event {
         if let Some(msg_id) = &self.msg_id {
             headers.insert(header::MSG_ID, msg_id.as_str());
         }
+        if let Some(resume) = self.resume {
+            headers.insert(header::RESUME, resume.to_string().as_str());
+        }
         headers
     }
 
@@ -122,6 +137,7 @@ impl Event {
             expires_at: number(headers, header::EXPIRES_AT)?,
             progress: headers.get(header::PROGRESS).is_some(),
             msg_id: optional(headers, header::MSG_ID).map(str::to_owned),
+            resume: number(headers, header::RESUME)?,
         })
     }
 }

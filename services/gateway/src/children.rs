@@ -187,12 +187,15 @@ impl Gateway {
         child: &Id,
         task: &Name,
     ) -> Result<(), Error> {
+        // Each stored once: a child submitted again (by a retried parent) keeps its place.
         let mut up = async_nats::HeaderMap::new();
         up.insert(header::TASK_ID, parent.as_str());
         up.insert(header::TASK, parent_task.as_str());
+        up.insert(header::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
         let mut down = async_nats::HeaderMap::new();
         down.insert(header::TASK_ID, child.as_str());
         down.insert(header::TASK, task.as_str());
+        down.insert(header::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
         let js = &self.broker.jetstream;
         let (up, down) = tokio::join!(
             js.publish_with_headers(
@@ -204,8 +207,13 @@ impl Gateway {
         );
         let (up, down) = (up.map_err(publish_error)?, down.map_err(publish_error)?);
         let (up, down) = tokio::join!(up, down);
-        up.map_err(publish_error)?;
-        down.map_err(publish_error)?;
+        for stored in [up, down] {
+            match stored {
+                Ok(_) => {}
+                Err(e) if broker::is_wrong_last_sequence(&e) => {}
+                Err(e) => return Err(publish_error(e)),
+            }
+        }
         Ok(())
     }
 
@@ -260,13 +268,10 @@ impl Gateway {
             ) else {
                 continue;
             };
-            // A record written again (a submit tried twice) keeps its first place.
-            if found.iter().all(|c| c.task_id != child.as_str()) {
-                found.push(v1::TaskChild {
-                    task_id: child.as_str().to_owned(),
-                    task: task.as_str().to_owned(),
-                });
-            }
+            found.push(v1::TaskChild {
+                task_id: child.as_str().to_owned(),
+                task: task.as_str().to_owned(),
+            });
         }
         Ok(found)
     }
@@ -345,7 +350,7 @@ impl Gateway {
     ) -> Result<Option<Vec<v1::TaskInfo>>, Error> {
         self.workflows_open()?;
         let parent = Id::parse(parent).map_err(Error::InvalidId)?;
-        if !self.children_ended(&parent).await? {
+        if !self.children_ended(&parent, false).await? {
             return Ok(None);
         }
         let mut outcomes = Vec::new();
@@ -365,15 +370,19 @@ impl Gateway {
         Ok(Some(outcomes))
     }
 
-    /// Whether every child recorded for `parent` is marked ended. Children that were
-    /// recorded but never stored (their submit failed halfway) are given a failed outcome, and
+    /// Whether every child recorded for `parent` is marked ended. With `heal` (when the
+    /// parent parks: its run is over, so none of its submits is under way), children that were
+    /// recorded but never stored (their submit stopped halfway) are given a failed outcome, and
     /// those whose end was not marked yet are marked, so that a parent never waits for a child
     /// that cannot end.
-    async fn children_ended(&self, parent: &Id) -> Result<bool, Error> {
+    async fn children_ended(&self, parent: &Id, heal: bool) -> Result<bool, Error> {
         let (all, ended) = (children::children_of(parent), children::ended_of(parent));
         let (recorded, ended) = tokio::join!(self.count(&all), self.count(&ended));
         if ended? >= recorded? {
             return Ok(true);
+        }
+        if !heal {
+            return Ok(false);
         }
         let mut all = true;
         for child in self.children(parent, usize::MAX).await? {
@@ -530,13 +539,21 @@ impl Gateway {
             // Cancelled meanwhile: nothing is to resume.
             return Ok(false);
         }
+        // The copy that ran (0: the task's first message); the one to follow is the next.
+        let ran: u32 = park
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(header::RESUME))
+            .and_then(|h| h.value.parse().ok())
+            .unwrap_or_default();
+        let number = ran + 1;
         let waiting = loop {
             let last = self.waiting(&parent).await?;
-            let (sequence, number) = match &last {
-                // The same park again (its answer was lost): it stands.
-                Some(w) if !w.resumed && w.park.attempt == park.attempt => break w.number,
-                Some(w) => (w.sequence, w.number + 1),
-                None => (0, 1),
+            let sequence = match &last {
+                // The same park again (its answer was lost): it stands, resumed or not.
+                Some(w) if w.number >= number => break w.number,
+                Some(w) => w.sequence,
+                None => 0,
             };
             // The event first: a resumed copy, once stored, starts after it.
             let replay = park
@@ -546,10 +563,10 @@ impl Gateway {
                 .and_then(|h| h.value.parse().ok())
                 .unwrap_or_default();
             let mut event = broker::Event::new(&name, &parent, TaskState::Waiting, park.attempt)
-                .in_series(replay);
+                .in_series(replay)
+                .in_resume(number);
             event.msg_id = Some(format!("{parent}.waiting.{number}"));
-            let mut headers = event.to_headers();
-            headers.insert(header::RESUME, number.to_string().as_str());
+            let headers = event.to_headers();
             self.broker
                 .jetstream
                 .publish_with_headers(
@@ -569,19 +586,19 @@ impl Gateway {
             }
         };
         tracing::debug!(parent = %parent, resume = waiting, "parked until its children have ended");
-        self.resume_if_ended(&parent).await
+        self.resume_if_ended(&parent, true).await
     }
 
     /// Puts a waiting parent back in line once every child has ended; true when this call or
     /// an earlier one did.
-    async fn resume_if_ended(&self, parent: &Id) -> Result<bool, Error> {
+    async fn resume_if_ended(&self, parent: &Id, heal: bool) -> Result<bool, Error> {
         let Some(waiting) = self.waiting(parent).await? else {
             return Ok(false);
         };
         if waiting.resumed {
             return Ok(true);
         }
-        if self.result(parent).await?.is_some() || !self.children_ended(parent).await? {
+        if self.result(parent).await?.is_some() || !self.children_ended(parent, heal).await? {
             return Ok(false);
         }
         let park = &waiting.park;
@@ -653,7 +670,7 @@ impl Gateway {
         };
         let parent = Id::parse(&parent).map_err(Error::InvalidId)?;
         self.mark_ended(&parent, &child).await?;
-        self.resume_if_ended(&parent).await?;
+        self.resume_if_ended(&parent, false).await?;
         Ok(())
     }
 }

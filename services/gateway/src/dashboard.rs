@@ -265,9 +265,16 @@ impl Gateway {
             })
             .collect();
         let workflow = broker::workflow::task_of(id.as_str()).map(|t| t.workflow.to_string());
+        let (parent, children) = tokio::join!(self.parent_of(id), self.children(id, 1000));
+        let children: Vec<serde_json::Value> = children?
+            .iter()
+            .map(|c| serde_json::json!({"id": c.task_id, "task": c.task}))
+            .collect();
         Ok(serde_json::json!({
             "id": id.as_str(),
             "workflow": workflow,
+            "parent": parent?,
+            "children": children,
             "task": current.task,
             "state": broker::state_name(current.state()),
             "attempt": current.attempt,

@@ -75,8 +75,25 @@ pub(crate) async fn handle(
         .unwrap_or(1)
         .max(1);
     let deliveries = message.info().map(|i| i.delivered.max(1)).unwrap_or(1);
-    let attempt = if deliveries <= 1 {
+    let attempt = if deliveries <= 1 && resume_number(&message) == 0 {
         first_attempt
+    } else if deliveries <= 1 {
+        // A resumed copy goes on with the attempt that waited, or with a later one that
+        // started meanwhile (a delivery of the task that came back during the wait).
+        match last_run(served, &id).await {
+            Ok(last) => first_attempt.max(last.attempt),
+            Err(e) => {
+                put_back(
+                    served,
+                    &message,
+                    &id,
+                    "cannot tell which attempt this is",
+                    &e,
+                )
+                .await;
+                return;
+            }
+        }
     } else {
         match last_run(served, &id).await {
             Ok(last) if last.series > series_number(&message) => {
@@ -89,11 +106,11 @@ pub(crate) async fn handle(
                 return;
             }
             Ok(LastRun {
-                waiting: Some(resume),
+                resume: Some(resume),
                 ..
             }) if resume > resume_number(&message) => {
-                // A copy of a run that was parked since (its ack was lost): the resumed copy
-                // stands in for it.
+                // A copy of a run that waited for its children, parked since (its ack was
+                // lost): the resumed copy stands in for it.
                 tracing::info!(task = %name, task_id = %id, "a delivery of a run that waits for its children; dropping it");
                 if let Err(e) = message.ack().await {
                     tracing::debug!(task = %name, task_id = %id, error = %e, "ack of a parked run's copy failed; it comes back and is dropped again");
@@ -224,7 +241,13 @@ pub(crate) async fn handle(
     let tracked = served.cancels.track(&id);
     let token = CancellationToken::new();
     let deadline = options.timeout.map(|t| Instant::now() + t);
-    let progress = Progress::new(served, &id, attempt, series_number(&message));
+    let progress = Progress::new(
+        served,
+        &id,
+        attempt,
+        series_number(&message),
+        resume_number(&message),
+    );
     // Its children continue the attempt's trace (without trace export here, the task's).
     let traceparent = {
         let mut headers = async_nats::HeaderMap::new();
@@ -524,8 +547,11 @@ pub(crate) struct LastRun {
     pub(crate) started: Option<u32>,
     /// The series of attempts the event belongs to: 0, or the replay count.
     pub(crate) series: u32,
-    /// When the task waits for its children, the number of the resumed copy that will follow.
-    pub(crate) waiting: Option<u32>,
+    /// The resumed copy of the task's message the event belongs to, when it waited for its
+    /// children (a `waiting` event: the copy that will follow).
+    pub(crate) resume: Option<u32>,
+    /// The attempt the last event concerns, whatever its state (0 when there is none).
+    pub(crate) attempt: u32,
 }
 
 /// What the last event of the task says: which attempt last started, in which series.
@@ -540,13 +566,10 @@ pub(crate) async fn last_run(
             &subject::event(&served.task.name, id),
         )
         .await?;
-    let waiting = last.as_ref().and_then(|m| {
-        (m.headers.get(header::STATE).map(|v| v.as_str()) == Some("waiting"))
-            .then(|| number_header(&m.headers, header::RESUME))
-    });
     let event = last.and_then(|m| broker::Event::from_headers(&m.headers).ok());
     Ok(LastRun {
-        waiting,
+        resume: event.as_ref().and_then(|e| e.resume),
+        attempt: event.as_ref().map_or(0, |e| e.attempt),
         started: event.as_ref().and_then(|event| {
             (matches!(event.state, TaskState::Running | TaskState::Retrying) && event.attempt > 0)
                 .then_some(event.attempt)
@@ -595,10 +618,10 @@ pub(crate) async fn mark_started(
     let name = &served.task.name;
     // One start per attempt: a second delivery of the task racing this one (its ack wait ran
     // out while this worker was still getting ready) finds the start taken.
-    let mut start = broker::Event::start(name, id, attempt, series(message));
+    let mut start =
+        broker::Event::start(name, id, attempt, series(message)).in_resume(resume_number(message));
     // A resumed run is the same attempt as the run that waited: its start is its own.
-    let resume = resume_number(message);
-    if resume > 0 {
+    if let Some(resume) = start.resume {
         start.msg_id = start.msg_id.map(|m| format!("{m}.resume.{resume}"));
     }
     let mut headers = start.to_headers();

@@ -20,6 +20,8 @@ pub(crate) struct Progress {
     attempt: u32,
     /// The series of attempts (0, or the replay count).
     series: u32,
+    /// The resumed copy of the task's message (0: its first).
+    resume: u32,
     publisher: std::sync::Mutex<Option<ProgressPublisher>>,
 }
 
@@ -29,13 +31,20 @@ pub(crate) struct ProgressPublisher {
 }
 
 impl Progress {
-    pub(crate) fn new(served: &Served, id: &Id, attempt: u32, series: u32) -> Arc<Self> {
+    pub(crate) fn new(
+        served: &Served,
+        id: &Id,
+        attempt: u32,
+        series: u32,
+        resume: u32,
+    ) -> Arc<Self> {
         Arc::new(Self {
             client: served.client.clone(),
             name: served.task.name.clone(),
             id: id.clone(),
             attempt,
             series,
+            resume,
             publisher: std::sync::Mutex::new(None),
         })
     }
@@ -50,12 +59,13 @@ impl Progress {
         let publisher = publisher.get_or_insert_with(|| {
             let (tx, mut rx) =
                 tokio::sync::mpsc::channel::<taskwire::v1::TaskProgress>(PROGRESS_QUEUE);
-            let (client, name, id, attempt, series) = (
+            let (client, name, id, attempt, series, resume) = (
                 self.client.clone(),
                 self.name.clone(),
                 self.id.clone(),
                 self.attempt,
                 self.series,
+                self.resume,
             );
             let sent = tokio::spawn(async move {
                 while let Some(progress) = rx.recv().await {
@@ -64,6 +74,7 @@ impl Progress {
                             subject::event(&name, &id),
                             broker::Event::progress(&name, &id, attempt)
                                 .in_series(series)
+                                .in_resume(resume)
                                 .to_headers(),
                             broker::progress_body(&progress),
                         )

@@ -65,6 +65,7 @@ impl Attempt<'_> {
                     subject::event(name, id),
                     broker::Event::new(name, id, TaskState::Retrying, attempt)
                         .in_series(series_number(&message))
+                        .in_resume(crate::attempt::resume_number(&message))
                         .to_headers(),
                     broker::failure_body(err.message(), true),
                 )

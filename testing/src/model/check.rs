@@ -79,7 +79,9 @@ pub(crate) fn check(
                 format!("ran attempt {} of {}", run.attempt, task.max_attempts),
             );
         }
-        if i > series_start && run.attempt <= runs[i - 1].attempt {
+        // A parent's run after it waited for its children is the same attempt again.
+        let resumed = task.parks && i > 0 && run.attempt == runs[i - 1].attempt;
+        if i > series_start && run.attempt <= runs[i - 1].attempt && !resumed {
             let crashed = runs[i - 1].end.is_none()
                 || kills
                     .iter()

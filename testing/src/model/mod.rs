@@ -14,6 +14,7 @@
 //! violations in full; the same seed gives the same sequence of operations.
 
 mod check;
+mod families;
 mod operations;
 mod workflows;
 
@@ -30,6 +31,7 @@ use tokio::process::Child;
 use crate::runtime::{Run, Runtime, read_runs};
 use crate::{Gateway, NatsServer};
 use check::{check, check_limit, check_rate, dead_letter_counts};
+use families::{Family, check_families, child_tasks, children_of, submit_family};
 use operations::{schedule, settle, submit};
 use workflows::{
     Flow, cancel_workflow, check_workflows, settle_workflows, step_tasks, submit_workflow,
@@ -151,6 +153,8 @@ struct Task {
     waited: Option<TaskState>,
     /// When its Submit was answered.
     submitted_at: SystemTime,
+    /// A parent that waits for its children: the run after its wait is the same attempt.
+    parks: bool,
 }
 
 /// The system under test.
@@ -263,6 +267,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     let mut violations = Vec::new();
     let mut done: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut flows: Vec<Flow> = Vec::new();
+    let mut families: Vec<Family> = Vec::new();
     // Replays of tasks the model did not submit itself (workflow steps).
     let mut other_replays: HashMap<String, Vec<SystemTime>> = HashMap::new();
 
@@ -276,7 +281,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             780..=829 => "replay",
             830..=869 => "schedule",
             870..=899 => "limits",
-            900..=939 => "workflow",
+            900..=924 => "workflow",
+            925..=939 => "family",
             940..=949 => "workflow_cancel",
             950..=989 => "get",
             990..=994 => "worker_kill",
@@ -372,7 +378,10 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                 }
             }
             "schedule" => schedule(&system.client, &mut rng, &mut schedules, n).await,
-            "workflow" => submit_workflow(&system.client, &mut rng, &mut flows).await,
+            "workflow" => {
+                submit_workflow(&system.client, &mut rng, &mut flows, config.runtime).await
+            }
+            "family" => submit_family(&system.client, &mut rng, &mut tasks, &mut families, n).await,
             "workflow_cancel" => cancel_workflow(&system.client, &mut rng, &mut flows).await,
             "limits" => {
                 // Overrides never above the declared limits, which the checks hold to.
@@ -440,6 +449,20 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     let steps = step_tasks(&flows, &ended, &other_replays);
     tasks.extend(steps);
     let finals = settle(&system.client, &tasks, Duration::from_secs(120)).await;
+    // Children are known once their parents have ended; then they end too.
+    let children = children_of(&system.client, &families).await;
+    let kin = child_tasks(
+        &families,
+        &tasks,
+        &children,
+        &HashMap::new(),
+        &other_replays,
+    );
+    let kin_finals = settle(&system.client, &kin, Duration::from_secs(120)).await;
+    let kin = child_tasks(&families, &tasks, &children, &kin_finals, &other_replays);
+    tasks.extend(kin);
+    let mut finals = finals;
+    finals.extend(kin_finals);
     let dead = dead_letter_counts(&system.client).await?;
     let runs = read_runs(&system.run_log)?;
     let run_count = runs.values().map(Vec::len).sum();
@@ -454,6 +477,15 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         );
     }
     check_workflows(&flows, &ended, &runs, &other_replays, &mut violations);
+    check_families(
+        &system.client,
+        &families,
+        &tasks,
+        &children,
+        &runs,
+        &mut violations,
+    )
+    .await;
     check_limit(&tasks, &runs, &system.kills, &mut violations);
     check_rate(&tasks, &runs, &mut violations);
 

@@ -97,6 +97,7 @@ pub(crate) async fn submit(
         replays: Vec::new(),
         waited: None,
         submitted_at: SystemTime::now(),
+        parks: false,
     });
 }
 

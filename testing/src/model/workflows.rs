@@ -1,9 +1,13 @@
-//! Workflows in the model: chains and groups of chaos tasks, some failing, some cancelled; at
-//! the end every workflow must have ended as guarantees 11 and 12 say, and every step's task
-//! is checked like any other task.
+//! Workflows in the model: chains and groups of chaos tasks, some failing, some cancelled; with
+//! the Rust worker also chords (Scale steps, then a Collect of their results) and maps (a Split,
+//! a Double per part, some failing for good, then a Collect); at the end every workflow must
+//! have ended as guarantees 11 and 12 say, a chord's and a map's Collect with every result, and
+//! every step's task is checked like any other task.
 
+use prost::Message as _;
 use taskwire::v1::{StepState, WorkflowState};
 use taskwire_examples::chaos::v1::{FlakyArgs, SleepArgs};
+use taskwire_examples::flow::v1::{ScaleArgs, SplitArgs, Total};
 
 use super::*;
 
@@ -19,7 +23,15 @@ pub(crate) struct Flow {
     /// When a Cancel of it returned success.
     pub(crate) cancelled_at: Option<SystemTime>,
     pub(crate) submitted_at: SystemTime,
+    /// What the last step answers when the workflow succeeds (a chord's or a map's Collect):
+    /// the total and the count of results it took.
+    pub(crate) expected: Option<(i64, i64)>,
 }
+
+const SCALE: &str = "examples.flow.v1.Flow/Scale";
+const SPLIT: &str = "examples.flow.v1.Flow/Split";
+const DOUBLE: &str = "examples.flow.v1.Flow/Double";
+const COLLECT: &str = "examples.flow.v1.Flow/Collect";
 
 fn args(message: &impl prost::Message) -> Option<v1::step::Args> {
     Some(v1::step::Args::ArgsProto(message.encode_to_vec()))
@@ -27,12 +39,21 @@ fn args(message: &impl prost::Message) -> Option<v1::step::Args> {
 
 /// Submits a random workflow: a chain of Sleep steps (each taking the label of the one before,
 /// the last perhaps a Flaky that may fail for good), or a group of Sleep steps side by side.
-pub(crate) async fn submit_workflow(client: &Client, rng: &mut Rng, flows: &mut Vec<Flow>) {
+pub(crate) async fn submit_workflow(
+    client: &Client,
+    rng: &mut Rng,
+    flows: &mut Vec<Flow>,
+    runtime: Runtime,
+) {
     let options = Some(
         SubmitOptions::default()
             .max_attempts(STEP_ATTEMPTS)
             .into_proto(),
     );
+    // The Flow tasks only the Rust test worker serves.
+    if runtime == Runtime::Rust && rng.chance(40) {
+        return submit_flow(client, rng, flows, options).await;
+    }
     let sleep = |rng: &mut Rng, i: usize| SleepArgs {
         millis: rng.below(150),
         label: format!("s{i}"),
@@ -105,8 +126,90 @@ pub(crate) async fn submit_workflow(client: &Client, rng: &mut Rng, flows: &mut 
             steps: shape,
             cancelled_at: None,
             submitted_at: SystemTime::now(),
+            expected: None,
         });
     }
+}
+
+/// A chord (2 to 5 Scale steps, then a Collect of their results) or a map (a Split into 1 to
+/// 40 parts, a Double of each, some above their limit and failing for good, then a Collect).
+async fn submit_flow(
+    client: &Client,
+    rng: &mut Rng,
+    flows: &mut Vec<Flow>,
+    options: Option<v1::SubmitOptions>,
+) {
+    let step = |name: &str, task: &str, after: Vec<String>| v1::Step {
+        name: name.into(),
+        task: task.into(),
+        after,
+        options: options.clone(),
+        ..Default::default()
+    };
+    let (steps, shape, expected) = if rng.chance(50) {
+        let k = 2 + rng.below(4) as i64;
+        let mut steps: Vec<v1::Step> = (0..k)
+            .map(|i| v1::Step {
+                args: args(&ScaleArgs {
+                    value: i + 1,
+                    factor: 2,
+                }),
+                ..step(&format!("m{i}"), SCALE, Vec::new())
+            })
+            .collect();
+        steps.push(v1::Step {
+            collect: "totals".into(),
+            ..step("total", COLLECT, (0..k).map(|i| format!("m{i}")).collect())
+        });
+        let mut shape: Vec<(&'static str, Vec<usize>)> = (0..k).map(|_| (SCALE, vec![])).collect();
+        shape.push((COLLECT, (0..k as usize).collect()));
+        (steps, shape, (k * (k + 1), k))
+    } else {
+        let n = 1 + rng.below(40) as i64;
+        // Parts are 0..n; doubled above the limit, a part fails for good.
+        let limit = if rng.chance(25) {
+            rng.below(n as u64) as i64 + 1
+        } else {
+            0
+        };
+        let steps = vec![
+            v1::Step {
+                args: args(&SplitArgs { count: n, limit }),
+                ..step("split", SPLIT, Vec::new())
+            },
+            v1::Step {
+                for_each: "parts".into(),
+                ..step("double", DOUBLE, vec!["split".into()])
+            },
+            v1::Step {
+                collect: "totals".into(),
+                ..step("total", COLLECT, vec!["double".into()])
+            },
+        ];
+        let shape = vec![(SPLIT, vec![]), (DOUBLE, vec![0]), (COLLECT, vec![1])];
+        (steps, shape, (n * (n - 1), n))
+    };
+    let workflow = v1::Workflow {
+        steps,
+        ..Default::default()
+    };
+    if let Ok(id) = client
+        .submit_workflow(taskwire_client::workflow::Workflow::from(workflow))
+        .await
+    {
+        flows.push(Flow {
+            id,
+            steps: shape,
+            cancelled_at: None,
+            submitted_at: SystemTime::now(),
+            expected: Some(expected),
+        });
+    }
+}
+
+/// A map step: no task of its own, one per element.
+fn is_map(step: &v1::StepInfo) -> bool {
+    step.elements > 0 || step.task == DOUBLE && step.info.is_none()
 }
 
 pub(crate) async fn cancel_workflow(client: &Client, rng: &mut Rng, flows: &mut [Flow]) {
@@ -164,7 +267,7 @@ pub(crate) fn step_tasks(
             continue;
         };
         for (i, step) in info.steps.iter().enumerate() {
-            if step.state() != StepState::Submitted {
+            if step.state() != StepState::Submitted || is_map(step) {
                 continue;
             }
             let cancelled = step
@@ -184,6 +287,7 @@ pub(crate) fn step_tasks(
                 replays: replays.get(&step.task_id).cloned().unwrap_or_default(),
                 waited: None,
                 submitted_at: flow.submitted_at,
+                parks: false,
             });
         }
     }
@@ -219,16 +323,46 @@ pub(crate) fn check_workflows(
         match info.state() {
             WorkflowState::Succeeded => {
                 for i in 0..flow.steps.len() {
-                    if state_of(i) != Some(TaskState::Succeeded) {
+                    let map = info.steps.get(i).filter(|s| is_map(s));
+                    if let Some(map) = map {
+                        if map.elements_succeeded != map.elements || map.elements == 0 {
+                            violated(
+                                11,
+                                format!(
+                                    "succeeded, but map step {i} has {} of {} elements succeeded",
+                                    map.elements_succeeded, map.elements
+                                ),
+                            );
+                        }
+                    } else if state_of(i) != Some(TaskState::Succeeded) {
                         violated(11, format!("succeeded, but step {i} is {:?}", state_of(i)));
+                    }
+                }
+                // A chord's or a map's Collect took every result, once.
+                if let Some((total, count)) = flow.expected {
+                    let got = info
+                        .steps
+                        .last()
+                        .and_then(|s| s.info.as_ref())
+                        .and_then(|t| Total::decode(t.result.as_slice()).ok());
+                    if got.as_ref().map(|t| (t.total, t.count)) != Some((total, count)) {
+                        violated(
+                            11,
+                            format!("its Collect answered {got:?}, not total {total} of {count}"),
+                        );
                     }
                 }
             }
             WorkflowState::Failed => {
                 let failed = info.steps.iter().position(|s| s.name == info.failed_step);
-                let ok = failed
-                    .and_then(state_of)
-                    .is_some_and(|s| matches!(s, TaskState::Failed | TaskState::Expired));
+                // A map step fails with one of its elements.
+                let map_failed = failed
+                    .and_then(|i| info.steps.get(i))
+                    .is_some_and(|s| is_map(s) && s.elements_succeeded < s.elements);
+                let ok = map_failed
+                    || failed
+                        .and_then(state_of)
+                        .is_some_and(|s| matches!(s, TaskState::Failed | TaskState::Expired));
                 if !ok && !failed.is_some_and(|i| replays.contains_key(&info.steps[i].task_id)) {
                     violated(
                         11,

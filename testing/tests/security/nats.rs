@@ -113,6 +113,53 @@ async fn the_gateway_and_a_worker_run_as_their_own_nats_users() -> anyhow::Resul
     let second = info.steps[1].info.as_ref().expect("the second step ran");
     assert_eq!(second.result_json, r#"{"sum":16}"#);
 
+    // The worker's user reaches a gateway for the children its tasks submit and wait for
+    // (answered on its own inbox), and the gateway counts them.
+    let parent = magic
+        .add(AddArgs {
+            arg1: 1,
+            ..Default::default()
+        })
+        .await?;
+    parent.get(WAIT).await?;
+    let worker_nats = worker_user
+        .auth()
+        .apply(async_nats::ConnectOptions::new().custom_inbox_prefix("_INBOX.magic-worker"))
+        .await
+        .map_err(anyhow::Error::msg)?
+        .connect(nats.url())
+        .await?;
+    let ask = |subject: &'static str, payload: Vec<u8>| {
+        let worker_nats = worker_nats.clone();
+        async move { anyhow::Ok(worker_nats.request(subject, payload.into()).await?.payload) }
+    };
+    let waited = <taskwire::v1::ChildrenWait as prost::Message>::encode_to_vec(
+        &taskwire::v1::ChildrenWait {
+            parent_id: parent.id().to_owned(),
+        },
+    );
+    let waited: taskwire::v1::ChildrenWaited =
+        prost::Message::decode(ask(taskwire_protocol::children::WAIT, waited).await?)?;
+    assert_eq!((waited.code, waited.ended), (0, true), "{waited:?}");
+    let child = prost::Message::encode_to_vec(&taskwire::v1::ChildSubmission {
+        parent_id: parent.id().to_owned(),
+        parent_task: "examples.magic.v1.Magic/Add".into(),
+        index: 0,
+        child: Some(taskwire::v1::SubmitRequest {
+            task: "examples.magic.v1.Magic/Add".into(),
+            args: Some(taskwire::v1::submit_request::Args::ArgsJson("{}".into())),
+            ..Default::default()
+        }),
+        traceparent: String::new(),
+    });
+    let submitted: taskwire::v1::ChildSubmitted =
+        prost::Message::decode(ask(taskwire_protocol::children::SUBMIT, child).await?)?;
+    assert_eq!(
+        tonic::Code::from(submitted.code as i32),
+        tonic::Code::FailedPrecondition,
+        "a parent that ended submits no child: {submitted:?}"
+    );
+
     // Its user may hold a result partition (else it would receive every stored result).
     let gateway_nats = gateway_user
         .auth()

@@ -1,0 +1,224 @@
+//! Child tasks in the model: Spawn parents that submit Sleep children, some failing their first
+//! attempt after submitting them (the retry finds them), some waiting for them without a
+//! worker; parents are cancelled by the model's Cancel like any task. At the end every parent
+//! and child is checked like any other task, and each family as guarantees 11 and 12 say.
+
+use prost::Message as _;
+use taskwire_examples::chaos::v1::{SleepResult, SpawnArgs, SpawnResult};
+
+use super::*;
+
+pub(crate) const SPAWN: &str = "examples.chaos.v1.Chaos/Spawn";
+
+/// `max_attempts` of Spawn and Sleep in their proto.
+const SPAWN_ATTEMPTS: u32 = 3;
+const SLEEP_ATTEMPTS: u32 = 5;
+
+/// What the model knows of one parent.
+#[derive(Debug, Clone)]
+pub(crate) struct Family {
+    pub(crate) parent: String,
+    pub(crate) args: SpawnArgs,
+}
+
+/// Submits a parent with a few children.
+pub(crate) async fn submit_family(
+    client: &Client,
+    rng: &mut Rng,
+    tasks: &mut Vec<Task>,
+    families: &mut Vec<Family>,
+    n: usize,
+) {
+    let args = SpawnArgs {
+        count: 1 + rng.below(4) as u32,
+        label: format!("f{n}"),
+        child_millis: rng.below(300),
+        fail_first: rng.chance(30),
+        gap_millis: rng.below(50),
+        wait: rng.chance(60),
+    };
+    let Ok(answer) = client
+        .submit_raw(
+            SPAWN,
+            v1::submit_request::Args::ArgsProto(args.encode_to_vec()),
+            SubmitOptions::default(),
+        )
+        .await
+    else {
+        return;
+    };
+    tasks.push(Task {
+        id: answer.task_id.clone(),
+        name: SPAWN,
+        max_attempts: SPAWN_ATTEMPTS,
+        not_before: None,
+        expires_at: None,
+        cancelled_at: None,
+        replays: Vec::new(),
+        waited: None,
+        submitted_at: SystemTime::now(),
+        parks: args.wait,
+    });
+    families.push(Family {
+        parent: answer.task_id,
+        args,
+    });
+}
+
+/// The children of every parent, as Get lists them once the parents have ended.
+pub(crate) async fn children_of(
+    client: &Client,
+    families: &[Family],
+) -> HashMap<String, Vec<v1::TaskChild>> {
+    let mut children = HashMap::new();
+    for family in families {
+        if let Ok(info) = client.get(&family.parent, false).await {
+            children.insert(family.parent.clone(), info.children);
+        }
+    }
+    children
+}
+
+/// The children, as tasks the model checks like others: one whose parent's Cancel succeeded
+/// and that ended cancelled was cancelled then.
+pub(crate) fn child_tasks(
+    families: &[Family],
+    tasks: &[Task],
+    children: &HashMap<String, Vec<v1::TaskChild>>,
+    finals: &HashMap<String, TaskState>,
+    replays: &HashMap<String, Vec<SystemTime>>,
+) -> Vec<Task> {
+    let mut found = Vec::new();
+    for family in families {
+        let parent = tasks.iter().find(|t| t.id == family.parent);
+        let parent_cancelled = parent.and_then(|p| p.cancelled_at);
+        for child in children.get(&family.parent).into_iter().flatten() {
+            let cancelled = finals.get(&child.task_id) == Some(&TaskState::Cancelled);
+            found.push(Task {
+                id: child.task_id.clone(),
+                name: SLEEP,
+                max_attempts: SLEEP_ATTEMPTS,
+                not_before: None,
+                expires_at: None,
+                cancelled_at: parent_cancelled.filter(|_| cancelled),
+                replays: replays.get(&child.task_id).cloned().unwrap_or_default(),
+                waited: None,
+                submitted_at: parent.map_or_else(SystemTime::now, |p| p.submitted_at),
+                parks: false,
+            });
+        }
+    }
+    found
+}
+
+/// 11 and 12 for families: a parent that succeeded answered the children it recorded, each
+/// submitted once, and when it waited, their results in order; a parent whose Cancel
+/// succeeded starts no child after it, and its children that had not ended end cancelled.
+pub(crate) async fn check_families(
+    client: &Client,
+    families: &[Family],
+    tasks: &[Task],
+    children: &HashMap<String, Vec<v1::TaskChild>>,
+    runs: &HashMap<String, Vec<Run>>,
+    violations: &mut Vec<Violation>,
+) {
+    for family in families {
+        let mut violated = |guarantee: u8, what: String| {
+            violations.push(Violation {
+                guarantee,
+                task: family.parent.clone(),
+                what: format!("family: {what}"),
+            });
+        };
+        let recorded = children.get(&family.parent).cloned().unwrap_or_default();
+        if recorded.len() > family.args.count as usize {
+            violated(
+                11,
+                format!(
+                    "{} children recorded for {} submitted (a retry stored them again)",
+                    recorded.len(),
+                    family.args.count
+                ),
+            );
+        }
+        let Ok(info) = client.get(&family.parent, false).await else {
+            continue;
+        };
+        if info.state() == TaskState::Succeeded {
+            let Ok(result) = SpawnResult::decode(info.result.as_slice()) else {
+                violated(11, "its result does not decode".into());
+                continue;
+            };
+            let listed: Vec<&str> = recorded.iter().map(|c| c.task_id.as_str()).collect();
+            if listed
+                != result
+                    .children
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+            {
+                violated(
+                    11,
+                    format!(
+                        "answered children {:?}, Get lists {listed:?}",
+                        result.children
+                    ),
+                );
+            }
+            if family.args.wait {
+                let expected: Vec<String> = (0..family.args.count)
+                    .map(|i| format!("{}-{i}", family.args.label))
+                    .collect();
+                if result.labels != expected {
+                    violated(
+                        11,
+                        format!(
+                            "waited for its children and answered {:?}, not {expected:?}",
+                            result.labels
+                        ),
+                    );
+                }
+                for child in &recorded {
+                    let ended = client.get(&child.task_id, false).await.ok();
+                    let label = ended
+                        .as_ref()
+                        .filter(|c| c.state() == TaskState::Succeeded)
+                        .and_then(|c| SleepResult::decode(c.result.as_slice()).ok());
+                    if label.is_none() {
+                        violated(
+                            11,
+                            format!(
+                                "succeeded after waiting, but child {} is {:?}",
+                                child.task_id,
+                                ended.map(|c| c.state())
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        let cancelled_at = tasks
+            .iter()
+            .find(|t| t.id == family.parent)
+            .and_then(|t| t.cancelled_at);
+        if let Some(at) = cancelled_at {
+            for child in &recorded {
+                if let Some(run) = runs
+                    .get(&child.task_id)
+                    .into_iter()
+                    .flatten()
+                    .find(|r| r.start > at + CANCEL_TOLERANCE)
+                {
+                    violated(
+                        12,
+                        format!(
+                            "child {} started {:?} after its parent's Cancel",
+                            child.task_id,
+                            run.start.duration_since(at).unwrap_or_default()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
