@@ -196,24 +196,16 @@ impl Gateway {
         down.insert(header::TASK_ID, child.as_str());
         down.insert(header::TASK, task.as_str());
         down.insert(header::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
-        let js = &self.broker.jetstream;
         let (up, down) = tokio::join!(
-            js.publish_with_headers(
+            self.publish_if_last(
                 children::parent(child),
                 up,
                 Bytes::copy_from_slice(parent.as_str().as_bytes())
             ),
-            js.publish_with_headers(children::child(parent, child), down, Bytes::new()),
+            self.publish_if_last(children::child(parent, child), down, Bytes::new()),
         );
-        let (up, down) = (up.map_err(publish_error)?, down.map_err(publish_error)?);
-        let (up, down) = tokio::join!(up, down);
-        for stored in [up, down] {
-            match stored {
-                Ok(_) => {}
-                Err(e) if broker::is_wrong_last_sequence(&e) => {}
-                Err(e) => return Err(publish_error(e)),
-            }
-        }
+        up?;
+        down?;
         Ok(())
     }
 
@@ -397,31 +389,15 @@ impl Gateway {
                 all = false;
                 continue;
             }
-            // Recorded, never stored: it fails, and its end counts.
-            let published = self
-                .broker
-                .jetstream
-                .publish_with_headers(
-                    broker::subject::result(&name, &id),
-                    broker::ResultMessage::new(
-                        &name,
-                        &id,
-                        TaskState::Failed,
-                        0,
-                        "unsubmitted",
-                        None,
-                    )
-                    .to_headers(),
-                    broker::failure_body("its submit did not complete", false),
-                )
-                .await
-                .map_err(publish_error)?
-                .await;
-            match published {
-                Ok(_) => {}
-                Err(e) if broker::is_wrong_last_sequence(&e) => {}
-                Err(e) => return Err(publish_error(e)),
-            }
+            // Recorded, never stored: it fails (unless it just ended), and its end counts.
+            let failed =
+                broker::ResultMessage::new(&name, &id, TaskState::Failed, 0, "unsubmitted", None);
+            self.publish_if_last(
+                broker::subject::result(&name, &id),
+                failed.to_headers(),
+                broker::failure_body("its submit did not complete", false),
+            )
+            .await?;
             self.mark_ended(parent, &id).await?;
         }
         Ok(all)
@@ -511,27 +487,17 @@ impl Gateway {
         );
         headers.insert(header::STATE, state);
         headers.insert(header::RESUME, number.to_string().as_str());
-        let published = self
-            .broker
-            .jetstream
-            .publish_with_headers(
-                children::waiting(parent),
-                headers,
-                park.encode_to_vec().into(),
-            )
-            .await
-            .map_err(publish_error)?
-            .await;
-        match published {
-            Ok(_) => Ok(true),
-            Err(e) if broker::is_wrong_last_sequence(&e) => Ok(false),
-            Err(e) => Err(publish_error(e)),
-        }
+        self.publish_if_last(
+            children::waiting(parent),
+            headers,
+            park.encode_to_vec().into(),
+        )
+        .await
     }
 
     /// Parks a parent that waits for its children: its `waiting` event, its message kept, and
     /// at once back in line if they have all ended meanwhile. True when it is back in line.
-    pub(crate) async fn park(&self, park: v1::ChildrenPark) -> Result<bool, Error> {
+    pub(crate) async fn park(&self, mut park: v1::ChildrenPark) -> Result<bool, Error> {
         self.workflows_open()?;
         let parent = Id::parse(&park.parent_id).map_err(Error::InvalidId)?;
         let name = Name::parse(&park.parent_task).map_err(Error::InvalidName)?;
@@ -539,6 +505,10 @@ impl Gateway {
             // Cancelled meanwhile: nothing is to resume.
             return Ok(false);
         }
+        // A later attempt may have started meanwhile (a delivery that came back while this
+        // one ran): the resumed run goes on with it, never with an earlier one.
+        let latest = self.last_event(&parent).await?.map_or(0, |e| e.attempt);
+        park.attempt = park.attempt.max(latest);
         // The copy that ran (0: the task's first message); the one to follow is the next.
         let ran: u32 = park
             .headers

@@ -75,27 +75,14 @@ pub(crate) async fn handle(
         .unwrap_or(1)
         .max(1);
     let deliveries = message.info().map(|i| i.delivered.max(1)).unwrap_or(1);
-    let attempt = if deliveries <= 1 && resume_number(&message) == 0 {
+    let resumed = resume_number(&message) > 0;
+    let attempt = if deliveries <= 1 && !resumed {
         first_attempt
-    } else if deliveries <= 1 {
-        // A resumed copy goes on with the attempt that waited, or with a later one that
-        // started meanwhile (a delivery of the task that came back during the wait).
-        match last_run(served, &id).await {
-            Ok(last) => first_attempt.max(last.attempt),
-            Err(e) => {
-                put_back(
-                    served,
-                    &message,
-                    &id,
-                    "cannot tell which attempt this is",
-                    &e,
-                )
-                .await;
-                return;
-            }
-        }
     } else {
         match last_run(served, &id).await {
+            // A resumed copy goes on with the attempt that waited, or with a later one that
+            // started meanwhile (a delivery of the task that came back during the wait).
+            Ok(last) if deliveries <= 1 => first_attempt.max(last.attempt),
             Ok(last) if last.series > series_number(&message) => {
                 // A copy of a series that ended in a dead letter, which was replayed since:
                 // its ack was lost. The new series stands in for it; it has nothing to do.

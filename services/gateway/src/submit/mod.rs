@@ -55,6 +55,31 @@ impl Prepared {
     }
 }
 
+impl Gateway {
+    /// Publishes a message whose headers say which sequence its subject must be at
+    /// (`Nats-Expected-Last-Subject-Sequence`): true when the broker stored it, false when the
+    /// subject had moved on (another took the place first).
+    pub(crate) async fn publish_if_last(
+        &self,
+        subject: String,
+        headers: async_nats::HeaderMap,
+        body: Bytes,
+    ) -> Result<bool, Error> {
+        let published = self
+            .broker
+            .jetstream
+            .publish_with_headers(subject, headers, body)
+            .await
+            .map_err(publish_error)?
+            .await;
+        match published {
+            Ok(_) => Ok(true),
+            Err(e) if broker::is_wrong_last_sequence(&e) => Ok(false),
+            Err(e) => Err(publish_error(e)),
+        }
+    }
+}
+
 impl Prepared {
     /// The task's id.
     pub(crate) fn id(&self) -> &Id {

@@ -329,22 +329,12 @@ impl Gateway {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(header::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
         headers.insert(workflow::JOIN_COUNT, count.to_string().as_str());
-        let published = self
-            .broker
-            .jetstream
-            .publish_with_headers(
-                workflow::join(&loaded.id, &m.to_string()),
-                headers,
-                Bytes::new(),
-            )
-            .await
-            .map_err(publish_error)?
-            .await;
-        match published {
-            Ok(_) => {}
-            Err(e) if broker::is_wrong_last_sequence(&e) => {}
-            Err(e) => return Err(publish_error(e)),
-        }
+        self.publish_if_last(
+            workflow::join(&loaded.id, &m.to_string()),
+            headers,
+            Bytes::new(),
+        )
+        .await?;
         if count == 0 {
             Box::pin(self.step_succeeded(loaded, m, Own::Map(0))).await?;
             return Ok(true);

@@ -200,18 +200,8 @@ impl Gateway {
                 _ => "running",
             },
         );
-        let published = self
-            .broker
-            .jetstream
-            .publish_with_headers(workflow::end(id), headers, end.encode_to_vec().into())
+        self.publish_if_last(workflow::end(id), headers, end.encode_to_vec().into())
             .await
-            .map_err(publish_error)?
-            .await;
-        match published {
-            Ok(_) => Ok(true),
-            Err(e) if broker::is_wrong_last_sequence(&e) => Ok(false),
-            Err(e) => Err(publish_error(e)),
-        }
     }
 
     /// The workflow and every step's state.
