@@ -221,7 +221,8 @@ impl Gateway {
 
     /// The task that submitted `id`, if one did.
     pub(crate) async fn parent_of(&self, id: &Id) -> Result<Option<String>, Error> {
-        if !self.workflows {
+        // Only a child's id has the shape, and only a child has a parent.
+        if !self.workflows || !children::is_child(id.as_str()) {
             return Ok(None);
         }
         let found = self
