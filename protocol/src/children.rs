@@ -119,8 +119,8 @@ mod tests {
     #[test]
     fn a_child_id_is_made_from_its_parent_task_and_key() {
         let (p, q) = (Id::generate(), Id::generate());
-        let sleep = Name::parse("examples.chaos.v1.Chaos/Sleep").unwrap();
-        let flaky = Name::parse("examples.chaos.v1.Chaos/Flaky").unwrap();
+        let sleep = Name::parse("examples.chaos.v1.Chaos/Sleep").expect("a name");
+        let flaky = Name::parse("examples.chaos.v1.Chaos/Flaky").expect("a name");
         let a = child_id(&p, &sleep, &index_key(0));
         assert_eq!(a, child_id(&p, &sleep, &index_key(0)));
         assert_ne!(a, child_id(&p, &sleep, &index_key(1)));

@@ -37,7 +37,7 @@ impl Gateway {
             Cancelled::Now => {}
             Cancelled::ByWorker(info) => {
                 self.cancel_children(id).await?;
-                return Ok(info);
+                return Ok(*info);
             }
             Cancelled::Finished(state) => {
                 return Err(Error::Finished {
@@ -107,7 +107,7 @@ impl Gateway {
                 if let Some(info) = stored.as_ref()
                     && info.state() == TaskState::Cancelled
                 {
-                    return Ok(Cancelled::ByWorker(info.clone()));
+                    return Ok(Cancelled::ByWorker(Box::new(info.clone())));
                 }
                 // Finished first: the mark is not needed.
                 let _ = self.broker.cancelled.delete(id.as_str()).await;
@@ -125,7 +125,7 @@ pub(crate) enum Cancelled {
     /// Its cancelled result stored now.
     Now,
     /// A worker that saw the mark stored it first.
-    ByWorker(v1::TaskInfo),
+    ByWorker(Box<v1::TaskInfo>),
     /// It had ended, in this state.
     Finished(&'static str),
 }
