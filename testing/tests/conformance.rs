@@ -70,7 +70,7 @@ impl System {
         let deadline = Instant::now() + WAIT;
         loop {
             let known = system.client.task_types().await.unwrap_or_default();
-            if [SLEEP, FLAKY, LIMITED, PACED]
+            if [SLEEP, FLAKY, LIMITED, PACED, SPAWN]
                 .iter()
                 .all(|t| known.iter().any(|k| k.name == *t))
                 && system.pulling().await >= workers
