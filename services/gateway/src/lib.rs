@@ -218,6 +218,8 @@ pub(crate) struct Gateway {
     metrics: inspect::Metrics,
     /// Whether the workflows' stream and consumers are open.
     workflows: bool,
+    /// Workflows read lately, with their plans: a definition is stored once and never changes.
+    loaded: workflows::Cache,
 }
 
 /// Connects to NATS, opens the streams and the registry, and serves gRPC on `listener` until
@@ -329,6 +331,7 @@ pub async fn serve(
         max_payload: config.max_payload,
         metrics: inspect::Metrics::new(),
         workflows: workflow_consumers.is_ok(),
+        loaded: workflows::Cache::default(),
     });
     match workflow_consumers {
         Ok([starts, steps, ended]) => {

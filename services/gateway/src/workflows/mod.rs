@@ -30,6 +30,40 @@ pub(crate) use plan::Plan;
 /// The task name that scopes workflow idempotency keys.
 const KEY_SCOPE: &str = "taskwire.v1.Workflows/Submit";
 
+/// How many workflows a gateway keeps planned.
+const CACHED: usize = 4096;
+/// How long a planned workflow is kept: a definition that ran out of the broker (after the
+/// result TTL) is answered for at most this long after.
+const CACHED_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Workflows read lately, by id, with when they were read.
+#[derive(Debug, Default)]
+pub(crate) struct Cache(
+    std::sync::Mutex<std::collections::HashMap<Id, (std::time::Instant, Arc<Loaded>)>>,
+);
+
+impl Cache {
+    fn get(&self, id: &Id) -> Option<Arc<Loaded>> {
+        let cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(id)
+            .filter(|(at, _)| at.elapsed() < CACHED_FOR)
+            .map(|(_, loaded)| Arc::clone(loaded))
+    }
+
+    fn put(&self, loaded: Arc<Loaded>) {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHED {
+            // The oldest half goes (or, when all are fresh, every one past its time).
+            let mut ages: Vec<std::time::Instant> = cache.values().map(|(at, _)| *at).collect();
+            ages.sort();
+            let cut = ages[ages.len() / 2];
+            cache.retain(|_, (at, _)| *at > cut);
+        }
+        cache.insert(loaded.id.clone(), (std::time::Instant::now(), loaded));
+    }
+}
+
 /// A workflow as the broker keeps it, with its graph.
 #[derive(Debug)]
 pub(crate) struct Loaded {
@@ -144,8 +178,11 @@ impl Gateway {
     }
 
     /// The workflow as stored, with its graph; NOT_FOUND when there is none (or it ran out).
-    pub(crate) async fn load_workflow(&self, id: &Id) -> Result<Loaded, Error> {
+    pub(crate) async fn load_workflow(&self, id: &Id) -> Result<Arc<Loaded>, Error> {
         self.workflows_open()?;
+        if let Some(loaded) = self.loaded.get(id) {
+            return Ok(loaded);
+        }
         let found = self
             .broker
             .last_message_on(broker::WORKFLOWS_STREAM, &workflow::spec(id))
@@ -160,11 +197,13 @@ impl Gateway {
                 .as_ref()
                 .ok_or_else(|| Error::Broker(format!("workflow {id} has no definition")))?,
         )?;
-        Ok(Loaded {
+        let loaded = Arc::new(Loaded {
             id: id.clone(),
             stored,
             plan,
-        })
+        });
+        self.loaded.put(Arc::clone(&loaded));
+        Ok(loaded)
     }
 
     /// How the workflow ended, once it did.
