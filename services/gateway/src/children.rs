@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use prost::Message as _;
 use taskwire::task::{Id, Name};
 use taskwire::v1::{self, TaskState};
@@ -346,20 +346,23 @@ impl Gateway {
         if !self.children_ended(&parent, false).await? {
             return Ok(None);
         }
-        let mut outcomes = Vec::new();
-        for child in self.children(&parent, usize::MAX).await? {
-            let id = Id::parse(&child.task_id).map_err(Error::InvalidId)?;
-            match self.result(&id).await? {
-                Some(info) => outcomes.push(info),
-                // Marked ended, but its result ran out since: its end is all that is known.
-                None => outcomes.push(v1::TaskInfo {
-                    task_id: child.task_id,
-                    task: child.task,
-                    state: TaskState::Expired as i32,
-                    ..Default::default()
-                }),
-            }
-        }
+        // Their results read side by side, answered in the children's order.
+        let outcomes = futures::stream::iter(self.children(&parent, usize::MAX).await?)
+            .map(|child| async move {
+                let id = Id::parse(&child.task_id).map_err(Error::InvalidId)?;
+                Ok::<_, Error>(self.result(&id).await?.unwrap_or_else(|| {
+                    // Marked ended, but its result ran out since: its end is all that is known.
+                    v1::TaskInfo {
+                        task_id: child.task_id,
+                        task: child.task,
+                        state: TaskState::Expired as i32,
+                        ..Default::default()
+                    }
+                }))
+            })
+            .buffered(CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
         Ok(Some(outcomes))
     }
 
@@ -575,19 +578,27 @@ impl Gateway {
         let park = &waiting.park;
         let mut headers = async_nats::HeaderMap::new();
         for h in &park.headers {
-            // Its own id, attempt and resume number; an expiry is for starting, and it started.
+            // The broker's own headers (a fired delay's or a schedule's among them) stay
+            // behind, and so do its attempt and resume number; an expiry is for starting, and
+            // it started.
             let own = [
-                header::MSG_ID,
                 header::ATTEMPT,
                 header::RESUME,
                 header::EXPIRES_AT,
-                header::EXPECTED_LAST_SUBJECT_SEQUENCE,
+                header::TASK_ID,
             ];
-            if own.iter().any(|o| o.eq_ignore_ascii_case(&h.name)) {
+            let broker_own = h
+                .name
+                .get(..5)
+                .is_some_and(|p| p.eq_ignore_ascii_case("nats-"));
+            if broker_own || own.iter().any(|o| o.eq_ignore_ascii_case(&h.name)) {
                 continue;
             }
             headers.append(h.name.as_str(), h.value.as_str());
         }
+        // Its id in so many words: a schedule's task has none of its own otherwise (its id
+        // comes from its place in the stream).
+        headers.insert(header::TASK_ID, parent.as_str());
         headers.insert(
             header::MSG_ID,
             children::resume_msg_id(parent, waiting.number).as_str(),

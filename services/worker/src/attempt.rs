@@ -235,15 +235,6 @@ pub(crate) async fn handle(
         series_number(&message),
         resume_number(&message),
     );
-    // Its children continue the attempt's trace (without trace export here, the task's).
-    let traceparent = {
-        let mut headers = async_nats::HeaderMap::new();
-        taskwire_protocol::trace::inject_nats(&mut headers);
-        headers
-            .get("traceparent")
-            .or_else(|| message.headers.as_ref().and_then(|h| h.get("traceparent")))
-            .map(|v| v.as_str().to_owned())
-    };
     let ctx = TaskContext::new(id.clone(), name.clone(), attempt, max_attempts)
         .with_deadline(deadline)
         .with_cancellation(token.clone())
@@ -252,7 +243,7 @@ pub(crate) async fn handle(
             served.client.clone(),
             &id,
             name,
-            traceparent,
+            &message,
         ));
     let family = ctx.clone();
     let running = served.task_metrics.start();

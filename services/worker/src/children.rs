@@ -20,9 +20,11 @@ const TRIES: u32 = 5;
 /// The children of one attempt: each sent to a gateway, numbered by its place among them.
 pub(crate) struct AttemptChildren {
     client: async_nats::Client,
-    parent: String,
-    parent_task: String,
-    traceparent: Option<String>,
+    parent: Id,
+    parent_task: Name,
+    /// The task's own trace context, for a child submitted where no span is current (through
+    /// the context service).
+    task_trace: Option<String>,
     next: AtomicU32,
 }
 
@@ -31,26 +33,43 @@ impl AttemptChildren {
         client: async_nats::Client,
         parent: &Id,
         parent_task: &Name,
-        traceparent: Option<String>,
+        message: &async_nats::jetstream::Message,
     ) -> Arc<Self> {
+        let task_trace = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .map(|v| v.as_str().to_owned());
         Arc::new(Self {
             client,
-            parent: parent.to_string(),
-            parent_task: parent_task.to_string(),
-            traceparent,
+            parent: parent.clone(),
+            parent_task: parent_task.clone(),
+            task_trace,
             next: AtomicU32::new(0),
         })
+    }
+
+    /// The trace a child continues: the current span's (the handler's, in this process), else
+    /// the task's.
+    fn traceparent(&self) -> String {
+        let mut headers = async_nats::HeaderMap::new();
+        taskwire_protocol::trace::inject_nats(&mut headers);
+        headers
+            .get("traceparent")
+            .map(|v| v.as_str().to_owned())
+            .or_else(|| self.task_trace.clone())
+            .unwrap_or_default()
     }
 }
 
 impl Children for AttemptChildren {
     fn submit(&self, child: v1::SubmitRequest) -> ChildFuture<v1::SubmitResponse> {
         let submission = v1::ChildSubmission {
-            parent_id: self.parent.clone(),
-            parent_task: self.parent_task.clone(),
+            parent_id: self.parent.to_string(),
+            parent_task: self.parent_task.to_string(),
             index: self.next.fetch_add(1, Ordering::SeqCst),
             child: Some(child),
-            traceparent: self.traceparent.clone().unwrap_or_default(),
+            traceparent: self.traceparent(),
         };
         let client = self.client.clone();
         Box::pin(async move {
@@ -67,7 +86,7 @@ impl Children for AttemptChildren {
 
     fn ended(&self) -> ChildFuture<Option<Vec<v1::TaskInfo>>> {
         let wait = v1::ChildrenWait {
-            parent_id: self.parent.clone(),
+            parent_id: self.parent.to_string(),
         };
         let client = self.client.clone();
         Box::pin(async move {
