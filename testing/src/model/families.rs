@@ -21,12 +21,16 @@ pub(crate) struct Family {
     pub(crate) args: SpawnArgs,
 }
 
-/// Submits a parent with a few children.
+/// Submits a parent with a few children: at a random priority, some delayed, some with an
+/// idempotency key of a few (a key used before must answer its parent, whatever its state,
+/// waiting included).
 pub(crate) async fn submit_family(
     client: &Client,
     rng: &mut Rng,
     tasks: &mut Vec<Task>,
     families: &mut Vec<Family>,
+    keys: &mut HashMap<(&'static str, String), String>,
+    violations: &mut Vec<Violation>,
     n: usize,
 ) {
     let args = SpawnArgs {
@@ -37,21 +41,59 @@ pub(crate) async fn submit_family(
         gap_millis: rng.below(50),
         wait: rng.chance(60),
     };
+    let mut options = SubmitOptions::default().priority(match rng.below(3) {
+        0 => v1::Priority::High,
+        1 => v1::Priority::Low,
+        _ => v1::Priority::Normal,
+    });
+    let mut not_before = None;
+    if rng.chance(15) {
+        let delay = Duration::from_millis(300 + rng.below(1500));
+        options = options.countdown(delay);
+        not_before = Some(SystemTime::now() + delay);
+    }
+    let key = rng.chance(20).then(|| format!("fk{}", rng.below(6)));
+    if let Some(key) = &key {
+        options = options.idempotency_key(key.clone());
+    }
     let Ok(answer) = client
         .submit_raw(
             SPAWN,
             v1::submit_request::Args::ArgsProto(args.encode_to_vec()),
-            SubmitOptions::default(),
+            options,
         )
         .await
     else {
         return;
     };
+    if let Some(key) = key {
+        match keys.get(&(SPAWN, key.clone())) {
+            Some(known) => {
+                if *known != answer.task_id || !answer.duplicate {
+                    violations.push(Violation {
+                        guarantee: 6,
+                        task: answer.task_id.clone(),
+                        what: format!(
+                            "key {key} of {SPAWN} answered {} (duplicate: {}) after {known}",
+                            answer.task_id, answer.duplicate
+                        ),
+                    });
+                }
+                return;
+            }
+            None if answer.duplicate => return,
+            None => {
+                keys.insert((SPAWN, key), answer.task_id.clone());
+            }
+        }
+    } else if answer.duplicate {
+        return;
+    }
     tasks.push(Task {
         id: answer.task_id.clone(),
         name: SPAWN,
         max_attempts: SPAWN_ATTEMPTS,
-        not_before: None,
+        not_before,
         expires_at: None,
         cancelled_at: None,
         replays: Vec::new(),

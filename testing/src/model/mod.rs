@@ -4,7 +4,9 @@
 //! Operations: submits of the chaos tasks with and without an idempotency key, a delay, a
 //! priority, an expiry and an attempt limit; Get, Wait, Cancel, replays of dead letters;
 //! schedules created, paused, resumed and deleted; workflows (chains and groups of chaos
-//! tasks, some failing for good) submitted and cancelled; limits overridden and cleared (the
+//! tasks, some failing for good; with the Rust worker chords and maps too) submitted and
+//! cancelled; parents submitting children (retried after submitting them, waiting for them,
+//! delayed, keyed, at each priority) cancelled like any task; limits overridden and cleared (the
 //! concurrency of Limited, the rate of Paced); workers killed (SIGKILL) or stopped (SIGTERM)
 //! and started again; nats-server restarted, or stopped (SIGSTOP) for a few seconds. The workers log the start and end of
 //! every run (`TASKWIRE_RUN_LOG`). At the end every task must have ended as the guarantees of
@@ -381,7 +383,18 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             "workflow" => {
                 submit_workflow(&system.client, &mut rng, &mut flows, config.runtime).await
             }
-            "family" => submit_family(&system.client, &mut rng, &mut tasks, &mut families, n).await,
+            "family" => {
+                submit_family(
+                    &system.client,
+                    &mut rng,
+                    &mut tasks,
+                    &mut families,
+                    &mut keys,
+                    &mut violations,
+                    n,
+                )
+                .await
+            }
             "workflow_cancel" => cancel_workflow(&system.client, &mut rng, &mut flows).await,
             "limits" => {
                 // Overrides never above the declared limits, which the checks hold to.

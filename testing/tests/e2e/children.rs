@@ -26,23 +26,42 @@ async fn chaos_system() -> anyhow::Result<(NatsServer, Gateway, Worker, Client)>
 
 #[tokio::test]
 async fn children_record_their_parent_and_a_retried_parent_finds_them() -> anyhow::Result<()> {
-    let (_nats, _gateway, _worker, client) = chaos_system().await?;
-    let chaos = ChaosClient::new(client.clone());
+    let (_nats, gateway, _worker, client) = chaos_system().await?;
     // The first attempt submits three children, then fails; the second submits them again.
-    let parent = chaos
-        .spawn(SpawnArgs {
-            count: 3,
-            label: "kin".into(),
-            child_millis: 10,
-            fail_first: true,
-            ..Default::default()
-        })
-        .await?;
-    let result: SpawnResult = parent.get(WAIT).await?;
+    // Submitted with a W3C trace context, as any traced producer sends it.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut submit = tonic::Request::new(v1::SubmitRequest {
+        task: SPAWN.into(),
+        args: Some(v1::submit_request::Args::ArgsProto(
+            SpawnArgs {
+                count: 3,
+                label: "kin".into(),
+                child_millis: 10,
+                fail_first: true,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        )),
+        ..Default::default()
+    });
+    submit.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace}-00f067aa0ba902b7-01").parse()?,
+    );
+    let parent_id = v1::tasks_client::TasksClient::connect(gateway.url().to_owned())
+        .await?
+        .submit(submit)
+        .await?
+        .into_inner()
+        .task_id;
+    let done = client.wait(&parent_id, WAIT, false).await?;
+    assert_eq!(done.state(), TaskState::Succeeded, "{done:?}");
+    let result = SpawnResult::decode(done.result.as_slice())?;
     assert_eq!(result.attempt, 2, "the first attempt failed");
     assert_eq!(result.children.len(), 3);
 
-    let info = client.get(parent.id(), false).await?;
+    let info = client.get(&parent_id, false).await?;
+    assert_eq!(info.trace_id, trace);
     assert!(
         info.parent_id.is_empty(),
         "a task submitted by a client has no parent"
@@ -70,7 +89,7 @@ async fn children_record_their_parent_and_a_retried_parent_finds_them() -> anyho
             "child {i} ran once"
         );
         let child = client.get(id, false).await?;
-        assert_eq!(child.parent_id, parent.id());
+        assert_eq!(child.parent_id, parent_id);
         assert!(child.children.is_empty());
         assert_eq!(
             child.trace_id, info.trace_id,
