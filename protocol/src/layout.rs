@@ -54,6 +54,10 @@ pub const SCHEDULES_BUCKET: &str = "TASKWIRE_SCHEDULES";
 /// KV bucket of task limits set through the Admin API, by task token.
 pub const LIMITS_BUCKET: &str = "TASKWIRE_LIMITS";
 
+/// KV bucket of paused queues: key the task token, value a `taskwire.v1.QueuePause` naming the
+/// priorities paused; every worker follows it.
+pub const PAUSED_BUCKET: &str = "TASKWIRE_PAUSED";
+
 /// KV bucket of the slots of tasks with a concurrency limit: `<task token>.<n>`, held by the
 /// worker running a task and refreshed while it runs; a dead worker's slot runs out.
 pub const SLOTS_BUCKET: &str = "TASKWIRE_SLOTS";
@@ -285,7 +289,7 @@ impl Settings {
         }
     }
 
-    pub(crate) fn limits_buckets(&self) -> [kv::Config; 4] {
+    pub(crate) fn limits_buckets(&self) -> [kv::Config; 5] {
         let bucket = |name: &str, description: &str, max_age: Duration| kv::Config {
             bucket: name.into(),
             description: description.into(),
@@ -315,6 +319,11 @@ impl Settings {
                 WORKERS_BUCKET,
                 "taskwire: heartbeats of live workers",
                 WORKER_TTL,
+            ),
+            bucket(
+                PAUSED_BUCKET,
+                "taskwire: queues paused through the Admin API",
+                Duration::ZERO,
             ),
         ]
     }

@@ -10,6 +10,7 @@
 //! | results | stream `TASKWIRE_RESULTS`, `taskwire.results.<id>.<token>`, one message per task id, kept for the result TTL; each stored result republished on `taskwire.stored.results.<partition>.<id>.<token>` for the gateway that waits |
 //! | state changes | stream `TASKWIRE_EVENTS`, `taskwire.events.<id>.<task>` |
 //! | dead letters | stream `TASKWIRE_DEAD`, `taskwire.dead.<id>.<task>`: the task as submitted, with the reason and last error |
+//! | paused queues | KV bucket `TASKWIRE_PAUSED`, key `<task>`, value a `taskwire.v1.QueuePause` (the priorities paused); workers follow it |
 //! | task types | KV bucket `TASKWIRE_REGISTRY`, key `<task>`, value a `taskwire.v1.TaskType` |
 //! | schema versions seen | KV bucket `TASKWIRE_SCHEMAS`, key `<task>.<fingerprint>` (gateways only) |
 //! | result partitions held | KV bucket `TASKWIRE_GATEWAYS`, key `partition-<n>`, kept while its gateway lives (gateways only) |
@@ -28,6 +29,7 @@ mod layout;
 mod message;
 mod open;
 pub mod partition;
+pub mod pause;
 pub mod ports;
 pub mod retry;
 mod store;
@@ -38,9 +40,9 @@ pub mod workflow;
 pub use connect::{NatsAuth, Refusals, servers};
 pub use layout::{
     CANCELLED_BUCKET, DEAD_STREAM, EVENTS_STREAM, Error, GATEWAY_TTL, GATEWAYS_BUCKET,
-    LIMITS_BUCKET, MAX_TASK_CONSUMERS, PRIORITIES, RATES_BUCKET, REGISTRY_BUCKET, RESULTS_STREAM,
-    SCHEDULES_BUCKET, SCHEMAS_BUCKET, SLOT_LEASE, SLOTS_BUCKET, Settings, TASKS_STREAM, WORKER_TTL,
-    WORKERS_BUCKET, WORKFLOWS_STREAM, consumer_name, priority_name,
+    LIMITS_BUCKET, MAX_TASK_CONSUMERS, PAUSED_BUCKET, PRIORITIES, RATES_BUCKET, REGISTRY_BUCKET,
+    RESULTS_STREAM, SCHEDULES_BUCKET, SCHEMAS_BUCKET, SLOT_LEASE, SLOTS_BUCKET, Settings,
+    TASKS_STREAM, WORKER_TTL, WORKERS_BUCKET, WORKFLOWS_STREAM, consumer_name, priority_name,
 };
 pub use message::{
     DeadLetter, DeadReason, Event, MessageError, Overrides, ResultMessage, TaskMessage,

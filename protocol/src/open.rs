@@ -39,6 +39,8 @@ pub struct Broker {
     pub rates: kv::Store,
     /// `TASKWIRE_WORKERS`.
     pub workers: kv::Store,
+    /// `TASKWIRE_PAUSED`.
+    pub paused: kv::Store,
     /// How long results are kept at most.
     pub result_ttl: Duration,
     /// Whether the tasks stream takes message schedules (it does unless a queue limit is set).
@@ -80,8 +82,9 @@ impl Broker {
         let registry = ensure_bucket(&jetstream, settings.registry_bucket()).await?;
         let cancelled = ensure_bucket(&jetstream, settings.cancelled_bucket()).await?;
         let schedules = ensure_bucket(&jetstream, settings.schedules_bucket()).await?;
-        let [limits, slots, rates, workers] = settings.limits_buckets();
+        let [limits, slots, rates, workers, paused] = settings.limits_buckets();
         let workers = ensure_bucket(&jetstream, workers).await?;
+        let paused = ensure_bucket(&jetstream, paused).await?;
         let limits = ensure_bucket(&jetstream, limits).await?;
         let slots = ensure_bucket(&jetstream, slots).await?;
         let rates = ensure_bucket(&jetstream, rates).await?;
@@ -99,6 +102,7 @@ impl Broker {
             slots,
             rates,
             workers,
+            paused,
             result_ttl: settings.result_ttl,
             message_schedules,
             reads: Reads::for_replicas(settings.replicas),

@@ -232,7 +232,137 @@ conformance!(
     a_letter_left_behind_by_a_replay_goes_with_the_next,
     a_retried_parent_finds_its_children,
     a_parent_waits_for_its_children_holding_no_worker,
+    a_paused_queue_starts_nothing_until_resumed,
 );
+
+/// Whether every worker holds exactly `queues` (`<task>:<priority>`) paused.
+async fn workers_hold(system: &System, queues: &[String]) -> bool {
+    let Ok(workers) = system.client.workers().await else {
+        return false;
+    };
+    let mut want = queues.to_vec();
+    want.sort();
+    workers.len() == system.workers.len()
+        && workers.iter().all(|w| {
+            let mut held = w.paused.clone();
+            held.sort();
+            held == want
+        })
+}
+
+/// While two task types are paused no task of theirs starts: not one stored meanwhile, one
+/// that comes due (a delay), one whose retry comes due, nor a keyed one submitted twice; one
+/// cancelled meanwhile never runs. Resumed, each runs once, a put-back using no attempt.
+async fn a_paused_queue_starts_nothing_until_resumed(runtime: Runtime) -> anyhow::Result<()> {
+    let system = System::start(runtime, 2).await?;
+    // A task whose first attempt fails, retried 2 s later: while its queue is paused.
+    let flaky = FlakyArgs {
+        succeed_on_attempt: 2,
+        ..Default::default()
+    };
+    let retried = system
+        .submit(
+            FLAKY,
+            &flaky,
+            SubmitOptions::default().backoff(Duration::from_secs(2), Duration::from_secs(2)),
+        )
+        .await?
+        .task_id;
+    let deadline = Instant::now() + WAIT;
+    while !system.runs()?.contains_key(&retried) {
+        anyhow::ensure!(Instant::now() < deadline, "the flaky task never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for task in [SLEEP, FLAKY] {
+        system.client.pause_queue(task, &[], "conformance").await?;
+    }
+    let held: Vec<String> = [SLEEP, FLAKY]
+        .iter()
+        .flat_map(|t| ["high", "normal", "low"].map(|p| format!("{t}:{p}")))
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while !workers_hold(&system, &held).await {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the workers did not hold the pause"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let paused_at = SystemTime::now();
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let id = system
+            .submit(
+                SLEEP,
+                &sleep(10, &format!("paused-{i}")),
+                SubmitOptions::default(),
+            )
+            .await?
+            .task_id;
+        ids.push(id);
+    }
+    let delayed = SubmitOptions::default().countdown(Duration::from_millis(500));
+    ids.push(
+        system
+            .submit(SLEEP, &sleep(10, "paused-delayed"), delayed)
+            .await?
+            .task_id,
+    );
+    let keyed = || SubmitOptions::default().idempotency_key("paused-key");
+    let first = system
+        .submit(SLEEP, &sleep(10, "paused-keyed"), keyed())
+        .await?;
+    let again = system
+        .submit(SLEEP, &sleep(10, "paused-keyed"), keyed())
+        .await?;
+    assert_eq!(first.task_id, again.task_id);
+    assert!(again.duplicate);
+    ids.push(first.task_id);
+    let cancelled = system
+        .submit(
+            SLEEP,
+            &sleep(10, "paused-cancelled"),
+            SubmitOptions::default(),
+        )
+        .await?
+        .task_id;
+    system.client.cancel(&cancelled).await?;
+    // Past the delay and the retry's backoff.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let resumed_at = SystemTime::now();
+    let during: Vec<_> = system
+        .runs()?
+        .into_iter()
+        .flat_map(|(id, runs)| runs.into_iter().map(move |r| (id.clone(), r)))
+        .filter(|(_, r)| r.start >= paused_at && r.start <= resumed_at)
+        .collect();
+    assert!(during.is_empty(), "started while paused: {during:?}");
+    for task in [SLEEP, FLAKY] {
+        let resumed = system.client.resume_queue(task, &[]).await?;
+        assert!(resumed.pause.unwrap_or_default().priorities.is_empty());
+    }
+
+    for id in &ids {
+        let info = system.client.wait(id, WAIT, false).await?;
+        assert_eq!(info.state(), TaskState::Succeeded, "{info:?}");
+    }
+    let info = system.client.wait(&retried, WAIT, false).await?;
+    assert_eq!(info.state(), TaskState::Succeeded, "{info:?}");
+    let runs = system.runs()?;
+    for id in &ids {
+        let attempts: Vec<u32> = runs[id].iter().map(|r| r.attempt).collect();
+        assert_eq!(attempts, [1], "{id}");
+    }
+    let attempts: Vec<u32> = runs[&retried].iter().map(|r| r.attempt).collect();
+    assert_eq!(attempts, [1, 2]);
+    assert!(!runs.contains_key(&cancelled), "the cancelled task ran");
+    assert_eq!(
+        system.client.get(&cancelled, false).await?.state(),
+        TaskState::Cancelled
+    );
+    Ok(())
+}
 
 /// A task submits children from its context; its second attempt submits them again and finds
 /// them: each child is stored and runs once, and records its parent.

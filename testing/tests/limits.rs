@@ -140,3 +140,183 @@ async fn a_rate_limit_paces_starts_across_workers() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+const SLEEP: &str = "examples.chaos.v1.Chaos/Sleep";
+
+/// Whether every live worker serving Sleep holds the queues `queues` paused, and no other.
+async fn workers_hold(client: &Client, queues: &[&str]) -> bool {
+    let Ok(workers) = client.workers().await else {
+        return false;
+    };
+    let mut want: Vec<String> = queues.iter().map(|q| format!("{SLEEP}:{q}")).collect();
+    want.sort();
+    !workers.is_empty()
+        && workers.iter().all(|w| {
+            let mut held = w.paused.clone();
+            held.sort();
+            held == want
+        })
+}
+
+async fn state_of(client: &Client, id: &str) -> anyhow::Result<v1::TaskState> {
+    Ok(client.get(id, false).await?.state())
+}
+
+/// A paused queue starts nothing (what runs finishes, Submit still stores, a delayed task that
+/// comes due waits), one priority can be resumed alone, and every task then runs once, in its
+/// first attempt. Bad pauses are refused naming what to fix.
+#[tokio::test]
+async fn a_paused_queue_starts_nothing_until_resumed() -> anyhow::Result<()> {
+    use taskwire_client::SubmitOptions;
+    use taskwire_testing::eventually;
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::chaos()).concurrency(10)).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let sleep = |millis: u64| format!(r#"{{"millis":{millis}}}"#);
+
+    // A task running when the queue is paused finishes.
+    let running = client
+        .submit_json(SLEEP, &sleep(1500), SubmitOptions::default())
+        .await?
+        .task_id;
+    eventually("the first task runs", WAIT, || async {
+        state_of(&client, &running)
+            .await
+            .is_ok_and(|s| s == v1::TaskState::Running)
+    })
+    .await?;
+    let paused = client.pause_queue(SLEEP, &[], "maintenance").await?;
+    let pause = paused.pause.unwrap_or_default();
+    assert_eq!(
+        pause.priorities().collect::<Vec<_>>(),
+        [v1::Priority::High, v1::Priority::Normal, v1::Priority::Low]
+    );
+    assert_eq!(pause.reason, "maintenance");
+    eventually("the worker holds the queue paused", WAIT, || {
+        workers_hold(&client, &["high", "normal", "low"])
+    })
+    .await?;
+    let done = client.wait(&running, WAIT, false).await?;
+    assert_eq!(done.state(), v1::TaskState::Succeeded, "{done:?}");
+
+    // Stored while paused, at two priorities and with a delay that comes due meanwhile.
+    let mut normal = Vec::new();
+    for _ in 0..3 {
+        normal.push(
+            client
+                .submit_json(SLEEP, &sleep(10), SubmitOptions::default())
+                .await?
+                .task_id,
+        );
+    }
+    normal.push(
+        client
+            .submit_json(
+                SLEEP,
+                &sleep(10),
+                SubmitOptions::default().countdown(Duration::from_millis(500)),
+            )
+            .await?
+            .task_id,
+    );
+    let high = client
+        .submit_json(
+            SLEEP,
+            &sleep(10),
+            SubmitOptions::default().priority(v1::Priority::High),
+        )
+        .await?
+        .task_id;
+    // A while for anything that would start to start.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in normal.iter().chain([&high]) {
+        let state = state_of(&client, id).await?;
+        assert!(
+            matches!(state, v1::TaskState::Queued | v1::TaskState::Scheduled),
+            "{id} is {state:?} while its queue is paused"
+        );
+    }
+    let queues = client.queues().await?;
+    let sleeps: Vec<_> = queues.iter().filter(|q| q.task == SLEEP).collect();
+    assert_eq!(sleeps.len(), 3, "{queues:?}");
+    assert!(
+        sleeps
+            .iter()
+            .all(|q| q.paused && q.paused_reason == "maintenance" && q.paused_since.is_some()),
+        "{sleeps:?}"
+    );
+    let waiting = |priority: &str| {
+        sleeps
+            .iter()
+            .find(|q| q.priority == priority)
+            .map_or(0, |q| q.queued + q.in_flight)
+    };
+    assert_eq!((waiting("normal"), waiting("high")), (4, 1), "{sleeps:?}");
+
+    // Resumed at high only: its task runs, the normal ones still wait.
+    let resumed = client.resume_queue(SLEEP, &[v1::Priority::High]).await?;
+    assert_eq!(
+        resumed
+            .pause
+            .unwrap_or_default()
+            .priorities()
+            .collect::<Vec<_>>(),
+        [v1::Priority::Normal, v1::Priority::Low]
+    );
+    let info = client.wait(&high, WAIT, false).await?;
+    assert_eq!(info.state(), v1::TaskState::Succeeded, "{info:?}");
+    assert_eq!(info.attempt, 1);
+    eventually("the worker holds normal and low paused", WAIT, || {
+        workers_hold(&client, &["normal", "low"])
+    })
+    .await?;
+    for id in &normal {
+        let state = state_of(&client, id).await?;
+        assert!(
+            matches!(state, v1::TaskState::Queued | v1::TaskState::Scheduled),
+            "{id} is {state:?} while normal is paused"
+        );
+    }
+
+    // Resumed everywhere: each runs once, in its first attempt.
+    let resumed = client.resume_queue(SLEEP, &[]).await?;
+    assert!(resumed.pause.unwrap_or_default().priorities.is_empty());
+    for id in &normal {
+        let info = client.wait(id, WAIT, false).await?;
+        assert_eq!(info.state(), v1::TaskState::Succeeded, "{info:?}");
+        assert_eq!(info.attempt, 1, "{info:?}");
+    }
+    assert!(
+        client
+            .queues()
+            .await?
+            .iter()
+            .all(|q| !q.paused && q.paused_reason.is_empty())
+    );
+    // Resuming a running queue changes nothing.
+    let again = client.resume_queue(SLEEP, &[]).await?;
+    assert!(again.pause.unwrap_or_default().priorities.is_empty());
+
+    // Bad pauses: nothing is stored.
+    let unknown = client
+        .pause_queue("examples.chaos.v1.Chaos/Nope", &[], "")
+        .await
+        .expect_err("an unknown task type");
+    assert!(unknown.to_string().contains("Nope"), "{unknown}");
+    let long = client
+        .pause_queue(SLEEP, &[], &"x".repeat(201))
+        .await
+        .expect_err("a long reason");
+    assert!(long.to_string().contains("at most 200"), "{long}");
+    let unspecified = client
+        .pause_queue(SLEEP, &[v1::Priority::Unspecified], "")
+        .await
+        .expect_err("an unspecified priority");
+    assert!(
+        unspecified.to_string().contains("PRIORITY_HIGH"),
+        "{unspecified}"
+    );
+    assert!(client.queues().await?.iter().all(|q| !q.paused));
+    Ok(())
+}

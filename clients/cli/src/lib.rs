@@ -86,6 +86,9 @@ pub enum Command {
     Workflow(cmd::workflow::WorkflowCommand),
     /// Show a task type's cluster-wide limits, or set them (overriding its proto options).
     Limits(cmd::limits::Limits),
+    /// Pause or resume a task type's queue: workers start none of its tasks while it is paused.
+    #[command(subcommand)]
+    Queue(cmd::queue::QueueCommand),
     /// Look at the system: queues, workers, one task.
     #[command(subcommand)]
     Inspect(cmd::inspect::InspectCommand),
@@ -136,6 +139,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Tasks => cmd::types::list(&connect(&gateway).await?).await,
         Command::Limits(args) => cmd::limits::run(&connect(&gateway).await?, args).await,
         Command::Inspect(command) => cmd::inspect::run(&connect(&gateway).await?, command).await,
+        Command::Queue(command) => cmd::queue::run(&connect(&gateway).await?, command).await,
         Command::Schedule(command) => cmd::schedule::run(&connect(&gateway).await?, command).await,
         Command::Workflow(command) => cmd::workflow::run(&connect(&gateway).await?, command).await,
         Command::Dead(command) => cmd::dead::run(&connect(&gateway).await?, command).await,

@@ -87,6 +87,35 @@ impl Client {
             .into_inner())
     }
 
+    /// Pauses a task type's queue at `priorities` (none: every priority): workers start none
+    /// of its tasks until it is resumed; what runs finishes, and Submit still stores.
+    pub async fn pause_queue(
+        &self,
+        task: &str,
+        priorities: &[v1::Priority],
+        reason: &str,
+    ) -> Result<v1::QueuePauseResponse, Error> {
+        let request = v1::PauseQueueRequest {
+            task: task.to_owned(),
+            priorities: priorities.iter().map(|p| *p as i32).collect(),
+            reason: reason.to_owned(),
+        };
+        Ok(self.admin.clone().pause_queue(request).await?.into_inner())
+    }
+
+    /// Resumes a paused queue at `priorities` (none: every priority).
+    pub async fn resume_queue(
+        &self,
+        task: &str,
+        priorities: &[v1::Priority],
+    ) -> Result<v1::QueuePauseResponse, Error> {
+        let request = v1::ResumeQueueRequest {
+            task: task.to_owned(),
+            priorities: priorities.iter().map(|p| *p as i32).collect(),
+        };
+        Ok(self.admin.clone().resume_queue(request).await?.into_inner())
+    }
+
     /// The workers alive now.
     pub async fn workers(&self) -> Result<Vec<v1::WorkerInfo>, Error> {
         Ok(self

@@ -137,6 +137,30 @@ impl v1::admin_server::Admin for AdminService {
         Ok(Response::new(self.gateway.history(&id).await?))
     }
 
+    async fn pause_queue(
+        &self,
+        request: Request<v1::PauseQueueRequest>,
+    ) -> Result<Response<v1::QueuePauseResponse>, Status> {
+        let req = request.into_inner();
+        let paused = self
+            .gateway
+            .set_queue_paused(&req.task, &req.priorities, true, &req.reason)
+            .await?;
+        Ok(Response::new(paused))
+    }
+
+    async fn resume_queue(
+        &self,
+        request: Request<v1::ResumeQueueRequest>,
+    ) -> Result<Response<v1::QueuePauseResponse>, Status> {
+        let req = request.into_inner();
+        let paused = self
+            .gateway
+            .set_queue_paused(&req.task, &req.priorities, false, "")
+            .await?;
+        Ok(Response::new(paused))
+    }
+
     async fn list_task_types(
         &self,
         _request: Request<v1::ListTaskTypesRequest>,

@@ -35,6 +35,8 @@ pub(crate) fn routes(gateway: Arc<Gateway>) -> axum::Router {
         )
         .route("/api/workflows/{id}", axum::routing::get(workflow))
         .route("/api/dead/{id}/replay", axum::routing::post(replay))
+        .route("/api/queues/pause", axum::routing::post(pause))
+        .route("/api/queues/resume", axum::routing::post(resume))
         .with_state(gateway)
 }
 
@@ -102,6 +104,70 @@ async fn replay(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> 
     }
 }
 
+/// A queue to pause or resume: the task type, and one priority or none for all.
+#[derive(serde::Deserialize)]
+struct QueueChange {
+    task: String,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default)]
+    reason: String,
+}
+
+impl QueueChange {
+    fn priorities(&self) -> Result<Vec<i32>, Error> {
+        let priority = match self.priority.as_deref() {
+            None | Some("") => return Ok(Vec::new()),
+            Some("high") => v1::Priority::High,
+            Some("normal") => v1::Priority::Normal,
+            Some("low") => v1::Priority::Low,
+            Some(other) => {
+                return Err(Error::BadRequest(format!(
+                    "priority {other:?} is not high, normal or low"
+                )));
+            }
+        };
+        Ok(vec![priority as i32])
+    }
+}
+
+async fn pause(
+    State(gateway): State<Arc<Gateway>>,
+    axum::Json(change): axum::Json<QueueChange>,
+) -> Response {
+    change_pause(&gateway, &change, true).await
+}
+
+async fn resume(
+    State(gateway): State<Arc<Gateway>>,
+    axum::Json(change): axum::Json<QueueChange>,
+) -> Response {
+    change_pause(&gateway, &change, false).await
+}
+
+async fn change_pause(gateway: &Gateway, change: &QueueChange, paused: bool) -> Response {
+    let priorities = match change.priorities() {
+        Ok(p) => p,
+        Err(e) => return failure(e),
+    };
+    match gateway
+        .set_queue_paused(&change.task, &priorities, paused, &change.reason)
+        .await
+    {
+        Ok(done) => {
+            let priorities: Vec<&str> = done
+                .pause
+                .unwrap_or_default()
+                .priorities()
+                .map(broker::priority_name)
+                .collect();
+            axum::Json(serde_json::json!({ "task": done.task, "paused": priorities }))
+                .into_response()
+        }
+        Err(e) => failure(e),
+    }
+}
+
 impl Gateway {
     async fn overview(&self) -> Result<serde_json::Value, Error> {
         let live = self.workers().await?;
@@ -116,6 +182,8 @@ impl Gateway {
                     "dead_letters": q.dead_letters, "workers": q.workers,
                     "delivered_total": q.delivered_total,
                     "oldest_waiting_seconds": seconds(&q.oldest_waiting),
+                    "paused": q.paused, "paused_since": time(&q.paused_since),
+                    "paused_reason": q.paused_reason,
                 })
             })
             .collect();

@@ -50,6 +50,7 @@ pub(crate) struct Metrics {
     queued: Family<QueueLabels, Gauge>,
     in_flight: Family<QueueLabels, Gauge>,
     redelivered: Family<QueueLabels, Gauge>,
+    paused: Family<QueueLabels, Gauge>,
     dead: Family<TaskLabel, Gauge>,
     workers: Gauge,
 }
@@ -72,6 +73,7 @@ impl Metrics {
             queued: Family::default(),
             in_flight: Family::default(),
             redelivered: Family::default(),
+            paused: Family::default(),
             dead: Family::default(),
             workers: Gauge::default(),
             registry: Registry::default(),
@@ -105,6 +107,11 @@ impl Metrics {
             "tasks_redelivered",
             "Tasks in flight that were delivered more than once, by task and priority",
             metrics.redelivered.clone(),
+        );
+        registry.register(
+            "queue_paused",
+            "1 while the queue is paused through the Admin API, by task and priority",
+            metrics.paused.clone(),
         );
         registry.register(
             "dead_letters",
@@ -159,6 +166,10 @@ impl Gateway {
                     priority: q.priority.clone(),
                 };
                 metrics.queued.get_or_create(&labels).set(q.queued as i64);
+                metrics
+                    .paused
+                    .get_or_create(&labels)
+                    .set(i64::from(q.paused));
                 metrics
                     .in_flight
                     .get_or_create(&labels)
@@ -247,13 +258,22 @@ impl Gateway {
         while let Some(Ok((_, count))) = subjects.next().await {
             dead += count as u64;
         }
+        let pause = self.pause_of(name).await?;
         let mut queues = Vec::with_capacity(broker::PRIORITIES.len());
         for priority in broker::PRIORITIES {
             let consumer = broker::consumer_name(name, priority);
+            let paused = crate::pauses::holds(pause.as_ref(), priority);
             let mut queue = v1::QueueInfo {
                 task: name.to_string(),
                 priority: broker::priority_name(priority).to_owned(),
                 workers: serving,
+                paused,
+                paused_since: pause.as_ref().filter(|_| paused).and_then(|p| p.since),
+                paused_reason: pause
+                    .as_ref()
+                    .filter(|_| paused)
+                    .map(|p| p.reason.clone())
+                    .unwrap_or_default(),
                 ..Default::default()
             };
             match self.broker.tasks.consumer_info(&consumer).await {
@@ -420,7 +440,21 @@ pub(crate) fn serve_http(
                             )
                                 .into_response()
                         }
-                        _ => next.run(request).await,
+                        _ => {
+                            let mut response = next.run(request).await;
+                            // No other site may frame the pages, so that none can make a
+                            // click on a confirmation its own.
+                            let headers = response.headers_mut();
+                            headers.insert(
+                                http::header::CONTENT_SECURITY_POLICY,
+                                http::HeaderValue::from_static("frame-ancestors 'self'"),
+                            );
+                            headers.insert(
+                                http::header::X_FRAME_OPTIONS,
+                                http::HeaderValue::from_static("SAMEORIGIN"),
+                            );
+                            response
+                        }
                     }
                 }
             },

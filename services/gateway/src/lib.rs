@@ -24,6 +24,7 @@ pub mod direct;
 mod error;
 mod inspect;
 mod measure;
+mod pauses;
 pub mod payload;
 mod reads;
 mod reflection;

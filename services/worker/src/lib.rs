@@ -37,6 +37,7 @@ mod cancels;
 mod children;
 mod limits;
 mod metrics;
+mod pauses;
 mod progress;
 mod pull;
 mod rates;
@@ -106,6 +107,8 @@ pub enum Error {
     Metrics(String),
     #[error("cannot read the task limits: {0}")]
     Limits(String),
+    #[error("cannot read the paused queues: {0}")]
+    Pauses(String),
     #[error("cannot watch the cancellations bucket: {0}")]
     Cancellations(String),
     #[error("cannot pull tasks of {task}: {reason}")]

@@ -264,6 +264,7 @@ pub(crate) fn heartbeat(
     tasks: Vec<String>,
     version: String,
     upstream: Option<crate::upstream::Health>,
+    pauses: Arc<crate::pauses::Pauses>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let id = uuid::Uuid::now_v7().simple().to_string();
@@ -273,6 +274,9 @@ pub(crate) fn heartbeat(
         .unwrap_or_else(|_| "unknown".to_owned());
     tokio::spawn(async move {
         let every = broker::WORKER_TTL / 3;
+        // A pause or resume is told at once, so that whoever paused a queue can see every
+        // worker holds it.
+        let mut pause_changes = pauses.changes();
         loop {
             let info = v1::WorkerInfo {
                 id: id.clone(),
@@ -290,6 +294,7 @@ pub(crate) fn heartbeat(
                     .and_then(crate::upstream::Health::down)
                     .map(|why| format!("the upstream does not answer: {why}"))
                     .unwrap_or_default(),
+                paused: pauses.describe(&tasks),
             };
             if let Err(e) = broker
                 .workers
@@ -301,6 +306,7 @@ pub(crate) fn heartbeat(
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(every) => {}
+                _ = pause_changes.changed() => {}
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), broker.workers.purge(&id)).await;

@@ -112,6 +112,7 @@ pub(crate) async fn pull_loop(
     let mut idle = true;
     // Ends the normal level's waiting pull when the loop wants its slots back.
     let mut normal_end = CancellationToken::new();
+    let mut pause_changes = served.pauses.changes();
     loop {
         // While the upstream that runs the tasks does not answer, nothing is pulled.
         if let Some(health) = &served.upstream
@@ -119,6 +120,15 @@ pub(crate) async fn pull_loop(
             && !health.up(&stop).await
         {
             return;
+        }
+        // A queue paused at every level: nothing is pulled until it is resumed.
+        pause_changes.borrow_and_update();
+        let paused = served.pauses.levels(&served.task.name);
+        if paused == [true; 3] {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = pause_changes.changed() => continue,
+            }
         }
         let first = tokio::select! {
             () = stop.cancelled() => return,
@@ -170,7 +180,7 @@ pub(crate) async fn pull_loop(
             if reserved.num_permits() == 0 {
                 break;
             }
-            if level != NORMAL && now < quiet_until[level] {
+            if (level != NORMAL && now < quiet_until[level]) || paused[level] {
                 continue;
             }
             let fetched = consumers[level]
@@ -195,7 +205,7 @@ pub(crate) async fn pull_loop(
                 match next {
                     Ok(message) => {
                         got += 1;
-                        start(&served, &tracker, &mut reserved, &mut grant, message).await;
+                        start(&served, &tracker, &mut reserved, &mut grant, level, message).await;
                     }
                     Err(e) => {
                         tracing::debug!(task = %served.task.name, error = %e, "pull interrupted");
@@ -224,6 +234,15 @@ pub(crate) async fn pull_loop(
             // Too few slots for a waiting pull at every level and the loop's own look: wait on
             // the normal level for a moment, look at the others in the next round.
             quiet_until = [Instant::now(); 3];
+            if paused[NORMAL] {
+                drop(reserved);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(IDLE_LOOK) => {}
+                    _ = pause_changes.changed() => {}
+                }
+                continue;
+            }
             wait_on_normal(
                 &served,
                 &consumers[NORMAL],
@@ -244,13 +263,21 @@ pub(crate) async fn pull_loop(
         // one task each, in a slot of their own; normal, where most tasks arrive, in every other
         // free slot, starting tasks as they come without waking the loop.
         waiting.idle.store(true, Ordering::Release);
+        // A paused level gets no waiting pull (one made before the pause ends by itself).
+        let unwatched = |waiting: &Waiting| {
+            let paused = served.pauses.levels(&served.task.name);
+            IDLE_ORDER.iter().any(|l| !paused[*l] && !waiting.at(*l))
+        };
         for level in IDLE_ORDER {
-            if waiting.at(level) {
+            if waiting.at(level) || paused[level] {
                 continue;
             }
             let permits = if level == NORMAL {
                 // Less a slot for each of the other levels that still needs one.
-                let others = [0, 2].iter().filter(|l| !waiting.at(**l)).count();
+                let others = [0, 2]
+                    .iter()
+                    .filter(|l| !waiting.at(**l) && !paused[**l])
+                    .count();
                 slots
                     .available_permits()
                     .saturating_sub(others)
@@ -286,16 +313,18 @@ pub(crate) async fn pull_loop(
             ));
         }
         // (A level without one, its slot still taken by a task, is looked at every IDLE_LOOK.)
-        let unwatched = IDLE_ORDER.iter().any(|l| !waiting.at(*l));
+        let looks = unwatched(&waiting);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = waiting.woke.notified() => {}
-                () = tokio::time::sleep(IDLE_LOOK), if unwatched => {}
+                () = tokio::time::sleep(IDLE_LOOK), if looks => {}
+                // Paused or resumed: every level is looked at again.
+                _ = pause_changes.changed() => break,
             }
             // A watcher that signals has left its level first: with every level still watched,
             // the signal is an old one (left while the loop was busy) and there is nothing to do.
-            if IDLE_ORDER.iter().any(|l| !waiting.at(*l)) {
+            if unwatched(&waiting) {
                 break;
             }
         }
@@ -352,7 +381,9 @@ async fn wait_on_normal(
             next = messages.next() => next,
         };
         match next {
-            Some(Ok(message)) => start(served, tracker, &mut reserved, grant, message).await,
+            Some(Ok(message)) => {
+                start(served, tracker, &mut reserved, grant, NORMAL, message).await;
+            }
             Some(Err(e)) => {
                 tracing::debug!(task = %served.task.name, error = %e, "pull interrupted");
                 return;
@@ -389,6 +420,7 @@ async fn wait_at(
     mut connects: tokio::sync::watch::Receiver<u64>,
 ) {
     let limited = served.limits.limited(&served.task);
+    let mut pause_changes = served.pauses.changes();
     let mut started = 0usize;
     'pulls: while started == 0
         && reserved.num_permits() > 0
@@ -437,6 +469,14 @@ async fn wait_at(
                     again_now = true;
                     break;
                 }
+                _ = pause_changes.changed() => {
+                    if served.pauses.paused(&served.task.name, level) {
+                        // Paused: no task is taken here until it is resumed.
+                        release_prefetched(&served, &mut messages).await;
+                        break 'pulls;
+                    }
+                    continue;
+                }
                 () = tokio::time::sleep_until(bound) => break,
                 next = messages.next() => next,
             };
@@ -450,7 +490,8 @@ async fn wait_at(
                     };
                     match grant {
                         Some(mut grant) => {
-                            start(&served, &tracker, &mut reserved, &mut grant, message).await;
+                            start(&served, &tracker, &mut reserved, &mut grant, level, message)
+                                .await;
                         }
                         None => {
                             let _ = message.ack_with(AckKind::Nak(None)).await;
@@ -489,14 +530,23 @@ async fn wait_at(
     }
 }
 
-/// Starts a pulled task in one of the reserved slots.
+/// How long a task handed over as its queue was paused stays back before it comes again.
+pub(crate) const PAUSED_BACK: Duration = Duration::from_secs(1);
+
+/// Starts a pulled task (of the priority `level`) in one of the reserved slots.
 pub(crate) async fn start(
     served: &Arc<Served>,
     tracker: &TaskTracker,
     reserved: &mut tokio::sync::OwnedSemaphorePermit,
     grant: &mut Grant,
+    level: usize,
     message: jetstream::Message,
 ) {
+    if served.pauses.paused(&served.task.name, level) {
+        // Its queue was paused as it was handed over: back unstarted, no attempt used.
+        let _ = message.ack_with(AckKind::Nak(Some(PAUSED_BACK))).await;
+        return;
+    }
     let Some(slot) = reserved.split(1) else {
         // More than asked for: hand it back.
         let _ = message.ack_with(AckKind::Nak(None)).await;

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::cancels::Cancels;
 use crate::limits::Limits;
 use crate::metrics::{self, Metrics};
+use crate::pauses::Pauses;
 use crate::pull::{IDLE_PULL, NORMAL, PULL_SLACK, pull_loop};
 use crate::{Builder, Error};
 
@@ -31,6 +32,7 @@ pub(crate) struct Served {
     pub(crate) on_result: Option<crate::ResultHook>,
     pub(crate) cancels: Arc<Cancels>,
     pub(crate) limits: Arc<Limits>,
+    pub(crate) pauses: Arc<Pauses>,
     pub(crate) metrics: Arc<Metrics>,
     /// The counters of this task type.
     pub(crate) task_metrics: metrics::TaskMetrics,
@@ -130,6 +132,7 @@ pub(crate) async fn run(
     )
     .await?;
     let limits = Limits::start(broker.clone(), stop.clone(), &refusals).await?;
+    let pauses = Pauses::start(&broker, stop.clone(), &refusals).await?;
     let metrics = Metrics::new();
     // Ends with the worker, after the drain.
     let done = CancellationToken::new();
@@ -174,6 +177,7 @@ pub(crate) async fn run(
             on_result: builder.on_result.clone(),
             cancels: Arc::clone(&cancels),
             limits: Arc::clone(&limits),
+            pauses: Arc::clone(&pauses),
             metrics: Arc::clone(&metrics),
             upstream: upstream_health.clone(),
         });
@@ -194,6 +198,7 @@ pub(crate) async fn run(
         served_names,
         version,
         upstream_health.clone(),
+        Arc::clone(&pauses),
         done.clone(),
     );
     if let Some(file) = &builder.ports_file {

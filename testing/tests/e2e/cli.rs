@@ -97,3 +97,92 @@ async fn cli_submits_gets_and_lists() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `taskwire queue pause|resume`: what is paused, printed as JSON and shown by `inspect`; a
+/// priority that does not exist is refused by the command line itself.
+#[tokio::test]
+async fn cli_pauses_and_resumes_a_queue() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::magic())).await?;
+    let cli = |args: &[&str]| {
+        let mut command = Command::new(bin("taskwire").expect("taskwire binary"));
+        command
+            .args(args)
+            .env("TASKWIRE_GATEWAY_URL", gateway.url())
+            .stdin(Stdio::null());
+        command
+    };
+    let json = |out: &std::process::Output| -> anyhow::Result<serde_json::Value> {
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+
+    let out = cli(&[
+        "queue",
+        "pause",
+        ADD,
+        "--priority",
+        "low",
+        "--priority",
+        "high",
+        "--reason",
+        "deploy",
+    ])
+    .output()
+    .await?;
+    let paused = json(&out)?;
+    assert_eq!(
+        paused["paused"],
+        serde_json::json!(["high", "low"]),
+        "{paused}"
+    );
+    assert_eq!(paused["reason"], "deploy");
+
+    let out = cli(&["inspect", "queues", "--json"]).output().await?;
+    anyhow::ensure!(out.status.success());
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let paused_rows: Vec<&str> = rows
+        .iter()
+        .filter(|r| r["task"] == ADD && r["paused"] == true)
+        .filter_map(|r| r["priority"].as_str())
+        .collect();
+    assert_eq!(paused_rows, ["high", "low"], "{rows:?}");
+    let out = cli(&["inspect", "queues"]).output().await?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(ADD) && l.contains("low") && l.ends_with("paused")),
+        "{table}"
+    );
+
+    // A normal task still runs.
+    let out = cli(&["submit", ADD, r#"{"arg1":1}"#, "--wait"])
+        .output()
+        .await?;
+    assert_eq!(json(&out)?, serde_json::json!({ "sum": 1 }));
+
+    let out = cli(&["queue", "resume", ADD]).output().await?;
+    let resumed = json(&out)?;
+    assert_eq!(resumed["paused"], serde_json::json!([]), "{resumed}");
+    assert_eq!(resumed["since"], serde_json::Value::Null);
+
+    let out = cli(&["queue", "pause", ADD, "--priority", "urgent"])
+        .output()
+        .await?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("urgent"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

@@ -44,6 +44,8 @@ pub async fn run(client: &Client, command: InspectCommand) -> Result<i32, Error>
                         "waiting_pulls": q.waiting_pulls, "dead_letters": q.dead_letters,
                         "workers": q.workers, "delivered_total": q.delivered_total,
                         "oldest_waiting_seconds": seconds(&q.oldest_waiting),
+                        "paused": q.paused, "paused_since": time_text(&q.paused_since),
+                        "paused_reason": q.paused_reason,
                     });
                     println!("{line}");
                 }
@@ -60,13 +62,20 @@ pub async fn run(client: &Client, command: InspectCommand) -> Result<i32, Error>
                 .unwrap_or(4)
                 .max(4);
             println!(
-                "{:width$}  {:8}  {:>8}  {:>9}  {:>11}  {:>5}  {:>7}  OLDEST",
-                "TASK", "PRIORITY", "QUEUED", "IN FLIGHT", "REDELIVERED", "DEAD", "WORKERS"
+                "{:width$}  {:8}  {:>8}  {:>9}  {:>11}  {:>5}  {:>7}  {:>6}  STATE",
+                "TASK",
+                "PRIORITY",
+                "QUEUED",
+                "IN FLIGHT",
+                "REDELIVERED",
+                "DEAD",
+                "WORKERS",
+                "OLDEST"
             );
             for q in &queues {
                 let oldest = seconds(&q.oldest_waiting);
                 println!(
-                    "{:width$}  {:8}  {:>8}  {:>9}  {:>11}  {:>5}  {:>7}  {}",
+                    "{:width$}  {:8}  {:>8}  {:>9}  {:>11}  {:>5}  {:>7}  {:>6}  {}",
                     q.task,
                     q.priority,
                     q.queued,
@@ -83,6 +92,7 @@ pub async fn run(client: &Client, command: InspectCommand) -> Result<i32, Error>
                     } else {
                         "-".to_owned()
                     },
+                    if q.paused { "paused" } else { "running" },
                 );
             }
             Ok(0)
@@ -96,6 +106,7 @@ pub async fn run(client: &Client, command: InspectCommand) -> Result<i32, Error>
                         "running": w.running, "succeeded": w.succeeded, "failed": w.failed,
                         "started_at": time_text(&w.started_at),
                         "heartbeat_at": time_text(&w.heartbeat_at), "version": w.version,
+                        "paused": w.paused,
                     });
                     println!("{line}");
                 }

@@ -7,6 +7,7 @@ pub mod health;
 pub mod inspect;
 pub mod k8s;
 pub mod limits;
+pub mod queue;
 pub mod schedule;
 pub mod submit;
 pub mod task;

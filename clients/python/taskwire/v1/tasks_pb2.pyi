@@ -349,7 +349,7 @@ class ListWorkersResponse(_message.Message):
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("id", "host", "pid", "tasks", "running", "succeeded", "failed", "started_at", "heartbeat_at", "version", "unavailable")
+    __slots__ = ("id", "host", "pid", "tasks", "running", "succeeded", "failed", "started_at", "heartbeat_at", "version", "unavailable", "paused")
     ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -361,6 +361,7 @@ class WorkerInfo(_message.Message):
     HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
     id: str
     host: str
     pid: int
@@ -372,7 +373,8 @@ class WorkerInfo(_message.Message):
     heartbeat_at: _timestamp_pb2.Timestamp
     version: str
     unavailable: str
-    def __init__(self, id: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., tasks: _Optional[_Iterable[str]] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., unavailable: _Optional[str] = ...) -> None: ...
+    paused: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., tasks: _Optional[_Iterable[str]] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., unavailable: _Optional[str] = ..., paused: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListQueuesRequest(_message.Message):
     __slots__ = ()
@@ -385,7 +387,7 @@ class ListQueuesResponse(_message.Message):
     def __init__(self, queues: _Optional[_Iterable[_Union[QueueInfo, _Mapping]]] = ...) -> None: ...
 
 class QueueInfo(_message.Message):
-    __slots__ = ("task", "priority", "queued", "in_flight", "redelivered", "waiting_pulls", "oldest_waiting", "dead_letters", "workers", "delivered_total")
+    __slots__ = ("task", "priority", "queued", "in_flight", "redelivered", "waiting_pulls", "oldest_waiting", "dead_letters", "workers", "delivered_total", "paused", "paused_since", "paused_reason")
     TASK_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
@@ -396,6 +398,9 @@ class QueueInfo(_message.Message):
     DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_SINCE_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_REASON_FIELD_NUMBER: _ClassVar[int]
     task: str
     priority: str
     queued: int
@@ -406,7 +411,46 @@ class QueueInfo(_message.Message):
     dead_letters: int
     workers: int
     delivered_total: int
-    def __init__(self, task: _Optional[str] = ..., priority: _Optional[str] = ..., queued: _Optional[int] = ..., in_flight: _Optional[int] = ..., redelivered: _Optional[int] = ..., waiting_pulls: _Optional[int] = ..., oldest_waiting: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dead_letters: _Optional[int] = ..., workers: _Optional[int] = ..., delivered_total: _Optional[int] = ...) -> None: ...
+    paused: bool
+    paused_since: _timestamp_pb2.Timestamp
+    paused_reason: str
+    def __init__(self, task: _Optional[str] = ..., priority: _Optional[str] = ..., queued: _Optional[int] = ..., in_flight: _Optional[int] = ..., redelivered: _Optional[int] = ..., waiting_pulls: _Optional[int] = ..., oldest_waiting: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dead_letters: _Optional[int] = ..., workers: _Optional[int] = ..., delivered_total: _Optional[int] = ..., paused: _Optional[bool] = ..., paused_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_reason: _Optional[str] = ...) -> None: ...
+
+class PauseQueueRequest(_message.Message):
+    __slots__ = ("task", "priorities", "reason")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    PRIORITIES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    priorities: _containers.RepeatedScalarFieldContainer[Priority]
+    reason: str
+    def __init__(self, task: _Optional[str] = ..., priorities: _Optional[_Iterable[_Union[Priority, str]]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ResumeQueueRequest(_message.Message):
+    __slots__ = ("task", "priorities")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    PRIORITIES_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    priorities: _containers.RepeatedScalarFieldContainer[Priority]
+    def __init__(self, task: _Optional[str] = ..., priorities: _Optional[_Iterable[_Union[Priority, str]]] = ...) -> None: ...
+
+class QueuePause(_message.Message):
+    __slots__ = ("priorities", "since", "reason")
+    PRIORITIES_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    priorities: _containers.RepeatedScalarFieldContainer[Priority]
+    since: _timestamp_pb2.Timestamp
+    reason: str
+    def __init__(self, priorities: _Optional[_Iterable[_Union[Priority, str]]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class QueuePauseResponse(_message.Message):
+    __slots__ = ("task", "pause")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    pause: QueuePause
+    def __init__(self, task: _Optional[str] = ..., pause: _Optional[_Union[QueuePause, _Mapping]] = ...) -> None: ...
 
 class GetTaskHistoryRequest(_message.Message):
     __slots__ = ("task_id",)

@@ -426,6 +426,16 @@ class AdminStub:
                 request_serializer=taskwire_dot_v1_dot_tasks__pb2.GetTaskHistoryRequest.SerializeToString,
                 response_deserializer=taskwire_dot_v1_dot_tasks__pb2.GetTaskHistoryResponse.FromString,
                 _registered_method=True)
+        self.PauseQueue = channel.unary_unary(
+                '/taskwire.v1.Admin/PauseQueue',
+                request_serializer=taskwire_dot_v1_dot_tasks__pb2.PauseQueueRequest.SerializeToString,
+                response_deserializer=taskwire_dot_v1_dot_tasks__pb2.QueuePauseResponse.FromString,
+                _registered_method=True)
+        self.ResumeQueue = channel.unary_unary(
+                '/taskwire.v1.Admin/ResumeQueue',
+                request_serializer=taskwire_dot_v1_dot_tasks__pb2.ResumeQueueRequest.SerializeToString,
+                response_deserializer=taskwire_dot_v1_dot_tasks__pb2.QueuePauseResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -499,6 +509,23 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseQueue(self, request, context):
+        """Pauses a task type's queue, at every priority or at those given: workers start none of its
+        tasks until it is resumed (what runs finishes), Submit still stores them. Durable and
+        cluster-wide; workers follow within a second. Pausing a paused queue changes nothing but
+        the reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeQueue(self, request, context):
+        """Resumes a paused queue, at every priority or at those given.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -546,6 +573,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetTaskHistory,
                     request_deserializer=taskwire_dot_v1_dot_tasks__pb2.GetTaskHistoryRequest.FromString,
                     response_serializer=taskwire_dot_v1_dot_tasks__pb2.GetTaskHistoryResponse.SerializeToString,
+            ),
+            'PauseQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseQueue,
+                    request_deserializer=taskwire_dot_v1_dot_tasks__pb2.PauseQueueRequest.FromString,
+                    response_serializer=taskwire_dot_v1_dot_tasks__pb2.QueuePauseResponse.SerializeToString,
+            ),
+            'ResumeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeQueue,
+                    request_deserializer=taskwire_dot_v1_dot_tasks__pb2.ResumeQueueRequest.FromString,
+                    response_serializer=taskwire_dot_v1_dot_tasks__pb2.QueuePauseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -792,6 +829,60 @@ class Admin:
             '/taskwire.v1.Admin/GetTaskHistory',
             taskwire_dot_v1_dot_tasks__pb2.GetTaskHistoryRequest.SerializeToString,
             taskwire_dot_v1_dot_tasks__pb2.GetTaskHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskwire.v1.Admin/PauseQueue',
+            taskwire_dot_v1_dot_tasks__pb2.PauseQueueRequest.SerializeToString,
+            taskwire_dot_v1_dot_tasks__pb2.QueuePauseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskwire.v1.Admin/ResumeQueue',
+            taskwire_dot_v1_dot_tasks__pb2.ResumeQueueRequest.SerializeToString,
+            taskwire_dot_v1_dot_tasks__pb2.QueuePauseResponse.FromString,
             options,
             channel_credentials,
             insecure,

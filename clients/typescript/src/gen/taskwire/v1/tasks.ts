@@ -478,6 +478,8 @@ export interface WorkerInfo {
    * empty while it does.
    */
   unavailable: string;
+  /** The queues this worker holds paused, as `<task>` with `:high`, `:normal` or `:low`. */
+  paused: string[];
 }
 
 export interface ListQueuesRequest {
@@ -512,6 +514,39 @@ export interface QueueInfo {
    * readings over the time between them is the queue's rate.
    */
   deliveredTotal: bigint;
+  /** Paused through the Admin API: workers start none of these tasks until it is resumed. */
+  paused: boolean;
+  pausedSince: Date | undefined;
+  pausedReason: string;
+}
+
+export interface PauseQueueRequest {
+  task: string;
+  /** The priorities to pause; none: all three. */
+  priorities: Priority[];
+  /** Why, for whoever looks at the queue (at most 200 characters). */
+  reason: string;
+}
+
+export interface ResumeQueueRequest {
+  task: string;
+  /** The priorities to resume; none: all three. */
+  priorities: Priority[];
+}
+
+/** A task type's paused priorities, as kept in the `TASKWIRE_PAUSED` bucket. */
+export interface QueuePause {
+  /** High, normal or low (never unspecified), each at most once. */
+  priorities: Priority[];
+  /** When the first of them was paused. */
+  since: Date | undefined;
+  reason: string;
+}
+
+export interface QueuePauseResponse {
+  task: string;
+  /** What is paused now: no priorities when the queue runs at every priority. */
+  pause: QueuePause | undefined;
 }
 
 export interface GetTaskHistoryRequest {
@@ -3808,6 +3843,7 @@ function createBaseWorkerInfo(): WorkerInfo {
     heartbeatAt: undefined,
     version: "",
     unavailable: "",
+    paused: [],
   };
 }
 
@@ -3854,6 +3890,9 @@ export const WorkerInfo: MessageFns<WorkerInfo> = {
     }
     if (message.unavailable !== "") {
       writer.uint32(90).string(message.unavailable);
+    }
+    for (const v of message.paused) {
+      writer.uint32(98).string(v!);
     }
     return writer;
   },
@@ -3959,6 +3998,14 @@ export const WorkerInfo: MessageFns<WorkerInfo> = {
             message.unavailable = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.paused.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3992,6 +4039,7 @@ export const WorkerInfo: MessageFns<WorkerInfo> = {
         : undefined,
       version: isSet(object.version) ? globalThis.String(object.version) : "",
       unavailable: isSet(object.unavailable) ? globalThis.String(object.unavailable) : "",
+      paused: globalThis.Array.isArray(object?.paused) ? object.paused.map((e: any) => globalThis.String(e)) : [],
     };
   },
 
@@ -4030,6 +4078,9 @@ export const WorkerInfo: MessageFns<WorkerInfo> = {
     if (message.unavailable !== "") {
       obj.unavailable = message.unavailable;
     }
+    if (message.paused?.length) {
+      obj.paused = message.paused;
+    }
     return obj;
   },
 
@@ -4049,6 +4100,7 @@ export const WorkerInfo: MessageFns<WorkerInfo> = {
     message.heartbeatAt = object.heartbeatAt ?? undefined;
     message.version = object.version ?? "";
     message.unavailable = object.unavailable ?? "";
+    message.paused = object.paused?.map((e) => e) || [];
     return message;
   },
 };
@@ -4186,6 +4238,9 @@ function createBaseQueueInfo(): QueueInfo {
     deadLetters: 0n,
     workers: 0n,
     deliveredTotal: 0n,
+    paused: false,
+    pausedSince: undefined,
+    pausedReason: "",
   };
 }
 
@@ -4241,6 +4296,15 @@ export const QueueInfo: MessageFns<QueueInfo> = {
         throw new globalThis.Error("value provided for field message.deliveredTotal of type uint64 too large");
       }
       writer.uint32(80).uint64(message.deliveredTotal);
+    }
+    if (message.paused !== false) {
+      writer.uint32(88).bool(message.paused);
+    }
+    if (message.pausedSince !== undefined) {
+      Timestamp.encode(toTimestamp(message.pausedSince), writer.uint32(98).fork()).join();
+    }
+    if (message.pausedReason !== "") {
+      writer.uint32(106).string(message.pausedReason);
     }
     return writer;
   },
@@ -4338,6 +4402,30 @@ export const QueueInfo: MessageFns<QueueInfo> = {
             message.deliveredTotal = reader.uint64() as bigint;
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.paused = reader.bool();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.pausedSince = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.pausedReason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4382,6 +4470,17 @@ export const QueueInfo: MessageFns<QueueInfo> = {
         : isSet(object.delivered_total)
         ? BigInt(object.delivered_total)
         : 0n,
+      paused: isSet(object.paused) ? globalThis.Boolean(object.paused) : false,
+      pausedSince: isSet(object.pausedSince)
+        ? fromJsonTimestamp(object.pausedSince)
+        : isSet(object.paused_since)
+        ? fromJsonTimestamp(object.paused_since)
+        : undefined,
+      pausedReason: isSet(object.pausedReason)
+        ? globalThis.String(object.pausedReason)
+        : isSet(object.paused_reason)
+        ? globalThis.String(object.paused_reason)
+        : "",
     };
   },
 
@@ -4417,6 +4516,15 @@ export const QueueInfo: MessageFns<QueueInfo> = {
     if (message.deliveredTotal !== 0n) {
       obj.deliveredTotal = message.deliveredTotal.toString();
     }
+    if (message.paused !== false) {
+      obj.paused = message.paused;
+    }
+    if (message.pausedSince !== undefined) {
+      obj.pausedSince = message.pausedSince.toISOString();
+    }
+    if (message.pausedReason !== "") {
+      obj.pausedReason = message.pausedReason;
+    }
     return obj;
   },
 
@@ -4445,6 +4553,431 @@ export const QueueInfo: MessageFns<QueueInfo> = {
     message.deliveredTotal = (object.deliveredTotal !== undefined && object.deliveredTotal !== null)
       ? BigInt(object.deliveredTotal)
       : 0n;
+    message.paused = object.paused ?? false;
+    message.pausedSince = object.pausedSince ?? undefined;
+    message.pausedReason = object.pausedReason ?? "";
+    return message;
+  },
+};
+
+function createBasePauseQueueRequest(): PauseQueueRequest {
+  return { task: "", priorities: [], reason: "" };
+}
+
+export const PauseQueueRequest: MessageFns<PauseQueueRequest> = {
+  encode(message: PauseQueueRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.task !== "") {
+      writer.uint32(10).string(message.task);
+    }
+    if (message.priorities.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.priorities) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PauseQueueRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePauseQueueRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.task = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.priorities.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.priorities.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PauseQueueRequest {
+    return {
+      task: isSet(object.task) ? globalThis.String(object.task) : "",
+      priorities: globalThis.Array.isArray(object?.priorities)
+        ? object.priorities.map((e: any) => priorityFromJSON(e))
+        : [],
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: PauseQueueRequest): unknown {
+    const obj: any = {};
+    if (message.task !== "") {
+      obj.task = message.task;
+    }
+    if (message.priorities?.length) {
+      obj.priorities = message.priorities.map((e) => priorityToJSON(e));
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PauseQueueRequest>): PauseQueueRequest {
+    return PauseQueueRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PauseQueueRequest>): PauseQueueRequest {
+    const message = createBasePauseQueueRequest();
+    message.task = object.task ?? "";
+    message.priorities = object.priorities?.map((e) => e) || [];
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseResumeQueueRequest(): ResumeQueueRequest {
+  return { task: "", priorities: [] };
+}
+
+export const ResumeQueueRequest: MessageFns<ResumeQueueRequest> = {
+  encode(message: ResumeQueueRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.task !== "") {
+      writer.uint32(10).string(message.task);
+    }
+    if (message.priorities.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.priorities) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResumeQueueRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResumeQueueRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.task = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.priorities.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.priorities.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResumeQueueRequest {
+    return {
+      task: isSet(object.task) ? globalThis.String(object.task) : "",
+      priorities: globalThis.Array.isArray(object?.priorities)
+        ? object.priorities.map((e: any) => priorityFromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ResumeQueueRequest): unknown {
+    const obj: any = {};
+    if (message.task !== "") {
+      obj.task = message.task;
+    }
+    if (message.priorities?.length) {
+      obj.priorities = message.priorities.map((e) => priorityToJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ResumeQueueRequest>): ResumeQueueRequest {
+    return ResumeQueueRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ResumeQueueRequest>): ResumeQueueRequest {
+    const message = createBaseResumeQueueRequest();
+    message.task = object.task ?? "";
+    message.priorities = object.priorities?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseQueuePause(): QueuePause {
+  return { priorities: [], since: undefined, reason: "" };
+}
+
+export const QueuePause: MessageFns<QueuePause> = {
+  encode(message: QueuePause, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.priorities.length !== 0) {
+      writer.uint32(10).fork();
+      for (const v of message.priorities) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.since !== undefined) {
+      Timestamp.encode(toTimestamp(message.since), writer.uint32(18).fork()).join();
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QueuePause {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQueuePause();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag === 8) {
+              message.priorities.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 10) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.priorities.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.since = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QueuePause {
+    return {
+      priorities: globalThis.Array.isArray(object?.priorities)
+        ? object.priorities.map((e: any) => priorityFromJSON(e))
+        : [],
+      since: isSet(object.since) ? fromJsonTimestamp(object.since) : undefined,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: QueuePause): unknown {
+    const obj: any = {};
+    if (message.priorities?.length) {
+      obj.priorities = message.priorities.map((e) => priorityToJSON(e));
+    }
+    if (message.since !== undefined) {
+      obj.since = message.since.toISOString();
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<QueuePause>): QueuePause {
+    return QueuePause.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<QueuePause>): QueuePause {
+    const message = createBaseQueuePause();
+    message.priorities = object.priorities?.map((e) => e) || [];
+    message.since = object.since ?? undefined;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseQueuePauseResponse(): QueuePauseResponse {
+  return { task: "", pause: undefined };
+}
+
+export const QueuePauseResponse: MessageFns<QueuePauseResponse> = {
+  encode(message: QueuePauseResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.task !== "") {
+      writer.uint32(10).string(message.task);
+    }
+    if (message.pause !== undefined) {
+      QueuePause.encode(message.pause, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QueuePauseResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQueuePauseResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.task = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pause = QueuePause.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QueuePauseResponse {
+    return {
+      task: isSet(object.task) ? globalThis.String(object.task) : "",
+      pause: isSet(object.pause) ? QueuePause.fromJSON(object.pause) : undefined,
+    };
+  },
+
+  toJSON(message: QueuePauseResponse): unknown {
+    const obj: any = {};
+    if (message.task !== "") {
+      obj.task = message.task;
+    }
+    if (message.pause !== undefined) {
+      obj.pause = QueuePause.toJSON(message.pause);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<QueuePauseResponse>): QueuePauseResponse {
+    return QueuePauseResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<QueuePauseResponse>): QueuePauseResponse {
+    const message = createBaseQueuePauseResponse();
+    message.task = object.task ?? "";
+    message.pause = (object.pause !== undefined && object.pause !== null)
+      ? QueuePause.fromPartial(object.pause)
+      : undefined;
     return message;
   },
 };
@@ -5019,6 +5552,29 @@ export const AdminDefinition = {
       responseStream: false,
       options: {},
     },
+    /**
+     * Pauses a task type's queue, at every priority or at those given: workers start none of its
+     * tasks until it is resumed (what runs finishes), Submit still stores them. Durable and
+     * cluster-wide; workers follow within a second. Pausing a paused queue changes nothing but
+     * the reason.
+     */
+    pauseQueue: {
+      name: "PauseQueue",
+      requestType: PauseQueueRequest as typeof PauseQueueRequest,
+      requestStream: false,
+      responseType: QueuePauseResponse as typeof QueuePauseResponse,
+      responseStream: false,
+      options: {},
+    },
+    /** Resumes a paused queue, at every priority or at those given. */
+    resumeQueue: {
+      name: "ResumeQueue",
+      requestType: ResumeQueueRequest as typeof ResumeQueueRequest,
+      requestStream: false,
+      responseType: QueuePauseResponse as typeof QueuePauseResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -5136,6 +5692,31 @@ export const AdminService = {
       Buffer.from(GetTaskHistoryResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetTaskHistoryResponse => GetTaskHistoryResponse.decode(value),
   },
+  /**
+   * Pauses a task type's queue, at every priority or at those given: workers start none of its
+   * tasks until it is resumed (what runs finishes), Submit still stores them. Durable and
+   * cluster-wide; workers follow within a second. Pausing a paused queue changes nothing but
+   * the reason.
+   */
+  pauseQueue: {
+    path: "/taskwire.v1.Admin/PauseQueue" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PauseQueueRequest): Buffer => Buffer.from(PauseQueueRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PauseQueueRequest => PauseQueueRequest.decode(value),
+    responseSerialize: (value: QueuePauseResponse): Buffer => Buffer.from(QueuePauseResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): QueuePauseResponse => QueuePauseResponse.decode(value),
+  },
+  /** Resumes a paused queue, at every priority or at those given. */
+  resumeQueue: {
+    path: "/taskwire.v1.Admin/ResumeQueue" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResumeQueueRequest): Buffer => Buffer.from(ResumeQueueRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResumeQueueRequest => ResumeQueueRequest.decode(value),
+    responseSerialize: (value: QueuePauseResponse): Buffer => Buffer.from(QueuePauseResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): QueuePauseResponse => QueuePauseResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServer extends UntypedServiceImplementation {
@@ -5169,6 +5750,15 @@ export interface AdminServer extends UntypedServiceImplementation {
   listQueues: handleUnaryCall<ListQueuesRequest, ListQueuesResponse>;
   /** A task's state changes, oldest first, and its result when it has one. */
   getTaskHistory: handleUnaryCall<GetTaskHistoryRequest, GetTaskHistoryResponse>;
+  /**
+   * Pauses a task type's queue, at every priority or at those given: workers start none of its
+   * tasks until it is resumed (what runs finishes), Submit still stores them. Durable and
+   * cluster-wide; workers follow within a second. Pausing a paused queue changes nothing but
+   * the reason.
+   */
+  pauseQueue: handleUnaryCall<PauseQueueRequest, QueuePauseResponse>;
+  /** Resumes a paused queue, at every priority or at those given. */
+  resumeQueue: handleUnaryCall<ResumeQueueRequest, QueuePauseResponse>;
 }
 
 export interface AdminClient extends Client {
@@ -5327,6 +5917,43 @@ export interface AdminClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetTaskHistoryResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Pauses a task type's queue, at every priority or at those given: workers start none of its
+   * tasks until it is resumed (what runs finishes), Submit still stores them. Durable and
+   * cluster-wide; workers follow within a second. Pausing a paused queue changes nothing but
+   * the reason.
+   */
+  pauseQueue(
+    request: PauseQueueRequest,
+    callback: (error: ServiceError | null, response: QueuePauseResponse) => void,
+  ): ClientUnaryCall;
+  pauseQueue(
+    request: PauseQueueRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: QueuePauseResponse) => void,
+  ): ClientUnaryCall;
+  pauseQueue(
+    request: PauseQueueRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: QueuePauseResponse) => void,
+  ): ClientUnaryCall;
+  /** Resumes a paused queue, at every priority or at those given. */
+  resumeQueue(
+    request: ResumeQueueRequest,
+    callback: (error: ServiceError | null, response: QueuePauseResponse) => void,
+  ): ClientUnaryCall;
+  resumeQueue(
+    request: ResumeQueueRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: QueuePauseResponse) => void,
+  ): ClientUnaryCall;
+  resumeQueue(
+    request: ResumeQueueRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: QueuePauseResponse) => void,
   ): ClientUnaryCall;
 }
 
@@ -6954,6 +7581,18 @@ export const protoMetadata: ProtoMetadata = {
         "jsonName": "unavailable",
         "options": undefined,
         "proto3Optional": false,
+      }, {
+        "name": "paused",
+        "number": 12,
+        "label": 3,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "paused",
+        "options": undefined,
+        "proto3Optional": false,
       }],
       "extension": [],
       "nestedType": [],
@@ -7120,6 +7759,210 @@ export const protoMetadata: ProtoMetadata = {
         "defaultValue": "",
         "oneofIndex": 0,
         "jsonName": "deliveredTotal",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "paused",
+        "number": 11,
+        "label": 1,
+        "type": 8,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "paused",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "paused_since",
+        "number": 12,
+        "label": 1,
+        "type": 11,
+        "typeName": ".google.protobuf.Timestamp",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "pausedSince",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "paused_reason",
+        "number": 13,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "pausedReason",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "PauseQueueRequest",
+      "field": [{
+        "name": "task",
+        "number": 1,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "task",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "priorities",
+        "number": 2,
+        "label": 3,
+        "type": 14,
+        "typeName": ".taskwire.v1.Priority",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "priorities",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "reason",
+        "number": 3,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "reason",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "ResumeQueueRequest",
+      "field": [{
+        "name": "task",
+        "number": 1,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "task",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "priorities",
+        "number": 2,
+        "label": 3,
+        "type": 14,
+        "typeName": ".taskwire.v1.Priority",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "priorities",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "QueuePause",
+      "field": [{
+        "name": "priorities",
+        "number": 1,
+        "label": 3,
+        "type": 14,
+        "typeName": ".taskwire.v1.Priority",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "priorities",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "since",
+        "number": 2,
+        "label": 1,
+        "type": 11,
+        "typeName": ".google.protobuf.Timestamp",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "since",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "reason",
+        "number": 3,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "reason",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "QueuePauseResponse",
+      "field": [{
+        "name": "task",
+        "number": 1,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "task",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "pause",
+        "number": 2,
+        "label": 1,
+        "type": 11,
+        "typeName": ".taskwire.v1.QueuePause",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "pause",
         "options": undefined,
         "proto3Optional": false,
       }],
@@ -7342,6 +8185,20 @@ export const protoMetadata: ProtoMetadata = {
         "options": undefined,
         "clientStreaming": false,
         "serverStreaming": false,
+      }, {
+        "name": "PauseQueue",
+        "inputType": ".taskwire.v1.PauseQueueRequest",
+        "outputType": ".taskwire.v1.QueuePauseResponse",
+        "options": undefined,
+        "clientStreaming": false,
+        "serverStreaming": false,
+      }, {
+        "name": "ResumeQueue",
+        "inputType": ".taskwire.v1.ResumeQueueRequest",
+        "outputType": ".taskwire.v1.QueuePauseResponse",
+        "options": undefined,
+        "clientStreaming": false,
+        "serverStreaming": false,
       }],
       "options": undefined,
     }],
@@ -7403,7 +8260,7 @@ export const protoMetadata: ProtoMetadata = {
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1],
-        "span": [33, 0, 56, 1],
+        "span": [33, 0, 63, 1],
         "leadingComments": " What the gateway knows about the system.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
@@ -7466,484 +8323,551 @@ export const protoMetadata: ProtoMetadata = {
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [6, 1, 2, 9],
+        "span": [60, 2, 65],
+        "leadingComments":
+          " Pauses a task type's queue, at every priority or at those given: workers start none of its\n tasks until it is resumed (what runs finishes), Submit still stores them. Durable and\n cluster-wide; workers follow within a second. Pausing a paused queue changes nothing but\n the reason.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [6, 1, 2, 10],
+        "span": [62, 2, 67],
+        "leadingComments": " Resumes a paused queue, at every priority or at those given.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [4, 0, 2, 0],
-        "span": [60, 2, 18],
+        "span": [67, 2, 18],
         "leadingComments": ' Full task name: the rpc\'s full method name, e.g. "examples.magic.v1.Magic/Add".\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 8, 0],
-        "span": [62, 2, 65, 3],
+        "span": [69, 2, 72, 3],
         "leadingComments": " The task's arguments: its input message, as protobuf bytes or as proto3 JSON.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 2, 4],
-        "span": [70, 2, 29],
+        "span": [77, 2, 29],
         "leadingComments":
           ' The producer\'s schema fingerprint of the task (see docs/protocol.md, "Schema\n fingerprints"). When given and different from the one the workers registered, Submit\n answers FAILED_PRECONDITION and stores nothing. Empty: not checked.\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 0],
-        "span": [76, 2, 29],
+        "span": [83, 2, 29],
         "leadingComments":
           " Submitting again with the same key within the broker's duplicate window returns the same\n task id and stores nothing new.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 1],
-        "span": [78, 2, 26],
+        "span": [85, 2, 26],
         "leadingComments": " Overrides the task's max_attempts option for this task (1 to 100).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 2],
-        "span": [80, 2, 39],
+        "span": [87, 2, 39],
         "leadingComments": " Overrides the task's time limit of one attempt (at most 24 hours).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 3],
-        "span": [82, 2, 47],
+        "span": [89, 2, 47],
         "leadingComments": " Override the task's retry delays (at most 24 hours each).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 5],
-        "span": [86, 2, 43],
+        "span": [93, 2, 43],
         "leadingComments":
           " Run no earlier than this time (at most 30 days ahead; at most a minute in the past). The\n broker holds the task until then (second granularity).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 6],
-        "span": [88, 2, 41],
+        "span": [95, 2, 41],
         "leadingComments":
           " Run no earlier than this long after submit (at most 30 days). Give not_before or countdown.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 7],
-        "span": [90, 2, 24],
+        "span": [97, 2, 24],
         "leadingComments": " Which tasks of a type start first when there is a backlog.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 8],
-        "span": [92, 2, 43],
+        "span": [99, 2, 43],
         "leadingComments": " A task not started by this time never runs and ends as expired.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 9],
-        "span": [95, 2, 36],
+        "span": [102, 2, 36],
         "leadingComments":
           " A task not started this long after submit (or after not_before) never runs and ends as\n expired. Give expires_at or ttl.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 10],
-        "span": [98, 2, 43],
+        "span": [105, 2, 43],
         "leadingComments":
           " How long the result is kept, overriding the task's result_ttl option; at most the broker's\n result TTL.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 0],
-        "span": [103, 0, 109, 1],
+        "span": [110, 0, 116, 1],
         "leadingComments":
           " With a backlog, workers start high priority tasks first, then normal, then low; one pull in\n eight starts at the lowest level instead, so low priority work is never starved.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 0, 2, 0],
-        "span": [105, 2, 27],
+        "span": [112, 2, 27],
         "leadingComments": " Normal.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 2, 2, 1],
-        "span": [114, 2, 39],
+        "span": [121, 2, 39],
         "leadingComments": " How long to wait for the result; at most 5 minutes. Unset means 30 seconds.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 2, 2, 3],
-        "span": [119, 2, 22],
+        "span": [126, 2, 22],
         "leadingComments":
           " Only the final state: one message instead of two, for a caller that only wants the\n outcome. The final state names the task id, and so does the error when the timeout\n passes first.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 3, 2, 1],
-        "span": [125, 2, 21],
+        "span": [132, 2, 21],
         "leadingComments": " True when the idempotency key matched a task submitted before.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 4, 2, 0],
-        "span": [130, 2, 40],
+        "span": [137, 2, 40],
         "leadingComments": " One per request, in the order sent.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 4, 2, 1],
-        "span": [132, 2, 23],
+        "span": [139, 2, 23],
         "leadingComments": " How many were stored, and how many refused.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 5, 2, 0],
-        "span": [138, 2, 21],
+        "span": [145, 2, 21],
         "leadingComments": " Set when the task was stored.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 5, 2, 2],
-        "span": [141, 2, 17],
+        "span": [148, 2, 17],
         "leadingComments": " Set when it was refused: the gRPC status code it would have had alone, and why.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 7, 2, 1],
-        "span": [153, 2, 24],
+        "span": [160, 2, 24],
         "leadingComments": " Also render the result as proto3 JSON in TaskInfo.result_json.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 8, 2, 1],
-        "span": [159, 2, 39],
+        "span": [166, 2, 39],
         "leadingComments": " How long to wait; at most 5 minutes. Unset means 30 seconds.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 7],
-        "span": [176, 2, 27],
+        "span": [183, 2, 27],
         "leadingComments": " Held by the broker until its not_before time.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 8],
-        "span": [178, 2, 25],
+        "span": [185, 2, 25],
         "leadingComments": " Not started before its expiry time; it never ran.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 9],
-        "span": [181, 2, 25],
+        "span": [188, 2, 25],
         "leadingComments":
           " Ran until it waited for its children, and holds no worker while they run: it runs again\n once they have all ended.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 3],
-        "span": [189, 2, 21],
+        "span": [196, 2, 21],
         "leadingComments": " The attempt that produced this state (1 for the first run).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 4],
-        "span": [191, 2, 19],
+        "span": [198, 2, 19],
         "leadingComments": " The output message as protobuf bytes, when the task succeeded.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 5],
-        "span": [193, 2, 25],
+        "span": [200, 2, 25],
         "leadingComments": " The output message as proto3 JSON, when asked for.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 6],
-        "span": [195, 2, 24],
+        "span": [202, 2, 24],
         "leadingComments": " Why the task failed, when it did.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 8],
-        "span": [198, 2, 28],
+        "span": [205, 2, 28],
         "leadingComments": " The last progress the running task reported.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 9],
-        "span": [200, 2, 44],
+        "span": [207, 2, 44],
         "leadingComments": " When a scheduled task becomes due.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 10],
-        "span": [202, 2, 23],
+        "span": [209, 2, 23],
         "leadingComments": " The W3C trace id of the task's trace, when its submission was traced.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 11],
-        "span": [204, 2, 24],
+        "span": [211, 2, 24],
         "leadingComments": " The task that submitted this one from its context, if one did.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 12],
-        "span": [207, 2, 35],
+        "span": [214, 2, 35],
         "leadingComments":
           " The tasks this one submitted from its context, in the order they were recorded (Get\n only).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 11],
-        "span": [211, 0, 214, 1],
+        "span": [218, 0, 221, 1],
         "leadingComments": " A task submitted by another from its context.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 12],
-        "span": [217, 0, 224, 1],
+        "span": [224, 0, 231, 1],
         "leadingComments": " What a running task says about how far it got.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 12, 2, 0],
-        "span": [219, 2, 20],
+        "span": [226, 2, 20],
         "leadingComments": " 0 to 100.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 12, 2, 2],
-        "span": [222, 2, 20],
+        "span": [229, 2, 20],
         "leadingComments": " A message of the task's own choice, as protobuf bytes, with its full type name.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 13, 2, 1],
-        "span": [229, 2, 21],
+        "span": [236, 2, 21],
         "leadingComments": " Whether the task itself said that trying again could succeed.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16],
-        "span": [239, 0, 251, 1],
+        "span": [246, 0, 258, 1],
         "leadingComments": " A task type: what the registry holds for each task a worker serves.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 0],
-        "span": [241, 2, 18],
+        "span": [248, 2, 18],
         "leadingComments": ' Full task name, e.g. "examples.magic.v1.Magic/Add".\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 1],
-        "span": [243, 2, 24],
+        "span": [250, 2, 24],
         "leadingComments": " Full names of the input and output messages.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 3],
-        "span": [246, 2, 32],
+        "span": [253, 2, 32],
         "leadingComments":
           " A serialized google.protobuf.FileDescriptorSet that holds both messages and their imports.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 4],
-        "span": [248, 2, 26],
+        "span": [255, 2, 26],
         "leadingComments": " The task's options as declared in its proto.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 5],
-        "span": [250, 2, 29],
+        "span": [257, 2, 29],
         "leadingComments":
           ' The schema fingerprint of input and output (see docs/protocol.md, "Schema fingerprints").\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 17, 2, 0],
-        "span": [255, 2, 18],
+        "span": [262, 2, 18],
         "leadingComments": " Only dead letters of this task type; empty means all.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 17, 2, 1],
-        "span": [257, 2, 19],
+        "span": [264, 2, 19],
         "leadingComments": " At most this many; 0 means 100, and 1000 is the most.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 18, 2, 2],
-        "span": [264, 2, 20],
+        "span": [271, 2, 20],
         "leadingComments": " exhausted, permanent, panic, timeout or poison.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 18, 2, 3],
-        "span": [266, 2, 19],
+        "span": [273, 2, 19],
         "leadingComments": " The last error.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 18, 2, 4],
-        "span": [268, 2, 21],
+        "span": [275, 2, 21],
         "leadingComments": " The attempt that failed last.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 18, 2, 6],
-        "span": [271, 2, 21],
+        "span": [278, 2, 21],
         "leadingComments": " How many times this task was replayed before.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 20, 2, 0],
-        "span": [280, 2, 31],
+        "span": [287, 2, 31],
         "leadingComments": " These tasks...\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 20, 2, 1],
-        "span": [282, 2, 18],
+        "span": [289, 2, 18],
         "leadingComments": " ...or every dead letter of this task type (with all = true).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 21, 2, 0],
-        "span": [288, 2, 31],
+        "span": [295, 2, 31],
         "leadingComments": " The tasks put back in line.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 22, 2, 0],
-        "span": [293, 2, 18],
+        "span": [300, 2, 18],
         "leadingComments": " Only dead letters of this task type; empty means all.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 24],
-        "span": [301, 0, 306, 1],
+        "span": [308, 0, 313, 1],
         "leadingComments": " How many tasks of a type run at once and start per period, across all workers.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 24, 2, 0],
-        "span": [303, 2, 29],
+        "span": [310, 2, 29],
         "leadingComments": " 0 means no limit.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 24, 2, 1],
-        "span": [305, 2, 24],
+        "span": [312, 2, 24],
         "leadingComments": ' "10/s", "600/m" or "5/h"; empty means no limit.\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 26, 2, 2],
-        "span": [316, 2, 17],
+        "span": [323, 2, 17],
         "leadingComments": " Drop the override: the declared limits apply again.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 27, 2, 1],
-        "span": [322, 2, 24],
+        "span": [329, 2, 24],
         "leadingComments": " The limits in force.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 27, 2, 2],
-        "span": [324, 2, 22],
+        "span": [331, 2, 22],
         "leadingComments": " Whether they were set through SetTaskLimits rather than declared.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30],
-        "span": [334, 0, 350, 1],
+        "span": [341, 0, 359, 1],
         "leadingComments": " What a worker tells about itself in its heartbeat.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30, 2, 3],
-        "span": [339, 2, 28],
+        "span": [346, 2, 28],
         "leadingComments": " The task types it serves.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30, 2, 4],
-        "span": [341, 2, 21],
+        "span": [348, 2, 21],
         "leadingComments": " Tasks running now, and finished since it started.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30, 2, 10],
-        "span": [349, 2, 26],
+        "span": [356, 2, 26],
         "leadingComments":
           " Why the worker starts no task now (the upstream gRPC server it calls does not answer);\n empty while it does.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [4, 30, 2, 11],
+        "span": [358, 2, 30],
+        "leadingComments": " The queues this worker holds paused, as `<task>` with `:high`, `:normal` or `:low`.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [4, 33, 2, 1],
-        "span": [361, 2, 22],
+        "span": [370, 2, 22],
         "leadingComments": " high, normal or low.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 2],
-        "span": [363, 2, 20],
+        "span": [372, 2, 20],
         "leadingComments": " Waiting for a worker.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 3],
-        "span": [365, 2, 23],
+        "span": [374, 2, 23],
         "leadingComments": " Delivered to a worker and not yet acknowledged.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 4],
-        "span": [367, 2, 25],
+        "span": [376, 2, 25],
         "leadingComments": " Delivered more than once (retries, dead workers).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 5],
-        "span": [369, 2, 27],
+        "span": [378, 2, 27],
         "leadingComments": " Pull requests of idle workers waiting for tasks.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 6],
-        "span": [371, 2, 46],
+        "span": [380, 2, 46],
         "leadingComments": " How long the oldest queued task has waited.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 7],
-        "span": [373, 2, 26],
+        "span": [382, 2, 26],
         "leadingComments": " Dead letters of the task type (on the normal priority row).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 8],
-        "span": [375, 2, 21],
+        "span": [384, 2, 21],
         "leadingComments": " Live workers that serve the task type.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 9],
-        "span": [378, 2, 30],
+        "span": [387, 2, 30],
         "leadingComments":
           " Deliveries to workers since the queue's consumer was made: the difference between two\n readings over the time between them is the queue's rate.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 35, 2, 0],
-        "span": [387, 2, 31],
-        "leadingComments": " Oldest first: queued or scheduled, running, progress, retrying.\n",
+        "path": [4, 33, 2, 10],
+        "span": [389, 2, 19],
+        "leadingComments": " Paused through the Admin API: workers start none of these tasks until it is resumed.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 34, 2, 1],
+        "span": [397, 2, 35],
+        "leadingComments": " The priorities to pause; none: all three.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 34, 2, 2],
+        "span": [399, 2, 20],
+        "leadingComments": " Why, for whoever looks at the queue (at most 200 characters).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 35, 2, 1],
-        "span": [389, 2, 22],
+        "span": [405, 2, 35],
+        "leadingComments": " The priorities to resume; none: all three.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 36],
+        "span": [409, 0, 415, 1],
+        "leadingComments": " A task type's paused priorities, as kept in the `TASKWIRE_PAUSED` bucket.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 36, 2, 0],
+        "span": [411, 2, 35],
+        "leadingComments": " High, normal or low (never unspecified), each at most once.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 36, 2, 1],
+        "span": [413, 2, 38],
+        "leadingComments": " When the first of them was paused.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 37, 2, 1],
+        "span": [420, 2, 23],
+        "leadingComments": " What is paused now: no priorities when the queue runs at every priority.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 39, 2, 0],
+        "span": [429, 2, 31],
+        "leadingComments": " Oldest first: queued or scheduled, running, progress, retrying.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 39, 2, 1],
+        "span": [431, 2, 22],
         "leadingComments": " The final state, once there is one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
@@ -7989,6 +8913,10 @@ export const protoMetadata: ProtoMetadata = {
     ".taskwire.v1.ListQueuesRequest": ListQueuesRequest,
     ".taskwire.v1.ListQueuesResponse": ListQueuesResponse,
     ".taskwire.v1.QueueInfo": QueueInfo,
+    ".taskwire.v1.PauseQueueRequest": PauseQueueRequest,
+    ".taskwire.v1.ResumeQueueRequest": ResumeQueueRequest,
+    ".taskwire.v1.QueuePause": QueuePause,
+    ".taskwire.v1.QueuePauseResponse": QueuePauseResponse,
     ".taskwire.v1.GetTaskHistoryRequest": GetTaskHistoryRequest,
     ".taskwire.v1.GetTaskHistoryResponse": GetTaskHistoryResponse,
     ".taskwire.v1.Tasks": TasksClient,
