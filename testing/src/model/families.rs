@@ -41,11 +41,12 @@ pub(crate) async fn submit_family(
         gap_millis: rng.below(50),
         wait: rng.chance(60),
     };
-    let mut options = SubmitOptions::default().priority(match rng.below(3) {
+    let priority = match rng.below(3) {
         0 => v1::Priority::High,
         1 => v1::Priority::Low,
         _ => v1::Priority::Normal,
-    });
+    };
+    let mut options = SubmitOptions::default().priority(priority);
     let mut not_before = None;
     if rng.chance(15) {
         let delay = Duration::from_millis(300 + rng.below(1500));
@@ -100,6 +101,7 @@ pub(crate) async fn submit_family(
         waited: None,
         submitted_at: SystemTime::now(),
         parks: args.wait,
+        priority: Some(priority),
     });
     families.push(Family {
         parent: answer.task_id,
@@ -147,6 +149,7 @@ pub(crate) fn child_tasks(
                 waited: None,
                 submitted_at: parent.map_or_else(SystemTime::now, |p| p.submitted_at),
                 parks: false,
+                priority: None,
             });
         }
     }

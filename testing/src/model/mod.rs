@@ -7,7 +7,8 @@
 //! tasks, some failing for good; with the Rust worker chords and maps too) submitted and
 //! cancelled; parents submitting children (retried after submitting them, waiting for them,
 //! delayed, keyed, at each priority) cancelled like any task; limits overridden and cleared (the
-//! concurrency of Limited, the rate of Paced); workers killed (SIGKILL) or stopped (SIGTERM)
+//! concurrency of Limited, the rate of Paced); queues paused and resumed (a whole task type
+//! or one priority); workers killed (SIGKILL) or stopped (SIGTERM)
 //! and started again; nats-server restarted, or stopped (SIGSTOP) for a few seconds. The workers log the start and end of
 //! every run (`TASKWIRE_RUN_LOG`). At the end every task must have ended as the guarantees of
 //! the README say, checked against the broker (Get, dead letters) and the run log.
@@ -18,6 +19,7 @@
 mod check;
 mod families;
 mod operations;
+mod pauses;
 mod workflows;
 
 use std::collections::{BTreeMap, HashMap};
@@ -99,6 +101,8 @@ pub struct Report {
     pub tasks: usize,
     /// Workflows submitted.
     pub workflows: usize,
+    /// Stretches of a queue paused (one per priority).
+    pub queue_pauses: usize,
     /// Runs the workers logged.
     pub runs: usize,
     /// Broken promises.
@@ -157,6 +161,9 @@ struct Task {
     submitted_at: SystemTime,
     /// A parent that waits for its children: the run after its wait is the same attempt.
     parks: bool,
+    /// Its priority, when the model submitted it (a workflow step's or a child's is not
+    /// followed).
+    priority: Option<v1::Priority>,
 }
 
 /// The system under test.
@@ -270,6 +277,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     let mut done: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut flows: Vec<Flow> = Vec::new();
     let mut families: Vec<Family> = Vec::new();
+    let mut pauses = pauses::Pauses::default();
     // Replays of tasks the model did not submit itself (workflow steps).
     let mut other_replays: HashMap<String, Vec<SystemTime>> = HashMap::new();
 
@@ -286,7 +294,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             900..=924 => "workflow",
             925..=939 => "family",
             940..=949 => "workflow_cancel",
-            950..=989 => "get",
+            950..=964 => "queue_pause",
+            965..=989 => "get",
             990..=994 => "worker_kill",
             995..=997 => "worker_term",
             998 => "nats_pause",
@@ -396,6 +405,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                 .await
             }
             "workflow_cancel" => cancel_workflow(&system.client, &mut rng, &mut flows).await,
+            "queue_pause" => pauses.step(&system.client, &mut rng).await,
             "limits" => {
                 // Overrides never above the declared limits, which the checks hold to.
                 let (task, limits) = if rng.chance(50) {
@@ -457,6 +467,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     for task in [LIMITED, PACED] {
         let _ = system.client.set_task_limits(task, None).await;
     }
+    pauses.lift_all(&system.client).await;
     system.keep_workers();
     let ended = settle_workflows(&system.client, &flows, Duration::from_secs(120)).await;
     let steps = step_tasks(&flows, &ended, &other_replays);
@@ -501,6 +512,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     .await;
     check_limit(&tasks, &runs, &system.kills, &mut violations);
     check_rate(&tasks, &runs, &mut violations);
+    pauses.check(&tasks, &runs, &mut violations);
 
     for mut worker in system.workers.drain(..) {
         let _ = worker.kill().await;
@@ -512,6 +524,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         done,
         tasks: tasks.len(),
         workflows: flows.len(),
+        queue_pauses: pauses.count(),
         runs: run_count,
         violations: violations.len(),
         first_violations: violations.into_iter().take(10).collect(),

@@ -46,11 +46,12 @@ pub(crate) async fn submit(
         options = options.ttl(ttl);
         expires_at = Some(not_before.unwrap_or(now) + ttl);
     }
-    options = options.priority(match rng.below(3) {
+    let priority = match rng.below(3) {
         0 => v1::Priority::High,
         1 => v1::Priority::Low,
         _ => v1::Priority::Normal,
-    });
+    };
+    options = options.priority(priority);
     let key = rng.chance(15).then(|| format!("k{}", rng.below(12)));
     if let Some(key) = &key {
         options = options.idempotency_key(key.clone());
@@ -98,6 +99,7 @@ pub(crate) async fn submit(
         waited: None,
         submitted_at: SystemTime::now(),
         parks: false,
+        priority: Some(priority),
     });
 }
 

@@ -160,6 +160,35 @@ async fn the_gateway_and_a_worker_run_as_their_own_nats_users() -> anyhow::Resul
         "a parent that ended submits no child: {submitted:?}"
     );
 
+    // The gateway's user pauses a queue and the worker's user follows the pause (its heartbeat
+    // says it holds it), then the resume; a task then runs.
+    let client = Client::connect(gateway.url()).await?;
+    let add = "examples.magic.v1.Magic/Add";
+    client.pause_queue(add, &[], "secured").await?;
+    let holds = |want: usize| {
+        let client = client.clone();
+        async move {
+            client
+                .workers()
+                .await
+                .is_ok_and(|w| w.len() == 1 && w[0].paused.len() == want)
+        }
+    };
+    taskwire_testing::eventually("the worker holds the pause", WAIT, || holds(3)).await?;
+    client.resume_queue(add, &[]).await?;
+    taskwire_testing::eventually("the worker holds no pause", WAIT, || holds(0)).await?;
+    let sum = magic
+        .add_and_wait(
+            AddArgs {
+                arg1: 2,
+                ..Default::default()
+            },
+            WAIT,
+        )
+        .await?
+        .sum;
+    assert_eq!(sum, 2);
+
     // Its user may hold a result partition (else it would receive every stored result).
     let gateway_nats = gateway_user
         .auth()
