@@ -1,7 +1,8 @@
 """Drives the gateway's dashboard in headless Chromium: the queue counts shown, a task's
 detail, and the replay button of a dead letter. Screenshots go to the directory given.
 
-Then two workflows drawn as graphs: one that succeeded, one whose second step failed.
+Then a queue paused and resumed from its row (a confirmation dismissed changes nothing), and
+two workflows drawn as graphs: one that succeeded, one whose second step failed.
 
 Usage: dashboard.py URL TASK_ID DEAD_ID SCREENSHOT_DIR SUCCEEDED_WORKFLOW FAILED_WORKFLOW
 """
@@ -55,6 +56,21 @@ def main() -> int:
         dead.locator("button.replay").click()
         expect(page.locator("#dead tbody tr", has_text=dead_id)).to_have_count(0)
         page.screenshot(path=os.path.join(shots, "replayed.png"), full_page=True)
+
+        # Pause the Add queue from its row, after a confirmation; dismissed, nothing changes.
+        add = page.locator("#queues tbody tr", has_text="examples.magic.v1.Magic/Add")
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        add.locator("button.queue-pause").click()
+        expect(add).to_contain_text("running")
+        page.once("dialog", lambda dialog: dialog.accept())
+        add.locator("button.queue-pause").click()
+        expect(add.locator(".paused")).to_have_text("paused")
+        expect(add.locator("button.queue-resume")).to_have_text("Resume")
+        page.screenshot(path=os.path.join(shots, "paused.png"), full_page=True)
+        page.once("dialog", lambda dialog: dialog.accept())
+        add.locator("button.queue-resume").click()
+        expect(add.locator("button.queue-pause")).to_have_text("Pause")
+        expect(add).to_contain_text("running")
 
         # A workflow that succeeded: each step a node with its state, linked to its task, an
         # arrow from the step it takes its result from; the task's page links back.

@@ -148,5 +148,49 @@ async fn the_dashboard_shows_queues_a_task_and_replays_a_dead_letter() -> anyhow
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0].task_id, dead[1].id());
     assert_eq!(dead[0].state().await?, TaskState::Queued);
+    // Paused and resumed from the page: nothing is left paused.
+    assert!(client.queues().await?.iter().all(|q| !q.paused));
+
+    // A change from another site is refused, and nothing is paused; no other site may frame the
+    // pages.
+    let change = r#"{"task":"examples.magic.v1.Magic/Add"}"#;
+    let refused = http_request(
+        http,
+        &format!(
+            "POST /api/queues/pause HTTP/1.0\r\nHost: test\r\nSec-Fetch-Site: cross-site\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{change}",
+            change.len()
+        ),
+    )
+    .await?;
+    assert!(refused.starts_with("HTTP/1.0 403"), "{refused}");
+    assert!(client.queues().await?.iter().all(|q| !q.paused));
+    let page = http_request(http, "GET / HTTP/1.0\r\nHost: test\r\n\r\n").await?;
+    assert!(
+        page.to_ascii_lowercase()
+            .contains("content-security-policy: frame-ancestors 'self'"),
+        "{page}"
+    );
+    // From the page itself (same origin), a bad priority is refused naming it.
+    let bad = r#"{"task":"examples.magic.v1.Magic/Add","priority":"urgent"}"#;
+    let refused = http_request(
+        http,
+        &format!(
+            "POST /api/queues/pause HTTP/1.0\r\nHost: test\r\nSec-Fetch-Site: same-origin\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{bad}",
+            bad.len()
+        ),
+    )
+    .await?;
+    assert!(refused.starts_with("HTTP/1.0 400"), "{refused}");
+    assert!(refused.contains("urgent"), "{refused}");
     Ok(())
+}
+
+/// One HTTP/1.0 request; the whole answer.
+async fn http_request(addr: std::net::SocketAddr, request: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    Ok(answer)
 }
