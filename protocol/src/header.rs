@@ -48,6 +48,8 @@ pub const MSG_ID: &str = "Nats-Msg-Id";
 pub const SCHEDULE: &str = "Nats-Schedule";
 /// Where a message schedule publishes.
 pub const SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
+/// The IANA time zone a cron schedule is read in (nats-server 2.14); absent: UTC.
+pub const SCHEDULE_TIME_ZONE: &str = "Nats-Schedule-Time-Zone";
 /// How long the stream keeps this message, in seconds.
 pub const TTL: &str = "Nats-TTL";
 /// Set on the marker the stream leaves when a message's time ran out.

@@ -157,3 +157,136 @@ async fn bad_schedules_are_refused_and_nothing_is_kept() -> anyhow::Result<()> {
     assert_eq!(client.schedules().await?.len(), 1);
     Ok(())
 }
+
+/// Whole seconds since the epoch of a timestamp.
+fn epoch(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+}
+
+/// A cron schedule in a time zone: the broker takes and fires it, Get and List show its next
+/// fire times in that zone (none while paused), the command line sets it; a zone that does not
+/// exist, a zone with an interval and syntax the broker does not read are refused, and nothing
+/// of them is kept.
+#[tokio::test]
+async fn a_cron_schedule_in_a_time_zone_fires_and_shows_when_it_fires_next() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::chaos())).await?;
+    let client = Client::connect(gateway.url()).await?;
+    eventually("the gateway knows the task", WAIT, || async {
+        client
+            .task_types()
+            .await
+            .is_ok_and(|t| t.iter().any(|t| t.name.ends_with("Chaos/Sleep")))
+    })
+    .await?;
+
+    // Every second of this minute and the next as Kathmandu's clock (UTC+05:45) shows them: the
+    // broker fires it now only if it reads the expression there (in UTC those minutes are 45
+    // minutes away), and the next fires fall in them.
+    let utc_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        / 60
+        % 60;
+    let local = [(utc_minute + 45) % 60, (utc_minute + 46) % 60];
+    let mut zoned = ticking(
+        "kathmandu",
+        "zoned",
+        &format!("* {},{} * * * *", local[0], local[1]),
+    );
+    zoned.time_zone = "Asia/Kathmandu".into();
+    let created = client.create_schedule(zoned).await?;
+    assert_eq!(created.time_zone, "Asia/Kathmandu");
+    assert_eq!(created.next_fires.len(), 5, "{created:?}");
+    for fire in &created.next_fires {
+        let minute = (epoch(fire) / 60 % 60) as u64;
+        assert!(
+            [utc_minute, (utc_minute + 1) % 60].contains(&minute),
+            "{created:?}"
+        );
+    }
+    eventually("two ticks", WAIT, || async {
+        tasks::journal_count("zoned", "started") >= 2
+    })
+    .await?;
+    client.delete_schedule("kathmandu").await?;
+
+    // Daily at 09:00 in Berlin: 08:00 UTC in winter, 07:00 in summer, on the second.
+    let mut berlin = ticking("berlin", "berlin", "0 9 * * *");
+    berlin.time_zone = "Europe/Berlin".into();
+    client.create_schedule(berlin).await?;
+    let got = client.schedule("berlin").await?;
+    assert_eq!(got.next_fires.len(), 5, "{got:?}");
+    for fire in &got.next_fires {
+        let of_day = fire.seconds.rem_euclid(86_400);
+        assert!(of_day == 8 * 3600 || of_day == 7 * 3600, "{got:?}");
+    }
+    let paused = client.pause_schedule("berlin").await?;
+    assert!(paused.next_fires.is_empty(), "{paused:?}");
+    let listed = client.schedules().await?;
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].next_fires.is_empty());
+    let resumed = client.resume_schedule("berlin").await?;
+    assert_eq!(resumed.next_fires.len(), 5);
+
+    // An interval counts from when it was stored.
+    let mut interval = ticking("interval", "interval", "* * * * *");
+    interval.when = Some(v1::schedule::When::Every(prost_types::Duration {
+        seconds: 3600,
+        nanos: 0,
+    }));
+    let stored = client.create_schedule(interval.clone()).await?;
+    let fires: Vec<i64> = stored.next_fires.iter().map(epoch).collect();
+    assert_eq!(fires.len(), 5, "{stored:?}");
+    assert!(fires.windows(2).all(|w| w[1] - w[0] == 3600), "{fires:?}");
+
+    // Refused, naming what to fix; nothing is kept.
+    interval.name = "interval-zoned".into();
+    interval.time_zone = "Europe/Berlin".into();
+    for (schedule, says) in [
+        (interval, "cron schedules only"),
+        (
+            v1::Schedule {
+                time_zone: "Europe/Atlantis".into(),
+                ..ticking("atlantis", "never", "0 9 * * *")
+            },
+            "IANA",
+        ),
+        (ticking("last-day", "never", "0 0 L * *"), "day-of-month"),
+        (ticking("sunday", "never", "0 0 * * 7"), "0 for Sunday"),
+    ] {
+        let name = schedule.name.clone();
+        let err = client.create_schedule(schedule).await.expect_err(&name);
+        assert_eq!(err.code(), Some(Code::InvalidArgument), "{name}: {err}");
+        assert!(err.to_string().contains(says), "{name}: {err}");
+    }
+    assert_eq!(client.schedules().await?.len(), 2);
+
+    // The command line: --time-zone, and the next fires it prints.
+    let out = tokio::process::Command::new(bin("taskwire")?)
+        .args([
+            "schedule",
+            "create",
+            "new-york",
+            "examples.chaos.v1.Chaos/Sleep",
+            r#"{"millis":1}"#,
+            "--cron",
+            "30 8 * * mon-fri",
+            "--time-zone",
+            "America/New_York",
+        ])
+        .env("TASKWIRE_GATEWAY_URL", gateway.url())
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    assert!(out.status.success(), "{out:?}");
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(printed["time_zone"], "America/New_York", "{printed}");
+    assert_eq!(
+        printed["next_fires"].as_array().map(Vec::len),
+        Some(5),
+        "{printed}"
+    );
+    Ok(())
+}

@@ -97,6 +97,7 @@ pub fn schedule_headers(
     name: &Name,
     schedule: &str,
     spec: &str,
+    time_zone: Option<&str>,
     priority: v1::Priority,
     overrides: &Overrides,
 ) -> HeaderMap {
@@ -109,6 +110,9 @@ pub fn schedule_headers(
     }
     overrides.write(&mut headers);
     headers.insert(header::SCHEDULE, spec);
+    if let Some(zone) = time_zone {
+        headers.insert(header::SCHEDULE_TIME_ZONE, zone);
+    }
     headers.insert(
         header::SCHEDULE_TARGET,
         subject::task_at(name, priority).as_str(),

@@ -18,6 +18,7 @@ mod admin;
 pub mod auth;
 mod cancel;
 mod children;
+mod cron;
 mod dashboard;
 mod dead;
 pub mod direct;

@@ -17,6 +17,7 @@ use taskwire::v1;
 use taskwire_protocol::{self as broker, subject};
 use tonic::{Request, Response, Status};
 
+use crate::cron::CronSchedule;
 use crate::submit::{overrides, publish_error};
 use crate::{Error, Gateway, payload};
 
@@ -37,8 +38,35 @@ fn check_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// How many next fire times an answer shows.
+const NEXT_FIRES: usize = 5;
+
+/// The `Nats-Schedule` value of a schedule's timing, and for a cron expression, the expression
+/// checked in its time zone (`time_zone`, empty for UTC).
+fn spec(
+    when: Option<&v1::schedule::When>,
+    time_zone: &str,
+) -> Result<(String, Option<CronSchedule>), Error> {
+    let spec = timing(when)?;
+    if spec.starts_with("@every") {
+        if !time_zone.is_empty() {
+            return Err(Error::BadRequest(
+                "time_zone applies to cron schedules only; leave it unset with every".into(),
+            ));
+        }
+        return Ok((spec, None));
+    }
+    let zone = if time_zone.is_empty() {
+        chrono_tz::Tz::UTC
+    } else {
+        crate::cron::time_zone(time_zone).map_err(Error::BadRequest)?
+    };
+    let cron = CronSchedule::parse(&spec, zone).map_err(Error::BadRequest)?;
+    Ok((spec, Some(cron)))
+}
+
 /// The `Nats-Schedule` value of a schedule's timing.
-fn spec(when: Option<&v1::schedule::When>) -> Result<String, Error> {
+fn timing(when: Option<&v1::schedule::When>) -> Result<String, Error> {
     match when {
         None => Err(Error::BadRequest(
             "the schedule has no timing: set cron (e.g. \"0 * * * *\") or every (e.g. 60s)".into(),
@@ -115,7 +143,7 @@ impl Gateway {
             }
             None => return Err(Error::MissingArgs),
         };
-        let spec = spec(schedule.when.as_ref())?;
+        let (spec, _) = spec(schedule.when.as_ref(), &schedule.time_zone)?;
         let options = schedule.options.clone().unwrap_or_default();
         for (set, field) in [
             (!options.idempotency_key.is_empty(), "idempotency_key"),
@@ -140,6 +168,7 @@ impl Gateway {
             &name,
             &schedule.name,
             &spec,
+            (!schedule.time_zone.is_empty()).then_some(schedule.time_zone.as_str()),
             priority,
             &overrides(&options, self.broker.result_ttl)?,
         );
@@ -160,6 +189,7 @@ impl Gateway {
         let mut stored = schedule;
         stored.paused = false;
         stored.created_at = Some(SystemTime::now().into());
+        stored.next_fires.clear();
         match self
             .broker
             .schedules
@@ -193,9 +223,58 @@ impl Gateway {
             schedule = stored.name,
             task = stored.task,
             spec,
+            time_zone = stored.time_zone,
             "schedule created"
         );
-        Ok(stored)
+        Ok(self.with_next_fires(stored).await)
+    }
+
+    /// The schedule with the next times it fires: a cron expression's from now on in its time
+    /// zone; an interval's from when its message schedule was stored (created or resumed), as
+    /// the broker counts it. None while paused, or when that cannot be read.
+    pub(crate) async fn with_next_fires(&self, mut schedule: v1::Schedule) -> v1::Schedule {
+        schedule.next_fires.clear();
+        if schedule.paused {
+            return schedule;
+        }
+        let Ok((spec, cron)) = spec(schedule.when.as_ref(), &schedule.time_zone) else {
+            return schedule;
+        };
+        let now = chrono::Utc::now();
+        let fires: Vec<SystemTime> = match cron {
+            Some(cron) => cron
+                .next_fires(now, NEXT_FIRES)
+                .into_iter()
+                .map(SystemTime::from)
+                .collect(),
+            None => {
+                let every = spec
+                    .strip_prefix("@every ")
+                    .and_then(|s| s.strip_suffix('s'))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .map(Duration::from_secs)
+                    .filter(|d| !d.is_zero());
+                let stored = self
+                    .broker
+                    .tasks
+                    .get_last_raw_message_by_subject(&subject::schedule(&schedule.name))
+                    .await
+                    .ok()
+                    .map(|m| SystemTime::from(m.time));
+                match (every, stored) {
+                    (Some(every), Some(stored)) => {
+                        let passed = SystemTime::now().duration_since(stored).unwrap_or_default();
+                        let ticks = passed.as_secs() / every.as_secs() + 1;
+                        (0..NEXT_FIRES as u64)
+                            .map(|k| stored + every * u32::try_from(ticks + k).unwrap_or(u32::MAX))
+                            .collect()
+                    }
+                    _ => Vec::new(),
+                }
+            }
+        };
+        schedule.next_fires = fires.into_iter().map(Into::into).collect();
+        schedule
     }
 
     /// Puts the schedule's message schedule in the tasks stream.
@@ -302,7 +381,7 @@ impl Gateway {
             return Err(e);
         }
         tracing::info!(schedule = name, paused, "schedule changed");
-        Ok(schedule)
+        Ok(self.with_next_fires(schedule).await)
     }
 
     async fn delete_schedule(&self, name: &str) -> Result<(), Error> {
@@ -336,7 +415,7 @@ impl Gateway {
         let mut schedules = Vec::with_capacity(names.len());
         for name in names {
             match self.get_schedule(&name).await {
-                Ok((schedule, _)) => schedules.push(schedule),
+                Ok((schedule, _)) => schedules.push(self.with_next_fires(schedule).await),
                 // Deleted in between.
                 Err(Error::NoSchedule(_)) => {}
                 Err(e) => return Err(e),
@@ -386,7 +465,7 @@ impl v1::schedules_server::Schedules for SchedulesService {
             .gateway
             .get_schedule(&request.into_inner().name)
             .await?;
-        Ok(Response::new(schedule))
+        Ok(Response::new(self.gateway.with_next_fires(schedule).await))
     }
 
     async fn delete(

@@ -21,9 +21,12 @@ pub enum ScheduleCommand {
         /// Arguments as proto3 JSON.
         #[arg(default_value = "{}")]
         args: String,
-        /// Cron expression in UTC: five fields, six with seconds first, or @hourly, @daily...
+        /// Cron expression: five fields, six with seconds first, or @hourly, @daily...
         #[arg(long, required_unless_present = "every", conflicts_with = "every")]
         cron: Option<String>,
+        /// The IANA time zone the cron expression is read in, e.g. Europe/Berlin (default UTC).
+        #[arg(long, requires = "cron")]
+        time_zone: Option<String>,
         /// Fixed interval instead, e.g. 30s or 5m.
         #[arg(long, value_parser = humantime::parse_duration)]
         every: Option<Duration>,
@@ -58,6 +61,7 @@ pub async fn run(client: &Client, command: ScheduleCommand) -> Result<i32, Error
             task,
             args,
             cron,
+            time_zone,
             every,
             priority,
             max_attempts,
@@ -82,6 +86,7 @@ pub async fn run(client: &Client, command: ScheduleCommand) -> Result<i32, Error
                     when: Some(when),
                     args: Some(v1::schedule::Args::ArgsJson(args)),
                     options: Some(options.into_proto()),
+                    time_zone: time_zone.unwrap_or_default(),
                     ..Default::default()
                 })
                 .await?;
@@ -126,5 +131,13 @@ pub fn schedule_json(schedule: &v1::Schedule) -> serde_json::Value {
     if let Some(time) = &schedule.created_at {
         out["created_at"] = time.to_string().into();
     }
+    if !schedule.time_zone.is_empty() {
+        out["time_zone"] = schedule.time_zone.clone().into();
+    }
+    out["next_fires"] = schedule
+        .next_fires
+        .iter()
+        .map(|t| serde_json::Value::from(t.to_string()))
+        .collect();
     out
 }

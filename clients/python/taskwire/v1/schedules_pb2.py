@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from taskwire.v1 import tasks_pb2 as taskwire_dot_v1_dot_tasks__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btaskwire/v1/schedules.proto\x12\x0btaskwire.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17taskwire/v1/tasks.proto\"\x8a\x02\n\x08Schedule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0e\n\x04\x63ron\x18\x03 \x01(\tH\x00\x12*\n\x05\x65very\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x14\n\nargs_proto\x18\x05 \x01(\x0cH\x01\x12\x13\n\targs_json\x18\x06 \x01(\tH\x01\x12+\n\x07options\x18\x07 \x01(\x0b\x32\x1a.taskwire.v1.SubmitOptions\x12\x0e\n\x06paused\x18\x08 \x01(\x08\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\n\x04whenB\x06\n\x04\x61rgs\"@\n\x15\x43reateScheduleRequest\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.taskwire.v1.Schedule\"\x16\n\x14ListSchedulesRequest\"A\n\x15ListSchedulesResponse\x12(\n\tschedules\x18\x01 \x03(\x0b\x32\x15.taskwire.v1.Schedule\"\"\n\x12GetScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x15\x44\x65leteScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteScheduleResponse\"$\n\x14PauseScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x15ResumeScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xb9\x03\n\tSchedules\x12\x43\n\x06\x43reate\x12\".taskwire.v1.CreateScheduleRequest\x1a\x15.taskwire.v1.Schedule\x12M\n\x04List\x12!.taskwire.v1.ListSchedulesRequest\x1a\".taskwire.v1.ListSchedulesResponse\x12=\n\x03Get\x12\x1f.taskwire.v1.GetScheduleRequest\x1a\x15.taskwire.v1.Schedule\x12Q\n\x06\x44\x65lete\x12\".taskwire.v1.DeleteScheduleRequest\x1a#.taskwire.v1.DeleteScheduleResponse\x12\x41\n\x05Pause\x12!.taskwire.v1.PauseScheduleRequest\x1a\x15.taskwire.v1.Schedule\x12\x43\n\x06Resume\x12\".taskwire.v1.ResumeScheduleRequest\x1a\x15.taskwire.v1.Scheduleb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btaskwire/v1/schedules.proto\x12\x0btaskwire.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17taskwire/v1/tasks.proto\"\xcd\x02\n\x08Schedule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0e\n\x04\x63ron\x18\x03 \x01(\tH\x00\x12*\n\x05\x65very\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x14\n\nargs_proto\x18\x05 \x01(\x0cH\x01\x12\x13\n\targs_json\x18\x06 \x01(\tH\x01\x12+\n\x07options\x18\x07 \x01(\x0b\x32\x1a.taskwire.v1.SubmitOptions\x12\x0e\n\x06paused\x18\x08 \x01(\x08\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttime_zone\x18\n \x01(\t\x12.\n\nnext_fires\x18\x0b \x03(\x0b\x32\x1a.google.protobuf.TimestampB\x06\n\x04whenB\x06\n\x04\x61rgs\"@\n\x15\x43reateScheduleRequest\x12\'\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.taskwire.v1.Schedule\"\x16\n\x14ListSchedulesRequest\"A\n\x15ListSchedulesResponse\x12(\n\tschedules\x18\x01 \x03(\x0b\x32\x15.taskwire.v1.Schedule\"\"\n\x12GetScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x15\x44\x65leteScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteScheduleResponse\"$\n\x14PauseScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x15ResumeScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xb9\x03\n\tSchedules\x12\x43\n\x06\x43reate\x12\".taskwire.v1.CreateScheduleRequest\x1a\x15.taskwire.v1.Schedule\x12M\n\x04List\x12!.taskwire.v1.ListSchedulesRequest\x1a\".taskwire.v1.ListSchedulesResponse\x12=\n\x03Get\x12\x1f.taskwire.v1.GetScheduleRequest\x1a\x15.taskwire.v1.Schedule\x12Q\n\x06\x44\x65lete\x12\".taskwire.v1.DeleteScheduleRequest\x1a#.taskwire.v1.DeleteScheduleResponse\x12\x41\n\x05Pause\x12!.taskwire.v1.PauseScheduleRequest\x1a\x15.taskwire.v1.Schedule\x12\x43\n\x06Resume\x12\".taskwire.v1.ResumeScheduleRequest\x1a\x15.taskwire.v1.Scheduleb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,23 +35,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'taskwire.v1.schedules_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SCHEDULE']._serialized_start=135
-  _globals['_SCHEDULE']._serialized_end=401
-  _globals['_CREATESCHEDULEREQUEST']._serialized_start=403
-  _globals['_CREATESCHEDULEREQUEST']._serialized_end=467
-  _globals['_LISTSCHEDULESREQUEST']._serialized_start=469
-  _globals['_LISTSCHEDULESREQUEST']._serialized_end=491
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=493
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=558
-  _globals['_GETSCHEDULEREQUEST']._serialized_start=560
-  _globals['_GETSCHEDULEREQUEST']._serialized_end=594
-  _globals['_DELETESCHEDULEREQUEST']._serialized_start=596
-  _globals['_DELETESCHEDULEREQUEST']._serialized_end=633
-  _globals['_DELETESCHEDULERESPONSE']._serialized_start=635
-  _globals['_DELETESCHEDULERESPONSE']._serialized_end=659
-  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=661
-  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=697
-  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=699
-  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=736
-  _globals['_SCHEDULES']._serialized_start=739
-  _globals['_SCHEDULES']._serialized_end=1180
+  _globals['_SCHEDULE']._serialized_end=468
+  _globals['_CREATESCHEDULEREQUEST']._serialized_start=470
+  _globals['_CREATESCHEDULEREQUEST']._serialized_end=534
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=536
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=558
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=560
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=625
+  _globals['_GETSCHEDULEREQUEST']._serialized_start=627
+  _globals['_GETSCHEDULEREQUEST']._serialized_end=661
+  _globals['_DELETESCHEDULEREQUEST']._serialized_start=663
+  _globals['_DELETESCHEDULEREQUEST']._serialized_end=700
+  _globals['_DELETESCHEDULERESPONSE']._serialized_start=702
+  _globals['_DELETESCHEDULERESPONSE']._serialized_end=726
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=728
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=764
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=766
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=803
+  _globals['_SCHEDULES']._serialized_start=806
+  _globals['_SCHEDULES']._serialized_end=1247
 # @@protoc_insertion_point(module_scope)

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Schedule(_message.Message):
-    __slots__ = ("name", "task", "cron", "every", "args_proto", "args_json", "options", "paused", "created_at")
+    __slots__ = ("name", "task", "cron", "every", "args_proto", "args_json", "options", "paused", "created_at", "time_zone", "next_fires")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     CRON_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,8 @@ class Schedule(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIRES_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     cron: str
@@ -31,7 +33,9 @@ class Schedule(_message.Message):
     options: _tasks_pb2.SubmitOptions
     paused: bool
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., cron: _Optional[str] = ..., every: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., args_proto: _Optional[bytes] = ..., args_json: _Optional[str] = ..., options: _Optional[_Union[_tasks_pb2.SubmitOptions, _Mapping]] = ..., paused: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    time_zone: str
+    next_fires: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., cron: _Optional[str] = ..., every: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., args_proto: _Optional[bytes] = ..., args_json: _Optional[str] = ..., options: _Optional[_Union[_tasks_pb2.SubmitOptions, _Mapping]] = ..., paused: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., time_zone: _Optional[str] = ..., next_fires: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ...) -> None: ...
 
 class CreateScheduleRequest(_message.Message):
     __slots__ = ("schedule",)

@@ -33,8 +33,10 @@ export interface Schedule {
   /** Full task name, e.g. "examples.magic.v1.Magic/Add". */
   task: string;
   /**
-   * A cron expression in UTC: five fields (minute hour day-of-month month day-of-week), six
-   * with seconds first, or @hourly, @daily, @weekly, @monthly, @yearly.
+   * A cron expression, read in `time_zone`: five fields (minute hour day-of-month month
+   * day-of-week), six with seconds first, or @hourly, @daily, @weekly, @monthly, @yearly.
+   * Fields take numbers, ranges (1-5), steps (* /15), lists (1,15), `*`, `?`, month names
+   * (jan-dec) and weekday names (sun-sat); weekdays are 0 (Sunday) to 6.
    */
   cron?:
     | string
@@ -51,7 +53,20 @@ export interface Schedule {
    */
   options: SubmitOptions | undefined;
   paused: boolean;
-  createdAt: Date | undefined;
+  createdAt:
+    | Date
+    | undefined;
+  /**
+   * The IANA time zone a cron expression is read in, e.g. "Europe/Berlin"; empty: UTC. Only
+   * with cron. Across a daylight-saving change a time the clock skips does not fire that day,
+   * and one it repeats fires at both.
+   */
+  timeZone: string;
+  /**
+   * The next times it fires (up to five; none while paused), as the gateway works them out
+   * when it answers; never stored.
+   */
+  nextFires: Date[];
 }
 
 export interface CreateScheduleRequest {
@@ -95,6 +110,8 @@ function createBaseSchedule(): Schedule {
     options: undefined,
     paused: false,
     createdAt: undefined,
+    timeZone: "",
+    nextFires: [],
   };
 }
 
@@ -126,6 +143,12 @@ export const Schedule: MessageFns<Schedule> = {
     }
     if (message.createdAt !== undefined) {
       Timestamp.encode(toTimestamp(message.createdAt), writer.uint32(74).fork()).join();
+    }
+    if (message.timeZone !== "") {
+      writer.uint32(82).string(message.timeZone);
+    }
+    for (const v of message.nextFires) {
+      Timestamp.encode(toTimestamp(v!), writer.uint32(90).fork()).join();
     }
     return writer;
   },
@@ -215,6 +238,22 @@ export const Schedule: MessageFns<Schedule> = {
             message.createdAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.timeZone = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.nextFires.push(fromTimestamp(Timestamp.decode(reader, reader.uint32())));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -250,6 +289,16 @@ export const Schedule: MessageFns<Schedule> = {
         : isSet(object.created_at)
         ? fromJsonTimestamp(object.created_at)
         : undefined,
+      timeZone: isSet(object.timeZone)
+        ? globalThis.String(object.timeZone)
+        : isSet(object.time_zone)
+        ? globalThis.String(object.time_zone)
+        : "",
+      nextFires: globalThis.Array.isArray(object?.nextFires)
+        ? object.nextFires.map((e: any) => fromJsonTimestamp(e))
+        : globalThis.Array.isArray(object?.next_fires)
+        ? object.next_fires.map((e: any) => fromJsonTimestamp(e))
+        : [],
     };
   },
 
@@ -282,6 +331,12 @@ export const Schedule: MessageFns<Schedule> = {
     if (message.createdAt !== undefined) {
       obj.createdAt = message.createdAt.toISOString();
     }
+    if (message.timeZone !== "") {
+      obj.timeZone = message.timeZone;
+    }
+    if (message.nextFires?.length) {
+      obj.nextFires = message.nextFires.map((e) => e.toISOString());
+    }
     return obj;
   },
 
@@ -303,6 +358,8 @@ export const Schedule: MessageFns<Schedule> = {
       : undefined;
     message.paused = object.paused ?? false;
     message.createdAt = object.createdAt ?? undefined;
+    message.timeZone = object.timeZone ?? "";
+    message.nextFires = object.nextFires?.map((e) => e) || [];
     return message;
   },
 };
@@ -1209,6 +1266,30 @@ export const protoMetadata: ProtoMetadata = {
         "jsonName": "createdAt",
         "options": undefined,
         "proto3Optional": false,
+      }, {
+        "name": "time_zone",
+        "number": 10,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "timeZone",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "next_fires",
+        "number": 11,
+        "label": 3,
+        "type": 11,
+        "typeName": ".google.protobuf.Timestamp",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "nextFires",
+        "options": undefined,
+        "proto3Optional": false,
       }],
       "extension": [],
       "nestedType": [],
@@ -1484,28 +1565,42 @@ export const protoMetadata: ProtoMetadata = {
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 2, 2],
-        "span": [31, 4, 20],
+        "span": [33, 4, 20],
         "leadingComments":
-          " A cron expression in UTC: five fields (minute hour day-of-month month day-of-week), six\n with seconds first, or @hourly, @daily, @weekly, @monthly, @yearly.\n",
+          " A cron expression, read in `time_zone`: five fields (minute hour day-of-month month\n day-of-week), six with seconds first, or @hourly, @daily, @weekly, @monthly, @yearly.\n Fields take numbers, ranges (1-5), steps (*/15), lists (1,15), `*`, `?`, month names\n (jan-dec) and weekday names (sun-sat); weekdays are 0 (Sunday) to 6.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 2, 3],
-        "span": [33, 4, 39],
+        "span": [35, 4, 39],
         "leadingComments": " A fixed interval, at least one second.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 8, 1],
-        "span": [36, 2, 39, 3],
+        "span": [38, 2, 41, 3],
         "leadingComments": " The task's arguments, as protobuf bytes or proto3 JSON; given once, used on every tick.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 2, 6],
-        "span": [42, 2, 28],
+        "span": [44, 2, 28],
         "leadingComments":
           " Options of every task it submits: max_attempts, timeout, backoff, priority, ttl and\n result_ttl apply; an idempotency key, not_before, countdown and expires_at are refused.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 0, 2, 9],
+        "span": [50, 2, 24],
+        "leadingComments":
+          ' The IANA time zone a cron expression is read in, e.g. "Europe/Berlin"; empty: UTC. Only\n with cron. Across a daylight-saving change a time the clock skips does not fire that day,\n and one it repeats fires at both.\n',
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 0, 2, 10],
+        "span": [53, 2, 53],
+        "leadingComments":
+          " The next times it fires (up to five; none while paused), as the gateway works them out\n when it answers; never stored.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }],
