@@ -5,6 +5,7 @@ Then a queue paused and resumed from its row (a confirmation dismissed changes n
 two workflows drawn as graphs: one that succeeded, one whose second step failed.
 
 Usage: dashboard.py URL TASK_ID DEAD_ID SCREENSHOT_DIR SUCCEEDED_WORKFLOW FAILED_WORKFLOW
+    PARENT_ID QUEUED_ID
 """
 
 import os
@@ -14,7 +15,7 @@ from playwright.sync_api import expect, sync_playwright
 
 
 def main() -> int:
-    url, task_id, dead_id, shots, succeeded, failed, parent = sys.argv[1:8]
+    url, task_id, dead_id, shots, succeeded, failed, parent, queued_id = sys.argv[1:9]
     os.makedirs(shots, exist_ok=True)
     chromium = os.environ.get("TASKWIRE_CHROMIUM", "/usr/bin/chromium")
     with sync_playwright() as p:
@@ -41,9 +42,17 @@ def main() -> int:
         expect(page.locator("#workers")).to_contain_text("no worker is alive")
         page.screenshot(path=os.path.join(shots, "overview.png"), full_page=True)
 
+        # A schedule in a time zone, with when it fires next; times read relative.
+        schedule = page.locator("#schedules tbody tr", has_text="nightly")
+        expect(schedule).to_contain_text("(Europe/Berlin)")
+        expect(schedule.locator("time")).to_contain_text("in ")
+        expect(page.locator("#recent tbody tr time").first).to_contain_text("ago")
+
         # A task's detail, opened from the recent tasks.
         page.locator(f'#recent a[href="/tasks/{task_id}"]').click()
         expect(page.locator("#task-state")).to_have_text("succeeded")
+        expect(page.locator("#task-ran")).to_contain_text("s")
+        expect(page.locator("#task-cancel")).to_have_count(0)
         expect(page.locator("#task-args")).to_contain_text('"arg1"')
         expect(page.locator("#task-result")).to_contain_text('"sum"')
         expect(page.locator("#history")).to_contain_text("queued")
@@ -56,6 +65,19 @@ def main() -> int:
         dead.locator("button.replay").click()
         expect(page.locator("#dead tbody tr", has_text=dead_id)).to_have_count(0)
         page.screenshot(path=os.path.join(shots, "replayed.png"), full_page=True)
+
+        # Cancel a queued task from its page, after a confirmation; dismissed, it stays queued.
+        page.goto(f"{url}tasks/{queued_id}")
+        expect(page.locator("#task-state")).to_have_text("queued")
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        page.locator("#task-cancel").click()
+        expect(page.locator("#task-state")).to_have_text("queued")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#task-cancel").click()
+        expect(page.locator("#task-state")).to_have_text("cancelled")
+        expect(page.locator("#task-cancel")).to_have_count(0)
+        page.screenshot(path=os.path.join(shots, "cancelled.png"), full_page=True)
+        page.goto(url)
 
         # Pause the Add queue from its row, after a confirmation; dismissed, nothing changes.
         add = page.locator("#queues tbody tr", has_text="examples.magic.v1.Magic/Add")

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use taskwire::v1::TaskState;
+use taskwire::v1::{self, TaskState};
 use taskwire_client::Client;
 use taskwire_client::workflow::{Step, Workflow};
 use taskwire_examples::chaos::v1::ChaosClient;
@@ -98,14 +98,28 @@ async fn the_dashboard_shows_queues_a_task_and_replays_a_dead_letter() -> anyhow
         .await?;
     parent.get(WAIT).await?;
     worker.stop().await?;
+    let mut queued = Vec::new();
     for i in 0..4 {
-        magic
-            .add(AddArgs {
-                arg1: 100 + i,
-                ..Default::default()
-            })
-            .await?;
+        queued.push(
+            magic
+                .add(AddArgs {
+                    arg1: 100 + i,
+                    ..Default::default()
+                })
+                .await?,
+        );
     }
+    // A schedule in a time zone that fires at night.
+    client
+        .create_schedule(v1::Schedule {
+            name: "nightly".into(),
+            task: "examples.magic.v1.Magic/Add".into(),
+            when: Some(v1::schedule::When::Cron("0 3 * * *".into())),
+            time_zone: "Europe/Berlin".into(),
+            args: Some(v1::schedule::Args::ArgsJson("{}".into())),
+            ..Default::default()
+        })
+        .await?;
 
     let python = std::env::var("TASKWIRE_PYTHON")
         .map(PathBuf::from)
@@ -120,6 +134,7 @@ async fn the_dashboard_shows_queues_a_task_and_replays_a_dead_letter() -> anyhow
         .arg(&succeeded)
         .arg(&failed)
         .arg(parent.id())
+        .arg(queued[0].id())
         .stdin(std::process::Stdio::null())
         .output()
         .await
@@ -148,6 +163,8 @@ async fn the_dashboard_shows_queues_a_task_and_replays_a_dead_letter() -> anyhow
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0].task_id, dead[1].id());
     assert_eq!(dead[0].state().await?, TaskState::Queued);
+    // Cancelled from its page.
+    assert_eq!(queued[0].state().await?, TaskState::Cancelled);
     // Paused and resumed from the page: nothing is left paused.
     assert!(client.queues().await?.iter().all(|q| !q.paused));
 

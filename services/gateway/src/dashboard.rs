@@ -35,6 +35,7 @@ pub(crate) fn routes(gateway: Arc<Gateway>) -> axum::Router {
         )
         .route("/api/workflows/{id}", axum::routing::get(workflow))
         .route("/api/dead/{id}/replay", axum::routing::post(replay))
+        .route("/api/tasks/{id}/cancel", axum::routing::post(cancel))
         .route("/api/queues/pause", axum::routing::post(pause))
         .route("/api/queues/resume", axum::routing::post(resume))
         .with_state(gateway)
@@ -89,6 +90,21 @@ async fn workflow(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -
     };
     match gateway.workflow_detail(&id).await {
         Ok(body) => axum::Json(body).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+async fn cancel(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+    let id = match Id::parse(&id) {
+        Ok(id) => id,
+        Err(e) => return failure(Error::InvalidId(e)),
+    };
+    match gateway.cancel(&id).await {
+        Ok(info) => axum::Json(serde_json::json!({
+            "id": info.task_id,
+            "state": broker::state_name(info.state()),
+        }))
+        .into_response(),
         Err(e) => failure(e),
     }
 }
@@ -208,8 +224,25 @@ impl Gateway {
                 })
             })
             .collect();
+        let schedules: Vec<serde_json::Value> = self
+            .list_schedules()
+            .await?
+            .iter()
+            .map(|s| {
+                let when = match &s.when {
+                    Some(v1::schedule::When::Cron(cron)) => cron.clone(),
+                    Some(v1::schedule::When::Every(every)) => format!("every {}s", every.seconds),
+                    None => String::new(),
+                };
+                serde_json::json!({
+                    "name": s.name, "task": s.task, "when": when, "time_zone": s.time_zone,
+                    "paused": s.paused, "next_fire": time(&s.next_fires.first().cloned()),
+                })
+            })
+            .collect();
         Ok(serde_json::json!({
             "queues": queues,
+            "schedules": schedules,
             "workers": workers,
             "recent": self.recent().await?,
             "dead_letters": dead,
@@ -346,6 +379,7 @@ impl Gateway {
             "task": current.task,
             "state": broker::state_name(current.state()),
             "attempt": current.attempt,
+            "updated_at": time(&current.updated_at),
             "error": current.error.as_ref().map(|f| f.message.clone()),
             "args": args,
             "result": result,

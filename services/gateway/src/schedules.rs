@@ -399,7 +399,7 @@ impl Gateway {
         Ok(())
     }
 
-    async fn list_schedules(&self) -> Result<Vec<v1::Schedule>, Error> {
+    pub(crate) async fn list_schedules(&self) -> Result<Vec<v1::Schedule>, Error> {
         self.check_connected()?;
         let mut names = Vec::new();
         let mut keys = self
