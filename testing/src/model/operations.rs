@@ -112,14 +112,29 @@ pub(crate) async fn schedule(
     match rng.below(4) {
         0 if schedules.len() < 3 => {
             let name = format!("model-{n}");
+            // Every second: an interval, or a cron expression read in some time zone.
+            let (when, time_zone) = if rng.chance(50) {
+                let zones = ["", "Asia/Kathmandu", "America/New_York", "Europe/Berlin"];
+                let zone = zones[rng.below(zones.len() as u64) as usize];
+                (
+                    v1::schedule::When::Cron("* * * * * *".into()),
+                    zone.to_owned(),
+                )
+            } else {
+                (
+                    v1::schedule::When::Every(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 0,
+                    }),
+                    String::new(),
+                )
+            };
             let created = client
                 .create_schedule(v1::Schedule {
                     name: name.clone(),
                     task: SLEEP.into(),
-                    when: Some(v1::schedule::When::Every(prost_types::Duration {
-                        seconds: 1,
-                        nanos: 0,
-                    })),
+                    when: Some(when),
+                    time_zone,
                     args: Some(v1::schedule::Args::ArgsJson(r#"{"millis":1}"#.into())),
                     options: Some(SubmitOptions::default().max_attempts(1).into_proto()),
                     ..Default::default()
