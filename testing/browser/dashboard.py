@@ -94,6 +94,13 @@ def main() -> int:
         expect(add.locator("button.queue-pause")).to_have_text("Pause")
         expect(add).to_contain_text("running")
 
+        # Purge what waits in it, after a confirmation: nothing is left queued.
+        page.once("dialog", lambda dialog: dialog.accept())
+        add.locator("button.queue-purge").click()
+        expect(add.locator(".queued")).to_have_text("0")
+        expect(add.locator("button.queue-purge")).to_have_count(0)
+        page.screenshot(path=os.path.join(shots, "purged.png"), full_page=True)
+
         # A workflow that succeeded: each step a node with its state, linked to its task, an
         # arrow from the step it takes its result from; the task's page links back.
         page.goto(f"{url}workflows/{succeeded}")

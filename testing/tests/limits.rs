@@ -320,3 +320,87 @@ async fn a_paused_queue_starts_nothing_until_resumed() -> anyhow::Result<()> {
     assert!(client.queues().await?.iter().all(|q| !q.paused));
     Ok(())
 }
+
+/// Purging a queue cancels what waits in it at the priorities asked (a task running finishes,
+/// the other priority's task stays queued), answers how many, and a repeat finds nothing more.
+#[tokio::test]
+async fn a_purge_cancels_what_waits_and_lets_what_runs_finish() -> anyhow::Result<()> {
+    use taskwire_client::SubmitOptions;
+    use taskwire_testing::eventually;
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::chaos()).concurrency(10)).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let sleep = |millis: u64| format!(r#"{{"millis":{millis}}}"#);
+
+    let running = client
+        .submit_json(SLEEP, &sleep(1500), SubmitOptions::default())
+        .await?
+        .task_id;
+    eventually("the first task runs", WAIT, || async {
+        state_of(&client, &running)
+            .await
+            .is_ok_and(|s| s == v1::TaskState::Running)
+    })
+    .await?;
+    client.pause_queue(SLEEP, &[], "purge").await?;
+    eventually("the worker holds the queue paused", WAIT, || {
+        workers_hold(&client, &["high", "normal", "low"])
+    })
+    .await?;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        waiting.push(
+            client
+                .submit_json(SLEEP, &sleep(10), SubmitOptions::default())
+                .await?
+                .task_id,
+        );
+    }
+    let high = client
+        .submit_json(
+            SLEEP,
+            &sleep(10),
+            SubmitOptions::default().priority(v1::Priority::High),
+        )
+        .await?
+        .task_id;
+
+    let purged = client.purge_queue(SLEEP, &[v1::Priority::Normal]).await?;
+    assert_eq!(purged, 3);
+    for id in &waiting {
+        assert_eq!(
+            state_of(&client, id).await?,
+            v1::TaskState::Cancelled,
+            "{id}"
+        );
+    }
+    assert_eq!(state_of(&client, &high).await?, v1::TaskState::Queued);
+    assert_eq!(client.purge_queue(SLEEP, &[v1::Priority::Normal]).await?, 0);
+    let normal = client
+        .queues()
+        .await?
+        .into_iter()
+        .find(|q| q.task == SLEEP && q.priority == "normal")
+        .expect("the normal queue");
+    // Only the running task's message is left.
+    assert!(normal.queued + normal.in_flight <= 1, "{normal:?}");
+
+    client.resume_queue(SLEEP, &[]).await?;
+    let done = client.wait(&running, WAIT, false).await?;
+    assert_eq!(done.state(), v1::TaskState::Succeeded, "{done:?}");
+    let done = client.wait(&high, WAIT, false).await?;
+    assert_eq!(done.state(), v1::TaskState::Succeeded, "{done:?}");
+    // The cancelled ones never ran and stay cancelled.
+    for id in &waiting {
+        let info = client.get(id, false).await?;
+        assert_eq!(info.state(), v1::TaskState::Cancelled, "{info:?}");
+        assert_eq!(info.attempt, 0, "{info:?}");
+    }
+    let unknown = client
+        .purge_queue("examples.chaos.v1.Chaos/Nope", &[])
+        .await
+        .expect_err("an unknown task type");
+    assert!(unknown.to_string().contains("Nope"), "{unknown}");
+    Ok(())
+}

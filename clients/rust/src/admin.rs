@@ -116,6 +116,23 @@ impl Client {
         Ok(self.admin.clone().resume_queue(request).await?.into_inner())
     }
 
+    /// Cancels every task waiting in a task type's queue at `priorities` (none: every
+    /// priority), as a Cancel of each would; a task running now finishes. How many it
+    /// cancelled.
+    pub async fn purge_queue(&self, task: &str, priorities: &[v1::Priority]) -> Result<u64, Error> {
+        let request = v1::PurgeQueueRequest {
+            task: task.to_owned(),
+            priorities: priorities.iter().map(|p| *p as i32).collect(),
+        };
+        Ok(self
+            .admin
+            .clone()
+            .purge_queue(request)
+            .await?
+            .into_inner()
+            .purged)
+    }
+
     /// The workers alive now.
     pub async fn workers(&self) -> Result<Vec<v1::WorkerInfo>, Error> {
         Ok(self

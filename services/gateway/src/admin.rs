@@ -161,6 +161,15 @@ impl v1::admin_server::Admin for AdminService {
         Ok(Response::new(paused))
     }
 
+    async fn purge_queue(
+        &self,
+        request: Request<v1::PurgeQueueRequest>,
+    ) -> Result<Response<v1::PurgeQueueResponse>, Status> {
+        let req = request.into_inner();
+        let purged = self.gateway.purge_queue(&req.task, &req.priorities).await?;
+        Ok(Response::new(v1::PurgeQueueResponse { purged }))
+    }
+
     async fn list_task_types(
         &self,
         _request: Request<v1::ListTaskTypesRequest>,

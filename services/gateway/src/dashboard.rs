@@ -38,6 +38,7 @@ pub(crate) fn routes(gateway: Arc<Gateway>) -> axum::Router {
         .route("/api/tasks/{id}/cancel", axum::routing::post(cancel))
         .route("/api/queues/pause", axum::routing::post(pause))
         .route("/api/queues/resume", axum::routing::post(resume))
+        .route("/api/queues/purge", axum::routing::post(purge))
         .with_state(gateway)
 }
 
@@ -159,6 +160,22 @@ async fn resume(
     axum::Json(change): axum::Json<QueueChange>,
 ) -> Response {
     change_pause(&gateway, &change, false).await
+}
+
+async fn purge(
+    State(gateway): State<Arc<Gateway>>,
+    axum::Json(change): axum::Json<QueueChange>,
+) -> Response {
+    let priorities = match change.priorities() {
+        Ok(p) => p,
+        Err(e) => return failure(e),
+    };
+    match gateway.purge_queue(&change.task, &priorities).await {
+        Ok(purged) => {
+            axum::Json(serde_json::json!({ "task": change.task, "purged": purged })).into_response()
+        }
+        Err(e) => failure(e),
+    }
 }
 
 async fn change_pause(gateway: &Gateway, change: &QueueChange, paused: bool) -> Response {

@@ -1,12 +1,14 @@
 //! Pausing and resuming queues: the `TASKWIRE_PAUSED` bucket, changed with compare-and-set so
-//! that two operators pausing different priorities of one task type at once both count.
+//! that two operators pausing different priorities of one task type at once both count; and
+//! purging a queue of the tasks that wait in it.
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use taskwire::task::Name;
+use taskwire::task::{Id, Name};
 use taskwire::v1;
-use taskwire_protocol::{self as broker, pause};
+use taskwire_protocol::{self as broker, header, pause};
 
+use crate::cancel::Cancelled;
 use crate::{Error, Gateway};
 
 /// Tries of a change that another one keeps getting ahead of.
@@ -120,4 +122,80 @@ pub(crate) fn holds(pause: Option<&v1::QueuePause>, priority: v1::Priority) -> b
             .unwrap_or(1);
         pause::paused_levels(p)[level]
     })
+}
+
+impl Gateway {
+    /// Cancels every task waiting in a task type's queue (at `priorities`, none: all three), as
+    /// a Cancel of each would, then takes its message out of the stream; a task running now is
+    /// left to finish. Answers how many it cancelled. After a crash midway, the ones done stay
+    /// cancelled and a repeat goes on with the rest.
+    pub(crate) async fn purge_queue(&self, task: &str, priorities: &[i32]) -> Result<u64, Error> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
+        let name = Name::parse(task).map_err(Error::InvalidName)?;
+        self.registry.get(&name).await?;
+        let levels = pause::levels_of(priorities).map_err(Error::BadRequest)?;
+        self.check_connected()?;
+        let mut purged = 0;
+        for (level, priority) in broker::PRIORITIES.iter().enumerate() {
+            if !levels[level] {
+                continue;
+            }
+            let subject = broker::subject::task_at(&name, *priority);
+            let mut from = 1;
+            loop {
+                let message = match self
+                    .broker
+                    .tasks
+                    .raw_message_builder()
+                    .sequence(from)
+                    .next_by_subject(subject.clone())
+                    .send()
+                    .await
+                {
+                    Ok(message) => message,
+                    Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+                    Err(e) => return Err(self.broker_error(e)),
+                };
+                from = message.sequence + 1;
+                let headers = &message.headers;
+                let id = match headers.get(header::TASK_ID) {
+                    Some(id) => Id::parse(id.as_str()).ok(),
+                    // A schedule's tick: its id as the worker makes it.
+                    None => headers.get(header::SCHEDULE_NAME).map(|schedule| {
+                        broker::scheduled_task_id(
+                            &name,
+                            schedule.as_str(),
+                            headers.get(header::SCHEDULE_NEXT).map(|v| v.as_str()),
+                            message.sequence,
+                        )
+                    }),
+                };
+                let Some(id) = id else {
+                    // Not a task (a worker moves such a message to the dead letters).
+                    continue;
+                };
+                let last = self.last_event(&id).await?;
+                if last
+                    .as_ref()
+                    .is_some_and(|e| e.state() == v1::TaskState::Running)
+                {
+                    continue;
+                }
+                let attempt = last.map_or(0, |e| e.attempt);
+                match self.cancel_stored(&id, &name, attempt, false).await? {
+                    Cancelled::Now | Cancelled::ByWorker(_) => {
+                        purged += 1;
+                        self.cancel_children(&id).await?;
+                    }
+                    Cancelled::Finished(_) => {}
+                }
+                // Nothing of it is left to run.
+                if let Err(e) = self.broker.tasks.delete_message(message.sequence).await {
+                    tracing::debug!(task_id = %id, error = %e, "the message of a purged task was gone already");
+                }
+            }
+        }
+        tracing::info!(task = %name, purged, "queue purged");
+        Ok(purged)
+    }
 }

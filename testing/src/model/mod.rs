@@ -8,7 +8,7 @@
 //! cancelled; parents submitting children (retried after submitting them, waiting for them,
 //! delayed, keyed, at each priority) cancelled like any task; limits overridden and cleared (the
 //! concurrency of Limited, the rate of Paced); queues paused and resumed (a whole task type
-//! or one priority); workers killed (SIGKILL) or stopped (SIGTERM)
+//! or one priority) and purged; workers killed (SIGKILL) or stopped (SIGTERM)
 //! and started again; nats-server restarted, or stopped (SIGSTOP) for a few seconds. The workers log the start and end of
 //! every run (`TASKWIRE_RUN_LOG`). At the end every task must have ended as the guarantees of
 //! the README say, checked against the broker (Get, dead letters) and the run log.
@@ -295,7 +295,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             925..=939 => "family",
             940..=949 => "workflow_cancel",
             950..=964 => "queue_pause",
-            965..=989 => "get",
+            965..=969 => "queue_purge",
+            970..=989 => "get",
             990..=994 => "worker_kill",
             995..=997 => "worker_term",
             998 => "nats_pause",
@@ -406,6 +407,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             }
             "workflow_cancel" => cancel_workflow(&system.client, &mut rng, &mut flows).await,
             "queue_pause" => pauses.step(&system.client, &mut rng).await,
+            "queue_purge" => pauses.purge(&system.client, &mut rng).await,
             "limits" => {
                 // Overrides never above the declared limits, which the checks hold to.
                 let (task, limits) = if rng.chance(50) {
@@ -513,6 +515,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     check_limit(&tasks, &runs, &system.kills, &mut violations);
     check_rate(&tasks, &runs, &mut violations);
     pauses.check(&tasks, &runs, &mut violations);
+    pauses.check_purges(&tasks, &finals, &runs, &mut violations);
 
     for mut worker in system.workers.drain(..) {
         let _ = worker.kill().await;

@@ -1,7 +1,9 @@
 //! Queues paused and resumed: while a task type's queue is paused at a priority, no task of it
 //! at that priority starts, from shortly after the pause answered (the time workers take to
 //! hear of it) until the resume is asked; at the end every pause is lifted, and every task
-//! ends as the other checks say.
+//! ends as the other checks say. Queues purged: a task that ended cancelled without a Cancel
+//! of its own was in a queue purged after it was submitted, and started no run after the last
+//! such purge answered.
 
 use super::*;
 
@@ -23,10 +25,14 @@ struct Stretch {
     to: Option<SystemTime>,
 }
 
-/// What the model paused, and when.
+/// The task types the model purges: no workflow step or child is of them.
+const PURGEABLE: [&str; 2] = [LIMITED, PACED];
+
+/// What the model paused, and when; what it purged, and when that answered.
 #[derive(Debug, Default)]
 pub(crate) struct Pauses {
     stretches: Vec<Stretch>,
+    purges: Vec<(&'static str, usize, SystemTime)>,
 }
 
 fn priority_at(level: usize) -> v1::Priority {
@@ -96,6 +102,35 @@ impl Pauses {
         client.resume_queue(task, priorities).await.is_ok()
     }
 
+    /// Purges a queue of Limited or Paced, at every priority or one.
+    pub(crate) async fn purge(&mut self, client: &Client, rng: &mut Rng) {
+        let Some(&task) = rng.pick(&PURGEABLE) else {
+            return;
+        };
+        let levels: Vec<usize> = if rng.chance(50) {
+            vec![0, 1, 2]
+        } else {
+            vec![rng.below(3) as usize]
+        };
+        let priorities: Vec<v1::Priority> = if levels.len() == 3 {
+            Vec::new()
+        } else {
+            levels.iter().map(|l| priority_at(*l)).collect()
+        };
+        // One that answered an error may have cancelled some: they count from when it was
+        // asked, which a later purge's answer covers too.
+        let asked = SystemTime::now();
+        let answered = client.purge_queue(task, &priorities).await;
+        let at = if answered.is_ok() {
+            SystemTime::now()
+        } else {
+            asked
+        };
+        for level in levels {
+            self.purges.push((task, level, at));
+        }
+    }
+
     /// Every queue runs again, at every priority (tried until it answers, for a while).
     pub(crate) async fn lift_all(&mut self, client: &Client) {
         for task in PAUSABLE {
@@ -160,6 +195,66 @@ impl Pauses {
                         ),
                     });
                 }
+            }
+        }
+    }
+
+    /// A task cancelled with no Cancel of its own was purged: its queue was purged after it was
+    /// submitted, and no run of it started after the last purge answered.
+    pub(crate) fn check_purges(
+        &self,
+        tasks: &[Task],
+        finals: &HashMap<String, TaskState>,
+        runs: &HashMap<String, Vec<Run>>,
+        violations: &mut Vec<Violation>,
+    ) {
+        for task in tasks {
+            if task.cancelled_at.is_some()
+                || finals.get(&task.id) != Some(&TaskState::Cancelled)
+                || !PURGEABLE.contains(&task.name)
+            {
+                continue;
+            }
+            let Some(priority) = task.priority else {
+                continue;
+            };
+            let level = taskwire_protocol::PRIORITIES
+                .iter()
+                .position(|p| *p == priority)
+                .unwrap_or(1);
+            let last = self
+                .purges
+                .iter()
+                .filter(|(name, l, at)| {
+                    *name == task.name
+                        && *l == level
+                        && *at + CLOCK_TOLERANCE > task.submitted_at - CANCEL_TOLERANCE
+                })
+                .map(|(_, _, at)| *at)
+                .max();
+            let Some(last) = last else {
+                violations.push(Violation {
+                    guarantee: 4,
+                    task: task.id.clone(),
+                    what: format!(
+                        "{} ended cancelled with no Cancel nor purge of its queue",
+                        task.name
+                    ),
+                });
+                continue;
+            };
+            let ran = runs.get(&task.id).map(Vec::as_slice).unwrap_or_default();
+            if let Some(run) = ran.iter().find(|r| r.start > last + CANCEL_TOLERANCE) {
+                violations.push(Violation {
+                    guarantee: 4,
+                    task: task.id.clone(),
+                    what: format!(
+                        "{} purged, yet attempt {} started {:?} after the purge answered",
+                        task.name,
+                        run.attempt,
+                        run.start.duration_since(last).unwrap_or_default()
+                    ),
+                });
             }
         }
     }

@@ -175,6 +175,17 @@ async fn cli_pauses_and_resumes_a_queue() -> anyhow::Result<()> {
     assert_eq!(resumed["paused"], serde_json::json!([]), "{resumed}");
     assert_eq!(resumed["since"], serde_json::Value::Null);
 
+    // A purge asks for --yes, and then says how many it cancelled.
+    let out = cli(&["queue", "purge", ADD]).output().await?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--yes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["queue", "purge", ADD, "--yes"]).output().await?;
+    assert_eq!(json(&out)?["purged"], 0);
+
     let out = cli(&["queue", "pause", ADD, "--priority", "urgent"])
         .output()
         .await?;

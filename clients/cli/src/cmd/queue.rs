@@ -1,4 +1,5 @@
-//! `taskwire queue pause|resume TASK`: stop and start a task type's queue.
+//! `taskwire queue pause|resume|purge TASK`: stop and start a task type's queue, or cancel
+//! what waits in it.
 
 use clap::Subcommand;
 use taskwire_client::Client;
@@ -30,6 +31,18 @@ pub enum QueueCommand {
         #[arg(long, value_enum)]
         priority: Vec<Priority>,
     },
+    /// Cancel every task waiting in the queue (a task running now finishes), at every priority
+    /// or those given; prints how many. Safe to run again after a failure midway.
+    Purge {
+        /// Full task name.
+        task: String,
+        /// Only this priority (repeat for more).
+        #[arg(long, value_enum)]
+        priority: Vec<Priority>,
+        /// Yes, cancel them: without it nothing is done.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// Pauses or resumes, then prints what is paused as JSON.
@@ -46,6 +59,26 @@ pub async fn run(client: &Client, command: QueueCommand) -> Result<i32, Error> {
         QueueCommand::Resume { task, priority } => {
             let priorities: Vec<_> = priority.iter().map(|p| p.proto()).collect();
             client.resume_queue(&task, &priorities).await?
+        }
+        QueueCommand::Purge {
+            task,
+            priority,
+            yes,
+        } => {
+            if !yes {
+                anyhow::bail!(
+                    "this cancels every task waiting in the queue of {task}; run it again with --yes to do so"
+                );
+            }
+            let priorities: Vec<_> = priority.iter().map(|p| p.proto()).collect();
+            let purged = client.purge_queue(&task, &priorities).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({ "task": task, "purged": purged })
+                )?
+            );
+            return Ok(0);
         }
     };
     let pause = response.pause.unwrap_or_default();

@@ -434,6 +434,20 @@ class ResumeQueueRequest(_message.Message):
     priorities: _containers.RepeatedScalarFieldContainer[Priority]
     def __init__(self, task: _Optional[str] = ..., priorities: _Optional[_Iterable[_Union[Priority, str]]] = ...) -> None: ...
 
+class PurgeQueueRequest(_message.Message):
+    __slots__ = ("task", "priorities")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    PRIORITIES_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    priorities: _containers.RepeatedScalarFieldContainer[Priority]
+    def __init__(self, task: _Optional[str] = ..., priorities: _Optional[_Iterable[_Union[Priority, str]]] = ...) -> None: ...
+
+class PurgeQueueResponse(_message.Message):
+    __slots__ = ("purged",)
+    PURGED_FIELD_NUMBER: _ClassVar[int]
+    purged: int
+    def __init__(self, purged: _Optional[int] = ...) -> None: ...
+
 class QueuePause(_message.Message):
     __slots__ = ("priorities", "since", "reason")
     PRIORITIES_FIELD_NUMBER: _ClassVar[int]

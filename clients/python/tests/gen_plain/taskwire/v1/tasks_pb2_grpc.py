@@ -436,6 +436,11 @@ class AdminStub:
                 request_serializer=taskwire_dot_v1_dot_tasks__pb2.ResumeQueueRequest.SerializeToString,
                 response_deserializer=taskwire_dot_v1_dot_tasks__pb2.QueuePauseResponse.FromString,
                 _registered_method=True)
+        self.PurgeQueue = channel.unary_unary(
+                '/taskwire.v1.Admin/PurgeQueue',
+                request_serializer=taskwire_dot_v1_dot_tasks__pb2.PurgeQueueRequest.SerializeToString,
+                response_deserializer=taskwire_dot_v1_dot_tasks__pb2.PurgeQueueResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -526,6 +531,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeQueue(self, request, context):
+        """Cancels every task waiting in a task type's queue, at every priority or at those given,
+        as a Cancel of each would (a task running now finishes), and takes it out of the stream.
+        Safe to repeat after a failure midway.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -583,6 +597,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ResumeQueue,
                     request_deserializer=taskwire_dot_v1_dot_tasks__pb2.ResumeQueueRequest.FromString,
                     response_serializer=taskwire_dot_v1_dot_tasks__pb2.QueuePauseResponse.SerializeToString,
+            ),
+            'PurgeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeQueue,
+                    request_deserializer=taskwire_dot_v1_dot_tasks__pb2.PurgeQueueRequest.FromString,
+                    response_serializer=taskwire_dot_v1_dot_tasks__pb2.PurgeQueueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -883,6 +902,33 @@ class Admin:
             '/taskwire.v1.Admin/ResumeQueue',
             taskwire_dot_v1_dot_tasks__pb2.ResumeQueueRequest.SerializeToString,
             taskwire_dot_v1_dot_tasks__pb2.QueuePauseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskwire.v1.Admin/PurgeQueue',
+            taskwire_dot_v1_dot_tasks__pb2.PurgeQueueRequest.SerializeToString,
+            taskwire_dot_v1_dot_tasks__pb2.PurgeQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -534,6 +534,17 @@ export interface ResumeQueueRequest {
   priorities: Priority[];
 }
 
+export interface PurgeQueueRequest {
+  task: string;
+  /** The priorities to purge; none: all three. */
+  priorities: Priority[];
+}
+
+export interface PurgeQueueResponse {
+  /** Tasks cancelled. */
+  purged: bigint;
+}
+
 /** A task type's paused priorities, as kept in the `TASKWIRE_PAUSED` bucket. */
 export interface QueuePause {
   /** High, normal or low (never unspecified), each at most once. */
@@ -4778,6 +4789,177 @@ export const ResumeQueueRequest: MessageFns<ResumeQueueRequest> = {
   },
 };
 
+function createBasePurgeQueueRequest(): PurgeQueueRequest {
+  return { task: "", priorities: [] };
+}
+
+export const PurgeQueueRequest: MessageFns<PurgeQueueRequest> = {
+  encode(message: PurgeQueueRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.task !== "") {
+      writer.uint32(10).string(message.task);
+    }
+    if (message.priorities.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.priorities) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PurgeQueueRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePurgeQueueRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.task = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.priorities.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.priorities.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PurgeQueueRequest {
+    return {
+      task: isSet(object.task) ? globalThis.String(object.task) : "",
+      priorities: globalThis.Array.isArray(object?.priorities)
+        ? object.priorities.map((e: any) => priorityFromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: PurgeQueueRequest): unknown {
+    const obj: any = {};
+    if (message.task !== "") {
+      obj.task = message.task;
+    }
+    if (message.priorities?.length) {
+      obj.priorities = message.priorities.map((e) => priorityToJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PurgeQueueRequest>): PurgeQueueRequest {
+    return PurgeQueueRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PurgeQueueRequest>): PurgeQueueRequest {
+    const message = createBasePurgeQueueRequest();
+    message.task = object.task ?? "";
+    message.priorities = object.priorities?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBasePurgeQueueResponse(): PurgeQueueResponse {
+  return { purged: 0n };
+}
+
+export const PurgeQueueResponse: MessageFns<PurgeQueueResponse> = {
+  encode(message: PurgeQueueResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.purged !== 0n) {
+      if (BigInt.asUintN(64, message.purged) !== message.purged) {
+        throw new globalThis.Error("value provided for field message.purged of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.purged);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PurgeQueueResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePurgeQueueResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.purged = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PurgeQueueResponse {
+    return { purged: isSet(object.purged) ? BigInt(object.purged) : 0n };
+  },
+
+  toJSON(message: PurgeQueueResponse): unknown {
+    const obj: any = {};
+    if (message.purged !== 0n) {
+      obj.purged = message.purged.toString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PurgeQueueResponse>): PurgeQueueResponse {
+    return PurgeQueueResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PurgeQueueResponse>): PurgeQueueResponse {
+    const message = createBasePurgeQueueResponse();
+    message.purged = (object.purged !== undefined && object.purged !== null) ? BigInt(object.purged) : 0n;
+    return message;
+  },
+};
+
 function createBaseQueuePause(): QueuePause {
   return { priorities: [], since: undefined, reason: "" };
 }
@@ -5575,6 +5757,19 @@ export const AdminDefinition = {
       responseStream: false,
       options: {},
     },
+    /**
+     * Cancels every task waiting in a task type's queue, at every priority or at those given,
+     * as a Cancel of each would (a task running now finishes), and takes it out of the stream.
+     * Safe to repeat after a failure midway.
+     */
+    purgeQueue: {
+      name: "PurgeQueue",
+      requestType: PurgeQueueRequest as typeof PurgeQueueRequest,
+      requestStream: false,
+      responseType: PurgeQueueResponse as typeof PurgeQueueResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -5717,6 +5912,20 @@ export const AdminService = {
     responseSerialize: (value: QueuePauseResponse): Buffer => Buffer.from(QueuePauseResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): QueuePauseResponse => QueuePauseResponse.decode(value),
   },
+  /**
+   * Cancels every task waiting in a task type's queue, at every priority or at those given,
+   * as a Cancel of each would (a task running now finishes), and takes it out of the stream.
+   * Safe to repeat after a failure midway.
+   */
+  purgeQueue: {
+    path: "/taskwire.v1.Admin/PurgeQueue" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PurgeQueueRequest): Buffer => Buffer.from(PurgeQueueRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PurgeQueueRequest => PurgeQueueRequest.decode(value),
+    responseSerialize: (value: PurgeQueueResponse): Buffer => Buffer.from(PurgeQueueResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PurgeQueueResponse => PurgeQueueResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServer extends UntypedServiceImplementation {
@@ -5759,6 +5968,12 @@ export interface AdminServer extends UntypedServiceImplementation {
   pauseQueue: handleUnaryCall<PauseQueueRequest, QueuePauseResponse>;
   /** Resumes a paused queue, at every priority or at those given. */
   resumeQueue: handleUnaryCall<ResumeQueueRequest, QueuePauseResponse>;
+  /**
+   * Cancels every task waiting in a task type's queue, at every priority or at those given,
+   * as a Cancel of each would (a task running now finishes), and takes it out of the stream.
+   * Safe to repeat after a failure midway.
+   */
+  purgeQueue: handleUnaryCall<PurgeQueueRequest, PurgeQueueResponse>;
 }
 
 export interface AdminClient extends Client {
@@ -5954,6 +6169,26 @@ export interface AdminClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: QueuePauseResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Cancels every task waiting in a task type's queue, at every priority or at those given,
+   * as a Cancel of each would (a task running now finishes), and takes it out of the stream.
+   * Safe to repeat after a failure midway.
+   */
+  purgeQueue(
+    request: PurgeQueueRequest,
+    callback: (error: ServiceError | null, response: PurgeQueueResponse) => void,
+  ): ClientUnaryCall;
+  purgeQueue(
+    request: PurgeQueueRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PurgeQueueResponse) => void,
+  ): ClientUnaryCall;
+  purgeQueue(
+    request: PurgeQueueRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PurgeQueueResponse) => void,
   ): ClientUnaryCall;
 }
 
@@ -7892,6 +8127,66 @@ export const protoMetadata: ProtoMetadata = {
       "reservedName": [],
       "visibility": 0,
     }, {
+      "name": "PurgeQueueRequest",
+      "field": [{
+        "name": "task",
+        "number": 1,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "task",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "priorities",
+        "number": 2,
+        "label": 3,
+        "type": 14,
+        "typeName": ".taskwire.v1.Priority",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "priorities",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "PurgeQueueResponse",
+      "field": [{
+        "name": "purged",
+        "number": 1,
+        "label": 1,
+        "type": 4,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "purged",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
       "name": "QueuePause",
       "field": [{
         "name": "priorities",
@@ -8199,6 +8494,13 @@ export const protoMetadata: ProtoMetadata = {
         "options": undefined,
         "clientStreaming": false,
         "serverStreaming": false,
+      }, {
+        "name": "PurgeQueue",
+        "inputType": ".taskwire.v1.PurgeQueueRequest",
+        "outputType": ".taskwire.v1.PurgeQueueResponse",
+        "options": undefined,
+        "clientStreaming": false,
+        "serverStreaming": false,
       }],
       "options": undefined,
     }],
@@ -8260,7 +8562,7 @@ export const protoMetadata: ProtoMetadata = {
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1],
-        "span": [33, 0, 63, 1],
+        "span": [33, 0, 67, 1],
         "leadingComments": " What the gateway knows about the system.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
@@ -8336,538 +8638,557 @@ export const protoMetadata: ProtoMetadata = {
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [6, 1, 2, 11],
+        "span": [66, 2, 65],
+        "leadingComments":
+          " Cancels every task waiting in a task type's queue, at every priority or at those given,\n as a Cancel of each would (a task running now finishes), and takes it out of the stream.\n Safe to repeat after a failure midway.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [4, 0, 2, 0],
-        "span": [67, 2, 18],
+        "span": [71, 2, 18],
         "leadingComments": ' Full task name: the rpc\'s full method name, e.g. "examples.magic.v1.Magic/Add".\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 8, 0],
-        "span": [69, 2, 72, 3],
+        "span": [73, 2, 76, 3],
         "leadingComments": " The task's arguments: its input message, as protobuf bytes or as proto3 JSON.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 2, 4],
-        "span": [77, 2, 29],
+        "span": [81, 2, 29],
         "leadingComments":
           ' The producer\'s schema fingerprint of the task (see docs/protocol.md, "Schema\n fingerprints"). When given and different from the one the workers registered, Submit\n answers FAILED_PRECONDITION and stores nothing. Empty: not checked.\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 0],
-        "span": [83, 2, 29],
+        "span": [87, 2, 29],
         "leadingComments":
           " Submitting again with the same key within the broker's duplicate window returns the same\n task id and stores nothing new.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 1],
-        "span": [85, 2, 26],
+        "span": [89, 2, 26],
         "leadingComments": " Overrides the task's max_attempts option for this task (1 to 100).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 2],
-        "span": [87, 2, 39],
+        "span": [91, 2, 39],
         "leadingComments": " Overrides the task's time limit of one attempt (at most 24 hours).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 3],
-        "span": [89, 2, 47],
+        "span": [93, 2, 47],
         "leadingComments": " Override the task's retry delays (at most 24 hours each).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 5],
-        "span": [93, 2, 43],
+        "span": [97, 2, 43],
         "leadingComments":
           " Run no earlier than this time (at most 30 days ahead; at most a minute in the past). The\n broker holds the task until then (second granularity).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 6],
-        "span": [95, 2, 41],
+        "span": [99, 2, 41],
         "leadingComments":
           " Run no earlier than this long after submit (at most 30 days). Give not_before or countdown.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 7],
-        "span": [97, 2, 24],
+        "span": [101, 2, 24],
         "leadingComments": " Which tasks of a type start first when there is a backlog.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 8],
-        "span": [99, 2, 43],
+        "span": [103, 2, 43],
         "leadingComments": " A task not started by this time never runs and ends as expired.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 9],
-        "span": [102, 2, 36],
+        "span": [106, 2, 36],
         "leadingComments":
           " A task not started this long after submit (or after not_before) never runs and ends as\n expired. Give expires_at or ttl.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 10],
-        "span": [105, 2, 43],
+        "span": [109, 2, 43],
         "leadingComments":
           " How long the result is kept, overriding the task's result_ttl option; at most the broker's\n result TTL.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 0],
-        "span": [110, 0, 116, 1],
+        "span": [114, 0, 120, 1],
         "leadingComments":
           " With a backlog, workers start high priority tasks first, then normal, then low; one pull in\n eight starts at the lowest level instead, so low priority work is never starved.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 0, 2, 0],
-        "span": [112, 2, 27],
+        "span": [116, 2, 27],
         "leadingComments": " Normal.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 2, 2, 1],
-        "span": [121, 2, 39],
+        "span": [125, 2, 39],
         "leadingComments": " How long to wait for the result; at most 5 minutes. Unset means 30 seconds.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 2, 2, 3],
-        "span": [126, 2, 22],
+        "span": [130, 2, 22],
         "leadingComments":
           " Only the final state: one message instead of two, for a caller that only wants the\n outcome. The final state names the task id, and so does the error when the timeout\n passes first.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 3, 2, 1],
-        "span": [132, 2, 21],
+        "span": [136, 2, 21],
         "leadingComments": " True when the idempotency key matched a task submitted before.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 4, 2, 0],
-        "span": [137, 2, 40],
+        "span": [141, 2, 40],
         "leadingComments": " One per request, in the order sent.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 4, 2, 1],
-        "span": [139, 2, 23],
+        "span": [143, 2, 23],
         "leadingComments": " How many were stored, and how many refused.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 5, 2, 0],
-        "span": [145, 2, 21],
+        "span": [149, 2, 21],
         "leadingComments": " Set when the task was stored.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 5, 2, 2],
-        "span": [148, 2, 17],
+        "span": [152, 2, 17],
         "leadingComments": " Set when it was refused: the gRPC status code it would have had alone, and why.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 7, 2, 1],
-        "span": [160, 2, 24],
+        "span": [164, 2, 24],
         "leadingComments": " Also render the result as proto3 JSON in TaskInfo.result_json.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 8, 2, 1],
-        "span": [166, 2, 39],
+        "span": [170, 2, 39],
         "leadingComments": " How long to wait; at most 5 minutes. Unset means 30 seconds.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 7],
-        "span": [183, 2, 27],
+        "span": [187, 2, 27],
         "leadingComments": " Held by the broker until its not_before time.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 8],
-        "span": [185, 2, 25],
+        "span": [189, 2, 25],
         "leadingComments": " Not started before its expiry time; it never ran.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 9],
-        "span": [188, 2, 25],
+        "span": [192, 2, 25],
         "leadingComments":
           " Ran until it waited for its children, and holds no worker while they run: it runs again\n once they have all ended.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 3],
-        "span": [196, 2, 21],
+        "span": [200, 2, 21],
         "leadingComments": " The attempt that produced this state (1 for the first run).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 4],
-        "span": [198, 2, 19],
+        "span": [202, 2, 19],
         "leadingComments": " The output message as protobuf bytes, when the task succeeded.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 5],
-        "span": [200, 2, 25],
+        "span": [204, 2, 25],
         "leadingComments": " The output message as proto3 JSON, when asked for.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 6],
-        "span": [202, 2, 24],
+        "span": [206, 2, 24],
         "leadingComments": " Why the task failed, when it did.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 8],
-        "span": [205, 2, 28],
+        "span": [209, 2, 28],
         "leadingComments": " The last progress the running task reported.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 9],
-        "span": [207, 2, 44],
+        "span": [211, 2, 44],
         "leadingComments": " When a scheduled task becomes due.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 10],
-        "span": [209, 2, 23],
+        "span": [213, 2, 23],
         "leadingComments": " The W3C trace id of the task's trace, when its submission was traced.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 11],
-        "span": [211, 2, 24],
+        "span": [215, 2, 24],
         "leadingComments": " The task that submitted this one from its context, if one did.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10, 2, 12],
-        "span": [214, 2, 35],
+        "span": [218, 2, 35],
         "leadingComments":
           " The tasks this one submitted from its context, in the order they were recorded (Get\n only).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 11],
-        "span": [218, 0, 221, 1],
+        "span": [222, 0, 225, 1],
         "leadingComments": " A task submitted by another from its context.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 12],
-        "span": [224, 0, 231, 1],
+        "span": [228, 0, 235, 1],
         "leadingComments": " What a running task says about how far it got.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 12, 2, 0],
-        "span": [226, 2, 20],
+        "span": [230, 2, 20],
         "leadingComments": " 0 to 100.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 12, 2, 2],
-        "span": [229, 2, 20],
+        "span": [233, 2, 20],
         "leadingComments": " A message of the task's own choice, as protobuf bytes, with its full type name.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 13, 2, 1],
-        "span": [236, 2, 21],
+        "span": [240, 2, 21],
         "leadingComments": " Whether the task itself said that trying again could succeed.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16],
-        "span": [246, 0, 258, 1],
+        "span": [250, 0, 262, 1],
         "leadingComments": " A task type: what the registry holds for each task a worker serves.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 0],
-        "span": [248, 2, 18],
+        "span": [252, 2, 18],
         "leadingComments": ' Full task name, e.g. "examples.magic.v1.Magic/Add".\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 1],
-        "span": [250, 2, 24],
+        "span": [254, 2, 24],
         "leadingComments": " Full names of the input and output messages.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 3],
-        "span": [253, 2, 32],
+        "span": [257, 2, 32],
         "leadingComments":
           " A serialized google.protobuf.FileDescriptorSet that holds both messages and their imports.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 4],
-        "span": [255, 2, 26],
+        "span": [259, 2, 26],
         "leadingComments": " The task's options as declared in its proto.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16, 2, 5],
-        "span": [257, 2, 29],
+        "span": [261, 2, 29],
         "leadingComments":
           ' The schema fingerprint of input and output (see docs/protocol.md, "Schema fingerprints").\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 17, 2, 0],
-        "span": [262, 2, 18],
+        "span": [266, 2, 18],
         "leadingComments": " Only dead letters of this task type; empty means all.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 17, 2, 1],
-        "span": [264, 2, 19],
+        "span": [268, 2, 19],
         "leadingComments": " At most this many; 0 means 100, and 1000 is the most.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 18, 2, 2],
-        "span": [271, 2, 20],
+        "span": [275, 2, 20],
         "leadingComments": " exhausted, permanent, panic, timeout or poison.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 18, 2, 3],
-        "span": [273, 2, 19],
+        "span": [277, 2, 19],
         "leadingComments": " The last error.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 18, 2, 4],
-        "span": [275, 2, 21],
+        "span": [279, 2, 21],
         "leadingComments": " The attempt that failed last.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 18, 2, 6],
-        "span": [278, 2, 21],
+        "span": [282, 2, 21],
         "leadingComments": " How many times this task was replayed before.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 20, 2, 0],
-        "span": [287, 2, 31],
+        "span": [291, 2, 31],
         "leadingComments": " These tasks...\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 20, 2, 1],
-        "span": [289, 2, 18],
+        "span": [293, 2, 18],
         "leadingComments": " ...or every dead letter of this task type (with all = true).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 21, 2, 0],
-        "span": [295, 2, 31],
+        "span": [299, 2, 31],
         "leadingComments": " The tasks put back in line.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 22, 2, 0],
-        "span": [300, 2, 18],
+        "span": [304, 2, 18],
         "leadingComments": " Only dead letters of this task type; empty means all.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 24],
-        "span": [308, 0, 313, 1],
+        "span": [312, 0, 317, 1],
         "leadingComments": " How many tasks of a type run at once and start per period, across all workers.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 24, 2, 0],
-        "span": [310, 2, 29],
+        "span": [314, 2, 29],
         "leadingComments": " 0 means no limit.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 24, 2, 1],
-        "span": [312, 2, 24],
+        "span": [316, 2, 24],
         "leadingComments": ' "10/s", "600/m" or "5/h"; empty means no limit.\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 26, 2, 2],
-        "span": [323, 2, 17],
+        "span": [327, 2, 17],
         "leadingComments": " Drop the override: the declared limits apply again.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 27, 2, 1],
-        "span": [329, 2, 24],
+        "span": [333, 2, 24],
         "leadingComments": " The limits in force.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 27, 2, 2],
-        "span": [331, 2, 22],
+        "span": [335, 2, 22],
         "leadingComments": " Whether they were set through SetTaskLimits rather than declared.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30],
-        "span": [341, 0, 359, 1],
+        "span": [345, 0, 363, 1],
         "leadingComments": " What a worker tells about itself in its heartbeat.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30, 2, 3],
-        "span": [346, 2, 28],
+        "span": [350, 2, 28],
         "leadingComments": " The task types it serves.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30, 2, 4],
-        "span": [348, 2, 21],
+        "span": [352, 2, 21],
         "leadingComments": " Tasks running now, and finished since it started.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30, 2, 10],
-        "span": [356, 2, 26],
+        "span": [360, 2, 26],
         "leadingComments":
           " Why the worker starts no task now (the upstream gRPC server it calls does not answer);\n empty while it does.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30, 2, 11],
-        "span": [358, 2, 30],
+        "span": [362, 2, 30],
         "leadingComments": " The queues this worker holds paused, as `<task>` with `:high`, `:normal` or `:low`.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 1],
-        "span": [370, 2, 22],
+        "span": [374, 2, 22],
         "leadingComments": " high, normal or low.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 2],
-        "span": [372, 2, 20],
+        "span": [376, 2, 20],
         "leadingComments": " Waiting for a worker.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 3],
-        "span": [374, 2, 23],
+        "span": [378, 2, 23],
         "leadingComments": " Delivered to a worker and not yet acknowledged.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 4],
-        "span": [376, 2, 25],
+        "span": [380, 2, 25],
         "leadingComments": " Delivered more than once (retries, dead workers).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 5],
-        "span": [378, 2, 27],
+        "span": [382, 2, 27],
         "leadingComments": " Pull requests of idle workers waiting for tasks.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 6],
-        "span": [380, 2, 46],
+        "span": [384, 2, 46],
         "leadingComments": " How long the oldest queued task has waited.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 7],
-        "span": [382, 2, 26],
+        "span": [386, 2, 26],
         "leadingComments": " Dead letters of the task type (on the normal priority row).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 8],
-        "span": [384, 2, 21],
+        "span": [388, 2, 21],
         "leadingComments": " Live workers that serve the task type.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 9],
-        "span": [387, 2, 30],
+        "span": [391, 2, 30],
         "leadingComments":
           " Deliveries to workers since the queue's consumer was made: the difference between two\n readings over the time between them is the queue's rate.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 10],
-        "span": [389, 2, 19],
+        "span": [393, 2, 19],
         "leadingComments": " Paused through the Admin API: workers start none of these tasks until it is resumed.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 34, 2, 1],
-        "span": [397, 2, 35],
+        "span": [401, 2, 35],
         "leadingComments": " The priorities to pause; none: all three.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 34, 2, 2],
-        "span": [399, 2, 20],
+        "span": [403, 2, 20],
         "leadingComments": " Why, for whoever looks at the queue (at most 200 characters).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 35, 2, 1],
-        "span": [405, 2, 35],
+        "span": [409, 2, 35],
         "leadingComments": " The priorities to resume; none: all three.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 36],
-        "span": [409, 0, 415, 1],
+        "path": [4, 36, 2, 1],
+        "span": [415, 2, 35],
+        "leadingComments": " The priorities to purge; none: all three.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 37, 2, 0],
+        "span": [420, 2, 20],
+        "leadingComments": " Tasks cancelled.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 38],
+        "span": [424, 0, 430, 1],
         "leadingComments": " A task type's paused priorities, as kept in the `TASKWIRE_PAUSED` bucket.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 36, 2, 0],
-        "span": [411, 2, 35],
+        "path": [4, 38, 2, 0],
+        "span": [426, 2, 35],
         "leadingComments": " High, normal or low (never unspecified), each at most once.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 36, 2, 1],
-        "span": [413, 2, 38],
+        "path": [4, 38, 2, 1],
+        "span": [428, 2, 38],
         "leadingComments": " When the first of them was paused.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 37, 2, 1],
-        "span": [420, 2, 23],
+        "path": [4, 39, 2, 1],
+        "span": [435, 2, 23],
         "leadingComments": " What is paused now: no priorities when the queue runs at every priority.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 39, 2, 0],
-        "span": [429, 2, 31],
+        "path": [4, 41, 2, 0],
+        "span": [444, 2, 31],
         "leadingComments": " Oldest first: queued or scheduled, running, progress, retrying.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 39, 2, 1],
-        "span": [431, 2, 22],
+        "path": [4, 41, 2, 1],
+        "span": [446, 2, 22],
         "leadingComments": " The final state, once there is one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
@@ -8915,6 +9236,8 @@ export const protoMetadata: ProtoMetadata = {
     ".taskwire.v1.QueueInfo": QueueInfo,
     ".taskwire.v1.PauseQueueRequest": PauseQueueRequest,
     ".taskwire.v1.ResumeQueueRequest": ResumeQueueRequest,
+    ".taskwire.v1.PurgeQueueRequest": PurgeQueueRequest,
+    ".taskwire.v1.PurgeQueueResponse": PurgeQueueResponse,
     ".taskwire.v1.QueuePause": QueuePause,
     ".taskwire.v1.QueuePauseResponse": QueuePauseResponse,
     ".taskwire.v1.GetTaskHistoryRequest": GetTaskHistoryRequest,
