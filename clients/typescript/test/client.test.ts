@@ -112,7 +112,7 @@ describe("the client against a real gateway", { timeout: 180_000 }, () => {
     assert.equal(response.sum, 0n, "the empty output message");
     const id = taskwire.taskIdOf(headers);
     assert.match(id ?? "", TASK_ID);
-    assert.equal((await client.handle(id ?? "", AddResult).get({ timeout: 10 })).sum, 42n);
+    assert.equal((await client.handle(id ?? "", AddResult).get({ timeout: 60 })).sum, 42n);
   });
 
   it("sends the schema fingerprint the workers registered", async () => {
