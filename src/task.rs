@@ -157,6 +157,10 @@ pub struct Options {
     pub max_concurrency: Option<u32>,
     /// Most of these tasks started per period across all workers.
     pub rate_limit: Option<Rate>,
+    /// The field of the arguments `max_concurrency` counts by, if per value of it.
+    pub concurrency_key_field: Option<String>,
+    /// The field of the arguments `rate_limit` counts by, if per value of it.
+    pub rate_limit_key_field: Option<String>,
 }
 
 /// A rate limit: at most `count` starts in any stretch of time `per` long.
@@ -206,6 +210,68 @@ impl fmt::Display for Rate {
     }
 }
 
+/// A limit's key field as declared: none when empty; refused without the limit it keys.
+fn key_field(
+    task: &Name,
+    option: &'static str,
+    field: &str,
+    limited: bool,
+    limit: &str,
+) -> Result<Option<String>, Error> {
+    if field.is_empty() {
+        return Ok(None);
+    }
+    if !limited {
+        return Err(Error::Option {
+            task: task.to_string(),
+            option,
+            reason: format!("it keys {limit}, which is not set; set {limit} too"),
+        });
+    }
+    Ok(Some(field.to_owned()))
+}
+
+/// Whether `field` of `input` can key a limit: a field that is there, and one string, integer,
+/// enum or bool (not repeated, not a map, not a message).
+pub fn check_limit_key_field(input: &MessageDescriptor, field: &str) -> Result<(), String> {
+    use prost_reflect::Kind;
+    let Some(found) = input.get_field_by_name(field) else {
+        return Err(format!("{} has no field `{field}`", input.full_name()));
+    };
+    if found.is_list() || found.is_map() || matches!(found.kind(), Kind::Message(_)) {
+        return Err(format!(
+            "`{field}` of {} is not a single string, integer, enum or bool",
+            input.full_name()
+        ));
+    }
+    if matches!(found.kind(), Kind::Bytes | Kind::Float | Kind::Double) {
+        return Err(format!(
+            "`{field}` of {} is {:?}; a limit counts by a string, integer, enum or bool",
+            input.full_name(),
+            found.kind()
+        ));
+    }
+    Ok(())
+}
+
+/// The value of a limit's key field in encoded arguments, as text (the default value when
+/// unset or when the arguments do not decode).
+pub fn limit_key(input: &MessageDescriptor, args: &[u8], field: &str) -> String {
+    let Ok(message) = prost_reflect::DynamicMessage::decode(input.clone(), args) else {
+        return String::new();
+    };
+    match message.get_field_by_name(field).as_deref() {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::I32(n)) => n.to_string(),
+        Some(Value::I64(n)) => n.to_string(),
+        Some(Value::U32(n)) => n.to_string(),
+        Some(Value::U64(n)) => n.to_string(),
+        Some(Value::EnumNumber(n)) => n.to_string(),
+        Some(Value::Bool(b)) => b.to_string(),
+        _ => String::new(),
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {
@@ -217,6 +283,8 @@ impl Default for Options {
             result_ttl: None,
             max_concurrency: None,
             rate_limit: None,
+            concurrency_key_field: None,
+            rate_limit_key_field: None,
         }
     }
 }
@@ -261,6 +329,20 @@ impl Options {
                     })?,
                 )
             },
+            concurrency_key_field: key_field(
+                task,
+                "concurrency_key_field",
+                &options.concurrency_key_field,
+                options.max_concurrency > 0,
+                "max_concurrency",
+            )?,
+            rate_limit_key_field: key_field(
+                task,
+                "rate_limit_key_field",
+                &options.rate_limit_key_field,
+                !options.rate_limit.is_empty(),
+                "rate_limit",
+            )?,
         })
     }
 
@@ -317,6 +399,20 @@ impl TaskType {
                     _ => v1::TaskOptions::default(),
                 };
                 let options = Options::from_proto(&name, &declared)?;
+                for (option, field) in [
+                    ("concurrency_key_field", &declared.concurrency_key_field),
+                    ("rate_limit_key_field", &declared.rate_limit_key_field),
+                ] {
+                    if !field.is_empty() {
+                        check_limit_key_field(&method.input(), field).map_err(|reason| {
+                            Error::Option {
+                                task: name.to_string(),
+                                option,
+                                reason,
+                            }
+                        })?;
+                    }
+                }
                 let key_field = &declared.idempotency_key_field;
                 if !key_field.is_empty() && method.input().get_field_by_name(key_field).is_none() {
                     return Err(Error::Option {

@@ -233,7 +233,58 @@ conformance!(
     a_retried_parent_finds_its_children,
     a_parent_waits_for_its_children_holding_no_worker,
     a_paused_queue_starts_nothing_until_resumed,
+    a_concurrency_limit_per_key_holds_across_workers,
 );
+
+/// A concurrency limit of one per label, set at run time, holds across two workers for each
+/// label, while different labels run side by side; each task runs once, in its first attempt
+/// (a task whose label is at its limit goes back unstarted).
+async fn a_concurrency_limit_per_key_holds_across_workers(runtime: Runtime) -> anyhow::Result<()> {
+    let system = System::start(runtime, 2).await?;
+    system
+        .client
+        .set_task_limits(
+            LIMITED,
+            Some(v1::TaskLimits {
+                max_concurrency: 1,
+                concurrency_key_field: "label".into(),
+                ..Default::default()
+            }),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut labels = HashMap::new();
+    for i in 0..9 {
+        let label = format!("key-{}", i % 3);
+        let id = system
+            .submit(LIMITED, &sleep(150, &label), SubmitOptions::default())
+            .await?
+            .task_id;
+        labels.insert(id, label);
+    }
+    for id in labels.keys() {
+        let info = system.client.wait(id, WAIT, false).await?;
+        assert_eq!(info.state(), TaskState::Succeeded, "{info:?}");
+    }
+    let runs = system.runs()?;
+    let mut all = Vec::new();
+    for key in ["key-0", "key-1", "key-2"] {
+        let of_key: Vec<Run> = labels
+            .iter()
+            .filter(|(_, label)| label.as_str() == key)
+            .flat_map(|(id, _)| runs.get(id).cloned().unwrap_or_default())
+            .collect();
+        assert_eq!(of_key.len(), 3, "{key}: {of_key:?}");
+        assert!(of_key.iter().all(|r| r.attempt == 1), "{key}: {of_key:?}");
+        let most = most_at_once(&of_key);
+        assert_eq!(most, 1, "{key}: {most} at once");
+        all.extend(of_key);
+    }
+    let together = most_at_once(&all);
+    println!("{runtime:?}: one per label at once, {together} labels side by side");
+    assert!(together >= 2, "labels ran one after another: {together}");
+    Ok(())
+}
 
 /// Whether every worker holds exactly `queues` (`<task>:<priority>`) paused.
 async fn workers_hold(system: &System, queues: &[String]) -> bool {
@@ -479,6 +530,7 @@ async fn a_rate_limit_is_exact(runtime: Runtime) -> anyhow::Result<()> {
             Some(v1::TaskLimits {
                 max_concurrency: 0,
                 rate_limit: "61/m".into(),
+                ..Default::default()
             }),
         )
         .await?;
@@ -879,6 +931,7 @@ async fn limits_set_after_a_broker_restart_are_followed(runtime: Runtime) -> any
             Some(v1::TaskLimits {
                 max_concurrency: 1,
                 rate_limit: String::new(),
+                ..Default::default()
             }),
         )
         .await?;

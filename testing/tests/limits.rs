@@ -11,6 +11,7 @@ use taskwire_testing::{Gateway, NatsServer, Worker, tasks};
 
 const WAIT: Duration = Duration::from_secs(60);
 const LIMITED: &str = "examples.chaos.v1.Chaos/Limited";
+const PACED: &str = "examples.chaos.v1.Chaos/Paced";
 
 async fn three_workers(nats: &NatsServer) -> anyhow::Result<Vec<Worker>> {
     let mut workers = Vec::new();
@@ -65,6 +66,7 @@ async fn a_concurrency_limit_holds_across_three_workers_and_can_be_overridden() 
             Some(v1::TaskLimits {
                 max_concurrency: 2,
                 rate_limit: String::new(),
+                ..Default::default()
             }),
         )
         .await?;
@@ -87,6 +89,7 @@ async fn a_concurrency_limit_holds_across_three_workers_and_can_be_overridden() 
             Some(v1::TaskLimits {
                 max_concurrency: 0,
                 rate_limit: "fast".into(),
+                ..Default::default()
             }),
         )
         .await
@@ -402,5 +405,122 @@ async fn a_purge_cancels_what_waits_and_lets_what_runs_finish() -> anyhow::Resul
         .await
         .expect_err("an unknown task type");
     assert!(unknown.to_string().contains("Nope"), "{unknown}");
+    Ok(())
+}
+
+/// Limits per value of a field of the arguments, set at run time: at most one Limited task per
+/// label at once across three workers while labels run side by side, and at most two Paced
+/// starts a second per label. A key field that is not in
+/// the arguments, or one without its limit, is refused naming it.
+#[tokio::test]
+async fn limits_per_key_hold_for_each_value_across_workers() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _workers = three_workers(&nats).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let chaos = ChaosClient::new(client.clone());
+
+    for (limits, says) in [
+        (
+            v1::TaskLimits {
+                max_concurrency: 1,
+                concurrency_key_field: "customer".into(),
+                ..Default::default()
+            },
+            "no field `customer`",
+        ),
+        (
+            v1::TaskLimits {
+                concurrency_key_field: "label".into(),
+                ..Default::default()
+            },
+            "set max_concurrency too",
+        ),
+    ] {
+        let err = client
+            .set_task_limits(LIMITED, Some(limits))
+            .await
+            .expect_err(says);
+        assert!(err.to_string().contains(says), "{err}");
+    }
+    let set = client
+        .set_task_limits(
+            LIMITED,
+            Some(v1::TaskLimits {
+                max_concurrency: 1,
+                concurrency_key_field: "label".into(),
+                ..Default::default()
+            }),
+        )
+        .await?;
+    assert_eq!(
+        set.limits.map(|l| l.concurrency_key_field),
+        Some("label".into())
+    );
+    client
+        .set_task_limits(
+            PACED,
+            Some(v1::TaskLimits {
+                rate_limit: "2/s".into(),
+                rate_limit_key_field: "label".into(),
+                ..Default::default()
+            }),
+        )
+        .await?;
+    // Workers learn the overrides from their watch of the limits bucket.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut handles = Vec::new();
+    for i in 0..12 {
+        handles.push(
+            chaos
+                .limited(SleepArgs {
+                    millis: 150,
+                    label: format!("per-key-{}", i % 3),
+                })
+                .await?,
+        );
+    }
+    let mut paced = Vec::new();
+    for i in 0..8 {
+        paced.push(
+            chaos
+                .paced(SleepArgs {
+                    millis: 1,
+                    label: format!("rate-key-{}", i % 2),
+                })
+                .await?,
+        );
+    }
+    for handle in handles {
+        handle.get(WAIT).await?;
+    }
+    for handle in paced {
+        handle.get(WAIT).await?;
+    }
+    for key in 0..3 {
+        let most = tasks::max_overlap(&format!("per-key-{key}"));
+        assert_eq!(most, 1, "label per-key-{key}: {most} ran at once");
+    }
+    let together = tasks::max_overlap("per-key-");
+    println!("per key at most 1 at once; all keys together {together}");
+    assert!(together >= 2, "different keys ran side by side: {together}");
+
+    // Two a second per label: any three starts of a label span a second (less the moments
+    // between counting a start and running its task).
+    for key in 0..2 {
+        let mut starts = tasks::start_times(&format!("rate-key-{key}"));
+        starts.sort();
+        assert_eq!(starts.len(), 4);
+        let closest = starts
+            .windows(3)
+            .map(|w| w[2].duration_since(w[0]).unwrap_or_default())
+            .min()
+            .unwrap_or_default();
+        assert!(
+            closest >= Duration::from_millis(900),
+            "rate-key-{key}: 3 starts within {closest:?}"
+        );
+    }
     Ok(())
 }

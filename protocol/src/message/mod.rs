@@ -166,6 +166,8 @@ impl Overrides {
             result_ttl: self.result_ttl.or(declared.result_ttl),
             max_concurrency: declared.max_concurrency,
             rate_limit: declared.rate_limit,
+            concurrency_key_field: declared.concurrency_key_field.clone(),
+            rate_limit_key_field: declared.rate_limit_key_field.clone(),
         }
     }
 }

@@ -36,6 +36,8 @@ impl Gateway {
         let declared = v1::TaskLimits {
             max_concurrency: task_type.declared.max_concurrency,
             rate_limit: task_type.declared.rate_limit.clone(),
+            concurrency_key_field: task_type.declared.concurrency_key_field.clone(),
+            rate_limit_key_field: task_type.declared.rate_limit_key_field.clone(),
         };
         Ok(v1::TaskLimitsResponse {
             task: name.to_string(),
@@ -87,7 +89,7 @@ impl v1::admin_server::Admin for AdminService {
         let req = request.into_inner();
         let name = Name::parse(&req.task).map_err(Error::InvalidName)?;
         let gateway = &self.gateway;
-        gateway.registry.get(&name).await?;
+        let task_type = gateway.registry.get(&name).await?;
         gateway.check_connected()?;
         if req.clear {
             gateway
@@ -101,6 +103,32 @@ impl v1::admin_server::Admin for AdminService {
             if !limits.rate_limit.is_empty() {
                 taskwire::task::Rate::parse(&limits.rate_limit)
                     .map_err(|e| Error::BadRequest(format!("rate_limit: {e}")))?;
+            }
+            for (option, field, limited, limit) in [
+                (
+                    "concurrency_key_field",
+                    &limits.concurrency_key_field,
+                    limits.max_concurrency > 0,
+                    "max_concurrency",
+                ),
+                (
+                    "rate_limit_key_field",
+                    &limits.rate_limit_key_field,
+                    !limits.rate_limit.is_empty(),
+                    "rate_limit",
+                ),
+            ] {
+                if field.is_empty() {
+                    continue;
+                }
+                if !limited {
+                    return Err(Error::BadRequest(format!(
+                        "{option}: it keys {limit}, which is not set; set {limit} too"
+                    ))
+                    .into());
+                }
+                taskwire::task::check_limit_key_field(&task_type.input, field)
+                    .map_err(|e| Error::BadRequest(format!("{option}: {e}")))?;
             }
             gateway
                 .broker

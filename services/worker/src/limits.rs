@@ -30,6 +30,45 @@ const REFRESH: Duration = Duration::from_secs(5);
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// How long a worker waits before looking for a free slot again.
 const SLOT_RETRY: Duration = Duration::from_millis(100);
+/// How long a task whose key is at its limit goes back for before it is tried again.
+const KEY_RETRY: Duration = Duration::from_secs(1);
+
+/// The limits in force for a task type, and the fields they count by, if any.
+#[derive(Debug, Clone, PartialEq)]
+struct InForce {
+    concurrency: Option<u32>,
+    rate: Option<Rate>,
+    concurrency_key: Option<String>,
+    rate_key: Option<String>,
+}
+
+impl InForce {
+    /// The limits that count the task type as a whole.
+    fn whole(&self) -> (Option<u32>, Option<Rate>) {
+        (
+            self.concurrency.filter(|_| self.concurrency_key.is_none()),
+            self.rate.filter(|_| self.rate_key.is_none()),
+        )
+    }
+
+    /// Whether a limit counts by a field of the arguments.
+    fn keyed(&self) -> bool {
+        (self.concurrency.is_some() && self.concurrency_key.is_some())
+            || (self.rate.is_some() && self.rate_key.is_some())
+    }
+}
+
+/// The part of a slot or start-log key that stands for one value of a key field: a hash, so
+/// that any value makes a valid key of a fixed length.
+fn key_part(value: &str) -> String {
+    // FNV-1a, 64 bits.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in value.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("k{hash:016x}")
+}
 
 /// The limits this worker follows, and the buckets that enforce them.
 pub(crate) struct Limits {
@@ -96,20 +135,66 @@ impl taskwire_protocol::follow::Follower for Limits {
 
 impl Limits {
     /// The limits in force for a task type: the override, else the declared ones.
-    fn effective(&self, task: &TaskType) -> (Option<u32>, Option<Rate>) {
+    fn effective(&self, task: &TaskType) -> InForce {
         let overrides = self.overrides.lock().unwrap_or_else(|e| e.into_inner());
+        let field = |f: &str| (!f.is_empty()).then(|| f.to_owned());
         match overrides.get(&task.name.token()) {
-            Some(set) => (
-                (set.max_concurrency > 0).then_some(set.max_concurrency),
-                Rate::parse(&set.rate_limit).ok(),
-            ),
-            None => (task.options.max_concurrency, task.options.rate_limit),
+            Some(set) => InForce {
+                concurrency: (set.max_concurrency > 0).then_some(set.max_concurrency),
+                rate: Rate::parse(&set.rate_limit).ok(),
+                concurrency_key: field(&set.concurrency_key_field),
+                rate_key: field(&set.rate_limit_key_field),
+            },
+            None => InForce {
+                concurrency: task.options.max_concurrency,
+                rate: task.options.rate_limit,
+                concurrency_key: task.options.concurrency_key_field.clone(),
+                rate_key: task.options.rate_limit_key_field.clone(),
+            },
         }
     }
 
     /// Whether the task type has a limit in force.
     pub(crate) fn limited(&self, task: &TaskType) -> bool {
-        self.effective(task) != (None, None)
+        let limits = self.effective(task);
+        limits.concurrency.is_some() || limits.rate.is_some()
+    }
+
+    /// Whether a limit in force counts by a field of the task's arguments: it is asked with
+    /// each task in hand ([`Self::take_keyed`]).
+    pub(crate) fn keyed(&self, task: &TaskType) -> bool {
+        self.effective(task).keyed()
+    }
+
+    /// The limits that count by a field, for a task in hand whose arguments are `args`: a slot
+    /// of its value's (held until the task ends; `lost` fires when it cannot be held) and a
+    /// start counted against its value's rate. `Err` with how long the task goes back for
+    /// when its value has no room.
+    pub(crate) async fn take_keyed(
+        self: &Arc<Self>,
+        task: &TaskType,
+        args: &[u8],
+        lost: &CancellationToken,
+    ) -> Result<Vec<Slot>, Duration> {
+        let limits = self.effective(task);
+        let token = task.name.token();
+        let part = |field: &str| key_part(&taskwire::task::limit_key(&task.input, args, field));
+        let mut slots = Vec::new();
+        if let (Some(limit), Some(field)) = (limits.concurrency, &limits.concurrency_key) {
+            let prefix = format!("{token}.{}", part(field));
+            slots = self
+                .take_slots_at(&task.name, &prefix, limit, 1, lost)
+                .await;
+            if slots.is_empty() {
+                return Err(KEY_RETRY);
+            }
+        }
+        if let (Some(rate), Some(field)) = (limits.rate, &limits.rate_key) {
+            let key = format!("{token}.{}.starts", part(field));
+            // One start, used at once (an error drops the slot taken, freeing it).
+            self.take_tokens(&key, rate, 1).await?;
+        }
+        Ok(slots)
     }
 
     /// Waits until at least one of `want` tasks may start, and takes what the limits allow.
@@ -139,14 +224,22 @@ impl Limits {
         task: &TaskType,
         want: usize,
     ) -> Result<Grant, Duration> {
-        let (concurrency, rate) = self.effective(task);
+        let (concurrency, rate) = self.effective(task).whole();
         if concurrency.is_none() && rate.is_none() {
             return Ok(Grant::unlimited(want));
         }
         let mut allowed = want;
         let mut slots = Vec::new();
         if let Some(limit) = concurrency {
-            slots = self.take_slots(task, limit, allowed).await;
+            slots = self
+                .take_slots_at(
+                    &task.name,
+                    &task.name.token(),
+                    limit,
+                    allowed,
+                    &CancellationToken::new(),
+                )
+                .await;
             allowed = slots.len();
             if allowed == 0 {
                 return Err(SLOT_RETRY);
@@ -202,21 +295,37 @@ impl Limits {
         rates::take(&self.start_logs(), key, rate, want).await
     }
 
-    /// Takes up to `want` free slots of the `limit` the task type has.
-    async fn take_slots(self: &Arc<Self>, task: &TaskType, limit: u32, want: usize) -> Vec<Slot> {
-        let token = task.name.token();
+    /// Takes up to `want` free slots `<prefix>.<n>` of `limit` (the task type's, or one key
+    /// value's); each fires `lost` when it cannot be held (a fresh token each, when the
+    /// token given is not shared).
+    async fn take_slots_at(
+        self: &Arc<Self>,
+        task: &taskwire::task::Name,
+        prefix: &str,
+        limit: u32,
+        want: usize,
+        lost: &CancellationToken,
+    ) -> Vec<Slot> {
         let start = u32::try_from(broker::now_micros() % u64::from(limit)).unwrap_or(0);
         let mut slots = Vec::new();
         for n in 0..limit {
             if slots.len() >= want {
                 break;
             }
-            let key = format!("{token}.{}", (start + n) % limit);
+            let key = format!("{prefix}.{}", (start + n) % limit);
             match self.broker.slots.create(&key, self.owner.clone()).await {
-                Ok(revision) => slots.push(Slot::hold(Arc::clone(self), key, revision)),
+                Ok(revision) => {
+                    // Slots of a round are held by different tasks: each its own token.
+                    let lost = if want == 1 {
+                        lost.clone()
+                    } else {
+                        CancellationToken::new()
+                    };
+                    slots.push(Slot::hold(Arc::clone(self), key, revision, lost));
+                }
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => {
-                    tracing::warn!(task = %task.name, error = %e, "cannot take a concurrency slot");
+                    tracing::warn!(task = %task, error = %e, "cannot take a concurrency slot");
                     break;
                 }
             }
@@ -324,9 +433,8 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    fn hold(limits: Arc<Limits>, key: String, revision: u64) -> Self {
+    fn hold(limits: Arc<Limits>, key: String, revision: u64, lost: CancellationToken) -> Self {
         let revision = Arc::new(Mutex::new(revision));
-        let lost = CancellationToken::new();
         let refresher = {
             let (limits, key, revision, lost) = (
                 Arc::clone(&limits),

@@ -562,11 +562,31 @@ pub(crate) async fn start(
             return;
         }
     };
-    let slot_lost = cluster_slot.as_ref().map(Slot::lost);
+    // Limits that count by a field of the arguments: asked now that the task is in hand. Its
+    // slots share one token: losing any stops the task.
+    let lost = cluster_slot.as_ref().map(Slot::lost).unwrap_or_default();
+    let keyed = if served.limits.keyed(&served.task) {
+        match served
+            .limits
+            .take_keyed(&served.task, &message.payload, &lost)
+            .await
+        {
+            Ok(slots) => slots,
+            Err(wait) => {
+                // Its key is at its limit: back to the queue unstarted, no attempt used.
+                let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+                return;
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let slot_lost = (cluster_slot.is_some() || !keyed.is_empty()).then_some(lost);
     let served = Arc::clone(served);
     tracker.spawn(async move {
         let span = process_span(&served, &message);
         handle(&served, message, slot_lost).instrument(span).await;
+        drop(keyed);
         drop(cluster_slot);
         drop(slot);
     });

@@ -417,6 +417,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                         (!rng.chance(25)).then_some(v1::TaskLimits {
                             max_concurrency: most,
                             rate_limit: String::new(),
+                            ..Default::default()
                         }),
                     )
                 } else {
@@ -428,6 +429,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                         (!rng.chance(25)).then(|| v1::TaskLimits {
                             max_concurrency: 0,
                             rate_limit: rate.into(),
+                            ..Default::default()
                         }),
                     )
                 };

@@ -213,6 +213,7 @@ async fn hostile_values_in_every_field_get_a_clear_status() -> anyhow::Result<()
                     limits: Some(v1::TaskLimits {
                         max_concurrency: 1,
                         rate_limit: value.clone(),
+                        ..Default::default()
                     }),
                     clear: false,
                 })

@@ -189,6 +189,31 @@ async fn the_gateway_and_a_worker_run_as_their_own_nats_users() -> anyhow::Resul
         .sum;
     assert_eq!(sum, 2);
 
+    // A limit per value of a field: the worker's user takes the slot of that value.
+    client
+        .set_task_limits(
+            add,
+            Some(taskwire::v1::TaskLimits {
+                max_concurrency: 1,
+                concurrency_key_field: "arg1".into(),
+                ..Default::default()
+            }),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sum = magic
+        .add_and_wait(
+            AddArgs {
+                arg1: 3,
+                ..Default::default()
+            },
+            WAIT,
+        )
+        .await?
+        .sum;
+    assert_eq!(sum, 3);
+    client.set_task_limits(add, None).await?;
+
     // Its user may hold a result partition (else it would receive every stored result).
     let gateway_nats = gateway_user
         .auth()

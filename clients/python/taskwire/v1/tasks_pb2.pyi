@@ -305,12 +305,16 @@ class PurgeDeadLettersResponse(_message.Message):
     def __init__(self, purged: _Optional[int] = ...) -> None: ...
 
 class TaskLimits(_message.Message):
-    __slots__ = ("max_concurrency", "rate_limit")
+    __slots__ = ("max_concurrency", "rate_limit", "concurrency_key_field", "rate_limit_key_field")
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_KEY_FIELD_FIELD_NUMBER: _ClassVar[int]
     max_concurrency: int
     rate_limit: str
-    def __init__(self, max_concurrency: _Optional[int] = ..., rate_limit: _Optional[str] = ...) -> None: ...
+    concurrency_key_field: str
+    rate_limit_key_field: str
+    def __init__(self, max_concurrency: _Optional[int] = ..., rate_limit: _Optional[str] = ..., concurrency_key_field: _Optional[str] = ..., rate_limit_key_field: _Optional[str] = ...) -> None: ...
 
 class GetTaskLimitsRequest(_message.Message):
     __slots__ = ("task",)

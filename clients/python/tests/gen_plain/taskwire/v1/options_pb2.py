@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19taskwire/v1/options.proto\x12\x0btaskwire.v1\x1a google/protobuf/descriptor.proto\"\xf4\x01\n\x0bTaskOptions\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12\x0f\n\x07timeout\x18\x02 \x01(\t\x12\x17\n\x0f\x62\x61\x63koff_initial\x18\x03 \x01(\t\x12\x13\n\x0b\x62\x61\x63koff_max\x18\x04 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x05 \x01(\r\x12\x1d\n\x15idempotency_key_field\x18\x06 \x01(\t\x12\x12\n\nresult_ttl\x18\x07 \x01(\t\x12\x17\n\x0fmax_concurrency\x18\x08 \x01(\r\x12\x12\n\nrate_limit\x18\t \x01(\t\x12\x1b\n\x13scale_lag_threshold\x18\n \x01(\r:H\n\x04task\x12\x1e.google.protobuf.MethodOptions\x18\x95\x97\x03 \x01(\x0b\x32\x18.taskwire.v1.TaskOptionsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19taskwire/v1/options.proto\x12\x0btaskwire.v1\x1a google/protobuf/descriptor.proto\"\xb1\x02\n\x0bTaskOptions\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12\x0f\n\x07timeout\x18\x02 \x01(\t\x12\x17\n\x0f\x62\x61\x63koff_initial\x18\x03 \x01(\t\x12\x13\n\x0b\x62\x61\x63koff_max\x18\x04 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x05 \x01(\r\x12\x1d\n\x15idempotency_key_field\x18\x06 \x01(\t\x12\x12\n\nresult_ttl\x18\x07 \x01(\t\x12\x17\n\x0fmax_concurrency\x18\x08 \x01(\r\x12\x12\n\nrate_limit\x18\t \x01(\t\x12\x1b\n\x13scale_lag_threshold\x18\n \x01(\r\x12\x1d\n\x15\x63oncurrency_key_field\x18\x0b \x01(\t\x12\x1c\n\x14rate_limit_key_field\x18\x0c \x01(\t:H\n\x04task\x12\x1e.google.protobuf.MethodOptions\x18\x95\x97\x03 \x01(\x0b\x32\x18.taskwire.v1.TaskOptionsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'taskwire.v1.options_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASKOPTIONS']._serialized_start=77
-  _globals['_TASKOPTIONS']._serialized_end=321
+  _globals['_TASKOPTIONS']._serialized_end=382
 # @@protoc_insertion_point(module_scope)

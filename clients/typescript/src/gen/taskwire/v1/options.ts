@@ -53,6 +53,17 @@ export interface TaskOptions {
    * the KEDA ScaledObjects `taskwire k8s scaledobjects` generates. 0 means 100.
    */
   scaleLagThreshold: number;
+  /**
+   * Name of a field of the arguments (a string, integer, enum or bool) that max_concurrency
+   * counts by: at most that many running at once for each value of the field (each customer,
+   * say) rather than for the task type. Needs max_concurrency. Admin.SetTaskLimits overrides it.
+   */
+  concurrencyKeyField: string;
+  /**
+   * Likewise for rate_limit: at most that many started per period for each value of the
+   * field. Needs rate_limit. Admin.SetTaskLimits overrides it.
+   */
+  rateLimitKeyField: string;
 }
 
 function createBaseTaskOptions(): TaskOptions {
@@ -67,6 +78,8 @@ function createBaseTaskOptions(): TaskOptions {
     maxConcurrency: 0,
     rateLimit: "",
     scaleLagThreshold: 0,
+    concurrencyKeyField: "",
+    rateLimitKeyField: "",
   };
 }
 
@@ -101,6 +114,12 @@ export const TaskOptions: MessageFns<TaskOptions> = {
     }
     if (message.scaleLagThreshold !== 0) {
       writer.uint32(80).uint32(message.scaleLagThreshold);
+    }
+    if (message.concurrencyKeyField !== "") {
+      writer.uint32(90).string(message.concurrencyKeyField);
+    }
+    if (message.rateLimitKeyField !== "") {
+      writer.uint32(98).string(message.rateLimitKeyField);
     }
     return writer;
   },
@@ -198,6 +217,22 @@ export const TaskOptions: MessageFns<TaskOptions> = {
             message.scaleLagThreshold = reader.uint32();
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.concurrencyKeyField = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.rateLimitKeyField = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -254,6 +289,16 @@ export const TaskOptions: MessageFns<TaskOptions> = {
         : isSet(object.scale_lag_threshold)
         ? globalThis.Number(object.scale_lag_threshold)
         : 0,
+      concurrencyKeyField: isSet(object.concurrencyKeyField)
+        ? globalThis.String(object.concurrencyKeyField)
+        : isSet(object.concurrency_key_field)
+        ? globalThis.String(object.concurrency_key_field)
+        : "",
+      rateLimitKeyField: isSet(object.rateLimitKeyField)
+        ? globalThis.String(object.rateLimitKeyField)
+        : isSet(object.rate_limit_key_field)
+        ? globalThis.String(object.rate_limit_key_field)
+        : "",
     };
   },
 
@@ -289,6 +334,12 @@ export const TaskOptions: MessageFns<TaskOptions> = {
     if (message.scaleLagThreshold !== 0) {
       obj.scaleLagThreshold = Math.round(message.scaleLagThreshold);
     }
+    if (message.concurrencyKeyField !== "") {
+      obj.concurrencyKeyField = message.concurrencyKeyField;
+    }
+    if (message.rateLimitKeyField !== "") {
+      obj.rateLimitKeyField = message.rateLimitKeyField;
+    }
     return obj;
   },
 
@@ -307,6 +358,8 @@ export const TaskOptions: MessageFns<TaskOptions> = {
     message.maxConcurrency = object.maxConcurrency ?? 0;
     message.rateLimit = object.rateLimit ?? "";
     message.scaleLagThreshold = object.scaleLagThreshold ?? 0;
+    message.concurrencyKeyField = object.concurrencyKeyField ?? "";
+    message.rateLimitKeyField = object.rateLimitKeyField ?? "";
     return message;
   },
 };
@@ -465,6 +518,30 @@ export const protoMetadata: ProtoMetadata = {
         "jsonName": "scaleLagThreshold",
         "options": undefined,
         "proto3Optional": false,
+      }, {
+        "name": "concurrency_key_field",
+        "number": 11,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "concurrencyKeyField",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "rate_limit_key_field",
+        "number": 12,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "rateLimitKeyField",
+        "options": undefined,
+        "proto3Optional": false,
       }],
       "extension": [],
       "nestedType": [],
@@ -495,7 +572,7 @@ export const protoMetadata: ProtoMetadata = {
     "sourceCodeInfo": {
       "location": [{
         "path": [4, 0],
-        "span": [11, 0, 36, 1],
+        "span": [11, 0, 43, 1],
         "leadingComments":
           ' Options a task contract declares on its rpc:\n\n   rpc Add(AddArgs) returns (AddResult) {\n     option (taskwire.v1.task) = { max_attempts: 3, timeout: "10s" };\n   }\n',
         "trailingComments": "",
@@ -564,6 +641,20 @@ export const protoMetadata: ProtoMetadata = {
         "span": [35, 2, 34],
         "leadingComments":
           " Tasks waiting per worker replica at which an autoscaler adds a replica: the lagThreshold of\n the KEDA ScaledObjects `taskwire k8s scaledobjects` generates. 0 means 100.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 0, 2, 10],
+        "span": [39, 2, 36],
+        "leadingComments":
+          " Name of a field of the arguments (a string, integer, enum or bool) that max_concurrency\n counts by: at most that many running at once for each value of the field (each customer,\n say) rather than for the task type. Needs max_concurrency. Admin.SetTaskLimits overrides it.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 0, 2, 11],
+        "span": [42, 2, 35],
+        "leadingComments":
+          " Likewise for rate_limit: at most that many started per period for each value of the\n field. Needs rate_limit. Admin.SetTaskLimits overrides it.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }],

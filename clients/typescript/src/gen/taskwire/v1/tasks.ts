@@ -427,6 +427,13 @@ export interface TaskLimits {
   maxConcurrency: number;
   /** "10/s", "600/m" or "5/h"; empty means no limit. */
   rateLimit: string;
+  /**
+   * A field of the arguments max_concurrency counts by (per value of it); empty: the task
+   * type as a whole.
+   */
+  concurrencyKeyField: string;
+  /** A field of the arguments rate_limit counts by; empty: the task type as a whole. */
+  rateLimitKeyField: string;
 }
 
 export interface GetTaskLimitsRequest {
@@ -3355,7 +3362,7 @@ export const PurgeDeadLettersResponse: MessageFns<PurgeDeadLettersResponse> = {
 };
 
 function createBaseTaskLimits(): TaskLimits {
-  return { maxConcurrency: 0, rateLimit: "" };
+  return { maxConcurrency: 0, rateLimit: "", concurrencyKeyField: "", rateLimitKeyField: "" };
 }
 
 export const TaskLimits: MessageFns<TaskLimits> = {
@@ -3365,6 +3372,12 @@ export const TaskLimits: MessageFns<TaskLimits> = {
     }
     if (message.rateLimit !== "") {
       writer.uint32(18).string(message.rateLimit);
+    }
+    if (message.concurrencyKeyField !== "") {
+      writer.uint32(26).string(message.concurrencyKeyField);
+    }
+    if (message.rateLimitKeyField !== "") {
+      writer.uint32(34).string(message.rateLimitKeyField);
     }
     return writer;
   },
@@ -3398,6 +3411,22 @@ export const TaskLimits: MessageFns<TaskLimits> = {
             message.rateLimit = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.concurrencyKeyField = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.rateLimitKeyField = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3422,6 +3451,16 @@ export const TaskLimits: MessageFns<TaskLimits> = {
         : isSet(object.rate_limit)
         ? globalThis.String(object.rate_limit)
         : "",
+      concurrencyKeyField: isSet(object.concurrencyKeyField)
+        ? globalThis.String(object.concurrencyKeyField)
+        : isSet(object.concurrency_key_field)
+        ? globalThis.String(object.concurrency_key_field)
+        : "",
+      rateLimitKeyField: isSet(object.rateLimitKeyField)
+        ? globalThis.String(object.rateLimitKeyField)
+        : isSet(object.rate_limit_key_field)
+        ? globalThis.String(object.rate_limit_key_field)
+        : "",
     };
   },
 
@@ -3433,6 +3472,12 @@ export const TaskLimits: MessageFns<TaskLimits> = {
     if (message.rateLimit !== "") {
       obj.rateLimit = message.rateLimit;
     }
+    if (message.concurrencyKeyField !== "") {
+      obj.concurrencyKeyField = message.concurrencyKeyField;
+    }
+    if (message.rateLimitKeyField !== "") {
+      obj.rateLimitKeyField = message.rateLimitKeyField;
+    }
     return obj;
   },
 
@@ -3443,6 +3488,8 @@ export const TaskLimits: MessageFns<TaskLimits> = {
     const message = createBaseTaskLimits();
     message.maxConcurrency = object.maxConcurrency ?? 0;
     message.rateLimit = object.rateLimit ?? "";
+    message.concurrencyKeyField = object.concurrencyKeyField ?? "";
+    message.rateLimitKeyField = object.rateLimitKeyField ?? "";
     return message;
   },
 };
@@ -7516,6 +7563,30 @@ export const protoMetadata: ProtoMetadata = {
         "jsonName": "rateLimit",
         "options": undefined,
         "proto3Optional": false,
+      }, {
+        "name": "concurrency_key_field",
+        "number": 3,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "concurrencyKeyField",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "rate_limit_key_field",
+        "number": 4,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "rateLimitKeyField",
+        "options": undefined,
+        "proto3Optional": false,
       }],
       "extension": [],
       "nestedType": [],
@@ -9000,7 +9071,7 @@ export const protoMetadata: ProtoMetadata = {
         "leadingDetachedComments": [],
       }, {
         "path": [4, 24],
-        "span": [312, 0, 317, 1],
+        "span": [312, 0, 322, 1],
         "leadingComments": " How many tasks of a type run at once and start per period, across all workers.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
@@ -9017,178 +9088,191 @@ export const protoMetadata: ProtoMetadata = {
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [4, 24, 2, 2],
+        "span": [319, 2, 35],
+        "leadingComments":
+          " A field of the arguments max_concurrency counts by (per value of it); empty: the task\n type as a whole.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 24, 2, 3],
+        "span": [321, 2, 34],
+        "leadingComments": " A field of the arguments rate_limit counts by; empty: the task type as a whole.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [4, 26, 2, 2],
-        "span": [327, 2, 17],
+        "span": [332, 2, 17],
         "leadingComments": " Drop the override: the declared limits apply again.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 27, 2, 1],
-        "span": [333, 2, 24],
+        "span": [338, 2, 24],
         "leadingComments": " The limits in force.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 27, 2, 2],
-        "span": [335, 2, 22],
+        "span": [340, 2, 22],
         "leadingComments": " Whether they were set through SetTaskLimits rather than declared.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30],
-        "span": [345, 0, 363, 1],
+        "span": [350, 0, 368, 1],
         "leadingComments": " What a worker tells about itself in its heartbeat.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30, 2, 3],
-        "span": [350, 2, 28],
+        "span": [355, 2, 28],
         "leadingComments": " The task types it serves.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30, 2, 4],
-        "span": [352, 2, 21],
+        "span": [357, 2, 21],
         "leadingComments": " Tasks running now, and finished since it started.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30, 2, 10],
-        "span": [360, 2, 26],
+        "span": [365, 2, 26],
         "leadingComments":
           " Why the worker starts no task now (the upstream gRPC server it calls does not answer);\n empty while it does.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 30, 2, 11],
-        "span": [362, 2, 30],
+        "span": [367, 2, 30],
         "leadingComments": " The queues this worker holds paused, as `<task>` with `:high`, `:normal` or `:low`.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 1],
-        "span": [374, 2, 22],
+        "span": [379, 2, 22],
         "leadingComments": " high, normal or low.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 2],
-        "span": [376, 2, 20],
+        "span": [381, 2, 20],
         "leadingComments": " Waiting for a worker.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 3],
-        "span": [378, 2, 23],
+        "span": [383, 2, 23],
         "leadingComments": " Delivered to a worker and not yet acknowledged.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 4],
-        "span": [380, 2, 25],
+        "span": [385, 2, 25],
         "leadingComments": " Delivered more than once (retries, dead workers).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 5],
-        "span": [382, 2, 27],
+        "span": [387, 2, 27],
         "leadingComments": " Pull requests of idle workers waiting for tasks.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 6],
-        "span": [384, 2, 46],
+        "span": [389, 2, 46],
         "leadingComments": " How long the oldest queued task has waited.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 7],
-        "span": [386, 2, 26],
+        "span": [391, 2, 26],
         "leadingComments": " Dead letters of the task type (on the normal priority row).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 8],
-        "span": [388, 2, 21],
+        "span": [393, 2, 21],
         "leadingComments": " Live workers that serve the task type.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 9],
-        "span": [391, 2, 30],
+        "span": [396, 2, 30],
         "leadingComments":
           " Deliveries to workers since the queue's consumer was made: the difference between two\n readings over the time between them is the queue's rate.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 33, 2, 10],
-        "span": [393, 2, 19],
+        "span": [398, 2, 19],
         "leadingComments": " Paused through the Admin API: workers start none of these tasks until it is resumed.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 34, 2, 1],
-        "span": [401, 2, 35],
+        "span": [406, 2, 35],
         "leadingComments": " The priorities to pause; none: all three.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 34, 2, 2],
-        "span": [403, 2, 20],
+        "span": [408, 2, 20],
         "leadingComments": " Why, for whoever looks at the queue (at most 200 characters).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 35, 2, 1],
-        "span": [409, 2, 35],
+        "span": [414, 2, 35],
         "leadingComments": " The priorities to resume; none: all three.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 36, 2, 1],
-        "span": [415, 2, 35],
+        "span": [420, 2, 35],
         "leadingComments": " The priorities to purge; none: all three.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 37, 2, 0],
-        "span": [420, 2, 20],
+        "span": [425, 2, 20],
         "leadingComments": " Tasks cancelled.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 38],
-        "span": [424, 0, 430, 1],
+        "span": [429, 0, 435, 1],
         "leadingComments": " A task type's paused priorities, as kept in the `TASKWIRE_PAUSED` bucket.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 38, 2, 0],
-        "span": [426, 2, 35],
+        "span": [431, 2, 35],
         "leadingComments": " High, normal or low (never unspecified), each at most once.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 38, 2, 1],
-        "span": [428, 2, 38],
+        "span": [433, 2, 38],
         "leadingComments": " When the first of them was paused.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 39, 2, 1],
-        "span": [435, 2, 23],
+        "span": [440, 2, 23],
         "leadingComments": " What is paused now: no priorities when the queue runs at every priority.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 41, 2, 0],
-        "span": [444, 2, 31],
+        "span": [449, 2, 31],
         "leadingComments": " Oldest first: queued or scheduled, running, progress, retrying.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 41, 2, 1],
-        "span": [446, 2, 22],
+        "span": [451, 2, 22],
         "leadingComments": " The final state, once there is one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
