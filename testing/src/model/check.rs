@@ -165,13 +165,16 @@ pub(crate) fn check(
 pub(crate) fn check_rate(
     tasks: &[Task],
     runs: &HashMap<String, Vec<Run>>,
+    keyed: &[Keyed],
     violations: &mut Vec<Violation>,
 ) {
+    // Starts counted per label are checked per label (`check_keyed`).
     let mut starts: Vec<SystemTime> = tasks
         .iter()
         .filter(|t| t.name == PACED)
         .flat_map(|t| runs.get(&t.id).map(Vec::as_slice).unwrap_or_default())
         .map(|r| r.start)
+        .filter(|t| !per_key_at(keyed, PACED, *t))
         .collect();
     starts.sort();
     let second = Duration::from_secs(1);
@@ -197,11 +200,17 @@ pub(crate) fn check_limit(
     tasks: &[Task],
     runs: &HashMap<String, Vec<Run>>,
     kills: &[SystemTime],
+    keyed: &[Keyed],
     violations: &mut Vec<Violation>,
 ) {
     let mut changes: Vec<(SystemTime, i64)> = Vec::new();
     for task in tasks.iter().filter(|t| t.name == LIMITED) {
         for run in runs.get(&task.id).map(Vec::as_slice).unwrap_or_default() {
+            // A run that may have started under a limit per label holds that label's slot
+            // (`check_keyed`), not one of the task type's.
+            if per_key_at(keyed, LIMITED, run.start) {
+                continue;
+            }
             // A run cut short by a kill ended then at the latest.
             let end = run
                 .end
@@ -223,5 +232,99 @@ pub(crate) fn check_limit(
             task: String::new(),
             what: format!("{most} Limited tasks ran at once; the limit is {LIMITED_CONCURRENCY}"),
         });
+    }
+}
+
+/// A stretch of time a limit per label was in force for a task type: at most `limit` running
+/// at once (Limited) or started per second (Paced) for each label.
+#[derive(Debug, Clone)]
+pub(crate) struct Keyed {
+    pub(crate) task: &'static str,
+    pub(crate) limit: usize,
+    /// When it was set (answered).
+    pub(crate) from: SystemTime,
+    /// When the next change of the task type's limits was asked (none: it lasted).
+    pub(crate) to: Option<SystemTime>,
+}
+
+/// How long after a limit was set workers may still start by the one before (an override
+/// applies within about a second).
+const LIMIT_TOLERANCE: Duration = Duration::from_secs(2);
+
+/// Whether a start of `task` at `at` may have been counted by a limit per label.
+fn per_key_at(keyed: &[Keyed], task: &str, at: SystemTime) -> bool {
+    keyed.iter().any(|k| {
+        k.task == task
+            && at + LIMIT_TOLERANCE >= k.from
+            && k.to.is_none_or(|to| at <= to + LIMIT_TOLERANCE)
+    })
+}
+
+/// 7, per key: among the runs of one label that started while a per-label limit was surely in
+/// force, never more running at once (Limited), nor started within a second (Paced), than it.
+pub(crate) fn check_keyed(
+    tasks: &[Task],
+    runs: &HashMap<String, Vec<Run>>,
+    kills: &[SystemTime],
+    keyed: &[Keyed],
+    violations: &mut Vec<Violation>,
+) {
+    for stretch in keyed {
+        let from = stretch.from + LIMIT_TOLERANCE;
+        let within = |t: SystemTime| t >= from && stretch.to.is_none_or(|to| t < to);
+        for label in LABELS {
+            let started: Vec<&Run> = tasks
+                .iter()
+                .filter(|t| t.name == stretch.task && t.label == label)
+                .flat_map(|t| runs.get(&t.id).map(Vec::as_slice).unwrap_or_default())
+                .filter(|r| within(r.start))
+                .collect();
+            if stretch.task == LIMITED {
+                let mut changes: Vec<(SystemTime, i64)> = Vec::new();
+                for run in &started {
+                    let end = run
+                        .end
+                        .or_else(|| kills.iter().copied().find(|k| *k > run.start));
+                    let Some(end) = end else { continue };
+                    changes.push((run.start, 1));
+                    changes.push((end, -1));
+                }
+                changes.sort();
+                let (mut running, mut most) = (0i64, 0i64);
+                for (_, change) in changes {
+                    running += change;
+                    most = most.max(running);
+                }
+                if most as usize > stretch.limit {
+                    violations.push(Violation {
+                        guarantee: 7,
+                        task: String::new(),
+                        what: format!(
+                            "{most} Limited tasks labelled {label} ran at once; the limit per label is {}",
+                            stretch.limit
+                        ),
+                    });
+                }
+            } else {
+                let mut starts: Vec<SystemTime> = started.iter().map(|r| r.start).collect();
+                starts.sort();
+                let second = Duration::from_secs(1);
+                if let Some(window) = starts
+                    .windows(stretch.limit + 1)
+                    .find(|w| w[stretch.limit].duration_since(w[0]).unwrap_or_default() < second)
+                {
+                    violations.push(Violation {
+                        guarantee: 7,
+                        task: String::new(),
+                        what: format!(
+                            "{} Paced tasks labelled {label} started within {:?}; the rate per label is {}/s",
+                            stretch.limit + 1,
+                            window[stretch.limit].duration_since(window[0]).unwrap_or_default(),
+                            stretch.limit
+                        ),
+                    });
+                }
+            }
+        }
     }
 }

@@ -101,6 +101,7 @@ pub(crate) async fn submit_family(
         waited: None,
         submitted_at: SystemTime::now(),
         parks: args.wait,
+        label: "",
         priority: Some(priority),
     });
     families.push(Family {
@@ -149,6 +150,7 @@ pub(crate) fn child_tasks(
                 waited: None,
                 submitted_at: parent.map_or_else(SystemTime::now, |p| p.submitted_at),
                 parks: false,
+                label: "",
                 priority: None,
             });
         }

@@ -36,7 +36,7 @@ use crate::runtime::{Run, Runtime, read_runs};
 use crate::{Gateway, NatsServer};
 use check::{check, check_limit, check_rate, dead_letter_counts};
 use families::{Family, check_families, child_tasks, children_of, submit_family};
-use operations::{schedule, settle, submit};
+use operations::{burst, schedule, settle, submit};
 use workflows::{
     Flow, cancel_workflow, check_workflows, settle_workflows, step_tasks, submit_workflow,
 };
@@ -54,6 +54,15 @@ const PACED_PER_SECOND: usize = 20;
 
 /// `max_concurrency` of Limited in its proto.
 const LIMITED_CONCURRENCY: usize = 5;
+
+/// The labels of Limited and Paced tasks: the values their limits count by, when per key.
+const LABELS: [&str; 2] = ["key-a", "key-b"];
+
+/// The highest per-key limits the model sets: with two labels, never above the task-wide ones.
+const KEYED_CONCURRENCY: usize = 2;
+
+/// How long the model leaves a limit per label in force at least.
+const KEYED_FOR: Duration = Duration::from_secs(8);
 
 /// How long after a Cancel returned a start still counts as one decided before it (a worker
 /// that looked for an outcome just before the cancel was stored).
@@ -164,6 +173,9 @@ struct Task {
     /// Its priority, when the model submitted it (a workflow step's or a child's is not
     /// followed).
     priority: Option<v1::Priority>,
+    /// The label of a Limited or Paced task: the value its limits count by when they are
+    /// set per key.
+    label: &'static str,
 }
 
 /// The system under test.
@@ -278,13 +290,15 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     let mut flows: Vec<Flow> = Vec::new();
     let mut families: Vec<Family> = Vec::new();
     let mut pauses = pauses::Pauses::default();
+    let mut keyed: Vec<check::Keyed> = Vec::new();
     // Replays of tasks the model did not submit itself (workflow steps).
     let mut other_replays: HashMap<String, Vec<SystemTime>> = HashMap::new();
 
     for n in 0..config.operations {
         let roll = rng.below(1000);
         let kind = match roll {
-            0..=549 => "submit",
+            0..=529 => "submit",
+            530..=549 => "burst",
             550..=649 => "get",
             650..=729 => "cancel",
             730..=779 => "wait",
@@ -309,6 +323,17 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         match kind {
             "submit" => {
                 submit(
+                    &system.client,
+                    &mut rng,
+                    &mut tasks,
+                    &mut keys,
+                    &mut violations,
+                    None,
+                )
+                .await
+            }
+            "burst" => {
+                burst(
                     &system.client,
                     &mut rng,
                     &mut tasks,
@@ -411,12 +436,34 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             "limits" => {
                 // Overrides never above the declared limits, which the checks hold to.
                 let (task, limits) = if rng.chance(50) {
-                    let most = 1 + rng.below(LIMITED_CONCURRENCY as u64) as u32;
+                    // Per label (at most two each, four in all), or for the task type.
+                    let keyed = rng.chance(30);
+                    let most = if keyed {
+                        1 + rng.below(KEYED_CONCURRENCY as u64) as u32
+                    } else {
+                        1 + rng.below(LIMITED_CONCURRENCY as u64) as u32
+                    };
                     (
                         LIMITED,
-                        (!rng.chance(25)).then_some(v1::TaskLimits {
+                        (!rng.chance(25)).then(|| v1::TaskLimits {
                             max_concurrency: most,
                             rate_limit: String::new(),
+                            concurrency_key_field: if keyed {
+                                "label".into()
+                            } else {
+                                String::new()
+                            },
+                            ..Default::default()
+                        }),
+                    )
+                } else if rng.chance(30) {
+                    // Per label: ten a second at most each, twenty in all.
+                    let rate = ["5/s", "10/s"][rng.below(2) as usize];
+                    (
+                        PACED,
+                        Some(v1::TaskLimits {
+                            rate_limit: rate.into(),
+                            rate_limit_key_field: "label".into(),
                             ..Default::default()
                         }),
                     )
@@ -433,7 +480,43 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                         }),
                     )
                 };
-                let _ = system.client.set_task_limits(task, limits).await;
+                // A limit per label stays a while, so that its check has runs to look at.
+                let young = keyed.iter().any(|k| {
+                    k.task == task
+                        && k.to.is_none()
+                        && k.from.elapsed().unwrap_or_default() < KEYED_FOR
+                });
+                if young {
+                    continue;
+                }
+                let asked = SystemTime::now();
+                for open in keyed
+                    .iter_mut()
+                    .filter(|k| k.task == task && k.to.is_none())
+                {
+                    open.to = Some(asked);
+                }
+                let per_key = limits.as_ref().and_then(|l| {
+                    if !l.concurrency_key_field.is_empty() {
+                        Some(l.max_concurrency as usize)
+                    } else if !l.rate_limit_key_field.is_empty() {
+                        taskwire::task::Rate::parse(&l.rate_limit)
+                            .ok()
+                            .map(|r| r.count as usize)
+                    } else {
+                        None
+                    }
+                });
+                if system.client.set_task_limits(task, limits).await.is_ok()
+                    && let Some(limit) = per_key
+                {
+                    keyed.push(check::Keyed {
+                        task,
+                        limit,
+                        from: SystemTime::now(),
+                        to: None,
+                    });
+                }
             }
             "nats_pause" => {
                 // An outage the connections live through: nats-server stopped, then going on.
@@ -469,6 +552,13 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         let _ = system.client.delete_schedule(name).await;
     }
     for task in [LIMITED, PACED] {
+        let asked = SystemTime::now();
+        for open in keyed
+            .iter_mut()
+            .filter(|k| k.task == task && k.to.is_none())
+        {
+            open.to = Some(asked);
+        }
         let _ = system.client.set_task_limits(task, None).await;
     }
     pauses.lift_all(&system.client).await;
@@ -514,8 +604,9 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         &mut violations,
     )
     .await;
-    check_limit(&tasks, &runs, &system.kills, &mut violations);
-    check_rate(&tasks, &runs, &mut violations);
+    check_limit(&tasks, &runs, &system.kills, &keyed, &mut violations);
+    check_rate(&tasks, &runs, &keyed, &mut violations);
+    check::check_keyed(&tasks, &runs, &system.kills, &keyed, &mut violations);
     pauses.check(&tasks, &runs, &mut violations);
     pauses.check_purges(&tasks, &finals, &runs, &mut violations);
 

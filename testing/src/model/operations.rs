@@ -3,18 +3,41 @@
 
 use super::*;
 
-pub(crate) async fn submit(
+/// A burst: `count` tasks of Limited or Paced with one label, submitted at once, so that its
+/// limits (per label or not) have something to hold back.
+pub(crate) async fn burst(
     client: &Client,
     rng: &mut Rng,
     tasks: &mut Vec<Task>,
     keys: &mut HashMap<(&'static str, String), String>,
     violations: &mut Vec<Violation>,
 ) {
-    let name = match rng.below(10) {
-        0..=4 => SLEEP,
-        5..=6 => FLAKY,
-        7..=8 => LIMITED,
-        _ => PACED,
+    let name = if rng.chance(50) { LIMITED } else { PACED };
+    let label = LABELS[rng.below(LABELS.len() as u64) as usize];
+    for _ in 0..8 {
+        submit(client, rng, tasks, keys, violations, Some((name, label))).await;
+    }
+}
+
+pub(crate) async fn submit(
+    client: &Client,
+    rng: &mut Rng,
+    tasks: &mut Vec<Task>,
+    keys: &mut HashMap<(&'static str, String), String>,
+    violations: &mut Vec<Violation>,
+    forced: Option<(&'static str, &'static str)>,
+) {
+    let name = match (forced, rng.below(10)) {
+        (Some((name, _)), _) => name,
+        (None, 0..=4) => SLEEP,
+        (None, 5..=6) => FLAKY,
+        (None, 7..=8) => LIMITED,
+        (None, _) => PACED,
+    };
+    let label = match (forced, name) {
+        (Some((_, label)), _) => label,
+        (None, LIMITED | PACED) => LABELS[rng.below(LABELS.len() as u64) as usize],
+        _ => "",
     };
     let args: Vec<u8> = match name {
         FLAKY => prost::Message::encode_to_vec(&FlakyArgs {
@@ -28,14 +51,14 @@ pub(crate) async fn submit(
             } else {
                 rng.below(200)
             },
-            label: String::new(),
+            label: label.into(),
         }),
     };
     let max_attempts = 1 + rng.below(4) as u32;
     let mut options = SubmitOptions::default().max_attempts(max_attempts);
     let now = SystemTime::now();
     let mut not_before = None;
-    if rng.chance(15) {
+    if forced.is_none() && rng.chance(15) {
         let delay = Duration::from_millis(500 + rng.below(2500));
         options = options.countdown(delay);
         not_before = Some(now + delay);
@@ -52,7 +75,7 @@ pub(crate) async fn submit(
         _ => v1::Priority::Normal,
     };
     options = options.priority(priority);
-    let key = rng.chance(15).then(|| format!("k{}", rng.below(12)));
+    let key = (forced.is_none() && rng.chance(15)).then(|| format!("k{}", rng.below(12)));
     if let Some(key) = &key {
         options = options.idempotency_key(key.clone());
     }
@@ -100,6 +123,7 @@ pub(crate) async fn submit(
         submitted_at: SystemTime::now(),
         parks: false,
         priority: Some(priority),
+        label,
     });
 }
 

@@ -288,6 +288,7 @@ pub(crate) fn step_tasks(
                 waited: None,
                 submitted_at: flow.submitted_at,
                 parks: false,
+                label: "",
                 priority: None,
             });
         }
