@@ -48,6 +48,15 @@ def main() -> int:
         expect(schedule.locator("time")).to_contain_text("in ")
         expect(page.locator("#recent tbody tr time").first).to_contain_text("ago")
 
+        # Found by its id from the header: a workflow, and an id that is neither.
+        page.fill("#find-id", succeeded)
+        page.click("#find button")
+        expect(page.locator("#workflow-state")).to_have_text("succeeded")
+        page.fill("#find-id", "0" * 32)
+        page.click("#find button")
+        expect(page.locator("#find-error")).to_contain_text("no task or workflow")
+        page.goto(url)
+
         # A task's detail, opened from the recent tasks.
         page.locator(f'#recent a[href="/tasks/{task_id}"]').click()
         expect(page.locator("#task-state")).to_have_text("succeeded")
