@@ -196,29 +196,17 @@ pub(crate) fn check_rate(
     }
 }
 
-pub(crate) fn check_limit(
-    tasks: &[Task],
-    runs: &HashMap<String, Vec<Run>>,
-    kills: &[SystemTime],
-    keyed: &[Keyed],
-    violations: &mut Vec<Violation>,
-) {
+/// The most runs under way at once; a run cut short by a kill ended then at the latest (one
+/// with no end and no kill after it is left out).
+fn most_at_once<'a>(runs: impl Iterator<Item = &'a Run>, kills: &[SystemTime]) -> usize {
     let mut changes: Vec<(SystemTime, i64)> = Vec::new();
-    for task in tasks.iter().filter(|t| t.name == LIMITED) {
-        for run in runs.get(&task.id).map(Vec::as_slice).unwrap_or_default() {
-            // A run that may have started under a limit per label holds that label's slot
-            // (`check_keyed`), not one of the task type's.
-            if per_key_at(keyed, LIMITED, run.start) {
-                continue;
-            }
-            // A run cut short by a kill ended then at the latest.
-            let end = run
-                .end
-                .or_else(|| kills.iter().copied().find(|k| *k > run.start));
-            let Some(end) = end else { continue };
-            changes.push((run.start, 1));
-            changes.push((end, -1));
-        }
+    for run in runs {
+        let end = run
+            .end
+            .or_else(|| kills.iter().copied().find(|k| *k > run.start));
+        let Some(end) = end else { continue };
+        changes.push((run.start, 1));
+        changes.push((end, -1));
     }
     changes.sort();
     let (mut running, mut most) = (0i64, 0i64);
@@ -226,7 +214,25 @@ pub(crate) fn check_limit(
         running += change;
         most = most.max(running);
     }
-    if most as usize > LIMITED_CONCURRENCY {
+    usize::try_from(most).unwrap_or(0)
+}
+
+pub(crate) fn check_limit(
+    tasks: &[Task],
+    runs: &HashMap<String, Vec<Run>>,
+    kills: &[SystemTime],
+    keyed: &[Keyed],
+    violations: &mut Vec<Violation>,
+) {
+    // A run that may have started under a limit per label holds that label's slot
+    // (`check_keyed`), not one of the task type's.
+    let whole = tasks
+        .iter()
+        .filter(|t| t.name == LIMITED)
+        .flat_map(|t| runs.get(&t.id).map(Vec::as_slice).unwrap_or_default())
+        .filter(|r| !per_key_at(keyed, LIMITED, r.start));
+    let most = most_at_once(whole, kills);
+    if most > LIMITED_CONCURRENCY {
         violations.push(Violation {
             guarantee: 7,
             task: String::new(),
@@ -280,22 +286,8 @@ pub(crate) fn check_keyed(
                 .filter(|r| within(r.start))
                 .collect();
             if stretch.task == LIMITED {
-                let mut changes: Vec<(SystemTime, i64)> = Vec::new();
-                for run in &started {
-                    let end = run
-                        .end
-                        .or_else(|| kills.iter().copied().find(|k| *k > run.start));
-                    let Some(end) = end else { continue };
-                    changes.push((run.start, 1));
-                    changes.push((end, -1));
-                }
-                changes.sort();
-                let (mut running, mut most) = (0i64, 0i64);
-                for (_, change) in changes {
-                    running += change;
-                    most = most.max(running);
-                }
-                if most as usize > stretch.limit {
+                let most = most_at_once(started.iter().copied(), kills);
+                if most > stretch.limit {
                     violations.push(Violation {
                         guarantee: 7,
                         task: String::new(),

@@ -39,6 +39,17 @@ fn priority_at(level: usize) -> v1::Priority {
     taskwire_protocol::PRIORITIES[level]
 }
 
+/// Every level (`all` percent of the time, asked as no priority) or one, and the priorities to
+/// ask for them.
+fn pick_levels(rng: &mut Rng, all: u64) -> (Vec<usize>, Vec<v1::Priority>) {
+    if rng.chance(all) {
+        (vec![0, 1, 2], Vec::new())
+    } else {
+        let level = rng.below(3) as usize;
+        (vec![level], vec![priority_at(level)])
+    }
+}
+
 impl Pauses {
     fn open(&self, task: &str, level: usize) -> Option<usize> {
         self.stretches
@@ -52,16 +63,7 @@ impl Pauses {
         let Some(&task) = rng.pick(&PAUSABLE) else {
             return;
         };
-        let levels: Vec<usize> = if rng.chance(60) {
-            vec![0, 1, 2]
-        } else {
-            vec![rng.below(3) as usize]
-        };
-        let priorities: Vec<v1::Priority> = if levels.len() == 3 {
-            Vec::new()
-        } else {
-            levels.iter().map(|l| priority_at(*l)).collect()
-        };
+        let (levels, priorities) = pick_levels(rng, 60);
         let pausing = levels.iter().any(|l| self.open(task, *l).is_none());
         if pausing {
             // A pause that answered an error may have been stored: it can only keep tasks
@@ -107,16 +109,7 @@ impl Pauses {
         let Some(&task) = rng.pick(&PURGEABLE) else {
             return;
         };
-        let levels: Vec<usize> = if rng.chance(50) {
-            vec![0, 1, 2]
-        } else {
-            vec![rng.below(3) as usize]
-        };
-        let priorities: Vec<v1::Priority> = if levels.len() == 3 {
-            Vec::new()
-        } else {
-            levels.iter().map(|l| priority_at(*l)).collect()
-        };
+        let (levels, priorities) = pick_levels(rng, 50);
         // One that answered an error may have cancelled some: they count from when it was
         // asked, which a later purge's answer covers too.
         let asked = SystemTime::now();
