@@ -14,6 +14,7 @@ mod cpu;
 mod floor;
 mod gateways;
 mod idle;
+mod keys;
 mod load;
 mod raw;
 mod stack;
@@ -69,6 +70,10 @@ pub struct Options {
     /// (0: skip; only with the nats-server the benchmark starts).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub idle: Duration,
+    /// Then limit the example task to one running per value of a field and push this many
+    /// tasks through, each with a value of its own, measuring what the keys cost (0: skip).
+    #[arg(long, default_value_t = 10_000)]
+    pub limit_keys: usize,
     /// Then start a worker serving this many more task types and measure what they cost
     /// (0: skip).
     #[arg(long, default_value_t = 0)]
@@ -434,6 +439,19 @@ async fn measure(options: Options) -> anyhow::Result<()> {
         }
     }
 
+    if options.limit_keys > 0 {
+        let keyed = keys::measure(
+            &mut stack,
+            &nats_url,
+            options.limit_keys,
+            options.concurrency,
+            monitoring.as_deref(),
+            options.idle,
+            &progress,
+        )
+        .await?;
+        report.insert("limit_per_key".into(), keyed.into());
+    }
     if options.task_types > 0 {
         let many = types::measure(
             &mut stack,
