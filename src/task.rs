@@ -225,10 +225,31 @@ fn key_field(
         return Err(Error::Option {
             task: task.to_string(),
             option,
-            reason: format!("it keys {limit}, which is not set; set {limit} too"),
+            reason: unkeyed(limit),
         });
     }
     Ok(Some(field.to_owned()))
+}
+
+fn unkeyed(limit: &str) -> String {
+    format!("it keys {limit}, which is not set; set {limit} too")
+}
+
+/// A limit's key field as an override sets it: none, or a field of `input` that can key a
+/// limit ([`check_limit_key_field`]), with its limit set (`limited`).
+pub fn check_limit_key(
+    input: &MessageDescriptor,
+    field: &str,
+    limited: bool,
+    limit: &str,
+) -> Result<(), String> {
+    if field.is_empty() {
+        return Ok(());
+    }
+    if !limited {
+        return Err(unkeyed(limit));
+    }
+    check_limit_key_field(input, field)
 }
 
 /// Whether `field` of `input` can key a limit: a field that is there, and one string, integer,

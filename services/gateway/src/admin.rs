@@ -118,16 +118,7 @@ impl v1::admin_server::Admin for AdminService {
                     "rate_limit",
                 ),
             ] {
-                if field.is_empty() {
-                    continue;
-                }
-                if !limited {
-                    return Err(Error::BadRequest(format!(
-                        "{option}: it keys {limit}, which is not set; set {limit} too"
-                    ))
-                    .into());
-                }
-                taskwire::task::check_limit_key_field(&task_type.input, field)
+                taskwire::task::check_limit_key(&task_type.input, field, limited, limit)
                     .map_err(|e| Error::BadRequest(format!("{option}: {e}")))?;
             }
             gateway

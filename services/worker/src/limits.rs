@@ -50,12 +50,6 @@ impl InForce {
             self.rate.filter(|_| self.rate_key.is_none()),
         )
     }
-
-    /// Whether a limit counts by a field of the arguments.
-    fn keyed(&self) -> bool {
-        (self.concurrency.is_some() && self.concurrency_key.is_some())
-            || (self.rate.is_some() && self.rate_key.is_some())
-    }
 }
 
 /// The part of a slot or start-log key that stands for one value of a key field: a hash, so
@@ -163,7 +157,24 @@ impl Limits {
     /// Whether a limit in force counts by a field of the task's arguments: it is asked with
     /// each task in hand ([`Self::take_keyed`]).
     pub(crate) fn keyed(&self, task: &TaskType) -> bool {
-        self.effective(task).keyed()
+        // Asked before every start: read in place, nothing copied.
+        let overrides = self.overrides.lock().unwrap_or_else(|e| e.into_inner());
+        let set = if overrides.is_empty() {
+            None
+        } else {
+            overrides.get(&task.name.token())
+        };
+        match set {
+            Some(set) => {
+                (set.max_concurrency > 0 && !set.concurrency_key_field.is_empty())
+                    || (!set.rate_limit.is_empty() && !set.rate_limit_key_field.is_empty())
+            }
+            None => {
+                let options = &task.options;
+                (options.max_concurrency.is_some() && options.concurrency_key_field.is_some())
+                    || (options.rate_limit.is_some() && options.rate_limit_key_field.is_some())
+            }
+        }
     }
 
     /// The limits that count by a field, for a task in hand whose arguments are `args`: a slot
