@@ -54,11 +54,14 @@ impl Cache {
     fn put(&self, loaded: Arc<Loaded>) {
         let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHED {
-            // The oldest half goes (or, when all are fresh, every one past its time).
-            let mut ages: Vec<std::time::Instant> = cache.values().map(|(at, _)| *at).collect();
-            ages.sort();
-            let cut = ages[ages.len() / 2];
-            cache.retain(|_, (at, _)| *at > cut);
+            // Every one past its time goes; when that is not enough, the oldest half.
+            cache.retain(|_, (at, _)| at.elapsed() < CACHED_FOR);
+            if cache.len() >= CACHED {
+                let mut ages: Vec<std::time::Instant> = cache.values().map(|(at, _)| *at).collect();
+                ages.sort();
+                let cut = ages[ages.len() / 2];
+                cache.retain(|_, (at, _)| *at > cut);
+            }
         }
         cache.insert(loaded.id.clone(), (std::time::Instant::now(), loaded));
     }
