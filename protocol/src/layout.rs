@@ -27,6 +27,10 @@ pub const EVENTS_STREAM: &str = "TASKWIRE_EVENTS";
 /// Stream of dead letters: tasks that failed for good, kept for inspection and replay.
 pub const DEAD_STREAM: &str = "TASKWIRE_DEAD";
 
+/// Stream of the outcomes other than success, one record per task with its state in the
+/// subject: what finds the few failed or cancelled tasks among many kept results.
+pub const OUTCOMES_STREAM: &str = "TASKWIRE_OUTCOMES";
+
 /// Stream of workflows: each one's definition, end and joins (see [`crate::workflow`]).
 pub const WORKFLOWS_STREAM: &str = "TASKWIRE_WORKFLOWS";
 
@@ -206,6 +210,8 @@ impl Settings {
             // a queue limit and server-side schedules exclude each other on this stream.
             allow_message_schedules: self.max_queued <= 0,
             allow_message_ttl: true,
+            // Lists of the tasks not finished read it a page at a time.
+            allow_direct: true,
             max_consumers: MAX_TASK_CONSUMERS,
             ..Default::default()
         }
@@ -247,6 +253,26 @@ impl Settings {
             max_messages_per_subject: 32,
             max_age: self.result_ttl,
             allow_direct: true,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn outcomes_stream(&self) -> stream::Config {
+        stream::Config {
+            name: OUTCOMES_STREAM.into(),
+            description: Some(
+                "taskwire: outcomes other than success, by state, as long as results".into(),
+            ),
+            subjects: vec![subject::OUTCOMES.into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            max_messages_per_subject: 1,
+            max_age: self.result_ttl,
+            duplicate_window: self.duplicate_window,
+            allow_direct: true,
+            // Kept as long as the result they stand for (a task's own result TTL).
+            allow_message_ttl: true,
             ..Default::default()
         }
     }

@@ -40,9 +40,10 @@ pub mod workflow;
 pub use connect::{NatsAuth, Refusals, servers};
 pub use layout::{
     CANCELLED_BUCKET, DEAD_STREAM, EVENTS_STREAM, Error, GATEWAY_TTL, GATEWAYS_BUCKET,
-    LIMITS_BUCKET, MAX_TASK_CONSUMERS, PAUSED_BUCKET, PRIORITIES, RATES_BUCKET, REGISTRY_BUCKET,
-    RESULTS_STREAM, SCHEDULES_BUCKET, SCHEMAS_BUCKET, SLOT_LEASE, SLOTS_BUCKET, Settings,
-    TASKS_STREAM, WORKER_TTL, WORKERS_BUCKET, WORKFLOWS_STREAM, consumer_name, priority_name,
+    LIMITS_BUCKET, MAX_TASK_CONSUMERS, OUTCOMES_STREAM, PAUSED_BUCKET, PRIORITIES, RATES_BUCKET,
+    REGISTRY_BUCKET, RESULTS_STREAM, SCHEDULES_BUCKET, SCHEMAS_BUCKET, SLOT_LEASE, SLOTS_BUCKET,
+    Settings, TASKS_STREAM, WORKER_TTL, WORKERS_BUCKET, WORKFLOWS_STREAM, consumer_name,
+    priority_name,
 };
 pub use message::{
     DeadLetter, DeadReason, Event, MessageError, Overrides, ResultMessage, TaskMessage,
@@ -52,8 +53,8 @@ pub use message::{
 };
 pub use open::{Broker, Reads};
 pub use store::{
-    StoredMessage, is_wrong_last_sequence, last_message, last_message_on, next_message,
-    permanent_refusal, publish_error_code,
+    ReadFrom, StoredMessage, is_wrong_last_sequence, last_message, last_message_on, next_message,
+    next_messages, permanent_refusal, publish_error_code,
 };
 
 /// The protocol as `testing/vectors/protocol.json` writes it down, which every runtime checks
@@ -142,6 +143,7 @@ mod vectors {
         assert_eq!(text(&streams["results"]), RESULTS_STREAM);
         assert_eq!(text(&streams["events"]), EVENTS_STREAM);
         assert_eq!(text(&streams["dead"]), DEAD_STREAM);
+        assert_eq!(text(&streams["outcomes"]), OUTCOMES_STREAM);
         let headers = &v["headers"];
         for (key, ours) in [
             ("task_id", header::TASK_ID),

@@ -25,6 +25,8 @@ pub struct Broker {
     pub events: stream::Stream,
     /// `TASKWIRE_DEAD`.
     pub dead: stream::Stream,
+    /// `TASKWIRE_OUTCOMES`.
+    pub outcomes: stream::Stream,
     /// `TASKWIRE_REGISTRY`.
     pub registry: kv::Store,
     /// `TASKWIRE_CANCELLED`.
@@ -79,6 +81,7 @@ impl Broker {
         let results = ensure_stream(&jetstream, settings.results_stream()).await?;
         let events = ensure_stream(&jetstream, settings.events_stream()).await?;
         let dead = ensure_stream(&jetstream, settings.dead_stream()).await?;
+        let outcomes = ensure_stream(&jetstream, settings.outcomes_stream()).await?;
         let registry = ensure_bucket(&jetstream, settings.registry_bucket()).await?;
         let cancelled = ensure_bucket(&jetstream, settings.cancelled_bucket()).await?;
         let schedules = ensure_bucket(&jetstream, settings.schedules_bucket()).await?;
@@ -95,6 +98,7 @@ impl Broker {
             results,
             events,
             dead,
+            outcomes,
             registry,
             cancelled,
             schedules,
@@ -109,13 +113,14 @@ impl Broker {
         })
     }
 
-    /// One of the four streams, by name.
+    /// One of the streams, by name.
     fn stream(&self, name: &str) -> Option<&stream::Stream> {
         match name {
             TASKS_STREAM => Some(&self.tasks),
             RESULTS_STREAM => Some(&self.results),
             EVENTS_STREAM => Some(&self.events),
             DEAD_STREAM => Some(&self.dead),
+            OUTCOMES_STREAM => Some(&self.outcomes),
             _ => None,
         }
     }
@@ -286,6 +291,7 @@ async fn ensure_stream(
         TASKS_STREAM => TASKS_STREAM,
         RESULTS_STREAM => RESULTS_STREAM,
         DEAD_STREAM => DEAD_STREAM,
+        OUTCOMES_STREAM => OUTCOMES_STREAM,
         _ => EVENTS_STREAM,
     };
     let mut stream = match js.get_or_create_stream(config.clone()).await {
@@ -311,7 +317,14 @@ async fn ensure_stream(
     let wants_republish = config.republish.is_some() && existing.republish != config.republish;
     // No limit of its own (the server's default applies) or a lower one: raised.
     let wants_consumers = config.max_consumers > 0 && existing.max_consumers < config.max_consumers;
-    if !missing.is_empty() || wants_ttl || wants_markers || wants_republish || wants_consumers {
+    let wants_direct = config.allow_direct && !existing.allow_direct;
+    if !missing.is_empty()
+        || wants_ttl
+        || wants_markers
+        || wants_republish
+        || wants_consumers
+        || wants_direct
+    {
         let mut updated = existing;
         // A subject this version widened (`taskwire.results.*` to `taskwire.results.>`) gives
         // way to the wider one.
@@ -320,6 +333,7 @@ async fn ensure_stream(
             .retain(|old| !missing.iter().any(|new| subject_covers(new, old)));
         updated.subjects.extend(missing);
         updated.allow_message_ttl |= config.allow_message_ttl;
+        updated.allow_direct |= config.allow_direct;
         if wants_markers {
             updated.subject_delete_marker_ttl = config.subject_delete_marker_ttl;
         }

@@ -90,6 +90,69 @@ pub async fn next_message(
     .await
 }
 
+/// Where a batch read starts: at a sequence, or at the first message stored at or after a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The first sequence read.
+    Sequence(u64),
+    /// The first message stored at or after this time.
+    Time(SystemTime),
+}
+
+/// Up to `batch` messages of `stream` whose subjects match `filter`, in stream order, from
+/// `from`: one direct get in batch mode (any replica answers), so a page of a scan costs one
+/// round trip. Fewer than `batch` means the stream has no more.
+pub async fn next_messages(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+    from: ReadFrom,
+    batch: usize,
+) -> Result<Vec<StoredMessage>, async_nats::RequestError> {
+    use futures::StreamExt as _;
+    let start = match from {
+        ReadFrom::Sequence(seq) => format!(r#""seq":{}"#, seq.max(1)),
+        ReadFrom::Time(at) => format!(r#""start_time":"{}""#, humantime::format_rfc3339_nanos(at)),
+    };
+    let request = format!(r#"{{{start},"next_by_subj":"{filter}","batch":{batch}}}"#);
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.map_err(|e| {
+        async_nats::RequestError::with_source(async_nats::RequestErrorKind::Other, e)
+    })?;
+    client
+        .publish_with_reply(
+            format!("$JS.API.DIRECT.GET.{stream}"),
+            inbox,
+            request.into(),
+        )
+        .await
+        .map_err(|e| {
+            async_nats::RequestError::with_source(async_nats::RequestErrorKind::Other, e)
+        })?;
+    let mut found = Vec::with_capacity(batch);
+    while found.len() < batch {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), replies.next()).await;
+        let Ok(Some(reply)) = next else {
+            return Err(async_nats::RequestError::with_source(
+                async_nats::RequestErrorKind::TimedOut,
+                format!("a batch read of {stream} stopped answering"),
+            ));
+        };
+        // The end of the batch (204), or nothing at all to read (404).
+        if reply
+            .status
+            .is_some_and(|status| matches!(status.as_u16(), 204 | 404))
+        {
+            break;
+        }
+        match stored_message(stream, reply)? {
+            Some(message) => found.push(message),
+            None => break,
+        }
+    }
+    Ok(found)
+}
+
 async fn direct_get(
     client: &async_nats::Client,
     stream: &str,

@@ -2,7 +2,7 @@
 
 use taskwire::task::{Id, Name};
 
-use taskwire::v1::Priority;
+use taskwire::v1::{self, Priority};
 
 /// Every task subject of normal priority.
 pub const TASKS: &str = "taskwire.tasks.>";
@@ -50,6 +50,8 @@ pub fn stored_result_id(subject: &str) -> Option<&str> {
 pub const EVENTS: &str = "taskwire.events.>";
 /// Every dead letter subject.
 pub const DEAD: &str = "taskwire.dead.>";
+/// Every outcome record (the outcomes other than success, by state).
+pub const OUTCOMES: &str = "taskwire.outcomes.>";
 
 /// Where tasks of this type queue at normal priority:
 /// `taskwire.tasks.examples.magic.v1.Magic.Add`.
@@ -131,4 +133,32 @@ pub fn dead_of(id: &Id) -> String {
 /// Matches the dead letters of one task type.
 pub fn dead_of_type(name: &Name) -> String {
     format!("taskwire.dead.*.{}", name.token())
+}
+
+/// Where a task's outcome other than success is recorded: the state first, so that one
+/// filter (`taskwire.outcomes.failed.>`) finds every failed task and no other record; then the id
+/// and the token, as for results, so that NATS permissions can let a worker record the outcomes
+/// of its own task types only.
+pub fn outcome(state: v1::TaskState, name: &Name, id: &Id) -> String {
+    format!(
+        "taskwire.outcomes.{}.{id}.{}",
+        crate::state_name(state),
+        name.token()
+    )
+}
+
+/// Matches every outcome record in one state (`failed`, `cancelled`, `expired`).
+pub fn outcomes_in(state: v1::TaskState) -> String {
+    format!("taskwire.outcomes.{}.>", crate::state_name(state))
+}
+
+/// Matches every outcome record of one task, whatever its state and type.
+pub fn outcomes_of(id: &Id) -> String {
+    format!("taskwire.outcomes.*.{id}.>")
+}
+
+/// The state and the id in a subject of [`OUTCOMES`].
+pub fn outcome_parts(subject: &str) -> Option<(&str, &str)> {
+    let mut parts = subject.strip_prefix("taskwire.outcomes.")?.splitn(3, '.');
+    Some((parts.next()?, parts.next()?))
 }

@@ -75,8 +75,12 @@ pub enum Command {
         /// Task id.
         id: String,
     },
-    /// List the registered task types with their input and output messages.
-    Tasks,
+    /// Tasks: `taskwire tasks` lists the registered task types; `tasks list` finds tasks by
+    /// type, state, time, error, key, workflow or parent; `tasks cancel` cancels all that match.
+    Tasks {
+        #[command(subcommand)]
+        command: Option<cmd::find::TasksCommand>,
+    },
     /// Tasks submitted on a cron expression or an interval: create, list, get, pause, resume,
     /// delete.
     #[command(subcommand)]
@@ -136,7 +140,10 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
             cmd::task::wait(&connect(&gateway).await?, &id, timeout).await
         }
         Command::Cancel { id } => cmd::task::cancel(&connect(&gateway).await?, &id).await,
-        Command::Tasks => cmd::types::list(&connect(&gateway).await?).await,
+        Command::Tasks { command } => match command {
+            None => cmd::types::list(&connect(&gateway).await?).await,
+            Some(command) => cmd::find::run(&connect(&gateway).await?, command).await,
+        },
         Command::Limits(args) => cmd::limits::run(&connect(&gateway).await?, args).await,
         Command::Inspect(command) => cmd::inspect::run(&connect(&gateway).await?, command).await,
         Command::Queue(command) => cmd::queue::run(&connect(&gateway).await?, command).await,

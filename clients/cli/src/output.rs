@@ -40,6 +40,9 @@ pub fn info_json(info: &TaskInfo) -> serde_json::Value {
     if let Some(time) = &info.updated_at {
         out["updated_at"] = serde_json::Value::String(time.to_string());
     }
+    if let Some(time) = &info.submitted_at {
+        out["submitted_at"] = serde_json::Value::String(time.to_string());
+    }
     if !info.result_json.is_empty()
         && let Ok(result) = serde_json::from_str::<serde_json::Value>(&info.result_json)
     {

@@ -31,7 +31,17 @@ impl Client {
             task_ids,
             task: task.to_owned(),
             all,
+            ..Default::default()
         };
+        self.replay_dead_letters_matching(request).await
+    }
+
+    /// Puts dead tasks back in line as the request says: its ids, or with `all` every dead
+    /// letter that matches its filter fields (task pattern, reason, error text, times).
+    pub async fn replay_dead_letters_matching(
+        &self,
+        request: v1::ReplayDeadLettersRequest,
+    ) -> Result<Vec<String>, Error> {
         Ok(self
             .admin
             .clone()

@@ -46,4 +46,55 @@ impl Client {
         };
         Ok(self.tasks.clone().cancel(request).await?.into_inner())
     }
+
+    /// One page of the tasks that match `filter`: pass the answer's `next_page_token` back as
+    /// `page_token` for the next one (empty: the list has ended).
+    pub async fn list_tasks(
+        &self,
+        filter: v1::TaskFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<v1::ListTasksResponse, Error> {
+        let request = v1::ListTasksRequest {
+            filter: Some(filter),
+            page_size,
+            page_token: page_token.to_owned(),
+            include_json: false,
+        };
+        Ok(self.tasks.clone().list(request).await?.into_inner())
+    }
+
+    /// Every task that matches `filter`, page after page, up to `limit` of them.
+    pub async fn find_tasks(
+        &self,
+        filter: v1::TaskFilter,
+        limit: usize,
+    ) -> Result<Vec<TaskInfo>, Error> {
+        let mut found = Vec::new();
+        let mut token = String::new();
+        loop {
+            let want = (limit - found.len()).min(1000) as u32;
+            let page = self.list_tasks(filter.clone(), want, &token).await?;
+            found.extend(page.tasks);
+            if found.len() >= limit || page.next_page_token.is_empty() {
+                found.truncate(limit);
+                return Ok(found);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// Cancels every task that matches `filter` and has not finished; how many it cancelled.
+    pub async fn cancel_many(&self, filter: v1::TaskFilter) -> Result<u64, Error> {
+        let request = v1::CancelManyRequest {
+            filter: Some(filter),
+        };
+        Ok(self
+            .tasks
+            .clone()
+            .cancel_many(request)
+            .await?
+            .into_inner()
+            .cancelled)
+    }
 }

@@ -192,6 +192,25 @@ impl ResultMessage {
         headers
     }
 
+    /// The headers of the outcome record that goes with a result other than success (see
+    /// [`crate::subject::outcome`]): the result's, less the check that only one is stored, with
+    /// a de-duplication id of its own. The record is written before the result: a record whose
+    /// result lost the race to another outcome names a state the task does not have, so readers
+    /// take the state from the result.
+    pub fn to_outcome_headers(&self) -> HeaderMap {
+        let id = &self.event.id;
+        let mut headers = Event {
+            msg_id: Some(format!("{id}.outcome.{}", self.series)),
+            ..self.event.clone()
+        }
+        .to_headers();
+        if let Some(ttl) = self.ttl {
+            let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+            headers.insert(header::TTL, seconds.max(1).to_string().as_str());
+        }
+        headers
+    }
+
     /// Reads a stored result's headers.
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, MessageError> {
         let event = Event::from_headers(headers)?;

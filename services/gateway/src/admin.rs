@@ -63,7 +63,11 @@ impl v1::admin_server::Admin for AdminService {
         request: Request<v1::ReplayDeadLettersRequest>,
     ) -> Result<Response<v1::ReplayDeadLettersResponse>, Status> {
         let task_ids = self.gateway.replay_dead(request.into_inner()).await?;
-        Ok(Response::new(v1::ReplayDeadLettersResponse { task_ids }))
+        let replayed = task_ids.len() as u64;
+        Ok(Response::new(v1::ReplayDeadLettersResponse {
+            task_ids,
+            replayed,
+        }))
     }
 
     async fn purge_dead_letters(

@@ -343,7 +343,7 @@ fn required(path: &str) -> Option<(Vec<Op>, bool)> {
         }
         ("taskwire.v1.Tasks", "Submit" | "SubmitMany") => (vec![Op::Submit], false),
         ("taskwire.v1.Tasks", "SubmitAndWait") => (vec![Op::Submit, Op::Read], false),
-        ("taskwire.v1.Tasks", "Cancel") => (vec![Op::Cancel], false),
+        ("taskwire.v1.Tasks", "Cancel" | "CancelMany") => (vec![Op::Cancel], false),
         ("taskwire.v1.Tasks", _) => (vec![Op::Read], false),
         ("taskwire.v1.Admin", "ListTaskTypes") => (vec![Op::Read], false),
         ("taskwire.v1.Workflows", "Submit") => (vec![Op::Submit], false),

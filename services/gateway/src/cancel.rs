@@ -79,23 +79,23 @@ impl Gateway {
                 .map_err(|e| self.broker_error(e))?;
         }
         // Then the cancelled result takes the task's one result slot; a worker that finishes
-        // the task later finds the slot taken and drops its own.
+        // the task later finds the slot taken and drops its own. Its outcome record comes
+        // first, so that a cancelled task is always found as one.
+        let outcome = broker::ResultMessage::new(
+            name,
+            id,
+            TaskState::Cancelled,
+            attempt,
+            &format!("cancel.{}", broker::now_micros()),
+            None,
+        );
+        let body = broker::failure_body("cancelled on request", false);
+        self.record_outcome(name, id, &outcome, body.clone())
+            .await?;
         let published = self
             .broker
             .jetstream
-            .publish_with_headers(
-                subject::result(name, id),
-                broker::ResultMessage::new(
-                    name,
-                    id,
-                    TaskState::Cancelled,
-                    attempt,
-                    &format!("cancel.{}", broker::now_micros()),
-                    None,
-                )
-                .to_headers(),
-                broker::failure_body("cancelled on request", false),
-            )
+            .publish_with_headers(subject::result(name, id), outcome.to_headers(), body)
             .await
             .map_err(publish_error)?
             .await;
@@ -117,6 +117,31 @@ impl Gateway {
             }
             Err(e) => Err(publish_error(e)),
         }
+    }
+}
+
+impl Gateway {
+    /// Records an outcome other than success before its result is stored (see
+    /// `subject::outcome`): what lists find failed, cancelled and expired tasks by.
+    pub(crate) async fn record_outcome(
+        &self,
+        name: &Name,
+        id: &Id,
+        outcome: &broker::ResultMessage,
+        body: Bytes,
+    ) -> Result<(), Error> {
+        self.broker
+            .jetstream
+            .publish_with_headers(
+                subject::outcome(outcome.event.state, name, id),
+                outcome.to_outcome_headers(),
+                body,
+            )
+            .await
+            .map_err(publish_error)?
+            .await
+            .map_err(publish_error)?;
+        Ok(())
     }
 }
 

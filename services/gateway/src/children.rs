@@ -396,10 +396,13 @@ impl Gateway {
             // Recorded, never stored: it fails (unless it just ended), and its end counts.
             let failed =
                 broker::ResultMessage::new(&name, &id, TaskState::Failed, 0, "unsubmitted", None);
+            let body = broker::failure_body("its submit did not complete", false);
+            self.record_outcome(&name, &id, &failed, body.clone())
+                .await?;
             self.publish_if_last(
                 broker::subject::result(&name, &id),
                 failed.to_headers(),
-                broker::failure_body("its submit did not complete", false),
+                body,
             )
             .await?;
             self.mark_ended(parent, &id).await?;

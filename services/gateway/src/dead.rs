@@ -81,13 +81,22 @@ impl Gateway {
                 }
                 targets
             }
-            (true, true) if !req.task.is_empty() => {
-                let filter = Self::dead_filter(&req.task)?;
-                self.dead_messages(&filter, u32::MAX).await?
+            (true, true) => {
+                let matches = LetterFilter::parse(&req)?;
+                self.dead_messages(&matches.subject, u32::MAX)
+                    .await?
+                    .into_iter()
+                    .filter(|m| matches.holds(m))
+                    .collect()
             }
-            _ => {
+            (false, true) => {
                 return Err(Error::BadRequest(
-                    "name the tasks to replay (task_ids), or a task type with all = true".into(),
+                    "name the tasks to replay (task_ids) or ask for all that match (all = true), not both".into(),
+                ));
+            }
+            (true, false) => {
+                return Err(Error::BadRequest(
+                    "name the tasks to replay (task_ids), or ask for every dead letter that matches the filter with all = true".into(),
                 ));
             }
         };
@@ -161,6 +170,13 @@ impl Gateway {
                         .sequence(result.sequence + 1)
                         .await
                         .map_err(|e| self.broker_error(e))?;
+                    // Its outcome record goes too: the task is no longer a failed one.
+                    self.broker
+                        .outcomes
+                        .purge()
+                        .filter(subject::outcomes_of(&id))
+                        .await
+                        .map_err(|e| self.broker_error(e))?;
                 }
             }
             let task = letter.replay();
@@ -212,6 +228,81 @@ impl Gateway {
             purge.filter(Self::dead_filter(task)?).await
         };
         Ok(response.map_err(|e| self.broker_error(e))?.purged)
+    }
+}
+
+/// Which dead letters a replay with `all` takes.
+struct LetterFilter {
+    /// What the stream is read with.
+    subject: String,
+    task: Option<String>,
+    reason: Option<String>,
+    error: Option<String>,
+    after: Option<std::time::SystemTime>,
+    before: Option<std::time::SystemTime>,
+}
+
+impl LetterFilter {
+    fn parse(req: &v1::ReplayDeadLettersRequest) -> Result<Self, Error> {
+        let pattern = req.task.trim();
+        let (subject, task) = if pattern.contains('*') {
+            (subject::DEAD.to_owned(), Some(pattern.to_owned()))
+        } else {
+            (Gateway::dead_filter(pattern)?, None)
+        };
+        let reason = match req.reason.trim() {
+            "" => None,
+            reason => Some(
+                broker::DeadReason::parse(reason)
+                    .ok_or_else(|| {
+                        Error::BadRequest(format!(
+                            "reason {reason:?} is none of exhausted, permanent, panic, timeout or poison"
+                        ))
+                    })?
+                    .as_str()
+                    .to_owned(),
+            ),
+        };
+        let time = |t: &Option<prost_types::Timestamp>, what: &str| {
+            t.map(std::time::SystemTime::try_from)
+                .transpose()
+                .map_err(|_| Error::BadRequest(format!("{what} is not a time")))
+        };
+        Ok(Self {
+            subject,
+            task,
+            reason,
+            error: Some(req.error_contains.to_lowercase()).filter(|e| !e.is_empty()),
+            after: time(&req.dead_after, "dead_after")?,
+            before: time(&req.dead_before, "dead_before")?,
+        })
+    }
+
+    fn holds(&self, letter: &StoredMessage) -> bool {
+        let text = |h: &str| {
+            letter
+                .headers
+                .get(h)
+                .map(|v| v.as_str())
+                .unwrap_or_default()
+        };
+        self.task
+            .as_deref()
+            .is_none_or(|t| crate::auth::glob_matches(t, text(header::TASK)))
+            && self
+                .reason
+                .as_deref()
+                .is_none_or(|r| r == text(header::DEAD_REASON))
+            && self
+                .error
+                .as_deref()
+                .is_none_or(|e| text(header::ERROR).to_lowercase().contains(e))
+            && self
+                .after
+                .is_none_or(|a| letter.time.is_some_and(|t| t >= a))
+            && self
+                .before
+                .is_none_or(|b| letter.time.is_some_and(|t| t <= b))
     }
 }
 

@@ -24,6 +24,7 @@ mod dead;
 pub mod direct;
 mod error;
 mod inspect;
+mod list;
 mod measure;
 mod pauses;
 pub mod payload;

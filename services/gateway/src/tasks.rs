@@ -10,6 +10,7 @@ use taskwire::v1::{self, TaskState};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{self, Op};
+use crate::list::Filter;
 use crate::reads::{TaskInfoStream, wait_timeout};
 use crate::{Error, Gateway};
 
@@ -138,7 +139,8 @@ impl v1::tasks_server::Tasks for TasksService {
         let info = self.gateway.state(&id).await?;
         auth::check_known(&request, Op::Read, &info.task_id, &info.task)?;
         let req = request.into_inner();
-        let info = self.gateway.with_family(info).await?;
+        let mut info = self.gateway.with_family(info).await?;
+        info.submitted_at = self.gateway.submitted_at(&info).await?.map(Into::into);
         Ok(Response::new(
             self.gateway.with_json(info, req.include_json).await?,
         ))
@@ -171,5 +173,40 @@ impl v1::tasks_server::Tasks for TasksService {
             auth::check_known(&request, Op::Cancel, &known.task_id, &known.task)?;
         }
         Ok(Response::new(self.gateway.cancel(&id).await?))
+    }
+
+    async fn list(
+        &self,
+        request: Request<v1::ListTasksRequest>,
+    ) -> Result<Response<v1::ListTasksResponse>, Status> {
+        let caller = auth::caller(&request);
+        let req = request.into_inner();
+        let filter = Filter::parse(req.filter.unwrap_or_default())?;
+        let page = self
+            .gateway
+            .list_tasks(&filter, req.page_size, &req.page_token, &caller)
+            .await?;
+        let mut tasks = Vec::with_capacity(page.tasks.len());
+        for info in page.tasks {
+            tasks.push(self.gateway.with_json(info, req.include_json).await?);
+        }
+        Ok(Response::new(v1::ListTasksResponse {
+            tasks,
+            next_page_token: page.next.unwrap_or_default(),
+            examined: page.examined,
+        }))
+    }
+
+    async fn cancel_many(
+        &self,
+        request: Request<v1::CancelManyRequest>,
+    ) -> Result<Response<v1::CancelManyResponse>, Status> {
+        let caller = auth::caller(&request);
+        let filter = Filter::parse(request.into_inner().filter.unwrap_or_default())?;
+        let (cancelled, finished_first) = self.gateway.cancel_many(filter, &caller).await?;
+        Ok(Response::new(v1::CancelManyResponse {
+            cancelled,
+            finished_first,
+        }))
     }
 }

@@ -276,8 +276,29 @@ impl Attempt<'_> {
             ttl,
         } = self;
         let name: &Name = &served.task.name;
-        let headers =
-            broker::ResultMessage::new(name, id, state, attempt, series(message), ttl).to_headers();
+        let outcome = broker::ResultMessage::new(name, id, state, attempt, series(message), ttl);
+        if state != TaskState::Succeeded {
+            // The outcome record first, so that no failed result goes unrecorded; a record
+            // whose result loses to another outcome is read past (the result says the state).
+            let record = subject::outcome(state, name, id);
+            match store(
+                served,
+                id,
+                "outcome record",
+                record,
+                outcome.to_outcome_headers(),
+                body.clone(),
+            )
+            .await
+            {
+                Stored::GaveUp => return Stored::GaveUp,
+                Stored::Refused(why) => {
+                    tracing::warn!(task = %name, task_id = %id, error = %why, "outcome record refused; the result is stored without it");
+                }
+                _ => {}
+            }
+        }
+        let headers = outcome.to_headers();
         let destination = subject::result(name, id);
         let span = tracing::info_span!(
             "publish",

@@ -21,6 +21,7 @@ mod children;
 mod cli;
 mod failures;
 mod input;
+mod lists;
 mod processes;
 mod projects;
 mod submit;

@@ -180,10 +180,84 @@ async fn hostile_values_in_every_field_get_a_clear_status() -> anyhow::Result<()
                     task_ids: vec![value.clone()],
                     task: value.clone(),
                     all: false,
+                    ..Default::default()
                 })
                 .await
                 .map(drop),
         );
+        clear(
+            "ReplayDeadLettersRequest filter",
+            v,
+            admin
+                .replay_dead_letters(v1::ReplayDeadLettersRequest {
+                    task: value.clone(),
+                    all: true,
+                    reason: value.clone(),
+                    error_contains: value.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+        );
+        let filter = v1::TaskFilter {
+            task: value.clone(),
+            error_contains: value.clone(),
+            idempotency_key: value.clone(),
+            workflow_id: value.clone(),
+            parent_id: value.clone(),
+            ..Default::default()
+        };
+        for (what, filter) in [
+            ("TaskFilter", filter),
+            (
+                "TaskFilter.task",
+                v1::TaskFilter {
+                    task: value.clone(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "TaskFilter.workflow_id",
+                v1::TaskFilter {
+                    workflow_id: value.clone(),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            clear(
+                what,
+                v,
+                tasks
+                    .list(v1::ListTasksRequest {
+                        filter: Some(filter.clone()),
+                        page_token: value.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            );
+            clear(
+                what,
+                v,
+                tasks
+                    .list(v1::ListTasksRequest {
+                        filter: Some(filter.clone()),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            );
+            clear(
+                what,
+                v,
+                tasks
+                    .cancel_many(v1::CancelManyRequest {
+                        filter: Some(filter),
+                    })
+                    .await
+                    .map(drop),
+            );
+        }
         clear(
             "PurgeDeadLettersRequest.task",
             v,

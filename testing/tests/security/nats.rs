@@ -175,7 +175,34 @@ async fn the_gateway_and_a_worker_run_as_their_own_nats_users() -> anyhow::Resul
         }
     };
     taskwire_testing::eventually("the worker holds the pause", WAIT, || holds(3)).await?;
+    // A task that runs out of time while the queue is paused: the worker's user records its
+    // `expired` outcome and result, and a list by state finds it.
+    let stale = client
+        .submit::<taskwire_examples::magic::v1::AddResult>(
+            add,
+            &AddArgs::default(),
+            taskwire_client::SubmitOptions {
+                ttl: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     client.resume_queue(add, &[]).await?;
+    let expired = taskwire::v1::TaskFilter {
+        states: vec![taskwire::v1::TaskState::Expired as i32],
+        ..Default::default()
+    };
+    taskwire_testing::eventually("the expired task is listed", WAIT, || {
+        let (client, expired, id) = (client.clone(), expired.clone(), stale.id().to_owned());
+        async move {
+            client
+                .find_tasks(expired, 10)
+                .await
+                .is_ok_and(|found| found.len() == 1 && found[0].task_id == id)
+        }
+    })
+    .await?;
     taskwire_testing::eventually("the worker holds no pause", WAIT, || holds(0)).await?;
     let sum = magic
         .add_and_wait(

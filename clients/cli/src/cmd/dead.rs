@@ -20,9 +20,20 @@ pub enum DeadCommand {
     Replay {
         /// Task ids to replay.
         ids: Vec<String>,
-        /// Replay every dead letter of this task type.
+        /// Replay every dead letter of this task type, or of the types a pattern with `*`
+        /// matches ('*' for all), that the options below allow.
         #[arg(long, value_name = "TASK", conflicts_with = "ids")]
         all: Option<String>,
+        /// With --all: only letters with this reason (exhausted, permanent, panic, timeout,
+        /// poison).
+        #[arg(long, requires = "all")]
+        reason: Option<String>,
+        /// With --all: only letters whose error holds this text (letter case aside).
+        #[arg(long, requires = "all")]
+        error: Option<String>,
+        /// With --all: only letters of tasks that died within this long (1h, 30m).
+        #[arg(long, requires = "all", value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
     },
     /// Delete dead letters.
     Purge {
@@ -51,12 +62,38 @@ pub async fn run(client: &Client, command: DeadCommand) -> Result<i32, Error> {
                 println!("{line}");
             }
         }
-        DeadCommand::Replay { ids, all } => {
+        DeadCommand::Replay {
+            ids,
+            all,
+            reason,
+            error,
+            since,
+        } => {
             if ids.is_empty() && all.is_none() {
-                anyhow::bail!("name the task ids to replay, or --all TASK");
+                anyhow::bail!("name the task ids to replay, or --all TASK ('*' for every type)");
             }
+            let dead_after = since
+                .map(|d| {
+                    std::time::SystemTime::now()
+                        .checked_sub(d)
+                        .ok_or_else(|| anyhow::anyhow!("--since {d:?} reaches before 1970"))
+                })
+                .transpose()?
+                .map(prost_types::Timestamp::from);
+            let task = match all.as_deref() {
+                Some("*") | None => String::new(),
+                Some(task) => task.to_owned(),
+            };
             let replayed = client
-                .replay_dead_letters(ids, all.as_deref().unwrap_or(""), all.is_some())
+                .replay_dead_letters_matching(taskwire::v1::ReplayDeadLettersRequest {
+                    task_ids: ids,
+                    task,
+                    all: all.is_some(),
+                    reason: reason.unwrap_or_default(),
+                    error_contains: error.unwrap_or_default(),
+                    dead_after,
+                    dead_before: None,
+                })
                 .await?;
             for id in &replayed {
                 println!("{id}");

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod dead;
 pub mod dev;
+pub mod find;
 pub mod health;
 pub mod inspect;
 pub mod k8s;

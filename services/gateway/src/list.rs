@@ -1,0 +1,818 @@
+//! Finding tasks among those the broker keeps, and cancelling them in bulk.
+//!
+//! Nothing is kept for lists alone on the way to success: the tasks not finished are the
+//! tasks stream (read a page at a time), the finished ones the results stream, in the order
+//! they finished. The few outcomes other than success (failed, cancelled, expired) are also
+//! recorded with their state in the subject (`taskwire.outcomes.<state>.<id>.<token>`), so a
+//! list of those reads that small stream and never the results of every task that succeeded.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use taskwire::task::{Id, Name};
+use taskwire::v1::{self, TaskState};
+use taskwire_protocol::{self as broker, ReadFrom, StoredMessage, header, subject};
+
+use crate::auth::{Caller, Op, glob_matches};
+use crate::cancel::Cancelled;
+use crate::{Error, Gateway};
+
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 1000;
+/// How many stored records one call reads at most: a filter that matches little answers a
+/// short page (with a token to go on) instead of reading the whole broker in one call.
+const READ_BUDGET: u64 = 20_000;
+/// Records read per round trip.
+const BATCH: usize = 256;
+/// How much earlier than a result its outcome record may be stored (it is written first),
+/// and than a task message its submit time (a delayed task is stored when it fires).
+const SLACK: Duration = Duration::from_secs(30);
+
+const OPEN: [TaskState; 5] = [
+    TaskState::Queued,
+    TaskState::Scheduled,
+    TaskState::Running,
+    TaskState::Retrying,
+    TaskState::Waiting,
+];
+const FINISHED: [TaskState; 4] = [
+    TaskState::Succeeded,
+    TaskState::Failed,
+    TaskState::Cancelled,
+    TaskState::Expired,
+];
+
+/// A [`v1::TaskFilter`] checked.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Filter {
+    task: Option<String>,
+    states: Vec<TaskState>,
+    submitted: Range,
+    finished: Range,
+    error: Option<String>,
+    key: Option<String>,
+    workflow: Option<Id>,
+    parent: Option<Id>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Range {
+    after: Option<SystemTime>,
+    before: Option<SystemTime>,
+}
+
+impl Range {
+    fn parse(
+        after: Option<prost_types::Timestamp>,
+        before: Option<prost_types::Timestamp>,
+        what: &str,
+    ) -> Result<Self, Error> {
+        let time = |t: prost_types::Timestamp, end: &str| {
+            SystemTime::try_from(t).map_err(|_| {
+                Error::BadRequest(format!("{what}_{end} is not a time (seconds since 1970)"))
+            })
+        };
+        let range = Self {
+            after: after.map(|t| time(t, "after")).transpose()?,
+            before: before.map(|t| time(t, "before")).transpose()?,
+        };
+        if let (Some(a), Some(b)) = (range.after, range.before)
+            && a > b
+        {
+            return Err(Error::BadRequest(format!(
+                "{what}_after is later than {what}_before: nothing can match"
+            )));
+        }
+        Ok(range)
+    }
+
+    fn holds(&self, at: Option<SystemTime>) -> bool {
+        if self.after.is_none() && self.before.is_none() {
+            return true;
+        }
+        let Some(at) = at else { return false };
+        self.after.is_none_or(|a| at >= a) && self.before.is_none_or(|b| at <= b)
+    }
+
+    fn is_set(&self) -> bool {
+        self.after.is_some() || self.before.is_some()
+    }
+}
+
+impl Filter {
+    pub(crate) fn parse(filter: v1::TaskFilter) -> Result<Self, Error> {
+        let task = match filter.task.trim() {
+            "" => None,
+            pattern if pattern.contains('*') => {
+                if let Some(bad) = pattern
+                    .chars()
+                    .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '*')))
+                {
+                    return Err(Error::BadRequest(format!(
+                        "task pattern {pattern:?} holds {bad:?}: use a task name's letters, digits, `.`, `_`, `/` and `*`"
+                    )));
+                }
+                Some(pattern.to_owned())
+            }
+            name => Some(
+                Name::parse(name)
+                    .map_err(Error::InvalidName)?
+                    .as_str()
+                    .to_owned(),
+            ),
+        };
+        let mut states = Vec::new();
+        for state in filter.states {
+            let state = TaskState::try_from(state)
+                .ok()
+                .filter(|s| *s != TaskState::Unspecified)
+                .ok_or_else(|| {
+                    Error::BadRequest(format!(
+                        "state {state} is none of queued, scheduled, running, retrying, succeeded, failed, cancelled or expired"
+                    ))
+                })?;
+            if !states.contains(&state) {
+                states.push(state);
+            }
+        }
+        let key = Some(filter.idempotency_key).filter(|k| !k.is_empty());
+        if key.is_some() && task.as_deref().is_none_or(|t| t.contains('*')) {
+            return Err(Error::BadRequest(
+                "an idempotency key names a task of one type: give its task type too".into(),
+            ));
+        }
+        let id = |text: String, what: &str| -> Result<Option<Id>, Error> {
+            if text.is_empty() {
+                return Ok(None);
+            }
+            Id::parse(&text)
+                .map(Some)
+                .map_err(|e| Error::BadRequest(format!("{what} {text:?}: {e}")))
+        };
+        Ok(Self {
+            task,
+            states,
+            submitted: Range::parse(filter.submitted_after, filter.submitted_before, "submitted")?,
+            finished: Range::parse(filter.finished_after, filter.finished_before, "finished")?,
+            error: Some(filter.error_contains.to_lowercase()).filter(|e| !e.is_empty()),
+            key,
+            workflow: id(filter.workflow_id, "workflow_id")?,
+            parent: id(filter.parent_id, "parent_id")?,
+        })
+    }
+
+    fn wants(&self, state: TaskState) -> bool {
+        self.states.is_empty() || self.states.contains(&state)
+    }
+
+    fn wants_type(&self, task: &str) -> bool {
+        self.task.as_deref().is_none_or(|t| glob_matches(t, task))
+    }
+
+    /// Whether the tasks not finished can match.
+    fn wants_open(&self) -> bool {
+        !self.finished.is_set() && self.error.is_none() && OPEN.iter().any(|s| self.wants(*s))
+    }
+
+    /// Whether only outcomes other than success are asked for: those the outcome records hold.
+    fn only_unsuccessful(&self) -> bool {
+        !self.states.is_empty()
+            && !self.wants(TaskState::Succeeded)
+            && FINISHED.iter().any(|s| self.wants(*s))
+    }
+
+    fn keeps(&self, info: &v1::TaskInfo) -> bool {
+        let time =
+            |t: &Option<prost_types::Timestamp>| t.and_then(|t| SystemTime::try_from(t).ok());
+        let finished = FINISHED.contains(&info.state());
+        self.wants(info.state())
+            && self.wants_type(&info.task)
+            && self.submitted.holds(time(&info.submitted_at))
+            && (!self.finished.is_set() || finished && self.finished.holds(time(&info.updated_at)))
+            && self.error.as_deref().is_none_or(|text| {
+                info.error
+                    .as_ref()
+                    .is_some_and(|e| e.message.to_lowercase().contains(text))
+            })
+    }
+}
+
+/// Where a list goes on: which part of the broker, and from where in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cursor {
+    /// The n-th of the tasks the filter names (by key, workflow or parent).
+    Named(u64),
+    /// The tasks stream, from this sequence.
+    Open(u64),
+    /// The results stream, from this sequence.
+    Finished(u64),
+    /// The outcome records, from this sequence.
+    Outcomes(u64),
+}
+
+impl Cursor {
+    fn parse(token: &str) -> Result<Option<Self>, Error> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let bad = || {
+            Error::BadRequest(format!(
+                "page_token {token:?} is none this gateway gave: pass next_page_token as it came, or none for the first page"
+            ))
+        };
+        let (part, at) = token.split_once(':').ok_or_else(bad)?;
+        let at: u64 = at.parse().map_err(|_| bad())?;
+        Ok(Some(match part {
+            "named" => Self::Named(at),
+            "open" => Self::Open(at),
+            "finished" => Self::Finished(at),
+            "outcomes" => Self::Outcomes(at),
+            _ => return Err(bad()),
+        }))
+    }
+
+    fn token(self) -> String {
+        match self {
+            Self::Named(n) => format!("named:{n}"),
+            Self::Open(n) => format!("open:{n}"),
+            Self::Finished(n) => format!("finished:{n}"),
+            Self::Outcomes(n) => format!("outcomes:{n}"),
+        }
+    }
+}
+
+/// One page of a list.
+pub(crate) struct Page {
+    pub(crate) tasks: Vec<v1::TaskInfo>,
+    pub(crate) next: Option<String>,
+    pub(crate) examined: u64,
+}
+
+/// When a task was submitted: in its id when the gateway made it (a UUID v7 holds its
+/// millisecond), else the time of its first event.
+fn submitted_in_id(id: &Id) -> Option<SystemTime> {
+    let text = id.as_str();
+    let bytes = text.as_bytes();
+    if bytes.len() != 32 || bytes[12] != b'7' || !matches!(bytes[16], b'8' | b'9' | b'a' | b'b') {
+        return None;
+    }
+    let millis = u64::from_str_radix(&text[..12], 16).ok()?;
+    Some(UNIX_EPOCH + Duration::from_millis(millis))
+}
+
+impl Gateway {
+    /// One page of the tasks that match `filter`, from `token` on, that `caller` may read.
+    pub(crate) async fn list_tasks(
+        &self,
+        filter: &Filter,
+        page_size: u32,
+        token: &str,
+        caller: &Caller,
+    ) -> Result<Page, Error> {
+        self.check_connected()?;
+        let size = match page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        } as usize;
+        let named = filter.key.is_some() || filter.workflow.is_some() || filter.parent.is_some();
+        let first = match Cursor::parse(token)? {
+            Some(cursor) => cursor,
+            None if named => Cursor::Named(0),
+            None if filter.wants_open() => Cursor::Open(0),
+            None => self.finished_start(filter),
+        };
+        let mut page = Page {
+            tasks: Vec::new(),
+            next: None,
+            examined: 0,
+        };
+        let mut cursor = Some(first);
+        while let Some(at) = cursor {
+            if page.tasks.len() >= size || page.examined >= READ_BUDGET {
+                page.next = Some(at.token());
+                break;
+            }
+            cursor = match at {
+                Cursor::Named(n) => self.list_named(filter, n, size, caller, &mut page).await?,
+                Cursor::Open(from) => match self
+                    .list_open(filter, from, size, caller, &mut page)
+                    .await?
+                {
+                    Some(next) => Some(Cursor::Open(next)),
+                    None if FINISHED.iter().any(|s| filter.wants(*s)) => {
+                        Some(self.finished_start(filter))
+                    }
+                    None => None,
+                },
+                Cursor::Finished(from) => self
+                    .list_finished(filter, from, size, caller, &mut page)
+                    .await?
+                    .map(Cursor::Finished),
+                Cursor::Outcomes(from) => self
+                    .list_outcomes(filter, from, size, caller, &mut page)
+                    .await?
+                    .map(Cursor::Outcomes),
+            };
+        }
+        Ok(page)
+    }
+
+    /// Where the finished tasks are read from: the outcome records when only outcomes other
+    /// than success are asked for, else the results (sequence 0: from the filter's times).
+    fn finished_start(&self, filter: &Filter) -> Cursor {
+        if filter.only_unsuccessful() {
+            Cursor::Outcomes(0)
+        } else {
+            Cursor::Finished(0)
+        }
+    }
+
+    /// Where a scan starts: at `from`, or (0) at the earliest time a match can have been
+    /// stored.
+    fn scan_start(filter: &Filter, from: u64) -> ReadFrom {
+        if from > 0 {
+            return ReadFrom::Sequence(from);
+        }
+        let earliest = filter
+            .finished
+            .after
+            .into_iter()
+            .chain(filter.submitted.after)
+            .max()
+            .map(|t| t.checked_sub(SLACK).unwrap_or(UNIX_EPOCH));
+        match earliest {
+            Some(at) => ReadFrom::Time(at),
+            None => ReadFrom::Sequence(1),
+        }
+    }
+
+    /// Whether a finished task stored at `time` lies past every match: stores are in time
+    /// order, so past the finish bound nothing more can match.
+    fn past_end(filter: &Filter, time: Option<SystemTime>) -> bool {
+        match (filter.finished.before, time) {
+            (Some(end), Some(at)) => at > end + SLACK,
+            _ => false,
+        }
+    }
+
+    /// Adds `info` to the page if it matches and the caller may see it.
+    async fn offer(
+        &self,
+        filter: &Filter,
+        mut info: v1::TaskInfo,
+        caller: &Caller,
+        page: &mut Page,
+    ) -> Result<(), Error> {
+        if !filter.wants(info.state()) || !filter.wants_type(&info.task) {
+            return Ok(());
+        }
+        if caller.check(Op::Read, Some(&info.task)).is_err() {
+            return Ok(());
+        }
+        if info.submitted_at.is_none() {
+            info.submitted_at = self.submitted_at(&info).await?.map(Into::into);
+        }
+        if filter.keeps(&info) {
+            page.tasks.push(info);
+        }
+        Ok(())
+    }
+
+    /// When the task was submitted, as far as the broker still says.
+    pub(crate) async fn submitted_at(
+        &self,
+        info: &v1::TaskInfo,
+    ) -> Result<Option<SystemTime>, Error> {
+        let Ok(id) = Id::parse(&info.task_id) else {
+            return Ok(None);
+        };
+        if let Some(at) = submitted_in_id(&id) {
+            return Ok(Some(at));
+        }
+        let first = broker::next_message(
+            &self.client,
+            broker::EVENTS_STREAM,
+            &subject::events_of(&id),
+            1,
+        )
+        .await
+        .map_err(|e| self.read_error(e))?;
+        Ok(first.and_then(|m| m.time))
+    }
+
+    async fn list_named(
+        &self,
+        filter: &Filter,
+        from: u64,
+        size: usize,
+        caller: &Caller,
+        page: &mut Page,
+    ) -> Result<Option<Cursor>, Error> {
+        let mut ids: Vec<Id> = Vec::new();
+        if let (Some(key), Some(task)) = (&filter.key, &filter.task) {
+            let name = Name::parse(task).map_err(Error::InvalidName)?;
+            ids.push(match caller.key_scope() {
+                None => Id::from_idempotency_key(&name, key),
+                Some(scope) => Id::from_idempotency_key(&name, &format!("{scope}\0{key}")),
+            });
+        }
+        if let Some(workflow) = &filter.workflow {
+            let info = match self.get_workflow(workflow, false).await {
+                Ok(info) => info,
+                Err(Error::NotFound(_) | Error::Expired(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let steps: Vec<Id> = info
+                .steps
+                .iter()
+                .filter(|s| s.info.is_some())
+                .filter_map(|s| Id::parse(&s.task_id).ok())
+                .collect();
+            ids = intersect(ids, steps, filter.key.is_some());
+        }
+        if let Some(parent) = &filter.parent {
+            let children: Vec<Id> = self
+                .children(parent, usize::MAX)
+                .await?
+                .iter()
+                .filter_map(|c| Id::parse(&c.task_id).ok())
+                .collect();
+            ids = intersect(
+                ids,
+                children,
+                filter.key.is_some() || filter.workflow.is_some(),
+            );
+        }
+        for (n, id) in (from..).zip(ids.iter().skip(from as usize)) {
+            if page.tasks.len() >= size {
+                return Ok(Some(Cursor::Named(n)));
+            }
+            page.examined += 1;
+            let info = match self.state(id).await {
+                Ok(info) => info,
+                Err(Error::NotFound(_) | Error::Expired(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            self.offer(filter, info, caller, page).await?;
+        }
+        Ok(None)
+    }
+
+    /// Reads the tasks stream from `from` until the page is full or the budget spent; the
+    /// sequence to go on from, or `None` at its end.
+    async fn list_open(
+        &self,
+        filter: &Filter,
+        from: u64,
+        size: usize,
+        caller: &Caller,
+        page: &mut Page,
+    ) -> Result<Option<u64>, Error> {
+        let mut start = Self::scan_start(filter, from);
+        loop {
+            let batch = broker::next_messages(
+                &self.client,
+                broker::TASKS_STREAM,
+                "taskwire.>",
+                start,
+                BATCH,
+            )
+            .await
+            .map_err(|e| self.read_error(e))?;
+            let full = batch.len() == BATCH;
+            for message in batch {
+                let next = message.sequence + 1;
+                page.examined += 1;
+                if let Some(info) = self.open_task(filter, &message).await? {
+                    self.offer(filter, info, caller, page).await?;
+                }
+                if page.tasks.len() >= size || page.examined >= READ_BUDGET {
+                    return Ok(Some(next));
+                }
+                start = ReadFrom::Sequence(next);
+            }
+            if !full {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The state of the task a message of the tasks stream holds, unless it has finished (it
+    /// is listed with the finished ones) or the filter rules it out by its type.
+    async fn open_task(
+        &self,
+        filter: &Filter,
+        message: &StoredMessage,
+    ) -> Result<Option<v1::TaskInfo>, Error> {
+        let headers = &message.headers;
+        let subject = headers
+            .get("Nats-Subject")
+            .map(|s| s.as_str())
+            .unwrap_or_default();
+        // A schedule's definition is no task.
+        if subject.starts_with("taskwire.schedules.") {
+            return Ok(None);
+        }
+        let Some(task) = headers.get(header::TASK).map(|t| t.as_str().to_owned()) else {
+            return Ok(None);
+        };
+        if !filter.wants_type(&task) {
+            return Ok(None);
+        }
+        let Ok(name) = Name::parse(&task) else {
+            return Ok(None);
+        };
+        let id = match headers.get(header::TASK_ID) {
+            Some(id) => Id::parse(id.as_str()).ok(),
+            None => headers.get(header::SCHEDULE_NAME).map(|schedule| {
+                broker::scheduled_task_id(
+                    &name,
+                    schedule.as_str(),
+                    headers.get(header::SCHEDULE_NEXT).map(|v| v.as_str()),
+                    message.sequence,
+                )
+            }),
+        };
+        let Some(id) = id else { return Ok(None) };
+        let info = match self.state(&id).await {
+            Ok(info) => info,
+            // A schedule's tick no worker has taken yet: queued since the broker stored it.
+            Err(Error::NotFound(_)) => {
+                let mut headers = headers.clone();
+                headers.insert(header::STATE, broker::state_name(TaskState::Queued));
+                headers.insert(header::ATTEMPT, "0");
+                let mut info = broker::task_info(&id, &headers, &message.payload, message.time);
+                info.submitted_at = message.time.map(Into::into);
+                info
+            }
+            Err(Error::Expired(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(OPEN.contains(&info.state()).then_some(info))
+    }
+
+    /// Reads the results stream from `from`: every finished task, in the order it finished.
+    async fn list_finished(
+        &self,
+        filter: &Filter,
+        from: u64,
+        size: usize,
+        caller: &Caller,
+        page: &mut Page,
+    ) -> Result<Option<u64>, Error> {
+        let mut start = Self::scan_start(filter, from);
+        loop {
+            let batch = broker::next_messages(
+                &self.client,
+                broker::RESULTS_STREAM,
+                subject::RESULTS,
+                start,
+                BATCH,
+            )
+            .await
+            .map_err(|e| self.read_error(e))?;
+            let full = batch.len() == BATCH;
+            for message in batch {
+                let next = message.sequence + 1;
+                page.examined += 1;
+                if Self::past_end(filter, message.time) {
+                    return Ok(None);
+                }
+                let id = message.headers.get(header::TASK_ID).map(|v| v.as_str());
+                if let (false, Some(Ok(id))) = (
+                    broker::is_expiry_marker(&message.headers),
+                    id.map(Id::parse),
+                ) {
+                    let info =
+                        broker::task_info(&id, &message.headers, &message.payload, message.time);
+                    self.offer(filter, info, caller, page).await?;
+                }
+                if page.tasks.len() >= size || page.examined >= READ_BUDGET {
+                    return Ok(Some(next));
+                }
+                start = ReadFrom::Sequence(next);
+            }
+            if !full {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads the outcome records from `from`: each names a task that failed, was cancelled or
+    /// expired, and its result says whether it still does (a record whose result lost to
+    /// another outcome, or was replayed since, is read past).
+    async fn list_outcomes(
+        &self,
+        filter: &Filter,
+        from: u64,
+        size: usize,
+        caller: &Caller,
+        page: &mut Page,
+    ) -> Result<Option<u64>, Error> {
+        let wanted: Vec<TaskState> = FINISHED
+            .into_iter()
+            .filter(|s| *s != TaskState::Succeeded && filter.wants(*s))
+            .collect();
+        let records = match wanted.as_slice() {
+            [one] => subject::outcomes_in(*one),
+            _ => subject::OUTCOMES.to_owned(),
+        };
+        let mut start = Self::scan_start(filter, from);
+        loop {
+            let batch = broker::next_messages(
+                &self.client,
+                broker::OUTCOMES_STREAM,
+                &records,
+                start,
+                BATCH,
+            )
+            .await
+            .map_err(|e| self.read_error(e))?;
+            let full = batch.len() == BATCH;
+            for message in batch {
+                let next = message.sequence + 1;
+                page.examined += 1;
+                if Self::past_end(filter, message.time) {
+                    return Ok(None);
+                }
+                let recorded = message
+                    .headers
+                    .get(header::STATE)
+                    .map(|v| broker::parse_state(v.as_str()))
+                    .unwrap_or_default();
+                let task = message
+                    .headers
+                    .get(header::TASK)
+                    .map(|v| v.as_str())
+                    .unwrap_or_default();
+                let id = message.headers.get(header::TASK_ID).map(|v| v.as_str());
+                if wanted.contains(&recorded)
+                    && filter.wants_type(task)
+                    && let Some(Ok(id)) = id.map(Id::parse)
+                {
+                    match self.result(&id).await {
+                        Ok(Some(info)) if info.state() == recorded => {
+                            self.offer(filter, info, caller, page).await?;
+                        }
+                        Ok(_) | Err(Error::Expired(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                if page.tasks.len() >= size || page.examined >= READ_BUDGET {
+                    return Ok(Some(next));
+                }
+                start = ReadFrom::Sequence(next);
+            }
+            if !full {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Cancels every task that matches `filter` and has not finished: (cancelled, finished
+    /// first).
+    pub(crate) async fn cancel_many(
+        &self,
+        mut filter: Filter,
+        caller: &Caller,
+    ) -> Result<(u64, u64), Error> {
+        // Only those not finished can be cancelled.
+        filter.states = if filter.states.is_empty() {
+            OPEN.to_vec()
+        } else {
+            filter
+                .states
+                .iter()
+                .copied()
+                .filter(|s| OPEN.contains(s))
+                .collect()
+        };
+        if filter.states.is_empty() || filter.finished.is_set() || filter.error.is_some() {
+            return Ok((0, 0));
+        }
+        let (mut cancelled, mut finished_first) = (0, 0);
+        let mut token = String::new();
+        loop {
+            let page = self.list_tasks(&filter, MAX_PAGE, &token, caller).await?;
+            for info in page.tasks {
+                if caller.check(Op::Cancel, Some(&info.task)).is_err() {
+                    continue;
+                }
+                let (Ok(id), Ok(name)) = (Id::parse(&info.task_id), Name::parse(&info.task)) else {
+                    continue;
+                };
+                let scheduled = info.state() == TaskState::Scheduled;
+                match self
+                    .cancel_stored(&id, &name, info.attempt, scheduled)
+                    .await?
+                {
+                    Cancelled::Now | Cancelled::ByWorker(_) => {
+                        cancelled += 1;
+                        self.cancel_children(&id).await?;
+                    }
+                    Cancelled::Finished(_) => finished_first += 1,
+                }
+            }
+            match page.next {
+                Some(next) => token = next,
+                None => break,
+            }
+        }
+        tracing::info!(cancelled, finished_first, "cancelled by filter");
+        Ok((cancelled, finished_first))
+    }
+}
+
+/// `found` narrowed to what `earlier` holds, when an earlier part of the filter named tasks.
+fn intersect(earlier: Vec<Id>, found: Vec<Id>, narrowed: bool) -> Vec<Id> {
+    if !narrowed {
+        return found;
+    }
+    earlier
+        .into_iter()
+        .filter(|id| found.contains(id))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_read_back_and_strangers_are_refused() {
+        for cursor in [
+            Cursor::Named(3),
+            Cursor::Open(17),
+            Cursor::Finished(1),
+            Cursor::Outcomes(99),
+        ] {
+            assert_eq!(Cursor::parse(&cursor.token()).expect("valid"), Some(cursor));
+        }
+        assert_eq!(Cursor::parse("").expect("valid"), None);
+        for bad in ["open", "open:x", "later:3", "3"] {
+            assert!(Cursor::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_submit_time_is_read_from_an_id_the_gateway_made() {
+        let id = Id::generate();
+        let at = submitted_in_id(&id).expect("a v7 id");
+        let now = SystemTime::now();
+        assert!(at <= now && now.duration_since(at).expect("valid") < Duration::from_secs(5));
+        assert_eq!(
+            submitted_in_id(&Id::parse("order-42").expect("valid")),
+            None
+        );
+    }
+
+    #[test]
+    fn filters_say_what_to_fix() {
+        let parse = |f: v1::TaskFilter| Filter::parse(f).map(|_| ()).map_err(|e| e.to_string());
+        let key = parse(v1::TaskFilter {
+            idempotency_key: "k".into(),
+            task: "examples.*".into(),
+            ..Default::default()
+        });
+        assert!(key.expect_err("refused").contains("give its task type"));
+        let pattern = parse(v1::TaskFilter {
+            task: "examples.*;".into(),
+            ..Default::default()
+        });
+        assert!(pattern.expect_err("refused").contains("';'"));
+        let state = parse(v1::TaskFilter {
+            states: vec![42],
+            ..Default::default()
+        });
+        assert!(state.expect_err("refused").contains("state 42"));
+        let range = parse(v1::TaskFilter {
+            finished_after: Some(prost_types::Timestamp {
+                seconds: 20,
+                nanos: 0,
+            }),
+            finished_before: Some(prost_types::Timestamp {
+                seconds: 10,
+                nanos: 0,
+            }),
+            ..Default::default()
+        });
+        assert!(range.expect_err("refused").contains("later than"));
+    }
+
+    #[test]
+    fn only_outcomes_other_than_success_read_the_records() {
+        let with = |states: Vec<TaskState>| {
+            Filter::parse(v1::TaskFilter {
+                states: states.into_iter().map(|s| s as i32).collect(),
+                ..Default::default()
+            })
+            .expect("valid")
+        };
+        assert!(with(vec![TaskState::Failed]).only_unsuccessful());
+        assert!(with(vec![TaskState::Failed, TaskState::Cancelled]).only_unsuccessful());
+        assert!(!with(vec![TaskState::Failed, TaskState::Succeeded]).only_unsuccessful());
+        assert!(!with(vec![]).only_unsuccessful());
+        assert!(!with(vec![TaskState::Queued]).only_unsuccessful());
+        assert!(with(vec![TaskState::Queued]).wants_open());
+        assert!(!with(vec![TaskState::Failed]).wants_open());
+    }
+}
