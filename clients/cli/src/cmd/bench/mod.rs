@@ -11,6 +11,7 @@ use taskwire_supervisor::{NatsCluster, NatsServer};
 mod backlog;
 mod compare;
 mod cpu;
+mod find;
 mod floor;
 mod gateways;
 mod idle;
@@ -74,6 +75,10 @@ pub struct Options {
     /// tasks through, each with a value of its own, measuring what the keys cost (0: skip).
     #[arg(long, default_value_t = 10_000)]
     pub limit_keys: usize,
+    /// Then fill the broker with the records this many finished tasks leave, 12 of them
+    /// failed, and time listing the failed ones (0: skip).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub list_among: usize,
     /// Then start a worker serving this many more task types and measure what they cost
     /// (0: skip).
     #[arg(long, default_value_t = 0)]
@@ -451,6 +456,17 @@ async fn measure(options: Options) -> anyhow::Result<()> {
         )
         .await?;
         report.insert("limit_per_key".into(), keyed.into());
+    }
+    if options.list_among > 0 {
+        let found = find::measure(
+            &stack.client,
+            &nats_url,
+            options.list_among,
+            12,
+            &progress,
+        )
+        .await?;
+        report.insert("find_tasks".into(), found.into());
     }
     if options.task_types > 0 {
         let many = types::measure(
