@@ -34,6 +34,9 @@ pub const OUTCOMES_STREAM: &str = "TASKWIRE_OUTCOMES";
 /// Stream of workflows: each one's definition, end and joins (see [`crate::workflow`]).
 pub const WORKFLOWS_STREAM: &str = "TASKWIRE_WORKFLOWS";
 
+/// Stream of counts over time (see [`crate::samples`]).
+pub const SAMPLES_STREAM: &str = "TASKWIRE_SAMPLES";
+
 /// KV bucket of task types, written by workers at start.
 pub const REGISTRY_BUCKET: &str = "TASKWIRE_REGISTRY";
 
@@ -379,6 +382,22 @@ impl Settings {
             max_age: self.result_ttl,
             duplicate_window: self.duplicate_window,
             max_message_size: self.max_message_bytes,
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn samples_stream(&self) -> stream::Config {
+        stream::Config {
+            name: SAMPLES_STREAM.into(),
+            description: Some("taskwire: counts over time for the dashboard's charts".into()),
+            subjects: vec![crate::samples::ALL.into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            max_age: crate::samples::KEPT,
+            // One queue-depth sample a slot, whichever gateway stores it first.
+            duplicate_window: crate::samples::SPAN * 6,
             allow_direct: true,
             ..Default::default()
         }

@@ -32,6 +32,7 @@ pub mod partition;
 pub mod pause;
 pub mod ports;
 pub mod retry;
+pub mod samples;
 mod store;
 pub mod subject;
 pub mod trace;
@@ -41,9 +42,9 @@ pub use connect::{NatsAuth, Refusals, servers};
 pub use layout::{
     CANCELLED_BUCKET, DEAD_STREAM, EVENTS_STREAM, Error, GATEWAY_TTL, GATEWAYS_BUCKET,
     LIMITS_BUCKET, MAX_TASK_CONSUMERS, OUTCOMES_STREAM, PAUSED_BUCKET, PRIORITIES, RATES_BUCKET,
-    REGISTRY_BUCKET, RESULTS_STREAM, SCHEDULES_BUCKET, SCHEMAS_BUCKET, SLOT_LEASE, SLOTS_BUCKET,
-    Settings, TASKS_STREAM, WORKER_TTL, WORKERS_BUCKET, WORKFLOWS_STREAM, consumer_name,
-    priority_name,
+    REGISTRY_BUCKET, RESULTS_STREAM, SAMPLES_STREAM, SCHEDULES_BUCKET, SCHEMAS_BUCKET, SLOT_LEASE,
+    SLOTS_BUCKET, Settings, TASKS_STREAM, WORKER_TTL, WORKERS_BUCKET, WORKFLOWS_STREAM,
+    consumer_name, priority_name,
 };
 pub use message::{
     DeadLetter, DeadReason, Event, MessageError, Overrides, ResultMessage, TaskMessage,

@@ -169,6 +169,12 @@ impl Broker {
         ensure_stream(&self.jetstream, settings.workflows_stream()).await
     }
 
+    /// `TASKWIRE_SAMPLES`, created if missing: only gateways open it (workers only publish to
+    /// it), and a gateway without it draws no charts.
+    pub async fn samples(&self, settings: &Settings) -> Result<stream::Stream, Error> {
+        ensure_stream(&self.jetstream, settings.samples_stream()).await
+    }
+
     /// The three durable consumers that advance workflows and families, created if missing: new
     /// workflows (on `workflows`), step results and child results (on the results stream).
     /// Every gateway pulls from all three; each message goes to one of them, and comes back if
@@ -292,6 +298,8 @@ async fn ensure_stream(
         RESULTS_STREAM => RESULTS_STREAM,
         DEAD_STREAM => DEAD_STREAM,
         OUTCOMES_STREAM => OUTCOMES_STREAM,
+        WORKFLOWS_STREAM => WORKFLOWS_STREAM,
+        SAMPLES_STREAM => SAMPLES_STREAM,
         _ => EVENTS_STREAM,
     };
     let mut stream = match js.get_or_create_stream(config.clone()).await {

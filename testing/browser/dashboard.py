@@ -2,7 +2,9 @@
 detail, and the replay button of a dead letter. Screenshots go to the directory given.
 
 Then a queue paused and resumed from its row (a confirmation dismissed changes nothing), and
-two workflows drawn as graphs: one that succeeded, one whose second step failed.
+two workflows drawn as graphs: one that succeeded, one whose second step failed. Charts over
+time, whole and per task type; the task list with its filters, and the tasks that match it
+cancelled; the dead letters purged.
 
 Usage: dashboard.py URL TASK_ID DEAD_ID SCREENSHOT_DIR SUCCEEDED_WORKFLOW FAILED_WORKFLOW
     PARENT_ID QUEUED_ID
@@ -47,6 +49,44 @@ def main() -> int:
         expect(schedule).to_contain_text("(Europe/Berlin)")
         expect(schedule.locator("time")).to_contain_text("in ")
         expect(page.locator("#recent tbody tr time").first).to_contain_text("ago")
+
+        # Charts over time: the tasks that ran, the queue that waits; then one task type.
+        expect(page.locator("#chart-rates path.line-succeeded_per_sec")).to_have_count(1)
+        expect(page.locator("#chart-rates path.line-submitted_per_sec")).to_have_count(1)
+        expect(page.locator("#chart-run path.line-p50")).to_have_count(1)
+        expect(page.locator("#chart-depth path.line-depth")).to_have_count(1, timeout=40_000)
+        page.select_option("#chart-task", "examples.chaos.v1.Chaos/Flaky")
+        expect(page.locator("#chart-rates path.line-failed_per_sec")).to_have_count(1)
+        page.screenshot(path=os.path.join(shots, "charts.png"), full_page=True)
+        page.select_option("#chart-task", "")
+
+        # The task list: the failed tasks, narrowed by their error; then the delayed ones,
+        # cancelled all at once after a confirmation (dismissed, nothing is cancelled).
+        page.click("#nav-tasks")
+        page.select_option("#list-state", "failed")
+        page.click("#list-find")
+        expect(page.locator("#tasks tbody tr", has_text="examples.chaos.v1.Chaos/Flaky")).to_have_count(2)
+        page.fill("#list-error", "above the limit")
+        page.click("#list-find")
+        expect(page.locator("#tasks tbody tr")).to_have_count(1)
+        expect(page.locator("#tasks")).to_contain_text("examples.flow.v1.Flow/Double")
+        page.screenshot(path=os.path.join(shots, "tasks-failed.png"), full_page=True)
+        page.fill("#list-error", "")
+        page.select_option("#list-state", "scheduled")
+        page.click("#list-find")
+        expect(page.locator("#tasks tbody tr", has_text="examples.chaos.v1.Chaos/Sleep")).to_have_count(2)
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        page.click("#list-cancel")
+        expect(page.locator("#tasks tbody tr", has_text="scheduled")).to_have_count(2)
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#list-cancel")
+        expect(page.locator("#list-done")).to_have_text("cancelled 2")
+        expect(page.locator("#tasks")).to_contain_text("no task matches")
+        page.select_option("#list-state", "cancelled")
+        page.click("#list-find")
+        expect(page.locator("#tasks tbody tr", has_text="examples.chaos.v1.Chaos/Sleep")).to_have_count(2)
+        page.screenshot(path=os.path.join(shots, "tasks-cancelled.png"), full_page=True)
+        page.goto(url)
 
         # Found by its id from the header: a workflow, and an id that is neither.
         page.fill("#find-id", succeeded)
@@ -141,6 +181,17 @@ def main() -> int:
         page.locator("#task-parent").click()
         expect(page.locator("#children")).to_contain_text("examples.chaos.v1.Chaos/Sleep")
         page.screenshot(path=os.path.join(shots, "children.png"), full_page=True)
+
+        # Purge the dead letters, after a confirmation (dismissed, they stay).
+        page.goto(url)
+        expect(page.locator("#dead tbody tr").first).to_be_visible()
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        page.click("#dead-purge")
+        expect(page.locator("#dead-purge")).to_be_visible()
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#dead-purge")
+        expect(page.locator("#dead")).to_contain_text("no dead letter")
+        page.screenshot(path=os.path.join(shots, "dead-purged.png"), full_page=True)
         browser.close()
     print("dashboard checks passed")
     return 0

@@ -26,6 +26,7 @@ const PAGE: &str = include_str!("dashboard.html");
 pub(crate) fn routes(gateway: Arc<Gateway>) -> axum::Router {
     axum::Router::new()
         .route("/", axum::routing::get(|| async { Html(PAGE) }))
+        .route("/tasks", axum::routing::get(|| async { Html(PAGE) }))
         .route("/tasks/{id}", axum::routing::get(|| async { Html(PAGE) }))
         .route("/api/overview", axum::routing::get(overview))
         .route("/api/tasks/{id}", axum::routing::get(task))
@@ -39,6 +40,10 @@ pub(crate) fn routes(gateway: Arc<Gateway>) -> axum::Router {
         .route("/api/queues/pause", axum::routing::post(pause))
         .route("/api/queues/resume", axum::routing::post(resume))
         .route("/api/queues/purge", axum::routing::post(purge))
+        .route("/api/series", axum::routing::get(series))
+        .route("/api/tasks", axum::routing::get(list))
+        .route("/api/tasks/cancel", axum::routing::post(cancel_matching))
+        .route("/api/dead/purge", axum::routing::post(purge_dead))
         .with_state(gateway)
 }
 
@@ -117,6 +122,158 @@ async fn replay(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> 
     };
     match gateway.replay_dead(request).await {
         Ok(ids) => axum::Json(serde_json::json!({ "replayed": ids })).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+/// Which series: one task type or all, over how many minutes.
+#[derive(serde::Deserialize)]
+struct SeriesQuery {
+    #[serde(default)]
+    task: String,
+    #[serde(default)]
+    minutes: Option<u64>,
+}
+
+async fn series(
+    State(gateway): State<Arc<Gateway>>,
+    axum::extract::Query(query): axum::extract::Query<SeriesQuery>,
+) -> Response {
+    let task = Some(query.task.as_str()).filter(|t| !t.is_empty());
+    match gateway.series(task, query.minutes.unwrap_or(60)).await {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+/// The task list's filter as the page sends it.
+#[derive(serde::Deserialize, Default)]
+struct ListQuery {
+    #[serde(default)]
+    task: String,
+    /// States separated by commas.
+    #[serde(default)]
+    state: String,
+    /// Changed within this many seconds (finished, for finished states only; else submitted).
+    #[serde(default)]
+    since: Option<u64>,
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    page_token: String,
+}
+
+impl ListQuery {
+    fn filter(&self) -> Result<crate::list::Filter, Error> {
+        let mut states = Vec::new();
+        for text in self
+            .state
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let state = broker::parse_state(text);
+            if state == v1::TaskState::Unspecified {
+                return Err(Error::BadRequest(format!(
+                    "state {text:?} is no task state"
+                )));
+            }
+            states.push(state);
+        }
+        let finished_only = !states.is_empty()
+            && states.iter().all(|s| {
+                matches!(
+                    s,
+                    v1::TaskState::Succeeded
+                        | v1::TaskState::Failed
+                        | v1::TaskState::Cancelled
+                        | v1::TaskState::Expired
+                )
+            });
+        let since = self.since.map(|seconds| {
+            prost_types::Timestamp::from(
+                SystemTime::now() - std::time::Duration::from_secs(seconds),
+            )
+        });
+        crate::list::Filter::parse(v1::TaskFilter {
+            task: self.task.clone(),
+            states: states.into_iter().map(|s| s as i32).collect(),
+            finished_after: since.filter(|_| finished_only),
+            submitted_after: since.filter(|_| !finished_only),
+            error_contains: self.error.clone(),
+            ..Default::default()
+        })
+    }
+}
+
+async fn list(
+    State(gateway): State<Arc<Gateway>>,
+    axum::extract::Query(query): axum::extract::Query<ListQuery>,
+) -> Response {
+    let filter = match query.filter() {
+        Ok(f) => f,
+        Err(e) => return failure(e),
+    };
+    match gateway
+        .list_tasks(&filter, 50, &query.page_token, &crate::auth::Caller::Anyone)
+        .await
+    {
+        Ok(page) => {
+            let tasks: Vec<serde_json::Value> = page
+                .tasks
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "id": t.task_id, "task": t.task,
+                        "state": broker::state_name(t.state()), "attempt": t.attempt,
+                        "submitted_at": time(&t.submitted_at), "updated_at": time(&t.updated_at),
+                        "error": t.error.as_ref().map(|e| e.message.clone()),
+                    })
+                })
+                .collect();
+            axum::Json(serde_json::json!({
+                "tasks": tasks,
+                "next_page_token": page.next.unwrap_or_default(),
+            }))
+            .into_response()
+        }
+        Err(e) => failure(e),
+    }
+}
+
+async fn cancel_matching(
+    State(gateway): State<Arc<Gateway>>,
+    axum::Json(query): axum::Json<ListQuery>,
+) -> Response {
+    let filter = match query.filter() {
+        Ok(f) => f,
+        Err(e) => return failure(e),
+    };
+    match gateway
+        .cancel_many(filter, &crate::auth::Caller::Anyone)
+        .await
+    {
+        Ok((cancelled, finished_first)) => axum::Json(serde_json::json!({
+            "cancelled": cancelled, "finished_first": finished_first,
+        }))
+        .into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+/// Dead letters to purge: of one task type, or all.
+#[derive(serde::Deserialize)]
+struct DeadPurge {
+    #[serde(default)]
+    task: String,
+}
+
+async fn purge_dead(
+    State(gateway): State<Arc<Gateway>>,
+    axum::Json(purge): axum::Json<DeadPurge>,
+) -> Response {
+    match gateway.purge_dead(&purge.task).await {
+        Ok(purged) => axum::Json(serde_json::json!({ "purged": purged })).into_response(),
         Err(e) => failure(e),
     }
 }

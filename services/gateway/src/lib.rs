@@ -31,6 +31,7 @@ pub mod payload;
 mod reads;
 mod reflection;
 mod registry;
+mod samples;
 mod schedules;
 mod submit;
 mod tasks;
@@ -223,6 +224,8 @@ pub(crate) struct Gateway {
     workflows: bool,
     /// Workflows read lately, with their plans: a definition is stored once and never changes.
     loaded: workflows::Cache,
+    /// Tasks stored since the last sample, for the dashboard's charts.
+    submitted: samples::Submitted,
 }
 
 /// Connects to NATS, opens the streams and the registry, and serves gRPC on `listener` until
@@ -335,7 +338,13 @@ pub async fn serve(
         metrics: inspect::Metrics::new(),
         workflows: workflow_consumers.is_ok(),
         loaded: workflows::Cache::default(),
+        submitted: samples::Submitted::default(),
     });
+    // Without it (NATS permissions from before it existed, say) the dashboard draws no charts.
+    match gateway.broker.samples(&config.broker).await {
+        Ok(_) => samples::start(Arc::clone(&gateway), stop.clone()),
+        Err(e) => tracing::warn!(error = %e, "no charts: the samples stream cannot be opened"),
+    }
     match workflow_consumers {
         Ok([starts, steps, ended]) => {
             workflows::advance::start(Arc::clone(&gateway), [starts, steps, ended], stop.clone());

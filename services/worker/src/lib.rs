@@ -42,6 +42,7 @@ mod progress;
 mod pull;
 mod rates;
 mod run;
+mod samples;
 mod settle;
 pub mod upstream;
 

@@ -46,6 +46,8 @@ pub(crate) struct Metrics {
     running_total: AtomicU64,
     succeeded_total: AtomicU64,
     failed_total: AtomicU64,
+    /// What the dashboard's charts get of it.
+    samples: Arc<crate::samples::Samples>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -106,6 +108,7 @@ impl Metrics {
             running_total: AtomicU64::new(0),
             succeeded_total: AtomicU64::new(0),
             failed_total: AtomicU64::new(0),
+            samples: Arc::default(),
         })
     }
 
@@ -119,6 +122,7 @@ impl Metrics {
     pub(crate) fn for_task(self: &Arc<Self>, task: &str) -> TaskMetrics {
         let label = Self::task(task);
         TaskMetrics {
+            name: Arc::from(task),
             started: self.started.get_or_create(&label).clone(),
             running: self.running.get_or_create(&label).clone(),
             run_seconds: self.run_seconds.get_or_create(&label).clone(),
@@ -134,6 +138,7 @@ impl Metrics {
                 state: broker::state_name(state).to_owned(),
             })
             .inc();
+        self.samples.completed(task, state);
         let total = if state == v1::TaskState::Succeeded {
             &self.succeeded_total
         } else {
@@ -144,6 +149,7 @@ impl Metrics {
 
     pub(crate) fn retried(&self, task: &str) {
         self.retried.get_or_create(&Self::task(task)).inc();
+        self.samples.retried(task);
     }
 
     pub(crate) fn dead_lettered(&self, task: &str, reason: &str) {
@@ -168,6 +174,7 @@ impl Metrics {
 /// The counters of one task type.
 #[derive(Clone)]
 pub(crate) struct TaskMetrics {
+    name: Arc<str>,
     started: Counter,
     running: Gauge,
     run_seconds: Histogram,
@@ -196,9 +203,9 @@ pub(crate) struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.task.running.dec();
-        self.task
-            .run_seconds
-            .observe(self.since.elapsed().as_secs_f64());
+        let took = self.since.elapsed();
+        self.task.run_seconds.observe(took.as_secs_f64());
+        self.task.metrics.samples.ran(&self.task.name, took);
         self.task
             .metrics
             .running_total
@@ -272,6 +279,12 @@ pub(crate) fn heartbeat(
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned());
+    let published = crate::samples::publish(
+        broker.jetstream.client(),
+        Arc::clone(&metrics.samples),
+        id.clone(),
+        stop.clone(),
+    );
     tokio::spawn(async move {
         let every = broker::WORKER_TTL / 3;
         // A pause or resume is told at once, so that whoever paused a queue can see every
@@ -310,5 +323,6 @@ pub(crate) fn heartbeat(
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), broker.workers.purge(&id)).await;
+        let _ = published.await;
     })
 }

@@ -286,6 +286,7 @@ impl Gateway {
         traceparent: Option<&str>,
     ) -> Result<TaskAcks, Error> {
         let (name, id) = (&task.name.clone(), &task.id.clone());
+        self.submitted.add(name.as_str());
         let (state, subject) = match placement.not_before {
             Some(_) => (TaskState::Scheduled, subject::delayed(id)),
             None => (

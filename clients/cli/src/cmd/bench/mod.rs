@@ -458,14 +458,8 @@ async fn measure(options: Options) -> anyhow::Result<()> {
         report.insert("limit_per_key".into(), keyed.into());
     }
     if options.list_among > 0 {
-        let found = find::measure(
-            &stack.client,
-            &nats_url,
-            options.list_among,
-            12,
-            &progress,
-        )
-        .await?;
+        let found =
+            find::measure(&stack.client, &nats_url, options.list_among, 12, &progress).await?;
         report.insert("find_tasks".into(), found.into());
     }
     if options.task_types > 0 {
