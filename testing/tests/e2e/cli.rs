@@ -197,3 +197,95 @@ async fn cli_pauses_and_resumes_a_queue() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn cli_lists_tasks_by_filter_and_cancels_those_that_match() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = gateway_knowing_examples(&nats).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let cli = |args: &[&str]| {
+        let mut command = Command::new(bin("taskwire").expect("taskwire binary"));
+        command
+            .args(args)
+            .env("TASKWIRE_GATEWAY_URL", gateway.url())
+            .stdin(Stdio::null());
+        command
+    };
+    let lines = |out: &std::process::Output| -> anyhow::Result<Vec<serde_json::Value>> {
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?)
+    };
+    // No worker: three tasks wait.
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let handle = client
+            .submit::<AddResult>(
+                ADD,
+                &AddArgs {
+                    arg1: n,
+                    ..Default::default()
+                },
+                SubmitOptions::default(),
+            )
+            .await?;
+        ids.push(handle.id().to_owned());
+    }
+    let out = cli(&[
+        "tasks",
+        "list",
+        "--state",
+        "queued",
+        "--since",
+        "1h",
+        "--task",
+        "examples.*",
+        "-o",
+        "json",
+    ])
+    .output()
+    .await?;
+    let found = lines(&out)?;
+    let listed: Vec<&str> = found.iter().filter_map(|t| t["id"].as_str()).collect();
+    assert_eq!(listed, ids);
+    assert!(
+        found.iter().all(|t| t["submitted_at"].is_string()),
+        "{found:?}"
+    );
+    // A state that is none says which are.
+    let out = cli(&["tasks", "list", "--state", "done"]).output().await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("none of queued"));
+    // Cancelling in bulk asks for --yes without a terminal, and cancels nothing before.
+    let out = cli(&["tasks", "cancel", "--task", ADD]).output().await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert_eq!(client.get(&ids[0], false).await?.state(), TaskState::Queued);
+    let out = cli(&["tasks", "cancel", "--task", ADD, "--yes"])
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "cancelled 3 task(s)"
+    );
+    let out = cli(&["tasks", "list", "--state", "cancelled", "-o", "json"])
+        .output()
+        .await?;
+    assert_eq!(lines(&out)?.len(), 3);
+    // `taskwire tasks` alone still lists the task types.
+    let out = cli(&["tasks"]).output().await?;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(ADD));
+    Ok(())
+}
