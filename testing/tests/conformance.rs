@@ -234,7 +234,110 @@ conformance!(
     a_parent_waits_for_its_children_holding_no_worker,
     a_paused_queue_starts_nothing_until_resumed,
     a_concurrency_limit_per_key_holds_across_workers,
+    outcomes_are_found_by_their_state,
 );
+
+/// The ids a list by `state` (and error text) finds.
+async fn listed(system: &System, state: TaskState, error: &str) -> anyhow::Result<Vec<String>> {
+    let filter = v1::TaskFilter {
+        states: vec![state as i32],
+        error_contains: error.into(),
+        ..Default::default()
+    };
+    Ok(system
+        .client
+        .find_tasks(filter, 1000)
+        .await?
+        .into_iter()
+        .map(|t| t.task_id)
+        .collect())
+}
+
+/// A task that failed for good, one that succeeded and one cancelled are each found under
+/// their own state and no other, the failed one also by its error; replayed and failed again,
+/// it is found once.
+async fn outcomes_are_found_by_their_state(runtime: Runtime) -> anyhow::Result<()> {
+    let system = System::start(runtime, 1).await?;
+    let failing = FlakyArgs {
+        succeed_on_attempt: 0,
+        permanent: true,
+        ..Default::default()
+    };
+    let failed = system
+        .submit(FLAKY, &failing, SubmitOptions::default())
+        .await?
+        .task_id;
+    let ok = system
+        .submit(SLEEP, &sleep(1, "found"), SubmitOptions::default())
+        .await?
+        .task_id;
+    let held = system
+        .submit(
+            SLEEP,
+            &sleep(1, "held"),
+            SubmitOptions::default().countdown(Duration::from_secs(3600)),
+        )
+        .await?
+        .task_id;
+    system.client.cancel(&held).await?;
+    for id in [&failed, &ok] {
+        system.client.wait(id, WAIT, false).await?;
+    }
+    assert_eq!(
+        listed(&system, TaskState::Failed, "").await?,
+        [failed.clone()]
+    );
+    // Its own error, in other letter case, finds it.
+    let error = system
+        .client
+        .get(&failed, false)
+        .await?
+        .error
+        .map(|e| e.message)
+        .unwrap_or_default();
+    anyhow::ensure!(!error.is_empty(), "a failed task without its error");
+    assert_eq!(
+        listed(&system, TaskState::Failed, &error.to_uppercase()).await?,
+        [failed.clone()]
+    );
+    assert!(
+        listed(&system, TaskState::Failed, "no such text")
+            .await?
+            .is_empty()
+    );
+    assert_eq!(
+        listed(&system, TaskState::Succeeded, "").await?,
+        [ok.clone()]
+    );
+    assert_eq!(
+        listed(&system, TaskState::Cancelled, "").await?,
+        [held.clone()]
+    );
+    assert!(listed(&system, TaskState::Expired, "").await?.is_empty());
+
+    system
+        .client
+        .replay_dead_letters(vec![failed.clone()], "", false)
+        .await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let letters = system.client.dead_letters(FLAKY, 10).await?;
+        if letters
+            .iter()
+            .any(|l| l.task_id == failed && l.replays == 1)
+        {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the replay did not fail again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    system.client.wait(&failed, WAIT, false).await?;
+    assert_eq!(
+        listed(&system, TaskState::Failed, "").await?,
+        [failed.clone()]
+    );
+    Ok(())
+}
 
 /// A concurrency limit of one per label, set at run time, holds across two workers for each
 /// label, while different labels run side by side; each task runs once, in its first attempt
