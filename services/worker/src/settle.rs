@@ -30,9 +30,52 @@ pub(crate) struct Attempt<'a> {
 impl Attempt<'_> {
     /// Ends a task whose expiry passed before it started: `expired`, never run.
     pub(crate) async fn expire(self, message: jetstream::Message) {
+        let mut held = Some(message);
+        if self.fail_as_its_letter_says(&mut held).await {
+            return;
+        }
+        let Some(message) = held else { return };
         tracing::info!(task = %self.served.task.name, task_id = %self.id, "expired before it started");
         let body = broker::failure_body("not started before its expiry time", false);
         self.finish(message, TaskState::Expired, body).await;
+    }
+
+    /// The error of this series' dead letter, when there is one: an earlier delivery failed
+    /// the task for good and died before it stored the failed result. Such a task ends failed
+    /// (its letter stands), whatever else would end it now (its expiry passed, a cancel came).
+    /// A read that finds no answer counts as no letter.
+    pub(crate) async fn letter_of_series(self, message: &jetstream::Message) -> Option<String> {
+        let Attempt { served, id, .. } = self;
+        let subject = subject::dead(&served.task.name, id);
+        let letter = served
+            .broker
+            .last_message_on(broker::DEAD_STREAM, &subject)
+            .await
+            .ok()
+            .flatten()?;
+        let letter = broker::DeadLetter::from_headers(&letter.headers).ok()?;
+        (letter.replays() == series_number(message)).then_some(letter.error)
+    }
+
+    /// Ends the task failed, as the dead letter of its series says, if it has one (see
+    /// [`Self::letter_of_series`]); whether it did.
+    pub(crate) async fn fail_as_its_letter_says(
+        self,
+        message: &mut Option<jetstream::Message>,
+    ) -> bool {
+        let Some(held) = message.as_ref() else {
+            return false;
+        };
+        let Some(error) = self.letter_of_series(held).await else {
+            return false;
+        };
+        let Some(held) = message.take() else {
+            return false;
+        };
+        tracing::info!(task = %self.served.task.name, task_id = %self.id, "failed for good by an earlier delivery that stopped before its result");
+        self.finish(held, TaskState::Failed, broker::failure_body(&error, false))
+            .await;
+        true
     }
 
     /// A failed run: NAKed to run again after a backoff while it is retryable and attempts are

@@ -320,3 +320,65 @@ pub(crate) fn check_keyed(
         }
     }
 }
+
+/// Guarantee 14: a list by state finds every task in that state, and no task in another.
+/// The model's tasks that ended are looked for in the lists of their final states; every task
+/// of the model a list finds must be in the state it was listed under.
+pub(super) async fn check_lists(
+    client: &taskwire_client::Client,
+    tasks: &[Task],
+    finals: &HashMap<String, TaskState>,
+    violations: &mut Vec<Violation>,
+) {
+    use std::collections::HashSet;
+    let known: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+    for state in [
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+        TaskState::Expired,
+    ] {
+        let filter = v1::TaskFilter {
+            states: vec![state as i32],
+            ..Default::default()
+        };
+        let listed = match client.find_tasks(filter, usize::MAX).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                violations.push(Violation {
+                    guarantee: 14,
+                    task: String::new(),
+                    what: format!("the list of {state:?} tasks failed: {e}"),
+                });
+                continue;
+            }
+        };
+        let mut found = HashSet::new();
+        for info in &listed {
+            if !known.contains(info.task_id.as_str()) {
+                continue;
+            }
+            found.insert(info.task_id.as_str());
+            if finals.get(&info.task_id) != Some(&state) || info.state() != state {
+                violations.push(Violation {
+                    guarantee: 14,
+                    task: info.task_id.clone(),
+                    what: format!(
+                        "listed as {state:?} (says {:?}), ended {:?}",
+                        info.state(),
+                        finals.get(&info.task_id)
+                    ),
+                });
+            }
+        }
+        for (id, _) in finals.iter().filter(|(_, s)| **s == state) {
+            if known.contains(id.as_str()) && !found.contains(id.as_str()) {
+                violations.push(Violation {
+                    guarantee: 14,
+                    task: id.clone(),
+                    what: format!("ended {state:?}, missing from the list of {state:?} tasks"),
+                });
+            }
+        }
+    }
+}

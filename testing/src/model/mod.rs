@@ -310,7 +310,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             940..=949 => "workflow_cancel",
             950..=964 => "queue_pause",
             965..=969 => "queue_purge",
-            970..=989 => "get",
+            970..=974 => "cancel_many",
+            975..=989 => "get",
             990..=994 => "worker_kill",
             995..=997 => "worker_term",
             998 => "nats_pause",
@@ -433,6 +434,9 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             "workflow_cancel" => cancel_workflow(&system.client, &mut rng, &mut flows).await,
             "queue_pause" => pauses.step(&system.client, &mut rng).await,
             "queue_purge" => pauses.purge(&system.client, &mut rng).await,
+            "cancel_many" => {
+                cancel_many(&system.client, &mut rng, &mut tasks, &mut violations).await
+            }
             "limits" => {
                 // Overrides never above the declared limits, which the checks hold to.
                 let (task, limits) = if rng.chance(50) {
@@ -609,6 +613,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     check::check_keyed(&tasks, &runs, &system.kills, &keyed, &mut violations);
     pauses.check(&tasks, &runs, &mut violations);
     pauses.check_purges(&tasks, &finals, &runs, &mut violations);
+    check::check_lists(&system.client, &tasks, &finals, &mut violations).await;
 
     for mut worker in system.workers.drain(..) {
         let _ = worker.kill().await;
@@ -626,6 +631,66 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         first_violations: violations.into_iter().take(10).collect(),
         seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     })
+}
+
+/// Cancels what a filter takes (held Sleep tasks, the waiting ones of a pattern, a task type
+/// at one priority's worth of states): each task the list then finds cancelled since the ask
+/// counts as cancelled when the call answered, which guarantee 4 holds it to. Every task the
+/// call says it cancelled must be listed so (guarantee 14).
+async fn cancel_many(
+    client: &Client,
+    rng: &mut Rng,
+    tasks: &mut [Task],
+    violations: &mut Vec<Violation>,
+) {
+    let states = |s: &[TaskState]| s.iter().map(|s| *s as i32).collect::<Vec<_>>();
+    let filter = match rng.below(3) {
+        0 => v1::TaskFilter {
+            task: SLEEP.into(),
+            states: states(&[TaskState::Scheduled]),
+            ..Default::default()
+        },
+        1 => v1::TaskFilter {
+            task: "examples.chaos.v1.Chaos/*ed".into(),
+            states: states(&[TaskState::Queued, TaskState::Retrying]),
+            ..Default::default()
+        },
+        _ => v1::TaskFilter {
+            task: FLAKY.into(),
+            ..Default::default()
+        },
+    };
+    let asked = SystemTime::now();
+    let Ok(cancelled) = client.cancel_many(filter.clone()).await else {
+        return;
+    };
+    let answered = SystemTime::now();
+    let listed = client
+        .find_tasks(
+            v1::TaskFilter {
+                states: states(&[TaskState::Cancelled]),
+                finished_after: Some((asked - Duration::from_secs(1)).into()),
+                ..filter
+            },
+            100_000,
+        )
+        .await;
+    let Ok(listed) = listed else { return };
+    if (listed.len() as u64) < cancelled {
+        violations.push(Violation {
+            guarantee: 14,
+            task: String::new(),
+            what: format!(
+                "CancelMany answered {cancelled} cancelled, a list finds {} cancelled since",
+                listed.len()
+            ),
+        });
+    }
+    for info in listed {
+        if let Some(task) = tasks.iter_mut().find(|t| t.id == info.task_id) {
+            task.cancelled_at.get_or_insert(answered);
+        }
+    }
 }
 
 fn pick_index(rng: &mut Rng, len: usize) -> Option<usize> {

@@ -121,3 +121,60 @@ async fn retryable_errors_retry_up_to_max_attempts() -> anyhow::Result<()> {
     assert_eq!(one_attempt.info().await?.attempt, 1);
     Ok(())
 }
+
+/// A delivery that failed a task for good stored its dead letter and stopped before its failed
+/// result (the worker killed in between); the task's time then ran out. The next delivery does
+/// not end it `expired` beside its letter: it ends `failed`, as the letter says.
+#[tokio::test]
+async fn a_task_whose_letter_is_stored_fails_as_it_says_though_its_time_ran_out()
+-> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = gateway_knowing_examples(&nats).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let handle = client
+        .submit::<FlakyResult>(
+            "examples.chaos.v1.Chaos/Flaky",
+            &FlakyArgs {
+                permanent: true,
+                ..Default::default()
+            },
+            SubmitOptions {
+                ttl: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
+        )
+        .await?;
+    // The letter the killed delivery stored, as a worker stores it.
+    let name = taskwire::task::Name::parse("examples.chaos.v1.Chaos/Flaky")?;
+    let id = taskwire::task::Id::parse(handle.id())?;
+    let letter = taskwire_protocol::DeadLetter::of(
+        None,
+        &name,
+        &id,
+        1,
+        taskwire_protocol::DeadReason::Permanent,
+        "flaky: failed for good before the kill",
+    );
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    js.publish_with_headers(
+        taskwire_protocol::subject::dead(&name, &id),
+        letter.to_headers(),
+        Default::default(),
+    )
+    .await?
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::chaos())).await?;
+    let info = client.wait(handle.id(), WAIT, false).await?;
+    assert_eq!(info.state(), TaskState::Failed, "{info:?}");
+    assert_eq!(
+        info.error.map(|e| e.message).unwrap_or_default(),
+        "flaky: failed for good before the kill"
+    );
+    let letters = client
+        .dead_letters("examples.chaos.v1.Chaos/Flaky", 10)
+        .await?;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    Ok(())
+}
