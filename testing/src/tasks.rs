@@ -288,10 +288,11 @@ impl Chaos for ChaosTasks {
                 attempt: ctx.attempt(),
             });
         }
-        Err(TaskError::retryable(format!(
-            "flaky: attempt {} failed",
-            ctx.attempt()
-        )))
+        let err = TaskError::retryable(format!("flaky: attempt {} failed", ctx.attempt()));
+        Err(match args.retry_after_ms {
+            0 => err,
+            ms => err.retry_after(Duration::from_millis(u64::from(ms))),
+        })
     }
 }
 

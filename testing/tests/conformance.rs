@@ -235,7 +235,59 @@ conformance!(
     a_paused_queue_starts_nothing_until_resumed,
     a_concurrency_limit_per_key_holds_across_workers,
     outcomes_are_found_by_their_state,
+    a_task_is_tried_again_when_it_asks,
 );
+
+/// A task that fails asking to be tried again after 1.5 s (its declared backoff is 100 ms) is
+/// not tried again before then, and succeeds on its second attempt; one that keeps asking is
+/// tried no more than its attempts allow, and fails.
+async fn a_task_is_tried_again_when_it_asks(runtime: Runtime) -> anyhow::Result<()> {
+    let system = System::start(runtime, 1).await?;
+    let later = FlakyArgs {
+        succeed_on_attempt: 2,
+        retry_after_ms: 1500,
+        ..Default::default()
+    };
+    let id = system
+        .submit(FLAKY, &later, SubmitOptions::default())
+        .await?
+        .task_id;
+    let info = system.client.wait(&id, WAIT, false).await?;
+    assert_eq!((info.state(), info.attempt), (TaskState::Succeeded, 2));
+    let runs = system.runs()?.remove(&id).unwrap_or_default();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let gap = runs[1]
+        .start
+        .duration_since(runs[0].end.unwrap_or(runs[0].start))
+        .unwrap_or_default();
+    // The broker holds the retry for the delay asked: never less (a little for the clocks of
+    // the log).
+    assert!(
+        gap >= Duration::from_millis(1450),
+        "tried again after {gap:?}"
+    );
+
+    let always = FlakyArgs {
+        succeed_on_attempt: 0,
+        retry_after_ms: 50,
+        ..Default::default()
+    };
+    let id = system
+        .submit(FLAKY, &always, SubmitOptions::default())
+        .await?
+        .task_id;
+    let info = system.client.wait(&id, WAIT, false).await?;
+    assert_eq!(info.state(), TaskState::Failed);
+    let attempts: Vec<u32> = system
+        .runs()?
+        .remove(&id)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    Ok(())
+}
 
 /// The ids a list by `state` (and error text) finds.
 async fn listed(system: &System, state: TaskState, error: &str) -> anyhow::Result<Vec<String>> {
@@ -851,6 +903,7 @@ async fn a_letter_left_behind_by_a_replay_goes_with_the_next(
         succeed_on_attempt: 2,
         permanent: false,
         key: format!("left-behind-{runtime:?}"),
+        ..Default::default()
     };
     let options = SubmitOptions {
         max_attempts: Some(1),

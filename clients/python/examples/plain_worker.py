@@ -20,6 +20,7 @@ import tempfile
 import time
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
 from grpc_reflection.v1alpha import reflection
 
 from examples.chaos.v1 import chaos_pb2, chaos_pb2_grpc
@@ -36,6 +37,27 @@ def meta(context) -> dict:
 def attempt(context) -> int:
     return int(meta(context).get("taskwire-attempt", "1"))
 
+
+
+def retry_info(code: grpc.StatusCode, message: str, millis: int) -> bytes:
+    """A google.rpc.Status (code 1, message 2, details 3) whose one detail is a
+    google.rpc.RetryInfo (retry_delay 1): what grpcio-status would build, by hand."""
+
+    def field(number: int, value: bytes) -> bytes:
+        return varint(number << 3 | 2) + varint(len(value)) + value
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    delay = duration_pb2.Duration()
+    delay.FromMilliseconds(millis)
+    detail = any_pb2.Any(type_url="type.googleapis.com/google.rpc.RetryInfo", value=field(1, delay.SerializeToString()))
+    return b"\x08" + varint(code.value[0]) + field(2, message.encode()) + field(3, detail.SerializeToString())
 
 class logged_run:
     """`start|end <task id> <attempt> <unix micros> <pid>`, one write a line."""
@@ -97,7 +119,12 @@ class Chaos(chaos_pb2_grpc.ChaosServicer):
         if failing:
             # UNAVAILABLE: worth another attempt; FAILED_PRECONDITION: never.
             code = grpc.StatusCode.FAILED_PRECONDITION if request.permanent else grpc.StatusCode.UNAVAILABLE
-            await context.abort(code, f"failing on purpose on attempt {attempt(context)}")
+            message = f"failing on purpose on attempt {attempt(context)}"
+            if request.retry_after_ms and not request.permanent:
+                # When to try again: a google.rpc.RetryInfo in the status details.
+                details = retry_info(code, message, request.retry_after_ms)
+                context.set_trailing_metadata((("grpc-status-details-bin", details),))
+            await context.abort(code, message)
         return chaos_pb2.FlakyResult(attempt=attempt(context))
 
     def runtime(self, context) -> worker_pb2_grpc.TaskContextStub:

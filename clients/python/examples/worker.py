@@ -103,7 +103,8 @@ def flaky(args, ctx):  # a plain function runs in a thread
             with _flaky_lock:
                 run = _flaky_runs[args.key] = _flaky_runs.get(args.key, 0) + 1
         if args.succeed_on_attempt == 0 or run < args.succeed_on_attempt:
-            raise TaskError(f"failing on purpose on attempt {ctx.attempt}", retryable=not args.permanent)
+            later = args.retry_after_ms / 1000 if args.retry_after_ms and not args.permanent else None
+            raise TaskError(f"failing on purpose on attempt {ctx.attempt}", retryable=not args.permanent, retry_after=later)
         return chaos_pb2.FlakyResult(attempt=ctx.attempt)
 
 

@@ -111,7 +111,8 @@ chaos.flaky.handler((args, ctx) =>
       flakyRuns.set(args.key, run);
     }
     if (args.succeedOnAttempt === 0 || run < args.succeedOnAttempt) {
-      throw new TaskError(`failing on purpose on attempt ${ctx.attempt}`, { retryable: !args.permanent });
+      const retryAfter = args.retryAfterMs && !args.permanent ? args.retryAfterMs : undefined;
+      throw new TaskError(`failing on purpose on attempt ${ctx.attempt}`, { retryable: !args.permanent, retryAfter });
     }
     return { attempt: ctx.attempt };
   }),

@@ -89,7 +89,7 @@ pub(crate) async fn submit_workflow(
                 args: args(&FlakyArgs {
                     succeed_on_attempt: rng.below(4) as u32,
                     permanent: rng.chance(30),
-                    key: String::new(),
+                    ..Default::default()
                 }),
                 fields: vec![v1::FieldMapping {
                     from: "label".into(),

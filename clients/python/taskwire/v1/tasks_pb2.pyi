@@ -160,8 +160,68 @@ class CancelRequest(_message.Message):
     task_id: str
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
+class TaskFilter(_message.Message):
+    __slots__ = ("task", "states", "submitted_after", "submitted_before", "finished_after", "finished_before", "error_contains", "idempotency_key", "workflow_id", "parent_id")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CONTAINS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    states: _containers.RepeatedScalarFieldContainer[TaskState]
+    submitted_after: _timestamp_pb2.Timestamp
+    submitted_before: _timestamp_pb2.Timestamp
+    finished_after: _timestamp_pb2.Timestamp
+    finished_before: _timestamp_pb2.Timestamp
+    error_contains: str
+    idempotency_key: str
+    workflow_id: str
+    parent_id: str
+    def __init__(self, task: _Optional[str] = ..., states: _Optional[_Iterable[_Union[TaskState, str]]] = ..., submitted_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., submitted_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_contains: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., workflow_id: _Optional[str] = ..., parent_id: _Optional[str] = ...) -> None: ...
+
+class ListTasksRequest(_message.Message):
+    __slots__ = ("filter", "page_size", "page_token", "include_json")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_JSON_FIELD_NUMBER: _ClassVar[int]
+    filter: TaskFilter
+    page_size: int
+    page_token: str
+    include_json: bool
+    def __init__(self, filter: _Optional[_Union[TaskFilter, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., include_json: _Optional[bool] = ...) -> None: ...
+
+class ListTasksResponse(_message.Message):
+    __slots__ = ("tasks", "next_page_token", "examined")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXAMINED_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
+    next_page_token: str
+    examined: int
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., examined: _Optional[int] = ...) -> None: ...
+
+class CancelManyRequest(_message.Message):
+    __slots__ = ("filter",)
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    filter: TaskFilter
+    def __init__(self, filter: _Optional[_Union[TaskFilter, _Mapping]] = ...) -> None: ...
+
+class CancelManyResponse(_message.Message):
+    __slots__ = ("cancelled", "finished_first")
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIRST_FIELD_NUMBER: _ClassVar[int]
+    cancelled: int
+    finished_first: int
+    def __init__(self, cancelled: _Optional[int] = ..., finished_first: _Optional[int] = ...) -> None: ...
+
 class TaskInfo(_message.Message):
-    __slots__ = ("task_id", "task", "state", "attempt", "result", "result_json", "error", "updated_at", "progress", "not_before", "trace_id", "parent_id", "children")
+    __slots__ = ("task_id", "task", "state", "attempt", "result", "result_json", "error", "updated_at", "progress", "not_before", "trace_id", "parent_id", "children", "submitted_at")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +235,7 @@ class TaskInfo(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     task: str
     state: TaskState
@@ -188,7 +249,8 @@ class TaskInfo(_message.Message):
     trace_id: str
     parent_id: str
     children: _containers.RepeatedCompositeFieldContainer[TaskChild]
-    def __init__(self, task_id: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., result: _Optional[bytes] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[TaskFailure, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., children: _Optional[_Iterable[_Union[TaskChild, _Mapping]]] = ...) -> None: ...
+    submitted_at: _timestamp_pb2.Timestamp
+    def __init__(self, task_id: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., result: _Optional[bytes] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[TaskFailure, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., children: _Optional[_Iterable[_Union[TaskChild, _Mapping]]] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TaskChild(_message.Message):
     __slots__ = ("task_id", "task")
@@ -277,20 +339,30 @@ class ListDeadLettersResponse(_message.Message):
     def __init__(self, dead_letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ...) -> None: ...
 
 class ReplayDeadLettersRequest(_message.Message):
-    __slots__ = ("task_ids", "task", "all")
+    __slots__ = ("task_ids", "task", "all", "reason", "error_contains", "dead_after", "dead_before")
     TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CONTAINS_FIELD_NUMBER: _ClassVar[int]
+    DEAD_AFTER_FIELD_NUMBER: _ClassVar[int]
+    DEAD_BEFORE_FIELD_NUMBER: _ClassVar[int]
     task_ids: _containers.RepeatedScalarFieldContainer[str]
     task: str
     all: bool
-    def __init__(self, task_ids: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., all: _Optional[bool] = ...) -> None: ...
+    reason: str
+    error_contains: str
+    dead_after: _timestamp_pb2.Timestamp
+    dead_before: _timestamp_pb2.Timestamp
+    def __init__(self, task_ids: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., all: _Optional[bool] = ..., reason: _Optional[str] = ..., error_contains: _Optional[str] = ..., dead_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dead_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ReplayDeadLettersResponse(_message.Message):
-    __slots__ = ("task_ids",)
+    __slots__ = ("task_ids", "replayed")
     TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     task_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    replayed: int
+    def __init__(self, task_ids: _Optional[_Iterable[str]] = ..., replayed: _Optional[int] = ...) -> None: ...
 
 class PurgeDeadLettersRequest(_message.Message):
     __slots__ = ("task",)

@@ -70,6 +70,16 @@ class TasksStub:
                 request_serializer=taskwire_dot_v1_dot_tasks__pb2.CancelRequest.SerializeToString,
                 response_deserializer=taskwire_dot_v1_dot_tasks__pb2.TaskInfo.FromString,
                 _registered_method=True)
+        self.List = channel.unary_unary(
+                '/taskwire.v1.Tasks/List',
+                request_serializer=taskwire_dot_v1_dot_tasks__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=taskwire_dot_v1_dot_tasks__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
+        self.CancelMany = channel.unary_unary(
+                '/taskwire.v1.Tasks/CancelMany',
+                request_serializer=taskwire_dot_v1_dot_tasks__pb2.CancelManyRequest.SerializeToString,
+                response_deserializer=taskwire_dot_v1_dot_tasks__pb2.CancelManyResponse.FromString,
+                _registered_method=True)
 
 
 class TasksServicer:
@@ -131,6 +141,25 @@ class TasksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def List(self, request, context):
+        """The tasks the broker keeps that match a filter, a page at a time: first those not finished
+        (queued, scheduled, running, retrying) in the order they were stored, then the finished
+        ones in the order they finished. A page may hold fewer than asked while more follow (each
+        call reads a bounded part of the broker); the list ends when next_page_token is empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelMany(self, request, context):
+        """Cancels every task that matches a filter and has not finished, as a Cancel of each would,
+        and answers how many it cancelled. Safe to repeat after a failure midway: what it cancelled
+        has finished, and is not counted again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TasksServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +197,16 @@ def add_TasksServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=taskwire_dot_v1_dot_tasks__pb2.CancelRequest.FromString,
                     response_serializer=taskwire_dot_v1_dot_tasks__pb2.TaskInfo.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=taskwire_dot_v1_dot_tasks__pb2.ListTasksRequest.FromString,
+                    response_serializer=taskwire_dot_v1_dot_tasks__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'CancelMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelMany,
+                    request_deserializer=taskwire_dot_v1_dot_tasks__pb2.CancelManyRequest.FromString,
+                    response_serializer=taskwire_dot_v1_dot_tasks__pb2.CancelManyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +399,60 @@ class Tasks:
             '/taskwire.v1.Tasks/Cancel',
             taskwire_dot_v1_dot_tasks__pb2.CancelRequest.SerializeToString,
             taskwire_dot_v1_dot_tasks__pb2.TaskInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskwire.v1.Tasks/List',
+            taskwire_dot_v1_dot_tasks__pb2.ListTasksRequest.SerializeToString,
+            taskwire_dot_v1_dot_tasks__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskwire.v1.Tasks/CancelMany',
+            taskwire_dot_v1_dot_tasks__pb2.CancelManyRequest.SerializeToString,
+            taskwire_dot_v1_dot_tasks__pb2.CancelManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -292,6 +292,69 @@ export interface CancelRequest {
   taskId: string;
 }
 
+/** Which tasks a List or a CancelMany takes; every field set must hold. */
+export interface TaskFilter {
+  /**
+   * A task type ("examples.magic.v1.Magic/Add"), or a pattern where `*` stands for any run of
+   * characters ("examples.*"); empty means every type.
+   */
+  task: string;
+  /** Any of these states; empty means every state. */
+  states: TaskState[];
+  /** Submitted in this range (either end may be left open). */
+  submittedAfter: Date | undefined;
+  submittedBefore:
+    | Date
+    | undefined;
+  /** Finished in this range: a task not finished has no finish time, and matches neither. */
+  finishedAfter: Date | undefined;
+  finishedBefore:
+    | Date
+    | undefined;
+  /** The error message holds this text (letter case aside). */
+  errorContains: string;
+  /** The task this idempotency key names (needs `task` to be one task type, not a pattern). */
+  idempotencyKey: string;
+  /** The steps of this workflow. */
+  workflowId: string;
+  /** The tasks this one submitted from its context. */
+  parentId: string;
+}
+
+export interface ListTasksRequest {
+  filter:
+    | TaskFilter
+    | undefined;
+  /** At most this many tasks; 0 means 50, and 1000 is the most. */
+  pageSize: number;
+  /** Where the previous page ended; empty for the first page. */
+  pageToken: string;
+  /** Fill result_json of succeeded tasks. */
+  includeJson: boolean;
+}
+
+export interface ListTasksResponse {
+  tasks: TaskInfo[];
+  /** Pass it as page_token for the next page; empty when nothing more can match. */
+  nextPageToken: string;
+  /** How many stored records this page read. */
+  examined: bigint;
+}
+
+export interface CancelManyRequest {
+  filter: TaskFilter | undefined;
+}
+
+export interface CancelManyResponse {
+  /** The tasks cancelled by this call. */
+  cancelled: bigint;
+  /**
+   * Tasks that matched but ended (or were cancelled by another call) before this one
+   * reached them.
+   */
+  finishedFirst: bigint;
+}
+
 export interface TaskInfo {
   taskId: string;
   task: string;
@@ -324,6 +387,8 @@ export interface TaskInfo {
    * only).
    */
   children: TaskChild[];
+  /** When it was submitted (Get and List). */
+  submittedAt: Date | undefined;
 }
 
 /** A task submitted by another from its context. */
@@ -402,14 +467,26 @@ export interface ListDeadLettersResponse {
 export interface ReplayDeadLettersRequest {
   /** These tasks... */
   taskIds: string[];
-  /** ...or every dead letter of this task type (with all = true). */
+  /**
+   * ...or, with all = true, every dead letter that matches the fields below that are set: of
+   * this task type, or of the types a pattern with `*` matches (empty: every type)...
+   */
   task: string;
   all: boolean;
+  /** ...with this reason (exhausted, permanent, panic, timeout or poison)... */
+  reason: string;
+  /** ...whose error holds this text (letter case aside)... */
+  errorContains: string;
+  /** ...that died in this range. */
+  deadAfter: Date | undefined;
+  deadBefore: Date | undefined;
 }
 
 export interface ReplayDeadLettersResponse {
   /** The tasks put back in line. */
   taskIds: string[];
+  /** How many (the length of task_ids). */
+  replayed: bigint;
 }
 
 export interface PurgeDeadLettersRequest {
@@ -1816,6 +1893,681 @@ export const CancelRequest: MessageFns<CancelRequest> = {
   },
 };
 
+function createBaseTaskFilter(): TaskFilter {
+  return {
+    task: "",
+    states: [],
+    submittedAfter: undefined,
+    submittedBefore: undefined,
+    finishedAfter: undefined,
+    finishedBefore: undefined,
+    errorContains: "",
+    idempotencyKey: "",
+    workflowId: "",
+    parentId: "",
+  };
+}
+
+export const TaskFilter: MessageFns<TaskFilter> = {
+  encode(message: TaskFilter, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.task !== "") {
+      writer.uint32(10).string(message.task);
+    }
+    if (message.states.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.states) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.submittedAfter !== undefined) {
+      Timestamp.encode(toTimestamp(message.submittedAfter), writer.uint32(26).fork()).join();
+    }
+    if (message.submittedBefore !== undefined) {
+      Timestamp.encode(toTimestamp(message.submittedBefore), writer.uint32(34).fork()).join();
+    }
+    if (message.finishedAfter !== undefined) {
+      Timestamp.encode(toTimestamp(message.finishedAfter), writer.uint32(42).fork()).join();
+    }
+    if (message.finishedBefore !== undefined) {
+      Timestamp.encode(toTimestamp(message.finishedBefore), writer.uint32(50).fork()).join();
+    }
+    if (message.errorContains !== "") {
+      writer.uint32(58).string(message.errorContains);
+    }
+    if (message.idempotencyKey !== "") {
+      writer.uint32(66).string(message.idempotencyKey);
+    }
+    if (message.workflowId !== "") {
+      writer.uint32(74).string(message.workflowId);
+    }
+    if (message.parentId !== "") {
+      writer.uint32(82).string(message.parentId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TaskFilter {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTaskFilter();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.task = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.states.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.states.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.submittedAfter = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.submittedBefore = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.finishedAfter = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.finishedBefore = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.errorContains = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.idempotencyKey = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.workflowId = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.parentId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TaskFilter {
+    return {
+      task: isSet(object.task) ? globalThis.String(object.task) : "",
+      states: globalThis.Array.isArray(object?.states) ? object.states.map((e: any) => taskStateFromJSON(e)) : [],
+      submittedAfter: isSet(object.submittedAfter)
+        ? fromJsonTimestamp(object.submittedAfter)
+        : isSet(object.submitted_after)
+        ? fromJsonTimestamp(object.submitted_after)
+        : undefined,
+      submittedBefore: isSet(object.submittedBefore)
+        ? fromJsonTimestamp(object.submittedBefore)
+        : isSet(object.submitted_before)
+        ? fromJsonTimestamp(object.submitted_before)
+        : undefined,
+      finishedAfter: isSet(object.finishedAfter)
+        ? fromJsonTimestamp(object.finishedAfter)
+        : isSet(object.finished_after)
+        ? fromJsonTimestamp(object.finished_after)
+        : undefined,
+      finishedBefore: isSet(object.finishedBefore)
+        ? fromJsonTimestamp(object.finishedBefore)
+        : isSet(object.finished_before)
+        ? fromJsonTimestamp(object.finished_before)
+        : undefined,
+      errorContains: isSet(object.errorContains)
+        ? globalThis.String(object.errorContains)
+        : isSet(object.error_contains)
+        ? globalThis.String(object.error_contains)
+        : "",
+      idempotencyKey: isSet(object.idempotencyKey)
+        ? globalThis.String(object.idempotencyKey)
+        : isSet(object.idempotency_key)
+        ? globalThis.String(object.idempotency_key)
+        : "",
+      workflowId: isSet(object.workflowId)
+        ? globalThis.String(object.workflowId)
+        : isSet(object.workflow_id)
+        ? globalThis.String(object.workflow_id)
+        : "",
+      parentId: isSet(object.parentId)
+        ? globalThis.String(object.parentId)
+        : isSet(object.parent_id)
+        ? globalThis.String(object.parent_id)
+        : "",
+    };
+  },
+
+  toJSON(message: TaskFilter): unknown {
+    const obj: any = {};
+    if (message.task !== "") {
+      obj.task = message.task;
+    }
+    if (message.states?.length) {
+      obj.states = message.states.map((e) => taskStateToJSON(e));
+    }
+    if (message.submittedAfter !== undefined) {
+      obj.submittedAfter = message.submittedAfter.toISOString();
+    }
+    if (message.submittedBefore !== undefined) {
+      obj.submittedBefore = message.submittedBefore.toISOString();
+    }
+    if (message.finishedAfter !== undefined) {
+      obj.finishedAfter = message.finishedAfter.toISOString();
+    }
+    if (message.finishedBefore !== undefined) {
+      obj.finishedBefore = message.finishedBefore.toISOString();
+    }
+    if (message.errorContains !== "") {
+      obj.errorContains = message.errorContains;
+    }
+    if (message.idempotencyKey !== "") {
+      obj.idempotencyKey = message.idempotencyKey;
+    }
+    if (message.workflowId !== "") {
+      obj.workflowId = message.workflowId;
+    }
+    if (message.parentId !== "") {
+      obj.parentId = message.parentId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TaskFilter>): TaskFilter {
+    return TaskFilter.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TaskFilter>): TaskFilter {
+    const message = createBaseTaskFilter();
+    message.task = object.task ?? "";
+    message.states = object.states?.map((e) => e) || [];
+    message.submittedAfter = object.submittedAfter ?? undefined;
+    message.submittedBefore = object.submittedBefore ?? undefined;
+    message.finishedAfter = object.finishedAfter ?? undefined;
+    message.finishedBefore = object.finishedBefore ?? undefined;
+    message.errorContains = object.errorContains ?? "";
+    message.idempotencyKey = object.idempotencyKey ?? "";
+    message.workflowId = object.workflowId ?? "";
+    message.parentId = object.parentId ?? "";
+    return message;
+  },
+};
+
+function createBaseListTasksRequest(): ListTasksRequest {
+  return { filter: undefined, pageSize: 0, pageToken: "", includeJson: false };
+}
+
+export const ListTasksRequest: MessageFns<ListTasksRequest> = {
+  encode(message: ListTasksRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.filter !== undefined) {
+      TaskFilter.encode(message.filter, writer.uint32(10).fork()).join();
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(16).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
+    }
+    if (message.includeJson !== false) {
+      writer.uint32(32).bool(message.includeJson);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListTasksRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListTasksRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.filter = TaskFilter.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.includeJson = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListTasksRequest {
+    return {
+      filter: isSet(object.filter) ? TaskFilter.fromJSON(object.filter) : undefined,
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+      includeJson: isSet(object.includeJson)
+        ? globalThis.Boolean(object.includeJson)
+        : isSet(object.include_json)
+        ? globalThis.Boolean(object.include_json)
+        : false,
+    };
+  },
+
+  toJSON(message: ListTasksRequest): unknown {
+    const obj: any = {};
+    if (message.filter !== undefined) {
+      obj.filter = TaskFilter.toJSON(message.filter);
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    if (message.includeJson !== false) {
+      obj.includeJson = message.includeJson;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListTasksRequest>): ListTasksRequest {
+    return ListTasksRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListTasksRequest>): ListTasksRequest {
+    const message = createBaseListTasksRequest();
+    message.filter = (object.filter !== undefined && object.filter !== null)
+      ? TaskFilter.fromPartial(object.filter)
+      : undefined;
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    message.includeJson = object.includeJson ?? false;
+    return message;
+  },
+};
+
+function createBaseListTasksResponse(): ListTasksResponse {
+  return { tasks: [], nextPageToken: "", examined: 0n };
+}
+
+export const ListTasksResponse: MessageFns<ListTasksResponse> = {
+  encode(message: ListTasksResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.tasks) {
+      TaskInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    if (message.examined !== 0n) {
+      if (BigInt.asUintN(64, message.examined) !== message.examined) {
+        throw new globalThis.Error("value provided for field message.examined of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.examined);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListTasksResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListTasksResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tasks.push(TaskInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.examined = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListTasksResponse {
+    return {
+      tasks: globalThis.Array.isArray(object?.tasks) ? object.tasks.map((e: any) => TaskInfo.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+      examined: isSet(object.examined) ? BigInt(object.examined) : 0n,
+    };
+  },
+
+  toJSON(message: ListTasksResponse): unknown {
+    const obj: any = {};
+    if (message.tasks?.length) {
+      obj.tasks = message.tasks.map((e) => TaskInfo.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    if (message.examined !== 0n) {
+      obj.examined = message.examined.toString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListTasksResponse>): ListTasksResponse {
+    return ListTasksResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListTasksResponse>): ListTasksResponse {
+    const message = createBaseListTasksResponse();
+    message.tasks = object.tasks?.map((e) => TaskInfo.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    message.examined = (object.examined !== undefined && object.examined !== null) ? BigInt(object.examined) : 0n;
+    return message;
+  },
+};
+
+function createBaseCancelManyRequest(): CancelManyRequest {
+  return { filter: undefined };
+}
+
+export const CancelManyRequest: MessageFns<CancelManyRequest> = {
+  encode(message: CancelManyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.filter !== undefined) {
+      TaskFilter.encode(message.filter, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CancelManyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCancelManyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.filter = TaskFilter.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CancelManyRequest {
+    return { filter: isSet(object.filter) ? TaskFilter.fromJSON(object.filter) : undefined };
+  },
+
+  toJSON(message: CancelManyRequest): unknown {
+    const obj: any = {};
+    if (message.filter !== undefined) {
+      obj.filter = TaskFilter.toJSON(message.filter);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CancelManyRequest>): CancelManyRequest {
+    return CancelManyRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CancelManyRequest>): CancelManyRequest {
+    const message = createBaseCancelManyRequest();
+    message.filter = (object.filter !== undefined && object.filter !== null)
+      ? TaskFilter.fromPartial(object.filter)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseCancelManyResponse(): CancelManyResponse {
+  return { cancelled: 0n, finishedFirst: 0n };
+}
+
+export const CancelManyResponse: MessageFns<CancelManyResponse> = {
+  encode(message: CancelManyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cancelled !== 0n) {
+      if (BigInt.asUintN(64, message.cancelled) !== message.cancelled) {
+        throw new globalThis.Error("value provided for field message.cancelled of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.cancelled);
+    }
+    if (message.finishedFirst !== 0n) {
+      if (BigInt.asUintN(64, message.finishedFirst) !== message.finishedFirst) {
+        throw new globalThis.Error("value provided for field message.finishedFirst of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.finishedFirst);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CancelManyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCancelManyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cancelled = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.finishedFirst = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CancelManyResponse {
+    return {
+      cancelled: isSet(object.cancelled) ? BigInt(object.cancelled) : 0n,
+      finishedFirst: isSet(object.finishedFirst)
+        ? BigInt(object.finishedFirst)
+        : isSet(object.finished_first)
+        ? BigInt(object.finished_first)
+        : 0n,
+    };
+  },
+
+  toJSON(message: CancelManyResponse): unknown {
+    const obj: any = {};
+    if (message.cancelled !== 0n) {
+      obj.cancelled = message.cancelled.toString();
+    }
+    if (message.finishedFirst !== 0n) {
+      obj.finishedFirst = message.finishedFirst.toString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CancelManyResponse>): CancelManyResponse {
+    return CancelManyResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CancelManyResponse>): CancelManyResponse {
+    const message = createBaseCancelManyResponse();
+    message.cancelled = (object.cancelled !== undefined && object.cancelled !== null) ? BigInt(object.cancelled) : 0n;
+    message.finishedFirst = (object.finishedFirst !== undefined && object.finishedFirst !== null)
+      ? BigInt(object.finishedFirst)
+      : 0n;
+    return message;
+  },
+};
+
 function createBaseTaskInfo(): TaskInfo {
   return {
     taskId: "",
@@ -1831,6 +2583,7 @@ function createBaseTaskInfo(): TaskInfo {
     traceId: "",
     parentId: "",
     children: [],
+    submittedAt: undefined,
   };
 }
 
@@ -1874,6 +2627,9 @@ export const TaskInfo: MessageFns<TaskInfo> = {
     }
     for (const v of message.children) {
       TaskChild.encode(v!, writer.uint32(106).fork()).join();
+    }
+    if (message.submittedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.submittedAt), writer.uint32(114).fork()).join();
     }
     return writer;
   },
@@ -1995,6 +2751,14 @@ export const TaskInfo: MessageFns<TaskInfo> = {
             message.children.push(TaskChild.decode(reader, reader.uint32()));
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.submittedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2048,6 +2812,11 @@ export const TaskInfo: MessageFns<TaskInfo> = {
       children: globalThis.Array.isArray(object?.children)
         ? object.children.map((e: any) => TaskChild.fromJSON(e))
         : [],
+      submittedAt: isSet(object.submittedAt)
+        ? fromJsonTimestamp(object.submittedAt)
+        : isSet(object.submitted_at)
+        ? fromJsonTimestamp(object.submitted_at)
+        : undefined,
     };
   },
 
@@ -2092,6 +2861,9 @@ export const TaskInfo: MessageFns<TaskInfo> = {
     if (message.children?.length) {
       obj.children = message.children.map((e) => TaskChild.toJSON(e));
     }
+    if (message.submittedAt !== undefined) {
+      obj.submittedAt = message.submittedAt.toISOString();
+    }
     return obj;
   },
 
@@ -2117,6 +2889,7 @@ export const TaskInfo: MessageFns<TaskInfo> = {
     message.traceId = object.traceId ?? "";
     message.parentId = object.parentId ?? "";
     message.children = object.children?.map((e) => TaskChild.fromPartial(e)) || [];
+    message.submittedAt = object.submittedAt ?? undefined;
     return message;
   },
 };
@@ -3047,7 +3820,15 @@ export const ListDeadLettersResponse: MessageFns<ListDeadLettersResponse> = {
 };
 
 function createBaseReplayDeadLettersRequest(): ReplayDeadLettersRequest {
-  return { taskIds: [], task: "", all: false };
+  return {
+    taskIds: [],
+    task: "",
+    all: false,
+    reason: "",
+    errorContains: "",
+    deadAfter: undefined,
+    deadBefore: undefined,
+  };
 }
 
 export const ReplayDeadLettersRequest: MessageFns<ReplayDeadLettersRequest> = {
@@ -3060,6 +3841,18 @@ export const ReplayDeadLettersRequest: MessageFns<ReplayDeadLettersRequest> = {
     }
     if (message.all !== false) {
       writer.uint32(24).bool(message.all);
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    if (message.errorContains !== "") {
+      writer.uint32(42).string(message.errorContains);
+    }
+    if (message.deadAfter !== undefined) {
+      Timestamp.encode(toTimestamp(message.deadAfter), writer.uint32(50).fork()).join();
+    }
+    if (message.deadBefore !== undefined) {
+      Timestamp.encode(toTimestamp(message.deadBefore), writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -3101,6 +3894,38 @@ export const ReplayDeadLettersRequest: MessageFns<ReplayDeadLettersRequest> = {
             message.all = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.errorContains = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.deadAfter = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.deadBefore = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3122,6 +3947,22 @@ export const ReplayDeadLettersRequest: MessageFns<ReplayDeadLettersRequest> = {
         : [],
       task: isSet(object.task) ? globalThis.String(object.task) : "",
       all: isSet(object.all) ? globalThis.Boolean(object.all) : false,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      errorContains: isSet(object.errorContains)
+        ? globalThis.String(object.errorContains)
+        : isSet(object.error_contains)
+        ? globalThis.String(object.error_contains)
+        : "",
+      deadAfter: isSet(object.deadAfter)
+        ? fromJsonTimestamp(object.deadAfter)
+        : isSet(object.dead_after)
+        ? fromJsonTimestamp(object.dead_after)
+        : undefined,
+      deadBefore: isSet(object.deadBefore)
+        ? fromJsonTimestamp(object.deadBefore)
+        : isSet(object.dead_before)
+        ? fromJsonTimestamp(object.dead_before)
+        : undefined,
     };
   },
 
@@ -3136,6 +3977,18 @@ export const ReplayDeadLettersRequest: MessageFns<ReplayDeadLettersRequest> = {
     if (message.all !== false) {
       obj.all = message.all;
     }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.errorContains !== "") {
+      obj.errorContains = message.errorContains;
+    }
+    if (message.deadAfter !== undefined) {
+      obj.deadAfter = message.deadAfter.toISOString();
+    }
+    if (message.deadBefore !== undefined) {
+      obj.deadBefore = message.deadBefore.toISOString();
+    }
     return obj;
   },
 
@@ -3147,18 +4000,28 @@ export const ReplayDeadLettersRequest: MessageFns<ReplayDeadLettersRequest> = {
     message.taskIds = object.taskIds?.map((e) => e) || [];
     message.task = object.task ?? "";
     message.all = object.all ?? false;
+    message.reason = object.reason ?? "";
+    message.errorContains = object.errorContains ?? "";
+    message.deadAfter = object.deadAfter ?? undefined;
+    message.deadBefore = object.deadBefore ?? undefined;
     return message;
   },
 };
 
 function createBaseReplayDeadLettersResponse(): ReplayDeadLettersResponse {
-  return { taskIds: [] };
+  return { taskIds: [], replayed: 0n };
 }
 
 export const ReplayDeadLettersResponse: MessageFns<ReplayDeadLettersResponse> = {
   encode(message: ReplayDeadLettersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.taskIds) {
       writer.uint32(10).string(v!);
+    }
+    if (message.replayed !== 0n) {
+      if (BigInt.asUintN(64, message.replayed) !== message.replayed) {
+        throw new globalThis.Error("value provided for field message.replayed of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.replayed);
     }
     return writer;
   },
@@ -3184,6 +4047,14 @@ export const ReplayDeadLettersResponse: MessageFns<ReplayDeadLettersResponse> = 
             message.taskIds.push(reader.string());
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.replayed = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3203,6 +4074,7 @@ export const ReplayDeadLettersResponse: MessageFns<ReplayDeadLettersResponse> = 
         : globalThis.Array.isArray(object?.task_ids)
         ? object.task_ids.map((e: any) => globalThis.String(e))
         : [],
+      replayed: isSet(object.replayed) ? BigInt(object.replayed) : 0n,
     };
   },
 
@@ -3210,6 +4082,9 @@ export const ReplayDeadLettersResponse: MessageFns<ReplayDeadLettersResponse> = 
     const obj: any = {};
     if (message.taskIds?.length) {
       obj.taskIds = message.taskIds;
+    }
+    if (message.replayed !== 0n) {
+      obj.replayed = message.replayed.toString();
     }
     return obj;
   },
@@ -3220,6 +4095,7 @@ export const ReplayDeadLettersResponse: MessageFns<ReplayDeadLettersResponse> = 
   fromPartial(object: DeepPartial<ReplayDeadLettersResponse>): ReplayDeadLettersResponse {
     const message = createBaseReplayDeadLettersResponse();
     message.taskIds = object.taskIds?.map((e) => e) || [];
+    message.replayed = (object.replayed !== undefined && object.replayed !== null) ? BigInt(object.replayed) : 0n;
     return message;
   },
 };
@@ -5454,6 +6330,33 @@ export const TasksDefinition = {
       responseStream: false,
       options: {},
     },
+    /**
+     * The tasks the broker keeps that match a filter, a page at a time: first those not finished
+     * (queued, scheduled, running, retrying) in the order they were stored, then the finished
+     * ones in the order they finished. A page may hold fewer than asked while more follow (each
+     * call reads a bounded part of the broker); the list ends when next_page_token is empty.
+     */
+    list: {
+      name: "List",
+      requestType: ListTasksRequest as typeof ListTasksRequest,
+      requestStream: false,
+      responseType: ListTasksResponse as typeof ListTasksResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * Cancels every task that matches a filter and has not finished, as a Cancel of each would,
+     * and answers how many it cancelled. Safe to repeat after a failure midway: what it cancelled
+     * has finished, and is not counted again.
+     */
+    cancelMany: {
+      name: "CancelMany",
+      requestType: CancelManyRequest as typeof CancelManyRequest,
+      requestStream: false,
+      responseType: CancelManyResponse as typeof CancelManyResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -5544,6 +6447,35 @@ export const TasksService = {
     responseSerialize: (value: TaskInfo): Buffer => Buffer.from(TaskInfo.encode(value).finish()),
     responseDeserialize: (value: Buffer): TaskInfo => TaskInfo.decode(value),
   },
+  /**
+   * The tasks the broker keeps that match a filter, a page at a time: first those not finished
+   * (queued, scheduled, running, retrying) in the order they were stored, then the finished
+   * ones in the order they finished. A page may hold fewer than asked while more follow (each
+   * call reads a bounded part of the broker); the list ends when next_page_token is empty.
+   */
+  list: {
+    path: "/taskwire.v1.Tasks/List" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListTasksRequest): Buffer => Buffer.from(ListTasksRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListTasksRequest => ListTasksRequest.decode(value),
+    responseSerialize: (value: ListTasksResponse): Buffer => Buffer.from(ListTasksResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListTasksResponse => ListTasksResponse.decode(value),
+  },
+  /**
+   * Cancels every task that matches a filter and has not finished, as a Cancel of each would,
+   * and answers how many it cancelled. Safe to repeat after a failure midway: what it cancelled
+   * has finished, and is not counted again.
+   */
+  cancelMany: {
+    path: "/taskwire.v1.Tasks/CancelMany" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CancelManyRequest): Buffer => Buffer.from(CancelManyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CancelManyRequest => CancelManyRequest.decode(value),
+    responseSerialize: (value: CancelManyResponse): Buffer => Buffer.from(CancelManyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CancelManyResponse => CancelManyResponse.decode(value),
+  },
 } as const;
 
 export interface TasksServer extends UntypedServiceImplementation {
@@ -5575,6 +6507,19 @@ export interface TasksServer extends UntypedServiceImplementation {
    * A finished task gives FAILED_PRECONDITION.
    */
   cancel: handleUnaryCall<CancelRequest, TaskInfo>;
+  /**
+   * The tasks the broker keeps that match a filter, a page at a time: first those not finished
+   * (queued, scheduled, running, retrying) in the order they were stored, then the finished
+   * ones in the order they finished. A page may hold fewer than asked while more follow (each
+   * call reads a bounded part of the broker); the list ends when next_page_token is empty.
+   */
+  list: handleUnaryCall<ListTasksRequest, ListTasksResponse>;
+  /**
+   * Cancels every task that matches a filter and has not finished, as a Cancel of each would,
+   * and answers how many it cancelled. Safe to repeat after a failure midway: what it cancelled
+   * has finished, and is not counted again.
+   */
+  cancelMany: handleUnaryCall<CancelManyRequest, CancelManyResponse>;
 }
 
 export interface TasksClient extends Client {
@@ -5673,6 +6618,47 @@ export interface TasksClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: TaskInfo) => void,
+  ): ClientUnaryCall;
+  /**
+   * The tasks the broker keeps that match a filter, a page at a time: first those not finished
+   * (queued, scheduled, running, retrying) in the order they were stored, then the finished
+   * ones in the order they finished. A page may hold fewer than asked while more follow (each
+   * call reads a bounded part of the broker); the list ends when next_page_token is empty.
+   */
+  list(
+    request: ListTasksRequest,
+    callback: (error: ServiceError | null, response: ListTasksResponse) => void,
+  ): ClientUnaryCall;
+  list(
+    request: ListTasksRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListTasksResponse) => void,
+  ): ClientUnaryCall;
+  list(
+    request: ListTasksRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListTasksResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Cancels every task that matches a filter and has not finished, as a Cancel of each would,
+   * and answers how many it cancelled. Safe to repeat after a failure midway: what it cancelled
+   * has finished, and is not counted again.
+   */
+  cancelMany(
+    request: CancelManyRequest,
+    callback: (error: ServiceError | null, response: CancelManyResponse) => void,
+  ): ClientUnaryCall;
+  cancelMany(
+    request: CancelManyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CancelManyResponse) => void,
+  ): ClientUnaryCall;
+  cancelMany(
+    request: CancelManyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CancelManyResponse) => void,
   ): ClientUnaryCall;
 }
 
@@ -6842,6 +7828,306 @@ export const protoMetadata: ProtoMetadata = {
       "reservedName": [],
       "visibility": 0,
     }, {
+      "name": "TaskFilter",
+      "field": [{
+        "name": "task",
+        "number": 1,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "task",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "states",
+        "number": 2,
+        "label": 3,
+        "type": 14,
+        "typeName": ".taskwire.v1.TaskState",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "states",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "submitted_after",
+        "number": 3,
+        "label": 1,
+        "type": 11,
+        "typeName": ".google.protobuf.Timestamp",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "submittedAfter",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "submitted_before",
+        "number": 4,
+        "label": 1,
+        "type": 11,
+        "typeName": ".google.protobuf.Timestamp",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "submittedBefore",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "finished_after",
+        "number": 5,
+        "label": 1,
+        "type": 11,
+        "typeName": ".google.protobuf.Timestamp",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "finishedAfter",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "finished_before",
+        "number": 6,
+        "label": 1,
+        "type": 11,
+        "typeName": ".google.protobuf.Timestamp",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "finishedBefore",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "error_contains",
+        "number": 7,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "errorContains",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "idempotency_key",
+        "number": 8,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "idempotencyKey",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "workflow_id",
+        "number": 9,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "workflowId",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "parent_id",
+        "number": 10,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "parentId",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "ListTasksRequest",
+      "field": [{
+        "name": "filter",
+        "number": 1,
+        "label": 1,
+        "type": 11,
+        "typeName": ".taskwire.v1.TaskFilter",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "filter",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "page_size",
+        "number": 2,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "pageSize",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "page_token",
+        "number": 3,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "pageToken",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "include_json",
+        "number": 4,
+        "label": 1,
+        "type": 8,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "includeJson",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "ListTasksResponse",
+      "field": [{
+        "name": "tasks",
+        "number": 1,
+        "label": 3,
+        "type": 11,
+        "typeName": ".taskwire.v1.TaskInfo",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "tasks",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "next_page_token",
+        "number": 2,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "nextPageToken",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "examined",
+        "number": 3,
+        "label": 1,
+        "type": 4,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "examined",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "CancelManyRequest",
+      "field": [{
+        "name": "filter",
+        "number": 1,
+        "label": 1,
+        "type": 11,
+        "typeName": ".taskwire.v1.TaskFilter",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "filter",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
+      "name": "CancelManyResponse",
+      "field": [{
+        "name": "cancelled",
+        "number": 1,
+        "label": 1,
+        "type": 4,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "cancelled",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "finished_first",
+        "number": 2,
+        "label": 1,
+        "type": 4,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "finishedFirst",
+        "options": undefined,
+        "proto3Optional": false,
+      }],
+      "extension": [],
+      "nestedType": [],
+      "enumType": [],
+      "extensionRange": [],
+      "oneofDecl": [],
+      "options": undefined,
+      "reservedRange": [],
+      "reservedName": [],
+      "visibility": 0,
+    }, {
       "name": "TaskInfo",
       "field": [{
         "name": "task_id",
@@ -6997,6 +8283,18 @@ export const protoMetadata: ProtoMetadata = {
         "defaultValue": "",
         "oneofIndex": 0,
         "jsonName": "children",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "submitted_at",
+        "number": 14,
+        "label": 1,
+        "type": 11,
+        "typeName": ".google.protobuf.Timestamp",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "submittedAt",
         "options": undefined,
         "proto3Optional": false,
       }],
@@ -7455,6 +8753,54 @@ export const protoMetadata: ProtoMetadata = {
         "jsonName": "all",
         "options": undefined,
         "proto3Optional": false,
+      }, {
+        "name": "reason",
+        "number": 4,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "reason",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "error_contains",
+        "number": 5,
+        "label": 1,
+        "type": 9,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "errorContains",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "dead_after",
+        "number": 6,
+        "label": 1,
+        "type": 11,
+        "typeName": ".google.protobuf.Timestamp",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "deadAfter",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "dead_before",
+        "number": 7,
+        "label": 1,
+        "type": 11,
+        "typeName": ".google.protobuf.Timestamp",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "deadBefore",
+        "options": undefined,
+        "proto3Optional": false,
       }],
       "extension": [],
       "nestedType": [],
@@ -7477,6 +8823,18 @@ export const protoMetadata: ProtoMetadata = {
         "defaultValue": "",
         "oneofIndex": 0,
         "jsonName": "taskIds",
+        "options": undefined,
+        "proto3Optional": false,
+      }, {
+        "name": "replayed",
+        "number": 2,
+        "label": 1,
+        "type": 4,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "replayed",
         "options": undefined,
         "proto3Optional": false,
       }],
@@ -8484,6 +9842,20 @@ export const protoMetadata: ProtoMetadata = {
         "options": undefined,
         "clientStreaming": false,
         "serverStreaming": false,
+      }, {
+        "name": "List",
+        "inputType": ".taskwire.v1.ListTasksRequest",
+        "outputType": ".taskwire.v1.ListTasksResponse",
+        "options": undefined,
+        "clientStreaming": false,
+        "serverStreaming": false,
+      }, {
+        "name": "CancelMany",
+        "inputType": ".taskwire.v1.CancelManyRequest",
+        "outputType": ".taskwire.v1.CancelManyResponse",
+        "options": undefined,
+        "clientStreaming": false,
+        "serverStreaming": false,
       }],
       "options": undefined,
     }, {
@@ -8580,7 +9952,7 @@ export const protoMetadata: ProtoMetadata = {
     "sourceCodeInfo": {
       "location": [{
         "path": [6, 0],
-        "span": [9, 0, 30, 1],
+        "span": [9, 0, 39, 1],
         "leadingComments": " Submit tasks and follow them to their results.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
@@ -8632,647 +10004,790 @@ export const protoMetadata: ProtoMetadata = {
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [6, 0, 2, 7],
+        "span": [34, 2, 57],
+        "leadingComments":
+          " The tasks the broker keeps that match a filter, a page at a time: first those not finished\n (queued, scheduled, running, retrying) in the order they were stored, then the finished\n ones in the order they finished. A page may hold fewer than asked while more follow (each\n call reads a bounded part of the broker); the list ends when next_page_token is empty.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [6, 0, 2, 8],
+        "span": [38, 2, 65],
+        "leadingComments":
+          " Cancels every task that matches a filter and has not finished, as a Cancel of each would,\n and answers how many it cancelled. Safe to repeat after a failure midway: what it cancelled\n has finished, and is not counted again.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [6, 1],
-        "span": [33, 0, 67, 1],
+        "span": [42, 0, 76, 1],
         "leadingComments": " What the gateway knows about the system.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 0],
-        "span": [35, 2, 74],
+        "span": [44, 2, 74],
         "leadingComments": " The task types that workers have registered (or that the gateway was given at start).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 1],
-        "span": [38, 2, 80],
+        "span": [47, 2, 80],
         "leadingComments":
           " Tasks that failed for good (attempts used up, permanent error, panic, undecodable), oldest\n first.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 2],
-        "span": [40, 2, 86],
+        "span": [49, 2, 86],
         "leadingComments": " Puts dead tasks back in line under their own ids, with a new series of attempts.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 3],
-        "span": [42, 2, 83],
+        "span": [51, 2, 83],
         "leadingComments": " Deletes dead letters.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 4],
-        "span": [44, 2, 71],
+        "span": [53, 2, 71],
         "leadingComments": " The cluster-wide limits of a task type: as declared, or as set here.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 5],
-        "span": [47, 2, 71],
+        "span": [56, 2, 71],
         "leadingComments":
           " Overrides a task type's declared cluster-wide limits (or clears the override); workers\n follow at once and keep following across restarts.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 6],
-        "span": [50, 2, 68],
+        "span": [59, 2, 68],
         "leadingComments":
           " The workers alive now: each refreshes a heartbeat every few seconds, and one that stops\n doing so drops out of the list within 15 seconds.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 7],
-        "span": [53, 2, 65],
+        "span": [62, 2, 65],
         "leadingComments":
           " Per task type and priority: tasks queued, in flight and redelivered, the oldest waiting;\n and dead letters per task type.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 8],
-        "span": [55, 2, 77],
+        "span": [64, 2, 77],
         "leadingComments": " A task's state changes, oldest first, and its result when it has one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 9],
-        "span": [60, 2, 65],
+        "span": [69, 2, 65],
         "leadingComments":
           " Pauses a task type's queue, at every priority or at those given: workers start none of its\n tasks until it is resumed (what runs finishes), Submit still stores them. Durable and\n cluster-wide; workers follow within a second. Pausing a paused queue changes nothing but\n the reason.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 10],
-        "span": [62, 2, 67],
+        "span": [71, 2, 67],
         "leadingComments": " Resumes a paused queue, at every priority or at those given.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [6, 1, 2, 11],
-        "span": [66, 2, 65],
+        "span": [75, 2, 65],
         "leadingComments":
           " Cancels every task waiting in a task type's queue, at every priority or at those given,\n as a Cancel of each would (a task running now finishes), and takes it out of the stream.\n Safe to repeat after a failure midway.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 2, 0],
-        "span": [71, 2, 18],
+        "span": [80, 2, 18],
         "leadingComments": ' Full task name: the rpc\'s full method name, e.g. "examples.magic.v1.Magic/Add".\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 8, 0],
-        "span": [73, 2, 76, 3],
+        "span": [82, 2, 85, 3],
         "leadingComments": " The task's arguments: its input message, as protobuf bytes or as proto3 JSON.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 0, 2, 4],
-        "span": [81, 2, 29],
+        "span": [90, 2, 29],
         "leadingComments":
           ' The producer\'s schema fingerprint of the task (see docs/protocol.md, "Schema\n fingerprints"). When given and different from the one the workers registered, Submit\n answers FAILED_PRECONDITION and stores nothing. Empty: not checked.\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 0],
-        "span": [87, 2, 29],
+        "span": [96, 2, 29],
         "leadingComments":
           " Submitting again with the same key within the broker's duplicate window returns the same\n task id and stores nothing new.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 1],
-        "span": [89, 2, 26],
+        "span": [98, 2, 26],
         "leadingComments": " Overrides the task's max_attempts option for this task (1 to 100).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 2],
-        "span": [91, 2, 39],
+        "span": [100, 2, 39],
         "leadingComments": " Overrides the task's time limit of one attempt (at most 24 hours).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 3],
-        "span": [93, 2, 47],
+        "span": [102, 2, 47],
         "leadingComments": " Override the task's retry delays (at most 24 hours each).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 5],
-        "span": [97, 2, 43],
+        "span": [106, 2, 43],
         "leadingComments":
           " Run no earlier than this time (at most 30 days ahead; at most a minute in the past). The\n broker holds the task until then (second granularity).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 6],
-        "span": [99, 2, 41],
+        "span": [108, 2, 41],
         "leadingComments":
           " Run no earlier than this long after submit (at most 30 days). Give not_before or countdown.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 7],
-        "span": [101, 2, 24],
+        "span": [110, 2, 24],
         "leadingComments": " Which tasks of a type start first when there is a backlog.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 8],
-        "span": [103, 2, 43],
+        "span": [112, 2, 43],
         "leadingComments": " A task not started by this time never runs and ends as expired.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 9],
-        "span": [106, 2, 36],
+        "span": [115, 2, 36],
         "leadingComments":
           " A task not started this long after submit (or after not_before) never runs and ends as\n expired. Give expires_at or ttl.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 1, 2, 10],
-        "span": [109, 2, 43],
+        "span": [118, 2, 43],
         "leadingComments":
           " How long the result is kept, overriding the task's result_ttl option; at most the broker's\n result TTL.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 0],
-        "span": [114, 0, 120, 1],
+        "span": [123, 0, 129, 1],
         "leadingComments":
           " With a backlog, workers start high priority tasks first, then normal, then low; one pull in\n eight starts at the lowest level instead, so low priority work is never starved.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 0, 2, 0],
-        "span": [116, 2, 27],
+        "span": [125, 2, 27],
         "leadingComments": " Normal.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 2, 2, 1],
-        "span": [125, 2, 39],
+        "span": [134, 2, 39],
         "leadingComments": " How long to wait for the result; at most 5 minutes. Unset means 30 seconds.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 2, 2, 3],
-        "span": [130, 2, 22],
+        "span": [139, 2, 22],
         "leadingComments":
           " Only the final state: one message instead of two, for a caller that only wants the\n outcome. The final state names the task id, and so does the error when the timeout\n passes first.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 3, 2, 1],
-        "span": [136, 2, 21],
+        "span": [145, 2, 21],
         "leadingComments": " True when the idempotency key matched a task submitted before.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 4, 2, 0],
-        "span": [141, 2, 40],
+        "span": [150, 2, 40],
         "leadingComments": " One per request, in the order sent.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 4, 2, 1],
-        "span": [143, 2, 23],
+        "span": [152, 2, 23],
         "leadingComments": " How many were stored, and how many refused.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 5, 2, 0],
-        "span": [149, 2, 21],
+        "span": [158, 2, 21],
         "leadingComments": " Set when the task was stored.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 5, 2, 2],
-        "span": [152, 2, 17],
+        "span": [161, 2, 17],
         "leadingComments": " Set when it was refused: the gRPC status code it would have had alone, and why.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 7, 2, 1],
-        "span": [164, 2, 24],
+        "span": [173, 2, 24],
         "leadingComments": " Also render the result as proto3 JSON in TaskInfo.result_json.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 8, 2, 1],
-        "span": [170, 2, 39],
+        "span": [179, 2, 39],
         "leadingComments": " How long to wait; at most 5 minutes. Unset means 30 seconds.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [4, 10],
+        "span": [188, 0, 208, 1],
+        "leadingComments": " Which tasks a List or a CancelMany takes; every field set must hold.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 10, 2, 0],
+        "span": [191, 2, 18],
+        "leadingComments":
+          ' A task type ("examples.magic.v1.Magic/Add"), or a pattern where `*` stands for any run of\n characters ("examples.*"); empty means every type.\n',
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 10, 2, 1],
+        "span": [193, 2, 32],
+        "leadingComments": " Any of these states; empty means every state.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 10, 2, 2],
+        "span": [195, 2, 48],
+        "leadingComments": " Submitted in this range (either end may be left open).\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 10, 2, 4],
+        "span": [198, 2, 47],
+        "leadingComments": " Finished in this range: a task not finished has no finish time, and matches neither.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 10, 2, 6],
+        "span": [201, 2, 28],
+        "leadingComments": " The error message holds this text (letter case aside).\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 10, 2, 7],
+        "span": [203, 2, 29],
+        "leadingComments": " The task this idempotency key names (needs `task` to be one task type, not a pattern).\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 10, 2, 8],
+        "span": [205, 2, 25],
+        "leadingComments": " The steps of this workflow.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 10, 2, 9],
+        "span": [207, 2, 24],
+        "leadingComments": " The tasks this one submitted from its context.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 11, 2, 1],
+        "span": [213, 2, 23],
+        "leadingComments": " At most this many tasks; 0 means 50, and 1000 is the most.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 11, 2, 2],
+        "span": [215, 2, 24],
+        "leadingComments": " Where the previous page ended; empty for the first page.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 11, 2, 3],
+        "span": [217, 2, 24],
+        "leadingComments": " Fill result_json of succeeded tasks.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 12, 2, 1],
+        "span": [223, 2, 29],
+        "leadingComments": " Pass it as page_token for the next page; empty when nothing more can match.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 12, 2, 2],
+        "span": [225, 2, 22],
+        "leadingComments": " How many stored records this page read.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 14, 2, 0],
+        "span": [234, 2, 23],
+        "leadingComments": " The tasks cancelled by this call.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 14, 2, 1],
+        "span": [237, 2, 28],
+        "leadingComments":
+          " Tasks that matched but ended (or were cancelled by another call) before this one\n reached them.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [5, 1, 2, 7],
-        "span": [187, 2, 27],
+        "span": [249, 2, 27],
         "leadingComments": " Held by the broker until its not_before time.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 8],
-        "span": [189, 2, 25],
+        "span": [251, 2, 25],
         "leadingComments": " Not started before its expiry time; it never ran.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 9],
-        "span": [192, 2, 25],
+        "span": [254, 2, 25],
         "leadingComments":
           " Ran until it waited for its children, and holds no worker while they run: it runs again\n once they have all ended.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 10, 2, 3],
-        "span": [200, 2, 21],
+        "path": [4, 15, 2, 3],
+        "span": [262, 2, 21],
         "leadingComments": " The attempt that produced this state (1 for the first run).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 10, 2, 4],
-        "span": [202, 2, 19],
+        "path": [4, 15, 2, 4],
+        "span": [264, 2, 19],
         "leadingComments": " The output message as protobuf bytes, when the task succeeded.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 10, 2, 5],
-        "span": [204, 2, 25],
+        "path": [4, 15, 2, 5],
+        "span": [266, 2, 25],
         "leadingComments": " The output message as proto3 JSON, when asked for.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 10, 2, 6],
-        "span": [206, 2, 24],
+        "path": [4, 15, 2, 6],
+        "span": [268, 2, 24],
         "leadingComments": " Why the task failed, when it did.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 10, 2, 8],
-        "span": [209, 2, 28],
+        "path": [4, 15, 2, 8],
+        "span": [271, 2, 28],
         "leadingComments": " The last progress the running task reported.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 10, 2, 9],
-        "span": [211, 2, 44],
+        "path": [4, 15, 2, 9],
+        "span": [273, 2, 44],
         "leadingComments": " When a scheduled task becomes due.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 10, 2, 10],
-        "span": [213, 2, 23],
+        "path": [4, 15, 2, 10],
+        "span": [275, 2, 23],
         "leadingComments": " The W3C trace id of the task's trace, when its submission was traced.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 10, 2, 11],
-        "span": [215, 2, 24],
+        "path": [4, 15, 2, 11],
+        "span": [277, 2, 24],
         "leadingComments": " The task that submitted this one from its context, if one did.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 10, 2, 12],
-        "span": [218, 2, 35],
+        "path": [4, 15, 2, 12],
+        "span": [280, 2, 35],
         "leadingComments":
           " The tasks this one submitted from its context, in the order they were recorded (Get\n only).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 11],
-        "span": [222, 0, 225, 1],
-        "leadingComments": " A task submitted by another from its context.\n",
-        "trailingComments": "",
-        "leadingDetachedComments": [],
-      }, {
-        "path": [4, 12],
-        "span": [228, 0, 235, 1],
-        "leadingComments": " What a running task says about how far it got.\n",
-        "trailingComments": "",
-        "leadingDetachedComments": [],
-      }, {
-        "path": [4, 12, 2, 0],
-        "span": [230, 2, 20],
-        "leadingComments": " 0 to 100.\n",
-        "trailingComments": "",
-        "leadingDetachedComments": [],
-      }, {
-        "path": [4, 12, 2, 2],
-        "span": [233, 2, 20],
-        "leadingComments": " A message of the task's own choice, as protobuf bytes, with its full type name.\n",
-        "trailingComments": "",
-        "leadingDetachedComments": [],
-      }, {
-        "path": [4, 13, 2, 1],
-        "span": [240, 2, 21],
-        "leadingComments": " Whether the task itself said that trying again could succeed.\n",
+        "path": [4, 15, 2, 13],
+        "span": [282, 2, 46],
+        "leadingComments": " When it was submitted (Get and List).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16],
-        "span": [250, 0, 262, 1],
+        "span": [286, 0, 289, 1],
+        "leadingComments": " A task submitted by another from its context.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 17],
+        "span": [292, 0, 299, 1],
+        "leadingComments": " What a running task says about how far it got.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 17, 2, 0],
+        "span": [294, 2, 20],
+        "leadingComments": " 0 to 100.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 17, 2, 2],
+        "span": [297, 2, 20],
+        "leadingComments": " A message of the task's own choice, as protobuf bytes, with its full type name.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 18, 2, 1],
+        "span": [304, 2, 21],
+        "leadingComments": " Whether the task itself said that trying again could succeed.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 21],
+        "span": [314, 0, 326, 1],
         "leadingComments": " A task type: what the registry holds for each task a worker serves.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 16, 2, 0],
-        "span": [252, 2, 18],
+        "path": [4, 21, 2, 0],
+        "span": [316, 2, 18],
         "leadingComments": ' Full task name, e.g. "examples.magic.v1.Magic/Add".\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 16, 2, 1],
-        "span": [254, 2, 24],
+        "path": [4, 21, 2, 1],
+        "span": [318, 2, 24],
         "leadingComments": " Full names of the input and output messages.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 16, 2, 3],
-        "span": [257, 2, 32],
+        "path": [4, 21, 2, 3],
+        "span": [321, 2, 32],
         "leadingComments":
           " A serialized google.protobuf.FileDescriptorSet that holds both messages and their imports.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 16, 2, 4],
-        "span": [259, 2, 26],
+        "path": [4, 21, 2, 4],
+        "span": [323, 2, 26],
         "leadingComments": " The task's options as declared in its proto.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 16, 2, 5],
-        "span": [261, 2, 29],
+        "path": [4, 21, 2, 5],
+        "span": [325, 2, 29],
         "leadingComments":
           ' The schema fingerprint of input and output (see docs/protocol.md, "Schema fingerprints").\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 17, 2, 0],
-        "span": [266, 2, 18],
+        "path": [4, 22, 2, 0],
+        "span": [330, 2, 18],
         "leadingComments": " Only dead letters of this task type; empty means all.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 17, 2, 1],
-        "span": [268, 2, 19],
+        "path": [4, 22, 2, 1],
+        "span": [332, 2, 19],
         "leadingComments": " At most this many; 0 means 100, and 1000 is the most.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 18, 2, 2],
-        "span": [275, 2, 20],
+        "path": [4, 23, 2, 2],
+        "span": [339, 2, 20],
         "leadingComments": " exhausted, permanent, panic, timeout or poison.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 18, 2, 3],
-        "span": [277, 2, 19],
+        "path": [4, 23, 2, 3],
+        "span": [341, 2, 19],
         "leadingComments": " The last error.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 18, 2, 4],
-        "span": [279, 2, 21],
+        "path": [4, 23, 2, 4],
+        "span": [343, 2, 21],
         "leadingComments": " The attempt that failed last.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 18, 2, 6],
-        "span": [282, 2, 21],
+        "path": [4, 23, 2, 6],
+        "span": [346, 2, 21],
         "leadingComments": " How many times this task was replayed before.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 20, 2, 0],
-        "span": [291, 2, 31],
+        "path": [4, 25, 2, 0],
+        "span": [355, 2, 31],
         "leadingComments": " These tasks...\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 20, 2, 1],
-        "span": [293, 2, 18],
-        "leadingComments": " ...or every dead letter of this task type (with all = true).\n",
+        "path": [4, 25, 2, 1],
+        "span": [358, 2, 18],
+        "leadingComments":
+          " ...or, with all = true, every dead letter that matches the fields below that are set: of\n this task type, or of the types a pattern with `*` matches (empty: every type)...\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 21, 2, 0],
-        "span": [299, 2, 31],
+        "path": [4, 25, 2, 3],
+        "span": [361, 2, 20],
+        "leadingComments": " ...with this reason (exhausted, permanent, panic, timeout or poison)...\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 25, 2, 4],
+        "span": [363, 2, 28],
+        "leadingComments": " ...whose error holds this text (letter case aside)...\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 25, 2, 5],
+        "span": [365, 2, 43],
+        "leadingComments": " ...that died in this range.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 26, 2, 0],
+        "span": [371, 2, 31],
         "leadingComments": " The tasks put back in line.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 22, 2, 0],
-        "span": [304, 2, 18],
+        "path": [4, 26, 2, 1],
+        "span": [373, 2, 22],
+        "leadingComments": " How many (the length of task_ids).\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
+        "path": [4, 27, 2, 0],
+        "span": [378, 2, 18],
         "leadingComments": " Only dead letters of this task type; empty means all.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 24],
-        "span": [312, 0, 322, 1],
+        "path": [4, 29],
+        "span": [386, 0, 396, 1],
         "leadingComments": " How many tasks of a type run at once and start per period, across all workers.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 24, 2, 0],
-        "span": [314, 2, 29],
+        "path": [4, 29, 2, 0],
+        "span": [388, 2, 29],
         "leadingComments": " 0 means no limit.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 24, 2, 1],
-        "span": [316, 2, 24],
+        "path": [4, 29, 2, 1],
+        "span": [390, 2, 24],
         "leadingComments": ' "10/s", "600/m" or "5/h"; empty means no limit.\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 24, 2, 2],
-        "span": [319, 2, 35],
+        "path": [4, 29, 2, 2],
+        "span": [393, 2, 35],
         "leadingComments":
           " A field of the arguments max_concurrency counts by (per value of it); empty: the task\n type as a whole.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 24, 2, 3],
-        "span": [321, 2, 34],
+        "path": [4, 29, 2, 3],
+        "span": [395, 2, 34],
         "leadingComments": " A field of the arguments rate_limit counts by; empty: the task type as a whole.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 26, 2, 2],
-        "span": [332, 2, 17],
+        "path": [4, 31, 2, 2],
+        "span": [406, 2, 17],
         "leadingComments": " Drop the override: the declared limits apply again.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 27, 2, 1],
-        "span": [338, 2, 24],
+        "path": [4, 32, 2, 1],
+        "span": [412, 2, 24],
         "leadingComments": " The limits in force.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 27, 2, 2],
-        "span": [340, 2, 22],
+        "path": [4, 32, 2, 2],
+        "span": [414, 2, 22],
         "leadingComments": " Whether they were set through SetTaskLimits rather than declared.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 30],
-        "span": [350, 0, 368, 1],
+        "path": [4, 35],
+        "span": [424, 0, 442, 1],
         "leadingComments": " What a worker tells about itself in its heartbeat.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 30, 2, 3],
-        "span": [355, 2, 28],
+        "path": [4, 35, 2, 3],
+        "span": [429, 2, 28],
         "leadingComments": " The task types it serves.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 30, 2, 4],
-        "span": [357, 2, 21],
+        "path": [4, 35, 2, 4],
+        "span": [431, 2, 21],
         "leadingComments": " Tasks running now, and finished since it started.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 30, 2, 10],
-        "span": [365, 2, 26],
+        "path": [4, 35, 2, 10],
+        "span": [439, 2, 26],
         "leadingComments":
           " Why the worker starts no task now (the upstream gRPC server it calls does not answer);\n empty while it does.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 30, 2, 11],
-        "span": [367, 2, 30],
+        "path": [4, 35, 2, 11],
+        "span": [441, 2, 30],
         "leadingComments": " The queues this worker holds paused, as `<task>` with `:high`, `:normal` or `:low`.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 33, 2, 1],
-        "span": [379, 2, 22],
+        "path": [4, 38, 2, 1],
+        "span": [453, 2, 22],
         "leadingComments": " high, normal or low.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 33, 2, 2],
-        "span": [381, 2, 20],
+        "path": [4, 38, 2, 2],
+        "span": [455, 2, 20],
         "leadingComments": " Waiting for a worker.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 33, 2, 3],
-        "span": [383, 2, 23],
+        "path": [4, 38, 2, 3],
+        "span": [457, 2, 23],
         "leadingComments": " Delivered to a worker and not yet acknowledged.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 33, 2, 4],
-        "span": [385, 2, 25],
+        "path": [4, 38, 2, 4],
+        "span": [459, 2, 25],
         "leadingComments": " Delivered more than once (retries, dead workers).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 33, 2, 5],
-        "span": [387, 2, 27],
+        "path": [4, 38, 2, 5],
+        "span": [461, 2, 27],
         "leadingComments": " Pull requests of idle workers waiting for tasks.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 33, 2, 6],
-        "span": [389, 2, 46],
+        "path": [4, 38, 2, 6],
+        "span": [463, 2, 46],
         "leadingComments": " How long the oldest queued task has waited.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 33, 2, 7],
-        "span": [391, 2, 26],
+        "path": [4, 38, 2, 7],
+        "span": [465, 2, 26],
         "leadingComments": " Dead letters of the task type (on the normal priority row).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 33, 2, 8],
-        "span": [393, 2, 21],
+        "path": [4, 38, 2, 8],
+        "span": [467, 2, 21],
         "leadingComments": " Live workers that serve the task type.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 33, 2, 9],
-        "span": [396, 2, 30],
+        "path": [4, 38, 2, 9],
+        "span": [470, 2, 30],
         "leadingComments":
           " Deliveries to workers since the queue's consumer was made: the difference between two\n readings over the time between them is the queue's rate.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 33, 2, 10],
-        "span": [398, 2, 19],
+        "path": [4, 38, 2, 10],
+        "span": [472, 2, 19],
         "leadingComments": " Paused through the Admin API: workers start none of these tasks until it is resumed.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 34, 2, 1],
-        "span": [406, 2, 35],
+        "path": [4, 39, 2, 1],
+        "span": [480, 2, 35],
         "leadingComments": " The priorities to pause; none: all three.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 34, 2, 2],
-        "span": [408, 2, 20],
+        "path": [4, 39, 2, 2],
+        "span": [482, 2, 20],
         "leadingComments": " Why, for whoever looks at the queue (at most 200 characters).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 35, 2, 1],
-        "span": [414, 2, 35],
+        "path": [4, 40, 2, 1],
+        "span": [488, 2, 35],
         "leadingComments": " The priorities to resume; none: all three.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 36, 2, 1],
-        "span": [420, 2, 35],
+        "path": [4, 41, 2, 1],
+        "span": [494, 2, 35],
         "leadingComments": " The priorities to purge; none: all three.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 37, 2, 0],
-        "span": [425, 2, 20],
+        "path": [4, 42, 2, 0],
+        "span": [499, 2, 20],
         "leadingComments": " Tasks cancelled.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 38],
-        "span": [429, 0, 435, 1],
+        "path": [4, 43],
+        "span": [503, 0, 509, 1],
         "leadingComments": " A task type's paused priorities, as kept in the `TASKWIRE_PAUSED` bucket.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 38, 2, 0],
-        "span": [431, 2, 35],
+        "path": [4, 43, 2, 0],
+        "span": [505, 2, 35],
         "leadingComments": " High, normal or low (never unspecified), each at most once.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 38, 2, 1],
-        "span": [433, 2, 38],
+        "path": [4, 43, 2, 1],
+        "span": [507, 2, 38],
         "leadingComments": " When the first of them was paused.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 39, 2, 1],
-        "span": [440, 2, 23],
+        "path": [4, 44, 2, 1],
+        "span": [514, 2, 23],
         "leadingComments": " What is paused now: no priorities when the queue runs at every priority.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 41, 2, 0],
-        "span": [449, 2, 31],
+        "path": [4, 46, 2, 0],
+        "span": [523, 2, 31],
         "leadingComments": " Oldest first: queued or scheduled, running, progress, retrying.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
-        "path": [4, 41, 2, 1],
-        "span": [451, 2, 22],
+        "path": [4, 46, 2, 1],
+        "span": [525, 2, 22],
         "leadingComments": " The final state, once there is one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
@@ -9294,6 +10809,11 @@ export const protoMetadata: ProtoMetadata = {
     ".taskwire.v1.GetRequest": GetRequest,
     ".taskwire.v1.WaitRequest": WaitRequest,
     ".taskwire.v1.CancelRequest": CancelRequest,
+    ".taskwire.v1.TaskFilter": TaskFilter,
+    ".taskwire.v1.ListTasksRequest": ListTasksRequest,
+    ".taskwire.v1.ListTasksResponse": ListTasksResponse,
+    ".taskwire.v1.CancelManyRequest": CancelManyRequest,
+    ".taskwire.v1.CancelManyResponse": CancelManyResponse,
     ".taskwire.v1.TaskInfo": TaskInfo,
     ".taskwire.v1.TaskChild": TaskChild,
     ".taskwire.v1.TaskProgress": TaskProgress,

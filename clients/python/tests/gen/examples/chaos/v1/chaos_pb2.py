@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from taskwire.v1 import options_pb2 as taskwire_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65xamples/chaos/v1/chaos.proto\x12\x11\x65xamples.chaos.v1\x1a\x19taskwire/v1/options.proto\"-\n\nChargeArgs\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\r\n\x05\x63\x65nts\x18\x02 \x01(\x03\" \n\x0c\x43hargeResult\x12\x10\n\x08order_id\x18\x01 \x01(\t\"*\n\tSleepArgs\x12\x0e\n\x06millis\x18\x01 \x01(\x04\x12\r\n\x05label\x18\x02 \x01(\t\"-\n\x0bSleepResult\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\x1c\n\tPanicArgs\x12\x0f\n\x07message\x18\x01 \x01(\t\"\r\n\x0bPanicResult\"G\n\tFlakyArgs\x12\x1a\n\x12succeed_on_attempt\x18\x01 \x01(\r\x12\x11\n\tpermanent\x18\x02 \x01(\x08\x12\x0b\n\x03key\x18\x03 \x01(\t\"\x1e\n\x0b\x46lakyResult\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\">\n\tStepsArgs\x12\r\n\x05steps\x18\x01 \x01(\r\x12\x13\n\x0bstep_millis\x18\x02 \x01(\x04\x12\r\n\x05label\x18\x03 \x01(\t\"+\n\x0bStepsResult\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x01(\r\"\'\n\tStepsDone\x12\x0c\n\x04\x64one\x18\x01 \x01(\r\x12\x0c\n\x04left\x18\x02 \x01(\r\"u\n\tSpawnArgs\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\x14\n\x0c\x63hild_millis\x18\x03 \x01(\x04\x12\x12\n\nfail_first\x18\x04 \x01(\x08\x12\x12\n\ngap_millis\x18\x05 \x01(\x04\x12\x0c\n\x04wait\x18\x06 \x01(\x08\"@\n\x0bSpawnResult\x12\x10\n\x08\x63hildren\x18\x01 \x03(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06labels\x18\x03 \x03(\t2\x9c\x05\n\x05\x43haos\x12S\n\x05Sleep\x12\x1c.examples.chaos.v1.SleepArgs\x1a\x1e.examples.chaos.v1.SleepResult\"\x0c\xaa\xb9\x19\x08\x08\x05\x12\x02\x32mP\n\x12\x45\n\x05Panic\x12\x1c.examples.chaos.v1.PanicArgs\x1a\x1e.examples.chaos.v1.PanicResult\x12X\n\x05\x46laky\x12\x1c.examples.chaos.v1.FlakyArgs\x1a\x1e.examples.chaos.v1.FlakyResult\"\x11\xaa\xb9\x19\r\x08\x03\x1a\x05\x31\x30\x30ms\"\x02\x31s\x12\x45\n\x05Steps\x12\x1c.examples.chaos.v1.StepsArgs\x1a\x1e.examples.chaos.v1.StepsResult\x12O\n\x07Limited\x12\x1c.examples.chaos.v1.SleepArgs\x1a\x1e.examples.chaos.v1.SleepResult\"\x06\xaa\xb9\x19\x02@\x05\x12Q\n\x05Paced\x12\x1c.examples.chaos.v1.SleepArgs\x1a\x1e.examples.chaos.v1.SleepResult\"\n\xaa\xb9\x19\x06J\x04\x32\x30/s\x12X\n\x05Spawn\x12\x1c.examples.chaos.v1.SpawnArgs\x1a\x1e.examples.chaos.v1.SpawnResult\"\x11\xaa\xb9\x19\r\x08\x03\x1a\x05\x31\x30\x30ms\"\x02\x31s\x12X\n\x06\x43harge\x12\x1d.examples.chaos.v1.ChargeArgs\x1a\x1f.examples.chaos.v1.ChargeResult\"\x0e\xaa\xb9\x19\n2\x08order_idb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65xamples/chaos/v1/chaos.proto\x12\x11\x65xamples.chaos.v1\x1a\x19taskwire/v1/options.proto\"-\n\nChargeArgs\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\r\n\x05\x63\x65nts\x18\x02 \x01(\x03\" \n\x0c\x43hargeResult\x12\x10\n\x08order_id\x18\x01 \x01(\t\"*\n\tSleepArgs\x12\x0e\n\x06millis\x18\x01 \x01(\x04\x12\r\n\x05label\x18\x02 \x01(\t\"-\n\x0bSleepResult\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\x1c\n\tPanicArgs\x12\x0f\n\x07message\x18\x01 \x01(\t\"\r\n\x0bPanicResult\"_\n\tFlakyArgs\x12\x1a\n\x12succeed_on_attempt\x18\x01 \x01(\r\x12\x11\n\tpermanent\x18\x02 \x01(\x08\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x04 \x01(\r\"\x1e\n\x0b\x46lakyResult\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\">\n\tStepsArgs\x12\r\n\x05steps\x18\x01 \x01(\r\x12\x13\n\x0bstep_millis\x18\x02 \x01(\x04\x12\r\n\x05label\x18\x03 \x01(\t\"+\n\x0bStepsResult\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x01(\r\"\'\n\tStepsDone\x12\x0c\n\x04\x64one\x18\x01 \x01(\r\x12\x0c\n\x04left\x18\x02 \x01(\r\"u\n\tSpawnArgs\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\x14\n\x0c\x63hild_millis\x18\x03 \x01(\x04\x12\x12\n\nfail_first\x18\x04 \x01(\x08\x12\x12\n\ngap_millis\x18\x05 \x01(\x04\x12\x0c\n\x04wait\x18\x06 \x01(\x08\"@\n\x0bSpawnResult\x12\x10\n\x08\x63hildren\x18\x01 \x03(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06labels\x18\x03 \x03(\t2\x9c\x05\n\x05\x43haos\x12S\n\x05Sleep\x12\x1c.examples.chaos.v1.SleepArgs\x1a\x1e.examples.chaos.v1.SleepResult\"\x0c\xaa\xb9\x19\x08\x08\x05\x12\x02\x32mP\n\x12\x45\n\x05Panic\x12\x1c.examples.chaos.v1.PanicArgs\x1a\x1e.examples.chaos.v1.PanicResult\x12X\n\x05\x46laky\x12\x1c.examples.chaos.v1.FlakyArgs\x1a\x1e.examples.chaos.v1.FlakyResult\"\x11\xaa\xb9\x19\r\x08\x03\x1a\x05\x31\x30\x30ms\"\x02\x31s\x12\x45\n\x05Steps\x12\x1c.examples.chaos.v1.StepsArgs\x1a\x1e.examples.chaos.v1.StepsResult\x12O\n\x07Limited\x12\x1c.examples.chaos.v1.SleepArgs\x1a\x1e.examples.chaos.v1.SleepResult\"\x06\xaa\xb9\x19\x02@\x05\x12Q\n\x05Paced\x12\x1c.examples.chaos.v1.SleepArgs\x1a\x1e.examples.chaos.v1.SleepResult\"\n\xaa\xb9\x19\x06J\x04\x32\x30/s\x12X\n\x05Spawn\x12\x1c.examples.chaos.v1.SpawnArgs\x1a\x1e.examples.chaos.v1.SpawnResult\"\x11\xaa\xb9\x19\r\x08\x03\x1a\x05\x31\x30\x30ms\"\x02\x31s\x12X\n\x06\x43harge\x12\x1d.examples.chaos.v1.ChargeArgs\x1a\x1f.examples.chaos.v1.ChargeResult\"\x0e\xaa\xb9\x19\n2\x08order_idb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -57,19 +57,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PANICRESULT']._serialized_start=281
   _globals['_PANICRESULT']._serialized_end=294
   _globals['_FLAKYARGS']._serialized_start=296
-  _globals['_FLAKYARGS']._serialized_end=367
-  _globals['_FLAKYRESULT']._serialized_start=369
-  _globals['_FLAKYRESULT']._serialized_end=399
-  _globals['_STEPSARGS']._serialized_start=401
-  _globals['_STEPSARGS']._serialized_end=463
-  _globals['_STEPSRESULT']._serialized_start=465
-  _globals['_STEPSRESULT']._serialized_end=508
-  _globals['_STEPSDONE']._serialized_start=510
-  _globals['_STEPSDONE']._serialized_end=549
-  _globals['_SPAWNARGS']._serialized_start=551
-  _globals['_SPAWNARGS']._serialized_end=668
-  _globals['_SPAWNRESULT']._serialized_start=670
-  _globals['_SPAWNRESULT']._serialized_end=734
-  _globals['_CHAOS']._serialized_start=737
-  _globals['_CHAOS']._serialized_end=1405
+  _globals['_FLAKYARGS']._serialized_end=391
+  _globals['_FLAKYRESULT']._serialized_start=393
+  _globals['_FLAKYRESULT']._serialized_end=423
+  _globals['_STEPSARGS']._serialized_start=425
+  _globals['_STEPSARGS']._serialized_end=487
+  _globals['_STEPSRESULT']._serialized_start=489
+  _globals['_STEPSRESULT']._serialized_end=532
+  _globals['_STEPSDONE']._serialized_start=534
+  _globals['_STEPSDONE']._serialized_end=573
+  _globals['_SPAWNARGS']._serialized_start=575
+  _globals['_SPAWNARGS']._serialized_end=692
+  _globals['_SPAWNRESULT']._serialized_start=694
+  _globals['_SPAWNRESULT']._serialized_end=758
+  _globals['_CHAOS']._serialized_start=761
+  _globals['_CHAOS']._serialized_end=1429
 # @@protoc_insertion_point(module_scope)

@@ -48,14 +48,16 @@ class PanicResult(_message.Message):
     def __init__(self) -> None: ...
 
 class FlakyArgs(_message.Message):
-    __slots__ = ("succeed_on_attempt", "permanent", "key")
+    __slots__ = ("succeed_on_attempt", "permanent", "key", "retry_after_ms")
     SUCCEED_ON_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     PERMANENT_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     succeed_on_attempt: int
     permanent: bool
     key: str
-    def __init__(self, succeed_on_attempt: _Optional[int] = ..., permanent: _Optional[bool] = ..., key: _Optional[str] = ...) -> None: ...
+    retry_after_ms: int
+    def __init__(self, succeed_on_attempt: _Optional[int] = ..., permanent: _Optional[bool] = ..., key: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class FlakyResult(_message.Message):
     __slots__ = ("attempt",)

@@ -62,6 +62,8 @@ export interface FlakyArgs {
    * the attempt number.
    */
   key: string;
+  /** When failing retryably, ask to be tried again after this long (0: the task's backoff). */
+  retryAfterMs: number;
 }
 
 export interface FlakyResult {
@@ -566,7 +568,7 @@ export const PanicResult: MessageFns<PanicResult> = {
 };
 
 function createBaseFlakyArgs(): FlakyArgs {
-  return { succeedOnAttempt: 0, permanent: false, key: "" };
+  return { succeedOnAttempt: 0, permanent: false, key: "", retryAfterMs: 0 };
 }
 
 export const FlakyArgs: MessageFns<FlakyArgs> = {
@@ -579,6 +581,9 @@ export const FlakyArgs: MessageFns<FlakyArgs> = {
     }
     if (message.key !== "") {
       writer.uint32(26).string(message.key);
+    }
+    if (message.retryAfterMs !== 0) {
+      writer.uint32(32).uint32(message.retryAfterMs);
     }
     return writer;
   },
@@ -620,6 +625,14 @@ export const FlakyArgs: MessageFns<FlakyArgs> = {
             message.key = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.retryAfterMs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -641,6 +654,11 @@ export const FlakyArgs: MessageFns<FlakyArgs> = {
         : 0,
       permanent: isSet(object.permanent) ? globalThis.Boolean(object.permanent) : false,
       key: isSet(object.key) ? globalThis.String(object.key) : "",
+      retryAfterMs: isSet(object.retryAfterMs)
+        ? globalThis.Number(object.retryAfterMs)
+        : isSet(object.retry_after_ms)
+        ? globalThis.Number(object.retry_after_ms)
+        : 0,
     };
   },
 
@@ -655,6 +673,9 @@ export const FlakyArgs: MessageFns<FlakyArgs> = {
     if (message.key !== "") {
       obj.key = message.key;
     }
+    if (message.retryAfterMs !== 0) {
+      obj.retryAfterMs = Math.round(message.retryAfterMs);
+    }
     return obj;
   },
 
@@ -666,6 +687,7 @@ export const FlakyArgs: MessageFns<FlakyArgs> = {
     message.succeedOnAttempt = object.succeedOnAttempt ?? 0;
     message.permanent = object.permanent ?? false;
     message.key = object.key ?? "";
+    message.retryAfterMs = object.retryAfterMs ?? 0;
     return message;
   },
 };
@@ -1843,6 +1865,18 @@ export const protoMetadata: ProtoMetadata = {
         "jsonName": "key",
         "options": undefined,
         "proto3Optional": false,
+      }, {
+        "name": "retry_after_ms",
+        "number": 4,
+        "label": 1,
+        "type": 13,
+        "typeName": "",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "retryAfterMs",
+        "options": undefined,
+        "proto3Optional": false,
       }],
       "extension": [],
       "nestedType": [],
@@ -2276,39 +2310,45 @@ export const protoMetadata: ProtoMetadata = {
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [4, 6, 2, 3],
+        "span": [75, 2, 28],
+        "leadingComments": " When failing retryably, ask to be tried again after this long (0: the task's backoff).\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [4, 10],
-        "span": [92, 0, 95, 1],
+        "span": [94, 0, 97, 1],
         "leadingComments": " What a Steps task reports with its progress.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 11, 2, 2],
-        "span": [101, 2, 26],
+        "span": [103, 2, 26],
         "leadingComments": " How long each child sleeps.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 11, 2, 4],
-        "span": [105, 2, 24],
+        "span": [107, 2, 24],
         "leadingComments":
           " How long it waits after each child it submitted (not stopping when cancelled: a parent\n that goes on submitting after its cancel).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 11, 2, 5],
-        "span": [107, 2, 16],
+        "span": [109, 2, 16],
         "leadingComments": " Waits for the children without holding a worker, then answers their labels.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 12, 2, 0],
-        "span": [112, 2, 31],
+        "span": [114, 2, 31],
         "leadingComments": " The children's ids, in the order they were submitted.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 12, 2, 2],
-        "span": [115, 2, 29],
+        "span": [117, 2, 29],
         "leadingComments": " With `wait`, the labels the children answered, in their order.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
