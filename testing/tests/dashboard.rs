@@ -237,3 +237,68 @@ async fn http_request(addr: std::net::SocketAddr, request: &str) -> anyhow::Resu
     stream.read_to_string(&mut answer).await?;
     Ok(answer)
 }
+
+/// The charts come from the broker: two gateways draw the same series, tasks that ran through
+/// one of them included.
+#[tokio::test]
+async fn every_gateway_draws_the_same_charts() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let start = || {
+        let mut config = examples_config(&nats.url());
+        config.http_addr = Some(LOOPBACK_ANY_PORT);
+        Gateway::start_with(config)
+    };
+    let (one, two) = (start().await?, start().await?);
+    let worker = Worker::start(&nats.url(), |w| w.serve(tasks::magic())).await?;
+    let magic = MagicClient::new(Client::connect(one.url()).await?);
+    for i in 0..20 {
+        magic
+            .add(AddArgs {
+                arg1: i,
+                ..Default::default()
+            })
+            .await?
+            .get(WAIT)
+            .await?;
+    }
+    // Published when the worker stops, and within a span by the gateway.
+    worker.stop().await?;
+    let series = |gateway: &Gateway| {
+        let http = gateway.http_addr().expect("an HTTP address");
+        async move {
+            let answer = http_request(
+                http,
+                "GET /api/series?task=examples.magic.v1.Magic/Add&minutes=15 HTTP/1.0\r\nHost: test\r\n\r\n",
+            )
+            .await?;
+            let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+            anyhow::Ok(serde_json::from_str::<serde_json::Value>(body)?)
+        }
+    };
+    let total = |series: &serde_json::Value, key: &str| -> f64 {
+        let step = series["step_seconds"].as_f64().unwrap_or_default();
+        series["points"]
+            .as_array()
+            .map(|points| points.iter().filter_map(|p| p[key].as_f64()).sum::<f64>() * step)
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (a, b) = (series(&one).await?, series(&two).await?);
+        let counted = total(&a, "submitted_per_sec").round() as u64 == 20
+            && total(&a, "succeeded_per_sec").round() as u64 == 20;
+        if counted && a["points"] == b["points"] {
+            assert!(
+                a["points"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|p| p["run_p50_ms"].is_u64()))
+            );
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the gateways draw different charts, or not the tasks that ran:\n{a}\n{b}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

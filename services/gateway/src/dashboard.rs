@@ -159,6 +159,13 @@ struct ListQuery {
     since: Option<u64>,
     #[serde(default)]
     error: String,
+    /// An idempotency key (with one task type), a workflow id, a parent task id.
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    workflow: String,
+    #[serde(default)]
+    parent: String,
     #[serde(default)]
     page_token: String,
 }
@@ -201,6 +208,9 @@ impl ListQuery {
             finished_after: since.filter(|_| finished_only),
             submitted_after: since.filter(|_| !finished_only),
             error_contains: self.error.clone(),
+            idempotency_key: self.key.clone(),
+            workflow_id: self.workflow.clone(),
+            parent_id: self.parent.clone(),
             ..Default::default()
         })
     }
