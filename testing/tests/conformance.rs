@@ -117,6 +117,17 @@ impl System {
         runtime::read_runs(&self.run_log)
     }
 
+    /// The attempts the run log has of a task, in the order they started.
+    fn attempts_of(&self, id: &str) -> anyhow::Result<Vec<u32>> {
+        Ok(self
+            .runs()?
+            .remove(id)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.attempt)
+            .collect())
+    }
+
     /// Every start in the run log, in order.
     fn starts(&self) -> anyhow::Result<Vec<SystemTime>> {
         let mut starts: Vec<_> = self
@@ -278,14 +289,7 @@ async fn a_task_is_tried_again_when_it_asks(runtime: Runtime) -> anyhow::Result<
         .task_id;
     let info = system.client.wait(&id, WAIT, false).await?;
     assert_eq!(info.state(), TaskState::Failed);
-    let attempts: Vec<u32> = system
-        .runs()?
-        .remove(&id)
-        .unwrap_or_default()
-        .iter()
-        .map(|r| r.attempt)
-        .collect();
-    assert_eq!(attempts, [1, 2, 3]);
+    assert_eq!(system.attempts_of(&id)?, [1, 2, 3]);
     Ok(())
 }
 
@@ -871,14 +875,7 @@ async fn attempts_count_runs_up_to_the_dead_letter(runtime: Runtime) -> anyhow::
         .task_id;
     let info = system.client.wait(&id, WAIT, false).await?;
     assert_eq!(info.state(), TaskState::Failed);
-    let attempts: Vec<u32> = system
-        .runs()?
-        .remove(&id)
-        .unwrap_or_default()
-        .iter()
-        .map(|r| r.attempt)
-        .collect();
-    assert_eq!(attempts, [1, 2, 3]);
+    assert_eq!(system.attempts_of(&id)?, [1, 2, 3]);
     let letters = system.client.dead_letters(FLAKY, 100).await?;
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(

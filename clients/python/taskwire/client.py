@@ -1,9 +1,10 @@
 """The synchronous client, task handles, typed service stubs and errors."""
 
 import collections
+import datetime
 import functools
 import re
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import grpc
 from google.protobuf import descriptor as _descriptor
@@ -55,6 +56,42 @@ class TaskCancelled(TaskFailed):
 
 class TaskExpired(TaskFailed):
     """The task was not started before its expiry time."""
+
+
+_FINISHED = ("succeeded", "failed", "cancelled", "expired")
+
+
+def task_filter(
+    task: str = "",
+    states: Iterable[str] = (),
+    since: Optional[float] = None,
+    error: str = "",
+    key: str = "",
+    workflow: str = "",
+    parent: str = "",
+) -> tasks_pb2.TaskFilter:
+    """A `taskwire.v1.TaskFilter` from keywords; a state that is none says which are."""
+    if isinstance(states, str):
+        states = [states]
+    values = []
+    for name in states:
+        try:
+            values.append(tasks_pb2.TaskState.Value(f"TASK_STATE_{name.upper()}"))
+        except ValueError:
+            raise ValueError(
+                f"state {name!r} is none of queued, scheduled, running, retrying, waiting, succeeded, failed, cancelled, expired"
+            ) from None
+    out = tasks_pb2.TaskFilter(
+        task=task, states=values, error_contains=error, idempotency_key=key, workflow_id=workflow, parent_id=parent
+    )
+    if since is not None:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        at = now - datetime.timedelta(seconds=since)
+        if states and all(s.lower() in _FINISHED for s in states):
+            out.finished_after.FromDatetime(at)
+        else:
+            out.submitted_after.FromDatetime(at)
+    return out
 
 
 def _call(fn, *args, **kwargs):
@@ -205,6 +242,31 @@ class Client:
 
     def cancel(self, task_id: str) -> tasks_pb2.TaskInfo:
         return _call(self.tasks.Cancel, tasks_pb2.CancelRequest(task_id=task_id))
+
+    def list_tasks(self, limit: Optional[int] = None, page_size: int = 0, **filter) -> Iterator[tasks_pb2.TaskInfo]:
+        """The tasks the broker keeps that match, page after page (`Tasks.List`): those not
+        finished first, then the finished ones in the order they finished. Filter keywords:
+        task (a type, or a pattern with `*`), states (names: "failed", ...), since (seconds:
+        finished within, for finished states only, else submitted within), error, key,
+        workflow, parent."""
+        request = tasks_pb2.ListTasksRequest(filter=task_filter(**filter), page_size=page_size)
+        found = 0
+        while True:
+            page = _call(self.tasks.List, request)
+            for info in page.tasks:
+                if limit is not None and found >= limit:
+                    return
+                found += 1
+                yield info
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def cancel_many(self, **filter) -> int:
+        """Cancels every task that matches (the keywords of `list_tasks`) and has not
+        finished; how many it cancelled. Safe to call again after a failure midway."""
+        request = tasks_pb2.CancelManyRequest(filter=task_filter(**filter))
+        return _call(self.tasks.CancelMany, request).cancelled
 
     def watch(self, task_id: str) -> Iterator[tasks_pb2.TaskInfo]:
         """The task's current state, then every change until its final state."""

@@ -166,3 +166,20 @@ def test_the_schema_fingerprint_matches_the_workers(client):
         client.submit("examples.magic.v1.Magic/Add", magic_pb2.AddArgs(), descriptor_hash="f" * 64)
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "ffffffffffff" in refused.value.details and add.descriptor_hash[:12] in refused.value.details
+
+
+def test_tasks_are_listed_by_filter_and_cancelled_in_bulk(client):
+    failing = Chaos(client).flaky(chaos_pb2.FlakyArgs(permanent=True))
+    with pytest.raises(taskwire.TaskFailed):
+        failing.get(timeout=20)
+    failed = [t.task_id for t in client.list_tasks(states=["failed"], since=600, task="examples.chaos.*")]
+    assert failing.id in failed
+    assert all(t.state == tasks_pb2.TASK_STATE_FAILED for t in client.list_tasks(states="failed", limit=5))
+    held = [Magic(client).add.apply_async((n, 1), countdown=3600) for n in range(3)]
+    scheduled = {t.task_id for t in client.list_tasks(states=["scheduled"], task="examples.magic.v1.Magic/Add")}
+    assert {h.id for h in held} <= scheduled
+    assert client.cancel_many(states=["scheduled"], task="examples.magic.v1.Magic/Add") >= 3
+    assert all(h.state() == "cancelled" for h in held)
+    assert client.cancel_many(states=["scheduled"], task="examples.magic.v1.Magic/Add") == 0
+    with pytest.raises(ValueError, match="none of queued"):
+        list(client.list_tasks(states=["done"]))

@@ -4,8 +4,11 @@ import * as grpc from "@grpc/grpc-js";
 
 import { fromRpc, TaskCancelled, TaskExpired, TaskFailed, TimeoutError } from "./errors";
 import {
+  CancelManyRequest,
   CancelRequest,
   GetRequest,
+  ListTasksRequest,
+  type TaskFilter,
   SubmitRequest,
   type SubmitResponse,
   type TaskInfo,
@@ -95,6 +98,53 @@ export function stateName(state: TaskState): StateName {
 /** Whether a task in this state is done for good. */
 export function isFinal(state: TaskState): boolean {
   return FINAL.has(state);
+}
+
+/** Which tasks a list or a bulk cancel takes; every field given must hold. */
+export interface TaskQuery {
+  /** A task type, or a pattern where `*` stands for any run of characters. */
+  task?: string;
+  states?: StateName[];
+  /** Changed within this many seconds: finished, for finished states only; else submitted. */
+  since?: Seconds;
+  /** Text the error holds (letter case aside). */
+  error?: string;
+  /** An idempotency key (with `task` naming its type). */
+  key?: string;
+  workflow?: string;
+  parent?: string;
+}
+
+const STATE_OF = new Map<string, TaskState>(
+  Object.entries(STATE_NAMES).map(([state, name]) => [name, Number(state) as TaskState]),
+);
+
+/** A `taskwire.v1.TaskFilter` from a query; a state that is none says which are. */
+export function taskFilter(query: TaskQuery): TaskFilter {
+  const states = (query.states ?? []).map((name) => {
+    const state = STATE_OF.get(name);
+    if (state === undefined || name === "unspecified" || name === "unrecognized") {
+      throw new RangeError(
+        `state ${JSON.stringify(name)} is none of queued, scheduled, running, retrying, waiting, succeeded, failed, cancelled, expired`,
+      );
+    }
+    return state;
+  });
+  const filter: Partial<TaskFilter> = {
+    task: query.task ?? "",
+    states,
+    errorContains: query.error ?? "",
+    idempotencyKey: query.key ?? "",
+    workflowId: query.workflow ?? "",
+    parentId: query.parent ?? "",
+  };
+  if (query.since !== undefined) {
+    const at = new Date(Date.now() - query.since * 1000);
+    const finishedOnly = states.length > 0 && states.every((s) => FINAL.has(s));
+    if (finishedOnly) filter.finishedAfter = at;
+    else filter.submittedAfter = at;
+  }
+  return filter as TaskFilter;
 }
 
 /** The output bytes as they are. */
@@ -295,6 +345,39 @@ export class Client {
   /** Cancels a task that has not finished; FAILED_PRECONDITION for one that has. */
   cancel(taskId: string): Promise<TaskInfo> {
     return this.unary(TasksDefinition, "cancel", CancelRequest.fromPartial({ taskId }));
+  }
+
+  /**
+   * The tasks the broker keeps that match, page after page (`Tasks.List`): those not finished
+   * first, then the finished ones in the order they finished.
+   */
+  async *listTasks(filter: TaskQuery = {}, limit = Infinity): AsyncGenerator<TaskInfo, void, undefined> {
+    let pageToken = "";
+    let found = 0;
+    for (;;) {
+      const page = await this.unary(
+        TasksDefinition,
+        "list",
+        ListTasksRequest.fromPartial({ filter: taskFilter(filter), pageToken }),
+      );
+      for (const info of page.tasks) {
+        if (found >= limit) return;
+        found += 1;
+        yield info;
+      }
+      if (!page.nextPageToken) return;
+      pageToken = page.nextPageToken;
+    }
+  }
+
+  /** Cancels every task that matches and has not finished; how many it cancelled. */
+  async cancelMany(filter: TaskQuery): Promise<number> {
+    const answer = await this.unary(
+      TasksDefinition,
+      "cancelMany",
+      CancelManyRequest.fromPartial({ filter: taskFilter(filter) }),
+    );
+    return Number(answer.cancelled);
   }
 
   /** The task's current state, then every change until its final state. */

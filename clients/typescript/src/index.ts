@@ -30,6 +30,8 @@ export {
   type StateName,
   stateName,
   TaskHandle,
+  taskFilter,
+  type TaskQuery,
   type TlsOptions,
   type UnaryMethodsOf,
 } from "./client";

@@ -83,6 +83,20 @@ describe("the client against a real gateway", { timeout: 180_000 }, () => {
     assert.equal((await again.get({ timeout: 10 })).sum, 7n);
   });
 
+  it("lists tasks by filter and cancels those that match in bulk", async () => {
+    const held = [];
+    for (let n = 0n; n < 3n; n++) held.push(await magic.add({ arg1: n }, { countdown: 3600 }));
+    const listed = [];
+    for await (const info of client.listTasks({ task: "examples.magic.*", states: ["scheduled"], since: 600 })) {
+      listed.push(info.taskId);
+    }
+    for (const handle of held) assert.ok(listed.includes(handle.id), `${handle.id} is listed`);
+    assert.ok((await client.cancelMany({ task: "examples.magic.v1.Magic/Add", states: ["scheduled"] })) >= 3);
+    for (const handle of held) assert.equal(await handle.state(), "cancelled");
+    assert.equal(await client.cancelMany({ task: "examples.magic.v1.Magic/Add", states: ["scheduled"] }), 0);
+    assert.throws(() => taskwire.taskFilter({ states: ["done" as taskwire.StateName] }), /none of queued/);
+  });
+
   it("submits by task name with bytes or JSON, and follows a task by its id", async () => {
     const args = MagicDefinition.methods.add.requestType;
     const raw = await client.submit("examples.magic.v1.Magic/Add", args.encode(args.fromPartial({ arg1: 5n })).finish());

@@ -247,6 +247,71 @@ pub(crate) struct Page {
     pub(crate) examined: u64,
 }
 
+impl Page {
+    /// Whether this call has done its part: the page is full, or its reads are spent.
+    fn is_done(&self, size: usize) -> bool {
+        self.tasks.len() >= size || self.examined >= READ_BUDGET
+    }
+}
+
+/// A read of one stream's messages on a subject, in order, a batch per round trip; each
+/// message it gives counts as examined. It ends at the stream's end, or past the last time a
+/// finished task can match.
+struct Scan<'a> {
+    stream: &'static str,
+    subject: &'a str,
+    filter: &'a Filter,
+    start: ReadFrom,
+    batch: std::collections::VecDeque<StoredMessage>,
+    ended: bool,
+}
+
+impl<'a> Scan<'a> {
+    fn new(stream: &'static str, subject: &'a str, filter: &'a Filter, from: u64) -> Self {
+        Self {
+            stream,
+            subject,
+            filter,
+            start: Gateway::scan_start(filter, from),
+            batch: Default::default(),
+            ended: false,
+        }
+    }
+
+    async fn next(
+        &mut self,
+        gateway: &Gateway,
+        page: &mut Page,
+    ) -> Result<Option<StoredMessage>, Error> {
+        if self.batch.is_empty() && !self.ended {
+            let batch = broker::next_messages(
+                &gateway.client,
+                self.stream,
+                self.subject,
+                self.start,
+                BATCH,
+            )
+            .await
+            .map_err(|e| gateway.read_error(e))?;
+            self.ended = batch.len() < BATCH;
+            if let Some(last) = batch.last() {
+                self.start = ReadFrom::Sequence(last.sequence + 1);
+            }
+            self.batch = batch.into();
+        }
+        let Some(message) = self.batch.pop_front() else {
+            return Ok(None);
+        };
+        page.examined += 1;
+        if Gateway::past_end(self.filter, message.time) {
+            self.batch.clear();
+            self.ended = true;
+            return Ok(None);
+        }
+        Ok(Some(message))
+    }
+}
+
 /// When a task was submitted: in its id when the gateway made it (a UUID v7 holds its
 /// millisecond), else the time of its first event.
 fn submitted_in_id(id: &Id) -> Option<SystemTime> {
@@ -467,33 +532,16 @@ impl Gateway {
         caller: &Caller,
         page: &mut Page,
     ) -> Result<Option<u64>, Error> {
-        let mut start = Self::scan_start(filter, from);
-        loop {
-            let batch = broker::next_messages(
-                &self.client,
-                broker::TASKS_STREAM,
-                "taskwire.>",
-                start,
-                BATCH,
-            )
-            .await
-            .map_err(|e| self.read_error(e))?;
-            let full = batch.len() == BATCH;
-            for message in batch {
-                let next = message.sequence + 1;
-                page.examined += 1;
-                if let Some(info) = self.open_task(filter, &message).await? {
-                    self.offer(filter, info, caller, page).await?;
-                }
-                if page.tasks.len() >= size || page.examined >= READ_BUDGET {
-                    return Ok(Some(next));
-                }
-                start = ReadFrom::Sequence(next);
+        let mut scan = Scan::new(broker::TASKS_STREAM, "taskwire.>", filter, from);
+        while let Some(message) = scan.next(self, page).await? {
+            if let Some(info) = self.open_task(filter, &message).await? {
+                self.offer(filter, info, caller, page).await?;
             }
-            if !full {
-                return Ok(None);
+            if page.is_done(size) {
+                return Ok(Some(message.sequence + 1));
             }
         }
+        Ok(None)
     }
 
     /// The state of the task a message of the tasks stream holds, unless it has finished (it
@@ -521,18 +569,9 @@ impl Gateway {
         let Ok(name) = Name::parse(&task) else {
             return Ok(None);
         };
-        let id = match headers.get(header::TASK_ID) {
-            Some(id) => Id::parse(id.as_str()).ok(),
-            None => headers.get(header::SCHEDULE_NAME).map(|schedule| {
-                broker::scheduled_task_id(
-                    &name,
-                    schedule.as_str(),
-                    headers.get(header::SCHEDULE_NEXT).map(|v| v.as_str()),
-                    message.sequence,
-                )
-            }),
+        let Some(id) = crate::pauses::queued_task_id(&name, headers, message.sequence) else {
+            return Ok(None);
         };
-        let Some(id) = id else { return Ok(None) };
         let info = match self.state(&id).await {
             Ok(info) => info,
             // A schedule's tick no worker has taken yet: queued since the broker stored it.
@@ -559,42 +598,21 @@ impl Gateway {
         caller: &Caller,
         page: &mut Page,
     ) -> Result<Option<u64>, Error> {
-        let mut start = Self::scan_start(filter, from);
-        loop {
-            let batch = broker::next_messages(
-                &self.client,
-                broker::RESULTS_STREAM,
-                subject::RESULTS,
-                start,
-                BATCH,
-            )
-            .await
-            .map_err(|e| self.read_error(e))?;
-            let full = batch.len() == BATCH;
-            for message in batch {
-                let next = message.sequence + 1;
-                page.examined += 1;
-                if Self::past_end(filter, message.time) {
-                    return Ok(None);
-                }
-                let id = message.headers.get(header::TASK_ID).map(|v| v.as_str());
-                if let (false, Some(Ok(id))) = (
-                    broker::is_expiry_marker(&message.headers),
-                    id.map(Id::parse),
-                ) {
-                    let info =
-                        broker::task_info(&id, &message.headers, &message.payload, message.time);
-                    self.offer(filter, info, caller, page).await?;
-                }
-                if page.tasks.len() >= size || page.examined >= READ_BUDGET {
-                    return Ok(Some(next));
-                }
-                start = ReadFrom::Sequence(next);
+        let mut scan = Scan::new(broker::RESULTS_STREAM, subject::RESULTS, filter, from);
+        while let Some(message) = scan.next(self, page).await? {
+            let id = message.headers.get(header::TASK_ID).map(|v| v.as_str());
+            if let (false, Some(Ok(id))) = (
+                broker::is_expiry_marker(&message.headers),
+                id.map(Id::parse),
+            ) {
+                let info = broker::task_info(&id, &message.headers, &message.payload, message.time);
+                self.offer(filter, info, caller, page).await?;
             }
-            if !full {
-                return Ok(None);
+            if page.is_done(size) {
+                return Ok(Some(message.sequence + 1));
             }
         }
+        Ok(None)
     }
 
     /// Reads the outcome records from `from`: each names a task that failed, was cancelled or
@@ -616,56 +634,36 @@ impl Gateway {
             [one] => subject::outcomes_in(*one),
             _ => subject::OUTCOMES.to_owned(),
         };
-        let mut start = Self::scan_start(filter, from);
-        loop {
-            let batch = broker::next_messages(
-                &self.client,
-                broker::OUTCOMES_STREAM,
-                &records,
-                start,
-                BATCH,
-            )
-            .await
-            .map_err(|e| self.read_error(e))?;
-            let full = batch.len() == BATCH;
-            for message in batch {
-                let next = message.sequence + 1;
-                page.examined += 1;
-                if Self::past_end(filter, message.time) {
-                    return Ok(None);
-                }
-                let recorded = message
-                    .headers
-                    .get(header::STATE)
-                    .map(|v| broker::parse_state(v.as_str()))
-                    .unwrap_or_default();
-                let task = message
-                    .headers
-                    .get(header::TASK)
-                    .map(|v| v.as_str())
-                    .unwrap_or_default();
-                let id = message.headers.get(header::TASK_ID).map(|v| v.as_str());
-                if wanted.contains(&recorded)
-                    && filter.wants_type(task)
-                    && let Some(Ok(id)) = id.map(Id::parse)
-                {
-                    match self.result(&id).await {
-                        Ok(Some(info)) if info.state() == recorded => {
-                            self.offer(filter, info, caller, page).await?;
-                        }
-                        Ok(_) | Err(Error::Expired(_)) => {}
-                        Err(e) => return Err(e),
+        let mut scan = Scan::new(broker::OUTCOMES_STREAM, &records, filter, from);
+        while let Some(message) = scan.next(self, page).await? {
+            let recorded = message
+                .headers
+                .get(header::STATE)
+                .map(|v| broker::parse_state(v.as_str()))
+                .unwrap_or_default();
+            let task = message
+                .headers
+                .get(header::TASK)
+                .map(|v| v.as_str())
+                .unwrap_or_default();
+            let id = message.headers.get(header::TASK_ID).map(|v| v.as_str());
+            if wanted.contains(&recorded)
+                && filter.wants_type(task)
+                && let Some(Ok(id)) = id.map(Id::parse)
+            {
+                match self.result(&id).await {
+                    Ok(Some(info)) if info.state() == recorded => {
+                        self.offer(filter, info, caller, page).await?;
                     }
+                    Ok(_) | Err(Error::Expired(_)) => {}
+                    Err(e) => return Err(e),
                 }
-                if page.tasks.len() >= size || page.examined >= READ_BUDGET {
-                    return Ok(Some(next));
-                }
-                start = ReadFrom::Sequence(next);
             }
-            if !full {
-                return Ok(None);
+            if page.is_done(size) {
+                return Ok(Some(message.sequence + 1));
             }
         }
+        Ok(None)
     }
 
     /// Cancels every task that matches `filter` and has not finished: (cancelled, finished

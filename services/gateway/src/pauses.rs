@@ -157,20 +157,7 @@ impl Gateway {
                     Err(e) => return Err(self.broker_error(e)),
                 };
                 from = message.sequence + 1;
-                let headers = &message.headers;
-                let id = match headers.get(header::TASK_ID) {
-                    Some(id) => Id::parse(id.as_str()).ok(),
-                    // A schedule's tick: its id as the worker makes it.
-                    None => headers.get(header::SCHEDULE_NAME).map(|schedule| {
-                        broker::scheduled_task_id(
-                            &name,
-                            schedule.as_str(),
-                            headers.get(header::SCHEDULE_NEXT).map(|v| v.as_str()),
-                            message.sequence,
-                        )
-                    }),
-                };
-                let Some(id) = id else {
+                let Some(id) = queued_task_id(&name, &message.headers, message.sequence) else {
                     // Not a task (a worker moves such a message to the dead letters).
                     continue;
                 };
@@ -197,5 +184,26 @@ impl Gateway {
         }
         tracing::info!(task = %name, purged, "queue purged");
         Ok(purged)
+    }
+}
+
+/// The id of the task a message of the tasks stream holds: its own, or for a schedule's tick
+/// the one the worker makes of it. `None`: not a task (a worker moves such a message to the
+/// dead letters).
+pub(crate) fn queued_task_id(
+    name: &Name,
+    headers: &async_nats::HeaderMap,
+    sequence: u64,
+) -> Option<Id> {
+    match headers.get(header::TASK_ID) {
+        Some(id) => Id::parse(id.as_str()).ok(),
+        None => headers.get(header::SCHEDULE_NAME).map(|schedule| {
+            broker::scheduled_task_id(
+                name,
+                schedule.as_str(),
+                headers.get(header::SCHEDULE_NEXT).map(|v| v.as_str()),
+                sequence,
+            )
+        }),
     }
 }
