@@ -23,6 +23,10 @@ const MAX_PAGE: u32 = 1000;
 const READ_BUDGET: u64 = 20_000;
 /// Records read per round trip.
 const BATCH: usize = 256;
+/// The filter of a scan of a whole stream: `>`, which nats-server reads without matching it
+/// against every subject the stream has (with a million results, a filter such as
+/// `taskwire.results.>` costs every batch read a walk over a million subjects).
+const WHOLE_STREAM: &str = ">";
 /// How much earlier than a result its outcome record may be stored (it is written first),
 /// and than a task message its submit time (a delayed task is stored when it fires).
 const SLACK: Duration = Duration::from_secs(30);
@@ -173,11 +177,13 @@ impl Filter {
         !self.finished.is_set() && self.error.is_none() && OPEN.iter().any(|s| self.wants(*s))
     }
 
-    /// Whether only outcomes other than success are asked for: those the outcome records hold.
+    /// Whether only outcomes other than success can match: those the outcome records hold.
+    /// An error text asks for them too: a task that succeeded has no error.
     fn only_unsuccessful(&self) -> bool {
-        !self.states.is_empty()
+        let asked = !self.states.is_empty()
             && !self.wants(TaskState::Succeeded)
-            && FINISHED.iter().any(|s| self.wants(*s))
+            && FINISHED.iter().any(|s| self.wants(*s));
+        asked || self.states.is_empty() && self.error.is_some()
     }
 
     fn keeps(&self, info: &v1::TaskInfo) -> bool {
@@ -532,7 +538,7 @@ impl Gateway {
         caller: &Caller,
         page: &mut Page,
     ) -> Result<Option<u64>, Error> {
-        let mut scan = Scan::new(broker::TASKS_STREAM, "taskwire.>", filter, from);
+        let mut scan = Scan::new(broker::TASKS_STREAM, WHOLE_STREAM, filter, from);
         while let Some(message) = scan.next(self, page).await? {
             if let Some(info) = self.open_task(filter, &message).await? {
                 self.offer(filter, info, caller, page).await?;
@@ -598,7 +604,7 @@ impl Gateway {
         caller: &Caller,
         page: &mut Page,
     ) -> Result<Option<u64>, Error> {
-        let mut scan = Scan::new(broker::RESULTS_STREAM, subject::RESULTS, filter, from);
+        let mut scan = Scan::new(broker::RESULTS_STREAM, WHOLE_STREAM, filter, from);
         while let Some(message) = scan.next(self, page).await? {
             let id = message.headers.get(header::TASK_ID).map(|v| v.as_str());
             if let (false, Some(Ok(id))) = (
@@ -632,7 +638,7 @@ impl Gateway {
             .collect();
         let records = match wanted.as_slice() {
             [one] => subject::outcomes_in(*one),
-            _ => subject::OUTCOMES.to_owned(),
+            _ => WHOLE_STREAM.to_owned(),
         };
         let mut scan = Scan::new(broker::OUTCOMES_STREAM, &records, filter, from);
         while let Some(message) = scan.next(self, page).await? {
@@ -810,6 +816,12 @@ mod tests {
         assert!(!with(vec![TaskState::Failed, TaskState::Succeeded]).only_unsuccessful());
         assert!(!with(vec![]).only_unsuccessful());
         assert!(!with(vec![TaskState::Queued]).only_unsuccessful());
+        let by_error = Filter::parse(v1::TaskFilter {
+            error_contains: "refused".into(),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert!(by_error.only_unsuccessful() && !by_error.wants_open());
         assert!(with(vec![TaskState::Queued]).wants_open());
         assert!(!with(vec![TaskState::Failed]).wants_open());
     }

@@ -185,15 +185,10 @@ impl Gateway {
         let mut start = ReadFrom::Time(UNIX_EPOCH + Duration::from_secs(first));
         let mut tasks = std::collections::BTreeSet::new();
         loop {
-            let batch = broker::next_messages(
-                &self.client,
-                broker::SAMPLES_STREAM,
-                samples::ALL,
-                start,
-                256,
-            )
-            .await
-            .map_err(|e| self.read_error(e))?;
+            let batch =
+                broker::next_messages(&self.client, broker::SAMPLES_STREAM, ">", start, 256)
+                    .await
+                    .map_err(|e| self.read_error(e))?;
             let full = batch.len() == 256;
             for message in batch {
                 start = ReadFrom::Sequence(message.sequence + 1);

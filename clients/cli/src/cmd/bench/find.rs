@@ -106,6 +106,10 @@ pub(super) async fn measure(
         error_contains: "REFUSED ORDER".into(),
         ..Default::default()
     };
+    let by_text_alone = v1::TaskFilter {
+        error_contains: "refused order".into(),
+        ..Default::default()
+    };
     let recent = v1::TaskFilter {
         states: vec![TaskState::Succeeded as i32],
         finished_after: Some((std::time::SystemTime::now() - Duration::from_secs(60)).into()),
@@ -121,6 +125,7 @@ pub(super) async fn measure(
     for (label, filter, limit) in [
         ("list_failed_ms", by_state, usize::MAX),
         ("list_failed_by_error_text_ms", by_text, usize::MAX),
+        ("list_by_error_text_alone_ms", by_text_alone, usize::MAX),
         ("first_page_of_recent_successes_ms", recent, 50),
     ] {
         let mut times = Vec::new();
