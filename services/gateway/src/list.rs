@@ -27,9 +27,12 @@ const BATCH: usize = 256;
 /// against every subject the stream has (with a million results, a filter such as
 /// `taskwire.results.>` costs every batch read a walk over a million subjects).
 const WHOLE_STREAM: &str = ">";
-/// How much earlier than a result its outcome record may be stored (it is written first),
-/// and than a task message its submit time (a delayed task is stored when it fires).
-const SLACK: Duration = Duration::from_secs(30);
+/// How much earlier than its result an outcome record may be stored: it is written first, and
+/// the result may wait out a short outage.
+const RECORD_SLACK: Duration = Duration::from_secs(30);
+/// How far the clocks of the gateway that made an id (which holds the submit time) and of
+/// nats-server (which stamps what it stores) may differ.
+const CLOCK_SLACK: Duration = Duration::from_secs(5);
 
 const OPEN: [TaskState; 5] = [
     TaskState::Queued,
@@ -278,7 +281,7 @@ impl<'a> Scan<'a> {
             stream,
             subject,
             filter,
-            start: Gateway::scan_start(filter, from),
+            start: Gateway::scan_start(filter, from, stream),
             batch: Default::default(),
             ended: false,
         }
@@ -399,7 +402,12 @@ impl Gateway {
 
     /// Where a scan starts: at `from`, or (0) at the earliest time a match can have been
     /// stored.
-    fn scan_start(filter: &Filter, from: u64) -> ReadFrom {
+    fn scan_start(filter: &Filter, from: u64, stream: &str) -> ReadFrom {
+        let slack = if stream == broker::OUTCOMES_STREAM {
+            RECORD_SLACK
+        } else {
+            CLOCK_SLACK
+        };
         if from > 0 {
             return ReadFrom::Sequence(from);
         }
@@ -409,7 +417,7 @@ impl Gateway {
             .into_iter()
             .chain(filter.submitted.after)
             .max()
-            .map(|t| t.checked_sub(SLACK).unwrap_or(UNIX_EPOCH));
+            .map(|t| t.checked_sub(slack).unwrap_or(UNIX_EPOCH));
         match earliest {
             Some(at) => ReadFrom::Time(at),
             None => ReadFrom::Sequence(1),
@@ -420,7 +428,7 @@ impl Gateway {
     /// order, so past the finish bound nothing more can match.
     fn past_end(filter: &Filter, time: Option<SystemTime>) -> bool {
         match (filter.finished.before, time) {
-            (Some(end), Some(at)) => at > end + SLACK,
+            (Some(end), Some(at)) => at > end + RECORD_SLACK,
             _ => false,
         }
     }
