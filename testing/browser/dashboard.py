@@ -10,6 +10,7 @@ Usage: dashboard.py URL TASK_ID DEAD_ID SCREENSHOT_DIR SUCCEEDED_WORKFLOW FAILED
     PARENT_ID QUEUED_ID
 """
 
+import datetime
 import os
 import sys
 
@@ -71,7 +72,17 @@ def main() -> int:
         expect(page.locator("#tasks tbody tr")).to_have_count(1)
         expect(page.locator("#tasks")).to_contain_text("examples.flow.v1.Flow/Double")
         page.screenshot(path=os.path.join(shots, "tasks-failed.png"), full_page=True)
+        # Finished from tomorrow on: none; finished until tomorrow: the same three.
         page.fill("#list-error", "")
+        tomorrow = (datetime.datetime.now() + datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
+        page.fill("#list-finished-after", tomorrow)
+        page.click("#list-find")
+        expect(page.locator("#tasks")).to_contain_text("no task matches")
+        page.fill("#list-finished-after", "")
+        page.fill("#list-finished-before", tomorrow)
+        page.click("#list-find")
+        expect(page.locator("#tasks tbody tr", has_text="failed")).to_have_count(3)
+        page.fill("#list-finished-before", "")
         page.select_option("#list-state", "")
         page.fill("#list-workflow", succeeded)
         page.click("#list-find")

@@ -166,6 +166,15 @@ struct ListQuery {
     workflow: String,
     #[serde(default)]
     parent: String,
+    /// Submit and finish time bounds, RFC 3339.
+    #[serde(default)]
+    submitted_after: String,
+    #[serde(default)]
+    submitted_before: String,
+    #[serde(default)]
+    finished_after: String,
+    #[serde(default)]
+    finished_before: String,
     #[serde(default)]
     page_token: String,
 }
@@ -202,16 +211,35 @@ impl ListQuery {
                 SystemTime::now() - std::time::Duration::from_secs(seconds),
             )
         });
+        let at = |text: &str, what: &str| -> Result<Option<prost_types::Timestamp>, Error> {
+            if text.trim().is_empty() {
+                return Ok(None);
+            }
+            humantime::parse_rfc3339_weak(text.trim())
+                .map(|t| Some(t.into()))
+                .map_err(|e| {
+                    Error::BadRequest(format!(
+                        "{what} {text:?} is not a time like 2026-12-07T10:00:00Z: {e}"
+                    ))
+                })
+        };
+        let bound = |given: Option<prost_types::Timestamp>, from_since: bool| {
+            given.or(since.filter(|_| from_since))
+        };
         crate::list::Filter::parse(v1::TaskFilter {
             task: self.task.clone(),
             states: states.into_iter().map(|s| s as i32).collect(),
-            finished_after: since.filter(|_| finished_only),
-            submitted_after: since.filter(|_| !finished_only),
+            finished_after: bound(at(&self.finished_after, "finished_after")?, finished_only),
+            submitted_after: bound(
+                at(&self.submitted_after, "submitted_after")?,
+                !finished_only,
+            ),
+            finished_before: at(&self.finished_before, "finished_before")?,
+            submitted_before: at(&self.submitted_before, "submitted_before")?,
             error_contains: self.error.clone(),
             idempotency_key: self.key.clone(),
             workflow_id: self.workflow.clone(),
             parent_id: self.parent.clone(),
-            ..Default::default()
         })
     }
 }
