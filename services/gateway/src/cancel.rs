@@ -25,20 +25,13 @@ impl Gateway {
             .await?
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
         let name = Name::parse(&last.task).map_err(Error::InvalidName)?;
+        let scheduled = last.state() == TaskState::Scheduled;
         match self
-            .cancel_stored(
-                id,
-                &name,
-                last.attempt,
-                last.state() == TaskState::Scheduled,
-            )
+            .cancel_with_children(id, &name, last.attempt, scheduled)
             .await?
         {
             Cancelled::Now => {}
-            Cancelled::ByWorker(info) => {
-                self.cancel_children(id).await?;
-                return Ok(*info);
-            }
+            Cancelled::ByWorker(info) => return Ok(*info),
             Cancelled::Finished(state) => {
                 return Err(Error::Finished {
                     id: id.to_string(),
@@ -46,10 +39,26 @@ impl Gateway {
                 });
             }
         }
-        self.cancel_children(id).await?;
         self.result(id)
             .await?
             .ok_or_else(|| Error::Broker("the cancelled result was not stored".into()))
+    }
+
+    /// [`Self::cancel_stored`], then, when the task was cancelled (by this or by a worker), its
+    /// children that have not ended, and theirs: what Cancel, a queue's purge and a cancel by
+    /// filter do to each task.
+    pub(crate) async fn cancel_with_children(
+        &self,
+        id: &Id,
+        name: &Name,
+        attempt: u32,
+        scheduled: bool,
+    ) -> Result<Cancelled, Error> {
+        let cancelled = self.cancel_stored(id, name, attempt, scheduled).await?;
+        if matches!(cancelled, Cancelled::Now | Cancelled::ByWorker(_)) {
+            self.cancel_children(id).await?;
+        }
+        Ok(cancelled)
     }
 
     /// The mark, the delayed copy taken out, the cancelled result: what a cancel stores of a

@@ -189,6 +189,39 @@ impl Filter {
         asked || self.states.is_empty() && self.error.is_some()
     }
 
+    /// Where a scan starts: at `from`, or (0) at the earliest time a match can have been
+    /// stored.
+    fn scan_start(&self, from: u64, stream: &str) -> ReadFrom {
+        let slack = if stream == broker::OUTCOMES_STREAM {
+            RECORD_SLACK
+        } else {
+            CLOCK_SLACK
+        };
+        if from > 0 {
+            return ReadFrom::Sequence(from);
+        }
+        let earliest = self
+            .finished
+            .after
+            .into_iter()
+            .chain(self.submitted.after)
+            .max()
+            .map(|t| t.checked_sub(slack).unwrap_or(UNIX_EPOCH));
+        match earliest {
+            Some(at) => ReadFrom::Time(at),
+            None => ReadFrom::Sequence(1),
+        }
+    }
+
+    /// Whether a finished task stored at `time` lies past every match: stores are in time
+    /// order, so past the finish bound nothing more can match.
+    fn past_end(&self, time: Option<SystemTime>) -> bool {
+        match (self.finished.before, time) {
+            (Some(end), Some(at)) => at > end + RECORD_SLACK,
+            _ => false,
+        }
+    }
+
     fn keeps(&self, info: &v1::TaskInfo) -> bool {
         let time =
             |t: &Option<prost_types::Timestamp>| t.and_then(|t| SystemTime::try_from(t).ok());
@@ -281,7 +314,7 @@ impl<'a> Scan<'a> {
             stream,
             subject,
             filter,
-            start: Gateway::scan_start(filter, from, stream),
+            start: filter.scan_start(from, stream),
             batch: Default::default(),
             ended: false,
         }
@@ -312,7 +345,7 @@ impl<'a> Scan<'a> {
             return Ok(None);
         };
         page.examined += 1;
-        if Gateway::past_end(self.filter, message.time) {
+        if self.filter.past_end(message.time) {
             self.batch.clear();
             self.ended = true;
             return Ok(None);
@@ -352,7 +385,7 @@ impl Gateway {
             Some(cursor) => cursor,
             None if named => Cursor::Named(0),
             None if filter.wants_open() => Cursor::Open(0),
-            None => self.finished_start(filter),
+            None => Self::finished_start(filter),
         };
         let mut page = Page {
             tasks: Vec::new(),
@@ -361,7 +394,7 @@ impl Gateway {
         };
         let mut cursor = Some(first);
         while let Some(at) = cursor {
-            if page.tasks.len() >= size || page.examined >= READ_BUDGET {
+            if page.is_done(size) {
                 page.next = Some(at.token());
                 break;
             }
@@ -373,7 +406,7 @@ impl Gateway {
                 {
                     Some(next) => Some(Cursor::Open(next)),
                     None if FINISHED.iter().any(|s| filter.wants(*s)) => {
-                        Some(self.finished_start(filter))
+                        Some(Self::finished_start(filter))
                     }
                     None => None,
                 },
@@ -392,44 +425,11 @@ impl Gateway {
 
     /// Where the finished tasks are read from: the outcome records when only outcomes other
     /// than success are asked for, else the results (sequence 0: from the filter's times).
-    fn finished_start(&self, filter: &Filter) -> Cursor {
+    fn finished_start(filter: &Filter) -> Cursor {
         if filter.only_unsuccessful() {
             Cursor::Outcomes(0)
         } else {
             Cursor::Finished(0)
-        }
-    }
-
-    /// Where a scan starts: at `from`, or (0) at the earliest time a match can have been
-    /// stored.
-    fn scan_start(filter: &Filter, from: u64, stream: &str) -> ReadFrom {
-        let slack = if stream == broker::OUTCOMES_STREAM {
-            RECORD_SLACK
-        } else {
-            CLOCK_SLACK
-        };
-        if from > 0 {
-            return ReadFrom::Sequence(from);
-        }
-        let earliest = filter
-            .finished
-            .after
-            .into_iter()
-            .chain(filter.submitted.after)
-            .max()
-            .map(|t| t.checked_sub(slack).unwrap_or(UNIX_EPOCH));
-        match earliest {
-            Some(at) => ReadFrom::Time(at),
-            None => ReadFrom::Sequence(1),
-        }
-    }
-
-    /// Whether a finished task stored at `time` lies past every match: stores are in time
-    /// order, so past the finish bound nothing more can match.
-    fn past_end(filter: &Filter, time: Option<SystemTime>) -> bool {
-        match (filter.finished.before, time) {
-            (Some(end), Some(at)) => at > end + RECORD_SLACK,
-            _ => false,
         }
     }
 
@@ -714,13 +714,10 @@ impl Gateway {
                 };
                 let scheduled = info.state() == TaskState::Scheduled;
                 match self
-                    .cancel_stored(&id, &name, info.attempt, scheduled)
+                    .cancel_with_children(&id, &name, info.attempt, scheduled)
                     .await?
                 {
-                    Cancelled::Now | Cancelled::ByWorker(_) => {
-                        cancelled += 1;
-                        self.cancel_children(&id).await?;
-                    }
+                    Cancelled::Now | Cancelled::ByWorker(_) => cancelled += 1,
                     Cancelled::Finished(_) => finished_first += 1,
                 }
             }

@@ -169,11 +169,11 @@ impl Gateway {
                     continue;
                 }
                 let attempt = last.map_or(0, |e| e.attempt);
-                match self.cancel_stored(&id, &name, attempt, false).await? {
-                    Cancelled::Now | Cancelled::ByWorker(_) => {
-                        purged += 1;
-                        self.cancel_children(&id).await?;
-                    }
+                match self
+                    .cancel_with_children(&id, &name, attempt, false)
+                    .await?
+                {
+                    Cancelled::Now | Cancelled::ByWorker(_) => purged += 1,
                     Cancelled::Finished(_) => {}
                 }
                 // Nothing of it is left to run.

@@ -140,11 +140,10 @@ pub(crate) async fn handle(
     };
     // Cancelled before it started: it never runs.
     if served.cancels.is_cancelled(&id) {
-        let mut held = Some(message);
-        if this.fail_as_its_letter_says(&mut held).await {
+        if let Some(error) = this.letter_of_series(&message).await {
+            this.fail_as_its_letter_says(message, &error).await;
             return;
         }
-        let Some(message) = held else { return };
         tracing::info!(task = %name, task_id = %id, "cancelled before it started");
         let body = broker::failure_body("cancelled on request", false);
         this.finish(message, TaskState::Cancelled, body).await;

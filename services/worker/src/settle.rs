@@ -30,11 +30,10 @@ pub(crate) struct Attempt<'a> {
 impl Attempt<'_> {
     /// Ends a task whose expiry passed before it started: `expired`, never run.
     pub(crate) async fn expire(self, message: jetstream::Message) {
-        let mut held = Some(message);
-        if self.fail_as_its_letter_says(&mut held).await {
+        if let Some(error) = self.letter_of_series(&message).await {
+            self.fail_as_its_letter_says(message, &error).await;
             return;
         }
-        let Some(message) = held else { return };
         tracing::info!(task = %self.served.task.name, task_id = %self.id, "expired before it started");
         let body = broker::failure_body("not started before its expiry time", false);
         self.finish(message, TaskState::Expired, body).await;
@@ -57,25 +56,16 @@ impl Attempt<'_> {
         (letter.replays() == series_number(message)).then_some(letter.error)
     }
 
-    /// Ends the task failed, as the dead letter of its series says, if it has one (see
-    /// [`Self::letter_of_series`]); whether it did.
-    pub(crate) async fn fail_as_its_letter_says(
-        self,
-        message: &mut Option<jetstream::Message>,
-    ) -> bool {
-        let Some(held) = message.as_ref() else {
-            return false;
-        };
-        let Some(error) = self.letter_of_series(held).await else {
-            return false;
-        };
-        let Some(held) = message.take() else {
-            return false;
-        };
+    /// Ends the task failed with the error of the dead letter of its series (see
+    /// [`Self::letter_of_series`]).
+    pub(crate) async fn fail_as_its_letter_says(self, message: jetstream::Message, error: &str) {
         tracing::info!(task = %self.served.task.name, task_id = %self.id, "failed for good by an earlier delivery that stopped before its result");
-        self.finish(held, TaskState::Failed, broker::failure_body(&error, false))
-            .await;
-        true
+        self.finish(
+            message,
+            TaskState::Failed,
+            broker::failure_body(error, false),
+        )
+        .await;
     }
 
     /// A failed run: NAKed to run again after a backoff while it is retryable and attempts are
