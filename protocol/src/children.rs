@@ -67,6 +67,17 @@ pub fn waiting(parent: &Id) -> String {
     format!("taskwire.workflows.{parent}.waiting")
 }
 
+/// Matches the waiting record of every parent (see [`waiting`]).
+pub const ALL_WAITING: &str = "taskwire.workflows.*.waiting";
+
+/// The parent in a subject of [`ALL_WAITING`].
+pub fn waiting_in(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix("taskwire.workflows.")?
+        .strip_suffix(".waiting")
+        .filter(|id| !id.is_empty() && !id.contains('.'))
+}
+
 /// Whether `id` is a child's: `child-` and 32 lowercase hex digits.
 pub fn is_child(id: &str) -> bool {
     id.strip_prefix("child-").is_some_and(|hex| {
@@ -140,5 +151,11 @@ mod tests {
             "a child's result is marked for the consumer that resumes parents"
         );
         assert!(!crate::subject::result(&sleep, &p).contains(".child-task."));
+        assert_eq!(
+            waiting_in(&waiting(&p)),
+            Some(p.as_str()),
+            "the parent is read back from its waiting record's subject"
+        );
+        assert_eq!(waiting_in(&children_of(&p)), None);
     }
 }

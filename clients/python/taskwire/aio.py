@@ -130,7 +130,7 @@ class TaskHandle:
         return await self.client.get(self.id)
 
     async def state(self) -> str:
-        """`queued`, `scheduled`, `running`, `retrying`, `succeeded`, `failed`, `cancelled` or
+        """`queued`, `scheduled`, `running`, `retrying`, `waiting`, `succeeded`, `failed`, `cancelled` or
         `expired`."""
         info = await self.info()
         return tasks_pb2.TaskState.Name(info.state).removeprefix("TASK_STATE_").lower()

@@ -291,7 +291,7 @@ class TaskHandle:
         return self.client.get(self.id)
 
     def state(self) -> str:
-        """`queued`, `scheduled`, `running`, `retrying`, `succeeded`, `failed`, `cancelled` or
+        """`queued`, `scheduled`, `running`, `retrying`, `waiting`, `succeeded`, `failed`, `cancelled` or
         `expired`."""
         return tasks_pb2.TaskState.Name(self.info().state).removeprefix("TASK_STATE_").lower()
 

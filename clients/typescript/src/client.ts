@@ -425,7 +425,7 @@ export class TaskHandle<O = Uint8Array> {
     return this.client.get(this.id);
   }
 
-  /** `queued`, `scheduled`, `running`, `retrying`, `succeeded`, `failed`, `cancelled` or `expired`. */
+  /** `queued`, `scheduled`, `running`, `retrying`, `waiting`, `succeeded`, `failed`, `cancelled` or `expired`. */
   async state(): Promise<StateName> {
     return stateName((await this.info()).state);
   }

@@ -5,12 +5,14 @@
 //! they finished. The few outcomes other than success (failed, cancelled, expired) are also
 //! recorded with their state in the subject (`taskwire.outcomes.<state>.<id>.<token>`), so a
 //! list of those reads that small stream and never the results of every task that succeeded.
+//! A parent that waits for its children has left the tasks stream: its waiting record in the
+//! workflows stream stands for it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use taskwire::task::{Id, Name};
 use taskwire::v1::{self, TaskState};
-use taskwire_protocol::{self as broker, ReadFrom, StoredMessage, header, subject};
+use taskwire_protocol::{self as broker, ReadFrom, StoredMessage, children, header, subject};
 
 use crate::auth::{Caller, Op, glob_matches};
 use crate::cancel::Cancelled;
@@ -134,7 +136,7 @@ impl Filter {
                 .filter(|s| *s != TaskState::Unspecified)
                 .ok_or_else(|| {
                     Error::BadRequest(format!(
-                        "state {state} is none of queued, scheduled, running, retrying, succeeded, failed, cancelled or expired"
+                        "state {state} is none of queued, scheduled, running, retrying, waiting, succeeded, failed, cancelled or expired"
                     ))
                 })?;
             if !states.contains(&state) {
@@ -245,6 +247,8 @@ enum Cursor {
     Named(u64),
     /// The tasks stream, from this sequence.
     Open(u64),
+    /// The parents waiting for their children, from this sequence of the workflows stream.
+    Waiting(u64),
     /// The results stream, from this sequence.
     Finished(u64),
     /// The outcome records, from this sequence.
@@ -266,6 +270,7 @@ impl Cursor {
         Ok(Some(match part {
             "named" => Self::Named(at),
             "open" => Self::Open(at),
+            "waiting" => Self::Waiting(at),
             "finished" => Self::Finished(at),
             "outcomes" => Self::Outcomes(at),
             _ => return Err(bad()),
@@ -276,6 +281,7 @@ impl Cursor {
         match self {
             Self::Named(n) => format!("named:{n}"),
             Self::Open(n) => format!("open:{n}"),
+            Self::Waiting(n) => format!("waiting:{n}"),
             Self::Finished(n) => format!("finished:{n}"),
             Self::Outcomes(n) => format!("outcomes:{n}"),
         }
@@ -384,7 +390,7 @@ impl Gateway {
         let first = match Cursor::parse(token)? {
             Some(cursor) => cursor,
             None if named => Cursor::Named(0),
-            None if filter.wants_open() => Cursor::Open(0),
+            None if filter.wants_open() => Self::open_start(filter),
             None => Self::finished_start(filter),
         };
         let mut page = Page {
@@ -405,10 +411,14 @@ impl Gateway {
                     .await?
                 {
                     Some(next) => Some(Cursor::Open(next)),
-                    None if FINISHED.iter().any(|s| filter.wants(*s)) => {
-                        Some(Self::finished_start(filter))
-                    }
-                    None => None,
+                    None => Self::after_open(filter),
+                },
+                Cursor::Waiting(from) => match self
+                    .list_waiting(filter, from, size, caller, &mut page)
+                    .await?
+                {
+                    Some(next) => Some(Cursor::Waiting(next)),
+                    None => Some(Cursor::Open(0)),
                 },
                 Cursor::Finished(from) => self
                     .list_finished(filter, from, size, caller, &mut page)
@@ -421,6 +431,27 @@ impl Gateway {
             };
         }
         Ok(page)
+    }
+
+    /// Where the tasks not finished are read from: the waiting parents first, when the filter
+    /// wants them, then the tasks stream. In that order a parent put back in line meanwhile is
+    /// found in one or the other: its copy is stored in the tasks stream before its record
+    /// says it resumed.
+    fn open_start(filter: &Filter) -> Cursor {
+        if filter.wants(TaskState::Waiting) {
+            Cursor::Waiting(0)
+        } else {
+            Cursor::Open(0)
+        }
+    }
+
+    /// What a list reads after the tasks not finished: the finished ones, if the filter wants
+    /// any.
+    fn after_open(filter: &Filter) -> Option<Cursor> {
+        FINISHED
+            .iter()
+            .any(|s| filter.wants(*s))
+            .then(|| Self::finished_start(filter))
     }
 
     /// Where the finished tasks are read from: the outcome records when only outcomes other
@@ -442,6 +473,12 @@ impl Gateway {
         page: &mut Page,
     ) -> Result<(), Error> {
         if !filter.wants(info.state()) || !filter.wants_type(&info.task) {
+            return Ok(());
+        }
+        // A task the broker holds twice (a retry's delayed copy beside the delivery that
+        // stored it, a waiting parent's record beside its copy put back in line) is listed
+        // once a page.
+        if page.tasks.iter().any(|t| t.task_id == info.task_id) {
             return Ok(());
         }
         if caller.check(Op::Read, Some(&info.task)).is_err() {
@@ -603,6 +640,48 @@ impl Gateway {
         Ok(OPEN.contains(&info.state()).then_some(info))
     }
 
+    /// Reads the waiting records from `from`: a parent that waits for its children is in no
+    /// stream of tasks until they have ended. A record resumed (its copy is in the tasks
+    /// stream, read next), or whose parent has gone on (running again, or finished), is read
+    /// past.
+    async fn list_waiting(
+        &self,
+        filter: &Filter,
+        from: u64,
+        size: usize,
+        caller: &Caller,
+        page: &mut Page,
+    ) -> Result<Option<u64>, Error> {
+        let mut scan = Scan::new(
+            broker::WORKFLOWS_STREAM,
+            children::ALL_WAITING,
+            filter,
+            from,
+        );
+        while let Some(message) = scan.next(self, page).await? {
+            let waits =
+                message.headers.get(header::STATE).map(|v| v.as_str()) == Some(children::WAITING);
+            let parent = message
+                .headers
+                .get("Nats-Subject")
+                .and_then(|s| children::waiting_in(s.as_str()))
+                .and_then(|id| Id::parse(id).ok());
+            if let (true, Some(id)) = (waits, parent) {
+                match self.state(&id).await {
+                    Ok(info) if info.state() == TaskState::Waiting => {
+                        self.offer(filter, info, caller, page).await?;
+                    }
+                    Ok(_) | Err(Error::NotFound(_) | Error::Expired(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if page.is_done(size) {
+                return Ok(Some(message.sequence + 1));
+            }
+        }
+        Ok(None)
+    }
+
     /// Reads the results stream from `from`: every finished task, in the order it finished.
     async fn list_finished(
         &self,
@@ -702,11 +781,16 @@ impl Gateway {
             return Ok((0, 0));
         }
         let (mut cancelled, mut finished_first) = (0, 0);
+        // A task listed again on a later page (held twice by the broker) was cancelled by this
+        // call already: its second cancel would find its own result.
+        let mut seen = std::collections::HashSet::new();
         let mut token = String::new();
         loop {
             let page = self.list_tasks(&filter, MAX_PAGE, &token, caller).await?;
             for info in page.tasks {
-                if caller.check(Op::Cancel, Some(&info.task)).is_err() {
+                if caller.check(Op::Cancel, Some(&info.task)).is_err()
+                    || !seen.insert(info.task_id.clone())
+                {
                     continue;
                 }
                 let (Ok(id), Ok(name)) = (Id::parse(&info.task_id), Name::parse(&info.task)) else {
@@ -751,6 +835,7 @@ mod tests {
         for cursor in [
             Cursor::Named(3),
             Cursor::Open(17),
+            Cursor::Waiting(4),
             Cursor::Finished(1),
             Cursor::Outcomes(99),
         ] {

@@ -35,7 +35,7 @@ use tokio::process::Child;
 use crate::runtime::{Run, Runtime, read_runs};
 use crate::{Gateway, NatsServer};
 use check::{check, check_limit, check_rate, dead_letter_counts};
-use families::{Family, check_families, child_tasks, children_of, submit_family};
+use families::{Family, check_families, child_tasks, children_of, list_waiting, submit_family};
 use operations::{burst, schedule, settle, submit};
 use workflows::{
     Flow, cancel_workflow, check_workflows, settle_workflows, step_tasks, submit_workflow,
@@ -311,7 +311,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             950..=964 => "queue_pause",
             965..=969 => "queue_purge",
             970..=974 => "cancel_many",
-            975..=989 => "get",
+            975..=979 => "list_waiting",
+            980..=989 => "get",
             990..=994 => "worker_kill",
             995..=997 => "worker_term",
             998 => "nats_pause",
@@ -437,6 +438,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             "cancel_many" => {
                 cancel_many(&system.client, &mut rng, &mut tasks, &mut violations).await
             }
+            "list_waiting" => list_waiting(&system.client, &families, &mut violations).await,
             "limits" => {
                 // Overrides never above the declared limits, which the checks hold to.
                 let (task, limits) = if rng.chance(50) {
@@ -605,6 +607,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         &tasks,
         &children,
         &runs,
+        &other_replays,
         &mut violations,
     )
     .await;

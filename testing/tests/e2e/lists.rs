@@ -280,3 +280,96 @@ async fn cancelling_by_filter_takes_what_matches_and_can_be_repeated() -> anyhow
     assert!(left.is_empty(), "{left:?}");
     Ok(())
 }
+
+/// Waits until Get says task `id` is in `state`.
+async fn comes_to(client: &Client, what: &str, id: &str, state: TaskState) -> anyhow::Result<()> {
+    eventually(what, WAIT, || {
+        let (client, id) = (client.clone(), id.to_owned());
+        async move {
+            client
+                .get(&id, false)
+                .await
+                .is_ok_and(|info| info.state() == state)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_parent_waiting_for_its_children_is_listed_waiting_and_cancelled_by_filter()
+-> anyhow::Result<()> {
+    use taskwire_examples::chaos::v1::SpawnArgs;
+
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::chaos())).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let chaos = ChaosClient::new(client.clone());
+    // Its one child sleeps for a minute: the parent waits, parked, out of the tasks stream.
+    let parent = chaos
+        .spawn(SpawnArgs {
+            count: 1,
+            label: "listed".into(),
+            child_millis: 60_000,
+            wait: true,
+            ..Default::default()
+        })
+        .await?;
+    let parent_id = parent.id().to_owned();
+    comes_to(&client, "the parent waits", &parent_id, TaskState::Waiting).await?;
+    let child = client.get(&parent_id, false).await?.children[0]
+        .task_id
+        .clone();
+
+    let waiting = v1::TaskFilter {
+        states: states(&[TaskState::Waiting]),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids_of(&client, waiting.clone()).await?,
+        vec![parent_id.clone()]
+    );
+    let by_type = v1::TaskFilter {
+        task: "examples.chaos.*".into(),
+        states: states(&[TaskState::Waiting]),
+        ..Default::default()
+    };
+    assert_eq!(ids_of(&client, by_type).await?, vec![parent_id.clone()]);
+    let running = ids_of(
+        &client,
+        v1::TaskFilter {
+            states: states(&[TaskState::Running]),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert_eq!(
+        running,
+        vec![child.clone()],
+        "the child runs; the parent does not"
+    );
+    let all = ids_of(&client, v1::TaskFilter::default()).await?;
+    assert_eq!(
+        all.iter().filter(|id| **id == parent_id).count(),
+        1,
+        "a list of every task holds the waiting parent once: {all:?}"
+    );
+
+    // Cancelled by a filter that names its state, with its child.
+    assert_eq!(client.cancel_many(waiting.clone()).await?, 1);
+    assert_eq!(
+        client.get(&parent_id, false).await?.state(),
+        TaskState::Cancelled
+    );
+    assert!(ids_of(&client, waiting).await?.is_empty());
+    comes_to(
+        &client,
+        "the child is cancelled with it",
+        &child,
+        TaskState::Cancelled,
+    )
+    .await?;
+    let ended = parent.get(WAIT).await;
+    assert!(ended.is_err(), "a cancelled parent answers no result");
+    Ok(())
+}

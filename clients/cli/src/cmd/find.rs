@@ -99,7 +99,7 @@ impl FilterArgs {
             let state = taskwire_protocol::parse_state(text.trim());
             if state == TaskState::Unspecified {
                 anyhow::bail!(
-                    "--state {text:?} is none of queued, scheduled, running, retrying, succeeded, failed, cancelled, expired"
+                    "--state {text:?} is none of queued, scheduled, running, retrying, waiting, succeeded, failed, cancelled, expired"
                 );
             }
             states.push(state);

@@ -143,8 +143,8 @@ class TasksServicer:
 
     def List(self, request, context):
         """The tasks the broker keeps that match a filter, a page at a time: first those not finished
-        (queued, scheduled, running, retrying) in the order they were stored, then the finished
-        ones in the order they finished. A page may hold fewer than asked while more follow (each
+        (the parents waiting for their children, then the queued, scheduled, running and retrying
+        ones in the order they were stored), then the finished ones in the order they finished. A page may hold fewer than asked while more follow (each
         call reads a bounded part of the broker); the list ends when next_page_token is empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -6332,8 +6332,8 @@ export const TasksDefinition = {
     },
     /**
      * The tasks the broker keeps that match a filter, a page at a time: first those not finished
-     * (queued, scheduled, running, retrying) in the order they were stored, then the finished
-     * ones in the order they finished. A page may hold fewer than asked while more follow (each
+     * (the parents waiting for their children, then the queued, scheduled, running and retrying
+     * ones in the order they were stored), then the finished ones in the order they finished. A page may hold fewer than asked while more follow (each
      * call reads a bounded part of the broker); the list ends when next_page_token is empty.
      */
     list: {
@@ -6449,8 +6449,8 @@ export const TasksService = {
   },
   /**
    * The tasks the broker keeps that match a filter, a page at a time: first those not finished
-   * (queued, scheduled, running, retrying) in the order they were stored, then the finished
-   * ones in the order they finished. A page may hold fewer than asked while more follow (each
+   * (the parents waiting for their children, then the queued, scheduled, running and retrying
+   * ones in the order they were stored), then the finished ones in the order they finished. A page may hold fewer than asked while more follow (each
    * call reads a bounded part of the broker); the list ends when next_page_token is empty.
    */
   list: {
@@ -6509,8 +6509,8 @@ export interface TasksServer extends UntypedServiceImplementation {
   cancel: handleUnaryCall<CancelRequest, TaskInfo>;
   /**
    * The tasks the broker keeps that match a filter, a page at a time: first those not finished
-   * (queued, scheduled, running, retrying) in the order they were stored, then the finished
-   * ones in the order they finished. A page may hold fewer than asked while more follow (each
+   * (the parents waiting for their children, then the queued, scheduled, running and retrying
+   * ones in the order they were stored), then the finished ones in the order they finished. A page may hold fewer than asked while more follow (each
    * call reads a bounded part of the broker); the list ends when next_page_token is empty.
    */
   list: handleUnaryCall<ListTasksRequest, ListTasksResponse>;
@@ -6621,8 +6621,8 @@ export interface TasksClient extends Client {
   ): ClientUnaryCall;
   /**
    * The tasks the broker keeps that match a filter, a page at a time: first those not finished
-   * (queued, scheduled, running, retrying) in the order they were stored, then the finished
-   * ones in the order they finished. A page may hold fewer than asked while more follow (each
+   * (the parents waiting for their children, then the queued, scheduled, running and retrying
+   * ones in the order they were stored), then the finished ones in the order they finished. A page may hold fewer than asked while more follow (each
    * call reads a bounded part of the broker); the list ends when next_page_token is empty.
    */
   list(
@@ -10007,7 +10007,7 @@ export const protoMetadata: ProtoMetadata = {
         "path": [6, 0, 2, 7],
         "span": [34, 2, 57],
         "leadingComments":
-          " The tasks the broker keeps that match a filter, a page at a time: first those not finished\n (queued, scheduled, running, retrying) in the order they were stored, then the finished\n ones in the order they finished. A page may hold fewer than asked while more follow (each\n call reads a bounded part of the broker); the list ends when next_page_token is empty.\n",
+          " The tasks the broker keeps that match a filter, a page at a time: first those not finished\n (the parents waiting for their children, then the queued, scheduled, running and retrying\n ones in the order they were stored), then the finished ones in the order they finished. A page may hold fewer than asked while more follow (each\n call reads a bounded part of the broker); the list ends when next_page_token is empty.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
