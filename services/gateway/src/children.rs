@@ -20,6 +20,8 @@ const CONCURRENCY: usize = 64;
 
 /// The most children Get lists.
 const MAX_LISTED: usize = 1000;
+/// Children records read a round trip.
+const CHILDREN_BATCH: usize = 256;
 
 /// Answers the children worker runtimes submit, until `stop`.
 pub(crate) fn start(gateway: Arc<Gateway>, stop: CancellationToken) {
@@ -250,21 +252,33 @@ impl Gateway {
         let mut found: Vec<v1::TaskChild> = Vec::new();
         let mut from = 1;
         while found.len() < limit {
-            let next = broker::next_message(&self.client, broker::WORKFLOWS_STREAM, &filter, from)
-                .await
-                .map_err(|e| self.read_error(e))?;
-            let Some(message) = next else { break };
-            from = message.sequence + 1;
-            let (Some(child), Some(task)) = (
-                message.headers.get(header::TASK_ID),
-                message.headers.get(header::TASK),
-            ) else {
-                continue;
-            };
-            found.push(v1::TaskChild {
-                task_id: child.as_str().to_owned(),
-                task: task.as_str().to_owned(),
-            });
+            // A batch a round trip: a parent of thousands is read in a few.
+            let want = (limit - found.len()).min(CHILDREN_BATCH);
+            let batch = broker::next_messages(
+                &self.client,
+                broker::WORKFLOWS_STREAM,
+                &filter,
+                broker::ReadFrom::Sequence(from),
+                want,
+            )
+            .await
+            .map_err(|e| self.read_error(e))?;
+            let ended = batch.len() < want;
+            for message in batch {
+                from = message.sequence + 1;
+                if let (Some(child), Some(task)) = (
+                    message.headers.get(header::TASK_ID),
+                    message.headers.get(header::TASK),
+                ) {
+                    found.push(v1::TaskChild {
+                        task_id: child.as_str().to_owned(),
+                        task: task.as_str().to_owned(),
+                    });
+                }
+            }
+            if ended {
+                break;
+            }
         }
         Ok(found)
     }

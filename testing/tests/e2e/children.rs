@@ -340,3 +340,49 @@ async fn a_parent_waits_for_its_children_without_holding_its_worker() -> anyhow:
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_parent_of_hundreds_lists_every_child_in_order() -> anyhow::Result<()> {
+    let nats = NatsServer::start_temporary().await?;
+    let gateway = Gateway::start(&nats.url()).await?;
+    let _worker = Worker::start(&nats.url(), |w| w.serve(tasks::chaos())).await?;
+    let client = Client::connect(gateway.url()).await?;
+    let chaos = ChaosClient::new(client.clone());
+    // More children than one batch read of the records holds.
+    let parent = chaos
+        .spawn(SpawnArgs {
+            count: 300,
+            label: "hundreds".into(),
+            ..Default::default()
+        })
+        .await?;
+    let result: SpawnResult = parent.get(Duration::from_secs(60)).await?;
+    assert_eq!(result.children.len(), 300);
+    let info = client.get(parent.id(), false).await?;
+    let listed: Vec<&str> = info.children.iter().map(|c| c.task_id.as_str()).collect();
+    assert_eq!(
+        listed, result.children,
+        "Get lists them all, in the order submitted"
+    );
+    let found: Vec<String> = client
+        .find_tasks(
+            v1::TaskFilter {
+                parent_id: parent.id().to_owned(),
+                ..Default::default()
+            },
+            10_000,
+        )
+        .await?
+        .into_iter()
+        .map(|t| t.task_id)
+        .collect();
+    let mut expected = result.children.clone();
+    expected.sort();
+    let mut found_sorted = found.clone();
+    found_sorted.sort();
+    assert_eq!(
+        found_sorted, expected,
+        "a list by parent finds each child once"
+    );
+    Ok(())
+}
