@@ -58,9 +58,6 @@ class TaskExpired(TaskFailed):
     """The task was not started before its expiry time."""
 
 
-_FINISHED = ("succeeded", "failed", "cancelled", "expired")
-
-
 def task_filter(
     task: str = "",
     states: Iterable[str] = (),
@@ -85,12 +82,11 @@ def task_filter(
         task=task, states=values, error_contains=error, idempotency_key=key, workflow_id=workflow, parent_id=parent
     )
     if since is not None:
-        now = datetime.datetime.now(datetime.timezone.utc)
-        at = now - datetime.timedelta(seconds=since)
-        if states and all(s.lower() in _FINISHED for s in states):
-            out.finished_after.FromDatetime(at)
-        else:
-            out.submitted_after.FromDatetime(at)
+        # The gateway counts it back from its own clock: the finish time for finished states,
+        # else the submit time.
+        if since < 0:
+            raise ValueError(f"since must be 0 or more seconds; got {since}")
+        out.within.FromTimedelta(datetime.timedelta(seconds=since))
     return out
 
 

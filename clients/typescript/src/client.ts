@@ -138,12 +138,8 @@ export function taskFilter(query: TaskQuery): TaskFilter {
     workflowId: query.workflow ?? "",
     parentId: query.parent ?? "",
   };
-  if (query.since !== undefined) {
-    const at = new Date(Date.now() - query.since * 1000);
-    const finishedOnly = states.length > 0 && states.every((s) => FINAL.has(s));
-    if (finishedOnly) filter.finishedAfter = at;
-    else filter.submittedAfter = at;
-  }
+  // The gateway counts it back from its own clock.
+  if (query.since !== undefined) filter.within = duration(query.since, "since");
   return filter as TaskFilter;
 }
 

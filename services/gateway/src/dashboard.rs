@@ -196,21 +196,6 @@ impl ListQuery {
             }
             states.push(state);
         }
-        let finished_only = !states.is_empty()
-            && states.iter().all(|s| {
-                matches!(
-                    s,
-                    v1::TaskState::Succeeded
-                        | v1::TaskState::Failed
-                        | v1::TaskState::Cancelled
-                        | v1::TaskState::Expired
-                )
-            });
-        let since = self.since.map(|seconds| {
-            prost_types::Timestamp::from(
-                SystemTime::now() - std::time::Duration::from_secs(seconds),
-            )
-        });
         let at = |text: &str, what: &str| -> Result<Option<prost_types::Timestamp>, Error> {
             if text.trim().is_empty() {
                 return Ok(None);
@@ -223,23 +208,21 @@ impl ListQuery {
                     ))
                 })
         };
-        let bound = |given: Option<prost_types::Timestamp>, from_since: bool| {
-            given.or(since.filter(|_| from_since))
-        };
         crate::list::Filter::parse(v1::TaskFilter {
             task: self.task.clone(),
             states: states.into_iter().map(|s| s as i32).collect(),
-            finished_after: bound(at(&self.finished_after, "finished_after")?, finished_only),
-            submitted_after: bound(
-                at(&self.submitted_after, "submitted_after")?,
-                !finished_only,
-            ),
+            finished_after: at(&self.finished_after, "finished_after")?,
+            submitted_after: at(&self.submitted_after, "submitted_after")?,
             finished_before: at(&self.finished_before, "finished_before")?,
             submitted_before: at(&self.submitted_before, "submitted_before")?,
             error_contains: self.error.clone(),
             idempotency_key: self.key.clone(),
             workflow_id: self.workflow.clone(),
             parent_id: self.parent.clone(),
+            within: self.since.map(|seconds| prost_types::Duration {
+                seconds: i64::try_from(seconds).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
         })
     }
 }

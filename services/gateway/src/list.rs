@@ -157,11 +157,32 @@ impl Filter {
                 .map(Some)
                 .map_err(|e| Error::BadRequest(format!("{what} {text:?}: {e}")))
         };
+        // `within` counts back from now: the finish time when only finished states are asked
+        // for, else the submit time; a bound given in so many words comes first.
+        let (mut submitted_after, mut finished_after) =
+            (filter.submitted_after, filter.finished_after);
+        if let Some(within) = filter.within {
+            let within = Duration::try_from(within).map_err(|_| {
+                Error::BadRequest(
+                    "within is negative: give how long before now, such as 3600 s".into(),
+                )
+            })?;
+            let from = SystemTime::now().checked_sub(within).ok_or_else(|| {
+                Error::BadRequest(format!("within {within:?} reaches before 1970"))
+            })?;
+            let finished_only = !states.is_empty() && states.iter().all(|s| FINISHED.contains(s));
+            let bound = if finished_only {
+                &mut finished_after
+            } else {
+                &mut submitted_after
+            };
+            bound.get_or_insert(from.into());
+        }
         Ok(Self {
             task,
             states,
-            submitted: Range::parse(filter.submitted_after, filter.submitted_before, "submitted")?,
-            finished: Range::parse(filter.finished_after, filter.finished_before, "finished")?,
+            submitted: Range::parse(submitted_after, filter.submitted_before, "submitted")?,
+            finished: Range::parse(finished_after, filter.finished_before, "finished")?,
             error: Some(filter.error_contains.to_lowercase()).filter(|e| !e.is_empty()),
             key,
             workflow: id(filter.workflow_id, "workflow_id")?,
@@ -890,6 +911,66 @@ mod tests {
             ..Default::default()
         });
         assert!(range.expect_err("refused").contains("later than"));
+    }
+
+    #[test]
+    fn within_bounds_the_finish_time_of_finished_states_and_else_the_submit_time() {
+        let hour = prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        };
+        let with = |states: &[TaskState]| {
+            Filter::parse(v1::TaskFilter {
+                states: states.iter().map(|s| *s as i32).collect(),
+                within: Some(hour),
+                ..Default::default()
+            })
+            .expect("valid")
+        };
+        let about_an_hour_ago = |at: Option<SystemTime>| {
+            let ago = SystemTime::now()
+                .duration_since(at.expect("a bound"))
+                .expect("past");
+            (Duration::from_secs(3599)..Duration::from_secs(3660)).contains(&ago)
+        };
+        let failed = with(&[TaskState::Failed, TaskState::Cancelled]);
+        assert!(about_an_hour_ago(failed.finished.after) && failed.submitted.after.is_none());
+        for states in [
+            &[TaskState::Queued][..],
+            &[TaskState::Failed, TaskState::Running],
+            &[],
+        ] {
+            let open = with(states);
+            assert!(about_an_hour_ago(open.submitted.after) && open.finished.after.is_none());
+        }
+        // A bound given in so many words stands.
+        let given = Filter::parse(v1::TaskFilter {
+            submitted_after: Some(prost_types::Timestamp {
+                seconds: 20,
+                nanos: 0,
+            }),
+            within: Some(hour),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(
+            given.submitted.after,
+            Some(UNIX_EPOCH + Duration::from_secs(20))
+        );
+        let negative = Filter::parse(v1::TaskFilter {
+            within: Some(prost_types::Duration {
+                seconds: -5,
+                nanos: 0,
+            }),
+            ..Default::default()
+        });
+        assert!(
+            negative
+                .map(|_| ())
+                .expect_err("refused")
+                .to_string()
+                .contains("within is negative")
+        );
     }
 
     #[test]

@@ -105,7 +105,16 @@ impl FilterArgs {
             states.push(state);
         }
         let stamp = |t: Option<SystemTime>| t.map(prost_types::Timestamp::from);
-        let mut filter = v1::TaskFilter {
+        // The gateway counts `--since` back from its own clock: the finish time for finished
+        // states, else the submit time.
+        let within = self
+            .since
+            .map(|since| {
+                prost_types::Duration::try_from(since)
+                    .map_err(|_| anyhow::anyhow!("--since {since:?} is too long"))
+            })
+            .transpose()?;
+        let filter = v1::TaskFilter {
             task: self.task.clone().unwrap_or_default(),
             states: states.iter().map(|s| *s as i32).collect(),
             submitted_after: stamp(self.submitted_after),
@@ -116,18 +125,8 @@ impl FilterArgs {
             idempotency_key: self.key.clone().unwrap_or_default(),
             workflow_id: self.workflow.clone().unwrap_or_default(),
             parent_id: self.parent.clone().unwrap_or_default(),
+            within,
         };
-        if let Some(since) = self.since {
-            let from = SystemTime::now()
-                .checked_sub(since)
-                .ok_or_else(|| anyhow::anyhow!("--since {since:?} reaches before 1970"))?;
-            let finished_only = !states.is_empty() && states.iter().all(|s| FINISHED.contains(s));
-            if finished_only {
-                filter.finished_after = filter.finished_after.or(stamp(Some(from)));
-            } else {
-                filter.submitted_after = filter.submitted_after.or(stamp(Some(from)));
-            }
-        }
         Ok(filter)
     }
 }

@@ -161,7 +161,7 @@ class CancelRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class TaskFilter(_message.Message):
-    __slots__ = ("task", "states", "submitted_after", "submitted_before", "finished_after", "finished_before", "error_contains", "idempotency_key", "workflow_id", "parent_id")
+    __slots__ = ("task", "states", "submitted_after", "submitted_before", "finished_after", "finished_before", "error_contains", "idempotency_key", "workflow_id", "parent_id", "within")
     TASK_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
     SUBMITTED_AFTER_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,7 @@ class TaskFilter(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    WITHIN_FIELD_NUMBER: _ClassVar[int]
     task: str
     states: _containers.RepeatedScalarFieldContainer[TaskState]
     submitted_after: _timestamp_pb2.Timestamp
@@ -182,7 +183,8 @@ class TaskFilter(_message.Message):
     idempotency_key: str
     workflow_id: str
     parent_id: str
-    def __init__(self, task: _Optional[str] = ..., states: _Optional[_Iterable[_Union[TaskState, str]]] = ..., submitted_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., submitted_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_contains: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., workflow_id: _Optional[str] = ..., parent_id: _Optional[str] = ...) -> None: ...
+    within: _duration_pb2.Duration
+    def __init__(self, task: _Optional[str] = ..., states: _Optional[_Iterable[_Union[TaskState, str]]] = ..., submitted_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., submitted_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_contains: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., workflow_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., within: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
     __slots__ = ("filter", "page_size", "page_token", "include_json")

@@ -319,6 +319,12 @@ export interface TaskFilter {
   workflowId: string;
   /** The tasks this one submitted from its context. */
   parentId: string;
+  /**
+   * Within this long before now (the gateway's clock, when the page is asked): finished within
+   * it when every state asked for is a finished one, else submitted within it. A bound given
+   * above (submitted_after, finished_after) takes its place.
+   */
+  within: Duration | undefined;
 }
 
 export interface ListTasksRequest {
@@ -1905,6 +1911,7 @@ function createBaseTaskFilter(): TaskFilter {
     idempotencyKey: "",
     workflowId: "",
     parentId: "",
+    within: undefined,
   };
 }
 
@@ -1943,6 +1950,9 @@ export const TaskFilter: MessageFns<TaskFilter> = {
     }
     if (message.parentId !== "") {
       writer.uint32(82).string(message.parentId);
+    }
+    if (message.within !== undefined) {
+      Duration.encode(message.within, writer.uint32(90).fork()).join();
     }
     return writer;
   },
@@ -2050,6 +2060,14 @@ export const TaskFilter: MessageFns<TaskFilter> = {
             message.parentId = reader.string();
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.within = Duration.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2106,6 +2124,7 @@ export const TaskFilter: MessageFns<TaskFilter> = {
         : isSet(object.parent_id)
         ? globalThis.String(object.parent_id)
         : "",
+      within: isSet(object.within) ? Duration.fromJSON(object.within) : undefined,
     };
   },
 
@@ -2141,6 +2160,9 @@ export const TaskFilter: MessageFns<TaskFilter> = {
     if (message.parentId !== "") {
       obj.parentId = message.parentId;
     }
+    if (message.within !== undefined) {
+      obj.within = Duration.toJSON(message.within);
+    }
     return obj;
   },
 
@@ -2159,6 +2181,9 @@ export const TaskFilter: MessageFns<TaskFilter> = {
     message.idempotencyKey = object.idempotencyKey ?? "";
     message.workflowId = object.workflowId ?? "";
     message.parentId = object.parentId ?? "";
+    message.within = (object.within !== undefined && object.within !== null)
+      ? Duration.fromPartial(object.within)
+      : undefined;
     return message;
   },
 };
@@ -7949,6 +7974,18 @@ export const protoMetadata: ProtoMetadata = {
         "jsonName": "parentId",
         "options": undefined,
         "proto3Optional": false,
+      }, {
+        "name": "within",
+        "number": 11,
+        "label": 1,
+        "type": 11,
+        "typeName": ".google.protobuf.Duration",
+        "extendee": "",
+        "defaultValue": "",
+        "oneofIndex": 0,
+        "jsonName": "within",
+        "options": undefined,
+        "proto3Optional": false,
       }],
       "extension": [],
       "nestedType": [],
@@ -10255,7 +10292,7 @@ export const protoMetadata: ProtoMetadata = {
         "leadingDetachedComments": [],
       }, {
         "path": [4, 10],
-        "span": [188, 0, 208, 1],
+        "span": [188, 0, 212, 1],
         "leadingComments": " Which tasks a List or a CancelMany takes; every field set must hold.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
@@ -10309,485 +10346,492 @@ export const protoMetadata: ProtoMetadata = {
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
+        "path": [4, 10, 2, 10],
+        "span": [211, 2, 39],
+        "leadingComments":
+          " Within this long before now (the gateway's clock, when the page is asked): finished within\n it when every state asked for is a finished one, else submitted within it. A bound given\n above (submitted_after, finished_after) takes its place.\n",
+        "trailingComments": "",
+        "leadingDetachedComments": [],
+      }, {
         "path": [4, 11, 2, 1],
-        "span": [213, 2, 23],
+        "span": [217, 2, 23],
         "leadingComments": " At most this many tasks; 0 means 50, and 1000 is the most.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 11, 2, 2],
-        "span": [215, 2, 24],
+        "span": [219, 2, 24],
         "leadingComments": " Where the previous page ended; empty for the first page.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 11, 2, 3],
-        "span": [217, 2, 24],
+        "span": [221, 2, 24],
         "leadingComments": " Fill result_json of succeeded tasks.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 12, 2, 1],
-        "span": [223, 2, 29],
+        "span": [227, 2, 29],
         "leadingComments": " Pass it as page_token for the next page; empty when nothing more can match.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 12, 2, 2],
-        "span": [225, 2, 22],
+        "span": [229, 2, 22],
         "leadingComments": " How many stored records this page read.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 14, 2, 0],
-        "span": [234, 2, 23],
+        "span": [238, 2, 23],
         "leadingComments": " The tasks cancelled by this call.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 14, 2, 1],
-        "span": [237, 2, 28],
+        "span": [241, 2, 28],
         "leadingComments":
           " Tasks that matched but ended (or were cancelled by another call) before this one\n reached them.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 7],
-        "span": [249, 2, 27],
+        "span": [253, 2, 27],
         "leadingComments": " Held by the broker until its not_before time.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 8],
-        "span": [251, 2, 25],
+        "span": [255, 2, 25],
         "leadingComments": " Not started before its expiry time; it never ran.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [5, 1, 2, 9],
-        "span": [254, 2, 25],
+        "span": [258, 2, 25],
         "leadingComments":
           " Ran until it waited for its children, and holds no worker while they run: it runs again\n once they have all ended.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15, 2, 3],
-        "span": [262, 2, 21],
+        "span": [266, 2, 21],
         "leadingComments": " The attempt that produced this state (1 for the first run).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15, 2, 4],
-        "span": [264, 2, 19],
+        "span": [268, 2, 19],
         "leadingComments": " The output message as protobuf bytes, when the task succeeded.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15, 2, 5],
-        "span": [266, 2, 25],
+        "span": [270, 2, 25],
         "leadingComments": " The output message as proto3 JSON, when asked for.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15, 2, 6],
-        "span": [268, 2, 24],
+        "span": [272, 2, 24],
         "leadingComments": " Why the task failed, when it did.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15, 2, 8],
-        "span": [271, 2, 28],
+        "span": [275, 2, 28],
         "leadingComments": " The last progress the running task reported.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15, 2, 9],
-        "span": [273, 2, 44],
+        "span": [277, 2, 44],
         "leadingComments": " When a scheduled task becomes due.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15, 2, 10],
-        "span": [275, 2, 23],
+        "span": [279, 2, 23],
         "leadingComments": " The W3C trace id of the task's trace, when its submission was traced.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15, 2, 11],
-        "span": [277, 2, 24],
+        "span": [281, 2, 24],
         "leadingComments": " The task that submitted this one from its context, if one did.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15, 2, 12],
-        "span": [280, 2, 35],
+        "span": [284, 2, 35],
         "leadingComments":
           " The tasks this one submitted from its context, in the order they were recorded (Get\n only).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 15, 2, 13],
-        "span": [282, 2, 46],
+        "span": [286, 2, 46],
         "leadingComments": " When it was submitted (Get and List).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 16],
-        "span": [286, 0, 289, 1],
+        "span": [290, 0, 293, 1],
         "leadingComments": " A task submitted by another from its context.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 17],
-        "span": [292, 0, 299, 1],
+        "span": [296, 0, 303, 1],
         "leadingComments": " What a running task says about how far it got.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 17, 2, 0],
-        "span": [294, 2, 20],
+        "span": [298, 2, 20],
         "leadingComments": " 0 to 100.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 17, 2, 2],
-        "span": [297, 2, 20],
+        "span": [301, 2, 20],
         "leadingComments": " A message of the task's own choice, as protobuf bytes, with its full type name.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 18, 2, 1],
-        "span": [304, 2, 21],
+        "span": [308, 2, 21],
         "leadingComments": " Whether the task itself said that trying again could succeed.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 21],
-        "span": [314, 0, 326, 1],
+        "span": [318, 0, 330, 1],
         "leadingComments": " A task type: what the registry holds for each task a worker serves.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 21, 2, 0],
-        "span": [316, 2, 18],
+        "span": [320, 2, 18],
         "leadingComments": ' Full task name, e.g. "examples.magic.v1.Magic/Add".\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 21, 2, 1],
-        "span": [318, 2, 24],
+        "span": [322, 2, 24],
         "leadingComments": " Full names of the input and output messages.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 21, 2, 3],
-        "span": [321, 2, 32],
+        "span": [325, 2, 32],
         "leadingComments":
           " A serialized google.protobuf.FileDescriptorSet that holds both messages and their imports.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 21, 2, 4],
-        "span": [323, 2, 26],
+        "span": [327, 2, 26],
         "leadingComments": " The task's options as declared in its proto.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 21, 2, 5],
-        "span": [325, 2, 29],
+        "span": [329, 2, 29],
         "leadingComments":
           ' The schema fingerprint of input and output (see docs/protocol.md, "Schema fingerprints").\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 22, 2, 0],
-        "span": [330, 2, 18],
+        "span": [334, 2, 18],
         "leadingComments": " Only dead letters of this task type; empty means all.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 22, 2, 1],
-        "span": [332, 2, 19],
+        "span": [336, 2, 19],
         "leadingComments": " At most this many; 0 means 100, and 1000 is the most.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 23, 2, 2],
-        "span": [339, 2, 20],
+        "span": [343, 2, 20],
         "leadingComments": " exhausted, permanent, panic, timeout or poison.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 23, 2, 3],
-        "span": [341, 2, 19],
+        "span": [345, 2, 19],
         "leadingComments": " The last error.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 23, 2, 4],
-        "span": [343, 2, 21],
+        "span": [347, 2, 21],
         "leadingComments": " The attempt that failed last.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 23, 2, 6],
-        "span": [346, 2, 21],
+        "span": [350, 2, 21],
         "leadingComments": " How many times this task was replayed before.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 25, 2, 0],
-        "span": [355, 2, 31],
+        "span": [359, 2, 31],
         "leadingComments": " These tasks...\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 25, 2, 1],
-        "span": [358, 2, 18],
+        "span": [362, 2, 18],
         "leadingComments":
           " ...or, with all = true, every dead letter that matches the fields below that are set: of\n this task type, or of the types a pattern with `*` matches (empty: every type)...\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 25, 2, 3],
-        "span": [361, 2, 20],
+        "span": [365, 2, 20],
         "leadingComments": " ...with this reason (exhausted, permanent, panic, timeout or poison)...\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 25, 2, 4],
-        "span": [363, 2, 28],
+        "span": [367, 2, 28],
         "leadingComments": " ...whose error holds this text (letter case aside)...\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 25, 2, 5],
-        "span": [365, 2, 43],
+        "span": [369, 2, 43],
         "leadingComments": " ...that died in this range.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 26, 2, 0],
-        "span": [371, 2, 31],
+        "span": [375, 2, 31],
         "leadingComments": " The tasks put back in line.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 26, 2, 1],
-        "span": [373, 2, 22],
+        "span": [377, 2, 22],
         "leadingComments": " How many (the length of task_ids).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 27, 2, 0],
-        "span": [378, 2, 18],
+        "span": [382, 2, 18],
         "leadingComments": " Only dead letters of this task type; empty means all.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 29],
-        "span": [386, 0, 396, 1],
+        "span": [390, 0, 400, 1],
         "leadingComments": " How many tasks of a type run at once and start per period, across all workers.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 29, 2, 0],
-        "span": [388, 2, 29],
+        "span": [392, 2, 29],
         "leadingComments": " 0 means no limit.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 29, 2, 1],
-        "span": [390, 2, 24],
+        "span": [394, 2, 24],
         "leadingComments": ' "10/s", "600/m" or "5/h"; empty means no limit.\n',
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 29, 2, 2],
-        "span": [393, 2, 35],
+        "span": [397, 2, 35],
         "leadingComments":
           " A field of the arguments max_concurrency counts by (per value of it); empty: the task\n type as a whole.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 29, 2, 3],
-        "span": [395, 2, 34],
+        "span": [399, 2, 34],
         "leadingComments": " A field of the arguments rate_limit counts by; empty: the task type as a whole.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 31, 2, 2],
-        "span": [406, 2, 17],
+        "span": [410, 2, 17],
         "leadingComments": " Drop the override: the declared limits apply again.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 1],
-        "span": [412, 2, 24],
+        "span": [416, 2, 24],
         "leadingComments": " The limits in force.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 32, 2, 2],
-        "span": [414, 2, 22],
+        "span": [418, 2, 22],
         "leadingComments": " Whether they were set through SetTaskLimits rather than declared.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 35],
-        "span": [424, 0, 442, 1],
+        "span": [428, 0, 446, 1],
         "leadingComments": " What a worker tells about itself in its heartbeat.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 35, 2, 3],
-        "span": [429, 2, 28],
+        "span": [433, 2, 28],
         "leadingComments": " The task types it serves.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 35, 2, 4],
-        "span": [431, 2, 21],
+        "span": [435, 2, 21],
         "leadingComments": " Tasks running now, and finished since it started.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 35, 2, 10],
-        "span": [439, 2, 26],
+        "span": [443, 2, 26],
         "leadingComments":
           " Why the worker starts no task now (the upstream gRPC server it calls does not answer);\n empty while it does.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 35, 2, 11],
-        "span": [441, 2, 30],
+        "span": [445, 2, 30],
         "leadingComments": " The queues this worker holds paused, as `<task>` with `:high`, `:normal` or `:low`.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 38, 2, 1],
-        "span": [453, 2, 22],
+        "span": [457, 2, 22],
         "leadingComments": " high, normal or low.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 38, 2, 2],
-        "span": [455, 2, 20],
+        "span": [459, 2, 20],
         "leadingComments": " Waiting for a worker.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 38, 2, 3],
-        "span": [457, 2, 23],
+        "span": [461, 2, 23],
         "leadingComments": " Delivered to a worker and not yet acknowledged.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 38, 2, 4],
-        "span": [459, 2, 25],
+        "span": [463, 2, 25],
         "leadingComments": " Delivered more than once (retries, dead workers).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 38, 2, 5],
-        "span": [461, 2, 27],
+        "span": [465, 2, 27],
         "leadingComments": " Pull requests of idle workers waiting for tasks.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 38, 2, 6],
-        "span": [463, 2, 46],
+        "span": [467, 2, 46],
         "leadingComments": " How long the oldest queued task has waited.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 38, 2, 7],
-        "span": [465, 2, 26],
+        "span": [469, 2, 26],
         "leadingComments": " Dead letters of the task type (on the normal priority row).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 38, 2, 8],
-        "span": [467, 2, 21],
+        "span": [471, 2, 21],
         "leadingComments": " Live workers that serve the task type.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 38, 2, 9],
-        "span": [470, 2, 30],
+        "span": [474, 2, 30],
         "leadingComments":
           " Deliveries to workers since the queue's consumer was made: the difference between two\n readings over the time between them is the queue's rate.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 38, 2, 10],
-        "span": [472, 2, 19],
+        "span": [476, 2, 19],
         "leadingComments": " Paused through the Admin API: workers start none of these tasks until it is resumed.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 39, 2, 1],
-        "span": [480, 2, 35],
+        "span": [484, 2, 35],
         "leadingComments": " The priorities to pause; none: all three.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 39, 2, 2],
-        "span": [482, 2, 20],
+        "span": [486, 2, 20],
         "leadingComments": " Why, for whoever looks at the queue (at most 200 characters).\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 40, 2, 1],
-        "span": [488, 2, 35],
+        "span": [492, 2, 35],
         "leadingComments": " The priorities to resume; none: all three.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 41, 2, 1],
-        "span": [494, 2, 35],
+        "span": [498, 2, 35],
         "leadingComments": " The priorities to purge; none: all three.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 42, 2, 0],
-        "span": [499, 2, 20],
+        "span": [503, 2, 20],
         "leadingComments": " Tasks cancelled.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 43],
-        "span": [503, 0, 509, 1],
+        "span": [507, 0, 513, 1],
         "leadingComments": " A task type's paused priorities, as kept in the `TASKWIRE_PAUSED` bucket.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 43, 2, 0],
-        "span": [505, 2, 35],
+        "span": [509, 2, 35],
         "leadingComments": " High, normal or low (never unspecified), each at most once.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 43, 2, 1],
-        "span": [507, 2, 38],
+        "span": [511, 2, 38],
         "leadingComments": " When the first of them was paused.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 44, 2, 1],
-        "span": [514, 2, 23],
+        "span": [518, 2, 23],
         "leadingComments": " What is paused now: no priorities when the queue runs at every priority.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 46, 2, 0],
-        "span": [523, 2, 31],
+        "span": [527, 2, 31],
         "leadingComments": " Oldest first: queued or scheduled, running, progress, retrying.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
       }, {
         "path": [4, 46, 2, 1],
-        "span": [525, 2, 22],
+        "span": [529, 2, 22],
         "leadingComments": " The final state, once there is one.\n",
         "trailingComments": "",
         "leadingDetachedComments": [],
