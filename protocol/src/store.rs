@@ -145,6 +145,17 @@ pub async fn next_messages(
         {
             break;
         }
+        // No replica answered (a node down, a leader being elected): as a plain request says
+        // it, so that callers take it for an outage to wait out, not a refusal.
+        if reply
+            .status
+            .is_some_and(|status| status == async_nats::StatusCode::NO_RESPONDERS)
+        {
+            return Err(async_nats::RequestError::with_source(
+                async_nats::RequestErrorKind::NoResponders,
+                format!("no replica of {stream} answered a batch read"),
+            ));
+        }
         match stored_message(stream, reply)? {
             Some(message) => found.push(message),
             None => break,
