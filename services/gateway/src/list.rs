@@ -266,10 +266,13 @@ impl Filter {
 enum Cursor {
     /// The n-th of the tasks the filter names (by key, workflow or parent).
     Named(u64),
-    /// The tasks stream, from this sequence.
-    Open(u64),
+    /// The tasks stream, from this sequence; then, when the waiting records were read before
+    /// it, those stored since, from the second sequence.
+    Open(u64, Option<u64>),
     /// The parents waiting for their children, from this sequence of the workflows stream.
     Waiting(u64),
+    /// The waiting records stored while the tasks stream was read, from this sequence.
+    Late(u64),
     /// The results stream, from this sequence.
     Finished(u64),
     /// The outcome records, from this sequence.
@@ -287,11 +290,19 @@ impl Cursor {
             ))
         };
         let (part, at) = token.split_once(':').ok_or_else(bad)?;
+        let (at, then) = match at.split_once(':') {
+            Some((at, then)) => (at, Some(then.parse::<u64>().map_err(|_| bad())?)),
+            None => (at, None),
+        };
         let at: u64 = at.parse().map_err(|_| bad())?;
+        if then.is_some() && part != "open" {
+            return Err(bad());
+        }
         Ok(Some(match part {
             "named" => Self::Named(at),
-            "open" => Self::Open(at),
+            "open" => Self::Open(at, then),
             "waiting" => Self::Waiting(at),
+            "late" => Self::Late(at),
             "finished" => Self::Finished(at),
             "outcomes" => Self::Outcomes(at),
             _ => return Err(bad()),
@@ -301,12 +312,21 @@ impl Cursor {
     fn token(self) -> String {
         match self {
             Self::Named(n) => format!("named:{n}"),
-            Self::Open(n) => format!("open:{n}"),
+            Self::Open(n, None) => format!("open:{n}"),
+            Self::Open(n, Some(then)) => format!("open:{n}:{then}"),
             Self::Waiting(n) => format!("waiting:{n}"),
+            Self::Late(n) => format!("late:{n}"),
             Self::Finished(n) => format!("finished:{n}"),
             Self::Outcomes(n) => format!("outcomes:{n}"),
         }
     }
+}
+
+/// How a read of the waiting records stopped: the page was done (go on from here), or it read
+/// them all (a later read of those stored since starts here).
+enum Read {
+    Paused(u64),
+    Ended(u64),
 }
 
 /// One page of a list.
@@ -427,19 +447,29 @@ impl Gateway {
             }
             cursor = match at {
                 Cursor::Named(n) => self.list_named(filter, n, size, caller, &mut page).await?,
-                Cursor::Open(from) => match self
+                Cursor::Open(from, then) => match self
                     .list_open(filter, from, size, caller, &mut page)
                     .await?
                 {
-                    Some(next) => Some(Cursor::Open(next)),
-                    None => Self::after_open(filter),
+                    Some(next) => Some(Cursor::Open(next, then)),
+                    None => match then {
+                        Some(late) => Some(Cursor::Late(late)),
+                        None => Self::after_open(filter),
+                    },
                 },
                 Cursor::Waiting(from) => match self
                     .list_waiting(filter, from, size, caller, &mut page)
                     .await?
                 {
-                    Some(next) => Some(Cursor::Waiting(next)),
-                    None => Some(Cursor::Open(0)),
+                    Read::Paused(next) => Some(Cursor::Waiting(next)),
+                    Read::Ended(end) => Some(Cursor::Open(0, Some(end))),
+                },
+                Cursor::Late(from) => match self
+                    .list_waiting(filter, from, size, caller, &mut page)
+                    .await?
+                {
+                    Read::Paused(next) => Some(Cursor::Late(next)),
+                    Read::Ended(_) => Self::after_open(filter),
                 },
                 Cursor::Finished(from) => self
                     .list_finished(filter, from, size, caller, &mut page)
@@ -455,14 +485,15 @@ impl Gateway {
     }
 
     /// Where the tasks not finished are read from: the waiting parents first, when the filter
-    /// wants them, then the tasks stream. In that order a parent put back in line meanwhile is
-    /// found in one or the other: its copy is stored in the tasks stream before its record
-    /// says it resumed.
+    /// wants them, then the tasks stream, then the waiting records stored meanwhile. So a
+    /// parent put back in line meanwhile is found (its copy is stored in the tasks stream
+    /// before its record says it resumed), and so is one parked meanwhile (its message leaves
+    /// the tasks stream only once its record is stored).
     fn open_start(filter: &Filter) -> Cursor {
         if filter.wants(TaskState::Waiting) {
             Cursor::Waiting(0)
         } else {
-            Cursor::Open(0)
+            Cursor::Open(0, None)
         }
     }
 
@@ -672,14 +703,18 @@ impl Gateway {
         size: usize,
         caller: &Caller,
         page: &mut Page,
-    ) -> Result<Option<u64>, Error> {
+    ) -> Result<Read, Error> {
         let mut scan = Scan::new(
             broker::WORKFLOWS_STREAM,
             children::ALL_WAITING,
             filter,
             from,
         );
+        // Where a later read goes on: past the last record read (from the same start when
+        // none was).
+        let mut end = from;
         while let Some(message) = scan.next(self, page).await? {
+            end = message.sequence + 1;
             let waits =
                 message.headers.get(header::STATE).map(|v| v.as_str()) == Some(children::WAITING);
             let parent = message
@@ -697,10 +732,10 @@ impl Gateway {
                 }
             }
             if page.is_done(size) {
-                return Ok(Some(message.sequence + 1));
+                return Ok(Read::Paused(end));
             }
         }
-        Ok(None)
+        Ok(Read::Ended(end))
     }
 
     /// Reads the results stream from `from`: every finished task, in the order it finished.
@@ -855,15 +890,17 @@ mod tests {
     fn page_tokens_read_back_and_strangers_are_refused() {
         for cursor in [
             Cursor::Named(3),
-            Cursor::Open(17),
+            Cursor::Open(17, None),
+            Cursor::Open(17, Some(3)),
             Cursor::Waiting(4),
+            Cursor::Late(0),
             Cursor::Finished(1),
             Cursor::Outcomes(99),
         ] {
             assert_eq!(Cursor::parse(&cursor.token()).expect("valid"), Some(cursor));
         }
         assert_eq!(Cursor::parse("").expect("valid"), None);
-        for bad in ["open", "open:x", "later:3", "3"] {
+        for bad in ["open", "open:x", "later:3", "3", "open:1:x", "late:1:2"] {
             assert!(Cursor::parse(bad).is_err(), "{bad}");
         }
     }
