@@ -10,6 +10,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prost::Message as _;
 use taskwire::task::{Id, Name};
 use taskwire::v1::{self, TaskState};
 use taskwire_protocol::{self as broker, ReadFrom, StoredMessage, children, header, subject};
@@ -717,12 +718,17 @@ impl Gateway {
             end = message.sequence + 1;
             let waits =
                 message.headers.get(header::STATE).map(|v| v.as_str()) == Some(children::WAITING);
+            // The record holds the parent's task type: one the filter rules out costs no read.
+            let wanted = || {
+                v1::ChildrenPark::decode(message.payload.as_ref())
+                    .is_ok_and(|park| filter.wants_type(&park.parent_task))
+            };
             let parent = message
                 .headers
                 .get("Nats-Subject")
                 .and_then(|s| children::waiting_in(s.as_str()))
                 .and_then(|id| Id::parse(id).ok());
-            if let (true, Some(id)) = (waits, parent) {
+            if let (true, Some(id)) = (waits && wanted(), parent) {
                 match self.state(&id).await {
                     Ok(info) if info.state() == TaskState::Waiting => {
                         self.offer(filter, info, caller, page).await?;

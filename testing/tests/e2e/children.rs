@@ -364,25 +364,17 @@ async fn a_parent_of_hundreds_lists_every_child_in_order() -> anyhow::Result<()>
         listed, result.children,
         "Get lists them all, in the order submitted"
     );
-    let found: Vec<String> = client
-        .find_tasks(
-            v1::TaskFilter {
-                parent_id: parent.id().to_owned(),
-                ..Default::default()
-            },
-            10_000,
-        )
-        .await?
-        .into_iter()
-        .map(|t| t.task_id)
-        .collect();
+    let mut found = super::lists::ids_of(
+        &client,
+        v1::TaskFilter {
+            parent_id: parent.id().to_owned(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    found.sort();
     let mut expected = result.children.clone();
     expected.sort();
-    let mut found_sorted = found.clone();
-    found_sorted.sort();
-    assert_eq!(
-        found_sorted, expected,
-        "a list by parent finds each child once"
-    );
+    assert_eq!(found, expected, "a list by parent finds each child once");
     Ok(())
 }

@@ -6,7 +6,7 @@ fn states(states: &[TaskState]) -> Vec<i32> {
     states.iter().map(|s| *s as i32).collect()
 }
 
-async fn ids_of(client: &Client, filter: v1::TaskFilter) -> anyhow::Result<Vec<String>> {
+pub(super) async fn ids_of(client: &Client, filter: v1::TaskFilter) -> anyhow::Result<Vec<String>> {
     Ok(client
         .find_tasks(filter, 10_000)
         .await?
